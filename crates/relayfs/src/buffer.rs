@@ -1,0 +1,849 @@
+//! One relay buffer (the kernel's `struct rchan_buf`): the lock-free
+//! reserve / commit / sub-buffer switch protocol, and the reader's side of it.
+//!
+//! # The protocol
+//!
+//! In the kernel a write disables preemption and touches only its CPU's
+//! buffer, so it needs no atomics. In user space a thread can be preempted or
+//! migrated in the middle of a write, so any number of writers can meet on one
+//! buffer. The scheme is LTTng-UST's reserve/commit design reduced to what
+//! relay needs:
+//!
+//! * **Reserve**: one compare-and-swap on the buffer's write position
+//!   (`head`) claims `len` bytes in the current sub-buffer.
+//! * **Commit**: one `fetch_add` on the sub-buffer's commit word adds the
+//!   record's bytes and a record count of one. A sub-buffer is *complete* when
+//!   its committed bytes (header reserve, records and padding) reach
+//!   `subbuf_size`; the writer whose commit completes it stores the
+//!   `COMPLETE | laps` tag that readers look for, and wakes a sleeping reader.
+//! * **Switch**: a record that doesn't fit *closes* the sub-buffer (a CAS
+//!   moving `head` to the next sub-buffer's start, then a commit of the
+//!   padding) and *opens* the next one (a CAS moving `head` past the header
+//!   reserve and the record). A sub-buffer may be opened only once every
+//!   reservation of its previous lap is committed, and, in no-overwrite mode,
+//!   once a reader has consumed it. A refused open drops the record and counts
+//!   it; `head` stays at the start of the unopened sub-buffer so the next
+//!   write tries again (the kernel's `offset = subbuf_size + 1`).
+//!
+//! So the fast path is two atomic read-modify-writes, a copy and no system
+//! call; everything else happens once per sub-buffer.
+//!
+//! The memory orderings are explained where they are used; `docs/DESIGN.md`
+//! has the full argument.
+//!
+//! # Overwrite mode and readers
+//!
+//! A writer that opens a sub-buffer a reader has not consumed overwrites it.
+//! Ownership of the overwritten contents is settled by one claim word per
+//! slot in the reader page, changed only by compare-and-swap by both sides: the
+//! reader claims `READ(ord)` before copying a sub-buffer; an overwriting
+//! writer marks `OVERWRITTEN(ord)` unless the reader holds it. Whoever wins
+//! does the counting, so each record is counted exactly once: as delivered,
+//! as overwritten (by the writer) or as discarded (by the reader, when its
+//! copy turned out torn: the sub-buffer's generation changed under it, which
+//! it checks seqlock-style after copying).
+
+use crate::layout::{desc, hdr, rdr, Geometry, FLAG_OVERWRITE};
+use crate::sync::{fence, AtomicU64, Ordering};
+use crate::WriteError;
+
+/// Commit word flag: the sub-buffer's current lap is complete; the low bits
+/// count the laps completed on this slot.
+pub(crate) const COMPLETE: u64 = 1 << 63;
+const BYTES_MASK: u64 = 0xffff_ffff;
+const RECORD_ONE: u64 = 1 << 32;
+const RECORDS_MASK: u64 = 0x7fff_ffff;
+
+const CLAIM_READ: u64 = 1;
+const CLAIM_OVERWRITTEN: u64 = 2;
+
+fn claim(ord: u64, tag: u64) -> u64 {
+    ((ord + 1) << 2) | tag
+}
+
+/// What the producer's hooks are asked at a sub-buffer switch (implemented by
+/// the channel around the user's [`Callbacks`](crate::Callbacks)).
+pub(crate) trait Hooks {
+    /// May the sub-buffer `info.ordinal` be opened? (`subbuf_start`)
+    fn may_open(&self, info: &SwitchInfo) -> bool;
+    /// Fill in the header reserve of a sub-buffer just opened.
+    fn write_header(&self, info: &SwitchInfo, header: &mut [u8]);
+    /// A reader is asleep and a sub-buffer became complete: wake it.
+    fn wake_reader(&self);
+    /// The producer noticed readers mapping or unmapping the buffer.
+    fn map_changed(&self, mapped: u64);
+}
+
+/// State of a buffer at a sub-buffer switch, as given to `subbuf_start`.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchInfo {
+    /// Ordinal of the sub-buffer to open (sub-buffers opened before it).
+    pub ordinal: u64,
+    /// Its index in the buffer.
+    pub slot: u64,
+    /// Sub-buffers produced (closed) so far.
+    pub produced: u64,
+    /// Sub-buffers consumed by the reader so far.
+    pub consumed: u64,
+    /// Number of sub-buffers.
+    pub n_subbufs: u64,
+    /// Padding of the sub-buffer closed before this one (0 if none).
+    pub prev_padding: u64,
+    /// Whether opening it overwrites data no reader has consumed
+    /// (`relay_buf_full`).
+    pub full: bool,
+    /// Whether the buffer is in overwrite mode.
+    pub overwrite: bool,
+}
+
+/// A successful reservation: where the record goes and what its commit adds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reserved {
+    /// Write position of the record's first byte.
+    pub pos: u64,
+    /// Bytes the commit adds (the record, plus the header if it opened the
+    /// sub-buffer).
+    pub commit_bytes: u64,
+}
+
+/// The shared state of one buffer, wherever it lives (a mapped file, or the
+/// heap under loom).
+///
+/// # Safety
+///
+/// The pointers are valid, aligned and live as long as this value (the owner
+/// keeps the mapping alive); `data` spans `geometry.data_len()` bytes.
+/// Readers hold the header and descriptors read-only and only ever load them.
+pub(crate) struct Shared {
+    pub g: Geometry,
+    hdr: *const AtomicU64,
+    desc: *const AtomicU64,
+    rdr: *const AtomicU64,
+    data: *mut u8,
+    overwrite: bool,
+}
+
+// SAFETY: all access to the pointed-to memory is through atomics, or through
+// the data region whose ownership the protocol hands out (one reservation per
+// byte range); the pointers themselves are never changed.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+/// What a reader finds at its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Avail {
+    /// Nothing readable yet.
+    Nothing,
+    /// The sub-buffer is complete: bytes `[0, end)` hold data.
+    Complete { end: u64, records: u64 },
+    /// No-overwrite mode, the sub-buffer is still being written, and every
+    /// reservation up to `end` is committed.
+    Partial { end: u64 },
+    /// Overwrite mode: the sub-buffer was reused before the reader got to it;
+    /// resume at `next`.
+    Lapped { next: u64 },
+}
+
+impl Shared {
+    /// # Safety
+    ///
+    /// See the type's safety section: `hdr`, `desc`, `rdr` point to the three
+    /// regions of `g`, `data` to its data, all valid for as long as the
+    /// returned value is used.
+    pub(crate) unsafe fn new(
+        g: Geometry,
+        hdr: *const AtomicU64,
+        desc: *const AtomicU64,
+        rdr: *const AtomicU64,
+        data: *mut u8,
+        flags: u64,
+    ) -> Shared {
+        Shared {
+            g,
+            hdr,
+            desc,
+            rdr,
+            data,
+            overwrite: flags & FLAG_OVERWRITE != 0,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn h(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off < crate::layout::hdr::END && off % 8 == 0);
+        // SAFETY: `off` is one of the fixed header offsets (< hdr::END, which is
+        // within the header page) and 8-aligned.
+        unsafe { &*self.hdr.add(off / 8) }
+    }
+
+    #[inline(always)]
+    fn d(&self, slot: u64, field: usize) -> &AtomicU64 {
+        debug_assert!(slot < self.g.n_subbufs);
+        // SAFETY: slot < n_subbufs (every caller derives it from a position or
+        // ordinal reduced modulo n_subbufs), so the field lies within the
+        // descriptor array of `n_subbufs * desc::SIZE` bytes.
+        unsafe { &*self.desc.add((slot as usize * desc::SIZE + field) / 8) }
+    }
+
+    #[inline(always)]
+    pub(crate) fn r(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off < rdr::CLAIMS);
+        // SAFETY: `off` is one of the fixed reader-page offsets.
+        unsafe { &*self.rdr.add(off / 8) }
+    }
+
+    #[inline(always)]
+    fn claim_word(&self, slot: u64) -> &AtomicU64 {
+        debug_assert!(slot < self.g.n_subbufs);
+        // SAFETY: the claims array has n_subbufs words after rdr::CLAIMS, and
+        // the reader region is sized for it (Geometry::new).
+        unsafe { &*self.rdr.add(rdr::CLAIMS / 8 + slot as usize) }
+    }
+
+    pub(crate) fn is_overwrite(&self) -> bool {
+        self.overwrite
+    }
+
+    /// Sets the shared state to "empty": called on a new buffer and by
+    /// `relay_reset`, with no writer active.
+    pub(crate) fn init_state(&self) {
+        for slot in 0..self.g.n_subbufs {
+            self.d(slot, desc::WORD).store(COMPLETE, Ordering::Relaxed);
+            self.d(slot, desc::GEN).store(0, Ordering::Relaxed);
+            self.d(slot, desc::PAD).store(0, Ordering::Relaxed);
+            self.d(slot, desc::REC_LAST).store(0, Ordering::Relaxed);
+            self.claim_word(slot).store(0, Ordering::Relaxed);
+        }
+        for off in [
+            hdr::RECORDS_WRITTEN,
+            hdr::BYTES_WRITTEN,
+            hdr::DROPPED_FULL,
+            hdr::DROPPED_TOOBIG,
+            hdr::OVERWRITTEN_RECORDS,
+            hdr::OVERWRITTEN_SUBBUFS,
+            hdr::PADDING_BYTES,
+            hdr::LAST_TOOBIG,
+            hdr::SUBBUFS_COMPLETED,
+        ] {
+            self.h(off).store(0, Ordering::Relaxed);
+        }
+        for off in [
+            rdr::CONSUMED,
+            rdr::READ_POS,
+            rdr::RECORDS_CONSUMED,
+            rdr::BYTES_CONSUMED,
+            rdr::DISCARDED_SUBBUFS,
+            rdr::DISCARDED_RECORDS,
+        ] {
+            self.r(off).store(0, Ordering::Relaxed);
+        }
+        // SYNC POINT: Release publishes the reset state above to whoever
+        // acquires the head next (writers' CAS, readers' loads).
+        self.h(hdr::HEAD).store(0, Ordering::Release);
+    }
+
+    // ------------------------------------------------------------------
+    // Producer: the fast path
+    // ------------------------------------------------------------------
+
+    /// Reserves `len` bytes (1 ≤ len ≤ max_record) for one record.
+    #[inline]
+    pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
+        let sb = self.g.subbuf_size;
+        let head = self.h(hdr::HEAD);
+        let mut h = head.load(Ordering::Relaxed);
+        loop {
+            let off = self.g.pos_offset(h);
+            if off == 0 || off + len >= sb {
+                return self.reserve_slow(h, len, hooks);
+            }
+            // SYNC POINT: Acquire pairs with the Release of the CAS that
+            // opened this sub-buffer (and the release sequence of the CASes
+            // after it), so our commit lands after the opener's reset of the
+            // commit word, and in overwrite mode our data writes come after
+            // its generation bump. Relaxed on failure: we only retry.
+            match head.compare_exchange_weak(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => {
+                    return Ok(Reserved {
+                        pos: h,
+                        commit_bytes: len,
+                    })
+                }
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    /// Copies `bytes` to the reserved position. `pos..pos+bytes.len()` must be
+    /// a reservation this thread holds.
+    #[inline]
+    pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) {
+        let dst = self.data_ptr(pos);
+        // SAFETY: the reservation `[pos, pos + len)` lies within one
+        // sub-buffer (reserve never hands out a range crossing its end) and
+        // belongs to this thread alone until committed; `data_ptr` bounds it
+        // to the data region.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
+    }
+
+    /// Pointer to the data byte at write position `pos`.
+    #[inline(always)]
+    pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
+        let off = self.g.slot_data_offset(self.g.pos_slot(pos)) + self.g.pos_offset(pos);
+        debug_assert!(off < self.g.data_len());
+        // SAFETY: slot < n_subbufs and offset < subbuf_size for any position
+        // produced by the protocol, so `off` is within the data region.
+        unsafe { self.data.add(off as usize) }
+    }
+
+    /// Commits a reservation: the record becomes part of its sub-buffer.
+    #[inline]
+    pub(crate) fn commit(&self, r: Reserved, hooks: &dyn Hooks) {
+        self.commit_bytes(self.g.pos_slot(r.pos), RECORD_ONE | r.commit_bytes, hooks);
+    }
+
+    #[inline]
+    fn commit_bytes(&self, slot: u64, add: u64, hooks: &dyn Hooks) {
+        // SYNC POINT: Release publishes this writer's data (and, for a
+        // closer, the padding value) to whoever acquires the completed word;
+        // Acquire lets the completer see every other writer's release (all
+        // commits form one release sequence of RMWs on this word).
+        let old = self.d(slot, desc::WORD).fetch_add(add, Ordering::AcqRel);
+        if (old + add) & BYTES_MASK == self.g.subbuf_size {
+            self.complete(slot, old + add, hooks);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Producer: the slow path (one sub-buffer switch)
+    // ------------------------------------------------------------------
+
+    #[cold]
+    #[inline(never)]
+    fn reserve_slow(&self, mut h: u64, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
+        let sb = self.g.subbuf_size;
+        let head = self.h(hdr::HEAD);
+        loop {
+            let off = self.g.pos_offset(h);
+            if off != 0 {
+                if off + len < sb {
+                    match head.compare_exchange(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
+                        Ok(_) => {
+                            return Ok(Reserved {
+                                pos: h,
+                                commit_bytes: len,
+                            })
+                        }
+                        Err(cur) => {
+                            h = cur;
+                            continue;
+                        }
+                    }
+                }
+                // The record ends exactly at the end of the sub-buffer (no
+                // padding), or doesn't fit (close it with padding).
+                let next = self.g.next_subbuf_pos(h);
+                // SYNC POINT: AcqRel as any reservation (see `reserve`).
+                match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) if off + len == sb => {
+                        // We own [off, sb) and the close: padding 0, stored
+                        // before our commit releases it.
+                        self.d(self.g.pos_slot(h), desc::PAD)
+                            .store(0, Ordering::Relaxed);
+                        return Ok(Reserved {
+                            pos: h,
+                            commit_bytes: len,
+                        });
+                    }
+                    Ok(_) => {
+                        self.close(h, sb - off, hooks);
+                        h = next;
+                    }
+                    Err(cur) => {
+                        h = cur;
+                        continue;
+                    }
+                }
+            }
+            match self.try_open(h, len, hooks)? {
+                Some(r) => return Ok(r),
+                None => h = head.load(Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Closes the sub-buffer `pos` is in with `pad` bytes of padding; the
+    /// caller won the CAS that moved `head` past it.
+    fn close(&self, pos: u64, pad: u64, hooks: &dyn Hooks) {
+        let slot = self.g.pos_slot(pos);
+        // Relaxed: published by the Release of the commit below.
+        self.d(slot, desc::PAD).store(pad, Ordering::Relaxed);
+        self.h(hdr::PADDING_BYTES).fetch_add(pad, Ordering::Relaxed);
+        self.commit_bytes(slot, pad, hooks);
+    }
+
+    /// Tries to open the sub-buffer starting at `h` (offset 0) with a record of
+    /// `len` bytes. `Ok(None)`: `head` moved, retry.
+    fn try_open(&self, h: u64, len: u64, hooks: &dyn Hooks) -> Result<Option<Reserved>, WriteError> {
+        let g = &self.g;
+        let ord = g.pos_ordinal(h);
+        let slot = g.pos_slot(h);
+        let lap = g.pos_lap(h);
+        let gen = self.d(slot, desc::GEN);
+        let word = self.d(slot, desc::WORD);
+        // SYNC POINT: Acquire pairs with the completer's Release store of
+        // `COMPLETE | laps` (and with a competing opener's generation CAS):
+        // everything of the previous lap, its padding and record count, is
+        // visible once we see it complete.
+        let cur_gen = gen.load(Ordering::Acquire);
+        if cur_gen > ord + 1 {
+            return Ok(None); // head moved on long ago
+        }
+        if cur_gen < ord + 1 && word.load(Ordering::Acquire) != COMPLETE | lap {
+            // A writer of the previous lap has not committed yet.
+            return Err(self.drop_full());
+        }
+        self.check_map_events(hooks);
+        // SYNC POINT: Acquire pairs with the reader's Release store of
+        // `consumed` after it finished copying: in no-overwrite mode the slot
+        // is reused only after the reader's reads are done.
+        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(ord);
+        let full = ord - consumed >= g.n_subbufs;
+        let prev_slot = if slot == 0 { g.n_subbufs - 1 } else { slot - 1 };
+        let info = SwitchInfo {
+            ordinal: ord,
+            slot,
+            produced: ord,
+            consumed,
+            n_subbufs: g.n_subbufs,
+            prev_padding: if ord == 0 {
+                0
+            } else {
+                self.d(prev_slot, desc::PAD).load(Ordering::Relaxed)
+            },
+            full,
+            overwrite: self.overwrite,
+        };
+        if !hooks.may_open(&info) || (full && !self.overwrite) {
+            return Err(self.drop_full());
+        }
+        if cur_gen < ord + 1 {
+            // Claim the generation: stale openers (older ordinals) fail here
+            // because the generation only grows.
+            // SYNC POINT: Release so that a competing opener that sees the
+            // new generation also sees the complete word we saw.
+            if let Err(g2) =
+                gen.compare_exchange(cur_gen, ord + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                if g2 != ord + 1 {
+                    return Ok(None);
+                }
+            }
+        }
+        // Reset the commit word for this lap. Whoever does it first wins;
+        // the value `COMPLETE | lap` occurs once in the word's history, so a
+        // late CAS can't succeed after writers started committing.
+        let _ = word.compare_exchange(COMPLETE | lap, 0, Ordering::AcqRel, Ordering::Acquire);
+        // Records of the previous lap: stable until this sub-buffer completes,
+        // which can't happen before we open it.
+        let prev_records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+        let hdr_len = g.hdr_reserve;
+        let head = self.h(hdr::HEAD);
+        // SYNC POINT: Release publishes the word reset and the generation
+        // bump to the writers that reserve in this sub-buffer (their Acquire
+        // CAS); Acquire as for any reservation.
+        if head
+            .compare_exchange(h, h + hdr_len + len, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        if ord >= g.n_subbufs {
+            self.account_overwrite(slot, ord - g.n_subbufs, prev_records);
+        }
+        if hdr_len > 0 {
+            let p = self.data_ptr(h);
+            // SAFETY: the header reserve [h, h + hdr_len) of the sub-buffer we
+            // just opened is ours alone (the CAS above handed it to us), and
+            // lies within the sub-buffer (hdr_reserve < subbuf_size).
+            let header = unsafe { std::slice::from_raw_parts_mut(p, hdr_len as usize) };
+            hooks.write_header(&info, header);
+        }
+        Ok(Some(Reserved {
+            pos: h + hdr_len,
+            commit_bytes: hdr_len + len,
+        }))
+    }
+
+    /// We opened a slot over the sub-buffer with ordinal `prev`; if no reader
+    /// consumed or claimed it, its records are overwritten: count them.
+    fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
+        // SYNC POINT: Acquire pairs with the reader's Release of `consumed`.
+        if self.r(rdr::CONSUMED).load(Ordering::Acquire) > prev {
+            return;
+        }
+        let cw = self.claim_word(slot);
+        let mut cur = cw.load(Ordering::Relaxed);
+        loop {
+            if cur == claim(prev, CLAIM_READ) {
+                return; // the reader has it: it delivers or discards it
+            }
+            // SYNC POINT: the claim word is only changed by CAS, by us and by
+            // the reader, so exactly one of us takes ownership of `prev`.
+            match cw.compare_exchange(
+                cur,
+                claim(prev, CLAIM_OVERWRITTEN),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        self.h(hdr::OVERWRITTEN_RECORDS)
+            .fetch_add(prev_records, Ordering::Relaxed);
+        self.h(hdr::OVERWRITTEN_SUBBUFS)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The commit that brought `slot` to `subbuf_size` bytes: publish it.
+    fn complete(&self, slot: u64, word_now: u64, hooks: &dyn Hooks) {
+        let records = (word_now >> 32) & RECORDS_MASK;
+        let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+        // gen = ordinal + 1 of the opener; it can't have moved (the slot
+        // can't be reopened before this store).
+        let ord = self.d(slot, desc::GEN).load(Ordering::Relaxed).wrapping_sub(1);
+        let lap = ord / self.g.n_subbufs;
+        self.d(slot, desc::REC_LAST).store(records, Ordering::Relaxed);
+        self.h(hdr::RECORDS_WRITTEN).fetch_add(records, Ordering::Relaxed);
+        self.h(hdr::BYTES_WRITTEN).fetch_add(
+            self.g.subbuf_size - self.g.hdr_reserve - pad.min(self.g.max_record()),
+            Ordering::Relaxed,
+        );
+        self.h(hdr::SUBBUFS_COMPLETED).fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: Release pairs with the Acquire loads of the word by
+        // readers (`available`) and openers (`try_open`): the data, padding
+        // and record count of this lap are visible to whoever sees it
+        // complete.
+        self.d(slot, desc::WORD)
+            .store(COMPLETE | (lap + 1), Ordering::Release);
+        // SYNC POINT: Dekker with the reader's `prepare_wait`: it stores
+        // WAITING then fences then looks for data; we store COMPLETE then
+        // fence then look at WAITING. One of us sees the other's store, so a
+        // reader never sleeps on a complete sub-buffer.
+        fence(Ordering::SeqCst);
+        if self.r(rdr::WAITING).load(Ordering::Relaxed) != 0 {
+            self.r(rdr::WAITING).store(0, Ordering::Relaxed);
+            hooks.wake_reader();
+        }
+    }
+
+    /// Counts a record dropped because the buffer is full.
+    fn drop_full(&self) -> WriteError {
+        self.h(hdr::DROPPED_FULL).fetch_add(1, Ordering::Relaxed);
+        WriteError::Full
+    }
+
+    /// Counts a record too big for any sub-buffer.
+    #[cold]
+    pub(crate) fn drop_toobig(&self, len: usize) -> WriteError {
+        self.h(hdr::DROPPED_TOOBIG).fetch_add(1, Ordering::Relaxed);
+        self.h(hdr::LAST_TOOBIG).store(len as u64, Ordering::Relaxed);
+        WriteError::TooBig(len)
+    }
+
+    /// Closes the current sub-buffer, if it holds anything, so that readers
+    /// can read it (`relay_flush`). Returns whether one was closed.
+    pub(crate) fn flush(&self, hooks: &dyn Hooks) -> bool {
+        let head = self.h(hdr::HEAD);
+        let mut h = head.load(Ordering::Acquire);
+        loop {
+            let off = self.g.pos_offset(h);
+            if off == 0 {
+                return false;
+            }
+            let next = self.g.next_subbuf_pos(h);
+            match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.close(h, self.g.subbuf_size - off, hooks);
+                    self.check_map_events(hooks);
+                    return true;
+                }
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    /// Calls `buf_mapped`/`buf_unmapped` if readers mapped or unmapped the
+    /// buffer since the last look (from the slow path only).
+    fn check_map_events(&self, hooks: &dyn Hooks) {
+        let ev = self.r(rdr::MAP_EVENTS).load(Ordering::Relaxed);
+        let seen = self.h(hdr::MAP_EVENTS_SEEN);
+        let old = seen.load(Ordering::Relaxed);
+        if ev != old
+            && seen
+                .compare_exchange(old, ev, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            hooks.map_changed(self.r(rdr::MAPPED).load(Ordering::Relaxed));
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Reader
+    // ------------------------------------------------------------------
+
+    /// Current write position.
+    pub(crate) fn head(&self) -> u64 {
+        self.h(hdr::HEAD).load(Ordering::Acquire)
+    }
+
+    /// What can be read at ordinal `ord`. Never trusts a value read from
+    /// shared memory without checking it against the geometry.
+    pub(crate) fn available(&self, ord: u64) -> Result<Avail, crate::FormatError> {
+        let g = &self.g;
+        let slot = ord % g.n_subbufs;
+        let lap = ord / g.n_subbufs;
+        // SYNC POINT: Acquire pairs with the opener's generation CAS.
+        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
+        if gen < ord + 1 {
+            return Ok(Avail::Nothing);
+        }
+        if gen > ord + 1 {
+            // The oldest sub-buffer that can still be intact: the last
+            // n_subbufs opened.
+            let h = self.head();
+            let opened = g.pos_ordinal(h) + u64::from(g.pos_offset(h) != 0);
+            let next = (ord + 1).max(opened.saturating_sub(g.n_subbufs));
+            return Ok(Avail::Lapped { next });
+        }
+        // SYNC POINT: Acquire pairs with the completer's Release store.
+        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        if w == COMPLETE | (lap + 1) {
+            let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+            if pad > g.max_record() {
+                return Err(crate::FormatError::Corrupt("padding larger than a sub-buffer"));
+            }
+            let records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+            return Ok(Avail::Complete {
+                end: g.subbuf_size - pad,
+                records,
+            });
+        }
+        if w & COMPLETE != 0 {
+            return if w & !COMPLETE > lap + 1 {
+                Ok(Avail::Lapped { next: ord + 1 })
+            } else {
+                Ok(Avail::Nothing)
+            };
+        }
+        if self.overwrite {
+            return Ok(Avail::Nothing);
+        }
+        // Still being written: readable up to the head if every reservation
+        // before it is committed (committed bytes == reserved bytes, with no
+        // reservation in between: the head didn't move).
+        let h1 = self.head();
+        if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
+            return Ok(Avail::Nothing);
+        }
+        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let h2 = self.head();
+        if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {
+            Ok(Avail::Partial {
+                end: g.pos_offset(h1),
+            })
+        } else {
+            Ok(Avail::Nothing)
+        }
+    }
+
+    /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
+    /// counted it).
+    pub(crate) fn claim_for_read(&self, ord: u64) -> bool {
+        let cw = self.claim_word(ord % self.g.n_subbufs);
+        let mut cur = cw.load(Ordering::Relaxed);
+        loop {
+            if cur == claim(ord, CLAIM_OVERWRITTEN) {
+                return false;
+            }
+            if cur == claim(ord, CLAIM_READ) {
+                return true;
+            }
+            // SYNC POINT: pairs with the writer's CAS in `account_overwrite`.
+            match cw.compare_exchange(
+                cur,
+                claim(ord, CLAIM_READ),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// After copying sub-buffer `ord` out: was it reused meanwhile?
+    /// (seqlock-style validation)
+    pub(crate) fn still_valid(&self, ord: u64) -> bool {
+        // SYNC POINT: the Acquire fence orders our data reads before the
+        // generation load; an opener bumps the generation before any writer
+        // of the new lap writes data (its CAS releases the bump, their CAS
+        // acquires it), so a copy that saw new data sees the new generation.
+        fence(Ordering::Acquire);
+        self.d(ord % self.g.n_subbufs, desc::GEN)
+            .load(Ordering::Relaxed)
+            == ord + 1
+    }
+
+    /// Copies `out.len()` bytes at byte `off` of slot `slot`'s data.
+    pub(crate) fn copy_out(&self, slot: u64, off: u64, out: &mut [u8]) {
+        let g = &self.g;
+        assert!(slot < g.n_subbufs && off + out.len() as u64 <= g.subbuf_size);
+        // SAFETY: bounds checked just above; the bytes may be written
+        // concurrently by a writer of a later lap (overwrite mode), which the
+        // caller detects with `still_valid` and then discards the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.data.add((g.slot_data_offset(slot) + off) as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+
+    /// The data bytes `[off, off + len)` of slot `slot`, as a raw pointer.
+    pub(crate) fn slot_ptr(&self, slot: u64, off: u64, len: u64) -> *const u8 {
+        assert!(slot < self.g.n_subbufs && off + len <= self.g.subbuf_size);
+        // SAFETY: bounds checked just above.
+        unsafe { self.data.add((self.g.slot_data_offset(slot) + off) as usize) }
+    }
+}
+
+/// The counters of one buffer, read by either side.
+///
+/// They add up: once the channel is closed and a reader drained it,
+/// `records_written + records_pending = records_consumed + overwritten_records
+/// + discarded_records`, and every record ever offered to `write`/`reserve` is
+/// in `records_written + dropped_full + dropped_toobig`. While writers are
+/// active, the counters are a moment's snapshot of each, not of all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Records in sub-buffers completed so far.
+    pub records_written: u64,
+    /// Record bytes (header reserves and padding excluded) in completed
+    /// sub-buffers.
+    pub bytes_written: u64,
+    /// Records committed to the sub-buffer being filled (not yet complete).
+    pub records_pending: u64,
+    /// Sub-buffers closed by the producer (`subbufs_produced`).
+    pub subbufs_produced: u64,
+    /// Sub-buffers complete (every reservation committed).
+    pub subbufs_completed: u64,
+    /// Sub-buffers consumed by the reader (`subbufs_consumed`).
+    pub subbufs_consumed: u64,
+    /// Records in the sub-buffers the reader consumed.
+    pub records_consumed: u64,
+    /// Bytes the reader consumed (header reserves included).
+    pub bytes_consumed: u64,
+    /// Records dropped because the buffer was full (no-overwrite mode), or a
+    /// switch was refused.
+    pub dropped_full: u64,
+    /// Records dropped because they were larger than a sub-buffer.
+    pub dropped_toobig: u64,
+    /// Records overwritten before any reader saw them (overwrite mode).
+    pub overwritten_records: u64,
+    /// Sub-buffers overwritten before any reader saw them.
+    pub overwritten_subbufs: u64,
+    /// Records the reader copied but found overwritten under it, and
+    /// discarded (overwrite mode).
+    pub discarded_records: u64,
+    /// Sub-buffers the reader discarded that way.
+    pub discarded_subbufs: u64,
+    /// Padding bytes at the ends of closed sub-buffers.
+    pub padding_bytes: u64,
+    /// Length of the last record refused as too big.
+    pub last_toobig: u64,
+}
+
+impl BufferStats {
+    /// Records lost in any way.
+    pub fn lost(&self) -> u64 {
+        self.dropped_full
+            + self.dropped_toobig
+            + self.overwritten_records
+            + self.discarded_records
+    }
+}
+
+impl Shared {
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> BufferStats {
+        let h = |o| self.h(o).load(Ordering::Relaxed);
+        let r = |o| self.r(o).load(Ordering::Relaxed);
+        let head = self.head();
+        let pending = if self.g.pos_offset(head) != 0 {
+            let w = self
+                .d(self.g.pos_slot(head) % self.g.n_subbufs, desc::WORD)
+                .load(Ordering::Relaxed);
+            if w & COMPLETE == 0 {
+                (w >> 32) & RECORDS_MASK
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        BufferStats {
+            records_written: h(hdr::RECORDS_WRITTEN),
+            bytes_written: h(hdr::BYTES_WRITTEN),
+            records_pending: pending,
+            subbufs_produced: self.g.pos_ordinal(head),
+            subbufs_completed: h(hdr::SUBBUFS_COMPLETED),
+            subbufs_consumed: r(rdr::CONSUMED),
+            records_consumed: r(rdr::RECORDS_CONSUMED),
+            bytes_consumed: r(rdr::BYTES_CONSUMED),
+            dropped_full: h(hdr::DROPPED_FULL),
+            dropped_toobig: h(hdr::DROPPED_TOOBIG),
+            overwritten_records: h(hdr::OVERWRITTEN_RECORDS),
+            overwritten_subbufs: h(hdr::OVERWRITTEN_SUBBUFS),
+            discarded_records: r(rdr::DISCARDED_RECORDS),
+            discarded_subbufs: r(rdr::DISCARDED_SUBBUFS),
+            padding_bytes: h(hdr::PADDING_BYTES),
+            last_toobig: h(hdr::LAST_TOOBIG),
+        }
+    }
+
+    /// Marks `n` complete sub-buffers at the reader's position as consumed
+    /// (`relay_subbufs_consumed`), for readers that use the mapping. Stops at
+    /// the first one that isn't complete; returns how many it consumed.
+    pub(crate) fn subbufs_consumed(&self, n: u64) -> Result<u64, crate::FormatError> {
+        let mut done = 0;
+        while done < n {
+            let ord = self.r(rdr::CONSUMED).load(Ordering::Relaxed);
+            let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
+            match self.available(ord)? {
+                Avail::Complete { end, records } => {
+                    if self.claim_for_read(ord) {
+                        self.r(rdr::RECORDS_CONSUMED)
+                            .fetch_add(records, Ordering::Relaxed);
+                        self.r(rdr::BYTES_CONSUMED)
+                            .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
+                    }
+                }
+                Avail::Lapped { next } => {
+                    self.r(rdr::CONSUMED).store(next, Ordering::Release);
+                    continue;
+                }
+                Avail::Nothing | Avail::Partial { .. } => break,
+            }
+            self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+            // SYNC POINT: Release pairs with the opener's Acquire load of
+            // CONSUMED: the reads of this sub-buffer are done before reuse.
+            self.r(rdr::CONSUMED).store(ord + 1, Ordering::Release);
+            done += 1;
+        }
+        Ok(done)
+    }
+}

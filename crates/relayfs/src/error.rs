@@ -1,0 +1,144 @@
+//! Error types, one per operation.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Something in a buffer file, or a requested buffer shape, is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The sub-buffer size is not a power of two in the accepted range.
+    #[error("sub-buffer size {0} is not a power of two between 64 bytes and 1 GiB")]
+    SubbufSize(u64),
+    /// The sub-buffer count is zero or too large.
+    #[error("sub-buffer count {0} is not between 1 and 1048576")]
+    SubbufCount(u64),
+    /// The buffer (size times count) is larger than 64 GiB or overflows.
+    #[error("{1} sub-buffers of {0} bytes make a buffer larger than 64 GiB")]
+    BufferSize(u64, u64),
+    /// The header reserve does not leave room for a record.
+    #[error("a {0}-byte sub-buffer header leaves no room in a {1}-byte sub-buffer")]
+    HeaderReserve(u64, u64),
+    /// The page size is not usable.
+    #[error("page size {0} is not supported")]
+    PageSize(u64),
+    /// The file does not start with the relay buffer magic.
+    #[error("not a relay buffer file (magic {0:#018x})")]
+    Magic(u64),
+    /// The file has a format version this library does not read.
+    #[error("relay buffer format version {0} is not supported (this library reads version 1)")]
+    Version(u64),
+    /// The file is shorter than its header says.
+    #[error("relay buffer file truncated: {actual} bytes, expected {expected}")]
+    Truncated {
+        /// Size the header calls for.
+        expected: u64,
+        /// Size of the file.
+        actual: u64,
+    },
+    /// A recorded offset disagrees with the sizes.
+    #[error("relay buffer header is inconsistent: {what} is {got}, expected {want}")]
+    Inconsistent {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        got: u64,
+        /// What the sizes imply.
+        want: u64,
+    },
+    /// Shared state read while reading points outside the buffer.
+    #[error("relay buffer state is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Error from [`relay_open`](crate::relay_open) / [`ChannelBuilder::open`](crate::ChannelBuilder::open).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// An argument is out of range.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The channel or base file name is not a plain file name.
+    #[error("invalid name {0:?}: it must be a non-empty file name without '/' or NUL, and not '.' or '..'")]
+    Name(String),
+    /// A live producer already has this channel open.
+    #[error("channel {path} is already open by a live producer (pid {pid})")]
+    Busy {
+        /// Channel directory.
+        path: PathBuf,
+        /// Its producer.
+        pid: u64,
+    },
+    /// The channel directory holds files of a producer that died, and the
+    /// caller asked to refuse rather than replace them.
+    #[error("channel {0} holds buffers left by a producer that is gone; open with Stale::Replace to replace them")]
+    Stale(PathBuf),
+    /// The buffer space could not be allocated (e.g. /dev/shm is full).
+    #[error("cannot allocate {size} bytes for {path}: {source} (is the filesystem full?)")]
+    NoSpace {
+        /// The buffer file.
+        path: PathBuf,
+        /// Bytes asked for.
+        size: u64,
+        /// The error.
+        source: io::Error,
+    },
+    /// A file system call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Why a record was not written. Every such record is counted in the
+/// buffer's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// No-overwrite mode and every sub-buffer is full (or the `subbuf_start`
+    /// callback refused the switch): counted in `dropped_full`.
+    #[error("buffer full: record dropped")]
+    Full,
+    /// The record is longer than a sub-buffer less its header reserve:
+    /// counted in `dropped_toobig`.
+    #[error("record of {0} bytes is larger than a sub-buffer")]
+    TooBig(usize),
+}
+
+/// Error from the reader side.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file is not a valid relay buffer, or its state is corrupt.
+    #[error("{path}: {source}")]
+    Format {
+        /// The buffer file.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// Another reader holds this buffer.
+    #[error("{0}: another reader has this buffer open (one reader per buffer)")]
+    Busy(PathBuf),
+    /// A system call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl ReadError {
+    pub(crate) fn io(what: &'static str, path: &std::path::Path, source: io::Error) -> Self {
+        ReadError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Waking readers: one FIFO (named pipe) per buffer, beside the buffer file.
+//!
+//! The producer holds the FIFO open read-write and non-blocking; when a
+//! sub-buffer completes and the reader has said it is about to sleep (the
+//! `WAITING` word of the reader page), the completing writer writes one byte.
+//! The reader polls the FIFO, so a relay file works with `poll`/`epoll` (and
+//! so with mio and tokio). When the producer closes the channel, or dies, the
+//! last writer of the FIFO is gone and the reader's poll reports `POLLHUP`.
+//!
+//! This is the one system call the write path can make, and only at a
+//! sub-buffer boundary with a reader asleep (LTTng-UST wakes its consumer the
+//! same way).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+fn open_raw(path: &Path, flags: libc::c_int) -> io::Result<File> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The producer's end of a buffer's wakeup FIFO.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    fifo: File,
+}
+
+impl Notifier {
+    /// `mkfifo(3)` at `path` (replacing whatever is there) with `mode`, then
+    /// opens it read-write and non-blocking.
+    pub(crate) fn create(path: &Path, mode: u32) -> io::Result<Notifier> {
+        let _ = std::fs::remove_file(path);
+        let c = cpath(path)?;
+        // SAFETY: `c` is a valid NUL-terminated path.
+        if unsafe { libc::mkfifo(c.as_ptr(), mode as libc::mode_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fifo = open_raw(path, libc::O_RDWR | libc::O_NONBLOCK)?;
+        Ok(Notifier { fifo })
+    }
+
+    /// Writes one byte; a full pipe (`EAGAIN`) means a wakeup is pending
+    /// already.
+    pub(crate) fn wake(&self) {
+        let b = [1u8];
+        // SAFETY: writing one byte from a valid buffer to an open fd.
+        let _ = unsafe { libc::write(self.fifo.as_raw_fd(), b.as_ptr().cast(), 1) };
+    }
+}
+
+/// What a wait on the FIFO ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A byte arrived (or the wait was interrupted): look again.
+    Woken,
+    /// The timeout passed.
+    Timeout,
+    /// No writer holds the FIFO any more: the producer closed or died.
+    Hangup,
+}
+
+/// The reader's end of a buffer's wakeup FIFO.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    fifo: File,
+}
+
+impl Waiter {
+    /// Opens the FIFO read-only and non-blocking.
+    pub(crate) fn open(path: &Path) -> io::Result<Waiter> {
+        Ok(Waiter {
+            fifo: open_raw(path, libc::O_RDONLY | libc::O_NONBLOCK)?,
+        })
+    }
+
+    /// Reads and discards every pending wakeup byte.
+    pub(crate) fn drain(&self) {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: reading into a valid buffer of its length.
+            let n = unsafe {
+                libc::read(self.fifo.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+
+    /// `poll(2)` for a wakeup byte, at most `timeout` (None: forever).
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Wake> {
+        let mut pfd = libc::pollfd {
+            fd: self.fifo.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(Wake::Woken)
+            } else {
+                Err(e)
+            };
+        }
+        if r == 0 {
+            return Ok(Wake::Timeout);
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            self.drain();
+            return Ok(Wake::Woken);
+        }
+        Ok(Wake::Hangup)
+    }
+}
+
+impl AsFd for Waiter {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fifo.as_fd()
+    }
+}

@@ -1,0 +1,766 @@
+//! The consumer's side: the relay file operations (`open`, `read`, `mmap`,
+//! `sendfile`, `poll`, `close`) on a buffer file, from any process.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::buffer::{Avail, BufferStats, Shared};
+use crate::error::{FormatError, ReadError};
+use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
+use crate::notify::{Wake, Waiter};
+use crate::shm::{self, ReaderMap};
+use crate::sync::{fence, Ordering};
+
+/// How often a sleeping reader checks that the producer is still alive.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What [`RelayFile::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Data can be read (`POLLIN`).
+    Readable,
+    /// The timeout passed with nothing to read.
+    Timeout,
+    /// The channel was closed and everything is read (`POLLERR`/`POLLHUP`).
+    Closed,
+    /// The producer died without closing the channel, and every complete
+    /// sub-buffer is read.
+    ProducerGone,
+}
+
+/// Static facts about a buffer, from its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferHeader {
+    /// Sizes and offsets.
+    pub geometry: Geometry,
+    /// CPU of the buffer.
+    pub cpu: u64,
+    /// Process id of the producer that created it.
+    pub producer_pid: u64,
+    /// Random id of the `relay_open` that created it.
+    pub channel_id: u64,
+    /// Overwrite mode.
+    pub overwrite: bool,
+    /// The channel's one global buffer.
+    pub global: bool,
+    /// Buffers in the channel.
+    pub n_buffers: u64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_ns: u64,
+}
+
+/// One contiguous run of readable bytes.
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Bytes `[start, end)` of `slot` in the mapping (no-overwrite mode:
+    /// stable until consumed).
+    Direct { slot: u64, start: u64, end: u64 },
+    /// Bytes `[start, end)` of the bounce buffer (overwrite mode).
+    Bounce { start: u64, end: u64 },
+}
+
+/// An open relay file: a reader of one channel buffer.
+///
+/// One reader per buffer at a time (a second `open` fails with
+/// [`ReadError::Busy`]); the reader's position lives in the buffer file, so a
+/// reader that is restarted resumes where the last one stopped.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let mut f = relayfs::RelayFile::open("/dev/shm/relayfs/demo/cpu0")?;
+/// let mut buf = vec![0u8; 1 << 16];
+/// loop {
+///     match f.poll(Some(Duration::from_millis(500)))? {
+///         relayfs::Ready::Readable => {
+///             let n = f.read(&mut buf)?;
+///             println!("{n} bytes");
+///         }
+///         relayfs::Ready::Timeout => continue,
+///         relayfs::Ready::Closed | relayfs::Ready::ProducerGone => break,
+///     }
+/// }
+/// # Ok::<(), relayfs::ReadError>(())
+/// ```
+pub struct RelayFile {
+    path: PathBuf,
+    file: File,
+    map: ReaderMap,
+    waiter: Option<Waiter>,
+    header: BufferHeader,
+    /// Ordinal of the sub-buffer we are in, and bytes of it delivered.
+    ord: u64,
+    pos: u64,
+    claimed: bool,
+    epoch: u64,
+    /// Overwrite mode: a validated copy of the current sub-buffer.
+    bounce: Vec<u8>,
+    bounce_len: u64,
+    bounce_records: u64,
+    bounce_full: bool,
+}
+
+impl std::fmt::Debug for RelayFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayFile")
+            .field("path", &self.path)
+            .field("ord", &self.ord)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayFile {
+    /// Opens a relay file (`open(2)` on a relay file): validates its header,
+    /// maps it and takes the reader's lock.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if it is not a valid buffer file,
+    /// [`ReadError::Busy`] if another reader has it, [`ReadError::Io`]
+    /// otherwise (e.g. permission denied).
+    pub fn open(path: impl AsRef<Path>) -> Result<RelayFile, ReadError> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ReadError::io("open", &path, e))?;
+        let (map, g) = ReaderMap::open(&file, &path)?;
+        if !shm::try_lock_byte(&file, shm::READER_LOCK_BYTE)
+            .map_err(|e| ReadError::io("lock", &path, e))?
+        {
+            return Err(ReadError::Busy(path));
+        }
+        let s = &map.shared;
+        let h = |o| s.h(o).load(Ordering::Relaxed);
+        let flags = h(hdr::FLAGS);
+        let header = BufferHeader {
+            geometry: g,
+            cpu: h(hdr::CPU),
+            producer_pid: h(hdr::PRODUCER_PID),
+            channel_id: h(hdr::CHANNEL_ID),
+            overwrite: s.is_overwrite(),
+            global: flags & FLAG_GLOBAL != 0,
+            n_buffers: h(hdr::N_BUFFERS),
+            created_ns: h(hdr::CREATED_NS),
+        };
+        let waiter = Waiter::open(&crate::channel::wake_fifo_path(&path)).ok();
+        let epoch = h(hdr::EPOCH);
+        s.r(rdr::READER_PID)
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        let mut f = RelayFile {
+            path,
+            file,
+            map,
+            waiter,
+            header,
+            ord: 0,
+            pos: 0,
+            claimed: false,
+            epoch,
+            bounce: Vec::new(),
+            bounce_len: 0,
+            bounce_records: 0,
+            bounce_full: false,
+        };
+        f.load_position();
+        Ok(f)
+    }
+
+    /// Reads the producer pid of a buffer file's header without taking the
+    /// reader's lock.
+    ///
+    /// # Errors
+    /// If the file can't be read or is not a buffer file.
+    pub fn peek_pid(path: &Path) -> Result<u64, ReadError> {
+        Ok(Self::peek_header(path)?.producer_pid)
+    }
+
+    /// Reads and validates a buffer file's header without opening it for
+    /// reading (for listings).
+    ///
+    /// # Errors
+    /// If the file can't be read or is not a buffer file.
+    pub fn peek_header(path: &Path) -> Result<BufferHeader, ReadError> {
+        let file = File::open(path).map_err(|e| ReadError::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ReadError::io("stat", path, e))?
+            .len();
+        let mut page = [0u8; hdr::END];
+        if len < page.len() as u64 {
+            return Err(ReadError::Format {
+                path: path.to_path_buf(),
+                source: FormatError::Truncated {
+                    expected: page.len() as u64,
+                    actual: len,
+                },
+            });
+        }
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, 0)
+            .map_err(|e| ReadError::io("read", path, e))?;
+        let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
+        let geometry =
+            Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
+                ReadError::Format {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let flags = field(hdr::FLAGS);
+        Ok(BufferHeader {
+            geometry,
+            cpu: field(hdr::CPU),
+            producer_pid: field(hdr::PRODUCER_PID),
+            channel_id: field(hdr::CHANNEL_ID),
+            overwrite: flags & crate::layout::FLAG_OVERWRITE != 0,
+            global: flags & FLAG_GLOBAL != 0,
+            n_buffers: field(hdr::N_BUFFERS),
+            created_ns: field(hdr::CREATED_NS),
+        })
+    }
+
+    /// Whether a live producer holds the buffer file at `path`, and whether a
+    /// reader does.
+    ///
+    /// # Errors
+    /// If the file can't be opened.
+    pub fn holders(path: &Path) -> io::Result<(bool, bool)> {
+        let f = File::open(path)?;
+        Ok((
+            shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE)?,
+            shm::byte_locked(&f, shm::READER_LOCK_BYTE)?,
+        ))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.map.shared
+    }
+
+    fn load_position(&mut self) {
+        let s = &self.map.shared;
+        if s.r(rdr::EPOCH).load(Ordering::Relaxed) != self.epoch {
+            s.r(rdr::EPOCH).store(self.epoch, Ordering::Relaxed);
+        }
+        self.ord = s.r(rdr::CONSUMED).load(Ordering::Acquire);
+        self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
+        self.claimed = false;
+        self.bounce_full = false;
+    }
+
+    fn check_epoch(&mut self) {
+        let e = self.shared().h(hdr::EPOCH).load(Ordering::Acquire);
+        if e != self.epoch {
+            // relay_reset: the producer zeroed the reader page too.
+            self.epoch = e;
+            self.load_position();
+        }
+    }
+
+    /// The buffer's header facts.
+    pub fn header(&self) -> &BufferHeader {
+        &self.header
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The buffer's counters.
+    pub fn stats(&self) -> BufferStats {
+        self.shared().stats()
+    }
+
+    /// Whether the producer called `relay_close`.
+    pub fn is_closed(&self) -> bool {
+        // SYNC POINT: Acquire pairs with the Release store in relay_close.
+        self.shared().h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED
+    }
+
+    /// Whether the producer process still holds the buffer.
+    pub fn producer_alive(&self) -> bool {
+        shm::byte_locked(&self.file, shm::PRODUCER_LOCK_BYTE).unwrap_or(false)
+    }
+
+    fn store_pos(&self) {
+        self.shared()
+            .r(rdr::READ_POS)
+            .store(self.pos, Ordering::Relaxed);
+    }
+
+    /// Moves to the next sub-buffer: records of the finished one are counted
+    /// as consumed if we delivered them.
+    fn advance(&mut self, delivered_records: Option<u64>) {
+        let s = &self.map.shared;
+        if let Some(n) = delivered_records {
+            s.r(rdr::RECORDS_CONSUMED).fetch_add(n, Ordering::Relaxed);
+        }
+        self.ord += 1;
+        self.pos = 0;
+        self.claimed = false;
+        self.bounce_full = false;
+        s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Release pairs with the opener's Acquire load of
+        // CONSUMED: our reads of the sub-buffer happen before its reuse.
+        s.r(rdr::CONSUMED).store(self.ord, Ordering::Release);
+    }
+
+    fn fail(&self, what: &'static str) -> ReadError {
+        ReadError::Format {
+            path: self.path.clone(),
+            source: FormatError::Corrupt(what),
+        }
+    }
+
+    /// Finds the next readable run of bytes, or `None`.
+    fn next_chunk(&mut self) -> Result<Option<Chunk>, ReadError> {
+        self.check_epoch();
+        // Bounded: each pass either returns or moves to a later sub-buffer,
+        // and there are at most as many as were produced.
+        loop {
+            if self.bounce_full {
+                if self.pos < self.bounce_len {
+                    return Ok(Some(Chunk::Bounce {
+                        start: self.pos,
+                        end: self.bounce_len,
+                    }));
+                }
+                let n = self.bounce_records;
+                self.advance(Some(n));
+                continue;
+            }
+            let avail = self
+                .shared()
+                .available(self.ord)
+                .map_err(|source| ReadError::Format {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            let slot = self.ord % self.header.geometry.n_subbufs;
+            match avail {
+                Avail::Nothing => return Ok(None),
+                Avail::Lapped { next } => {
+                    if next <= self.ord {
+                        return Err(self.fail("reader position ahead of the producer"));
+                    }
+                    // Skipped sub-buffers were counted by the writer that
+                    // overwrote them (we never claimed them).
+                    self.ord = next - 1;
+                    self.advance(None);
+                }
+                Avail::Complete { end, records } => {
+                    if !self.claimed {
+                        if !self.shared().claim_for_read(self.ord) {
+                            self.advance(None); // overwritten and counted
+                            continue;
+                        }
+                        self.claimed = true;
+                    }
+                    if self.pos > end {
+                        return Err(self.fail("read position beyond the end of a sub-buffer"));
+                    }
+                    if self.header.overwrite {
+                        // Copy it whole, then check it was not reused meanwhile.
+                        let g = &self.header.geometry;
+                        self.bounce.resize(g.subbuf_size as usize, 0);
+                        let mut bounce = std::mem::take(&mut self.bounce);
+                        self.shared().copy_out(slot, 0, &mut bounce[..end as usize]);
+                        self.bounce = bounce;
+                        if !self.shared().still_valid(self.ord) {
+                            let s = self.shared();
+                            s.r(rdr::DISCARDED_SUBBUFS).fetch_add(1, Ordering::Relaxed);
+                            s.r(rdr::DISCARDED_RECORDS)
+                                .fetch_add(records, Ordering::Relaxed);
+                            self.advance(None);
+                            continue;
+                        }
+                        self.bounce_len = end;
+                        self.bounce_records = records;
+                        self.bounce_full = true;
+                        continue;
+                    }
+                    if self.pos == end {
+                        self.advance(Some(records));
+                        continue;
+                    }
+                    return Ok(Some(Chunk::Direct {
+                        slot,
+                        start: self.pos,
+                        end,
+                    }));
+                }
+                Avail::Partial { end } => {
+                    if !self.claimed {
+                        if !self.shared().claim_for_read(self.ord) {
+                            return Err(self.fail("sub-buffer being written is claimed as overwritten"));
+                        }
+                        self.claimed = true;
+                    }
+                    if self.pos >= end {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Chunk::Direct {
+                        slot,
+                        start: self.pos,
+                        end,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn consumed(&mut self, n: u64) {
+        self.pos += n;
+        self.shared()
+            .r(rdr::BYTES_CONSUMED)
+            .fetch_add(n, Ordering::Relaxed);
+        self.store_pos();
+    }
+
+    /// Bytes readable right now without waiting (`FIONREAD`-like; counts the
+    /// current sub-buffer only).
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn available(&mut self) -> Result<u64, ReadError> {
+        Ok(match self.next_chunk()? {
+            Some(Chunk::Direct { start, end, .. }) | Some(Chunk::Bounce { start, end }) => {
+                end - start
+            }
+            None => 0,
+        })
+    }
+
+    /// Consuming read (`read(2)` on a relay file): copies up to `buf.len()`
+    /// bytes of committed data, padding removed, and consumes them. Returns 0
+    /// when nothing is readable now (see [`poll`](Self::poll) and
+    /// [`is_eof`](Self::is_eof)). Never returns a byte twice, nor a byte of a
+    /// record not yet committed.
+    ///
+    /// In no-overwrite mode it also reads the sub-buffer being written, up
+    /// to the point where every reservation is committed (as the kernel's
+    /// read does). In overwrite mode it reads complete sub-buffers only,
+    /// each copied and validated whole before any of it is returned.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(chunk) = self.next_chunk()? else { break };
+            let n = match chunk {
+                Chunk::Direct { slot, start, end } => {
+                    let n = (end - start).min((buf.len() - done) as u64);
+                    self.shared()
+                        .copy_out(slot, start, &mut buf[done..done + n as usize]);
+                    n
+                }
+                Chunk::Bounce { start, end } => {
+                    let n = (end - start).min((buf.len() - done) as u64);
+                    buf[done..done + n as usize]
+                        .copy_from_slice(&self.bounce[start as usize..(start + n) as usize]);
+                    n
+                }
+            };
+            self.consumed(n);
+            done += n as usize;
+        }
+        Ok(done)
+    }
+
+    /// Moves up to `max` bytes to `out` (`sendfile(2)` from a relay file),
+    /// padding removed, writing straight from the mapping (one copy, in the
+    /// kernel) in no-overwrite mode. Consumes what was written and nothing
+    /// more: on a write error nothing unwritten is consumed.
+    ///
+    /// # Errors
+    /// [`ReadError::Io`] if writing fails (after consuming what was
+    /// written), [`ReadError::Format`] if the shared state is corrupt.
+    pub fn sendfile(&mut self, out: impl AsFd, max: u64) -> Result<u64, ReadError> {
+        let fd = out.as_fd().as_raw_fd();
+        let mut done = 0u64;
+        while done < max {
+            let Some(chunk) = self.next_chunk()? else { break };
+            let (ptr, len) = match chunk {
+                Chunk::Direct { slot, start, end } => {
+                    let len = (end - start).min(max - done);
+                    (self.shared().slot_ptr(slot, start, len), len)
+                }
+                Chunk::Bounce { start, end } => {
+                    let len = (end - start).min(max - done);
+                    // SAFETY: start + len <= bounce_len <= bounce.len().
+                    (unsafe { self.bounce.as_ptr().add(start as usize) }, len)
+                }
+            };
+            // SAFETY: `ptr..ptr+len` is within the mapping or the bounce
+            // buffer (bounds checked by slot_ptr / above) and stays valid for
+            // the call.
+            let n = unsafe { libc::write(fd, ptr.cast(), len as usize) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock && done > 0 {
+                    break;
+                }
+                return Err(ReadError::io("write", &self.path, e));
+            }
+            if n == 0 {
+                break;
+            }
+            self.consumed(n as u64);
+            done += n as u64;
+        }
+        Ok(done)
+    }
+
+    /// Whether the reader reached the end: the channel is closed (or its
+    /// producer is gone) and nothing is left to read.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn is_eof(&mut self) -> Result<bool, ReadError> {
+        if self.next_chunk()?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.is_closed() || !self.producer_alive())
+    }
+
+    /// Waits until data is readable, the channel ends, or `timeout` passes
+    /// (`poll(2)` on a relay file; `None` waits forever). Readiness comes at
+    /// sub-buffer boundaries (when a sub-buffer completes); a partly filled
+    /// sub-buffer is readable in no-overwrite mode but does not wake a
+    /// sleeping reader, so live readers use a timeout (or the producer a
+    /// flush interval).
+    ///
+    /// # Errors
+    /// [`ReadError::Io`] if `poll` fails, [`ReadError::Format`] if the
+    /// shared state is corrupt.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<Ready, ReadError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.next_chunk()?.is_some() {
+                return Ok(Ready::Readable);
+            }
+            if self.is_closed() {
+                // Everything was flushed before CLOSED was stored.
+                return Ok(if self.next_chunk()?.is_some() {
+                    Ready::Readable
+                } else {
+                    Ready::Closed
+                });
+            }
+            if !self.producer_alive() {
+                return Ok(if self.next_chunk()?.is_some() {
+                    Ready::Readable
+                } else {
+                    Ready::ProducerGone
+                });
+            }
+            let s = self.shared();
+            s.r(rdr::WAITING).store(1, Ordering::Relaxed);
+            // SYNC POINT: Dekker with the completer (buffer::complete): we
+            // store WAITING, fence, then look for data.
+            fence(Ordering::SeqCst);
+            if self.next_chunk()?.is_some() {
+                self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+                return Ok(Ready::Readable);
+            }
+            let now = Instant::now();
+            let left = match deadline {
+                Some(d) if d <= now => {
+                    self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+                    return Ok(Ready::Timeout);
+                }
+                Some(d) => (d - now).min(LIVENESS_INTERVAL),
+                None => LIVENESS_INTERVAL,
+            };
+            let woke = match &self.waiter {
+                Some(w) => w
+                    .wait(Some(left))
+                    .map_err(|e| ReadError::io("poll", &self.path, e))?,
+                None => {
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                    Wake::Timeout
+                }
+            };
+            self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+            if woke == Wake::Hangup {
+                // Producer closed or died: the next pass tells which. Avoid
+                // spinning on a FIFO that stays hung up.
+                self.waiter = None;
+            }
+        }
+    }
+
+    /// The wakeup file descriptor, for `epoll`/mio/tokio: it becomes readable
+    /// when a sub-buffer completes while [`prepare_wait`](Self::prepare_wait)
+    /// is in effect, and reports `POLLHUP` when the producer is gone.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.waiter.as_ref().map(|w| w.as_fd())
+    }
+
+    /// Asks for a wakeup on [`wake_fd`](Self::wake_fd) at the next completed
+    /// sub-buffer, for callers running their own event loop. Returns `true` if
+    /// data is readable already (then don't sleep).
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn prepare_wait(&mut self) -> Result<bool, ReadError> {
+        if let Some(w) = &self.waiter {
+            w.drain();
+        }
+        self.shared().r(rdr::WAITING).store(1, Ordering::Relaxed);
+        // SYNC POINT: as in `poll`.
+        fence(Ordering::SeqCst);
+        Ok(self.next_chunk()?.is_some())
+    }
+
+    /// Maps the whole buffer for reading in place (`mmap(2)` on a relay
+    /// file). The producer's `buf_mapped` callback hears of it.
+    pub fn map(&mut self) -> Mapping<'_> {
+        let s = self.shared();
+        s.r(rdr::MAPPED).fetch_add(1, Ordering::Relaxed);
+        s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
+        Mapping { file: self }
+    }
+}
+
+/// A read-only view of a whole buffer (`n_subbufs × subbuf_size` bytes), as
+/// an `mmap` of a relay file gives, with what a reader needs to use it: which
+/// sub-buffer is next and ready, its padding, and
+/// [`subbufs_consumed`](Mapping::subbufs_consumed) to hand space back.
+#[derive(Debug)]
+pub struct Mapping<'a> {
+    file: &'a mut RelayFile,
+}
+
+/// A complete sub-buffer ready in the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadySubbuf {
+    /// Its ordinal (sub-buffers produced before it).
+    pub ordinal: u64,
+    /// Its index in the buffer.
+    pub index: u64,
+    /// Data bytes (`subbuf_size - padding`).
+    pub len: u64,
+    /// Padding at its end.
+    pub padding: u64,
+    /// Records in it.
+    pub records: u64,
+}
+
+impl Mapping<'_> {
+    /// The next complete sub-buffer the reader has not consumed, if any.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn ready(&mut self) -> Result<Option<ReadySubbuf>, ReadError> {
+        let f = &mut *self.file;
+        f.check_epoch();
+        loop {
+            let g = f.header.geometry;
+            let ord = f.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
+            let avail = f.shared().available(ord).map_err(|source| ReadError::Format {
+                path: f.path.clone(),
+                source,
+            })?;
+            match avail {
+                Avail::Complete { end, records } => {
+                    return Ok(Some(ReadySubbuf {
+                        ordinal: ord,
+                        index: ord % g.n_subbufs,
+                        len: end,
+                        padding: g.subbuf_size - end,
+                        records,
+                    }))
+                }
+                Avail::Lapped { next } => {
+                    f.shared().r(rdr::CONSUMED).store(next, Ordering::Release);
+                }
+                Avail::Nothing | Avail::Partial { .. } => return Ok(None),
+            }
+        }
+    }
+
+    /// Copies the data of a ready sub-buffer. In overwrite mode check
+    /// [`still_valid`](Self::still_valid) after using it.
+    pub fn copy_subbuf(&self, sb: &ReadySubbuf) -> Vec<u8> {
+        let mut v = vec![0u8; sb.len.min(self.file.header.geometry.subbuf_size) as usize];
+        self.file.shared().copy_out(sb.index, 0, &mut v);
+        v
+    }
+
+    /// Raw pointer to the start of the whole data area (`n_subbufs ×
+    /// subbuf_size` bytes), as `mmap` returns it. Reading it is sound only
+    /// for sub-buffers reported by [`ready`](Self::ready) and not yet
+    /// consumed.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.file.shared().slot_ptr(0, 0, 0)
+    }
+
+    /// Length of the data area.
+    pub fn len(&self) -> u64 {
+        self.file.header.geometry.data_len()
+    }
+
+    /// Always false: a buffer has at least one sub-buffer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Overwrite mode: whether a sub-buffer read from the mapping was left
+    /// alone while it was read (if not, discard what was read).
+    pub fn still_valid(&self, sb: &ReadySubbuf) -> bool {
+        self.file.shared().still_valid(sb.ordinal)
+    }
+
+    /// Hands `n` sub-buffers back to the producer (`relay_subbufs_consumed`).
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn subbufs_consumed(&mut self, n: u64) -> Result<u64, ReadError> {
+        let f = &mut *self.file;
+        let done = f
+            .shared()
+            .subbufs_consumed(n)
+            .map_err(|source| ReadError::Format {
+                path: f.path.clone(),
+                source,
+            })?;
+        f.load_position();
+        Ok(done)
+    }
+}
+
+impl Drop for Mapping<'_> {
+    fn drop(&mut self) {
+        let s = self.file.shared();
+        s.r(rdr::MAPPED).fetch_sub(1, Ordering::Relaxed);
+        s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl io::Read for RelayFile {
+    /// A blocking read: waits for data, returns `Ok(0)` only at the end of
+    /// the channel.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = RelayFile::read(self, buf).map_err(io::Error::other)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            match self.poll(None).map_err(io::Error::other)? {
+                Ready::Readable | Ready::Timeout => continue,
+                Ready::Closed | Ready::ProducerGone => return Ok(0),
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Buffer files in shared memory: allocation, mapping and the locks that say
+//! who holds a buffer.
+//!
+//! # Safety
+//!
+//! A relay buffer file is memory shared with other processes. The producer
+//! maps it whole, read-write. A reader maps the header and descriptors
+//! read-only, its reader page read-write and the data read-only: it can't
+//! write anything the producer relies on. What the producer reads from the
+//! reader page (the consumed position, the wait flag, claim words) is only
+//! compared and clamped, never used as an address.
+//!
+//! Like any shared mapping (see memmap2's `Mmap`), the memory can change
+//! under us at any time. Everything the protocol reads concurrently is read
+//! through atomics; data bytes are copied out with `copy_nonoverlapping` and,
+//! where another writer could have changed them, validated after the copy.
+//! Truncating a mapped file makes later accesses fault (`SIGBUS`): only the
+//! owner of the files (who could equally kill the reader) can do that.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::buffer::Shared;
+use crate::error::{FormatError, ReadError};
+use crate::layout::{hdr, Geometry};
+use crate::sync::AtomicU64;
+
+/// The system page size.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Byte of the buffer file the producer write-locks while it lives.
+pub(crate) const PRODUCER_LOCK_BYTE: i64 = 0;
+/// Byte of the buffer file a reader write-locks while it reads.
+pub(crate) const READER_LOCK_BYTE: i64 = 1;
+
+fn flock_struct(kind: libc::c_short, byte: i64) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    fl
+}
+
+/// Takes an open-file-description write lock on one byte of `file`
+/// (`fcntl(F_OFD_SETLK)`): released when the file is closed, including when
+/// the process dies. `Ok(false)`: someone else holds it.
+pub(crate) fn try_lock_byte(file: &File, byte: i64) -> io::Result<bool> {
+    let fl = flock_struct(libc::F_WRLCK as libc::c_short, byte);
+    // SAFETY: F_OFD_SETLK with a valid flock struct on an open fd.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether some open file description holds a lock on `byte`
+/// (`fcntl(F_OFD_GETLK)`).
+pub(crate) fn byte_locked(file: &File, byte: i64) -> io::Result<bool> {
+    let mut fl = flock_struct(libc::F_WRLCK as libc::c_short, byte);
+    // SAFETY: F_OFD_GETLK with a valid, writable flock struct on an open fd.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Allocates `len` bytes of backing store up front (`posix_fallocate(3)`), so
+/// that a full tmpfs fails here and not with `SIGBUS` in the middle of a
+/// write.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: posix_fallocate on an open fd with a non-negative range.
+    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+fn atomic_ptr(map: &MmapRaw, off: u64) -> *const AtomicU64 {
+    debug_assert!(off as usize <= map.len());
+    // SAFETY: `off` is within the mapping (callers pass region offsets of a
+    // validated geometry whose regions the mapping covers); mmap returns
+    // page-aligned memory, so 8-aligned offsets give aligned atomics.
+    unsafe { map.as_ptr().add(off as usize) as *const AtomicU64 }
+}
+
+/// The producer's mapping of a whole buffer file.
+pub(crate) struct ProducerMap {
+    _map: MmapRaw,
+    pub shared: Shared,
+}
+
+impl ProducerMap {
+    /// Maps an allocated, `g.file_size`-byte file read-write, writes the
+    /// header and initial state.
+    pub(crate) fn create(
+        file: &File,
+        g: Geometry,
+        flags: u64,
+        fields: &[(usize, u64)],
+    ) -> io::Result<Self> {
+        let map = MmapOptions::new().len(g.file_size as usize).map_raw(file)?;
+        let base = map.as_mut_ptr();
+        // SAFETY: the mapping spans g.file_size bytes, which holds the
+        // header page, descriptors, reader region and data at the offsets of
+        // `g`; it lives in `_map` as long as `shared`.
+        let shared = unsafe {
+            Shared::new(
+                g,
+                atomic_ptr(&map, 0),
+                atomic_ptr(&map, g.desc_offset),
+                atomic_ptr(&map, g.reader_offset),
+                base.add(g.data_offset as usize),
+                flags,
+            )
+        };
+        for &(off, v) in fields {
+            shared.h(off).store(v, crate::sync::Ordering::Relaxed);
+        }
+        shared.init_state();
+        // The magic last: a reader that sees it sees a complete header
+        // (Release pairs with the reader's read of the header).
+        shared
+            .h(hdr::MAGIC)
+            .store(crate::layout::MAGIC, crate::sync::Ordering::Release);
+        Ok(ProducerMap { _map: map, shared })
+    }
+}
+
+/// A reader's mappings of a buffer file: header and descriptors read-only,
+/// reader page read-write, data read-only.
+pub(crate) struct ReaderMap {
+    _meta: MmapRaw,
+    _rdr: MmapRaw,
+    _data: MmapRaw,
+    pub shared: Shared,
+}
+
+impl ReaderMap {
+    /// Validates the header of `file` and maps it.
+    ///
+    /// # Errors
+    /// `ReadError::Format` if the file is not a valid buffer file.
+    pub(crate) fn open(file: &File, path: &Path) -> Result<(Self, Geometry), ReadError> {
+        let len = file
+            .metadata()
+            .map_err(|e| ReadError::io("stat", path, e))?
+            .len();
+        let fmt = |source: FormatError| ReadError::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut page = [0u8; crate::layout::hdr::END];
+        if len < page.len() as u64 {
+            return Err(fmt(FormatError::Truncated {
+                expected: page.len() as u64,
+                actual: len,
+            }));
+        }
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
+            .map_err(|e| ReadError::io("read", path, e))?;
+        let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
+        let g = Geometry::from_header(field, len, page_size()).map_err(fmt)?;
+        let meta = MmapOptions::new()
+            .len(g.reader_offset as usize)
+            .map_raw_read_only(file)
+            .map_err(|e| ReadError::io("mmap", path, e))?;
+        let rdr = MmapOptions::new()
+            .offset(g.reader_offset)
+            .len(g.reader_len as usize)
+            .map_raw(file)
+            .map_err(|e| ReadError::io("mmap", path, e))?;
+        let data = MmapOptions::new()
+            .offset(g.data_offset)
+            .len(g.data_len() as usize)
+            .map_raw_read_only(file)
+            .map_err(|e| ReadError::io("mmap", path, e))?;
+        // SAFETY: the three mappings cover the regions of the validated
+        // geometry `g` (the file is at least g.file_size bytes long); they
+        // live in the returned value as long as `shared`. The read-only ones
+        // are only ever loaded from.
+        let shared = unsafe {
+            Shared::new(
+                g,
+                atomic_ptr(&meta, 0),
+                atomic_ptr(&meta, g.desc_offset),
+                atomic_ptr(&rdr, 0),
+                data.as_mut_ptr(),
+                field(hdr::FLAGS),
+            )
+        };
+        Ok((
+            ReaderMap {
+                _meta: meta,
+                _rdr: rdr,
+                _data: data,
+                shared,
+            },
+            g,
+        ))
+    }
+}

@@ -1,0 +1,244 @@
+//! Single-process behaviour of a channel and its relay files.
+
+use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
+use std::time::Duration;
+
+fn chan(dir: &std::path::Path, sb: u64, n: u64, mode: Mode) -> Channel {
+    Channel::builder("t")
+        .dir(dir)
+        .subbuf_size(sb)
+        .n_subbufs(n)
+        .mode(mode)
+        .global(true)
+        .open()
+        .unwrap()
+}
+
+fn drain(r: &mut RelayFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1000];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn records_come_back_in_order_without_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 4, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let mut expect = Vec::new();
+    for i in 0..20u8 {
+        let rec = vec![i; 1 + (i as usize * 7) % 100];
+        c.write(&rec).unwrap();
+        expect.extend_from_slice(&rec);
+        // Drain as we go so the buffer never fills.
+        let got = drain(&mut r);
+        expect.drain(..got.len());
+    }
+    c.flush();
+    let got = drain(&mut r);
+    assert_eq!(got, expect);
+    let s = r.stats();
+    assert_eq!(s.records_written, 20);
+    assert_eq!(s.records_consumed, 20);
+    assert!(s.padding_bytes > 0);
+    assert_eq!(s.lost(), 0);
+}
+
+#[test]
+fn partial_subbuffer_is_readable_without_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 4096, 2, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(b"abc").unwrap();
+    c.write(b"def").unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(r.read(&mut buf).unwrap(), 4);
+    assert_eq!(&buf, b"abcd");
+    assert_eq!(r.read(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"ef");
+    assert_eq!(r.read(&mut buf).unwrap(), 0);
+    c.write(b"gh").unwrap();
+    assert_eq!(r.read(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"gh");
+}
+
+#[test]
+fn uncommitted_reservation_hides_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 4096, 2, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(b"one").unwrap();
+    let mut slot = c.reserve(3).unwrap();
+    c.write(b"three").unwrap();
+    let mut buf = [0u8; 64];
+    // Only what precedes the open reservation would be safe, but the reader
+    // can't tell where it starts: it waits for it.
+    assert_eq!(r.read(&mut buf).unwrap(), 0);
+    slot.copy_from_slice(b"two");
+    slot.commit();
+    let n = r.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"onetwothree");
+}
+
+#[test]
+fn full_buffer_drops_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 64, 2, Mode::NoOverwrite);
+    let mut ok = 0;
+    let mut full = 0;
+    for _ in 0..10 {
+        match c.write(&[7u8; 40]) {
+            Ok(()) => ok += 1,
+            Err(WriteError::Full) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    assert_eq!(full, 8);
+    assert_eq!(c.write(&[0u8; 65]), Err(WriteError::TooBig(65)));
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.flush();
+    let got = drain(&mut r);
+    assert_eq!(got, vec![7u8; 80]);
+    let s = r.stats();
+    assert_eq!(s.dropped_full, 8);
+    assert_eq!(s.dropped_toobig, 1);
+    assert_eq!(s.records_written, 2);
+    // Space is free again.
+    c.write(&[9u8; 40]).unwrap();
+    c.flush();
+    assert_eq!(drain(&mut r), vec![9u8; 40]);
+}
+
+#[test]
+fn overwrite_mode_keeps_the_newest_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 64, 4, Mode::Overwrite);
+    for i in 0..40u8 {
+        c.write(&[i; 30]).unwrap(); // two records per sub-buffer
+    }
+    c.flush();
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let got = drain(&mut r);
+    // 20 sub-buffers were filled; the last 4 survive: records 32..40.
+    let expect: Vec<u8> = (32..40u8).flat_map(|i| [i; 30]).collect();
+    assert_eq!(got, expect);
+    let s = r.stats();
+    assert_eq!(s.records_written, 40);
+    assert_eq!(s.overwritten_records, 32);
+    assert_eq!(s.records_consumed, 8);
+    assert_eq!(s.records_consumed + s.lost(), s.records_written);
+}
+
+#[test]
+fn header_reserve_is_filled_by_the_callback() {
+    struct Hdr;
+    impl relayfs::Callbacks for Hdr {
+        fn subbuf_header(
+            &self,
+            _b: &relayfs::BufferInfo,
+            info: &relayfs::SwitchInfo,
+            header: &mut [u8],
+        ) {
+            header.copy_from_slice(&(info.ordinal as u32).to_le_bytes());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = Channel::builder("h")
+        .dir(dir.path())
+        .subbuf_size(64)
+        .n_subbufs(4)
+        .subbuf_start_reserve(4)
+        .callbacks(Hdr)
+        .global(true)
+        .open()
+        .unwrap();
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(&[1u8; 50]).unwrap();
+    c.write(&[2u8; 50]).unwrap();
+    c.flush();
+    let got = drain(&mut r);
+    let mut expect = 0u32.to_le_bytes().to_vec();
+    expect.extend([1u8; 50]);
+    expect.extend(1u32.to_le_bytes());
+    expect.extend([2u8; 50]);
+    assert_eq!(got, expect);
+    assert_eq!(c.write(&[0u8; 61]), Err(WriteError::TooBig(61)));
+}
+
+#[test]
+fn close_wakes_reader_and_ends_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 4096, 4, Mode::NoOverwrite);
+    let path = c.buffer_path(0).to_path_buf();
+    let mut r = RelayFile::open(&path).unwrap();
+    c.write(b"last words").unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        c.close().unwrap();
+    });
+    let mut got = Vec::new();
+    loop {
+        match r.poll(Some(Duration::from_secs(10))).unwrap() {
+            Ready::Readable => got.extend(drain(&mut r)),
+            Ready::Closed => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    t.join().unwrap();
+    assert_eq!(got, b"last words");
+    assert!(!path.exists(), "relay_close removes the files");
+    assert!(r.is_eof().unwrap());
+}
+
+#[test]
+fn second_reader_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 4096, 4, Mode::NoOverwrite);
+    let _r = RelayFile::open(c.buffer_path(0)).unwrap();
+    match RelayFile::open(c.buffer_path(0)) {
+        Err(relayfs::ReadError::Busy(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reset_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = chan(dir.path(), 64, 2, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(&[1u8; 60]).unwrap();
+    c.write(&[2u8; 60]).unwrap();
+    assert_eq!(c.write(&[3u8; 60]), Err(WriteError::Full));
+    c.reset();
+    assert_eq!(c.total_stats().dropped_full, 0);
+    c.write(&[4u8; 10]).unwrap();
+    c.flush();
+    assert_eq!(drain(&mut r), vec![4u8; 10]);
+}
+
+#[test]
+fn mapping_reports_ready_subbuffers_and_consumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 64, 2, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(&[5u8; 50]).unwrap();
+    c.write(&[6u8; 50]).unwrap();
+    assert_eq!(c.write(&[7u8; 50]), Err(WriteError::Full));
+    let mut m = r.map();
+    let sb = m.ready().unwrap().unwrap();
+    assert_eq!((sb.ordinal, sb.len, sb.padding, sb.records), (0, 50, 14, 1));
+    assert_eq!(m.copy_subbuf(&sb), vec![5u8; 50]);
+    assert_eq!(m.len(), 128);
+    assert_eq!(m.subbufs_consumed(1).unwrap(), 1);
+    drop(m);
+    c.write(&[7u8; 50]).unwrap();
+    assert_eq!(c.stats(0).subbufs_consumed, 1);
+}
