@@ -476,13 +476,12 @@ impl Shared {
         }))
     }
 
-    /// We opened a slot over the sub-buffer with ordinal `prev`; if no reader
-    /// consumed or claimed it, its records are overwritten: count them.
+    /// We opened a slot over the sub-buffer with ordinal `prev`; unless a
+    /// reader claimed it (to read it, or because it read it already), its
+    /// records are overwritten: count them. The reader's consumed position is
+    /// no guide: a reader that finds a sub-buffer lapped skips it without
+    /// claiming it, possibly before we get here.
     fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
-        // SYNC POINT: Acquire pairs with the reader's Release of `consumed`.
-        if self.r(rdr::CONSUMED).load(Ordering::Acquire) > prev {
-            return;
-        }
         let cw = self.claim_word(slot);
         let mut cur = cw.load(Ordering::Relaxed);
         loop {

@@ -1,0 +1,179 @@
+//! Many writers, one reader per buffer: every record is delivered exactly
+//! once, whole and in per-writer order, or counted as lost.
+
+use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const HDR: usize = 16;
+
+fn record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&(len as u32).to_le_bytes());
+    r.extend_from_slice(&writer.to_le_bytes());
+    r.extend_from_slice(&seq.to_le_bytes());
+    for i in HDR..len {
+        r.push((seq as usize * 31 + writer as usize * 17 + i) as u8);
+    }
+    r
+}
+
+/// Parses one buffer's stream; returns (writer, seq) in stream order.
+fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        assert!(stream.len() - at >= HDR, "truncated record header at {at}");
+        let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+        let writer = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap());
+        let seq = u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap());
+        assert!(len >= HDR && at + len <= stream.len(), "bad record length {len} at {at}");
+        assert_eq!(&stream[at..at + len], &record(writer, seq, len)[..], "torn record");
+        out.push((writer, seq));
+        at += len;
+    }
+    out
+}
+
+struct Outcome {
+    delivered: u64,
+    written_ok: u64,
+    refused: u64,
+    stats: relayfs::BufferStats,
+}
+
+fn run(mode: Mode, global: bool, writers: u32, per_writer: u64, slow_reader: bool) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("stress")
+            .dir(dir.path())
+            .subbuf_size(1024)
+            .n_subbufs(4)
+            .mode(mode)
+            .global(global)
+            .open()
+            .unwrap(),
+    );
+    let readers: Vec<_> = (0..chan.n_buffers())
+        .map(|i| {
+            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut stream = Vec::new();
+                let mut buf = vec![0u8; 700];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    stream.extend_from_slice(&buf[..n]);
+                    if slow_reader {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    if n == 0 {
+                        match f.poll(Some(Duration::from_millis(20))).unwrap() {
+                            Ready::Closed => break,
+                            Ready::ProducerGone => panic!("producer gone"),
+                            _ => {}
+                        }
+                    }
+                }
+                (stream, f.stats())
+            })
+        })
+        .collect();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let chan = chan.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut refused) = (0u64, 0u64);
+                for seq in 0..per_writer {
+                    let len = HDR + ((seq * 7 + w as u64 * 13) % 300) as usize;
+                    let rec = record(w, seq, len);
+                    let res = if seq % 2 == 0 {
+                        chan.write(&rec)
+                    } else {
+                        chan.reserve(len).map(|mut slot| {
+                            slot.copy_from_slice(&rec);
+                            if seq % 5 == 0 {
+                                std::thread::yield_now(); // hold it open a while
+                            }
+                        })
+                    };
+                    match res {
+                        Ok(()) => ok += 1,
+                        Err(WriteError::Full) => refused += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (mut written_ok, mut refused) = (0, 0);
+    for h in handles {
+        let (o, r) = h.join().unwrap();
+        written_ok += o;
+        refused += r;
+    }
+    let chan = Arc::try_unwrap(chan).unwrap();
+    chan.close().unwrap();
+    let mut seen = HashSet::new();
+    let mut delivered = 0;
+    let mut stats = Vec::new();
+    for r in readers {
+        let (stream, st) = r.join().unwrap();
+        stats.push(st);
+        let mut last = vec![None::<u64>; writers as usize];
+        for (w, seq) in parse(&stream) {
+            assert!(seen.insert((w, seq)), "record {w}/{seq} delivered twice");
+            let l = &mut last[w as usize];
+            assert!(l.is_none_or(|l| l < seq), "writer {w}: {seq} after {l:?}");
+            *l = Some(seq);
+            delivered += 1;
+        }
+    }
+    let stats = relayfs::sum_stats(&stats);
+    Outcome {
+        delivered,
+        written_ok,
+        refused,
+        stats,
+    }
+}
+
+fn check(o: &Outcome, offered: u64) {
+    let s = &o.stats;
+    assert_eq!(o.written_ok + o.refused, offered);
+    assert_eq!(s.dropped_full, o.refused, "refusals counted");
+    assert_eq!(s.records_written, o.written_ok, "every accepted record completes");
+    assert_eq!(s.records_consumed, o.delivered, "reader's count matches what it parsed");
+    assert_eq!(
+        o.delivered + s.overwritten_records + s.discarded_records + s.dropped_full,
+        offered,
+        "delivered + lost = offered: {s:?}"
+    );
+}
+
+#[test]
+fn no_overwrite_per_cpu_fast_reader() {
+    let o = run(Mode::NoOverwrite, false, 4, 20_000, false);
+    check(&o, 80_000);
+}
+
+#[test]
+fn no_overwrite_global_slow_reader() {
+    let o = run(Mode::NoOverwrite, true, 4, 5_000, true);
+    check(&o, 20_000);
+    assert!(o.refused > 0, "a slow reader makes the producer drop");
+}
+
+#[test]
+fn overwrite_per_cpu_fast_reader() {
+    let o = run(Mode::Overwrite, false, 4, 20_000, false);
+    check(&o, 80_000);
+}
+
+#[test]
+fn overwrite_global_slow_reader() {
+    let o = run(Mode::Overwrite, true, 4, 5_000, true);
+    check(&o, 20_000);
+    assert!(o.stats.overwritten_records + o.stats.discarded_records > 0);
+}
