@@ -45,6 +45,7 @@
 mod buffer;
 mod callbacks;
 mod channel;
+mod cursor;
 pub mod cpu;
 mod error;
 pub mod layout;

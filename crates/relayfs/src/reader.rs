@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Avail, BufferStats, Shared};
+use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
 use crate::notify::{Wake, Waiter};
@@ -52,16 +53,6 @@ pub struct BufferHeader {
     pub created_ns: u64,
 }
 
-/// One contiguous run of readable bytes.
-#[derive(Debug, Clone, Copy)]
-enum Chunk {
-    /// Bytes `[start, end)` of `slot` in the mapping (no-overwrite mode:
-    /// stable until consumed).
-    Direct { slot: u64, start: u64, end: u64 },
-    /// Bytes `[start, end)` of the bounce buffer (overwrite mode).
-    Bounce { start: u64, end: u64 },
-}
-
 /// An open relay file: a reader of one channel buffer.
 ///
 /// One reader per buffer at a time (a second `open` fails with
@@ -90,24 +81,14 @@ pub struct RelayFile {
     map: ReaderMap,
     waiter: Option<Waiter>,
     header: BufferHeader,
-    /// Ordinal of the sub-buffer we are in, and bytes of it delivered.
-    ord: u64,
-    pos: u64,
-    claimed: bool,
-    epoch: u64,
-    /// Overwrite mode: a validated copy of the current sub-buffer.
-    bounce: Vec<u8>,
-    bounce_len: u64,
-    bounce_records: u64,
-    bounce_full: bool,
+    cur: Cursor,
 }
 
 impl std::fmt::Debug for RelayFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayFile")
             .field("path", &self.path)
-            .field("ord", &self.ord)
-            .field("pos", &self.pos)
+            .field("cursor", &self.cur)
             .finish_non_exhaustive()
     }
 }
@@ -147,26 +128,17 @@ impl RelayFile {
             created_ns: h(hdr::CREATED_NS),
         };
         let waiter = Waiter::open(&crate::channel::wake_fifo_path(&path)).ok();
-        let epoch = h(hdr::EPOCH);
         s.r(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
-        let mut f = RelayFile {
+        let cur = Cursor::new(s);
+        Ok(RelayFile {
             path,
             file,
             map,
             waiter,
             header,
-            ord: 0,
-            pos: 0,
-            claimed: false,
-            epoch,
-            bounce: Vec::new(),
-            bounce_len: 0,
-            bounce_records: 0,
-            bounce_full: false,
-        };
-        f.load_position();
-        Ok(f)
+            cur,
+        })
     }
 
     /// Reads the producer pid of a buffer file's header without taking the
@@ -239,26 +211,6 @@ impl RelayFile {
         &self.map.shared
     }
 
-    fn load_position(&mut self) {
-        let s = &self.map.shared;
-        if s.r(rdr::EPOCH).load(Ordering::Relaxed) != self.epoch {
-            s.r(rdr::EPOCH).store(self.epoch, Ordering::Relaxed);
-        }
-        self.ord = s.r(rdr::CONSUMED).load(Ordering::Acquire);
-        self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
-        self.claimed = false;
-        self.bounce_full = false;
-    }
-
-    fn check_epoch(&mut self) {
-        let e = self.shared().h(hdr::EPOCH).load(Ordering::Acquire);
-        if e != self.epoch {
-            // relay_reset: the producer zeroed the reader page too.
-            self.epoch = e;
-            self.load_position();
-        }
-    }
-
     /// The buffer's header facts.
     pub fn header(&self) -> &BufferHeader {
         &self.header
@@ -285,139 +237,12 @@ impl RelayFile {
         shm::byte_locked(&self.file, shm::PRODUCER_LOCK_BYTE).unwrap_or(false)
     }
 
-    fn store_pos(&self) {
-        self.shared()
-            .r(rdr::READ_POS)
-            .store(self.pos, Ordering::Relaxed);
-    }
-
-    /// Moves to the next sub-buffer: records of the finished one are counted
-    /// as consumed if we delivered them.
-    fn advance(&mut self, delivered_records: Option<u64>) {
-        let s = &self.map.shared;
-        if let Some(n) = delivered_records {
-            s.r(rdr::RECORDS_CONSUMED).fetch_add(n, Ordering::Relaxed);
-        }
-        self.ord += 1;
-        self.pos = 0;
-        self.claimed = false;
-        self.bounce_full = false;
-        s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
-        // SYNC POINT: Release pairs with the opener's Acquire load of
-        // CONSUMED: our reads of the sub-buffer happen before its reuse.
-        s.r(rdr::CONSUMED).store(self.ord, Ordering::Release);
-    }
-
-    fn fail(&self, what: &'static str) -> ReadError {
-        ReadError::Format {
-            path: self.path.clone(),
-            source: FormatError::Corrupt(what),
-        }
-    }
-
-    /// Finds the next readable run of bytes, or `None`.
     fn next_chunk(&mut self) -> Result<Option<Chunk>, ReadError> {
-        self.check_epoch();
-        // Bounded: each pass either returns or moves to a later sub-buffer,
-        // and there are at most as many as were produced.
-        loop {
-            if self.bounce_full {
-                if self.pos < self.bounce_len {
-                    return Ok(Some(Chunk::Bounce {
-                        start: self.pos,
-                        end: self.bounce_len,
-                    }));
-                }
-                let n = self.bounce_records;
-                self.advance(Some(n));
-                continue;
-            }
-            let avail = self
-                .shared()
-                .available(self.ord)
-                .map_err(|source| ReadError::Format {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            let slot = self.ord % self.header.geometry.n_subbufs;
-            match avail {
-                Avail::Nothing => return Ok(None),
-                Avail::Lapped { next } => {
-                    if next <= self.ord {
-                        return Err(self.fail("reader position ahead of the producer"));
-                    }
-                    // Skipped sub-buffers were counted by the writer that
-                    // overwrote them (we never claimed them).
-                    self.ord = next - 1;
-                    self.advance(None);
-                }
-                Avail::Complete { end, records } => {
-                    if !self.claimed {
-                        if !self.shared().claim_for_read(self.ord) {
-                            self.advance(None); // overwritten and counted
-                            continue;
-                        }
-                        self.claimed = true;
-                    }
-                    if self.pos > end {
-                        return Err(self.fail("read position beyond the end of a sub-buffer"));
-                    }
-                    if self.header.overwrite {
-                        // Copy it whole, then check it was not reused meanwhile.
-                        let g = &self.header.geometry;
-                        self.bounce.resize(g.subbuf_size as usize, 0);
-                        let mut bounce = std::mem::take(&mut self.bounce);
-                        self.shared().copy_out(slot, 0, &mut bounce[..end as usize]);
-                        self.bounce = bounce;
-                        if !self.shared().still_valid(self.ord) {
-                            let s = self.shared();
-                            s.r(rdr::DISCARDED_SUBBUFS).fetch_add(1, Ordering::Relaxed);
-                            s.r(rdr::DISCARDED_RECORDS)
-                                .fetch_add(records, Ordering::Relaxed);
-                            self.advance(None);
-                            continue;
-                        }
-                        self.bounce_len = end;
-                        self.bounce_records = records;
-                        self.bounce_full = true;
-                        continue;
-                    }
-                    if self.pos == end {
-                        self.advance(Some(records));
-                        continue;
-                    }
-                    return Ok(Some(Chunk::Direct {
-                        slot,
-                        start: self.pos,
-                        end,
-                    }));
-                }
-                Avail::Partial { end } => {
-                    if !self.claimed {
-                        if !self.shared().claim_for_read(self.ord) {
-                            return Err(self.fail("sub-buffer being written is claimed as overwritten"));
-                        }
-                        self.claimed = true;
-                    }
-                    if self.pos >= end {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Chunk::Direct {
-                        slot,
-                        start: self.pos,
-                        end,
-                    }));
-                }
-            }
-        }
-    }
-
-    fn consumed(&mut self, n: u64) {
-        self.pos += n;
-        self.shared()
-            .r(rdr::BYTES_CONSUMED)
-            .fetch_add(n, Ordering::Relaxed);
-        self.store_pos();
+        let s = &self.map.shared;
+        self.cur.next_chunk(s).map_err(|source| ReadError::Format {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Bytes readable right now without waiting (`FIONREAD`-like; counts the
@@ -426,12 +251,7 @@ impl RelayFile {
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn available(&mut self) -> Result<u64, ReadError> {
-        Ok(match self.next_chunk()? {
-            Some(Chunk::Direct { start, end, .. }) | Some(Chunk::Bounce { start, end }) => {
-                end - start
-            }
-            None => 0,
-        })
+        Ok(self.next_chunk()?.map_or(0, |c| c.len()))
     }
 
     /// Consuming read (`read(2)` on a relay file): copies up to `buf.len()`
@@ -448,27 +268,11 @@ impl RelayFile {
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let Some(chunk) = self.next_chunk()? else { break };
-            let n = match chunk {
-                Chunk::Direct { slot, start, end } => {
-                    let n = (end - start).min((buf.len() - done) as u64);
-                    self.shared()
-                        .copy_out(slot, start, &mut buf[done..done + n as usize]);
-                    n
-                }
-                Chunk::Bounce { start, end } => {
-                    let n = (end - start).min((buf.len() - done) as u64);
-                    buf[done..done + n as usize]
-                        .copy_from_slice(&self.bounce[start as usize..(start + n) as usize]);
-                    n
-                }
-            };
-            self.consumed(n);
-            done += n as usize;
-        }
-        Ok(done)
+        let s = &self.map.shared;
+        self.cur.read(s, buf).map_err(|source| ReadError::Format {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Moves up to `max` bytes to `out` (`sendfile(2)` from a relay file),
@@ -491,8 +295,7 @@ impl RelayFile {
                 }
                 Chunk::Bounce { start, end } => {
                     let len = (end - start).min(max - done);
-                    // SAFETY: start + len <= bounce_len <= bounce.len().
-                    (unsafe { self.bounce.as_ptr().add(start as usize) }, len)
+                    (self.cur.bounce()[start as usize..(start + len) as usize].as_ptr(), len)
                 }
             };
             // SAFETY: `ptr..ptr+len` is within the mapping or the bounce
@@ -512,7 +315,7 @@ impl RelayFile {
             if n == 0 {
                 break;
             }
-            self.consumed(n as u64);
+            self.cur.consume(&self.map.shared, n as u64);
             done += n as u64;
         }
         Ok(done)
@@ -661,7 +464,7 @@ impl Mapping<'_> {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn ready(&mut self) -> Result<Option<ReadySubbuf>, ReadError> {
         let f = &mut *self.file;
-        f.check_epoch();
+        f.cur.check_epoch(&f.map.shared);
         loop {
             let g = f.header.geometry;
             let ord = f.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
@@ -732,7 +535,7 @@ impl Mapping<'_> {
                 path: f.path.clone(),
                 source,
             })?;
-        f.load_position();
+        f.cur.load(&f.map.shared);
         Ok(done)
     }
 }

@@ -1,0 +1,213 @@
+//! The reader's position in a buffer and the walk from one readable run of
+//! bytes to the next: the part of the relay file operations that is pure
+//! protocol (no files, no system calls), shared by [`RelayFile`] and the
+//! loom model.
+//!
+//! [`RelayFile`]: crate::RelayFile
+
+use crate::buffer::{Avail, Shared};
+use crate::error::FormatError;
+use crate::layout::{hdr, rdr};
+use crate::sync::Ordering;
+
+/// One contiguous run of readable bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Bytes `[start, end)` of `slot` in the buffer (no-overwrite mode:
+    /// stable until consumed).
+    Direct { slot: u64, start: u64, end: u64 },
+    /// Bytes `[start, end)` of the cursor's bounce buffer (overwrite mode).
+    Bounce { start: u64, end: u64 },
+}
+
+impl Chunk {
+    pub(crate) fn len(&self) -> u64 {
+        match *self {
+            Chunk::Direct { start, end, .. } | Chunk::Bounce { start, end } => end - start,
+        }
+    }
+}
+
+/// A reader's position: which sub-buffer, how far into it, and (overwrite
+/// mode) a validated copy of it. Mirrored in the reader page so that a new
+/// reader resumes where the last one stopped.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor {
+    ord: u64,
+    pos: u64,
+    claimed: bool,
+    epoch: u64,
+    bounce: Vec<u8>,
+    bounce_len: u64,
+    bounce_records: u64,
+    bounce_full: bool,
+}
+
+impl Cursor {
+    /// A cursor at the position recorded in the reader page.
+    pub(crate) fn new(s: &Shared) -> Cursor {
+        let mut c = Cursor {
+            epoch: s.h(hdr::EPOCH).load(Ordering::Acquire),
+            ..Cursor::default()
+        };
+        c.load(s);
+        c
+    }
+
+    /// Reloads the position from the reader page.
+    pub(crate) fn load(&mut self, s: &Shared) {
+        s.r(rdr::EPOCH).store(self.epoch, Ordering::Relaxed);
+        self.ord = s.r(rdr::CONSUMED).load(Ordering::Acquire);
+        self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
+        self.claimed = false;
+        self.bounce_full = false;
+    }
+
+    /// The bounce buffer (overwrite mode).
+    pub(crate) fn bounce(&self) -> &[u8] {
+        &self.bounce
+    }
+
+    pub(crate) fn check_epoch(&mut self, s: &Shared) {
+        let e = s.h(hdr::EPOCH).load(Ordering::Acquire);
+        if e != self.epoch {
+            // relay_reset: the producer zeroed the reader page too.
+            self.epoch = e;
+            self.load(s);
+        }
+    }
+
+    /// Moves to the next sub-buffer; records of the finished one are counted
+    /// as consumed if we delivered them.
+    fn advance(&mut self, s: &Shared, delivered_records: Option<u64>) {
+        if let Some(n) = delivered_records {
+            s.r(rdr::RECORDS_CONSUMED).fetch_add(n, Ordering::Relaxed);
+        }
+        self.ord += 1;
+        self.pos = 0;
+        self.claimed = false;
+        self.bounce_full = false;
+        s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Release pairs with the opener's Acquire load of
+        // CONSUMED: our reads of the sub-buffer happen before its reuse.
+        s.r(rdr::CONSUMED).store(self.ord, Ordering::Release);
+    }
+
+    /// Finds the next readable run of bytes, or `None` if there is nothing
+    /// to read now.
+    pub(crate) fn next_chunk(&mut self, s: &Shared) -> Result<Option<Chunk>, FormatError> {
+        self.check_epoch(s);
+        let g = s.g;
+        // Bounded: each pass either returns or moves to a later sub-buffer,
+        // and only so many were produced.
+        loop {
+            if self.bounce_full {
+                if self.pos < self.bounce_len {
+                    return Ok(Some(Chunk::Bounce {
+                        start: self.pos,
+                        end: self.bounce_len,
+                    }));
+                }
+                let n = self.bounce_records;
+                self.advance(s, Some(n));
+                continue;
+            }
+            let slot = self.ord % g.n_subbufs;
+            match s.available(self.ord)? {
+                Avail::Nothing => return Ok(None),
+                Avail::Lapped { next } => {
+                    if next <= self.ord {
+                        return Err(FormatError::Corrupt("reader position ahead of the producer"));
+                    }
+                    // Skipped sub-buffers are counted by the writer that
+                    // overwrote them (we never claimed them).
+                    self.ord = next - 1;
+                    self.advance(s, None);
+                }
+                Avail::Complete { end, records } => {
+                    if !self.claimed {
+                        if !s.claim_for_read(self.ord) {
+                            self.advance(s, None); // overwritten and counted
+                            continue;
+                        }
+                        self.claimed = true;
+                    }
+                    if self.pos > end {
+                        return Err(FormatError::Corrupt(
+                            "read position beyond the end of a sub-buffer",
+                        ));
+                    }
+                    if s.is_overwrite() {
+                        // Copy it whole, then check it was not reused meanwhile.
+                        self.bounce.resize(g.subbuf_size as usize, 0);
+                        s.copy_out(slot, 0, &mut self.bounce[..end as usize]);
+                        if !s.still_valid(self.ord) {
+                            s.r(rdr::DISCARDED_SUBBUFS).fetch_add(1, Ordering::Relaxed);
+                            s.r(rdr::DISCARDED_RECORDS)
+                                .fetch_add(records, Ordering::Relaxed);
+                            self.advance(s, None);
+                            continue;
+                        }
+                        self.bounce_len = end;
+                        self.bounce_records = records;
+                        self.bounce_full = true;
+                        continue;
+                    }
+                    if self.pos == end {
+                        self.advance(s, Some(records));
+                        continue;
+                    }
+                    return Ok(Some(Chunk::Direct {
+                        slot,
+                        start: self.pos,
+                        end,
+                    }));
+                }
+                Avail::Partial { end } => {
+                    if !self.claimed {
+                        if !s.claim_for_read(self.ord) {
+                            return Err(FormatError::Corrupt(
+                                "sub-buffer being written is claimed as overwritten",
+                            ));
+                        }
+                        self.claimed = true;
+                    }
+                    if self.pos >= end {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Chunk::Direct {
+                        slot,
+                        start: self.pos,
+                        end,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Records that `n` bytes of the last chunk were delivered.
+    pub(crate) fn consume(&mut self, s: &Shared, n: u64) {
+        self.pos += n;
+        s.r(rdr::BYTES_CONSUMED).fetch_add(n, Ordering::Relaxed);
+        s.r(rdr::READ_POS).store(self.pos, Ordering::Relaxed);
+    }
+
+    /// Copies up to `buf.len()` readable bytes into `buf` and consumes them.
+    pub(crate) fn read(&mut self, s: &Shared, buf: &mut [u8]) -> Result<usize, FormatError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(chunk) = self.next_chunk(s)? else { break };
+            let n = chunk.len().min((buf.len() - done) as u64);
+            let out = &mut buf[done..done + n as usize];
+            match chunk {
+                Chunk::Direct { slot, start, .. } => s.copy_out(slot, start, out),
+                Chunk::Bounce { start, .. } => {
+                    out.copy_from_slice(&self.bounce[start as usize..(start + n) as usize])
+                }
+            }
+            self.consume(s, n);
+            done += n as usize;
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,187 @@
+//! Producer and reader in different processes: the test binary runs itself
+//! as the producer (`child_producer`, active only when RELAYFS_TEST_CHILD is
+//! set).
+
+use relayfs::{Channel, Ready, RelayFile};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "RELAYFS_TEST_CHILD";
+
+fn rec(i: u64) -> Vec<u8> {
+    let len = 8 + (i % 50) as usize;
+    let mut v = i.to_le_bytes().to_vec();
+    v.extend((0..len - 8).map(|j| (i as usize + j) as u8));
+    v
+}
+
+fn expected(n: u64) -> Vec<u8> {
+    (0..n).flat_map(rec).collect()
+}
+
+/// The producer process. Modes: "burst" writes N records and closes;
+/// "wait" writes N, flushes, waits for `<dir>/go`, then closes; "hang"
+/// writes N, flushes and sleeps (to be killed).
+#[test]
+fn child_producer() {
+    let Ok(mode) = std::env::var(ROLE) else { return };
+    let dir = PathBuf::from(std::env::var("RELAYFS_TEST_DIR").unwrap());
+    let n: u64 = std::env::var("RELAYFS_TEST_N").unwrap().parse().unwrap();
+    let chan = Channel::builder("x").base("x")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .global(true)
+        .open()
+        .unwrap();
+    std::fs::write(dir.join("ready"), b"").unwrap();
+    if mode == "burst" {
+        // Give the reader time to attach.
+        wait_for(&dir.join("attached"));
+    }
+    for i in 0..n {
+        chan.write(&rec(i)).unwrap();
+    }
+    chan.flush();
+    match mode.as_str() {
+        "wait" => wait_for(&dir.join("go")),
+        "hang" => std::thread::sleep(Duration::from_secs(60)),
+        _ => {}
+    }
+    chan.close().unwrap();
+}
+
+fn wait_for(p: &Path) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {p:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn spawn(mode: &str, dir: &Path, n: u64) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["child_producer", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, mode)
+        .env("RELAYFS_TEST_DIR", dir)
+        .env("RELAYFS_TEST_N", n.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn read_to_end(f: &mut RelayFile) -> (Vec<u8>, Ready) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 3000];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        out.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            match f.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {}
+                Ready::Timeout => panic!("no data for 20 s"),
+                end => return (out, end),
+            }
+        }
+    }
+}
+
+#[test]
+fn reader_follows_a_producer_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("burst", dir.path(), 5000);
+    wait_for(&dir.path().join("ready"));
+    let mut f = RelayFile::open(dir.path().join("x0")).unwrap();
+    std::fs::write(dir.path().join("attached"), b"").unwrap();
+    let (data, end) = read_to_end(&mut f);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(end, Ready::Closed);
+    assert_eq!(data, expected(5000));
+    let s = f.stats();
+    assert_eq!((s.records_written, s.records_consumed, s.lost()), (5000, 5000, 0));
+}
+
+#[test]
+fn late_reader_gets_everything_still_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("wait", dir.path(), 2000);
+    wait_for(&dir.path().join("ready"));
+    // Let the producer write everything before we open.
+    let path = dir.path().join("x0");
+    let t = Instant::now();
+    loop {
+        let h = RelayFile::peek_header(&path).unwrap();
+        let _ = h;
+        let mut probe = RelayFile::open(&path).unwrap();
+        if probe.stats().records_written == 2000 || t.elapsed() > Duration::from_secs(20) {
+            drop(probe);
+            break;
+        }
+        let _ = probe.available();
+        drop(probe);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut f = RelayFile::open(&path).unwrap();
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let (data, end) = read_to_end(&mut f);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(end, Ready::Closed);
+    assert_eq!(data, expected(2000));
+}
+
+#[test]
+fn reader_keeps_the_buffer_past_relay_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("wait", dir.path(), 1000);
+    wait_for(&dir.path().join("ready"));
+    let path = dir.path().join("x0");
+    let mut f = RelayFile::open(&path).unwrap();
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    assert!(child.wait().unwrap().success());
+    // The producer closed the channel, removed the files and exited: we still
+    // hold the buffer and drain it.
+    assert!(!path.exists());
+    let (data, end) = read_to_end(&mut f);
+    assert_eq!(end, Ready::Closed);
+    assert_eq!(data, expected(1000));
+}
+
+#[test]
+fn killed_producer_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("hang", dir.path(), 300);
+    wait_for(&dir.path().join("ready"));
+    let path = dir.path().join("x0");
+    let mut f = RelayFile::open(&path).unwrap();
+    let t = Instant::now();
+    while f.stats().records_written < 300 {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(f.producer_alive());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (data, end) = read_to_end(&mut f);
+    assert_eq!(end, Ready::ProducerGone);
+    assert_eq!(data, expected(300));
+    assert!(path.exists(), "a dead producer's files stay readable");
+    // A new producer replaces the stale files rather than mixing with them.
+    drop(f);
+    let c = Channel::builder("x").base("x")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .stale(relayfs::Stale::Refuse)
+        .global(true)
+        .open();
+    assert!(matches!(c, Err(relayfs::OpenError::Stale(_))));
+    let c = Channel::builder("x").base("x")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .global(true)
+        .open()
+        .unwrap();
+    assert_eq!(c.total_stats().records_written, 0);
+}
