@@ -1,1 +1,53 @@
-fn main() {}
+//! `relayfs`: record relay channels to cpuN.out files, and the tools around
+//! it (demo, verify, cat, stat, ls).
+
+mod cmd;
+mod demofmt;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Relay channels in shared memory: record, inspect and demonstrate them.
+#[derive(Debug, Parser)]
+#[command(name = "relayfs", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show relay working end to end: a producer, a recorder, verification
+    Demo(cmd::demo::Args),
+    /// Record every buffer of a channel to OUTDIR/<buffer>.out (exit 0 when
+    /// the channel closed and was drained, 3 when the producer died, 1 on
+    /// error)
+    Record(cmd::record::Args),
+    /// Check a recording of demo records
+    Verify(cmd::verify::Args),
+    /// Consuming read of one relay file to standard output
+    Cat(cmd::cat::Args),
+    /// Counters of every buffer of a channel
+    Stat(cmd::stat::Args),
+    /// Channels under the relay directory
+    Ls(cmd::ls::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match &cli.cmd {
+        Cmd::Demo(a) => cmd::demo::run(a),
+        Cmd::Record(a) => cmd::record::run(a),
+        Cmd::Verify(a) => cmd::verify::run(a),
+        Cmd::Cat(a) => cmd::cat::run(a),
+        Cmd::Stat(a) => cmd::stat::run(a),
+        Cmd::Ls(a) => cmd::ls::run(a),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("relayfs: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

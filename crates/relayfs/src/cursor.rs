@@ -63,6 +63,11 @@ impl Cursor {
         self.bounce_full = false;
     }
 
+    /// At the start of a sub-buffer.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.pos == 0
+    }
+
     /// The bounce buffer (overwrite mode).
     pub(crate) fn bounce(&self) -> &[u8] {
         &self.bounce

@@ -53,6 +53,23 @@ pub struct BufferHeader {
     pub created_ns: u64,
 }
 
+/// A buffer seen from outside: see [`RelayFile::inspect`].
+#[derive(Debug, Clone)]
+pub struct BufferStatus {
+    /// Header facts.
+    pub header: BufferHeader,
+    /// Counters.
+    pub stats: BufferStats,
+    /// `relay_close` was called.
+    pub closed: bool,
+    /// The producer process holds the buffer.
+    pub producer_alive: bool,
+    /// A reader holds the buffer.
+    pub reader_attached: bool,
+    /// Process id of the last reader that opened it (0: none yet).
+    pub reader_pid: u64,
+}
+
 /// An open relay file: a reader of one channel buffer.
 ///
 /// One reader per buffer at a time (a second `open` fails with
@@ -108,7 +125,7 @@ impl RelayFile {
             .write(true)
             .open(&path)
             .map_err(|e| ReadError::io("open", &path, e))?;
-        let (map, g) = ReaderMap::open(&file, &path)?;
+        let (map, g) = ReaderMap::open(&file, &path, true)?;
         if !shm::try_lock_byte(&file, shm::READER_LOCK_BYTE)
             .map_err(|e| ReadError::io("lock", &path, e))?
         {
@@ -194,6 +211,30 @@ impl RelayFile {
         })
     }
 
+    /// Looks at a buffer without reading it or taking the reader's place:
+    /// header, counters, and who holds it. Needs only read permission.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), but never `Busy`.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<BufferStatus, ReadError> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| ReadError::io("open", path, e))?;
+        let (map, _g) = ReaderMap::open(&file, path, false)?;
+        let header = Self::peek_header(path)?;
+        let s = &map.shared;
+        Ok(BufferStatus {
+            header,
+            stats: s.stats(),
+            // SYNC POINT: Acquire pairs with the Release store in relay_close.
+            closed: s.h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
+            producer_alive: shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
+                .map_err(|e| ReadError::io("lock", path, e))?,
+            reader_attached: shm::byte_locked(&file, shm::READER_LOCK_BYTE)
+                .map_err(|e| ReadError::io("lock", path, e))?,
+            reader_pid: s.r(rdr::READER_PID).load(Ordering::Relaxed),
+        })
+    }
+
     /// Whether a live producer holds the buffer file at `path`, and whether a
     /// reader does.
     ///
@@ -275,6 +316,12 @@ impl RelayFile {
         })
     }
 
+    /// Whether the reader is at the start of a sub-buffer (so that output
+    /// split here never splits a record).
+    pub fn at_subbuf_boundary(&self) -> bool {
+        self.cur.at_boundary()
+    }
+
     /// Moves up to `max` bytes to `out` (`sendfile(2)` from a relay file),
     /// padding removed, writing straight from the mapping (one copy, in the
     /// kernel) in no-overwrite mode. Consumes what was written and nothing
@@ -284,9 +331,23 @@ impl RelayFile {
     /// [`ReadError::Io`] if writing fails (after consuming what was
     /// written), [`ReadError::Format`] if the shared state is corrupt.
     pub fn sendfile(&mut self, out: impl AsFd, max: u64) -> Result<u64, ReadError> {
-        let fd = out.as_fd().as_raw_fd();
+        self.send(out.as_fd().as_raw_fd(), max, false)
+    }
+
+    /// As [`sendfile`](Self::sendfile), but stops at the end of the current
+    /// sub-buffer (or of what is readable of it), so that the caller can
+    /// switch output files between sub-buffers without splitting a record.
+    ///
+    /// # Errors
+    /// As [`sendfile`](Self::sendfile).
+    pub fn sendfile_subbuf(&mut self, out: impl AsFd) -> Result<u64, ReadError> {
+        self.send(out.as_fd().as_raw_fd(), u64::MAX, true)
+    }
+
+    fn send(&mut self, fd: i32, max: u64, one_chunk: bool) -> Result<u64, ReadError> {
         let mut done = 0u64;
-        while done < max {
+        let mut chunk_left = None::<u64>;
+        while done < max && chunk_left != Some(0) {
             let Some(chunk) = self.next_chunk()? else { break };
             let (ptr, len) = match chunk {
                 Chunk::Direct { slot, start, end } => {
@@ -317,6 +378,9 @@ impl RelayFile {
             }
             self.cur.consume(&self.map.shared, n as u64);
             done += n as u64;
+            if one_chunk {
+                chunk_left = Some(len - n as u64);
+            }
         }
         Ok(done)
     }

@@ -119,7 +119,12 @@ impl ProducerMap {
         flags: u64,
         fields: &[(usize, u64)],
     ) -> io::Result<Self> {
-        let map = MmapOptions::new().len(g.file_size as usize).map_raw(file)?;
+        // MAP_POPULATE: fault every page in now, not on the write path
+        // (lttng-ust made the same choice).
+        let map = MmapOptions::new()
+            .len(g.file_size as usize)
+            .populate()
+            .map_raw(file)?;
         let base = map.as_mut_ptr();
         // SAFETY: the mapping spans g.file_size bytes, which holds the
         // header page, descriptors, reader region and data at the offsets of
@@ -161,7 +166,13 @@ impl ReaderMap {
     ///
     /// # Errors
     /// `ReadError::Format` if the file is not a valid buffer file.
-    pub(crate) fn open(file: &File, path: &Path) -> Result<(Self, Geometry), ReadError> {
+    /// With `writable` false the reader page is mapped read-only too (for
+    /// looking at a buffer without reading it).
+    pub(crate) fn open(
+        file: &File,
+        path: &Path,
+        writable: bool,
+    ) -> Result<(Self, Geometry), ReadError> {
         let len = file
             .metadata()
             .map_err(|e| ReadError::io("stat", path, e))?
@@ -185,20 +196,25 @@ impl ReaderMap {
             .len(g.reader_offset as usize)
             .map_raw_read_only(file)
             .map_err(|e| ReadError::io("mmap", path, e))?;
-        let rdr = MmapOptions::new()
-            .offset(g.reader_offset)
-            .len(g.reader_len as usize)
-            .map_raw(file)
-            .map_err(|e| ReadError::io("mmap", path, e))?;
+        let mut opts = MmapOptions::new();
+        opts.offset(g.reader_offset).len(g.reader_len as usize);
+        let rdr = if writable {
+            opts.map_raw(file)
+        } else {
+            opts.map_raw_read_only(file)
+        }
+        .map_err(|e| ReadError::io("mmap", path, e))?;
         let data = MmapOptions::new()
             .offset(g.data_offset)
             .len(g.data_len() as usize)
+            .populate()
             .map_raw_read_only(file)
             .map_err(|e| ReadError::io("mmap", path, e))?;
         // SAFETY: the three mappings cover the regions of the validated
         // geometry `g` (the file is at least g.file_size bytes long); they
         // live in the returned value as long as `shared`. The read-only ones
-        // are only ever loaded from.
+        // (and the reader page, when not `writable`) are only ever loaded
+        // from.
         let shared = unsafe {
             Shared::new(
                 g,

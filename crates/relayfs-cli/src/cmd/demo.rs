@@ -1,0 +1,387 @@
+//! `relayfs demo`: relay end to end in a few seconds. Opens a fresh channel,
+//! starts `relayfs record` on it as a separate process, writes demo records
+//! from T threads, closes the channel, waits for the recorder, verifies the
+//! recording and prints a summary.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use relayfs::{Channel, Mode, RelayFile, WriteError};
+use serde_json::json;
+
+use super::verify;
+use crate::{demofmt, util};
+
+/// A record length, or a range to draw lengths from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeSpec {
+    /// Smallest length.
+    pub min: u32,
+    /// Largest length.
+    pub max: u32,
+}
+
+/// Parses `S` or `MIN..MAX`.
+pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
+    let (min, max) = match s.split_once("..") {
+        Some((a, b)) => (util::parse_size(a)?, util::parse_size(b)?),
+        None => {
+            let v = util::parse_size(s)?;
+            (v, v)
+        }
+    };
+    if min < demofmt::HEADER as u64 || max < min || max > u32::MAX as u64 {
+        return Err(format!(
+            "record size {s:?}: need {} <= MIN <= MAX (a demo record has a {}-byte header)",
+            demofmt::HEADER,
+            demofmt::HEADER
+        ));
+    }
+    Ok(SizeSpec {
+        min: min as u32,
+        max: max as u32,
+    })
+}
+
+/// Arguments of `relayfs demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Channel name (default: demo-<pid>)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Writer threads (default: one per CPU)
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Records per writer
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Record length S, or MIN..MAX for lengths drawn from a seeded generator
+    #[arg(long, default_value = "64", value_parser = parse_size_spec)]
+    pub size: SizeSpec,
+    /// Seed of the length generator
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Sub-buffer size (a power of two; default 1M)
+    #[arg(long, value_parser = util::parse_size)]
+    pub subbuf_size: Option<u64>,
+    /// Sub-buffers per buffer (default 16)
+    #[arg(long)]
+    pub n_subbufs: Option<u64>,
+    /// Overwrite ("flight recorder") mode
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Keep the recorded files in DIR (default: a temporary directory,
+    /// removed at the end)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Produce only, for a `relayfs record` started by hand (waits up to
+    /// --attach-timeout seconds for it to attach)
+    #[arg(long)]
+    pub no_record: bool,
+    /// With --no-record: how long to wait for readers to attach
+    #[arg(long, default_value_t = 60)]
+    pub attach_timeout: u64,
+    /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// xorshift64*: a small seeded generator for record lengths.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn len(&mut self, s: SizeSpec) -> usize {
+        if s.min == s.max {
+            s.min as usize
+        } else {
+            (s.min as u64 + self.next() % (s.max - s.min + 1) as u64) as usize
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct WriterResult {
+    ok: u64,
+    full: u64,
+    toobig: u64,
+    bytes: u64,
+    secs: f64,
+}
+
+fn wait_for_readers(chan: &Channel, timeout: Duration, child: Option<&mut std::process::Child>) -> Result<bool> {
+    let t = Instant::now();
+    let mut child = child;
+    loop {
+        let attached = (0..chan.n_buffers()).all(|i| {
+            RelayFile::inspect(chan.buffer_path(i)).is_ok_and(|s| s.reader_attached)
+        });
+        if attached {
+            return Ok(true);
+        }
+        if let Some(c) = child.as_deref_mut() {
+            if let Some(st) = c.try_wait()? {
+                bail!("the recorder exited before attaching ({st})");
+            }
+        }
+        if t.elapsed() > timeout || util::interrupted() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f64) {
+    let barrier = Arc::new(Barrier::new(threads as usize + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|w| {
+            let (chan, barrier) = (chan.clone(), barrier.clone());
+            let (count, size, seed) = (a.count, a.size, a.seed);
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(seed.wrapping_add(w as u64 * 7919));
+                let mut r = WriterResult::default();
+                barrier.wait();
+                let t = Instant::now();
+                for seq in 0..count {
+                    let len = rng.len(size);
+                    match chan.reserve(len) {
+                        Ok(mut slot) => {
+                            let cpu = slot.cpu() as u32;
+                            demofmt::encode(&mut slot, w, cpu, seq);
+                            slot.commit();
+                            r.ok += 1;
+                            r.bytes += len as u64;
+                        }
+                        Err(WriteError::Full) => r.full += 1,
+                        Err(WriteError::TooBig(_)) => r.toobig += 1,
+                    }
+                }
+                r.secs = t.elapsed().as_secs_f64();
+                r
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t = Instant::now();
+    let results = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+    (results, t.elapsed().as_secs_f64())
+}
+
+/// Runs `relayfs demo`; returns the exit code.
+pub fn run(a: &Args) -> Result<i32> {
+    util::catch_interrupts();
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let name = a.name.clone().unwrap_or_else(|| format!("demo-{}", std::process::id()));
+    let mut b = Channel::builder(&name);
+    if let Some(s) = a.subbuf_size {
+        b = b.subbuf_size(s);
+    }
+    if let Some(n) = a.n_subbufs {
+        b = b.n_subbufs(n);
+    }
+    if a.overwrite {
+        b = b.mode(Mode::Overwrite);
+    }
+    let chan = Arc::new(b.open().with_context(|| format!("cannot open channel {name}"))?);
+    let g = chan.geometry();
+    let nbuf = chan.n_buffers();
+    let tmp;
+    let out: PathBuf = match &a.out {
+        Some(o) => o.clone(),
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut recorder = None;
+    if a.no_record {
+        if !a.json {
+            eprintln!(
+                "relayfs demo: channel {} is open; start `relayfs record {name} -o DIR` (waiting up to {} s)",
+                chan.dir().display(),
+                a.attach_timeout
+            );
+        }
+        wait_for_readers(&chan, Duration::from_secs(a.attach_timeout), None)?;
+    } else {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("record")
+            .arg(chan.dir())
+            .arg("-o")
+            .arg(&out)
+            .args(["--json", "--quiet"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the recorder")?;
+        if !wait_for_readers(&chan, Duration::from_secs(30), Some(&mut child))? {
+            let _ = child.kill();
+            bail!("the recorder did not attach within 30 s");
+        }
+        recorder = Some(child);
+    }
+    let (writers, wall) = produce(&chan, a, threads);
+    chan.flush();
+    let pstats = chan.total_stats();
+    let chan = Arc::try_unwrap(chan).map_err(|_| anyhow::anyhow!("channel still shared"))?;
+    chan.close().context("closing the channel")?;
+
+    let mut rec_json = serde_json::Value::Null;
+    if let Some(mut child) = recorder {
+        let mut s = String::new();
+        if let Some(mut so) = child.stdout.take() {
+            so.read_to_string(&mut s)?;
+        }
+        let st = child.wait()?;
+        if !st.success() {
+            bail!("the recorder failed ({st})");
+        }
+        rec_json = serde_json::from_str(s.trim()).context("reading the recorder's summary")?;
+    }
+    let offered = threads as u64 * a.count;
+    let written: u64 = writers.iter().map(|w| w.ok).sum();
+    let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
+    let producer_lost = pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records;
+    let discarded = rec_json["discarded"].as_u64().unwrap_or(0);
+    let dropped = producer_lost + discarded;
+    let verified = if a.no_record {
+        None
+    } else {
+        Some(verify::verify_dir(
+            &out,
+            &verify::Expect {
+                writers_count: Some((threads, a.count)),
+                lost: Some(dropped),
+            },
+        )?)
+    };
+    let delivered = verified.as_ref().map_or(0, |r| r.records);
+    let ok = verified.as_ref().is_none_or(|r| r.ok()) && (a.no_record || delivered + dropped == offered);
+    let ns_per_record = {
+        let mut v: Vec<f64> = writers.iter().map(|w| w.secs * 1e9 / a.count.max(1) as f64).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mb_per_s = bytes as f64 / wall.max(1e-9) / 1e6;
+    let rec_mb_per_s = rec_json["mb_per_s"].as_f64().unwrap_or(0.0);
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "channel": name,
+                "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
+                "threads": threads,
+                "count": a.count,
+                "subbuf_size": g.subbuf_size,
+                "n_subbufs": g.n_subbufs,
+                "written": offered,
+                "accepted": written,
+                "delivered": delivered,
+                "dropped": dropped,
+                "dropped_full": pstats.dropped_full,
+                "dropped_toobig": pstats.dropped_toobig,
+                "overwritten": pstats.overwritten_records,
+                "discarded": discarded,
+                "verified": ok,
+                "ns_per_record": ns_per_record,
+                "producer_mb_per_s": mb_per_s,
+                "recorder_mb_per_s": rec_mb_per_s,
+                "out": a.out.as_ref().map(|p| p.display().to_string()),
+                "defects": verified.as_ref().map(|r| r.defects.clone()),
+            })
+        );
+    } else {
+        print_summary(a, &name, threads, g, nbuf, offered, &writers, dropped, &pstats, discarded, delivered, ns_per_record, mb_per_s, rec_mb_per_s, verified.as_ref(), &out, ok);
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn tempfile_dir() -> Result<tempfile::TempDir> {
+    let base = Path::new("/dev/shm");
+    let b = tempfile::Builder::new().prefix("relayfs-demo-out-").tempdir_in(if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    });
+    b.context("cannot create a temporary output directory")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_summary(
+    a: &Args,
+    name: &str,
+    threads: u32,
+    g: relayfs::Geometry,
+    nbuf: usize,
+    offered: u64,
+    writers: &[WriterResult],
+    dropped: u64,
+    p: &relayfs::BufferStats,
+    discarded: u64,
+    delivered: u64,
+    ns: f64,
+    mbs: f64,
+    rec_mbs: f64,
+    verified: Option<&verify::Report>,
+    out: &Path,
+    ok: bool,
+) {
+    let size = if a.size.min == a.size.max {
+        format!("{} B", a.size.min)
+    } else {
+        format!("{}..{} B", a.size.min, a.size.max)
+    };
+    let written: u64 = writers.iter().map(|w| w.ok).sum();
+    println!("relayfs demo: channel {name}");
+    println!(
+        "  channel    {} buffers x {} sub-buffers x {}, {}",
+        nbuf,
+        g.n_subbufs,
+        util::human_bytes(g.subbuf_size),
+        if a.overwrite { "overwrite mode" } else { "no-overwrite mode" }
+    );
+    println!(
+        "  producer   {threads} threads x {} records of {size}: {written} accepted, {:.1} ns/record (median thread), {:.0} MB/s",
+        a.count, ns, mbs
+    );
+    if !a.no_record {
+        println!("  recorder   relayfs record -> {} ({:.0} MB/s)", out.display(), rec_mbs);
+    }
+    println!("  written    {offered}");
+    if !a.no_record {
+        println!("  delivered  {delivered}");
+    }
+    println!(
+        "  dropped    {dropped} (buffer full {}, too big {}, overwritten {}, discarded {})",
+        p.dropped_full, p.dropped_toobig, p.overwritten_records, discarded
+    );
+    if let Some(r) = verified {
+        if r.ok() {
+            println!(
+                "  verified   OK: {} records from {} writers, whole, in order, no duplicate; written = delivered + dropped",
+                r.records,
+                r.writers.len()
+            );
+        } else {
+            println!("  verified   FAILED");
+            for d in r.defects.iter().take(10) {
+                println!("    {d}");
+            }
+        }
+    }
+    if !ok && verified.is_some_and(|r| r.ok()) {
+        println!("  the counters don't add up: {offered} written != {delivered} delivered + {dropped} dropped");
+    }
+}

@@ -1,0 +1,91 @@
+//! `relayfs ls`: the channels under the relay directory.
+
+use anyhow::{Context, Result};
+use relayfs::RelayFile;
+use serde_json::json;
+
+use crate::util;
+
+/// Arguments of `relayfs ls`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `relayfs ls`.
+pub fn run(a: &Args) -> Result<i32> {
+    let root = relayfs::relay_dir();
+    let mut chans = Vec::new();
+    if root.is_dir() {
+        let mut dirs: Vec<_> = std::fs::read_dir(&root)
+            .with_context(|| format!("cannot read {}", root.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .collect();
+        dirs.sort_by_key(|e| e.file_name());
+        for d in dirs {
+            let Ok(bufs) = util::buffer_files(&d.path(), None) else { continue };
+            let Some(first) = bufs.first() else { continue };
+            let Ok(st) = RelayFile::inspect(&first.path) else { continue };
+            let mut alive = false;
+            let mut readers = 0;
+            let mut closed = true;
+            for b in &bufs {
+                if let Ok(s) = RelayFile::inspect(&b.path) {
+                    alive |= s.producer_alive;
+                    readers += s.reader_attached as u32;
+                    closed &= s.closed;
+                }
+            }
+            let g = st.header.geometry;
+            chans.push(json!({
+                "name": d.file_name().to_string_lossy(),
+                "path": d.path().display().to_string(),
+                "buffers": bufs.len(),
+                "subbuf_size": g.subbuf_size,
+                "n_subbufs": g.n_subbufs,
+                "mode": if st.header.overwrite { "overwrite" } else { "no-overwrite" },
+                "global": st.header.global,
+                "producer": if alive { "alive" } else if closed { "closed" } else { "gone" },
+                "producer_pid": st.header.producer_pid,
+                "readers": readers,
+            }));
+        }
+    }
+    if a.json {
+        println!("{}", json!({ "relay_dir": root.display().to_string(), "channels": chans }));
+        return Ok(0);
+    }
+    if chans.is_empty() {
+        println!("no channels in {}", root.display());
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
+        "channel", "buffers", "size", "mode", "producer", "readers"
+    );
+    for c in &chans {
+        let size = format!(
+            "{}x{}",
+            c["n_subbufs"],
+            util::human_bytes(c["subbuf_size"].as_u64().unwrap_or(0))
+        );
+        let producer = match c["producer"].as_str() {
+            Some("alive") => format!("alive (pid {})", c["producer_pid"]),
+            Some(s) => s.to_string(),
+            None => String::new(),
+        };
+        println!(
+            "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
+            c["name"].as_str().unwrap_or(""),
+            c["buffers"],
+            size,
+            c["mode"].as_str().unwrap_or(""),
+            producer,
+            c["readers"]
+        );
+    }
+    Ok(0)
+}

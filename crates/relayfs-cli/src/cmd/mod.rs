@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod cat;
+pub mod demo;
+pub mod ls;
+pub mod record;
+pub mod stat;
+pub mod verify;

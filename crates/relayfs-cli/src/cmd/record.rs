@@ -1,0 +1,463 @@
+//! `relayfs record CHANNEL -o OUTDIR`: the classic relay consumer. One reader
+//! thread per buffer, driven by poll, moving data with `sendfile` into
+//! `OUTDIR/<buffer>.out`, padding removed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use relayfs::{BufferStats, Ready, RelayFile};
+use serde_json::json;
+
+use crate::util::{self, BufferFile};
+
+/// Summary file the recorder leaves in OUTDIR (read by `relayfs verify`).
+pub const SUMMARY_FILE: &str = "relayfs-record.json";
+
+/// Exit status when the producer died without closing the channel.
+pub const EXIT_PRODUCER_GONE: i32 = 3;
+
+/// Arguments of `relayfs record`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Channel name under the relay directory ($RELAYFS_DIR, default
+    /// /dev/shm/relayfs), or a path to a channel directory
+    pub channel: String,
+    /// Output directory (created if missing)
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Wait for the channel to appear
+    #[arg(long)]
+    pub wait: bool,
+    /// Base name of the buffer files (default: every relay buffer file in the
+    /// directory)
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Rotate output files when one reaches SIZE (e.g. 64M): files are then
+    /// named <buffer>.out.0, <buffer>.out.1, ...; a file may exceed SIZE by
+    /// up to one sub-buffer, since a record is never split
+    #[arg(long, value_parser = util::parse_size)]
+    pub max_size: Option<u64>,
+    /// With --max-size, keep only the newest N files per buffer
+    #[arg(long, requires = "max_size")]
+    pub max_files: Option<u64>,
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// No status line and no summary (errors only)
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// How a buffer's recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The producer closed the channel and everything was drained.
+    Closed,
+    /// The producer died; every complete sub-buffer was drained.
+    ProducerGone,
+    /// SIGINT/SIGTERM: what was ready was drained.
+    Interrupted,
+    /// An error stopped it.
+    Error,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ProducerGone => "producer_gone",
+            End::Interrupted => "interrupted",
+            End::Error => "error",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    lost: AtomicU64,
+}
+
+struct BufResult {
+    name: String,
+    bytes: u64,
+    files: Vec<PathBuf>,
+    stats: BufferStats,
+    end: End,
+    error: Option<String>,
+}
+
+/// Output files of one buffer, with rotation.
+struct Output {
+    dir: PathBuf,
+    name: String,
+    max_size: Option<u64>,
+    max_files: Option<u64>,
+    index: u64,
+    file: File,
+    size: u64,
+    files: Vec<PathBuf>,
+}
+
+impl Output {
+    fn path(dir: &Path, name: &str, rotate: bool, index: u64) -> PathBuf {
+        if rotate {
+            dir.join(format!("{name}.out.{index}"))
+        } else {
+            dir.join(format!("{name}.out"))
+        }
+    }
+
+    /// Opens the output; `resume` appends to what a previous recorder wrote.
+    fn open(dir: &Path, name: &str, a: &Args, resume: bool) -> Result<Output> {
+        let rotate = a.max_size.is_some();
+        let mut index = 0;
+        if rotate && resume {
+            while Self::path(dir, name, true, index + 1).exists() {
+                index += 1;
+            }
+        }
+        let path = Self::path(dir, name, rotate, index);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        if !resume {
+            file.set_len(0)?;
+        }
+        let size = file.metadata()?.len();
+        Ok(Output {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            max_size: a.max_size,
+            max_files: a.max_files,
+            index,
+            file,
+            size,
+            files: vec![path],
+        })
+    }
+
+    /// Switches to the next file if this one is full (called between
+    /// sub-buffers only).
+    fn maybe_rotate(&mut self) -> Result<()> {
+        let Some(max) = self.max_size else { return Ok(()) };
+        if self.size < max {
+            return Ok(());
+        }
+        self.index += 1;
+        let path = Self::path(&self.dir, &self.name, true, self.index);
+        self.file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        self.size = 0;
+        self.files.push(path);
+        if let Some(keep) = self.max_files {
+            while self.files.len() as u64 > keep.max(1) {
+                let old = self.files.remove(0);
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicBool) -> BufResult {
+    let mut res = BufResult {
+        name: buf.name.clone(),
+        bytes: 0,
+        files: Vec::new(),
+        stats: BufferStats::default(),
+        end: End::Error,
+        error: None,
+    };
+    let mut go = || -> Result<End> {
+        let mut f = RelayFile::open(&buf.path)?;
+        let resume = f.stats().bytes_consumed > 0;
+        let mut out = Output::open(&a.out, &buf.name, a, resume)?;
+        let rotate = a.max_size.is_some();
+        let end = loop {
+            let n = if rotate {
+                let n = f.sendfile_subbuf(&out.file)?;
+                out.size += n;
+                if f.at_subbuf_boundary() {
+                    out.maybe_rotate()?;
+                }
+                n
+            } else {
+                f.sendfile(&out.file, 64 << 20)?
+            };
+            res.bytes += n;
+            progress.bytes.fetch_add(n, Ordering::Relaxed);
+            if n > 0 {
+                continue;
+            }
+            progress.lost.store(f.stats().lost(), Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) || util::interrupted() {
+                break End::Interrupted;
+            }
+            match f.poll(Some(Duration::from_millis(200)))? {
+                Ready::Readable | Ready::Timeout => {}
+                Ready::Closed => {
+                    if f.available()? == 0 {
+                        break End::Closed;
+                    }
+                }
+                Ready::ProducerGone => {
+                    if f.available()? == 0 {
+                        break End::ProducerGone;
+                    }
+                }
+            }
+        };
+        out.file.flush()?;
+        res.files = out.files.clone();
+        res.stats = f.stats();
+        Ok(end)
+    };
+    match go() {
+        Ok(end) => res.end = end,
+        Err(e) => {
+            res.end = End::Error;
+            res.error = Some(format!("{e:#}"));
+        }
+    }
+    res
+}
+
+/// Waits for the channel directory and its buffers; returns the buffers.
+fn find_buffers(dir: &Path, a: &Args) -> Result<Vec<BufferFile>> {
+    let started = Instant::now();
+    loop {
+        let found = if dir.is_dir() {
+            util::buffer_files(dir, a.base.as_deref())?
+        } else {
+            Vec::new()
+        };
+        // All buffers present and valid? (the producer writes the header
+        // last and creates the files one after another)
+        let complete = match found.first() {
+            Some(first) => match RelayFile::peek_header(&first.path) {
+                Ok(h) => found.len() as u64 >= h.n_buffers,
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if complete || (!found.is_empty() && !a.wait) {
+            return Ok(found);
+        }
+        if !a.wait {
+            if !dir.exists() {
+                bail!(
+                    "channel {} not found (is the producer running? --wait waits for it)",
+                    dir.display()
+                );
+            }
+            bail!("no relay buffer files in {}", dir.display());
+        }
+        if util::interrupted() {
+            bail!("interrupted while waiting for {}", dir.display());
+        }
+        if started.elapsed() > Duration::from_secs(3600 * 24 * 365) {
+            bail!("gave up waiting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `relayfs record`; returns the exit code.
+pub fn run(a: &Args) -> Result<i32> {
+    util::catch_interrupts();
+    let dir = util::channel_dir(&a.channel);
+    let bufs = find_buffers(&dir, a)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
+    let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (b, a, progress, stop) = (b.clone(), a.clone(), progress.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("record-{}", b.name))
+                .spawn(move || record_buffer(&b, &a, &progress[i], &stop))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let status = (!a.quiet && !a.json && util::stderr_is_tty()).then(|| {
+        let (progress, names, done) = (
+            progress.clone(),
+            bufs.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || status_line(&progress, &names, &done, started))
+    });
+    let results: Vec<BufResult> = threads
+        .into_iter()
+        .map(|t| {
+            t.join().unwrap_or_else(|_| BufResult {
+                name: "?".into(),
+                bytes: 0,
+                files: vec![],
+                stats: BufferStats::default(),
+                end: End::Error,
+                error: Some("reader thread panicked".into()),
+            })
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = status {
+        let _ = s.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = summarize(&dir, a, &results, elapsed);
+    std::fs::write(a.out.join(SUMMARY_FILE), format!("{summary:#}\n"))
+        .with_context(|| format!("cannot write {}", a.out.join(SUMMARY_FILE).display()))?;
+    if a.json {
+        println!("{summary}");
+    } else if !a.quiet {
+        print_summary(&dir, a, &results, elapsed);
+    }
+    for r in &results {
+        if let Some(e) = &r.error {
+            eprintln!("relayfs record: {}: {e}", r.name);
+        }
+    }
+    Ok(exit_code(&results))
+}
+
+fn exit_code(results: &[BufResult]) -> i32 {
+    if results.iter().any(|r| r.end == End::Error) {
+        1
+    } else if results.iter().any(|r| r.end == End::ProducerGone) {
+        EXIT_PRODUCER_GONE
+    } else {
+        0
+    }
+}
+
+fn status_line(progress: &[Progress], names: &[String], done: &AtomicBool, started: Instant) {
+    let mut last = (Instant::now(), 0u64);
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        let total: u64 = progress.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum();
+        let lost: u64 = progress.iter().map(|p| p.lost.load(Ordering::Relaxed)).sum();
+        let dt = last.0.elapsed().as_secs_f64().max(1e-9);
+        let rate = (total - last.1) as f64 / dt / 1e6;
+        last = (Instant::now(), total);
+        let per: Vec<String> = names
+            .iter()
+            .zip(progress)
+            .map(|(n, p)| format!("{n} {}", util::human_bytes(p.bytes.load(Ordering::Relaxed))))
+            .collect();
+        eprint!(
+            "\r\x1b[K[{:>5.1}s] {} | {:.1} MB/s | {}",
+            started.elapsed().as_secs_f64(),
+            per.join("  "),
+            rate,
+            if lost == 0 {
+                "dropped 0".to_string()
+            } else {
+                format!("\x1b[1;31mDROPPED {lost}\x1b[0m")
+            }
+        );
+    }
+    eprint!("\r\x1b[K");
+}
+
+fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde_json::Value {
+    let total = relayfs::sum_stats(results.iter().map(|r| &r.stats));
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    let end = results
+        .iter()
+        .map(|r| r.end)
+        .max_by_key(|e| match e {
+            End::Closed => 0,
+            End::Interrupted => 1,
+            End::ProducerGone => 2,
+            End::Error => 3,
+        })
+        .unwrap_or(End::Closed);
+    json!({
+        "channel": dir.display().to_string(),
+        "out": a.out.display().to_string(),
+        "end": end.as_str(),
+        "exit_code": exit_code(results),
+        "elapsed_s": elapsed,
+        "bytes": bytes,
+        "mb_per_s": bytes as f64 / elapsed.max(1e-9) / 1e6,
+        "records_written": total.records_written + total.records_pending,
+        "records_delivered": total.records_consumed,
+        "lost": total.lost(),
+        "dropped_full": total.dropped_full,
+        "dropped_toobig": total.dropped_toobig,
+        "overwritten": total.overwritten_records,
+        "discarded": total.discarded_records,
+        "buffers": results.iter().map(|r| json!({
+            "name": r.name,
+            "end": r.end.as_str(),
+            "bytes": r.bytes,
+            "files": r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "records_written": r.stats.records_written + r.stats.records_pending,
+            "records_delivered": r.stats.records_consumed,
+            "dropped_full": r.stats.dropped_full,
+            "dropped_toobig": r.stats.dropped_toobig,
+            "overwritten": r.stats.overwritten_records,
+            "discarded": r.stats.discarded_records,
+            "padding_bytes": r.stats.padding_bytes,
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
+    let total = relayfs::sum_stats(results.iter().map(|r| &r.stats));
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    eprintln!("relayfs record: {} -> {}", dir.display(), a.out.display());
+    eprintln!(
+        "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  end",
+        "buffer", "bytes", "records", "drop-full", "too-big", "overwritten", "discarded"
+    );
+    for r in results {
+        let s = &r.stats;
+        eprintln!(
+            "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  {}",
+            r.name,
+            util::human_bytes(r.bytes),
+            s.records_consumed,
+            s.dropped_full,
+            s.dropped_toobig,
+            s.overwritten_records,
+            s.discarded_records,
+            r.end.as_str()
+        );
+    }
+    eprintln!(
+        "  total    {} in {:.2} s ({:.1} MB/s), {} records",
+        util::human_bytes(bytes),
+        elapsed,
+        bytes as f64 / elapsed.max(1e-9) / 1e6,
+        total.records_consumed
+    );
+    if total.lost() == 0 {
+        eprintln!("  nothing lost");
+    } else {
+        eprintln!(
+            "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}): consider a larger --subbuf-size or more sub-buffers",
+            total.lost(),
+            total.dropped_full,
+            total.dropped_toobig,
+            total.overwritten_records,
+            total.discarded_records
+        );
+    }
+    if results.iter().any(|r| r.end == End::ProducerGone) {
+        eprintln!("  the producer died without closing the channel: every complete sub-buffer was saved");
+    }
+}

@@ -1,0 +1,146 @@
+//! Helpers shared by the subcommands: finding channels and buffers, sizes,
+//! signals, formatting.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+
+/// Resolves CHANNEL: a path (anything with a `/`, or an existing directory
+/// given as `.`-relative) or a name under the relay directory.
+pub fn channel_dir(channel: &str) -> PathBuf {
+    let p = Path::new(channel);
+    if channel.contains('/') || channel == "." || channel == ".." {
+        p.to_path_buf()
+    } else {
+        relayfs::relay_dir().join(channel)
+    }
+}
+
+/// A buffer file of a channel.
+#[derive(Debug, Clone)]
+pub struct BufferFile {
+    /// File name, e.g. `cpu0`.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// CPU number parsed from the name.
+    pub cpu: u64,
+}
+
+/// The buffer files `<base><N>` of a channel directory, in CPU order. With
+/// `base` None, every file whose header is a valid relay buffer.
+pub fn buffer_files(dir: &Path, base: Option<&str>) -> Result<Vec<BufferFile>> {
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read channel directory {}", dir.display()))?;
+    for ent in entries {
+        let ent = ent?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !ent.file_type()?.is_file() {
+            continue;
+        }
+        let digits_at = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        if digits_at == name.len() {
+            continue;
+        }
+        if let Some(b) = base {
+            if &name[..digits_at] != b {
+                continue;
+            }
+        } else if relayfs::RelayFile::peek_header(&ent.path()).is_err() {
+            continue;
+        }
+        let cpu = name[digits_at..].parse().unwrap_or(u64::MAX);
+        out.push(BufferFile {
+            name,
+            path: ent.path(),
+            cpu,
+        });
+    }
+    out.sort_by(|a, b| (a.cpu, &a.name).cmp(&(b.cpu, &b.name)));
+    Ok(out)
+}
+
+/// Parses a size such as `4096`, `64K`, `1M`, `2G`, `512KiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set a flag instead of killing the process.
+pub fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing a handler that only stores to an atomic, which
+        // is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Whether stderr is a terminal.
+pub fn stderr_is_tty() -> bool {
+    // SAFETY: isatty on a valid fd number has no other preconditions.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// `12.3 MiB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

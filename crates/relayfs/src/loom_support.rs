@@ -1,0 +1,121 @@
+//! A buffer on the heap, over loom's atomics, for model-checking the
+//! protocol (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
+//! Only compiled under `cfg(loom)`.
+
+use std::cell::UnsafeCell;
+
+use crate::buffer::{BufferStats, Hooks, Shared, SwitchInfo};
+use crate::cursor::Cursor;
+use crate::layout::{desc, hdr, rdr, Geometry, FLAG_OVERWRITE};
+use crate::sync::AtomicU64;
+use crate::WriteError;
+
+/// A buffer whose shared state lives in loom atomics.
+#[allow(missing_debug_implementations)]
+pub struct LoomBuffer {
+    shared: Shared,
+    _hdr: Box<[AtomicU64]>,
+    _desc: Box<[AtomicU64]>,
+    _rdr: Box<[AtomicU64]>,
+    _data: Box<[UnsafeCell<u8>]>,
+}
+
+// SAFETY: see `Shared`; the boxes only keep the memory alive.
+unsafe impl Sync for LoomBuffer {}
+// SAFETY: as above.
+unsafe impl Send for LoomBuffer {}
+
+struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn may_open(&self, info: &SwitchInfo) -> bool {
+        info.overwrite || !info.full
+    }
+    fn write_header(&self, _info: &SwitchInfo, _header: &mut [u8]) {}
+    fn wake_reader(&self) {}
+    fn map_changed(&self, _mapped: u64) {}
+}
+
+fn atomics(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl LoomBuffer {
+    /// A buffer of `n_subbufs` sub-buffers of `subbuf_size` bytes.
+    pub fn new(subbuf_size: u64, n_subbufs: u64, overwrite: bool) -> LoomBuffer {
+        let g = Geometry::new(subbuf_size, n_subbufs, 0, 4096).expect("geometry");
+        let h = atomics(hdr::END / 8);
+        let d = atomics(n_subbufs as usize * desc::SIZE / 8);
+        let r = atomics(rdr::CLAIMS / 8 + n_subbufs as usize);
+        let data: Box<[UnsafeCell<u8>]> = (0..g.data_len()).map(|_| UnsafeCell::new(0)).collect();
+        let flags = if overwrite { FLAG_OVERWRITE } else { 0 };
+        // SAFETY: the boxes hold the header fields, descriptors, reader page
+        // and data the geometry asks for, indexed as `Shared` indexes them,
+        // and live as long as `shared` (same struct).
+        let shared = unsafe {
+            Shared::new(
+                g,
+                h.as_ptr(),
+                d.as_ptr(),
+                r.as_ptr(),
+                UnsafeCell::raw_get(data.as_ptr()),
+                flags,
+            )
+        };
+        shared.init_state();
+        LoomBuffer {
+            shared,
+            _hdr: h,
+            _desc: d,
+            _rdr: r,
+            _data: data,
+        }
+    }
+
+    /// `relay_write` into this buffer.
+    ///
+    /// # Errors
+    /// As `Channel::write`.
+    pub fn write(&self, data: &[u8]) -> Result<(), WriteError> {
+        if data.len() as u64 > self.shared.g.max_record() {
+            return Err(self.shared.drop_toobig(data.len()));
+        }
+        let r = self.shared.reserve(data.len() as u64, &NoHooks)?;
+        self.shared.write_at(r.pos, data);
+        self.shared.commit(r, &NoHooks);
+        Ok(())
+    }
+
+    /// `relay_flush`.
+    pub fn flush(&self) {
+        self.shared.flush(&NoHooks);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BufferStats {
+        self.shared.stats()
+    }
+
+    /// A reader at the start.
+    pub fn reader(&self) -> LoomReader {
+        LoomReader {
+            cur: Cursor::new(&self.shared),
+        }
+    }
+}
+
+/// A reader of a [`LoomBuffer`], running the same cursor as `RelayFile`.
+#[allow(missing_debug_implementations)]
+pub struct LoomReader {
+    cur: Cursor,
+}
+
+impl LoomReader {
+    /// Consuming read.
+    ///
+    /// # Panics
+    /// If the state is corrupt.
+    pub fn read(&mut self, buf: &LoomBuffer, out: &mut [u8]) -> usize {
+        self.cur.read(&buf.shared, out).expect("corrupt state")
+    }
+}
