@@ -76,7 +76,10 @@ impl std::fmt::Display for Defect {
             Defect::Magic(m) => write!(f, "bad magic {m:#010x}"),
             Defect::Length(l) => write!(f, "bad record length {l}"),
             Defect::Payload { at, got, want } => {
-                write!(f, "corrupt payload byte {at}: {got:#04x}, expected {want:#04x}")
+                write!(
+                    f,
+                    "corrupt payload byte {at}: {got:#04x}, expected {want:#04x}"
+                )
             }
         }
     }
@@ -85,7 +88,13 @@ impl std::fmt::Display for Defect {
 /// Parses and checks the record at the start of `buf`.
 pub fn check(buf: &[u8]) -> Result<Header, (Option<Header>, Defect)> {
     if buf.len() < HEADER {
-        return Err((None, Defect::Truncated { need: HEADER, have: buf.len() }));
+        return Err((
+            None,
+            Defect::Truncated {
+                need: HEADER,
+                have: buf.len(),
+            },
+        ));
     }
     let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
     let magic = u32_at(0);
@@ -135,8 +144,14 @@ mod tests {
         assert_eq!(r[30], payload_byte(77, 3, 30));
         let mut bad = r.clone();
         bad[35] ^= 1;
-        assert!(matches!(check(&bad), Err((_, Defect::Payload { at: 35, .. }))));
-        assert!(matches!(check(&r[..30]), Err((_, Defect::Truncated { .. }))));
+        assert!(matches!(
+            check(&bad),
+            Err((_, Defect::Payload { at: 35, .. }))
+        ));
+        assert!(matches!(
+            check(&r[..30]),
+            Err((_, Defect::Truncated { .. }))
+        ));
         let mut bad = r.clone();
         bad[0] = 0;
         assert!(matches!(check(&bad), Err((None, Defect::Magic(_)))));

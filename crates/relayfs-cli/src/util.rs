@@ -32,8 +32,8 @@ pub struct BufferFile {
 /// `base` None, every file whose header is a valid relay buffer.
 pub fn buffer_files(dir: &Path, base: Option<&str>) -> Result<Vec<BufferFile>> {
     let mut out = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read channel directory {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read channel directory {}", dir.display()))?;
     for ent in entries {
         let ent = ent?;
         let name = ent.file_name().to_string_lossy().into_owned();
@@ -75,7 +75,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

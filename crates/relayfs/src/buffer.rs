@@ -321,7 +321,12 @@ impl Shared {
 
     #[cold]
     #[inline(never)]
-    fn reserve_slow(&self, mut h: u64, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
+    fn reserve_slow(
+        &self,
+        mut h: u64,
+        len: u64,
+        hooks: &dyn Hooks,
+    ) -> Result<Reserved, WriteError> {
         let sb = self.g.subbuf_size;
         let head = self.h(hdr::HEAD);
         loop {
@@ -385,7 +390,12 @@ impl Shared {
 
     /// Tries to open the sub-buffer starting at `h` (offset 0) with a record of
     /// `len` bytes. `Ok(None)`: `head` moved, retry.
-    fn try_open(&self, h: u64, len: u64, hooks: &dyn Hooks) -> Result<Option<Reserved>, WriteError> {
+    fn try_open(
+        &self,
+        h: u64,
+        len: u64,
+        hooks: &dyn Hooks,
+    ) -> Result<Option<Reserved>, WriteError> {
         let g = &self.g;
         let ord = g.pos_ordinal(h);
         let slot = g.pos_slot(h);
@@ -512,15 +522,21 @@ impl Shared {
         let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
         // gen = ordinal + 1 of the opener; it can't have moved (the slot
         // can't be reopened before this store).
-        let ord = self.d(slot, desc::GEN).load(Ordering::Relaxed).wrapping_sub(1);
+        let ord = self
+            .d(slot, desc::GEN)
+            .load(Ordering::Relaxed)
+            .wrapping_sub(1);
         let lap = ord / self.g.n_subbufs;
-        self.d(slot, desc::REC_LAST).store(records, Ordering::Relaxed);
-        self.h(hdr::RECORDS_WRITTEN).fetch_add(records, Ordering::Relaxed);
+        self.d(slot, desc::REC_LAST)
+            .store(records, Ordering::Relaxed);
+        self.h(hdr::RECORDS_WRITTEN)
+            .fetch_add(records, Ordering::Relaxed);
         self.h(hdr::BYTES_WRITTEN).fetch_add(
             self.g.subbuf_size - self.g.hdr_reserve - pad.min(self.g.max_record()),
             Ordering::Relaxed,
         );
-        self.h(hdr::SUBBUFS_COMPLETED).fetch_add(1, Ordering::Relaxed);
+        self.h(hdr::SUBBUFS_COMPLETED)
+            .fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire loads of the word by
         // readers (`available`) and openers (`try_open`): the data, padding
         // and record count of this lap are visible to whoever sees it
@@ -548,7 +564,8 @@ impl Shared {
     #[cold]
     pub(crate) fn drop_toobig(&self, len: usize) -> WriteError {
         self.h(hdr::DROPPED_TOOBIG).fetch_add(1, Ordering::Relaxed);
-        self.h(hdr::LAST_TOOBIG).store(len as u64, Ordering::Relaxed);
+        self.h(hdr::LAST_TOOBIG)
+            .store(len as u64, Ordering::Relaxed);
         WriteError::TooBig(len)
     }
 
@@ -622,7 +639,9 @@ impl Shared {
         if w == COMPLETE | (lap + 1) {
             let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
             if pad > g.max_record() {
-                return Err(crate::FormatError::Corrupt("padding larger than a sub-buffer"));
+                return Err(crate::FormatError::Corrupt(
+                    "padding larger than a sub-buffer",
+                ));
             }
             let records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
             return Ok(Avail::Complete {
@@ -716,17 +735,21 @@ impl Shared {
     pub(crate) fn slot_ptr(&self, slot: u64, off: u64, len: u64) -> *const u8 {
         assert!(slot < self.g.n_subbufs && off + len <= self.g.subbuf_size);
         // SAFETY: bounds checked just above.
-        unsafe { self.data.add((self.g.slot_data_offset(slot) + off) as usize) }
+        unsafe {
+            self.data
+                .add((self.g.slot_data_offset(slot) + off) as usize)
+        }
     }
 }
 
 /// The counters of one buffer, read by either side.
 ///
 /// They add up: once the channel is closed and a reader drained it,
-/// `records_written + records_pending = records_consumed + overwritten_records
-/// + discarded_records`, and every record ever offered to `write`/`reserve` is
-/// in `records_written + dropped_full + dropped_toobig`. While writers are
-/// active, the counters are a moment's snapshot of each, not of all.
+/// `records_written` equals the sum of `records_consumed`,
+/// `overwritten_records` and `discarded_records`; and every record ever
+/// offered to `write`/`reserve` is in `records_written`, `dropped_full` or
+/// `dropped_toobig`. While writers are active, the counters are a moment's
+/// snapshot of each, not of all.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BufferStats {
     /// Records in sub-buffers completed so far.
@@ -769,10 +792,7 @@ pub struct BufferStats {
 impl BufferStats {
     /// Records lost in any way.
     pub fn lost(&self) -> u64 {
-        self.dropped_full
-            + self.dropped_toobig
-            + self.overwritten_records
-            + self.discarded_records
+        self.dropped_full + self.dropped_toobig + self.overwritten_records + self.discarded_records
     }
 }
 

@@ -289,7 +289,9 @@ impl ChannelBuilder {
             closed: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
         });
-        let flusher = self.flush_interval.map(|every| Flusher::start(inner.clone(), every));
+        let flusher = self
+            .flush_interval
+            .map(|every| Flusher::start(inner.clone(), every));
         Ok(Channel { inner, flusher })
     }
 }
@@ -392,9 +394,17 @@ impl Buffer {
         created: u64,
         ncpu: usize,
     ) -> Result<Buffer, OpenError> {
-        let r = Self::create(dir, name, cpu, g, b, global, overwrite, channel_id, created, ncpu);
+        let r = Self::create(
+            dir, name, cpu, g, b, global, overwrite, channel_id, created, ncpu,
+        );
         if let Err(e) = &r {
-            if !matches!(e, OpenError::Io { what: "create buffer file", .. }) {
+            if !matches!(
+                e,
+                OpenError::Io {
+                    what: "create buffer file",
+                    ..
+                }
+            ) {
                 let path = dir.join(name);
                 let _ = b.callbacks.remove_buf_file(&path);
                 let _ = std::fs::remove_file(wake_fifo_path(&path));
@@ -441,7 +451,8 @@ impl Buffer {
             size: g.file_size,
             source: e,
         })?;
-        let flags = if overwrite { FLAG_OVERWRITE } else { 0 } | if *global { FLAG_GLOBAL } else { 0 };
+        let flags =
+            if overwrite { FLAG_OVERWRITE } else { 0 } | if *global { FLAG_GLOBAL } else { 0 };
         let fields = [
             (hdr::VERSION, crate::layout::VERSION),
             (hdr::PAGE_SIZE, g.page_size),
@@ -663,9 +674,7 @@ impl std::ops::Deref for Reservation<'_> {
 impl std::ops::DerefMut for Reservation<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for `deref`; `&mut self` makes this the only reference.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.buf.shared().data_ptr(self.r.pos), self.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.buf.shared().data_ptr(self.r.pos), self.len) }
     }
 }
 
@@ -885,7 +894,9 @@ impl Channel {
         for b in &inner.bufs {
             // SYNC POINT: Release pairs with the reader's Acquire load of
             // STATE: a reader that sees CLOSED sees every sub-buffer flushed.
-            b.shared().h(hdr::STATE).store(STATE_CLOSED, Ordering::Release);
+            b.shared()
+                .h(hdr::STATE)
+                .store(STATE_CLOSED, Ordering::Release);
             if let Ok(mut n) = b.notifier.lock() {
                 if let Some(n) = n.take() {
                     n.wake();

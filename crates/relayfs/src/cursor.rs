@@ -41,6 +41,9 @@ pub(crate) struct Cursor {
     bounce_len: u64,
     bounce_records: u64,
     bounce_full: bool,
+    /// The current sub-buffer is complete: its end and record count, so that
+    /// consuming its last byte moves on at once.
+    complete: Option<(u64, u64)>,
 }
 
 impl Cursor {
@@ -61,6 +64,7 @@ impl Cursor {
         self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
         self.claimed = false;
         self.bounce_full = false;
+        self.complete = None;
     }
 
     /// At the start of a sub-buffer.
@@ -92,6 +96,7 @@ impl Cursor {
         self.pos = 0;
         self.claimed = false;
         self.bounce_full = false;
+        self.complete = None;
         s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: our reads of the sub-buffer happen before its reuse.
@@ -122,7 +127,9 @@ impl Cursor {
                 Avail::Nothing => return Ok(None),
                 Avail::Lapped { next } => {
                     if next <= self.ord {
-                        return Err(FormatError::Corrupt("reader position ahead of the producer"));
+                        return Err(FormatError::Corrupt(
+                            "reader position ahead of the producer",
+                        ));
                     }
                     // Skipped sub-buffers are counted by the writer that
                     // overwrote them (we never claimed them).
@@ -162,6 +169,7 @@ impl Cursor {
                         self.advance(s, Some(records));
                         continue;
                     }
+                    self.complete = Some((end, records));
                     return Ok(Some(Chunk::Direct {
                         slot,
                         start: self.pos,
@@ -195,13 +203,24 @@ impl Cursor {
         self.pos += n;
         s.r(rdr::BYTES_CONSUMED).fetch_add(n, Ordering::Relaxed);
         s.r(rdr::READ_POS).store(self.pos, Ordering::Relaxed);
+        // Hand a finished sub-buffer back at once.
+        if self.bounce_full && self.pos >= self.bounce_len {
+            let n = self.bounce_records;
+            self.advance(s, Some(n));
+        } else if let Some((end, records)) = self.complete {
+            if self.pos >= end {
+                self.advance(s, Some(records));
+            }
+        }
     }
 
     /// Copies up to `buf.len()` readable bytes into `buf` and consumes them.
     pub(crate) fn read(&mut self, s: &Shared, buf: &mut [u8]) -> Result<usize, FormatError> {
         let mut done = 0;
         while done < buf.len() {
-            let Some(chunk) = self.next_chunk(s)? else { break };
+            let Some(chunk) = self.next_chunk(s)? else {
+                break;
+            };
             let n = chunk.len().min((buf.len() - done) as u64);
             let out = &mut buf[done..done + n as usize];
             match chunk {

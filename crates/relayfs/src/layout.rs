@@ -191,8 +191,7 @@ impl Geometry {
         let desc_offset = page_size;
         let desc_len = align_up(n_subbufs * desc::SIZE as u64, page_size).ok_or_else(bad)?;
         let reader_offset = desc_offset + desc_len;
-        let reader_len =
-            align_up(rdr::CLAIMS as u64 + n_subbufs * 8, page_size).ok_or_else(bad)?;
+        let reader_len = align_up(rdr::CLAIMS as u64 + n_subbufs * 8, page_size).ok_or_else(bad)?;
         let data_offset = reader_offset + reader_len;
         let file_size = data_offset
             .checked_add(align_up(data_len, page_size).ok_or_else(bad)?)

@@ -45,8 +45,8 @@
 mod buffer;
 mod callbacks;
 mod channel;
-mod cursor;
 pub mod cpu;
+mod cursor;
 mod error;
 pub mod layout;
 mod notify;
@@ -62,7 +62,7 @@ pub use channel::{
 };
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use layout::Geometry;
-pub use reader::{BufferHeader, BufferStatus, Mapping, ReadySubbuf, Ready, RelayFile};
+pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
 
 /// Sums the counters of several buffers.
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {

@@ -93,9 +93,8 @@ impl Waiter {
         let mut buf = [0u8; 256];
         loop {
             // SAFETY: reading into a valid buffer of its length.
-            let n = unsafe {
-                libc::read(self.fifo.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-            };
+            let n =
+                unsafe { libc::read(self.fifo.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 break;
             }

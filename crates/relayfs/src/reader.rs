@@ -11,7 +11,7 @@ use crate::buffer::{Avail, BufferStats, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
-use crate::notify::{Wake, Waiter};
+use crate::notify::{Waiter, Wake};
 use crate::shm::{self, ReaderMap};
 use crate::sync::{fence, Ordering};
 
@@ -190,14 +190,14 @@ impl RelayFile {
         }
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, 0)
             .map_err(|e| ReadError::io("read", path, e))?;
-        let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
-        let geometry =
-            Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
-                ReadError::Format {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
+        let field =
+            |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
+        let geometry = Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
+            ReadError::Format {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let flags = field(hdr::FLAGS);
         Ok(BufferHeader {
             geometry,
@@ -348,7 +348,9 @@ impl RelayFile {
         let mut done = 0u64;
         let mut chunk_left = None::<u64>;
         while done < max && chunk_left != Some(0) {
-            let Some(chunk) = self.next_chunk()? else { break };
+            let Some(chunk) = self.next_chunk()? else {
+                break;
+            };
             let (ptr, len) = match chunk {
                 Chunk::Direct { slot, start, end } => {
                     let len = (end - start).min(max - done);
@@ -356,7 +358,10 @@ impl RelayFile {
                 }
                 Chunk::Bounce { start, end } => {
                     let len = (end - start).min(max - done);
-                    (self.cur.bounce()[start as usize..(start + len) as usize].as_ptr(), len)
+                    (
+                        self.cur.bounce()[start as usize..(start + len) as usize].as_ptr(),
+                        len,
+                    )
                 }
             };
             // SAFETY: `ptr..ptr+len` is within the mapping or the bounce
@@ -532,10 +537,13 @@ impl Mapping<'_> {
         loop {
             let g = f.header.geometry;
             let ord = f.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
-            let avail = f.shared().available(ord).map_err(|source| ReadError::Format {
-                path: f.path.clone(),
-                source,
-            })?;
+            let avail = f
+                .shared()
+                .available(ord)
+                .map_err(|source| ReadError::Format {
+                    path: f.path.clone(),
+                    source,
+                })?;
             match avail {
                 Avail::Complete { end, records } => {
                     return Ok(Some(ReadySubbuf {

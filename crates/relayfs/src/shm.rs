@@ -190,7 +190,8 @@ impl ReaderMap {
         }
         std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
             .map_err(|e| ReadError::io("read", path, e))?;
-        let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
+        let field =
+            |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
         let g = Geometry::from_header(field, len, page_size()).map_err(fmt)?;
         let meta = MmapOptions::new()
             .len(g.reader_offset as usize)

@@ -25,10 +25,13 @@ fn expected(n: u64) -> Vec<u8> {
 /// writes N, flushes and sleeps (to be killed).
 #[test]
 fn child_producer() {
-    let Ok(mode) = std::env::var(ROLE) else { return };
+    let Ok(mode) = std::env::var(ROLE) else {
+        return;
+    };
     let dir = PathBuf::from(std::env::var("RELAYFS_TEST_DIR").unwrap());
     let n: u64 = std::env::var("RELAYFS_TEST_N").unwrap().parse().unwrap();
-    let chan = Channel::builder("x").base("x")
+    let chan = Channel::builder("x")
+        .base("x")
         .dir(&dir)
         .subbuf_size(4096)
         .n_subbufs(64)
@@ -55,14 +58,22 @@ fn child_producer() {
 fn wait_for(p: &Path) {
     let t = Instant::now();
     while !p.exists() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {p:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {p:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 fn spawn(mode: &str, dir: &Path, n: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["child_producer", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_producer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, mode)
         .env("RELAYFS_TEST_DIR", dir)
         .env("RELAYFS_TEST_N", n.to_string())
@@ -99,7 +110,10 @@ fn reader_follows_a_producer_in_another_process() {
     assert_eq!(end, Ready::Closed);
     assert_eq!(data, expected(5000));
     let s = f.stats();
-    assert_eq!((s.records_written, s.records_consumed, s.lost()), (5000, 5000, 0));
+    assert_eq!(
+        (s.records_written, s.records_consumed, s.lost()),
+        (5000, 5000, 0)
+    );
 }
 
 #[test]
@@ -168,7 +182,8 @@ fn killed_producer_is_noticed() {
     assert!(path.exists(), "a dead producer's files stay readable");
     // A new producer replaces the stale files rather than mixing with them.
     drop(f);
-    let c = Channel::builder("x").base("x")
+    let c = Channel::builder("x")
+        .base("x")
         .dir(dir.path())
         .subbuf_size(4096)
         .n_subbufs(4)
@@ -176,7 +191,8 @@ fn killed_producer_is_noticed() {
         .global(true)
         .open();
     assert!(matches!(c, Err(relayfs::OpenError::Stale(_))));
-    let c = Channel::builder("x").base("x")
+    let c = Channel::builder("x")
+        .base("x")
         .dir(dir.path())
         .subbuf_size(4096)
         .n_subbufs(4)

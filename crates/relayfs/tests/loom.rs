@@ -65,7 +65,10 @@ fn model(overwrite: bool, n_subbufs: u64, records_per_writer: u8, len: usize, ra
         // Per-writer order.
         for w in 0..2u8 {
             let mine: Vec<u8> = ids.iter().copied().filter(|i| (i - 1) / 16 == w).collect();
-            assert!(mine.windows(2).all(|p| p[0] < p[1]), "out of order {mine:?}");
+            assert!(
+                mine.windows(2).all(|p| p[0] < p[1]),
+                "out of order {mine:?}"
+            );
         }
         let s = buf.stats();
         let offered = 2 * records_per_writer as u64;

@@ -28,8 +28,15 @@ fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
         let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
         let writer = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap());
         let seq = u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap());
-        assert!(len >= HDR && at + len <= stream.len(), "bad record length {len} at {at}");
-        assert_eq!(&stream[at..at + len], &record(writer, seq, len)[..], "torn record");
+        assert!(
+            len >= HDR && at + len <= stream.len(),
+            "bad record length {len} at {at}"
+        );
+        assert_eq!(
+            &stream[at..at + len],
+            &record(writer, seq, len)[..],
+            "torn record"
+        );
         out.push((writer, seq));
         at += len;
     }
@@ -143,8 +150,14 @@ fn check(o: &Outcome, offered: u64) {
     let s = &o.stats;
     assert_eq!(o.written_ok + o.refused, offered);
     assert_eq!(s.dropped_full, o.refused, "refusals counted");
-    assert_eq!(s.records_written, o.written_ok, "every accepted record completes");
-    assert_eq!(s.records_consumed, o.delivered, "reader's count matches what it parsed");
+    assert_eq!(
+        s.records_written, o.written_ok,
+        "every accepted record completes"
+    );
+    assert_eq!(
+        s.records_consumed, o.delivered,
+        "reader's count matches what it parsed"
+    );
     assert_eq!(
         o.delivered + s.overwritten_records + s.discarded_records + s.dropped_full,
         offered,

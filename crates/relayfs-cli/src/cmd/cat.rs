@@ -28,7 +28,9 @@ pub fn run(a: &Args) -> Result<i32> {
     loop {
         let n = match f.sendfile(&stdout, 64 << 20) {
             Ok(n) => n,
-            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(ReadError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
                 return Ok(0)
             }
             Err(e) => return Err(e.into()),

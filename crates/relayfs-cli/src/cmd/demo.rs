@@ -121,13 +121,16 @@ struct WriterResult {
     secs: f64,
 }
 
-fn wait_for_readers(chan: &Channel, timeout: Duration, child: Option<&mut std::process::Child>) -> Result<bool> {
+fn wait_for_readers(
+    chan: &Channel,
+    timeout: Duration,
+    child: Option<&mut std::process::Child>,
+) -> Result<bool> {
     let t = Instant::now();
     let mut child = child;
     loop {
-        let attached = (0..chan.n_buffers()).all(|i| {
-            RelayFile::inspect(chan.buffer_path(i)).is_ok_and(|s| s.reader_attached)
-        });
+        let attached = (0..chan.n_buffers())
+            .all(|i| RelayFile::inspect(chan.buffer_path(i)).is_ok_and(|s| s.reader_attached));
         if attached {
             return Ok(true);
         }
@@ -175,7 +178,10 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
         .collect();
     barrier.wait();
     let t = Instant::now();
-    let results = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+    let results = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_default())
+        .collect();
     (results, t.elapsed().as_secs_f64())
 }
 
@@ -184,7 +190,10 @@ pub fn run(a: &Args) -> Result<i32> {
     util::catch_interrupts();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let threads = a.threads.unwrap_or(ncpu).max(1);
-    let name = a.name.clone().unwrap_or_else(|| format!("demo-{}", std::process::id()));
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("demo-{}", std::process::id()));
     let mut b = Channel::builder(&name);
     if let Some(s) = a.subbuf_size {
         b = b.subbuf_size(s);
@@ -195,7 +204,10 @@ pub fn run(a: &Args) -> Result<i32> {
     if a.overwrite {
         b = b.mode(Mode::Overwrite);
     }
-    let chan = Arc::new(b.open().with_context(|| format!("cannot open channel {name}"))?);
+    let chan = Arc::new(
+        b.open()
+            .with_context(|| format!("cannot open channel {name}"))?,
+    );
     let g = chan.geometry();
     let nbuf = chan.n_buffers();
     let tmp;
@@ -268,9 +280,13 @@ pub fn run(a: &Args) -> Result<i32> {
         )?)
     };
     let delivered = verified.as_ref().map_or(0, |r| r.records);
-    let ok = verified.as_ref().is_none_or(|r| r.ok()) && (a.no_record || delivered + dropped == offered);
+    let ok =
+        verified.as_ref().is_none_or(|r| r.ok()) && (a.no_record || delivered + dropped == offered);
     let ns_per_record = {
-        let mut v: Vec<f64> = writers.iter().map(|w| w.secs * 1e9 / a.count.max(1) as f64).collect();
+        let mut v: Vec<f64> = writers
+            .iter()
+            .map(|w| w.secs * 1e9 / a.count.max(1) as f64)
+            .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
@@ -303,18 +319,38 @@ pub fn run(a: &Args) -> Result<i32> {
             })
         );
     } else {
-        print_summary(a, &name, threads, g, nbuf, offered, &writers, dropped, &pstats, discarded, delivered, ns_per_record, mb_per_s, rec_mb_per_s, verified.as_ref(), &out, ok);
+        print_summary(
+            a,
+            &name,
+            threads,
+            g,
+            nbuf,
+            offered,
+            &writers,
+            dropped,
+            &pstats,
+            discarded,
+            delivered,
+            ns_per_record,
+            mb_per_s,
+            rec_mb_per_s,
+            verified.as_ref(),
+            &out,
+            ok,
+        );
     }
     Ok(if ok { 0 } else { 1 })
 }
 
 fn tempfile_dir() -> Result<tempfile::TempDir> {
     let base = Path::new("/dev/shm");
-    let b = tempfile::Builder::new().prefix("relayfs-demo-out-").tempdir_in(if base.is_dir() {
-        base.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    });
+    let b = tempfile::Builder::new()
+        .prefix("relayfs-demo-out-")
+        .tempdir_in(if base.is_dir() {
+            base.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        });
     b.context("cannot create a temporary output directory")
 }
 
@@ -350,14 +386,22 @@ fn print_summary(
         nbuf,
         g.n_subbufs,
         util::human_bytes(g.subbuf_size),
-        if a.overwrite { "overwrite mode" } else { "no-overwrite mode" }
+        if a.overwrite {
+            "overwrite mode"
+        } else {
+            "no-overwrite mode"
+        }
     );
     println!(
         "  producer   {threads} threads x {} records of {size}: {written} accepted, {:.1} ns/record (median thread), {:.0} MB/s",
         a.count, ns, mbs
     );
     if !a.no_record {
-        println!("  recorder   relayfs record -> {} ({:.0} MB/s)", out.display(), rec_mbs);
+        println!(
+            "  recorder   relayfs record -> {} ({:.0} MB/s)",
+            out.display(),
+            rec_mbs
+        );
     }
     println!("  written    {offered}");
     if !a.no_record {

@@ -26,9 +26,13 @@ pub fn run(a: &Args) -> Result<i32> {
             .collect();
         dirs.sort_by_key(|e| e.file_name());
         for d in dirs {
-            let Ok(bufs) = util::buffer_files(&d.path(), None) else { continue };
+            let Ok(bufs) = util::buffer_files(&d.path(), None) else {
+                continue;
+            };
             let Some(first) = bufs.first() else { continue };
-            let Ok(st) = RelayFile::inspect(&first.path) else { continue };
+            let Ok(st) = RelayFile::inspect(&first.path) else {
+                continue;
+            };
             let mut alive = false;
             let mut readers = 0;
             let mut closed = true;
@@ -55,7 +59,10 @@ pub fn run(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        println!("{}", json!({ "relay_dir": root.display().to_string(), "channels": chans }));
+        println!(
+            "{}",
+            json!({ "relay_dir": root.display().to_string(), "channels": chans })
+        );
         return Ok(0);
     }
     if chans.is_empty() {

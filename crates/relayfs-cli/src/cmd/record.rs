@@ -148,13 +148,16 @@ impl Output {
     /// Switches to the next file if this one is full (called between
     /// sub-buffers only).
     fn maybe_rotate(&mut self) -> Result<()> {
-        let Some(max) = self.max_size else { return Ok(()) };
+        let Some(max) = self.max_size else {
+            return Ok(());
+        };
         if self.size < max {
             return Ok(());
         }
         self.index += 1;
         let path = Self::path(&self.dir, &self.name, true, self.index);
-        self.file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        self.file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         self.size = 0;
         self.files.push(path);
         if let Some(keep) = self.max_files {
@@ -346,8 +349,14 @@ fn status_line(progress: &[Progress], names: &[String], done: &AtomicBool, start
     let mut last = (Instant::now(), 0u64);
     while !done.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
-        let total: u64 = progress.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum();
-        let lost: u64 = progress.iter().map(|p| p.lost.load(Ordering::Relaxed)).sum();
+        let total: u64 = progress
+            .iter()
+            .map(|p| p.bytes.load(Ordering::Relaxed))
+            .sum();
+        let lost: u64 = progress
+            .iter()
+            .map(|p| p.lost.load(Ordering::Relaxed))
+            .sum();
         let dt = last.0.elapsed().as_secs_f64().max(1e-9);
         let rate = (total - last.1) as f64 / dt / 1e6;
         last = (Instant::now(), total);
@@ -458,6 +467,8 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         );
     }
     if results.iter().any(|r| r.end == End::ProducerGone) {
-        eprintln!("  the producer died without closing the channel: every complete sub-buffer was saved");
+        eprintln!(
+            "  the producer died without closing the channel: every complete sub-buffer was saved"
+        );
     }
 }

@@ -59,13 +59,26 @@ fn once(a: &Args) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", json!({ "channel": dir.display().to_string(), "buffers": v }));
+        println!(
+            "{}",
+            json!({ "channel": dir.display().to_string(), "buffers": v })
+        );
         return Ok(());
     }
     println!("{}", dir.display());
     println!(
         "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  state",
-        "buffer", "produced", "consumed", "records", "delivered", "bytes", "drop-full", "too-big", "overwritten", "discarded", "padding"
+        "buffer",
+        "produced",
+        "consumed",
+        "records",
+        "delivered",
+        "bytes",
+        "drop-full",
+        "too-big",
+        "overwritten",
+        "discarded",
+        "padding"
     );
     for (b, st) in &rows {
         let s = &st.stats;
@@ -87,7 +100,11 @@ fn once(a: &Args) -> Result<()> {
             s.overwritten_records,
             s.discarded_records,
             util::human_bytes(s.padding_bytes),
-            if st.reader_attached { ", reader attached" } else { "" }
+            if st.reader_attached {
+                ", reader attached"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

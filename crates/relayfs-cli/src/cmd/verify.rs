@@ -107,13 +107,19 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         ..Report::default()
     };
     if rep.files.is_empty() {
-        rep.defects.push(format!("no *.out files in {}", dir.display()));
+        rep.defects
+            .push(format!("no *.out files in {}", dir.display()));
     }
     let mut seen: HashSet<(u32, u64)> = HashSet::new();
     for path in rep.files.clone() {
-        let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         rep.bytes += data.len() as u64;
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         let mut at = 0usize;
         while at < data.len() {
@@ -158,9 +164,13 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         }
         for (&w, wr) in rep.writers.iter_mut() {
             if w >= writers {
-                rep.defects.push(format!("records from unexpected writer {w}"));
+                rep.defects
+                    .push(format!("records from unexpected writer {w}"));
             } else if wr.max_seq >= count && wr.records > 0 {
-                rep.defects.push(format!("writer {w}: seq {} beyond the {count} written", wr.max_seq));
+                rep.defects.push(format!(
+                    "writer {w}: seq {} beyond the {count} written",
+                    wr.max_seq
+                ));
             }
             wr.missing = count.saturating_sub(wr.records);
         }

@@ -1,0 +1,380 @@
+//! Runs the built `relayfs` binary end to end.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use relayfs::Channel;
+use serde_json::Value;
+
+fn relayfs(root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relayfs"));
+    c.env("RELAYFS_DIR", root);
+    c
+}
+
+fn run_json(cmd: &mut Command) -> (Output, Value) {
+    let out = cmd.output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, v)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A demo record as `relayfs demo` writes it.
+fn demo_record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&0x3159_4C52u32.to_le_bytes());
+    r.extend_from_slice(&(len as u32).to_le_bytes());
+    r.extend_from_slice(&writer.to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&seq.to_le_bytes());
+    for i in 24..len {
+        r.push((seq * 31 + writer as u64 * 17 + i as u64) as u8);
+    }
+    r
+}
+
+fn check_demo(v: &Value) {
+    let (w, d, x) = (
+        v["written"].as_u64().unwrap(),
+        v["delivered"].as_u64().unwrap(),
+        v["dropped"].as_u64().unwrap(),
+    );
+    assert_eq!(w, d + x, "written = delivered + dropped: {v}");
+    assert_eq!(v["verified"], true, "{v}");
+}
+
+#[test]
+fn demo_no_overwrite_fixed_size_drops_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(relayfs(root.path()).args(["demo", "--json"]));
+    assert!(out.status.success(), "{v}");
+    check_demo(&v);
+    assert_eq!(v["dropped"], 0, "default demo drops nothing: {v}");
+    assert!(v["delivered"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn demo_varied_sizes_and_overwrite_mode_verify() {
+    let root = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "demo",
+        "--json",
+        "--threads",
+        "3",
+        "--count",
+        "20000",
+        "--size",
+        "24..3000",
+        "--subbuf-size",
+        "16K",
+        "--n-subbufs",
+        "4",
+    ]));
+    assert!(out.status.success(), "{v}");
+    check_demo(&v);
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "demo",
+        "--json",
+        "--overwrite",
+        "--count",
+        "50000",
+        "--size",
+        "100..300",
+        "--subbuf-size",
+        "4K",
+        "--n-subbufs",
+        "4",
+    ]));
+    assert!(out.status.success(), "{v}");
+    check_demo(&v);
+    assert!(
+        v["overwritten"].as_u64().unwrap() > 0,
+        "a small ring overwrites: {v}"
+    );
+}
+
+#[test]
+fn recorder_started_first_with_wait() {
+    let root = tempfile::tempdir().unwrap();
+    let rec_out = root.path().join("rec");
+    let rec = relayfs(root.path())
+        .args(["record", "early", "--wait", "--json", "-o"])
+        .arg(&rec_out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "demo",
+        "--json",
+        "--name",
+        "early",
+        "--no-record",
+        "--count",
+        "30000",
+    ]));
+    assert!(out.status.success(), "{v}");
+    let rec = rec.wait_with_output().unwrap();
+    assert!(rec.status.success());
+    let summary: Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(summary["end"], "closed");
+    let written = v["written"].as_u64().unwrap();
+    let delivered = summary["records_delivered"].as_u64().unwrap();
+    assert_eq!(written, delivered + summary["lost"].as_u64().unwrap());
+    let verify = relayfs(root.path())
+        .arg("verify")
+        .arg(&rec_out)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn ctrl_c_drains_what_is_ready_and_exits_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("live");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("live")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .open()
+        .unwrap();
+    let mut expect = Vec::new();
+    for seq in 0..100 {
+        let r = demo_record(0, seq, 40);
+        chan.write_cpu(0, &r).unwrap();
+        expect.extend(r);
+    }
+    chan.flush();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "live", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("recorder wrote the data", || {
+        std::fs::metadata(out.join("cpu0.out")).is_ok_and(|m| m.len() == expect.len() as u64)
+    });
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
+    let rec = rec.wait_with_output().unwrap();
+    assert!(rec.status.success());
+    let summary: Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(summary["end"], "interrupted");
+    assert_eq!(std::fs::read(out.join("cpu0.out")).unwrap(), expect);
+    chan.close().unwrap();
+}
+
+#[test]
+fn stat_ls_and_cat_on_a_live_channel() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("statme");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("statme")
+        .dir(&dir)
+        .subbuf_size(64)
+        .n_subbufs(2)
+        .open()
+        .unwrap();
+    for _ in 0..5 {
+        let _ = chan.write_cpu(0, &[7u8; 40]);
+    }
+    let (out, v) = run_json(relayfs(root.path()).args(["stat", "statme", "--json"]));
+    assert!(out.status.success());
+    let b0 = &v["buffers"][0];
+    assert_eq!(b0["buffer"], "cpu0");
+    assert_eq!(b0["records_written"], 2);
+    assert_eq!(b0["dropped_full"], 3);
+    assert_eq!(b0["producer_alive"], true);
+    let (out, v) = run_json(relayfs(root.path()).args(["ls", "--json"]));
+    assert!(out.status.success());
+    let c = &v["channels"][0];
+    assert_eq!(c["name"], "statme");
+    assert_eq!(c["producer"], "alive");
+    assert_eq!(c["buffers"].as_u64().unwrap(), chan.n_buffers() as u64);
+    let text = relayfs(root.path())
+        .args(["stat", "statme"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("cpu0"));
+    // cat drains cpu0 and ends when the channel closes.
+    let cat = relayfs(root.path())
+        .arg("cat")
+        .arg(dir.join("cpu0"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("cat attached", || {
+        relayfs::RelayFile::inspect(dir.join("cpu0")).is_ok_and(|s| s.reader_attached)
+    });
+    chan.close().unwrap();
+    let cat = cat.wait_with_output().unwrap();
+    assert!(cat.status.success());
+    assert_eq!(cat.stdout, vec![7u8; 80]);
+}
+
+#[test]
+fn verify_catches_every_kind_of_defect() {
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    let mut data = Vec::new();
+    for seq in 0..50 {
+        data.extend(demo_record(0, seq, 24 + (seq as usize % 40)));
+    }
+    std::fs::write(good.join("cpu0.out"), &data).unwrap();
+    let verify = |dir: &Path, extra: &[&str]| {
+        let o = relayfs(root.path())
+            .arg("verify")
+            .arg(dir)
+            .args(extra)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.success(), v)
+    };
+    let (ok, v) = verify(&good, &["--writers", "1", "--count", "50"]);
+    assert!(ok, "{v}");
+    let bad = |name: &str, mutate: &dyn Fn(&mut Vec<u8>), extra: &[&str]| {
+        let d = root.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        let mut b = data.clone();
+        mutate(&mut b);
+        std::fs::write(d.join("cpu0.out"), &b).unwrap();
+        let (ok, v) = verify(&d, extra);
+        assert!(!ok, "{name} not caught: {v}");
+        v
+    };
+    let v = bad("corrupt", &|b| b[100] ^= 0x40, &[]);
+    assert!(
+        v["defects"][0].as_str().unwrap().contains("corrupt")
+            || v["defects"][0].as_str().unwrap().contains("magic"),
+        "{v}"
+    );
+    let v = bad("truncated", &|b| b.truncate(b.len() - 5), &[]);
+    assert!(
+        v["defects"][0].as_str().unwrap().contains("truncated"),
+        "{v}"
+    );
+    let first = demo_record(0, 0, 24);
+    let v = bad("duplicate", &|b| b.extend_from_slice(&first), &[]);
+    assert!(
+        v["defects"][0].as_str().unwrap().contains("duplicate"),
+        "{v}"
+    );
+    // Record seq 10 removed: a gap nobody counted.
+    let start: usize = (0..10).map(|s| 24 + s % 40).sum();
+    let v = bad(
+        "missing",
+        &|b| {
+            b.drain(start..start + 34);
+        },
+        &[],
+    );
+    assert!(v["defects"][0].as_str().unwrap().contains("missing"), "{v}");
+    // The same gap is fine when the producer counted one lost record.
+    let d = root.path().join("missing");
+    let (ok, v) = verify(&d, &["--lost", "1"]);
+    assert!(ok, "{v}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["demo", "record", "verify", "cat", "stat", "ls"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_relayfs"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{sub} --help");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage"),
+            "{sub}"
+        );
+    }
+}
+
+#[test]
+fn record_rotates_files_at_subbuffer_boundaries() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("rot");
+    let rec = relayfs(root.path())
+        .args([
+            "record",
+            "rot",
+            "--wait",
+            "--quiet",
+            "--max-size",
+            "8K",
+            "--max-files",
+            "3",
+            "-o",
+        ])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let (o, v) = run_json(relayfs(root.path()).args([
+        "demo",
+        "--json",
+        "--name",
+        "rot",
+        "--no-record",
+        "--threads",
+        "1",
+        "--count",
+        "2000",
+        "--size",
+        "50",
+        "--subbuf-size",
+        "4K",
+        "--n-subbufs",
+        "64",
+    ]));
+    assert!(o.status.success(), "{v}");
+    let rec = rec.wait_with_output().unwrap();
+    assert!(rec.status.success());
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".out."))
+        .collect();
+    files.sort();
+    assert!(files.len() <= 6, "at most 3 kept per buffer: {files:?}");
+    assert!(!files.is_empty());
+    for f in &files {
+        let len = std::fs::metadata(out.join(f)).unwrap().len();
+        assert!(len <= 8192 + 4096, "{f}: {len}");
+        // Each file holds whole records: verify parses it without defect.
+    }
+    let o = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args(["--lost", "100000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !text.contains("truncated") && !text.contains("magic"),
+        "{text}"
+    );
+}
