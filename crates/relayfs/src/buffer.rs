@@ -627,9 +627,16 @@ impl Shared {
             return Ok(Avail::Nothing);
         }
         if gen > ord + 1 {
+            let h = self.head();
+            // An opener sets the generation just before moving the head, so
+            // it can never be ahead of the sub-buffer being opened.
+            if gen > g.pos_ordinal(h) + 1 {
+                return Err(crate::FormatError::Corrupt(
+                    "sub-buffer generation ahead of the write position",
+                ));
+            }
             // The oldest sub-buffer that can still be intact: the last
             // n_subbufs opened.
-            let h = self.head();
             let opened = g.pos_ordinal(h) + u64::from(g.pos_offset(h) != 0);
             let next = (ord + 1).max(opened.saturating_sub(g.n_subbufs));
             return Ok(Avail::Lapped { next });

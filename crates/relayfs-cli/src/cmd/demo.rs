@@ -219,6 +219,7 @@ pub fn run(a: &Args) -> Result<i32> {
         }
     };
     let mut recorder = None;
+    let mut rec_pid = 0;
     if a.no_record {
         if !a.json {
             eprintln!(
@@ -242,6 +243,7 @@ pub fn run(a: &Args) -> Result<i32> {
             let _ = child.kill();
             bail!("the recorder did not attach within 30 s");
         }
+        rec_pid = child.id();
         recorder = Some(child);
     }
     let (writers, wall) = produce(&chan, a, threads);
@@ -291,53 +293,35 @@ pub fn run(a: &Args) -> Result<i32> {
         v[v.len() / 2]
     };
     let mb_per_s = bytes as f64 / wall.max(1e-9) / 1e6;
-    let rec_mb_per_s = rec_json["mb_per_s"].as_f64().unwrap_or(0.0);
+    let summary = json!({
+        "channel": name,
+        "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
+        "buffers": nbuf,
+        "threads": threads,
+        "count": a.count,
+        "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
+        "subbuf_size": g.subbuf_size,
+        "n_subbufs": g.n_subbufs,
+        "written": offered,
+        "accepted": written,
+        "delivered": delivered,
+        "dropped": dropped,
+        "dropped_full": pstats.dropped_full,
+        "dropped_toobig": pstats.dropped_toobig,
+        "overwritten": pstats.overwritten_records,
+        "discarded": discarded,
+        "verified": ok,
+        "ns_per_record": ns_per_record,
+        "producer_mb_per_s": mb_per_s,
+        "recorder_pid": rec_pid,
+        "recorded_bytes": rec_json["bytes"].as_u64().unwrap_or(0),
+        "out": a.out.as_ref().map(|p| p.display().to_string()),
+        "defects": verified.as_ref().map(|r| r.defects.clone()),
+    });
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "channel": name,
-                "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
-                "threads": threads,
-                "count": a.count,
-                "subbuf_size": g.subbuf_size,
-                "n_subbufs": g.n_subbufs,
-                "written": offered,
-                "accepted": written,
-                "delivered": delivered,
-                "dropped": dropped,
-                "dropped_full": pstats.dropped_full,
-                "dropped_toobig": pstats.dropped_toobig,
-                "overwritten": pstats.overwritten_records,
-                "discarded": discarded,
-                "verified": ok,
-                "ns_per_record": ns_per_record,
-                "producer_mb_per_s": mb_per_s,
-                "recorder_mb_per_s": rec_mb_per_s,
-                "out": a.out.as_ref().map(|p| p.display().to_string()),
-                "defects": verified.as_ref().map(|r| r.defects.clone()),
-            })
-        );
+        println!("{summary}");
     } else {
-        print_summary(
-            a,
-            &name,
-            threads,
-            g,
-            nbuf,
-            offered,
-            &writers,
-            dropped,
-            &pstats,
-            discarded,
-            delivered,
-            ns_per_record,
-            mb_per_s,
-            rec_mb_per_s,
-            verified.as_ref(),
-            &out,
-            ok,
-        );
+        print_summary(&summary, a.no_record);
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -354,78 +338,68 @@ fn tempfile_dir() -> Result<tempfile::TempDir> {
     b.context("cannot create a temporary output directory")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn print_summary(
-    a: &Args,
-    name: &str,
-    threads: u32,
-    g: relayfs::Geometry,
-    nbuf: usize,
-    offered: u64,
-    writers: &[WriterResult],
-    dropped: u64,
-    p: &relayfs::BufferStats,
-    discarded: u64,
-    delivered: u64,
-    ns: f64,
-    mbs: f64,
-    rec_mbs: f64,
-    verified: Option<&verify::Report>,
-    out: &Path,
-    ok: bool,
-) {
-    let size = if a.size.min == a.size.max {
-        format!("{} B", a.size.min)
-    } else {
-        format!("{}..{} B", a.size.min, a.size.max)
-    };
-    let written: u64 = writers.iter().map(|w| w.ok).sum();
-    println!("relayfs demo: channel {name}");
+fn print_summary(s: &serde_json::Value, no_record: bool) {
+    let u = |k: &str| s[k].as_u64().unwrap_or(0);
+    let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
+    println!("relayfs demo: channel {}", text("channel"));
     println!(
-        "  channel    {} buffers x {} sub-buffers x {}, {}",
-        nbuf,
-        g.n_subbufs,
-        util::human_bytes(g.subbuf_size),
-        if a.overwrite {
-            "overwrite mode"
-        } else {
-            "no-overwrite mode"
-        }
+        "  channel    {} buffers x {} sub-buffers x {}, {} mode",
+        u("buffers"),
+        u("n_subbufs"),
+        util::human_bytes(u("subbuf_size")),
+        text("mode")
     );
     println!(
-        "  producer   {threads} threads x {} records of {size}: {written} accepted, {:.1} ns/record (median thread), {:.0} MB/s",
-        a.count, ns, mbs
+        "  producer   {} threads x {} records of {} B: {:.1} ns/record (median thread), {:.0} MB/s",
+        u("threads"),
+        u("count"),
+        text("size"),
+        s["ns_per_record"].as_f64().unwrap_or(0.0),
+        s["producer_mb_per_s"].as_f64().unwrap_or(0.0)
     );
-    if !a.no_record {
+    if !no_record {
         println!(
-            "  recorder   relayfs record -> {} ({:.0} MB/s)",
-            out.display(),
-            rec_mbs
+            "  recorder   relayfs record (pid {}) wrote {} to {}",
+            u("recorder_pid"),
+            util::human_bytes(u("recorded_bytes")),
+            s["out"].as_str().unwrap_or("a temporary directory")
         );
     }
-    println!("  written    {offered}");
-    if !a.no_record {
-        println!("  delivered  {delivered}");
+    println!("  written    {}", u("written"));
+    if !no_record {
+        println!("  delivered  {}", u("delivered"));
     }
     println!(
-        "  dropped    {dropped} (buffer full {}, too big {}, overwritten {}, discarded {})",
-        p.dropped_full, p.dropped_toobig, p.overwritten_records, discarded
+        "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {})",
+        u("dropped"),
+        u("dropped_full"),
+        u("dropped_toobig"),
+        u("overwritten"),
+        u("discarded")
     );
-    if let Some(r) = verified {
-        if r.ok() {
-            println!(
-                "  verified   OK: {} records from {} writers, whole, in order, no duplicate; written = delivered + dropped",
-                r.records,
-                r.writers.len()
-            );
-        } else {
-            println!("  verified   FAILED");
-            for d in r.defects.iter().take(10) {
-                println!("    {d}");
-            }
-        }
+    if no_record {
+        return;
     }
-    if !ok && verified.is_some_and(|r| r.ok()) {
-        println!("  the counters don't add up: {offered} written != {delivered} delivered + {dropped} dropped");
+    let defects: Vec<&str> = s["defects"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    if s["verified"] == true {
+        println!(
+            "  verified   OK: every record whole and in order, no duplicate; written = delivered + dropped"
+        );
+    } else {
+        println!("  verified   FAILED");
+        for d in defects.iter().take(10) {
+            println!("    {d}");
+        }
+        if defects.is_empty() {
+            println!(
+                "    the counters don't add up: {} written != {} delivered + {} dropped",
+                u("written"),
+                u("delivered"),
+                u("dropped")
+            );
+        }
     }
 }
