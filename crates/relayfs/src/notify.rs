@@ -135,3 +135,40 @@ impl AsFd for Waiter {
         self.fifo.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_wait_and_hangup() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".x.wake");
+        let n = Notifier::create(&p, 0o600).unwrap();
+        let w = Waiter::open(&p).unwrap();
+        assert_eq!(
+            w.wait(Some(Duration::from_millis(10))).unwrap(),
+            Wake::Timeout
+        );
+        n.wake();
+        n.wake();
+        assert_eq!(w.wait(Some(Duration::from_secs(5))).unwrap(), Wake::Woken);
+        // Both bytes were drained: nothing pending.
+        assert_eq!(
+            w.wait(Some(Duration::from_millis(10))).unwrap(),
+            Wake::Timeout
+        );
+        drop(n);
+        assert_eq!(w.wait(Some(Duration::from_secs(5))).unwrap(), Wake::Hangup);
+    }
+
+    #[test]
+    fn a_full_pipe_never_blocks_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".y.wake");
+        let n = Notifier::create(&p, 0o600).unwrap();
+        for _ in 0..200_000 {
+            n.wake(); // far more than a pipe holds
+        }
+    }
+}

@@ -237,3 +237,43 @@ impl ReaderMap {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_locks_are_exclusive_per_open_file_and_released_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, [0u8; 16]).unwrap();
+        let rw = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap()
+        };
+        let a = rw();
+        let b = rw();
+        assert!(!byte_locked(&b, PRODUCER_LOCK_BYTE).unwrap());
+        assert!(try_lock_byte(&a, PRODUCER_LOCK_BYTE).unwrap());
+        assert!(byte_locked(&b, PRODUCER_LOCK_BYTE).unwrap());
+        assert!(!try_lock_byte(&b, PRODUCER_LOCK_BYTE).unwrap());
+        assert!(
+            try_lock_byte(&b, READER_LOCK_BYTE).unwrap(),
+            "other bytes are free"
+        );
+        drop(a);
+        assert!(try_lock_byte(&b, PRODUCER_LOCK_BYTE).unwrap());
+    }
+
+    #[test]
+    fn allocate_reports_no_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("g")).unwrap();
+        allocate(&f, 8192).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+        assert!(allocate(&f, u64::MAX / 2).is_err());
+    }
+}

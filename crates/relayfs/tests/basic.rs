@@ -242,3 +242,119 @@ fn mapping_reports_ready_subbuffers_and_consumes() {
     c.write(&[7u8; 50]).unwrap();
     assert_eq!(c.stats(0).subbufs_consumed, 1);
 }
+
+#[test]
+fn flush_interval_makes_partial_subbuffers_readable_in_overwrite_mode() {
+    // Overwrite mode reads complete sub-buffers only: without a flush, a
+    // lone record would wait for its sub-buffer to fill.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Channel::builder("f")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .mode(Mode::Overwrite)
+        .global(true)
+        .flush_interval(Duration::from_millis(20))
+        .open()
+        .unwrap();
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(b"tick").unwrap();
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never flushed");
+        if r.poll(Some(Duration::from_millis(100))).unwrap() == Ready::Readable {
+            got = drain(&mut r);
+        }
+    }
+    assert_eq!(got, b"tick");
+}
+
+#[test]
+fn map_and_unmap_reach_the_callbacks() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    struct Count(Arc<AtomicU64>, Arc<AtomicU64>);
+    impl relayfs::Callbacks for Count {
+        fn buf_mapped(&self, _b: &relayfs::BufferInfo, _n: u64) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn buf_unmapped(&self, _b: &relayfs::BufferInfo, _n: u64) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let (mapped, unmapped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let dir = tempfile::tempdir().unwrap();
+    let c = Channel::builder("m")
+        .dir(dir.path())
+        .subbuf_size(64)
+        .n_subbufs(4)
+        .callbacks(Count(mapped.clone(), unmapped.clone()))
+        .global(true)
+        .open()
+        .unwrap();
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let m = r.map();
+    c.flush(); // the producer notices at its next switch or flush
+    c.write(&[1u8; 10]).unwrap();
+    c.flush();
+    assert_eq!(mapped.load(Ordering::Relaxed), 1);
+    drop(m);
+    c.write(&[1u8; 10]).unwrap();
+    c.flush();
+    assert_eq!(unmapped.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn subbufs_consumed_from_the_producer_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 64, 2, Mode::NoOverwrite);
+    c.write(&[1u8; 60]).unwrap();
+    c.write(&[2u8; 60]).unwrap();
+    assert_eq!(c.write(&[3u8; 60]), Err(WriteError::Full));
+    // An mmap reader told us (out of band) it is done with one sub-buffer.
+    assert_eq!(c.subbufs_consumed(0, 1).unwrap(), 1);
+    c.write(&[3u8; 60]).unwrap();
+    let s = c.stats(0);
+    assert_eq!((s.subbufs_consumed, s.records_consumed), (1, 1));
+    // Asking for more than is complete consumes only what is.
+    assert_eq!(c.subbufs_consumed(0, 5).unwrap(), 1);
+}
+
+#[test]
+fn epoll_style_wakeup_through_the_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 64, 4, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert!(!r.prepare_wait().unwrap(), "nothing to read yet");
+    c.write(&[1u8; 60]).unwrap();
+    c.write(&[2u8; 60]).unwrap(); // completes the first sub-buffer: wakeup
+    let fd = r.wake_fd().unwrap();
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(n, 1, "the FIFO became readable");
+    assert!(pfd.revents & libc::POLLIN != 0);
+    assert!(r.available().unwrap() > 0);
+    // Once the channel is closed the FIFO hangs up (POLLHUP).
+    drop(c);
+    let fd = r.wake_fd().unwrap();
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    r.prepare_wait().unwrap(); // drains the pending wakeup bytes
+                               // SAFETY: as above.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(n, 1);
+    assert!(
+        pfd.revents & libc::POLLHUP != 0,
+        "revents {:#x}",
+        pfd.revents
+    );
+}
