@@ -617,7 +617,13 @@ impl Shared {
 
     /// What can be read at ordinal `ord`. Never trusts a value read from
     /// shared memory without checking it against the geometry.
-    pub(crate) fn available(&self, ord: u64) -> Result<Avail, crate::FormatError> {
+    /// `writers_gone`: the producer is dead, so nothing can change any more
+    /// (overwrite mode may then read the open sub-buffer too).
+    pub(crate) fn available(
+        &self,
+        ord: u64,
+        writers_gone: bool,
+    ) -> Result<Avail, crate::FormatError> {
         let g = &self.g;
         let slot = ord % g.n_subbufs;
         let lap = ord / g.n_subbufs;
@@ -663,7 +669,7 @@ impl Shared {
                 Ok(Avail::Nothing)
             };
         }
-        if self.overwrite {
+        if self.overwrite && !writers_gone {
             return Ok(Avail::Nothing);
         }
         // Still being written: readable up to the head if every reservation
@@ -682,6 +688,27 @@ impl Shared {
         } else {
             Ok(Avail::Nothing)
         }
+    }
+
+    /// What is stuck in the open sub-buffer `ord` behind a reservation that
+    /// was never committed (the producer died holding it): bytes reserved
+    /// from `from` on, and records committed in the sub-buffer. `None` if
+    /// `ord` is not the open sub-buffer.
+    pub(crate) fn abandoned(&self, ord: u64, from: u64) -> Option<(u64, u64)> {
+        let h = self.head();
+        if self.g.pos_ordinal(h) != ord || self.g.pos_offset(h) == 0 {
+            return None;
+        }
+        let w = self
+            .d(ord % self.g.n_subbufs, desc::WORD)
+            .load(Ordering::Acquire);
+        if w & COMPLETE != 0 {
+            return None;
+        }
+        Some((
+            self.g.pos_offset(h).saturating_sub(from),
+            (w >> 32) & RECORDS_MASK,
+        ))
     }
 
     /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
@@ -849,7 +876,7 @@ impl Shared {
         while done < n {
             let ord = self.r(rdr::CONSUMED).load(Ordering::Relaxed);
             let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
-            match self.available(ord)? {
+            match self.available(ord, false)? {
                 Avail::Complete { end, records } => {
                     if self.claim_for_read(ord) {
                         self.r(rdr::RECORDS_CONSUMED)

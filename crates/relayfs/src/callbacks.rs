@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use crate::buffer::SwitchInfo;
@@ -98,13 +98,16 @@ pub trait Callbacks: Send + Sync + 'static {
         is_global: &mut bool,
     ) -> io::Result<File> {
         let _ = is_global;
-        std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(mode)
             .custom_flags(libc::O_CLOEXEC)
-            .open(parent.join(filename))
+            .open(parent.join(filename))?;
+        // The mode asked for, whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        Ok(f)
     }
 
     /// Removes a relay file at `relay_close` (`remove_buf_file`). Readers that

@@ -177,7 +177,8 @@ impl ChannelBuilder {
     }
 
     /// File mode of the buffer files (default 0600; 0640 lets the file's
-    /// group read). World-writable bits are always cleared.
+    /// group read, and gives the channel directory 0750). World-writable and
+    /// execute bits are always cleared.
     pub fn file_mode(mut self, mode: u32) -> Self {
         self.mode = mode & 0o774;
         self
@@ -217,7 +218,15 @@ impl ChannelBuilder {
                 let root = relay_dir();
                 create_dir_mode(&root, 0o755)?;
                 let d = root.join(&self.name);
-                create_dir_mode(&d, 0o700 | (self.mode & 0o050))?;
+                // Whoever may read the files may search the directory.
+                let mut dmode = 0o700;
+                if self.mode & 0o040 != 0 {
+                    dmode |= 0o050;
+                }
+                if self.mode & 0o004 != 0 {
+                    dmode |= 0o005;
+                }
+                create_dir_mode(&d, dmode)?;
                 d
             }
         };
@@ -298,8 +307,18 @@ impl ChannelBuilder {
 
 fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), OpenError> {
     use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => Ok(()),
+        // The mode asked for, whatever the umask.
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+                OpenError::Io {
+                    what: "set permissions of",
+                    path: dir.to_path_buf(),
+                    source: e,
+                }
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(OpenError::Io {
             what: "create directory",

@@ -44,6 +44,8 @@ pub(crate) struct Cursor {
     /// The current sub-buffer is complete: its end and record count, so that
     /// consuming its last byte moves on at once.
     complete: Option<(u64, u64)>,
+    /// The producer is dead: nothing changes any more.
+    writers_gone: bool,
 }
 
 impl Cursor {
@@ -65,6 +67,19 @@ impl Cursor {
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
+    }
+
+    /// Tells the cursor the producer is dead, so that the sub-buffer it was
+    /// writing may be read as far as it is committed (in overwrite mode too:
+    /// nothing can overwrite it any more).
+    pub(crate) fn set_writers_gone(&mut self) {
+        self.writers_gone = true;
+    }
+
+    /// Bytes and committed records left in an incomplete sub-buffer at the
+    /// reader's position (see `Shared::abandoned`).
+    pub(crate) fn abandoned(&self, s: &Shared) -> Option<(u64, u64)> {
+        s.abandoned(self.ord, self.pos)
     }
 
     /// At the start of a sub-buffer.
@@ -123,7 +138,7 @@ impl Cursor {
                 continue;
             }
             let slot = self.ord % g.n_subbufs;
-            match s.available(self.ord)? {
+            match s.available(self.ord, self.writers_gone)? {
                 Avail::Nothing => return Ok(None),
                 Avail::Lapped { next } => {
                     if next <= self.ord {

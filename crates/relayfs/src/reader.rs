@@ -316,6 +316,17 @@ impl RelayFile {
         })
     }
 
+    /// After [`Ready::ProducerGone`]: what had to be given up in the
+    /// sub-buffer the producer was writing when it died, because a
+    /// reservation in it was never committed and record boundaries can't be
+    /// told apart: `(bytes, committed records)`. `None` if nothing was.
+    pub fn abandoned(&self) -> Option<(u64, u64)> {
+        if self.producer_alive() || self.is_closed() {
+            return None;
+        }
+        self.cur.abandoned(&self.map.shared).filter(|&(b, _)| b > 0)
+    }
+
     /// Whether the reader is at the start of a sub-buffer (so that output
     /// split here never splits a record).
     pub fn at_subbuf_boundary(&self) -> bool {
@@ -373,8 +384,8 @@ impl RelayFile {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                if e.kind() == io::ErrorKind::WouldBlock && done > 0 {
-                    break;
+                if done > 0 {
+                    break; // report what moved; the error comes back next call
                 }
                 return Err(ReadError::io("write", &self.path, e));
             }
@@ -427,6 +438,7 @@ impl RelayFile {
                 });
             }
             if !self.producer_alive() {
+                self.cur.set_writers_gone();
                 return Ok(if self.next_chunk()?.is_some() {
                     Ready::Readable
                 } else {
@@ -539,7 +551,7 @@ impl Mapping<'_> {
             let ord = f.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
             let avail = f
                 .shared()
-                .available(ord)
+                .available(ord, false)
                 .map_err(|source| ReadError::Format {
                     path: f.path.clone(),
                     source,

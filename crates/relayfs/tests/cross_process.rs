@@ -30,11 +30,17 @@ fn child_producer() {
     };
     let dir = PathBuf::from(std::env::var("RELAYFS_TEST_DIR").unwrap());
     let n: u64 = std::env::var("RELAYFS_TEST_N").unwrap().parse().unwrap();
+    let overwrite = mode.starts_with("overwrite");
     let chan = Channel::builder("x")
         .base("x")
         .dir(&dir)
         .subbuf_size(4096)
-        .n_subbufs(64)
+        .n_subbufs(if overwrite { 4 } else { 64 })
+        .mode(if overwrite {
+            relayfs::Mode::Overwrite
+        } else {
+            relayfs::Mode::NoOverwrite
+        })
         .global(true)
         .open()
         .unwrap();
@@ -46,10 +52,29 @@ fn child_producer() {
     for i in 0..n {
         chan.write(&rec(i)).unwrap();
     }
-    chan.flush();
+    if !mode.ends_with("noflush") {
+        chan.flush();
+    }
     match mode.as_str() {
         "wait" => wait_for(&dir.join("go")),
-        "hang" => std::thread::sleep(Duration::from_secs(60)),
+        "hang" | "overwrite-hang" | "overwrite-hang-noflush" => {
+            std::fs::write(dir.join("written"), b"").unwrap();
+            std::thread::sleep(Duration::from_secs(60))
+        }
+        "hang-reserved" => {
+            // Ten more records, then one reserved and never committed, then
+            // five after it: all in the open sub-buffer.
+            for i in n..n + 10 {
+                chan.write(&rec(i)).unwrap();
+            }
+            let slot = chan.reserve(20).unwrap();
+            for i in n + 10..n + 15 {
+                chan.write(&rec(i)).unwrap();
+            }
+            std::fs::write(dir.join("written"), b"").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(slot);
+        }
         _ => {}
     }
     chan.close().unwrap();
@@ -179,6 +204,7 @@ fn killed_producer_is_noticed() {
     let (data, end) = read_to_end(&mut f);
     assert_eq!(end, Ready::ProducerGone);
     assert_eq!(data, expected(300));
+    assert_eq!(f.abandoned(), None, "everything was committed");
     assert!(path.exists(), "a dead producer's files stay readable");
     // A new producer replaces the stale files rather than mixing with them.
     drop(f);
@@ -200,4 +226,90 @@ fn killed_producer_is_noticed() {
         .open()
         .unwrap();
     assert_eq!(c.total_stats().records_written, 0);
+}
+
+#[test]
+fn producer_killed_holding_a_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("hang-reserved", dir.path(), 300);
+    wait_for(&dir.path().join("ready"));
+    let mut f = RelayFile::open(dir.path().join("x0")).unwrap();
+    wait_for(&dir.path().join("written"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (data, end) = read_to_end(&mut f);
+    assert_eq!(end, Ready::ProducerGone);
+    // Everything flushed before the reservation arrives, whole; nothing
+    // after it (its bytes can't be told from the records around it).
+    assert_eq!(data, expected(300));
+    let behind: u64 = (300..315).map(|i| rec(i).len() as u64).sum::<u64>() + 20;
+    assert_eq!(f.abandoned(), Some((behind, 15)));
+}
+
+#[test]
+fn flight_recorder_rescue_after_the_producer_died() {
+    rescue("overwrite-hang");
+    // Died without a flush: the last, partly filled sub-buffer is read too,
+    // as nothing can change it any more.
+    rescue("overwrite-hang-noflush");
+}
+
+fn rescue(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    // Overwrite mode, 4 sub-buffers of 4 KiB: 3000 records lap it many times.
+    let mut child = spawn(mode, dir.path(), 3000);
+    wait_for(&dir.path().join("written"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut f = RelayFile::open(dir.path().join("x0")).unwrap();
+    let (data, end) = read_to_end(&mut f);
+    assert_eq!(end, Ready::ProducerGone);
+    // What is left is the newest records, oldest first, ending with the
+    // last one written (the flushed sub-buffer), each whole.
+    let mut at = 0;
+    let mut seqs = Vec::new();
+    while at < data.len() {
+        let i = u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let r = rec(i);
+        assert_eq!(&data[at..at + r.len()], &r[..], "record {i} whole");
+        seqs.push(i);
+        at += r.len();
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous, oldest first"
+    );
+    assert_eq!(seqs.last(), Some(&2999));
+    assert!(
+        seqs.len() > 100 && seqs.len() < 3000,
+        "{} records kept",
+        seqs.len()
+    );
+    let s = f.stats();
+    assert_eq!(s.records_written + s.records_pending, 3000);
+    assert_eq!(
+        s.records_consumed + s.records_pending + s.overwritten_records,
+        3000,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn two_live_producers_on_one_channel_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("hang", dir.path(), 10);
+    wait_for(&dir.path().join("ready"));
+    let second = Channel::builder("x")
+        .base("x")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .global(true)
+        .open();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    match second {
+        Err(relayfs::OpenError::Busy { pid, .. }) => assert_eq!(pid, child.id() as u64),
+        other => panic!("{other:?}"),
+    }
 }

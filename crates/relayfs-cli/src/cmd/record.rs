@@ -45,6 +45,11 @@ pub struct Args {
     /// With --max-size, keep only the newest N files per buffer
     #[arg(long, requires = "max_size")]
     pub max_files: Option<u64>,
+    /// When the output filesystem is full (ENOSPC, EDQUOT), wait and retry
+    /// instead of stopping with an error (the producer keeps running and
+    /// counts what it drops meanwhile)
+    #[arg(long)]
+    pub retry: bool,
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
@@ -86,6 +91,9 @@ struct Progress {
 struct BufResult {
     name: String,
     bytes: u64,
+    /// Bytes and committed records given up in the sub-buffer a dead
+    /// producer was writing.
+    abandoned: Option<(u64, u64)>,
     files: Vec<PathBuf>,
     stats: BufferStats,
     end: End,
@@ -113,9 +121,15 @@ impl Output {
         }
     }
 
-    /// Opens the output; `resume` appends to what a previous recorder wrote.
-    fn open(dir: &Path, name: &str, a: &Args, resume: bool) -> Result<Output> {
+    /// Opens the output. `consumed` is how many bytes readers have consumed
+    /// from the buffer so far: when it is not 0, a previous recorder stopped
+    /// (or was killed) and this one appends to its output. Without rotation
+    /// the output is then cut back to exactly what was consumed, since a
+    /// recorder killed between writing a chunk and marking it consumed
+    /// leaves a tail the buffer will deliver again.
+    fn open(dir: &Path, name: &str, a: &Args, consumed: u64) -> Result<Output> {
         let rotate = a.max_size.is_some();
+        let resume = consumed > 0;
         let mut index = 0;
         if rotate && resume {
             while Self::path(dir, name, true, index + 1).exists() {
@@ -123,6 +137,7 @@ impl Output {
             }
         }
         let path = Self::path(dir, name, rotate, index);
+        let base_path = dir.join(format!(".{name}.out.base"));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -131,6 +146,21 @@ impl Output {
             .with_context(|| format!("cannot create {}", path.display()))?;
         if !resume {
             file.set_len(0)?;
+        }
+        if !rotate {
+            // The consumed count at which this output file was empty.
+            let base = match std::fs::read_to_string(&base_path) {
+                Ok(t) if resume => t.trim().parse::<u64>().unwrap_or(consumed),
+                _ => {
+                    std::fs::write(&base_path, format!("{consumed}\n"))
+                        .with_context(|| format!("cannot write {}", base_path.display()))?;
+                    consumed
+                }
+            };
+            let want = consumed.saturating_sub(base);
+            if file.metadata()?.len() > want {
+                file.set_len(want)?;
+            }
         }
         let size = file.metadata()?.len();
         Ok(Output {
@@ -174,6 +204,7 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
     let mut res = BufResult {
         name: buf.name.clone(),
         bytes: 0,
+        abandoned: None,
         files: Vec::new(),
         stats: BufferStats::default(),
         end: End::Error,
@@ -181,20 +212,52 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
     };
     let mut go = || -> Result<End> {
         let mut f = RelayFile::open(&buf.path)?;
-        let resume = f.stats().bytes_consumed > 0;
-        let mut out = Output::open(&a.out, &buf.name, a, resume)?;
+        let mut out = Output::open(&a.out, &buf.name, a, f.stats().bytes_consumed)?;
         let rotate = a.max_size.is_some();
+        let mut warned = false;
         let end = loop {
-            let n = if rotate {
-                let n = f.sendfile_subbuf(&out.file)?;
+            let moved = if rotate {
+                f.sendfile_subbuf(&out.file)
+            } else {
+                f.sendfile(&out.file, 64 << 20)
+            };
+            let n = match moved {
+                Ok(n) => n,
+                Err(relayfs::ReadError::Io { source, .. })
+                    if a.retry
+                        && matches!(
+                            source.raw_os_error(),
+                            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                        ) =>
+                {
+                    if !warned {
+                        eprintln!(
+                            "relayfs record: {}: {source}; retrying (the producer counts what it drops meanwhile)",
+                            out.files.last().map_or(String::new(), |p| p.display().to_string())
+                        );
+                        warned = true;
+                    }
+                    if stop.load(Ordering::Relaxed) || util::interrupted() {
+                        break End::Interrupted;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "writing {} (nothing unwritten was consumed)",
+                        out.files
+                            .last()
+                            .map_or(String::new(), |p| p.display().to_string())
+                    )))
+                }
+            };
+            if rotate {
                 out.size += n;
                 if f.at_subbuf_boundary() {
                     out.maybe_rotate()?;
                 }
-                n
-            } else {
-                f.sendfile(&out.file, 64 << 20)?
-            };
+            }
             res.bytes += n;
             progress.bytes.fetch_add(n, Ordering::Relaxed);
             if n > 0 {
@@ -213,6 +276,7 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
                 }
                 Ready::ProducerGone => {
                     if f.available()? == 0 {
+                        res.abandoned = f.abandoned();
                         break End::ProducerGone;
                     }
                 }
@@ -307,6 +371,7 @@ pub fn run(a: &Args) -> Result<i32> {
             t.join().unwrap_or_else(|_| BufResult {
                 name: "?".into(),
                 bytes: 0,
+                abandoned: None,
                 files: vec![],
                 stats: BufferStats::default(),
                 end: End::Error,
@@ -408,6 +473,8 @@ fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde
         "dropped_toobig": total.dropped_toobig,
         "overwritten": total.overwritten_records,
         "discarded": total.discarded_records,
+        "abandoned_bytes": results.iter().filter_map(|r| r.abandoned).map(|a| a.0).sum::<u64>(),
+        "abandoned_records": results.iter().filter_map(|r| r.abandoned).map(|a| a.1).sum::<u64>(),
         "buffers": results.iter().map(|r| json!({
             "name": r.name,
             "end": r.end.as_str(),
@@ -420,6 +487,8 @@ fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde
             "overwritten": r.stats.overwritten_records,
             "discarded": r.stats.discarded_records,
             "padding_bytes": r.stats.padding_bytes,
+            "abandoned_bytes": r.abandoned.map_or(0, |a| a.0),
+            "abandoned_records": r.abandoned.map_or(0, |a| a.1),
             "error": r.error,
         })).collect::<Vec<_>>(),
     })
