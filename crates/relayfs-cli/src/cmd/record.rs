@@ -292,6 +292,8 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
         Err(e) => {
             res.end = End::Error;
             res.error = Some(format!("{e:#}"));
+            // Stop the other buffers too: the recording can't be complete.
+            stop.store(true, Ordering::Relaxed);
         }
     }
     res

@@ -1,0 +1,368 @@
+//! The recorder against the faults it is used to investigate: a producer
+//! killed mid-stream, the recorder itself killed and restarted or stopped,
+//! and a full output filesystem.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relayfs::Channel;
+use serde_json::Value;
+
+const ROLE: &str = "RELAYFS_CLI_TEST_PRODUCER";
+
+fn relayfs(root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relayfs"));
+    c.env("RELAYFS_DIR", root);
+    c
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A demo record (see `relayfs demo`).
+fn demo_record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&0x3159_4C52u32.to_le_bytes());
+    r.extend_from_slice(&(len as u32).to_le_bytes());
+    r.extend_from_slice(&writer.to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&seq.to_le_bytes());
+    for i in 24..len {
+        r.push((seq * 31 + writer as u64 * 17 + i as u64) as u8);
+    }
+    r
+}
+
+/// Producer process: writes N demo records to channel `chan` under
+/// RELAYFS_DIR, then (mode "hang") holds a reservation open and sleeps until
+/// killed.
+#[test]
+fn child_producer() {
+    let Ok(mode) = std::env::var(ROLE) else {
+        return;
+    };
+    let n: u64 = std::env::var("N").unwrap().parse().unwrap();
+    let chan = Channel::builder("victim")
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .global(true)
+        .open()
+        .unwrap();
+    let root = PathBuf::from(std::env::var("RELAYFS_DIR").unwrap());
+    // Wait for the recorder to attach.
+    while !relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for seq in 0..n {
+        chan.write(&demo_record(0, seq, 48)).unwrap();
+    }
+    chan.flush();
+    assert_eq!(mode, "hang");
+    chan.write(&demo_record(0, n, 48)).unwrap();
+    let _held = chan.reserve(48).unwrap();
+    std::fs::write(root.join("written"), b"").unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn producer_killed_mid_stream() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "victim", "--wait", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut producer = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_producer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "hang")
+        .env("N", "5000")
+        .env("RELAYFS_DIR", root.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("producer wrote", || root.path().join("written").exists());
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+    let t = Instant::now();
+    let rec = rec.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "noticed without waiting forever"
+    );
+    assert_eq!(
+        rec.status.code(),
+        Some(3),
+        "the documented producer-gone status"
+    );
+    let s: Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(s["end"], "producer_gone");
+    assert_eq!(s["records_delivered"], 5000);
+    // One committed record and one reserved one were given up: counted.
+    assert_eq!(s["abandoned_records"], 1);
+    assert_eq!(s["abandoned_bytes"], 96);
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args(["--writers", "1", "--count", "5000", "--lost", "0"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // The buffer file stays readable.
+    assert!(root.path().join("victim/cpu0").exists());
+    let st = relayfs::RelayFile::inspect(root.path().join("victim/cpu0")).unwrap();
+    assert!(!st.producer_alive && !st.closed);
+}
+
+/// Writes `count` demo records from one thread at a modest pace.
+fn paced_producer(chan: &Channel, count: u64) -> u64 {
+    let mut dropped = 0;
+    for seq in 0..count {
+        if chan.write_cpu(0, &demo_record(0, seq, 64)).is_err() {
+            dropped += 1;
+        }
+        if seq % 100 == 0 {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    dropped
+}
+
+#[test]
+fn recorder_killed_and_restarted_resumes_without_duplicate_or_gap() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("resume");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("resume")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(256)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    let start = || {
+        relayfs(root.path())
+            .args(["record", "resume", "--quiet", "-o"])
+            .arg(&out)
+            .spawn()
+            .unwrap()
+    };
+    let count = 60_000;
+    let (rec, dropped) = std::thread::scope(|s| {
+        let producer = s.spawn(|| paced_producer(&chan, count));
+        for _ in 0..3 {
+            let mut rec = start();
+            wait_until("recorder attached", || {
+                relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
+            });
+            std::thread::sleep(Duration::from_millis(40));
+            rec.kill().unwrap(); // SIGKILL, mid-stream
+            rec.wait().unwrap();
+        }
+        let rec = start();
+        (rec, producer.join().unwrap())
+    });
+    let lost = chan.stats(0).lost();
+    assert_eq!(lost, dropped, "every drop counted");
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args([
+            "--writers",
+            "1",
+            "--count",
+            &count.to_string(),
+            "--lost",
+            &lost.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+#[test]
+fn stopped_recorder_never_slows_the_producer() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("stopme");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("stopme")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "stopme", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("recorder attached", || {
+        relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
+    });
+    signal(&rec, libc::SIGSTOP);
+    wait_until("recorder stopped", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", rec.id())).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    });
+    // With the reader stopped, 200 000 writes complete (nothing blocks) and
+    // all but what fits in 32 KiB are dropped and counted.
+    let (mut ok, mut full) = (0u64, 0u64);
+    for seq in 0..200_000 {
+        match chan.write_cpu(0, &demo_record(0, seq, 64)) {
+            Ok(()) => ok += 1,
+            Err(_) => full += 1,
+        }
+    }
+    assert!(ok <= 8 * 4096 / 64, "{ok}");
+    assert_eq!(chan.stats(0).dropped_full, full);
+    signal(&rec, libc::SIGCONT);
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["records_delivered"].as_u64().unwrap(), ok);
+    assert_eq!(s["dropped_full"].as_u64().unwrap(), full);
+}
+
+#[test]
+fn full_output_filesystem() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&out)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(out.clone());
+    let run = |name: &str, retry: bool| {
+        let dir = root.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let chan = Channel::builder(name)
+            .dir(&dir)
+            .subbuf_size(4096)
+            .n_subbufs(64)
+            .open()
+            .unwrap();
+        let sub = out.join(name);
+        std::fs::create_dir(&sub).unwrap();
+        // Fill most of the filesystem so the recording runs out of room.
+        let filler = out.join(format!("{name}.filler"));
+        let mut args = vec!["record", name, "--json", "-o"];
+        if retry {
+            args.insert(2, "--retry");
+        }
+        let rec = relayfs(root.path())
+            .args(&args)
+            .arg(&sub)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("recorder attached", || {
+            relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
+        });
+        std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
+        // 600 x 64 B: more than the 24 KiB left, less than the whole 64 KiB.
+        let (mut ok, mut full) = (0u64, 0u64);
+        for seq in 0..600 {
+            match chan.write_cpu(0, &demo_record(0, seq, 64)) {
+                Ok(()) => ok += 1,
+                Err(_) => full += 1,
+            }
+        }
+        chan.flush();
+        (chan, rec, filler, ok, full, sub)
+    };
+    // Without --retry: a clear error, a non-zero exit; the producer went on.
+    let (chan, rec, filler, ok, full, _sub) = run("nospace", false);
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(ok + full, 600);
+    // Nothing that failed to be written was consumed.
+    let st = chan.stats(0);
+    let written: u64 = std::fs::read_dir(out.join("nospace"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(
+        st.bytes_consumed, written,
+        "consumed exactly what was written"
+    );
+    chan.close().unwrap();
+    std::fs::remove_file(filler).unwrap();
+    std::fs::remove_dir_all(out.join("nospace")).unwrap();
+
+    // With --retry: it waits, and finishes once there is room again.
+    let (chan, rec, filler, ok, _full, sub) = run("retry", true);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(filler).unwrap();
+    let lost = chan.stats(0).lost();
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["records_delivered"].as_u64().unwrap(), ok);
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&sub)
+        .args([
+            "--writers",
+            "1",
+            "--count",
+            "600",
+            "--lost",
+            &lost.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
