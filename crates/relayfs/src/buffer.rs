@@ -625,6 +625,13 @@ impl Shared {
         writers_gone: bool,
     ) -> Result<Avail, crate::FormatError> {
         let g = &self.g;
+        // The reader's position comes from the reader page: check it before
+        // any arithmetic on it. A reader is never ahead of the producer.
+        if ord > g.pos_ordinal(self.head()) {
+            return Err(crate::FormatError::Corrupt(
+                "reader position beyond the write position",
+            ));
+        }
         let slot = ord % g.n_subbufs;
         let lap = ord / g.n_subbufs;
         // SYNC POINT: Acquire pairs with the opener's generation CAS.

@@ -278,6 +278,29 @@ impl RelayFile {
         shm::byte_locked(&self.file, shm::PRODUCER_LOCK_BYTE).unwrap_or(false)
     }
 
+    /// Fails if the file was truncated under us: touching the mapping past
+    /// its end would fault (`SIGBUS`). Checked at every read, sendfile, poll
+    /// and mapping call; a truncation racing the call itself can still fault,
+    /// which only the file's owner can cause (see docs/DESIGN.md).
+    fn check_size(&self) -> Result<(), ReadError> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| ReadError::io("stat", &self.path, e))?
+            .len();
+        let want = self.header.geometry.file_size;
+        if len < want {
+            return Err(ReadError::Format {
+                path: self.path.clone(),
+                source: FormatError::Truncated {
+                    expected: want,
+                    actual: len,
+                },
+            });
+        }
+        Ok(())
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Chunk>, ReadError> {
         let s = &self.map.shared;
         self.cur.next_chunk(s).map_err(|source| ReadError::Format {
@@ -309,6 +332,7 @@ impl RelayFile {
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        self.check_size()?;
         let s = &self.map.shared;
         self.cur.read(s, buf).map_err(|source| ReadError::Format {
             path: self.path.clone(),
@@ -356,6 +380,7 @@ impl RelayFile {
     }
 
     fn send(&mut self, fd: i32, max: u64, one_chunk: bool) -> Result<u64, ReadError> {
+        self.check_size()?;
         let mut done = 0u64;
         let mut chunk_left = None::<u64>;
         while done < max && chunk_left != Some(0) {
@@ -426,6 +451,7 @@ impl RelayFile {
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<Ready, ReadError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            self.check_size()?;
             if self.next_chunk()?.is_some() {
                 return Ok(Ready::Readable);
             }
@@ -545,6 +571,7 @@ impl Mapping<'_> {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn ready(&mut self) -> Result<Option<ReadySubbuf>, ReadError> {
         let f = &mut *self.file;
+        f.check_size()?;
         f.cur.check_epoch(&f.map.shared);
         loop {
             let g = f.header.geometry;

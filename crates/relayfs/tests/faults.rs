@@ -200,3 +200,31 @@ fn full_shm_fails_at_open_not_with_sigbus() {
         "a failed open leaves nothing behind: {left:?}"
     );
 }
+
+#[test]
+fn truncated_under_the_reader_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Channel::builder("t")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .global(true)
+        .open()
+        .unwrap();
+    c.write(&[1u8; 100]).unwrap();
+    let mut r = relayfs::RelayFile::open(c.buffer_path(0)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.buffer_path(0))
+        .unwrap();
+    f.set_len(8192).unwrap();
+    let mut buf = [0u8; 200];
+    let e = r.read(&mut buf).unwrap_err().to_string();
+    assert!(e.contains("truncated"), "{e}");
+    let e = r
+        .poll(Some(std::time::Duration::from_millis(10)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("truncated"), "{e}");
+    std::mem::forget(c); // its mapping is past the end now: don't flush into it
+}
