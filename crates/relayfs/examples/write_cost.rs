@@ -34,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = chan.write(black_box(&rec));
         }
         let w = t.elapsed().as_secs_f64() * 1e9 / n as f64;
-        println!("round {round}: {size} B  floor {floor:.2} ns  write {w:.2} ns  ratio {:.2}", w / floor);
+        println!(
+            "round {round}: {size} B  floor {floor:.2} ns  write {w:.2} ns  ratio {:.2}",
+            w / floor
+        );
     }
     chan.close()?;
     let _ = std::fs::remove_dir_all(&dir);
