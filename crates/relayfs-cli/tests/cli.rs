@@ -1,51 +1,14 @@
 //! Runs the built `relayfs` binary end to end.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use relayfs::Channel;
 use serde_json::Value;
 
-fn relayfs(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_relayfs"));
-    c.env("RELAYFS_DIR", root);
-    c
-}
-
-fn run_json(cmd: &mut Command) -> (Output, Value) {
-    let out = cmd.output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, v)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A demo record as `relayfs demo` writes it.
-fn demo_record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&0x3159_4C52u32.to_le_bytes());
-    r.extend_from_slice(&(len as u32).to_le_bytes());
-    r.extend_from_slice(&writer.to_le_bytes());
-    r.extend_from_slice(&0u32.to_le_bytes());
-    r.extend_from_slice(&seq.to_le_bytes());
-    for i in 24..len {
-        r.push((seq * 31 + writer as u64 * 17 + i as u64) as u8);
-    }
-    r
-}
+mod common;
+use common::*;
 
 fn check_demo(v: &Value) {
     let (w, d, x) = (

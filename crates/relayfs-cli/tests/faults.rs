@@ -2,20 +2,17 @@
 //! killed mid-stream, the recorder itself killed and restarted or stopped,
 //! and a full output filesystem.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use relayfs::Channel;
 use serde_json::Value;
 
-const ROLE: &str = "RELAYFS_CLI_TEST_PRODUCER";
+mod common;
+use common::*;
 
-fn relayfs(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_relayfs"));
-    c.env("RELAYFS_DIR", root);
-    c
-}
+const ROLE: &str = "RELAYFS_CLI_TEST_PRODUCER";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -25,28 +22,6 @@ fn is_root() -> bool {
 fn signal(child: &Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A demo record (see `relayfs demo`).
-fn demo_record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&0x3159_4C52u32.to_le_bytes());
-    r.extend_from_slice(&(len as u32).to_le_bytes());
-    r.extend_from_slice(&writer.to_le_bytes());
-    r.extend_from_slice(&0u32.to_le_bytes());
-    r.extend_from_slice(&seq.to_le_bytes());
-    for i in 24..len {
-        r.push((seq * 31 + writer as u64 * 17 + i as u64) as u8);
-    }
-    r
 }
 
 /// Producer process: writes N demo records to channel `chan` under
@@ -66,7 +41,7 @@ fn child_producer() {
         .unwrap();
     let root = PathBuf::from(std::env::var("RELAYFS_DIR").unwrap());
     // Wait for the recorder to attach.
-    while !relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached) {
+    while !reader_attached(&chan, 0) {
         std::thread::sleep(Duration::from_millis(5));
     }
     for seq in 0..n {
@@ -174,9 +149,7 @@ fn recorder_killed_and_restarted_resumes_without_duplicate_or_gap() {
         let producer = s.spawn(|| paced_producer(&chan, count));
         for _ in 0..3 {
             let mut rec = start();
-            wait_until("recorder attached", || {
-                relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
-            });
+            wait_until("recorder attached", || reader_attached(&chan, 0));
             std::thread::sleep(Duration::from_millis(40));
             rec.kill().unwrap(); // SIGKILL, mid-stream
             rec.wait().unwrap();
@@ -223,9 +196,7 @@ fn stopped_recorder_never_slows_the_producer() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("recorder attached", || {
-        relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
-    });
+    wait_until("recorder attached", || reader_attached(&chan, 0));
     signal(&rec, libc::SIGSTOP);
     wait_until("recorder stopped", || {
         std::fs::read_to_string(format!("/proc/{}/stat", rec.id())).is_ok_and(|st| {
@@ -303,9 +274,7 @@ fn full_output_filesystem() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_until("recorder attached", || {
-            relayfs::RelayFile::inspect(chan.buffer_path(0)).is_ok_and(|s| s.reader_attached)
-        });
+        wait_until("recorder attached", || reader_attached(&chan, 0));
         std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
         // 600 x 64 B: more than the 24 KiB left, less than the whole 64 KiB.
         let (mut ok, mut full) = (0u64, 0u64);

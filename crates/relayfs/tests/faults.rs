@@ -12,6 +12,44 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A tmpfs mounted for one test (needs root), unmounted on drop. `None`
+/// (with the reason printed) where it can't be had.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(opts: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            eprintln!("skipped: needs root to mount a tmpfs");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
 /// A reader may write anything into its reader page: the producer keeps
 /// writing, never crashes or hangs, and its own counters stay exact.
 #[test]
@@ -140,61 +178,34 @@ fn open_as_child() {
 
 #[test]
 fn unwritable_parent_is_a_clear_error() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a read-only tmpfs");
+    let Some(fs) = Tmpfs::mount("ro,size=1m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount tmpfs here");
-        return;
-    }
+    };
     let e = Channel::builder("ro")
-        .dir(dir.path())
+        .dir(&fs.path)
         .subbuf_size(4096)
         .n_subbufs(2)
-        .open();
-    let _ = std::process::Command::new("umount")
-        .arg(dir.path())
-        .status();
-    let e = e.unwrap_err().to_string();
+        .open()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Read-only file system"), "{e}");
 }
 
 #[test]
 fn full_shm_fails_at_open_not_with_sigbus() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    let Some(fs) = Tmpfs::mount("size=256k") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount tmpfs here");
-        return;
-    }
+    };
     let e = Channel::builder("big")
-        .dir(dir.path())
+        .dir(&fs.path)
         .subbuf_size(1 << 20)
         .n_subbufs(4)
         .open();
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    let _ = std::process::Command::new("umount")
-        .arg(dir.path())
-        .status();
     match e {
         Err(relayfs::OpenError::NoSpace { .. }) => {}
         other => panic!("{other:?}"),
     }
+    let left: Vec<_> = std::fs::read_dir(&fs.path).unwrap().collect();
     assert!(
         left.is_empty(),
         "a failed open leaves nothing behind: {left:?}"
