@@ -127,7 +127,7 @@ impl Output {
     /// the output is then cut back to exactly what was consumed, since a
     /// recorder killed between writing a chunk and marking it consumed
     /// leaves a tail the buffer will deliver again.
-    fn open(dir: &Path, name: &str, a: &Args, consumed: u64) -> Result<Output> {
+    fn open(dir: &Path, name: &str, a: &Args, channel_id: u64, consumed: u64) -> Result<Output> {
         let rotate = a.max_size.is_some();
         let resume = consumed > 0;
         let mut index = 0;
@@ -148,13 +148,29 @@ impl Output {
             file.set_len(0)?;
         }
         if !rotate {
-            // The consumed count at which this output file was empty.
-            let base = match std::fs::read_to_string(&base_path) {
-                Ok(t) if resume => t.trim().parse::<u64>().unwrap_or(consumed),
-                _ => {
-                    std::fs::write(&base_path, format!("{consumed}\n"))
+            // "<channel id> <consumed>": the buffer's consumed count when
+            // this output file was empty, for this very channel (a new
+            // producer on the same name has a new id).
+            let base = std::fs::read_to_string(&base_path).ok().and_then(|t| {
+                let mut it = t.split_whitespace().map(|w| w.parse::<u64>().ok());
+                match (it.next().flatten(), it.next().flatten()) {
+                    (Some(id), Some(b)) if resume && id == channel_id => Some(b),
+                    _ => None,
+                }
+            });
+            let base = match base {
+                Some(b) => b,
+                None => {
+                    // Output of another channel, or no record of where it
+                    // started: keep all of it.
+                    let b = if resume {
+                        consumed.saturating_sub(file.metadata()?.len())
+                    } else {
+                        consumed
+                    };
+                    std::fs::write(&base_path, format!("{channel_id} {b}\n"))
                         .with_context(|| format!("cannot write {}", base_path.display()))?;
-                    consumed
+                    b
                 }
             };
             let want = consumed.saturating_sub(base);
@@ -212,7 +228,13 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
     };
     let mut go = || -> Result<End> {
         let mut f = RelayFile::open(&buf.path)?;
-        let mut out = Output::open(&a.out, &buf.name, a, f.stats().bytes_consumed)?;
+        let mut out = Output::open(
+            &a.out,
+            &buf.name,
+            a,
+            f.header().channel_id,
+            f.stats().bytes_consumed,
+        )?;
         let rotate = a.max_size.is_some();
         let mut warned = false;
         let end = loop {
