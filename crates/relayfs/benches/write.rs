@@ -1,15 +1,26 @@
 //! Cost of `write` and `reserve`+commit per record, with a reader draining
-//! the channel so that it never fills, beside the floor: a copy of the same
-//! bytes into a local ring. Run: `cargo bench -p relayfs --bench write`.
+//! the channel so that it never fills, beside baselines measured in the same
+//! run: a copy of the same bytes into a local ring (the floor), an SPSC ring
+//! push of the same bytes (rtrb, with a consumer thread draining it) and a
+//! `crossbeam-channel` send of the same bytes (a boxed copy, drained by a
+//! consumer thread).
+//!
+//! Run: `cargo bench -p relayfs --bench write`, then
+//! `python3 scripts/bench_table.py` for ns per record and ratios to the floor.
+//! Groups: `one_thread/<what>/<size>` and `per_cpu/<what>/<size>` (one writer
+//! thread per CPU; the time is wall time per record over all threads).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use relayfs::{Channel, Mode, RelayFile};
 
+const SIZES: [usize; 4] = [8, 64, 512, 4096];
+
+/// A channel with one reader thread per buffer draining it to /dev/null.
 struct Drained {
     chan: Arc<Channel>,
     stop: Arc<AtomicBool>,
@@ -62,28 +73,97 @@ impl Drop for Drained {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
+        let s = self.chan.total_stats();
+        eprintln!(
+            "    (channel: {} records written, {} dropped)",
+            s.records_written + s.records_pending,
+            s.lost()
+        );
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("one_thread");
+/// Runs `per_thread(thread, iters)` on `threads` threads at once and returns
+/// the wall time.
+fn parallel(threads: usize, iters: u64, per_thread: impl Fn(usize, u64) + Sync) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (barrier, per_thread) = (&barrier, &per_thread);
+            s.spawn(move || {
+                barrier.wait();
+                per_thread(t, iters / threads as u64);
+            });
+        }
+        barrier.wait();
+        let t = Instant::now();
+        // The scope joins the threads before returning.
+        t
+    })
+    .elapsed()
+}
+
+fn bench_sizes(c: &mut Criterion, group: &str, threads: usize) {
+    let mut g = c.benchmark_group(group);
     g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    for size in [8usize, 64, 512, 4096] {
+        .warm_up_time(Duration::from_millis(300))
+        .sample_size(20);
+    for size in SIZES {
         let rec = vec![0x5au8; size];
         g.throughput(Throughput::Elements(1));
-        // The floor: copy into a local 16 MiB ring.
-        let mut ring = vec![0u8; 16 << 20];
-        let mut at = 0usize;
+        // The floor: a copy into a local 16 MiB ring per thread.
         g.bench_with_input(BenchmarkId::new("floor_copy", size), &size, |b, _| {
-            b.iter(|| {
-                if at + size > ring.len() {
-                    at = 0;
-                }
-                ring[at..at + size].copy_from_slice(black_box(&rec));
-                at += size;
+            b.iter_custom(|iters| {
+                parallel(threads, iters, |_, n| {
+                    let mut ring = vec![0u8; 16 << 20];
+                    let mut at = 0usize;
+                    for _ in 0..n {
+                        if at + size > ring.len() {
+                            at = 0;
+                        }
+                        ring[at..at + size].copy_from_slice(black_box(&rec));
+                        at += size;
+                    }
+                    black_box(&ring);
+                })
             })
         });
+        if threads == 1 {
+            // rtrb: push the bytes into an SPSC ring a consumer drains.
+            g.bench_with_input(BenchmarkId::new("rtrb_push", size), &size, |b, _| {
+                let (mut p, mut cons) = rtrb::RingBuffer::<u8>::new(16 << 20);
+                let stop = Arc::new(AtomicBool::new(false));
+                let st = stop.clone();
+                let drain = std::thread::spawn(move || {
+                    while !st.load(Ordering::Relaxed) {
+                        let n = cons.slots();
+                        if n == 0 {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                        if let Ok(ch) = cons.read_chunk(n) {
+                            ch.commit_all();
+                        }
+                    }
+                });
+                b.iter(|| {
+                    if let Ok(ch) = p.write_chunk_uninit(size) {
+                        ch.fill_from_iter(black_box(&rec).iter().copied());
+                    }
+                });
+                stop.store(true, Ordering::Relaxed);
+                let _ = drain.join();
+            });
+            // crossbeam-channel: send a boxed copy of the bytes.
+            g.bench_with_input(BenchmarkId::new("crossbeam_send", size), &size, |b, _| {
+                let (tx, rx) = crossbeam_channel::bounded::<Box<[u8]>>(1 << 16);
+                let drain = std::thread::spawn(move || while rx.recv().is_ok() {});
+                b.iter(|| {
+                    let _ = tx.try_send(Box::from(black_box(&rec[..])));
+                });
+                drop(tx);
+                let _ = drain.join();
+            });
+        }
         for mode in [Mode::NoOverwrite, Mode::Overwrite] {
             let d = Drained::new(mode);
             let tag = if mode == Mode::Overwrite {
@@ -95,8 +175,12 @@ fn bench(c: &mut Criterion) {
                 BenchmarkId::new(format!("write_{tag}"), size),
                 &size,
                 |b, _| {
-                    b.iter(|| {
-                        let _ = d.chan.write(black_box(&rec));
+                    b.iter_custom(|iters| {
+                        parallel(threads, iters, |_, n| {
+                            for _ in 0..n {
+                                let _ = d.chan.write(black_box(&rec));
+                            }
+                        })
                     })
                 },
             );
@@ -104,22 +188,26 @@ fn bench(c: &mut Criterion) {
                 BenchmarkId::new(format!("reserve_{tag}"), size),
                 &size,
                 |b, _| {
-                    b.iter(|| {
-                        if let Ok(mut slot) = d.chan.reserve(size) {
-                            slot.copy_from_slice(black_box(&rec));
-                        }
+                    b.iter_custom(|iters| {
+                        parallel(threads, iters, |_, n| {
+                            for _ in 0..n {
+                                if let Ok(mut slot) = d.chan.reserve(size) {
+                                    slot.copy_from_slice(black_box(&rec));
+                                }
+                            }
+                        })
                     })
                 },
-            );
-            let s = d.chan.total_stats();
-            eprintln!(
-                "  ({tag} {size} B: dropped {} of {})",
-                s.dropped_full,
-                s.records_written + s.dropped_full
             );
         }
     }
     g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    bench_sizes(c, "one_thread", 1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    bench_sizes(c, "per_cpu", cpus);
 }
 
 criterion_group!(benches, bench);
