@@ -1,5 +1,5 @@
 //! `relayfs`: record relay channels to cpuN.out files, and the tools around
-//! it (demo, verify, cat, stat, ls).
+//! it (demo, verify, cat, stat, ls, bench).
 
 mod cmd;
 mod demofmt;
@@ -31,6 +31,10 @@ enum Cmd {
     Stat(cmd::stat::Args),
     /// Channels under the relay directory
     Ls(cmd::ls::Args),
+    /// End-to-end throughput: producer threads against `relayfs record` in
+    /// another process (--sweep for the standard matrix, --find-lossless for
+    /// the highest rate with no drops)
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn main() {
         Cmd::Cat(a) => cmd::cat::run(a),
         Cmd::Stat(a) => cmd::stat::run(a),
         Cmd::Ls(a) => cmd::ls::run(a),
+        Cmd::Bench(a) => cmd::bench::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

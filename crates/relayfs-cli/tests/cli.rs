@@ -264,7 +264,7 @@ fn verify_catches_every_kind_of_defect() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["demo", "record", "verify", "cat", "stat", "ls"] {
+    for sub in ["demo", "record", "verify", "cat", "stat", "ls", "bench"] {
         let o = Command::new(env!("CARGO_BIN_EXE_relayfs"))
             .args([sub, "--help"])
             .output()
@@ -340,4 +340,36 @@ fn record_rotates_files_at_subbuffer_boundaries() {
         !text.contains("truncated") && !text.contains("magic"),
         "{text}"
     );
+}
+
+#[test]
+fn bench_reports_and_verifies() {
+    let root = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "bench",
+        "--json",
+        "--threads",
+        "2",
+        "--count",
+        "20000",
+        "--size",
+        "64",
+    ]));
+    assert!(out.status.success(), "{v}");
+    for k in [
+        "ns_per_record",
+        "records_per_sec",
+        "written",
+        "delivered",
+        "dropped",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    assert_eq!(v["written"], 40000);
+    assert_eq!(
+        v["delivered"].as_u64().unwrap() + v["dropped"].as_u64().unwrap(),
+        40000,
+        "{v}"
+    );
+    assert_eq!(v["verified"], true, "{v}");
 }

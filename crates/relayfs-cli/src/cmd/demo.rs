@@ -91,10 +91,10 @@ pub struct Args {
 }
 
 /// xorshift64*: a small seeded generator for record lengths.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -103,7 +103,7 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn len(&mut self, s: SizeSpec) -> usize {
+    pub(crate) fn len(&mut self, s: SizeSpec) -> usize {
         if s.min == s.max {
             s.min as usize
         } else {
@@ -230,19 +230,7 @@ pub fn run(a: &Args) -> Result<i32> {
         }
         wait_for_readers(&chan, Duration::from_secs(a.attach_timeout), None)?;
     } else {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("record")
-            .arg(chan.dir())
-            .arg("-o")
-            .arg(&out)
-            .args(["--json", "--quiet"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start the recorder")?;
-        if !wait_for_readers(&chan, Duration::from_secs(30), Some(&mut child))? {
-            let _ = child.kill();
-            bail!("the recorder did not attach within 30 s");
-        }
+        let child = start_recorder(&chan, &out)?;
         rec_pid = child.id();
         recorder = Some(child);
     }
@@ -252,18 +240,10 @@ pub fn run(a: &Args) -> Result<i32> {
     let chan = Arc::try_unwrap(chan).map_err(|_| anyhow::anyhow!("channel still shared"))?;
     chan.close().context("closing the channel")?;
 
-    let mut rec_json = serde_json::Value::Null;
-    if let Some(mut child) = recorder {
-        let mut s = String::new();
-        if let Some(mut so) = child.stdout.take() {
-            so.read_to_string(&mut s)?;
-        }
-        let st = child.wait()?;
-        if !st.success() {
-            bail!("the recorder failed ({st})");
-        }
-        rec_json = serde_json::from_str(s.trim()).context("reading the recorder's summary")?;
-    }
+    let rec_json = match recorder {
+        Some(child) => finish_recorder(child)?,
+        None => serde_json::Value::Null,
+    };
     let offered = threads as u64 * a.count;
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
@@ -326,7 +306,39 @@ pub fn run(a: &Args) -> Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
-fn tempfile_dir() -> Result<tempfile::TempDir> {
+/// Starts `relayfs record` on `chan` into `out` (JSON summary on its stdout)
+/// and waits until it holds every buffer.
+pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process::Child> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("record")
+        .arg(chan.dir())
+        .arg("-o")
+        .arg(out)
+        .args(["--json", "--quiet"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the recorder")?;
+    if !wait_for_readers(chan, Duration::from_secs(30), Some(&mut child))? {
+        let _ = child.kill();
+        bail!("the recorder did not attach within 30 s");
+    }
+    Ok(child)
+}
+
+/// Waits for a recorder started by `start_recorder` and returns its summary.
+pub(crate) fn finish_recorder(mut child: std::process::Child) -> Result<serde_json::Value> {
+    let mut s = String::new();
+    if let Some(mut so) = child.stdout.take() {
+        so.read_to_string(&mut s)?;
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("the recorder failed ({st})");
+    }
+    serde_json::from_str(s.trim()).context("reading the recorder's summary")
+}
+
+pub(crate) fn tempfile_dir() -> Result<tempfile::TempDir> {
     let base = Path::new("/dev/shm");
     let b = tempfile::Builder::new()
         .prefix("relayfs-demo-out-")

@@ -1,0 +1,424 @@
+//! `relayfs bench`: end to end across processes. N producer threads write
+//! demo records as fast as they can (or at `--rate`) into a fresh channel
+//! while `relayfs record`, in another process, drains it; then the recording
+//! is verified. Prints the producer's cost per record (median and p99 over
+//! batches), records/s and bytes/s, the recorder's bytes/s and CPU seconds
+//! per GB, and written / delivered / dropped.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use relayfs::{Channel, Mode};
+use serde_json::{json, Value};
+
+use super::demo::{self, SizeSpec};
+use super::verify;
+use crate::{demofmt, util};
+
+/// Records per timed batch.
+const BATCH: u64 = 1024;
+
+/// Arguments of `relayfs bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Producer threads (default: one per CPU)
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Record length S, or MIN..MAX
+    #[arg(long, default_value = "64", value_parser = demo::parse_size_spec)]
+    pub size: SizeSpec,
+    /// Records per thread (default: run for --duration)
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Seconds to run when no --count is given
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Total producer rate in records per second (default: as fast as possible)
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Sub-buffer size (default 1M)
+    #[arg(long, value_parser = util::parse_size)]
+    pub subbuf_size: Option<u64>,
+    /// Sub-buffers per buffer (default 16)
+    #[arg(long)]
+    pub n_subbufs: Option<u64>,
+    /// Overwrite mode
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Record into DIR (default: a temporary directory on tmpfs)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Produce with no reader at all (the producer's cost alone)
+    #[arg(long)]
+    pub no_reader: bool,
+    /// Run the standard matrix (16/64/1024/4096 B x 1 thread / one per CPU x
+    /// both modes, --duration each) and print a table
+    #[arg(long)]
+    pub sweep: bool,
+    /// Search for the highest --rate with zero drops over --duration
+    #[arg(long)]
+    pub find_lossless: bool,
+    /// Print the result as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Thread {
+    ok: u64,
+    full: u64,
+    bytes: u64,
+    batch_ns: Vec<f64>,
+    secs: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Recorder CPU time (user + system) of waited-for children, in seconds.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; all-zero is a valid start.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// One run; returns its summary.
+fn run_once(a: &Args) -> Result<Value> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let name = format!("bench-{}", std::process::id());
+    let mut b = Channel::builder(&name);
+    if let Some(s) = a.subbuf_size {
+        b = b.subbuf_size(s);
+    }
+    if let Some(n) = a.n_subbufs {
+        b = b.n_subbufs(n);
+    }
+    if a.overwrite {
+        b = b.mode(Mode::Overwrite);
+    }
+    let chan = Arc::new(
+        b.open()
+            .with_context(|| format!("cannot open channel {name}"))?,
+    );
+    let tmp;
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => {
+            tmp = demo::tempfile_dir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cpu_before = children_cpu();
+    let recorder = if a.no_reader {
+        None
+    } else {
+        Some(demo::start_recorder(&chan, &out)?)
+    };
+    let per_thread_rate = a.rate.map(|r| r / threads as f64);
+    let deadline = a
+        .count
+        .is_none()
+        .then(|| Duration::from_secs_f64(a.duration));
+    let barrier = Arc::new(Barrier::new(threads as usize + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|w| {
+            let (chan, barrier, size, count) = (chan.clone(), barrier.clone(), a.size, a.count);
+            std::thread::spawn(move || {
+                let mut rng = demo::Rng::new(1 + w as u64 * 7919);
+                let mut t = Thread {
+                    ok: 0,
+                    full: 0,
+                    bytes: 0,
+                    batch_ns: Vec::new(),
+                    secs: 0.0,
+                };
+                barrier.wait();
+                let start = Instant::now();
+                let mut seq = 0u64;
+                loop {
+                    if count.is_some_and(|c| seq >= c)
+                        || deadline.is_some_and(|d| start.elapsed() >= d)
+                    {
+                        break;
+                    }
+                    let n = count.map_or(BATCH, |c| BATCH.min(c - seq));
+                    let bt = Instant::now();
+                    for _ in 0..n {
+                        let len = rng.len(size);
+                        match chan.reserve(len) {
+                            Ok(mut slot) => {
+                                let cpu = slot.cpu() as u32;
+                                demofmt::encode(&mut slot, w, cpu, seq);
+                                t.ok += 1;
+                                t.bytes += len as u64;
+                            }
+                            Err(_) => t.full += 1,
+                        }
+                        seq += 1;
+                    }
+                    t.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
+                    if let Some(r) = per_thread_rate {
+                        // Pace: wait until this many records are due.
+                        let due = Duration::from_secs_f64(seq as f64 / r);
+                        while start.elapsed() < due {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+                t.secs = start.elapsed().as_secs_f64();
+                (t, seq)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let mut offered_per_writer = Vec::new();
+    for h in handles {
+        let (t, seq) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a producer thread panicked"))?;
+        results.push(t);
+        offered_per_writer.push(seq);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    chan.flush();
+    let pstats = chan.total_stats();
+    Arc::try_unwrap(chan)
+        .map_err(|_| anyhow::anyhow!("channel still shared"))?
+        .close()?;
+    let rec = match recorder {
+        Some(c) => Some(demo::finish_recorder(c)?),
+        None => None,
+    };
+    let rec_secs = started.elapsed().as_secs_f64();
+    let rec_cpu = children_cpu() - cpu_before;
+    let offered: u64 = offered_per_writer.iter().sum();
+    let accepted: u64 = results.iter().map(|t| t.ok).sum();
+    let bytes: u64 = results.iter().map(|t| t.bytes).sum();
+    let discarded = rec
+        .as_ref()
+        .and_then(|r| r["discarded"].as_u64())
+        .unwrap_or(0);
+    let dropped =
+        pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records + discarded;
+    let report = if rec.is_some() {
+        // Writers ran for a duration: each offered its own count.
+        let same = offered_per_writer
+            .iter()
+            .all(|&c| c == offered_per_writer[0]);
+        let writers_count = same.then(|| (threads, offered_per_writer[0]));
+        Some(verify::verify_dir(
+            &out,
+            &verify::Expect {
+                writers_count,
+                lost: Some(dropped),
+            },
+        )?)
+    } else {
+        None
+    };
+    let delivered = report.as_ref().map_or(0, |r| r.records);
+    let verified = report
+        .as_ref()
+        .map(|r| r.ok() && delivered + dropped == offered);
+    let mut batch: Vec<f64> = results
+        .iter()
+        .flat_map(|t| t.batch_ns.iter().copied())
+        .collect();
+    batch.sort_by(f64::total_cmp);
+    let rec_bytes = rec.as_ref().and_then(|r| r["bytes"].as_u64()).unwrap_or(0);
+    Ok(json!({
+        "threads": threads,
+        "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
+        "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
+        "rate": a.rate,
+        "reader": !a.no_reader,
+        "ns_per_record": percentile(&batch, 0.5),
+        "ns_per_record_p99": percentile(&batch, 0.99),
+        "records_per_sec": offered as f64 / wall,
+        "bytes_per_sec": bytes as f64 / wall,
+        "seconds": wall,
+        "written": offered,
+        "accepted": accepted,
+        "delivered": delivered,
+        "dropped": dropped,
+        "dropped_full": pstats.dropped_full,
+        "overwritten": pstats.overwritten_records,
+        "recorder_bytes": rec_bytes,
+        "recorder_bytes_per_sec": rec_bytes as f64 / rec_secs,
+        "recorder_cpu_s_per_gb": if rec_bytes > 0 { rec_cpu / (rec_bytes as f64 / 1e9) } else { 0.0 },
+        "verified": verified,
+    }))
+}
+
+fn print_run(v: &Value) {
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+    println!(
+        "relayfs bench: {} threads x {} B records, {} mode{}",
+        u("threads"),
+        v["size"].as_str().unwrap_or(""),
+        v["mode"].as_str().unwrap_or(""),
+        v["rate"]
+            .as_f64()
+            .map_or(String::new(), |r| format!(", rate {r:.0}/s"))
+    );
+    println!(
+        "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
+        f("ns_per_record"),
+        f("ns_per_record_p99"),
+        f("records_per_sec") / 1e6,
+        f("bytes_per_sec") / 1e6
+    );
+    if v["reader"] == true {
+        println!(
+            "  recorder   {:.0} MB/s, {:.2} CPU s per GB",
+            f("recorder_bytes_per_sec") / 1e6,
+            f("recorder_cpu_s_per_gb")
+        );
+    }
+    println!(
+        "  written {}  delivered {}  dropped {}  verified {}",
+        u("written"),
+        u("delivered"),
+        u("dropped"),
+        match v["verified"].as_bool() {
+            Some(true) => "OK",
+            Some(false) => "FAILED",
+            None => "-",
+        }
+    );
+}
+
+/// Runs `relayfs bench`.
+pub fn run(a: &Args) -> Result<i32> {
+    util::catch_interrupts();
+    if a.sweep {
+        return sweep(a);
+    }
+    if a.find_lossless {
+        return find_lossless(a);
+    }
+    let v = run_once(a)?;
+    if a.json {
+        println!("{v}");
+    } else {
+        print_run(&v);
+    }
+    Ok(if v["verified"] == false { 1 } else { 0 })
+}
+
+fn sweep(a: &Args) -> Result<i32> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mut rows = Vec::new();
+    let mut bad = false;
+    if !a.json {
+        println!(
+            "{:>6} {:>7} {:<13} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}  verified",
+            "size", "threads", "mode", "ns/rec", "p99", "Mrec/s", "MB/s", "rec MB/s", "dropped%"
+        );
+    }
+    for size in [16u32, 64, 1024, 4096] {
+        for threads in [1, ncpu] {
+            for overwrite in [false, true] {
+                if util::interrupted() {
+                    break;
+                }
+                let mut run = a.clone();
+                run.size = SizeSpec {
+                    min: size.max(24),
+                    max: size.max(24),
+                };
+                run.threads = Some(threads);
+                run.overwrite = overwrite;
+                let v = run_once(&run)?;
+                bad |= v["verified"] == false;
+                if !a.json {
+                    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+                    println!(
+                        "{:>6} {:>7} {:<13} {:>10.1} {:>10.1} {:>12.2} {:>10.0} {:>12.0} {:>9.1}%  {}",
+                        size.max(24),
+                        threads,
+                        v["mode"].as_str().unwrap_or(""),
+                        f("ns_per_record"),
+                        f("ns_per_record_p99"),
+                        f("records_per_sec") / 1e6,
+                        f("bytes_per_sec") / 1e6,
+                        f("recorder_bytes_per_sec") / 1e6,
+                        100.0 * f("dropped") / f("written").max(1.0),
+                        if v["verified"] == true { "OK" } else { "FAILED" }
+                    );
+                }
+                rows.push(v);
+            }
+        }
+    }
+    if a.json {
+        println!("{}", json!({ "sweep": rows }));
+    }
+    Ok(if bad { 1 } else { 0 })
+}
+
+fn find_lossless(a: &Args) -> Result<i32> {
+    // Unthrottled first: the ceiling.
+    let mut run = a.clone();
+    run.rate = None;
+    let top = run_once(&run)?;
+    let mut hi = top["records_per_sec"].as_f64().unwrap_or(1e6);
+    if top["dropped"] == 0 {
+        if a.json {
+            println!("{}", json!({ "lossless_rate": hi, "unthrottled": top }));
+        } else {
+            println!("no drops even unthrottled: {:.2} M records/s", hi / 1e6);
+        }
+        return Ok(0);
+    }
+    let mut lo = 0.0f64;
+    let mut best = None;
+    for _ in 0..7 {
+        if util::interrupted() {
+            break;
+        }
+        let mid = if lo == 0.0 { hi / 2.0 } else { (lo + hi) / 2.0 };
+        run.rate = Some(mid);
+        let v = run_once(&run)?;
+        let ok = v["dropped"] == 0 && v["verified"] != false;
+        if !a.json {
+            println!(
+                "  rate {:>8.2} M/s: achieved {:.2} M/s, dropped {}, {:.1} ns/record",
+                mid / 1e6,
+                v["records_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
+                v["dropped"],
+                v["ns_per_record"].as_f64().unwrap_or(0.0)
+            );
+        }
+        if ok {
+            lo = mid;
+            best = Some(v);
+        } else {
+            hi = mid;
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({ "lossless_rate": lo, "at_that_rate": best, "unthrottled": top })
+        );
+    } else {
+        println!(
+            "highest rate with zero drops found: {:.2} M records/s",
+            lo / 1e6
+        );
+    }
+    Ok(0)
+}
