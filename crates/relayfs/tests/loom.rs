@@ -28,9 +28,29 @@ fn check_stream(stream: &[u8], len: usize) -> Vec<u8> {
 }
 
 fn model(overwrite: bool, n_subbufs: u64, records_per_writer: u8, len: usize, races: usize) {
+    model_n(
+        2,
+        overwrite,
+        n_subbufs,
+        records_per_writer,
+        len,
+        races,
+        false,
+    )
+}
+
+fn model_n(
+    n_writers: u8,
+    overwrite: bool,
+    n_subbufs: u64,
+    records_per_writer: u8,
+    len: usize,
+    races: usize,
+    reader_thread: bool,
+) {
     loom::model(move || {
         let buf = Arc::new(LoomBuffer::new(64, n_subbufs, overwrite));
-        let writers: Vec<_> = (0..2u8)
+        let writers: Vec<_> = (0..n_writers)
             .map(|w| {
                 let buf = buf.clone();
                 thread::spawn(move || {
@@ -44,15 +64,29 @@ fn model(overwrite: bool, n_subbufs: u64, records_per_writer: u8, len: usize, ra
                 })
             })
             .collect();
-        let mut reader = buf.reader();
-        let mut stream = Vec::new();
+        // The reader races the writers, from the model's main thread or
+        // (more interleavings, a much larger state space) a thread of its
+        // own; then it drains after a flush.
+        let race = move |buf: &LoomBuffer| {
+            let mut reader = buf.reader();
+            let mut stream = Vec::new();
+            let mut out = [0u8; 256];
+            for _ in 0..races {
+                let n = reader.read(buf, &mut out);
+                stream.extend_from_slice(&out[..n]);
+            }
+            (reader, stream)
+        };
+        let (ok, (mut reader, mut stream)) = if reader_thread {
+            let b = buf.clone();
+            let racer = thread::spawn(move || race(&b));
+            let ok: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+            (ok, racer.join().unwrap())
+        } else {
+            let raced = race(&buf);
+            (writers.into_iter().map(|h| h.join().unwrap()).sum(), raced)
+        };
         let mut out = [0u8; 256];
-        // The reader races the writers, then drains after a flush.
-        for _ in 0..races {
-            let n = reader.read(&buf, &mut out);
-            stream.extend_from_slice(&out[..n]);
-        }
-        let ok: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
         buf.flush();
         loop {
             let n = reader.read(&buf, &mut out);
@@ -63,7 +97,7 @@ fn model(overwrite: bool, n_subbufs: u64, records_per_writer: u8, len: usize, ra
         }
         let ids = check_stream(&stream, len);
         // Per-writer order.
-        for w in 0..2u8 {
+        for w in 0..n_writers {
             let mine: Vec<u8> = ids.iter().copied().filter(|i| (i - 1) / 16 == w).collect();
             assert!(
                 mine.windows(2).all(|p| p[0] < p[1]),
@@ -71,7 +105,7 @@ fn model(overwrite: bool, n_subbufs: u64, records_per_writer: u8, len: usize, ra
             );
         }
         let s = buf.stats();
-        let offered = 2 * records_per_writer as u64;
+        let offered = n_writers as u64 * records_per_writer as u64;
         assert_eq!(s.records_written, ok);
         assert_eq!(s.dropped_full, offered - ok);
         assert_eq!(s.records_consumed, ids.len() as u64);
@@ -102,4 +136,12 @@ fn overwrite_two_writers_two_subbufs() {
 #[test]
 fn overwrite_three_subbufs() {
     model(true, 3, 2, 24, 1);
+}
+
+#[test]
+fn overwrite_writer_laps_while_the_reader_skips() {
+    // One writer laps a 2-sub-buffer ring (one record each) while a reader
+    // thread races it twice: the reader may find sub-buffer 0 reused and
+    // skip it before the writer has counted it as overwritten.
+    model_n(1, true, 2, 3, 40, 2, true);
 }
