@@ -10,7 +10,6 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use relayfs::{Channel, Mode};
 use serde_json::{json, Value};
 
 use super::demo::{self, SizeSpec};
@@ -38,15 +37,8 @@ pub struct Args {
     /// Total producer rate in records per second (default: as fast as possible)
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Sub-buffer size (default 1M)
-    #[arg(long, value_parser = util::parse_size)]
-    pub subbuf_size: Option<u64>,
-    /// Sub-buffers per buffer (default 16)
-    #[arg(long)]
-    pub n_subbufs: Option<u64>,
-    /// Overwrite mode
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub chan: demo::ChannelArgs,
     /// Record into DIR (default: a temporary directory on tmpfs)
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -95,18 +87,10 @@ fn run_once(a: &Args) -> Result<Value> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let threads = a.threads.unwrap_or(ncpu).max(1);
     let name = format!("bench-{}", std::process::id());
-    let mut b = Channel::builder(&name);
-    if let Some(s) = a.subbuf_size {
-        b = b.subbuf_size(s);
-    }
-    if let Some(n) = a.n_subbufs {
-        b = b.n_subbufs(n);
-    }
-    if a.overwrite {
-        b = b.mode(Mode::Overwrite);
-    }
     let chan = Arc::new(
-        b.open()
+        a.chan
+            .builder(&name)
+            .open()
             .with_context(|| format!("cannot open channel {name}"))?,
     );
     let tmp;
@@ -240,7 +224,7 @@ fn run_once(a: &Args) -> Result<Value> {
     Ok(json!({
         "threads": threads,
         "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
-        "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
+        "mode": a.chan.mode_name(),
         "rate": a.rate,
         "reader": !a.no_reader,
         "ns_per_record": percentile(&batch, 0.5),
@@ -340,7 +324,7 @@ fn sweep(a: &Args) -> Result<i32> {
                     max: size.max(24),
                 };
                 run.threads = Some(threads);
-                run.overwrite = overwrite;
+                run.chan.overwrite = overwrite;
                 let v = run_once(&run)?;
                 bad |= v["verified"] == false;
                 if !a.json {

@@ -47,6 +47,46 @@ pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
     })
 }
 
+/// The channel's shape, as `demo` and `bench` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChannelArgs {
+    /// Sub-buffer size (a power of two; default 1M)
+    #[arg(long, value_parser = util::parse_size)]
+    pub subbuf_size: Option<u64>,
+    /// Sub-buffers per buffer (default 16)
+    #[arg(long)]
+    pub n_subbufs: Option<u64>,
+    /// Overwrite ("flight recorder") mode
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl ChannelArgs {
+    /// A builder for channel `name` with these settings.
+    pub fn builder(&self, name: &str) -> relayfs::ChannelBuilder {
+        let mut b = Channel::builder(name);
+        if let Some(s) = self.subbuf_size {
+            b = b.subbuf_size(s);
+        }
+        if let Some(n) = self.n_subbufs {
+            b = b.n_subbufs(n);
+        }
+        if self.overwrite {
+            b = b.mode(Mode::Overwrite);
+        }
+        b
+    }
+
+    /// "overwrite" or "no-overwrite".
+    pub fn mode_name(&self) -> &'static str {
+        if self.overwrite {
+            "overwrite"
+        } else {
+            "no-overwrite"
+        }
+    }
+}
+
 /// Arguments of `relayfs demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -65,15 +105,8 @@ pub struct Args {
     /// Seed of the length generator
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Sub-buffer size (a power of two; default 1M)
-    #[arg(long, value_parser = util::parse_size)]
-    pub subbuf_size: Option<u64>,
-    /// Sub-buffers per buffer (default 16)
-    #[arg(long)]
-    pub n_subbufs: Option<u64>,
-    /// Overwrite ("flight recorder") mode
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub chan: ChannelArgs,
     /// Keep the recorded files in DIR (default: a temporary directory,
     /// removed at the end)
     #[arg(long)]
@@ -194,18 +227,10 @@ pub fn run(a: &Args) -> Result<i32> {
         .name
         .clone()
         .unwrap_or_else(|| format!("demo-{}", std::process::id()));
-    let mut b = Channel::builder(&name);
-    if let Some(s) = a.subbuf_size {
-        b = b.subbuf_size(s);
-    }
-    if let Some(n) = a.n_subbufs {
-        b = b.n_subbufs(n);
-    }
-    if a.overwrite {
-        b = b.mode(Mode::Overwrite);
-    }
     let chan = Arc::new(
-        b.open()
+        a.chan
+            .builder(&name)
+            .open()
             .with_context(|| format!("cannot open channel {name}"))?,
     );
     let g = chan.geometry();
@@ -275,7 +300,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let mb_per_s = bytes as f64 / wall.max(1e-9) / 1e6;
     let summary = json!({
         "channel": name,
-        "mode": if a.overwrite { "overwrite" } else { "no-overwrite" },
+        "mode": a.chan.mode_name(),
         "buffers": nbuf,
         "threads": threads,
         "count": a.count,
