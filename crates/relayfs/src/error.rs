@@ -131,6 +131,14 @@ pub enum ReadError {
         /// The error.
         source: io::Error,
     },
+    /// Kernel lockdown forbids opening debugfs relay files.
+    #[error("{path}: the kernel is in lockdown ({mode}), which forbids opening debugfs relay files (the kernel logs \"debugfs access is restricted\"); boot with lockdown=none where policy allows, or read the data another way")]
+    Lockdown {
+        /// The relay file.
+        path: PathBuf,
+        /// The lockdown mode (`integrity` or `confidentiality`).
+        mode: String,
+    },
 }
 
 impl ReadError {

@@ -48,6 +48,7 @@ mod channel;
 pub mod cpu;
 mod cursor;
 mod error;
+pub mod kernel;
 pub mod layout;
 mod notify;
 mod reader;
@@ -61,6 +62,7 @@ pub use channel::{
     DEFAULT_N_SUBBUFS, DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
 pub use error::{FormatError, OpenError, ReadError, WriteError};
+pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::Geometry;
 pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
 
