@@ -1,5 +1,6 @@
 //! `relayfs`: record relay channels to cpuN.out files, and the tools around
-//! it (demo, verify, cat, stat, ls, bench).
+//! it (demo, verify, cat, stat, ls, bench), and kernel relay channels
+//! (record on debugfs, blktrace).
 
 mod cmd;
 mod demofmt;
@@ -21,8 +22,11 @@ enum Cmd {
     Demo(cmd::demo::Args),
     /// Record every buffer of a channel to OUTDIR/<buffer>.out (exit 0 when
     /// the channel closed and was drained, 3 when the producer died, 1 on
-    /// error)
+    /// error); a kernel relay channel directory in debugfs works too
     Record(cmd::record::Args),
+    /// Trace a block device through the kernel's blktrace relay channel into
+    /// files blkparse reads (<dev>.blktrace.<cpu>)
+    Blktrace(cmd::blktrace::Args),
     /// Check a recording of demo records
     Verify(cmd::verify::Args),
     /// Consuming read of one relay file to standard output
@@ -42,6 +46,7 @@ fn main() {
     let r = match &cli.cmd {
         Cmd::Demo(a) => cmd::demo::run(a),
         Cmd::Record(a) => cmd::record::run(a),
+        Cmd::Blktrace(a) => cmd::blktrace::run(a),
         Cmd::Verify(a) => cmd::verify::run(a),
         Cmd::Cat(a) => cmd::cat::run(a),
         Cmd::Stat(a) => cmd::stat::run(a),

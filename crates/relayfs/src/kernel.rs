@@ -63,6 +63,12 @@ pub enum Support {
 /// Whether the file at `path` lives on a kernel filesystem that publishes
 /// relay files (debugfs or tracefs).
 pub fn is_kernel_fs(path: &Path) -> io::Result<bool> {
+    let t = fs_magic(path)?;
+    Ok(t == DEBUGFS_MAGIC || t == TRACEFS_MAGIC)
+}
+
+/// The `f_type` of the filesystem `path` is on (`statfs(2)`).
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: all-zero is a valid `statfs`.
@@ -72,8 +78,7 @@ pub fn is_kernel_fs(path: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
-    let t = st.f_type as i64;
-    Ok(t == DEBUGFS_MAGIC || t == TRACEFS_MAGIC)
+    Ok(st.f_type as i64)
 }
 
 /// The value of a kernel channel's `dropped` file (blktrace keeps one beside
@@ -105,11 +110,15 @@ pub struct KernelRelayFile {
     path: PathBuf,
     file: File,
     sendfile: Support,
-    /// Bytes read by the `sendfile` fallback and not yet written out: they
-    /// are consumed from the kernel, so they are kept until written.
-    staged: Vec<u8>,
+    /// Staging buffer of the `sendfile` fallback (allocated on first use).
+    /// `stage[staged_at..staged_end]` was read from the kernel (so consumed
+    /// there) and not yet written out: it is kept until it is.
+    stage: Vec<u8>,
     staged_at: usize,
-    /// `poll` said `POLLIN` and the next read found nothing.
+    staged_end: usize,
+    /// The last `poll` reported `POLLIN`.
+    polled_readable: bool,
+    /// ... and the read after it found nothing.
     spurious: bool,
     /// `poll` reported `POLLERR`: the channel is closed.
     closed: bool,
@@ -133,8 +142,10 @@ impl KernelRelayFile {
             path,
             file,
             sendfile: Support::Unknown,
-            staged: Vec::new(),
+            stage: Vec::new(),
             staged_at: 0,
+            staged_end: 0,
+            polled_readable: false,
             spurious: false,
             closed: false,
             bytes: 0,
@@ -169,9 +180,9 @@ impl KernelRelayFile {
     /// [`ReadError::Io`] if the read fails.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
         // Data staged by a failed sendfile goes first, in order.
-        if self.staged_at < self.staged.len() {
-            let n = (self.staged.len() - self.staged_at).min(buf.len());
-            buf[..n].copy_from_slice(&self.staged[self.staged_at..self.staged_at + n]);
+        if self.staged_at < self.staged_end {
+            let n = (self.staged_end - self.staged_at).min(buf.len());
+            buf[..n].copy_from_slice(&self.stage[self.staged_at..self.staged_at + n]);
             self.staged_at += n;
             self.bytes += n as u64;
             return Ok(n);
@@ -185,17 +196,24 @@ impl KernelRelayFile {
         loop {
             match self.file.read(buf) {
                 Ok(n) => {
-                    self.spurious = n == 0 && !buf.is_empty();
+                    self.after_read(n == 0 && !buf.is_empty());
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.spurious = true;
+                    self.after_read(true);
                     return Ok(0);
                 }
                 Err(e) => return Err(ReadError::io("read", &self.path, e)),
             }
         }
+    }
+
+    /// Notes whether a read found nothing right after `poll` said there was
+    /// something (the kernel does that; `poll` then must not spin).
+    fn after_read(&mut self, empty: bool) {
+        self.spurious = empty && self.polled_readable;
+        self.polled_readable = false;
     }
 
     /// Moves up to `max` bytes to `out`: `sendfile(2)` where the kernel
@@ -208,7 +226,7 @@ impl KernelRelayFile {
     pub fn sendfile(&mut self, out: impl AsFd, max: u64) -> Result<u64, ReadError> {
         let out = out.as_fd().as_raw_fd();
         let mut done = self.flush_staged(out, max)?;
-        if done == max || self.staged_at < self.staged.len() {
+        if done == max || self.staged_at < self.staged_end {
             return Ok(done);
         }
         if !matches!(self.sendfile, Support::No(_)) {
@@ -221,19 +239,20 @@ impl KernelRelayFile {
                 };
                 if n > 0 {
                     self.sendfile = Support::Yes;
+                    self.after_read(false);
                     done += n as u64;
                     self.bytes += n as u64;
                     continue;
                 }
                 if n == 0 {
-                    self.spurious = true;
+                    self.after_read(done == 0);
                     return Ok(done);
                 }
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     Some(libc::EAGAIN) => {
-                        self.spurious = true;
+                        self.after_read(done == 0);
                         return Ok(done);
                     }
                     // The kernel can't splice from this file: fall back.
@@ -252,30 +271,31 @@ impl KernelRelayFile {
             }
         }
         // Fallback: read, then write; keep what could not be written.
+        if self.stage.is_empty() {
+            self.stage = vec![0; STAGING];
+        }
         while done < max {
             let want = ((max - done) as usize).min(STAGING);
-            self.staged.resize(STAGING, 0);
-            self.staged_at = 0;
-            let mut staged = std::mem::take(&mut self.staged);
-            let got = self.raw_read(&mut staged[..want]);
-            self.staged = staged;
+            let mut stage = std::mem::take(&mut self.stage);
+            let got = self.raw_read(&mut stage[..want]);
+            self.stage = stage;
             let got = match got {
+                Ok(0) => break,
                 Ok(g) => g,
-                Err(e) => {
-                    self.staged.clear();
-                    return if done > 0 { Ok(done) } else { Err(e) };
+                Err(e) if done > 0 => {
+                    let _ = e; // reported by the next call
+                    break;
                 }
+                Err(e) => return Err(e),
             };
-            self.staged.truncate(got);
-            if got == 0 {
-                break;
-            }
+            self.staged_at = 0;
+            self.staged_end = got;
             match self.flush_staged(out, max - done) {
                 Ok(n) => done += n,
                 Err(e) if done == 0 => return Err(e),
                 Err(_) => return Ok(done),
             }
-            if self.staged_at < self.staged.len() {
+            if self.staged_at < self.staged_end {
                 break;
             }
         }
@@ -285,8 +305,8 @@ impl KernelRelayFile {
     /// Writes staged bytes to `out`; returns how many went.
     fn flush_staged(&mut self, out: i32, max: u64) -> Result<u64, ReadError> {
         let mut done = 0u64;
-        while self.staged_at < self.staged.len() && done < max {
-            let left = &self.staged[self.staged_at..];
+        while self.staged_at < self.staged_end && done < max {
+            let left = &self.stage[self.staged_at..self.staged_end];
             let len = left.len().min((max - done) as usize);
             // SAFETY: `left[..len]` is initialized memory we own.
             let n = unsafe { libc::write(out, left.as_ptr().cast(), len) };
@@ -307,9 +327,9 @@ impl KernelRelayFile {
             done += n as u64;
             self.bytes += n as u64;
         }
-        if self.staged_at == self.staged.len() {
-            self.staged.clear();
+        if self.staged_at == self.staged_end {
             self.staged_at = 0;
+            self.staged_end = 0;
         }
         Ok(done)
     }
@@ -325,7 +345,7 @@ impl KernelRelayFile {
     /// # Errors
     /// [`ReadError::Io`] if `poll` fails.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<Ready, ReadError> {
-        if self.staged_at < self.staged.len() {
+        if self.staged_at < self.staged_end {
             return Ok(Ready::Readable);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -372,6 +392,7 @@ impl KernelRelayFile {
                 std::thread::sleep(nap.min(Duration::from_millis(200)));
                 return Ok(Ready::Timeout);
             }
+            self.polled_readable = true;
             return Ok(Ready::Readable);
         }
     }
@@ -415,7 +436,12 @@ fn open_error(path: &Path, e: io::Error) -> ReadError {
                 path: path.to_path_buf(),
                 mode: m,
             },
-            _ => ReadError::io("open", path, e),
+            Some(_) => ReadError::io("open", path, e),
+            None => ReadError::Io {
+                what: "open (if the kernel logged \"debugfs access is restricted\", kernel lockdown forbids relay files in debugfs)",
+                path: path.to_path_buf(),
+                source: e,
+            },
         },
         Some(libc::EACCES) => ReadError::Io {
             what: "open (kernel relay files are readable by root only)",

@@ -1,18 +1,19 @@
 //! `relayfs cat FILE`: a consuming read of one relay file to standard
-//! output, like `cat` on a kernel relay file.
+//! output, like `cat` on a kernel relay file (which it also reads).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use relayfs::{ReadError, Ready, RelayFile};
+use relayfs::{AnyRelayFile, ReadError, Ready};
 
 use crate::util;
 
 /// Arguments of `relayfs cat`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The relay file (a buffer file such as /dev/shm/relayfs/demo/cpu0)
+    /// The relay file: a buffer file such as /dev/shm/relayfs/demo/cpu0, or
+    /// a kernel relay file such as /sys/kernel/debug/block/sda/trace0
     pub file: PathBuf,
     /// Stop when nothing is readable instead of following the channel to
     /// its end
@@ -23,7 +24,7 @@ pub struct Args {
 /// Runs `relayfs cat`.
 pub fn run(a: &Args) -> Result<i32> {
     util::catch_interrupts();
-    let mut f = RelayFile::open(&a.file)?;
+    let mut f = AnyRelayFile::open(&a.file)?;
     let stdout = std::io::stdout();
     loop {
         let n = match f.sendfile(&stdout, 64 << 20) {

@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod blktrace;
 pub mod cat;
 pub mod demo;
+pub mod kernel;
 pub mod ls;
 pub mod record;
 pub mod stat;

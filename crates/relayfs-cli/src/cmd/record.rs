@@ -50,6 +50,9 @@ pub struct Args {
     /// counts what it drops meanwhile)
     #[arg(long)]
     pub retry: bool,
+    /// Stop after this many seconds (then drain what is ready)
+    #[arg(long, short = 'w', value_name = "SECONDS")]
+    pub duration: Option<f64>,
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
@@ -60,32 +63,36 @@ pub struct Args {
 
 /// How a buffer's recording ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The producer closed the channel and everything was drained.
     Closed,
     /// The producer died; every complete sub-buffer was drained.
     ProducerGone,
     /// SIGINT/SIGTERM: what was ready was drained.
     Interrupted,
+    /// `--duration` passed: what was ready was drained.
+    Stopped,
     /// An error stopped it.
     Error,
 }
 
 impl End {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             End::Closed => "closed",
             End::ProducerGone => "producer_gone",
             End::Interrupted => "interrupted",
+            End::Stopped => "stopped",
             End::Error => "error",
         }
     }
 }
 
+/// Live counters of one buffer, for the status line.
 #[derive(Default)]
-struct Progress {
-    bytes: AtomicU64,
-    lost: AtomicU64,
+pub(crate) struct Progress {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) lost: AtomicU64,
 }
 
 struct BufResult {
@@ -101,24 +108,48 @@ struct BufResult {
 }
 
 /// Output files of one buffer, with rotation.
-struct Output {
+pub(crate) struct Output {
     dir: PathBuf,
-    name: String,
+    /// File name without the rotation index, e.g. `cpu0.out`.
+    base: String,
     max_size: Option<u64>,
     max_files: Option<u64>,
     index: u64,
-    file: File,
-    size: u64,
-    files: Vec<PathBuf>,
+    pub(crate) file: File,
+    pub(crate) size: u64,
+    pub(crate) files: Vec<PathBuf>,
 }
 
 impl Output {
-    fn path(dir: &Path, name: &str, rotate: bool, index: u64) -> PathBuf {
+    fn path(dir: &Path, base: &str, rotate: bool, index: u64) -> PathBuf {
         if rotate {
-            dir.join(format!("{name}.out.{index}"))
+            dir.join(format!("{base}.{index}"))
         } else {
-            dir.join(format!("{name}.out"))
+            dir.join(base)
         }
+    }
+
+    /// Creates an empty output `dir/base` (`base.0` with rotation),
+    /// replacing what was there.
+    pub(crate) fn create(
+        dir: &Path,
+        base: &str,
+        max_size: Option<u64>,
+        max_files: Option<u64>,
+    ) -> Result<Output> {
+        let path = Self::path(dir, base, max_size.is_some(), 0);
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Output {
+            dir: dir.to_path_buf(),
+            base: base.to_string(),
+            max_size,
+            max_files,
+            index: 0,
+            file,
+            size: 0,
+            files: vec![path],
+        })
     }
 
     /// Opens the output. `consumed` is how many bytes readers have consumed
@@ -130,13 +161,14 @@ impl Output {
     fn open(dir: &Path, name: &str, a: &Args, channel_id: u64, consumed: u64) -> Result<Output> {
         let rotate = a.max_size.is_some();
         let resume = consumed > 0;
+        let base = format!("{name}.out");
         let mut index = 0;
         if rotate && resume {
-            while Self::path(dir, name, true, index + 1).exists() {
+            while Self::path(dir, &base, true, index + 1).exists() {
                 index += 1;
             }
         }
-        let path = Self::path(dir, name, rotate, index);
+        let path = Self::path(dir, &base, rotate, index);
         let base_path = dir.join(format!(".{name}.out.base"));
         let file = OpenOptions::new()
             .create(true)
@@ -181,7 +213,7 @@ impl Output {
         let size = file.metadata()?.len();
         Ok(Output {
             dir: dir.to_path_buf(),
-            name: name.to_string(),
+            base,
             max_size: a.max_size,
             max_files: a.max_files,
             index,
@@ -193,7 +225,7 @@ impl Output {
 
     /// Switches to the next file if this one is full (called between
     /// sub-buffers only).
-    fn maybe_rotate(&mut self) -> Result<()> {
+    pub(crate) fn maybe_rotate(&mut self) -> Result<()> {
         let Some(max) = self.max_size else {
             return Ok(());
         };
@@ -201,7 +233,7 @@ impl Output {
             return Ok(());
         }
         self.index += 1;
-        let path = Self::path(&self.dir, &self.name, true, self.index);
+        let path = Self::path(&self.dir, &self.base, true, self.index);
         self.file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         self.size = 0;
@@ -245,16 +277,10 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
             };
             let n = match moved {
                 Ok(n) => n,
-                Err(relayfs::ReadError::Io { source, .. })
-                    if a.retry
-                        && matches!(
-                            source.raw_os_error(),
-                            Some(libc::ENOSPC) | Some(libc::EDQUOT)
-                        ) =>
-                {
+                Err(e) if a.retry && out_of_space(&e) => {
                     if !warned {
                         eprintln!(
-                            "relayfs record: {}: {source}; retrying (the producer counts what it drops meanwhile)",
+                            "relayfs record: {}: {e}; retrying (the producer counts what it drops meanwhile)",
                             out.files.last().map_or(String::new(), |p| p.display().to_string())
                         );
                         warned = true;
@@ -365,6 +391,9 @@ fn find_buffers(dir: &Path, a: &Args) -> Result<Vec<BufferFile>> {
 pub fn run(a: &Args) -> Result<i32> {
     util::catch_interrupts();
     let dir = util::channel_dir(&a.channel);
+    if dir.is_dir() && relayfs::kernel::is_kernel_fs(&dir).unwrap_or(false) {
+        return super::kernel::record_dir(&dir, a);
+    }
     let bufs = find_buffers(&dir, a)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
@@ -381,6 +410,21 @@ pub fn run(a: &Args) -> Result<i32> {
                 .spawn(move || record_buffer(&b, &a, &progress[i], &stop))
         })
         .collect::<std::io::Result<_>>()?;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    if let Some(d) = a.duration {
+        let (stop, timed_out) = (stop.clone(), timed_out.clone());
+        let deadline = started + Duration::from_secs_f64(d.max(0.0));
+        std::thread::spawn(move || {
+            while Instant::now() < deadline {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            timed_out.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
     let status = (!a.quiet && !a.json && util::stderr_is_tty()).then(|| {
         let (progress, names, done) = (
             progress.clone(),
@@ -389,7 +433,7 @@ pub fn run(a: &Args) -> Result<i32> {
         );
         std::thread::spawn(move || status_line(&progress, &names, &done, started))
     });
-    let results: Vec<BufResult> = threads
+    let mut results: Vec<BufResult> = threads
         .into_iter()
         .map(|t| {
             t.join().unwrap_or_else(|_| BufResult {
@@ -404,6 +448,11 @@ pub fn run(a: &Args) -> Result<i32> {
         })
         .collect();
     stop.store(true, Ordering::Relaxed);
+    if timed_out.load(Ordering::Relaxed) {
+        for r in results.iter_mut().filter(|r| r.end == End::Interrupted) {
+            r.end = End::Stopped;
+        }
+    }
     if let Some(s) = status {
         let _ = s.join();
     }
@@ -438,35 +487,52 @@ fn status_line(progress: &[Progress], names: &[String], done: &AtomicBool, start
     let mut last = (Instant::now(), 0u64);
     while !done.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
-        let total: u64 = progress
-            .iter()
-            .map(|p| p.bytes.load(Ordering::Relaxed))
-            .sum();
-        let lost: u64 = progress
-            .iter()
-            .map(|p| p.lost.load(Ordering::Relaxed))
-            .sum();
-        let dt = last.0.elapsed().as_secs_f64().max(1e-9);
-        let rate = (total - last.1) as f64 / dt / 1e6;
-        last = (Instant::now(), total);
-        let per: Vec<String> = names
-            .iter()
-            .zip(progress)
-            .map(|(n, p)| format!("{n} {}", util::human_bytes(p.bytes.load(Ordering::Relaxed))))
-            .collect();
-        eprint!(
-            "\r\x1b[K[{:>5.1}s] {} | {:.1} MB/s | {}",
-            started.elapsed().as_secs_f64(),
-            per.join("  "),
-            rate,
-            if lost == 0 {
-                "dropped 0".to_string()
-            } else {
-                format!("\x1b[1;31mDROPPED {lost}\x1b[0m")
-            }
-        );
+        last = print_status(progress, names, started, last);
     }
     eprint!("\r\x1b[K");
+}
+
+/// Draws the live status line once; `last` is the (time, total bytes) of
+/// the previous one, and the new one is returned.
+pub(crate) fn print_status(
+    progress: &[Progress],
+    names: &[String],
+    started: Instant,
+    last: (Instant, u64),
+) -> (Instant, u64) {
+    let total: u64 = progress
+        .iter()
+        .map(|p| p.bytes.load(Ordering::Relaxed))
+        .sum();
+    let lost: u64 = progress
+        .iter()
+        .map(|p| p.lost.load(Ordering::Relaxed))
+        .sum();
+    let dt = last.0.elapsed().as_secs_f64().max(1e-9);
+    let rate = total.saturating_sub(last.1) as f64 / dt / 1e6;
+    let per: Vec<String> = names
+        .iter()
+        .zip(progress)
+        .map(|(n, p)| format!("{n} {}", util::human_bytes(p.bytes.load(Ordering::Relaxed))))
+        .collect();
+    eprint!(
+        "\r\x1b[K[{:>5.1}s] {} | {:.1} MB/s | {}",
+        started.elapsed().as_secs_f64(),
+        per.join("  "),
+        rate,
+        if lost == 0 {
+            "dropped 0".to_string()
+        } else {
+            format!("\x1b[1;31mDROPPED {lost}\x1b[0m")
+        }
+    );
+    (Instant::now(), total)
+}
+
+/// Whether a reader error is the output filesystem being full.
+pub(crate) fn out_of_space(e: &relayfs::ReadError) -> bool {
+    matches!(e, relayfs::ReadError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
 }
 
 fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde_json::Value {
@@ -477,7 +543,7 @@ fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde
         .map(|r| r.end)
         .max_by_key(|e| match e {
             End::Closed => 0,
-            End::Interrupted => 1,
+            End::Interrupted | End::Stopped => 1,
             End::ProducerGone => 2,
             End::Error => 3,
         })

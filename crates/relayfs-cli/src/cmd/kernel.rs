@@ -1,0 +1,489 @@
+//! Recording kernel relay channels (relay files in debugfs): the engine
+//! behind `relayfs record` on a kernel channel directory and behind
+//! `relayfs blktrace`.
+//!
+//! One thread per relay file, as blktrace and staprun have: `sendfile` (or
+//! the reader's read+write fallback) while data comes, a timed `poll` when
+//! it doesn't (the kernel signals only complete sub-buffers, so the timeout
+//! is what picks up a partly filled one). When told to stop, each thread
+//! drains what is left and ends.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use relayfs::kernel::{self, Support};
+use relayfs::{KernelRelayFile, Ready};
+use serde_json::json;
+
+use super::record::{self, End, Output, Progress};
+use crate::util;
+
+/// Bytes moved per `sendfile` call.
+const CHUNK: u64 = 8 << 20;
+/// Poll timeout while live: how late a partly filled sub-buffer may be
+/// picked up (blktrace uses 500 ms, staprun 200 ms).
+const LIVE_POLL: Duration = Duration::from_millis(200);
+/// Poll timeout while draining at the end.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// A relay file of a kernel channel and the name of its output.
+#[derive(Debug, Clone)]
+pub struct KBuffer {
+    /// Relay file name, e.g. `trace0`.
+    pub name: String,
+    /// Output file name, e.g. `trace0.out` or `sda.blktrace.0`.
+    pub out_name: String,
+}
+
+/// Output options.
+#[derive(Debug, Clone)]
+pub struct OutOpts {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Rotate at this size.
+    pub max_size: Option<u64>,
+    /// Keep this many rotated files.
+    pub max_files: Option<u64>,
+    /// Wait and retry when the output filesystem is full.
+    pub retry: bool,
+}
+
+/// How one relay file's recording went.
+#[derive(Debug)]
+pub struct KResult {
+    /// Relay file name.
+    pub name: String,
+    /// Bytes recorded.
+    pub bytes: u64,
+    /// Output files.
+    pub files: Vec<PathBuf>,
+    /// How it ended.
+    pub end: End,
+    /// What stopped it, if an error did.
+    pub error: Option<String>,
+    /// Whether the kernel let `sendfile` read this file.
+    pub sendfile: Support,
+}
+
+/// The relay files `<base><N>` of a kernel channel directory, in CPU order.
+/// Without `base`, the directory must hold exactly one such set.
+pub fn relay_files(dir: &Path, base: Option<&str>) -> Result<Vec<(String, PathBuf, u64)>> {
+    let mut sets: std::collections::BTreeMap<String, Vec<(String, PathBuf, u64)>> =
+        Default::default();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read kernel channel directory {}", dir.display()))?;
+    for ent in entries {
+        let ent = ent?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if !ent.file_type()?.is_file() {
+            continue;
+        }
+        let at = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        if at == name.len() || at == 0 {
+            continue;
+        }
+        let Ok(cpu) = name[at..].parse::<u64>() else {
+            continue;
+        };
+        sets.entry(name[..at].to_string())
+            .or_default()
+            .push((name.clone(), ent.path(), cpu));
+    }
+    let mut files = match base {
+        Some(b) => sets.remove(b).with_context(|| {
+            format!(
+                "no relay files {b}0, {b}1, ... in {}{}",
+                dir.display(),
+                if sets.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (there are: {})",
+                        sets.keys()
+                            .map(|k| format!("{k}N"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )
+        })?,
+        None => {
+            if sets.len() > 1 {
+                bail!(
+                    "{} holds several sets of numbered files ({}): choose one with --base",
+                    dir.display(),
+                    sets.keys()
+                        .map(|k| format!("{k}N"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            match sets.into_values().next() {
+                Some(v) => v,
+                None => bail!(
+                    "no relay files (<base>0, <base>1, ...) in {}",
+                    dir.display()
+                ),
+            }
+        }
+    };
+    files.sort_by_key(|f| f.2);
+    Ok(files)
+}
+
+/// A recording in progress.
+pub struct Recording {
+    threads: Vec<JoinHandle<KResult>>,
+    /// Bytes per relay file, for the status line.
+    pub progress: Arc<Vec<Progress>>,
+    names: Vec<String>,
+    drain: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    started: Instant,
+    /// What `mmap` on the first relay file answered.
+    pub mmap: Support,
+}
+
+impl Recording {
+    /// Starts one reader thread per relay file, on files already open (so
+    /// that open errors come before any tracing is started).
+    pub fn start(files: Vec<(KBuffer, KernelRelayFile)>, opts: &OutOpts) -> Result<Recording> {
+        std::fs::create_dir_all(&opts.dir)
+            .with_context(|| format!("cannot create output directory {}", opts.dir.display()))?;
+        let mmap = files
+            .first()
+            .map_or(Support::Unknown, |(_, f)| f.probe_mmap());
+        let progress: Arc<Vec<Progress>> =
+            Arc::new(files.iter().map(|_| Progress::default()).collect());
+        let drain = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicBool::new(false));
+        let names = files.iter().map(|(b, _)| b.name.clone()).collect();
+        let mut threads = Vec::new();
+        for (i, (b, f)) in files.into_iter().enumerate() {
+            let out = Output::create(&opts.dir, &b.out_name, opts.max_size, opts.max_files)?;
+            let (progress, drain, failed, retry) =
+                (progress.clone(), drain.clone(), failed.clone(), opts.retry);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("record-{}", b.name))
+                    .spawn(move || record_file(b, f, out, &progress[i], &drain, &failed, retry))?,
+            );
+        }
+        Ok(Recording {
+            threads,
+            progress,
+            names,
+            drain,
+            failed,
+            started: Instant::now(),
+            mmap,
+        })
+    }
+
+    /// Waits until `duration` passes, SIGINT/SIGTERM arrives, a reader
+    /// fails, or every relay file is closed by the kernel; shows a status
+    /// line on a terminal (with the kernel's count of dropped events, read
+    /// from `dropped_dir/dropped`). Returns why it stopped.
+    pub fn wait(
+        &self,
+        duration: Option<Duration>,
+        dropped_dir: Option<&Path>,
+        status: bool,
+    ) -> End {
+        let mut last = (Instant::now(), 0u64);
+        let mut next_status = Instant::now() + Duration::from_millis(500);
+        loop {
+            if util::interrupted() {
+                break End::Interrupted;
+            }
+            if self.failed.load(Ordering::Relaxed) {
+                break End::Error;
+            }
+            if duration.is_some_and(|d| self.started.elapsed() >= d) {
+                break End::Stopped;
+            }
+            if self.threads.iter().all(|t| t.is_finished()) {
+                break End::Closed;
+            }
+            if status && Instant::now() >= next_status {
+                next_status += Duration::from_millis(500);
+                let dropped = dropped_dir.and_then(kernel::channel_dropped).unwrap_or(0);
+                if let Some(p) = self.progress.first() {
+                    p.lost.store(dropped, Ordering::Relaxed);
+                }
+                last = record::print_status(&self.progress, &self.names, self.started, last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Tells every reader to drain what is left and stop; returns their
+    /// results. Call after the producer side is stopped and flushed (for
+    /// blktrace: after `BLKTRACESTOP`), so that nothing is left behind.
+    pub fn finish(self, status: bool) -> (Vec<KResult>, f64) {
+        self.drain.store(true, Ordering::Relaxed);
+        let results = self
+            .threads
+            .into_iter()
+            .zip(&self.names)
+            .map(|(t, name)| {
+                t.join().unwrap_or_else(|_| KResult {
+                    name: name.clone(),
+                    bytes: 0,
+                    files: vec![],
+                    end: End::Error,
+                    error: Some("reader thread panicked".into()),
+                    sendfile: Support::Unknown,
+                })
+            })
+            .collect();
+        if status {
+            eprint!("\r\x1b[K");
+        }
+        (results, self.started.elapsed().as_secs_f64())
+    }
+}
+
+fn record_file(
+    b: KBuffer,
+    mut f: KernelRelayFile,
+    mut out: Output,
+    progress: &Progress,
+    drain: &AtomicBool,
+    failed: &AtomicBool,
+    retry: bool,
+) -> KResult {
+    let mut bytes = 0u64;
+    let mut warned = false;
+    let mut go = || -> Result<End> {
+        let mut empty_in_drain = 0;
+        loop {
+            let n = match f.sendfile(&out.file, CHUNK) {
+                Ok(n) => n,
+                Err(e) if retry && record::out_of_space(&e) => {
+                    if !warned {
+                        eprintln!(
+                            "relayfs record: {}: {e}; retrying (the kernel counts what it drops meanwhile)",
+                            b.name
+                        );
+                        warned = true;
+                    }
+                    if util::interrupted() {
+                        return Ok(End::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "recording {} (nothing read was lost before this error)",
+                        b.name
+                    )))
+                }
+            };
+            if n > 0 {
+                bytes += n;
+                out.size += n;
+                progress.bytes.fetch_add(n, Ordering::Relaxed);
+                empty_in_drain = 0;
+                if n < CHUNK {
+                    // Caught up with the kernel: a place between records.
+                    out.maybe_rotate()?;
+                }
+                continue;
+            }
+            if drain.load(Ordering::Relaxed) {
+                // Stopping: the producer side is flushed; read until two
+                // polls in a row find nothing.
+                empty_in_drain += 1;
+                if empty_in_drain >= 2 {
+                    return Ok(End::Stopped);
+                }
+                f.poll(Some(DRAIN_POLL))?;
+                continue;
+            }
+            match f.poll(Some(LIVE_POLL))? {
+                Ready::Closed => {
+                    // POLLERR: the channel was closed. Read what is left.
+                    let mut tail = 0;
+                    loop {
+                        let n = f.sendfile(&out.file, CHUNK)?;
+                        if n == 0 {
+                            break;
+                        }
+                        tail += n;
+                    }
+                    bytes += tail;
+                    progress.bytes.fetch_add(tail, Ordering::Relaxed);
+                    return Ok(End::Closed);
+                }
+                Ready::Readable | Ready::Timeout | Ready::ProducerGone => {}
+            }
+        }
+    };
+    let (end, error) = match go() {
+        Ok(end) => (end, None),
+        Err(e) => {
+            failed.store(true, Ordering::Relaxed);
+            (End::Error, Some(format!("{e:#}")))
+        }
+    };
+    KResult {
+        name: b.name,
+        bytes,
+        files: out.files.clone(),
+        end,
+        error,
+        sendfile: f.sendfile_support(),
+    }
+}
+
+/// `relayfs record` on a kernel channel directory.
+pub fn record_dir(dir: &Path, a: &record::Args) -> Result<i32> {
+    let files = relay_files(dir, a.base.as_deref())?;
+    let mut open = Vec::new();
+    for (name, path, _) in files {
+        let f = KernelRelayFile::open(&path)?;
+        open.push((
+            KBuffer {
+                out_name: format!("{name}.out"),
+                name,
+            },
+            f,
+        ));
+    }
+    let opts = OutOpts {
+        dir: a.out.clone(),
+        max_size: a.max_size,
+        max_files: a.max_files,
+        retry: a.retry,
+    };
+    let status = !a.quiet && !a.json && util::stderr_is_tty();
+    let rec = Recording::start(open, &opts)?;
+    let mmap = rec.mmap;
+    let why = rec.wait(a.duration.map(Duration::from_secs_f64), Some(dir), status);
+    let (results, elapsed) = rec.finish(status);
+    let dropped = kernel::channel_dropped(dir);
+    let summary = summary_json(dir, &a.out, why, &results, elapsed, dropped, mmap);
+    std::fs::write(a.out.join(record::SUMMARY_FILE), format!("{summary:#}\n")).with_context(
+        || {
+            format!(
+                "cannot write {}",
+                a.out.join(record::SUMMARY_FILE).display()
+            )
+        },
+    )?;
+    if a.json {
+        println!("{summary}");
+    } else if !a.quiet {
+        print_summary(dir, &a.out, &results, elapsed, dropped, mmap);
+        if dropped.unwrap_or(0) > 0 {
+            eprintln!(
+                "  the kernel dropped {} events: the channel's sub-buffers are too small or too few",
+                dropped.unwrap_or(0)
+            );
+        }
+    }
+    Ok(report_errors(&results))
+}
+
+/// Prints each reader's error; returns the exit code (1 if any failed).
+pub fn report_errors(results: &[KResult]) -> i32 {
+    let mut code = 0;
+    for r in results {
+        if let Some(e) = &r.error {
+            eprintln!("relayfs: {}: {e}", r.name);
+            code = 1;
+        }
+    }
+    code
+}
+
+fn support_str(s: Support) -> String {
+    match s {
+        Support::Unknown => "untried".into(),
+        Support::Yes => "yes".into(),
+        Support::No(code) => format!("no ({})", std::io::Error::from_raw_os_error(code)),
+    }
+}
+
+/// The summary of a kernel recording as JSON.
+pub fn summary_json(
+    dir: &Path,
+    out: &Path,
+    why: End,
+    results: &[KResult],
+    elapsed: f64,
+    dropped: Option<u64>,
+    mmap: Support,
+) -> serde_json::Value {
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    let end = if results.iter().any(|r| r.end == End::Error) {
+        End::Error
+    } else {
+        why
+    };
+    json!({
+        "channel": dir.display().to_string(),
+        "kind": "kernel",
+        "out": out.display().to_string(),
+        "end": end.as_str(),
+        "exit_code": i32::from(end == End::Error),
+        "elapsed_s": elapsed,
+        "bytes": bytes,
+        "mb_per_s": bytes as f64 / elapsed.max(1e-9) / 1e6,
+        "dropped": dropped,
+        "mmap": support_str(mmap),
+        "buffers": results.iter().map(|r| json!({
+            "name": r.name,
+            "end": r.end.as_str(),
+            "bytes": r.bytes,
+            "files": r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "sendfile": support_str(r.sendfile),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(
+    dir: &Path,
+    out: &Path,
+    results: &[KResult],
+    elapsed: f64,
+    dropped: Option<u64>,
+    mmap: Support,
+) {
+    let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    eprintln!(
+        "relayfs record: {} (kernel relay channel) -> {}",
+        dir.display(),
+        out.display()
+    );
+    for r in results {
+        eprintln!(
+            "  {:<10} {:>12}  {}",
+            r.name,
+            util::human_bytes(r.bytes),
+            r.end.as_str()
+        );
+    }
+    eprintln!(
+        "  total      {} in {:.2} s ({:.1} MB/s); sendfile: {}, mmap: {}",
+        util::human_bytes(bytes),
+        elapsed,
+        bytes as f64 / elapsed.max(1e-9) / 1e6,
+        results
+            .first()
+            .map_or("untried".into(), |r| support_str(r.sendfile)),
+        support_str(mmap)
+    );
+    match dropped {
+        Some(0) => eprintln!("  the kernel dropped nothing"),
+        Some(d) => eprintln!("  the kernel DROPPED {d}"),
+        None => eprintln!("  (the channel has no dropped file: the kernel's losses are not known)"),
+    }
+}
