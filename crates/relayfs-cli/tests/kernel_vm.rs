@@ -214,6 +214,16 @@ sect cmp-blktrace; cat /tmp/c1.out; rc $?
 sleep 2; load; sleep 1; killall -INT relayfs; wait
 sect cmp-relayfs; cat /tmp/c2.out; rc $?
 
+# Losses: tiny buffers and a recorder stopped (SIGSTOP) during the load, so
+# the kernel must drop; the count is reported with advice.
+relayfs blktrace /dev/ram0 -o /out/drop -b 4K -n 2 > /tmp/drop.out 2>&1 &
+R=$!
+sleep 2; kill -STOP $R
+dd if=/dev/zero of=/dev/ram0 bs=4k count=2048 oflag=direct 2>/dev/null
+kill -CONT $R; sleep 1; kill -INT $R; wait $R
+sect drops; cat /tmp/drop.out; rc $?
+sect drops-parse; blkparse -q -i ram0 -D /out/drop -f "EV %a %d %S %n\n" 2>&1 | grep -c '^EV'; rc 0
+
 # Kernel lockdown, raised at run time: relay files in debugfs can't be
 # opened any more, and the error says why.
 mount -t securityfs securityfs /sys/kernel/security
@@ -549,6 +559,26 @@ fn kernel_relay_channels_on_a_real_kernel() {
     );
     eprint!("{report}");
     std::fs::write(work.join("comparison.txt"), &report).unwrap();
+
+    // Losses are counted and reported, never silent: what was recorded
+    // plus what the kernel dropped covers the I/O done.
+    let (t, rc) = sec("drops");
+    assert_eq!(*rc, 0, "{t}");
+    let (recorded, dropped) = total_line(t);
+    assert!(
+        dropped > 0,
+        "a stopped recorder with 2 x 4 KiB buffers lost nothing? {t}"
+    );
+    assert!(
+        t.contains("dropped events") && t.contains("--subbuf-size"),
+        "{t}"
+    );
+    assert!(recorded + dropped >= 2 * 2048, "{t}");
+    let parsed: u64 = sec("drops-parse").0.trim().parse().unwrap();
+    assert!(
+        parsed > 0 && parsed <= recorded,
+        "blkparse read {parsed}, relayfs recorded {recorded}"
+    );
 
     // Lockdown.
     let (t, rc) = sec("lockdown");
