@@ -122,6 +122,8 @@ pub struct KernelRelayFile {
     spurious: bool,
     /// `poll` reported `POLLERR`: the channel is closed.
     closed: bool,
+    /// Times `poll` reported `POLLIN` and the read after it found nothing.
+    empty_wakeups: u64,
     bytes: u64,
 }
 
@@ -147,6 +149,7 @@ impl KernelRelayFile {
             staged_end: 0,
             polled_readable: false,
             spurious: false,
+            empty_wakeups: 0,
             closed: false,
             bytes: 0,
         })
@@ -213,7 +216,14 @@ impl KernelRelayFile {
     /// something (the kernel does that; `poll` then must not spin).
     fn after_read(&mut self, empty: bool) {
         self.spurious = empty && self.polled_readable;
+        self.empty_wakeups += u64::from(self.spurious);
         self.polled_readable = false;
+    }
+
+    /// How often `poll` reported data and the read after it found none (a
+    /// quirk of the kernel's relay files).
+    pub fn empty_wakeups(&self) -> u64 {
+        self.empty_wakeups
     }
 
     /// Moves up to `max` bytes to `out`: `sendfile(2)` where the kernel

@@ -333,6 +333,7 @@ pub fn run(a: &Args) -> Result<i32> {
             KBuffer {
                 name: file,
                 out_name: format!("{name}.blktrace.{cpu}"),
+                cpu: Some(cpu),
             },
             f,
         ));

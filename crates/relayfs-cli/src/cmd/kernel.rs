@@ -37,6 +37,9 @@ pub struct KBuffer {
     pub name: String,
     /// Output file name, e.g. `trace0.out` or `sda.blktrace.0`.
     pub out_name: String,
+    /// The CPU whose buffer this is: the reader thread runs there, as
+    /// blktrace's do, so that the kernel's wakeup stays on that CPU.
+    pub cpu: Option<u64>,
 }
 
 /// Output options.
@@ -67,6 +70,8 @@ pub struct KResult {
     pub error: Option<String>,
     /// Whether the kernel let `sendfile` read this file.
     pub sendfile: Support,
+    /// Wakeups with nothing to read (see `KernelRelayFile::empty_wakeups`).
+    pub empty_wakeups: u64,
 }
 
 /// The relay files `<base><N>` of a kernel channel directory, in CPU order.
@@ -238,6 +243,7 @@ impl Recording {
                     end: End::Error,
                     error: Some("reader thread panicked".into()),
                     sendfile: Support::Unknown,
+                    empty_wakeups: 0,
                 })
             })
             .collect();
@@ -259,6 +265,9 @@ fn record_file(
 ) -> KResult {
     let mut bytes = 0u64;
     let mut warned = false;
+    if let Some(cpu) = b.cpu {
+        pin_to(cpu);
+    }
     let mut go = || -> Result<End> {
         let mut empty_in_drain = 0;
         loop {
@@ -339,6 +348,22 @@ fn record_file(
         end,
         error,
         sendfile: f.sendfile_support(),
+        empty_wakeups: f.empty_wakeups(),
+    }
+}
+
+/// Runs the calling thread on `cpu` only, if that CPU is online (best
+/// effort: a failure leaves the thread where it was).
+fn pin_to(cpu: u64) {
+    if cpu >= libc::CPU_SETSIZE as u64 {
+        return;
+    }
+    // SAFETY: all-zero is an empty cpu_set_t; CPU_SET stays in bounds
+    // (checked above); sched_setaffinity(0, ..) applies to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -346,11 +371,12 @@ fn record_file(
 pub fn record_dir(dir: &Path, a: &record::Args) -> Result<i32> {
     let files = relay_files(dir, a.base.as_deref())?;
     let mut open = Vec::new();
-    for (name, path, _) in files {
+    for (name, path, cpu) in files {
         let f = KernelRelayFile::open(&path)?;
         open.push((
             KBuffer {
                 out_name: format!("{name}.out"),
+                cpu: Some(cpu),
                 name,
             },
             f,
@@ -444,6 +470,7 @@ pub fn summary_json(
             "bytes": r.bytes,
             "files": r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "sendfile": support_str(r.sendfile),
+            "empty_wakeups": r.empty_wakeups,
             "error": r.error,
         })).collect::<Vec<_>>(),
     })
