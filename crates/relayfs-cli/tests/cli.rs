@@ -373,3 +373,33 @@ fn bench_reports_and_verifies() {
     );
     assert_eq!(v["verified"], true, "{v}");
 }
+
+#[test]
+fn recorder_into_dev_null_counts_everything_and_stays_small() {
+    // The recorder alone (output to /dev/null): the counters still add up,
+    // and its own memory, its mappings of the buffers aside, stays under
+    // 16 MiB however much passes through it.
+    let root = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "bench",
+        "--json",
+        "--threads",
+        "1",
+        "--count",
+        "30000",
+        "--size",
+        "4096",
+        "--out",
+        "/dev/null",
+    ]));
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["written"], 30000);
+    assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["verified_records"], false, "{v}");
+    let rss = v["recorder_rss_anon_peak_kib"].as_u64().unwrap();
+    assert!(
+        rss > 0 && rss < 16 * 1024,
+        "recorder anonymous memory {rss} KiB"
+    );
+}

@@ -20,7 +20,7 @@ use relayfs::KernelRelayFile;
 use serde_json::json;
 
 use super::kernel::{KBuffer, OutOpts, Recording};
-use super::record::{End, SUMMARY_FILE};
+use super::record::End;
 use crate::util;
 
 /// Arguments of `relayfs blktrace`.
@@ -384,8 +384,7 @@ pub fn run(a: &Args) -> Result<i32> {
     summary["cpu_s"] = json!(cpu_s);
     summary["subbuf_size"] = json!(a.subbuf_size);
     summary["n_subbufs"] = json!(a.n_subbufs);
-    std::fs::write(out.join(SUMMARY_FILE), format!("{summary:#}\n"))
-        .with_context(|| format!("cannot write {}", out.join(SUMMARY_FILE).display()))?;
+    super::record::write_summary(&out, &summary)?;
     if a.json {
         println!("{summary}");
     } else if !a.quiet {

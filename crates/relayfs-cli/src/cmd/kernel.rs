@@ -157,8 +157,11 @@ impl Recording {
     /// Starts one reader thread per relay file, on files already open (so
     /// that open errors come before any tracing is started).
     pub fn start(files: Vec<(KBuffer, KernelRelayFile)>, opts: &OutOpts) -> Result<Recording> {
-        std::fs::create_dir_all(&opts.dir)
-            .with_context(|| format!("cannot create output directory {}", opts.dir.display()))?;
+        if !record::is_sink(&opts.dir) {
+            std::fs::create_dir_all(&opts.dir).with_context(|| {
+                format!("cannot create output directory {}", opts.dir.display())
+            })?;
+        }
         let mmap = files
             .first()
             .map_or(Support::Unknown, |(_, f)| f.probe_mmap());
@@ -389,20 +392,15 @@ pub fn record_dir(dir: &Path, a: &record::Args) -> Result<i32> {
         retry: a.retry,
     };
     let status = !a.quiet && !a.json && util::stderr_is_tty();
+    let memory = record::MemorySampler::start();
     let rec = Recording::start(open, &opts)?;
     let mmap = rec.mmap;
     let why = rec.wait(a.duration.map(Duration::from_secs_f64), Some(dir), status);
     let (results, elapsed) = rec.finish(status);
     let dropped = kernel::channel_dropped(dir);
-    let summary = summary_json(dir, &a.out, why, &results, elapsed, dropped, mmap);
-    std::fs::write(a.out.join(record::SUMMARY_FILE), format!("{summary:#}\n")).with_context(
-        || {
-            format!(
-                "cannot write {}",
-                a.out.join(record::SUMMARY_FILE).display()
-            )
-        },
-    )?;
+    let mut summary = summary_json(dir, &a.out, why, &results, elapsed, dropped, mmap);
+    memory.finish(&mut summary);
+    record::write_summary(&a.out, &summary)?;
     if a.json {
         println!("{summary}");
     } else if !a.quiet {

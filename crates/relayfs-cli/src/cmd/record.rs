@@ -27,7 +27,9 @@ pub struct Args {
     /// Channel name under the relay directory ($RELAYFS_DIR, default
     /// /dev/shm/relayfs), or a path to a channel directory
     pub channel: String,
-    /// Output directory (created if missing)
+    /// Output directory (created if missing), or a character device such as
+    /// /dev/null that takes every buffer's output (to measure the recorder
+    /// alone; no summary file then)
     #[arg(short, long)]
     pub out: PathBuf,
     /// Wait for the channel to appear
@@ -129,6 +131,25 @@ impl Output {
         }
     }
 
+    /// Every buffer's output goes to the character device `dev` (e.g.
+    /// `/dev/null`, to measure the recorder alone).
+    fn sink(dev: &Path) -> Result<Output> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dev)
+            .with_context(|| format!("cannot open {}", dev.display()))?;
+        Ok(Output {
+            dir: dev.to_path_buf(),
+            base: String::new(),
+            max_size: None,
+            max_files: None,
+            index: 0,
+            file,
+            size: 0,
+            files: vec![dev.to_path_buf()],
+        })
+    }
+
     /// Creates an empty output `dir/base` (`base.0` with rotation),
     /// replacing what was there.
     pub(crate) fn create(
@@ -137,6 +158,9 @@ impl Output {
         max_size: Option<u64>,
         max_files: Option<u64>,
     ) -> Result<Output> {
+        if is_sink(dir) {
+            return Self::sink(dir);
+        }
         let path = Self::path(dir, base, max_size.is_some(), 0);
         let file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -159,6 +183,9 @@ impl Output {
     /// recorder killed between writing a chunk and marking it consumed
     /// leaves a tail the buffer will deliver again.
     fn open(dir: &Path, name: &str, a: &Args, channel_id: u64, consumed: u64) -> Result<Output> {
+        if is_sink(dir) {
+            return Self::sink(dir);
+        }
         let rotate = a.max_size.is_some();
         let resume = consumed > 0;
         let base = format!("{name}.out");
@@ -395,8 +422,18 @@ pub fn run(a: &Args) -> Result<i32> {
         return super::kernel::record_dir(&dir, a);
     }
     let bufs = find_buffers(&dir, a)?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
+    let sink = is_sink(&a.out);
+    if sink && a.max_size.is_some() {
+        bail!(
+            "--max-size needs an output directory, not {}",
+            a.out.display()
+        );
+    }
+    if !sink {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
+    }
+    let memory = MemorySampler::start();
     let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -458,8 +495,9 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let summary = summarize(&dir, a, &results, elapsed);
-    std::fs::write(a.out.join(SUMMARY_FILE), format!("{summary:#}\n"))
-        .with_context(|| format!("cannot write {}", a.out.join(SUMMARY_FILE).display()))?;
+    let mut summary = summary;
+    memory.finish(&mut summary);
+    write_summary(&a.out, &summary)?;
     if a.json {
         println!("{summary}");
     } else if !a.quiet {
@@ -527,6 +565,79 @@ pub(crate) fn print_status(
         }
     );
     (Instant::now(), total)
+}
+
+/// Whether OUT is a character device (such as `/dev/null`) that takes every
+/// buffer's output, rather than a directory.
+pub(crate) fn is_sink(out: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(out).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// Writes OUT/relayfs-record.json (nothing for a device sink).
+pub(crate) fn write_summary(out: &Path, summary: &serde_json::Value) -> Result<()> {
+    if is_sink(out) {
+        return Ok(());
+    }
+    let path = out.join(SUMMARY_FILE);
+    std::fs::write(&path, format!("{summary:#}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The recorder's own memory, its mappings of the buffers aside: anonymous
+/// resident memory (`RssAnon` in /proc/self/status), sampled every 100 ms,
+/// and its peak.
+pub(crate) struct MemorySampler {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `RssAnon` of this process in KiB, if /proc says.
+pub(crate) fn rss_anon_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl MemorySampler {
+    pub(crate) fn start() -> MemorySampler {
+        let peak = Arc::new(AtomicU64::new(rss_anon_kib().unwrap_or(0)));
+        let done = Arc::new(AtomicBool::new(false));
+        let (p, d) = (peak.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name("rss".into())
+            .spawn(move || {
+                while !d.load(Ordering::Relaxed) {
+                    if let Some(k) = rss_anon_kib() {
+                        p.fetch_max(k, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .ok();
+        MemorySampler { peak, done, thread }
+    }
+
+    /// Stops sampling and adds `rss_anon_kib` (now) and
+    /// `rss_anon_peak_kib` to the summary.
+    pub(crate) fn finish(mut self, summary: &mut serde_json::Value) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let now = rss_anon_kib();
+        if let Some(k) = now {
+            self.peak.fetch_max(k, Ordering::Relaxed);
+        }
+        summary["rss_anon_kib"] = json!(now);
+        summary["rss_anon_peak_kib"] = json!(self.peak.load(Ordering::Relaxed));
+    }
 }
 
 /// Whether a reader error is the output filesystem being full.
