@@ -1,13 +1,16 @@
 //! Prints the cost of `write` per record on one thread, with no reader
 //! (overwrite mode, so the buffer never refuses), beside a copy of the same
-//! bytes into a local ring: `cargo run --release --example write_cost -- 64`.
+//! bytes into a local ring: `cargo run --release --example write_cost -- 64`
+//! (an optional second argument sets the number of records per round).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size: usize = std::env::args().nth(1).map_or(Ok(64), |s| s.parse())?;
-    let n = 20_000_000u64;
+    let n: u64 = std::env::args()
+        .nth(2)
+        .map_or(Ok(20_000_000), |s| s.parse())?;
     let dir = tempfile_dir();
     let chan = relayfs::Channel::builder("cost")
         .dir(&dir)

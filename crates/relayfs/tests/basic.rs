@@ -358,3 +358,50 @@ fn epoll_style_wakeup_through_the_fifo() {
         pfd.revents
     );
 }
+
+#[test]
+fn mapping_poll_wakes_for_complete_subbuffers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("mpoll")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let mut m = f.map();
+    // A partly filled sub-buffer: readable by `read`, but not a wakeup here.
+    chan.write_cpu(0, &[1u8; 100]).unwrap();
+    assert_eq!(
+        m.poll(Some(Duration::from_millis(30))).unwrap(),
+        Ready::Timeout
+    );
+    assert!(m.ready().unwrap().is_none());
+    // A writer on another thread completes it while the reader sleeps.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            for _ in 0..50 {
+                chan.write_cpu(0, &[2u8; 100]).unwrap();
+            }
+        });
+        assert_eq!(
+            m.poll(Some(Duration::from_secs(10))).unwrap(),
+            Ready::Readable
+        );
+    });
+    let sb = m.ready().unwrap().expect("a complete sub-buffer");
+    assert_eq!(sb.records, 40);
+    assert_eq!(m.subbufs_consumed(1).unwrap(), 1);
+    drop(m);
+    chan.close().unwrap();
+    let mut m = f.map();
+    // close flushed the rest into a complete sub-buffer.
+    assert_eq!(
+        m.poll(Some(Duration::from_secs(1))).unwrap(),
+        Ready::Readable
+    );
+    assert_eq!(m.ready().unwrap().unwrap().records, 11);
+    m.subbufs_consumed(1).unwrap();
+    assert_eq!(m.poll(Some(Duration::from_secs(1))).unwrap(), Ready::Closed);
+}

@@ -269,7 +269,12 @@ fn record_file(
     let mut bytes = 0u64;
     let mut warned = false;
     if let Some(cpu) = b.cpu {
-        pin_to(cpu);
+        if !pin_to(cpu) {
+            eprintln!(
+                "relayfs: {}: cannot run on CPU {cpu}; reading it from another CPU may copy an event the kernel is still filling",
+                b.name
+            );
+        }
     }
     let mut go = || -> Result<End> {
         let mut empty_in_drain = 0;
@@ -355,18 +360,22 @@ fn record_file(
     }
 }
 
-/// Runs the calling thread on `cpu` only, if that CPU is online (best
-/// effort: a failure leaves the thread where it was).
-fn pin_to(cpu: u64) {
+/// Runs the calling thread on `cpu` only. Returns whether it could.
+///
+/// This is what makes live reads of a kernel channel safe: clients such as
+/// blktrace reserve an event and then fill it with interrupts off on their
+/// CPU, so a reader of that CPU's buffer running *on that CPU* can never see
+/// one half-filled, while a reader elsewhere can.
+fn pin_to(cpu: u64) -> bool {
     if cpu >= libc::CPU_SETSIZE as u64 {
-        return;
+        return false;
     }
     // SAFETY: all-zero is an empty cpu_set_t; CPU_SET stays in bounds
     // (checked above); sched_setaffinity(0, ..) applies to this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
