@@ -246,6 +246,17 @@ fn verify_catches_every_kind_of_defect() {
         v["defects"][0].as_str().unwrap().contains("duplicate"),
         "{v}"
     );
+    // The same record in two buffers' files.
+    let d = root.path().join("dup-across");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("cpu0.out"), &data).unwrap();
+    std::fs::write(d.join("cpu1.out"), demo_record(0, 7, 31)).unwrap();
+    let (ok, v) = verify(&d, &[]);
+    assert!(!ok, "{v}");
+    assert!(
+        v["defects"][0].as_str().unwrap().contains("more than once"),
+        "{v}"
+    );
     // Record seq 10 removed: a gap nobody counted.
     let start: usize = (0..10).map(|s| 24 + s % 40).sum();
     let v = bad(

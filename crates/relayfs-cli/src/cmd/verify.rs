@@ -1,6 +1,6 @@
 //! `relayfs verify DIR`: checks a recording of demo records.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -100,7 +100,25 @@ fn summary_lost(dir: &Path) -> Option<u64> {
     v.get("lost")?.as_u64()
 }
 
-/// Verifies every record file in `dir`.
+/// Defect messages kept in a report; more are counted, not kept.
+const MAX_DEFECTS: usize = 50;
+
+/// Read window of the streaming check; grows for a record larger than it.
+const WINDOW: usize = 4 << 20;
+
+impl Report {
+    fn defect(&mut self, msg: String) {
+        if self.defects.len() < MAX_DEFECTS {
+            self.defects.push(msg);
+        } else if self.defects.len() == MAX_DEFECTS {
+            self.defects.push("... (further defects not listed)".into());
+        }
+    }
+}
+
+/// Verifies every record file in `dir`, reading each as a stream: memory
+/// stays bounded by the read window and by the runs of consecutive
+/// sequence numbers per writer, not by the size of the recording.
 pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
     let mut rep = Report {
         files: recording_files(dir)?,
@@ -110,50 +128,107 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         rep.defects
             .push(format!("no *.out files in {}", dir.display()));
     }
-    let mut seen: HashSet<(u32, u64)> = HashSet::new();
+    // Per writer, the runs of consecutive sequence numbers found, per file
+    // (within a file a writer's records must be in increasing order).
+    let mut runs: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     for path in rep.files.clone() {
-        let data =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        rep.bytes += data.len() as u64;
         let name = path
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        let mut f = std::fs::File::open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut buf = vec![0u8; WINDOW];
+        let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+        let mut file_at = 0u64; // file offset of buf[start]
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut at = 0usize;
-        while at < data.len() {
-            match demofmt::check(&data[at..]) {
+        let mut file_runs: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        loop {
+            // Make sure a whole record (as far as its header says) is in
+            // the window, unless the file ends.
+            let avail = end - start;
+            let need = if avail >= demofmt::HEADER {
+                let len = u32::from_le_bytes(buf[start + 4..start + 8].try_into().unwrap());
+                (len as usize).max(demofmt::HEADER)
+            } else {
+                demofmt::HEADER
+            };
+            if avail < need && !eof {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                if buf.len() < need {
+                    buf.resize(need.next_power_of_two(), 0);
+                }
+                let n = std::io::Read::read(&mut f, &mut buf[end..])
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if n == 0 {
+                    eof = true;
+                }
+                end += n;
+                rep.bytes += n as u64;
+                continue;
+            }
+            if avail == 0 {
+                break;
+            }
+            match demofmt::check(&buf[start..end]) {
                 Ok(h) => {
-                    if !seen.insert((h.writer, h.seq)) {
-                        rep.defects.push(format!(
-                            "{name} @{at}: duplicate record writer {} seq {}",
-                            h.writer, h.seq
-                        ));
-                    }
                     if let Some(&prev) = last.get(&h.writer) {
                         if h.seq <= prev {
-                            rep.defects.push(format!(
-                                "{name} @{at}: writer {} seq {} after seq {prev}",
+                            rep.defect(format!(
+                                "{name} @{file_at}: writer {} seq {} after seq {prev} (out of order, or a duplicate)",
                                 h.writer, h.seq
                             ));
                         }
                     }
                     last.insert(h.writer, h.seq);
+                    let r = file_runs.entry(h.writer).or_default();
+                    match r.last_mut() {
+                        Some(run) if run.1 + 1 == h.seq => run.1 = h.seq,
+                        _ => r.push((h.seq, h.seq)),
+                    }
                     let w = rep.writers.entry(h.writer).or_default();
                     w.records += 1;
                     w.max_seq = w.max_seq.max(h.seq);
                     rep.records += 1;
-                    at += h.len as usize;
+                    start += h.len as usize;
+                    file_at += u64::from(h.len);
                 }
                 Err((h, defect)) => {
                     let who = h.map_or(String::new(), |h| {
                         format!(" (writer {} seq {})", h.writer, h.seq)
                     });
-                    rep.defects.push(format!("{name} @{at}: {defect}{who}"));
+                    rep.defect(format!("{name} @{file_at}: {defect}{who}"));
                     // Can't find the next record boundary reliably: stop here.
                     break;
                 }
+            }
+        }
+        for (w, r) in file_runs {
+            runs.entry(w).or_default().extend(r);
+        }
+    }
+    // The same record in two files: overlapping runs of one writer.
+    for (&w, r) in runs.iter_mut() {
+        r.sort_unstable();
+        let mut reach: Option<u64> = None;
+        let mut dups = 0u64;
+        for &(a, b) in r.iter() {
+            if let Some(e) = reach {
+                if a <= e {
+                    dups += e.min(b) - a + 1;
+                }
+            }
+            reach = Some(reach.map_or(b, |e| e.max(b)));
+        }
+        if dups > 0 {
+            rep.defect(format!(
+                "writer {w}: {dups} records delivered more than once"
+            ));
+            if let Some(wr) = rep.writers.get_mut(&w) {
+                wr.records -= dups.min(wr.records);
             }
         }
     }
