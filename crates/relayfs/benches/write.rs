@@ -104,14 +104,29 @@ impl Drop for Drained {
     }
 }
 
-/// Runs `per_thread(thread, iters)` on `threads` threads at once and returns
-/// the wall time.
+/// Keeps the calling thread on `cpu`: one writer per CPU means one per CPU,
+/// not two that the scheduler happens to put on one CPU (and one buffer).
+fn pin_to(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is empty; CPU_SET stays in bounds for
+    // the CPU counts this runs on; sched_setaffinity(0, ..) is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Runs `per_thread(thread, iters)` on `threads` threads at once (thread t
+/// pinned to CPU t when there are several) and returns the wall time.
 fn parallel(threads: usize, iters: u64, per_thread: impl Fn(usize, u64) + Sync) -> Duration {
     let barrier = Barrier::new(threads + 1);
     std::thread::scope(|s| {
         for t in 0..threads {
             let (barrier, per_thread) = (&barrier, &per_thread);
             s.spawn(move || {
+                if threads > 1 {
+                    pin_to(t);
+                }
                 barrier.wait();
                 per_thread(t, iters / threads as u64);
             });
