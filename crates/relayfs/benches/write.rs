@@ -104,18 +104,6 @@ impl Drop for Drained {
     }
 }
 
-/// Keeps the calling thread on `cpu`: one writer per CPU means one per CPU,
-/// not two that the scheduler happens to put on one CPU (and one buffer).
-fn pin_to(cpu: usize) {
-    // SAFETY: an all-zero cpu_set_t is empty; CPU_SET stays in bounds for
-    // the CPU counts this runs on; sched_setaffinity(0, ..) is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Runs `per_thread(thread, iters)` on `threads` threads at once (thread t
 /// pinned to CPU t when there are several) and returns the wall time.
 fn parallel(threads: usize, iters: u64, per_thread: impl Fn(usize, u64) + Sync) -> Duration {
@@ -125,7 +113,9 @@ fn parallel(threads: usize, iters: u64, per_thread: impl Fn(usize, u64) + Sync) 
             let (barrier, per_thread) = (&barrier, &per_thread);
             s.spawn(move || {
                 if threads > 1 {
-                    pin_to(t);
+                    // One writer per CPU means one per CPU, not two the
+                    // scheduler happens to put on one CPU (and one buffer).
+                    let _ = relayfs::cpu::pin_current_thread(t);
                 }
                 barrier.wait();
                 per_thread(t, iters / threads as u64);

@@ -67,19 +67,6 @@ fn decode(carry: &mut Vec<u8>, st: &mut Stats) {
     carry.drain(..at);
 }
 
-fn pin_to(cpu: usize) {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return;
-    }
-    // SAFETY: an all-zero cpu_set_t is empty; CPU_SET is in bounds (checked);
-    // sched_setaffinity(0, ..) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(secs), files) = (args.first().and_then(|s| s.parse::<f64>().ok()), &args[1..]) else {
@@ -101,7 +88,7 @@ fn main() {
                 // from there no read can catch one half-filled.
                 let digits = path.len() - path.trim_end_matches(|c: char| c.is_ascii_digit()).len();
                 if let Ok(cpu) = path[path.len() - digits..].parse::<usize>() {
-                    pin_to(cpu);
+                    let _ = relayfs::cpu::pin_current_thread(cpu);
                 }
                 let mut f = AnyRelayFile::open(&path)?;
                 let kind = match f.kind() {

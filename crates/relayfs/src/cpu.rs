@@ -18,6 +18,35 @@ pub fn current_cpu() -> usize {
     sched_getcpu()
 }
 
+/// Keeps the calling thread on `cpu` from now on (`sched_setaffinity(2)`).
+///
+/// Readers of per-CPU kernel relay files want this: a client such as
+/// blktrace reserves an event and then fills it with interrupts off on its
+/// CPU, so a reader running on that CPU can never copy an event half
+/// filled, while a reader on another CPU can (see `docs/DESIGN.md`).
+///
+/// # Errors
+/// `EINVAL` if `cpu` is out of range or not allowed for this thread (e.g.
+/// offline, or outside its cpuset).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET stays in its
+    // bounds (checked above); sched_setaffinity(0, ..) applies to the calling
+    // thread and only reads the set.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cold]
 fn sched_getcpu() -> usize {
     // SAFETY: sched_getcpu has no preconditions.

@@ -269,9 +269,11 @@ fn record_file(
     let mut bytes = 0u64;
     let mut warned = false;
     if let Some(cpu) = b.cpu {
-        if !pin_to(cpu) {
+        // On its own CPU a reader can't copy an event the kernel is still
+        // filling (see relayfs::cpu::pin_current_thread).
+        if let Err(e) = relayfs::cpu::pin_current_thread(cpu as usize) {
             eprintln!(
-                "relayfs: {}: cannot run on CPU {cpu}; reading it from another CPU may copy an event the kernel is still filling",
+                "relayfs: {}: cannot run on CPU {cpu} ({e}); reading it from another CPU may copy an event the kernel is still filling",
                 b.name
             );
         }
@@ -357,25 +359,6 @@ fn record_file(
         error,
         sendfile: f.sendfile_support(),
         empty_wakeups: f.empty_wakeups(),
-    }
-}
-
-/// Runs the calling thread on `cpu` only. Returns whether it could.
-///
-/// This is what makes live reads of a kernel channel safe: clients such as
-/// blktrace reserve an event and then fill it with interrupts off on their
-/// CPU, so a reader of that CPU's buffer running *on that CPU* can never see
-/// one half-filled, while a reader elsewhere can.
-fn pin_to(cpu: u64) -> bool {
-    if cpu >= libc::CPU_SETSIZE as u64 {
-        return false;
-    }
-    // SAFETY: all-zero is an empty cpu_set_t; CPU_SET stays in bounds
-    // (checked above); sched_setaffinity(0, ..) applies to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
