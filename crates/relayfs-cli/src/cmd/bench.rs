@@ -153,8 +153,15 @@ fn run_once(a: &Args) -> Result<Value> {
                     }
                     t.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
                     if let Some(r) = per_thread_rate {
-                        // Pace: wait until this many records are due.
+                        // Pace: wait until this many records are due. Sleep
+                        // through most of a long wait rather than spin: a
+                        // producer at a set rate shouldn't take a whole CPU
+                        // from the recorder on a machine with two.
                         let due = Duration::from_secs_f64(seq as f64 / r);
+                        let ahead = due.saturating_sub(start.elapsed());
+                        if ahead > Duration::from_micros(200) {
+                            std::thread::sleep(ahead - Duration::from_micros(100));
+                        }
                         while start.elapsed() < due {
                             std::hint::spin_loop();
                         }
