@@ -35,7 +35,7 @@ pub struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C)
     #[arg(short = 'w', long, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Size of each relay sub-buffer (blktrace's -b; default 512K)
+    /// Size of each relay sub-buffer (blktrace's -b)
     #[arg(short = 'b', long, default_value = "512K", value_parser = util::parse_size)]
     pub subbuf_size: u64,
     /// Number of sub-buffers per CPU (blktrace's -n)

@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long)]
     pub wait: bool,
     /// Base name of the buffer files (default: every relay buffer file in the
-    /// directory)
+    /// directory; in a kernel channel directory, its one set of numbered
+    /// files, e.g. trace0, trace1, ...)
     #[arg(long)]
     pub base: Option<String>,
     /// Rotate output files when one reaches SIZE (e.g. 64M): files are then
