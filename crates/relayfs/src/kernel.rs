@@ -292,10 +292,8 @@ impl KernelRelayFile {
             let got = match got {
                 Ok(0) => break,
                 Ok(g) => g,
-                Err(e) if done > 0 => {
-                    let _ = e; // reported by the next call
-                    break;
-                }
+                // What moved is reported; the error comes back next call.
+                Err(_) if done > 0 => break,
                 Err(e) => return Err(e),
             };
             self.staged_at = 0;

@@ -280,6 +280,7 @@ fn record_file(
     }
     let mut go = || -> Result<End> {
         let mut empty_in_drain = 0;
+        let mut closed = false;
         loop {
             let n = match f.sendfile(&out.file, CHUNK) {
                 Ok(n) => n,
@@ -325,21 +326,13 @@ fn record_file(
                 f.poll(Some(DRAIN_POLL))?;
                 continue;
             }
+            if closed {
+                // Everything after POLLERR is read.
+                return Ok(End::Closed);
+            }
             match f.poll(Some(LIVE_POLL))? {
-                Ready::Closed => {
-                    // POLLERR: the channel was closed. Read what is left.
-                    let mut tail = 0;
-                    loop {
-                        let n = f.sendfile(&out.file, CHUNK)?;
-                        if n == 0 {
-                            break;
-                        }
-                        tail += n;
-                    }
-                    bytes += tail;
-                    progress.bytes.fetch_add(tail, Ordering::Relaxed);
-                    return Ok(End::Closed);
-                }
+                // POLLERR: the channel was closed; read what is left.
+                Ready::Closed => closed = true,
                 Ready::Readable | Ready::Timeout | Ready::ProducerGone => {}
             }
         }

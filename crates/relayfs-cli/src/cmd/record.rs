@@ -495,8 +495,7 @@ pub fn run(a: &Args) -> Result<i32> {
         let _ = s.join();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let summary = summarize(&dir, a, &results, elapsed);
-    let mut summary = summary;
+    let mut summary = summarize(&dir, a, &results, elapsed);
     memory.finish(&mut summary);
     write_summary(&a.out, &summary)?;
     if a.json {
