@@ -1,16 +1,21 @@
 //! The file format of a relay buffer file: where every field lives, and the
 //! checks a reader makes before it trusts any of them.
 //!
-//! A buffer file is four page-aligned regions (see `docs/DESIGN.md` for the
+//! A buffer file is three page-aligned regions (see `docs/DESIGN.md` for the
 //! picture):
 //!
 //! ```text
-//! +-----------------+--------------------+------------------+--------------------------+
-//! | header page     | sub-buffer         | reader page(s)   | data: n_subbufs x        |
-//! | (producer only) | descriptors        | (reader writes)  | subbuf_size bytes        |
-//! |                 | 32 B x n_subbufs   | 128 B + 8 B x n  |                          |
-//! +-----------------+--------------------+------------------+--------------------------+
+//! +--------------------------------+------------------+--------------------------+
+//! | producer page(s):              | reader page(s)   | data: n_subbufs x        |
+//! | header (640 B), then the       | (reader writes)  | subbuf_size bytes        |
+//! | sub-buffer descriptors, 32 B x n | 128 B + 8 B x n  |                          |
+//! +--------------------------------+------------------+--------------------------+
 //! ```
+//!
+//! The header and the descriptors share their first page, so a buffer of up
+//! to 108 sub-buffers costs two pages besides its data: the producer's page,
+//! which readers map read-only, and the reader's page, the only one they may
+//! write (protection is per page, so the two can't share one).
 //!
 //! All integers are native-endian `u64` (the format is only shared between
 //! processes of one machine). This module is plain arithmetic: it computes and
@@ -23,7 +28,7 @@ use crate::error::FormatError;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RELAYFS\x01");
 /// Version of the buffer file format; bumped on any incompatible change
 /// (the kernel's `RELAYFS_CHANNEL_VERSION`).
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// Smallest sub-buffer size accepted.
 pub const MIN_SUBBUF_SIZE: u64 = 64;
@@ -188,9 +193,11 @@ impl Geometry {
             return Err(FormatError::PageSize(page_size));
         }
         let bad = || FormatError::BufferSize(subbuf_size, n_subbufs);
-        let desc_offset = page_size;
-        let desc_len = align_up(n_subbufs * desc::SIZE as u64, page_size).ok_or_else(bad)?;
-        let reader_offset = desc_offset + desc_len;
+        // The descriptors follow the header in its page (hdr::END is a
+        // multiple of 128, so they start on a fresh pair of cache lines).
+        let desc_offset = hdr::END as u64;
+        let reader_offset =
+            align_up(desc_offset + n_subbufs * desc::SIZE as u64, page_size).ok_or_else(bad)?;
         let reader_len = align_up(rdr::CLAIMS as u64 + n_subbufs * 8, page_size).ok_or_else(bad)?;
         let data_offset = reader_offset + reader_len;
         let file_size = data_offset
@@ -342,13 +349,19 @@ mod tests {
 
     #[test]
     fn geometry_regions_are_page_aligned_and_disjoint() {
+        // Header and descriptors share the first page, then the reader page.
         let g = Geometry::new(4096, 8, 0, 4096).unwrap();
-        assert_eq!(g.desc_offset, 4096);
-        assert_eq!(g.reader_offset, 8192);
+        assert_eq!(g.desc_offset, hdr::END as u64);
+        assert_eq!(g.reader_offset, 4096);
+        assert_eq!(g.data_offset, 8192);
+        assert_eq!(g.file_size, 8192 + 8 * 4096);
+        // The most descriptors that fit beside the header: still two pages.
+        let g = Geometry::new(4096, 108, 0, 4096).unwrap();
+        assert_eq!(g.data_offset, 8192);
+        let g = Geometry::new(4096, 109, 0, 4096).unwrap();
         assert_eq!(g.data_offset, 12288);
-        assert_eq!(g.file_size, 12288 + 8 * 4096);
         let g = Geometry::new(64, 1000, 8, 4096).unwrap();
-        assert_eq!(g.desc_offset % 4096, 0);
+        assert_eq!(g.reader_offset % 4096, 0);
         assert!(g.reader_offset >= g.desc_offset + 1000 * 32);
         assert!(g.data_offset >= g.reader_offset + 128 + 8000);
         assert_eq!(g.data_offset % 4096, 0);
