@@ -46,6 +46,8 @@ pub(crate) struct Cursor {
     complete: Option<(u64, u64)>,
     /// The producer is dead: nothing changes any more.
     writers_gone: bool,
+    /// Leave the sub-buffer being written alone: read complete ones only.
+    pub(crate) complete_only: bool,
 }
 
 impl Cursor {
@@ -192,6 +194,11 @@ impl Cursor {
                     }));
                 }
                 Avail::Partial { end } => {
+                    // A dead producer's tail is read regardless: nothing
+                    // will complete it.
+                    if self.complete_only && !self.writers_gone {
+                        return Ok(None);
+                    }
                     if !self.claimed {
                         if !s.claim_for_read(self.ord) {
                             return Err(FormatError::Corrupt(

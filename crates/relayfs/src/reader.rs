@@ -351,6 +351,17 @@ impl RelayFile {
         self.cur.abandoned(&self.map.shared).filter(|&(b, _)| b > 0)
     }
 
+    /// Reads (and [`poll`](Self::poll)s for) complete sub-buffers only when
+    /// `on`, leaving the one being written alone until it completes; off by
+    /// default. A bulk recorder wants it on while the producer is busy: it
+    /// then moves whole sub-buffers, one large write each, and never chases
+    /// the producer's cache lines record by record. It turns it off to pick
+    /// up the tail of a producer gone quiet (after a poll timeout) or ending.
+    /// Once the producer is dead its partial tail is readable regardless.
+    pub fn set_complete_only(&mut self, on: bool) {
+        self.cur.complete_only = on;
+    }
+
     /// Whether the reader is at the start of a sub-buffer (so that output
     /// split here never splits a record).
     pub fn at_subbuf_boundary(&self) -> bool {
@@ -432,7 +443,10 @@ impl RelayFile {
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn is_eof(&mut self) -> Result<bool, ReadError> {
-        if self.next_chunk()?.is_some() {
+        let only = std::mem::replace(&mut self.cur.complete_only, false);
+        let more = self.next_chunk();
+        self.cur.complete_only = only;
+        if more?.is_some() {
             return Ok(false);
         }
         Ok(self.is_closed() || !self.producer_alive())

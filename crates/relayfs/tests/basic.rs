@@ -405,3 +405,40 @@ fn mapping_poll_wakes_for_complete_subbuffers_only() {
     m.subbufs_consumed(1).unwrap();
     assert_eq!(m.poll(Some(Duration::from_secs(1))).unwrap(), Ready::Closed);
 }
+
+#[test]
+fn complete_only_reader_leaves_the_subbuffer_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 4, Mode::NoOverwrite);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.set_complete_only(true);
+    // 100 bytes in the first sub-buffer: neither readable nor ready.
+    c.write(&[1; 100]).unwrap();
+    assert_eq!(r.available().unwrap(), 0);
+    assert_eq!(drain(&mut r), Vec::<u8>::new());
+    assert!(!r.is_eof().unwrap());
+    assert_eq!(
+        r.poll(Some(Duration::from_millis(20))).unwrap(),
+        Ready::Timeout
+    );
+    // A record that doesn't fit completes it (padding 56) and opens the
+    // next: the first is readable whole, the second stays put.
+    c.write(&[2; 200]).unwrap();
+    assert_eq!(
+        r.poll(Some(Duration::from_millis(20))).unwrap(),
+        Ready::Readable
+    );
+    assert_eq!(drain(&mut r), vec![1; 100]);
+    assert_eq!(r.available().unwrap(), 0);
+    // Turned off, the reader takes the part written so far.
+    r.set_complete_only(false);
+    assert_eq!(drain(&mut r), vec![2; 200]);
+    // Nothing was read twice or skipped: on close, what follows comes out.
+    r.set_complete_only(true);
+    c.write(&[3; 10]).unwrap();
+    c.close().unwrap();
+    assert_eq!(drain(&mut r), vec![3; 10]);
+    assert!(r.is_eof().unwrap());
+    let s = r.stats();
+    assert_eq!(s.records_consumed, 3);
+}

@@ -297,7 +297,14 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
         )?;
         let rotate = a.max_size.is_some();
         let mut warned = false;
+        // Whole sub-buffers only while the producer is busy: one large write
+        // each, and no chasing the producer record by record. The sub-buffer
+        // being written is taken too (`tail`) once a poll times out (the
+        // producer went quiet), when the channel ends, and before stopping.
+        let mut tail = false;
+        let mut final_pass = false;
         let end = loop {
+            f.set_complete_only(!tail);
             let moved = if rotate {
                 f.sendfile_subbuf(&out.file)
             } else {
@@ -336,25 +343,36 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
             }
             res.bytes += n;
             progress.bytes.fetch_add(n, Ordering::Relaxed);
+            tail = false;
             if n > 0 {
                 continue;
             }
             progress.lost.store(f.stats().lost(), Ordering::Relaxed);
             if stop.load(Ordering::Relaxed) || util::interrupted() {
+                if !final_pass {
+                    final_pass = true;
+                    tail = true;
+                    continue;
+                }
                 break End::Interrupted;
             }
             match f.poll(Some(Duration::from_millis(200)))? {
-                Ready::Readable | Ready::Timeout => {}
+                Ready::Readable => {}
+                Ready::Timeout => tail = true,
                 Ready::Closed => {
+                    f.set_complete_only(false);
                     if f.available()? == 0 {
                         break End::Closed;
                     }
+                    tail = true;
                 }
                 Ready::ProducerGone => {
+                    f.set_complete_only(false);
                     if f.available()? == 0 {
                         res.abandoned = f.abandoned();
                         break End::ProducerGone;
                     }
+                    tail = true;
                 }
             }
         };
