@@ -356,16 +356,22 @@ fn record_rotates_files_at_subbuffer_boundaries() {
 #[test]
 fn bench_reports_and_verifies() {
     let root = tempfile::tempdir().unwrap();
-    let (out, v) = run_json(relayfs(root.path()).args([
-        "bench",
-        "--json",
-        "--threads",
-        "2",
-        "--count",
-        "20000",
-        "--size",
-        "64",
-    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(
+        relayfs(root.path())
+            .args([
+                "bench",
+                "--json",
+                "--threads",
+                "2",
+                "--count",
+                "20000",
+                "--size",
+                "64",
+                "--out",
+            ])
+            .arg(dir.path()),
+    );
     assert!(out.status.success(), "{v}");
     for k in [
         "ns_per_record",
@@ -383,6 +389,18 @@ fn bench_reports_and_verifies() {
         "{v}"
     );
     assert_eq!(v["verified"], true, "{v}");
+    // The filesystem baseline ran in the output directory and left nothing
+    // there but the recording.
+    for pass in ["cold", "warm"] {
+        let fs = &v["fs_baseline"][pass];
+        assert!(fs["bytes"].as_u64().unwrap() >= 64 << 20, "{v}");
+        assert!(fs["bytes_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(fs["cpus_for_offered"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains("fs-baseline"), "left behind: {name}");
+    }
 }
 
 #[test]
@@ -408,6 +426,7 @@ fn recorder_into_dev_null_counts_everything_and_stays_small() {
     assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["verified_records"], false, "{v}");
+    assert!(v["fs_baseline"].is_null(), "no filesystem to measure: {v}");
     let rss = v["recorder_rss_anon_peak_kib"].as_u64().unwrap();
     assert!(
         rss > 0 && rss < 16 * 1024,

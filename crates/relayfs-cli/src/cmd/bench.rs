@@ -3,9 +3,13 @@
 //! while `relayfs record`, in another process, drains it; then the recording
 //! is verified. Prints the producer's cost per record (median and p99 over
 //! batches), records/s and bytes/s, the recorder's bytes/s and CPU seconds
-//! per GB, and written / delivered / dropped.
+//! per GB, and written / delivered / dropped. Beside the recorder it measures,
+//! in the same run, the output filesystem alone: `write(2)` of the same
+//! volume into the same directory, so that a recorder limited by the
+//! filesystem shows as such.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -57,6 +61,10 @@ pub struct Args {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
+    /// Skip the filesystem baseline (write(2) alone of the recorded volume
+    /// into the output directory, measured after the run)
+    #[arg(long)]
+    pub no_fs_baseline: bool,
 }
 
 struct Thread {
@@ -84,6 +92,77 @@ fn children_cpu() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// CPU time (user + system) of the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The output filesystem alone, in the same run: `total` bytes written with
+/// `write(2)`, `chunk` bytes per call (a sub-buffer, as the recorder writes
+/// them), from a ring of `ring` bytes (the size of a buffer, so the source
+/// is no warmer in cache than the recorder's), into a new file in `dir`,
+/// which is removed after. Done twice, and both passes are reported: the
+/// first (`cold`) gets memory the system has not used lately, which in a
+/// virtual machine whose host takes freed memory back costs as much as the
+/// copy; the second (`warm`) reuses the pages the first freed, and shows the
+/// filesystem's own cost. A recorder writing gigabytes lands between them.
+fn fs_baseline(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+    let cold = fs_write(dir, total, ring, chunk)?;
+    let warm = fs_write(dir, total, ring, chunk)?;
+    Ok(json!({ "cold": cold, "warm": warm }))
+}
+
+fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+    let chunk = chunk.clamp(4096, ring.max(4096));
+    let ring = ring.max(chunk);
+    let mut src = vec![0u8; ring];
+    let mut rng = demo::Rng::new(0x5eed);
+    for b in src.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        b.copy_from_slice(&v[..b.len()]);
+    }
+    let mut f = tempfile::Builder::new()
+        .prefix(".relayfs-fs-baseline-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let (t0, c0) = (Instant::now(), thread_cpu());
+    let mut done = 0u64;
+    let mut at = 0usize;
+    while done < total && !util::interrupted() {
+        let n = chunk.min((total - done) as usize).min(ring - at);
+        f.write_all(&src[at..at + n])
+            .with_context(|| format!("filesystem baseline: writing into {}", dir.display()))?;
+        done += n as u64;
+        at = (at + n) % ring;
+    }
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), thread_cpu() - c0);
+    drop(f);
+    Ok(json!({
+        "bytes": done,
+        "bytes_per_sec": done as f64 / secs.max(1e-9),
+        "cpu_s_per_gb": if done > 0 { cpu / (done as f64 / 1e9) } else { 0.0 },
+    }))
+}
+
+/// Volume of the filesystem baseline: what the producers are expected to
+/// offer at `--rate` over `--duration` (1 GiB when unthrottled), within
+/// 64 MiB and 4 GiB (more than the caches, short enough to repeat).
+fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
+    let mean = (a.size.min as f64 + a.size.max as f64) / 2.0;
+    let expected = match (a.rate, a.count) {
+        (_, Some(c)) => c as f64 * threads as f64 * mean,
+        (Some(r), None) => r * a.duration * mean,
+        (None, None) => (1u64 << 30) as f64,
+    };
+    (expected as u64).clamp(64 << 20, 4 << 30)
+}
+
 /// One run; returns its summary.
 fn run_once(a: &Args) -> Result<Value> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -102,6 +181,19 @@ fn run_once(a: &Args) -> Result<Value> {
             tmp = demo::tempfile_dir()?;
             tmp.path().to_path_buf()
         }
+    };
+    let fs = if !a.no_reader && !super::record::is_sink(&out) && !a.no_fs_baseline {
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        let g = chan.geometry();
+        Some(fs_baseline(
+            &out,
+            fs_baseline_bytes(a, threads),
+            g.data_len() as usize,
+            g.subbuf_size as usize,
+        )?)
+    } else {
+        None
     };
     let cpu_before = children_cpu();
     let recorder = if a.no_reader {
@@ -127,6 +219,11 @@ fn run_once(a: &Args) -> Result<Value> {
                     batch_ns: Vec::new(),
                     secs: 0.0,
                 };
+                if per_thread_rate.is_some() {
+                    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and
+                    // affects only the calling thread.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                }
                 barrier.wait();
                 let start = Instant::now();
                 let mut seq = 0u64;
@@ -154,13 +251,15 @@ fn run_once(a: &Args) -> Result<Value> {
                     t.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
                     if let Some(r) = per_thread_rate {
                         // Pace: wait until this many records are due. Sleep
-                        // through most of a long wait rather than spin: a
-                        // producer at a set rate shouldn't take a whole CPU
-                        // from the recorder on a machine with two.
+                        // through most of any wait longer than a few
+                        // microseconds rather than spin: a producer at a set
+                        // rate shouldn't take a whole CPU from the recorder
+                        // on a machine with two. (The timer slack is cut to
+                        // 1 ns below, so a short sleep is a short sleep.)
                         let due = Duration::from_secs_f64(seq as f64 / r);
                         let ahead = due.saturating_sub(start.elapsed());
-                        if ahead > Duration::from_micros(200) {
-                            std::thread::sleep(ahead - Duration::from_micros(100));
+                        if ahead > Duration::from_micros(20) {
+                            std::thread::sleep(ahead - Duration::from_micros(10));
                         }
                         while start.elapsed() < due {
                             std::hint::spin_loop();
@@ -238,6 +337,23 @@ fn run_once(a: &Args) -> Result<Value> {
         .collect();
     batch.sort_by(f64::total_cmp);
     let rec_bytes = rec.as_ref().and_then(|r| r["bytes"].as_u64()).unwrap_or(0);
+    let offered_bytes_per_sec = if accepted > 0 {
+        offered as f64 / wall * (bytes as f64 / accepted as f64)
+    } else {
+        0.0
+    };
+    let fs = match fs {
+        Some(mut fs) => {
+            // CPUs the filesystem alone would need to store everything the
+            // producers offered, at the cost of each pass.
+            for pass in ["cold", "warm"] {
+                let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
+                fs[pass]["cpus_for_offered"] = json!(per_gb * offered_bytes_per_sec / 1e9);
+            }
+            fs
+        }
+        None => Value::Null,
+    };
     Ok(json!({
         "threads": threads,
         "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
@@ -248,6 +364,7 @@ fn run_once(a: &Args) -> Result<Value> {
         "ns_per_record_p99": percentile(&batch, 0.99),
         "records_per_sec": offered as f64 / wall,
         "bytes_per_sec": bytes as f64 / wall,
+        "offered_bytes_per_sec": offered_bytes_per_sec,
         "seconds": wall,
         "written": offered,
         "accepted": accepted,
@@ -261,6 +378,7 @@ fn run_once(a: &Args) -> Result<Value> {
         "verified": verified,
         "verified_records": report.is_some(),
         "recorder_rss_anon_peak_kib": rec.as_ref().map(|r| r["rss_anon_peak_kib"].clone()),
+        "fs_baseline": fs,
     }))
 }
 
@@ -290,6 +408,27 @@ fn print_run(v: &Value) {
             f("recorder_cpu_s_per_gb"),
             u("recorder_rss_anon_peak_kib")
         );
+    }
+    let fs = &v["fs_baseline"];
+    if fs.is_object() {
+        let g = |pass: &str, k: &str| fs[pass][k].as_f64().unwrap_or(0.0);
+        println!(
+            "  filesystem write(2) alone of {} into the same directory before the run, twice: \
+             {:.0} MB/s at {:.2} CPU s per GB into memory not used lately, {:.0} MB/s at {:.2} reusing it",
+            util::human_bytes(fs["warm"]["bytes"].as_u64().unwrap_or(0)),
+            g("cold", "bytes_per_sec") / 1e6,
+            g("cold", "cpu_s_per_gb"),
+            g("warm", "bytes_per_sec") / 1e6,
+            g("warm", "cpu_s_per_gb"),
+        );
+        if v["rate"].is_number() {
+            println!(
+                "             storing the {:.0} MB/s offered would take the filesystem alone {:.2} CPUs ({:.2} warm)",
+                f("offered_bytes_per_sec") / 1e6,
+                g("cold", "cpus_for_offered"),
+                g("warm", "cpus_for_offered"),
+            );
+        }
     }
     println!(
         "  written {}  delivered {}  dropped {}  verified {}",
@@ -346,6 +485,7 @@ fn sweep(a: &Args) -> Result<i32> {
                 };
                 run.threads = Some(threads);
                 run.chan.overwrite = overwrite;
+                run.no_fs_baseline = true;
                 let v = run_once(&run)?;
                 bad |= v["verified"] == false;
                 if !a.json {
@@ -396,6 +536,7 @@ fn find_lossless(a: &Args) -> Result<i32> {
         }
         let mid = if lo == 0.0 { hi / 2.0 } else { (lo + hi) / 2.0 };
         run.rate = Some(mid);
+        run.no_fs_baseline = true;
         let v = run_once(&run)?;
         let ok = v["dropped"] == 0 && v["verified"] != false;
         if !a.json {

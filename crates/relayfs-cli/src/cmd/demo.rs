@@ -123,14 +123,14 @@ pub struct Args {
     pub json: bool,
 }
 
-/// xorshift64*: a small seeded generator for record lengths.
+/// xorshift64*: a small seeded generator (record lengths, filler bytes).
 pub(crate) struct Rng(u64);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
