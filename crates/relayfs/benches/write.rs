@@ -3,7 +3,11 @@
 //! run: a copy of the same bytes into a local ring (the floor), an SPSC ring
 //! push of the same bytes (rtrb, with a consumer thread draining it) and a
 //! `crossbeam-channel` send of the same bytes (a boxed copy, drained by a
-//! consumer thread).
+//! consumer thread). Beside the floor, one thread: the floor plus a CAS and
+//! a fetch_add on private words (`floor_cas_xadd`, the locked instructions
+//! of relayfs's fast path and nothing else), and plus a plain store and a
+//! fetch_add (`floor_store_xadd`, what a reservation without a lock prefix
+//! could reach).
 //!
 //! Run: `cargo bench -p relayfs --bench write`, then
 //! `python3 scripts/bench_table.py` for ns per record and ratios to the floor.
@@ -155,6 +159,44 @@ fn bench_sizes(c: &mut Criterion, group: &str, threads: usize) {
             })
         });
         if threads == 1 {
+            // The floor plus the atomics of a reserve/commit protocol, on
+            // private words, nothing else: what the locked instructions
+            // alone cost beside the copy. `floor_cas_xadd` is relayfs's fast
+            // path (a CAS reserves, a fetch_add commits); `floor_store_xadd`
+            // reserves with a plain load and store, as a reservation under
+            // a restartable sequence would.
+            for (name, cas) in [("floor_cas_xadd", true), ("floor_store_xadd", false)] {
+                g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                    b.iter_custom(|iters| {
+                        let mut ring = vec![0u8; 16 << 20];
+                        let head = std::sync::atomic::AtomicU64::new(0);
+                        let commit = std::sync::atomic::AtomicU64::new(0);
+                        let t = Instant::now();
+                        let mut at = 0usize;
+                        for _ in 0..iters {
+                            if at + size > ring.len() {
+                                at = 0;
+                            }
+                            let h = head.load(Ordering::Relaxed);
+                            if cas {
+                                let _ = head.compare_exchange(
+                                    h,
+                                    h + size as u64,
+                                    Ordering::Acquire,
+                                    Ordering::Relaxed,
+                                );
+                            } else {
+                                head.store(h + size as u64, Ordering::Relaxed);
+                            }
+                            ring[at..at + size].copy_from_slice(black_box(&rec));
+                            commit.fetch_add(size as u64, Ordering::AcqRel);
+                            at += size;
+                        }
+                        black_box(&ring);
+                        t.elapsed()
+                    })
+                });
+            }
             // rtrb: push the bytes into an SPSC ring a consumer drains.
             g.bench_with_input(BenchmarkId::new("rtrb_push", size), &size, |b, _| {
                 let (mut p, mut cons) = rtrb::RingBuffer::<u8>::new(16 << 20);
