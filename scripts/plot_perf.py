@@ -43,7 +43,7 @@ for ax, group, title in (
 ):
     for what, pts in sorted(rows.get(group, {}).items()):
         xs = sorted(pts)
-        style = "--" if what in ("floor_copy", "rtrb_push", "crossbeam_send") else "-"
+        style = "--" if what.startswith("floor_") or what in ("rtrb_push", "crossbeam_send") else "-"
         ax.plot(xs, [pts[x] for x in xs], style, marker="o", label=what)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -60,7 +60,8 @@ if relayfs.exists():
     for sb in sizes:
         r = subprocess.run(
             [str(relayfs), "bench", "--json", "--threads", "1", "--size", "64",
-             "--duration", "2", "--subbuf-size", str(sb), "--n-subbufs", str(total // sb)],
+             "--duration", "2", "--subbuf-size", str(sb), "--n-subbufs", str(total // sb),
+             "--no-fs-baseline"],
             capture_output=True, text=True, check=True)
         v = json.loads(r.stdout)
         ns.append(v["ns_per_record"])
