@@ -404,6 +404,55 @@ fn bench_reports_and_verifies() {
 }
 
 #[test]
+fn find_lossless_reports_a_rate_with_nothing_dropped_and_the_filesystem_ceiling() {
+    let root = tempfile::tempdir().unwrap();
+    let (out, v) = run_json(relayfs(root.path()).args([
+        "bench",
+        "--json",
+        "--threads",
+        "1",
+        "--duration",
+        "0.2",
+        "--find-lossless",
+    ]));
+    assert!(out.status.success(), "{v}");
+    let rate = v["lossless_rate"].as_f64().unwrap();
+    let top = &v["unthrottled"];
+    assert!(top["written"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(top["verified"], true, "{v}");
+    if top["dropped"] == 0 {
+        // No drops even unthrottled: the rate found is the one achieved.
+        assert_eq!(rate, top["records_per_sec"].as_f64().unwrap(), "{v}");
+    } else {
+        assert!(rate < top["records_per_sec"].as_f64().unwrap(), "{v}");
+        if rate > 0.0 {
+            let best = &v["at_that_rate"];
+            assert_eq!(best["dropped"], 0, "{v}");
+            assert_eq!(best["verified"], true, "{v}");
+        }
+    }
+    assert!(top["fs_baseline"]["cold"]["cpu_s_per_gb"].as_f64().unwrap() > 0.0);
+
+    let out = relayfs(root.path())
+        .args([
+            "bench",
+            "--threads",
+            "1",
+            "--duration",
+            "0.2",
+            "--find-lossless",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("the filesystem alone, measured before the first run, stores at most"),
+        "{text}"
+    );
+}
+
+#[test]
 fn recorder_into_dev_null_counts_everything_and_stays_small() {
     // The recorder alone (output to /dev/null): the counters still add up,
     // and its own memory, its mappings of the buffers aside, stays under

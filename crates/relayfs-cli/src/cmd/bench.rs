@@ -151,14 +151,14 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
 }
 
 /// Volume of the filesystem baseline: what the producers are expected to
-/// offer at `--rate` over `--duration` (1 GiB when unthrottled), within
-/// 64 MiB and 4 GiB (more than the caches, short enough to repeat).
+/// offer at `--rate` over `--duration` (1 GiB per second when unthrottled),
+/// within 64 MiB and 4 GiB (more than the caches, short enough to repeat).
 fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
     let mean = (a.size.min as f64 + a.size.max as f64) / 2.0;
     let expected = match (a.rate, a.count) {
         (_, Some(c)) => c as f64 * threads as f64 * mean,
         (Some(r), None) => r * a.duration * mean,
-        (None, None) => (1u64 << 30) as f64,
+        (None, None) => a.duration * (1u64 << 30) as f64,
     };
     (expected as u64).clamp(64 << 20, 4 << 30)
 }
@@ -525,6 +525,9 @@ fn find_lossless(a: &Args) -> Result<i32> {
             println!("{}", json!({ "lossless_rate": hi, "unthrottled": top }));
         } else {
             println!("no drops even unthrottled: {:.2} M records/s", hi / 1e6);
+            if let Some(line) = fs_ceiling(&top) {
+                println!("{line}");
+            }
         }
         return Ok(0);
     }
@@ -565,6 +568,31 @@ fn find_lossless(a: &Args) -> Result<i32> {
             "highest rate with zero drops found: {:.2} M records/s",
             lo / 1e6
         );
+        if let Some(line) = fs_ceiling(&top) {
+            println!("{line}");
+        }
     }
     Ok(0)
+}
+
+/// What the filesystem baseline of `v` (a run's summary) says about the
+/// rates a recorder could store at all: records per second of the run's
+/// mean size that one whole CPU writes into the filesystem alone.
+fn fs_ceiling(v: &Value) -> Option<String> {
+    let fs = v["fs_baseline"].as_object()?;
+    let mean = v["offered_bytes_per_sec"].as_f64()? / v["records_per_sec"].as_f64()?;
+    let per_cpu = |pass: &str| {
+        let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
+        if per_gb > 0.0 && mean > 0.0 {
+            1e9 / per_gb / mean
+        } else {
+            0.0
+        }
+    };
+    Some(format!(
+        "the filesystem alone, measured before the first run, stores at most {:.2} M records/s \
+         of {mean:.0} B with a whole CPU, into memory not used lately ({:.2} M/s reusing it)",
+        per_cpu("cold") / 1e6,
+        per_cpu("warm") / 1e6,
+    ))
 }
