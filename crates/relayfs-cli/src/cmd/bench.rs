@@ -61,8 +61,8 @@ pub struct Args {
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
-    /// Skip the filesystem baseline (write(2) alone of the recorded volume
-    /// into the output directory, measured after the run)
+    /// Skip the filesystem baseline (write(2) alone of the expected volume
+    /// into the output directory, twice, measured before the run)
     #[arg(long)]
     pub no_fs_baseline: bool,
 }
@@ -105,8 +105,8 @@ fn thread_cpu() -> f64 {
 
 /// The output filesystem alone, in the same run: `total` bytes written with
 /// `write(2)`, `chunk` bytes per call (a sub-buffer, as the recorder writes
-/// them), from a ring of `ring` bytes (the size of a buffer, so the source
-/// is no warmer in cache than the recorder's), into a new file in `dir`,
+/// them), from a ring of `ring` bytes (the size of a buffer, as the
+/// recorder's source is), into a new file in `dir`,
 /// which is removed after. Done twice, and both passes are reported: the
 /// first (`cold`) gets memory the system has not used lately, which in a
 /// virtual machine whose host takes freed memory back costs as much as the
