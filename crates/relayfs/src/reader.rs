@@ -466,8 +466,9 @@ impl RelayFile {
         self.wait_until(timeout, |f| Ok(f.next_chunk()?.is_some()))
     }
 
-    /// Whether a complete sub-buffer waits at the mapping reader's position.
-    fn complete_ready(&mut self) -> Result<bool, ReadError> {
+    /// The mapping reader's position (sub-buffers consumed) and what waits
+    /// there.
+    fn mapping_avail(&self) -> Result<(u64, Avail), ReadError> {
         let ord = self.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
         let avail = self
             .shared()
@@ -476,8 +477,13 @@ impl RelayFile {
                 path: self.path.clone(),
                 source,
             })?;
+        Ok((ord, avail))
+    }
+
+    /// Whether a complete sub-buffer waits at the mapping reader's position.
+    fn complete_ready(&mut self) -> Result<bool, ReadError> {
         Ok(matches!(
-            avail,
+            self.mapping_avail()?.1,
             Avail::Complete { .. } | Avail::Lapped { .. }
         ))
     }
@@ -627,14 +633,7 @@ impl Mapping<'_> {
         f.cur.check_epoch(&f.map.shared);
         loop {
             let g = f.header.geometry;
-            let ord = f.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
-            let avail = f
-                .shared()
-                .available(ord, false)
-                .map_err(|source| ReadError::Format {
-                    path: f.path.clone(),
-                    source,
-                })?;
+            let (ord, avail) = f.mapping_avail()?;
             match avail {
                 Avail::Complete { end, records } => {
                     return Ok(Some(ReadySubbuf {
