@@ -359,16 +359,15 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
             match f.poll(Some(Duration::from_millis(200)))? {
                 Ready::Readable => {}
                 Ready::Timeout => tail = true,
+                // `is_eof` looks at the partial sub-buffer too.
                 Ready::Closed => {
-                    f.set_complete_only(false);
-                    if f.available()? == 0 {
+                    if f.is_eof()? {
                         break End::Closed;
                     }
                     tail = true;
                 }
                 Ready::ProducerGone => {
-                    f.set_complete_only(false);
-                    if f.available()? == 0 {
+                    if f.is_eof()? {
                         res.abandoned = f.abandoned();
                         break End::ProducerGone;
                     }
