@@ -123,6 +123,19 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// User plus system CPU time, in seconds, of `who`: `libc::RUSAGE_SELF`
+/// (this process), `libc::RUSAGE_CHILDREN` (its waited-for children) or
+/// `libc::RUSAGE_THREAD` (the calling thread).
+pub fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: all-zero is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; an unknown `who` only makes it fail,
+    // leaving zeros.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,27 +82,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Recorder CPU time (user + system) of waited-for children, in seconds.
-fn children_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct we pass; all-zero is a valid start.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid rusage pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// CPU time (user + system) of the calling thread, in seconds.
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer; the clock id is a constant.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
-
 /// The output filesystem alone, in the same run: `total` bytes written with
 /// `write(2)`, `chunk` bytes per call (a sub-buffer, as the recorder writes
 /// them), from a ring of `ring` bytes (the size of a buffer, as the
@@ -131,7 +110,7 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
         .prefix(".relayfs-fs-baseline-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    let (t0, c0) = (Instant::now(), thread_cpu());
+    let (t0, c0) = (Instant::now(), util::cpu_seconds(libc::RUSAGE_THREAD));
     let mut done = 0u64;
     let mut at = 0usize;
     while done < total && !util::interrupted() {
@@ -141,7 +120,10 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
         done += n as u64;
         at = (at + n) % ring;
     }
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), thread_cpu() - c0);
+    let (secs, cpu) = (
+        t0.elapsed().as_secs_f64(),
+        util::cpu_seconds(libc::RUSAGE_THREAD) - c0,
+    );
     drop(f);
     Ok(json!({
         "bytes": done,
@@ -195,7 +177,7 @@ fn run_once(a: &Args) -> Result<Value> {
     } else {
         None
     };
-    let cpu_before = children_cpu();
+    let cpu_before = util::cpu_seconds(libc::RUSAGE_CHILDREN);
     let recorder = if a.no_reader {
         None
     } else {
@@ -293,7 +275,7 @@ fn run_once(a: &Args) -> Result<Value> {
         None => None,
     };
     let rec_secs = started.elapsed().as_secs_f64();
-    let rec_cpu = children_cpu() - cpu_before;
+    let rec_cpu = util::cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before;
     let offered: u64 = offered_per_writer.iter().sum();
     let accepted: u64 = results.iter().map(|t| t.ok).sum();
     let bytes: u64 = results.iter().map(|t| t.bytes).sum();

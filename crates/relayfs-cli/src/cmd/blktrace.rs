@@ -374,7 +374,7 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let events: u64 = per_cpu.iter().map(|c| c.events).sum();
     let garbage: u64 = per_cpu.iter().map(|c| c.garbage).sum();
-    let cpu_s = cpu_seconds();
+    let cpu_s = util::cpu_seconds(libc::RUSAGE_SELF);
     let mut summary =
         super::kernel::summary_json(&dir, &out, why, &results, elapsed, dropped, mmap);
     summary["device"] = json!(a.device.display().to_string());
@@ -426,16 +426,6 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(1);
     }
     Ok(code)
-}
-
-/// User plus system CPU time of this process so far.
-fn cpu_seconds() -> f64 {
-    // SAFETY: all-zero is a valid rusage.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 #[cfg(test)]
