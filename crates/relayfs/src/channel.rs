@@ -45,15 +45,20 @@ pub fn wake_fifo_path(buffer_path: &Path) -> PathBuf {
     buffer_path.with_file_name(format!(".{name}.wake"))
 }
 
+/// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
+/// must stay within the file system's 255-byte limit.
+pub(crate) const MAX_NAME: usize = 200;
+
 fn check_name(name: &str) -> Result<(), OpenError> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-        || name.len() > 200
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(OpenError::Name(name.to_string()));
+    }
+    if name.len() > MAX_NAME {
+        return Err(OpenError::NameTooLong {
+            name: name.to_string(),
+            len: name.len(),
+            max: MAX_NAME,
+        });
     }
     Ok(())
 }

@@ -1,4 +1,9 @@
 //! Error types, one per operation.
+//!
+//! An error's message says what failed; the error that caused it (an
+//! `io::Error`, a [`FormatError`]) is its [`source`](std::error::Error::source),
+//! not repeated in the message, so a chain printer (`anyhow`'s `{:#}`, or
+//! walking `source()`) prints each cause once.
 
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +30,10 @@ pub enum FormatError {
     #[error("not a relay buffer file (magic {0:#018x})")]
     Magic(u64),
     /// The file has a format version this library does not read.
-    #[error("relay buffer format version {0} is not supported (this library reads version 1)")]
+    #[error(
+        "relay buffer format version {0} is not supported (this library reads version {ours})",
+        ours = crate::layout::VERSION
+    )]
     Version(u64),
     /// The file is shorter than its header says.
     #[error("relay buffer file truncated: {actual} bytes, expected {expected}")]
@@ -59,6 +67,16 @@ pub enum OpenError {
     /// The channel or base file name is not a plain file name.
     #[error("invalid name {0:?}: it must be a non-empty file name without '/' or NUL, and not '.' or '..'")]
     Name(String),
+    /// The channel or base file name is longer than the limit.
+    #[error("name {name:?} is too long: {len} bytes, at most {max}")]
+    NameTooLong {
+        /// The name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest name accepted.
+        max: usize,
+    },
     /// A live producer already has this channel open.
     #[error("channel {path} is already open by a live producer (pid {pid})")]
     Busy {
@@ -72,7 +90,7 @@ pub enum OpenError {
     #[error("channel {0} holds buffers left by a producer that is gone; open with Stale::Replace to replace them")]
     Stale(PathBuf),
     /// The buffer space could not be allocated (e.g. /dev/shm is full).
-    #[error("cannot allocate {size} bytes for {path}: {source} (is the filesystem full?)")]
+    #[error("cannot allocate {size} bytes for {path} (is the filesystem full?)")]
     NoSpace {
         /// The buffer file.
         path: PathBuf,
@@ -82,7 +100,7 @@ pub enum OpenError {
         source: io::Error,
     },
     /// A file system call failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -111,7 +129,7 @@ pub enum WriteError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The file is not a valid relay buffer, or its state is corrupt.
-    #[error("{path}: {source}")]
+    #[error("bad relay buffer file {path}")]
     Format {
         /// The buffer file.
         path: PathBuf,
@@ -122,7 +140,7 @@ pub enum ReadError {
     #[error("{0}: another reader has this buffer open (one reader per buffer)")]
     Busy(PathBuf),
     /// A system call failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
