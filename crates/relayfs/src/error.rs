@@ -89,6 +89,39 @@ pub enum OpenError {
     /// caller asked to refuse rather than replace them.
     #[error("channel {0} holds buffers left by a producer that is gone; open with Stale::Replace to replace them")]
     Stale(PathBuf),
+    /// A directory to use is a symbolic link (directories in shared places
+    /// are opened without following them).
+    #[error("{0} is a symbolic link; relay directories are opened without following symbolic links: use the directory itself")]
+    Symlink(PathBuf),
+    /// A directory to use belongs to another user (not root): its owner
+    /// could swap the files in it.
+    #[error("{path} belongs to uid {owner}, not to you (uid {euid}) nor root, so it is refused: set RELAYFS_DIR (or ChannelBuilder::dir) to a directory of your own")]
+    ForeignOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        euid: u32,
+    },
+    /// A directory to use is writable by group or others and not sticky:
+    /// they could replace the files in it.
+    #[error("{path} is writable by group or others without the sticky bit (mode {mode:o}), so anyone could replace files in it: chmod go-w (or +t) it, or set RELAYFS_DIR (or ChannelBuilder::dir) to a directory of your own")]
+    Insecure {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Something with the name of a buffer file (or its wakeup FIFO) is not
+    /// one of our relay buffers; it is left alone.
+    #[error("{path} is not a relay buffer of ours ({reason}); it was left alone: remove it yourself, or use another channel name or directory")]
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not ours.
+        reason: String,
+    },
     /// The buffer space could not be allocated (e.g. /dev/shm is full).
     #[error("cannot allocate {size} bytes for {path} (is the filesystem full?)")]
     NoSpace {
@@ -135,6 +168,16 @@ pub enum ReadError {
         path: PathBuf,
         /// What is wrong.
         source: FormatError,
+    },
+    /// The path is not a regular file (a symbolic link, a FIFO, a
+    /// directory…): relay buffer files are opened without following
+    /// symbolic links.
+    #[error("{path} is {kind}, not a regular file: relay buffer files are opened without following symbolic links")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
     },
     /// Another reader holds this buffer.
     #[error("{0}: another reader has this buffer open (one reader per buffer)")]
