@@ -13,8 +13,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
@@ -23,22 +22,15 @@ use rustix::fs::OFlags;
 
 use crate::dir::{ChannelDir, Ident};
 
-fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
-/// Opens `path` without following a symbolic link, and makes sure it is a
-/// FIFO (a symbolic link or another kind of file in its place is refused).
-fn open_fifo(path: &Path, flags: libc::c_int) -> io::Result<File> {
-    let c = cpath(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    let f = unsafe { File::from_raw_fd(fd) };
+/// Opens `path` read-only and non-blocking, without following a symbolic
+/// link, and makes sure it is a FIFO (a symbolic link or another kind of
+/// file in its place is refused).
+fn open_fifo(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
     if !f.metadata()?.file_type().is_fifo() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
     }
@@ -103,7 +95,7 @@ impl Waiter {
     /// that is not a FIFO is refused.
     pub(crate) fn open(path: &Path) -> io::Result<Waiter> {
         Ok(Waiter {
-            fifo: open_fifo(path, libc::O_RDONLY | libc::O_NONBLOCK)?,
+            fifo: open_fifo(path)?,
         })
     }
 
