@@ -93,11 +93,65 @@ pub fn recording_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Lost records reported in a recorder summary in `dir`, if there is one.
-fn summary_lost(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join(super::record::SUMMARY_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("lost")?.as_u64()
+/// The recorder's summary in `dir`: None if there is none, an error if it
+/// can't be read or parsed.
+fn summary(dir: &Path) -> Result<Option<serde_json::Value>, String> {
+    let path = dir.join(super::record::SUMMARY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: not a recorder summary: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The buffer a recording file belongs to: `cpu0` for `cpu0.out` and
+/// `cpu0.out.3`.
+fn buffer_of(file: &Path) -> String {
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    match name.rsplit_once(".out") {
+        Some((stem, _)) => stem.to_string(),
+        None => name,
+    }
+}
+
+/// Holds the recording to the recorder's summary: every buffer of the
+/// channel (`n_buffers`, from the buffers' headers) was recorded without
+/// error and has its files.
+fn check_summary(rep: &mut Report, dir: &Path, s: &serde_json::Value) {
+    let buffers = s["buffers"].as_array().cloned().unwrap_or_default();
+    if let Some(n) = s["n_buffers"].as_u64() {
+        if (buffers.len() as u64) < n {
+            rep.defect(format!(
+                "the channel has {n} buffers, the recorder's summary lists {}",
+                buffers.len()
+            ));
+        }
+        let have: std::collections::BTreeSet<String> =
+            rep.files.iter().map(|f| buffer_of(f)).collect();
+        for b in &buffers {
+            let name = b["name"].as_str().unwrap_or("?");
+            if !have.contains(name) {
+                rep.defect(format!(
+                    "buffer {name}: no {name}.out file in {} (the recording is incomplete)",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    for b in &buffers {
+        if let Some(e) = b["error"].as_str() {
+            rep.defect(format!(
+                "buffer {}: the recorder failed: {e}",
+                b["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
 }
 
 /// Defect messages kept in a report; more are counted, not kept.
@@ -255,7 +309,20 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         }
     }
     rep.missing = rep.writers.values().map(|w| w.missing).sum();
-    rep.lost = expect.lost.or_else(|| summary_lost(dir)).unwrap_or(0);
+    let summary = match summary(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            rep.defect(e);
+            None
+        }
+    };
+    if let Some(s) = &summary {
+        check_summary(&mut rep, dir, s);
+    }
+    rep.lost = expect
+        .lost
+        .or_else(|| summary.as_ref().and_then(|s| s["lost"].as_u64()))
+        .unwrap_or(0);
     if rep.missing > rep.lost {
         rep.defects.push(format!(
             "{} records missing, but only {} counted as lost",
