@@ -271,6 +271,21 @@ fn verify_catches_every_kind_of_defect() {
     let d = root.path().join("missing");
     let (ok, v) = verify(&d, &["--lost", "1"]);
     assert!(ok, "{v}");
+    // The producer's counters (as the demo prints them) tell a writer
+    // missing altogether.
+    let counters = root.path().join("counters.json");
+    let write_counters = |threads: u64| {
+        let c = serde_json::json!({ "threads": threads, "count": 50, "dropped": 0 });
+        std::fs::write(&counters, c.to_string()).unwrap();
+    };
+    write_counters(1);
+    let c = counters.to_str().unwrap();
+    let (ok, v) = verify(&good, &["--counters", c]);
+    assert!(ok, "{v}");
+    write_counters(2);
+    let (ok, v) = verify(&good, &["--counters", c]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["missing"], 50, "{v}");
 }
 
 #[test]

@@ -352,16 +352,47 @@ pub struct Args {
     /// Records each writer offered (with --writers)
     #[arg(long, requires = "writers")]
     pub count: Option<u64>,
+    /// The producer's counters: a JSON object with `threads`, `count` and
+    /// `dropped`, as `relayfs demo --json` prints (instead of --writers,
+    /// --count and --lost)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["writers", "count", "lost"])]
+    pub counters: Option<PathBuf>,
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
 }
 
+/// What the producer's counters in `path` (the demo's `--json` summary)
+/// hold the recording to.
+fn counters(path: &Path) -> Result<Expect> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object", path.display()))?;
+    let field = |k: &str| {
+        v[k].as_u64().with_context(|| {
+            format!(
+                "{}: no counter {k:?} (expected the output of relayfs demo --json)",
+                path.display()
+            )
+        })
+    };
+    let writers = u32::try_from(field("threads")?)
+        .with_context(|| format!("{}: too many threads", path.display()))?;
+    Ok(Expect {
+        writers_count: Some((writers, field("count")?)),
+        lost: Some(field("dropped")?),
+    })
+}
+
 /// Runs `relayfs verify`; the exit code is 0 only with no defect.
 pub fn run(a: &Args) -> Result<i32> {
-    let expect = Expect {
-        writers_count: a.writers.zip(a.count),
-        lost: a.lost,
+    let expect = match &a.counters {
+        Some(path) => counters(path)?,
+        None => Expect {
+            writers_count: a.writers.zip(a.count),
+            lost: a.lost,
+        },
     };
     let rep = verify_dir(&a.dir, &expect)?;
     if a.json {
