@@ -269,6 +269,48 @@ mod tests {
         assert!(parse_size("99999999999999G").is_err());
     }
 
+    /// A global (one-buffer) channel's buffer file, copied to `to`.
+    fn copy_of_a_buffer(to: &Path) {
+        let d = tempfile::tempdir().unwrap();
+        let chan = relayfs::Channel::builder("c")
+            .dir(d.path())
+            .global(true)
+            .subbuf_size(4096)
+            .n_subbufs(2)
+            .open()
+            .unwrap();
+        std::fs::copy(chan.buffer_path(0), to).unwrap();
+        chan.close().unwrap();
+    }
+
+    #[test]
+    fn scan_reports_foreign_and_invalid_buffer_files() {
+        let d = tempfile::tempdir().unwrap();
+        copy_of_a_buffer(&d.path().join("cpu0"));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        copy_of_a_buffer(&d.path().join("cpu1"));
+        std::fs::write(d.path().join("cpu2"), b"not a buffer").unwrap();
+        std::fs::write(d.path().join("notes1"), b"someone else's").unwrap();
+        let scan = scan_channel(d.path(), None).unwrap();
+        // The newest channel is the one; the other's file is a leftover.
+        let names: Vec<_> = scan.bufs.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["cpu1"]);
+        let bad: Vec<_> = scan.bad.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(bad, ["cpu0", "cpu2"], "{:?}", scan.bad);
+        assert!(
+            scan.bad[0].reason.contains("another channel"),
+            "{:?}",
+            scan.bad
+        );
+        assert_eq!(scan.n_buffers, 1);
+        // With every file bad, each is still reported.
+        std::fs::remove_file(d.path().join("cpu0")).unwrap();
+        std::fs::remove_file(d.path().join("cpu1")).unwrap();
+        let scan = scan_channel(d.path(), None).unwrap();
+        assert!(scan.bufs.is_empty());
+        assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
+    }
+
     #[test]
     fn human() {
         assert_eq!(human_bytes(10), "10 B");

@@ -236,7 +236,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 /// Waits for the channel and all its buffers: as many as the buffers'
 /// headers say the channel has, all of one channel. Once the channel exists
-/// (its directory; with `--wait`, its first valid buffer), waits at most
+/// (its directory; with `--wait`, its first buffer file), waits at most
 /// [`SETTLE`], then returns what is there with the rest in `bad`.
 fn find_buffers(dir: &Path, a: &Args) -> Result<util::ChannelScan> {
     let mut seen: Option<Instant> = None;
@@ -246,7 +246,7 @@ fn find_buffers(dir: &Path, a: &Args) -> Result<util::ChannelScan> {
             if !scan.bufs.is_empty() && scan.bad.is_empty() {
                 return Ok(scan);
             }
-            if !a.wait || !scan.bufs.is_empty() {
+            if !a.wait || !scan.bufs.is_empty() || !scan.bad.is_empty() {
                 let first = *seen.get_or_insert_with(Instant::now);
                 if first.elapsed() >= SETTLE {
                     if scan.bufs.is_empty() && scan.bad.is_empty() {
