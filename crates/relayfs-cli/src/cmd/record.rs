@@ -127,16 +127,18 @@ fn record_buffer(
         error: None,
     };
     let mut go = |res: &mut BufResult| -> Result<End> {
-        let mut out = Output::resume(
-            &a.out,
-            &format!("{}.out", buf.name),
-            a.max_size,
-            a.max_files,
-            f.header().channel_id,
-            f.stats().bytes_consumed,
-        )?;
-        let rotate = a.max_size.is_some();
         let mut warned = false;
+        let mut out = retrying(a, stop, &mut warned, || {
+            Output::resume(
+                &a.out,
+                &format!("{}.out", buf.name),
+                a.max_size,
+                a.max_files,
+                f.header().channel_id,
+                f.stats().bytes_consumed,
+            )
+        })?;
+        let rotate = a.max_size.is_some();
         // Whole sub-buffers only while the producer is busy: one large write
         // each, and no chasing the producer record by record. The sub-buffer
         // being written is taken too (`tail`) once a poll times out (the
@@ -177,7 +179,7 @@ fn record_buffer(
             };
             out.wrote(n);
             if rotate && f.at_subbuf_boundary() {
-                out.maybe_rotate()?;
+                retrying(a, stop, &mut warned, || out.maybe_rotate())?;
             }
             res.bytes += n;
             progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -523,6 +525,49 @@ impl MemorySampler {
     }
 }
 
+/// Whether an output error is the output filesystem being full.
+fn output_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        })
+    })
+}
+
+/// Runs an output operation (creating, rotating, the state file); with
+/// `--retry`, a full output filesystem makes it wait and try again until
+/// the recording is stopped. Each operation can be repeated after a failure.
+fn retrying<T>(
+    a: &Args,
+    stop: &AtomicBool,
+    warned: &mut bool,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    loop {
+        match op() {
+            Err(e)
+                if a.retry
+                    && output_full(&e)
+                    && !stop.load(Ordering::Relaxed)
+                    && !util::interrupted() =>
+            {
+                if !*warned {
+                    eprintln!(
+                        "relayfs record: {e:#}; retrying (the producer counts what it drops meanwhile)"
+                    );
+                    *warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Whether a reader error is the output filesystem being full.
 pub(crate) fn out_of_space(e: &relayfs::ReadError) -> bool {
     matches!(e, relayfs::ReadError::Io { source, .. }
@@ -631,5 +676,58 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         eprintln!(
             "  the producer died without closing the channel: every complete sub-buffer was saved"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["record", "chan", "-o", "out"];
+        v.extend_from_slice(extra);
+        Cli::parse_from(v).a
+    }
+
+    /// An output operation that finds the filesystem full `fails` times,
+    /// the way `tempfile` reports it (the kind kept, the OS code wrapped).
+    fn full_then_ok(fails: u32) -> impl FnMut() -> Result<u32> {
+        let mut n = 0;
+        move || {
+            n += 1;
+            if n <= fails {
+                let e = std::io::Error::new(std::io::ErrorKind::StorageFull, "at path x");
+                Err(anyhow::Error::new(e).context("cannot write x"))
+            } else {
+                Ok(n)
+            }
+        }
+    }
+
+    #[test]
+    fn output_setup_waits_for_room_with_retry_only() {
+        let stop = AtomicBool::new(false);
+        let mut warned = false;
+        let r = retrying(&args(&["--retry"]), &stop, &mut warned, full_then_ok(2));
+        assert_eq!(r.unwrap(), 3);
+        assert!(warned);
+        let mut warned = false;
+        let e = retrying(&args(&[]), &stop, &mut warned, full_then_ok(2)).unwrap_err();
+        assert!(output_full(&e), "{e:#}");
+        let os = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(output_full(&os.context("writing")));
+        let other = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!output_full(&other));
+        // Stopped: no more waiting.
+        stop.store(true, Ordering::Relaxed);
+        let r = retrying(&args(&["--retry"]), &stop, &mut warned, full_then_ok(2));
+        assert!(r.is_err());
     }
 }
