@@ -583,6 +583,14 @@ fn a_bad_buffer_file_is_reported_by_stat_and_record() {
         String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
     assert!(!st.status.success(), "{text}");
     assert!(text.contains(&bad_name) && text.contains("magic"), "{text}");
+    let st = relayfs(root.path())
+        .args(["stat", "spoilt", "--json"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["errors"][0]["buffer"], bad_name.as_str(), "{v}");
+    assert_eq!(v["buffers"].as_array().unwrap().len(), last, "{v}");
     let out = root.path().join("out");
     let rec = relayfs(root.path())
         .args(["record", "spoilt", "--json", "-o"])

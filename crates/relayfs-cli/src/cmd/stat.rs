@@ -140,12 +140,14 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(if once(a)? { 0 } else { 1 });
     };
     util::catch_interrupts();
+    // The status of the last look at the channel.
+    let mut ok = true;
     while !util::interrupted() {
         if !a.json {
             print!("\x1b[H\x1b[2J");
         }
-        once(a)?;
+        ok = once(a)?;
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));
     }
-    Ok(0)
+    Ok(if ok { 0 } else { 1 })
 }
