@@ -26,6 +26,9 @@ pub struct BufferFile {
     pub path: PathBuf,
     /// CPU number parsed from the name.
     pub cpu: u64,
+    /// Channel id in its header when it was looked at (0 if it was not
+    /// valid then).
+    pub channel_id: u64,
 }
 
 /// The valid buffer files `<base><N>` of a channel directory, in CPU order.
@@ -99,6 +102,7 @@ pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
                 name: name.clone(),
                 path: ent.path(),
                 cpu,
+                channel_id: header.as_ref().map_or(0, |h| h.channel_id),
             },
             header,
         ));

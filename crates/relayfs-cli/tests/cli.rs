@@ -645,6 +645,20 @@ fn verify_notices_a_buffer_missing_from_the_recording() {
             .unwrap()
     };
     assert!(verify().status.success());
+    // Cut short at a record boundary: the records left are in order with
+    // no gap, but fewer than the recorder delivered.
+    let cpu0 = out.join("cpu0.out");
+    let whole = std::fs::read(&cpu0).unwrap();
+    std::fs::write(&cpu0, &whole[..50 * 64]).unwrap();
+    let v = verify();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(!v.status.success(), "{text}");
+    assert!(
+        text.contains("50 records") && text.contains("100"),
+        "{text}"
+    );
+    std::fs::write(&cpu0, &whole).unwrap();
+    assert!(verify().status.success());
     // The whole buffer that held writer 0 is gone.
     std::fs::remove_file(out.join("cpu0.out")).unwrap();
     let v = verify();

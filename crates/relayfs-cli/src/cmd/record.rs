@@ -310,6 +310,14 @@ pub fn run(a: &Args) -> Result<i32> {
     let mut bufs = Vec::new();
     for b in &scan.bufs {
         match RelayFile::open(&b.path) {
+            Ok(f) if f.header().channel_id != b.channel_id => unrecorded.push(failed(
+                &b.name,
+                format!(
+                    "{}: replaced by another channel's buffer (id {:#x}) while the recorder started",
+                    b.path.display(),
+                    f.header().channel_id
+                ),
+            )),
             Ok(f) => bufs.push((b.clone(), f)),
             Err(relayfs::ReadError::Busy(p)) => bail!(
                 "{}: another reader has this buffer (is another recorder running?); {} left untouched",
@@ -598,6 +606,7 @@ fn summarize(
         "channel_id": scan.channel_id,
         "n_buffers": scan.n_buffers,
         "out": a.out.display().to_string(),
+        "max_files": a.max_files,
         "end": end.as_str(),
         "exit_code": exit_code(results),
         "elapsed_s": elapsed,

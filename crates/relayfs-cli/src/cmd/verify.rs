@@ -144,6 +144,23 @@ fn check_summary(rep: &mut Report, dir: &Path, s: &serde_json::Value) {
             }
         }
     }
+    // The files hold what the buffers say was delivered, unless --max-files
+    // removed some on purpose.
+    if s["n_buffers"].is_u64() && s["max_files"].is_null() {
+        if let Some(delivered) = s["records_delivered"].as_u64() {
+            let held: u64 = rep.writers.values().map(|w| w.records).sum();
+            if held != delivered {
+                rep.defect(format!(
+                    "the files hold {held} records, the recorder's summary says {delivered} were delivered{}",
+                    if held < delivered {
+                        " (files missing or cut short)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
     for b in &buffers {
         if let Some(e) = b["error"].as_str() {
             rep.defect(format!(
