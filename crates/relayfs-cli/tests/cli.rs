@@ -345,7 +345,7 @@ fn record_rotates_files_at_subbuffer_boundaries() {
     let mut files: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".out."))
+        .filter(|n| n.contains(".out.") && !n.starts_with('.'))
         .collect();
     files.sort();
     assert!(!files.is_empty());
