@@ -4,6 +4,7 @@
 
 mod cmd;
 mod demofmt;
+mod output;
 mod util;
 
 use clap::{Parser, Subcommand};
