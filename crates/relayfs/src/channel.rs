@@ -954,6 +954,8 @@ pub(crate) fn add_stats(t: &mut BufferStats, s: &BufferStats) {
     t.discarded_subbufs += s.discarded_subbufs;
     t.padding_bytes += s.padding_bytes;
     t.last_toobig = t.last_toobig.max(s.last_toobig);
+    t.dropped_corrupt += s.dropped_corrupt;
+    t.corrupt = t.corrupt.max(s.corrupt);
 }
 
 /// Creates a channel with the kernel's argument list (`relay_open`): buffer

@@ -105,6 +105,13 @@ pub enum WriteError {
     /// counted in `dropped_toobig`.
     #[error("record of {0} bytes is larger than a sub-buffer")]
     TooBig(usize),
+    /// The buffer's shared state was found corrupt (something other than
+    /// the protocol wrote its head or descriptors, e.g. a process with write
+    /// access to the file): the buffer is marked corrupt and every write to
+    /// it is refused at once, counted in `dropped_corrupt`, until
+    /// [`Channel::reset`](crate::Channel::reset).
+    #[error("buffer state corrupt: record dropped")]
+    Corrupt,
 }
 
 /// Error from the reader side.

@@ -150,6 +150,7 @@ struct WriterResult {
     ok: u64,
     full: u64,
     toobig: u64,
+    corrupt: u64,
     bytes: u64,
     secs: f64,
 }
@@ -202,6 +203,7 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
                         }
                         Err(WriteError::Full) => r.full += 1,
                         Err(WriteError::TooBig(_)) => r.toobig += 1,
+                        Err(WriteError::Corrupt) => r.corrupt += 1,
                     }
                 }
                 r.secs = t.elapsed().as_secs_f64();
@@ -272,7 +274,10 @@ pub fn run(a: &Args) -> Result<i32> {
     let offered = threads as u64 * a.count;
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
-    let producer_lost = pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records;
+    let producer_lost = pstats.dropped_full
+        + pstats.dropped_toobig
+        + pstats.dropped_corrupt
+        + pstats.overwritten_records;
     let discarded = rec_json["discarded"].as_u64().unwrap_or(0);
     let dropped = producer_lost + discarded;
     let verified = if a.no_record {
@@ -313,6 +318,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "dropped": dropped,
         "dropped_full": pstats.dropped_full,
         "dropped_toobig": pstats.dropped_toobig,
+        "dropped_corrupt": pstats.dropped_corrupt,
         "overwritten": pstats.overwritten_records,
         "discarded": discarded,
         "verified": ok,
@@ -407,12 +413,13 @@ fn print_summary(s: &serde_json::Value, no_record: bool) {
         println!("  delivered  {}", u("delivered"));
     }
     println!(
-        "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {})",
+        "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {}, corrupt buffer {})",
         u("dropped"),
         u("dropped_full"),
         u("dropped_toobig"),
         u("overwritten"),
-        u("discarded")
+        u("discarded"),
+        u("dropped_corrupt")
     );
     if no_record {
         return;

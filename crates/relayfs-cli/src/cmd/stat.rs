@@ -56,6 +56,8 @@ fn once(a: &Args) -> Result<()> {
                     "overwritten_subbufs": s.overwritten_subbufs,
                     "discarded_records": s.discarded_records,
                     "padding_bytes": s.padding_bytes,
+                    "dropped_corrupt": s.dropped_corrupt,
+                    "corrupt": relayfs::layout::corrupt_reason(s.corrupt),
                 })
             })
             .collect();
@@ -106,6 +108,12 @@ fn once(a: &Args) -> Result<()> {
                 ""
             }
         );
+        if let Some(why) = relayfs::layout::corrupt_reason(s.corrupt) {
+            println!(
+                "{:<8} corrupt: {why}; {} records refused since",
+                "", s.dropped_corrupt
+            );
+        }
     }
     Ok(())
 }
