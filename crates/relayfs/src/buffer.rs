@@ -240,6 +240,7 @@ impl Shared {
             hdr::SUBBUFS_COMPLETED,
             hdr::DROPPED_CORRUPT,
             hdr::CORRUPT,
+            hdr::UNREAD_AT_CLOSE,
         ] {
             self.h(off).store(0, Ordering::Relaxed);
         }
@@ -923,11 +924,12 @@ impl Shared {
 
 /// The counters of one buffer, read by either side.
 ///
-/// They add up: once the channel is closed and a reader drained it,
-/// `records_written` equals the sum of `records_consumed`,
-/// `overwritten_records` and `discarded_records`; and every record ever
-/// offered to `write`/`reserve` is in `records_written`, `dropped_full`,
-/// `dropped_toobig` or `dropped_corrupt`. While writers are
+/// They add up: once the channel is closed (and a reader that was attached
+/// then drained it), `records_written` equals the sum of `records_consumed`,
+/// `overwritten_records`, `discarded_records` and `unread_at_close`; and every
+/// record ever offered to `write`/`reserve` is in `records_written`,
+/// `dropped_full`, `dropped_toobig` or `dropped_corrupt`. So
+/// `records_consumed + lost()` is every record offered. While writers are
 /// active, the counters are a moment's snapshot of each, not of all. A buffer
 /// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
 /// every refusal counted, but the record counts of its damaged sub-buffers
@@ -976,17 +978,21 @@ pub struct BufferStats {
     /// code, see [`layout::corrupt_reason`](crate::layout::corrupt_reason));
     /// 0 if it didn't. Summed over buffers, non-zero if any is.
     pub corrupt: u64,
+    /// Records no reader consumed, counted by `relay_close` when no reader
+    /// was attached to the buffer (none can read them any more).
+    pub unread_at_close: u64,
 }
 
 impl BufferStats {
     /// Records lost in any way: dropped (full, too big, corrupt buffer),
-    /// overwritten, or discarded by the reader.
+    /// overwritten, discarded by the reader, or left unread at close.
     pub fn lost(&self) -> u64 {
         self.dropped_full
             + self.dropped_toobig
             + self.dropped_corrupt
             + self.overwritten_records
             + self.discarded_records
+            + self.unread_at_close
     }
 }
 
@@ -1027,7 +1033,52 @@ impl Shared {
             last_toobig: h(hdr::LAST_TOOBIG),
             dropped_corrupt: h(hdr::DROPPED_CORRUPT),
             corrupt: h(hdr::CORRUPT),
+            unread_at_close: h(hdr::UNREAD_AT_CLOSE),
         }
+    }
+
+    /// Records in complete sub-buffers that no reader consumed and no writer
+    /// overwrote: what a reader would still get. Called by `relay_close`
+    /// after the final flush, with no writer in flight and the reader lock
+    /// held by the producer (so no reader is or can become attached), to
+    /// count them in `unread_at_close`. The sub-buffer a reader had started
+    /// counts whole: the reader counts a sub-buffer's records when it
+    /// finishes it.
+    pub(crate) fn count_unread_at_close(&self) -> u64 {
+        let g = &self.g;
+        let h = self.head();
+        // After the flush `head` is at the start of the next sub-buffer. If
+        // it isn't (a corrupt buffer), the open one never completed, so its
+        // records never reached `records_written`.
+        let produced = g.pos_ordinal(h);
+        // The reader page is the reader's: clamp what it says.
+        // SYNC POINT: Acquire pairs with the reader's Release store of
+        // CONSUMED (its counters were updated before it).
+        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(produced);
+        // Older ones were overwritten, and counted by their overwriters.
+        let start = consumed.max(produced.saturating_sub(g.n_subbufs));
+        let mut unread = 0u64;
+        for ord in start..produced {
+            let slot = ord % g.n_subbufs;
+            let lap = ord / g.n_subbufs;
+            // Relaxed: no writer is in flight (close owns the channel) and
+            // this thread made the last completions (the final flush) or
+            // acquired them through `head` above.
+            if self.d(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
+                || self.d(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
+            {
+                continue; // never completed: not in records_written
+            }
+            // SYNC POINT: Acquire pairs with the claim CASes (AcqRel); a
+            // sub-buffer marked overwritten was counted by its overwriter.
+            if self.claim_word(slot).load(Ordering::Acquire) == claim(ord, CLAIM_OVERWRITTEN) {
+                continue;
+            }
+            unread = unread.saturating_add(self.d(slot, desc::REC_LAST).load(Ordering::Relaxed));
+        }
+        self.h(hdr::UNREAD_AT_CLOSE)
+            .fetch_add(unread, Ordering::Relaxed);
+        unread
     }
 
     /// Marks `n` complete sub-buffers at the reader's position as consumed

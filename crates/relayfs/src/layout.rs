@@ -84,6 +84,9 @@ pub(crate) mod hdr {
     /// one of the `CORRUPT_*` reasons. Writes then drop (counted in
     /// `DROPPED_CORRUPT`) until `relay_reset`.
     pub const CORRUPT: usize = 600;
+    /// Records no reader consumed, counted by `relay_close` when no reader
+    /// was attached (so none could read them any more).
+    pub const UNREAD_AT_CLOSE: usize = 608;
     /// Bytes of the header page in use.
     pub const END: usize = 640;
 }

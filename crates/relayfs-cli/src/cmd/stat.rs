@@ -57,6 +57,7 @@ fn once(a: &Args) -> Result<()> {
                     "discarded_records": s.discarded_records,
                     "padding_bytes": s.padding_bytes,
                     "dropped_corrupt": s.dropped_corrupt,
+                    "unread_at_close": s.unread_at_close,
                     "corrupt": relayfs::layout::corrupt_reason(s.corrupt),
                 })
             })
