@@ -953,8 +953,10 @@ pub struct BufferStats {
     pub records_consumed: u64,
     /// Bytes the reader consumed (header reserves included).
     pub bytes_consumed: u64,
-    /// Records dropped because the buffer was full (no-overwrite mode), or a
-    /// switch was refused.
+    /// Records dropped because a sub-buffer switch was refused: the buffer
+    /// was full (no-overwrite mode), `subbuf_start` refused, or (both modes)
+    /// the sub-buffer to reuse still held an uncommitted reservation of its
+    /// previous lap ([`WriteError::Full`]).
     pub dropped_full: u64,
     /// Records dropped because they were larger than a sub-buffer.
     pub dropped_toobig: u64,

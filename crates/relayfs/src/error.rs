@@ -97,8 +97,16 @@ pub enum OpenError {
 /// buffer's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// No-overwrite mode and every sub-buffer is full (or the `subbuf_start`
-    /// callback refused the switch): counted in `dropped_full`.
+    /// The record needed a sub-buffer switch that was refused: counted in
+    /// `dropped_full`. In no-overwrite mode, because every sub-buffer is
+    /// full (the reader hasn't consumed the oldest), or the `subbuf_start`
+    /// callback refused. In **both** modes, because the sub-buffer to reuse
+    /// still has a reservation of its previous lap that is not committed: a
+    /// writer was preempted (or migrated) between reserve and commit while
+    /// the ring came all the way round. Overwrite mode never overwrites
+    /// bytes a writer may still be copying, so it refuses until that writer
+    /// commits. Small rings and more writer threads than CPUs make this
+    /// frequent (see `docs/PERFORMANCE.md`).
     #[error("buffer full: record dropped")]
     Full,
     /// The record is longer than a sub-buffer less its header reserve:
