@@ -1043,7 +1043,9 @@ impl Shared {
     /// overwrote: what a reader would still get. Called by `relay_close`
     /// after the final flush, with no writer in flight and the reader lock
     /// held by the producer (so no reader is or can become attached), to
-    /// count them in `unread_at_close`. The sub-buffer a reader had started
+    /// count them in `unread_at_close`; then moves the reader's position
+    /// past them (`subbufs_consumed` includes them from then on). The
+    /// sub-buffer a reader had started
     /// counts whole: the reader counts a sub-buffer's records when it
     /// finishes it.
     pub(crate) fn count_unread_at_close(&self) -> u64 {
@@ -1080,6 +1082,13 @@ impl Shared {
         }
         self.h(hdr::UNREAD_AT_CLOSE)
             .fetch_add(unread, Ordering::Relaxed);
+        // None of it will be read: move the reader's position past it, so
+        // that a reader attaching once the lock is released finds nothing
+        // left rather than delivering what was just counted.
+        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Release, as a reader's store of CONSUMED (nothing
+        // acquires it after close but a later reader's load).
+        self.r(rdr::CONSUMED).store(produced, Ordering::Release);
         unread
     }
 

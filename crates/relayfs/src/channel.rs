@@ -920,12 +920,14 @@ impl Channel {
         let mut result = Ok(());
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
-            // lock, take it: then none is attached or can attach (a late
-            // one gets `Busy`), so what is unconsumed will never be read:
-            // count it. Held until the buffer is dropped. If a reader holds
-            // it, that reader drains the buffer.
+            // lock, take it: then none is attached or can attach, so what is
+            // unconsumed will never be read: count it, and move the reader's
+            // position past it, so that a reader attaching after we let go
+            // finds the buffer drained (and the end, once it is closed
+            // below). If a reader holds the lock, that reader drains it.
             if let Ok(true) = shm::try_lock_byte(&b._file, shm::READER_LOCK_BYTE) {
                 b.shared().count_unread_at_close();
+                let _ = shm::unlock_byte(&b._file, shm::READER_LOCK_BYTE);
             }
             // SYNC POINT: Release pairs with the reader's Acquire load of
             // STATE: a reader that sees CLOSED sees every sub-buffer flushed.

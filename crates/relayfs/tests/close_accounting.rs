@@ -123,3 +123,45 @@ fn nothing_read_nothing_lost_when_closed_empty() {
     assert_eq!(s.unread_at_close, 0);
     assert_eq!(s.lost(), 0);
 }
+
+/// Callbacks that keep the files at close, so a reader can come after.
+struct KeepFiles(Mode);
+
+impl relayfs::Callbacks for KeepFiles {
+    fn mode(&self) -> Mode {
+        self.0
+    }
+    fn remove_buf_file(&self, _path: &std::path::Path) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_reader_attaching_after_close_gets_the_end_not_what_was_counted_unread() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("k")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(8)
+            .callbacks(KeepFiles(mode))
+            .global(true)
+            .open()
+            .unwrap();
+        let path = chan.buffer_path(0).to_path_buf();
+        let mut o = Offered {
+            offered: 0,
+            ok: 0,
+            refused: 0,
+        };
+        write_n(&chan, 1000, &mut o);
+        let s = chan.close().unwrap();
+        assert!(s.unread_at_close > 0, "{mode:?} {s:?}");
+        // Not Busy: the producer let go of the reader lock.
+        let mut r = RelayFile::open(&path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(r.read(&mut buf).unwrap(), 0, "{mode:?}: already counted");
+        assert!(r.is_eof().unwrap(), "{mode:?}");
+        check_adds_up(&format!("{mode:?} late reader"), &r.stats(), &o);
+    }
+}
