@@ -114,6 +114,9 @@ impl Cursor {
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
+        // Whatever a mapping reader held here is settled: delivered or
+        // discarded by us, or counted by its writer.
+        s.r(rdr::HELD).store(0, Ordering::Relaxed);
         s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: our reads of the sub-buffer happen before its reuse.
@@ -149,9 +152,14 @@ impl Cursor {
                         ));
                     }
                     // Skipped sub-buffers are counted by the writer that
-                    // overwrote them (we never claimed them).
-                    self.ord = next - 1;
-                    self.advance(s, None);
+                    // overwrote them (we never claimed them), except one a
+                    // mapping reader held (`Shared::skip_lapped`).
+                    s.skip_lapped(self.ord, next);
+                    self.ord = next;
+                    self.pos = 0;
+                    self.claimed = false;
+                    self.bounce_full = false;
+                    self.complete = None;
                 }
                 Avail::Complete { end, records } => {
                     if !self.claimed {
