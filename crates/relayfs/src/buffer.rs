@@ -766,14 +766,33 @@ impl Shared {
     /// lapped are skipped unclaimed (their writers count them), and one a
     /// writer overwrote before the claim is passed over (the writer counted
     /// it). Returns `(ordinal, data bytes, records)`.
-    pub(crate) fn map_ready(&self) -> Result<Option<(u64, u64, u64)>, crate::FormatError> {
+    ///
+    /// `writers_gone`: the producer is dead, so the sub-buffer it was
+    /// writing is returned too, as far as every reservation in it is
+    /// committed (as `read` reads it), if none of it was read yet.
+    pub(crate) fn map_ready(
+        &self,
+        writers_gone: bool,
+    ) -> Result<Option<(u64, u64, u64)>, crate::FormatError> {
         // Bounded: each pass returns or moves the position forward, and only
         // so many sub-buffers were produced (`available` checks the position).
         loop {
             // SYNC POINT: Acquire pairs with the Release stores of CONSUMED by
             // an earlier reader of this file (possibly another process).
             let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
-            match self.available(ord, false)? {
+            match self.available(ord, writers_gone)? {
+                Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
+                    if !self.claim_for_read(ord) {
+                        return Err(crate::FormatError::Corrupt(
+                            "sub-buffer being written is claimed as overwritten",
+                        ));
+                    }
+                    let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
+                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
+                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
+                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    return Ok(Some((ord, end, records)));
+                }
                 Avail::Complete { end, records } => {
                     if !self.claim_for_read(ord) {
                         // Overwritten before we claimed it, and counted by its
@@ -791,6 +810,22 @@ impl Shared {
                 Avail::Nothing | Avail::Partial { .. } => return Ok(None),
             }
         }
+    }
+
+    /// Whether `map_ready` would find something at the reader's position
+    /// (a lapped sub-buffer counts: there is news).
+    pub(crate) fn map_waiting(&self, writers_gone: bool) -> Result<bool, crate::FormatError> {
+        // SYNC POINT: Acquire as in `map_ready`.
+        let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+        Ok(match self.available(ord, writers_gone)? {
+            Avail::Complete { .. } | Avail::Lapped { .. } => true,
+            Avail::Partial { .. } => writers_gone && self.read_pos() == 0,
+            Avail::Nothing => false,
+        })
+    }
+
+    fn read_pos(&self) -> u64 {
+        self.r(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
     /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
@@ -839,10 +874,23 @@ impl Shared {
         if self.r(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
             return None;
         }
+        let h = self.head();
+        if self.g.pos_ordinal(h) == ord && self.g.pos_offset(h) != 0 {
+            // A dead producer's tail (`map_ready`): the position stays in it,
+            // at its end, as `read` leaves it. Its records are not counted as
+            // consumed (they were never completed: `records_pending` has
+            // them), as `read` doesn't either.
+            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
+            self.r(rdr::BYTES_CONSUMED)
+                .fetch_add(end.saturating_sub(self.read_pos()), Ordering::Relaxed);
+            self.r(rdr::READ_POS).store(end, Ordering::Relaxed);
+            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            return Some(true);
+        }
         // No-overwrite mode: nothing reuses the slot before we consume it.
         let good = !self.overwrite || checked.unwrap_or_else(|| self.still_valid(ord));
         if good {
-            let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
+            let read_pos = self.read_pos();
             let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
             let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
             self.r(rdr::RECORDS_CONSUMED)

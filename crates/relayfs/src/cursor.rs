@@ -78,6 +78,11 @@ impl Cursor {
         self.writers_gone = true;
     }
 
+    /// Whether the producer is known to be dead (see `set_writers_gone`).
+    pub(crate) fn writers_gone(&self) -> bool {
+        self.writers_gone
+    }
+
     /// Bytes and committed records left in an incomplete sub-buffer at the
     /// reader's position (see `Shared::abandoned`).
     pub(crate) fn abandoned(&self, s: &Shared) -> Option<(u64, u64)> {

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Avail, BufferStats, Shared};
+use crate::buffer::{BufferStats, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
@@ -514,26 +514,16 @@ impl RelayFile {
         self.wait_until(timeout, |f| Ok(f.next_chunk()?.is_some()))
     }
 
-    /// The mapping reader's position (sub-buffers consumed) and what waits
-    /// there.
-    fn mapping_avail(&self) -> Result<(u64, Avail), ReadError> {
-        let ord = self.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
-        let avail = self
-            .shared()
-            .available(ord, false)
+    /// Whether something waits at the mapping reader's position: a complete
+    /// sub-buffer, or a dead producer's tail not read yet.
+    fn complete_ready(&mut self) -> Result<bool, ReadError> {
+        let gone = self.cur.writers_gone();
+        self.shared()
+            .map_waiting(gone)
             .map_err(|source| ReadError::Format {
                 path: self.path.clone(),
                 source,
-            })?;
-        Ok((ord, avail))
-    }
-
-    /// Whether a complete sub-buffer waits at the mapping reader's position.
-    fn complete_ready(&mut self) -> Result<bool, ReadError> {
-        Ok(matches!(
-            self.mapping_avail()?.1,
-            Avail::Complete { .. } | Avail::Lapped { .. }
-        ))
+            })
     }
 
     /// The waiting loop of [`poll`](Self::poll) and [`Mapping::poll`], with
@@ -691,7 +681,10 @@ impl Mapping<'_> {
     /// `timeout` passes: the kernel's `poll` on a mapped relay file, which
     /// wakes at sub-buffer boundaries only. A reader that consumes whole
     /// sub-buffers this way touches the producer's cache lines once per
-    /// sub-buffer rather than chasing every record.
+    /// sub-buffer rather than chasing every record. Once it finds the
+    /// producer dead, the sub-buffer it was writing counts as ready too (as
+    /// far as every reservation in it is committed: nothing will complete
+    /// it), and `ready` returns it; [`Ready::ProducerGone`] comes after.
     ///
     /// # Errors
     /// As [`RelayFile::poll`].
@@ -705,7 +698,11 @@ impl Mapping<'_> {
     /// Asked again before consuming, it returns the same sub-buffer (or, if
     /// that was overwritten meanwhile, counts it as discarded and moves on).
     /// Sub-buffers overwritten before the reader got to them are skipped and
-    /// counted by their writers.
+    /// counted by their writers. After [`poll`](Self::poll) found the
+    /// producer dead, the partly written sub-buffer it left is returned too
+    /// (`len` up to the last committed record; `records` committed in it,
+    /// which stay in `records_pending` when consumed, as with `read`),
+    /// unless `read` already took some of it.
     ///
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
@@ -715,10 +712,12 @@ impl Mapping<'_> {
         f.cur.check_epoch(&f.map.shared);
         let g = f.header.geometry;
         let s = &f.map.shared;
-        let got = s.map_ready().map_err(|source| ReadError::Format {
-            path: f.path.clone(),
-            source,
-        })?;
+        let got = s
+            .map_ready(f.cur.writers_gone())
+            .map_err(|source| ReadError::Format {
+                path: f.path.clone(),
+                source,
+            })?;
         let Some((ord, end, records)) = got else {
             return Ok(None);
         };
