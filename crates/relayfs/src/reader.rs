@@ -661,7 +661,8 @@ pub struct Mapping<'a> {
     checked: Cell<Option<(u64, bool)>>,
 }
 
-/// A complete sub-buffer ready in the mapping.
+/// A sub-buffer ready in the mapping: complete, or the partly written one a
+/// dead producer left (see [`Mapping::ready`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadySubbuf {
     /// Its ordinal (sub-buffers produced before it).
