@@ -251,6 +251,9 @@ impl Shared {
             rdr::BYTES_CONSUMED,
             rdr::DISCARDED_SUBBUFS,
             rdr::DISCARDED_RECORDS,
+            rdr::HELD,
+            rdr::HELD_RECORDS,
+            rdr::HELD_LEN,
         ] {
             self.r(off).store(0, Ordering::Relaxed);
         }
@@ -799,6 +802,18 @@ impl Shared {
                 ));
             }
             let records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+            // The slot may have been reopened, and even completed again, since
+            // we saw it complete: then the padding and record count may be a
+            // later lap's, and counting them would be wrong. Look again: only
+            // an opener changes a complete word, so if it changed, `ord` is
+            // gone (the next look from `ord + 1` finds how far).
+            // SYNC POINT: the Acquire fence keeps the two loads above before
+            // the reload; the reload's Acquire pairs with the opener's word
+            // reset (AcqRel, after its generation bump).
+            fence(Ordering::Acquire);
+            if self.d(slot, desc::WORD).load(Ordering::Acquire) != w {
+                return Ok(Avail::Lapped { next: ord + 1 });
+            }
             return Ok(Avail::Complete {
                 end: g.subbuf_size - pad,
                 records,
@@ -880,6 +895,153 @@ impl Shared {
             }
         }
         false
+    }
+
+    /// The mapping reader's next sub-buffer: claims the complete sub-buffer at
+    /// the reader's position (as `read` does before copying) and records it
+    /// as held, so that it is counted exactly once however it ends: delivered
+    /// or discarded when the reader consumes it (`consume_held`), discarded if
+    /// it is overwritten under the claim (`drop_held`). Sub-buffers found
+    /// lapped are skipped unclaimed (their writers count them), and one a
+    /// writer overwrote before the claim is passed over (the writer counted
+    /// it). Returns `(ordinal, data bytes, records)`.
+    ///
+    /// `writers_gone`: the producer is dead, so the sub-buffer it was
+    /// writing is returned too, as far as every reservation in it is
+    /// committed (as `read` reads it), if none of it was read yet.
+    pub(crate) fn map_ready(
+        &self,
+        writers_gone: bool,
+    ) -> Result<Option<(u64, u64, u64)>, crate::FormatError> {
+        // Bounded: each pass returns or moves the position forward, and only
+        // so many sub-buffers were produced (`available` checks the position).
+        loop {
+            // SYNC POINT: Acquire pairs with the Release stores of CONSUMED by
+            // an earlier reader of this file (possibly another process).
+            let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+            match self.available(ord, writers_gone)? {
+                Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
+                    if !self.claim_for_read(ord) {
+                        return Err(crate::FormatError::Corrupt(
+                            "sub-buffer being written is claimed as overwritten",
+                        ));
+                    }
+                    let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
+                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
+                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
+                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    return Ok(Some((ord, end, records)));
+                }
+                Avail::Complete { end, records } => {
+                    if !self.claim_for_read(ord) {
+                        // Overwritten before we claimed it, and counted by its
+                        // writer.
+                        self.drop_held(ord);
+                        self.set_position(ord + 1);
+                        continue;
+                    }
+                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
+                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
+                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    return Ok(Some((ord, end, records)));
+                }
+                Avail::Lapped { next } => self.skip_lapped(ord, next),
+                Avail::Nothing | Avail::Partial { .. } => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether `map_ready` would find something at the reader's position
+    /// (a lapped sub-buffer counts: there is news).
+    pub(crate) fn map_waiting(&self, writers_gone: bool) -> Result<bool, crate::FormatError> {
+        // SYNC POINT: Acquire as in `map_ready`.
+        let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+        Ok(match self.available(ord, writers_gone)? {
+            Avail::Complete { .. } | Avail::Lapped { .. } => true,
+            Avail::Partial { .. } => writers_gone && self.read_pos() == 0,
+            Avail::Nothing => false,
+        })
+    }
+
+    fn read_pos(&self) -> u64 {
+        self.r(rdr::READ_POS).load(Ordering::Relaxed)
+    }
+
+    /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
+    /// yet consumed).
+    pub(crate) fn holds(&self, ord: u64) -> bool {
+        self.r(rdr::HELD).load(Ordering::Relaxed) == ord + 1
+    }
+
+    /// The reader leaves sub-buffer `ord` without delivering it. If the
+    /// mapping reader held it, the writer that overwrote it left it to us
+    /// (it saw our claim): count it as discarded. Idempotent.
+    pub(crate) fn drop_held(&self, ord: u64) {
+        if self.holds(ord) {
+            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.r(rdr::DISCARDED_SUBBUFS)
+                .fetch_add(1, Ordering::Relaxed);
+            self.r(rdr::DISCARDED_RECORDS)
+                .fetch_add(records, Ordering::Relaxed);
+        }
+        self.r(rdr::HELD).store(0, Ordering::Relaxed);
+    }
+
+    /// Moves the reader's position to the start of sub-buffer `ord`.
+    fn set_position(&self, ord: u64) {
+        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Release pairs with the opener's Acquire load of
+        // CONSUMED: the reads of the sub-buffers before `ord` are done before
+        // their slots are reused (no-overwrite mode).
+        self.r(rdr::CONSUMED).store(ord, Ordering::Release);
+    }
+
+    /// Skips from `ord`, found lapped, to `next`: the skipped sub-buffers
+    /// were never claimed, so their writers count them, except one the
+    /// mapping reader held (see `drop_held`).
+    pub(crate) fn skip_lapped(&self, ord: u64, next: u64) {
+        self.drop_held(ord);
+        self.set_position(next);
+    }
+
+    /// Consumes the sub-buffer `ord` the mapping reader holds, at its
+    /// position: delivered if the reader's copy is good, discarded if not,
+    /// and counted so. `checked`: what a check made after the reader's copy
+    /// found (`Some(false)`: torn); `None`: check now. Returns whether it
+    /// was good, or `None` if `ord` isn't the held sub-buffer at the position.
+    pub(crate) fn consume_held(&self, ord: u64, checked: Option<bool>) -> Option<bool> {
+        if self.r(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
+            return None;
+        }
+        let h = self.head();
+        if self.g.pos_ordinal(h) == ord && self.g.pos_offset(h) != 0 {
+            // A dead producer's tail (`map_ready`): the position stays in it,
+            // at its end, as `read` leaves it. Its records are not counted as
+            // consumed (they were never completed: `records_pending` has
+            // them), as `read` doesn't either.
+            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
+            self.r(rdr::BYTES_CONSUMED)
+                .fetch_add(end.saturating_sub(self.read_pos()), Ordering::Relaxed);
+            self.r(rdr::READ_POS).store(end, Ordering::Relaxed);
+            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            return Some(true);
+        }
+        // No-overwrite mode: nothing reuses the slot before we consume it.
+        let good = !self.overwrite || checked.unwrap_or_else(|| self.still_valid(ord));
+        if good {
+            let read_pos = self.read_pos();
+            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
+            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.r(rdr::RECORDS_CONSUMED)
+                .fetch_add(records, Ordering::Relaxed);
+            self.r(rdr::BYTES_CONSUMED)
+                .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
+            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+        } else {
+            self.drop_held(ord);
+        }
+        self.set_position(ord + 1);
+        Some(good)
     }
 
     /// After copying sub-buffer `ord` out: was it reused meanwhile?
@@ -1092,16 +1254,42 @@ impl Shared {
         unread
     }
 
-    /// Marks `n` complete sub-buffers at the reader's position as consumed
-    /// (`relay_subbufs_consumed`), for readers that use the mapping. Stops at
-    /// the first one that isn't complete; returns how many it consumed.
-    pub(crate) fn subbufs_consumed(&self, n: u64) -> Result<u64, crate::FormatError> {
+    /// Marks `n` sub-buffers at the reader's position as consumed
+    /// (`relay_subbufs_consumed`), for readers that use the mapping. Returns
+    /// how many it consumed.
+    ///
+    /// The sub-buffer the mapping reader holds (`map_ready` returned it) is
+    /// consumed as `consume_held` does, with `checked` the verdict of a
+    /// check made after the reader's copy, if any (`(ordinal, good)`).
+    /// Beyond it, with `held_only` it stops (an overwrite-mode mapping
+    /// reader: a sub-buffer it was never given can't have been read, let
+    /// alone validated); otherwise it consumes complete sub-buffers by
+    /// position as the kernel does, claiming each and counting its records
+    /// as consumed (overwritten ones were counted by their writer), skipping
+    /// lapped ones without counting them against `n`, and stopping at the
+    /// first that isn't complete.
+    pub(crate) fn subbufs_consumed(
+        &self,
+        n: u64,
+        held_only: bool,
+        checked: Option<(u64, bool)>,
+    ) -> Result<u64, crate::FormatError> {
         let mut done = 0;
         while done < n {
             let ord = self.r(rdr::CONSUMED).load(Ordering::Relaxed);
-            let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
+            if self.holds(ord) {
+                let verdict = checked.filter(|c| c.0 == ord).map(|c| c.1);
+                if self.consume_held(ord, verdict).is_some() {
+                    done += 1;
+                    continue;
+                }
+            }
+            if held_only {
+                break;
+            }
             match self.available(ord, false)? {
                 Avail::Complete { end, records } => {
+                    let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
                     if self.claim_for_read(ord) {
                         self.r(rdr::RECORDS_CONSUMED)
                             .fetch_add(records, Ordering::Relaxed);
@@ -1110,15 +1298,12 @@ impl Shared {
                     }
                 }
                 Avail::Lapped { next } => {
-                    self.r(rdr::CONSUMED).store(next, Ordering::Release);
+                    self.skip_lapped(ord, next);
                     continue;
                 }
                 Avail::Nothing | Avail::Partial { .. } => break,
             }
-            self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
-            // SYNC POINT: Release pairs with the opener's Acquire load of
-            // CONSUMED: the reads of this sub-buffer are done before reuse.
-            self.r(rdr::CONSUMED).store(ord + 1, Ordering::Release);
+            self.set_position(ord + 1);
             done += 1;
         }
         Ok(done)

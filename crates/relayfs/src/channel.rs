@@ -966,7 +966,12 @@ impl Channel {
     /// Tells the channel that the reader of `cpu`'s buffer consumed `n`
     /// sub-buffers (`relay_subbufs_consumed`), for readers that read through
     /// the mapping and report back through the producer. Returns how many
-    /// were complete and so consumed.
+    /// were complete and so consumed. It works by position, as the kernel's
+    /// does, in both modes: it claims each complete sub-buffer at the
+    /// reader's position and counts its records as consumed (in overwrite
+    /// mode it can't know whether the reader's copy was torn: a mapping
+    /// reader in the reader's process uses `Mapping::consume`); sub-buffers
+    /// found overwritten are skipped and counted by their writers.
     ///
     /// # Errors
     /// [`crate::FormatError::Corrupt`] if the buffer's shared state is.
@@ -974,7 +979,9 @@ impl Channel {
     /// # Panics
     /// If `cpu` is not a buffer of this channel.
     pub fn subbufs_consumed(&self, cpu: usize, n: u64) -> Result<u64, crate::FormatError> {
-        self.inner.bufs[cpu].shared().subbufs_consumed(n)
+        self.inner.bufs[cpu]
+            .shared()
+            .subbufs_consumed(n, false, None)
     }
 
     /// The counters of `cpu`'s buffer.

@@ -78,6 +78,11 @@ impl Cursor {
         self.writers_gone = true;
     }
 
+    /// Whether the producer is known to be dead (see `set_writers_gone`).
+    pub(crate) fn writers_gone(&self) -> bool {
+        self.writers_gone
+    }
+
     /// Bytes and committed records left in an incomplete sub-buffer at the
     /// reader's position (see `Shared::abandoned`).
     pub(crate) fn abandoned(&self, s: &Shared) -> Option<(u64, u64)> {
@@ -114,6 +119,9 @@ impl Cursor {
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
+        // Whatever a mapping reader held here is settled: delivered or
+        // discarded by us, or counted by its writer.
+        s.r(rdr::HELD).store(0, Ordering::Relaxed);
         s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: our reads of the sub-buffer happen before its reuse.
@@ -149,9 +157,14 @@ impl Cursor {
                         ));
                     }
                     // Skipped sub-buffers are counted by the writer that
-                    // overwrote them (we never claimed them).
-                    self.ord = next - 1;
-                    self.advance(s, None);
+                    // overwrote them (we never claimed them), except one a
+                    // mapping reader held (`Shared::skip_lapped`).
+                    s.skip_lapped(self.ord, next);
+                    self.ord = next;
+                    self.pos = 0;
+                    self.claimed = false;
+                    self.bounce_full = false;
+                    self.complete = None;
                 }
                 Avail::Complete { end, records } => {
                     if !self.claimed {

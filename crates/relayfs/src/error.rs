@@ -207,6 +207,15 @@ pub enum ReadError {
         /// The error.
         source: io::Error,
     },
+    /// `Mapping::consume` was given a sub-buffer that is not the one
+    /// `Mapping::ready` last returned, or one already consumed.
+    #[error("{path}: sub-buffer {ordinal} is not the one the mapping reader holds (call Mapping::ready, and consume each sub-buffer once)")]
+    NotReady {
+        /// The buffer file.
+        path: PathBuf,
+        /// Ordinal of the sub-buffer given.
+        ordinal: u64,
+    },
     /// Kernel lockdown forbids opening debugfs relay files.
     #[error("{path}: the kernel is in lockdown ({mode}), which forbids opening debugfs relay files (the kernel logs \"debugfs access is restricted\"); boot with lockdown=none where policy allows, or read the data another way")]
     Lockdown {

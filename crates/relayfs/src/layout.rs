@@ -111,6 +111,15 @@ pub(crate) mod rdr {
     pub const MAP_EVENTS: usize = 72;
     /// Epoch (see `hdr::EPOCH`) this reader state belongs to.
     pub const EPOCH: usize = 80;
+    /// Ordinal + 1 of the sub-buffer at `CONSUMED` that the mapping reader
+    /// claimed (`Mapping::ready` returned it) and has not consumed yet; 0:
+    /// none. If it is overwritten under the claim, the writer leaves it to
+    /// the reader, who counts it as discarded from these fields.
+    pub const HELD: usize = 88;
+    /// Records in the held sub-buffer.
+    pub const HELD_RECORDS: usize = 96;
+    /// Data bytes (padding excluded) of the held sub-buffer.
+    pub const HELD_LEN: usize = 104;
     /// One claim word per sub-buffer (see `buffer`).
     pub const CLAIMS: usize = 128;
 }

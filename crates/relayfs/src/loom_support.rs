@@ -96,6 +96,32 @@ impl LoomBuffer {
         self.shared.stats()
     }
 
+    /// The mapping reader's protocol, once: `Mapping::ready`, a copy of the
+    /// sub-buffer, then `Mapping::consume` (or, `kernel_path`,
+    /// `Mapping::still_valid` and `Mapping::subbufs_consumed(1)`). `None`:
+    /// nothing ready; `Some(None)`: the copy was torn (and counted so).
+    ///
+    /// # Panics
+    /// If the state is corrupt or the protocol is broken.
+    pub fn map_read(&self, kernel_path: bool) -> Option<Option<Vec<u8>>> {
+        let s = &self.shared;
+        let (ord, end, _records) = s.map_ready(false).expect("corrupt state")?;
+        let mut copy = vec![0u8; end as usize];
+        s.copy_out(ord % s.g.n_subbufs, 0, &mut copy);
+        let good = if kernel_path {
+            let good = s.still_valid(ord);
+            let n = s
+                .subbufs_consumed(1, s.is_overwrite(), Some((ord, good)))
+                .expect("corrupt state");
+            assert_eq!(n, 1, "the held sub-buffer is consumed");
+            good
+        } else {
+            s.consume_held(ord, None)
+                .expect("the sub-buffer ready returned")
+        };
+        Some(good.then_some(copy))
+    }
+
     /// A reader at the start.
     pub fn reader(&self) -> LoomReader {
         LoomReader {

@@ -1,13 +1,14 @@
 //! The consumer's side: the relay file operations (`open`, `read`, `mmap`,
 //! `sendfile`, `poll`, `close`) on a buffer file, from any process.
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Avail, BufferStats, Shared};
+use crate::buffer::{BufferStats, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
@@ -513,26 +514,16 @@ impl RelayFile {
         self.wait_until(timeout, |f| Ok(f.next_chunk()?.is_some()))
     }
 
-    /// The mapping reader's position (sub-buffers consumed) and what waits
-    /// there.
-    fn mapping_avail(&self) -> Result<(u64, Avail), ReadError> {
-        let ord = self.shared().r(rdr::CONSUMED).load(Ordering::Acquire);
-        let avail = self
-            .shared()
-            .available(ord, false)
+    /// Whether something waits at the mapping reader's position: a complete
+    /// sub-buffer, or a dead producer's tail not read yet.
+    fn complete_ready(&mut self) -> Result<bool, ReadError> {
+        let gone = self.cur.writers_gone();
+        self.shared()
+            .map_waiting(gone)
             .map_err(|source| ReadError::Format {
                 path: self.path.clone(),
                 source,
-            })?;
-        Ok((ord, avail))
-    }
-
-    /// Whether a complete sub-buffer waits at the mapping reader's position.
-    fn complete_ready(&mut self) -> Result<bool, ReadError> {
-        Ok(matches!(
-            self.mapping_avail()?.1,
-            Avail::Complete { .. } | Avail::Lapped { .. }
-        ))
+            })
     }
 
     /// The waiting loop of [`poll`](Self::poll) and [`Mapping::poll`], with
@@ -629,20 +620,49 @@ impl RelayFile {
         let s = self.shared();
         s.r(rdr::MAPPED).fetch_add(1, Ordering::Relaxed);
         s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
-        Mapping { file: self }
+        Mapping {
+            file: self,
+            checked: Cell::new(None),
+        }
     }
 }
 
 /// A read-only view of a whole buffer (`n_subbufs × subbuf_size` bytes), as
 /// an `mmap` of a relay file gives, with what a reader needs to use it: which
 /// sub-buffer is next and ready, its padding, and
-/// [`subbufs_consumed`](Mapping::subbufs_consumed) to hand space back.
+/// [`consume`](Mapping::consume) (or
+/// [`subbufs_consumed`](Mapping::subbufs_consumed)) to hand it back.
+///
+/// The protocol, in both modes: [`ready`](Mapping::ready) claims the next
+/// complete sub-buffer for the reader; read it from the mapping; then
+/// [`consume`](Mapping::consume) it, which says whether what was read is
+/// good (overwrite mode: a writer may have reused the sub-buffer meanwhile)
+/// and counts its records as consumed if so, as discarded if not. Each
+/// record is counted once, as `read` counts it: consumed, discarded, or
+/// overwritten (by the writer, for sub-buffers lapped before the reader
+/// claimed them).
+///
+/// ```no_run
+/// let mut f = relayfs::RelayFile::open("/dev/shm/relayfs/demo/cpu0")?;
+/// let mut m = f.map();
+/// while let Some(sb) = m.ready()? {
+///     let data = m.copy_subbuf(&sb);
+///     if m.consume(&sb)? {
+///         println!("{} records in {} bytes", sb.records, data.len());
+///     } // else: overwritten while copied, counted as discarded
+/// }
+/// # Ok::<(), relayfs::ReadError>(())
+/// ```
 #[derive(Debug)]
 pub struct Mapping<'a> {
     file: &'a mut RelayFile,
+    /// What [`still_valid`](Mapping::still_valid) found for the held
+    /// sub-buffer: `(ordinal, good)`, false once any check failed.
+    checked: Cell<Option<(u64, bool)>>,
 }
 
-/// A complete sub-buffer ready in the mapping.
+/// A sub-buffer ready in the mapping: complete, or the partly written one a
+/// dead producer left (see [`Mapping::ready`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadySubbuf {
     /// Its ordinal (sub-buffers produced before it).
@@ -662,7 +682,10 @@ impl Mapping<'_> {
     /// `timeout` passes: the kernel's `poll` on a mapped relay file, which
     /// wakes at sub-buffer boundaries only. A reader that consumes whole
     /// sub-buffers this way touches the producer's cache lines once per
-    /// sub-buffer rather than chasing every record.
+    /// sub-buffer rather than chasing every record. Once it finds the
+    /// producer dead, the sub-buffer it was writing counts as ready too (as
+    /// far as every reservation in it is committed: nothing will complete
+    /// it), and `ready` returns it; [`Ready::ProducerGone`] comes after.
     ///
     /// # Errors
     /// As [`RelayFile::poll`].
@@ -670,7 +693,17 @@ impl Mapping<'_> {
         self.file.wait_until(timeout, |f| f.complete_ready())
     }
 
-    /// The next complete sub-buffer the reader has not consumed, if any.
+    /// The next complete sub-buffer the reader has not consumed, if any,
+    /// claimed for the reader: until it is consumed, a writer that
+    /// overwrites it (overwrite mode) leaves it to the reader to count.
+    /// Asked again before consuming, it returns the same sub-buffer (or, if
+    /// that was overwritten meanwhile, counts it as discarded and moves on).
+    /// Sub-buffers overwritten before the reader got to them are skipped and
+    /// counted by their writers. After [`poll`](Self::poll) found the
+    /// producer dead, the partly written sub-buffer it left is returned too
+    /// (`len` up to the last committed record; `records` committed in it,
+    /// which stay in `records_pending` when consumed, as with `read`),
+    /// unless `read` already took some of it.
     ///
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
@@ -678,29 +711,31 @@ impl Mapping<'_> {
         let f = &mut *self.file;
         f.check_size()?;
         f.cur.check_epoch(&f.map.shared);
-        loop {
-            let g = f.header.geometry;
-            let (ord, avail) = f.mapping_avail()?;
-            match avail {
-                Avail::Complete { end, records } => {
-                    return Ok(Some(ReadySubbuf {
-                        ordinal: ord,
-                        index: ord % g.n_subbufs,
-                        len: end,
-                        padding: g.subbuf_size - end,
-                        records,
-                    }))
-                }
-                Avail::Lapped { next } => {
-                    f.shared().r(rdr::CONSUMED).store(next, Ordering::Release);
-                }
-                Avail::Nothing | Avail::Partial { .. } => return Ok(None),
-            }
+        let g = f.header.geometry;
+        let s = &f.map.shared;
+        let got = s
+            .map_ready(f.cur.writers_gone())
+            .map_err(|source| ReadError::Format {
+                path: f.path.clone(),
+                source,
+            })?;
+        let Some((ord, end, records)) = got else {
+            return Ok(None);
+        };
+        if self.checked.get().is_some_and(|c| c.0 != ord) {
+            self.checked.set(None);
         }
+        Ok(Some(ReadySubbuf {
+            ordinal: ord,
+            index: ord % g.n_subbufs,
+            len: end,
+            padding: g.subbuf_size - end,
+            records,
+        }))
     }
 
-    /// Copies the data of a ready sub-buffer. In overwrite mode check
-    /// [`still_valid`](Self::still_valid) after using it.
+    /// Copies the data of a ready sub-buffer. Then
+    /// [`consume`](Self::consume) it, which says whether the copy is good.
     pub fn copy_subbuf(&self, sb: &ReadySubbuf) -> Vec<u8> {
         let mut v = vec![0u8; sb.len.min(self.file.header.geometry.subbuf_size) as usize];
         self.file.shared().copy_out(sb.index, 0, &mut v);
@@ -725,35 +760,80 @@ impl Mapping<'_> {
         false
     }
 
-    /// Overwrite mode: whether a sub-buffer read from the mapping was left
-    /// alone while it was read (if not, discard what was read).
+    /// Overwrite mode: whether what was read of a ready sub-buffer before
+    /// this call is good (the sub-buffer was not reused meanwhile); if not,
+    /// discard it. Always true in no-overwrite mode. For the sub-buffer
+    /// [`ready`](Self::ready) returned, the answer is remembered:
+    /// [`subbufs_consumed`](Self::subbufs_consumed) then counts it as
+    /// delivered or discarded accordingly.
     pub fn still_valid(&self, sb: &ReadySubbuf) -> bool {
-        self.file.shared().still_valid(sb.ordinal)
+        let s = self.file.shared();
+        let good = s.still_valid(sb.ordinal);
+        if s.holds(sb.ordinal) {
+            let before = self.checked.get().filter(|c| c.0 == sb.ordinal);
+            let good = before.map_or(good, |c| c.1 && good);
+            self.checked.set(Some((sb.ordinal, good)));
+        }
+        good
     }
 
-    /// Hands `n` sub-buffers back to the producer (`relay_subbufs_consumed`).
+    /// Consumes the sub-buffer [`ready`](Self::ready) returned, after the
+    /// reader read it from the mapping: returns whether what it read is good
+    /// (overwrite mode: the sub-buffer was not reused while it was read;
+    /// always true in no-overwrite mode). Good, its records count as
+    /// consumed; torn, as discarded, and the reader must drop what it read.
+    /// Call it right after reading: the check covers what was read before it.
+    ///
+    /// # Errors
+    /// [`ReadError::NotReady`] if `sb` is not the sub-buffer `ready` last
+    /// returned, or it was consumed already (nothing is consumed then).
+    pub fn consume(&mut self, sb: &ReadySubbuf) -> Result<bool, ReadError> {
+        let f = &mut *self.file;
+        let good = f.map.shared.consume_held(sb.ordinal, None);
+        self.checked.set(None);
+        good.ok_or_else(|| ReadError::NotReady {
+            path: f.path.clone(),
+            ordinal: sb.ordinal,
+        })
+    }
+
+    /// Hands `n` sub-buffers back to the producer (`relay_subbufs_consumed`)
+    /// and returns how many were.
+    ///
+    /// The sub-buffer [`ready`](Self::ready) returned is consumed as
+    /// [`consume`](Self::consume) does, except that if
+    /// [`still_valid`](Self::still_valid) was asked about it, its answer
+    /// decides whether the records count as consumed or discarded. In
+    /// no-overwrite mode, further complete sub-buffers are consumed by
+    /// position, as the kernel does. In overwrite mode it consumes only the
+    /// sub-buffer `ready` returned (a reader can't have read one it was
+    /// never given, and a torn one must not count as delivered).
     ///
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn subbufs_consumed(&mut self, n: u64) -> Result<u64, ReadError> {
         let f = &mut *self.file;
-        let done = f
-            .shared()
-            .subbufs_consumed(n)
+        let s = &f.map.shared;
+        let done = s
+            .subbufs_consumed(n, s.is_overwrite(), self.checked.get())
             .map_err(|source| ReadError::Format {
                 path: f.path.clone(),
                 source,
             })?;
-        f.cur.load(&f.map.shared);
+        self.checked.set(None);
         Ok(done)
     }
 }
 
 impl Drop for Mapping<'_> {
     fn drop(&mut self) {
-        let s = self.file.shared();
+        let f = &mut *self.file;
+        let s = &f.map.shared;
         s.r(rdr::MAPPED).fetch_sub(1, Ordering::Relaxed);
         s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
+        // The mapping moved the position: `read` resumes there (a sub-buffer
+        // still held is delivered or discarded by it, exactly once).
+        f.cur.load(s);
     }
 }
 

@@ -442,3 +442,121 @@ fn complete_only_reader_leaves_the_subbuffer_being_written() {
     let s = r.stats();
     assert_eq!(s.records_consumed, 3);
 }
+
+/// Overwrite mode, two 64-byte sub-buffers, one 40-byte record each: the
+/// writer laps sub-buffer 0 while the mapping reader holds it.
+fn lapped_under_the_mapping_reader(dir: &std::path::Path) -> (Channel, RelayFile) {
+    let c = chan(dir, 64, 2, Mode::Overwrite);
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    c.write(&[0u8; 40]).unwrap();
+    c.write(&[1u8; 40]).unwrap(); // sub-buffer 0 complete
+    (c, r)
+}
+
+fn accounted(c: &Channel) -> u64 {
+    let s = c.stats(0);
+    s.records_consumed + s.overwritten_records + s.discarded_records + s.dropped_full
+}
+
+#[test]
+fn mapping_consume_counts_a_subbuffer_overwritten_under_it_as_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, mut r) = lapped_under_the_mapping_reader(dir.path());
+    let mut m = r.map();
+    let sb = m.ready().unwrap().unwrap();
+    assert_eq!((sb.ordinal, sb.records), (0, 1));
+    assert_eq!(m.ready().unwrap(), Some(sb), "asked again: the same one");
+    let copy = m.copy_subbuf(&sb);
+    assert_eq!(copy, vec![0u8; 40]);
+    c.write(&[2u8; 40]).unwrap(); // reopens slot 0 under the reader
+    c.write(&[3u8; 40]).unwrap(); // overwrites sub-buffer 1, never claimed
+    assert!(!m.consume(&sb).unwrap(), "the copy may be torn");
+    assert!(matches!(
+        m.consume(&sb),
+        Err(relayfs::ReadError::NotReady { ordinal: 0, .. })
+    ));
+    // Sub-buffer 1 was overwritten before anyone claimed it: skipped.
+    let sb2 = m.ready().unwrap().unwrap();
+    assert_eq!(sb2.ordinal, 2);
+    assert_eq!(m.copy_subbuf(&sb2), vec![2u8; 40]);
+    assert!(m.consume(&sb2).unwrap());
+    drop(m);
+    c.flush();
+    assert_eq!(drain(&mut r), vec![3u8; 40]);
+    let s = c.stats(0);
+    assert_eq!(
+        (
+            s.records_consumed,
+            s.discarded_records,
+            s.overwritten_records
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(s.records_written, 4);
+    assert_eq!(accounted(&c), 4);
+}
+
+#[test]
+fn mapping_kernel_sequence_counts_a_torn_subbuffer_as_discarded_and_nothing_else() {
+    // ready, read, still_valid, subbufs_consumed(1): the documented path.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, mut r) = lapped_under_the_mapping_reader(dir.path());
+    let mut m = r.map();
+    let sb = m.ready().unwrap().unwrap();
+    c.write(&[2u8; 40]).unwrap();
+    c.write(&[3u8; 40]).unwrap();
+    assert!(!m.still_valid(&sb));
+    assert_eq!(m.subbufs_consumed(1).unwrap(), 1);
+    let s = c.stats(0);
+    assert_eq!((s.records_consumed, s.discarded_records), (0, 1));
+    // A sub-buffer ready() never returned is not consumed in its place.
+    assert_eq!(m.subbufs_consumed(1).unwrap(), 0);
+    assert_eq!(c.stats(0).records_consumed, 0);
+    let sb2 = m.ready().unwrap().unwrap();
+    assert_eq!(sb2.ordinal, 2);
+    assert!(m.still_valid(&sb2));
+    assert_eq!(m.subbufs_consumed(1).unwrap(), 1);
+    drop(m);
+    c.flush();
+    assert_eq!(drain(&mut r), vec![3u8; 40]);
+    assert_eq!(c.stats(0).records_consumed, 2);
+    assert_eq!(accounted(&c), 4);
+}
+
+#[test]
+fn a_held_subbuffer_lapped_later_is_counted_once_by_whoever_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Found by `ready` asked again, and by `read` after the mapping is gone
+    // (the hold is in the buffer file, so a restarted reader finds it too).
+    for by_read in [false, true] {
+        let (c, mut r) = lapped_under_the_mapping_reader(dir.path());
+        let mut m = r.map();
+        let sb = m.ready().unwrap().unwrap();
+        assert_eq!(sb.ordinal, 0);
+        // Two more laps: the claim word of slot 0 moves on meanwhile.
+        for i in 2..6u8 {
+            c.write(&[i; 40]).unwrap();
+        }
+        let got = if by_read {
+            drop(m);
+            drop(r);
+            let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+            drain(&mut r)
+        } else {
+            let mut got = Vec::new();
+            while let Some(sb) = m.ready().unwrap() {
+                let copy = m.copy_subbuf(&sb);
+                if m.consume(&sb).unwrap() {
+                    got.extend_from_slice(&copy);
+                }
+            }
+            got
+        };
+        assert_eq!(got, [[4u8; 40]].concat(), "by_read {by_read}");
+        let s = c.stats(0);
+        assert_eq!(s.discarded_records, 1, "by_read {by_read}: {s:?}");
+        assert_eq!(s.records_written, 5);
+        assert_eq!(accounted(&c), 5, "by_read {by_read}: {s:?}");
+        c.close().unwrap();
+    }
+}

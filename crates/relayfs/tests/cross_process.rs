@@ -248,13 +248,42 @@ fn producer_killed_holding_a_reservation() {
 
 #[test]
 fn flight_recorder_rescue_after_the_producer_died() {
-    rescue("overwrite-hang");
+    rescue("overwrite-hang", false);
     // Died without a flush: the last, partly filled sub-buffer is read too,
     // as nothing can change it any more.
-    rescue("overwrite-hang-noflush");
+    rescue("overwrite-hang-noflush", false);
 }
 
-fn rescue(mode: &str) {
+#[test]
+fn flight_recorder_rescue_through_the_mapping() {
+    rescue("overwrite-hang", true);
+    // The mapping reader gets the dead producer's partly filled sub-buffer
+    // as `read` does: `Mapping::poll` says it is there, `ready` returns it.
+    rescue("overwrite-hang-noflush", true);
+}
+
+/// Reads a buffer through the mapping (`ready`, copy, `consume`) until the
+/// channel ends.
+fn map_to_end(f: &mut RelayFile) -> (Vec<u8>, Ready) {
+    let mut out = Vec::new();
+    let mut m = f.map();
+    loop {
+        if let Some(sb) = m.ready().unwrap() {
+            let copy = m.copy_subbuf(&sb);
+            if m.consume(&sb).unwrap() {
+                out.extend_from_slice(&copy);
+            }
+            continue;
+        }
+        match m.poll(Some(Duration::from_secs(20))).unwrap() {
+            Ready::Readable => {}
+            Ready::Timeout => panic!("no data for 20 s"),
+            end => return (out, end),
+        }
+    }
+}
+
+fn rescue(mode: &str, by_mapping: bool) {
     let dir = tempfile::tempdir().unwrap();
     // Overwrite mode, 4 sub-buffers of 4 KiB: 3000 records lap it many times.
     let mut child = spawn(mode, dir.path(), 3000);
@@ -262,7 +291,11 @@ fn rescue(mode: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
     let mut f = RelayFile::open(dir.path().join("x0")).unwrap();
-    let (data, end) = read_to_end(&mut f);
+    let (data, end) = if by_mapping {
+        map_to_end(&mut f)
+    } else {
+        read_to_end(&mut f)
+    };
     assert_eq!(end, Ready::ProducerGone);
     // What is left is the newest records, oldest first, ending with the
     // last one written (the flushed sub-buffer), each whole.
