@@ -2,6 +2,7 @@
 //! it (demo, verify, cat, stat, ls, bench), and kernel relay channels
 //! (record on debugfs, blktrace).
 
+mod args;
 mod cmd;
 mod demofmt;
 mod util;

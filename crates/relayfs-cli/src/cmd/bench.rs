@@ -27,19 +27,19 @@ const BATCH: u64 = 1024;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Producer threads (default: one per CPU)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Record length S, or MIN..MAX
     #[arg(long, default_value = "64", value_parser = demo::parse_size_spec)]
     pub size: SizeSpec,
     /// Records per thread (default: run for --duration)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count)]
     pub count: Option<u64>,
     /// Seconds to run when no --count is given
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: f64,
     /// Total producer rate in records per second (default: as fast as possible)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::rate)]
     pub rate: Option<f64>,
     #[command(flatten)]
     pub chan: demo::ChannelArgs,
@@ -148,7 +148,7 @@ fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
 /// One run; returns its summary.
 fn run_once(a: &Args) -> Result<Value> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let threads = a.threads.unwrap_or(ncpu);
     let name = format!("bench-{}", std::process::id());
     let chan = Arc::new(
         a.chan
@@ -428,6 +428,7 @@ fn print_run(v: &Value) {
 
 /// Runs `relayfs bench`.
 pub fn run(a: &Args) -> Result<i32> {
+    a.chan.check()?;
     util::catch_interrupts();
     if a.sweep {
         return sweep(a);

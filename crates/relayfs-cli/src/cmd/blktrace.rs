@@ -33,13 +33,13 @@ pub struct Args {
     #[arg(short, long)]
     pub out: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C)
-    #[arg(short = 'w', long, value_name = "SECONDS")]
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: Option<f64>,
     /// Size of each relay sub-buffer (blktrace's -b)
-    #[arg(short = 'b', long, default_value = "512K", value_parser = util::parse_size)]
+    #[arg(short = 'b', long, default_value = "512K", value_parser = crate::args::kernel_subbuf_size)]
     pub subbuf_size: u64,
     /// Number of sub-buffers per CPU (blktrace's -n)
-    #[arg(short = 'n', long, default_value_t = 4)]
+    #[arg(short = 'n', long, default_value_t = 4, value_parser = crate::args::kernel_n_subbufs)]
     pub n_subbufs: u32,
     /// Where debugfs is mounted
     #[arg(long, default_value = DEBUGFS_DIR)]
@@ -279,6 +279,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Runs `relayfs blktrace`.
 pub fn run(a: &Args) -> Result<i32> {
+    crate::args::kernel_buffer(a.subbuf_size, a.n_subbufs).map_err(anyhow::Error::msg)?;
     util::catch_interrupts();
     let dev = open_device(&a.device)?;
     if a.kill {

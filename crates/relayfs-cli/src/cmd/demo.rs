@@ -51,10 +51,10 @@ pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChannelArgs {
     /// Sub-buffer size (a power of two; default 1M)
-    #[arg(long, value_parser = util::parse_size)]
+    #[arg(long, value_parser = crate::args::subbuf_size)]
     pub subbuf_size: Option<u64>,
     /// Sub-buffers per buffer (default 16)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::n_subbufs)]
     pub n_subbufs: Option<u64>,
     /// Overwrite ("flight recorder") mode
     #[arg(long)]
@@ -62,6 +62,20 @@ pub struct ChannelArgs {
 }
 
 impl ChannelArgs {
+    /// Checks the sizes together (each was checked alone when parsed), so
+    /// that a channel the library would refuse is refused before anything
+    /// starts.
+    pub fn check(&self) -> Result<()> {
+        relayfs::Geometry::new(
+            self.subbuf_size.unwrap_or(relayfs::DEFAULT_SUBBUF_SIZE),
+            self.n_subbufs.unwrap_or(relayfs::DEFAULT_N_SUBBUFS),
+            0,
+            4096,
+        )
+        .context("--subbuf-size and --n-subbufs")?;
+        Ok(())
+    }
+
     /// A builder for channel `name` with these settings.
     pub fn builder(&self, name: &str) -> relayfs::ChannelBuilder {
         let mut b = Channel::builder(name);
@@ -94,10 +108,10 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// Writer threads (default: one per CPU)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Records per writer
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = crate::args::count)]
     pub count: u64,
     /// Record length S, or MIN..MAX for lengths drawn from a seeded generator
     #[arg(long, default_value = "64", value_parser = parse_size_spec)]
@@ -116,8 +130,8 @@ pub struct Args {
     #[arg(long)]
     pub no_record: bool,
     /// With --no-record: how long to wait for readers to attach
-    #[arg(long, default_value_t = 60)]
-    pub attach_timeout: u64,
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = crate::args::seconds)]
+    pub attach_timeout: f64,
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -220,9 +234,10 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
 
 /// Runs `relayfs demo`; returns the exit code.
 pub fn run(a: &Args) -> Result<i32> {
+    a.chan.check()?;
     util::catch_interrupts();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let threads = a.threads.unwrap_or(ncpu);
     let name = a
         .name
         .clone()
@@ -253,7 +268,7 @@ pub fn run(a: &Args) -> Result<i32> {
                 a.attach_timeout
             );
         }
-        wait_for_readers(&chan, Duration::from_secs(a.attach_timeout), None)?;
+        wait_for_readers(&chan, Duration::from_secs_f64(a.attach_timeout), None)?;
     } else {
         let child = start_recorder(&chan, &out)?;
         rec_pid = child.id();

@@ -43,10 +43,10 @@ pub struct Args {
     /// Rotate output files when one reaches SIZE (e.g. 64M): files are then
     /// named <buffer>.out.0, <buffer>.out.1, ...; a file may exceed SIZE by
     /// up to one sub-buffer, since a record is never split
-    #[arg(long, value_parser = util::parse_size)]
+    #[arg(long, value_parser = crate::args::nonzero_size)]
     pub max_size: Option<u64>,
     /// With --max-size, keep only the newest N files per buffer
-    #[arg(long, requires = "max_size")]
+    #[arg(long, requires = "max_size", value_parser = crate::args::files)]
     pub max_files: Option<u64>,
     /// When the output filesystem is full (ENOSPC, EDQUOT), wait and retry
     /// instead of stopping with an error (the producer keeps running and
@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub retry: bool,
     /// Stop after this many seconds (then drain what is ready)
-    #[arg(long, short = 'w', value_name = "SECONDS")]
+    #[arg(long, short = 'w', value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: Option<f64>,
     /// Print the summary as one JSON object on stdout
     #[arg(long)]

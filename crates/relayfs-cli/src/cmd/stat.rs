@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Refresh every SECONDS until interrupted
-    #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = crate::args::seconds)]
     pub watch: Option<f64>,
 }
 
