@@ -79,6 +79,61 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to standard output, for [`outln!`] and [`out!`]. A reader that
+/// went away (`EPIPE`: `relayfs ls | head -1`) is an ordinary ending, not
+/// an error: that write and every later one are dropped quietly and the
+/// command goes on to its normal end and exit status (see
+/// [`stdout_closed`]), so a recorder still finishes its output files and
+/// reports its errors on stderr. Any other failure (a full disk behind a
+/// redirection) is an error.
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    // SYNC POINT: a flag this process sets and reads for itself; nothing
+    // else is published with it, so relaxed is enough.
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    match o.write_fmt(args).and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // SYNC POINT: as above, only this process reads it.
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// Whether standard output's reader has gone (a write met `EPIPE`): a
+/// command that would go on printing (`stat --watch`) stops.
+pub fn stdout_closed() -> bool {
+    // SYNC POINT: see `write_stdout`.
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// `println!` that treats a closed standard output as an ordinary ending
+/// (see [`write_stdout`]); evaluates to `anyhow::Result<()>`.
+macro_rules! outln {
+    () => {
+        $crate::util::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::util::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed standard output.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::util::write_stdout(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {out, outln};
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_sig: libc::c_int) {

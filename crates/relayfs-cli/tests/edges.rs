@@ -2,6 +2,7 @@
 //! hang-ups ending a run as cleanly as Ctrl-C, a closed standard output,
 //! and `ls` on odd names and unreadable directories.
 
+use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
@@ -142,4 +143,106 @@ fn every_bad_number_is_refused_before_anything_starts() {
         let made = anything_under(root.path());
         assert!(made.is_empty(), "{case:?}: started something: {made:?}");
     }
+}
+
+/// A standard output whose reader has already gone: every write to it
+/// fails with `EPIPE`, whenever it comes.
+fn closed_stdout() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is an array of two ints, as pipe(2) wants.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just made by pipe(2) and are ours alone;
+    // the read end is closed here and never used again.
+    let w = unsafe {
+        libc::close(fds[0]);
+        std::os::fd::OwnedFd::from_raw_fd(fds[1])
+    };
+    Stdio::from(w)
+}
+
+#[test]
+fn a_closed_stdout_is_an_ordinary_ending() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = root.path().join("relay");
+    std::fs::create_dir(&relay).unwrap();
+    let dir = relay.join("piped");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = relayfs::Channel::builder("piped")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    for seq in 0..10 {
+        chan.write_cpu(0, &demo_record(0, seq, 40)).unwrap();
+    }
+    chan.flush();
+    // A recording to verify.
+    let rec_dir = root.path().join("rec");
+    std::fs::create_dir(&rec_dir).unwrap();
+    let mut rec = Vec::new();
+    for seq in 0..10 {
+        rec.extend(demo_record(0, seq, 40));
+    }
+    std::fs::write(rec_dir.join("cpu0.out"), rec).unwrap();
+    let d = dir.display().to_string();
+    let r = rec_dir.display().to_string();
+    let cpu0 = dir.join("cpu0").display().to_string();
+    let cases: &[&[&str]] = &[
+        &["ls"],
+        &["ls", "--json"],
+        &["stat", &d],
+        &["stat", &d, "--json"],
+        &["stat", &d, "--watch", "0.05"],
+        &["verify", &r],
+        &["verify", &r, "--json"],
+        &["cat", "--no-follow", &cpu0],
+        &["demo", "--json", "--threads", "1", "--count", "1000"],
+        &["demo", "--threads", "1", "--count", "1000"],
+        &[
+            "bench",
+            "--json",
+            "--threads",
+            "1",
+            "--count",
+            "1000",
+            "--no-fs-baseline",
+        ],
+    ];
+    let rec2 = root.path().join("rec2");
+    let rec2s = rec2.display().to_string();
+    let record: &[&str] = &["record", &d, "-o", &rec2s, "--json", "--duration", "0.2"];
+    for case in cases.iter().chain([&record]) {
+        let out = relayfs(&relay)
+            .args(*case)
+            .stdin(Stdio::null())
+            .stdout(closed_stdout())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{case:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{case:?}: {err}");
+    }
+    // The recorder finished its work all the same.
+    assert!(rec2.join("relayfs-record.json").is_file());
+    assert_eq!(
+        std::fs::metadata(rec2.join("cpu0.out")).unwrap().len(),
+        400,
+        "the recorder drained the buffer"
+    );
+    // Any other failure to write is an error, said so.
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = relayfs(&relay)
+        .args(["ls", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("standard output"), "{err}");
+    chan.close().unwrap();
 }

@@ -364,10 +364,10 @@ fn run_once(a: &Args) -> Result<Value> {
     }))
 }
 
-fn print_run(v: &Value) {
+fn print_run(v: &Value) -> Result<()> {
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     let u = |k: &str| v[k].as_u64().unwrap_or(0);
-    println!(
+    util::outln!(
         "relayfs bench: {} threads x {} B records, {} mode{}",
         u("threads"),
         v["size"].as_str().unwrap_or(""),
@@ -375,26 +375,26 @@ fn print_run(v: &Value) {
         v["rate"]
             .as_f64()
             .map_or(String::new(), |r| format!(", rate {r:.0}/s"))
-    );
-    println!(
+    )?;
+    util::outln!(
         "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
         f("ns_per_record"),
         f("ns_per_record_p99"),
         f("records_per_sec") / 1e6,
         f("bytes_per_sec") / 1e6
-    );
+    )?;
     if v["reader"] == true {
-        println!(
+        util::outln!(
             "  recorder   {:.0} MB/s, {:.2} CPU s per GB, {} KiB anonymous memory at most",
             f("recorder_bytes_per_sec") / 1e6,
             f("recorder_cpu_s_per_gb"),
             u("recorder_rss_anon_peak_kib")
-        );
+        )?;
     }
     let fs = &v["fs_baseline"];
     if fs.is_object() {
         let g = |pass: &str, k: &str| fs[pass][k].as_f64().unwrap_or(0.0);
-        println!(
+        util::outln!(
             "  filesystem write(2) alone of {} into the same directory before the run, twice: \
              {:.0} MB/s at {:.2} CPU s per GB into memory not used lately, {:.0} MB/s at {:.2} reusing it",
             util::human_bytes(fs["warm"]["bytes"].as_u64().unwrap_or(0)),
@@ -402,17 +402,17 @@ fn print_run(v: &Value) {
             g("cold", "cpu_s_per_gb"),
             g("warm", "bytes_per_sec") / 1e6,
             g("warm", "cpu_s_per_gb"),
-        );
+        )?;
         if v["rate"].is_number() {
-            println!(
+            util::outln!(
                 "             storing the {:.0} MB/s offered would take the filesystem alone {:.2} CPUs ({:.2} warm)",
                 f("offered_bytes_per_sec") / 1e6,
                 g("cold", "cpus_for_offered"),
                 g("warm", "cpus_for_offered"),
-            );
+            )?;
         }
     }
-    println!(
+    util::outln!(
         "  written {}  delivered {}  dropped {}  verified {}",
         u("written"),
         u("delivered"),
@@ -423,7 +423,7 @@ fn print_run(v: &Value) {
             Some(false) => "FAILED",
             None => "-",
         }
-    );
+    )
 }
 
 /// Runs `relayfs bench`.
@@ -438,9 +438,9 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let v = run_once(a)?;
     if a.json {
-        println!("{v}");
+        util::outln!("{v}")?;
     } else {
-        print_run(&v);
+        print_run(&v)?;
     }
     Ok(if v["verified"] == false { 1 } else { 0 })
 }
@@ -450,10 +450,18 @@ fn sweep(a: &Args) -> Result<i32> {
     let mut rows = Vec::new();
     let mut bad = false;
     if !a.json {
-        println!(
+        util::outln!(
             "{:>6} {:>7} {:<13} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}  verified",
-            "size", "threads", "mode", "ns/rec", "p99", "Mrec/s", "MB/s", "rec MB/s", "dropped%"
-        );
+            "size",
+            "threads",
+            "mode",
+            "ns/rec",
+            "p99",
+            "Mrec/s",
+            "MB/s",
+            "rec MB/s",
+            "dropped%"
+        )?;
     }
     for size in [16u32, 64, 1024, 4096] {
         for threads in [1, ncpu] {
@@ -473,7 +481,7 @@ fn sweep(a: &Args) -> Result<i32> {
                 bad |= v["verified"] == false;
                 if !a.json {
                     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-                    println!(
+                    util::outln!(
                         "{:>6} {:>7} {:<13} {:>10.1} {:>10.1} {:>12.2} {:>10.0} {:>12.0} {:>9.1}%  {}",
                         size.max(24),
                         threads,
@@ -485,14 +493,14 @@ fn sweep(a: &Args) -> Result<i32> {
                         f("recorder_bytes_per_sec") / 1e6,
                         100.0 * f("dropped") / f("written").max(1.0),
                         if v["verified"] == true { "OK" } else { "FAILED" }
-                    );
+                    )?;
                 }
                 rows.push(v);
             }
         }
     }
     if a.json {
-        println!("{}", json!({ "sweep": rows }));
+        util::outln!("{}", json!({ "sweep": rows }))?;
     }
     Ok(if bad { 1 } else { 0 })
 }
@@ -505,11 +513,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
     let mut hi = top["records_per_sec"].as_f64().unwrap_or(1e6);
     if top["dropped"] == 0 {
         if a.json {
-            println!("{}", json!({ "lossless_rate": hi, "unthrottled": top }));
+            util::outln!("{}", json!({ "lossless_rate": hi, "unthrottled": top }))?;
         } else {
-            println!("no drops even unthrottled: {:.2} M records/s", hi / 1e6);
+            util::outln!("no drops even unthrottled: {:.2} M records/s", hi / 1e6)?;
             if let Some(line) = fs_ceiling(&top) {
-                println!("{line}");
+                util::outln!("{line}")?;
             }
         }
         return Ok(0);
@@ -526,13 +534,13 @@ fn find_lossless(a: &Args) -> Result<i32> {
         let v = run_once(&run)?;
         let ok = v["dropped"] == 0 && v["verified"] != false;
         if !a.json {
-            println!(
+            util::outln!(
                 "  rate {:>8.2} M/s: achieved {:.2} M/s, dropped {}, {:.1} ns/record",
                 mid / 1e6,
                 v["records_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 v["dropped"],
                 v["ns_per_record"].as_f64().unwrap_or(0.0)
-            );
+            )?;
         }
         if ok {
             lo = mid;
@@ -542,17 +550,17 @@ fn find_lossless(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        println!(
+        util::outln!(
             "{}",
             json!({ "lossless_rate": lo, "at_that_rate": best, "unthrottled": top })
-        );
+        )?;
     } else {
-        println!(
+        util::outln!(
             "highest rate with zero drops found: {:.2} M records/s",
             lo / 1e6
-        );
+        )?;
         if let Some(line) = fs_ceiling(&top) {
-            println!("{line}");
+            util::outln!("{line}")?;
         }
     }
     Ok(0)

@@ -322,7 +322,7 @@ pub fn run(a: &Args) -> Result<i32> {
         // Leave it running: forget the guard.
         trace.started = false;
         trace.set_up = false;
-        println!("{}", dir.display());
+        util::outln!("{}", dir.display())?;
         return Ok(0);
     }
 
@@ -387,7 +387,7 @@ pub fn run(a: &Args) -> Result<i32> {
     summary["n_subbufs"] = json!(a.n_subbufs);
     super::record::write_summary(&out, &summary)?;
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else if !a.quiet {
         // blktrace's own summary, so that its users read it at a glance.
         eprintln!("=== {name} ===");

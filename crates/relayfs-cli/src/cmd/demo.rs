@@ -339,9 +339,9 @@ pub fn run(a: &Args) -> Result<i32> {
         "defects": verified.as_ref().map(|r| r.defects.clone()),
     });
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else {
-        print_summary(&summary, a.no_record);
+        print_summary(&summary, a.no_record)?;
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -390,68 +390,69 @@ pub(crate) fn tempfile_dir() -> Result<tempfile::TempDir> {
     b.context("cannot create a temporary output directory")
 }
 
-fn print_summary(s: &serde_json::Value, no_record: bool) {
+fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
     let u = |k: &str| s[k].as_u64().unwrap_or(0);
     let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
-    println!("relayfs demo: channel {}", text("channel"));
-    println!(
+    util::outln!("relayfs demo: channel {}", text("channel"))?;
+    util::outln!(
         "  channel    {} buffers x {} sub-buffers x {}, {} mode",
         u("buffers"),
         u("n_subbufs"),
         util::human_bytes(u("subbuf_size")),
         text("mode")
-    );
-    println!(
+    )?;
+    util::outln!(
         "  producer   {} threads x {} records of {} B: {:.1} ns/record (median thread), {:.0} MB/s",
         u("threads"),
         u("count"),
         text("size"),
         s["ns_per_record"].as_f64().unwrap_or(0.0),
         s["producer_mb_per_s"].as_f64().unwrap_or(0.0)
-    );
+    )?;
     if !no_record {
-        println!(
+        util::outln!(
             "  recorder   relayfs record (pid {}) wrote {} to {}",
             u("recorder_pid"),
             util::human_bytes(u("recorded_bytes")),
             s["out"].as_str().unwrap_or("a temporary directory")
-        );
+        )?;
     }
-    println!("  written    {}", u("written"));
+    util::outln!("  written    {}", u("written"))?;
     if !no_record {
-        println!("  delivered  {}", u("delivered"));
+        util::outln!("  delivered  {}", u("delivered"))?;
     }
-    println!(
+    util::outln!(
         "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {})",
         u("dropped"),
         u("dropped_full"),
         u("dropped_toobig"),
         u("overwritten"),
         u("discarded")
-    );
+    )?;
     if no_record {
-        return;
+        return Ok(());
     }
     let defects: Vec<&str> = s["defects"]
         .as_array()
         .map(|d| d.iter().filter_map(|x| x.as_str()).collect())
         .unwrap_or_default();
     if s["verified"] == true {
-        println!(
+        util::outln!(
             "  verified   OK: every record whole and in order, no duplicate; written = delivered + dropped"
-        );
+        )?;
     } else {
-        println!("  verified   FAILED");
+        util::outln!("  verified   FAILED")?;
         for d in defects.iter().take(10) {
-            println!("    {d}");
+            util::outln!("    {d}")?;
         }
         if defects.is_empty() {
-            println!(
+            util::outln!(
                 "    the counters don't add up: {} written != {} delivered + {} dropped",
                 u("written"),
                 u("delivered"),
                 u("dropped")
-            );
+            )?;
         }
     }
+    Ok(())
 }

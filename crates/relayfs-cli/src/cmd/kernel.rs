@@ -387,7 +387,7 @@ pub fn record_dir(dir: &Path, a: &record::Args) -> Result<i32> {
     memory.finish(&mut summary);
     record::write_summary(&a.out, &summary)?;
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else if !a.quiet {
         print_summary(dir, &a.out, &results, elapsed, dropped, mmap);
         if dropped.unwrap_or(0) > 0 {

@@ -59,20 +59,25 @@ pub fn run(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        println!(
+        util::outln!(
             "{}",
             json!({ "relay_dir": root.display().to_string(), "channels": chans })
-        );
+        )?;
         return Ok(0);
     }
     if chans.is_empty() {
-        println!("no channels in {}", root.display());
+        util::outln!("no channels in {}", root.display())?;
         return Ok(0);
     }
-    println!(
+    util::outln!(
         "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
-        "channel", "buffers", "size", "mode", "producer", "readers"
-    );
+        "channel",
+        "buffers",
+        "size",
+        "mode",
+        "producer",
+        "readers"
+    )?;
     for c in &chans {
         let size = format!(
             "{}x{}",
@@ -84,7 +89,7 @@ pub fn run(a: &Args) -> Result<i32> {
             Some(s) => s.to_string(),
             None => String::new(),
         };
-        println!(
+        util::outln!(
             "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
             c["name"].as_str().unwrap_or(""),
             c["buffers"],
@@ -92,7 +97,7 @@ pub fn run(a: &Args) -> Result<i32> {
             c["mode"].as_str().unwrap_or(""),
             producer,
             c["readers"]
-        );
+        )?;
     }
     Ok(0)
 }

@@ -515,16 +515,21 @@ pub fn run(a: &Args) -> Result<i32> {
     let mut summary = summarize(&dir, a, &results, elapsed);
     memory.finish(&mut summary);
     write_summary(&a.out, &summary)?;
-    if a.json {
-        println!("{summary}");
-    } else if !a.quiet {
-        print_summary(&dir, a, &results, elapsed);
-    }
+    // The buffers' errors are reported even if stdout can't be written.
+    let printed = if a.json {
+        util::outln!("{summary}")
+    } else {
+        if !a.quiet {
+            print_summary(&dir, a, &results, elapsed);
+        }
+        Ok(())
+    };
     for r in &results {
         if let Some(e) = &r.error {
             eprintln!("relayfs record: {}: {e}", r.name);
         }
     }
+    printed?;
     Ok(exit_code(&results))
 }
 

@@ -59,14 +59,14 @@ fn once(a: &Args) -> Result<()> {
                 })
             })
             .collect();
-        println!(
+        util::outln!(
             "{}",
             json!({ "channel": dir.display().to_string(), "buffers": v })
-        );
+        )?;
         return Ok(());
     }
-    println!("{}", dir.display());
-    println!(
+    util::outln!("{}", dir.display())?;
+    util::outln!(
         "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  state",
         "buffer",
         "produced",
@@ -79,7 +79,7 @@ fn once(a: &Args) -> Result<()> {
         "overwritten",
         "discarded",
         "padding"
-    );
+    )?;
     for (b, st) in &rows {
         let s = &st.stats;
         let state = match (st.closed, st.producer_alive) {
@@ -87,7 +87,7 @@ fn once(a: &Args) -> Result<()> {
             (false, true) => "open",
             (false, false) => "producer gone",
         };
-        println!(
+        util::outln!(
             "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  {state}{}",
             b.name,
             s.subbufs_produced,
@@ -105,7 +105,7 @@ fn once(a: &Args) -> Result<()> {
             } else {
                 ""
             }
-        );
+        )?;
     }
     Ok(())
 }
@@ -117,9 +117,10 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(0);
     };
     util::catch_interrupts();
-    while !util::interrupted() {
+    // Until interrupted, or until whoever reads the output has gone.
+    while !util::interrupted() && !util::stdout_closed() {
         if !a.json {
-            print!("\x1b[H\x1b[2J");
+            util::out!("\x1b[H\x1b[2J")?;
         }
         once(a)?;
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));

@@ -298,9 +298,9 @@ pub fn run(a: &Args) -> Result<i32> {
     };
     let rep = verify_dir(&a.dir, &expect)?;
     if a.json {
-        println!("{}", rep.json());
+        crate::util::outln!("{}", rep.json())?;
     } else {
-        println!(
+        crate::util::outln!(
             "{} files, {} records, {} bytes, {} writers; {} missing, {} counted as lost",
             rep.files.len(),
             rep.records,
@@ -308,14 +308,14 @@ pub fn run(a: &Args) -> Result<i32> {
             rep.writers.len(),
             rep.missing,
             rep.lost
-        );
+        )?;
         for d in rep.defects.iter().take(20) {
-            println!("DEFECT: {d}");
+            crate::util::outln!("DEFECT: {d}")?;
         }
         if rep.defects.len() > 20 {
-            println!("... and {} more defects", rep.defects.len() - 20);
+            crate::util::outln!("... and {} more defects", rep.defects.len() - 20)?;
         }
-        println!("{}", if rep.ok() { "OK" } else { "FAILED" });
+        crate::util::outln!("{}", if rep.ok() { "OK" } else { "FAILED" })?;
     }
     Ok(if rep.ok() { 0 } else { 1 })
 }
