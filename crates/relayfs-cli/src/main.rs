@@ -57,7 +57,7 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("relayfs: error: {e:#}");
+            crate::util::errln!("relayfs: error: {e:#}");
             std::process::exit(1);
         }
     }

@@ -132,7 +132,25 @@ macro_rules! out {
     };
 }
 
-pub(crate) use {out, outln};
+/// `eprintln!` that never panics: a message to a terminal that has gone
+/// (`EIO` after a hang-up) or a closed pipe is dropped, so that a command
+/// ending on SIGHUP still gets to finish its work.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`errln!`]).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {err, errln, out, outln};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -140,9 +158,12 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Makes SIGINT and SIGTERM set a flag instead of killing the process.
+/// Makes SIGINT, SIGTERM and SIGHUP set a flag instead of killing the
+/// process, so that a long-running command ends the same clean way on each
+/// (stops, drains, tears down, writes its summary): Ctrl-C, `kill`, or its
+/// terminal or SSH session going away (blktrace catches the same three).
 pub fn catch_interrupts() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing a handler that only stores to an atomic, which
         // is async-signal-safe.
         unsafe {
@@ -151,7 +172,7 @@ pub fn catch_interrupts() {
     }
 }
 
-/// Whether SIGINT or SIGTERM arrived.
+/// Whether SIGINT, SIGTERM or SIGHUP arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

@@ -246,3 +246,173 @@ fn a_closed_stdout_is_an_ordinary_ending() {
     assert!(err.contains("standard output"), "{err}");
     chan.close().unwrap();
 }
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+/// Waits for `child` to end; kills it (and fails) if it is still running
+/// after a minute, so that a signal it ignores can't hang the suite.
+fn end_of(child: std::process::Child, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("{what}: still running a minute after the signal");
+        }
+    }
+}
+
+const ENDING_SIGNALS: [(i32, &str); 3] = [
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGHUP, "SIGHUP"),
+];
+
+#[test]
+fn record_ends_on_a_hang_up_as_on_ctrl_c() {
+    for (sig, name) in ENDING_SIGNALS {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("live");
+        std::fs::create_dir(&dir).unwrap();
+        let chan = relayfs::Channel::builder("live")
+            .dir(&dir)
+            .subbuf_size(4096)
+            .n_subbufs(8)
+            .open()
+            .unwrap();
+        let mut expect = Vec::new();
+        for seq in 0..100 {
+            let r = demo_record(0, seq, 40);
+            chan.write_cpu(0, &r).unwrap();
+            expect.extend(r);
+        }
+        chan.flush();
+        let out = root.path().join("out");
+        let rec = relayfs(root.path())
+            .args(["record", "live", "--json", "-o"])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("recorder wrote the data", || {
+            std::fs::metadata(out.join("cpu0.out")).is_ok_and(|m| m.len() == expect.len() as u64)
+        });
+        signal(rec.id(), sig);
+        let rec = end_of(rec, name);
+        assert_eq!(rec.status.code(), Some(0), "{name}: {}", stderr(&rec));
+        let summary: serde_json::Value = serde_json::from_slice(&rec.stdout).unwrap();
+        assert_eq!(summary["end"], "interrupted", "{name}");
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("relayfs-record.json")).unwrap())
+                .unwrap();
+        assert_eq!(on_disk["end"], "interrupted", "{name}: summary written");
+        assert_eq!(
+            std::fs::read(out.join("cpu0.out")).unwrap(),
+            expect,
+            "{name}"
+        );
+        chan.close().unwrap();
+    }
+}
+
+#[test]
+fn demo_ends_on_a_hang_up_as_on_ctrl_c() {
+    for (sig, name) in ENDING_SIGNALS {
+        let root = tempfile::tempdir().unwrap();
+        let relay = root.path().join("relay");
+        // More records than could ever be written before the signal.
+        let demo = relayfs(&relay)
+            .args([
+                "demo",
+                "--json",
+                "--name",
+                "hup",
+                "--out",
+                &root.path().join("out").display().to_string(),
+                "--threads",
+                "2",
+                "--count",
+                "1000000000000",
+                "--subbuf-size",
+                "16K",
+                "--n-subbufs",
+                "4",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let cpu0 = relay.join("hup").join("cpu0");
+        wait_until("the recorder attached", || {
+            relayfs::RelayFile::inspect(&cpu0).is_ok_and(|s| s.reader_attached)
+        });
+        signal(demo.id(), sig);
+        let demo = end_of(demo, name);
+        let err = stderr(&demo);
+        assert_eq!(demo.status.code(), Some(0), "{name}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&demo.stdout)
+            .unwrap_or_else(|e| panic!("{name}: no summary ({e}): {err}"));
+        assert_eq!(v["interrupted"], true, "{name}: {v}");
+        assert_eq!(v["verified"], true, "{name}: {v}");
+        let (w, d, x) = (
+            v["written"].as_u64().unwrap(),
+            v["delivered"].as_u64().unwrap(),
+            v["dropped"].as_u64().unwrap(),
+        );
+        assert!(w < 2 * 1_000_000_000_000, "{name}: stopped early: {v}");
+        assert_eq!(w, d + x, "{name}: nothing lost uncounted: {v}");
+        // The recorder drained the channel to its close and was waited for.
+        let pid = v["recorder_pid"].as_u64().unwrap();
+        assert!(pid > 0);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}: recorder {pid} still running"
+        );
+        assert!(!cpu0.exists(), "{name}: channel closed");
+    }
+}
+
+#[test]
+fn bench_ends_on_a_hang_up() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = root.path().join("relay");
+    let bench = relayfs(&relay)
+        .args([
+            "bench",
+            "--json",
+            "--out",
+            &root.path().join("out").display().to_string(),
+            "--threads",
+            "2",
+            "--duration",
+            "600",
+            "--subbuf-size",
+            "16K",
+            "--n-subbufs",
+            "4",
+            "--no-fs-baseline",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cpu0 = relay.join(format!("bench-{}", bench.id())).join("cpu0");
+    wait_until("the recorder attached", || {
+        relayfs::RelayFile::inspect(&cpu0).is_ok_and(|s| s.reader_attached)
+    });
+    signal(bench.id(), libc::SIGHUP);
+    let bench = end_of(bench, "bench");
+    let err = stderr(&bench);
+    assert_eq!(bench.status.code(), Some(0), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&bench.stdout).unwrap_or_else(|e| panic!("no summary ({e}): {err}"));
+    assert_eq!(v["verified"], true, "{v}");
+    assert!(v["seconds"].as_f64().unwrap() < 600.0, "{v}");
+    assert!(!cpu0.exists(), "channel closed");
+}

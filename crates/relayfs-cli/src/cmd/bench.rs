@@ -212,6 +212,7 @@ fn run_once(a: &Args) -> Result<Value> {
                 loop {
                     if count.is_some_and(|c| seq >= c)
                         || deadline.is_some_and(|d| start.elapsed() >= d)
+                        || util::interrupted()
                     {
                         break;
                     }

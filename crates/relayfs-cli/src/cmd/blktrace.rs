@@ -136,7 +136,7 @@ impl Trace {
 impl Drop for Trace {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!(
+            crate::util::errln!(
                 "relayfs blktrace: {}: could not tear tracing down: {e} (try relayfs blktrace --kill {})",
                 self.path.display(),
                 self.path.display()
@@ -293,16 +293,16 @@ pub fn run(a: &Args) -> Result<i32> {
         let stop = t.stop();
         let down = t.teardown();
         match (stop, down) {
-            (Ok(()), Ok(())) => eprintln!(
+            (Ok(()), Ok(())) => crate::util::errln!(
                 "relayfs blktrace: tracing on {} torn down",
                 a.device.display()
             ),
-            (_, Err(e)) => eprintln!(
+            (_, Err(e)) => crate::util::errln!(
                 "relayfs blktrace: {}: {e} (nothing was running?)",
                 a.device.display()
             ),
             (Err(e), Ok(())) => {
-                eprintln!("relayfs blktrace: {}: {e}; torn down", a.device.display())
+                crate::util::errln!("relayfs blktrace: {}: {e}; torn down", a.device.display())
             }
         }
         return Ok(0);
@@ -390,32 +390,32 @@ pub fn run(a: &Args) -> Result<i32> {
         util::outln!("{summary}")?;
     } else if !a.quiet {
         // blktrace's own summary, so that its users read it at a glance.
-        eprintln!("=== {name} ===");
+        crate::util::errln!("=== {name} ===");
         for (r, c) in results.iter().zip(&per_cpu) {
             let cpu = r.name.trim_start_matches("trace");
-            eprintln!(
+            crate::util::errln!(
                 "  CPU{cpu:>3}: {:>20} events, {:>8} KiB data",
                 c.events,
                 r.bytes.div_ceil(1024)
             );
         }
         let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-        eprintln!(
+        crate::util::errln!(
             "  Total:  {:>20} events (dropped {}), {:>8} KiB data",
             events,
             dropped.unwrap_or(0),
             bytes.div_ceil(1024)
         );
-        eprintln!(
+        crate::util::errln!(
             "  recorded in {elapsed:.2} s, {cpu_s:.3} CPU s; output in {}",
             out.display()
         );
         if garbage > 0 {
-            eprintln!("  {garbage} bytes at the end of the output are not whole events");
+            crate::util::errln!("  {garbage} bytes at the end of the output are not whole events");
         }
     }
     if let Some(d) = dropped.filter(|&d| d > 0) {
-        eprintln!(
+        crate::util::errln!(
             "You have {d} ({:.1}%) dropped events\nConsider using a larger sub-buffer size (--subbuf-size, now {}) and/or more sub-buffers (--n-subbufs, now {})",
             100.0 * d as f64 / (d + events).max(1) as f64,
             util::human_bytes(a.subbuf_size),

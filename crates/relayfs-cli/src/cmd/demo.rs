@@ -161,6 +161,8 @@ impl Rng {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct WriterResult {
+    /// Records offered: `--count`, or fewer when interrupted.
+    offered: u64,
     ok: u64,
     full: u64,
     toobig: u64,
@@ -205,6 +207,12 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
                 barrier.wait();
                 let t = Instant::now();
                 for seq in 0..count {
+                    // Stop early on SIGINT, SIGTERM or SIGHUP (checked
+                    // once in a while, off the write itself).
+                    if seq % 1024 == 0 && util::interrupted() {
+                        break;
+                    }
+                    r.offered += 1;
                     let len = rng.len(size);
                     match chan.reserve(len) {
                         Ok(mut slot) => {
@@ -262,7 +270,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let mut rec_pid = 0;
     if a.no_record {
         if !a.json {
-            eprintln!(
+            crate::util::errln!(
                 "relayfs demo: channel {} is open; start `relayfs record {name} -o DIR` (waiting up to {} s)",
                 chan.dir().display(),
                 a.attach_timeout
@@ -284,7 +292,13 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(child) => finish_recorder(child)?,
         None => serde_json::Value::Null,
     };
-    let offered = threads as u64 * a.count;
+    let offered: u64 = writers.iter().map(|w| w.offered).sum();
+    let interrupted = writers.iter().any(|w| w.offered < a.count);
+    // Interrupted, the writers may each have offered a different number.
+    let writers_count = writers
+        .iter()
+        .all(|w| w.offered == writers[0].offered)
+        .then(|| (threads, writers[0].offered));
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
     let producer_lost = pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records;
@@ -296,7 +310,7 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(verify::verify_dir(
             &out,
             &verify::Expect {
-                writers_count: Some((threads, a.count)),
+                writers_count,
                 lost: Some(dropped),
             },
         )?)
@@ -307,7 +321,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let ns_per_record = {
         let mut v: Vec<f64> = writers
             .iter()
-            .map(|w| w.secs * 1e9 / a.count.max(1) as f64)
+            .map(|w| w.secs * 1e9 / w.offered.max(1) as f64)
             .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -319,6 +333,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "buffers": nbuf,
         "threads": threads,
         "count": a.count,
+        "interrupted": interrupted,
         "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
         "subbuf_size": g.subbuf_size,
         "n_subbufs": g.n_subbufs,
@@ -348,7 +363,16 @@ pub fn run(a: &Args) -> Result<i32> {
 
 /// Starts `relayfs record` on `chan` into `out` (JSON summary on its stdout)
 /// and waits until it holds every buffer.
+///
+/// The recorder gets a process group of its own, so that Ctrl-C or a
+/// hang-up of the terminal reaches only this process: it stops the writers
+/// and closes the channel, and the recorder then drains everything and
+/// ends as on any close. (Were the recorder signalled too, it would stop
+/// while the writers still wrote, and what they wrote after would be
+/// neither delivered nor counted.) Should this process die, the recorder
+/// sees its producer gone and ends too.
 pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("record")
         .arg(chan.dir())
@@ -356,10 +380,17 @@ pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process:
         .arg(out)
         .args(["--json", "--quiet"])
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .context("cannot start the recorder")?;
-    if !wait_for_readers(chan, Duration::from_secs(30), Some(&mut child))? {
+    let attached = wait_for_readers(chan, Duration::from_secs(30), Some(&mut child));
+    if !matches!(attached, Ok(true)) {
         let _ = child.kill();
+        let _ = child.wait();
+        attached?;
+        if util::interrupted() {
+            bail!("interrupted before the recorder attached");
+        }
         bail!("the recorder did not attach within 30 s");
     }
     Ok(child)
@@ -417,7 +448,15 @@ fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
             s["out"].as_str().unwrap_or("a temporary directory")
         )?;
     }
-    util::outln!("  written    {}", u("written"))?;
+    util::outln!(
+        "  written    {}{}",
+        u("written"),
+        if s["interrupted"] == true {
+            " (interrupted: the writers stopped early)"
+        } else {
+            ""
+        }
+    )?;
     if !no_record {
         util::outln!("  delivered  {}", u("delivered"))?;
     }

@@ -314,7 +314,7 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
                 Ok(n) => n,
                 Err(e) if a.retry && out_of_space(&e) => {
                     if !warned {
-                        eprintln!(
+                        crate::util::errln!(
                             "relayfs record: {}: {e}; retrying (the producer counts what it drops meanwhile)",
                             out.files.last().map_or(String::new(), |p| p.display().to_string())
                         );
@@ -526,7 +526,7 @@ pub fn run(a: &Args) -> Result<i32> {
     };
     for r in &results {
         if let Some(e) = &r.error {
-            eprintln!("relayfs record: {}: {e}", r.name);
+            crate::util::errln!("relayfs record: {}: {e}", r.name);
         }
     }
     printed?;
@@ -549,7 +549,7 @@ fn status_line(progress: &[Progress], names: &[String], done: &AtomicBool, start
         std::thread::sleep(Duration::from_millis(500));
         last = print_status(progress, names, started, last);
     }
-    eprint!("\r\x1b[K");
+    crate::util::err!("\r\x1b[K");
 }
 
 /// Draws the live status line once; `last` is the (time, total bytes) of
@@ -575,7 +575,7 @@ pub(crate) fn print_status(
         .zip(progress)
         .map(|(n, p)| format!("{n} {}", util::human_bytes(p.bytes.load(Ordering::Relaxed))))
         .collect();
-    eprint!(
+    crate::util::err!(
         "\r\x1b[K[{:>5.1}s] {} | {:.1} MB/s | {}",
         started.elapsed().as_secs_f64(),
         per.join("  "),
@@ -720,14 +720,20 @@ fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde
 fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
     let total = relayfs::sum_stats(results.iter().map(|r| &r.stats));
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    eprintln!("relayfs record: {} -> {}", dir.display(), a.out.display());
-    eprintln!(
+    crate::util::errln!("relayfs record: {} -> {}", dir.display(), a.out.display());
+    crate::util::errln!(
         "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  end",
-        "buffer", "bytes", "records", "drop-full", "too-big", "overwritten", "discarded"
+        "buffer",
+        "bytes",
+        "records",
+        "drop-full",
+        "too-big",
+        "overwritten",
+        "discarded"
     );
     for r in results {
         let s = &r.stats;
-        eprintln!(
+        crate::util::errln!(
             "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  {}",
             r.name,
             util::human_bytes(r.bytes),
@@ -739,7 +745,7 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
             r.end.as_str()
         );
     }
-    eprintln!(
+    crate::util::errln!(
         "  total    {} in {:.2} s ({:.1} MB/s), {} records",
         util::human_bytes(bytes),
         elapsed,
@@ -747,9 +753,9 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         total.records_consumed
     );
     if total.lost() == 0 {
-        eprintln!("  nothing lost");
+        crate::util::errln!("  nothing lost");
     } else {
-        eprintln!(
+        crate::util::errln!(
             "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}): consider a larger --subbuf-size or more sub-buffers",
             total.lost(),
             total.dropped_full,
@@ -759,7 +765,7 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         );
     }
     if results.iter().any(|r| r.end == End::ProducerGone) {
-        eprintln!(
+        crate::util::errln!(
             "  the producer died without closing the channel: every complete sub-buffer was saved"
         );
     }
