@@ -177,6 +177,31 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// A name as a table shows it: a newline, tab, other control character or
+/// bidirectional override in a channel's name (anyone who can create a
+/// directory under the relay directory names it) is written as an escape
+/// (`\n`, `\t`, `\x1b`, `\u{202e}`), and a backslash as `\\`, so that
+/// no name can start a line of its own or disguise itself.
+pub fn escape_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            '\r' => s.push_str("\\r"),
+            c if c.is_ascii_control() => s.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                s.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => s.push(c),
+        }
+    }
+    s
+}
+
 /// Whether stderr is a terminal.
 pub fn stderr_is_tty() -> bool {
     // SAFETY: isatty on a valid fd number has no other preconditions.
@@ -225,6 +250,17 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn names_cannot_forge_a_row() {
+        assert_eq!(escape_name("plain-name.1"), "plain-name.1");
+        assert_eq!(escape_name("a\nb"), "a\\nb");
+        assert_eq!(escape_name("t\tr\r"), "t\\tr\\r");
+        assert_eq!(escape_name("esc\x1b[2J"), "esc\\x1b[2J");
+        assert_eq!(escape_name("back\\n"), "back\\\\n");
+        assert_eq!(escape_name("\u{202e}x\u{85}"), "\\u{202e}x\\u{85}");
+        assert_eq!(escape_name("caf\u{e9}"), "caf\u{e9}");
     }
 
     #[test]

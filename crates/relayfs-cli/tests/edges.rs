@@ -416,3 +416,73 @@ fn bench_ends_on_a_hang_up() {
     assert!(v["seconds"].as_f64().unwrap() < 600.0, "{v}");
     assert!(!cpu0.exists(), "channel closed");
 }
+
+#[test]
+fn ls_escapes_names_and_reports_an_unreadable_relay_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = root.path().join("relay");
+    std::fs::create_dir(&relay).unwrap();
+    // A name that would print as a row of its own, and a terminal escape.
+    let evil = "evil\nforged        1     16x4.0 KiB no-overwrite  alive (pid 1)       0";
+    let mut chans = Vec::new();
+    for name in [evil, "esc\x1b[2Jape", "plain"] {
+        let dir = relay.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        chans.push(
+            relayfs::Channel::builder("c")
+                .dir(&dir)
+                .subbuf_size(4096)
+                .n_subbufs(4)
+                .open()
+                .unwrap(),
+        );
+    }
+    let out = relayfs(&relay).arg("ls").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and one row per channel:\n{text}");
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("evil\\nforged")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("esc\\x1b[2Jape")),
+        "{text}"
+    );
+    // JSON keeps the name itself (JSON escapes it).
+    let (out, v) = run_json(relayfs(&relay).args(["ls", "--json"]));
+    assert!(out.status.success());
+    let names: Vec<&str> = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&evil), "{v}");
+    drop(chans);
+
+    // No relay directory at all: no channels.
+    let missing = root.path().join("missing");
+    let out = relayfs(&missing).arg("ls").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no channels"));
+    // One that can't be read: an error, not "no channels".
+    let file = root.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    for bad in [file.clone(), file.join("sub")] {
+        for json in [false, true] {
+            let mut cmd = relayfs(&bad);
+            cmd.arg("ls");
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{bad:?}: {err}");
+            assert!(err.contains("cannot read"), "{err}");
+            assert!(out.stdout.is_empty(), "{bad:?}");
+        }
+    }
+}

@@ -71,7 +71,7 @@ pub(crate) enum End {
     Closed,
     /// The producer died; every complete sub-buffer was drained.
     ProducerGone,
-    /// SIGINT/SIGTERM: what was ready was drained.
+    /// SIGINT, SIGTERM or SIGHUP: what was ready was drained.
     Interrupted,
     /// `--duration` passed: what was ready was drained.
     Stopped,
