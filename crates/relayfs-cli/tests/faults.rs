@@ -196,7 +196,11 @@ fn stopped_recorder_never_slows_the_producer() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("recorder attached", || reader_attached(&chan, 0));
+    // Every buffer, however many CPUs there are: a buffer the recorder had
+    // not opened yet when stopped would be gone (closed) when it resumed.
+    wait_until("recorder attached", || {
+        (0..chan.n_buffers()).all(|i| reader_attached(&chan, i))
+    });
     signal(&rec, libc::SIGSTOP);
     wait_until("recorder stopped", || {
         std::fs::read_to_string(format!("/proc/{}/stat", rec.id())).is_ok_and(|st| {
@@ -253,10 +257,13 @@ fn full_output_filesystem() {
     let run = |name: &str, retry: bool| {
         let dir = root.path().join(name);
         std::fs::create_dir(&dir).unwrap();
+        // One global buffer: the recorder's files take the same room in
+        // the small filesystem however many CPUs there are.
         let chan = Channel::builder(name)
             .dir(&dir)
             .subbuf_size(4096)
             .n_subbufs(64)
+            .global(true)
             .open()
             .unwrap();
         let sub = out.join(name);
