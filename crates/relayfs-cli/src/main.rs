@@ -5,6 +5,7 @@
 mod args;
 mod cmd;
 mod demofmt;
+mod output;
 mod util;
 
 use clap::{Parser, Subcommand};

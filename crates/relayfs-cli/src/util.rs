@@ -26,12 +26,59 @@ pub struct BufferFile {
     pub path: PathBuf,
     /// CPU number parsed from the name.
     pub cpu: u64,
+    /// Channel id in its header when it was looked at (0 if it was not
+    /// valid then).
+    pub channel_id: u64,
 }
 
-/// The buffer files `<base><N>` of a channel directory, in CPU order. With
-/// `base` None, every file whose header is a valid relay buffer.
+/// The valid buffer files `<base><N>` of a channel directory, in CPU order.
+/// With `base` None, every file whose header is a valid relay buffer.
 pub fn buffer_files(dir: &Path, base: Option<&str>) -> Result<Vec<BufferFile>> {
-    let mut out = Vec::new();
+    Ok(scan_channel(dir, base)?.bufs)
+}
+
+/// A buffer of a channel that can't be recorded: what it is called and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadBuffer {
+    /// File name, e.g. `cpu1`.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What a channel directory holds: the buffers that belong to the channel,
+/// and every one that should be there but isn't usable.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelScan {
+    /// Valid buffer files of the channel, in CPU order.
+    pub bufs: Vec<BufferFile>,
+    /// Files that fail validation, belong to another channel, or are
+    /// missing (the headers say how many buffers the channel has).
+    pub bad: Vec<BadBuffer>,
+    /// Buffers the channel has, as its headers say (summed over the
+    /// channels in the directory when there are several base names).
+    pub n_buffers: u64,
+    /// The channel id (of the first channel, with several base names).
+    pub channel_id: Option<u64>,
+}
+
+/// Looks at every buffer file `<base><N>` of a channel directory (regular
+/// files only: a symlink is never followed). With `base` None, the base
+/// names that have at least one valid buffer file (or, when none has,
+/// every `<name><N>` file, so that a channel whose files are all bad is
+/// reported rather than missed).
+///
+/// For each base name the channel is the one of its newest valid file; its
+/// header's buffer count says which buffers must be there. A file that fails
+/// validation, a file of another channel (another channel id: the leftover
+/// of an earlier producer), and a buffer that is not there at all are each
+/// listed in `bad` with the reason.
+pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
+    use std::collections::BTreeMap;
+    type Candidate = (BufferFile, Result<relayfs::BufferHeader, String>);
+    let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read channel directory {}", dir.display()))?;
     for ent in entries {
@@ -44,22 +91,97 @@ pub fn buffer_files(dir: &Path, base: Option<&str>) -> Result<Vec<BufferFile>> {
         if digits_at == name.len() {
             continue;
         }
-        if let Some(b) = base {
-            if &name[..digits_at] != b {
-                continue;
-            }
-        } else if relayfs::RelayFile::peek_header(&ent.path()).is_err() {
+        let prefix = &name[..digits_at];
+        if base.is_some_and(|b| b != prefix) {
             continue;
         }
+        let header = relayfs::RelayFile::peek_header(&ent.path()).map_err(|e| e.to_string());
         let cpu = name[digits_at..].parse().unwrap_or(u64::MAX);
-        out.push(BufferFile {
-            name,
-            path: ent.path(),
-            cpu,
-        });
+        groups.entry(prefix.to_string()).or_default().push((
+            BufferFile {
+                name: name.clone(),
+                path: ent.path(),
+                cpu,
+                channel_id: header.as_ref().map_or(0, |h| h.channel_id),
+            },
+            header,
+        ));
     }
-    out.sort_by(|a, b| (a.cpu, &a.name).cmp(&(b.cpu, &b.name)));
-    Ok(out)
+    if base.is_none() && groups.values().flatten().any(|(_, h)| h.is_ok()) {
+        groups.retain(|_, g| g.iter().any(|(_, h)| h.is_ok()));
+    }
+    let mut scan = ChannelScan::default();
+    for (prefix, group) in groups {
+        // The channel: that of the newest valid file.
+        let chan = group
+            .iter()
+            .filter_map(|(_, h)| h.as_ref().ok())
+            .max_by_key(|h| h.created_ns)
+            .cloned();
+        if let Some(h) = &chan {
+            scan.n_buffers += h.n_buffers;
+            scan.channel_id.get_or_insert(h.channel_id);
+        }
+        let files = group.len() as u64;
+        let mut names = std::collections::BTreeSet::new();
+        for (b, h) in group {
+            names.insert(b.name.clone());
+            let reason = match (&h, &chan) {
+                (Err(e), _) => Some(e.clone()),
+                (Ok(h), Some(c)) if h.channel_id != c.channel_id => Some(format!(
+                    "belongs to another channel (id {:#x}, not {:#x}): left over from an earlier producer?",
+                    h.channel_id, c.channel_id
+                )),
+                _ => None,
+            };
+            match reason {
+                Some(reason) => scan.bad.push(BadBuffer {
+                    name: b.name,
+                    path: b.path,
+                    reason,
+                }),
+                None => scan.bufs.push(b),
+            }
+        }
+        if let Some(c) = &chan {
+            // Buffers are numbered by CPU; name the missing ones among the
+            // first n_buffers numbers, or count them if those are all there.
+            // (A bad file stands for its buffer: it is reported above.)
+            let mut missing = c.n_buffers.saturating_sub(files);
+            for i in 0..c.n_buffers {
+                if missing == 0 {
+                    break;
+                }
+                let name = format!("{prefix}{i}");
+                if !names.contains(&name) {
+                    missing -= 1;
+                    scan.bad.push(BadBuffer {
+                        path: dir.join(&name),
+                        name,
+                        reason: format!(
+                            "missing: the channel has {} buffers, and this one is not in {}",
+                            c.n_buffers,
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+            if missing > 0 {
+                scan.bad.push(BadBuffer {
+                    name: format!("{prefix}*"),
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "{missing} of the channel's {} buffers are missing",
+                        c.n_buffers
+                    ),
+                });
+            }
+        }
+    }
+    scan.bufs
+        .sort_by(|a, b| (a.cpu, &a.name).cmp(&(b.cpu, &b.name)));
+    scan.bad.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(scan)
 }
 
 /// Parses a size such as `4096`, `64K`, `1M`, `2G`, `512KiB`.
@@ -250,6 +372,48 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    /// A global (one-buffer) channel's buffer file, copied to `to`.
+    fn copy_of_a_buffer(to: &Path) {
+        let d = tempfile::tempdir().unwrap();
+        let chan = relayfs::Channel::builder("c")
+            .dir(d.path())
+            .global(true)
+            .subbuf_size(4096)
+            .n_subbufs(2)
+            .open()
+            .unwrap();
+        std::fs::copy(chan.buffer_path(0), to).unwrap();
+        chan.close().unwrap();
+    }
+
+    #[test]
+    fn scan_reports_foreign_and_invalid_buffer_files() {
+        let d = tempfile::tempdir().unwrap();
+        copy_of_a_buffer(&d.path().join("cpu0"));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        copy_of_a_buffer(&d.path().join("cpu1"));
+        std::fs::write(d.path().join("cpu2"), b"not a buffer").unwrap();
+        std::fs::write(d.path().join("notes1"), b"someone else's").unwrap();
+        let scan = scan_channel(d.path(), None).unwrap();
+        // The newest channel is the one; the other's file is a leftover.
+        let names: Vec<_> = scan.bufs.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["cpu1"]);
+        let bad: Vec<_> = scan.bad.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(bad, ["cpu0", "cpu2"], "{:?}", scan.bad);
+        assert!(
+            scan.bad[0].reason.contains("another channel"),
+            "{:?}",
+            scan.bad
+        );
+        assert_eq!(scan.n_buffers, 1);
+        // With every file bad, each is still reported.
+        std::fs::remove_file(d.path().join("cpu0")).unwrap();
+        std::fs::remove_file(d.path().join("cpu1")).unwrap();
+        let scan = scan_channel(d.path(), None).unwrap();
+        assert!(scan.bufs.is_empty());
+        assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
     }
 
     #[test]

@@ -271,6 +271,21 @@ fn verify_catches_every_kind_of_defect() {
     let d = root.path().join("missing");
     let (ok, v) = verify(&d, &["--lost", "1"]);
     assert!(ok, "{v}");
+    // The producer's counters (as the demo prints them) tell a writer
+    // missing altogether.
+    let counters = root.path().join("counters.json");
+    let write_counters = |threads: u64| {
+        let c = serde_json::json!({ "threads": threads, "count": 50, "dropped": 0 });
+        std::fs::write(&counters, c.to_string()).unwrap();
+    };
+    write_counters(1);
+    let c = counters.to_str().unwrap();
+    let (ok, v) = verify(&good, &["--counters", c]);
+    assert!(ok, "{v}");
+    write_counters(2);
+    let (ok, v) = verify(&good, &["--counters", c]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["missing"], 50, "{v}");
 }
 
 #[test]
@@ -330,11 +345,21 @@ fn record_rotates_files_at_subbuffer_boundaries() {
     let mut files: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".out."))
+        .filter(|n| n.contains(".out.") && !n.starts_with('.'))
         .collect();
     files.sort();
-    assert!(files.len() <= 6, "at most 3 kept per buffer: {files:?}");
     assert!(!files.is_empty());
+    // Every buffer has its own set of files (cpuN.out.K), so the total
+    // scales with the buffer count: at most 3 kept per buffer.
+    let mut per_buffer = std::collections::BTreeMap::<&str, u64>::new();
+    for f in &files {
+        *per_buffer
+            .entry(f.split(".out.").next().unwrap())
+            .or_default() += 1;
+    }
+    for (b, n) in &per_buffer {
+        assert!(*n <= 3, "at most 3 kept per buffer, {b} has {n}: {files:?}");
+    }
     for f in &files {
         let len = std::fs::metadata(out.join(f)).unwrap().len();
         assert!(len <= 8192 + 4096, "{f}: {len}");
@@ -481,4 +506,237 @@ fn recorder_into_dev_null_counts_everything_and_stays_small() {
         rss > 0 && rss < 16 * 1024,
         "recorder anonymous memory {rss} KiB"
     );
+}
+
+/// A per-CPU channel `name` under `root` (as many buffers as possible CPUs).
+fn per_cpu_channel(root: &Path, name: &str) -> Channel {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    Channel::builder(name)
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(16)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn recorder_takes_every_buffer_of_a_channel_still_being_opened() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = per_cpu_channel(root.path(), "opening");
+    // cpu0 appears only after the recorder started, as when the producer
+    // is still creating its files.
+    let cpu0 = chan.buffer_path(0).to_path_buf();
+    let hidden = root.path().join("opening/.hidden");
+    std::fs::rename(&cpu0, &hidden).unwrap();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "opening", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&hidden, &cpu0).unwrap();
+    for cpu in 0..chan.n_buffers() {
+        wait_until("recorder attached", || reader_attached(&chan, cpu));
+    }
+    for seq in 0..100 {
+        chan.write_cpu(0, &demo_record(0, seq, 64)).unwrap();
+    }
+    let n = chan.n_buffers() as u64;
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["records_delivered"], 100);
+    assert_eq!(s["n_buffers"].as_u64(), Some(n));
+    assert_eq!(s["buffers"].as_array().unwrap().len() as u64, n);
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args(["--writers", "1", "--count", "100"])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+/// Overwrites the magic of a buffer file, as a scribbler would.
+fn spoil_magic(path: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"garbage!", 0).unwrap();
+}
+
+#[test]
+fn a_bad_buffer_file_is_reported_by_stat_and_record() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = per_cpu_channel(root.path(), "spoilt");
+    let last = chan.n_buffers() - 1;
+    let bad = chan.buffer_path(last).to_path_buf();
+    let bad_name = bad.file_name().unwrap().to_string_lossy().into_owned();
+    spoil_magic(&bad);
+    let st = relayfs(root.path())
+        .args(["stat", "spoilt"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "{text}");
+    assert!(text.contains(&bad_name) && text.contains("magic"), "{text}");
+    let st = relayfs(root.path())
+        .args(["stat", "spoilt", "--json"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["errors"][0]["buffer"], bad_name.as_str(), "{v}");
+    assert_eq!(v["buffers"].as_array().unwrap().len(), last, "{v}");
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "spoilt", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for cpu in 0..last {
+        wait_until("recorder attached", || reader_attached(&chan, cpu));
+    }
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&bad_name) && err.contains("magic"), "{err}");
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failed: Vec<_> = s["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["end"] == "error")
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed, [bad_name]);
+}
+
+#[test]
+fn verify_notices_a_buffer_missing_from_the_recording() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = per_cpu_channel(root.path(), "whole");
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "whole", "--quiet", "-o"])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    for cpu in 0..chan.n_buffers() {
+        wait_until("recorder attached", || reader_attached(&chan, cpu));
+    }
+    for seq in 0..100 {
+        chan.write_cpu(0, &demo_record(0, seq, 64)).unwrap();
+    }
+    chan.close().unwrap();
+    let mut rec = rec;
+    assert!(rec.wait().unwrap().success());
+    let verify = || {
+        relayfs(root.path())
+            .arg("verify")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    assert!(verify().status.success());
+    // Cut short at a record boundary: the records left are in order with
+    // no gap, but fewer than the recorder delivered.
+    let cpu0 = out.join("cpu0.out");
+    let whole = std::fs::read(&cpu0).unwrap();
+    std::fs::write(&cpu0, &whole[..50 * 64]).unwrap();
+    let v = verify();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(!v.status.success(), "{text}");
+    assert!(
+        text.contains("50 records") && text.contains("100"),
+        "{text}"
+    );
+    std::fs::write(&cpu0, &whole).unwrap();
+    assert!(verify().status.success());
+    // The whole buffer that held writer 0 is gone.
+    std::fs::remove_file(out.join("cpu0.out")).unwrap();
+    let v = verify();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(!v.status.success(), "{text}");
+    assert!(text.contains("cpu0"), "{text}");
+}
+
+#[test]
+fn a_refused_second_recorder_leaves_the_output_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = per_cpu_channel(root.path(), "twice");
+    let out = root.path().join("out");
+    let first = relayfs(root.path())
+        .args(["record", "twice", "--quiet", "-o"])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    for cpu in 0..chan.n_buffers() {
+        let name = chan.buffer_path(cpu).file_name().unwrap().to_string_lossy();
+        let state = out.join(format!(".{name}.out.state"));
+        wait_until("recorder started", || state.exists());
+    }
+    let listing = || {
+        let mut v: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    let second = relayfs(root.path())
+        .args(["record", "twice", "--quiet", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(err.contains("another"), "{err}");
+    assert_eq!(listing(), before, "nothing added or removed");
+    assert!(!out.join("relayfs-record.json").exists());
+    chan.close().unwrap();
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(out.join("relayfs-record.json")).unwrap()).unwrap();
+    assert_eq!(s["exit_code"], 0);
+}
+
+#[test]
+fn loss_advice_names_the_producer_settings() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lossy");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("lossy")
+        .dir(&dir)
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(2)
+        .open()
+        .unwrap();
+    for seq in 0..1000 {
+        let _ = chan.write(&demo_record(0, seq, 64));
+    }
+    assert!(chan.stats(0).dropped_full > 0);
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "lossy", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("recorder attached", || reader_attached(&chan, 0));
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("LOST"), "{err}");
+    assert!(err.contains("ChannelBuilder::subbuf_size"), "{err}");
+    assert!(!err.contains("consider a larger --subbuf-size"), "{err}");
 }

@@ -131,7 +131,13 @@ fn main() {
         match t.join() {
             Ok(Ok(line)) => println!("{line}"),
             Ok(Err(e)) => {
-                eprintln!("kernel_reader: {e}");
+                let mut msg = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(c) = cur {
+                    msg = format!("{msg}: {c}");
+                    cur = c.source();
+                }
+                eprintln!("kernel_reader: {msg}");
                 failed = true;
             }
             Err(_) => failed = true,

@@ -8,7 +8,25 @@
 
 use std::sync::Arc;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// The error and its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("producer: {}", chain(&*e));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "simple".into());
     let count: u64 = args.next().map_or(Ok(100_000), |s| s.parse())?;
@@ -50,7 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect();
-    let dropped: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let mut dropped = 0u64;
+    for w in writers {
+        dropped += w.join().map_err(|_| "a writer thread panicked")?;
+    }
     let stats = chan.total_stats();
     println!(
         "wrote {} records, {dropped} dropped (buffer full: {})",

@@ -11,20 +11,39 @@ use std::time::Duration;
 
 use relayfs::{Ready, RelayFile};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// The error and its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("reader: {}", chain(&*e));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "simple".into());
     let out = PathBuf::from(args.next().unwrap_or_else(|| "simple-out".into()));
     std::fs::create_dir_all(&out)?;
     let dir = relayfs::relay_dir().join(&name);
     println!("waiting for {}", dir.display());
-    // Wait for the producer to create every buffer (each header says how
-    // many there are).
+    // Wait for the producer to publish its buffers. Each appears whole, and
+    // cpu0 last, so once cpu0 is there every buffer its header counts is.
     let n_buffers = loop {
-        if let Ok(h) = RelayFile::peek_header(&dir.join("cpu0")) {
-            if (0..h.n_buffers).all(|i| dir.join(format!("cpu{i}")).exists()) {
-                break h.n_buffers;
-            }
+        match RelayFile::peek_header(&dir.join("cpu0")) {
+            Ok(h) => break h.n_buffers,
+            Err(relayfs::ReadError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -55,12 +74,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ));
     }
+    let mut failed = 0;
     for (cpu, t) in threads.into_iter().enumerate() {
         match t.join() {
             Ok(Ok(n)) => println!("cpu{cpu}.out: {n} bytes"),
-            Ok(Err(e)) => eprintln!("cpu{cpu}: {e}"),
-            Err(_) => eprintln!("cpu{cpu}: reader thread panicked"),
+            Ok(Err(e)) => {
+                eprintln!("reader: cpu{cpu}: {}", chain(&e));
+                failed += 1;
+            }
+            Err(_) => {
+                eprintln!("reader: cpu{cpu}: reader thread panicked");
+                failed += 1;
+            }
         }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {n_buffers} buffers failed").into());
     }
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! The client callbacks (the kernel's `struct rchan_callbacks`), as a trait
 //! with default methods.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::dir::{ChannelDir, UnpublishedFile};
 
 pub use crate::buffer::SwitchInfo;
 
@@ -82,41 +82,39 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = (buf, mapped);
     }
 
-    /// Creates the relay file `filename` in `parent` (`create_buf_file`).
-    /// Set `*is_global` to ask for one buffer shared by all CPUs; it is
-    /// asked for the first buffer only. The default creates a new regular
-    /// file with `mode` (0600 unless the channel says otherwise), refusing
-    /// to reuse an existing one.
+    /// Creates the relay file `filename` in the channel directory `dir`
+    /// (`create_buf_file`), not yet visible under its name: the channel
+    /// sizes it, writes its header and then publishes it as `filename` in
+    /// one step (a reader never sees a half-made buffer). Set `*is_global`
+    /// to ask for one buffer shared by all CPUs; it is asked for the first
+    /// buffer only.
+    ///
+    /// The default is [`ChannelDir::create_unpublished`] with `mode` (0600
+    /// unless the channel says otherwise). A custom hook calls it too (with
+    /// its own mode, say) and may do more with the file before returning it.
     ///
     /// # Errors
     /// Any I/O error fails `relay_open`.
     fn create_buf_file(
         &self,
-        parent: &Path,
+        dir: &ChannelDir,
         filename: &str,
         mode: u32,
         is_global: &mut bool,
-    ) -> io::Result<File> {
+    ) -> io::Result<UnpublishedFile> {
         let _ = is_global;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(parent.join(filename))?;
-        // The mode asked for, whatever the umask.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        Ok(f)
+        dir.create_unpublished(filename, mode)
     }
 
-    /// Removes a relay file at `relay_close` (`remove_buf_file`). Readers that
-    /// have it open keep reading it; its memory goes with the last of them.
+    /// Removes the relay file `filename` from the channel directory `dir`
+    /// at `relay_close` (`remove_buf_file`). The channel has checked that
+    /// the name still is its buffer. Readers that have it open keep reading
+    /// it; its memory goes with the last of them.
     ///
     /// # Errors
     /// Reported by `relay_close`.
-    fn remove_buf_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
+    fn remove_buf_file(&self, dir: &ChannelDir, filename: &str) -> io::Result<()> {
+        dir.unlink(filename)
     }
 }
 

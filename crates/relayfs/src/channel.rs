@@ -3,8 +3,9 @@
 //! into it: `relay_open`, `relay_write`, `relay_reserve`, `relay_flush`,
 //! `relay_reset`, `relay_subbufs_consumed`, `relay_close`.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, OFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::buffer::{BufferStats, Hooks, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
+use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
 use crate::error::{OpenError, WriteError};
 use crate::layout::{hdr, Geometry, FLAG_GLOBAL, FLAG_OVERWRITE, STATE_CLOSED, STATE_OPEN};
 use crate::notify::Notifier;
@@ -45,15 +47,20 @@ pub fn wake_fifo_path(buffer_path: &Path) -> PathBuf {
     buffer_path.with_file_name(format!(".{name}.wake"))
 }
 
+/// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
+/// must stay within the file system's 255-byte limit.
+pub(crate) const MAX_NAME: usize = 200;
+
 fn check_name(name: &str) -> Result<(), OpenError> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-        || name.len() > 200
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(OpenError::Name(name.to_string()));
+    }
+    if name.len() > MAX_NAME {
+        return Err(OpenError::NameTooLong {
+            name: name.to_string(),
+            len: name.len(),
+            max: MAX_NAME,
+        });
     }
     Ok(())
 }
@@ -88,6 +95,7 @@ pub struct ChannelBuilder {
     name: String,
     base: String,
     dir: Option<PathBuf>,
+    root: Option<PathBuf>,
     subbuf_size: u64,
     n_subbufs: u64,
     hdr_reserve: u64,
@@ -117,6 +125,7 @@ impl ChannelBuilder {
             name: name.to_string(),
             base: "cpu".to_string(),
             dir: None,
+            root: None,
             subbuf_size: DEFAULT_SUBBUF_SIZE,
             n_subbufs: DEFAULT_N_SUBBUFS,
             hdr_reserve: 0,
@@ -136,9 +145,18 @@ impl ChannelBuilder {
     }
 
     /// The directory to put the buffer files in (the kernel's `parent`),
-    /// instead of `<relay dir>/<name>`. It must exist.
+    /// instead of `<relay dir>/<name>`. It must exist, must not be a
+    /// symbolic link, must belong to us (or root) and, if others may write
+    /// to it, be sticky. It is never removed.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// The relay directory to make the channel directory in, instead of
+    /// [`relay_dir()`] (`$RELAYFS_DIR` or `/dev/shm/relayfs`).
+    pub fn relay_dir(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = Some(root.into());
         self
     }
 
@@ -211,13 +229,18 @@ impl ChannelBuilder {
     /// stale files with [`Stale::Refuse`], no space, or a file system error.
     pub fn open(self) -> Result<Channel, OpenError> {
         check_name(&self.base)?;
-        let dir = match &self.dir {
-            Some(d) => d.clone(),
+        let g = Geometry::new(
+            self.subbuf_size,
+            self.n_subbufs,
+            self.hdr_reserve,
+            shm::page_size().max(4096),
+        )?;
+        let (dir, created) = match &self.dir {
+            Some(d) => (ChannelDir::open(d)?, None),
             None => {
                 check_name(&self.name)?;
-                let root = relay_dir();
-                create_dir_mode(&root, 0o755)?;
-                let d = root.join(&self.name);
+                let root = self.root.clone().unwrap_or_else(relay_dir);
+                let root = RelayRoot::open_or_create(&root)?;
                 // Whoever may read the files may search the directory.
                 let mut dmode = 0o700;
                 if self.mode & 0o040 != 0 {
@@ -226,29 +249,48 @@ impl ChannelBuilder {
                 if self.mode & 0o004 != 0 {
                     dmode |= 0o005;
                 }
-                create_dir_mode(&d, dmode)?;
-                d
+                root.channel(&self.name, dmode)?
             }
         };
-        let meta = std::fs::metadata(&dir).map_err(|e| OpenError::Io {
-            what: "channel directory",
-            path: dir.clone(),
-            source: e,
-        })?;
-        if !meta.is_dir() {
-            return Err(OpenError::Io {
-                what: "channel directory",
-                path: dir,
-                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-            });
+        match self.open_in(&dir, g) {
+            Ok((bufs, global, ncpu)) => {
+                let inner = Arc::new(Inner {
+                    bufs,
+                    global,
+                    ncpu,
+                    max_record: g.max_record(),
+                    callbacks: self.callbacks.clone(),
+                    dir,
+                    created,
+                    base: self.base.clone(),
+                    geometry: g,
+                    closed: AtomicBool::new(false),
+                    flush_lock: Mutex::new(()),
+                });
+                let flusher = self
+                    .flush_interval
+                    .map(|every| Flusher::start(inner.clone(), every));
+                Ok(Channel { inner, flusher })
+            }
+            Err(e) => {
+                if let Some(c) = created {
+                    c.remove();
+                }
+                Err(e)
+            }
         }
-        let g = Geometry::new(
-            self.subbuf_size,
-            self.n_subbufs,
-            self.hdr_reserve,
-            shm::page_size().max(4096),
-        )?;
-        clear_stale(&dir, &self.base, self.stale)?;
+    }
+
+    /// Creates every buffer unpublished, then publishes them (each one's
+    /// FIFO, then its file) from the highest CPU down to `cpu0`, so that a
+    /// reader that finds `cpu0` finds every buffer its header's buffer count
+    /// promises, each whole. On failure removes what it made.
+    fn open_in(
+        &self,
+        dir: &ChannelDir,
+        g: Geometry,
+    ) -> Result<(Vec<Buffer>, bool, usize), OpenError> {
+        clear_stale(dir, &self.base, self.stale)?;
         let overwrite = self.callbacks.mode() == Mode::Overwrite;
         let ncpu = crate::cpu::possible_cpus();
         let channel_id = random_id();
@@ -257,121 +299,172 @@ impl ChannelBuilder {
             .map_or(0, |d| d.as_nanos() as u64);
         let mut bufs: Vec<Buffer> = Vec::new();
         let mut global = self.global;
-        let mut cpu = 0;
-        let result = loop {
-            if cpu == ncpu || (global && cpu == 1) {
-                break Ok(());
+        let mut result = Ok(());
+        for cpu in 0..ncpu {
+            if global && cpu == 1 {
+                break;
             }
             let name = format!("{}{}", self.base, cpu);
-            match Buffer::create_or_clean(
-                &dir,
-                &name,
+            let facts = Facts {
                 cpu,
                 g,
-                &self,
-                &mut global,
                 overwrite,
                 channel_id,
                 created,
                 ncpu,
-            ) {
+            };
+            match Buffer::create(dir, &name, facts, self, &mut global) {
                 Ok(b) => bufs.push(b),
-                Err(e) => break Err(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
-            cpu += 1;
-        };
+        }
+        if result.is_ok() {
+            for b in bufs.iter_mut().rev() {
+                if let Err(e) = b.publish(dir, self.mode & 0o660) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         if let Err(e) = result {
             for b in &bufs {
-                let _ = b.remove(&*self.callbacks);
+                let _ = b.remove(dir, &*self.callbacks);
             }
             return Err(e);
         }
-        let inner = Arc::new(Inner {
-            bufs,
-            global,
-            ncpu,
-            max_record: g.max_record(),
-            callbacks: self.callbacks.clone(),
-            dir,
-            base: self.base.clone(),
-            geometry: g,
-            closed: AtomicBool::new(false),
-            flush_lock: Mutex::new(()),
-        });
-        let flusher = self
-            .flush_interval
-            .map(|every| Flusher::start(inner.clone(), every));
-        Ok(Channel { inner, flusher })
+        Ok((bufs, global, ncpu))
     }
 }
 
-fn create_dir_mode(dir: &Path, mode: u32) -> Result<(), OpenError> {
-    use std::os::unix::fs::DirBuilderExt;
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::DirBuilder::new().mode(mode).create(dir) {
-        // The mode asked for, whatever the umask.
-        Ok(()) => {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-                OpenError::Io {
-                    what: "set permissions of",
-                    path: dir.to_path_buf(),
-                    source: e,
-                }
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(OpenError::Io {
-            what: "create directory",
-            path: dir.to_path_buf(),
-            source: e,
-        }),
-    }
+/// What a buffer's header says besides its geometry's own fields.
+#[derive(Clone, Copy)]
+struct Facts {
+    cpu: usize,
+    g: Geometry,
+    overwrite: bool,
+    channel_id: u64,
+    created: u64,
+    ncpu: usize,
 }
 
 /// Removes (or refuses) buffer files of a dead producer; fails if a live
-/// producer holds them.
-fn clear_stale(dir: &Path, base: &str, stale: Stale) -> Result<(), OpenError> {
-    let io = |what, path: &Path, e| OpenError::Io {
+/// producer holds them. Only what is proven ours is removed: a buffer file
+/// must be a regular file (not a symbolic link) that we own with a valid
+/// buffer header, a FIFO a FIFO we own; anything else under those names is
+/// [`OpenError::NotOurs`] and left in place. The hidden file of a buffer
+/// never published (its producer died in `relay_open`) is removed if it is
+/// ours and no producer holds it.
+fn clear_stale(dir: &ChannelDir, base: &str, stale: Stale) -> Result<(), OpenError> {
+    let io = |what, path: PathBuf, e| OpenError::Io {
         what,
-        path: path.to_path_buf(),
+        path,
         source: e,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| io("read directory", dir, e))?;
+    let me = crate::dir::euid();
+    let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    let not_ours = |name: &str, reason: String| OpenError::NotOurs {
+        path: dir.join(name),
+        reason,
+    };
+    let names = dir
+        .names()
+        .map_err(|e| io("read directory", dir.path().to_path_buf(), e))?;
     let mut old = Vec::new();
-    for ent in entries.flatten() {
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let is_buf = name
-            .strip_prefix(base)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        let is_fifo = name
-            .strip_prefix('.')
+    let mut leftovers = Vec::new();
+    for name in names {
+        let is_buf = name.strip_prefix(base).is_some_and(digits);
+        let hidden = name.strip_prefix('.').and_then(|n| n.strip_prefix(base));
+        let is_fifo = hidden
             .and_then(|n| n.strip_suffix(".wake"))
-            .and_then(|n| n.strip_prefix(base))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            .is_some_and(digits);
+        let is_temp = hidden
+            .and_then(|n| n.split_once(TEMP_MARK))
+            .is_some_and(|(cpu, _)| digits(cpu));
+        if !(is_buf || is_fifo || is_temp) {
+            continue;
+        }
+        let st = match dir.stat(&name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("stat", dir.join(&name), e)),
+        };
+        let foreign = |st: &EntryStat| {
+            (st.uid != me).then(|| format!("it belongs to uid {}, not to uid {me}", st.uid))
+        };
         if is_buf {
-            let path = ent.path();
-            if let Ok(f) = File::open(&path) {
-                if shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(false) {
-                    let pid = crate::reader::RelayFile::peek_pid(&path).unwrap_or(0);
-                    return Err(OpenError::Busy {
-                        path: dir.to_path_buf(),
-                        pid,
-                    });
-                }
+            if st.kind != FileType::RegularFile {
+                return Err(not_ours(&name, format!("it is {}", st.kind_name())));
+            }
+            let f = dir
+                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
+                .map_err(|e| io("open", dir.join(&name), e))?;
+            let meta = f.metadata().map_err(|e| io("stat", dir.join(&name), e))?;
+            if Ident::of(&meta) != st.ident || !meta.is_file() {
+                return Err(not_ours(&name, "it changed while being looked at".into()));
+            }
+            let header = crate::reader::header_of(&f, &dir.join(&name));
+            if shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(false) {
+                return Err(OpenError::Busy {
+                    path: dir.path().to_path_buf(),
+                    pid: header.map_or(0, |h| h.producer_pid),
+                });
+            }
+            if let Some(why) = foreign(&st) {
+                return Err(not_ours(&name, why));
+            }
+            if let Err(e) = header {
+                let why = match e {
+                    crate::ReadError::Format { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                return Err(not_ours(&name, format!("no valid buffer header: {why}")));
+            }
+            old.push((name, st.ident));
+        } else if is_fifo {
+            if st.kind != FileType::Fifo {
+                return Err(not_ours(
+                    &name,
+                    format!("it is {} where a wakeup FIFO belongs", st.kind_name()),
+                ));
+            }
+            if let Some(why) = foreign(&st) {
+                return Err(not_ours(&name, why));
+            }
+            old.push((name, st.ident));
+        } else if st.kind == FileType::RegularFile && st.uid == me {
+            let held = dir
+                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
+                .map(|f| shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(true))
+                .unwrap_or(true);
+            if !held {
+                leftovers.push((name, st.ident));
             }
         }
-        if is_buf || is_fifo {
-            old.push(ent.path());
-        }
+    }
+    for (name, ident) in leftovers {
+        let _ = dir.unlink_if_same(&name, ident);
     }
     if old.is_empty() {
         return Ok(());
     }
     if stale == Stale::Refuse {
-        return Err(OpenError::Stale(dir.to_path_buf()));
+        return Err(OpenError::Stale(dir.path().to_path_buf()));
     }
-    for p in old {
-        std::fs::remove_file(&p).map_err(|e| io("remove stale buffer", &p, e))?;
+    for (name, ident) in old {
+        match dir.unlink_if_same(&name, ident) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(not_ours(
+                    &name,
+                    "it was replaced while being looked at".into(),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove stale buffer", dir.join(&name), e)),
+        }
     }
     Ok(())
 }
@@ -391,87 +484,95 @@ fn random_id() -> u64 {
 /// One buffer of a channel, producer side.
 struct Buffer {
     map: ProducerMap,
-    _file: File,
+    file: UnpublishedFile,
+    /// The buffer file's device and inode: at close its name is removed
+    /// only if it still is this file.
+    ident: Ident,
+    name: String,
+    fifo_name: String,
+    /// The FIFO's identity, once made.
+    fifo: Option<Ident>,
+    published: bool,
     info: BufferInfo,
-    fifo_path: PathBuf,
     notifier: Mutex<Option<Notifier>>,
     mapped_seen: StdAtomicU64,
 }
 
 impl Buffer {
-    /// `create`, removing the half-made file if it fails.
-    #[allow(clippy::too_many_arguments)]
-    fn create_or_clean(
-        dir: &Path,
+    /// Creates the buffer file, unpublished, and writes its header; a hidden
+    /// name it got is removed again if that fails.
+    fn create(
+        dir: &ChannelDir,
         name: &str,
-        cpu: usize,
-        g: Geometry,
+        facts: Facts,
         b: &ChannelBuilder,
         global: &mut bool,
-        overwrite: bool,
-        channel_id: u64,
-        created: u64,
-        ncpu: usize,
     ) -> Result<Buffer, OpenError> {
-        let r = Self::create(
-            dir, name, cpu, g, b, global, overwrite, channel_id, created, ncpu,
-        );
-        if let Err(e) = &r {
-            if !matches!(
-                e,
-                OpenError::Io {
-                    what: "create buffer file",
-                    ..
-                }
-            ) {
-                let path = dir.join(name);
-                let _ = b.callbacks.remove_buf_file(&path);
-                let _ = std::fs::remove_file(wake_fifo_path(&path));
-            }
+        let mut want_global = *global;
+        let file = b
+            .callbacks
+            .create_buf_file(dir, name, b.mode, &mut want_global)
+            .map_err(|e| OpenError::Io {
+                what: "create buffer file",
+                path: dir.join(name),
+                source: e,
+            })?;
+        if facts.cpu == 0 {
+            *global = want_global;
         }
-        r
+        let temp = file.temp_name().map(str::to_string);
+        Self::init(file, dir, name, facts, *global).inspect_err(|_| {
+            if let Some(t) = temp {
+                let _ = dir.unlink(&t);
+            }
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        dir: &Path,
+    fn init(
+        file: UnpublishedFile,
+        dir: &ChannelDir,
         name: &str,
-        cpu: usize,
-        g: Geometry,
-        b: &ChannelBuilder,
-        global: &mut bool,
-        overwrite: bool,
-        channel_id: u64,
-        created: u64,
-        ncpu: usize,
+        facts: Facts,
+        global: bool,
     ) -> Result<Buffer, OpenError> {
+        let Facts {
+            cpu,
+            g,
+            overwrite,
+            channel_id,
+            created,
+            ncpu,
+        } = facts;
         let path = dir.join(name);
         let io = |what, e| OpenError::Io {
             what,
             path: path.clone(),
             source: e,
         };
-        let mut want_global = *global;
-        let file = b
-            .callbacks
-            .create_buf_file(dir, name, b.mode, &mut want_global)
-            .map_err(|e| io("create buffer file", e))?;
-        if cpu == 0 {
-            *global = want_global;
+        if file.name() != name {
+            return Err(io(
+                "create buffer file",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("create_buf_file made {:?}, not {name:?}", file.name()),
+                ),
+            ));
         }
-        if !shm::try_lock_byte(&file, shm::PRODUCER_LOCK_BYTE).map_err(|e| io("lock", e))? {
+        let f = file.file();
+        if !shm::try_lock_byte(f, shm::PRODUCER_LOCK_BYTE).map_err(|e| io("lock", e))? {
             return Err(OpenError::Busy {
-                path: dir.to_path_buf(),
+                path: dir.path().to_path_buf(),
                 pid: 0,
             });
         }
-        shm::allocate(&file, g.file_size).map_err(|e| OpenError::NoSpace {
+        let meta = f.metadata().map_err(|e| io("stat", e))?;
+        shm::allocate(f, g.file_size).map_err(|e| OpenError::NoSpace {
             path: path.clone(),
             size: g.file_size,
             source: e,
         })?;
         let flags =
-            if overwrite { FLAG_OVERWRITE } else { 0 } | if *global { FLAG_GLOBAL } else { 0 };
+            if overwrite { FLAG_OVERWRITE } else { 0 } | if global { FLAG_GLOBAL } else { 0 };
         let fields = [
             (hdr::VERSION, crate::layout::VERSION),
             (hdr::PAGE_SIZE, g.page_size),
@@ -487,29 +588,46 @@ impl Buffer {
             (hdr::DATA_OFFSET, g.data_offset),
             (hdr::FILE_SIZE, g.file_size),
             (hdr::CREATED_NS, created),
-            (hdr::N_BUFFERS, if *global { 1 } else { ncpu as u64 }),
+            (hdr::N_BUFFERS, if global { 1 } else { ncpu as u64 }),
             (hdr::STATE, STATE_OPEN),
             (hdr::EPOCH, 0),
         ];
-        let map = ProducerMap::create(&file, g, flags, &fields).map_err(|e| io("mmap", e))?;
-        let fifo_path = wake_fifo_path(&path);
-        let notifier = Notifier::create(&fifo_path, b.mode & 0o660).map_err(|e| OpenError::Io {
-            what: "create wakeup fifo",
-            path: fifo_path.clone(),
-            source: e,
-        })?;
+        let map = ProducerMap::create(f, g, flags, &fields).map_err(|e| io("mmap", e))?;
         Ok(Buffer {
             map,
-            _file: file,
-            info: BufferInfo {
-                cpu,
-                path,
-                global: *global,
-            },
-            fifo_path,
-            notifier: Mutex::new(Some(notifier)),
+            file,
+            ident: Ident::of(&meta),
+            name: name.to_string(),
+            fifo_name: format!(".{name}.wake"),
+            fifo: None,
+            published: false,
+            info: BufferInfo { cpu, path, global },
+            notifier: Mutex::new(None),
             mapped_seen: StdAtomicU64::new(0),
         })
+    }
+
+    /// Makes the buffer visible: its wakeup FIFO first (so that a reader
+    /// that opens the file finds it), then the file, under its name in one
+    /// step, never replacing anything.
+    fn publish(&mut self, dir: &ChannelDir, fifo_mode: u32) -> Result<(), OpenError> {
+        let (notifier, ident) =
+            Notifier::create(dir, &self.fifo_name, fifo_mode).map_err(|e| OpenError::Io {
+                what: "create wakeup fifo",
+                path: dir.join(&self.fifo_name),
+                source: e,
+            })?;
+        self.fifo = Some(ident);
+        if let Ok(mut n) = self.notifier.lock() {
+            *n = Some(notifier);
+        }
+        dir.publish(&mut self.file).map_err(|e| OpenError::Io {
+            what: "publish buffer file",
+            path: self.info.path.clone(),
+            source: e,
+        })?;
+        self.published = true;
+        Ok(())
     }
 
     #[inline(always)]
@@ -517,9 +635,26 @@ impl Buffer {
         &self.map.shared
     }
 
-    fn remove(&self, cb: &dyn Callbacks) -> std::io::Result<()> {
-        let r = cb.remove_buf_file(&self.info.path);
-        let _ = std::fs::remove_file(&self.fifo_path);
+    /// Removes the buffer's names: the file through `remove_buf_file` and
+    /// the FIFO, each only if the name still is ours (or the hidden name of
+    /// a file never published).
+    fn remove(&self, dir: &ChannelDir, cb: &dyn Callbacks) -> std::io::Result<()> {
+        let mut r = Ok(());
+        if self.published {
+            r = match dir.stat(&self.name) {
+                Ok(st) if st.ident == self.ident => cb.remove_buf_file(dir, &self.name),
+                Ok(_) => Err(std::io::Error::other(format!(
+                    "{} is no longer this channel's buffer; left alone",
+                    self.info.path.display()
+                ))),
+                Err(e) => Err(e),
+            };
+        } else if let Some(t) = self.file.temp_name() {
+            let _ = dir.unlink_if_same(t, self.ident);
+        }
+        if let Some(fifo) = self.fifo {
+            let _ = dir.unlink_if_same(&self.fifo_name, fifo);
+        }
         r
     }
 }
@@ -563,7 +698,10 @@ struct Inner {
     ncpu: usize,
     max_record: u64,
     callbacks: Arc<dyn Callbacks>,
-    dir: PathBuf,
+    dir: ChannelDir,
+    /// The channel directory, if this `relay_open` made it: removed at
+    /// close if it is empty then.
+    created: Option<CreatedDir>,
     base: String,
     geometry: Geometry,
     closed: AtomicBool,
@@ -638,7 +776,7 @@ pub struct Channel {
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("dir", &self.inner.dir)
+            .field("dir", &self.inner.dir.path())
             .field("base", &self.inner.base)
             .field("buffers", &self.inner.bufs.len())
             .field("geometry", &self.inner.geometry)
@@ -873,7 +1011,7 @@ impl Channel {
 
     /// The channel directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir.path()
     }
 
     /// Path of `cpu`'s relay file.
@@ -891,7 +1029,8 @@ impl Channel {
 
     /// Finalizes every buffer (`relay_close`): flushes the last sub-buffers,
     /// marks the channel closed, wakes readers and removes the files through
-    /// `remove_buf_file`. Readers that have the files open drain what is left
+    /// `remove_buf_file`, and the channel directory if `relay_open` made it
+    /// and it is empty now (never one passed with [`ChannelBuilder::dir`]). Readers that have the files open drain what is left
     /// and then see end of data. Dropping a `Channel` does the same.
     ///
     /// # Errors
@@ -921,11 +1060,14 @@ impl Channel {
                     n.wake();
                 } // dropping the FIFO: readers see POLLHUP
             }
-            if let Err(e) = b.remove(&*inner.callbacks) {
+            if let Err(e) = b.remove(&inner.dir, &*inner.callbacks) {
                 if result.is_ok() {
                     result = Err(e);
                 }
             }
+        }
+        if let Some(c) = &inner.created {
+            c.remove();
         }
         result
     }

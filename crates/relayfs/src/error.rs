@@ -1,4 +1,9 @@
 //! Error types, one per operation.
+//!
+//! An error's message says what failed; the error that caused it (an
+//! `io::Error`, a [`FormatError`]) is its [`source`](std::error::Error::source),
+//! not repeated in the message, so a chain printer (`anyhow`'s `{:#}`, or
+//! walking `source()`) prints each cause once.
 
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +30,10 @@ pub enum FormatError {
     #[error("not a relay buffer file (magic {0:#018x})")]
     Magic(u64),
     /// The file has a format version this library does not read.
-    #[error("relay buffer format version {0} is not supported (this library reads version 1)")]
+    #[error(
+        "relay buffer format version {0} is not supported (this library reads version {ours})",
+        ours = crate::layout::VERSION
+    )]
     Version(u64),
     /// The file is shorter than its header says.
     #[error("relay buffer file truncated: {actual} bytes, expected {expected}")]
@@ -59,6 +67,16 @@ pub enum OpenError {
     /// The channel or base file name is not a plain file name.
     #[error("invalid name {0:?}: it must be a non-empty file name without '/' or NUL, and not '.' or '..'")]
     Name(String),
+    /// The channel or base file name is longer than the limit.
+    #[error("name {name:?} is too long: {len} bytes, at most {max}")]
+    NameTooLong {
+        /// The name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest name accepted.
+        max: usize,
+    },
     /// A live producer already has this channel open.
     #[error("channel {path} is already open by a live producer (pid {pid})")]
     Busy {
@@ -71,8 +89,41 @@ pub enum OpenError {
     /// caller asked to refuse rather than replace them.
     #[error("channel {0} holds buffers left by a producer that is gone; open with Stale::Replace to replace them")]
     Stale(PathBuf),
+    /// A directory to use is a symbolic link (directories in shared places
+    /// are opened without following them).
+    #[error("{0} is a symbolic link; relay directories are opened without following symbolic links: use the directory itself")]
+    Symlink(PathBuf),
+    /// A directory to use belongs to another user (not root): its owner
+    /// could swap the files in it.
+    #[error("{path} belongs to uid {owner}, not to you (uid {euid}) nor root, so it is refused: set RELAYFS_DIR (or ChannelBuilder::dir) to a directory of your own")]
+    ForeignOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        euid: u32,
+    },
+    /// A directory to use is writable by group or others and not sticky:
+    /// they could replace the files in it.
+    #[error("{path} is writable by group or others without the sticky bit (mode {mode:o}), so anyone could replace files in it: chmod go-w (or +t) it, or set RELAYFS_DIR (or ChannelBuilder::dir) to a directory of your own")]
+    Insecure {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Something with the name of a buffer file (or its wakeup FIFO) is not
+    /// one of our relay buffers; it is left alone.
+    #[error("{path} is not a relay buffer of ours ({reason}); it was left alone: remove it yourself, or use another channel name or directory")]
+    NotOurs {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not ours.
+        reason: String,
+    },
     /// The buffer space could not be allocated (e.g. /dev/shm is full).
-    #[error("cannot allocate {size} bytes for {path}: {source} (is the filesystem full?)")]
+    #[error("cannot allocate {size} bytes for {path} (is the filesystem full?)")]
     NoSpace {
         /// The buffer file.
         path: PathBuf,
@@ -82,7 +133,7 @@ pub enum OpenError {
         source: io::Error,
     },
     /// A file system call failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -111,18 +162,28 @@ pub enum WriteError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The file is not a valid relay buffer, or its state is corrupt.
-    #[error("{path}: {source}")]
+    #[error("bad relay buffer file {path}")]
     Format {
         /// The buffer file.
         path: PathBuf,
         /// What is wrong.
         source: FormatError,
     },
+    /// The path is not a regular file (a symbolic link, a FIFO, a
+    /// directory…): relay buffer files are opened without following
+    /// symbolic links.
+    #[error("{path} is {kind}, not a regular file: relay buffer files are opened without following symbolic links")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// Another reader holds this buffer.
     #[error("{0}: another reader has this buffer open (one reader per buffer)")]
     Busy(PathBuf),
     /// A system call failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,

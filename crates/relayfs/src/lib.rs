@@ -47,6 +47,7 @@ mod callbacks;
 mod channel;
 pub mod cpu;
 mod cursor;
+mod dir;
 mod error;
 pub mod kernel;
 pub mod layout;
@@ -61,6 +62,7 @@ pub use channel::{
     relay_dir, relay_open, wake_fifo_path, Channel, ChannelBuilder, Reservation, Stale,
     DEFAULT_N_SUBBUFS, DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
+pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::Geometry;

@@ -13,25 +13,28 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
-fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-}
+use rustix::fs::OFlags;
 
-fn open_raw(path: &Path, flags: libc::c_int) -> io::Result<File> {
-    let c = cpath(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+use crate::dir::{ChannelDir, Ident};
+
+/// Opens `path` read-only and non-blocking, without following a symbolic
+/// link, and makes sure it is a FIFO (a symbolic link or another kind of
+/// file in its place is refused).
+fn open_fifo(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_fifo() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
     }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    Ok(f)
 }
 
 /// The producer's end of a buffer's wakeup FIFO.
@@ -41,17 +44,24 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    /// `mkfifo(3)` at `path` (replacing whatever is there) with `mode`, then
-    /// opens it read-write and non-blocking.
-    pub(crate) fn create(path: &Path, mode: u32) -> io::Result<Notifier> {
-        let _ = std::fs::remove_file(path);
-        let c = cpath(path)?;
-        // SAFETY: `c` is a valid NUL-terminated path.
-        if unsafe { libc::mkfifo(c.as_ptr(), mode as libc::mode_t) } != 0 {
-            return Err(io::Error::last_os_error());
+    /// Creates the FIFO `name` in `dir` with `mode` (less the umask), which
+    /// must not exist yet, and opens it read-write and non-blocking. Returns
+    /// it with the FIFO's identity (to remove it later only if it is still
+    /// this one).
+    pub(crate) fn create(dir: &ChannelDir, name: &str, mode: u32) -> io::Result<(Notifier, Ident)> {
+        dir.mkfifo(name, mode)?;
+        let made = (|| {
+            let fifo = dir.open_at(name, OFlags::RDWR | OFlags::NONBLOCK)?;
+            let meta = fifo.metadata()?;
+            if !meta.file_type().is_fifo() {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
+            }
+            Ok((Notifier { fifo }, Ident::of(&meta)))
+        })();
+        if made.is_err() {
+            let _ = dir.unlink(name);
         }
-        let fifo = open_raw(path, libc::O_RDWR | libc::O_NONBLOCK)?;
-        Ok(Notifier { fifo })
+        made
     }
 
     /// Writes one byte; a full pipe (`EAGAIN`) means a wakeup is pending
@@ -81,10 +91,11 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    /// Opens the FIFO read-only and non-blocking.
+    /// Opens the FIFO read-only and non-blocking; a symbolic link or a file
+    /// that is not a FIFO is refused.
     pub(crate) fn open(path: &Path) -> io::Result<Waiter> {
         Ok(Waiter {
-            fifo: open_raw(path, libc::O_RDONLY | libc::O_NONBLOCK)?,
+            fifo: open_fifo(path)?,
         })
     }
 
@@ -144,7 +155,8 @@ mod tests {
     fn wake_wait_and_hangup() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(".x.wake");
-        let n = Notifier::create(&p, 0o600).unwrap();
+        let cd = ChannelDir::open(dir.path()).unwrap();
+        let (n, _) = Notifier::create(&cd, ".x.wake", 0o600).unwrap();
         let w = Waiter::open(&p).unwrap();
         assert_eq!(
             w.wait(Some(Duration::from_millis(10))).unwrap(),
@@ -163,10 +175,24 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_refuses_a_symlink_or_a_non_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let cd = ChannelDir::open(dir.path()).unwrap();
+        let (_n, _) = Notifier::create(&cd, ".z.wake", 0o600).unwrap();
+        let link = dir.path().join(".l.wake");
+        std::os::unix::fs::symlink(dir.path().join(".z.wake"), &link).unwrap();
+        assert!(Waiter::open(&link).is_err());
+        let plain = dir.path().join(".p.wake");
+        std::fs::write(&plain, b"").unwrap();
+        assert!(Waiter::open(&plain).is_err());
+        assert!(Waiter::open(&dir.path().join(".z.wake")).is_ok());
+    }
+
+    #[test]
     fn a_full_pipe_never_blocks_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(".y.wake");
-        let n = Notifier::create(&p, 0o600).unwrap();
+        let cd = ChannelDir::open(dir.path()).unwrap();
+        let (n, _) = Notifier::create(&cd, ".y.wake", 0o600).unwrap();
         for _ in 0..200_000 {
             n.wake(); // far more than a pipe holds
         }

@@ -120,11 +120,7 @@ impl RelayFile {
     /// otherwise (e.g. permission denied).
     pub fn open(path: impl AsRef<Path>) -> Result<RelayFile, ReadError> {
         let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ReadError::io("open", &path, e))?;
+        let file = open_regular(&path, true)?;
         let (map, g) = ReaderMap::open(&file, &path, true)?;
         if !shm::try_lock_byte(&file, shm::READER_LOCK_BYTE)
             .map_err(|e| ReadError::io("lock", &path, e))?
@@ -173,42 +169,8 @@ impl RelayFile {
     /// # Errors
     /// If the file can't be read or is not a buffer file.
     pub fn peek_header(path: &Path) -> Result<BufferHeader, ReadError> {
-        let file = File::open(path).map_err(|e| ReadError::io("open", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| ReadError::io("stat", path, e))?
-            .len();
-        let mut page = [0u8; hdr::END];
-        if len < page.len() as u64 {
-            return Err(ReadError::Format {
-                path: path.to_path_buf(),
-                source: FormatError::Truncated {
-                    expected: page.len() as u64,
-                    actual: len,
-                },
-            });
-        }
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut page, 0)
-            .map_err(|e| ReadError::io("read", path, e))?;
-        let field =
-            |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
-        let geometry = Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
-            ReadError::Format {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        let flags = field(hdr::FLAGS);
-        Ok(BufferHeader {
-            geometry,
-            cpu: field(hdr::CPU),
-            producer_pid: field(hdr::PRODUCER_PID),
-            channel_id: field(hdr::CHANNEL_ID),
-            overwrite: flags & crate::layout::FLAG_OVERWRITE != 0,
-            global: flags & FLAG_GLOBAL != 0,
-            n_buffers: field(hdr::N_BUFFERS),
-            created_ns: field(hdr::CREATED_NS),
-        })
+        let file = open_regular(path, false)?;
+        header_of(&file, path)
     }
 
     /// Looks at a buffer without reading it or taking the reader's place:
@@ -218,9 +180,9 @@ impl RelayFile {
     /// As [`open`](Self::open), but never `Busy`.
     pub fn inspect(path: impl AsRef<Path>) -> Result<BufferStatus, ReadError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| ReadError::io("open", path, e))?;
+        let file = open_regular(path, false)?;
         let (map, _g) = ReaderMap::open(&file, path, false)?;
-        let header = Self::peek_header(path)?;
+        let header = header_of(&file, path)?;
         let s = &map.shared;
         Ok(BufferStatus {
             header,
@@ -239,15 +201,100 @@ impl RelayFile {
     /// reader does.
     ///
     /// # Errors
-    /// If the file can't be opened.
+    /// If the file can't be opened, or is not a regular file.
     pub fn holders(path: &Path) -> io::Result<(bool, bool)> {
-        let f = File::open(path)?;
+        let f = open_regular(path, false).map_err(|e| match e {
+            ReadError::Io { source, .. } => source,
+            e => io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+        })?;
         Ok((
             shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE)?,
             shm::byte_locked(&f, shm::READER_LOCK_BYTE)?,
         ))
     }
+}
 
+/// Opens a buffer file without following a symbolic link (so that a reader,
+/// root say, can't be pointed at another file through one), and refuses
+/// anything but a regular file. `O_NONBLOCK` keeps a FIFO in its place
+/// from blocking the open.
+fn open_regular(path: &Path, write: bool) -> Result<File, ReadError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ReadError::NotRegular {
+                path: path.to_path_buf(),
+                kind: "a symbolic link",
+            },
+            _ => ReadError::io("open", path, e),
+        })?;
+    let t = file
+        .metadata()
+        .map_err(|e| ReadError::io("stat", path, e))?
+        .file_type();
+    if !t.is_file() {
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(file)
+}
+
+/// Reads and validates the header of an open buffer file.
+pub(crate) fn header_of(file: &File, path: &Path) -> Result<BufferHeader, ReadError> {
+    let len = file
+        .metadata()
+        .map_err(|e| ReadError::io("stat", path, e))?
+        .len();
+    let mut page = [0u8; hdr::END];
+    if len < page.len() as u64 {
+        return Err(ReadError::Format {
+            path: path.to_path_buf(),
+            source: FormatError::Truncated {
+                expected: page.len() as u64,
+                actual: len,
+            },
+        });
+    }
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
+        .map_err(|e| ReadError::io("read", path, e))?;
+    let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
+    let geometry = Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
+        ReadError::Format {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let flags = field(hdr::FLAGS);
+    Ok(BufferHeader {
+        geometry,
+        cpu: field(hdr::CPU),
+        producer_pid: field(hdr::PRODUCER_PID),
+        channel_id: field(hdr::CHANNEL_ID),
+        overwrite: flags & crate::layout::FLAG_OVERWRITE != 0,
+        global: flags & FLAG_GLOBAL != 0,
+        n_buffers: field(hdr::N_BUFFERS),
+        created_ns: field(hdr::CREATED_NS),
+    })
+}
+
+impl RelayFile {
     fn shared(&self) -> &Shared {
         &self.map.shared
     }

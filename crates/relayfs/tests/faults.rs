@@ -198,7 +198,7 @@ fn open_as_child() {
     };
     match relayfs::RelayFile::open(&p) {
         Ok(_) => println!("opened"),
-        Err(e) => println!("open error: {e}"),
+        Err(e) => println!("open error: {}", chain(&e)),
     }
 }
 
@@ -212,8 +212,8 @@ fn unwritable_parent_is_a_clear_error() {
         .subbuf_size(4096)
         .n_subbufs(2)
         .open()
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let e = chain(&e);
     assert!(e.contains("Read-only file system"), "{e}");
 }
 
@@ -256,12 +256,24 @@ fn truncated_under_the_reader_is_an_error_not_a_crash() {
         .unwrap();
     f.set_len(8192).unwrap();
     let mut buf = [0u8; 200];
-    let e = r.read(&mut buf).unwrap_err().to_string();
+    let e = chain(&r.read(&mut buf).unwrap_err());
     assert!(e.contains("truncated"), "{e}");
-    let e = r
-        .poll(Some(std::time::Duration::from_millis(10)))
-        .unwrap_err()
-        .to_string();
+    let e = chain(
+        &r.poll(Some(std::time::Duration::from_millis(10)))
+            .unwrap_err(),
+    );
     assert!(e.contains("truncated"), "{e}");
     std::mem::forget(c); // its mapping is past the end now: don't flush into it
+}
+
+/// The error and its sources, as `anyhow`'s `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -86,7 +86,7 @@ fn a_failed_write_loses_nothing() {
     let (r, wr) = pipe();
     drop(r);
     let e = f.sendfile(&wr, u64::MAX).unwrap_err();
-    assert!(e.to_string().contains("Broken pipe"), "{e}");
+    assert!(chain(&e).contains("Broken pipe"), "{e}");
     // The ten bytes were consumed from the file but are kept: a read gets
     // them, in order, before anything newer.
     w.write_all(b"abc").unwrap();
@@ -148,4 +148,16 @@ fn any_relay_file_opens_our_buffers_as_shm() {
     std::fs::write(&junk, b"not a relay file").unwrap();
     let e = AnyRelayFile::open(&junk).unwrap_err();
     assert!(e.to_string().contains(junk.to_str().unwrap()), "{e}");
+}
+
+/// The error and its sources, as `anyhow`'s `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

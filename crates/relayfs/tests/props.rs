@@ -136,10 +136,10 @@ fn bad_headers_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cpu0");
     std::fs::write(&p, b"short").unwrap();
-    let e = RelayFile::open(&p).unwrap_err().to_string();
+    let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("truncated"), "{e}");
     std::fs::write(&p, vec![0u8; 8192]).unwrap();
-    let e = RelayFile::open(&p).unwrap_err().to_string();
+    let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("not a relay buffer"), "{e}");
     let chan = Channel::builder("h")
         .dir(dir.path())
@@ -153,22 +153,22 @@ fn bad_headers_are_clear_errors() {
     let mut v = good.clone();
     v[8] = 9; // version
     std::fs::write(&p, &v).unwrap();
-    let e = RelayFile::open(&p).unwrap_err().to_string();
+    let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("version 9"), "{e}");
     let mut v = good.clone();
     v[96] ^= 0x10; // data offset
     std::fs::write(&p, &v).unwrap();
-    let e = RelayFile::open(&p).unwrap_err().to_string();
+    let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("inconsistent"), "{e}");
     std::fs::write(&p, &good[..good.len() - 4096]).unwrap();
-    let e = RelayFile::open(&p).unwrap_err().to_string();
+    let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("truncated"), "{e}");
 }
 
 #[test]
 fn bad_open_arguments_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |b: relayfs::ChannelBuilder| b.dir(dir.path()).open().unwrap_err().to_string();
+    let open = |b: relayfs::ChannelBuilder| chain(&b.dir(dir.path()).open().unwrap_err());
     assert!(open(Channel::builder("a").subbuf_size(0)).contains("power of two"));
     assert!(open(Channel::builder("a").subbuf_size(3000)).contains("power of two"));
     assert!(open(Channel::builder("a").n_subbufs(0)).contains("sub-buffer count"));
@@ -183,9 +183,49 @@ fn bad_open_arguments_are_clear_errors() {
     let e = Channel::builder("a")
         .dir(dir.path().join("nope"))
         .open()
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let e = chain(&e);
     assert!(e.contains("channel directory"), "{e}");
-    let e = Channel::builder("../evil").open().unwrap_err().to_string();
+    let e = chain(&Channel::builder("../evil").open().unwrap_err());
     assert!(e.contains("invalid name"), "{e}");
+    // A name over the limit says so, not just "invalid".
+    let long = "n".repeat(300);
+    let e = chain(&Channel::builder(&long).open().unwrap_err());
+    assert!(e.contains("too long") && e.contains("300"), "{e}");
+    let e = open(Channel::builder("a").base(&long));
+    assert!(e.contains("too long"), "{e}");
+}
+
+#[test]
+fn error_messages_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let e = Channel::builder("a").dir(&file).open().unwrap_err();
+    let text = chain(&e);
+    // Each part of the chain is said once: the cause is the source, not
+    // repeated in the message.
+    let parts: Vec<&str> = text.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "{p:?} repeated in {text:?}");
+    }
+    assert!(
+        text.contains("Not a directory") || text.contains("not a directory"),
+        "{text}"
+    );
+    let e = RelayFile::open(&file).unwrap_err();
+    let text = chain(&e);
+    assert_eq!(text.matches("truncated").count(), 1, "{text}");
+}
+
+/// The error and its sources, as `anyhow`'s `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -2,7 +2,6 @@
 //! thread per buffer, driven by poll, moving data with `sendfile` into
 //! `OUTDIR/<buffer>.out`, padding removed.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use relayfs::{BufferStats, Ready, RelayFile};
 use serde_json::json;
 
+pub(crate) use crate::output::{is_sink, Output};
 use crate::util::{self, BufferFile};
 
 /// Summary file the recorder leaves in OUTDIR (read by `relayfs verify`).
@@ -110,173 +110,13 @@ struct BufResult {
     error: Option<String>,
 }
 
-/// Output files of one buffer, with rotation.
-pub(crate) struct Output {
-    dir: PathBuf,
-    /// File name without the rotation index, e.g. `cpu0.out`.
-    base: String,
-    max_size: Option<u64>,
-    max_files: Option<u64>,
-    index: u64,
-    pub(crate) file: File,
-    pub(crate) size: u64,
-    pub(crate) files: Vec<PathBuf>,
-}
-
-impl Output {
-    fn path(dir: &Path, base: &str, rotate: bool, index: u64) -> PathBuf {
-        if rotate {
-            dir.join(format!("{base}.{index}"))
-        } else {
-            dir.join(base)
-        }
-    }
-
-    /// Every buffer's output goes to the character device `dev` (e.g.
-    /// `/dev/null`, to measure the recorder alone).
-    fn sink(dev: &Path) -> Result<Output> {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(dev)
-            .with_context(|| format!("cannot open {}", dev.display()))?;
-        Ok(Output {
-            dir: dev.to_path_buf(),
-            base: String::new(),
-            max_size: None,
-            max_files: None,
-            index: 0,
-            file,
-            size: 0,
-            files: vec![dev.to_path_buf()],
-        })
-    }
-
-    /// Creates an empty output `dir/base` (`base.0` with rotation),
-    /// replacing what was there.
-    pub(crate) fn create(
-        dir: &Path,
-        base: &str,
-        max_size: Option<u64>,
-        max_files: Option<u64>,
-    ) -> Result<Output> {
-        if is_sink(dir) {
-            return Self::sink(dir);
-        }
-        let path = Self::path(dir, base, max_size.is_some(), 0);
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Output {
-            dir: dir.to_path_buf(),
-            base: base.to_string(),
-            max_size,
-            max_files,
-            index: 0,
-            file,
-            size: 0,
-            files: vec![path],
-        })
-    }
-
-    /// Opens the output. `consumed` is how many bytes readers have consumed
-    /// from the buffer so far: when it is not 0, a previous recorder stopped
-    /// (or was killed) and this one appends to its output. Without rotation
-    /// the output is then cut back to exactly what was consumed, since a
-    /// recorder killed between writing a chunk and marking it consumed
-    /// leaves a tail the buffer will deliver again.
-    fn open(dir: &Path, name: &str, a: &Args, channel_id: u64, consumed: u64) -> Result<Output> {
-        if is_sink(dir) {
-            return Self::sink(dir);
-        }
-        let rotate = a.max_size.is_some();
-        let resume = consumed > 0;
-        let base = format!("{name}.out");
-        let mut index = 0;
-        if rotate && resume {
-            while Self::path(dir, &base, true, index + 1).exists() {
-                index += 1;
-            }
-        }
-        let path = Self::path(dir, &base, rotate, index);
-        let base_path = dir.join(format!(".{name}.out.base"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        if !resume {
-            file.set_len(0)?;
-        }
-        if !rotate {
-            // "<channel id> <consumed>": the buffer's consumed count when
-            // this output file was empty, for this very channel (a new
-            // producer on the same name has a new id).
-            let base = std::fs::read_to_string(&base_path).ok().and_then(|t| {
-                let mut it = t.split_whitespace().map(|w| w.parse::<u64>().ok());
-                match (it.next().flatten(), it.next().flatten()) {
-                    (Some(id), Some(b)) if resume && id == channel_id => Some(b),
-                    _ => None,
-                }
-            });
-            let base = match base {
-                Some(b) => b,
-                None => {
-                    // Output of another channel, or no record of where it
-                    // started: keep all of it.
-                    let b = if resume {
-                        consumed.saturating_sub(file.metadata()?.len())
-                    } else {
-                        consumed
-                    };
-                    std::fs::write(&base_path, format!("{channel_id} {b}\n"))
-                        .with_context(|| format!("cannot write {}", base_path.display()))?;
-                    b
-                }
-            };
-            let want = consumed.saturating_sub(base);
-            if file.metadata()?.len() > want {
-                file.set_len(want)?;
-            }
-        }
-        let size = file.metadata()?.len();
-        Ok(Output {
-            dir: dir.to_path_buf(),
-            base,
-            max_size: a.max_size,
-            max_files: a.max_files,
-            index,
-            file,
-            size,
-            files: vec![path],
-        })
-    }
-
-    /// Switches to the next file if this one is full (called between
-    /// sub-buffers only).
-    pub(crate) fn maybe_rotate(&mut self) -> Result<()> {
-        let Some(max) = self.max_size else {
-            return Ok(());
-        };
-        if self.size < max {
-            return Ok(());
-        }
-        self.index += 1;
-        let path = Self::path(&self.dir, &self.base, true, self.index);
-        self.file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        self.size = 0;
-        self.files.push(path);
-        if let Some(keep) = self.max_files {
-            while self.files.len() as u64 > keep.max(1) {
-                let old = self.files.remove(0);
-                let _ = std::fs::remove_file(old);
-            }
-        }
-        Ok(())
-    }
-}
-
-fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicBool) -> BufResult {
+fn record_buffer(
+    buf: &BufferFile,
+    mut f: RelayFile,
+    a: &Args,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> BufResult {
     let mut res = BufResult {
         name: buf.name.clone(),
         bytes: 0,
@@ -286,17 +126,19 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
         end: End::Error,
         error: None,
     };
-    let mut go = || -> Result<End> {
-        let mut f = RelayFile::open(&buf.path)?;
-        let mut out = Output::open(
-            &a.out,
-            &buf.name,
-            a,
-            f.header().channel_id,
-            f.stats().bytes_consumed,
-        )?;
-        let rotate = a.max_size.is_some();
+    let mut go = |res: &mut BufResult| -> Result<End> {
         let mut warned = false;
+        let mut out = retrying(a, stop, &mut warned, || {
+            Output::resume(
+                &a.out,
+                &format!("{}.out", buf.name),
+                a.max_size,
+                a.max_files,
+                f.header().channel_id,
+                f.stats().bytes_consumed,
+            )
+        })?;
+        let rotate = a.max_size.is_some();
         // Whole sub-buffers only while the producer is busy: one large write
         // each, and no chasing the producer record by record. The sub-buffer
         // being written is taken too (`tail`) once a poll times out (the
@@ -335,11 +177,9 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
                     )))
                 }
             };
-            if rotate {
-                out.size += n;
-                if f.at_subbuf_boundary() {
-                    out.maybe_rotate()?;
-                }
+            out.wrote(n);
+            if rotate && f.at_subbuf_boundary() {
+                retrying(a, stop, &mut warned, || out.maybe_rotate())?;
             }
             res.bytes += n;
             progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -380,7 +220,7 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
         res.stats = f.stats();
         Ok(end)
     };
-    match go() {
+    match go(&mut res) {
         Ok(end) => res.end = end,
         Err(e) => {
             res.end = End::Error;
@@ -392,43 +232,54 @@ fn record_buffer(buf: &BufferFile, a: &Args, progress: &Progress, stop: &AtomicB
     res
 }
 
-/// Waits for the channel directory and its buffers; returns the buffers.
-fn find_buffers(dir: &Path, a: &Args) -> Result<Vec<BufferFile>> {
-    let started = Instant::now();
+/// How long a channel that has appeared may take to show all its buffers
+/// (the producer creates them one after another).
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Waits for the channel and all its buffers: as many as the buffers'
+/// headers say the channel has, all of one channel. Once the channel exists
+/// (its directory; with `--wait`, its first buffer file), waits at most
+/// [`SETTLE`], then returns what is there with the rest in `bad`.
+fn find_buffers(dir: &Path, a: &Args) -> Result<util::ChannelScan> {
+    let mut seen: Option<Instant> = None;
     loop {
-        let found = if dir.is_dir() {
-            util::buffer_files(dir, a.base.as_deref())?
-        } else {
-            Vec::new()
-        };
-        // All buffers present and valid? (the producer writes the header
-        // last and creates the files one after another)
-        let complete = match found.first() {
-            Some(first) => match RelayFile::peek_header(&first.path) {
-                Ok(h) => found.len() as u64 >= h.n_buffers,
-                Err(_) => false,
-            },
-            None => false,
-        };
-        if complete || (!found.is_empty() && !a.wait) {
-            return Ok(found);
-        }
-        if !a.wait {
-            if !dir.exists() {
-                bail!(
-                    "channel {} not found (is the producer running? --wait waits for it)",
-                    dir.display()
-                );
+        if dir.is_dir() {
+            let scan = util::scan_channel(dir, a.base.as_deref())?;
+            if !scan.bufs.is_empty() && scan.bad.is_empty() {
+                return Ok(scan);
             }
-            bail!("no relay buffer files in {}", dir.display());
+            if !a.wait || !scan.bufs.is_empty() || !scan.bad.is_empty() {
+                let first = *seen.get_or_insert_with(Instant::now);
+                if first.elapsed() >= SETTLE {
+                    if scan.bufs.is_empty() && scan.bad.is_empty() {
+                        bail!("no relay buffer files in {}", dir.display());
+                    }
+                    return Ok(scan);
+                }
+            }
+        } else if !a.wait {
+            bail!(
+                "channel {} not found (is the producer running? --wait waits for it)",
+                dir.display()
+            );
         }
         if util::interrupted() {
             bail!("interrupted while waiting for {}", dir.display());
         }
-        if started.elapsed() > Duration::from_secs(3600 * 24 * 365) {
-            bail!("gave up waiting");
-        }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The result of a buffer that could not be recorded at all.
+fn failed(name: &str, error: String) -> BufResult {
+    BufResult {
+        name: name.to_string(),
+        bytes: 0,
+        abandoned: None,
+        files: vec![],
+        stats: BufferStats::default(),
+        end: End::Error,
+        error: Some(error),
     }
 }
 
@@ -439,7 +290,7 @@ pub fn run(a: &Args) -> Result<i32> {
     if dir.is_dir() && relayfs::kernel::is_kernel_fs(&dir).unwrap_or(false) {
         return super::kernel::record_dir(&dir, a);
     }
-    let bufs = find_buffers(&dir, a)?;
+    let scan = find_buffers(&dir, a)?;
     let sink = is_sink(&a.out);
     if sink && a.max_size.is_some() {
         bail!(
@@ -447,22 +298,52 @@ pub fn run(a: &Args) -> Result<i32> {
             a.out.display()
         );
     }
+    // Every buffer that can't be recorded is an error of its own.
+    let mut unrecorded: Vec<BufResult> = scan
+        .bad
+        .iter()
+        .map(|b| failed(&b.name, format!("{}: {}", b.path.display(), b.reason)))
+        .collect();
+    // Take every buffer's reader place before touching the output: a
+    // recorder refused because another one reads the channel must leave
+    // that one's output alone.
+    let mut bufs = Vec::new();
+    for b in &scan.bufs {
+        match RelayFile::open(&b.path) {
+            Ok(f) if f.header().channel_id != b.channel_id => unrecorded.push(failed(
+                &b.name,
+                format!(
+                    "{}: replaced by another channel's buffer (id {:#x}) while the recorder started",
+                    b.path.display(),
+                    f.header().channel_id
+                ),
+            )),
+            Ok(f) => bufs.push((b.clone(), f)),
+            Err(relayfs::ReadError::Busy(p)) => bail!(
+                "{}: another reader has this buffer (is another recorder running?); {} left untouched",
+                p.display(),
+                a.out.display()
+            ),
+            Err(e) => unrecorded.push(failed(&b.name, e.to_string())),
+        }
+    }
     if !sink {
         std::fs::create_dir_all(&a.out)
             .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
     }
     let memory = MemorySampler::start();
     let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
+    let names: Vec<String> = bufs.iter().map(|(b, _)| b.name.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = bufs
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, b)| {
-            let (b, a, progress, stop) = (b.clone(), a.clone(), progress.clone(), stop.clone());
+        .map(|(i, (b, f))| {
+            let (a, progress, stop) = (a.clone(), progress.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("record-{}", b.name))
-                .spawn(move || record_buffer(&b, &a, &progress[i], &stop))
+                .spawn(move || record_buffer(&b, f, &a, &progress[i], &stop))
         })
         .collect::<std::io::Result<_>>()?;
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -481,27 +362,26 @@ pub fn run(a: &Args) -> Result<i32> {
         });
     }
     let status = (!a.quiet && !a.json && util::stderr_is_tty()).then(|| {
-        let (progress, names, done) = (
-            progress.clone(),
-            bufs.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
-            stop.clone(),
-        );
+        let (progress, names, done) = (progress.clone(), names.clone(), stop.clone());
         std::thread::spawn(move || status_line(&progress, &names, &done, started))
     });
     let mut results: Vec<BufResult> = threads
         .into_iter()
-        .map(|t| {
-            t.join().unwrap_or_else(|_| BufResult {
-                name: "?".into(),
-                bytes: 0,
-                abandoned: None,
-                files: vec![],
-                stats: BufferStats::default(),
-                end: End::Error,
-                error: Some("reader thread panicked".into()),
-            })
+        .zip(&names)
+        .map(|(t, name)| {
+            t.join()
+                .unwrap_or_else(|_| failed(name, "reader thread panicked".into()))
         })
         .collect();
+    results.append(&mut unrecorded);
+    results.sort_by_key(|r| {
+        let digits_at = r.name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        (
+            r.name[..digits_at].to_string(),
+            r.name[digits_at..].parse::<u64>().unwrap_or(u64::MAX),
+            r.name.clone(),
+        )
+    });
     stop.store(true, Ordering::Relaxed);
     if timed_out.load(Ordering::Relaxed) {
         for r in results.iter_mut().filter(|r| r.end == End::Interrupted) {
@@ -512,25 +392,25 @@ pub fn run(a: &Args) -> Result<i32> {
         let _ = s.join();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut summary = summarize(&dir, a, &results, elapsed);
+    let mut summary = summarize(&dir, a, &scan, &results, elapsed);
     memory.finish(&mut summary);
-    write_summary(&a.out, &summary)?;
-    // The buffers' errors are reported even if stdout can't be written.
-    let printed = if a.json {
-        util::outln!("{summary}")
-    } else {
-        if !a.quiet {
-            print_summary(&dir, a, &results, elapsed);
-        }
-        Ok(())
-    };
+    // The buffers' own errors first: the first of them is what went wrong.
     for r in &results {
         if let Some(e) = &r.error {
             crate::util::errln!("relayfs record: {}: {e}", r.name);
         }
     }
-    printed?;
-    Ok(exit_code(&results))
+    let mut code = exit_code(&results);
+    if let Err(e) = write_summary(&a.out, &summary) {
+        crate::util::errln!("relayfs record: {e:#}");
+        code = code.max(1);
+    }
+    if a.json {
+        util::outln!("{summary}")?;
+    } else if !a.quiet {
+        print_summary(&dir, a, &results, elapsed);
+    }
+    Ok(code)
 }
 
 fn exit_code(results: &[BufResult]) -> i32 {
@@ -589,21 +469,12 @@ pub(crate) fn print_status(
     (Instant::now(), total)
 }
 
-/// Whether OUT is a character device (such as `/dev/null`) that takes every
-/// buffer's output, rather than a directory.
-pub(crate) fn is_sink(out: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(out).is_ok_and(|m| m.file_type().is_char_device())
-}
-
 /// Writes OUT/relayfs-record.json (nothing for a device sink).
 pub(crate) fn write_summary(out: &Path, summary: &serde_json::Value) -> Result<()> {
     if is_sink(out) {
         return Ok(());
     }
-    let path = out.join(SUMMARY_FILE);
-    std::fs::write(&path, format!("{summary:#}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::output::write_atomic(&out.join(SUMMARY_FILE), format!("{summary:#}\n").as_bytes())
 }
 
 /// The recorder's own memory, its mappings of the buffers aside: anonymous
@@ -662,13 +533,62 @@ impl MemorySampler {
     }
 }
 
+/// Whether an output error is the output filesystem being full.
+fn output_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        })
+    })
+}
+
+/// Runs an output operation (creating, rotating, the state file); with
+/// `--retry`, a full output filesystem makes it wait and try again until
+/// the recording is stopped. Each operation can be repeated after a failure.
+fn retrying<T>(
+    a: &Args,
+    stop: &AtomicBool,
+    warned: &mut bool,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    loop {
+        match op() {
+            Err(e)
+                if a.retry
+                    && output_full(&e)
+                    && !stop.load(Ordering::Relaxed)
+                    && !util::interrupted() =>
+            {
+                if !*warned {
+                    crate::util::errln!(
+                        "relayfs record: {e:#}; retrying (the producer counts what it drops meanwhile)"
+                    );
+                    *warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Whether a reader error is the output filesystem being full.
 pub(crate) fn out_of_space(e: &relayfs::ReadError) -> bool {
     matches!(e, relayfs::ReadError::Io { source, .. }
         if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
 }
 
-fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde_json::Value {
+fn summarize(
+    dir: &Path,
+    a: &Args,
+    scan: &util::ChannelScan,
+    results: &[BufResult],
+    elapsed: f64,
+) -> serde_json::Value {
     let total = relayfs::sum_stats(results.iter().map(|r| &r.stats));
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let end = results
@@ -683,7 +603,10 @@ fn summarize(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) -> serde
         .unwrap_or(End::Closed);
     json!({
         "channel": dir.display().to_string(),
+        "channel_id": scan.channel_id,
+        "n_buffers": scan.n_buffers,
         "out": a.out.display().to_string(),
+        "max_files": a.max_files,
         "end": end.as_str(),
         "exit_code": exit_code(results),
         "elapsed_s": elapsed,
@@ -756,7 +679,7 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         crate::util::errln!("  nothing lost");
     } else {
         crate::util::errln!(
-            "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}): consider a larger --subbuf-size or more sub-buffers",
+            "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}): the producer needs larger or more sub-buffers (ChannelBuilder::subbuf_size, n_subbufs; the demo's --subbuf-size, --n-subbufs) or a faster output",
             total.lost(),
             total.dropped_full,
             total.dropped_toobig,
@@ -768,5 +691,58 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         crate::util::errln!(
             "  the producer died without closing the channel: every complete sub-buffer was saved"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["record", "chan", "-o", "out"];
+        v.extend_from_slice(extra);
+        Cli::parse_from(v).a
+    }
+
+    /// An output operation that finds the filesystem full `fails` times,
+    /// the way `tempfile` reports it (the kind kept, the OS code wrapped).
+    fn full_then_ok(fails: u32) -> impl FnMut() -> Result<u32> {
+        let mut n = 0;
+        move || {
+            n += 1;
+            if n <= fails {
+                let e = std::io::Error::new(std::io::ErrorKind::StorageFull, "at path x");
+                Err(anyhow::Error::new(e).context("cannot write x"))
+            } else {
+                Ok(n)
+            }
+        }
+    }
+
+    #[test]
+    fn output_setup_waits_for_room_with_retry_only() {
+        let stop = AtomicBool::new(false);
+        let mut warned = false;
+        let r = retrying(&args(&["--retry"]), &stop, &mut warned, full_then_ok(2));
+        assert_eq!(r.unwrap(), 3);
+        assert!(warned);
+        let mut warned = false;
+        let e = retrying(&args(&[]), &stop, &mut warned, full_then_ok(2)).unwrap_err();
+        assert!(output_full(&e), "{e:#}");
+        let os = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(output_full(&os.context("writing")));
+        let other = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!output_full(&other));
+        // Stopped: no more waiting.
+        stop.store(true, Ordering::Relaxed);
+        let r = retrying(&args(&["--retry"]), &stop, &mut warned, full_then_ok(2));
+        assert!(r.is_err());
     }
 }

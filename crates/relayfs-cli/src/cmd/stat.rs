@@ -21,16 +21,33 @@ pub struct Args {
     pub watch: Option<f64>,
 }
 
-fn once(a: &Args) -> Result<()> {
+/// Prints the channel's counters once; returns whether every buffer of the
+/// channel could be read (each one that can't is listed, with the reason).
+fn once(a: &Args) -> Result<bool> {
     let dir = util::channel_dir(&a.channel);
-    let bufs = util::buffer_files(&dir, None)?;
-    if bufs.is_empty() {
+    let scan = util::scan_channel(&dir, None)?;
+    if scan.bufs.is_empty() && scan.bad.is_empty() {
         bail!("no relay buffers in {}", dir.display());
     }
     let mut rows = Vec::new();
-    for b in &bufs {
-        rows.push((b, RelayFile::inspect(&b.path)?));
+    let mut bad: Vec<(String, String)> = scan
+        .bad
+        .iter()
+        .map(|b| {
+            (
+                b.name.clone(),
+                format!("{}: {}", b.path.display(), b.reason),
+            )
+        })
+        .collect();
+    for b in &scan.bufs {
+        match RelayFile::inspect(&b.path) {
+            Ok(st) => rows.push((b, st)),
+            Err(e) => bad.push((b.name.clone(), e.to_string())),
+        }
     }
+    bad.sort();
+    let ok = bad.is_empty();
     if a.json {
         let v: Vec<_> = rows
             .iter()
@@ -59,11 +76,15 @@ fn once(a: &Args) -> Result<()> {
                 })
             })
             .collect();
+        let errors: Vec<_> = bad
+            .iter()
+            .map(|(name, e)| json!({ "buffer": name, "error": e }))
+            .collect();
         util::outln!(
             "{}",
-            json!({ "channel": dir.display().to_string(), "buffers": v })
+            json!({ "channel": dir.display().to_string(), "buffers": v, "errors": errors })
         )?;
-        return Ok(());
+        return Ok(ok);
     }
     util::outln!("{}", dir.display())?;
     util::outln!(
@@ -107,23 +128,27 @@ fn once(a: &Args) -> Result<()> {
             }
         )?;
     }
-    Ok(())
+    for (name, e) in &bad {
+        util::outln!("{name:<8} ERROR: {e}")?;
+    }
+    Ok(ok)
 }
 
 /// Runs `relayfs stat`.
 pub fn run(a: &Args) -> Result<i32> {
     let Some(every) = a.watch else {
-        once(a)?;
-        return Ok(0);
+        return Ok(if once(a)? { 0 } else { 1 });
     };
     util::catch_interrupts();
+    // The status of the last look at the channel.
+    let mut ok = true;
     // Until interrupted, or until whoever reads the output has gone.
     while !util::interrupted() && !util::stdout_closed() {
         if !a.json {
             util::out!("\x1b[H\x1b[2J")?;
         }
-        once(a)?;
+        ok = once(a)?;
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));
     }
-    Ok(0)
+    Ok(if ok { 0 } else { 1 })
 }

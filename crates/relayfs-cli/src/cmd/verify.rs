@@ -93,11 +93,82 @@ pub fn recording_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Lost records reported in a recorder summary in `dir`, if there is one.
-fn summary_lost(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join(super::record::SUMMARY_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("lost")?.as_u64()
+/// The recorder's summary in `dir`: None if there is none, an error if it
+/// can't be read or parsed.
+fn summary(dir: &Path) -> Result<Option<serde_json::Value>, String> {
+    let path = dir.join(super::record::SUMMARY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: not a recorder summary: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The buffer a recording file belongs to: `cpu0` for `cpu0.out` and
+/// `cpu0.out.3`.
+fn buffer_of(file: &Path) -> String {
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    match name.rsplit_once(".out") {
+        Some((stem, _)) => stem.to_string(),
+        None => name,
+    }
+}
+
+/// Holds the recording to the recorder's summary: every buffer of the
+/// channel (`n_buffers`, from the buffers' headers) was recorded without
+/// error and has its files.
+fn check_summary(rep: &mut Report, dir: &Path, s: &serde_json::Value) {
+    let buffers = s["buffers"].as_array().cloned().unwrap_or_default();
+    if let Some(n) = s["n_buffers"].as_u64() {
+        if (buffers.len() as u64) < n {
+            rep.defect(format!(
+                "the channel has {n} buffers, the recorder's summary lists {}",
+                buffers.len()
+            ));
+        }
+        let have: std::collections::BTreeSet<String> =
+            rep.files.iter().map(|f| buffer_of(f)).collect();
+        for b in &buffers {
+            let name = b["name"].as_str().unwrap_or("?");
+            if !have.contains(name) {
+                rep.defect(format!(
+                    "buffer {name}: no {name}.out file in {} (the recording is incomplete)",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    // The files hold what the buffers say was delivered, unless --max-files
+    // removed some on purpose.
+    if s["n_buffers"].is_u64() && s["max_files"].is_null() {
+        if let Some(delivered) = s["records_delivered"].as_u64() {
+            let held: u64 = rep.writers.values().map(|w| w.records).sum();
+            if held != delivered {
+                rep.defect(format!(
+                    "the files hold {held} records, the recorder's summary says {delivered} were delivered{}",
+                    if held < delivered {
+                        " (files missing or cut short)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    for b in &buffers {
+        if let Some(e) = b["error"].as_str() {
+            rep.defect(format!(
+                "buffer {}: the recorder failed: {e}",
+                b["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
 }
 
 /// Defect messages kept in a report; more are counted, not kept.
@@ -255,7 +326,20 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         }
     }
     rep.missing = rep.writers.values().map(|w| w.missing).sum();
-    rep.lost = expect.lost.or_else(|| summary_lost(dir)).unwrap_or(0);
+    let summary = match summary(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            rep.defect(e);
+            None
+        }
+    };
+    if let Some(s) = &summary {
+        check_summary(&mut rep, dir, s);
+    }
+    rep.lost = expect
+        .lost
+        .or_else(|| summary.as_ref().and_then(|s| s["lost"].as_u64()))
+        .unwrap_or(0);
     if rep.missing > rep.lost {
         rep.defects.push(format!(
             "{} records missing, but only {} counted as lost",
@@ -285,16 +369,47 @@ pub struct Args {
     /// Records each writer offered (with --writers)
     #[arg(long, requires = "writers")]
     pub count: Option<u64>,
+    /// The producer's counters: a JSON object with `threads`, `count` and
+    /// `dropped`, as `relayfs demo --json` prints (instead of --writers,
+    /// --count and --lost)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["writers", "count", "lost"])]
+    pub counters: Option<PathBuf>,
     /// Print the result as one JSON object
     #[arg(long)]
     pub json: bool,
 }
 
+/// What the producer's counters in `path` (the demo's `--json` summary)
+/// hold the recording to.
+fn counters(path: &Path) -> Result<Expect> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object", path.display()))?;
+    let field = |k: &str| {
+        v[k].as_u64().with_context(|| {
+            format!(
+                "{}: no counter {k:?} (expected the output of relayfs demo --json)",
+                path.display()
+            )
+        })
+    };
+    let writers = u32::try_from(field("threads")?)
+        .with_context(|| format!("{}: too many threads", path.display()))?;
+    Ok(Expect {
+        writers_count: Some((writers, field("count")?)),
+        lost: Some(field("dropped")?),
+    })
+}
+
 /// Runs `relayfs verify`; the exit code is 0 only with no defect.
 pub fn run(a: &Args) -> Result<i32> {
-    let expect = Expect {
-        writers_count: a.writers.zip(a.count),
-        lost: a.lost,
+    let expect = match &a.counters {
+        Some(path) => counters(path)?,
+        None => Expect {
+            writers_count: a.writers.zip(a.count),
+            lost: a.lost,
+        },
     };
     let rep = verify_dir(&a.dir, &expect)?;
     if a.json {

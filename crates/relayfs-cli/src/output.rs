@@ -1,0 +1,554 @@
+//! Where one buffer's recording goes: a single file `<buffer>.out`, a
+//! rotating set `<buffer>.out.0`, `.1`, ... (`--max-size`, `--max-files`),
+//! or a character device such as `/dev/null` shared by every buffer.
+//!
+//! An output can be *resumable*: it then keeps, beside its files, a small
+//! state file `.<buffer>.out.state` saying which buffer (channel id) it
+//! records, which file is the current one and at which offset of the
+//! buffer's consumed stream (`bytes_consumed`) that file starts. The state is
+//! replaced atomically (temporary file, then rename) right after each new
+//! file is created, so whenever a recorder is killed the state names the
+//! file being written and where it starts (a newer, still empty file is
+//! removed on resume). A recorder that takes over the same buffer then
+//! knows how many of the bytes the buffer says were consumed belong in that
+//! file and cuts it back to exactly that: a recorder killed between writing
+//! a chunk and marking it consumed leaves a tail the buffer delivers again.
+//! Files removed by `--max-files` don't matter: the current file's start is
+//! recorded, not derived from the sizes of the files before it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// First word of a state file, and its format version.
+const STATE_MAGIC: &str = "relayfs-output";
+const STATE_VERSION: u64 = 1;
+
+/// Whether OUT is a character device (such as `/dev/null`) that takes every
+/// buffer's output, rather than a directory.
+pub(crate) fn is_sink(out: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(out).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// What a resumable output's state file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    channel_id: u64,
+    rotate: bool,
+    /// Index of the current file (0 without rotation).
+    index: u64,
+    /// Offset in the buffer's consumed stream where the current file starts.
+    start: u64,
+}
+
+impl State {
+    fn parse(text: &str) -> Option<State> {
+        let mut w = text.split_whitespace();
+        if w.next()? != STATE_MAGIC || w.next()?.parse::<u64>().ok()? != STATE_VERSION {
+            return None;
+        }
+        let mut num = || w.next()?.parse::<u64>().ok();
+        let (channel_id, rotate, index, start) = (num()?, num()?, num()?, num()?);
+        Some(State {
+            channel_id,
+            rotate: rotate != 0,
+            index,
+            start,
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{STATE_MAGIC} {STATE_VERSION} {} {} {} {}\n",
+            self.channel_id,
+            u64::from(self.rotate),
+            self.index,
+            self.start
+        )
+    }
+}
+
+/// Output files of one buffer, with rotation.
+#[derive(Debug)]
+pub(crate) struct Output {
+    dir: PathBuf,
+    /// File name without the rotation index, e.g. `cpu0.out`.
+    base: String,
+    max_size: Option<u64>,
+    max_files: Option<u64>,
+    index: u64,
+    /// Channel id and the stream offset where the current file starts, for a
+    /// resumable output.
+    resume: Option<(u64, u64)>,
+    /// The current file.
+    pub(crate) file: File,
+    /// Bytes in the current file.
+    pub(crate) size: u64,
+    /// The buffer's files that exist, oldest first (the device for a sink).
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// Opens (creating) an output file for appending, without following a
+/// symlink; emptied if `truncate`.
+fn open_file(path: &Path, truncate: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    if truncate {
+        file.set_len(0)
+            .with_context(|| format!("cannot truncate {}", path.display()))?;
+    }
+    Ok(file)
+}
+
+impl Output {
+    fn path(dir: &Path, base: &str, rotate: bool, index: u64) -> PathBuf {
+        if rotate {
+            dir.join(format!("{base}.{index}"))
+        } else {
+            dir.join(base)
+        }
+    }
+
+    fn state_path(dir: &Path, base: &str) -> PathBuf {
+        dir.join(format!(".{base}.state"))
+    }
+
+    /// Every buffer's output goes to the character device `dev` (e.g.
+    /// `/dev/null`, to measure the recorder alone).
+    fn sink(dev: &Path) -> Result<Output> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dev)
+            .with_context(|| format!("cannot open {}", dev.display()))?;
+        Ok(Output {
+            dir: dev.to_path_buf(),
+            base: String::new(),
+            max_size: None,
+            max_files: None,
+            index: 0,
+            resume: None,
+            file,
+            size: 0,
+            files: vec![dev.to_path_buf()],
+        })
+    }
+
+    /// Creates an empty output `dir/base` (`base.0` with rotation),
+    /// replacing what was there; not resumable.
+    pub(crate) fn create(
+        dir: &Path,
+        base: &str,
+        max_size: Option<u64>,
+        max_files: Option<u64>,
+    ) -> Result<Output> {
+        if is_sink(dir) {
+            return Self::sink(dir);
+        }
+        let path = Self::path(dir, base, max_size.is_some(), 0);
+        let file = open_file(&path, true)?;
+        Ok(Output {
+            dir: dir.to_path_buf(),
+            base: base.to_string(),
+            max_size,
+            max_files,
+            index: 0,
+            resume: None,
+            file,
+            size: 0,
+            files: vec![path],
+        })
+    }
+
+    /// The rotated files `base.K` in `dir` (regular files only), by index.
+    fn rotated(dir: &Path, base: &str) -> Result<Vec<(u64, PathBuf)>> {
+        let prefix = format!("{base}.");
+        let mut found = Vec::new();
+        for ent in
+            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let ent = ent?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(idx) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if idx.is_empty() || !idx.bytes().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            if let (Ok(i), true) = (idx.parse::<u64>(), ent.file_type()?.is_file()) {
+                found.push((i, ent.path()));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Opens the resumable output of the buffer with channel id `channel_id`
+    /// whose readers have consumed `consumed` bytes so far.
+    ///
+    /// With `consumed` 0 the recording starts afresh: earlier files of this
+    /// output are replaced. Otherwise a previous recorder stopped or was
+    /// killed, and this one appends: to the file its state names, cut back
+    /// to the bytes of the consumed stream that belong in it (files the
+    /// state says came later are removed). With no state for this channel,
+    /// it appends to the newest file and keeps all of it.
+    pub(crate) fn resume(
+        dir: &Path,
+        base: &str,
+        max_size: Option<u64>,
+        max_files: Option<u64>,
+        channel_id: u64,
+        consumed: u64,
+    ) -> Result<Output> {
+        if is_sink(dir) {
+            return Self::sink(dir);
+        }
+        let rotate = max_size.is_some();
+        let state_path = Self::state_path(dir, base);
+        let state = match std::fs::read_to_string(&state_path) {
+            Ok(t) => State::parse(&t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", state_path.display()))
+            }
+        }
+        .filter(|s| s.channel_id == channel_id && consumed > 0);
+        if let Some(s) = state {
+            if s.rotate != rotate {
+                bail!(
+                    "{} was recorded {} --max-size: resume with the same option, or record into another directory",
+                    dir.join(base).display(),
+                    if s.rotate { "with" } else { "without" }
+                );
+            }
+            if s.start > consumed {
+                bail!(
+                    "{}: the output starts at byte {} of the buffer's stream, but the buffer says only {consumed} were consumed",
+                    state_path.display(),
+                    s.start
+                );
+            }
+        }
+        let existing = if rotate {
+            Self::rotated(dir, base)?
+        } else {
+            Vec::new()
+        };
+        let (index, start, truncate_to) = match state {
+            Some(s) => (s.index, s.start, Some(consumed - s.start)),
+            None if consumed == 0 => (0, 0, Some(0)),
+            // Resuming without a state for this channel: the newest file.
+            None => (existing.last().map_or(0, |e| e.0), 0, None),
+        };
+        // Files that are not part of this recording: later than the current
+        // one, or all of them when starting afresh.
+        for (i, p) in &existing {
+            if *i > index || (consumed == 0 && *i != index) {
+                std::fs::remove_file(p)
+                    .with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        let path = Self::path(dir, base, rotate, index);
+        let file = open_file(&path, false)?;
+        let mut size = file.metadata()?.len();
+        if let Some(want) = truncate_to {
+            if size > want {
+                file.set_len(want)
+                    .with_context(|| format!("cannot truncate {}", path.display()))?;
+                size = want;
+            } else if size < want {
+                crate::util::errln!(
+                    "relayfs record: {}: {} bytes the buffer says were consumed are not in the file",
+                    path.display(),
+                    want - size
+                );
+            }
+        }
+        let start = match truncate_to {
+            Some(_) => start,
+            None => consumed.saturating_sub(size),
+        };
+        let mut files: Vec<PathBuf> = existing
+            .into_iter()
+            .filter(|(i, _)| *i < index && consumed > 0)
+            .map(|(_, p)| p)
+            .collect();
+        files.push(path);
+        let out = Output {
+            dir: dir.to_path_buf(),
+            base: base.to_string(),
+            max_size,
+            max_files,
+            index,
+            resume: Some((channel_id, start)),
+            file,
+            size,
+            files,
+        };
+        out.save_state(index, start)?;
+        Ok(out)
+    }
+
+    /// Replaces the state file atomically: a new temporary file (`O_EXCL`),
+    /// then rename.
+    fn save_state(&self, index: u64, start: u64) -> Result<()> {
+        let Some((channel_id, _)) = self.resume else {
+            return Ok(());
+        };
+        let state = State {
+            channel_id,
+            rotate: self.max_size.is_some(),
+            index,
+            start,
+        };
+        let path = Self::state_path(&self.dir, &self.base);
+        write_atomic(&path, state.text().as_bytes())
+    }
+
+    /// Counts `n` bytes just written to the current file.
+    pub(crate) fn wrote(&mut self, n: u64) {
+        self.size += n;
+    }
+
+    /// Switches to the next file if this one is full (called between
+    /// sub-buffers only).
+    pub(crate) fn maybe_rotate(&mut self) -> Result<()> {
+        let Some(max) = self.max_size else {
+            return Ok(());
+        };
+        if self.size < max {
+            return Ok(());
+        }
+        let index = self.index + 1;
+        // The new file first, then the state naming it: a recorder killed
+        // in between leaves the state naming the full file, and the empty
+        // new one is removed when the next recorder resumes.
+        let path = Self::path(&self.dir, &self.base, true, index);
+        let file = open_file(&path, true)?;
+        if let Some((id, start)) = self.resume {
+            let start = start + self.size;
+            self.save_state(index, start)?;
+            self.resume = Some((id, start));
+        }
+        self.file = file;
+        self.index = index;
+        self.size = 0;
+        self.files.push(path);
+        if let Some(keep) = self.max_files {
+            while self.files.len() as u64 > keep.max(1) {
+                let old = self.files.remove(0);
+                std::fs::remove_file(&old)
+                    .with_context(|| format!("cannot remove {}", old.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `path` atomically: the bytes go to a new temporary file in the same
+/// directory (created with `O_EXCL`), which then replaces `path` by rename.
+/// A failure (e.g. `ENOSPC`) leaves `path` as it was.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.flush())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: u64 = 0xfeed;
+
+    /// Writes `n` bytes of the stream starting at `at` (byte i of the stream
+    /// is `i as u8`), as the recorder does with one sub-buffer.
+    fn put(o: &mut Output, at: u64, n: u64) {
+        let bytes: Vec<u8> = (at..at + n).map(|i| i as u8).collect();
+        o.file.write_all(&bytes).unwrap();
+        o.wrote(n);
+    }
+
+    /// The files of `base` in `dir`, concatenated, and their names.
+    fn contents(dir: &Path, base: &str) -> (Vec<u8>, Vec<String>) {
+        let mut names: Vec<(u64, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|n| {
+                if n == base {
+                    Some((0, n))
+                } else {
+                    let i = n.strip_prefix(&format!("{base}."))?.parse().ok()?;
+                    Some((i, n))
+                }
+            })
+            .collect();
+        names.sort();
+        let mut all = Vec::new();
+        for (_, n) in &names {
+            all.extend(std::fs::read(dir.join(n)).unwrap());
+        }
+        (all, names.into_iter().map(|n| n.1).collect())
+    }
+
+    fn stream(from: u64, to: u64) -> Vec<u8> {
+        (from..to).map(|i| i as u8).collect()
+    }
+
+    #[test]
+    fn rotates_at_the_size_and_keeps_the_newest_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), Some(2), ID, 0).unwrap();
+        let mut at = 0;
+        for _ in 0..7 {
+            put(&mut o, at, 60);
+            at += 60;
+            o.maybe_rotate().unwrap();
+        }
+        // 60 B per "sub-buffer", rotating at 100: 120 B per file.
+        let (all, names) = contents(d.path(), "cpu0.out");
+        assert_eq!(names, ["cpu0.out.2", "cpu0.out.3"]);
+        assert_eq!(all, stream(240, 420));
+        assert_eq!(o.files.len(), 2);
+        assert_eq!(o.size, 60);
+    }
+
+    #[test]
+    fn without_rotation_a_restart_cuts_back_to_what_was_consumed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", None, None, ID, 0).unwrap();
+        put(&mut o, 0, 500);
+        drop(o); // killed after writing 500 bytes, having consumed 300
+        let mut o = Output::resume(d.path(), "cpu0.out", None, None, ID, 300).unwrap();
+        assert_eq!(o.size, 300);
+        put(&mut o, 300, 200);
+        assert_eq!(contents(d.path(), "cpu0.out").0, stream(0, 500));
+    }
+
+    #[test]
+    fn resume_with_rotation_cuts_the_newest_file_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), Some(3), ID, 0).unwrap();
+        let mut at = 0;
+        for _ in 0..9 {
+            put(&mut o, at, 60);
+            at += 60;
+            o.maybe_rotate().unwrap();
+        }
+        // Written 540 (files .0-.4 made, .0 and .1 removed); killed with
+        // the last 60 written but not consumed.
+        put(&mut o, at, 60);
+        drop(o);
+        let consumed = at;
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), Some(3), ID, consumed).unwrap();
+        put(&mut o, consumed, 60);
+        o.maybe_rotate().unwrap();
+        put(&mut o, consumed + 60, 60);
+        let (all, names) = contents(d.path(), "cpu0.out");
+        assert_eq!(names, ["cpu0.out.3", "cpu0.out.4", "cpu0.out.5"]);
+        // No torn piece, no duplicate, no gap: the stream from the first
+        // byte of the oldest file kept.
+        assert_eq!(all, stream(360, consumed + 120));
+    }
+
+    #[test]
+    fn killed_between_the_new_file_and_the_state() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 0).unwrap();
+        put(&mut o, 0, 120);
+        drop(o);
+        // The next file was created, the state still names .0.
+        std::fs::write(d.path().join("cpu0.out.1"), b"").unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 120).unwrap();
+        assert_eq!(o.size, 120);
+        assert!(!d.path().join("cpu0.out.1").exists());
+        o.maybe_rotate().unwrap();
+        put(&mut o, 120, 30);
+        let (all, names) = contents(d.path(), "cpu0.out");
+        assert_eq!(names, ["cpu0.out.0", "cpu0.out.1"]);
+        assert_eq!(all, stream(0, 150));
+    }
+
+    #[test]
+    fn a_state_naming_a_file_that_is_not_there_starts_it_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 0).unwrap();
+        put(&mut o, 0, 120);
+        o.maybe_rotate().unwrap();
+        drop(o);
+        std::fs::remove_file(d.path().join("cpu0.out.1")).unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 120).unwrap();
+        assert_eq!(o.size, 0);
+        put(&mut o, 120, 30);
+        assert_eq!(contents(d.path(), "cpu0.out").0, stream(0, 150));
+    }
+
+    #[test]
+    fn a_fresh_recording_replaces_the_old_files_and_another_channel_keeps_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 0).unwrap();
+        for i in 0..3 {
+            put(&mut o, i * 120, 120);
+            o.maybe_rotate().unwrap();
+        }
+        drop(o);
+        let mut o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID + 1, 0).unwrap();
+        put(&mut o, 0, 10);
+        let (all, names) = contents(d.path(), "cpu0.out");
+        assert_eq!(names, ["cpu0.out.0"]);
+        assert_eq!(all, stream(0, 10));
+        drop(o);
+        // A channel with no state of its own that has consumed something
+        // appends to the newest file and keeps it all.
+        let o = Output::resume(d.path(), "cpu0.out", Some(100), None, ID + 2, 50).unwrap();
+        assert_eq!(o.size, 10);
+    }
+
+    #[test]
+    fn resuming_with_other_rotation_options_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", None, None, ID, 0).unwrap();
+        put(&mut o, 0, 10);
+        drop(o);
+        let e = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 10).unwrap_err();
+        assert!(format!("{e:#}").contains("--max-size"), "{e:#}");
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("cpu0.out")).unwrap();
+        assert!(Output::resume(d.path(), "cpu0.out", None, None, ID, 0).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
