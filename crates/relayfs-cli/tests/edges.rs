@@ -82,6 +82,16 @@ fn every_bad_number_is_refused_before_anything_starts() {
             &["0", "-1"],
         ),
         (&["stat", "chan"], "--watch", &["0", "-1", "nan", "inf"]),
+        (
+            &["verify", "OUT", "--count", "10"],
+            "--writers",
+            &["0", "-1", "4000000000"],
+        ),
+        (
+            &["verify", "OUT", "--writers", "1"],
+            "--count",
+            &["0", "-1"],
+        ),
     ];
     // Sizes good alone but not together, and what the error names.
     let combos: &[(&[&str], &str)] = &[

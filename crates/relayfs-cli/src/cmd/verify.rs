@@ -364,10 +364,10 @@ pub struct Args {
     #[arg(long)]
     pub lost: Option<u64>,
     /// Number of writer threads that wrote the recording (with --count)
-    #[arg(long, requires = "count")]
+    #[arg(long, requires = "count", value_parser = crate::args::threads)]
     pub writers: Option<u32>,
     /// Records each writer offered (with --writers)
-    #[arg(long, requires = "writers")]
+    #[arg(long, requires = "writers", value_parser = crate::args::count)]
     pub count: Option<u64>,
     /// The producer's counters: a JSON object with `threads`, `count` and
     /// `dropped`, as `relayfs demo --json` prints (instead of --writers,
