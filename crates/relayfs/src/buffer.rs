@@ -43,7 +43,10 @@
 //! copy turned out torn: the sub-buffer's generation changed under it, which
 //! it checks seqlock-style after copying).
 
-use crate::layout::{desc, hdr, rdr, Geometry, FLAG_OVERWRITE};
+use crate::layout::{
+    desc, hdr, rdr, Geometry, CORRUPT_COMMIT_WORD, CORRUPT_GENERATION, CORRUPT_HEAD,
+    CORRUPT_RETRIES, FLAG_OVERWRITE,
+};
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::WriteError;
 
@@ -53,6 +56,16 @@ pub(crate) const COMPLETE: u64 = 1 << 63;
 const BYTES_MASK: u64 = 0xffff_ffff;
 const RECORD_ONE: u64 = 1 << 32;
 const RECORDS_MASK: u64 = 0x7fff_ffff;
+
+/// Bound on the retries of a writer's slow path (and of `flush`). Every retry
+/// of a sound buffer means another writer made progress, so a writer that
+/// fails this many times in a row is facing a shared state that something
+/// outside the protocol keeps changing: it gives up, drops the record and
+/// marks the buffer corrupt rather than spin. A writer never waits.
+const MAX_RETRIES: u32 = 1 << 20;
+/// Bound on the claim word CAS loops, which race the reader (whose page a
+/// hostile reader may keep rewriting).
+const MAX_CLAIM_RETRIES: u32 = 1 << 10;
 
 const CLAIM_READ: u64 = 1;
 const CLAIM_OVERWRITTEN: u64 = 2;
@@ -225,6 +238,9 @@ impl Shared {
             hdr::PADDING_BYTES,
             hdr::LAST_TOOBIG,
             hdr::SUBBUFS_COMPLETED,
+            hdr::DROPPED_CORRUPT,
+            hdr::CORRUPT,
+            hdr::UNREAD_AT_CLOSE,
         ] {
             self.h(off).store(0, Ordering::Relaxed);
         }
@@ -252,26 +268,26 @@ impl Shared {
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
         let sb = self.g.subbuf_size;
         let head = self.h(hdr::HEAD);
-        let mut h = head.load(Ordering::Relaxed);
-        loop {
-            let off = self.g.pos_offset(h);
-            if off == 0 || off + len >= sb {
-                return self.reserve_slow(h, len, hooks);
-            }
-            // SYNC POINT: Acquire pairs with the Release of the CAS that
-            // opened this sub-buffer (and the release sequence of the CASes
-            // after it), so our commit lands after the opener's reset of the
-            // commit word, and in overwrite mode our data writes come after
-            // its generation bump. Relaxed on failure: we only retry.
-            match head.compare_exchange_weak(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => {
-                    return Ok(Reserved {
-                        pos: h,
-                        commit_bytes: len,
-                    })
-                }
-                Err(cur) => h = cur,
-            }
+        let h = head.load(Ordering::Relaxed);
+        let off = self.g.pos_offset(h);
+        // The slot test only matters for a head scribbled by someone else (a
+        // sound head never names a slot >= n_subbufs): it keeps the copy and
+        // the commit inside the buffer whatever the file holds.
+        if off == 0 || off + len >= sb || self.g.pos_slot(h) >= self.g.n_subbufs {
+            return self.reserve_slow(h, len, hooks);
+        }
+        // SYNC POINT: Acquire pairs with the Release of the CAS that
+        // opened this sub-buffer (and the release sequence of the CASes
+        // after it), so our commit lands after the opener's reset of the
+        // commit word, and in overwrite mode our data writes come after
+        // its generation bump. Relaxed on failure: the slow path retries
+        // (a bounded number of times), so the fast path has no loop.
+        match head.compare_exchange_weak(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => Ok(Reserved {
+                pos: h,
+                commit_bytes: len,
+            }),
+            Err(cur) => self.reserve_slow(cur, len, hooks),
         }
     }
 
@@ -310,8 +326,10 @@ impl Shared {
         // Acquire lets the completer see every other writer's release (all
         // commits form one release sequence of RMWs on this word).
         let old = self.d(slot, desc::WORD).fetch_add(add, Ordering::AcqRel);
-        if (old + add) & BYTES_MASK == self.g.subbuf_size {
-            self.complete(slot, old + add, hooks);
+        // Wrapping: a scribbled word may be anywhere near u64::MAX.
+        let now = old.wrapping_add(add);
+        if now & BYTES_MASK == self.g.subbuf_size {
+            self.complete(slot, now, hooks);
         }
     }
 
@@ -327,9 +345,17 @@ impl Shared {
         len: u64,
         hooks: &dyn Hooks,
     ) -> Result<Reserved, WriteError> {
+        // Relaxed: a sticky flag; a writer that misses it for a moment
+        // finds the corruption again (or writes to a buffer readers distrust).
+        if self.h(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
+            return Err(self.drop_corrupt());
+        }
         let sb = self.g.subbuf_size;
         let head = self.h(hdr::HEAD);
-        loop {
+        for _ in 0..MAX_RETRIES {
+            if self.g.pos_slot(h) >= self.g.n_subbufs {
+                return Err(self.corrupt_drop(CORRUPT_HEAD, hooks));
+            }
             let off = self.g.pos_offset(h);
             if off != 0 {
                 if off + len < sb {
@@ -376,6 +402,88 @@ impl Shared {
                 None => h = head.load(Ordering::Relaxed),
             }
         }
+        Err(self.corrupt_drop(CORRUPT_RETRIES, hooks))
+    }
+
+    /// Marks the buffer corrupt (`reason`, one of `layout::CORRUPT_*`; the
+    /// first reason found stays), closes the sub-buffer being filled so that
+    /// what was committed in it is completed and counted, and leaves `head`
+    /// at a sub-buffer start, so every later write takes the slow path,
+    /// sees the flag and drops at once. Then drops the caller's record.
+    #[cold]
+    #[inline(never)]
+    fn corrupt_drop(&self, reason: u64, hooks: &dyn Hooks) -> WriteError {
+        self.set_corrupt(reason);
+        self.flush(hooks);
+        self.drop_corrupt()
+    }
+
+    /// Sets the corrupt flag, keeping the first reason.
+    #[cold]
+    fn set_corrupt(&self, reason: u64) {
+        // Relaxed: a sticky flag read by the slow path and by `stats`; it
+        // publishes nothing else.
+        let _ =
+            self.h(hdr::CORRUPT)
+                .compare_exchange(0, reason, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Counts a record dropped because the buffer is corrupt.
+    #[cold]
+    fn drop_corrupt(&self) -> WriteError {
+        self.h(hdr::DROPPED_CORRUPT).fetch_add(1, Ordering::Relaxed);
+        WriteError::Corrupt
+    }
+
+    /// A writer at `h` (offset 0: the sub-buffer there is not open yet) found
+    /// the slot's generation or commit word unexpected. If `head` is still at
+    /// `h` the protocol bounds both, so a value out of those bounds was put
+    /// there by something else: returns which (a `CORRUPT_*` reason). `None`:
+    /// `head` moved (a stale view, retry) or the values are possible (a
+    /// writer of the previous lap has not committed yet).
+    #[cold]
+    fn impossible_at(&self, h: u64) -> Option<u64> {
+        let g = &self.g;
+        let head = self.h(hdr::HEAD);
+        // SYNC POINT: Acquire pairs with the release sequence on `head`
+        // (every opener's AcqRel CAS heads one, and all later changes of
+        // `head` are RMWs): having read `h`, we see everything done before
+        // `head` got there, i.e. the previous lap's open of this slot (its
+        // generation and word reset).
+        if head.load(Ordering::Acquire) != h {
+            return None;
+        }
+        let ord = g.pos_ordinal(h);
+        let slot = g.pos_slot(h);
+        let lap = g.pos_lap(h);
+        // SYNC POINT: Acquire pairs with an opener's generation CAS and a
+        // completer's Release store; a value written after `head` left `h`
+        // makes the second `head` load below see that too (the writer of the
+        // value moved `head` or acquired its move first: coherence), so the
+        // check only trusts values that are contemporary with `head == h`.
+        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
+        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        // SYNC POINT: Acquire, as the first load: see above.
+        if head.load(Ordering::Acquire) != h {
+            return None;
+        }
+        // The previous lap's opener set `ord + 1 - n`; an opener of `ord`
+        // (mid-open) sets `ord + 1`; nothing else can be there yet.
+        if gen > ord + 1 || (ord >= g.n_subbufs && gen < ord + 1 - g.n_subbufs) {
+            return Some(CORRUPT_GENERATION);
+        }
+        // Possible: `COMPLETE | lap` (previous lap complete), or a lap being
+        // committed (at most subbuf_size bytes), or 0 (reset by an opener).
+        let possible = if w & COMPLETE != 0 {
+            w == COMPLETE | lap
+        } else {
+            w & BYTES_MASK <= g.subbuf_size
+        };
+        if possible {
+            None
+        } else {
+            Some(CORRUPT_COMMIT_WORD)
+        }
     }
 
     /// Closes the sub-buffer `pos` is in with `pad` bytes of padding; the
@@ -408,11 +516,20 @@ impl Shared {
         // visible once we see it complete.
         let cur_gen = gen.load(Ordering::Acquire);
         if cur_gen > ord + 1 {
-            return Ok(None); // head moved on long ago
+            // Head moved on long ago (retry), or the generation was
+            // scribbled: retrying would then spin forever.
+            return match self.impossible_at(h) {
+                Some(reason) => Err(self.corrupt_drop(reason, hooks)),
+                None => Ok(None),
+            };
         }
         if cur_gen < ord + 1 && word.load(Ordering::Acquire) != COMPLETE | lap {
-            // A writer of the previous lap has not committed yet.
-            return Err(self.drop_full());
+            // A writer of the previous lap has not committed yet, or the
+            // word holds something the protocol never writes.
+            return Err(match self.impossible_at(h) {
+                Some(reason) => self.corrupt_drop(reason, hooks),
+                None => self.drop_full(),
+            });
         }
         self.check_map_events(hooks);
         // SYNC POINT: Acquire pairs with the reader's Release store of
@@ -494,7 +611,9 @@ impl Shared {
     fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
         let cw = self.claim_word(slot);
         let mut cur = cw.load(Ordering::Relaxed);
-        loop {
+        // Bounded: only a reader rewriting its page without end makes this
+        // fail again and again; then the records are counted here anyway.
+        for _ in 0..MAX_CLAIM_RETRIES {
             if cur == claim(prev, CLAIM_READ) {
                 return; // the reader has it: it delivers or discards it
             }
@@ -542,7 +661,7 @@ impl Shared {
         // and record count of this lap are visible to whoever sees it
         // complete.
         self.d(slot, desc::WORD)
-            .store(COMPLETE | (lap + 1), Ordering::Release);
+            .store(COMPLETE | lap.wrapping_add(1), Ordering::Release);
         // SYNC POINT: Dekker with the reader's `prepare_wait`: it stores
         // WAITING then fences then looks for data; we store COMPLETE then
         // fence then look at WAITING. One of us sees the other's store, so a
@@ -572,23 +691,39 @@ impl Shared {
     /// Closes the current sub-buffer, if it holds anything, so that readers
     /// can read it (`relay_flush`). Returns whether one was closed.
     pub(crate) fn flush(&self, hooks: &dyn Hooks) -> bool {
+        let g = &self.g;
         let head = self.h(hdr::HEAD);
         let mut h = head.load(Ordering::Acquire);
-        loop {
-            let off = self.g.pos_offset(h);
+        for _ in 0..MAX_RETRIES {
+            if g.pos_slot(h) >= g.n_subbufs {
+                // A scribbled head: put it at the start of a real sub-buffer
+                // (slot 0 of the next lap) so no writer uses it.
+                self.set_corrupt(CORRUPT_HEAD);
+                let fixed = g
+                    .pos_lap(h)
+                    .wrapping_add(1)
+                    .wrapping_shl(g.sb_shift + g.n_shift);
+                // SYNC POINT: AcqRel as any move of `head`; a failure means
+                // someone else moved it: the flag stops writers anyway.
+                let _ = head.compare_exchange(h, fixed, Ordering::AcqRel, Ordering::Relaxed);
+                return false;
+            }
+            let off = g.pos_offset(h);
             if off == 0 {
                 return false;
             }
-            let next = self.g.next_subbuf_pos(h);
+            let next = g.next_subbuf_pos(h);
             match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    self.close(h, self.g.subbuf_size - off, hooks);
+                    self.close(h, g.subbuf_size - off, hooks);
                     self.check_map_events(hooks);
                     return true;
                 }
                 Err(cur) => h = cur,
             }
         }
+        self.set_corrupt(CORRUPT_RETRIES);
+        false
     }
 
     /// Calls `buf_mapped`/`buf_unmapped` if readers mapped or unmapped the
@@ -723,7 +858,10 @@ impl Shared {
     pub(crate) fn claim_for_read(&self, ord: u64) -> bool {
         let cw = self.claim_word(ord % self.g.n_subbufs);
         let mut cur = cw.load(Ordering::Relaxed);
-        loop {
+        // Bounded: a writer changes the word once per lap; only something
+        // rewriting the page without end makes this fail again and again,
+        // and then the sub-buffer is given up (as if overwritten).
+        for _ in 0..MAX_CLAIM_RETRIES {
             if cur == claim(ord, CLAIM_OVERWRITTEN) {
                 return false;
             }
@@ -741,6 +879,7 @@ impl Shared {
                 Err(c) => cur = c,
             }
         }
+        false
     }
 
     /// After copying sub-buffer `ord` out: was it reused meanwhile?
@@ -785,12 +924,16 @@ impl Shared {
 
 /// The counters of one buffer, read by either side.
 ///
-/// They add up: once the channel is closed and a reader drained it,
-/// `records_written` equals the sum of `records_consumed`,
-/// `overwritten_records` and `discarded_records`; and every record ever
-/// offered to `write`/`reserve` is in `records_written`, `dropped_full` or
-/// `dropped_toobig`. While writers are active, the counters are a moment's
-/// snapshot of each, not of all.
+/// They add up: once the channel is closed (and a reader that was attached
+/// then drained it), `records_written` equals the sum of `records_consumed`,
+/// `overwritten_records`, `discarded_records` and `unread_at_close`; and every
+/// record ever offered to `write`/`reserve` is in `records_written`,
+/// `dropped_full`, `dropped_toobig` or `dropped_corrupt`. So
+/// `records_consumed + lost()` is every record offered. While writers are
+/// active, the counters are a moment's snapshot of each, not of all. A buffer
+/// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
+/// every refusal counted, but the record counts of its damaged sub-buffers
+/// are whatever the damaged words said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BufferStats {
     /// Records in sub-buffers completed so far.
@@ -810,8 +953,10 @@ pub struct BufferStats {
     pub records_consumed: u64,
     /// Bytes the reader consumed (header reserves included).
     pub bytes_consumed: u64,
-    /// Records dropped because the buffer was full (no-overwrite mode), or a
-    /// switch was refused.
+    /// Records dropped because a sub-buffer switch was refused: the buffer
+    /// was full (no-overwrite mode), `subbuf_start` refused, or (both modes)
+    /// the sub-buffer to reuse still held an uncommitted reservation of its
+    /// previous lap ([`WriteError::Full`]).
     pub dropped_full: u64,
     /// Records dropped because they were larger than a sub-buffer.
     pub dropped_toobig: u64,
@@ -828,12 +973,28 @@ pub struct BufferStats {
     pub padding_bytes: u64,
     /// Length of the last record refused as too big.
     pub last_toobig: u64,
+    /// Records dropped because the buffer's shared state was found corrupt
+    /// ([`WriteError::Corrupt`]).
+    pub dropped_corrupt: u64,
+    /// Why the producer marked the buffer corrupt (a `layout::CORRUPT_*`
+    /// code, see [`layout::corrupt_reason`](crate::layout::corrupt_reason));
+    /// 0 if it didn't. Summed over buffers, non-zero if any is.
+    pub corrupt: u64,
+    /// Records no reader consumed, counted by `relay_close` when no reader
+    /// was attached to the buffer (none can read them any more).
+    pub unread_at_close: u64,
 }
 
 impl BufferStats {
-    /// Records lost in any way.
+    /// Records lost in any way: dropped (full, too big, corrupt buffer),
+    /// overwritten, discarded by the reader, or left unread at close.
     pub fn lost(&self) -> u64 {
-        self.dropped_full + self.dropped_toobig + self.overwritten_records + self.discarded_records
+        self.dropped_full
+            + self.dropped_toobig
+            + self.dropped_corrupt
+            + self.overwritten_records
+            + self.discarded_records
+            + self.unread_at_close
     }
 }
 
@@ -872,7 +1033,63 @@ impl Shared {
             discarded_subbufs: r(rdr::DISCARDED_SUBBUFS),
             padding_bytes: h(hdr::PADDING_BYTES),
             last_toobig: h(hdr::LAST_TOOBIG),
+            dropped_corrupt: h(hdr::DROPPED_CORRUPT),
+            corrupt: h(hdr::CORRUPT),
+            unread_at_close: h(hdr::UNREAD_AT_CLOSE),
         }
+    }
+
+    /// Records in complete sub-buffers that no reader consumed and no writer
+    /// overwrote: what a reader would still get. Called by `relay_close`
+    /// after the final flush, with no writer in flight and the reader lock
+    /// held by the producer (so no reader is or can become attached), to
+    /// count them in `unread_at_close`; then moves the reader's position
+    /// past them (`subbufs_consumed` includes them from then on). The
+    /// sub-buffer a reader had started
+    /// counts whole: the reader counts a sub-buffer's records when it
+    /// finishes it.
+    pub(crate) fn count_unread_at_close(&self) -> u64 {
+        let g = &self.g;
+        let h = self.head();
+        // After the flush `head` is at the start of the next sub-buffer. If
+        // it isn't (a corrupt buffer), the open one never completed, so its
+        // records never reached `records_written`.
+        let produced = g.pos_ordinal(h);
+        // The reader page is the reader's: clamp what it says.
+        // SYNC POINT: Acquire pairs with the reader's Release store of
+        // CONSUMED (its counters were updated before it).
+        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(produced);
+        // Older ones were overwritten, and counted by their overwriters.
+        let start = consumed.max(produced.saturating_sub(g.n_subbufs));
+        let mut unread = 0u64;
+        for ord in start..produced {
+            let slot = ord % g.n_subbufs;
+            let lap = ord / g.n_subbufs;
+            // Relaxed: no writer is in flight (close owns the channel) and
+            // this thread made the last completions (the final flush) or
+            // acquired them through `head` above.
+            if self.d(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
+                || self.d(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
+            {
+                continue; // never completed: not in records_written
+            }
+            // SYNC POINT: Acquire pairs with the claim CASes (AcqRel); a
+            // sub-buffer marked overwritten was counted by its overwriter.
+            if self.claim_word(slot).load(Ordering::Acquire) == claim(ord, CLAIM_OVERWRITTEN) {
+                continue;
+            }
+            unread = unread.saturating_add(self.d(slot, desc::REC_LAST).load(Ordering::Relaxed));
+        }
+        self.h(hdr::UNREAD_AT_CLOSE)
+            .fetch_add(unread, Ordering::Relaxed);
+        // None of it will be read: move the reader's position past it, so
+        // that a reader attaching once the lock is released finds nothing
+        // left rather than delivering what was just counted.
+        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Release, as a reader's store of CONSUMED (nothing
+        // acquires it after close but a later reader's load).
+        self.r(rdr::CONSUMED).store(produced, Ordering::Release);
+        unread
     }
 
     /// Marks `n` complete sub-buffers at the reader's position as consumed

@@ -17,7 +17,12 @@ pub enum Mode {
     #[default]
     NoOverwrite,
     /// The switch happens and the oldest sub-buffer is reused ("flight
-    /// recorder"); what no reader saw is counted as overwritten.
+    /// recorder"); what no reader saw is counted as overwritten. Except when
+    /// that sub-buffer still holds an uncommitted reservation of its
+    /// previous lap (a writer preempted between reserve and commit while the
+    /// ring came round): then the switch is refused and the record dropped,
+    /// counted in `dropped_full` ([`WriteError::Full`](crate::WriteError::Full)),
+    /// until that writer commits.
     Overwrite,
 }
 

@@ -1030,13 +1030,22 @@ impl Channel {
     /// Finalizes every buffer (`relay_close`): flushes the last sub-buffers,
     /// marks the channel closed, wakes readers and removes the files through
     /// `remove_buf_file`, and the channel directory if `relay_open` made it
-    /// and it is empty now (never one passed with [`ChannelBuilder::dir`]). Readers that have the files open drain what is left
-    /// and then see end of data. Dropping a `Channel` does the same.
+    /// and it is empty now (never one passed with [`ChannelBuilder::dir`]).
+    /// Readers that have the files open drain what is left
+    /// and then see end of data. A buffer no reader is attached to at that
+    /// moment can't be read any more: the producer takes its reader lock
+    /// (so none can attach) and counts what was left unread in
+    /// `unread_at_close`. Dropping a `Channel` does the same.
+    ///
+    /// Returns the final counters of all buffers, summed: with what attached
+    /// readers still drain, `records_consumed` plus `lost()` covers every
+    /// record offered.
     ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
-    pub fn close(mut self) -> std::io::Result<()> {
-        self.close_inner()
+    pub fn close(mut self) -> std::io::Result<BufferStats> {
+        self.close_inner()?;
+        Ok(self.total_stats())
     }
 
     fn close_inner(&mut self) -> std::io::Result<()> {
@@ -1050,6 +1059,16 @@ impl Channel {
         inner.flush();
         let mut result = Ok(());
         for b in &inner.bufs {
+            // Nothing is written any more. If no reader holds the reader
+            // lock, take it: then none is attached or can attach, so what is
+            // unconsumed will never be read: count it, and move the reader's
+            // position past it, so that a reader attaching after we let go
+            // finds the buffer drained (and the end, once it is closed
+            // below). If a reader holds the lock, that reader drains it.
+            if let Ok(true) = shm::try_lock_byte(b.file.file(), shm::READER_LOCK_BYTE) {
+                b.shared().count_unread_at_close();
+                let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
+            }
             // SYNC POINT: Release pairs with the reader's Acquire load of
             // STATE: a reader that sees CLOSED sees every sub-buffer flushed.
             b.shared()
@@ -1096,6 +1115,9 @@ pub(crate) fn add_stats(t: &mut BufferStats, s: &BufferStats) {
     t.discarded_subbufs += s.discarded_subbufs;
     t.padding_bytes += s.padding_bytes;
     t.last_toobig = t.last_toobig.max(s.last_toobig);
+    t.dropped_corrupt += s.dropped_corrupt;
+    t.corrupt = t.corrupt.max(s.corrupt);
+    t.unread_at_close += s.unread_at_close;
 }
 
 /// Creates a channel with the kernel's argument list (`relay_open`): buffer

@@ -148,14 +148,29 @@ pub enum OpenError {
 /// buffer's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// No-overwrite mode and every sub-buffer is full (or the `subbuf_start`
-    /// callback refused the switch): counted in `dropped_full`.
+    /// The record needed a sub-buffer switch that was refused: counted in
+    /// `dropped_full`. In no-overwrite mode, because every sub-buffer is
+    /// full (the reader hasn't consumed the oldest), or the `subbuf_start`
+    /// callback refused. In **both** modes, because the sub-buffer to reuse
+    /// still has a reservation of its previous lap that is not committed: a
+    /// writer was preempted (or migrated) between reserve and commit while
+    /// the ring came all the way round. Overwrite mode never overwrites
+    /// bytes a writer may still be copying, so it refuses until that writer
+    /// commits. Small rings and more writer threads than CPUs make this
+    /// frequent (see `docs/PERFORMANCE.md`).
     #[error("buffer full: record dropped")]
     Full,
     /// The record is longer than a sub-buffer less its header reserve:
     /// counted in `dropped_toobig`.
     #[error("record of {0} bytes is larger than a sub-buffer")]
     TooBig(usize),
+    /// The buffer's shared state was found corrupt (something other than
+    /// the protocol wrote its head or descriptors, e.g. a process with write
+    /// access to the file): the buffer is marked corrupt and every write to
+    /// it is refused at once, counted in `dropped_corrupt`, until
+    /// [`Channel::reset`](crate::Channel::reset).
+    #[error("buffer state corrupt: record dropped")]
+    Corrupt,
 }
 
 /// Error from the reader side.

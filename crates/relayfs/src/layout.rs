@@ -77,6 +77,16 @@ pub(crate) mod hdr {
     pub const LAST_TOOBIG: usize = 568;
     pub const SUBBUFS_COMPLETED: usize = 576;
     pub const MAP_EVENTS_SEEN: usize = 584;
+    /// Records dropped because the buffer's shared state was found corrupt
+    /// (or a retry loop hit its bound), and every record offered after that.
+    pub const DROPPED_CORRUPT: usize = 592;
+    /// Non-zero once the producer found this buffer's shared state corrupt:
+    /// one of the `CORRUPT_*` reasons. Writes then drop (counted in
+    /// `DROPPED_CORRUPT`) until `relay_reset`.
+    pub const CORRUPT: usize = 600;
+    /// Records no reader consumed, counted by `relay_close` when no reader
+    /// was attached (so none could read them any more).
+    pub const UNREAD_AT_CLOSE: usize = 608;
     /// Bytes of the header page in use.
     pub const END: usize = 640;
 }
@@ -123,6 +133,30 @@ pub(crate) mod desc {
 pub const FLAG_OVERWRITE: u64 = 1;
 /// Header flag: one global buffer for all CPUs.
 pub const FLAG_GLOBAL: u64 = 2;
+
+/// `hdr::CORRUPT`: a sub-buffer generation is ahead of the write position.
+pub const CORRUPT_GENERATION: u64 = 1;
+/// `hdr::CORRUPT`: a commit word holds a value the protocol never produces.
+pub const CORRUPT_COMMIT_WORD: u64 = 2;
+/// `hdr::CORRUPT`: the write position names a sub-buffer that doesn't exist.
+pub const CORRUPT_HEAD: u64 = 3;
+/// `hdr::CORRUPT`: a retry loop of the writer hit its bound (the shared state
+/// keeps changing under it).
+pub const CORRUPT_RETRIES: u64 = 4;
+
+/// What a `hdr::CORRUPT` value means.
+pub fn corrupt_reason(code: u64) -> Option<&'static str> {
+    match code {
+        0 => None,
+        CORRUPT_GENERATION => Some("a sub-buffer generation is ahead of the write position"),
+        CORRUPT_COMMIT_WORD => Some("a sub-buffer commit word holds an impossible value"),
+        CORRUPT_HEAD => Some("the write position names a sub-buffer that does not exist"),
+        CORRUPT_RETRIES => {
+            Some("the write position or a descriptor kept changing under the writer")
+        }
+        _ => Some("unknown reason"),
+    }
+}
 
 /// Producer state: writing.
 pub const STATE_OPEN: u64 = 1;

@@ -72,6 +72,18 @@ pub(crate) fn try_lock_byte(file: &File, byte: i64) -> io::Result<bool> {
     }
 }
 
+/// Releases a lock [`try_lock_byte`] took through the same open file
+/// description.
+pub(crate) fn unlock_byte(file: &File, byte: i64) -> io::Result<()> {
+    let fl = flock_struct(libc::F_UNLCK as libc::c_short, byte);
+    // SAFETY: F_OFD_SETLK with a valid flock struct on an open fd.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether some open file description holds a lock on `byte`
 /// (`fcntl(F_OFD_GETLK)`).
 pub(crate) fn byte_locked(file: &File, byte: i64) -> io::Result<bool> {

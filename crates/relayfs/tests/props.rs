@@ -61,6 +61,9 @@ proptest! {
                         Ok(()) => accepted.extend_from_slice(&rec),
                         Err(WriteError::Full) => full += 1,
                         Err(WriteError::TooBig(_)) => toobig += 1,
+                        Err(WriteError::Corrupt) => {
+                            prop_assert!(false, "a sound buffer was found corrupt")
+                        }
                     }
                 }
                 Op::Read(max) => {

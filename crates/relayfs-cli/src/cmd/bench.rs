@@ -266,9 +266,8 @@ fn run_once(a: &Args) -> Result<Value> {
         offered_per_writer.push(seq);
     }
     let wall = started.elapsed().as_secs_f64();
-    chan.flush();
-    let pstats = chan.total_stats();
-    Arc::try_unwrap(chan)
+    // The final counts, with what no reader was left to read.
+    let pstats = Arc::try_unwrap(chan)
         .map_err(|_| anyhow::anyhow!("channel still shared"))?
         .close()?;
     let rec = match recorder {
@@ -284,8 +283,12 @@ fn run_once(a: &Args) -> Result<Value> {
         .as_ref()
         .and_then(|r| r["discarded"].as_u64())
         .unwrap_or(0);
-    let dropped =
-        pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records + discarded;
+    let dropped = pstats.dropped_full
+        + pstats.dropped_toobig
+        + pstats.dropped_corrupt
+        + pstats.overwritten_records
+        + pstats.unread_at_close
+        + discarded;
     let sink = super::record::is_sink(&out);
     let report = if rec.is_some() && !sink {
         // Writers ran for a duration: each offered its own count.

@@ -166,6 +166,7 @@ struct WriterResult {
     ok: u64,
     full: u64,
     toobig: u64,
+    corrupt: u64,
     bytes: u64,
     secs: f64,
 }
@@ -224,6 +225,7 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
                         }
                         Err(WriteError::Full) => r.full += 1,
                         Err(WriteError::TooBig(_)) => r.toobig += 1,
+                        Err(WriteError::Corrupt) => r.corrupt += 1,
                     }
                 }
                 r.secs = t.elapsed().as_secs_f64();
@@ -283,10 +285,9 @@ pub fn run(a: &Args) -> Result<i32> {
         recorder = Some(child);
     }
     let (writers, wall) = produce(&chan, a, threads);
-    chan.flush();
-    let pstats = chan.total_stats();
     let chan = Arc::try_unwrap(chan).map_err(|_| anyhow::anyhow!("channel still shared"))?;
-    chan.close().context("closing the channel")?;
+    // The final counts, with what no reader was left to read.
+    let pstats = chan.close().context("closing the channel")?;
 
     let rec_json = match recorder {
         Some(child) => finish_recorder(child)?,
@@ -301,7 +302,11 @@ pub fn run(a: &Args) -> Result<i32> {
         .then(|| (threads, writers[0].offered));
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
-    let producer_lost = pstats.dropped_full + pstats.dropped_toobig + pstats.overwritten_records;
+    let producer_lost = pstats.dropped_full
+        + pstats.dropped_toobig
+        + pstats.dropped_corrupt
+        + pstats.overwritten_records
+        + pstats.unread_at_close;
     let discarded = rec_json["discarded"].as_u64().unwrap_or(0);
     let dropped = producer_lost + discarded;
     let verified = if a.no_record {
@@ -343,6 +348,8 @@ pub fn run(a: &Args) -> Result<i32> {
         "dropped": dropped,
         "dropped_full": pstats.dropped_full,
         "dropped_toobig": pstats.dropped_toobig,
+        "dropped_corrupt": pstats.dropped_corrupt,
+        "unread_at_close": pstats.unread_at_close,
         "overwritten": pstats.overwritten_records,
         "discarded": discarded,
         "verified": ok,
@@ -461,12 +468,14 @@ fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
         util::outln!("  delivered  {}", u("delivered"))?;
     }
     util::outln!(
-        "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {})",
+        "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {}, unread at close {}, corrupt buffer {})",
         u("dropped"),
         u("dropped_full"),
         u("dropped_toobig"),
         u("overwritten"),
-        u("discarded")
+        u("discarded"),
+        u("unread_at_close"),
+        u("dropped_corrupt")
     )?;
     if no_record {
         return Ok(());

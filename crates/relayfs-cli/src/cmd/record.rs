@@ -619,6 +619,8 @@ fn summarize(
         "dropped_toobig": total.dropped_toobig,
         "overwritten": total.overwritten_records,
         "discarded": total.discarded_records,
+        "dropped_corrupt": total.dropped_corrupt,
+        "unread_at_close": total.unread_at_close,
         "abandoned_bytes": results.iter().filter_map(|r| r.abandoned).map(|a| a.0).sum::<u64>(),
         "abandoned_records": results.iter().filter_map(|r| r.abandoned).map(|a| a.1).sum::<u64>(),
         "buffers": results.iter().map(|r| json!({
@@ -679,12 +681,14 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         crate::util::errln!("  nothing lost");
     } else {
         crate::util::errln!(
-            "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}): the producer needs larger or more sub-buffers (ChannelBuilder::subbuf_size, n_subbufs; the demo's --subbuf-size, --n-subbufs) or a faster output",
+            "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}, unread at close {}, corrupt buffer {}): the producer needs larger or more sub-buffers (ChannelBuilder::subbuf_size, n_subbufs; the demo's --subbuf-size, --n-subbufs) or a faster output",
             total.lost(),
             total.dropped_full,
             total.dropped_toobig,
             total.overwritten_records,
-            total.discarded_records
+            total.discarded_records,
+            total.unread_at_close,
+            total.dropped_corrupt
         );
     }
     if results.iter().any(|r| r.end == End::ProducerGone) {

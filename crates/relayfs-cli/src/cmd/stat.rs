@@ -73,6 +73,9 @@ fn once(a: &Args) -> Result<bool> {
                     "overwritten_subbufs": s.overwritten_subbufs,
                     "discarded_records": s.discarded_records,
                     "padding_bytes": s.padding_bytes,
+                    "dropped_corrupt": s.dropped_corrupt,
+                    "unread_at_close": s.unread_at_close,
+                    "corrupt": relayfs::layout::corrupt_reason(s.corrupt),
                 })
             })
             .collect();
@@ -127,6 +130,13 @@ fn once(a: &Args) -> Result<bool> {
                 ""
             }
         )?;
+        if let Some(why) = relayfs::layout::corrupt_reason(s.corrupt) {
+            util::outln!(
+                "{:<8} corrupt: {why}; {} records refused since",
+                "",
+                s.dropped_corrupt
+            )?;
+        }
     }
     for (name, e) in &bad {
         util::outln!("{name:<8} ERROR: {e}")?;

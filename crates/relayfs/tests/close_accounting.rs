@@ -1,0 +1,167 @@
+//! `relay_close` accounts for every record: what no attached reader is left
+//! to read is counted in `unread_at_close`, so that
+//! `records_consumed + lost() == offered` exactly.
+
+use relayfs::{BufferStats, Channel, Mode, RelayFile, WriteError};
+
+struct Offered {
+    offered: u64,
+    ok: u64,
+    refused: u64,
+}
+
+fn write_n(chan: &Channel, n: u64, o: &mut Offered) {
+    for i in 0..n {
+        o.offered += 1;
+        match chan.write(&i.to_le_bytes()) {
+            Ok(()) => o.ok += 1,
+            Err(WriteError::Full) => o.refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn open(dir: &std::path::Path, mode: Mode) -> Channel {
+    Channel::builder("c")
+        .dir(dir)
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .mode(mode)
+        .global(true)
+        .open()
+        .unwrap()
+}
+
+fn check_adds_up(what: &str, s: &BufferStats, o: &Offered) {
+    assert_eq!(s.dropped_full, o.refused, "{what} {s:?}");
+    assert_eq!(
+        s.records_written,
+        s.records_consumed + s.overwritten_records + s.discarded_records + s.unread_at_close,
+        "{what}: written = consumed + overwritten + discarded + unread {s:?}"
+    );
+    assert_eq!(
+        s.records_consumed + s.lost(),
+        o.offered,
+        "{what}: consumed + lost = offered {s:?}"
+    );
+    assert_eq!(s.records_pending, 0, "{what}: everything flushed {s:?}");
+}
+
+#[test]
+fn records_left_unread_at_close_are_counted() {
+    // Overwrite mode: the reader stops at sub-buffer ends. One that leaves
+    // in the middle of a sub-buffer keeps its claim on it, and a writer
+    // that laps it then leaves the counting to that reader, which is gone:
+    // a reader-side hole that `relay_close` can't see any more.
+    for (mode, sizes) in [
+        (Mode::NoOverwrite, &[0usize, 100, 256 * 2 + 16, 256 * 3][..]),
+        (Mode::Overwrite, &[0usize, 256, 256 * 3][..]),
+    ] {
+        for &read_bytes in sizes {
+            let dir = tempfile::tempdir().unwrap();
+            let chan = open(dir.path(), mode);
+            let mut o = Offered {
+                offered: 0,
+                ok: 0,
+                refused: 0,
+            };
+            write_n(&chan, 100, &mut o);
+            chan.flush();
+            {
+                // A reader reads part, then goes away (its lock released).
+                let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+                let mut buf = vec![0u8; read_bytes];
+                let mut got = 0;
+                while got < read_bytes {
+                    let k = r.read(&mut buf[got..]).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                }
+            }
+            // More writes after it left (no-overwrite: fills and drops).
+            write_n(&chan, 1000, &mut o);
+            let what = format!("{mode:?} read {read_bytes}");
+            let s = chan.close().unwrap();
+            assert!(s.unread_at_close > 0, "{what}: records were left {s:?}");
+            assert_eq!(s.records_written, o.ok, "{what}");
+            check_adds_up(&what, &s, &o);
+        }
+    }
+}
+
+#[test]
+fn a_reader_attached_at_close_drains_and_nothing_is_counted_unread() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = open(dir.path(), mode);
+        let mut o = Offered {
+            offered: 0,
+            ok: 0,
+            refused: 0,
+        };
+        let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+        write_n(&chan, 1000, &mut o);
+        let mut buf = vec![0u8; 100];
+        assert!(r.read(&mut buf).unwrap() > 0);
+        let s = chan.close().unwrap();
+        assert_eq!(s.unread_at_close, 0, "{mode:?}: the reader drains {s:?}");
+        let mut buf = vec![0u8; 4096];
+        while !r.is_eof().unwrap() {
+            r.read(&mut buf).unwrap();
+        }
+        check_adds_up(&format!("{mode:?} drained"), &r.stats(), &o);
+    }
+}
+
+#[test]
+fn nothing_read_nothing_lost_when_closed_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = open(dir.path(), Mode::NoOverwrite);
+    let s = chan.close().unwrap();
+    assert_eq!(s.unread_at_close, 0);
+    assert_eq!(s.lost(), 0);
+}
+
+/// Callbacks that keep the files at close, so a reader can come after.
+struct KeepFiles(Mode);
+
+impl relayfs::Callbacks for KeepFiles {
+    fn mode(&self) -> Mode {
+        self.0
+    }
+    fn remove_buf_file(&self, _dir: &relayfs::ChannelDir, _name: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_reader_attaching_after_close_gets_the_end_not_what_was_counted_unread() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("k")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(8)
+            .callbacks(KeepFiles(mode))
+            .global(true)
+            .open()
+            .unwrap();
+        let path = chan.buffer_path(0).to_path_buf();
+        let mut o = Offered {
+            offered: 0,
+            ok: 0,
+            refused: 0,
+        };
+        write_n(&chan, 1000, &mut o);
+        let s = chan.close().unwrap();
+        assert!(s.unread_at_close > 0, "{mode:?} {s:?}");
+        // Not Busy: the producer let go of the reader lock.
+        let mut r = RelayFile::open(&path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(r.read(&mut buf).unwrap(), 0, "{mode:?}: already counted");
+        assert!(r.is_eof().unwrap(), "{mode:?}");
+        check_adds_up(&format!("{mode:?} late reader"), &r.stats(), &o);
+    }
+}
