@@ -2,6 +2,7 @@
 //! it (demo, verify, cat, stat, ls, bench), and kernel relay channels
 //! (record on debugfs, blktrace).
 
+mod args;
 mod cmd;
 mod demofmt;
 mod output;
@@ -57,7 +58,7 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("relayfs: error: {e:#}");
+            crate::util::errln!("relayfs: error: {e:#}");
             std::process::exit(1);
         }
     }

@@ -264,7 +264,7 @@ impl Output {
                     .with_context(|| format!("cannot truncate {}", path.display()))?;
                 size = want;
             } else if size < want {
-                eprintln!(
+                crate::util::errln!(
                     "relayfs record: {}: {} bytes the buffer says were consumed are not in the file",
                     path.display(),
                     want - size

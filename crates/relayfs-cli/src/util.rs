@@ -201,15 +201,91 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes to standard output, for [`outln!`] and [`out!`]. A reader that
+/// went away (`EPIPE`: `relayfs ls | head -1`) is an ordinary ending, not
+/// an error: that write and every later one are dropped quietly and the
+/// command goes on to its normal end and exit status (see
+/// [`stdout_closed`]), so a recorder still finishes its output files and
+/// reports its errors on stderr. Any other failure (a full disk behind a
+/// redirection) is an error.
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    // SYNC POINT: a flag this process sets and reads for itself; nothing
+    // else is published with it, so relaxed is enough.
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    match o.write_fmt(args).and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // SYNC POINT: as above, only this process reads it.
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// Whether standard output's reader has gone (a write met `EPIPE`): a
+/// command that would go on printing (`stat --watch`) stops.
+pub fn stdout_closed() -> bool {
+    // SYNC POINT: see `write_stdout`.
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// `println!` that treats a closed standard output as an ordinary ending
+/// (see [`write_stdout`]); evaluates to `anyhow::Result<()>`.
+macro_rules! outln {
+    () => {
+        $crate::util::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::util::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed standard output.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::util::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: a message to a terminal that has gone
+/// (`EIO` after a hang-up) or a closed pipe is dropped, so that a command
+/// ending on SIGHUP still gets to finish its work.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`errln!`]).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {err, errln, out, outln};
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Makes SIGINT and SIGTERM set a flag instead of killing the process.
+/// Makes SIGINT, SIGTERM and SIGHUP set a flag instead of killing the
+/// process, so that a long-running command ends the same clean way on each
+/// (stops, drains, tears down, writes its summary): Ctrl-C, `kill`, or its
+/// terminal or SSH session going away (blktrace catches the same three).
 pub fn catch_interrupts() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing a handler that only stores to an atomic, which
         // is async-signal-safe.
         unsafe {
@@ -218,9 +294,34 @@ pub fn catch_interrupts() {
     }
 }
 
-/// Whether SIGINT or SIGTERM arrived.
+/// Whether SIGINT, SIGTERM or SIGHUP arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// A name as a table shows it: a newline, tab, other control character or
+/// bidirectional override in a channel's name (anyone who can create a
+/// directory under the relay directory names it) is written as an escape
+/// (`\n`, `\t`, `\x1b`, `\u{202e}`), and a backslash as `\\`, so that
+/// no name can start a line of its own or disguise itself.
+pub fn escape_name(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            '\r' => s.push_str("\\r"),
+            c if c.is_ascii_control() => s.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                s.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => s.push(c),
+        }
+    }
+    s
 }
 
 /// Whether stderr is a terminal.
@@ -313,6 +414,17 @@ mod tests {
         let scan = scan_channel(d.path(), None).unwrap();
         assert!(scan.bufs.is_empty());
         assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
+    }
+
+    #[test]
+    fn names_cannot_forge_a_row() {
+        assert_eq!(escape_name("plain-name.1"), "plain-name.1");
+        assert_eq!(escape_name("a\nb"), "a\\nb");
+        assert_eq!(escape_name("t\tr\r"), "t\\tr\\r");
+        assert_eq!(escape_name("esc\x1b[2J"), "esc\\x1b[2J");
+        assert_eq!(escape_name("back\\n"), "back\\\\n");
+        assert_eq!(escape_name("\u{202e}x\u{85}"), "\\u{202e}x\\u{85}");
+        assert_eq!(escape_name("caf\u{e9}"), "caf\u{e9}");
     }
 
     #[test]

@@ -198,7 +198,11 @@ fn stopped_recorder_never_slows_the_producer() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("recorder attached", || reader_attached(&chan, 0));
+    // Every buffer, however many CPUs there are: a buffer the recorder had
+    // not opened yet when stopped would be gone (closed) when it resumed.
+    wait_until("recorder attached", || {
+        (0..chan.n_buffers()).all(|i| reader_attached(&chan, i))
+    });
     signal(&rec, libc::SIGSTOP);
     wait_until("recorder stopped", || {
         std::fs::read_to_string(format!("/proc/{}/stat", rec.id())).is_ok_and(|st| {

@@ -108,11 +108,39 @@ fn hostile_reader_page_cannot_break_the_producer() {
     }
 }
 
+/// Set in the process of its own that `files_are_owner_only_unless_asked`
+/// runs in.
+const OWN_PROCESS: &str = "RELAYFS_TEST_OWN_PROCESS";
+
 #[test]
 fn files_are_owner_only_unless_asked() {
-    let root = tempfile::tempdir().unwrap();
-    std::env::set_var("RELAYFS_DIR", root.path());
+    // The channels go where RELAYFS_DIR says, and the library reads it from
+    // the environment: this test runs again in a process of its own with it
+    // set (changing the environment beside the harness's other threads is
+    // unsound).
+    if std::env::var_os(OWN_PROCESS).is_none() {
+        let root = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "files_are_owner_only_unless_asked",
+                "--test-threads=1",
+            ])
+            .env("RELAYFS_DIR", root.path())
+            .env(OWN_PROCESS, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     let c = Channel::builder("perm").open().unwrap();
+    let root = std::env::var_os("RELAYFS_DIR").unwrap();
+    assert_eq!(c.dir(), std::path::Path::new(&root).join("perm"));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(c.dir()), 0o700);
     assert_eq!(mode(c.buffer_path(0)), 0o600);
@@ -127,7 +155,6 @@ fn files_are_owner_only_unless_asked() {
         .unwrap();
     assert_eq!(mode(c.dir()), 0o750);
     assert_eq!(mode(c.buffer_path(0)), 0o640);
-    std::env::remove_var("RELAYFS_DIR");
 }
 
 #[test]

@@ -27,19 +27,19 @@ const BATCH: u64 = 1024;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Producer threads (default: one per CPU)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Record length S, or MIN..MAX
     #[arg(long, default_value = "64", value_parser = demo::parse_size_spec)]
     pub size: SizeSpec,
     /// Records per thread (default: run for --duration)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count)]
     pub count: Option<u64>,
     /// Seconds to run when no --count is given
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: f64,
     /// Total producer rate in records per second (default: as fast as possible)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::rate)]
     pub rate: Option<f64>,
     #[command(flatten)]
     pub chan: demo::ChannelArgs,
@@ -148,7 +148,7 @@ fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
 /// One run; returns its summary.
 fn run_once(a: &Args) -> Result<Value> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let threads = a.threads.unwrap_or(ncpu);
     let name = format!("bench-{}", std::process::id());
     let chan = Arc::new(
         a.chan
@@ -212,6 +212,7 @@ fn run_once(a: &Args) -> Result<Value> {
                 loop {
                     if count.is_some_and(|c| seq >= c)
                         || deadline.is_some_and(|d| start.elapsed() >= d)
+                        || util::interrupted()
                     {
                         break;
                     }
@@ -367,10 +368,10 @@ fn run_once(a: &Args) -> Result<Value> {
     }))
 }
 
-fn print_run(v: &Value) {
+fn print_run(v: &Value) -> Result<()> {
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     let u = |k: &str| v[k].as_u64().unwrap_or(0);
-    println!(
+    util::outln!(
         "relayfs bench: {} threads x {} B records, {} mode{}",
         u("threads"),
         v["size"].as_str().unwrap_or(""),
@@ -378,26 +379,26 @@ fn print_run(v: &Value) {
         v["rate"]
             .as_f64()
             .map_or(String::new(), |r| format!(", rate {r:.0}/s"))
-    );
-    println!(
+    )?;
+    util::outln!(
         "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
         f("ns_per_record"),
         f("ns_per_record_p99"),
         f("records_per_sec") / 1e6,
         f("bytes_per_sec") / 1e6
-    );
+    )?;
     if v["reader"] == true {
-        println!(
+        util::outln!(
             "  recorder   {:.0} MB/s, {:.2} CPU s per GB, {} KiB anonymous memory at most",
             f("recorder_bytes_per_sec") / 1e6,
             f("recorder_cpu_s_per_gb"),
             u("recorder_rss_anon_peak_kib")
-        );
+        )?;
     }
     let fs = &v["fs_baseline"];
     if fs.is_object() {
         let g = |pass: &str, k: &str| fs[pass][k].as_f64().unwrap_or(0.0);
-        println!(
+        util::outln!(
             "  filesystem write(2) alone of {} into the same directory before the run, twice: \
              {:.0} MB/s at {:.2} CPU s per GB into memory not used lately, {:.0} MB/s at {:.2} reusing it",
             util::human_bytes(fs["warm"]["bytes"].as_u64().unwrap_or(0)),
@@ -405,17 +406,17 @@ fn print_run(v: &Value) {
             g("cold", "cpu_s_per_gb"),
             g("warm", "bytes_per_sec") / 1e6,
             g("warm", "cpu_s_per_gb"),
-        );
+        )?;
         if v["rate"].is_number() {
-            println!(
+            util::outln!(
                 "             storing the {:.0} MB/s offered would take the filesystem alone {:.2} CPUs ({:.2} warm)",
                 f("offered_bytes_per_sec") / 1e6,
                 g("cold", "cpus_for_offered"),
                 g("warm", "cpus_for_offered"),
-            );
+            )?;
         }
     }
-    println!(
+    util::outln!(
         "  written {}  delivered {}  dropped {}  verified {}",
         u("written"),
         u("delivered"),
@@ -426,11 +427,12 @@ fn print_run(v: &Value) {
             Some(false) => "FAILED",
             None => "-",
         }
-    );
+    )
 }
 
 /// Runs `relayfs bench`.
 pub fn run(a: &Args) -> Result<i32> {
+    a.chan.check()?;
     util::catch_interrupts();
     if a.sweep {
         return sweep(a);
@@ -440,9 +442,9 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let v = run_once(a)?;
     if a.json {
-        println!("{v}");
+        util::outln!("{v}")?;
     } else {
-        print_run(&v);
+        print_run(&v)?;
     }
     Ok(if v["verified"] == false { 1 } else { 0 })
 }
@@ -452,10 +454,18 @@ fn sweep(a: &Args) -> Result<i32> {
     let mut rows = Vec::new();
     let mut bad = false;
     if !a.json {
-        println!(
+        util::outln!(
             "{:>6} {:>7} {:<13} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}  verified",
-            "size", "threads", "mode", "ns/rec", "p99", "Mrec/s", "MB/s", "rec MB/s", "dropped%"
-        );
+            "size",
+            "threads",
+            "mode",
+            "ns/rec",
+            "p99",
+            "Mrec/s",
+            "MB/s",
+            "rec MB/s",
+            "dropped%"
+        )?;
     }
     for size in [16u32, 64, 1024, 4096] {
         for threads in [1, ncpu] {
@@ -475,7 +485,7 @@ fn sweep(a: &Args) -> Result<i32> {
                 bad |= v["verified"] == false;
                 if !a.json {
                     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-                    println!(
+                    util::outln!(
                         "{:>6} {:>7} {:<13} {:>10.1} {:>10.1} {:>12.2} {:>10.0} {:>12.0} {:>9.1}%  {}",
                         size.max(24),
                         threads,
@@ -487,14 +497,14 @@ fn sweep(a: &Args) -> Result<i32> {
                         f("recorder_bytes_per_sec") / 1e6,
                         100.0 * f("dropped") / f("written").max(1.0),
                         if v["verified"] == true { "OK" } else { "FAILED" }
-                    );
+                    )?;
                 }
                 rows.push(v);
             }
         }
     }
     if a.json {
-        println!("{}", json!({ "sweep": rows }));
+        util::outln!("{}", json!({ "sweep": rows }))?;
     }
     Ok(if bad { 1 } else { 0 })
 }
@@ -507,11 +517,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
     let mut hi = top["records_per_sec"].as_f64().unwrap_or(1e6);
     if top["dropped"] == 0 {
         if a.json {
-            println!("{}", json!({ "lossless_rate": hi, "unthrottled": top }));
+            util::outln!("{}", json!({ "lossless_rate": hi, "unthrottled": top }))?;
         } else {
-            println!("no drops even unthrottled: {:.2} M records/s", hi / 1e6);
+            util::outln!("no drops even unthrottled: {:.2} M records/s", hi / 1e6)?;
             if let Some(line) = fs_ceiling(&top) {
-                println!("{line}");
+                util::outln!("{line}")?;
             }
         }
         return Ok(0);
@@ -528,13 +538,13 @@ fn find_lossless(a: &Args) -> Result<i32> {
         let v = run_once(&run)?;
         let ok = v["dropped"] == 0 && v["verified"] != false;
         if !a.json {
-            println!(
+            util::outln!(
                 "  rate {:>8.2} M/s: achieved {:.2} M/s, dropped {}, {:.1} ns/record",
                 mid / 1e6,
                 v["records_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
                 v["dropped"],
                 v["ns_per_record"].as_f64().unwrap_or(0.0)
-            );
+            )?;
         }
         if ok {
             lo = mid;
@@ -544,17 +554,17 @@ fn find_lossless(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        println!(
+        util::outln!(
             "{}",
             json!({ "lossless_rate": lo, "at_that_rate": best, "unthrottled": top })
-        );
+        )?;
     } else {
-        println!(
+        util::outln!(
             "highest rate with zero drops found: {:.2} M records/s",
             lo / 1e6
-        );
+        )?;
         if let Some(line) = fs_ceiling(&top) {
-            println!("{line}");
+            util::outln!("{line}")?;
         }
     }
     Ok(0)

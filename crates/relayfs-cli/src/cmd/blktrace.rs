@@ -33,13 +33,13 @@ pub struct Args {
     #[arg(short, long)]
     pub out: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C)
-    #[arg(short = 'w', long, value_name = "SECONDS")]
+    #[arg(short = 'w', long, value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: Option<f64>,
     /// Size of each relay sub-buffer (blktrace's -b)
-    #[arg(short = 'b', long, default_value = "512K", value_parser = util::parse_size)]
+    #[arg(short = 'b', long, default_value = "512K", value_parser = crate::args::kernel_subbuf_size)]
     pub subbuf_size: u64,
     /// Number of sub-buffers per CPU (blktrace's -n)
-    #[arg(short = 'n', long, default_value_t = 4)]
+    #[arg(short = 'n', long, default_value_t = 4, value_parser = crate::args::kernel_n_subbufs)]
     pub n_subbufs: u32,
     /// Where debugfs is mounted
     #[arg(long, default_value = DEBUGFS_DIR)]
@@ -136,7 +136,7 @@ impl Trace {
 impl Drop for Trace {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!(
+            crate::util::errln!(
                 "relayfs blktrace: {}: could not tear tracing down: {e} (try relayfs blktrace --kill {})",
                 self.path.display(),
                 self.path.display()
@@ -279,6 +279,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Runs `relayfs blktrace`.
 pub fn run(a: &Args) -> Result<i32> {
+    crate::args::kernel_buffer(a.subbuf_size, a.n_subbufs).map_err(anyhow::Error::msg)?;
     util::catch_interrupts();
     let dev = open_device(&a.device)?;
     if a.kill {
@@ -292,16 +293,16 @@ pub fn run(a: &Args) -> Result<i32> {
         let stop = t.stop();
         let down = t.teardown();
         match (stop, down) {
-            (Ok(()), Ok(())) => eprintln!(
+            (Ok(()), Ok(())) => crate::util::errln!(
                 "relayfs blktrace: tracing on {} torn down",
                 a.device.display()
             ),
-            (_, Err(e)) => eprintln!(
+            (_, Err(e)) => crate::util::errln!(
                 "relayfs blktrace: {}: {e} (nothing was running?)",
                 a.device.display()
             ),
             (Err(e), Ok(())) => {
-                eprintln!("relayfs blktrace: {}: {e}; torn down", a.device.display())
+                crate::util::errln!("relayfs blktrace: {}: {e}; torn down", a.device.display())
             }
         }
         return Ok(0);
@@ -321,7 +322,7 @@ pub fn run(a: &Args) -> Result<i32> {
         // Leave it running: forget the guard.
         trace.started = false;
         trace.set_up = false;
-        println!("{}", dir.display());
+        util::outln!("{}", dir.display())?;
         return Ok(0);
     }
 
@@ -386,35 +387,35 @@ pub fn run(a: &Args) -> Result<i32> {
     summary["n_subbufs"] = json!(a.n_subbufs);
     super::record::write_summary(&out, &summary)?;
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else if !a.quiet {
         // blktrace's own summary, so that its users read it at a glance.
-        eprintln!("=== {name} ===");
+        crate::util::errln!("=== {name} ===");
         for (r, c) in results.iter().zip(&per_cpu) {
             let cpu = r.name.trim_start_matches("trace");
-            eprintln!(
+            crate::util::errln!(
                 "  CPU{cpu:>3}: {:>20} events, {:>8} KiB data",
                 c.events,
                 r.bytes.div_ceil(1024)
             );
         }
         let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-        eprintln!(
+        crate::util::errln!(
             "  Total:  {:>20} events (dropped {}), {:>8} KiB data",
             events,
             dropped.unwrap_or(0),
             bytes.div_ceil(1024)
         );
-        eprintln!(
+        crate::util::errln!(
             "  recorded in {elapsed:.2} s, {cpu_s:.3} CPU s; output in {}",
             out.display()
         );
         if garbage > 0 {
-            eprintln!("  {garbage} bytes at the end of the output are not whole events");
+            crate::util::errln!("  {garbage} bytes at the end of the output are not whole events");
         }
     }
     if let Some(d) = dropped.filter(|&d| d > 0) {
-        eprintln!(
+        crate::util::errln!(
             "You have {d} ({:.1}%) dropped events\nConsider using a larger sub-buffer size (--subbuf-size, now {}) and/or more sub-buffers (--n-subbufs, now {})",
             100.0 * d as f64 / (d + events).max(1) as f64,
             util::human_bytes(a.subbuf_size),

@@ -51,10 +51,10 @@ pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChannelArgs {
     /// Sub-buffer size (a power of two; default 1M)
-    #[arg(long, value_parser = util::parse_size)]
+    #[arg(long, value_parser = crate::args::subbuf_size)]
     pub subbuf_size: Option<u64>,
     /// Sub-buffers per buffer (default 16)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::n_subbufs)]
     pub n_subbufs: Option<u64>,
     /// Overwrite ("flight recorder") mode
     #[arg(long)]
@@ -62,6 +62,20 @@ pub struct ChannelArgs {
 }
 
 impl ChannelArgs {
+    /// Checks the sizes together (each was checked alone when parsed), so
+    /// that a channel the library would refuse is refused before anything
+    /// starts.
+    pub fn check(&self) -> Result<()> {
+        relayfs::Geometry::new(
+            self.subbuf_size.unwrap_or(relayfs::DEFAULT_SUBBUF_SIZE),
+            self.n_subbufs.unwrap_or(relayfs::DEFAULT_N_SUBBUFS),
+            0,
+            4096,
+        )
+        .context("--subbuf-size and --n-subbufs")?;
+        Ok(())
+    }
+
     /// A builder for channel `name` with these settings.
     pub fn builder(&self, name: &str) -> relayfs::ChannelBuilder {
         let mut b = Channel::builder(name);
@@ -94,10 +108,10 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// Writer threads (default: one per CPU)
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Records per writer
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = crate::args::count)]
     pub count: u64,
     /// Record length S, or MIN..MAX for lengths drawn from a seeded generator
     #[arg(long, default_value = "64", value_parser = parse_size_spec)]
@@ -116,8 +130,8 @@ pub struct Args {
     #[arg(long)]
     pub no_record: bool,
     /// With --no-record: how long to wait for readers to attach
-    #[arg(long, default_value_t = 60)]
-    pub attach_timeout: u64,
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = crate::args::seconds)]
+    pub attach_timeout: f64,
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -147,6 +161,8 @@ impl Rng {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct WriterResult {
+    /// Records offered: `--count`, or fewer when interrupted.
+    offered: u64,
     ok: u64,
     full: u64,
     toobig: u64,
@@ -192,6 +208,12 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
                 barrier.wait();
                 let t = Instant::now();
                 for seq in 0..count {
+                    // Stop early on SIGINT, SIGTERM or SIGHUP (checked
+                    // once in a while, off the write itself).
+                    if seq % 1024 == 0 && util::interrupted() {
+                        break;
+                    }
+                    r.offered += 1;
                     let len = rng.len(size);
                     match chan.reserve(len) {
                         Ok(mut slot) => {
@@ -222,9 +244,10 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
 
 /// Runs `relayfs demo`; returns the exit code.
 pub fn run(a: &Args) -> Result<i32> {
+    a.chan.check()?;
     util::catch_interrupts();
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu).max(1);
+    let threads = a.threads.unwrap_or(ncpu);
     let name = a
         .name
         .clone()
@@ -249,13 +272,13 @@ pub fn run(a: &Args) -> Result<i32> {
     let mut rec_pid = 0;
     if a.no_record {
         if !a.json {
-            eprintln!(
+            crate::util::errln!(
                 "relayfs demo: channel {} is open; start `relayfs record {name} -o DIR` (waiting up to {} s)",
                 chan.dir().display(),
                 a.attach_timeout
             );
         }
-        wait_for_readers(&chan, Duration::from_secs(a.attach_timeout), None)?;
+        wait_for_readers(&chan, Duration::from_secs_f64(a.attach_timeout), None)?;
     } else {
         let child = start_recorder(&chan, &out)?;
         rec_pid = child.id();
@@ -270,7 +293,13 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(child) => finish_recorder(child)?,
         None => serde_json::Value::Null,
     };
-    let offered = threads as u64 * a.count;
+    let offered: u64 = writers.iter().map(|w| w.offered).sum();
+    let interrupted = writers.iter().any(|w| w.offered < a.count);
+    // Interrupted, the writers may each have offered a different number.
+    let writers_count = writers
+        .iter()
+        .all(|w| w.offered == writers[0].offered)
+        .then(|| (threads, writers[0].offered));
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
     let producer_lost = pstats.dropped_full
@@ -286,7 +315,7 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(verify::verify_dir(
             &out,
             &verify::Expect {
-                writers_count: Some((threads, a.count)),
+                writers_count,
                 lost: Some(dropped),
             },
         )?)
@@ -297,7 +326,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let ns_per_record = {
         let mut v: Vec<f64> = writers
             .iter()
-            .map(|w| w.secs * 1e9 / a.count.max(1) as f64)
+            .map(|w| w.secs * 1e9 / w.offered.max(1) as f64)
             .collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -309,6 +338,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "buffers": nbuf,
         "threads": threads,
         "count": a.count,
+        "interrupted": interrupted,
         "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
         "subbuf_size": g.subbuf_size,
         "n_subbufs": g.n_subbufs,
@@ -331,16 +361,25 @@ pub fn run(a: &Args) -> Result<i32> {
         "defects": verified.as_ref().map(|r| r.defects.clone()),
     });
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else {
-        print_summary(&summary, a.no_record);
+        print_summary(&summary, a.no_record)?;
     }
     Ok(if ok { 0 } else { 1 })
 }
 
 /// Starts `relayfs record` on `chan` into `out` (JSON summary on its stdout)
 /// and waits until it holds every buffer.
+///
+/// The recorder gets a process group of its own, so that Ctrl-C or a
+/// hang-up of the terminal reaches only this process: it stops the writers
+/// and closes the channel, and the recorder then drains everything and
+/// ends as on any close. (Were the recorder signalled too, it would stop
+/// while the writers still wrote, and what they wrote after would be
+/// neither delivered nor counted.) Should this process die, the recorder
+/// sees its producer gone and ends too.
 pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("record")
         .arg(chan.dir())
@@ -348,10 +387,17 @@ pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process:
         .arg(out)
         .args(["--json", "--quiet"])
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .context("cannot start the recorder")?;
-    if !wait_for_readers(chan, Duration::from_secs(30), Some(&mut child))? {
+    let attached = wait_for_readers(chan, Duration::from_secs(30), Some(&mut child));
+    if !matches!(attached, Ok(true)) {
         let _ = child.kill();
+        let _ = child.wait();
+        attached?;
+        if util::interrupted() {
+            bail!("interrupted before the recorder attached");
+        }
         bail!("the recorder did not attach within 30 s");
     }
     Ok(child)
@@ -382,38 +428,46 @@ pub(crate) fn tempfile_dir() -> Result<tempfile::TempDir> {
     b.context("cannot create a temporary output directory")
 }
 
-fn print_summary(s: &serde_json::Value, no_record: bool) {
+fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
     let u = |k: &str| s[k].as_u64().unwrap_or(0);
     let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
-    println!("relayfs demo: channel {}", text("channel"));
-    println!(
+    util::outln!("relayfs demo: channel {}", text("channel"))?;
+    util::outln!(
         "  channel    {} buffers x {} sub-buffers x {}, {} mode",
         u("buffers"),
         u("n_subbufs"),
         util::human_bytes(u("subbuf_size")),
         text("mode")
-    );
-    println!(
+    )?;
+    util::outln!(
         "  producer   {} threads x {} records of {} B: {:.1} ns/record (median thread), {:.0} MB/s",
         u("threads"),
         u("count"),
         text("size"),
         s["ns_per_record"].as_f64().unwrap_or(0.0),
         s["producer_mb_per_s"].as_f64().unwrap_or(0.0)
-    );
+    )?;
     if !no_record {
-        println!(
+        util::outln!(
             "  recorder   relayfs record (pid {}) wrote {} to {}",
             u("recorder_pid"),
             util::human_bytes(u("recorded_bytes")),
             s["out"].as_str().unwrap_or("a temporary directory")
-        );
+        )?;
     }
-    println!("  written    {}", u("written"));
+    util::outln!(
+        "  written    {}{}",
+        u("written"),
+        if s["interrupted"] == true {
+            " (interrupted: the writers stopped early)"
+        } else {
+            ""
+        }
+    )?;
     if !no_record {
-        println!("  delivered  {}", u("delivered"));
+        util::outln!("  delivered  {}", u("delivered"))?;
     }
-    println!(
+    util::outln!(
         "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {}, unread at close {}, corrupt buffer {})",
         u("dropped"),
         u("dropped_full"),
@@ -422,30 +476,31 @@ fn print_summary(s: &serde_json::Value, no_record: bool) {
         u("discarded"),
         u("unread_at_close"),
         u("dropped_corrupt")
-    );
+    )?;
     if no_record {
-        return;
+        return Ok(());
     }
     let defects: Vec<&str> = s["defects"]
         .as_array()
         .map(|d| d.iter().filter_map(|x| x.as_str()).collect())
         .unwrap_or_default();
     if s["verified"] == true {
-        println!(
+        util::outln!(
             "  verified   OK: every record whole and in order, no duplicate; written = delivered + dropped"
-        );
+        )?;
     } else {
-        println!("  verified   FAILED");
+        util::outln!("  verified   FAILED")?;
         for d in defects.iter().take(10) {
-            println!("    {d}");
+            util::outln!("    {d}")?;
         }
         if defects.is_empty() {
-            println!(
+            util::outln!(
                 "    the counters don't add up: {} written != {} delivered + {} dropped",
                 u("written"),
                 u("delivered"),
                 u("dropped")
-            );
+            )?;
         }
     }
+    Ok(())
 }

@@ -192,7 +192,7 @@ impl Recording {
         })
     }
 
-    /// Waits until `duration` passes, SIGINT/SIGTERM arrives, a reader
+    /// Waits until `duration` passes, SIGINT, SIGTERM or SIGHUP arrives, a reader
     /// fails, or every relay file is closed by the kernel; shows a status
     /// line on a terminal (with the kernel's count of dropped events, read
     /// from `dropped_dir/dropped`). Returns why it stopped.
@@ -251,7 +251,7 @@ impl Recording {
             })
             .collect();
         if status {
-            eprint!("\r\x1b[K");
+            crate::util::err!("\r\x1b[K");
         }
         (results, self.started.elapsed().as_secs_f64())
     }
@@ -272,7 +272,7 @@ fn record_file(
         // On its own CPU a reader can't copy an event the kernel is still
         // filling (see relayfs::cpu::pin_current_thread).
         if let Err(e) = relayfs::cpu::pin_current_thread(cpu as usize) {
-            eprintln!(
+            crate::util::errln!(
                 "relayfs: {}: cannot run on CPU {cpu} ({e}); reading it from another CPU may copy an event the kernel is still filling",
                 b.name
             );
@@ -286,7 +286,7 @@ fn record_file(
                 Ok(n) => n,
                 Err(e) if retry && record::out_of_space(&e) => {
                     if !warned {
-                        eprintln!(
+                        crate::util::errln!(
                             "relayfs record: {}: {e}; retrying (the kernel counts what it drops meanwhile)",
                             b.name
                         );
@@ -387,11 +387,11 @@ pub fn record_dir(dir: &Path, a: &record::Args) -> Result<i32> {
     memory.finish(&mut summary);
     record::write_summary(&a.out, &summary)?;
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else if !a.quiet {
         print_summary(dir, &a.out, &results, elapsed, dropped, mmap);
         if dropped.unwrap_or(0) > 0 {
-            eprintln!(
+            crate::util::errln!(
                 "  the kernel dropped {} events: the channel's sub-buffers are too small or too few",
                 dropped.unwrap_or(0)
             );
@@ -405,7 +405,7 @@ pub fn report_errors(results: &[KResult]) -> i32 {
     let mut code = 0;
     for r in results {
         if let Some(e) = &r.error {
-            eprintln!("relayfs: {}: {e}", r.name);
+            crate::util::errln!("relayfs: {}: {e}", r.name);
             code = 1;
         }
     }
@@ -468,20 +468,20 @@ fn print_summary(
     mmap: Support,
 ) {
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    eprintln!(
+    crate::util::errln!(
         "relayfs record: {} (kernel relay channel) -> {}",
         dir.display(),
         out.display()
     );
     for r in results {
-        eprintln!(
+        crate::util::errln!(
             "  {:<10} {:>12}  {}",
             r.name,
             util::human_bytes(r.bytes),
             r.end.as_str()
         );
     }
-    eprintln!(
+    crate::util::errln!(
         "  total      {} in {:.2} s ({:.1} MB/s); sendfile: {}, mmap: {}",
         util::human_bytes(bytes),
         elapsed,
@@ -492,8 +492,10 @@ fn print_summary(
         support_str(mmap)
     );
     match dropped {
-        Some(0) => eprintln!("  the kernel dropped nothing"),
-        Some(d) => eprintln!("  the kernel DROPPED {d}"),
-        None => eprintln!("  (the channel has no dropped file: the kernel's losses are not known)"),
+        Some(0) => crate::util::errln!("  the kernel dropped nothing"),
+        Some(d) => crate::util::errln!("  the kernel DROPPED {d}"),
+        None => crate::util::errln!(
+            "  (the channel has no dropped file: the kernel's losses are not known)"
+        ),
     }
 }

@@ -18,12 +18,20 @@ pub struct Args {
 pub fn run(a: &Args) -> Result<i32> {
     let root = relayfs::relay_dir();
     let mut chans = Vec::new();
-    if root.is_dir() {
-        let mut dirs: Vec<_> = std::fs::read_dir(&root)
-            .with_context(|| format!("cannot read {}", root.display()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .collect();
+    // No relay directory yet is no channels; one that can't be read (not a
+    // directory, no permission, an I/O error) is an error, not "no channels".
+    let entries = match std::fs::read_dir(&root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        r => Some(r.with_context(|| format!("cannot read {}", root.display()))?),
+    };
+    if let Some(entries) = entries {
+        let mut dirs = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", root.display()))?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e);
+            }
+        }
         dirs.sort_by_key(|e| e.file_name());
         for d in dirs {
             let Ok(bufs) = util::buffer_files(&d.path(), None) else {
@@ -59,20 +67,25 @@ pub fn run(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        println!(
+        util::outln!(
             "{}",
             json!({ "relay_dir": root.display().to_string(), "channels": chans })
-        );
+        )?;
         return Ok(0);
     }
     if chans.is_empty() {
-        println!("no channels in {}", root.display());
+        util::outln!("no channels in {}", root.display())?;
         return Ok(0);
     }
-    println!(
+    util::outln!(
         "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
-        "channel", "buffers", "size", "mode", "producer", "readers"
-    );
+        "channel",
+        "buffers",
+        "size",
+        "mode",
+        "producer",
+        "readers"
+    )?;
     for c in &chans {
         let size = format!(
             "{}x{}",
@@ -84,15 +97,15 @@ pub fn run(a: &Args) -> Result<i32> {
             Some(s) => s.to_string(),
             None => String::new(),
         };
-        println!(
+        util::outln!(
             "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
-            c["name"].as_str().unwrap_or(""),
+            util::escape_name(c["name"].as_str().unwrap_or("")),
             c["buffers"],
             size,
             c["mode"].as_str().unwrap_or(""),
             producer,
             c["readers"]
-        );
+        )?;
     }
     Ok(0)
 }

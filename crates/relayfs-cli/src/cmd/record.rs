@@ -43,10 +43,10 @@ pub struct Args {
     /// Rotate output files when one reaches SIZE (e.g. 64M): files are then
     /// named <buffer>.out.0, <buffer>.out.1, ...; a file may exceed SIZE by
     /// up to one sub-buffer, since a record is never split
-    #[arg(long, value_parser = util::parse_size)]
+    #[arg(long, value_parser = crate::args::nonzero_size)]
     pub max_size: Option<u64>,
     /// With --max-size, keep only the newest N files per buffer
-    #[arg(long, requires = "max_size")]
+    #[arg(long, requires = "max_size", value_parser = crate::args::files)]
     pub max_files: Option<u64>,
     /// When the output filesystem is full (ENOSPC, EDQUOT), wait and retry
     /// instead of stopping with an error (the producer keeps running and
@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub retry: bool,
     /// Stop after this many seconds (then drain what is ready)
-    #[arg(long, short = 'w', value_name = "SECONDS")]
+    #[arg(long, short = 'w', value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub duration: Option<f64>,
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
@@ -71,7 +71,7 @@ pub(crate) enum End {
     Closed,
     /// The producer died; every complete sub-buffer was drained.
     ProducerGone,
-    /// SIGINT/SIGTERM: what was ready was drained.
+    /// SIGINT, SIGTERM or SIGHUP: what was ready was drained.
     Interrupted,
     /// `--duration` passed: what was ready was drained.
     Stopped,
@@ -156,7 +156,7 @@ fn record_buffer(
                 Ok(n) => n,
                 Err(e) if a.retry && out_of_space(&e) => {
                     if !warned {
-                        eprintln!(
+                        crate::util::errln!(
                             "relayfs record: {}: {e}; retrying (the producer counts what it drops meanwhile)",
                             out.files.last().map_or(String::new(), |p| p.display().to_string())
                         );
@@ -397,16 +397,16 @@ pub fn run(a: &Args) -> Result<i32> {
     // The buffers' own errors first: the first of them is what went wrong.
     for r in &results {
         if let Some(e) = &r.error {
-            eprintln!("relayfs record: {}: {e}", r.name);
+            crate::util::errln!("relayfs record: {}: {e}", r.name);
         }
     }
     let mut code = exit_code(&results);
     if let Err(e) = write_summary(&a.out, &summary) {
-        eprintln!("relayfs record: {e:#}");
+        crate::util::errln!("relayfs record: {e:#}");
         code = code.max(1);
     }
     if a.json {
-        println!("{summary}");
+        util::outln!("{summary}")?;
     } else if !a.quiet {
         print_summary(&dir, a, &results, elapsed);
     }
@@ -429,7 +429,7 @@ fn status_line(progress: &[Progress], names: &[String], done: &AtomicBool, start
         std::thread::sleep(Duration::from_millis(500));
         last = print_status(progress, names, started, last);
     }
-    eprint!("\r\x1b[K");
+    crate::util::err!("\r\x1b[K");
 }
 
 /// Draws the live status line once; `last` is the (time, total bytes) of
@@ -455,7 +455,7 @@ pub(crate) fn print_status(
         .zip(progress)
         .map(|(n, p)| format!("{n} {}", util::human_bytes(p.bytes.load(Ordering::Relaxed))))
         .collect();
-    eprint!(
+    crate::util::err!(
         "\r\x1b[K[{:>5.1}s] {} | {:.1} MB/s | {}",
         started.elapsed().as_secs_f64(),
         per.join("  "),
@@ -564,7 +564,7 @@ fn retrying<T>(
                     && !util::interrupted() =>
             {
                 if !*warned {
-                    eprintln!(
+                    crate::util::errln!(
                         "relayfs record: {e:#}; retrying (the producer counts what it drops meanwhile)"
                     );
                     *warned = true;
@@ -645,14 +645,20 @@ fn summarize(
 fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
     let total = relayfs::sum_stats(results.iter().map(|r| &r.stats));
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
-    eprintln!("relayfs record: {} -> {}", dir.display(), a.out.display());
-    eprintln!(
+    crate::util::errln!("relayfs record: {} -> {}", dir.display(), a.out.display());
+    crate::util::errln!(
         "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  end",
-        "buffer", "bytes", "records", "drop-full", "too-big", "overwritten", "discarded"
+        "buffer",
+        "bytes",
+        "records",
+        "drop-full",
+        "too-big",
+        "overwritten",
+        "discarded"
     );
     for r in results {
         let s = &r.stats;
-        eprintln!(
+        crate::util::errln!(
             "  {:<8} {:>12} {:>12} {:>10} {:>10} {:>11} {:>10}  {}",
             r.name,
             util::human_bytes(r.bytes),
@@ -664,7 +670,7 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
             r.end.as_str()
         );
     }
-    eprintln!(
+    crate::util::errln!(
         "  total    {} in {:.2} s ({:.1} MB/s), {} records",
         util::human_bytes(bytes),
         elapsed,
@@ -672,9 +678,9 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         total.records_consumed
     );
     if total.lost() == 0 {
-        eprintln!("  nothing lost");
+        crate::util::errln!("  nothing lost");
     } else {
-        eprintln!(
+        crate::util::errln!(
             "  LOST {} records (full {}, too big {}, overwritten {}, discarded {}, unread at close {}, corrupt buffer {}): the producer needs larger or more sub-buffers (ChannelBuilder::subbuf_size, n_subbufs; the demo's --subbuf-size, --n-subbufs) or a faster output",
             total.lost(),
             total.dropped_full,
@@ -686,7 +692,7 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         );
     }
     if results.iter().any(|r| r.end == End::ProducerGone) {
-        eprintln!(
+        crate::util::errln!(
             "  the producer died without closing the channel: every complete sub-buffer was saved"
         );
     }

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Refresh every SECONDS until interrupted
-    #[arg(long, num_args = 0..=1, default_missing_value = "1")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = crate::args::seconds)]
     pub watch: Option<f64>,
 }
 
@@ -83,14 +83,14 @@ fn once(a: &Args) -> Result<bool> {
             .iter()
             .map(|(name, e)| json!({ "buffer": name, "error": e }))
             .collect();
-        println!(
+        util::outln!(
             "{}",
             json!({ "channel": dir.display().to_string(), "buffers": v, "errors": errors })
-        );
+        )?;
         return Ok(ok);
     }
-    println!("{}", dir.display());
-    println!(
+    util::outln!("{}", dir.display())?;
+    util::outln!(
         "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  state",
         "buffer",
         "produced",
@@ -103,7 +103,7 @@ fn once(a: &Args) -> Result<bool> {
         "overwritten",
         "discarded",
         "padding"
-    );
+    )?;
     for (b, st) in &rows {
         let s = &st.stats;
         let state = match (st.closed, st.producer_alive) {
@@ -111,7 +111,7 @@ fn once(a: &Args) -> Result<bool> {
             (false, true) => "open",
             (false, false) => "producer gone",
         };
-        println!(
+        util::outln!(
             "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  {state}{}",
             b.name,
             s.subbufs_produced,
@@ -129,16 +129,17 @@ fn once(a: &Args) -> Result<bool> {
             } else {
                 ""
             }
-        );
+        )?;
         if let Some(why) = relayfs::layout::corrupt_reason(s.corrupt) {
-            println!(
+            util::outln!(
                 "{:<8} corrupt: {why}; {} records refused since",
-                "", s.dropped_corrupt
-            );
+                "",
+                s.dropped_corrupt
+            )?;
         }
     }
     for (name, e) in &bad {
-        println!("{name:<8} ERROR: {e}");
+        util::outln!("{name:<8} ERROR: {e}")?;
     }
     Ok(ok)
 }
@@ -151,9 +152,10 @@ pub fn run(a: &Args) -> Result<i32> {
     util::catch_interrupts();
     // The status of the last look at the channel.
     let mut ok = true;
-    while !util::interrupted() {
+    // Until interrupted, or until whoever reads the output has gone.
+    while !util::interrupted() && !util::stdout_closed() {
         if !a.json {
-            print!("\x1b[H\x1b[2J");
+            util::out!("\x1b[H\x1b[2J")?;
         }
         ok = once(a)?;
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));

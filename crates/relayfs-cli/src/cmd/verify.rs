@@ -364,10 +364,10 @@ pub struct Args {
     #[arg(long)]
     pub lost: Option<u64>,
     /// Number of writer threads that wrote the recording (with --count)
-    #[arg(long, requires = "count")]
+    #[arg(long, requires = "count", value_parser = crate::args::threads)]
     pub writers: Option<u32>,
     /// Records each writer offered (with --writers)
-    #[arg(long, requires = "writers")]
+    #[arg(long, requires = "writers", value_parser = crate::args::count)]
     pub count: Option<u64>,
     /// The producer's counters: a JSON object with `threads`, `count` and
     /// `dropped`, as `relayfs demo --json` prints (instead of --writers,
@@ -413,9 +413,9 @@ pub fn run(a: &Args) -> Result<i32> {
     };
     let rep = verify_dir(&a.dir, &expect)?;
     if a.json {
-        println!("{}", rep.json());
+        crate::util::outln!("{}", rep.json())?;
     } else {
-        println!(
+        crate::util::outln!(
             "{} files, {} records, {} bytes, {} writers; {} missing, {} counted as lost",
             rep.files.len(),
             rep.records,
@@ -423,14 +423,14 @@ pub fn run(a: &Args) -> Result<i32> {
             rep.writers.len(),
             rep.missing,
             rep.lost
-        );
+        )?;
         for d in rep.defects.iter().take(20) {
-            println!("DEFECT: {d}");
+            crate::util::outln!("DEFECT: {d}")?;
         }
         if rep.defects.len() > 20 {
-            println!("... and {} more defects", rep.defects.len() - 20);
+            crate::util::outln!("... and {} more defects", rep.defects.len() - 20)?;
         }
-        println!("{}", if rep.ok() { "OK" } else { "FAILED" });
+        crate::util::outln!("{}", if rep.ok() { "OK" } else { "FAILED" })?;
     }
     Ok(if rep.ok() { 0 } else { 1 })
 }
