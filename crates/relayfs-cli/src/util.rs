@@ -6,6 +6,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
+/// An error and every cause under it, `: `-separated (what anyhow's `{:#}`
+/// prints): the library's errors say each cause once, in `source()`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Resolves CHANNEL: a path (anything with a `/`, or an existing directory
 /// given as `.`-relative) or a name under the relay directory.
 pub fn channel_dir(channel: &str) -> PathBuf {
@@ -95,7 +108,7 @@ pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
         if base.is_some_and(|b| b != prefix) {
             continue;
         }
-        let header = relayfs::RelayFile::peek_header(&ent.path()).map_err(|e| e.to_string());
+        let header = relayfs::RelayFile::peek_header(&ent.path()).map_err(|e| error_chain(&e));
         let cpu = name[digits_at..].parse().unwrap_or(u64::MAX);
         groups.entry(prefix.to_string()).or_default().push((
             BufferFile {

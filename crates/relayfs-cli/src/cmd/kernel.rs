@@ -287,8 +287,9 @@ fn record_file(
                 Err(e) if retry && record::out_of_space(&e) => {
                     if !warned {
                         crate::util::errln!(
-                            "relayfs record: {}: {e}; retrying (the kernel counts what it drops meanwhile)",
-                            b.name
+                            "relayfs record: {}: {}; retrying (the kernel counts what it drops meanwhile)",
+                            b.name,
+                            crate::util::error_chain(&e),
                         );
                         warned = true;
                     }

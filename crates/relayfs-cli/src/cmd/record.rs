@@ -157,8 +157,9 @@ fn record_buffer(
                 Err(e) if a.retry && out_of_space(&e) => {
                     if !warned {
                         crate::util::errln!(
-                            "relayfs record: {}: {e}; retrying (the producer counts what it drops meanwhile)",
-                            out.files.last().map_or(String::new(), |p| p.display().to_string())
+                            "relayfs record: {}: {}; retrying (the producer counts what it drops meanwhile)",
+                            out.files.last().map_or(String::new(), |p| p.display().to_string()),
+                            crate::util::error_chain(&e),
                         );
                         warned = true;
                     }
@@ -324,7 +325,7 @@ pub fn run(a: &Args) -> Result<i32> {
                 p.display(),
                 a.out.display()
             ),
-            Err(e) => unrecorded.push(failed(&b.name, e.to_string())),
+            Err(e) => unrecorded.push(failed(&b.name, crate::util::error_chain(&e))),
         }
     }
     if !sink {

@@ -43,7 +43,7 @@ fn once(a: &Args) -> Result<bool> {
     for b in &scan.bufs {
         match RelayFile::inspect(&b.path) {
             Ok(st) => rows.push((b, st)),
-            Err(e) => bad.push((b.name.clone(), e.to_string())),
+            Err(e) => bad.push((b.name.clone(), util::error_chain(&e))),
         }
     }
     bad.sort();
