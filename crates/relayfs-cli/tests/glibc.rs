@@ -113,6 +113,30 @@ fn binary_needs_no_newer_glibc_than_its_start_files() {
     );
 }
 
+/// Makes the absolute symbolic links among the root's libraries relative,
+/// so that the linker, looking from outside the root, finds the root's
+/// libraries and not this system's (`libpthread.so ->
+/// /lib/x86_64-linux-gnu/libpthread.so.0`); inside the root they mean the
+/// same.
+fn relative_links(root: &Path) {
+    for dir in ["usr/lib/x86_64-linux-gnu", "lib64"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        let up = "../".repeat(dir.split('/').count());
+        for e in entries {
+            let p = e.unwrap().path();
+            let Ok(target) = std::fs::read_link(&p) else {
+                continue;
+            };
+            if let Ok(rest) = target.strip_prefix("/") {
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink(Path::new(&up).join(rest), &p).unwrap();
+            }
+        }
+    }
+}
+
 /// A Debian 11 root with libc6-dev, made once under the target directory.
 fn bullseye_root() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("glibc");
@@ -121,6 +145,7 @@ fn bullseye_root() -> Option<PathBuf> {
         .join("usr/lib/x86_64-linux-gnu/libc_nonshared.a")
         .is_file()
     {
+        relative_links(&root);
         return Some(root);
     }
     // SAFETY: geteuid has no preconditions.
@@ -155,12 +180,16 @@ fn bullseye_root() -> Option<PathBuf> {
         return None;
     }
     std::fs::rename(&partial, &root).unwrap();
+    relative_links(&root);
     Some(root)
 }
 
 /// `relayfs` built in release mode and linked against the glibc of `root`
 /// (its C start files, `libc.so`, `libc_nonshared.a`), in a target
-/// directory of its own.
+/// directory of its own. `--sysroot` alone is not enough: the compiler
+/// driver searches its own install's `../../../x86_64-linux-gnu` (this
+/// system's libraries) first, so the root's start files (`-B`) and
+/// libraries (`-L`) are named before it.
 fn build_against(root: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("glibc/build");
@@ -178,7 +207,10 @@ fn build_against(root: &Path) -> PathBuf {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env(
             "RUSTFLAGS",
-            format!("-C link-arg=--sysroot={}", root.display()),
+            format!(
+                "-C link-arg=--sysroot={r} -C link-arg=-B{r}/usr/lib/x86_64-linux-gnu -C link-arg=-L{r}/usr/lib/x86_64-linux-gnu",
+                r = root.display()
+            ),
         )
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
