@@ -15,8 +15,9 @@ use std::process::ExitCode;
 const MAGIC: u32 = 0x6561_7400;
 /// Size of `struct blk_io_trace`.
 const HEADER: usize = 48;
-/// `BLK_TC_ACT(BLK_TC_NOTIFY)`: notes (process names, messages, ...).
-const NOTE: u32 = 1 << 31;
+/// `BLK_TC_ACT(BLK_TC_NOTIFY)` (`BLK_TC_NOTIFY` is `1 << 10`, shifted by
+/// `BLK_TC_SHIFT`, 16): notes (process names, the start time, messages).
+const NOTE: u32 = 1 << 26;
 
 #[derive(Default)]
 struct Check {
