@@ -218,7 +218,7 @@ check blktrace /out/bt
 
 # A mixed direct-I/O load: reads and writes of 4 KiB to 512 KiB pinned to
 # each CPU, and 3000 small writes, stopped by SIGINT while it runs (the
-# kernel's flush at BLKTRACESTOP then meets busy readers), five times.
+# kernel's flush at BLKTRACESTOP then meets busy readers), twelve times.
 mixed() {
   for c in 0 1; do
     ( for bs in 4k 32k 128k 512k; do
@@ -228,7 +228,7 @@ mixed() {
   done
   dd if=/dev/zero of=/dev/ram0 bs=512 count=3000 seek=100000 oflag=direct 2>/dev/null &
 }
-for i in 1 2 3 4 5; do
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
   relayfs blktrace /dev/ram0 -o /out/mixed$i --json > /tmp/mixed.json 2>/tmp/mixed.err &
   R=$!
   sleep 1; mixed; sleep 1
@@ -611,7 +611,7 @@ fn kernel_relay_channels_on_a_real_kernel() {
     .into_iter()
     .map(String::from)
     .collect();
-    checks.extend((1..=5).map(|i| format!("mixed-{i}")));
+    checks.extend((1..=12).map(|i| format!("mixed-{i}")));
     for name in &checks {
         let (t, rc) = sec(&format!("check-{name}"));
         let files: Vec<&str> = t.lines().filter(|l| l.starts_with("file=")).collect();
@@ -632,7 +632,7 @@ fn kernel_relay_channels_on_a_real_kernel() {
         assert_eq!(*rc, 0, "{name}: {t}");
     }
     // The mixed load stopped mid-run: a clean, complete recording each time.
-    for i in 1..=5 {
+    for i in 1..=12 {
         let (t, rc) = sec(&format!("mixed-{i}"));
         assert_eq!(*rc, 0, "mixed-{i}: {t}");
         let j = json_in(t);
