@@ -86,8 +86,9 @@ fn kernel(cache: &Path) -> (PathBuf, PathBuf) {
     (vmlinuz, brd)
 }
 
-/// Statically linked `relayfs` and `kernel_reader`, built for the guest.
-fn static_binaries(target_dir: &Path) -> (PathBuf, PathBuf) {
+/// Statically linked `relayfs`, `kernel_reader` and `blktrace_check`, built
+/// for the guest.
+fn static_binaries(target_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let triple = "x86_64-unknown-linux-gnu";
     let out = Command::new(cargo)
@@ -102,6 +103,8 @@ fn static_binaries(target_dir: &Path) -> (PathBuf, PathBuf) {
             "relayfs",
             "--example",
             "kernel_reader",
+            "--example",
+            "blktrace_check",
             "--target",
             triple,
             "--target-dir",
@@ -121,7 +124,11 @@ fn static_binaries(target_dir: &Path) -> (PathBuf, PathBuf) {
         String::from_utf8_lossy(&out.stderr)
     );
     let rel = target_dir.join(triple).join("release");
-    (rel.join("relayfs"), rel.join("examples/kernel_reader"))
+    (
+        rel.join("relayfs"),
+        rel.join("examples/kernel_reader"),
+        rel.join("examples/blktrace_check"),
+    )
 }
 
 /// Copies a dynamically linked program and the libraries `ldd` names.
@@ -153,6 +160,9 @@ insmod /brd.ko rd_nr=1 rd_size=65536
 T=/sys/kernel/debug/block/ram0
 sect() { echo "@@ $1"; }
 rc() { echo "@@ rc $1"; echo "@@ end"; }
+# Every blktrace output file: whole events from end to end, per-CPU
+# sequence numbers 1..N without a gap or a repeat.
+check() { sect "check-$1"; blktrace_check $2/ram0.blktrace.* 2>&1; rc $?; }
 
 sect no-debugfs; relayfs blktrace /dev/ram0 -o /tmp/x -w 1 2>&1; rc $?
 mount -t debugfs debugfs /sys/kernel/debug
@@ -189,6 +199,7 @@ for c in 0 1; do
 done
 sect record-files; ls /out/rec | grep -c '^trace'; rc $?
 sect record-parse; blkparse -q -i ram0 -D /out/recb -f "EV %a %d %S %n\n" 2>&1; rc $?
+check record /out/recb
 
 # relayfs blktrace stopped with Ctrl-C (SIGINT) after known I/O.
 relayfs blktrace /dev/ram0 -o /out/bt --json > /tmp/bt.json 2>/tmp/bt.err &
@@ -203,6 +214,31 @@ sect blktrace; cat /tmp/bt.json /tmp/bt.err; rc $?
 sect torn-down; ls $T 2>&1; rc $?
 sect files; ls /out/bt; rc $?
 sect parse; blkparse -q -i ram0 -D /out/bt -f "EV %a %d %S %n\n" 2>&1; rc $?
+check blktrace /out/bt
+
+# A mixed direct-I/O load: reads and writes of 4 KiB to 512 KiB pinned to
+# each CPU, and 3000 small writes, stopped by SIGINT while it runs (the
+# kernel's flush at BLKTRACESTOP then meets busy readers), twelve times.
+mixed() {
+  for c in 0 1; do
+    ( for bs in 4k 32k 128k 512k; do
+        taskset -c $c dd if=/dev/zero of=/dev/ram0 bs=$bs count=8 seek=$((c*16)) oflag=direct 2>/dev/null
+        taskset -c $c dd if=/dev/ram0 of=/dev/null bs=$bs count=8 skip=$((c*16)) iflag=direct 2>/dev/null
+      done ) &
+  done
+  dd if=/dev/zero of=/dev/ram0 bs=512 count=3000 seek=100000 oflag=direct 2>/dev/null &
+}
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  relayfs blktrace /dev/ram0 -o /out/mixed$i --json > /tmp/mixed.json 2>/tmp/mixed.err &
+  R=$!
+  sleep 1; mixed; sleep 1
+  kill -INT $R
+  wait $R
+  X=$?
+  wait
+  sect mixed-$i; cat /tmp/mixed.json /tmp/mixed.err; rc $X
+  check mixed-$i /out/mixed$i
+done
 
 # The same heavier load under blktrace's own recorder and under relayfs.
 load() { dd if=/dev/zero of=/dev/ram0 bs=4k count=16384 oflag=direct 2>/dev/null; }
@@ -213,6 +249,7 @@ sect cmp-blktrace; cat /tmp/c1.out; rc $?
 ( time relayfs blktrace /dev/ram0 -o /out/cmp-relayfs ) > /tmp/c2.out 2>&1 &
 sleep 2; load; sleep 1; killall -INT relayfs; wait
 sect cmp-relayfs; cat /tmp/c2.out; rc $?
+check cmp-relayfs /out/cmp-relayfs
 # And with small buffers (16 KiB x 2 per CPU), where keeping up matters.
 ( time blktrace -d /dev/ram0 -D /out/cmp-blktrace -b 16 -n 2 ) > /tmp/c3.out 2>&1 &
 sleep 2; load; sleep 1; killall -INT blktrace; wait
@@ -220,6 +257,7 @@ sect cmp-blktrace-small; cat /tmp/c3.out; rc $?
 ( time relayfs blktrace /dev/ram0 -o /out/cmp-relayfs -b 16K -n 2 ) > /tmp/c4.out 2>&1 &
 sleep 2; load; sleep 1; killall -INT relayfs; wait
 sect cmp-relayfs-small; cat /tmp/c4.out; rc $?
+check cmp-relayfs-small /out/cmp-relayfs
 
 # Losses: tiny buffers and a recorder stopped (SIGSTOP) during the load, so
 # the kernel must drop; the count is reported with advice.
@@ -229,6 +267,7 @@ sleep 2; kill -STOP $R
 dd if=/dev/zero of=/dev/ram0 bs=4k count=2048 oflag=direct 2>/dev/null
 kill -CONT $R; sleep 1; kill -INT $R; wait $R
 sect drops; cat /tmp/drop.out; rc $?
+check drops /out/drop
 sect drops-parse; blkparse -q -i ram0 -D /out/drop -f "EV %a %d %S %n\n" 2>&1 | grep -c '^EV'; rc 0
 
 # Kernel lockdown, raised at run time: relay files in debugfs can't be
@@ -242,7 +281,13 @@ echo "@@ guest-done"
 poweroff -f
 "#;
 
-fn build_initramfs(work: &Path, relayfs: &Path, reader: &Path, brd: &Path) -> PathBuf {
+fn build_initramfs(
+    work: &Path,
+    relayfs: &Path,
+    reader: &Path,
+    checker: &Path,
+    brd: &Path,
+) -> PathBuf {
     let root = work.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "tmp", "out", "etc"] {
@@ -257,6 +302,7 @@ fn build_initramfs(work: &Path, relayfs: &Path, reader: &Path, brd: &Path) -> Pa
     std::fs::copy(which("busybox").unwrap(), root.join("bin/busybox")).unwrap();
     std::fs::copy(relayfs, root.join("bin/relayfs")).unwrap();
     std::fs::copy(reader, root.join("bin/kernel_reader")).unwrap();
+    std::fs::copy(checker, root.join("bin/blktrace_check")).unwrap();
     std::fs::copy(brd, root.join("brd.ko")).unwrap();
     copy_with_libs(&which("blkparse").unwrap(), &root);
     copy_with_libs(&which("blktrace").unwrap(), &root);
@@ -438,8 +484,8 @@ fn kernel_relay_channels_on_a_real_kernel() {
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-vm");
     std::fs::create_dir_all(&work).unwrap();
     let (vmlinuz, brd) = kernel(&work.join("kernel"));
-    let (relayfs, reader) = static_binaries(&work.join("static"));
-    let initrd = build_initramfs(&work, &relayfs, &reader, &brd);
+    let (relayfs, reader, checker) = static_binaries(&work.join("static"));
+    let initrd = build_initramfs(&work, &relayfs, &reader, &checker, &brd);
     let out = boot(&vmlinuz, &initrd);
     std::fs::write(work.join("console.txt"), &out).unwrap();
     let s = sections(&out);
@@ -551,6 +597,49 @@ fn kernel_relay_channels_on_a_real_kernel() {
         "relayfs counted {} events, blkparse {total}",
         j["events"]
     );
+
+    // Every output file of every recording parses from end to end, with
+    // each CPU's events numbered 1..N: nothing torn, lost, repeated or
+    // appended.
+    let mut checks: Vec<String> = [
+        "record",
+        "blktrace",
+        "cmp-relayfs",
+        "cmp-relayfs-small",
+        "drops",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    checks.extend((1..=12).map(|i| format!("mixed-{i}")));
+    for name in &checks {
+        let (t, rc) = sec(&format!("check-{name}"));
+        let files: Vec<&str> = t.lines().filter(|l| l.starts_with("file=")).collect();
+        assert_eq!(files.len(), 2, "{name}: {t}");
+        for l in &files {
+            assert_eq!(field(l, "unparsed"), 0, "{name}: {l}");
+            assert_eq!(field(l, "gaps"), 0, "{name}: {l}");
+            assert_eq!(field(l, "repeats"), 0, "{name}: {l}");
+            assert!(
+                field(l, "events") == 0 || field(l, "first") == 1,
+                "{name}: {l}"
+            );
+        }
+        assert!(
+            files.iter().map(|l| field(l, "events")).sum::<u64>() > 0,
+            "{name}: no events: {t}"
+        );
+        assert_eq!(*rc, 0, "{name}: {t}");
+    }
+    // The mixed load stopped mid-run: a clean, complete recording each time.
+    for i in 1..=12 {
+        let (t, rc) = sec(&format!("mixed-{i}"));
+        assert_eq!(*rc, 0, "mixed-{i}: {t}");
+        let j = json_in(t);
+        assert_eq!(j["end"], "interrupted", "mixed-{i}: {t}");
+        assert_eq!(j["unparsed_bytes"], 0, "mixed-{i}: {t}");
+        assert_eq!(j["dropped"], 0, "mixed-{i}: {t}");
+    }
 
     // Side by side with blktrace's own recorder.
     let mut report =

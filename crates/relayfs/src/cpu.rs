@@ -5,7 +5,9 @@ use std::io;
 /// The CPU the calling thread runs on now. Where glibc registered a
 /// restartable-sequences area for the thread (glibc 2.35 and later, kernel
 /// 4.18 and later), this reads its `cpu_id` field, which the kernel keeps
-/// current: one load, no call. Otherwise `sched_getcpu(3)`. The thread may
+/// current: one load, no call. Otherwise `sched_getcpu(3)`. Whether glibc
+/// has one is looked up once at run time (`dlsym` of `__rseq_offset` and
+/// `__rseq_size`), so the same binary runs on older glibc too. The thread may
 /// migrate right after; the write protocol doesn't depend on it staying.
 #[inline(always)]
 pub fn current_cpu() -> usize {
@@ -58,38 +60,85 @@ fn sched_getcpu() -> usize {
     }
 }
 
+/// Whether [`current_cpu`] reads the CPU number from the thread's
+/// restartable-sequences area (glibc 2.35 or later registered one), rather
+/// than calling `sched_getcpu(3)`.
+pub fn uses_rseq() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    {
+        rseq::registered()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod rseq {
     use std::sync::atomic::{AtomicIsize, Ordering};
 
-    extern "C" {
-        /// Offset of the thread's `struct rseq` from the thread pointer
-        /// (glibc 2.35+).
-        static __rseq_offset: isize;
-        /// Size of the registered area; 0 if glibc did not register one.
-        static __rseq_size: u32;
-    }
-
     const UNKNOWN: isize = isize::MIN;
     const NONE: isize = isize::MIN + 1;
-    /// `__rseq_offset`, or NONE where rseq is not registered.
+    /// glibc's `__rseq_offset`, or NONE where glibc registers no rseq area
+    /// (older than 2.35, registration disabled by the `glibc.pthread.rseq`
+    /// tunable, or a kernel without rseq), or UNKNOWN before the first look.
     static OFFSET: AtomicIsize = AtomicIsize::new(UNKNOWN);
 
+    /// Looks glibc's rseq registration up, once. The two symbols are
+    /// looked up at run time (`dlsym`), not linked: linking them would make
+    /// the binary refuse to start on a glibc older than 2.35 (the dynamic
+    /// loader checks every versioned symbol before `main`).
     #[cold]
+    #[inline(never)]
     fn init() -> isize {
-        // SAFETY: plain reads of two constants glibc sets before main.
-        let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
-        let v = if size >= 8 { off } else { NONE };
+        let v = lookup().unwrap_or(NONE);
+        // SYNC POINT: Relaxed; pairs with the Relaxed loads in `cpu_id`.
+        // The value is a constant of the process: threads racing here store
+        // the same one, and a thread that still sees UNKNOWN only looks it
+        // up again. Nothing else is published through it.
         OFFSET.store(v, Ordering::Relaxed);
         v
+    }
+
+    fn lookup() -> Option<isize> {
+        // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names only
+        // searches the symbol tables of the objects already loaded.
+        let (off, size) = unsafe {
+            (
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+                libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+            )
+        };
+        if off.is_null() || size.is_null() {
+            return None;
+        }
+        // SAFETY: where glibc exports them, `__rseq_offset` is a `const
+        // ptrdiff_t` and `__rseq_size` a `const unsigned int`, both set by
+        // the dynamic loader before any user code runs and never changed
+        // after; dlsym returned their addresses.
+        let (off, size) = unsafe { (off.cast::<isize>().read(), size.cast::<u32>().read()) };
+        // `cpu_id` is the u32 at offset 4: the area must cover 8 bytes.
+        (size >= 8 && off != UNKNOWN && off != NONE).then_some(off)
+    }
+
+    /// Whether glibc registered an rseq area (looked up on first use).
+    pub(super) fn registered() -> bool {
+        // SYNC POINT: Relaxed, as in `cpu_id`.
+        let mut off = OFFSET.load(Ordering::Relaxed);
+        if off == UNKNOWN {
+            off = init();
+        }
+        off != NONE
     }
 
     /// `cpu_id` of the calling thread's rseq area, if there is one and the
     /// kernel filled it in.
     #[inline(always)]
     pub(super) fn cpu_id() -> Option<usize> {
-        // Relaxed: a constant once set; racing initialisations store the
-        // same value.
+        // SYNC POINT: Relaxed; pairs with the Relaxed store in `init`. A
+        // constant once set (see there), so the fast path is one plain load
+        // of the cached offset.
         let mut off = OFFSET.load(Ordering::Relaxed);
         if off == UNKNOWN {
             off = init();
@@ -175,6 +224,32 @@ mod tests {
     #[test]
     fn current_cpu_is_possible() {
         assert!(current_cpu() < possible_cpus());
+    }
+
+    /// glibc 2.35 and later register an rseq area for every thread unless
+    /// told not to (`glibc.pthread.rseq=0`) or the kernel lacks the system
+    /// call; older glibc never does. The lookup must find it exactly then.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn rseq_is_used_exactly_where_glibc_registers_it() {
+        // SAFETY: gnu_get_libc_version returns a static NUL-terminated
+        // string.
+        let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let v = v.to_str().unwrap();
+        let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let glibc = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        let disabled = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("rseq=0"));
+        // SAFETY: an rseq call with a null area registers nothing: it fails
+        // with EINVAL where the kernel has the call, ENOSYS where not.
+        let r = unsafe { libc::syscall(libc::SYS_rseq, 0usize, 0u32, 0i32, 0u32) };
+        let kernel_has_it =
+            !(r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS));
+        let expected = glibc >= (2, 35) && !disabled && kernel_has_it;
+        assert_eq!(
+            uses_rseq(),
+            expected,
+            "glibc {v}, tunables disable rseq: {disabled}, kernel has rseq: {kernel_has_it}"
+        );
     }
 
     #[test]

@@ -353,6 +353,9 @@ pub fn run(a: &Args) -> Result<i32> {
         .with_context(|| format!("{}", a.device.display()))?;
     let why = rec.wait(a.duration.map(Duration::from_secs_f64), Some(&dir), status);
     // Stop first: the kernel flushes its buffers, then the readers drain.
+    // No reader may be inside read(2) while the kernel flushes (it would
+    // copy a sub-buffer that was never written): park them first.
+    rec.quiesce();
     let stopped = trace.stop();
     let (results, elapsed) = rec.finish(status);
     let dropped = kernel::channel_dropped(&dir);
@@ -362,6 +365,7 @@ pub fn run(a: &Args) -> Result<i32> {
     down.with_context(|| format!("{}", a.device.display()))?;
 
     let mut per_cpu = Vec::new();
+    let mut damaged = Vec::new();
     for r in &results {
         let mut c = EventCount::default();
         for f in &r.files {
@@ -370,6 +374,9 @@ pub fn run(a: &Args) -> Result<i32> {
             c.events += n.events;
             c.bytes += n.bytes;
             c.garbage += n.garbage;
+            if n.garbage > 0 {
+                damaged.push((f.clone(), n));
+            }
         }
         per_cpu.push(c);
     }
@@ -383,6 +390,10 @@ pub fn run(a: &Args) -> Result<i32> {
     summary["unparsed_bytes"] = json!(garbage);
     summary["events_per_cpu"] = json!(per_cpu.iter().map(|c| c.events).collect::<Vec<_>>());
     summary["cpu_s"] = json!(cpu_s);
+    if !damaged.is_empty() {
+        summary["end"] = json!(End::Error.as_str());
+        summary["exit_code"] = json!(1);
+    }
     summary["subbuf_size"] = json!(a.subbuf_size);
     summary["n_subbufs"] = json!(a.n_subbufs);
     super::record::write_summary(&out, &summary)?;
@@ -410,9 +421,16 @@ pub fn run(a: &Args) -> Result<i32> {
             "  recorded in {elapsed:.2} s, {cpu_s:.3} CPU s; output in {}",
             out.display()
         );
-        if garbage > 0 {
-            crate::util::errln!("  {garbage} bytes at the end of the output are not whole events");
-        }
+    }
+    // Output that doesn't parse from end to end is a failed recording,
+    // whatever else went well.
+    for (f, n) in &damaged {
+        crate::util::errln!(
+            "relayfs blktrace: {}: the last {} bytes (after {} whole events) are not whole blktrace events: this output is damaged",
+            f.display(),
+            n.garbage,
+            n.events
+        );
     }
     if let Some(d) = dropped.filter(|&d| d > 0) {
         crate::util::errln!(
@@ -423,10 +441,18 @@ pub fn run(a: &Args) -> Result<i32> {
         );
     }
     let code = super::kernel::report_errors(&results);
-    if why == End::Error && code == 0 {
-        return Ok(1);
+    Ok(exit_code(why, code, !damaged.is_empty()))
+}
+
+/// The exit status of a recording: the readers' (1 if one failed), and 1
+/// too if the wait ended on an error or an output file doesn't parse from
+/// end to end.
+fn exit_code(why: End, readers: i32, damaged: bool) -> i32 {
+    if readers != 0 {
+        readers
+    } else {
+        i32::from(why == End::Error || damaged)
     }
-    Ok(code)
 }
 
 #[cfg(test)]
@@ -463,6 +489,21 @@ mod tests {
         let c = count_events(&s[..]).unwrap();
         assert_eq!((c.events, c.garbage), (1, 100));
         assert_eq!(count_events(&b"short"[..]).unwrap().garbage, 5);
+    }
+
+    #[test]
+    fn output_that_does_not_parse_fails_the_recording() {
+        // What a read racing the kernel's flush leaves: whole events, then
+        // a sub-buffer that was never written.
+        let mut s = event(b"");
+        s.extend(event(b"kworker/0:1"));
+        s.extend(vec![0u8; 4096]);
+        let c = count_events(&s[..]).unwrap();
+        assert_eq!((c.events, c.garbage), (2, 4096));
+        assert_eq!(exit_code(End::Interrupted, 0, c.garbage > 0), 1);
+        assert_eq!(exit_code(End::Interrupted, 0, false), 0);
+        assert_eq!(exit_code(End::Stopped, 0, false), 0);
+        assert_eq!(exit_code(End::Error, 0, false), 1);
     }
 
     #[test]

@@ -354,6 +354,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "discarded": discarded,
         "verified": ok,
         "ns_per_record": ns_per_record,
+        "cpu_id": if relayfs::cpu::uses_rseq() { "rseq" } else { "sched_getcpu" },
         "producer_mb_per_s": mb_per_s,
         "recorder_pid": rec_pid,
         "recorded_bytes": rec_json["bytes"].as_u64().unwrap_or(0),

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -148,9 +148,92 @@ pub struct Recording {
     names: Vec<String>,
     drain: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
+    gate: Arc<Gate>,
     started: Instant,
     /// What `mmap` on the first relay file answered.
     pub mmap: Support,
+}
+
+/// Holds reader threads out of `read(2)` while the kernel flushes.
+///
+/// The kernel's relay read path (`relay_file_read_avail`,
+/// `relay_file_read_start_pos`, `relay_file_read_subbuf_avail`) takes no
+/// lock against `relay_switch_subbuf`. The writer of a buffer runs on the
+/// buffer's CPU, where the pinned reader can't be in the middle of a read,
+/// but `relay_flush` (`BLKTRACESTOP`) switches every CPU's buffer from the
+/// CPU it is called on. A read racing it can see the new produced count
+/// with the old write position and copy the next, never written, sub-buffer
+/// as data: up to a whole sub-buffer of zeros after the last event. So the
+/// readers are parked at a place between two reads before the flush and let
+/// go after it.
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    state: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    /// Reader threads waiting at the gate.
+    parked: usize,
+    /// Reader threads that ended (they read no more).
+    gone: usize,
+}
+
+impl Gate {
+    /// Called by a reader before each read: waits while the gate is closed.
+    fn pass(&self) {
+        // SYNC POINT: Relaxed; only a hint that spares the lock while the
+        // gate is open. The decision is taken under the mutex, which
+        // `close` holds when it sets both.
+        if !self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.closed {
+            return;
+        }
+        s.parked += 1;
+        self.cv.notify_all();
+        while s.closed {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.parked -= 1;
+    }
+
+    /// Called by a reader thread as it ends.
+    fn leave(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.gone += 1;
+        self.cv.notify_all();
+    }
+
+    /// Closes the gate and waits until each of `readers` threads is parked
+    /// at it or gone. A reader in `poll` gets there when its poll returns
+    /// (at most its timeout).
+    fn close(&self, readers: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.closed = true;
+        // SYNC POINT: Relaxed; pairs with the hint load in `pass`. A reader
+        // that still reads `false` goes on to one more read, but `close`
+        // only returns once every reader is counted parked (under the
+        // mutex) or gone, so no read is in flight when it returns.
+        self.closed.store(true, Ordering::Relaxed);
+        while s.parked + s.gone < readers {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Opens the gate again.
+    fn open(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.closed = false;
+        // SYNC POINT: Relaxed, under the mutex as in `close`.
+        self.closed.store(false, Ordering::Relaxed);
+        self.cv.notify_all();
+    }
 }
 
 impl Recording {
@@ -169,16 +252,32 @@ impl Recording {
             Arc::new(files.iter().map(|_| Progress::default()).collect());
         let drain = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate::default());
         let names = files.iter().map(|(b, _)| b.name.clone()).collect();
         let mut threads = Vec::new();
         for (i, (b, f)) in files.into_iter().enumerate() {
             let out = Output::create(&opts.dir, &b.out_name, opts.max_size, opts.max_files)?;
-            let (progress, drain, failed, retry) =
-                (progress.clone(), drain.clone(), failed.clone(), opts.retry);
+            let (progress, drain, failed, gate, retry) = (
+                progress.clone(),
+                drain.clone(),
+                failed.clone(),
+                gate.clone(),
+                opts.retry,
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("record-{}", b.name))
-                    .spawn(move || record_file(b, f, out, &progress[i], &drain, &failed, retry))?,
+                    .spawn(move || {
+                        // Counts the thread out of the gate however it ends.
+                        struct Leave(Arc<Gate>);
+                        impl Drop for Leave {
+                            fn drop(&mut self) {
+                                self.0.leave();
+                            }
+                        }
+                        let _leave = Leave(gate.clone());
+                        record_file(b, f, out, &progress[i], &drain, &failed, &gate, retry)
+                    })?,
             );
         }
         Ok(Recording {
@@ -187,6 +286,7 @@ impl Recording {
             names,
             drain,
             failed,
+            gate,
             started: Instant::now(),
             mmap,
         })
@@ -229,11 +329,20 @@ impl Recording {
         }
     }
 
+    /// Parks every reader between two reads and returns once none is
+    /// inside `read(2)`: call before making the kernel flush the channel
+    /// (`BLKTRACESTOP`), which it does without a lock against readers (see
+    /// [`Gate`]). [`finish`](Self::finish) lets them go again.
+    pub fn quiesce(&self) {
+        self.gate.close(self.threads.len());
+    }
+
     /// Tells every reader to drain what is left and stop; returns their
     /// results. Call after the producer side is stopped and flushed (for
     /// blktrace: after `BLKTRACESTOP`), so that nothing is left behind.
     pub fn finish(self, status: bool) -> (Vec<KResult>, f64) {
         self.drain.store(true, Ordering::Relaxed);
+        self.gate.open();
         let results = self
             .threads
             .into_iter()
@@ -257,6 +366,7 @@ impl Recording {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record_file(
     b: KBuffer,
     mut f: KernelRelayFile,
@@ -264,6 +374,7 @@ fn record_file(
     progress: &Progress,
     drain: &AtomicBool,
     failed: &AtomicBool,
+    gate: &Gate,
     retry: bool,
 ) -> KResult {
     let mut bytes = 0u64;
@@ -282,6 +393,7 @@ fn record_file(
         let mut empty_in_drain = 0;
         let mut closed = false;
         loop {
+            gate.pass();
             let n = match f.sendfile(&out.file, CHUNK) {
                 Ok(n) => n,
                 Err(e) if retry && record::out_of_space(&e) => {
@@ -498,5 +610,59 @@ fn print_summary(
         None => crate::util::errln!(
             "  (the channel has no dropped file: the kernel's losses are not known)"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A FIFO stands in for a kernel relay file: reads consume, `poll`
+    /// reports data, and the test decides when data comes.
+    #[test]
+    fn quiesced_readers_stay_out_of_read_until_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("trace0");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f = KernelRelayFile::open(&fifo).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let out = dir.path().join("out");
+        let b = KBuffer {
+            name: "trace0".into(),
+            out_name: "trace0.out".into(),
+            cpu: None,
+        };
+        let opts = OutOpts {
+            dir: out.clone(),
+            max_size: None,
+            max_files: None,
+            retry: false,
+        };
+        let rec = Recording::start(vec![(b, f)], &opts).unwrap();
+        let read = |rec: &Recording| rec.progress[0].bytes.load(Ordering::Relaxed);
+        w.write_all(b"before ").unwrap();
+        let t = Instant::now();
+        while read(&rec) < 7 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the reader never read"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rec.quiesce();
+        w.write_all(b"the flush").unwrap();
+        // Longer than a live poll: an unparked reader would have read.
+        std::thread::sleep(LIVE_POLL + Duration::from_millis(300));
+        assert_eq!(read(&rec), 7, "a reader read while quiesced");
+        let (results, _) = rec.finish(false);
+        assert_eq!(results[0].error, None);
+        assert_eq!(
+            std::fs::read(out.join("trace0.out")).unwrap(),
+            b"before the flush"
+        );
     }
 }
