@@ -1072,15 +1072,21 @@ impl Channel {
             // position past it, so that a reader attaching after we let go
             // finds the buffer drained (and the end, once it is closed
             // below). If a reader holds the lock, that reader drains it.
-            if let Ok(true) = shm::try_lock_byte(b.file.file(), shm::READER_LOCK_BYTE) {
+            // The state is stored closed before the lock is let go, so that
+            // a reader whose open found the lock taken sees why and tries
+            // again (`RelayFile::open`).
+            let counted = shm::try_lock_byte(b.file.file(), shm::READER_LOCK_BYTE).is_ok_and(|l| l);
+            if counted {
                 b.shared().count_unread_at_close();
-                let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
             }
             // SYNC POINT: Release pairs with the reader's Acquire load of
             // STATE: a reader that sees CLOSED sees every sub-buffer flushed.
             b.shared()
                 .h(hdr::STATE)
                 .store(STATE_CLOSED, Ordering::Release);
+            if counted {
+                let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
+            }
             if let Ok(mut n) = b.notifier.lock() {
                 if let Some(n) = n.take() {
                     n.wake();

@@ -123,12 +123,23 @@ impl RelayFile {
         let path = path.as_ref().to_path_buf();
         let file = open_regular(&path, true)?;
         let (map, g) = ReaderMap::open(&file, &path, true)?;
-        if !shm::try_lock_byte(&file, shm::READER_LOCK_BYTE)
+        let s = &map.shared;
+        // `relay_close` holds the reader lock for a moment while it counts
+        // what no reader attached will read, and stores the state closed
+        // before it lets go: then the lock is worth a few more tries.
+        let mut tries = 0;
+        while !shm::try_lock_byte(&file, shm::READER_LOCK_BYTE)
             .map_err(|e| ReadError::io("lock", &path, e))?
         {
-            return Err(ReadError::Busy(path));
+            // SYNC POINT: Acquire pairs with relay_close's Release store of
+            // STATE (made while it holds the lock).
+            let closing = s.h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED;
+            if !closing || tries == 100 {
+                return Err(ReadError::Busy(path));
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let s = &map.shared;
         let h = |o| s.h(o).load(Ordering::Relaxed);
         let flags = h(hdr::FLAGS);
         let header = BufferHeader {

@@ -165,3 +165,57 @@ fn a_reader_attaching_after_close_gets_the_end_not_what_was_counted_unread() {
         check_adds_up(&format!("{mode:?} late reader"), &r.stats(), &o);
     }
 }
+
+/// Takes an open-file-description lock on the reader's byte of `path`, as
+/// `relay_close` does for a moment while it counts what is unread.
+fn hold_reader_lock(path: &std::path::Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: flock is plain old data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 1;
+    fl.l_len = 1;
+    // SAFETY: F_OFD_SETLK with a valid flock struct on an open fd.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    f
+}
+
+#[test]
+fn a_reader_opening_while_close_holds_the_reader_lock_waits_instead_of_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("k")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .callbacks(KeepFiles(Mode::NoOverwrite))
+        .global(true)
+        .open()
+        .unwrap();
+    let path = chan.buffer_path(0).to_path_buf();
+    chan.write(b"x").unwrap();
+    chan.close().unwrap();
+    // The closed buffer's reader lock held briefly, as close holds it.
+    let held = hold_reader_lock(&path);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(held);
+    });
+    let r = RelayFile::open(&path);
+    release.join().unwrap();
+    let mut r = r.expect("a closing buffer's lock is waited for, not Busy");
+    assert!(r.is_eof().unwrap());
+    drop(r);
+    // A lock that stays taken is still Busy, after the few tries.
+    let _held = hold_reader_lock(&path);
+    match RelayFile::open(&path) {
+        Err(relayfs::ReadError::Busy(_)) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+}
