@@ -293,6 +293,9 @@ impl ChannelBuilder {
         clear_stale(dir, &self.base, self.stale)?;
         let overwrite = self.callbacks.mode() == Mode::Overwrite;
         let ncpu = crate::cpu::possible_cpus();
+        if ncpu as u64 > crate::layout::MAX_BUFFERS {
+            return Err(crate::FormatError::BufferCount(ncpu as u64).into());
+        }
         let channel_id = random_id();
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)

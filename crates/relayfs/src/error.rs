@@ -56,6 +56,18 @@ pub enum FormatError {
     /// Shared state read while reading points outside the buffer.
     #[error("relay buffer state is corrupt: {0}")]
     Corrupt(&'static str),
+    /// The channel's buffer count is zero or more than
+    /// [`MAX_BUFFERS`](crate::layout::MAX_BUFFERS).
+    #[error("buffer count {0} is not between 1 and {max}", max = crate::layout::MAX_BUFFERS)]
+    BufferCount(u64),
+    /// The buffer's CPU is not one of the channel's buffers.
+    #[error("buffer of CPU {cpu} in a channel of {n_buffers} buffers")]
+    BufferCpu {
+        /// The CPU the header names.
+        cpu: u64,
+        /// The channel's buffer count.
+        n_buffers: u64,
+    },
 }
 
 /// Error from [`relay_open`](crate::relay_open) / [`ChannelBuilder::open`](crate::ChannelBuilder::open).

@@ -29,6 +29,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"RELAYFS\x01");
 /// Version of the buffer file format; bumped on any incompatible change
 /// (the kernel's `RELAYFS_CHANNEL_VERSION`).
 pub const VERSION: u64 = 2;
+/// Most buffers a channel can have: one per possible CPU, and the kernel
+/// allows at most 8192 of those; anything above this in a header is damage.
+pub const MAX_BUFFERS: u64 = 1 << 16;
 
 /// Smallest sub-buffer size accepted.
 pub const MIN_SUBBUF_SIZE: u64 = 64;
@@ -324,6 +327,16 @@ impl Geometry {
                 expected: g.file_size,
                 actual: actual_len,
             });
+        }
+        // Readers size per-buffer work by the count (a recorder waits for
+        // every buffer, `stat` lists them), so it is checked like a size.
+        let n_buffers = field(hdr::N_BUFFERS);
+        if n_buffers == 0 || n_buffers > MAX_BUFFERS {
+            return Err(FormatError::BufferCount(n_buffers));
+        }
+        let cpu = field(hdr::CPU);
+        if cpu >= n_buffers {
+            return Err(FormatError::BufferCpu { cpu, n_buffers });
         }
         Ok(g)
     }

@@ -166,6 +166,24 @@ fn bad_headers_are_clear_errors() {
     std::fs::write(&p, &good[..good.len() - 4096]).unwrap();
     let e = chain(&RelayFile::open(&p).unwrap_err());
     assert!(e.contains("truncated"), "{e}");
+    // A buffer count no channel has (readers size per-buffer work by it),
+    // and a CPU outside the channel.
+    for (off, value, says) in [
+        (120, 0u64, "buffer count 0"),
+        (120, 1 << 30, "buffer count 1073741824"),
+        (120, u64::MAX, "buffer count"),
+        (56, 1, "CPU 1 in a channel of 1"),
+    ] {
+        let mut v = good.clone();
+        v[off..off + 8].copy_from_slice(&value.to_ne_bytes());
+        std::fs::write(&p, &v).unwrap();
+        let e = chain(&RelayFile::open(&p).unwrap_err());
+        assert!(e.contains(says), "{e}");
+        let e = chain(&RelayFile::peek_header(&p).unwrap_err());
+        assert!(e.contains(says), "{e}");
+        let e = chain(&RelayFile::inspect(&p).unwrap_err());
+        assert!(e.contains(says), "{e}");
+    }
 }
 
 #[test]
