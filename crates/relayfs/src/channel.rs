@@ -15,7 +15,9 @@ use crate::buffer::{BufferStats, Hooks, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{hdr, Geometry, FLAG_GLOBAL, FLAG_OVERWRITE, STATE_CLOSED, STATE_OPEN};
+use crate::layout::{
+    hdr, Geometry, FLAG_GLOBAL, FLAG_OVERWRITE, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED, STATE_OPEN,
+};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 use crate::sync::Ordering;
@@ -646,6 +648,9 @@ impl Buffer {
         if self.published {
             r = match dir.stat(&self.name) {
                 Ok(st) if st.ident == self.ident => cb.remove_buf_file(dir, &self.name),
+                // Its reader removed it (it was left for the reader, who
+                // drained it and let go before we looked again).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Ok(_) => Err(std::io::Error::other(format!(
                     "{} is no longer this channel's buffer; left alone",
                     self.info.path.display()
@@ -1074,26 +1079,54 @@ impl Channel {
             // unconsumed will never be read: count it, and move the reader's
             // position past it, so that a reader attaching after we let go
             // finds the buffer drained (and the end, once it is closed
-            // below). If a reader holds the lock, that reader drains it.
-            // The state is stored closed before the lock is let go, so that
-            // a reader whose open found the lock taken sees why and tries
-            // again (`RelayFile::open`).
-            let counted = shm::try_lock_byte(b.file.file(), shm::READER_LOCK_BYTE).is_ok_and(|l| l);
-            if counted {
-                b.shared().count_unread_at_close();
+            // below). The state is stored closed before the lock is let go,
+            // so that a reader whose open found the lock taken sees why and
+            // tries again (`RelayFile::open`).
+            //
+            // If a reader holds the lock, that reader drains it, and the file
+            // stays until it has: the reader removes it then (the buffer
+            // lives until its last user lets go). A reader that dies first
+            // leaves it to a later one, which resumes where it stopped, so
+            // nothing it had not read is lost uncounted.
+            let lock =
+                |f: &std::fs::File| shm::try_lock_byte(f, shm::READER_LOCK_BYTE).is_ok_and(|l| l);
+            let mut held = lock(b.file.file());
+            if !held {
+                let mut left = LEFT_FOR_READER;
+                if let Some(c) = &inner.created {
+                    let id = c.ident();
+                    b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
+                    b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
+                    left |= LEFT_DIR;
+                }
+                // Relaxed: published by the Release store of STATE below.
+                b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
+                // SYNC POINT: Release pairs with the reader's Acquire load of
+                // STATE (in its drop and its open): a reader that sees CLOSED
+                // sees every sub-buffer flushed and the LEFT word.
+                b.shared()
+                    .h(hdr::STATE)
+                    .store(STATE_CLOSED, Ordering::Release);
+                // The reader may have let go meanwhile, having seen the state
+                // still open: then nobody else would remove the file.
+                held = lock(b.file.file());
             }
-            // SYNC POINT: Release pairs with the reader's Acquire load of
-            // STATE: a reader that sees CLOSED sees every sub-buffer flushed.
-            b.shared()
-                .h(hdr::STATE)
-                .store(STATE_CLOSED, Ordering::Release);
-            if counted {
+            if held {
+                b.shared().count_unread_at_close();
+                b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
+                // SYNC POINT: Release, as above.
+                b.shared()
+                    .h(hdr::STATE)
+                    .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
             }
             if let Ok(mut n) = b.notifier.lock() {
                 if let Some(n) = n.take() {
                     n.wake();
                 } // dropping the FIFO: readers see POLLHUP
+            }
+            if !held {
+                continue;
             }
             if let Err(e) = b.remove(&inner.dir, &*inner.callbacks) {
                 if result.is_ok() {

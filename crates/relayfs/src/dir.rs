@@ -30,8 +30,8 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
 /// Identity of a file: device and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ident {
-    dev: u64,
-    ino: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 impl Ident {
@@ -248,6 +248,11 @@ pub(crate) struct CreatedDir {
 }
 
 impl CreatedDir {
+    /// The directory's device and inode.
+    pub(crate) fn ident(&self) -> Ident {
+        self.ident
+    }
+
     /// Removes the directory if it is still the one created and is empty
     /// (`unlinkat(AT_REMOVEDIR)` fails on a directory that is not).
     pub(crate) fn remove(&self) {
@@ -256,6 +261,56 @@ impl CreatedDir {
         if same {
             let _ = rustix::fs::unlinkat(&self.root, self.name.as_str(), AtFlags::REMOVEDIR);
         }
+    }
+}
+
+/// Removes a buffer file that `relay_close` left for its reader, now that
+/// the reader `file` (open on `path`) drained it: the file if `path` still
+/// names it, its wakeup FIFO if it is a FIFO of the file's owner, and the
+/// channel directory `dir` (made by `relay_open`) if it is still that
+/// directory and now empty. Best effort: whatever can't be proven to be
+/// ours, or can't be removed (a reader of another user), stays.
+pub(crate) fn remove_left_for_reader(path: &Path, file: &File, dir: Option<Ident>) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let Ok(cd) = ChannelDir::open(parent) else {
+        return;
+    };
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    if cd.unlink_if_same(name, Ident::of(&meta)).is_err() {
+        return;
+    }
+    let fifo = format!(".{name}.wake");
+    if cd
+        .stat(&fifo)
+        .is_ok_and(|st| st.kind == rustix::fs::FileType::Fifo && st.uid == meta.uid())
+    {
+        let _ = cd.unlink(&fifo);
+    }
+    let (Some(dir), Some(root), Some(dname)) = (
+        dir,
+        parent.parent(),
+        parent.file_name().and_then(|n| n.to_str()),
+    ) else {
+        return;
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    let Ok(rfd) = rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty()) else {
+        return;
+    };
+    let same = stat_at(rfd.as_fd(), dname)
+        .is_ok_and(|st| st.kind == rustix::fs::FileType::Directory && st.ident == dir);
+    if same {
+        // Fails, harmlessly, while other buffers' files are still there.
+        let _ = rustix::fs::unlinkat(&rfd, dname, AtFlags::REMOVEDIR);
     }
 }
 

@@ -29,6 +29,12 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"RELAYFS\x01");
 /// Version of the buffer file format; bumped on any incompatible change
 /// (the kernel's `RELAYFS_CHANNEL_VERSION`).
 pub const VERSION: u64 = 2;
+/// `hdr::LEFT`: the producer left the file for its reader to remove once
+/// drained.
+pub(crate) const LEFT_FOR_READER: u64 = 1;
+/// `hdr::LEFT`: the channel directory was made by `relay_open`; the reader
+/// that removes the last file removes it too (if empty).
+pub(crate) const LEFT_DIR: u64 = 2;
 /// Most buffers a channel can have: one per possible CPU, and the kernel
 /// allows at most 8192 of those; anything above this in a header is damage.
 pub const MAX_BUFFERS: u64 = 1 << 16;
@@ -90,6 +96,13 @@ pub(crate) mod hdr {
     /// Records no reader consumed, counted by `relay_close` when no reader
     /// was attached (so none could read them any more).
     pub const UNREAD_AT_CLOSE: usize = 608;
+    /// Set by `relay_close` when a reader was attached: `LEFT_FOR_READER`,
+    /// plus `LEFT_DIR` if the channel directory was made by `relay_open`
+    /// (its device and inode follow). The file then stays until that reader,
+    /// or a later one, has drained it, and the reader removes it.
+    pub const LEFT: usize = 616;
+    pub const DIR_DEV: usize = 624;
+    pub const DIR_INO: usize = 632;
     /// Bytes of the header page in use.
     pub const END: usize = 640;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::{BufferStats, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
-use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, STATE_CLOSED};
+use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::notify::{Waiter, Wake};
 use crate::shm::{self, ReaderMap};
 use crate::sync::{fence, Ordering};
@@ -833,6 +833,32 @@ impl Mapping<'_> {
             })?;
         self.checked.set(None);
         Ok(done)
+    }
+}
+
+impl Drop for RelayFile {
+    /// Closes the relay file. A buffer that `relay_close` left for this
+    /// reader (it was attached at the close) is removed once drained: its
+    /// file, its wakeup FIFO and, if `relay_open` made it and it is empty
+    /// now, the channel directory. One with data left stays for a later
+    /// reader, which resumes where this one stopped.
+    fn drop(&mut self) {
+        let s = &self.map.shared;
+        // SYNC POINT: Acquire pairs with relay_close's Release store of
+        // STATE, made after it stored LEFT.
+        if s.h(hdr::STATE).load(Ordering::Acquire) != STATE_CLOSED {
+            return;
+        }
+        let left = s.h(hdr::LEFT).load(Ordering::Relaxed);
+        if left & LEFT_FOR_READER == 0 || !matches!(self.is_eof(), Ok(true)) {
+            return;
+        }
+        let s = &self.map.shared;
+        let dir = (left & LEFT_DIR != 0).then(|| crate::dir::Ident {
+            dev: s.h(hdr::DIR_DEV).load(Ordering::Relaxed),
+            ino: s.h(hdr::DIR_INO).load(Ordering::Relaxed),
+        });
+        crate::dir::remove_left_for_reader(&self.path, &self.file, dir);
     }
 }
 

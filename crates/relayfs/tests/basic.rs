@@ -194,8 +194,13 @@ fn close_wakes_reader_and_ends_the_file() {
     }
     t.join().unwrap();
     assert_eq!(got, b"last words");
-    assert!(!path.exists(), "relay_close removes the files");
     assert!(r.is_eof().unwrap());
+    // relay_close left the file to the reader attached to it, which
+    // removes it once it has drained it and lets go.
+    assert!(path.exists(), "left for the attached reader");
+    drop(r);
+    assert!(!path.exists(), "removed by its drained reader");
+    assert!(!relayfs::wake_fifo_path(&path).exists());
 }
 
 #[test]

@@ -219,3 +219,62 @@ fn a_reader_opening_while_close_holds_the_reader_lock_waits_instead_of_busy() {
         other => panic!("expected Busy, got {other:?}"),
     }
 }
+
+#[test]
+fn a_reader_attached_at_close_that_leaves_early_leaves_the_rest_to_the_next() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let root = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("left")
+            .relay_dir(root.path())
+            .subbuf_size(256)
+            .n_subbufs(8)
+            .mode(mode)
+            .global(true)
+            .open()
+            .unwrap();
+        let path = chan.buffer_path(0).to_path_buf();
+        let chan_dir = chan.dir().to_path_buf();
+        let mut o = Offered {
+            offered: 0,
+            ok: 0,
+            refused: 0,
+        };
+        write_n(&chan, 1000, &mut o);
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 4096];
+        let mut first = RelayFile::open(&path).unwrap();
+        // Part of it, then the producer closes with this reader attached.
+        got += first.read(&mut buf[..256]).unwrap() as u64;
+        let s = chan.close().unwrap();
+        assert_eq!(s.unread_at_close, 0, "{mode:?}: a reader is attached");
+        // The reader goes away (as if killed) before it drained the buffer:
+        // the file stays for the next one.
+        drop(first);
+        assert!(path.exists(), "{mode:?}: left for a reader");
+        let mut next = RelayFile::open(&path).unwrap();
+        loop {
+            let n = next.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        assert!(next.is_eof().unwrap(), "{mode:?}");
+        let st = next.stats();
+        check_adds_up(&format!("{mode:?} second reader"), &st, &o);
+        // What the two readers got is what was delivered, whole records.
+        assert_eq!(got % 8, 0, "{mode:?}");
+        assert_eq!(
+            got / 8 + st.overwritten_records + st.discarded_records,
+            o.ok,
+            "{mode:?}: every accepted record read once or counted {st:?}"
+        );
+        // Drained: the last reader removes what was left for it.
+        drop(next);
+        assert!(!path.exists(), "{mode:?}");
+        assert!(
+            !chan_dir.exists(),
+            "{mode:?}: the directory relay_open made"
+        );
+    }
+}

@@ -178,12 +178,15 @@ fn reader_keeps_the_buffer_past_relay_close() {
     let mut f = RelayFile::open(&path).unwrap();
     std::fs::write(dir.path().join("go"), b"").unwrap();
     assert!(child.wait().unwrap().success());
-    // The producer closed the channel, removed the files and exited: we still
-    // hold the buffer and drain it.
-    assert!(!path.exists());
+    // The producer closed the channel and exited: we still hold the buffer
+    // and drain it. The file was left to us, the attached reader, and goes
+    // once we have drained it and let go.
+    assert!(path.exists());
     let (data, end) = read_to_end(&mut f);
     assert_eq!(end, Ready::Closed);
     assert_eq!(data, expected(1000));
+    drop(f);
+    assert!(!path.exists());
 }
 
 #[test]
