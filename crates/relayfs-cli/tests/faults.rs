@@ -181,6 +181,62 @@ fn recorder_killed_and_restarted_resumes_without_duplicate_or_gap() {
 }
 
 #[test]
+fn recorder_killed_after_the_close_leaves_the_rest_to_its_restart() {
+    // The recorder is attached when the producer closes, then dies before it
+    // drained the channel: the files stay for the next recorder, which takes
+    // the rest (nothing lost uncounted), and removes them once drained.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("late");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("late")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    let start = || {
+        relayfs(root.path())
+            .args(["record", "late", "--quiet", "-o"])
+            .arg(&out)
+            .spawn()
+            .unwrap()
+    };
+    let mut rec = start();
+    wait_until("recorder attached", || {
+        (0..chan.n_buffers()).all(|i| reader_attached(&chan, i))
+    });
+    signal(&rec, libc::SIGSTOP);
+    let count = 20_000;
+    let dropped = paced_producer(&chan, count);
+    let lost = chan.stats(0).lost();
+    assert_eq!(lost, dropped, "every drop counted");
+    let path = chan.buffer_path(0).to_path_buf();
+    let s = chan.close().unwrap();
+    assert_eq!(s.unread_at_close, 0, "a reader was attached");
+    rec.kill().unwrap(); // SIGKILL, before it drained anything more
+    rec.wait().unwrap();
+    assert!(path.exists(), "left for a reader, with what it holds");
+    let o = start().wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert!(!path.exists(), "drained, and removed by its reader");
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args([
+            "--writers",
+            "1",
+            "--count",
+            &count.to_string(),
+            "--lost",
+            &lost.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+#[test]
 fn stopped_recorder_never_slows_the_producer() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("stopme");
