@@ -296,10 +296,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let offered: u64 = writers.iter().map(|w| w.offered).sum();
     let interrupted = writers.iter().any(|w| w.offered < a.count);
     // Interrupted, the writers may each have offered a different number.
-    let writers_count = writers
-        .iter()
-        .all(|w| w.offered == writers[0].offered)
-        .then(|| (threads, writers[0].offered));
+    let offered_by_writer: Vec<u64> = writers.iter().map(|w| w.offered).collect();
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
     let producer_lost = pstats.dropped_full
@@ -315,8 +312,9 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(verify::verify_dir(
             &out,
             &verify::Expect {
-                writers_count,
+                offered: Some(verify::Offered::PerWriter(offered_by_writer.clone())),
                 lost: Some(dropped),
+                producer_lost: None,
             },
         )?)
     };
@@ -343,6 +341,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "subbuf_size": g.subbuf_size,
         "n_subbufs": g.n_subbufs,
         "written": offered,
+        "offered_by_writer": offered_by_writer,
         "accepted": written,
         "delivered": delivered,
         "dropped": dropped,
