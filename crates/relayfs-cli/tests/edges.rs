@@ -385,6 +385,22 @@ fn demo_ends_on_a_hang_up_as_on_ctrl_c() {
             "{name}: recorder {pid} still running"
         );
         assert!(!cpu0.exists(), "{name}: channel closed");
+        // The summary holds the recording to what the writers offered
+        // before they stopped.
+        let counters = root.path().join("demo.json");
+        std::fs::write(&counters, &demo.stdout).unwrap();
+        let verify = relayfs(&relay)
+            .arg("verify")
+            .arg("--counters")
+            .arg(&counters)
+            .arg(root.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
     }
 }
 
@@ -495,4 +511,53 @@ fn ls_escapes_names_and_reports_an_unreadable_relay_dir() {
             assert!(out.stdout.is_empty(), "{bad:?}");
         }
     }
+}
+
+#[test]
+fn demo_records_to_a_temporary_directory_it_removes_and_makes_none_without_a_recorder() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = root.path().join("relay");
+    let tmp = root.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let entries = || std::fs::read_dir(&tmp).unwrap().count();
+    // With its recorder: the recording goes to $TMPDIR while it runs and is
+    // gone when the demo ends (here on Ctrl-C).
+    let demo = relayfs(&relay)
+        .env("TMPDIR", &tmp)
+        .args(["demo", "--json", "--name", "tmp", "--threads", "1"])
+        .args(["--count", "1000000000000", "--subbuf-size", "16K"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cpu0 = relay.join("tmp").join("cpu0");
+    wait_until("the recorder attached", || {
+        relayfs::RelayFile::inspect(&cpu0).is_ok_and(|s| s.reader_attached)
+    });
+    assert_eq!(entries(), 1, "the recording is in $TMPDIR");
+    signal(demo.id(), libc::SIGINT);
+    let demo = end_of(demo, "demo");
+    assert_eq!(demo.status.code(), Some(0), "{}", stderr(&demo));
+    assert_eq!(entries(), 0, "the temporary recording is removed");
+    // Without a recorder: nothing is made, so nothing is left even by a
+    // demo that is killed.
+    let demo = relayfs(&relay)
+        .env("TMPDIR", &tmp)
+        .args([
+            "demo",
+            "--no-record",
+            "--name",
+            "bare",
+            "--attach-timeout",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cpu0 = relay.join("bare").join("cpu0");
+    wait_until("the channel is open", || cpu0.exists());
+    signal(demo.id(), libc::SIGKILL);
+    end_of(demo, "demo --no-record");
+    assert_eq!(entries(), 0, "demo --no-record made a directory");
 }
