@@ -561,3 +561,57 @@ fn demo_records_to_a_temporary_directory_it_removes_and_makes_none_without_a_rec
     end_of(demo, "demo --no-record");
     assert_eq!(entries(), 0, "demo --no-record made a directory");
 }
+
+#[test]
+fn stat_shows_control_characters_in_names_escaped() {
+    let root = tempfile::tempdir().unwrap();
+    let name = "x\x1b]0;pwned\x07";
+    // Missing channel: the error names it escaped.
+    let out = relayfs(root.path()).args(["stat", name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("x\\x1b]0;pwned\\x07"), "{err:?}");
+    // An existing channel: its path heads the table, escaped.
+    let chan = relayfs::Channel::builder(name)
+        .relay_dir(root.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out = relayfs(root.path()).args(["stat", name]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", stderr(&out));
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("x\\x1b]0;pwned\\x07"), "{text:?}");
+    chan.close().unwrap();
+}
+
+#[test]
+fn stat_watch_ends_when_the_channel_closes_and_clears_only_a_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = relayfs::Channel::builder("watched")
+        .relay_dir(root.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out_file = root.path().join("watch.txt");
+    let watch = relayfs(root.path())
+        .args(["stat", "watched", "--watch", "0.05"])
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("stat looked at the channel", || {
+        std::fs::read_to_string(&out_file).is_ok_and(|t| t.contains("cpu0"))
+    });
+    let dir = chan.dir().to_path_buf();
+    chan.close().unwrap();
+    assert!(!dir.exists(), "the channel directory is removed at close");
+    let watch = end_of(watch, "stat --watch");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(watch.status.code(), Some(0), "{text} {}", stderr(&watch));
+    assert!(text.contains("closed"), "{text}");
+    assert!(!text.contains('\x1b'), "screen cleared in a file: {text:?}");
+}
