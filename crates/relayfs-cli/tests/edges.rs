@@ -615,3 +615,24 @@ fn stat_watch_ends_when_the_channel_closes_and_clears_only_a_terminal() {
     assert!(text.contains("closed"), "{text}");
     assert!(!text.contains('\x1b'), "screen cleared in a file: {text:?}");
 }
+
+#[test]
+fn cat_on_a_fifo_or_a_link_says_what_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = relayfs(root.path()).arg("cat").arg(&fifo).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    assert!(!err.contains("symbolic link"), "{err}");
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let out = relayfs(root.path()).arg("cat").arg(&link).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(err.contains("without following symbolic links"), "{err}");
+}
