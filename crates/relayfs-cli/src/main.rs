@@ -58,7 +58,12 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            crate::util::errln!("relayfs: error: {e:#}");
+            // Messages name channels and files, whose names are anyone's
+            // bytes: control characters are shown escaped.
+            crate::util::errln!(
+                "relayfs: error: {}",
+                crate::util::escape_name(&format!("{e:#}"))
+            );
             std::process::exit(1);
         }
     }

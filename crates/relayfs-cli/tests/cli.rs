@@ -740,3 +740,168 @@ fn loss_advice_names_the_producer_settings() {
     assert!(err.contains("ChannelBuilder::subbuf_size"), "{err}");
     assert!(!err.contains("consider a larger --subbuf-size"), "{err}");
 }
+
+/// A recording in `dir/cpu0.out` of the records of each writer `w` from 0
+/// to `offered[w]`, without the sequence numbers in `gaps[w]`.
+fn synthetic_recording(dir: &Path, offered: &[u64], gaps: &[&[u64]]) -> u64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut data = Vec::new();
+    let mut held = 0;
+    for (w, &n) in offered.iter().enumerate() {
+        for seq in (0..n).filter(|s| !gaps[w].contains(s)) {
+            data.extend(demo_record(w as u32, seq, 24 + (seq as usize % 40)));
+            held += 1;
+        }
+    }
+    std::fs::write(dir.join("cpu0.out"), &data).unwrap();
+    held
+}
+
+/// A recorder's summary for a one-buffer recording.
+fn write_summary(dir: &Path, delivered: u64, producer_lost: u64, discarded: u64) {
+    let s = serde_json::json!({
+        "n_buffers": 1,
+        "max_files": null,
+        "records_delivered": delivered,
+        "lost": producer_lost + discarded,
+        "overwritten": producer_lost,
+        "discarded": discarded,
+        "buffers": [{ "name": "cpu0", "error": null }],
+    });
+    std::fs::write(dir.join("relayfs-record.json"), s.to_string()).unwrap();
+}
+
+fn verify_json(root: &Path, dir: &Path, extra: &[&str]) -> (bool, Value) {
+    let o = relayfs(root)
+        .arg("verify")
+        .arg(dir)
+        .args(extra)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&o.stderr));
+    });
+    (o.status.success(), v)
+}
+
+#[test]
+fn verify_counters_adds_the_readers_discards_to_the_producers_losses() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = root.path().join("rec");
+    // Writer 0 lost 5 records to overwriting (the producer counted them),
+    // writer 1 lost 3 torn copies the reader discarded (the recorder
+    // counted them): as with `demo --no-record --overwrite` and a recorder
+    // started by hand.
+    let held = synthetic_recording(&rec, &[100, 100], &[&[10, 11, 12, 13, 14], &[50, 51, 52]]);
+    write_summary(&rec, held, 5, 3);
+    let counters = root.path().join("counters.json");
+    let c = counters.to_str().unwrap();
+    let demo = |dropped: u64, discarded: u64| {
+        serde_json::json!({
+            "threads": 2, "count": 100, "written": 200, "interrupted": false,
+            "dropped": dropped, "dropped_full": 0, "dropped_toobig": 0,
+            "dropped_corrupt": 0, "overwritten": 5, "unread_at_close": 0,
+            "discarded": discarded,
+        })
+    };
+    // The demo without a recorder of its own knows of no discard.
+    std::fs::write(&counters, demo(5, 0).to_string()).unwrap();
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(ok, "{v}");
+    assert_eq!(
+        (v["missing"].as_u64(), v["lost"].as_u64()),
+        (Some(8), Some(8)),
+        "{v}"
+    );
+    // The demo with its own recorder counts the same discards: not twice.
+    std::fs::write(&counters, demo(8, 3).to_string()).unwrap();
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(ok, "{v}");
+    assert_eq!(v["lost"], 8, "{v}");
+    // Only the total: the producer's part is what is not discarded.
+    let bare = serde_json::json!({ "threads": 2, "count": 100, "dropped": 5 });
+    std::fs::write(&counters, bare.to_string()).unwrap();
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(ok, "{v}");
+    // One more record missing than either side counted is still a defect.
+    let rec2 = root.path().join("rec2");
+    let held = synthetic_recording(
+        &rec2,
+        &[100, 100],
+        &[&[10, 11, 12, 13, 14, 15], &[50, 51, 52]],
+    );
+    write_summary(&rec2, held, 5, 3);
+    std::fs::write(&counters, demo(5, 0).to_string()).unwrap();
+    let (ok, v) = verify_json(root.path(), &rec2, &["--counters", c]);
+    assert!(!ok, "{v}");
+    assert_eq!(
+        (v["missing"].as_u64(), v["lost"].as_u64()),
+        (Some(9), Some(8)),
+        "{v}"
+    );
+}
+
+#[test]
+fn verify_counters_of_an_interrupted_demo_uses_what_was_offered() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = root.path().join("rec");
+    // Interrupted: writer 0 offered 100 records (2 dropped), writer 1 only 40.
+    let held = synthetic_recording(&rec, &[100, 40], &[&[20, 21], &[]]);
+    write_summary(&rec, held, 2, 0);
+    let counters = root.path().join("counters.json");
+    let c = counters.to_str().unwrap();
+    let write = |extra: Value| {
+        let mut j = serde_json::json!({
+            "threads": 2, "count": 100, "written": 140, "interrupted": true,
+            "dropped": 2, "dropped_full": 2, "dropped_toobig": 0,
+            "dropped_corrupt": 0, "overwritten": 0, "unread_at_close": 0,
+            "discarded": 0,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            j[k] = x.clone();
+        }
+        std::fs::write(&counters, j.to_string()).unwrap();
+    };
+    // Each writer's count, as the demo prints it.
+    write(serde_json::json!({ "offered_by_writer": [100, 40] }));
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(ok, "{v}");
+    assert_eq!(v["missing"], 2, "{v}");
+    // Only the total written.
+    write(serde_json::json!({}));
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(ok, "{v}");
+    assert_eq!(v["missing"], 2, "{v}");
+    // A total that says more was offered than was delivered or counted.
+    write(serde_json::json!({ "written": 150 }));
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["missing"], 12, "{v}");
+    write(serde_json::json!({ "offered_by_writer": [100, 41] }));
+    let (ok, v) = verify_json(root.path(), &rec, &["--counters", c]);
+    assert!(!ok, "{v}");
+}
+
+#[test]
+fn verify_refuses_a_summary_of_the_wrong_shape() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = root.path().join("rec");
+    let held = synthetic_recording(&rec, &[50], &[&[]]);
+    write_summary(&rec, held, 0, 0);
+    let (ok, v) = verify_json(root.path(), &rec, &[]);
+    assert!(ok, "{v}");
+    for bad in [
+        r#"{"lost": -5}"#,
+        "[]",
+        r#"{"lost": 0, "records_delivered": 50, "discarded": 0, "buffers": {}}"#,
+        r#"{"lost": 1.5, "records_delivered": 50, "discarded": 0, "buffers": []}"#,
+        r#"{"lost": 0, "records_delivered": 50, "discarded": 0, "buffers": [{"name": 3}]}"#,
+    ] {
+        std::fs::write(rec.join("relayfs-record.json"), bad).unwrap();
+        let (ok, v) = verify_json(root.path(), &rec, &[]);
+        assert!(!ok, "{bad} accepted: {v}");
+        let d = v["defects"].to_string();
+        assert!(d.contains("not a recorder summary"), "{bad}: {v}");
+    }
+}

@@ -385,6 +385,22 @@ fn demo_ends_on_a_hang_up_as_on_ctrl_c() {
             "{name}: recorder {pid} still running"
         );
         assert!(!cpu0.exists(), "{name}: channel closed");
+        // The summary holds the recording to what the writers offered
+        // before they stopped.
+        let counters = root.path().join("demo.json");
+        std::fs::write(&counters, &demo.stdout).unwrap();
+        let verify = relayfs(&relay)
+            .arg("verify")
+            .arg("--counters")
+            .arg(&counters)
+            .arg(root.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
     }
 }
 
@@ -495,4 +511,128 @@ fn ls_escapes_names_and_reports_an_unreadable_relay_dir() {
             assert!(out.stdout.is_empty(), "{bad:?}");
         }
     }
+}
+
+#[test]
+fn demo_records_to_a_temporary_directory_it_removes_and_makes_none_without_a_recorder() {
+    let root = tempfile::tempdir().unwrap();
+    let relay = root.path().join("relay");
+    let tmp = root.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let entries = || std::fs::read_dir(&tmp).unwrap().count();
+    // With its recorder: the recording goes to $TMPDIR while it runs and is
+    // gone when the demo ends (here on Ctrl-C).
+    let demo = relayfs(&relay)
+        .env("TMPDIR", &tmp)
+        .args(["demo", "--json", "--name", "tmp", "--threads", "1"])
+        .args(["--count", "1000000000000", "--subbuf-size", "16K"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cpu0 = relay.join("tmp").join("cpu0");
+    wait_until("the recorder attached", || {
+        relayfs::RelayFile::inspect(&cpu0).is_ok_and(|s| s.reader_attached)
+    });
+    assert_eq!(entries(), 1, "the recording is in $TMPDIR");
+    signal(demo.id(), libc::SIGINT);
+    let demo = end_of(demo, "demo");
+    assert_eq!(demo.status.code(), Some(0), "{}", stderr(&demo));
+    assert_eq!(entries(), 0, "the temporary recording is removed");
+    // Without a recorder: nothing is made, so nothing is left even by a
+    // demo that is killed.
+    let demo = relayfs(&relay)
+        .env("TMPDIR", &tmp)
+        .args([
+            "demo",
+            "--no-record",
+            "--name",
+            "bare",
+            "--attach-timeout",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cpu0 = relay.join("bare").join("cpu0");
+    wait_until("the channel is open", || cpu0.exists());
+    signal(demo.id(), libc::SIGKILL);
+    end_of(demo, "demo --no-record");
+    assert_eq!(entries(), 0, "demo --no-record made a directory");
+}
+
+#[test]
+fn stat_shows_control_characters_in_names_escaped() {
+    let root = tempfile::tempdir().unwrap();
+    let name = "x\x1b]0;pwned\x07";
+    // Missing channel: the error names it escaped.
+    let out = relayfs(root.path()).args(["stat", name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains("x\\x1b]0;pwned\\x07"), "{err:?}");
+    // An existing channel: its path heads the table, escaped.
+    let chan = relayfs::Channel::builder(name)
+        .relay_dir(root.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out = relayfs(root.path()).args(["stat", name]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", stderr(&out));
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("x\\x1b]0;pwned\\x07"), "{text:?}");
+    chan.close().unwrap();
+}
+
+#[test]
+fn stat_watch_ends_when_the_channel_closes_and_clears_only_a_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let chan = relayfs::Channel::builder("watched")
+        .relay_dir(root.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out_file = root.path().join("watch.txt");
+    let watch = relayfs(root.path())
+        .args(["stat", "watched", "--watch", "0.05"])
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("stat looked at the channel", || {
+        std::fs::read_to_string(&out_file).is_ok_and(|t| t.contains("cpu0"))
+    });
+    let dir = chan.dir().to_path_buf();
+    chan.close().unwrap();
+    assert!(!dir.exists(), "the channel directory is removed at close");
+    let watch = end_of(watch, "stat --watch");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(watch.status.code(), Some(0), "{text} {}", stderr(&watch));
+    assert!(text.contains("closed"), "{text}");
+    assert!(!text.contains('\x1b'), "screen cleared in a file: {text:?}");
+}
+
+#[test]
+fn cat_on_a_fifo_or_a_link_says_what_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = relayfs(root.path()).arg("cat").arg(&fifo).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    assert!(!err.contains("symbolic link"), "{err}");
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let out = relayfs(root.path()).arg("cat").arg(&link).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(err.contains("without following symbolic links"), "{err}");
 }

@@ -197,9 +197,9 @@ pub enum ReadError {
         source: FormatError,
     },
     /// The path is not a regular file (a symbolic link, a FIFO, a
-    /// directory…): relay buffer files are opened without following
-    /// symbolic links.
-    #[error("{path} is {kind}, not a regular file: relay buffer files are opened without following symbolic links")]
+    /// directory…). Relay buffer files are opened without following
+    /// symbolic links; the message says so only for a link.
+    #[error("{path} is {kind}, not a regular file{}", symlink_note(kind))]
     NotRegular {
         /// The path.
         path: PathBuf,
@@ -245,5 +245,14 @@ impl ReadError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// Why a symbolic link is refused, said only for one.
+fn symlink_note(kind: &str) -> &'static str {
+    if kind == "a symbolic link" {
+        ": relay buffer files are opened without following symbolic links"
+    } else {
+        ""
     }
 }

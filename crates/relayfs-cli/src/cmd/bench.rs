@@ -299,8 +299,9 @@ fn run_once(a: &Args) -> Result<Value> {
         Some(verify::verify_dir(
             &out,
             &verify::Expect {
-                writers_count,
+                offered: writers_count.map(|(w, c)| verify::Offered::each(w, c)),
                 lost: Some(dropped),
+                producer_lost: None,
             },
         )?)
     } else {

@@ -121,8 +121,8 @@ pub struct Args {
     pub seed: u64,
     #[command(flatten)]
     pub chan: ChannelArgs,
-    /// Keep the recorded files in DIR (default: a temporary directory,
-    /// removed at the end)
+    /// Keep the recorded files in DIR (default: a temporary directory in
+    /// $TMPDIR, removed at the end; none with --no-record)
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Produce only, for a `relayfs record` started by hand (waits up to
@@ -260,12 +260,20 @@ pub fn run(a: &Args) -> Result<i32> {
     );
     let g = chan.geometry();
     let nbuf = chan.n_buffers();
-    let tmp;
+    // Without --out, the recording goes to a temporary directory (in
+    // $TMPDIR), removed when `tmp` is dropped: on every return, error or
+    // panic of this function (a SIGINT, SIGTERM or SIGHUP ends it normally).
+    // With --no-record there is nothing to record: none is made.
+    let mut tmp = None;
     let out: PathBuf = match &a.out {
         Some(o) => o.clone(),
+        None if a.no_record => PathBuf::new(),
         None => {
-            tmp = tempfile_dir()?;
-            tmp.path().to_path_buf()
+            let t = tempfile::Builder::new()
+                .prefix("relayfs-demo-out-")
+                .tempdir()
+                .context("cannot create a temporary output directory")?;
+            tmp.insert(t).path().to_path_buf()
         }
     };
     let mut recorder = None;
@@ -296,10 +304,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let offered: u64 = writers.iter().map(|w| w.offered).sum();
     let interrupted = writers.iter().any(|w| w.offered < a.count);
     // Interrupted, the writers may each have offered a different number.
-    let writers_count = writers
-        .iter()
-        .all(|w| w.offered == writers[0].offered)
-        .then(|| (threads, writers[0].offered));
+    let offered_by_writer: Vec<u64> = writers.iter().map(|w| w.offered).collect();
     let written: u64 = writers.iter().map(|w| w.ok).sum();
     let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
     let producer_lost = pstats.dropped_full
@@ -315,8 +320,9 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(verify::verify_dir(
             &out,
             &verify::Expect {
-                writers_count,
+                offered: Some(verify::Offered::PerWriter(offered_by_writer.clone())),
                 lost: Some(dropped),
+                producer_lost: None,
             },
         )?)
     };
@@ -343,6 +349,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "subbuf_size": g.subbuf_size,
         "n_subbufs": g.n_subbufs,
         "written": offered,
+        "offered_by_writer": offered_by_writer,
         "accepted": written,
         "delivered": delivered,
         "dropped": dropped,

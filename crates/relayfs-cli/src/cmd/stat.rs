@@ -1,8 +1,10 @@
 //! `relayfs stat CHANNEL`: the counters of every buffer of a channel.
 
+use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use relayfs::RelayFile;
 use serde_json::json;
 
@@ -22,12 +24,12 @@ pub struct Args {
 }
 
 /// Prints the channel's counters once; returns whether every buffer of the
-/// channel could be read (each one that can't is listed, with the reason).
-fn once(a: &Args) -> Result<bool> {
-    let dir = util::channel_dir(&a.channel);
-    let scan = util::scan_channel(&dir, None)?;
+/// channel could be read (each one that can't is listed, with the reason),
+/// or None if the directory holds no buffer.
+fn once(a: &Args, dir: &Path) -> Result<Option<bool>> {
+    let scan = util::scan_channel(dir, None)?;
     if scan.bufs.is_empty() && scan.bad.is_empty() {
-        bail!("no relay buffers in {}", dir.display());
+        return Ok(None);
     }
     let mut rows = Vec::new();
     let mut bad: Vec<(String, String)> = scan
@@ -87,9 +89,11 @@ fn once(a: &Args) -> Result<bool> {
             "{}",
             json!({ "channel": dir.display().to_string(), "buffers": v, "errors": errors })
         )?;
-        return Ok(ok);
+        return Ok(Some(ok));
     }
-    util::outln!("{}", dir.display())?;
+    // Names and paths are anyone's bytes: control characters are shown
+    // escaped, never sent to the terminal.
+    util::outln!("{}", util::escape_name(&dir.display().to_string()))?;
     util::outln!(
         "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10}  state",
         "buffer",
@@ -139,26 +143,67 @@ fn once(a: &Args) -> Result<bool> {
         }
     }
     for (name, e) in &bad {
-        util::outln!("{name:<8} ERROR: {e}")?;
+        util::outln!(
+            "{:<8} ERROR: {}",
+            util::escape_name(name),
+            util::escape_name(e)
+        )?;
     }
-    Ok(ok)
+    Ok(Some(ok))
 }
 
 /// Runs `relayfs stat`.
 pub fn run(a: &Args) -> Result<i32> {
+    let dir = util::channel_dir(&a.channel);
+    let no_buffers = || anyhow::anyhow!("no relay buffers in {}", dir.display());
     let Some(every) = a.watch else {
-        return Ok(if once(a)? { 0 } else { 1 });
+        let ok = once(a, &dir)?.ok_or_else(no_buffers)?;
+        return Ok(if ok { 0 } else { 1 });
     };
     util::catch_interrupts();
+    // Clear the screen between looks only on a terminal, not in a file or
+    // a pipe.
+    let clear = !a.json && std::io::stdout().is_terminal();
     // The status of the last look at the channel.
     let mut ok = true;
-    // Until interrupted, or until whoever reads the output has gone.
+    let mut seen = false;
+    // Until interrupted, until whoever reads the output has gone, or until
+    // the channel closes (its producer removes its files and directory).
     while !util::interrupted() && !util::stdout_closed() {
-        if !a.json {
+        if clear {
             util::out!("\x1b[H\x1b[2J")?;
         }
-        ok = once(a)?;
+        let look = match once(a, &dir) {
+            Ok(look) => look,
+            // Gone since the last look: closed.
+            Err(_) if seen && !exists(&dir) => None,
+            Err(e) => return Err(e),
+        };
+        match look {
+            Some(k) => ok = k,
+            None if seen => {
+                if a.json {
+                    util::outln!(
+                        "{}",
+                        json!({ "channel": dir.display().to_string(), "closed": true })
+                    )?;
+                } else {
+                    util::outln!(
+                        "{}: the channel closed",
+                        util::escape_name(&dir.display().to_string())
+                    )?;
+                }
+                return Ok(0);
+            }
+            None => return Err(no_buffers()),
+        }
+        seen = true;
         std::thread::sleep(Duration::from_secs_f64(every.max(0.05)));
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Whether `p` names anything (a symbolic link is not followed).
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
 }

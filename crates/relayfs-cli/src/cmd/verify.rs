@@ -3,19 +3,56 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::demofmt;
 
+/// What the writers offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    /// Records offered by each writer (index: the writer).
+    PerWriter(Vec<u64>),
+    /// Only how many writers there were and what they offered together (an
+    /// interrupted run whose writers each stopped at a different record).
+    Total {
+        /// Writer threads.
+        writers: u32,
+        /// Records offered by all of them.
+        records: u64,
+    },
+}
+
+impl Offered {
+    /// `writers` writers that offered `count` records each.
+    pub fn each(writers: u32, count: u64) -> Offered {
+        Offered::PerWriter(vec![count; writers as usize])
+    }
+}
+
+/// Records lost, as the two sides count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerLost {
+    /// What the producer lost: dropped (buffer full, too big, corrupt
+    /// buffer), overwritten, left unread at close.
+    pub producer: u64,
+    /// What the producer's summary says the reader discarded (torn copies),
+    /// used only when the recording has no recorder's summary: the
+    /// recorder that read the channel owns that counter.
+    pub discarded: u64,
+}
+
 /// What to hold the recording to.
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
-    /// Writers and records offered by each (the demo's `--threads`, `--count`).
-    pub writers_count: Option<(u32, u64)>,
-    /// Records the producer counted as lost; missing records beyond these are
-    /// defects. None: taken from the recorder's summary, else 0.
+    /// What the writers offered (the demo's `--threads`, `--count`).
+    pub offered: Option<Offered>,
+    /// Records lost in all; missing records beyond these are defects.
+    /// None: `producer_lost`, else taken from the recorder's summary, else 0.
     pub lost: Option<u64>,
+    /// The producer's own losses (its counters), to which the reader's
+    /// discards are added from the recorder's summary.
+    pub producer_lost: Option<ProducerLost>,
 }
 
 /// Per-writer findings.
@@ -99,11 +136,53 @@ fn summary(dir: &Path) -> Result<Option<serde_json::Value>, String> {
     let path = dir.join(super::record::SUMMARY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
-            .map(Some)
+            .map_err(|e| e.to_string())
+            .and_then(|v| summary_shape(&v).map(|()| Some(v)))
             .map_err(|e| format!("{}: not a recorder summary: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Checks that `v` has the shape of a recorder's summary: an object whose
+/// counters are counts and whose `buffers` are named objects, so that a
+/// negative, fractional or missing counter is not read as 0.
+fn summary_shape(v: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let Some(obj) = v.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    let count = |o: &serde_json::Map<String, Value>, k: &str, required: bool| match o.get(k) {
+        Some(x) if x.is_u64() => Ok(()),
+        None if !required => Ok(()),
+        None => Err(format!("no {k:?}")),
+        Some(x) => Err(format!("{k:?} is {x}, not a count")),
+    };
+    for k in ["lost", "records_delivered", "discarded"] {
+        count(obj, k, true)?;
+    }
+    count(obj, "n_buffers", false)?;
+    match obj.get("max_files") {
+        None | Some(Value::Null) => {}
+        Some(x) if x.is_u64() => {}
+        Some(x) => return Err(format!("\"max_files\" is {x}, not a count")),
+    }
+    let Some(buffers) = obj.get("buffers").and_then(Value::as_array) else {
+        return Err("no \"buffers\" list".into());
+    };
+    for b in buffers {
+        let Some(b) = b.as_object() else {
+            return Err(format!("buffer {b} is not an object"));
+        };
+        if !b.get("name").is_some_and(Value::is_string) {
+            return Err("a buffer without a \"name\"".into());
+        }
+        match b.get("error") {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(x) => return Err(format!("buffer error {x} is not a message")),
+        }
+    }
+    Ok(())
 }
 
 /// The buffer a recording file belongs to: `cpu0` for `cpu0.out` and
@@ -304,28 +383,59 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
         }
     }
     // Missing records, per writer.
-    if let Some((writers, count)) = expect.writers_count {
-        for w in 0..writers {
-            rep.writers.entry(w).or_default();
+    match &expect.offered {
+        Some(Offered::PerWriter(counts)) => {
+            for w in 0..counts.len() as u32 {
+                rep.writers.entry(w).or_default();
+            }
+            for (&w, wr) in rep.writers.iter_mut() {
+                let Some(&count) = counts.get(w as usize) else {
+                    rep.defects
+                        .push(format!("records from unexpected writer {w}"));
+                    continue;
+                };
+                if wr.max_seq >= count && wr.records > 0 {
+                    rep.defects.push(format!(
+                        "writer {w}: seq {} beyond the {count} written",
+                        wr.max_seq
+                    ));
+                }
+                wr.missing = count.saturating_sub(wr.records);
+            }
+            rep.missing = rep.writers.values().map(|w| w.missing).sum();
         }
-        for (&w, wr) in rep.writers.iter_mut() {
-            if w >= writers {
-                rep.defects
-                    .push(format!("records from unexpected writer {w}"));
-            } else if wr.max_seq >= count && wr.records > 0 {
+        Some(Offered::Total { writers, records }) => {
+            let (writers, records) = (*writers, *records);
+            // Each writer's gaps are known, its tail is not: the total
+            // tells what is missing in all.
+            for w in 0..writers {
+                rep.writers.entry(w).or_default();
+            }
+            let mut held = 0u64;
+            for (&w, wr) in rep.writers.iter_mut() {
+                if w >= writers {
+                    rep.defects
+                        .push(format!("records from unexpected writer {w}"));
+                }
+                if wr.records > 0 {
+                    wr.missing = (wr.max_seq + 1).saturating_sub(wr.records);
+                }
+                held += wr.records;
+            }
+            if held > records {
                 rep.defects.push(format!(
-                    "writer {w}: seq {} beyond the {count} written",
-                    wr.max_seq
+                    "{held} records found, but only {records} were written"
                 ));
             }
-            wr.missing = count.saturating_sub(wr.records);
+            rep.missing = records.saturating_sub(held);
         }
-    } else {
-        for wr in rep.writers.values_mut() {
-            wr.missing = (wr.max_seq + 1).saturating_sub(wr.records);
+        None => {
+            for wr in rep.writers.values_mut() {
+                wr.missing = (wr.max_seq + 1).saturating_sub(wr.records);
+            }
+            rep.missing = rep.writers.values().map(|w| w.missing).sum();
         }
     }
-    rep.missing = rep.writers.values().map(|w| w.missing).sum();
     let summary = match summary(dir) {
         Ok(s) => s,
         Err(e) => {
@@ -336,16 +446,20 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
     if let Some(s) = &summary {
         check_summary(&mut rep, dir, s);
     }
-    rep.lost = expect
-        .lost
-        .or_else(|| summary.as_ref().and_then(|s| s["lost"].as_u64()))
-        .unwrap_or(0);
+    let summary_u64 = |k: &str| summary.as_ref().and_then(|s| s[k].as_u64());
+    rep.lost = match (expect.lost, expect.producer_lost) {
+        (Some(lost), _) => lost,
+        // The producer owns its drops, overwrites and what was left unread
+        // at close; the reader owns its discards: each is counted once.
+        (None, Some(p)) => p.producer + summary_u64("discarded").unwrap_or(p.discarded),
+        (None, None) => summary_u64("lost").unwrap_or(0),
+    };
     if rep.missing > rep.lost {
         rep.defects.push(format!(
             "{} records missing, but only {} counted as lost",
             rep.missing, rep.lost
         ));
-    } else if expect.writers_count.is_some() && rep.missing < rep.lost {
+    } else if expect.offered.is_some() && rep.missing < rep.lost {
         rep.defects.push(format!(
             "{} records counted as lost, but only {} missing: the counters don't add up",
             rep.lost, rep.missing
@@ -369,9 +483,11 @@ pub struct Args {
     /// Records each writer offered (with --writers)
     #[arg(long, requires = "writers", value_parser = crate::args::count)]
     pub count: Option<u64>,
-    /// The producer's counters: a JSON object with `threads`, `count` and
-    /// `dropped`, as `relayfs demo --json` prints (instead of --writers,
-    /// --count and --lost)
+    /// The producer's counters: a JSON object with `threads`, `count` (or,
+    /// interrupted, `offered_by_writer` or `written`) and `dropped`, as
+    /// `relayfs demo --json` prints (instead of --writers, --count and
+    /// --lost); the records the reader discarded are taken from the
+    /// recorder's summary in DIR when there is one
     #[arg(long, value_name = "FILE", conflicts_with_all = ["writers", "count", "lost"])]
     pub counters: Option<PathBuf>,
     /// Print the result as one JSON object
@@ -394,11 +510,78 @@ fn counters(path: &Path) -> Result<Expect> {
             )
         })
     };
-    let writers = u32::try_from(field("threads")?)
-        .with_context(|| format!("{}: too many threads", path.display()))?;
+    let bad = |k: &str| {
+        anyhow::anyhow!(
+            "{}: {k:?} is not a count (expected the output of relayfs demo --json)",
+            path.display()
+        )
+    };
+    // An optional counter: absent (None), or a count.
+    let opt = |k: &str| match &v[k] {
+        serde_json::Value::Null => Ok(None),
+        x => x.as_u64().map(Some).ok_or_else(|| bad(k)),
+    };
+    let threads = field("threads")?;
+    let writers = u32::try_from(threads)
+        .ok()
+        .filter(|&t| t <= crate::args::MAX_THREADS)
+        .with_context(|| format!("{}: too many threads ({threads})", path.display()))?;
+    let interrupted = match &v["interrupted"] {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        _ => return Err(bad("interrupted")),
+    };
+    // What was offered: each writer's count when the summary has it, else
+    // --count each, or (interrupted: each writer stopped early) only the
+    // total the summary says was written.
+    let offered = match &v["offered_by_writer"] {
+        serde_json::Value::Null if interrupted => Offered::Total {
+            writers,
+            records: field("written")?,
+        },
+        serde_json::Value::Null => Offered::each(writers, field("count")?),
+        serde_json::Value::Array(a) if a.len() == writers as usize => Offered::PerWriter(
+            a.iter()
+                .map(|c| c.as_u64().ok_or_else(|| bad("offered_by_writer")))
+                .collect::<Result<_>>()?,
+        ),
+        _ => bail!(
+            "{}: \"offered_by_writer\" is not a list of {writers} counts",
+            path.display()
+        ),
+    };
+    // The producer's losses are its own counters; the reader's discards
+    // come from the recorder's summary if the recording has one.
+    let dropped = field("dropped")?;
+    let discarded = opt("discarded")?.unwrap_or(0);
+    let parts = [
+        "dropped_full",
+        "dropped_toobig",
+        "dropped_corrupt",
+        "overwritten",
+        "unread_at_close",
+    ]
+    .iter()
+    .map(|k| opt(k))
+    .collect::<Result<Vec<Option<u64>>>>()?
+    .into_iter()
+    .collect::<Option<Vec<u64>>>();
+    let producer = match parts {
+        Some(p) => p.iter().sum(),
+        None => dropped.checked_sub(discarded).with_context(|| {
+            format!(
+                "{}: \"discarded\" ({discarded}) is more than \"dropped\" ({dropped})",
+                path.display()
+            )
+        })?,
+    };
     Ok(Expect {
-        writers_count: Some((writers, field("count")?)),
-        lost: Some(field("dropped")?),
+        offered: Some(offered),
+        lost: None,
+        producer_lost: Some(ProducerLost {
+            producer,
+            discarded,
+        }),
     })
 }
 
@@ -407,8 +590,9 @@ pub fn run(a: &Args) -> Result<i32> {
     let expect = match &a.counters {
         Some(path) => counters(path)?,
         None => Expect {
-            writers_count: a.writers.zip(a.count),
+            offered: a.writers.zip(a.count).map(|(w, c)| Offered::each(w, c)),
             lost: a.lost,
+            producer_lost: None,
         },
     };
     let rep = verify_dir(&a.dir, &expect)?;
