@@ -905,3 +905,40 @@ fn verify_refuses_a_summary_of_the_wrong_shape() {
         assert!(d.contains("not a recorder summary"), "{bad}: {v}");
     }
 }
+
+#[test]
+fn verify_counts_a_dead_producers_last_records_as_either_delivered_or_missing() {
+    // The producer died with its last sub-buffer partly written: the reader
+    // took its records up to a reservation never committed (in the files,
+    // not counted as delivered: relay doesn't frame records) and the rest
+    // are behind it; the summary calls them all abandoned.
+    let root = tempfile::tempdir().unwrap();
+    let rec = root.path().join("rec");
+    // 100 offered; the last 5 in the dead producer's sub-buffer, of which
+    // the first 2 were read and the other 3 are missing.
+    let held = synthetic_recording(&rec, &[100], &[&[97, 98, 99]]);
+    assert_eq!(held, 97);
+    let abandoned = |n: u64| {
+        let mut s: Value =
+            serde_json::from_slice(&std::fs::read(rec.join("relayfs-record.json")).unwrap())
+                .unwrap();
+        s["abandoned_records"] = n.into();
+        std::fs::write(rec.join("relayfs-record.json"), s.to_string()).unwrap();
+    };
+    write_summary(&rec, 95, 0, 0);
+    abandoned(5);
+    let args = ["--writers", "1", "--count", "100"];
+    let (ok, v) = verify_json(root.path(), &rec, &args);
+    assert!(ok, "{v}");
+    // Fewer abandoned than that can't explain the files or the gap.
+    abandoned(1);
+    let (ok, v) = verify_json(root.path(), &rec, &args);
+    assert!(!ok, "{v}");
+    abandoned(0);
+    let (ok, v) = verify_json(root.path(), &rec, &args);
+    assert!(!ok, "{v}");
+    assert!(
+        v["defects"].to_string().contains("the files hold 97"),
+        "{v}"
+    );
+}
