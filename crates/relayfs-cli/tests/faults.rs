@@ -463,3 +463,61 @@ fn recorder_killed_and_restarted_with_rotation_resumes_exactly() {
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+/// A FIFO where an output file goes: the recorder says so and stops (it used
+/// to block in `open(2)`, deaf to SIGINT), and its summary says the
+/// recording is incomplete rather than "nothing lost".
+#[test]
+fn a_fifo_in_the_output_directory_is_refused_not_waited_on() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("fifo");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("fifo")
+        .dir(&dir)
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let fifo = out.join("cpu0.out");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut rec = relayfs(root.path())
+        .args(["record", "fifo", "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut interrupted = false;
+    while rec.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(2) && !interrupted {
+            signal(&rec, libc::SIGINT);
+            interrupted = true;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = rec.kill();
+            let _ = rec.wait();
+            panic!("the recorder hangs on a FIFO, even after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!interrupted, "needed SIGINT to stop: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&*fifo.to_string_lossy()) && first.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(err.contains("INCOMPLETE"), "{err}");
+    assert!(!err.contains("nothing lost"), "{err}");
+    chan.close().unwrap();
+}
