@@ -340,6 +340,11 @@ fn full_output_filesystem() {
     let in_file = (bytes.len() / 64) as u64;
     assert!(in_file > 0, "{err}");
     assert_eq!(rec["records_delivered"].as_u64(), Some(in_file), "{err}");
+    assert_eq!(
+        rec["buffers"][0]["files"][0].as_str(),
+        Some(&*out_file.to_string_lossy()),
+        "{rec}"
+    );
     let st = chan.close().unwrap();
     assert_eq!(st.records_consumed, in_file, "{st:?}");
     assert_eq!(st.records_consumed + st.lost(), ok, "{st:?}");

@@ -138,6 +138,9 @@ fn record_buffer(
                 f.stats().bytes_consumed,
             )
         })?;
+        // Kept up to date, so that a recording stopped by an error lists
+        // its files too.
+        res.files = out.files.clone();
         let rotate = a.max_size.is_some();
         // Whole sub-buffers only while the producer is busy: one large write
         // each, and no chasing the producer record by record. The sub-buffer
@@ -213,6 +216,7 @@ fn record_buffer(
                 kept = Some(out.size);
                 if rotate {
                     retrying(a, stop, &mut warned, || out.maybe_rotate())?;
+                    res.files.clone_from(&out.files);
                     kept = Some(out.size);
                 }
             }
