@@ -92,15 +92,70 @@ pub(crate) struct Output {
     pub(crate) files: Vec<PathBuf>,
 }
 
-/// Opens (creating) an output file for appending, without following a
-/// symlink; emptied if `truncate`.
-fn open_file(path: &Path, truncate: bool) -> Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+/// Opens `path` in the output directory with `opts`, refusing anything but
+/// a regular file: not following a symlink, and without blocking (a FIFO
+/// someone put there would block `open(2)` until a writer or reader came,
+/// out of reach of the signals that stop the recorder). `O_NONBLOCK` stays
+/// set: on a regular file it changes nothing.
+fn open_regular(path: &Path, opts: &mut OpenOptions, what: &str) -> Result<File> {
+    let not_regular = |kind| {
+        anyhow::anyhow!(
+            "{} is not a regular file (a {}): remove it, or record into another directory",
+            path.display(),
+            file_kind(kind)
+        )
+    };
+    let file = match opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    {
+        Ok(f) => f,
+        Err(e) => {
+            // ELOOP (a symlink), ENXIO (a FIFO without a reader), EISDIR,
+            // ...: say what is in the way if that is why.
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if !m.file_type().is_file() {
+                    return Err(not_regular(m.file_type()));
+                }
+            }
+            return Err(e).with_context(|| format!("cannot {what} {}", path.display()));
+        }
+    };
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    Ok(file)
+}
+
+/// What a file type is, in words.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens (creating) an output file for appending, without following a
+/// symlink or blocking, refusing anything but a regular file; emptied if
+/// `truncate`.
+fn open_file(path: &Path, truncate: bool) -> Result<File> {
+    let file = open_regular(path, OpenOptions::new().append(true).create(true), "create")?;
     if truncate {
         file.set_len(0)
             .with_context(|| format!("cannot truncate {}", path.display()))?;
@@ -212,12 +267,9 @@ impl Output {
         }
         let rotate = max_size.is_some();
         let state_path = Self::state_path(dir, base);
-        let state = match std::fs::read_to_string(&state_path) {
-            Ok(t) => State::parse(&t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", state_path.display()))
-            }
+        let state = match Self::read_state(&state_path)? {
+            Some(t) => State::parse(&t),
+            None => None,
         }
         .filter(|s| s.channel_id == channel_id && consumed > 0);
         if let Some(s) = state {
@@ -294,6 +346,26 @@ impl Output {
         };
         out.save_state(index, start)?;
         Ok(out)
+    }
+
+    /// The text of the state file at `path`, `None` if there is none; an
+    /// error if it is not a regular file. A state file is one short line:
+    /// anything much longer is not one (and is not read whole).
+    fn read_state(path: &Path) -> Result<Option<String>> {
+        let file = match open_regular(path, OpenOptions::new().read(true), "read") {
+            Ok(f) => f,
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, 4096), &mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Replaces the state file atomically: a new temporary file (`O_EXCL`),
@@ -540,6 +612,65 @@ mod tests {
         std::os::unix::fs::symlink(&target, d.path().join("cpu0.out")).unwrap();
         assert!(Output::resume(d.path(), "cpu0.out", None, None, ID, 0).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// `Output::resume` in another thread, given 10 s: a FIFO must not
+    /// block it.
+    fn resume_in_time(dir: &Path, consumed: u64) -> Result<Output> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(Output::resume(&dir, "cpu0.out", None, None, ID, consumed));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("blocked opening a FIFO")
+    }
+
+    #[test]
+    fn a_fifo_as_the_output_file_is_a_clear_error_not_a_hang() {
+        for consumed in [0, 100] {
+            let d = tempfile::tempdir().unwrap();
+            let fifo = d.path().join("cpu0.out");
+            mkfifo(&fifo);
+            let e = resume_in_time(d.path(), consumed).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(&*fifo.to_string_lossy()), "{msg}");
+            assert!(msg.contains("not a regular file"), "{msg}");
+            assert!(msg.contains("FIFO"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_as_the_state_file_is_a_clear_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join(".cpu0.out.state");
+        mkfifo(&state);
+        let e = resume_in_time(d.path(), 100).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(&*state.to_string_lossy()), "{msg}");
+        assert!(msg.contains("not a regular file"), "{msg}");
+        // A regular state file still works.
+        std::fs::remove_file(&state).unwrap();
+        let mut o = Output::resume(d.path(), "cpu0.out", None, None, ID, 0).unwrap();
+        put(&mut o, 0, 100);
+        drop(o);
+        assert_eq!(resume_in_time(d.path(), 100).unwrap().size, 100);
+    }
+
+    #[test]
+    fn a_directory_as_the_output_file_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("cpu0.out.0")).unwrap();
+        let e = Output::resume(d.path(), "cpu0.out", Some(100), None, ID, 0).unwrap_err();
+        assert!(format!("{e:#}").contains("cpu0.out.0"), "{e:#}");
     }
 
     #[test]

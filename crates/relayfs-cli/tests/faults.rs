@@ -320,8 +320,10 @@ fn full_output_filesystem() {
         let chan = Channel::builder(name)
             .dir(&dir)
             .global(true)
-            .subbuf_size(4096)
-            .n_subbufs(64)
+            // Sub-buffers larger than the room left, so the output fills
+            // up in the middle of one.
+            .subbuf_size(16 << 10)
+            .n_subbufs(16)
             .open()
             .unwrap();
         let sub = out.join(name);
@@ -357,13 +359,17 @@ fn full_output_filesystem() {
     let o = rec.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    // The first error said is the buffer's, naming the file it could not
-    // write.
+    // The first error said is the buffer's, naming the output file it could
+    // not write (not the relay buffer it read).
     let first = err.lines().next().unwrap_or_default();
+    let out_file = out.join("nospace").join("cpu0.out");
     assert!(
-        first.contains("cpu0") && first.contains("No space left on device"),
+        first.contains(&*out_file.to_string_lossy())
+            && first.contains("No space left on device")
+            && !first.contains(&*chan.buffer_path(0).to_string_lossy()),
         "{err}"
     );
+    let rec: Value = serde_json::from_slice(&o.stdout).unwrap();
     // The summary is whole or absent, never a torn or empty file.
     let summary = out.join("nospace").join("relayfs-record.json");
     if summary.exists() {
@@ -373,18 +379,31 @@ fn full_output_filesystem() {
     }
     assert_eq!(ok + full, 600);
     // Nothing that failed to be written was consumed.
-    let st = chan.stats(0);
-    let written: u64 = std::fs::read_dir(out.join("nospace"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
+    let bytes = std::fs::read(&out_file).unwrap();
+    assert!(chan.stats(0).bytes_consumed >= bytes.len() as u64);
+    // The file holds whole records, each once, in order: exactly the ones
+    // the recorder says it delivered, and the ones the buffer counts
+    // delivered once the producer has closed (a sub-buffer left half-read
+    // counts whole as unread, so its part must not be in the file).
+    assert_eq!(bytes.len() % 64, 0, "a torn record");
+    let mut next = 0u64;
+    for r in bytes.chunks(64) {
+        let seq = u64::from_le_bytes(r[16..24].try_into().unwrap());
+        assert!(seq >= next, "record {seq} duplicated or out of order");
+        assert_eq!(r, demo_record(0, seq, 64), "record {seq} damaged");
+        next = seq + 1;
+    }
+    let in_file = (bytes.len() / 64) as u64;
+    assert!(in_file > 0, "{err}");
+    assert_eq!(rec["records_delivered"].as_u64(), Some(in_file), "{err}");
     assert_eq!(
-        st.bytes_consumed, written,
-        "consumed exactly what was written"
+        rec["buffers"][0]["files"][0].as_str(),
+        Some(&*out_file.to_string_lossy()),
+        "{rec}"
     );
-    chan.close().unwrap();
+    let st = chan.close().unwrap();
+    assert_eq!(st.records_consumed, in_file, "{st:?}");
+    assert_eq!(st.records_consumed + st.lost(), ok, "{st:?}");
     std::fs::remove_file(filler).unwrap();
     std::fs::remove_dir_all(out.join("nospace")).unwrap();
 
@@ -504,4 +523,62 @@ fn recorder_killed_and_restarted_with_rotation_resumes_exactly() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+/// A FIFO where an output file goes: the recorder says so and stops (it used
+/// to block in `open(2)`, deaf to SIGINT), and its summary says the
+/// recording is incomplete rather than "nothing lost".
+#[test]
+fn a_fifo_in_the_output_directory_is_refused_not_waited_on() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("fifo");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("fifo")
+        .dir(&dir)
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let fifo = out.join("cpu0.out");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut rec = relayfs(root.path())
+        .args(["record", "fifo", "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut interrupted = false;
+    while rec.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(2) && !interrupted {
+            signal(&rec, libc::SIGINT);
+            interrupted = true;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = rec.kill();
+            let _ = rec.wait();
+            panic!("the recorder hangs on a FIFO, even after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!interrupted, "needed SIGINT to stop: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&*fifo.to_string_lossy()) && first.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(err.contains("INCOMPLETE"), "{err}");
+    assert!(!err.contains("nothing lost"), "{err}");
+    chan.close().unwrap();
 }

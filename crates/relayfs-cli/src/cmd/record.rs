@@ -138,6 +138,9 @@ fn record_buffer(
                 f.stats().bytes_consumed,
             )
         })?;
+        // Kept up to date, so that a recording stopped by an error lists
+        // its files too.
+        res.files = out.files.clone();
         let rotate = a.max_size.is_some();
         // Whole sub-buffers only while the producer is busy: one large write
         // each, and no chasing the producer record by record. The sub-buffer
@@ -145,13 +148,19 @@ fn record_buffer(
         // producer went quiet), when the channel ends, and before stopping.
         let mut tail = false;
         let mut final_pass = false;
+        // Size of the current output file when the reader last stood at a
+        // sub-buffer boundary (`None`: it started in the middle of one).
+        // The buffer counts a sub-buffer's records when its reader finishes
+        // it, and one left half-read counts whole as unread at close; so on
+        // a write error the output is cut back to here, so that it holds
+        // exactly the records counted delivered.
+        let mut kept = f.at_subbuf_boundary().then_some(out.size);
         let end = loop {
             f.set_complete_only(!tail);
-            let moved = if rotate {
-                f.sendfile_subbuf(&out.file)
-            } else {
-                f.sendfile(&out.file, 64 << 20)
-            };
+            // One sub-buffer at a time (one write each), so that the last
+            // boundary passed is known when a write fails (`kept`), and a
+            // rotation never splits a record.
+            let moved = f.sendfile_subbuf(&out.file);
             let n = match moved {
                 Ok(n) => n,
                 Err(e) if a.retry && out_of_space(&e) => {
@@ -170,17 +179,46 @@ fn record_buffer(
                     continue;
                 }
                 Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "writing {} (nothing unwritten was consumed)",
-                        out.files
-                            .last()
-                            .map_or(String::new(), |p| p.display().to_string())
-                    )))
+                    let path = out
+                        .files
+                        .last()
+                        .map_or(String::new(), |p| p.display().to_string());
+                    // The library names the relay buffer it read from; the
+                    // write that failed was to the output file.
+                    let cause = match e {
+                        relayfs::ReadError::Io { source, .. } => anyhow::Error::new(source),
+                        e => anyhow::Error::new(e),
+                    };
+                    let cut = match kept {
+                        Some(k) if out.size > k => {
+                            let cut = out.size - k;
+                            out.file.set_len(k).with_context(|| {
+                                format!("cannot cut {path} back to its last whole sub-buffer")
+                            })?;
+                            out.size = k;
+                            res.bytes -= cut;
+                            progress.bytes.fetch_sub(cut, Ordering::Relaxed);
+                            cut
+                        }
+                        _ => 0,
+                    };
+                    return Err(cause.context(if cut > 0 {
+                        format!(
+                            "cannot write {path}; the {cut} bytes written of the sub-buffer being read were removed (the buffer counts that sub-buffer as not delivered)"
+                        )
+                    } else {
+                        format!("cannot write {path}")
+                    }));
                 }
             };
             out.wrote(n);
-            if rotate && f.at_subbuf_boundary() {
-                retrying(a, stop, &mut warned, || out.maybe_rotate())?;
+            if f.at_subbuf_boundary() {
+                kept = Some(out.size);
+                if rotate {
+                    retrying(a, stop, &mut warned, || out.maybe_rotate())?;
+                    res.files.clone_from(&out.files);
+                    kept = Some(out.size);
+                }
             }
             res.bytes += n;
             progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -226,6 +264,8 @@ fn record_buffer(
         Err(e) => {
             res.end = End::Error;
             res.error = Some(format!("{e:#}"));
+            // What was delivered before the error still counts.
+            res.stats = f.stats();
             // Stop the other buffers too: the recording can't be complete.
             stop.store(true, Ordering::Relaxed);
         }
@@ -678,7 +718,12 @@ fn print_summary(dir: &Path, a: &Args, results: &[BufResult], elapsed: f64) {
         bytes as f64 / elapsed.max(1e-9) / 1e6,
         total.records_consumed
     );
-    if total.lost() == 0 {
+    if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
+        crate::util::errln!(
+            "  recording INCOMPLETE: {e}; {} records lost so far (what the producer writes from now on is not recorded)",
+            total.lost()
+        );
+    } else if total.lost() == 0 {
         crate::util::errln!("  nothing lost");
     } else {
         crate::util::errln!(
