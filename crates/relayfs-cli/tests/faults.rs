@@ -237,6 +237,49 @@ fn recorder_killed_after_the_close_leaves_the_rest_to_its_restart() {
 }
 
 #[test]
+fn a_buffer_the_producer_found_corrupt_fails_the_recording() {
+    use std::os::unix::fs::FileExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("hurt");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("hurt")
+        .dir(&dir)
+        .subbuf_size(4096)
+        .n_subbufs(3)
+        .global(true)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "hurt", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("recorder attached", || reader_attached(&chan, 0));
+    for seq in 0..100 {
+        chan.write(&demo_record(0, seq, 64)).unwrap();
+    }
+    // Someone with write access to the file points the write position at
+    // sub-buffer 3 of 3 (slot bits start at bit 12 for 4 KiB sub-buffers).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(chan.buffer_path(0))
+        .unwrap();
+    f.write_at(&((3u64 << 12) | 16).to_ne_bytes(), 256).unwrap();
+    assert!(chan.write(&demo_record(0, 100, 64)).is_err());
+    assert!(chan.stats(0).corrupt != 0);
+    let _ = chan.close();
+    let o = rec.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["buffers"][0]["end"], "error", "{s}");
+}
+
+#[test]
 fn stopped_recorder_never_slows_the_producer() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("stopme");

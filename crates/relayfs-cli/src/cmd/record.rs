@@ -270,6 +270,18 @@ fn record_buffer(
             stop.store(true, Ordering::Relaxed);
         }
     }
+    // The producer found the buffer's shared state damaged: what it held
+    // when that happened can't be vouched for, so the recording failed,
+    // however cleanly the reading ended.
+    if res.error.is_none() {
+        if let Some(why) = relayfs::layout::corrupt_reason(res.stats.corrupt) {
+            res.end = End::Error;
+            res.error = Some(format!(
+                "the producer found this buffer corrupt ({why}) and refused {} records since",
+                res.stats.dropped_corrupt
+            ));
+        }
+    }
     res
 }
 
