@@ -18,6 +18,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::which;
+
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
@@ -26,16 +29,6 @@ fn ci() -> bool {
 fn skip(why: &str) {
     assert!(!ci(), "{why}");
     eprintln!("skipped: {why}");
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
 }
 
 /// `GLIBC_2.34` -> (2, 34); `GLIBC_2.2.5` -> (2, 2, 5) as (2, 2).

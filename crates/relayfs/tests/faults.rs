@@ -192,6 +192,9 @@ fn reader_without_permission_gets_a_clear_error() {
 
 use std::os::unix::process::CommandExt;
 
+mod common;
+use common::chain;
+
 #[test]
 fn open_as_child() {
     let Ok(p) = std::env::var("RELAYFS_TEST_OPEN") else {
@@ -265,16 +268,4 @@ fn truncated_under_the_reader_is_an_error_not_a_crash() {
     );
     assert!(e.contains("truncated"), "{e}");
     std::mem::forget(c); // its mapping is past the end now: don't flush into it
-}
-
-/// The error and its sources, as `anyhow`'s `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -12,6 +12,9 @@ use std::time::Duration;
 use relayfs::kernel::Support;
 use relayfs::{AnyRelayFile, Channel, KernelRelayFile, Ready, RelayKind};
 
+mod common;
+use common::chain;
+
 fn fifo(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("trace0");
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
@@ -148,16 +151,4 @@ fn any_relay_file_opens_our_buffers_as_shm() {
     std::fs::write(&junk, b"not a relay file").unwrap();
     let e = AnyRelayFile::open(&junk).unwrap_err();
     assert!(e.to_string().contains(junk.to_str().unwrap()), "{e}");
-}
-
-/// The error and its sources, as `anyhow`'s `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

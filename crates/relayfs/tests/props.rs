@@ -6,6 +6,9 @@ use relayfs::layout::Geometry;
 use relayfs::{Channel, Mode, RelayFile, WriteError};
 use std::io::{Seek, SeekFrom, Write};
 
+mod common;
+use common::chain;
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -237,16 +240,4 @@ fn error_messages_say_each_cause_once() {
     let e = RelayFile::open(&file).unwrap_err();
     let text = chain(&e);
     assert_eq!(text.matches("truncated").count(), 1, "{text}");
-}
-
-/// The error and its sources, as `anyhow`'s `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

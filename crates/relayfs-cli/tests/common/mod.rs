@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI test files.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -53,4 +53,16 @@ pub fn demo_record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
 /// Whether a reader holds `cpu`'s buffer of `chan`.
 pub fn reader_attached(chan: &relayfs::Channel, cpu: usize) -> bool {
     relayfs::RelayFile::inspect(chan.buffer_path(cpu)).is_ok_and(|s| s.reader_attached)
+}
+
+/// Where `name` is on `PATH` (or in the system directories a root shell
+/// has), if anywhere.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
 }
