@@ -270,7 +270,14 @@ impl CreatedDir {
 /// channel directory `dir` (made by `relay_open`) if it is still that
 /// directory and now empty. Best effort: whatever can't be proven to be
 /// ours, or can't be removed (a reader of another user), stays.
-pub(crate) fn remove_left_for_reader(path: &Path, file: &File, dir: Option<Ident>) {
+// The field types of `struct stat` differ between architectures.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn remove_left_for_reader(
+    path: &Path,
+    file: &File,
+    fifo_fd: Option<BorrowedFd<'_>>,
+    dir: Option<Ident>,
+) {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
     else {
         return;
@@ -284,11 +291,20 @@ pub(crate) fn remove_left_for_reader(path: &Path, file: &File, dir: Option<Ident
     if cd.unlink_if_same(name, Ident::of(&meta)).is_err() {
         return;
     }
+    // The FIFO this reader has open, if it has; a FIFO of the file's owner
+    // otherwise. Never one a later producer of the channel made meanwhile.
+    let ours = fifo_fd
+        .and_then(|fd| rustix::fs::fstat(fd).ok())
+        .map(|st| Ident {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        });
     let fifo = format!(".{name}.wake");
-    if cd
-        .stat(&fifo)
-        .is_ok_and(|st| st.kind == rustix::fs::FileType::Fifo && st.uid == meta.uid())
-    {
+    if cd.stat(&fifo).is_ok_and(|st| {
+        st.kind == rustix::fs::FileType::Fifo
+            && st.uid == meta.uid()
+            && ours.is_none_or(|id| id == st.ident)
+    }) {
         let _ = cd.unlink(&fifo);
     }
     let (Some(dir), Some(root), Some(dname)) = (

@@ -858,7 +858,7 @@ impl Drop for RelayFile {
             dev: s.h(hdr::DIR_DEV).load(Ordering::Relaxed),
             ino: s.h(hdr::DIR_INO).load(Ordering::Relaxed),
         });
-        crate::dir::remove_left_for_reader(&self.path, &self.file, dir);
+        crate::dir::remove_left_for_reader(&self.path, &self.file, self.wake_fd(), dir);
     }
 }
 

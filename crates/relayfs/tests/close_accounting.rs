@@ -278,3 +278,39 @@ fn a_reader_attached_at_close_that_leaves_early_leaves_the_rest_to_the_next() {
         );
     }
 }
+
+#[test]
+fn a_reader_of_a_left_buffer_never_removes_the_next_producers_files() {
+    let root = tempfile::tempdir().unwrap();
+    let open = || {
+        Channel::builder("again")
+            .relay_dir(root.path())
+            .subbuf_size(256)
+            .n_subbufs(8)
+            .global(true)
+            .open()
+            .unwrap()
+    };
+    let first = open();
+    let path = first.buffer_path(0).to_path_buf();
+    first.write(b"old").unwrap();
+    let mut old = RelayFile::open(&path).unwrap();
+    first.close().unwrap();
+    // The channel is opened again while the old reader still drains the
+    // file left for it: the stale name is replaced by a new buffer.
+    let second = open();
+    let mut buf = [0u8; 64];
+    assert_eq!(old.read(&mut buf).unwrap(), 3);
+    assert!(old.is_eof().unwrap());
+    drop(old);
+    assert!(path.exists(), "the new producer's buffer stays");
+    assert!(relayfs::wake_fifo_path(&path).exists(), "and its FIFO");
+    second.write(b"new").unwrap();
+    let mut r = RelayFile::open(&path).unwrap();
+    second.flush();
+    assert_eq!(r.read(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"new");
+    drop(r);
+    second.close().unwrap();
+    assert!(!path.exists());
+}
