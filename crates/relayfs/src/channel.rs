@@ -40,15 +40,6 @@ pub fn relay_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RELAY_DIR))
 }
 
-/// Name of the wakeup FIFO beside a buffer file.
-pub fn wake_fifo_path(buffer_path: &Path) -> PathBuf {
-    let name = buffer_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    buffer_path.with_file_name(format!(".{name}.wake"))
-}
-
 /// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
 /// must stay within the file system's 255-byte limit.
 pub(crate) const MAX_NAME: usize = 200;
@@ -603,7 +594,7 @@ impl Buffer {
             file,
             ident: Ident::of(&meta),
             name: name.to_string(),
-            fifo_name: format!(".{name}.wake"),
+            fifo_name: crate::notify::fifo_name(name),
             fifo: None,
             published: false,
             info: BufferInfo { cpu, path, global },

@@ -59,13 +59,14 @@ mod sync;
 pub use buffer::{BufferStats, SwitchInfo};
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
-    relay_dir, relay_open, wake_fifo_path, Channel, ChannelBuilder, Reservation, Stale,
-    DEFAULT_N_SUBBUFS, DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
+    relay_dir, relay_open, Channel, ChannelBuilder, Reservation, Stale, DEFAULT_N_SUBBUFS,
+    DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::Geometry;
+pub use notify::wake_fifo_path;
 pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
 
 /// Sums the counters of several buffers.

@@ -152,7 +152,7 @@ impl RelayFile {
             n_buffers: h(hdr::N_BUFFERS),
             created_ns: h(hdr::CREATED_NS),
         };
-        let waiter = Waiter::open(&crate::channel::wake_fifo_path(&path)).ok();
+        let waiter = Waiter::open(&crate::notify::wake_fifo_path(&path)).ok();
         s.r(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
