@@ -16,7 +16,7 @@ use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
 use crate::error::{OpenError, WriteError};
 use crate::layout::{
-    hdr, Geometry, FLAG_GLOBAL, FLAG_OVERWRITE, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED, STATE_OPEN,
+    hdr, BufferHeader, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED, STATE_OPEN,
 };
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
@@ -401,7 +401,7 @@ fn clear_stale(dir: &ChannelDir, base: &str, stale: Stale) -> Result<(), OpenErr
             if Ident::of(&meta) != st.ident || !meta.is_file() {
                 return Err(not_ours(&name, "it changed while being looked at".into()));
             }
-            let header = crate::reader::header_of(&f, &dir.join(&name));
+            let header = shm::read_header(&f, &dir.join(&name));
             if shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(false) {
                 return Err(OpenError::Busy {
                     path: dir.path().to_path_buf(),
@@ -567,27 +567,19 @@ impl Buffer {
             size: g.file_size,
             source: e,
         })?;
-        let flags =
-            if overwrite { FLAG_OVERWRITE } else { 0 } | if global { FLAG_GLOBAL } else { 0 };
-        let fields = [
-            (hdr::VERSION, crate::layout::VERSION),
-            (hdr::PAGE_SIZE, g.page_size),
-            (hdr::SUBBUF_SIZE, g.subbuf_size),
-            (hdr::N_SUBBUFS, g.n_subbufs),
-            (hdr::HDR_RESERVE, g.hdr_reserve),
-            (hdr::FLAGS, flags),
-            (hdr::CPU, cpu as u64),
-            (hdr::PRODUCER_PID, std::process::id() as u64),
-            (hdr::CHANNEL_ID, channel_id),
-            (hdr::DESC_OFFSET, g.desc_offset),
-            (hdr::READER_OFFSET, g.reader_offset),
-            (hdr::DATA_OFFSET, g.data_offset),
-            (hdr::FILE_SIZE, g.file_size),
-            (hdr::CREATED_NS, created),
-            (hdr::N_BUFFERS, if global { 1 } else { ncpu as u64 }),
-            (hdr::STATE, STATE_OPEN),
-            (hdr::EPOCH, 0),
-        ];
+        let header = BufferHeader {
+            geometry: g,
+            cpu: cpu as u64,
+            producer_pid: std::process::id() as u64,
+            channel_id,
+            overwrite,
+            global,
+            n_buffers: if global { 1 } else { ncpu as u64 },
+            created_ns: created,
+        };
+        let mut fields = header.encode().to_vec();
+        fields.extend([(hdr::STATE, STATE_OPEN), (hdr::EPOCH, 0)]);
+        let flags = header.flags();
         let map = ProducerMap::create(f, g, flags, &fields).map_err(|e| io("mmap", e))?;
         Ok(Buffer {
             map,

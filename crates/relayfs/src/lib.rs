@@ -65,9 +65,9 @@ pub use channel::{
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
-pub use layout::Geometry;
+pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
-pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use reader::{BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
 
 /// Sums the counters of several buffers.
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {

@@ -26,7 +26,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::buffer::Shared;
 use crate::error::{FormatError, ReadError};
-use crate::layout::{hdr, Geometry};
+use crate::layout::{hdr, BufferHeader, Geometry};
 use crate::sync::AtomicU64;
 
 /// The system page size.
@@ -164,6 +164,32 @@ impl ProducerMap {
     }
 }
 
+/// Reads (`pread`) and validates the header of an open buffer file.
+///
+/// # Errors
+/// `ReadError::Format` if it is not a valid buffer file, `ReadError::Io` if
+/// it can't be read.
+pub(crate) fn read_header(file: &File, path: &Path) -> Result<BufferHeader, ReadError> {
+    let len = file
+        .metadata()
+        .map_err(|e| ReadError::io("stat", path, e))?
+        .len();
+    let fmt = |source: FormatError| ReadError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut page = [0u8; hdr::END];
+    if len < page.len() as u64 {
+        return Err(fmt(FormatError::Truncated {
+            expected: page.len() as u64,
+            actual: len,
+        }));
+    }
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
+        .map_err(|e| ReadError::io("read", path, e))?;
+    BufferHeader::decode(&page, len, page_size()).map_err(fmt)
+}
+
 /// A reader's mappings of a buffer file: header and descriptors read-only,
 /// reader page read-write, data read-only.
 pub(crate) struct ReaderMap {
@@ -174,7 +200,7 @@ pub(crate) struct ReaderMap {
 }
 
 impl ReaderMap {
-    /// Validates the header of `file` and maps it.
+    /// Validates the header of `file` ([`read_header`]) and maps it.
     ///
     /// # Errors
     /// `ReadError::Format` if the file is not a valid buffer file.
@@ -184,27 +210,9 @@ impl ReaderMap {
         file: &File,
         path: &Path,
         writable: bool,
-    ) -> Result<(Self, Geometry), ReadError> {
-        let len = file
-            .metadata()
-            .map_err(|e| ReadError::io("stat", path, e))?
-            .len();
-        let fmt = |source: FormatError| ReadError::Format {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut page = [0u8; crate::layout::hdr::END];
-        if len < page.len() as u64 {
-            return Err(fmt(FormatError::Truncated {
-                expected: page.len() as u64,
-                actual: len,
-            }));
-        }
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
-            .map_err(|e| ReadError::io("read", path, e))?;
-        let field =
-            |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
-        let g = Geometry::from_header(field, len, page_size()).map_err(fmt)?;
+    ) -> Result<(Self, BufferHeader), ReadError> {
+        let header = read_header(file, path)?;
+        let g = header.geometry;
         let meta = MmapOptions::new()
             .len(g.reader_offset as usize)
             .map_raw_read_only(file)
@@ -235,7 +243,7 @@ impl ReaderMap {
                 atomic_ptr(&meta, g.desc_offset),
                 atomic_ptr(&rdr, 0),
                 data.as_mut_ptr(),
-                field(hdr::FLAGS),
+                header.flags(),
             )
         };
         Ok((
@@ -245,7 +253,7 @@ impl ReaderMap {
                 _data: data,
                 shared,
             },
-            g,
+            header,
         ))
     }
 }
