@@ -143,6 +143,50 @@ unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
+/// A buffer's shared state together with the mapping it points into, which
+/// lives as long as it (fields drop in order: the state first).
+pub(crate) struct Mapped<M> {
+    pub shared: Shared,
+    _map: M,
+}
+
+impl Mapped<crate::shm::ProducerMap> {
+    /// Initialises a new buffer in the producer's mapping (see
+    /// [`Shared::create`]).
+    pub(crate) fn create(
+        map: crate::shm::ProducerMap,
+        header: &crate::layout::BufferHeader,
+    ) -> Self {
+        // SAFETY: the regions come from `map`, mapped read-write with the
+        // header's geometry and kept alive beside the state; the file is new
+        // and unpublished, so nobody else uses it.
+        let shared = unsafe { Shared::create(map.regions(), header) };
+        Mapped { shared, _map: map }
+    }
+}
+
+impl Mapped<crate::shm::ReaderMap> {
+    /// A reader's view of an existing buffer whose header was validated as
+    /// `header`.
+    pub(crate) fn attach(map: crate::shm::ReaderMap, header: &crate::layout::BufferHeader) -> Self {
+        let r = map.regions();
+        // SAFETY: the regions come from `map`, mapped with the validated
+        // geometry of `header` and kept alive beside the state; readers only
+        // load from the read-only ones.
+        let shared = unsafe {
+            Shared::new(
+                header.geometry,
+                r.hdr,
+                r.desc,
+                r.rdr,
+                r.data,
+                header.flags(),
+            )
+        };
+        Mapped { shared, _map: map }
+    }
+}
+
 /// What a reader finds at its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Avail {
@@ -180,6 +224,43 @@ impl Shared {
             data,
             overwrite: flags & FLAG_OVERWRITE != 0,
         }
+    }
+
+    /// The shared state of a new buffer, initialised: the header's fields,
+    /// state *open*, epoch 0, the empty protocol state (`init_state`), and
+    /// the magic last.
+    ///
+    /// # Safety
+    ///
+    /// As [`new`](Self::new), and the regions are writable and used by
+    /// nobody else yet.
+    unsafe fn create(r: crate::shm::Regions, header: &crate::layout::BufferHeader) -> Shared {
+        // SAFETY: the caller's promise.
+        let shared = unsafe {
+            Self::new(
+                header.geometry,
+                r.hdr,
+                r.desc,
+                r.rdr,
+                r.data,
+                header.flags(),
+            )
+        };
+        for (off, v) in header.encode() {
+            shared.h(off).store(v, Ordering::Relaxed);
+        }
+        shared
+            .h(hdr::STATE)
+            .store(crate::layout::STATE_OPEN, Ordering::Relaxed);
+        shared.h(hdr::EPOCH).store(0, Ordering::Relaxed);
+        shared.init_state();
+        // SYNC POINT: Release, the magic last: pairs with nothing by itself
+        // (readers find the file only once it is published, after this), but
+        // a reader that sees the magic sees a complete header.
+        shared
+            .h(hdr::MAGIC)
+            .store(crate::layout::MAGIC, Ordering::Release);
+        shared
     }
 
     #[inline(always)]

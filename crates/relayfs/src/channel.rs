@@ -11,13 +11,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::buffer::{BufferStats, Hooks, Reserved, Shared, SwitchInfo};
+use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{
-    hdr, BufferHeader, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED, STATE_OPEN,
-};
+use crate::layout::{hdr, BufferHeader, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 use crate::sync::Ordering;
@@ -479,7 +477,7 @@ fn random_id() -> u64 {
 
 /// One buffer of a channel, producer side.
 struct Buffer {
-    map: ProducerMap,
+    map: Mapped<ProducerMap>,
     file: UnpublishedFile,
     /// The buffer file's device and inode: at close its name is removed
     /// only if it still is this file.
@@ -577,10 +575,8 @@ impl Buffer {
             n_buffers: if global { 1 } else { ncpu as u64 },
             created_ns: created,
         };
-        let mut fields = header.encode().to_vec();
-        fields.extend([(hdr::STATE, STATE_OPEN), (hdr::EPOCH, 0)]);
-        let flags = header.flags();
-        let map = ProducerMap::create(f, g, flags, &fields).map_err(|e| io("mmap", e))?;
+        let map = ProducerMap::create(f, g).map_err(|e| io("mmap", e))?;
+        let map = Mapped::create(map, &header);
         Ok(Buffer {
             map,
             file,

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferStats, Shared};
+use crate::buffer::{BufferStats, Mapped, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, BufferHeader, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
@@ -75,7 +75,7 @@ pub struct BufferStatus {
 pub struct RelayFile {
     path: PathBuf,
     file: File,
-    map: ReaderMap,
+    map: Mapped<ReaderMap>,
     waiter: Option<Waiter>,
     header: BufferHeader,
     cur: Cursor,
@@ -102,6 +102,7 @@ impl RelayFile {
         let path = path.as_ref().to_path_buf();
         let file = open_regular(&path, true)?;
         let (map, header) = ReaderMap::open(&file, &path, true)?;
+        let map = Mapped::attach(map, &header);
         let s = &map.shared;
         // `relay_close` holds the reader lock for a moment while it counts
         // what no reader attached will read, and stores the state closed
@@ -161,6 +162,7 @@ impl RelayFile {
         let path = path.as_ref();
         let file = open_regular(path, false)?;
         let (map, header) = ReaderMap::open(&file, path, false)?;
+        let map = Mapped::attach(map, &header);
         let s = &map.shared;
         Ok(BufferStatus {
             header,
