@@ -47,6 +47,7 @@ use crate::layout::{
     desc, hdr, rdr, Geometry, CORRUPT_COMMIT_WORD, CORRUPT_GENERATION, CORRUPT_HEAD,
     CORRUPT_RETRIES, FLAG_OVERWRITE,
 };
+pub(crate) use crate::stats::BufferStats;
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::WriteError;
 
@@ -1165,82 +1166,6 @@ impl Shared {
     }
 }
 
-/// The counters of one buffer, read by either side.
-///
-/// They add up: once the channel is closed (and a reader that was attached
-/// then drained it), `records_written` equals the sum of `records_consumed`,
-/// `overwritten_records`, `discarded_records` and `unread_at_close`; and every
-/// record ever offered to `write`/`reserve` is in `records_written`,
-/// `dropped_full`, `dropped_toobig` or `dropped_corrupt`. So
-/// `records_consumed + lost()` is every record offered. While writers are
-/// active, the counters are a moment's snapshot of each, not of all. A buffer
-/// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
-/// every refusal counted, but the record counts of its damaged sub-buffers
-/// are whatever the damaged words said.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BufferStats {
-    /// Records in sub-buffers completed so far.
-    pub records_written: u64,
-    /// Record bytes (header reserves and padding excluded) in completed
-    /// sub-buffers.
-    pub bytes_written: u64,
-    /// Records committed to the sub-buffer being filled (not yet complete).
-    pub records_pending: u64,
-    /// Sub-buffers closed by the producer (`subbufs_produced`).
-    pub subbufs_produced: u64,
-    /// Sub-buffers complete (every reservation committed).
-    pub subbufs_completed: u64,
-    /// Sub-buffers consumed by the reader (`subbufs_consumed`).
-    pub subbufs_consumed: u64,
-    /// Records in the sub-buffers the reader consumed.
-    pub records_consumed: u64,
-    /// Bytes the reader consumed (header reserves included).
-    pub bytes_consumed: u64,
-    /// Records dropped because a sub-buffer switch was refused: the buffer
-    /// was full (no-overwrite mode), `subbuf_start` refused, or (both modes)
-    /// the sub-buffer to reuse still held an uncommitted reservation of its
-    /// previous lap ([`WriteError::Full`]).
-    pub dropped_full: u64,
-    /// Records dropped because they were larger than a sub-buffer.
-    pub dropped_toobig: u64,
-    /// Records overwritten before any reader saw them (overwrite mode).
-    pub overwritten_records: u64,
-    /// Sub-buffers overwritten before any reader saw them.
-    pub overwritten_subbufs: u64,
-    /// Records the reader copied but found overwritten under it, and
-    /// discarded (overwrite mode).
-    pub discarded_records: u64,
-    /// Sub-buffers the reader discarded that way.
-    pub discarded_subbufs: u64,
-    /// Padding bytes at the ends of closed sub-buffers.
-    pub padding_bytes: u64,
-    /// Length of the last record refused as too big.
-    pub last_toobig: u64,
-    /// Records dropped because the buffer's shared state was found corrupt
-    /// ([`WriteError::Corrupt`]).
-    pub dropped_corrupt: u64,
-    /// Why the producer marked the buffer corrupt (a `layout::CORRUPT_*`
-    /// code, see [`layout::corrupt_reason`](crate::layout::corrupt_reason));
-    /// 0 if it didn't. Summed over buffers, non-zero if any is.
-    pub corrupt: u64,
-    /// Records no reader consumed, counted by `relay_close` when no reader
-    /// was attached to the buffer (none can read them any more).
-    pub unread_at_close: u64,
-}
-
-impl BufferStats {
-    /// Records lost in any way: dropped (full, too big, corrupt buffer),
-    /// overwritten, discarded by the reader, or left unread at close.
-    pub fn lost(&self) -> u64 {
-        self.dropped_full
-            + self.dropped_toobig
-            + self.dropped_corrupt
-            + self.overwritten_records
-            + self.discarded_records
-            + self.unread_at_close
-    }
-}
-
 impl Shared {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> BufferStats {
@@ -1260,7 +1185,7 @@ impl Shared {
             0
         };
         BufferStats {
-            records_written: h(hdr::RECORDS_WRITTEN),
+            records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
             records_pending: pending,
             subbufs_produced: self.g.pos_ordinal(head),

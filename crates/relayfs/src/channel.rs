@@ -981,11 +981,7 @@ impl Channel {
 
     /// The counters of all buffers, summed.
     pub fn total_stats(&self) -> BufferStats {
-        let mut t = BufferStats::default();
-        for b in &self.inner.bufs {
-            add_stats(&mut t, &b.shared().stats());
-        }
-        t
+        self.inner.bufs.iter().map(|b| b.shared().stats()).sum()
     }
 
     /// Number of buffers (possible CPUs, or 1 for a global buffer).
@@ -1124,28 +1120,6 @@ impl Drop for Channel {
     fn drop(&mut self) {
         let _ = self.close_inner();
     }
-}
-
-pub(crate) fn add_stats(t: &mut BufferStats, s: &BufferStats) {
-    t.records_written += s.records_written;
-    t.bytes_written += s.bytes_written;
-    t.records_pending += s.records_pending;
-    t.subbufs_produced += s.subbufs_produced;
-    t.subbufs_completed += s.subbufs_completed;
-    t.subbufs_consumed += s.subbufs_consumed;
-    t.records_consumed += s.records_consumed;
-    t.bytes_consumed += s.bytes_consumed;
-    t.dropped_full += s.dropped_full;
-    t.dropped_toobig += s.dropped_toobig;
-    t.overwritten_records += s.overwritten_records;
-    t.overwritten_subbufs += s.overwritten_subbufs;
-    t.discarded_records += s.discarded_records;
-    t.discarded_subbufs += s.discarded_subbufs;
-    t.padding_bytes += s.padding_bytes;
-    t.last_toobig = t.last_toobig.max(s.last_toobig);
-    t.dropped_corrupt += s.dropped_corrupt;
-    t.corrupt = t.corrupt.max(s.corrupt);
-    t.unread_at_close += s.unread_at_close;
 }
 
 /// Creates a channel with the kernel's argument list (`relay_open`): buffer

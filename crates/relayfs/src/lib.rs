@@ -54,9 +54,10 @@ pub mod layout;
 mod notify;
 mod reader;
 mod shm;
+mod stats;
 mod sync;
 
-pub use buffer::{BufferStats, SwitchInfo};
+pub use buffer::SwitchInfo;
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
     relay_dir, relay_open, Channel, ChannelBuilder, Reservation, Stale, DEFAULT_N_SUBBUFS,
@@ -68,14 +69,12 @@ pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
 pub use reader::{BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use stats::BufferStats;
 
-/// Sums the counters of several buffers.
+/// Sums the counters of several buffers (the same as `.sum()` over them:
+/// [`BufferStats`] is [`Sum`](std::iter::Sum)).
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {
-    let mut t = BufferStats::default();
-    for s in stats {
-        channel::add_stats(&mut t, s);
-    }
-    t
+    stats.into_iter().sum()
 }
 
 #[cfg(loom)]
