@@ -91,12 +91,11 @@ pub(crate) trait Hooks {
 /// State of a buffer at a sub-buffer switch, as given to `subbuf_start`.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchInfo {
-    /// Ordinal of the sub-buffer to open (sub-buffers opened before it).
+    /// Ordinal of the sub-buffer to open: how many were opened before it,
+    /// which is also how many were produced (closed) so far.
     pub ordinal: u64,
     /// Its index in the buffer.
     pub slot: u64,
-    /// Sub-buffers produced (closed) so far.
-    pub produced: u64,
     /// Sub-buffers consumed by the reader so far.
     pub consumed: u64,
     /// Number of sub-buffers.
@@ -626,7 +625,6 @@ impl Shared {
         let info = SwitchInfo {
             ordinal: ord,
             slot,
-            produced: ord,
             consumed,
             n_subbufs: g.n_subbufs,
             prev_padding: if ord == 0 {
