@@ -1200,6 +1200,7 @@ impl Shared {
             padding_bytes: h(hdr::PADDING_BYTES),
             last_toobig: h(hdr::LAST_TOOBIG),
             dropped_corrupt: h(hdr::DROPPED_CORRUPT),
+            dropped_closed: 0,
             corrupt: h(hdr::CORRUPT),
             unread_at_close: h(hdr::UNREAD_AT_CLOSE),
         }

@@ -9,7 +9,7 @@ use rustix::fs::{FileType, OFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
@@ -261,7 +261,11 @@ impl ChannelBuilder {
                 let flusher = self
                     .flush_interval
                     .map(|every| Flusher::start(inner.clone(), every));
-                Ok(Channel { inner, flusher })
+                Ok(Channel {
+                    inner,
+                    flusher: Mutex::new(flusher),
+                    closed_with: Mutex::new(None),
+                })
             }
             Err(e) => {
                 if let Some(c) = created {
@@ -489,7 +493,12 @@ struct Buffer {
     published: bool,
     info: BufferInfo,
     notifier: Mutex<Option<Notifier>>,
+    /// Last `MAPPED` count seen, to tell `buf_mapped` from `buf_unmapped`.
     mapped_seen: StdAtomicU64,
+    /// Set by `close`: writes are refused from then on.
+    closed: AtomicBool,
+    /// Records refused because the channel was closed.
+    dropped_closed: StdAtomicU64,
 }
 
 impl Buffer {
@@ -588,6 +597,8 @@ impl Buffer {
             info: BufferInfo { cpu, path, global },
             notifier: Mutex::new(None),
             mapped_seen: StdAtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            dropped_closed: StdAtomicU64::new(0),
         })
     }
 
@@ -617,6 +628,34 @@ impl Buffer {
     #[inline(always)]
     fn shared(&self) -> &Shared {
         &self.map.shared
+    }
+
+    /// Whether `close` began: then writes are refused.
+    #[inline(always)]
+    fn is_closed(&self) -> bool {
+        // SYNC POINT: Relaxed: a hint that turns writes away early; nothing
+        // is read on its strength. The writes that miss it are those racing
+        // the close, which `Inner::settle` waits out (and `may_open` checks
+        // it again at every sub-buffer switch).
+        self.closed.load(StdOrdering::Relaxed)
+    }
+
+    /// Counts a record refused because the channel is closed.
+    #[cold]
+    fn drop_closed(&self) -> WriteError {
+        // SYNC POINT: Relaxed: a counter; `close` and `stats` read it after
+        // the writers it counts are done or as a snapshot.
+        self.dropped_closed.fetch_add(1, StdOrdering::Relaxed);
+        WriteError::Closed
+    }
+
+    /// The buffer's counters, with the producer's own count of records
+    /// refused after close.
+    fn stats(&self) -> BufferStats {
+        let mut s = self.shared().stats();
+        // SYNC POINT: Relaxed: a snapshot, like the shared counters.
+        s.dropped_closed = self.dropped_closed.load(StdOrdering::Relaxed);
+        s
     }
 
     /// Removes the buffer's names: the file through `remove_buf_file` and
@@ -654,7 +693,7 @@ struct BufHooks<'a> {
 
 impl Hooks for BufHooks<'_> {
     fn may_open(&self, info: &SwitchInfo) -> bool {
-        self.cb.subbuf_start(&self.buf.info, info)
+        !self.buf.is_closed() && self.cb.subbuf_start(&self.buf.info, info)
     }
 
     fn write_header(&self, info: &SwitchInfo, header: &mut [u8]) {
@@ -757,7 +796,9 @@ impl Flusher {
 /// runs on.
 pub struct Channel {
     inner: Arc<Inner>,
-    flusher: Option<Flusher>,
+    flusher: Mutex<Option<Flusher>>,
+    /// What the first `close` returned: later calls return it again.
+    closed_with: Mutex<Option<Result<BufferStats, (std::io::ErrorKind, String)>>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -890,6 +931,9 @@ impl Channel {
         if len == 0 {
             return Ok(());
         }
+        if buf.is_closed() {
+            return Err(buf.drop_closed());
+        }
         if len > self.inner.max_record {
             return Err(buf.shared().drop_toobig(data.len()));
         }
@@ -923,6 +967,9 @@ impl Channel {
         let buf = self.current();
         if len == 0 {
             return Err(WriteError::TooBig(0));
+        }
+        if buf.is_closed() {
+            return Err(buf.drop_closed());
         }
         if len as u64 > self.inner.max_record {
             return Err(buf.shared().drop_toobig(len));
@@ -976,12 +1023,12 @@ impl Channel {
     /// # Panics
     /// If `cpu` is not a buffer of this channel.
     pub fn stats(&self, cpu: usize) -> BufferStats {
-        self.inner.bufs[cpu].shared().stats()
+        self.inner.bufs[cpu].stats()
     }
 
     /// The counters of all buffers, summed.
     pub fn total_stats(&self) -> BufferStats {
-        self.inner.bufs.iter().map(|b| b.shared().stats()).sum()
+        self.inner.bufs.iter().map(Buffer::stats).sum()
     }
 
     /// Number of buffers (possible CPUs, or 1 for a global buffer).
@@ -1017,7 +1064,8 @@ impl Channel {
         self.inner.geometry
     }
 
-    /// Finalizes every buffer (`relay_close`): flushes the last sub-buffers,
+    /// Finalizes every buffer (`relay_close`): refuses writes from now on,
+    /// flushes the last sub-buffers (waiting for writes in flight to commit),
     /// marks the channel closed, wakes readers and removes the files through
     /// `remove_buf_file`, and the channel directory if `relay_open` made it
     /// and it is empty now (never one passed with [`ChannelBuilder::dir`]).
@@ -1027,26 +1075,99 @@ impl Channel {
     /// (so none can attach) and counts what was left unread in
     /// `unread_at_close`. Dropping a `Channel` does the same.
     ///
+    /// It takes `&self`, so any holder of a shared channel (an
+    /// `Arc<Channel>`, say) can close it while others still write: every
+    /// write that starts after `close` began is refused with
+    /// [`WriteError::Closed`] and counted in `dropped_closed`. Closing is
+    /// done once: a second call (or one racing the first, which waits for
+    /// it) returns what the first returned.
+    ///
     /// Returns the final counters of all buffers, summed: with what attached
     /// readers still drain, `records_consumed` plus `lost()` covers every
-    /// record offered.
+    /// record offered (later refusals add to `dropped_closed` in
+    /// [`total_stats`](Self::total_stats), not in this value).
     ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
-    pub fn close(mut self) -> std::io::Result<BufferStats> {
-        self.close_inner()?;
-        Ok(self.total_stats())
+    pub fn close(&self) -> std::io::Result<BufferStats> {
+        let mut done = self
+            .closed_with
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done.is_none() {
+            let flusher = self
+                .flusher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(mut f) = flusher {
+                f.stop();
+            }
+            let r = self.inner.close();
+            *done = Some(match r {
+                Ok(()) => Ok(self.total_stats()),
+                Err(e) => Err((e.kind(), e.to_string())),
+            });
+        }
+        match done.as_ref() {
+            Some(Ok(s)) => Ok(*s),
+            Some(Err((kind, msg))) => Err(std::io::Error::new(*kind, msg.clone())),
+            None => Ok(self.total_stats()),
+        }
+    }
+}
+
+impl Inner {
+    /// How long `close` waits for writes in flight to commit.
+    const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+    /// Flushes until every buffer is quiet: nothing left to close and every
+    /// sub-buffer produced complete, so that a write that was in flight when
+    /// `close` began is committed before what is left is counted. Gives up
+    /// after [`SETTLE_LIMIT`](Self::SETTLE_LIMIT) (a writer stopped between
+    /// reserve and commit, or a corrupt buffer).
+    fn settle(&self) {
+        let deadline = Instant::now() + Self::SETTLE_LIMIT;
+        loop {
+            let _g = self.flush_lock.lock();
+            let mut quiet = true;
+            for b in &self.bufs {
+                let hooks = BufHooks {
+                    buf: b,
+                    cb: &*self.callbacks,
+                };
+                let s = b.shared();
+                if s.flush(&hooks) {
+                    quiet = false;
+                }
+                let st = s.stats();
+                if st.corrupt == 0 && st.subbufs_completed < st.subbufs_produced {
+                    quiet = false;
+                }
+            }
+            drop(_g);
+            if quiet || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
-    fn close_inner(&mut self) -> std::io::Result<()> {
-        if let Some(mut f) = self.flusher.take() {
-            f.stop();
-        }
-        let inner = &*self.inner;
+    fn close(&self) -> std::io::Result<()> {
+        let inner = self;
+        // SYNC POINT: AcqRel: only the first close goes on (closes are
+        // serialised by `Channel::closed_with` anyway; this is the guard for
+        // the flag's readers in `Drop`).
         if inner.closed.swap(true, StdOrdering::AcqRel) {
             return Ok(());
         }
-        inner.flush();
+        for b in &inner.bufs {
+            // SYNC POINT: Relaxed: writers read it as a hint (see
+            // `Buffer::is_closed`); `settle` below waits for those that
+            // missed it.
+            b.closed.store(true, StdOrdering::Relaxed);
+        }
+        inner.settle();
         let mut result = Ok(());
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
@@ -1112,13 +1233,19 @@ impl Channel {
         if let Some(c) = &inner.created {
             c.remove();
         }
+        // Let go of the buffers as dropping the channel would: a producer
+        // may open the channel again while this value lives on (writes to it
+        // are refused from now on).
+        for b in &inner.bufs {
+            let _ = shm::unlock_byte(b.file.file(), shm::PRODUCER_LOCK_BYTE);
+        }
         result
     }
 }
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        let _ = self.close_inner();
+        let _ = self.close();
     }
 }
 

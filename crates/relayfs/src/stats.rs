@@ -10,8 +10,8 @@ use std::ops::AddAssign;
 /// then drained it), [`records_written()`](Self::records_written) equals the
 /// sum of `records_consumed`, `overwritten_records`, `discarded_records` and
 /// `unread_at_close`; and every record ever offered to `write`/`reserve` is
-/// in `records_written()`, `dropped_full`, `dropped_toobig` or
-/// `dropped_corrupt`. So
+/// in `records_written()`, `dropped_full`, `dropped_toobig`,
+/// `dropped_corrupt` or `dropped_closed`. So
 /// `records_consumed + lost()` is every record offered. While writers are
 /// active, the counters are a moment's snapshot of each, not of all. A buffer
 /// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
@@ -60,6 +60,12 @@ pub struct BufferStats {
     /// Records dropped because the buffer's shared state was found corrupt
     /// ([`WriteError::Corrupt`](crate::WriteError::Corrupt)).
     pub dropped_corrupt: u64,
+    /// Records offered after the channel was closed
+    /// ([`WriteError::Closed`](crate::WriteError::Closed)). They never reach
+    /// the buffer, so only the producer's own counters
+    /// ([`Channel::stats`](crate::Channel::stats) and the like) have them: 0
+    /// in a reader's view.
+    pub dropped_closed: u64,
     /// Why the producer marked the buffer corrupt (a `layout::CORRUPT_*`
     /// code, see [`layout::corrupt_reason`](crate::layout::corrupt_reason));
     /// 0 if it didn't. Summed over buffers, non-zero if any is.
@@ -77,12 +83,14 @@ impl BufferStats {
         self.records_completed + self.records_pending
     }
 
-    /// Records lost in any way: dropped (full, too big, corrupt buffer),
+    /// Records lost in any way: dropped (full, too big, corrupt buffer,
+    /// channel closed),
     /// overwritten, discarded by the reader, or left unread at close.
     pub fn lost(&self) -> u64 {
         self.dropped_full
             + self.dropped_toobig
             + self.dropped_corrupt
+            + self.dropped_closed
             + self.overwritten_records
             + self.discarded_records
             + self.unread_at_close
@@ -110,6 +118,7 @@ impl AddAssign<&BufferStats> for BufferStats {
         self.padding_bytes += s.padding_bytes;
         self.last_toobig = self.last_toobig.max(s.last_toobig);
         self.dropped_corrupt += s.dropped_corrupt;
+        self.dropped_closed += s.dropped_closed;
         self.corrupt = self.corrupt.max(s.corrupt);
         self.unread_at_close += s.unread_at_close;
     }

@@ -67,6 +67,7 @@ proptest! {
                         Err(WriteError::Corrupt) => {
                             prop_assert!(false, "a sound buffer was found corrupt")
                         }
+                        Err(WriteError::Closed) => prop_assert!(false, "the channel is open"),
                     }
                 }
                 Op::Read(max) => {

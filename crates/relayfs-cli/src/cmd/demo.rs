@@ -226,6 +226,9 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
                         Err(WriteError::Full) => r.full += 1,
                         Err(WriteError::TooBig(_)) => r.toobig += 1,
                         Err(WriteError::Corrupt) => r.corrupt += 1,
+                        Err(e @ WriteError::Closed) => {
+                            unreachable!("{e}: closed after the writers")
+                        }
                     }
                 }
                 r.secs = t.elapsed().as_secs_f64();
