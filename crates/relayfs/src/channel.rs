@@ -1031,6 +1031,41 @@ impl Channel {
         self.inner.bufs.iter().map(Buffer::stats).sum()
     }
 
+    /// How many of the channel's buffers have a reader attached now: a
+    /// [`RelayFile`](crate::RelayFile) holds the buffer's reader lock (the
+    /// lock byte a reader takes at open and the kernel drops when it closes
+    /// the file or dies).
+    pub fn readers_attached(&self) -> usize {
+        self.inner
+            .bufs
+            .iter()
+            .filter(|b| shm::byte_locked(b.file.file(), shm::READER_LOCK_BYTE).unwrap_or(false))
+            .count()
+    }
+
+    /// Waits until every buffer has a reader attached
+    /// ([`readers_attached`](Self::readers_attached) equals
+    /// [`n_buffers`](Self::n_buffers)), looking every few milliseconds
+    /// (one `fcntl` per buffer, no busy loop). Returns whether they all
+    /// did within `timeout`: a producer that must not lose its first
+    /// records in no-overwrite mode starts writing once its recorder is
+    /// there.
+    pub fn wait_for_readers(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if self.readers_attached() == self.inner.bufs.len() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
     /// Number of buffers (possible CPUs, or 1 for a global buffer).
     pub fn n_buffers(&self) -> usize {
         self.inner.bufs.len()

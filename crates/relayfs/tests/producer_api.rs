@@ -1,10 +1,11 @@
 //! The producer API on a shared channel: `close(&self)` from any holder of
-//! an `Arc<Channel>`.
+//! an `Arc<Channel>`, and waiting for readers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
-use relayfs::{BufferStats, Channel, WriteError};
+use relayfs::{BufferStats, Channel, RelayFile, WriteError};
 
 fn open(dir: &std::path::Path) -> Channel {
     Channel::builder("c")
@@ -123,4 +124,43 @@ fn writes_after_close_are_refused_and_counted_and_close_is_idempotent() {
     assert_eq!(s.records_consumed + s.lost(), 4);
     assert_eq!(chan.close().unwrap(), first);
     assert!(WriteError::Closed.to_string().contains("closed"));
+}
+
+#[test]
+fn wait_for_readers_returns_once_every_buffer_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = open(dir.path());
+    assert_eq!(chan.readers_attached(), 0);
+    let paths: Vec<_> = (0..chan.n_buffers())
+        .map(|c| chan.buffer_path(c).to_path_buf())
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let readers: Vec<_> = paths.iter().map(|p| RelayFile::open(p).unwrap()).collect();
+        let _ = rx.recv();
+        drop(readers);
+    });
+    assert!(chan.wait_for_readers(Duration::from_secs(30)));
+    assert_eq!(chan.readers_attached(), chan.n_buffers());
+    tx.send(()).unwrap();
+    late.join().unwrap();
+    assert_eq!(chan.readers_attached(), 0, "readers that let go are gone");
+}
+
+#[test]
+fn wait_for_readers_times_out_while_a_buffer_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = open(dir.path());
+    assert!(!chan.wait_for_readers(Duration::from_millis(30)));
+    // One buffer of several, or the only one, attached: all or nothing
+    // decides.
+    let r = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert_eq!(chan.readers_attached(), 1);
+    assert_eq!(
+        chan.wait_for_readers(Duration::from_millis(30)),
+        chan.n_buffers() == 1
+    );
+    drop(r);
+    assert!(!chan.wait_for_readers(Duration::ZERO));
 }
