@@ -709,6 +709,10 @@ impl Hooks for BufHooks<'_> {
     }
 
     fn map_changed(&self, mapped: u64) {
+        // SYNC POINT: Relaxed: pairs with nothing. The value is only compared
+        // with the next one seen (each swap reads the one before it, whatever
+        // the ordering); the reader's mapping count itself is read by
+        // `Shared::check_map_events`.
         let before = self.buf.mapped_seen.swap(mapped, StdOrdering::Relaxed);
         if mapped > before {
             self.cb.buf_mapped(&self.buf.info, mapped);
@@ -718,19 +722,33 @@ impl Hooks for BufHooks<'_> {
     }
 }
 
+/// What a channel is, shared between its handle and its flush thread.
 struct Inner {
+    /// One buffer per possible CPU (index = CPU), or the one global buffer.
     bufs: Vec<Buffer>,
+    /// One buffer for all CPUs: every write goes to `bufs[0]`.
     global: bool,
+    /// Possible CPUs when the channel was opened (`bufs.len()` unless
+    /// global).
     ncpu: usize,
+    /// Largest record: a sub-buffer less its header reserve.
     max_record: u64,
+    /// The client's callbacks (`struct rchan_callbacks`).
     callbacks: Arc<dyn Callbacks>,
+    /// The directory holding the buffer files, opened once; every file
+    /// operation is relative to it.
     dir: ChannelDir,
     /// The channel directory, if this `relay_open` made it: removed at
     /// close if it is empty then.
     created: Option<CreatedDir>,
+    /// Base name of the buffer files (`cpu` for `cpu0`, `cpu1`, …).
     base: String,
+    /// The shape every buffer of the channel has.
     geometry: Geometry,
+    /// Set by the first `close`: later ones (and `Drop`) do nothing.
     closed: AtomicBool,
+    /// Serialises flushes (the flush thread, `flush`, `reset`, `close`):
+    /// one closer of a sub-buffer at a time.
     flush_lock: Mutex<()>,
 }
 
@@ -993,6 +1011,10 @@ impl Channel {
         let _g = inner.flush_lock.lock();
         for b in &inner.bufs {
             b.shared().init_state();
+            // SYNC POINT: Release pairs with the reader's Acquire load of
+            // EPOCH (`Cursor::new` and its check at every step): a reader
+            // that sees the new epoch sees the reset state (and the head
+            // stored by `init_state`) and starts over.
             b.shared().h(hdr::EPOCH).fetch_add(1, Ordering::Release);
         }
     }
@@ -1226,11 +1248,14 @@ impl Inner {
                 let mut left = LEFT_FOR_READER;
                 if let Some(c) = &inner.created {
                     let id = c.ident();
+                    // SYNC POINT: Relaxed: published by the Release store
+                    // of STATE below, with LEFT.
                     b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
                     b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
                     left |= LEFT_DIR;
                 }
-                // Relaxed: published by the Release store of STATE below.
+                // SYNC POINT: Relaxed: published by the Release store of
+                // STATE below.
                 b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
                 // SYNC POINT: Release pairs with the reader's Acquire load of
                 // STATE (in its drop and its open): a reader that sees CLOSED
@@ -1244,6 +1269,8 @@ impl Inner {
             }
             if held {
                 b.shared().count_unread_at_close();
+                // SYNC POINT: Relaxed: published by the Release store of
+                // STATE below (no reader is attached: we hold its lock).
                 b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
                 // SYNC POINT: Release, as above.
                 b.shared()
