@@ -5,17 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, OFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
-use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
+use crate::dir::{ChannelDir, CreatedDir};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{hdr, BufferHeader, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+use crate::layout::{hdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+pub use crate::lifecycle::Stale;
+use crate::lifecycle::{self, BufferFiles, BufferSpec, DirSpec, NewBuffer};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 use crate::sync::Ordering;
@@ -36,36 +37,6 @@ pub fn relay_dir() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RELAY_DIR))
-}
-
-/// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
-/// must stay within the file system's 255-byte limit.
-pub(crate) const MAX_NAME: usize = 200;
-
-fn check_name(name: &str) -> Result<(), OpenError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(OpenError::Name(name.to_string()));
-    }
-    if name.len() > MAX_NAME {
-        return Err(OpenError::NameTooLong {
-            name: name.to_string(),
-            len: name.len(),
-            max: MAX_NAME,
-        });
-    }
-    Ok(())
-}
-
-/// What to do when the channel directory holds buffer files of a producer
-/// that is gone (it died, or closed without removing them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Stale {
-    /// Remove them and create new files (readers that still have the old ones
-    /// open keep reading the old data; nothing is mixed).
-    #[default]
-    Replace,
-    /// Fail with [`OpenError::Stale`].
-    Refuse,
 }
 
 /// Builder for a [`Channel`] (the arguments of `relay_open`).
@@ -219,36 +190,33 @@ impl ChannelBuilder {
     /// [`OpenError`]: a bad argument, a live producer on the same channel,
     /// stale files with [`Stale::Refuse`], no space, or a file system error.
     pub fn open(self) -> Result<Channel, OpenError> {
-        check_name(&self.base)?;
+        lifecycle::check_name(&self.base)?;
         let g = Geometry::new(
             self.subbuf_size,
             self.n_subbufs,
             self.hdr_reserve,
             shm::page_size().max(4096),
         )?;
-        let (dir, created) = match &self.dir {
-            Some(d) => (ChannelDir::open(d)?, None),
-            None => {
-                check_name(&self.name)?;
-                let root = self.root.clone().unwrap_or_else(relay_dir);
-                let root = RelayRoot::open_or_create(&root)?;
-                // Whoever may read the files may search the directory.
-                let mut dmode = 0o700;
-                if self.mode & 0o040 != 0 {
-                    dmode |= 0o050;
-                }
-                if self.mode & 0o004 != 0 {
-                    dmode |= 0o005;
-                }
-                root.channel(&self.name, dmode)?
-            }
+        let (dir, created) = lifecycle::open_dir(&DirSpec {
+            dir: self.dir.as_deref(),
+            root: self.root.as_deref(),
+            name: &self.name,
+            file_mode: self.mode,
+        })?;
+        let spec = BufferSpec {
+            base: &self.base,
+            geometry: g,
+            file_mode: self.mode,
+            stale: self.stale,
+            global: self.global,
+            callbacks: &*self.callbacks,
         };
-        match self.open_in(&dir, g) {
-            Ok((bufs, global, ncpu)) => {
+        match lifecycle::create_buffers(&dir, &spec) {
+            Ok(made) => {
                 let inner = Arc::new(Inner {
-                    bufs,
-                    global,
-                    ncpu,
+                    bufs: made.bufs.into_iter().map(Buffer::new).collect(),
+                    global: made.global,
+                    ncpu: made.ncpu,
                     max_record: g.max_record(),
                     callbacks: self.callbacks.clone(),
                     dir,
@@ -275,223 +243,16 @@ impl ChannelBuilder {
             }
         }
     }
-
-    /// Creates every buffer unpublished, then publishes them (each one's
-    /// FIFO, then its file) from the highest CPU down to `cpu0`, so that a
-    /// reader that finds `cpu0` finds every buffer its header's buffer count
-    /// promises, each whole. On failure removes what it made.
-    fn open_in(
-        &self,
-        dir: &ChannelDir,
-        g: Geometry,
-    ) -> Result<(Vec<Buffer>, bool, usize), OpenError> {
-        clear_stale(dir, &self.base, self.stale)?;
-        let overwrite = self.callbacks.mode() == Mode::Overwrite;
-        let ncpu = crate::cpu::possible_cpus();
-        if ncpu as u64 > crate::layout::MAX_BUFFERS {
-            return Err(crate::FormatError::BufferCount(ncpu as u64).into());
-        }
-        let channel_id = random_id();
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut bufs: Vec<Buffer> = Vec::new();
-        let mut global = self.global;
-        let mut result = Ok(());
-        for cpu in 0..ncpu {
-            if global && cpu == 1 {
-                break;
-            }
-            let name = format!("{}{}", self.base, cpu);
-            let facts = Facts {
-                cpu,
-                g,
-                overwrite,
-                channel_id,
-                created,
-                ncpu,
-            };
-            match Buffer::create(dir, &name, facts, self, &mut global) {
-                Ok(b) => bufs.push(b),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if result.is_ok() {
-            for b in bufs.iter_mut().rev() {
-                if let Err(e) = b.publish(dir, self.mode & 0o660) {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if let Err(e) = result {
-            for b in &bufs {
-                let _ = b.remove(dir, &*self.callbacks);
-            }
-            return Err(e);
-        }
-        Ok((bufs, global, ncpu))
-    }
-}
-
-/// What a buffer's header says besides its geometry's own fields.
-#[derive(Clone, Copy)]
-struct Facts {
-    cpu: usize,
-    g: Geometry,
-    overwrite: bool,
-    channel_id: u64,
-    created: u64,
-    ncpu: usize,
-}
-
-/// Removes (or refuses) buffer files of a dead producer; fails if a live
-/// producer holds them. Only what is proven ours is removed: a buffer file
-/// must be a regular file (not a symbolic link) that we own with a valid
-/// buffer header, a FIFO a FIFO we own; anything else under those names is
-/// [`OpenError::NotOurs`] and left in place. The hidden file of a buffer
-/// never published (its producer died in `relay_open`) is removed if it is
-/// ours and no producer holds it.
-fn clear_stale(dir: &ChannelDir, base: &str, stale: Stale) -> Result<(), OpenError> {
-    let io = |what, path: PathBuf, e| OpenError::Io {
-        what,
-        path,
-        source: e,
-    };
-    let me = crate::dir::euid();
-    let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
-    let not_ours = |name: &str, reason: String| OpenError::NotOurs {
-        path: dir.join(name),
-        reason,
-    };
-    let names = dir
-        .names()
-        .map_err(|e| io("read directory", dir.path().to_path_buf(), e))?;
-    let mut old = Vec::new();
-    let mut leftovers = Vec::new();
-    for name in names {
-        let is_buf = name.strip_prefix(base).is_some_and(digits);
-        let hidden = name.strip_prefix('.').and_then(|n| n.strip_prefix(base));
-        let is_fifo = hidden
-            .and_then(|n| n.strip_suffix(".wake"))
-            .is_some_and(digits);
-        let is_temp = hidden
-            .and_then(|n| n.split_once(TEMP_MARK))
-            .is_some_and(|(cpu, _)| digits(cpu));
-        if !(is_buf || is_fifo || is_temp) {
-            continue;
-        }
-        let st = match dir.stat(&name) {
-            Ok(st) => st,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io("stat", dir.join(&name), e)),
-        };
-        let foreign = |st: &EntryStat| {
-            (st.uid != me).then(|| format!("it belongs to uid {}, not to uid {me}", st.uid))
-        };
-        if is_buf {
-            if st.kind != FileType::RegularFile {
-                return Err(not_ours(&name, format!("it is {}", st.kind_name())));
-            }
-            let f = dir
-                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
-                .map_err(|e| io("open", dir.join(&name), e))?;
-            let meta = f.metadata().map_err(|e| io("stat", dir.join(&name), e))?;
-            if Ident::of(&meta) != st.ident || !meta.is_file() {
-                return Err(not_ours(&name, "it changed while being looked at".into()));
-            }
-            let header = shm::read_header(&f, &dir.join(&name));
-            if shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(false) {
-                return Err(OpenError::Busy {
-                    path: dir.path().to_path_buf(),
-                    pid: header.map_or(0, |h| h.producer_pid),
-                });
-            }
-            if let Some(why) = foreign(&st) {
-                return Err(not_ours(&name, why));
-            }
-            if let Err(e) = header {
-                let why = match e {
-                    crate::ReadError::Format { source, .. } => source.to_string(),
-                    e => e.to_string(),
-                };
-                return Err(not_ours(&name, format!("no valid buffer header: {why}")));
-            }
-            old.push((name, st.ident));
-        } else if is_fifo {
-            if st.kind != FileType::Fifo {
-                return Err(not_ours(
-                    &name,
-                    format!("it is {} where a wakeup FIFO belongs", st.kind_name()),
-                ));
-            }
-            if let Some(why) = foreign(&st) {
-                return Err(not_ours(&name, why));
-            }
-            old.push((name, st.ident));
-        } else if st.kind == FileType::RegularFile && st.uid == me {
-            let held = dir
-                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
-                .map(|f| shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(true))
-                .unwrap_or(true);
-            if !held {
-                leftovers.push((name, st.ident));
-            }
-        }
-    }
-    for (name, ident) in leftovers {
-        let _ = dir.unlink_if_same(&name, ident);
-    }
-    if old.is_empty() {
-        return Ok(());
-    }
-    if stale == Stale::Refuse {
-        return Err(OpenError::Stale(dir.path().to_path_buf()));
-    }
-    for (name, ident) in old {
-        match dir.unlink_if_same(&name, ident) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(not_ours(
-                    &name,
-                    "it was replaced while being looked at".into(),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("remove stale buffer", dir.join(&name), e)),
-        }
-    }
-    Ok(())
-}
-
-fn random_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// One buffer of a channel, producer side.
 struct Buffer {
     map: Mapped<ProducerMap>,
-    file: UnpublishedFile,
-    /// The buffer file's device and inode: at close its name is removed
-    /// only if it still is this file.
-    ident: Ident,
-    name: String,
-    fifo_name: String,
-    /// The FIFO's identity, once made.
-    fifo: Option<Ident>,
-    published: bool,
+    /// Its names in the channel directory, removed at close.
+    files: BufferFiles,
     info: BufferInfo,
+    /// The producer's end of the wakeup FIFO; taken (closed) at close, so
+    /// that readers see `POLLHUP`.
     notifier: Mutex<Option<Notifier>>,
     /// Last `MAPPED` count seen, to tell `buf_mapped` from `buf_unmapped`.
     mapped_seen: StdAtomicU64,
@@ -502,127 +263,16 @@ struct Buffer {
 }
 
 impl Buffer {
-    /// Creates the buffer file, unpublished, and writes its header; a hidden
-    /// name it got is removed again if that fails.
-    fn create(
-        dir: &ChannelDir,
-        name: &str,
-        facts: Facts,
-        b: &ChannelBuilder,
-        global: &mut bool,
-    ) -> Result<Buffer, OpenError> {
-        let mut want_global = *global;
-        let file = b
-            .callbacks
-            .create_buf_file(dir, name, b.mode, &mut want_global)
-            .map_err(|e| OpenError::Io {
-                what: "create buffer file",
-                path: dir.join(name),
-                source: e,
-            })?;
-        if facts.cpu == 0 {
-            *global = want_global;
-        }
-        let temp = file.temp_name().map(str::to_string);
-        Self::init(file, dir, name, facts, *global).inspect_err(|_| {
-            if let Some(t) = temp {
-                let _ = dir.unlink(&t);
-            }
-        })
-    }
-
-    fn init(
-        file: UnpublishedFile,
-        dir: &ChannelDir,
-        name: &str,
-        facts: Facts,
-        global: bool,
-    ) -> Result<Buffer, OpenError> {
-        let Facts {
-            cpu,
-            g,
-            overwrite,
-            channel_id,
-            created,
-            ncpu,
-        } = facts;
-        let path = dir.join(name);
-        let io = |what, e| OpenError::Io {
-            what,
-            path: path.clone(),
-            source: e,
-        };
-        if file.name() != name {
-            return Err(io(
-                "create buffer file",
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("create_buf_file made {:?}, not {name:?}", file.name()),
-                ),
-            ));
-        }
-        let f = file.file();
-        if !shm::try_lock_byte(f, shm::PRODUCER_LOCK_BYTE).map_err(|e| io("lock", e))? {
-            return Err(OpenError::Busy {
-                path: dir.path().to_path_buf(),
-                pid: 0,
-            });
-        }
-        let meta = f.metadata().map_err(|e| io("stat", e))?;
-        shm::allocate(f, g.file_size).map_err(|e| OpenError::NoSpace {
-            path: path.clone(),
-            size: g.file_size,
-            source: e,
-        })?;
-        let header = BufferHeader {
-            geometry: g,
-            cpu: cpu as u64,
-            producer_pid: std::process::id() as u64,
-            channel_id,
-            overwrite,
-            global,
-            n_buffers: if global { 1 } else { ncpu as u64 },
-            created_ns: created,
-        };
-        let map = ProducerMap::create(f, g).map_err(|e| io("mmap", e))?;
-        let map = Mapped::create(map, &header);
-        Ok(Buffer {
-            map,
-            file,
-            ident: Ident::of(&meta),
-            name: name.to_string(),
-            fifo_name: crate::notify::fifo_name(name),
-            fifo: None,
-            published: false,
-            info: BufferInfo { cpu, path, global },
-            notifier: Mutex::new(None),
+    fn new(b: NewBuffer) -> Buffer {
+        Buffer {
+            map: b.map,
+            files: b.files,
+            info: b.info,
+            notifier: Mutex::new(Some(b.notifier)),
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
-        })
-    }
-
-    /// Makes the buffer visible: its wakeup FIFO first (so that a reader
-    /// that opens the file finds it), then the file, under its name in one
-    /// step, never replacing anything.
-    fn publish(&mut self, dir: &ChannelDir, fifo_mode: u32) -> Result<(), OpenError> {
-        let (notifier, ident) =
-            Notifier::create(dir, &self.fifo_name, fifo_mode).map_err(|e| OpenError::Io {
-                what: "create wakeup fifo",
-                path: dir.join(&self.fifo_name),
-                source: e,
-            })?;
-        self.fifo = Some(ident);
-        if let Ok(mut n) = self.notifier.lock() {
-            *n = Some(notifier);
         }
-        dir.publish(&mut self.file).map_err(|e| OpenError::Io {
-            what: "publish buffer file",
-            path: self.info.path.clone(),
-            source: e,
-        })?;
-        self.published = true;
-        Ok(())
     }
 
     #[inline(always)]
@@ -656,32 +306,6 @@ impl Buffer {
         // SYNC POINT: Relaxed: a snapshot, like the shared counters.
         s.dropped_closed = self.dropped_closed.load(StdOrdering::Relaxed);
         s
-    }
-
-    /// Removes the buffer's names: the file through `remove_buf_file` and
-    /// the FIFO, each only if the name still is ours (or the hidden name of
-    /// a file never published).
-    fn remove(&self, dir: &ChannelDir, cb: &dyn Callbacks) -> std::io::Result<()> {
-        let mut r = Ok(());
-        if self.published {
-            r = match dir.stat(&self.name) {
-                Ok(st) if st.ident == self.ident => cb.remove_buf_file(dir, &self.name),
-                // Its reader removed it (it was left for the reader, who
-                // drained it and let go before we looked again).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Ok(_) => Err(std::io::Error::other(format!(
-                    "{} is no longer this channel's buffer; left alone",
-                    self.info.path.display()
-                ))),
-                Err(e) => Err(e),
-            };
-        } else if let Some(t) = self.file.temp_name() {
-            let _ = dir.unlink_if_same(t, self.ident);
-        }
-        if let Some(fifo) = self.fifo {
-            let _ = dir.unlink_if_same(&self.fifo_name, fifo);
-        }
-        r
     }
 }
 
@@ -1061,7 +685,7 @@ impl Channel {
         self.inner
             .bufs
             .iter()
-            .filter(|b| shm::byte_locked(b.file.file(), shm::READER_LOCK_BYTE).unwrap_or(false))
+            .filter(|b| shm::byte_locked(b.files.file(), shm::READER_LOCK_BYTE).unwrap_or(false))
             .count()
     }
 
@@ -1243,7 +867,7 @@ impl Inner {
             // nothing it had not read is lost uncounted.
             let lock =
                 |f: &std::fs::File| shm::try_lock_byte(f, shm::READER_LOCK_BYTE).is_ok_and(|l| l);
-            let mut held = lock(b.file.file());
+            let mut held = lock(b.files.file());
             if !held {
                 let mut left = LEFT_FOR_READER;
                 if let Some(c) = &inner.created {
@@ -1265,7 +889,7 @@ impl Inner {
                     .store(STATE_CLOSED, Ordering::Release);
                 // The reader may have let go meanwhile, having seen the state
                 // still open: then nobody else would remove the file.
-                held = lock(b.file.file());
+                held = lock(b.files.file());
             }
             if held {
                 b.shared().count_unread_at_close();
@@ -1276,7 +900,7 @@ impl Inner {
                 b.shared()
                     .h(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
-                let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
+                let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }
             if let Ok(mut n) = b.notifier.lock() {
                 if let Some(n) = n.take() {
@@ -1286,7 +910,7 @@ impl Inner {
             if !held {
                 continue;
             }
-            if let Err(e) = b.remove(&inner.dir, &*inner.callbacks) {
+            if let Err(e) = b.files.remove(&inner.dir, &*inner.callbacks) {
                 if result.is_ok() {
                     result = Err(e);
                 }
@@ -1299,7 +923,7 @@ impl Inner {
         // may open the channel again while this value lives on (writes to it
         // are refused from now on).
         for b in &inner.bufs {
-            let _ = shm::unlock_byte(b.file.file(), shm::PRODUCER_LOCK_BYTE);
+            let _ = shm::unlock_byte(b.files.file(), shm::PRODUCER_LOCK_BYTE);
         }
         result
     }

@@ -51,6 +51,7 @@ mod dir;
 mod error;
 pub mod kernel;
 pub mod layout;
+mod lifecycle;
 mod notify;
 mod reader;
 mod shm;
