@@ -150,17 +150,29 @@ pub(crate) struct Mapped<M> {
     _map: M,
 }
 
+/// The shared state in `r`, of the buffer whose header is `header`.
+///
+/// # Safety
+///
+/// As [`Shared::new`]: `r` comes from a mapping of a file of `header`'s
+/// geometry that outlives the returned value.
+unsafe fn shared_in(r: crate::shm::Regions, header: &crate::layout::BufferHeader) -> Shared {
+    let flags = header.flags();
+    // SAFETY: the caller's promise.
+    unsafe { Shared::new(header.geometry, r.hdr, r.desc, r.rdr, r.data, flags) }
+}
+
 impl Mapped<crate::shm::ProducerMap> {
     /// Initialises a new buffer in the producer's mapping (see
-    /// [`Shared::create`]).
+    /// [`Shared::init_new`]).
     pub(crate) fn create(
         map: crate::shm::ProducerMap,
         header: &crate::layout::BufferHeader,
     ) -> Self {
         // SAFETY: the regions come from `map`, mapped read-write with the
-        // header's geometry and kept alive beside the state; the file is new
-        // and unpublished, so nobody else uses it.
-        let shared = unsafe { Shared::create(map.regions(), header) };
+        // header's geometry and kept alive beside the state.
+        let shared = unsafe { shared_in(map.regions(), header) };
+        shared.init_new(header);
         Mapped { shared, _map: map }
     }
 }
@@ -169,20 +181,10 @@ impl Mapped<crate::shm::ReaderMap> {
     /// A reader's view of an existing buffer whose header was validated as
     /// `header`.
     pub(crate) fn attach(map: crate::shm::ReaderMap, header: &crate::layout::BufferHeader) -> Self {
-        let r = map.regions();
         // SAFETY: the regions come from `map`, mapped with the validated
         // geometry of `header` and kept alive beside the state; readers only
         // load from the read-only ones.
-        let shared = unsafe {
-            Shared::new(
-                header.geometry,
-                r.hdr,
-                r.desc,
-                r.rdr,
-                r.data,
-                header.flags(),
-            )
-        };
+        let shared = unsafe { shared_in(map.regions(), header) };
         Mapped { shared, _map: map }
     }
 }
@@ -226,41 +228,22 @@ impl Shared {
         }
     }
 
-    /// The shared state of a new buffer, initialised: the header's fields,
-    /// state *open*, epoch 0, the empty protocol state (`init_state`), and
-    /// the magic last.
-    ///
-    /// # Safety
-    ///
-    /// As [`new`](Self::new), and the regions are writable and used by
-    /// nobody else yet.
-    unsafe fn create(r: crate::shm::Regions, header: &crate::layout::BufferHeader) -> Shared {
-        // SAFETY: the caller's promise.
-        let shared = unsafe {
-            Self::new(
-                header.geometry,
-                r.hdr,
-                r.desc,
-                r.rdr,
-                r.data,
-                header.flags(),
-            )
-        };
+    /// Initialises a new buffer: the header's fields, state *open*, epoch
+    /// 0, the empty protocol state (`init_state`), and the magic last.
+    /// Called once, on a file nobody else uses yet.
+    fn init_new(&self, header: &crate::layout::BufferHeader) {
         for (off, v) in header.encode() {
-            shared.h(off).store(v, Ordering::Relaxed);
+            self.h(off).store(v, Ordering::Relaxed);
         }
-        shared
-            .h(hdr::STATE)
+        self.h(hdr::STATE)
             .store(crate::layout::STATE_OPEN, Ordering::Relaxed);
-        shared.h(hdr::EPOCH).store(0, Ordering::Relaxed);
-        shared.init_state();
+        self.h(hdr::EPOCH).store(0, Ordering::Relaxed);
+        self.init_state();
         // SYNC POINT: Release, the magic last: pairs with nothing by itself
         // (readers find the file only once it is published, after this), but
         // a reader that sees the magic sees a complete header.
-        shared
-            .h(hdr::MAGIC)
+        self.h(hdr::MAGIC)
             .store(crate::layout::MAGIC, Ordering::Release);
-        shared
     }
 
     #[inline(always)]
