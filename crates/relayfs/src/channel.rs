@@ -15,29 +15,16 @@ use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir};
 use crate::error::{OpenError, WriteError};
 use crate::layout::{hdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
-pub use crate::lifecycle::Stale;
 use crate::lifecycle::{self, BufferFiles, BufferSpec, DirSpec, NewBuffer};
+pub use crate::lifecycle::{relay_dir, Stale, DEFAULT_RELAY_DIR, RELAYFS_DIR_ENV};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 use crate::sync::Ordering;
 
-/// Environment variable naming the relay directory (default
-/// [`DEFAULT_RELAY_DIR`]).
-pub const RELAYFS_DIR_ENV: &str = "RELAYFS_DIR";
-/// Where channels live unless `RELAYFS_DIR` says otherwise.
-pub const DEFAULT_RELAY_DIR: &str = "/dev/shm/relayfs";
 /// Default sub-buffer size: 1 MiB.
 pub const DEFAULT_SUBBUF_SIZE: u64 = 1 << 20;
 /// Default number of sub-buffers: 16 (16 MiB per CPU).
 pub const DEFAULT_N_SUBBUFS: u64 = 16;
-
-/// The relay directory: `$RELAYFS_DIR`, or `/dev/shm/relayfs`.
-pub fn relay_dir() -> PathBuf {
-    std::env::var_os(RELAYFS_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RELAY_DIR))
-}
 
 /// Builder for a [`Channel`] (the arguments of `relay_open`).
 ///

@@ -18,6 +18,19 @@ use crate::layout::{BufferHeader, Geometry};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 
+/// Environment variable naming the relay directory (default
+/// [`DEFAULT_RELAY_DIR`]).
+pub const RELAYFS_DIR_ENV: &str = "RELAYFS_DIR";
+/// Where channels live unless `RELAYFS_DIR` says otherwise.
+pub const DEFAULT_RELAY_DIR: &str = "/dev/shm/relayfs";
+/// The relay directory: `$RELAYFS_DIR`, or `/dev/shm/relayfs`.
+pub fn relay_dir() -> PathBuf {
+    std::env::var_os(RELAYFS_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RELAY_DIR))
+}
+
 /// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
 /// must stay within the file system's 255-byte limit.
 pub(crate) const MAX_NAME: usize = 200;
@@ -74,7 +87,7 @@ pub(crate) fn open_dir(spec: &DirSpec<'_>) -> Result<(ChannelDir, Option<Created
         return Ok((ChannelDir::open(d)?, None));
     }
     check_name(spec.name)?;
-    let root = spec.root.map_or_else(crate::relay_dir, Path::to_path_buf);
+    let root = spec.root.map_or_else(relay_dir, Path::to_path_buf);
     let root = RelayRoot::open_or_create(&root)?;
     // Whoever may read the files may search the directory.
     let mut dmode = 0o700;
