@@ -189,8 +189,8 @@ pub const STATE_OPEN: u64 = 1;
 pub const STATE_CLOSED: u64 = 2;
 
 /// Static facts about a buffer, from its header: what the producer writes
-/// once at creation ([`encode`](Self::encode)) and a reader validates before
-/// it trusts anything ([`decode`](Self::decode)).
+/// once at creation and a reader validates before it trusts anything (one
+/// encoder and one decoder, both here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferHeader {
     /// Sizes and offsets.
