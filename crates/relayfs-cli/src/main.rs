@@ -5,7 +5,7 @@
 mod args;
 mod cmd;
 mod demofmt;
-mod output;
+mod recorder;
 mod util;
 
 use clap::{Parser, Subcommand};

@@ -12,16 +12,15 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use crate::recorder::config::{self, OutputConfig};
+use crate::recorder::engine::{self, KernelRecording};
+use crate::recorder::report::{self, BlktraceSummary, End, Show};
+use crate::recorder::source::{self, KernelRelayBuffer};
+use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
 use relayfs::kernel::{self, DEBUGFS_DIR, DEBUGFS_MAGIC};
 use relayfs::KernelRelayFile;
-use serde_json::json;
-
-use super::kernel::{KBuffer, OutOpts, Recording};
-use super::record::End;
-use crate::util;
 
 /// Arguments of `relayfs blktrace`.
 #[derive(Debug, Clone, clap::Args)]
@@ -312,6 +311,7 @@ pub fn run(a: &Args) -> Result<i32> {
         (None, true) => PathBuf::new(),
         (None, false) => bail!("--out is required (the output directory)"),
     };
+    let duration = a.duration.map(config::duration).transpose()?;
     check_debugfs(&a.debugfs)?;
     let (mut trace, name) = setup(dev, &a.device, a)?;
     let dir = a.debugfs.join("block").join(&name);
@@ -326,12 +326,12 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(0);
     }
 
-    let files = super::kernel::relay_files(&dir, Some("trace"))?;
+    let files = source::relay_files(&dir, Some("trace"))?;
     let mut open = Vec::new();
     for (file, path, cpu) in files {
         let f = KernelRelayFile::open(&path)?;
         open.push((
-            KBuffer {
+            KernelRelayBuffer {
                 name: file,
                 out_name: format!("{name}.blktrace.{cpu}"),
                 cpu: Some(cpu),
@@ -339,19 +339,23 @@ pub fn run(a: &Args) -> Result<i32> {
             f,
         ));
     }
-    let opts = OutOpts {
+    let opts = OutputConfig {
         dir: out.clone(),
         max_size: None,
         max_files: None,
         retry: a.retry,
     };
-    let status = !a.quiet && !a.json && util::stderr_is_tty();
-    let rec = Recording::start(open, &opts)?;
+    let show = Show {
+        json: a.json,
+        quiet: a.quiet,
+    };
+    let status = show.status_line();
+    let rec = KernelRecording::start(open, &opts)?;
     let mmap = rec.mmap;
     trace
         .start()
         .with_context(|| format!("{}", a.device.display()))?;
-    let why = rec.wait(a.duration.map(Duration::from_secs_f64), Some(&dir), status);
+    let why = rec.wait(duration, Some(&dir), status);
     // Stop first: the kernel flushes its buffers, then the readers drain.
     // No reader may be inside read(2) while the kernel flushes (it would
     // copy a sub-buffer that was never written): park them first.
@@ -383,23 +387,21 @@ pub fn run(a: &Args) -> Result<i32> {
     let events: u64 = per_cpu.iter().map(|c| c.events).sum();
     let garbage: u64 = per_cpu.iter().map(|c| c.garbage).sum();
     let cpu_s = util::cpu_seconds(libc::RUSAGE_SELF);
-    let mut summary =
-        super::kernel::summary_json(&dir, &out, why, &results, elapsed, dropped, mmap);
-    summary["device"] = json!(a.device.display().to_string());
-    summary["events"] = json!(events);
-    summary["unparsed_bytes"] = json!(garbage);
-    summary["events_per_cpu"] = json!(per_cpu.iter().map(|c| c.events).collect::<Vec<_>>());
-    summary["cpu_s"] = json!(cpu_s);
+    let mut summary = engine::kernel_summary(&dir, &out, why, &results, elapsed, dropped, mmap);
+    summary.blktrace = Some(BlktraceSummary {
+        device: a.device.display().to_string(),
+        events,
+        unparsed_bytes: garbage,
+        events_per_cpu: per_cpu.iter().map(|c| c.events).collect(),
+        cpu_s,
+        subbuf_size: a.subbuf_size,
+        n_subbufs: a.n_subbufs,
+    });
     if !damaged.is_empty() {
-        summary["end"] = json!(End::Error.as_str());
-        summary["exit_code"] = json!(1);
+        summary.end = End::Error;
+        summary.exit_code = 1;
     }
-    summary["subbuf_size"] = json!(a.subbuf_size);
-    summary["n_subbufs"] = json!(a.n_subbufs);
-    super::record::write_summary(&out, &summary)?;
-    if a.json {
-        util::outln!("{summary}")?;
-    } else if !a.quiet {
+    let written = report::emit("relayfs blktrace", &summary, &out, show, || {
         // blktrace's own summary, so that its users read it at a glance.
         crate::util::errln!("=== {name} ===");
         for (r, c) in results.iter().zip(&per_cpu) {
@@ -421,7 +423,7 @@ pub fn run(a: &Args) -> Result<i32> {
             "  recorded in {elapsed:.2} s, {cpu_s:.3} CPU s; output in {}",
             out.display()
         );
-    }
+    })?;
     // Output that doesn't parse from end to end is a failed recording,
     // whatever else went well.
     for (f, n) in &damaged {
@@ -440,8 +442,8 @@ pub fn run(a: &Args) -> Result<i32> {
             a.n_subbufs
         );
     }
-    let code = super::kernel::report_errors(&results);
-    Ok(exit_code(why, code, !damaged.is_empty()))
+    let code = engine::report_errors(&results);
+    Ok(exit_code(why, code, !damaged.is_empty()).max(i32::from(!written)))
 }
 
 /// The exit status of a recording: the readers' (1 if one failed), and 1
