@@ -1,11 +1,12 @@
 //! The engine: one reader thread per buffer ([`Readers`]), each moving
-//! whole sub-buffers from its source to its output (see `source`), the stop
+//! whole sub-buffers from its [`Source`] to its [`Output`] by the one loop
+//! [`pump`] and counting them, the stop
 //! conditions (channel closed, `--duration`, a signal, an error), the status
 //! line, and the summary at the end. [`record_channel`] records a relayfs
 //! channel; [`KernelRecording`] a kernel relay channel (used by
 //! [`record_kernel_channel`] and by `relayfs blktrace`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,18 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use relayfs::kernel::{self, Support};
-use relayfs::{KernelRelayFile, RelayFile};
+use relayfs::{BufferStats, KernelRelayFile, RelayFile};
 
 use super::config::{OutputConfig, RecordConfig};
-use super::output::{is_sink, FileOutput};
+use super::output::{is_sink, AfterFull, FileOutput, Output, Retry};
 use super::report::{
     self, BufferSummary, End, KernelBufferSummary, KernelSummary, Memory, MemorySampler, Progress,
     RecordSummary, Summary, EXIT_PRODUCER_GONE,
 };
-use super::source::{
-    self, BufferResult, Failed, Gate, KernelFileResult, KernelRelayBuffer, KernelShared,
-};
-use crate::util::{self, ChannelScan};
+use super::source::{self, Gate, Idle, KernelRelayBuffer, KernelSource, RelaySource, Source};
+use crate::util::{self, BufferFile, ChannelScan};
 
 /// Reader threads, one per buffer, each named `record-<buffer>`.
 pub(crate) struct Readers<T> {
@@ -74,6 +73,269 @@ impl<T: Failed + Send + 'static> Readers<T> {
                     .unwrap_or_else(|_| T::failed(&name, "reader thread panicked".into()))
             })
             .collect()
+    }
+}
+
+/// What happens to a buffer whose reader thread panicked.
+pub(crate) trait Failed {
+    /// The result of a buffer that could not be recorded: `error` says why.
+    fn failed(name: &str, error: String) -> Self;
+}
+
+/// How one relayfs buffer's recording went.
+#[derive(Debug)]
+pub(crate) struct BufferResult {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
+    /// Bytes and committed records given up in the sub-buffer a dead
+    /// producer was writing.
+    pub(crate) abandoned: Option<(u64, u64)>,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) stats: BufferStats,
+    pub(crate) end: End,
+    pub(crate) error: Option<String>,
+}
+
+impl Failed for BufferResult {
+    fn failed(name: &str, error: String) -> BufferResult {
+        BufferResult {
+            name: name.to_string(),
+            bytes: 0,
+            abandoned: None,
+            files: vec![],
+            stats: BufferStats::default(),
+            end: End::Error,
+            error: Some(error),
+        }
+    }
+}
+
+/// How one kernel relay file's recording went.
+#[derive(Debug)]
+pub(crate) struct KernelFileResult {
+    /// Relay file name.
+    pub(crate) name: String,
+    /// Bytes recorded.
+    pub(crate) bytes: u64,
+    /// Output files.
+    pub(crate) files: Vec<PathBuf>,
+    /// How it ended.
+    pub(crate) end: End,
+    /// What stopped it, if an error did.
+    pub(crate) error: Option<String>,
+    /// Whether the kernel let `sendfile` read this file.
+    pub(crate) sendfile: Support,
+    /// Wakeups with nothing to read (see `KernelRelayFile::empty_wakeups`).
+    pub(crate) empty_wakeups: u64,
+}
+
+impl Failed for KernelFileResult {
+    fn failed(name: &str, error: String) -> KernelFileResult {
+        KernelFileResult {
+            name: name.to_string(),
+            bytes: 0,
+            files: vec![],
+            end: End::Error,
+            error: Some(error),
+            sendfile: Support::Unknown,
+            empty_wakeups: 0,
+        }
+    }
+}
+
+/// What [`pump`] moved.
+#[derive(Debug, Default)]
+pub(crate) struct Moved {
+    /// Bytes in the output (what a cut-back removed not counted).
+    pub(crate) bytes: u64,
+    /// The output's files, kept up to date so that a recording stopped by
+    /// an error lists them too.
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// Moves `src` into `out` until the source says its recording ended: the
+/// one loop of both recorders. Counts what it moves in `moved` and
+/// `progress`; waits out a full filesystem as `retry` says; on a failed
+/// write, cuts the output back to the last boundary if the source asks.
+pub(crate) fn pump(
+    src: &mut dyn Source,
+    out: &mut dyn Output,
+    progress: &Progress,
+    retry: &mut Retry<'_>,
+    moved: &mut Moved,
+) -> Result<End> {
+    moved.files = out.files().to_vec();
+    // Size of the current output file when the reader last stood at a
+    // boundary (`None`: it started in the middle of a sub-buffer, or the
+    // source doesn't cut back).
+    let mut kept = (src.cuts_back() && src.at_boundary(0)).then_some(out.size());
+    let end = loop {
+        let n = match src.move_into(out.file()) {
+            Ok(n) => n,
+            Err(e) => {
+                let path = out
+                    .files()
+                    .last()
+                    .map_or(String::new(), |p| p.display().to_string());
+                match retry.write_failed(&src.full_place(&path), &e) {
+                    Some(AfterFull::Again) => continue,
+                    Some(AfterFull::Stopped) => break End::Interrupted,
+                    None => {}
+                }
+                let cut = match kept {
+                    Some(k) => out.cut_back(k)?,
+                    None => 0,
+                };
+                moved.bytes -= cut;
+                // SYNC POINT: Relaxed; a counter only shown.
+                progress.bytes.fetch_sub(cut, Ordering::Relaxed);
+                return Err(src.write_error(e, &path, cut));
+            }
+        };
+        out.wrote(n);
+        if src.at_boundary(n) {
+            if retry.run(|| out.boundary())? {
+                moved.files = out.files().to_vec();
+            }
+            if src.cuts_back() {
+                kept = Some(out.size());
+            }
+        }
+        moved.bytes += n;
+        // SYNC POINT: Relaxed; a counter only shown.
+        progress.bytes.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            continue;
+        }
+        if let Some(lost) = src.lost() {
+            // SYNC POINT: Relaxed; a counter only shown.
+            progress.lost.store(lost, Ordering::Relaxed);
+        }
+        if let Idle::End(end) = src.idle()? {
+            break end;
+        }
+    };
+    out.finish()?;
+    moved.files = out.files().to_vec();
+    Ok(end)
+}
+
+/// Records one relayfs buffer into `OUT/<buffer>.out` (resuming what an
+/// earlier recorder left) until the channel ends, the producer dies, or
+/// `stop` is set; sets `stop` itself on an error, since the recording
+/// can't be complete then.
+pub(crate) fn record_relay_buffer(
+    buf: &BufferFile,
+    f: RelayFile,
+    cfg: &OutputConfig,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> BufferResult {
+    let mut src = RelaySource::new(f, stop);
+    let mut retry = Retry::new(cfg.retry, Some(stop), "the producer");
+    let mut moved = Moved::default();
+    let recorded = retry
+        .run(|| {
+            FileOutput::resume(
+                &cfg.dir,
+                &format!("{}.out", buf.name),
+                cfg.max_size,
+                cfg.max_files,
+                src.f.header().channel_id,
+                src.f.stats().bytes_consumed,
+            )
+        })
+        .and_then(|mut out| pump(&mut src, &mut out, progress, &mut retry, &mut moved));
+    let mut res = BufferResult {
+        name: buf.name.clone(),
+        bytes: moved.bytes,
+        abandoned: src.abandoned,
+        files: moved.files,
+        // What was delivered before an error counts too.
+        stats: src.f.stats(),
+        end: End::Error,
+        error: None,
+    };
+    match recorded {
+        Ok(end) => res.end = end,
+        Err(e) => {
+            res.error = Some(format!("{e:#}"));
+            // Stop the other buffers too: the recording can't be complete.
+            // SYNC POINT: Relaxed; a stop flag carrying no data.
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    // The producer found the buffer's shared state damaged: what it held
+    // when that happened can't be vouched for, so the recording failed,
+    // however cleanly the reading ended.
+    if res.error.is_none() {
+        if let Some(why) = relayfs::layout::corrupt_reason(res.stats.corrupt) {
+            res.end = End::Error;
+            res.error = Some(format!(
+                "the producer found this buffer corrupt ({why}) and refused {} records since",
+                res.stats.dropped_corrupt
+            ));
+        }
+    }
+    res
+}
+
+/// What a kernel relay file's reader shares with the recording.
+pub(crate) struct KernelShared<'a> {
+    pub(crate) progress: &'a Progress,
+    /// Set when the producer side is stopped and flushed: read what is
+    /// left and end.
+    pub(crate) drain: &'a AtomicBool,
+    /// Set by a reader that failed, so that the recording stops.
+    pub(crate) failed: &'a AtomicBool,
+    pub(crate) gate: &'a Gate,
+}
+
+/// Records one kernel relay file into `out` until the kernel closes the
+/// channel (`POLLERR`) or, once `drain` is set, until nothing more comes.
+pub(crate) fn record_kernel_file(
+    b: KernelRelayBuffer,
+    f: KernelRelayFile,
+    mut out: FileOutput,
+    shared: KernelShared<'_>,
+    retry: bool,
+) -> KernelFileResult {
+    let KernelShared {
+        progress,
+        drain,
+        failed,
+        gate,
+    } = shared;
+    // The kernel's SIGINT is the recording's stop: no other stop flag.
+    let mut retry = Retry::new(retry, None, "the kernel");
+    if let Some(cpu) = b.cpu {
+        // On its own CPU a reader can't copy an event the kernel is still
+        // filling (see relayfs::cpu::pin_current_thread).
+        if let Err(e) = relayfs::cpu::pin_current_thread(cpu as usize) {
+            crate::util::errln!(
+                "relayfs: {}: cannot run on CPU {cpu} ({e}); reading it from another CPU may copy an event the kernel is still filling",
+                b.name
+            );
+        }
+    }
+    let mut src = KernelSource::new(b.name, f, drain, gate);
+    let mut moved = Moved::default();
+    let (end, error) = match pump(&mut src, &mut out, progress, &mut retry, &mut moved) {
+        Ok(end) => (end, None),
+        Err(e) => {
+            // SYNC POINT: Relaxed; a flag the waiting thread polls.
+            failed.store(true, Ordering::Relaxed);
+            (End::Error, Some(format!("{e:#}")))
+        }
+    };
+    KernelFileResult {
+        sendfile: src.f.sendfile_support(),
+        empty_wakeups: src.f.empty_wakeups(),
+        name: src.name,
+        bytes: moved.bytes,
+        files: out.files().to_vec(),
+        end,
+        error,
     }
 }
 
@@ -131,7 +393,7 @@ pub(crate) fn record_channel(dir: &Path, cfg: &RecordConfig) -> Result<i32> {
         let (out, progress, stop) = (out.clone(), progress.clone(), stop.clone());
         let name = b.name.clone();
         readers.spawn(&name, move || {
-            source::record_relay_buffer(&b, f, &out, &progress[i], &stop)
+            record_relay_buffer(&b, f, &out, &progress[i], &stop)
         })?;
     }
     let names = readers.names();
@@ -148,6 +410,8 @@ pub(crate) fn record_channel(dir: &Path, cfg: &RecordConfig) -> Result<i32> {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // SYNC POINT: Relaxed, both: `timed_out` is read after the
+            // readers are joined, which orders this store before it.
             timed_out.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
         });
@@ -329,7 +593,7 @@ impl KernelRecording {
                     failed: &failed,
                     gate: &gate,
                 };
-                source::record_kernel_file(b, f, out, shared, retry)
+                record_kernel_file(b, f, out, shared, retry)
             })?;
         }
         Ok(KernelRecording {
@@ -375,6 +639,7 @@ impl KernelRecording {
                 next_status += Duration::from_millis(500);
                 let dropped = dropped_dir.and_then(kernel::channel_dropped).unwrap_or(0);
                 if let Some(p) = self.progress.first() {
+                    // SYNC POINT: Relaxed; a counter only shown.
                     p.lost.store(dropped, Ordering::Relaxed);
                 }
                 last = report::print_status(&self.progress, &self.names, self.started, last);
@@ -579,5 +844,126 @@ mod tests {
             results[1],
             Outcome("cpu1".into(), Some("reader thread panicked".into()))
         );
+    }
+
+    /// What a scripted source does next.
+    enum Step {
+        /// Moves these bytes; the reader then stands at a boundary or not.
+        Move(&'static [u8], bool),
+        /// The write fails with this OS error.
+        Fail(i32),
+        /// Nothing ready, and the recording ends so.
+        End(End),
+    }
+
+    /// A source that follows a script, writing to the output as a
+    /// `sendfile` would.
+    struct Scripted {
+        steps: std::collections::VecDeque<Step>,
+        boundary: bool,
+        idle: Option<End>,
+    }
+
+    impl Scripted {
+        fn new(steps: Vec<Step>) -> Scripted {
+            Scripted {
+                steps: steps.into(),
+                boundary: true,
+                idle: None,
+            }
+        }
+    }
+
+    impl Source for Scripted {
+        fn move_into(&mut self, mut out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
+            match self.steps.pop_front() {
+                Some(Step::Move(b, boundary)) => {
+                    out.write_all(b).unwrap();
+                    self.boundary = boundary;
+                    Ok(b.len() as u64)
+                }
+                Some(Step::Fail(code)) => Err(relayfs::ReadError::Io {
+                    what: "sendfile",
+                    path: PathBuf::from("cpu0"),
+                    source: std::io::Error::from_raw_os_error(code),
+                }),
+                Some(Step::End(end)) => {
+                    self.idle = Some(end);
+                    Ok(0)
+                }
+                None => panic!("the loop went on after the script ended"),
+            }
+        }
+        fn at_boundary(&self, _n: u64) -> bool {
+            self.boundary
+        }
+        fn cuts_back(&self) -> bool {
+            true
+        }
+        fn idle(&mut self) -> Result<Idle> {
+            Ok(self.idle.take().map_or(Idle::Again, Idle::End))
+        }
+        fn lost(&self) -> Option<u64> {
+            Some(0)
+        }
+        fn full_place(&self, path: &str) -> String {
+            path.into()
+        }
+        fn write_error(&self, e: relayfs::ReadError, path: &str, cut: u64) -> anyhow::Error {
+            anyhow::Error::new(e).context(format!("cannot write {path}; cut {cut}"))
+        }
+    }
+
+    fn run(steps: Vec<Step>, retry: bool) -> (Result<End>, Moved, u64, Vec<u8>) {
+        let d = tempfile::tempdir().unwrap();
+        let mut out = FileOutput::create(d.path(), "cpu0.out", None, None).unwrap();
+        let progress = Progress::default();
+        let stop = AtomicBool::new(false);
+        let mut retry = Retry::new(retry, Some(&stop), "the producer");
+        let mut moved = Moved::default();
+        let mut src = Scripted::new(steps);
+        let r = pump(&mut src, &mut out, &progress, &mut retry, &mut moved);
+        let shown = progress.bytes.load(Ordering::Relaxed);
+        let held = std::fs::read(d.path().join("cpu0.out")).unwrap();
+        (r, moved, shown, held)
+    }
+
+    #[test]
+    fn a_failed_write_cuts_the_output_back_to_the_last_boundary() {
+        let (r, moved, shown, held) = run(
+            vec![
+                Step::Move(b"0123456789", true),
+                Step::Move(b"abcde", false),
+                Step::Fail(libc::EIO),
+            ],
+            true,
+        );
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("cut 5"), "{e}");
+        assert_eq!(held, b"0123456789");
+        assert_eq!(moved.bytes, 10);
+        assert_eq!(shown, 10);
+        assert_eq!(moved.files.len(), 1);
+    }
+
+    #[test]
+    fn a_full_filesystem_is_waited_out_with_retry_and_nothing_is_doubled() {
+        let steps = || {
+            vec![
+                Step::Move(b"0123456789", true),
+                Step::Fail(libc::ENOSPC),
+                Step::Move(b"abc", true),
+                Step::End(End::Closed),
+            ]
+        };
+        let (r, moved, shown, held) = run(steps(), true);
+        assert_eq!(r.unwrap(), End::Closed);
+        assert_eq!(held, b"0123456789abc");
+        assert_eq!((moved.bytes, shown), (13, 13));
+        // Without --retry the same is an error, and what was whole stays.
+        let (r, moved, _, held) = run(steps(), false);
+        assert!(r.is_err());
+        assert_eq!(held, b"0123456789");
+        assert_eq!(moved.bytes, 10);
     }
 }

@@ -94,8 +94,9 @@ pub(crate) trait Output: Send {
     fn wrote(&mut self, n: u64);
     /// Bytes in the current file (what [`cut_back`](Output::cut_back) takes).
     fn size(&self) -> u64;
-    /// Called between sub-buffers: may switch to the next file.
-    fn boundary(&mut self) -> Result<()>;
+    /// Called between sub-buffers: may switch to the next file (then
+    /// returns true).
+    fn boundary(&mut self) -> Result<bool>;
     /// Cuts the current file back to `len` bytes; returns how many went.
     fn cut_back(&mut self, len: u64) -> Result<u64>;
     /// The files written that exist, oldest first (the device for a sink).
@@ -422,13 +423,13 @@ impl FileOutput {
     }
 
     /// Switches to the next file if this one is full (called between
-    /// sub-buffers only).
-    pub(crate) fn maybe_rotate(&mut self) -> Result<()> {
+    /// sub-buffers only); returns whether it did.
+    pub(crate) fn maybe_rotate(&mut self) -> Result<bool> {
         let Some(max) = self.max_size else {
-            return Ok(());
+            return Ok(false);
         };
         if self.size < max {
-            return Ok(());
+            return Ok(false);
         }
         let index = self.index + 1;
         // The new file first, then the state naming it: a recorder killed
@@ -452,7 +453,7 @@ impl FileOutput {
                     .with_context(|| format!("cannot remove {}", old.display()))?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -469,7 +470,7 @@ impl Output for FileOutput {
         self.size
     }
 
-    fn boundary(&mut self) -> Result<()> {
+    fn boundary(&mut self) -> Result<bool> {
         self.maybe_rotate()
     }
 

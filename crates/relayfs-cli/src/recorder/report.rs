@@ -194,6 +194,7 @@ impl MemorySampler {
             let _ = t.join();
         }
         let now = rss_anon_kib();
+        // SYNC POINT: Relaxed; after the join, this thread is the only one.
         if let Some(k) = now {
             self.peak.fetch_max(k, Ordering::Relaxed);
         }

@@ -1,15 +1,16 @@
 //! The two kinds of source a recording reads, and how each buffer of one is
 //! moved into its [`Output`], whole sub-buffers at a time:
 //!
-//! - a relayfs buffer ([`RelayFile`]): found by [`find_buffers`], read by
-//!   [`record_relay_buffer`] (poll, `sendfile` of one sub-buffer, the tail
-//!   of a quiet producer, end of channel or a dead producer);
+//! - a relayfs buffer ([`RelayFile`]): found by [`find_buffers`], read as a
+//!   [`RelaySource`] (poll, `sendfile` of one sub-buffer, the tail of a
+//!   quiet producer, end of channel or a dead producer);
 //! - a kernel relay file ([`KernelRelayFile`]): found by [`relay_files`],
-//!   read by [`record_kernel_file`] (timed poll, `sendfile` or the read+write
-//!   fallback, `POLLERR` at close, a drain when told).
+//!   read as a [`KernelSource`] (timed poll, `sendfile` or the read+write
+//!   fallback, `POLLERR` at close, a drain when told; [`Gate`] parks it
+//!   while the kernel flushes).
 //!
-//! Each gives back what happened to its buffer ([`BufferResult`],
-//! [`KernelFileResult`]); the engine runs one per thread.
+//! Both are a [`Source`], which the engine's one loop (`engine::pump`)
+//! moves into an output.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,47 +18,11 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use relayfs::kernel::Support;
-use relayfs::{BufferStats, KernelRelayFile, Ready, RelayFile};
+use relayfs::{KernelRelayFile, Ready, RelayFile};
 
-use super::config::{OutputConfig, RecordConfig};
-use super::output::{AfterFull, FileOutput, Output, Retry};
-use super::report::{End, Progress};
-use crate::util::{self, BufferFile, ChannelScan};
-
-/// What happens to a buffer whose reader thread panicked.
-pub(crate) trait Failed {
-    /// The result of a buffer that could not be recorded: `error` says why.
-    fn failed(name: &str, error: String) -> Self;
-}
-
-/// How one relayfs buffer's recording went.
-#[derive(Debug)]
-pub(crate) struct BufferResult {
-    pub(crate) name: String,
-    pub(crate) bytes: u64,
-    /// Bytes and committed records given up in the sub-buffer a dead
-    /// producer was writing.
-    pub(crate) abandoned: Option<(u64, u64)>,
-    pub(crate) files: Vec<PathBuf>,
-    pub(crate) stats: BufferStats,
-    pub(crate) end: End,
-    pub(crate) error: Option<String>,
-}
-
-impl Failed for BufferResult {
-    fn failed(name: &str, error: String) -> BufferResult {
-        BufferResult {
-            name: name.to_string(),
-            bytes: 0,
-            abandoned: None,
-            files: vec![],
-            stats: BufferStats::default(),
-            end: End::Error,
-            error: Some(error),
-        }
-    }
-}
+use super::config::RecordConfig;
+use super::report::End;
+use crate::util::{self, ChannelScan};
 
 /// How long a channel that has appeared may take to show all its buffers
 /// (the producer creates them one after another).
@@ -97,169 +62,140 @@ pub(crate) fn find_buffers(dir: &Path, cfg: &RecordConfig) -> Result<ChannelScan
     }
 }
 
-/// Records one relayfs buffer into `OUT/<buffer>.out` (resuming what an
-/// earlier recorder left) until the channel ends, the producer dies, or
-/// `stop` is set; sets `stop` itself on an error, since the recording
-/// can't be complete then.
-pub(crate) fn record_relay_buffer(
-    buf: &BufferFile,
-    mut f: RelayFile,
-    cfg: &OutputConfig,
-    progress: &Progress,
-    stop: &AtomicBool,
-) -> BufferResult {
-    let mut res = BufferResult {
-        name: buf.name.clone(),
-        bytes: 0,
-        abandoned: None,
-        files: Vec::new(),
-        stats: BufferStats::default(),
-        end: End::Error,
-        error: None,
-    };
-    let mut retry = Retry::new(cfg.retry, Some(stop), "the producer");
-    let mut go = |res: &mut BufferResult| -> Result<End> {
-        let mut out = retry.run(|| {
-            FileOutput::resume(
-                &cfg.dir,
-                &format!("{}.out", buf.name),
-                cfg.max_size,
-                cfg.max_files,
-                f.header().channel_id,
-                f.stats().bytes_consumed,
-            )
-        })?;
-        let out: &mut dyn Output = &mut out;
-        let rotate = cfg.max_size.is_some();
-        // Kept up to date, so that a recording stopped by an error lists
-        // its files too.
-        res.files = out.files().to_vec();
-        // Whole sub-buffers only while the producer is busy: one large write
-        // each, and no chasing the producer record by record. The sub-buffer
-        // being written is taken too (`tail`) once a poll times out (the
-        // producer went quiet), when the channel ends, and before stopping.
-        let mut tail = false;
-        let mut final_pass = false;
-        // Size of the current output file when the reader last stood at a
-        // sub-buffer boundary (`None`: it started in the middle of one).
-        // The buffer counts a sub-buffer's records when its reader finishes
-        // it, and one left half-read counts whole as unread at close; so on
-        // a write error the output is cut back to here, so that it holds
-        // exactly the records counted delivered.
-        let mut kept = f.at_subbuf_boundary().then_some(out.size());
-        let end = loop {
-            f.set_complete_only(!tail);
-            // One sub-buffer at a time (one write each), so that the last
-            // boundary passed is known when a write fails (`kept`), and a
-            // rotation never splits a record.
-            let n = match f.sendfile_subbuf(out.file()) {
-                Ok(n) => n,
-                Err(e) => {
-                    let path = out
-                        .files()
-                        .last()
-                        .map_or(String::new(), |p| p.display().to_string());
-                    match retry.write_failed(&path, &e) {
-                        Some(AfterFull::Again) => continue,
-                        Some(AfterFull::Stopped) => break End::Interrupted,
-                        None => {}
-                    }
-                    // The library names the relay buffer it read from; the
-                    // write that failed was to the output file.
-                    let cause = match e {
-                        relayfs::ReadError::Io { source, .. } => anyhow::Error::new(source),
-                        e => anyhow::Error::new(e),
-                    };
-                    let cut = match kept {
-                        Some(k) => out.cut_back(k)?,
-                        None => 0,
-                    };
-                    res.bytes -= cut;
-                    // SYNC POINT: Relaxed; a counter only shown.
-                    progress.bytes.fetch_sub(cut, Ordering::Relaxed);
-                    return Err(cause.context(if cut > 0 {
-                        format!(
-                            "cannot write {path}; the {cut} bytes written of the sub-buffer being read were removed (the buffer counts that sub-buffer as not delivered)"
-                        )
-                    } else {
-                        format!("cannot write {path}")
-                    }));
-                }
-            };
-            out.wrote(n);
-            if f.at_subbuf_boundary() {
-                if rotate {
-                    retry.run(|| out.boundary())?;
-                    res.files = out.files().to_vec();
-                }
-                kept = Some(out.size());
+/// What a source does when nothing was ready to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idle {
+    /// It waited (polled): try again.
+    Again,
+    /// The buffer's recording ended so.
+    End(End),
+}
+
+/// A buffer to record, as the engine's loop (`engine::pump`) sees it.
+pub(crate) trait Source {
+    /// Moves what is ready next (one sub-buffer, or a chunk of a kernel
+    /// relay file) into `out`; 0 if nothing was ready.
+    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError>;
+    /// After moving `n` bytes: whether the reader stands between records,
+    /// where the output may switch files.
+    fn at_boundary(&self, n: u64) -> bool;
+    /// Whether a write that failed midway is undone by cutting the output
+    /// back to the last boundary passed (see [`RelaySource`]).
+    fn cuts_back(&self) -> bool;
+    /// Nothing was ready: wait, or say how the recording ended.
+    fn idle(&mut self) -> Result<Idle>;
+    /// Records lost so far, for the status line, where the source knows.
+    fn lost(&self) -> Option<u64>;
+    /// Where a full output filesystem is reported (`path`: the output file).
+    fn full_place(&self, path: &str) -> String;
+    /// The error for a failed write to `path`, `cut` bytes cut back.
+    fn write_error(&self, e: relayfs::ReadError, path: &str, cut: u64) -> anyhow::Error;
+}
+
+/// A relayfs buffer being recorded.
+pub(crate) struct RelaySource<'a> {
+    pub(crate) f: RelayFile,
+    stop: &'a AtomicBool,
+    /// Whole sub-buffers only while the producer is busy: one large write
+    /// each, and no chasing the producer record by record. The sub-buffer
+    /// being written is taken too (`tail`) once a poll times out (the
+    /// producer went quiet), when the channel ends, and before stopping.
+    tail: bool,
+    final_pass: bool,
+    /// Bytes and records given up in a dead producer's last sub-buffer.
+    pub(crate) abandoned: Option<(u64, u64)>,
+}
+
+impl<'a> RelaySource<'a> {
+    /// `f`, read until its channel ends, its producer dies or `stop` is set.
+    pub(crate) fn new(f: RelayFile, stop: &'a AtomicBool) -> RelaySource<'a> {
+        RelaySource {
+            f,
+            stop,
+            tail: false,
+            final_pass: false,
+            abandoned: None,
+        }
+    }
+}
+
+impl Source for RelaySource<'_> {
+    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
+        self.f.set_complete_only(!self.tail);
+        // One sub-buffer at a time (one write each), so that the last
+        // boundary passed is known when a write fails, and a rotation
+        // never splits a record.
+        let n = self.f.sendfile_subbuf(out)?;
+        self.tail = false;
+        Ok(n)
+    }
+
+    fn at_boundary(&self, _n: u64) -> bool {
+        self.f.at_subbuf_boundary()
+    }
+
+    /// The buffer counts a sub-buffer's records when its reader finishes
+    /// it, and one left half-read counts whole as unread at close; so on a
+    /// write error the output is cut back to the last boundary, so that it
+    /// holds exactly the records counted delivered.
+    fn cuts_back(&self) -> bool {
+        true
+    }
+
+    fn idle(&mut self) -> Result<Idle> {
+        // SYNC POINT: Relaxed; a stop flag carrying no data.
+        if self.stop.load(Ordering::Relaxed) || util::interrupted() {
+            if !self.final_pass {
+                self.final_pass = true;
+                self.tail = true;
+                return Ok(Idle::Again);
             }
-            res.bytes += n;
-            // SYNC POINT: Relaxed; a counter only shown.
-            progress.bytes.fetch_add(n, Ordering::Relaxed);
-            tail = false;
-            if n > 0 {
-                continue;
-            }
-            progress.lost.store(f.stats().lost(), Ordering::Relaxed);
-            // SYNC POINT: Relaxed; a stop flag carrying no data.
-            if stop.load(Ordering::Relaxed) || util::interrupted() {
-                if !final_pass {
-                    final_pass = true;
-                    tail = true;
-                    continue;
+            return Ok(Idle::End(End::Interrupted));
+        }
+        match self.f.poll(Some(Duration::from_millis(200)))? {
+            Ready::Readable => {}
+            Ready::Timeout => self.tail = true,
+            // `is_eof` looks at the partial sub-buffer too.
+            Ready::Closed => {
+                if self.f.is_eof()? {
+                    return Ok(Idle::End(End::Closed));
                 }
-                break End::Interrupted;
+                self.tail = true;
             }
-            match f.poll(Some(Duration::from_millis(200)))? {
-                Ready::Readable => {}
-                Ready::Timeout => tail = true,
-                // `is_eof` looks at the partial sub-buffer too.
-                Ready::Closed => {
-                    if f.is_eof()? {
-                        break End::Closed;
-                    }
-                    tail = true;
+            Ready::ProducerGone => {
+                if self.f.is_eof()? {
+                    self.abandoned = self.f.abandoned();
+                    return Ok(Idle::End(End::ProducerGone));
                 }
-                Ready::ProducerGone => {
-                    if f.is_eof()? {
-                        res.abandoned = f.abandoned();
-                        break End::ProducerGone;
-                    }
-                    tail = true;
-                }
+                self.tail = true;
             }
+        }
+        Ok(Idle::Again)
+    }
+
+    fn lost(&self) -> Option<u64> {
+        Some(self.f.stats().lost())
+    }
+
+    fn full_place(&self, path: &str) -> String {
+        path.to_string()
+    }
+
+    fn write_error(&self, e: relayfs::ReadError, path: &str, cut: u64) -> anyhow::Error {
+        // The library names the relay buffer it read from; the write that
+        // failed was to the output file.
+        let cause = match e {
+            relayfs::ReadError::Io { source, .. } => anyhow::Error::new(source),
+            e => anyhow::Error::new(e),
         };
-        out.finish()?;
-        res.files = out.files().to_vec();
-        res.stats = f.stats();
-        Ok(end)
-    };
-    match go(&mut res) {
-        Ok(end) => res.end = end,
-        Err(e) => {
-            res.end = End::Error;
-            res.error = Some(format!("{e:#}"));
-            // What was delivered before the error still counts.
-            res.stats = f.stats();
-            // Stop the other buffers too: the recording can't be complete.
-            // SYNC POINT: Relaxed; a stop flag carrying no data.
-            stop.store(true, Ordering::Relaxed);
-        }
+        cause.context(if cut > 0 {
+            format!(
+                "cannot write {path}; the {cut} bytes written of the sub-buffer being read were removed (the buffer counts that sub-buffer as not delivered)"
+            )
+        } else {
+            format!("cannot write {path}")
+        })
     }
-    // The producer found the buffer's shared state damaged: what it held
-    // when that happened can't be vouched for, so the recording failed,
-    // however cleanly the reading ended.
-    if res.error.is_none() {
-        if let Some(why) = relayfs::layout::corrupt_reason(res.stats.corrupt) {
-            res.end = End::Error;
-            res.error = Some(format!(
-                "the producer found this buffer corrupt ({why}) and refused {} records since",
-                res.stats.dropped_corrupt
-            ));
-        }
-    }
-    res
 }
 
 /// A relay file of a kernel channel and the name of its output.
@@ -272,39 +208,6 @@ pub(crate) struct KernelRelayBuffer {
     /// The CPU whose buffer this is: the reader thread runs there, as
     /// blktrace's do, so that the kernel's wakeup stays on that CPU.
     pub(crate) cpu: Option<u64>,
-}
-
-/// How one kernel relay file's recording went.
-#[derive(Debug)]
-pub(crate) struct KernelFileResult {
-    /// Relay file name.
-    pub(crate) name: String,
-    /// Bytes recorded.
-    pub(crate) bytes: u64,
-    /// Output files.
-    pub(crate) files: Vec<PathBuf>,
-    /// How it ended.
-    pub(crate) end: End,
-    /// What stopped it, if an error did.
-    pub(crate) error: Option<String>,
-    /// Whether the kernel let `sendfile` read this file.
-    pub(crate) sendfile: Support,
-    /// Wakeups with nothing to read (see `KernelRelayFile::empty_wakeups`).
-    pub(crate) empty_wakeups: u64,
-}
-
-impl Failed for KernelFileResult {
-    fn failed(name: &str, error: String) -> KernelFileResult {
-        KernelFileResult {
-            name: name.to_string(),
-            bytes: 0,
-            files: vec![],
-            end: End::Error,
-            error: Some(error),
-            sendfile: Support::Unknown,
-            empty_wakeups: 0,
-        }
-    }
 }
 
 /// The relay files `<base><N>` of a kernel channel directory, in CPU order,
@@ -461,114 +364,99 @@ impl Gate {
     }
 }
 
-/// What a kernel relay file's reader shares with the recording.
-pub(crate) struct KernelShared<'a> {
-    pub(crate) progress: &'a Progress,
-    /// Set when the producer side is stopped and flushed: read what is
-    /// left and end.
-    pub(crate) drain: &'a AtomicBool,
-    /// Set by a reader that failed, so that the recording stops.
-    pub(crate) failed: &'a AtomicBool,
-    pub(crate) gate: &'a Gate,
+/// A kernel relay file being recorded.
+pub(crate) struct KernelSource<'a> {
+    pub(crate) name: String,
+    pub(crate) f: KernelRelayFile,
+    drain: &'a AtomicBool,
+    gate: &'a Gate,
+    /// Polls in a row that found nothing while draining.
+    empty_in_drain: u32,
+    /// The kernel said the channel is closed (`POLLERR`).
+    closed: bool,
 }
 
-/// Records one kernel relay file into `out` until the kernel closes the
-/// channel (`POLLERR`) or, once `drain` is set, until nothing more comes.
-pub(crate) fn record_kernel_file(
-    b: KernelRelayBuffer,
-    mut f: KernelRelayFile,
-    mut out: FileOutput,
-    shared: KernelShared<'_>,
-    retry: bool,
-) -> KernelFileResult {
-    let KernelShared {
-        progress,
-        drain,
-        failed,
-        gate,
-    } = shared;
-    let mut bytes = 0u64;
-    // The kernel's SIGINT is the recording's stop: no other stop flag.
-    let mut retry = Retry::new(retry, None, "the kernel");
-    if let Some(cpu) = b.cpu {
-        // On its own CPU a reader can't copy an event the kernel is still
-        // filling (see relayfs::cpu::pin_current_thread).
-        if let Err(e) = relayfs::cpu::pin_current_thread(cpu as usize) {
-            crate::util::errln!(
-                "relayfs: {}: cannot run on CPU {cpu} ({e}); reading it from another CPU may copy an event the kernel is still filling",
-                b.name
-            );
+impl<'a> KernelSource<'a> {
+    /// Relay file `name`, read until the kernel closes the channel or, once
+    /// `drain` is set, until nothing more comes; `gate` parks it for a flush.
+    pub(crate) fn new(
+        name: String,
+        f: KernelRelayFile,
+        drain: &'a AtomicBool,
+        gate: &'a Gate,
+    ) -> KernelSource<'a> {
+        KernelSource {
+            name,
+            f,
+            drain,
+            gate,
+            empty_in_drain: 0,
+            closed: false,
         }
     }
-    let out: &mut dyn Output = &mut out;
-    let mut go = || -> Result<End> {
-        let mut empty_in_drain = 0;
-        let mut closed = false;
-        loop {
-            gate.pass();
-            let n = match f.sendfile(out.file(), CHUNK) {
-                Ok(n) => n,
-                Err(e) => match retry.write_failed(&b.name, &e) {
-                    Some(AfterFull::Again) => continue,
-                    Some(AfterFull::Stopped) => return Ok(End::Interrupted),
-                    None => {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "recording {} (nothing read was lost before this error)",
-                            b.name
-                        )))
-                    }
-                },
-            };
-            if n > 0 {
-                bytes += n;
-                out.wrote(n);
-                // SYNC POINT: Relaxed; a counter only shown.
-                progress.bytes.fetch_add(n, Ordering::Relaxed);
-                empty_in_drain = 0;
-                if n < CHUNK {
-                    // Caught up with the kernel: a place between records.
-                    out.boundary()?;
-                }
-                continue;
-            }
-            // SYNC POINT: Relaxed; a flag carrying no data (what the kernel
-            // flushed is read through its own file).
-            if drain.load(Ordering::Relaxed) {
-                // Stopping: the producer side is flushed; read until two
-                // polls in a row find nothing.
-                empty_in_drain += 1;
-                if empty_in_drain >= 2 {
-                    return Ok(End::Stopped);
-                }
-                f.poll(Some(DRAIN_POLL))?;
-                continue;
-            }
-            if closed {
-                // Everything after POLLERR is read.
-                return Ok(End::Closed);
-            }
-            match f.poll(Some(LIVE_POLL))? {
-                // POLLERR: the channel was closed; read what is left.
-                Ready::Closed => closed = true,
-                Ready::Readable | Ready::Timeout | Ready::ProducerGone => {}
-            }
+}
+
+impl Source for KernelSource<'_> {
+    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
+        self.gate.pass();
+        let n = self.f.sendfile(out, CHUNK)?;
+        if n > 0 {
+            self.empty_in_drain = 0;
         }
-    };
-    let (end, error) = match go() {
-        Ok(end) => (end, None),
-        Err(e) => {
-            // SYNC POINT: Relaxed; a flag the waiting thread polls.
-            failed.store(true, Ordering::Relaxed);
-            (End::Error, Some(format!("{e:#}")))
+        Ok(n)
+    }
+
+    /// Caught up with the kernel (a read returned less than asked): a place
+    /// between records, since record boundaries are the client's business.
+    fn at_boundary(&self, n: u64) -> bool {
+        n < CHUNK
+    }
+
+    /// The reader keeps what it read but could not write and writes that
+    /// first next time (the kernel's read consumed it): nothing to cut.
+    fn cuts_back(&self) -> bool {
+        false
+    }
+
+    fn idle(&mut self) -> Result<Idle> {
+        // SYNC POINT: Relaxed; a flag carrying no data (what the kernel
+        // flushed is read through its own file).
+        if self.drain.load(Ordering::Relaxed) {
+            // Stopping: the producer side is flushed; read until two polls
+            // in a row find nothing.
+            self.empty_in_drain += 1;
+            if self.empty_in_drain >= 2 {
+                return Ok(Idle::End(End::Stopped));
+            }
+            self.f.poll(Some(DRAIN_POLL))?;
+            return Ok(Idle::Again);
         }
-    };
-    KernelFileResult {
-        name: b.name,
-        bytes,
-        files: out.files().to_vec(),
-        end,
-        error,
-        sendfile: f.sendfile_support(),
-        empty_wakeups: f.empty_wakeups(),
+        if self.closed {
+            // Everything after POLLERR is read.
+            return Ok(Idle::End(End::Closed));
+        }
+        match self.f.poll(Some(LIVE_POLL))? {
+            // POLLERR: the channel was closed; read what is left.
+            Ready::Closed => self.closed = true,
+            Ready::Readable | Ready::Timeout | Ready::ProducerGone => {}
+        }
+        Ok(Idle::Again)
+    }
+
+    /// The kernel's losses are in the channel's `dropped` file, which the
+    /// recording reads.
+    fn lost(&self) -> Option<u64> {
+        None
+    }
+
+    fn full_place(&self, _path: &str) -> String {
+        self.name.clone()
+    }
+
+    fn write_error(&self, e: relayfs::ReadError, _path: &str, _cut: u64) -> anyhow::Error {
+        anyhow::Error::new(e).context(format!(
+            "recording {} (nothing read was lost before this error)",
+            self.name
+        ))
     }
 }
