@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::recorder::config::{self, OutputConfig};
-use crate::recorder::engine::{self, KernelRecording};
+use crate::recorder::kernel::{self as kernel_recorder, KernelRecording};
 use crate::recorder::report::{self, BlktraceSummary, End, Show};
 use crate::recorder::source::{self, KernelRelayBuffer};
 use crate::util;
@@ -387,7 +387,8 @@ pub fn run(a: &Args) -> Result<i32> {
     let events: u64 = per_cpu.iter().map(|c| c.events).sum();
     let garbage: u64 = per_cpu.iter().map(|c| c.garbage).sum();
     let cpu_s = util::cpu_seconds(libc::RUSAGE_SELF);
-    let mut summary = engine::kernel_summary(&dir, &out, why, &results, elapsed, dropped, mmap);
+    let mut summary =
+        kernel_recorder::kernel_summary(&dir, &out, why, &results, elapsed, dropped, mmap);
     summary.blktrace = Some(BlktraceSummary {
         device: a.device.display().to_string(),
         events,
@@ -442,7 +443,7 @@ pub fn run(a: &Args) -> Result<i32> {
             a.n_subbufs
         );
     }
-    let code = engine::report_errors(&results);
+    let code = kernel_recorder::report_errors(&results);
     Ok(exit_code(why, code, !damaged.is_empty()).max(i32::from(!written)))
 }
 

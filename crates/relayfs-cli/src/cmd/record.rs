@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::recorder::config::{RecordConfig, RecordFlags};
-use crate::recorder::engine;
+use crate::recorder::{kernel, relay};
 // `bench` finds it here.
 pub(crate) use crate::recorder::output::is_sink;
 use crate::util;
@@ -78,7 +78,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let cfg = a.config()?;
     let dir = util::channel_dir(&a.channel);
     if dir.is_dir() && relayfs::kernel::is_kernel_fs(&dir).unwrap_or(false) {
-        return engine::record_kernel_channel(&dir, &cfg);
+        return kernel::record_kernel_channel(&dir, &cfg);
     }
-    engine::record_channel(&dir, &cfg)
+    relay::record_channel(&dir, &cfg)
 }

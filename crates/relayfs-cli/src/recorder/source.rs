@@ -1,5 +1,5 @@
 //! The two kinds of source a recording reads, and how each buffer of one is
-//! moved into its [`Output`], whole sub-buffers at a time:
+//! moved into its output (`output::Output`), whole sub-buffers at a time:
 //!
 //! - a relayfs buffer ([`RelayFile`]): found by [`find_buffers`], read as a
 //!   [`RelaySource`] (poll, `sendfile` of one sub-buffer, the tail of a
