@@ -608,4 +608,86 @@ mod tests {
         );
         assert_eq!(End::worst([End::Error, End::ProducerGone]), End::Error);
     }
+
+    /// The kernel recorders' summary has the keys and values the JSON
+    /// built by hand had (`record` on debugfs, and blktrace's additions).
+    #[test]
+    fn a_kernel_summary_is_what_it_was() {
+        let buffer = KernelBufferSummary {
+            name: "trace0".into(),
+            end: End::Stopped,
+            bytes: 4096,
+            files: vec!["o/sda.blktrace.0".into()],
+            sendfile: support_str(Support::No(libc::EINVAL)),
+            empty_wakeups: 2,
+            error: None,
+        };
+        let mut s = KernelSummary {
+            channel: "/sys/kernel/debug/block/sda".into(),
+            kind: "kernel".into(),
+            out: "o".into(),
+            end: End::Stopped,
+            exit_code: 0,
+            elapsed_s: 2.0,
+            bytes: 4096,
+            mb_per_s: mb_per_s(4096, 2.0),
+            dropped: None,
+            mmap: support_str(Support::Unknown),
+            buffers: vec![buffer],
+            memory: Some(Memory {
+                rss_anon_kib: Some(100),
+                rss_anon_peak_kib: 120,
+            }),
+            blktrace: None,
+        };
+        let old_buffer = serde_json::json!({
+            "name": "trace0",
+            "end": "stopped",
+            "bytes": 4096,
+            "files": ["o/sda.blktrace.0"],
+            "sendfile": format!("no ({})", std::io::Error::from_raw_os_error(libc::EINVAL)),
+            "empty_wakeups": 2,
+            "error": null,
+        });
+        let mut old = serde_json::json!({
+            "channel": "/sys/kernel/debug/block/sda",
+            "kind": "kernel",
+            "out": "o",
+            "end": "stopped",
+            "exit_code": 0,
+            "elapsed_s": 2.0,
+            "bytes": 4096,
+            "mb_per_s": 4096.0 / 2.0 / 1e6,
+            "dropped": null,
+            "mmap": "untried",
+            "buffers": [old_buffer],
+            "rss_anon_kib": 100,
+            "rss_anon_peak_kib": 120,
+        });
+        assert_eq!(serde_json::to_value(&s).unwrap(), old);
+        // blktrace: no memory, its own counts.
+        s.memory = None;
+        s.blktrace = Some(BlktraceSummary {
+            device: "/dev/sda".into(),
+            events: 7,
+            unparsed_bytes: 0,
+            events_per_cpu: vec![7],
+            cpu_s: 0.5,
+            subbuf_size: 512 << 10,
+            n_subbufs: 4,
+        });
+        let o = old.as_object_mut().unwrap();
+        o.remove("rss_anon_kib");
+        o.remove("rss_anon_peak_kib");
+        o.insert("device".into(), "/dev/sda".into());
+        o.insert("events".into(), 7.into());
+        o.insert("unparsed_bytes".into(), 0.into());
+        o.insert("events_per_cpu".into(), serde_json::json!([7]));
+        o.insert("cpu_s".into(), 0.5.into());
+        o.insert("subbuf_size".into(), (512u64 << 10).into());
+        o.insert("n_subbufs".into(), 4.into());
+        assert_eq!(serde_json::to_value(&s).unwrap(), old);
+        let back: KernelSummary = serde_json::from_value(old).unwrap();
+        assert_eq!(back, s);
+    }
 }
