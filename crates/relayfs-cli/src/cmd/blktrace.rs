@@ -13,9 +13,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::recorder::config::{self, OutputConfig};
+use crate::recorder::config::{BlktraceConfig, BlktraceFlags};
 use crate::recorder::kernel::{self as kernel_recorder, KernelRecording};
-use crate::recorder::report::{self, BlktraceSummary, End, Show};
+use crate::recorder::report::{self, BlktraceSummary, End};
 use crate::recorder::source::{self, KernelRelayBuffer};
 use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
@@ -177,15 +177,12 @@ fn check_debugfs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn setup(dev: File, path: &Path, a: &Args) -> Result<(Trace, String)> {
-    if a.subbuf_size == 0 || a.subbuf_size > u64::from(u32::MAX) || a.n_subbufs == 0 {
-        bail!("--subbuf-size must be between 1 byte and 4 GiB and --n-subbufs at least 1");
-    }
+fn setup(dev: File, path: &Path, cfg: &BlktraceConfig) -> Result<(Trace, String)> {
     let mut buts = BlkUserTraceSetup {
         name: [0; 32],
         act_mask: 0, // every action (the kernel's default for 0)
-        buf_size: a.subbuf_size as u32,
-        buf_nr: a.n_subbufs,
+        buf_size: cfg.subbuf_size,
+        buf_nr: cfg.n_subbufs,
         start_lba: 0,
         end_lba: 0,
         pid: 0,
@@ -276,9 +273,25 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+impl Args {
+    /// The settings these flags ask for, checked.
+    fn config(&self) -> Result<BlktraceConfig> {
+        BlktraceConfig::check(BlktraceFlags {
+            out: self.out.clone(),
+            duration: self.duration,
+            subbuf_size: self.subbuf_size,
+            n_subbufs: self.n_subbufs,
+            no_recording: self.kill || self.start,
+            retry: self.retry,
+            json: self.json,
+            quiet: self.quiet,
+        })
+    }
+}
+
 /// Runs `relayfs blktrace`.
 pub fn run(a: &Args) -> Result<i32> {
-    crate::args::kernel_buffer(a.subbuf_size, a.n_subbufs).map_err(anyhow::Error::msg)?;
+    let cfg = a.config()?;
     util::catch_interrupts();
     let dev = open_device(&a.device)?;
     if a.kill {
@@ -306,14 +319,8 @@ pub fn run(a: &Args) -> Result<i32> {
         }
         return Ok(0);
     }
-    let out = match (&a.out, a.start) {
-        (Some(o), _) => o.clone(),
-        (None, true) => PathBuf::new(),
-        (None, false) => bail!("--out is required (the output directory)"),
-    };
-    let duration = a.duration.map(config::duration).transpose()?;
     check_debugfs(&a.debugfs)?;
-    let (mut trace, name) = setup(dev, &a.device, a)?;
+    let (mut trace, name) = setup(dev, &a.device, &cfg)?;
     let dir = a.debugfs.join("block").join(&name);
     if a.start {
         trace
@@ -326,6 +333,11 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(0);
     }
 
+    // Checked: only --kill and --start go without.
+    let Some(opts) = &cfg.output else {
+        bail!("--out is required (the output directory)");
+    };
+    let out = opts.dir.clone();
     let files = source::relay_files(&dir, Some("trace"))?;
     let mut open = Vec::new();
     for (file, path, cpu) in files {
@@ -339,23 +351,14 @@ pub fn run(a: &Args) -> Result<i32> {
             f,
         ));
     }
-    let opts = OutputConfig {
-        dir: out.clone(),
-        max_size: None,
-        max_files: None,
-        retry: a.retry,
-    };
-    let show = Show {
-        json: a.json,
-        quiet: a.quiet,
-    };
+    let show = cfg.show;
     let status = show.status_line();
-    let rec = KernelRecording::start(open, &opts)?;
+    let rec = KernelRecording::start(open, opts)?;
     let mmap = rec.mmap;
     trace
         .start()
         .with_context(|| format!("{}", a.device.display()))?;
-    let why = rec.wait(duration, Some(&dir), status);
+    let why = rec.wait(cfg.duration, Some(&dir), status);
     // Stop first: the kernel flushes its buffers, then the readers drain.
     // No reader may be inside read(2) while the kernel flushes (it would
     // copy a sub-buffer that was never written): park them first.

@@ -100,6 +100,66 @@ impl RecordConfig {
     }
 }
 
+/// The flags of `relayfs blktrace`, as given.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BlktraceFlags {
+    pub(crate) out: Option<PathBuf>,
+    /// Seconds.
+    pub(crate) duration: Option<f64>,
+    pub(crate) subbuf_size: u64,
+    pub(crate) n_subbufs: u32,
+    /// `--kill` or `--start`: no recording, so no output directory.
+    pub(crate) no_recording: bool,
+    pub(crate) retry: bool,
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+/// `relayfs blktrace`'s settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BlktraceConfig {
+    /// Where the recording goes (None with `--kill` or `--start`).
+    pub(crate) output: Option<OutputConfig>,
+    pub(crate) duration: Option<Duration>,
+    /// The kernel's sub-buffer size: fits its 32-bit field.
+    pub(crate) subbuf_size: u32,
+    pub(crate) n_subbufs: u32,
+    pub(crate) show: Show,
+}
+
+impl BlktraceConfig {
+    /// Checks `flags` together, as the kernel's `relay_open` would.
+    pub(crate) fn check(flags: BlktraceFlags) -> Result<BlktraceConfig> {
+        args::kernel_buffer(flags.subbuf_size, flags.n_subbufs).map_err(anyhow::Error::msg)?;
+        let subbuf_size = u32::try_from(flags.subbuf_size)
+            .ok()
+            .filter(|&b| b > 0 && flags.n_subbufs > 0);
+        let Some(subbuf_size) = subbuf_size else {
+            bail!("--subbuf-size must be between 1 byte and 4 GiB and --n-subbufs at least 1");
+        };
+        let output = match (flags.out, flags.no_recording) {
+            (Some(dir), _) => Some(OutputConfig {
+                dir,
+                max_size: None,
+                max_files: None,
+                retry: flags.retry,
+            }),
+            (None, true) => None,
+            (None, false) => bail!("--out is required (the output directory)"),
+        };
+        Ok(BlktraceConfig {
+            output,
+            duration: flags.duration.map(duration).transpose()?,
+            subbuf_size,
+            n_subbufs: flags.n_subbufs,
+            show: Show {
+                json: flags.json,
+                quiet: flags.quiet,
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +229,46 @@ mod tests {
             });
             assert!(r.is_err(), "{bad}");
         }
+    }
+
+    fn blktrace() -> BlktraceFlags {
+        BlktraceFlags {
+            out: Some(PathBuf::from("out")),
+            duration: None,
+            subbuf_size: 512 << 10,
+            n_subbufs: 4,
+            no_recording: false,
+            retry: false,
+            json: false,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn blktrace_buffers_are_held_to_what_the_kernel_takes() {
+        let c = BlktraceConfig::check(blktrace()).unwrap();
+        assert_eq!((c.subbuf_size, c.n_subbufs), (512 << 10, 4));
+        assert_eq!(c.output.unwrap().dir, PathBuf::from("out"));
+        for (b, n) in [(1 << 30, 8), (0, 4), (4096, 0), (1 << 32, 1)] {
+            let r = BlktraceConfig::check(BlktraceFlags {
+                subbuf_size: b,
+                n_subbufs: n,
+                ..blktrace()
+            });
+            assert!(r.is_err(), "-b {b} -n {n}");
+        }
+        // Recording needs a directory; --kill and --start don't.
+        let r = BlktraceConfig::check(BlktraceFlags {
+            out: None,
+            ..blktrace()
+        });
+        assert!(format!("{}", r.unwrap_err()).contains("--out is required"));
+        let c = BlktraceConfig::check(BlktraceFlags {
+            out: None,
+            no_recording: true,
+            ..blktrace()
+        })
+        .unwrap();
+        assert_eq!(c.output, None);
     }
 }
