@@ -7,6 +7,7 @@ mod cmd;
 mod demofmt;
 mod output;
 mod util;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use super::demo::{self, SizeSpec};
-use super::verify;
+use crate::cmd::verify;
+use crate::workload::{self, ChannelArgs, Rng, SizeSpec};
 use crate::{demofmt, util};
 
 /// Records per timed batch.
@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Record length S, or MIN..MAX
-    #[arg(long, default_value = "64", value_parser = demo::parse_size_spec)]
+    #[arg(long, default_value = "64", value_parser = workload::parse_size_spec)]
     pub size: SizeSpec,
     /// Records per thread (default: run for --duration)
     #[arg(long, value_parser = crate::args::count)]
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::args::rate)]
     pub rate: Option<f64>,
     #[command(flatten)]
-    pub chan: demo::ChannelArgs,
+    pub chan: ChannelArgs,
     /// Record into DIR (default: a temporary directory on tmpfs), or into a
     /// device such as /dev/null to measure the recorder alone (the counters
     /// are then checked, not the records)
@@ -101,7 +101,7 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
     let chunk = chunk.clamp(4096, ring.max(4096));
     let ring = ring.max(chunk);
     let mut src = vec![0u8; ring];
-    let mut rng = demo::Rng::new(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for b in src.chunks_mut(8) {
         let v = rng.next().to_le_bytes();
         b.copy_from_slice(&v[..b.len()]);
@@ -147,8 +147,7 @@ fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
 
 /// One run; returns its summary.
 fn run_once(a: &Args) -> Result<Value> {
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu);
+    let threads = a.threads.unwrap_or_else(workload::default_threads);
     let name = format!("bench-{}", std::process::id());
     let chan = Arc::new(
         a.chan
@@ -160,11 +159,11 @@ fn run_once(a: &Args) -> Result<Value> {
     let out = match &a.out {
         Some(o) => o.clone(),
         None => {
-            tmp = demo::tempfile_dir()?;
+            tmp = workload::tmpfs_out_dir()?;
             tmp.path().to_path_buf()
         }
     };
-    let fs = if !a.no_reader && !super::record::is_sink(&out) && !a.no_fs_baseline {
+    let fs = if !a.no_reader && !crate::output::is_sink(&out) && !a.no_fs_baseline {
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create {}", out.display()))?;
         let g = chan.geometry();
@@ -181,7 +180,7 @@ fn run_once(a: &Args) -> Result<Value> {
     let recorder = if a.no_reader {
         None
     } else {
-        Some(demo::start_recorder(&chan, &out)?)
+        Some(workload::start_recorder(&chan, &out)?)
     };
     let per_thread_rate = a.rate.map(|r| r / threads as f64);
     let deadline = a
@@ -193,7 +192,7 @@ fn run_once(a: &Args) -> Result<Value> {
         .map(|w| {
             let (chan, barrier, size, count) = (chan.clone(), barrier.clone(), a.size, a.count);
             std::thread::spawn(move || {
-                let mut rng = demo::Rng::new(1 + w as u64 * 7919);
+                let mut rng = Rng::new(1 + w as u64 * 7919);
                 let mut t = Thread {
                     ok: 0,
                     full: 0,
@@ -271,7 +270,7 @@ fn run_once(a: &Args) -> Result<Value> {
         .map_err(|_| anyhow::anyhow!("channel still shared"))?
         .close()?;
     let rec = match recorder {
-        Some(c) => Some(demo::finish_recorder(c)?),
+        Some(c) => Some(workload::finish_recorder(c)?),
         None => None,
     };
     let rec_secs = started.elapsed().as_secs_f64();
@@ -289,7 +288,7 @@ fn run_once(a: &Args) -> Result<Value> {
         + pstats.overwritten_records
         + pstats.unread_at_close
         + discarded;
-    let sink = super::record::is_sink(&out);
+    let sink = crate::output::is_sink(&out);
     let report = if rec.is_some() && !sink {
         // Writers ran for a duration: each offered its own count.
         let same = offered_per_writer
@@ -343,7 +342,7 @@ fn run_once(a: &Args) -> Result<Value> {
     };
     Ok(json!({
         "threads": threads,
-        "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
+        "size": a.size.to_string(),
         "mode": a.chan.mode_name(),
         "rate": a.rate,
         "reader": !a.no_reader,
@@ -451,7 +450,7 @@ pub fn run(a: &Args) -> Result<i32> {
 }
 
 fn sweep(a: &Args) -> Result<i32> {
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let ncpu = workload::default_threads();
     let mut rows = Vec::new();
     let mut bad = false;
     if !a.json {

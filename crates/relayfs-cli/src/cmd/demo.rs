@@ -3,103 +3,17 @@
 //! from T threads, closes the channel, waits for the recorder, verifies the
 //! recording and prints a summary.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use relayfs::{Channel, Mode, RelayFile, WriteError};
+use anyhow::{Context, Result};
+use relayfs::{Channel, WriteError};
 use serde_json::json;
 
-use super::verify;
+use crate::cmd::verify;
+use crate::workload::{self, ChannelArgs, Rng, SizeSpec};
 use crate::{demofmt, util};
-
-/// A record length, or a range to draw lengths from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SizeSpec {
-    /// Smallest length.
-    pub min: u32,
-    /// Largest length.
-    pub max: u32,
-}
-
-/// Parses `S` or `MIN..MAX`.
-pub fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
-    let (min, max) = match s.split_once("..") {
-        Some((a, b)) => (util::parse_size(a)?, util::parse_size(b)?),
-        None => {
-            let v = util::parse_size(s)?;
-            (v, v)
-        }
-    };
-    if min < demofmt::HEADER as u64 || max < min || max > u32::MAX as u64 {
-        return Err(format!(
-            "record size {s:?}: need {} <= MIN <= MAX (a demo record has a {}-byte header)",
-            demofmt::HEADER,
-            demofmt::HEADER
-        ));
-    }
-    Ok(SizeSpec {
-        min: min as u32,
-        max: max as u32,
-    })
-}
-
-/// The channel's shape, as `demo` and `bench` take it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ChannelArgs {
-    /// Sub-buffer size (a power of two; default 1M)
-    #[arg(long, value_parser = crate::args::subbuf_size)]
-    pub subbuf_size: Option<u64>,
-    /// Sub-buffers per buffer (default 16)
-    #[arg(long, value_parser = crate::args::n_subbufs)]
-    pub n_subbufs: Option<u64>,
-    /// Overwrite ("flight recorder") mode
-    #[arg(long)]
-    pub overwrite: bool,
-}
-
-impl ChannelArgs {
-    /// Checks the sizes together (each was checked alone when parsed), so
-    /// that a channel the library would refuse is refused before anything
-    /// starts.
-    pub fn check(&self) -> Result<()> {
-        relayfs::Geometry::new(
-            self.subbuf_size.unwrap_or(relayfs::DEFAULT_SUBBUF_SIZE),
-            self.n_subbufs.unwrap_or(relayfs::DEFAULT_N_SUBBUFS),
-            0,
-            4096,
-        )
-        .context("--subbuf-size and --n-subbufs")?;
-        Ok(())
-    }
-
-    /// A builder for channel `name` with these settings.
-    pub fn builder(&self, name: &str) -> relayfs::ChannelBuilder {
-        let mut b = Channel::builder(name);
-        if let Some(s) = self.subbuf_size {
-            b = b.subbuf_size(s);
-        }
-        if let Some(n) = self.n_subbufs {
-            b = b.n_subbufs(n);
-        }
-        if self.overwrite {
-            b = b.mode(Mode::Overwrite);
-        }
-        b
-    }
-
-    /// "overwrite" or "no-overwrite".
-    pub fn mode_name(&self) -> &'static str {
-        if self.overwrite {
-            "overwrite"
-        } else {
-            "no-overwrite"
-        }
-    }
-}
 
 /// Arguments of `relayfs demo`.
 #[derive(Debug, clap::Args)]
@@ -114,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = crate::args::count)]
     pub count: u64,
     /// Record length S, or MIN..MAX for lengths drawn from a seeded generator
-    #[arg(long, default_value = "64", value_parser = parse_size_spec)]
+    #[arg(long, default_value = "64", value_parser = workload::parse_size_spec)]
     pub size: SizeSpec,
     /// Seed of the length generator
     #[arg(long, default_value_t = 1)]
@@ -137,28 +51,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// xorshift64*: a small seeded generator (record lengths, filler bytes).
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub(crate) fn len(&mut self, s: SizeSpec) -> usize {
-        if s.min == s.max {
-            s.min as usize
-        } else {
-            (s.min as u64 + self.next() % (s.max - s.min + 1) as u64) as usize
-        }
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct WriterResult {
     /// Records offered: `--count`, or fewer when interrupted.
@@ -169,31 +61,6 @@ struct WriterResult {
     corrupt: u64,
     bytes: u64,
     secs: f64,
-}
-
-fn wait_for_readers(
-    chan: &Channel,
-    timeout: Duration,
-    child: Option<&mut std::process::Child>,
-) -> Result<bool> {
-    let t = Instant::now();
-    let mut child = child;
-    loop {
-        let attached = (0..chan.n_buffers())
-            .all(|i| RelayFile::inspect(chan.buffer_path(i)).is_ok_and(|s| s.reader_attached));
-        if attached {
-            return Ok(true);
-        }
-        if let Some(c) = child.as_deref_mut() {
-            if let Some(st) = c.try_wait()? {
-                bail!("the recorder exited before attaching ({st})");
-            }
-        }
-        if t.elapsed() > timeout || util::interrupted() {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f64) {
@@ -246,8 +113,7 @@ fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f
 pub fn run(a: &Args) -> Result<i32> {
     a.chan.check()?;
     util::catch_interrupts();
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu);
+    let threads = a.threads.unwrap_or_else(workload::default_threads);
     let name = a
         .name
         .clone()
@@ -286,9 +152,9 @@ pub fn run(a: &Args) -> Result<i32> {
                 a.attach_timeout
             );
         }
-        wait_for_readers(&chan, Duration::from_secs_f64(a.attach_timeout), None)?;
+        workload::wait_for_readers(&chan, Duration::from_secs_f64(a.attach_timeout), None)?;
     } else {
-        let child = start_recorder(&chan, &out)?;
+        let child = workload::start_recorder(&chan, &out)?;
         rec_pid = child.id();
         recorder = Some(child);
     }
@@ -298,7 +164,7 @@ pub fn run(a: &Args) -> Result<i32> {
     let pstats = chan.close().context("closing the channel")?;
 
     let rec_json = match recorder {
-        Some(child) => finish_recorder(child)?,
+        Some(child) => workload::finish_recorder(child)?,
         None => serde_json::Value::Null,
     };
     let offered: u64 = writers.iter().map(|w| w.offered).sum();
@@ -345,7 +211,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "threads": threads,
         "count": a.count,
         "interrupted": interrupted,
-        "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
+        "size": a.size.to_string(),
         "subbuf_size": g.subbuf_size,
         "n_subbufs": g.n_subbufs,
         "written": offered,
@@ -374,66 +240,6 @@ pub fn run(a: &Args) -> Result<i32> {
         print_summary(&summary, a.no_record)?;
     }
     Ok(if ok { 0 } else { 1 })
-}
-
-/// Starts `relayfs record` on `chan` into `out` (JSON summary on its stdout)
-/// and waits until it holds every buffer.
-///
-/// The recorder gets a process group of its own, so that Ctrl-C or a
-/// hang-up of the terminal reaches only this process: it stops the writers
-/// and closes the channel, and the recorder then drains everything and
-/// ends as on any close. (Were the recorder signalled too, it would stop
-/// while the writers still wrote, and what they wrote after would be
-/// neither delivered nor counted.) Should this process die, the recorder
-/// sees its producer gone and ends too.
-pub(crate) fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("record")
-        .arg(chan.dir())
-        .arg("-o")
-        .arg(out)
-        .args(["--json", "--quiet"])
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .context("cannot start the recorder")?;
-    let attached = wait_for_readers(chan, Duration::from_secs(30), Some(&mut child));
-    if !matches!(attached, Ok(true)) {
-        let _ = child.kill();
-        let _ = child.wait();
-        attached?;
-        if util::interrupted() {
-            bail!("interrupted before the recorder attached");
-        }
-        bail!("the recorder did not attach within 30 s");
-    }
-    Ok(child)
-}
-
-/// Waits for a recorder started by `start_recorder` and returns its summary.
-pub(crate) fn finish_recorder(mut child: std::process::Child) -> Result<serde_json::Value> {
-    let mut s = String::new();
-    if let Some(mut so) = child.stdout.take() {
-        so.read_to_string(&mut s)?;
-    }
-    let st = child.wait()?;
-    if !st.success() {
-        bail!("the recorder failed ({st})");
-    }
-    serde_json::from_str(s.trim()).context("reading the recorder's summary")
-}
-
-pub(crate) fn tempfile_dir() -> Result<tempfile::TempDir> {
-    let base = Path::new("/dev/shm");
-    let b = tempfile::Builder::new()
-        .prefix("relayfs-demo-out-")
-        .tempdir_in(if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        });
-    b.context("cannot create a temporary output directory")
 }
 
 fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
