@@ -1,15 +1,18 @@
 //! What `relayfs demo` and `relayfs bench` share: the channel's shape as
 //! they take it, the record size spec and the seeded generator of lengths,
-//! and starting `relayfs record` in another process on a channel and
-//! reading its summary back.
+//! the writer threads (demo records, optionally paced, each outcome of a
+//! write counted), and starting `relayfs record` in another process on a
+//! channel and reading its summary back.
 
 use std::io::Read;
+use std::num::NonZeroU64;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use relayfs::{Channel, Mode, RelayFile};
+use relayfs::{Channel, Mode, RelayFile, WriteError};
 
 use crate::{demofmt, util};
 
@@ -134,6 +137,199 @@ impl ChannelArgs {
             "no-overwrite"
         }
     }
+}
+
+/// Records per timed batch (and between two looks at the signals, the
+/// clock and the count).
+pub const BATCH: u64 = 1024;
+
+/// When the writers stop (or earlier, on SIGINT, SIGTERM or SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Until {
+    /// After this many records each.
+    Count(u64),
+    /// After this long (checked between batches).
+    Elapsed(Duration),
+}
+
+/// What the writer threads write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Writer threads.
+    pub threads: u32,
+    /// Record lengths.
+    pub size: SizeSpec,
+    /// Seed of the lengths: writer `w` draws from `Rng::new(seed + w·7919)`.
+    pub seed: u64,
+    /// When to stop.
+    pub until: Until,
+    /// Total rate in records per second, shared evenly by the threads
+    /// (`None`: as fast as they can).
+    pub rate: Option<f64>,
+}
+
+/// What one writer thread did. `offered = ok + full + toobig + corrupt`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriterCounts {
+    /// Records offered to the channel (the next one's `seq`).
+    pub offered: u64,
+    /// Accepted (reserved, written, committed).
+    pub ok: u64,
+    /// Refused: `WriteError::Full`.
+    pub full: u64,
+    /// Refused: `WriteError::TooBig`.
+    pub toobig: u64,
+    /// Refused: `WriteError::Corrupt`.
+    pub corrupt: u64,
+    /// Bytes of the accepted records.
+    pub bytes: u64,
+    /// Seconds from the start to the last record.
+    pub secs: f64,
+    /// Nanoseconds per record of each batch of up to [`BATCH`] records.
+    pub batch_ns: Vec<f64>,
+}
+
+impl WriterCounts {
+    /// Offers demo record `seq` of writer `writer`, `len` bytes long, to
+    /// `chan`, and counts what became of it.
+    #[inline]
+    pub fn offer(&mut self, chan: &Channel, writer: u32, seq: u64, len: usize) {
+        self.offered += 1;
+        match chan.reserve(len) {
+            Ok(mut slot) => {
+                let cpu = slot.cpu() as u32;
+                demofmt::encode(&mut slot, writer, cpu, seq);
+                slot.commit();
+                self.ok += 1;
+                self.bytes += len as u64;
+            }
+            Err(WriteError::Full) => self.full += 1,
+            Err(WriteError::TooBig(_)) => self.toobig += 1,
+            Err(WriteError::Corrupt) => self.corrupt += 1,
+        }
+    }
+}
+
+/// What all the writer threads did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// One per thread, by writer index.
+    pub writers: Vec<WriterCounts>,
+    /// When the threads were let go, together.
+    pub started: Instant,
+    /// Seconds from `started` until the last thread ended.
+    pub wall: f64,
+}
+
+impl Written {
+    /// Records offered by each writer.
+    pub fn offered_by_writer(&self) -> Vec<u64> {
+        self.writers.iter().map(|w| w.offered).collect()
+    }
+
+    /// Records offered in all.
+    pub fn offered(&self) -> u64 {
+        self.writers.iter().map(|w| w.offered).sum()
+    }
+
+    /// Records accepted in all.
+    pub fn accepted(&self) -> u64 {
+        self.writers.iter().map(|w| w.ok).sum()
+    }
+
+    /// Bytes accepted in all.
+    pub fn bytes(&self) -> u64 {
+        self.writers.iter().map(|w| w.bytes).sum()
+    }
+
+    /// Every batch's nanoseconds per record, sorted.
+    pub fn batch_ns_sorted(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .writers
+            .iter()
+            .flat_map(|w| w.batch_ns.iter().copied())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+}
+
+/// Runs `load.threads` writer threads on `chan`, started together, and
+/// waits for them all. Writer `w` writes demo records `w`, seq 0, 1, …
+pub fn write(chan: &Arc<Channel>, load: Load) -> Result<Written> {
+    let barrier = Arc::new(Barrier::new(load.threads as usize + 1));
+    let handles: Vec<_> = (0..load.threads)
+        .map(|w| {
+            let (chan, barrier) = (chan.clone(), barrier.clone());
+            std::thread::spawn(move || writer(&chan, w, load, &barrier))
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let mut writers = Vec::with_capacity(handles.len());
+    for h in handles {
+        writers.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a producer thread panicked"))?,
+        );
+    }
+    Ok(Written {
+        writers,
+        started,
+        wall: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writer thread `w` of `load`.
+fn writer(chan: &Channel, w: u32, load: Load, barrier: &Barrier) -> WriterCounts {
+    let mut rng = Rng::new(load.seed.wrapping_add(w as u64 * 7919));
+    let mut c = WriterCounts::default();
+    let per_thread_rate = load.rate.map(|r| r / load.threads as f64);
+    if per_thread_rate.is_some() {
+        // A short sleep should be short (see the pacing below); without
+        // it, pacing is only coarser.
+        let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(1));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    loop {
+        let seq = c.offered;
+        let n = match load.until {
+            Until::Count(count) if seq >= count => break,
+            Until::Count(count) => BATCH.min(count - seq),
+            Until::Elapsed(d) if start.elapsed() >= d => break,
+            Until::Elapsed(_) => BATCH,
+        };
+        // Stop early on SIGINT, SIGTERM or SIGHUP (checked once a batch,
+        // off the write itself).
+        if util::interrupted() {
+            break;
+        }
+        let bt = Instant::now();
+        for _ in 0..n {
+            let len = rng.len(load.size);
+            let seq = c.offered;
+            c.offer(chan, w, seq, len);
+        }
+        c.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
+        if let Some(r) = per_thread_rate {
+            // Pace: wait until this many records are due. Sleep through
+            // most of any wait longer than a few microseconds rather than
+            // spin: a producer at a set rate shouldn't take a whole CPU from
+            // the recorder on a machine with two. (The timer slack is cut to
+            // 1 ns above, so a short sleep is a short sleep.)
+            let due = Duration::from_secs_f64(c.offered as f64 / r);
+            let ahead = due.saturating_sub(start.elapsed());
+            if ahead > Duration::from_micros(20) {
+                std::thread::sleep(ahead - Duration::from_micros(10));
+            }
+            while start.elapsed() < due {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    c.secs = start.elapsed().as_secs_f64();
+    c
 }
 
 /// Writer threads: one per CPU.
@@ -289,5 +485,105 @@ mod tests {
         assert!(seen.iter().all(|&x| x), "{seen:?}");
         let one = SizeSpec { min: 40, max: 40 };
         assert!((0..100).all(|_| r.len(one) == 40));
+    }
+
+    /// A global channel (one buffer, whatever the CPUs) of two 64-byte
+    /// sub-buffers in `dir`, no reader.
+    fn tiny(dir: &Path, name: &str) -> Channel {
+        Channel::builder(name)
+            .relay_dir(dir)
+            .global(true)
+            .subbuf_size(64)
+            .n_subbufs(2)
+            .open()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_record_larger_than_a_subbuffer_counts_as_too_big_not_full() {
+        let tmp = tempfile::tempdir().unwrap();
+        let chan = tiny(tmp.path(), "toobig");
+        let mut c = WriterCounts::default();
+        for seq in 0..10 {
+            c.offer(&chan, 0, seq, 100);
+        }
+        assert_eq!(
+            (c.offered, c.ok, c.full, c.toobig, c.corrupt, c.bytes),
+            (10, 0, 0, 10, 0, 0)
+        );
+        let st = chan.close().unwrap();
+        assert_eq!((st.dropped_toobig, st.dropped_full), (10, 0));
+    }
+
+    #[test]
+    fn a_full_buffer_counts_as_full() {
+        let tmp = tempfile::tempdir().unwrap();
+        let chan = tiny(tmp.path(), "full");
+        let mut c = WriterCounts::default();
+        for seq in 0..100 {
+            c.offer(&chan, 0, seq, 24);
+        }
+        // No reader: the ring fills, then every write is refused.
+        assert!(c.ok > 0 && c.full > 0, "{c:?}");
+        assert_eq!(
+            (c.offered, c.ok + c.full, c.toobig, c.corrupt),
+            (100, 100, 0, 0)
+        );
+        assert_eq!(c.bytes, c.ok * 24);
+        let st = chan.close().unwrap();
+        assert_eq!((st.dropped_full, st.dropped_toobig), (c.full, 0));
+        assert_eq!(st.records_written + st.records_pending, c.ok);
+    }
+
+    #[test]
+    fn writers_count_every_record_offered_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let chan = Arc::new(tiny(tmp.path(), "mixed"));
+        // 24..100 on 64-byte sub-buffers: some fit, some are too big, and
+        // with no reader the ring fills.
+        let load = Load {
+            threads: 3,
+            size: SizeSpec { min: 24, max: 100 },
+            seed: 9,
+            until: Until::Count(2 * BATCH + 5),
+            rate: None,
+        };
+        let w = write(&chan, load).unwrap();
+        assert_eq!(w.offered_by_writer(), vec![2 * BATCH + 5; 3]);
+        for c in &w.writers {
+            assert_eq!(c.ok + c.full + c.toobig + c.corrupt, c.offered, "{c:?}");
+            assert!(c.toobig > 0 && c.full > 0, "{c:?}");
+            assert_eq!(c.batch_ns.len(), 3);
+        }
+        let sum = |f: fn(&WriterCounts) -> u64| w.writers.iter().map(f).sum::<u64>();
+        let st = Arc::try_unwrap(chan).unwrap().close().unwrap();
+        assert_eq!(st.dropped_toobig, sum(|c| c.toobig));
+        assert_eq!(st.dropped_full, sum(|c| c.full));
+        assert_eq!(st.records_written + st.records_pending, w.accepted());
+    }
+
+    #[test]
+    fn writers_draw_lengths_from_their_seed() {
+        let lengths = |seed| {
+            let tmp = tempfile::tempdir().unwrap();
+            let chan = Arc::new(tiny(tmp.path(), "seeded"));
+            let load = Load {
+                threads: 2,
+                size: SizeSpec { min: 24, max: 100 },
+                seed,
+                until: Until::Count(50),
+                rate: None,
+            };
+            let w = write(&chan, load).unwrap();
+            // What fits is a matter of timing; what is too big is not.
+            w.writers.iter().map(|c| c.toobig).collect::<Vec<_>>()
+        };
+        let mut want = Vec::new();
+        for w in 0..2u64 {
+            let mut r = Rng::new(4u64.wrapping_add(w * 7919));
+            let s = SizeSpec { min: 24, max: 100 };
+            want.push((0..50).filter(|_| r.len(s) > 64).count() as u64);
+        }
+        assert_eq!(lengths(4), want);
     }
 }

@@ -10,18 +10,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::cmd::verify;
-use crate::workload::{self, ChannelArgs, Rng, SizeSpec};
-use crate::{demofmt, util};
-
-/// Records per timed batch.
-const BATCH: u64 = 1024;
+use crate::util;
+use crate::workload::{self, ChannelArgs, Rng, SizeSpec, BATCH};
 
 /// Arguments of `relayfs bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,14 +62,6 @@ pub struct Args {
     /// into the output directory, twice, measured before the run)
     #[arg(long)]
     pub no_fs_baseline: bool,
-}
-
-struct Thread {
-    ok: u64,
-    full: u64,
-    bytes: u64,
-    batch_ns: Vec<f64>,
-    secs: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -182,89 +171,21 @@ fn run_once(a: &Args) -> Result<Value> {
     } else {
         Some(workload::start_recorder(&chan, &out)?)
     };
-    let per_thread_rate = a.rate.map(|r| r / threads as f64);
-    let deadline = a
-        .count
-        .is_none()
-        .then(|| Duration::from_secs_f64(a.duration));
-    let barrier = Arc::new(Barrier::new(threads as usize + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|w| {
-            let (chan, barrier, size, count) = (chan.clone(), barrier.clone(), a.size, a.count);
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(1 + w as u64 * 7919);
-                let mut t = Thread {
-                    ok: 0,
-                    full: 0,
-                    bytes: 0,
-                    batch_ns: Vec::new(),
-                    secs: 0.0,
-                };
-                if per_thread_rate.is_some() {
-                    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and
-                    // affects only the calling thread.
-                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-                }
-                barrier.wait();
-                let start = Instant::now();
-                let mut seq = 0u64;
-                loop {
-                    if count.is_some_and(|c| seq >= c)
-                        || deadline.is_some_and(|d| start.elapsed() >= d)
-                        || util::interrupted()
-                    {
-                        break;
-                    }
-                    let n = count.map_or(BATCH, |c| BATCH.min(c - seq));
-                    let bt = Instant::now();
-                    for _ in 0..n {
-                        let len = rng.len(size);
-                        match chan.reserve(len) {
-                            Ok(mut slot) => {
-                                let cpu = slot.cpu() as u32;
-                                demofmt::encode(&mut slot, w, cpu, seq);
-                                t.ok += 1;
-                                t.bytes += len as u64;
-                            }
-                            Err(_) => t.full += 1,
-                        }
-                        seq += 1;
-                    }
-                    t.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
-                    if let Some(r) = per_thread_rate {
-                        // Pace: wait until this many records are due. Sleep
-                        // through most of any wait longer than a few
-                        // microseconds rather than spin: a producer at a set
-                        // rate shouldn't take a whole CPU from the recorder
-                        // on a machine with two. (The timer slack is cut to
-                        // 1 ns below, so a short sleep is a short sleep.)
-                        let due = Duration::from_secs_f64(seq as f64 / r);
-                        let ahead = due.saturating_sub(start.elapsed());
-                        if ahead > Duration::from_micros(20) {
-                            std::thread::sleep(ahead - Duration::from_micros(10));
-                        }
-                        while start.elapsed() < due {
-                            std::hint::spin_loop();
-                        }
-                    }
-                }
-                t.secs = start.elapsed().as_secs_f64();
-                (t, seq)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let mut results = Vec::new();
-    let mut offered_per_writer = Vec::new();
-    for h in handles {
-        let (t, seq) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a producer thread panicked"))?;
-        results.push(t);
-        offered_per_writer.push(seq);
-    }
-    let wall = started.elapsed().as_secs_f64();
+    let written = workload::write(
+        &chan,
+        workload::Load {
+            threads,
+            size: a.size,
+            seed: 1,
+            until: match a.count {
+                Some(c) => workload::Until::Count(c),
+                None => workload::Until::Elapsed(Duration::from_secs_f64(a.duration)),
+            },
+            rate: a.rate,
+        },
+    )?;
+    let wall = written.wall;
+    let offered_per_writer = written.offered_by_writer();
     // The final counts, with what no reader was left to read.
     let pstats = Arc::try_unwrap(chan)
         .map_err(|_| anyhow::anyhow!("channel still shared"))?
@@ -273,11 +194,11 @@ fn run_once(a: &Args) -> Result<Value> {
         Some(c) => Some(workload::finish_recorder(c)?),
         None => None,
     };
-    let rec_secs = started.elapsed().as_secs_f64();
+    let rec_secs = written.started.elapsed().as_secs_f64();
     let rec_cpu = util::cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before;
-    let offered: u64 = offered_per_writer.iter().sum();
-    let accepted: u64 = results.iter().map(|t| t.ok).sum();
-    let bytes: u64 = results.iter().map(|t| t.bytes).sum();
+    let offered = written.offered();
+    let accepted = written.accepted();
+    let bytes = written.bytes();
     let discarded = rec
         .as_ref()
         .and_then(|r| r["discarded"].as_u64())
@@ -317,11 +238,7 @@ fn run_once(a: &Args) -> Result<Value> {
         (None, Some(_)) => Some(delivered + dropped == offered),
         (None, None) => None,
     };
-    let mut batch: Vec<f64> = results
-        .iter()
-        .flat_map(|t| t.batch_ns.iter().copied())
-        .collect();
-    batch.sort_by(f64::total_cmp);
+    let batch = written.batch_ns_sorted();
     let rec_bytes = rec.as_ref().and_then(|r| r["bytes"].as_u64()).unwrap_or(0);
     let offered_bytes_per_sec = if accepted > 0 {
         offered as f64 / wall * (bytes as f64 / accepted as f64)

@@ -4,16 +4,15 @@
 //! recording and prints a summary.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use relayfs::{Channel, WriteError};
 use serde_json::json;
 
 use crate::cmd::verify;
-use crate::workload::{self, ChannelArgs, Rng, SizeSpec};
-use crate::{demofmt, util};
+use crate::util;
+use crate::workload::{self, ChannelArgs, SizeSpec};
 
 /// Arguments of `relayfs demo`.
 #[derive(Debug, clap::Args)]
@@ -49,64 +48,6 @@ pub struct Args {
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct WriterResult {
-    /// Records offered: `--count`, or fewer when interrupted.
-    offered: u64,
-    ok: u64,
-    full: u64,
-    toobig: u64,
-    corrupt: u64,
-    bytes: u64,
-    secs: f64,
-}
-
-fn produce(chan: &Arc<Channel>, a: &Args, threads: u32) -> (Vec<WriterResult>, f64) {
-    let barrier = Arc::new(Barrier::new(threads as usize + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|w| {
-            let (chan, barrier) = (chan.clone(), barrier.clone());
-            let (count, size, seed) = (a.count, a.size, a.seed);
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(seed.wrapping_add(w as u64 * 7919));
-                let mut r = WriterResult::default();
-                barrier.wait();
-                let t = Instant::now();
-                for seq in 0..count {
-                    // Stop early on SIGINT, SIGTERM or SIGHUP (checked
-                    // once in a while, off the write itself).
-                    if seq % 1024 == 0 && util::interrupted() {
-                        break;
-                    }
-                    r.offered += 1;
-                    let len = rng.len(size);
-                    match chan.reserve(len) {
-                        Ok(mut slot) => {
-                            let cpu = slot.cpu() as u32;
-                            demofmt::encode(&mut slot, w, cpu, seq);
-                            slot.commit();
-                            r.ok += 1;
-                            r.bytes += len as u64;
-                        }
-                        Err(WriteError::Full) => r.full += 1,
-                        Err(WriteError::TooBig(_)) => r.toobig += 1,
-                        Err(WriteError::Corrupt) => r.corrupt += 1,
-                    }
-                }
-                r.secs = t.elapsed().as_secs_f64();
-                r
-            })
-        })
-        .collect();
-    barrier.wait();
-    let t = Instant::now();
-    let results = handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or_default())
-        .collect();
-    (results, t.elapsed().as_secs_f64())
 }
 
 /// Runs `relayfs demo`; returns the exit code.
@@ -158,7 +99,17 @@ pub fn run(a: &Args) -> Result<i32> {
         rec_pid = child.id();
         recorder = Some(child);
     }
-    let (writers, wall) = produce(&chan, a, threads);
+    let written = workload::write(
+        &chan,
+        workload::Load {
+            threads,
+            size: a.size,
+            seed: a.seed,
+            until: workload::Until::Count(a.count),
+            rate: None,
+        },
+    )?;
+    let writers = &written.writers;
     let chan = Arc::try_unwrap(chan).map_err(|_| anyhow::anyhow!("channel still shared"))?;
     // The final counts, with what no reader was left to read.
     let pstats = chan.close().context("closing the channel")?;
@@ -167,12 +118,11 @@ pub fn run(a: &Args) -> Result<i32> {
         Some(child) => workload::finish_recorder(child)?,
         None => serde_json::Value::Null,
     };
-    let offered: u64 = writers.iter().map(|w| w.offered).sum();
+    let offered = written.offered();
     let interrupted = writers.iter().any(|w| w.offered < a.count);
     // Interrupted, the writers may each have offered a different number.
-    let offered_by_writer: Vec<u64> = writers.iter().map(|w| w.offered).collect();
-    let written: u64 = writers.iter().map(|w| w.ok).sum();
-    let bytes: u64 = writers.iter().map(|w| w.bytes).sum();
+    let offered_by_writer = written.offered_by_writer();
+    let bytes = written.bytes();
     let producer_lost = pstats.dropped_full
         + pstats.dropped_toobig
         + pstats.dropped_corrupt
@@ -203,7 +153,7 @@ pub fn run(a: &Args) -> Result<i32> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mb_per_s = bytes as f64 / wall.max(1e-9) / 1e6;
+    let mb_per_s = bytes as f64 / written.wall.max(1e-9) / 1e6;
     let summary = json!({
         "channel": name,
         "mode": a.chan.mode_name(),
@@ -216,7 +166,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "n_subbufs": g.n_subbufs,
         "written": offered,
         "offered_by_writer": offered_by_writer,
-        "accepted": written,
+        "accepted": written.accepted(),
         "delivered": delivered,
         "dropped": dropped,
         "dropped_full": pstats.dropped_full,
