@@ -400,9 +400,31 @@ pub fn start_recorder(chan: &Channel, out: &Path) -> Result<std::process::Child>
     Ok(child)
 }
 
+/// What `demo` and `bench` read of the summary `relayfs record --json`
+/// prints. Every field must be there (a summary without one is an error,
+/// never a silent 0); fields not named here are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecorderSummary {
+    /// Bytes written to the output.
+    pub bytes: u64,
+    /// Records read from the channel and written.
+    pub records_delivered: u64,
+    /// Records the reader had to discard (overwritten while being read).
+    pub discarded: u64,
+    /// The recorder's peak anonymous memory, in KiB.
+    pub rss_anon_peak_kib: u64,
+}
+
+impl RecorderSummary {
+    /// Parses the recorder's `--json` output.
+    pub fn parse(s: &str) -> Result<RecorderSummary> {
+        serde_json::from_str(s.trim()).context("reading the recorder's summary")
+    }
+}
+
 /// Waits for a recorder started by [`start_recorder`] and returns its
 /// summary.
-pub fn finish_recorder(mut child: std::process::Child) -> Result<serde_json::Value> {
+pub fn finish_recorder(mut child: std::process::Child) -> Result<RecorderSummary> {
     let mut s = String::new();
     if let Some(mut so) = child.stdout.take() {
         so.read_to_string(&mut s)?;
@@ -411,7 +433,7 @@ pub fn finish_recorder(mut child: std::process::Child) -> Result<serde_json::Val
     if !st.success() {
         bail!("the recorder failed ({st})");
     }
-    serde_json::from_str(s.trim()).context("reading the recorder's summary")
+    RecorderSummary::parse(&s)
 }
 
 /// A temporary directory for a recording, on tmpfs (`/dev/shm`) where there
@@ -585,5 +607,36 @@ mod tests {
             want.push((0..50).filter(|_| r.len(s) > 64).count() as u64);
         }
         assert_eq!(lengths(4), want);
+    }
+
+    #[test]
+    fn recorder_summary_needs_its_fields_and_ignores_others() {
+        let full = r#"{"bytes": 10, "records_delivered": 2, "discarded": 1,
+                       "rss_anon_peak_kib": 608, "end": "closed", "lost": 0}"#;
+        assert_eq!(
+            RecorderSummary::parse(full).unwrap(),
+            RecorderSummary {
+                bytes: 10,
+                records_delivered: 2,
+                discarded: 1,
+                rss_anon_peak_kib: 608
+            }
+        );
+        for missing in [
+            "bytes",
+            "records_delivered",
+            "discarded",
+            "rss_anon_peak_kib",
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(full).unwrap();
+            v.as_object_mut().unwrap().remove(missing);
+            let e = RecorderSummary::parse(&v.to_string()).unwrap_err();
+            assert!(format!("{e:#}").contains(missing), "{e:#}");
+        }
+        // A misspelt key is a missing one.
+        let typo = full.replace("\"discarded\"", "\"discard\"");
+        assert!(RecorderSummary::parse(&typo).is_err());
+        assert!(RecorderSummary::parse(&full.replace("10", "-1")).is_err());
+        assert!(RecorderSummary::parse("").is_err());
     }
 }

@@ -199,10 +199,7 @@ fn run_once(a: &Args) -> Result<Value> {
     let offered = written.offered();
     let accepted = written.accepted();
     let bytes = written.bytes();
-    let discarded = rec
-        .as_ref()
-        .and_then(|r| r["discarded"].as_u64())
-        .unwrap_or(0);
+    let discarded = rec.as_ref().map_or(0, |r| r.discarded);
     let dropped = pstats.dropped_full
         + pstats.dropped_toobig
         + pstats.dropped_corrupt
@@ -229,7 +226,7 @@ fn run_once(a: &Args) -> Result<Value> {
     };
     let delivered = match (&report, &rec) {
         (Some(r), _) => r.records,
-        (None, Some(rec)) => rec["records_delivered"].as_u64().unwrap_or(0),
+        (None, Some(rec)) => rec.records_delivered,
         (None, None) => 0,
     };
     let verified = match (&report, &rec) {
@@ -239,7 +236,7 @@ fn run_once(a: &Args) -> Result<Value> {
         (None, None) => None,
     };
     let batch = written.batch_ns_sorted();
-    let rec_bytes = rec.as_ref().and_then(|r| r["bytes"].as_u64()).unwrap_or(0);
+    let rec_bytes = rec.as_ref().map_or(0, |r| r.bytes);
     let offered_bytes_per_sec = if accepted > 0 {
         offered as f64 / wall * (bytes as f64 / accepted as f64)
     } else {
@@ -280,7 +277,7 @@ fn run_once(a: &Args) -> Result<Value> {
         "recorder_cpu_s_per_gb": if rec_bytes > 0 { rec_cpu / (rec_bytes as f64 / 1e9) } else { 0.0 },
         "verified": verified,
         "verified_records": report.is_some(),
-        "recorder_rss_anon_peak_kib": rec.as_ref().map(|r| r["rss_anon_peak_kib"].clone()),
+        "recorder_rss_anon_peak_kib": rec.as_ref().map(|r| r.rss_anon_peak_kib),
         "fs_baseline": fs,
     }))
 }

@@ -114,9 +114,9 @@ pub fn run(a: &Args) -> Result<i32> {
     // The final counts, with what no reader was left to read.
     let pstats = chan.close().context("closing the channel")?;
 
-    let rec_json = match recorder {
-        Some(child) => workload::finish_recorder(child)?,
-        None => serde_json::Value::Null,
+    let rec = match recorder {
+        Some(child) => Some(workload::finish_recorder(child)?),
+        None => None,
     };
     let offered = written.offered();
     let interrupted = writers.iter().any(|w| w.offered < a.count);
@@ -128,7 +128,7 @@ pub fn run(a: &Args) -> Result<i32> {
         + pstats.dropped_corrupt
         + pstats.overwritten_records
         + pstats.unread_at_close;
-    let discarded = rec_json["discarded"].as_u64().unwrap_or(0);
+    let discarded = rec.as_ref().map_or(0, |r| r.discarded);
     let dropped = producer_lost + discarded;
     let verified = if a.no_record {
         None
@@ -180,7 +180,7 @@ pub fn run(a: &Args) -> Result<i32> {
         "cpu_id": if relayfs::cpu::uses_rseq() { "rseq" } else { "sched_getcpu" },
         "producer_mb_per_s": mb_per_s,
         "recorder_pid": rec_pid,
-        "recorded_bytes": rec_json["bytes"].as_u64().unwrap_or(0),
+        "recorded_bytes": rec.as_ref().map_or(0, |r| r.bytes),
         "out": a.out.as_ref().map(|p| p.display().to_string()),
         "defects": verified.as_ref().map(|r| r.defects.clone()),
     });
