@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 
 use crate::cmd::verify;
 use crate::util;
@@ -48,6 +47,58 @@ pub struct Args {
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `relayfs demo` reports (`--json` prints it as one object).
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    /// Channel name.
+    channel: String,
+    /// "overwrite" or "no-overwrite".
+    mode: &'static str,
+    /// Buffers of the channel.
+    buffers: usize,
+    /// Writer threads.
+    threads: u32,
+    /// `--count`: records per writer asked for.
+    count: u64,
+    /// The writers stopped early (a signal).
+    interrupted: bool,
+    /// `--size`, as `S` or `MIN..MAX`.
+    size: String,
+    subbuf_size: u64,
+    n_subbufs: u64,
+    /// Records offered by all writers.
+    written: u64,
+    /// Records offered by each writer (interrupted, they may differ).
+    offered_by_writer: Vec<u64>,
+    /// Records the channel accepted.
+    accepted: u64,
+    /// Records found in the recording (0 with --no-record).
+    delivered: u64,
+    /// Every record lost, whatever the reason: the counters below.
+    dropped: u64,
+    dropped_full: u64,
+    dropped_toobig: u64,
+    dropped_corrupt: u64,
+    unread_at_close: u64,
+    overwritten: u64,
+    /// Discarded by the recorder.
+    discarded: u64,
+    /// The recording checked out and written = delivered + dropped.
+    verified: bool,
+    /// Median over the writers of their nanoseconds per record.
+    ns_per_record: f64,
+    /// How a writer learns its CPU: "rseq" or "sched_getcpu".
+    cpu_id: &'static str,
+    producer_mb_per_s: f64,
+    /// 0 with --no-record.
+    recorder_pid: u32,
+    recorded_bytes: u64,
+    /// `--out`.
+    out: Option<String>,
+    /// What verification found wrong (`None` with --no-record).
+    defects: Option<Vec<String>>,
 }
 
 /// Runs `relayfs demo`; returns the exit code.
@@ -154,115 +205,115 @@ pub fn run(a: &Args) -> Result<i32> {
         v[v.len() / 2]
     };
     let mb_per_s = bytes as f64 / written.wall.max(1e-9) / 1e6;
-    let summary = json!({
-        "channel": name,
-        "mode": a.chan.mode_name(),
-        "buffers": nbuf,
-        "threads": threads,
-        "count": a.count,
-        "interrupted": interrupted,
-        "size": a.size.to_string(),
-        "subbuf_size": g.subbuf_size,
-        "n_subbufs": g.n_subbufs,
-        "written": offered,
-        "offered_by_writer": offered_by_writer,
-        "accepted": written.accepted(),
-        "delivered": delivered,
-        "dropped": dropped,
-        "dropped_full": pstats.dropped_full,
-        "dropped_toobig": pstats.dropped_toobig,
-        "dropped_corrupt": pstats.dropped_corrupt,
-        "unread_at_close": pstats.unread_at_close,
-        "overwritten": pstats.overwritten_records,
-        "discarded": discarded,
-        "verified": ok,
-        "ns_per_record": ns_per_record,
-        "cpu_id": if relayfs::cpu::uses_rseq() { "rseq" } else { "sched_getcpu" },
-        "producer_mb_per_s": mb_per_s,
-        "recorder_pid": rec_pid,
-        "recorded_bytes": rec.as_ref().map_or(0, |r| r.bytes),
-        "out": a.out.as_ref().map(|p| p.display().to_string()),
-        "defects": verified.as_ref().map(|r| r.defects.clone()),
-    });
+    let summary = Summary {
+        channel: name,
+        mode: a.chan.mode_name(),
+        buffers: nbuf,
+        threads,
+        count: a.count,
+        interrupted,
+        size: a.size.to_string(),
+        subbuf_size: g.subbuf_size,
+        n_subbufs: g.n_subbufs,
+        written: offered,
+        offered_by_writer,
+        accepted: written.accepted(),
+        delivered,
+        dropped,
+        dropped_full: pstats.dropped_full,
+        dropped_toobig: pstats.dropped_toobig,
+        dropped_corrupt: pstats.dropped_corrupt,
+        unread_at_close: pstats.unread_at_close,
+        overwritten: pstats.overwritten_records,
+        discarded,
+        verified: ok,
+        ns_per_record,
+        cpu_id: if relayfs::cpu::uses_rseq() {
+            "rseq"
+        } else {
+            "sched_getcpu"
+        },
+        producer_mb_per_s: mb_per_s,
+        recorder_pid: rec_pid,
+        recorded_bytes: rec.as_ref().map_or(0, |r| r.bytes),
+        out: a.out.as_ref().map(|p| p.display().to_string()),
+        defects: verified.map(|r| r.defects),
+    };
     if a.json {
-        util::outln!("{summary}")?;
+        // Through a `Value`: keys in the order they have always had.
+        util::outln!("{}", serde_json::to_value(&summary)?)?;
     } else {
         print_summary(&summary, a.no_record)?;
     }
     Ok(if ok { 0 } else { 1 })
 }
 
-fn print_summary(s: &serde_json::Value, no_record: bool) -> Result<()> {
-    let u = |k: &str| s[k].as_u64().unwrap_or(0);
-    let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
-    util::outln!("relayfs demo: channel {}", text("channel"))?;
+fn print_summary(s: &Summary, no_record: bool) -> Result<()> {
+    util::outln!("relayfs demo: channel {}", s.channel)?;
     util::outln!(
         "  channel    {} buffers x {} sub-buffers x {}, {} mode",
-        u("buffers"),
-        u("n_subbufs"),
-        util::human_bytes(u("subbuf_size")),
-        text("mode")
+        s.buffers,
+        s.n_subbufs,
+        util::human_bytes(s.subbuf_size),
+        s.mode
     )?;
     util::outln!(
         "  producer   {} threads x {} records of {} B: {:.1} ns/record (median thread), {:.0} MB/s",
-        u("threads"),
-        u("count"),
-        text("size"),
-        s["ns_per_record"].as_f64().unwrap_or(0.0),
-        s["producer_mb_per_s"].as_f64().unwrap_or(0.0)
+        s.threads,
+        s.count,
+        s.size,
+        s.ns_per_record,
+        s.producer_mb_per_s
     )?;
     if !no_record {
         util::outln!(
             "  recorder   relayfs record (pid {}) wrote {} to {}",
-            u("recorder_pid"),
-            util::human_bytes(u("recorded_bytes")),
-            s["out"].as_str().unwrap_or("a temporary directory")
+            s.recorder_pid,
+            util::human_bytes(s.recorded_bytes),
+            s.out.as_deref().unwrap_or("a temporary directory")
         )?;
     }
     util::outln!(
         "  written    {}{}",
-        u("written"),
-        if s["interrupted"] == true {
+        s.written,
+        if s.interrupted {
             " (interrupted: the writers stopped early)"
         } else {
             ""
         }
     )?;
     if !no_record {
-        util::outln!("  delivered  {}", u("delivered"))?;
+        util::outln!("  delivered  {}", s.delivered)?;
     }
     util::outln!(
         "  dropped    {} (buffer full {}, too big {}, overwritten {}, discarded by the reader {}, unread at close {}, corrupt buffer {})",
-        u("dropped"),
-        u("dropped_full"),
-        u("dropped_toobig"),
-        u("overwritten"),
-        u("discarded"),
-        u("unread_at_close"),
-        u("dropped_corrupt")
+        s.dropped,
+        s.dropped_full,
+        s.dropped_toobig,
+        s.overwritten,
+        s.discarded,
+        s.unread_at_close,
+        s.dropped_corrupt
     )?;
     if no_record {
         return Ok(());
     }
-    let defects: Vec<&str> = s["defects"]
-        .as_array()
-        .map(|d| d.iter().filter_map(|x| x.as_str()).collect())
-        .unwrap_or_default();
-    if s["verified"] == true {
+    if s.verified {
         util::outln!(
             "  verified   OK: every record whole and in order, no duplicate; written = delivered + dropped"
         )?;
     } else {
         util::outln!("  verified   FAILED")?;
+        let defects = s.defects.as_deref().unwrap_or_default();
         for d in defects.iter().take(10) {
             util::outln!("    {d}")?;
         }
         if defects.is_empty() {
             util::outln!(
                 "    the counters don't add up: {} written != {} delivered + {} dropped",
-                u("written"),
-                u("delivered"),
-                u("dropped")
+                s.written,
+                s.delivered,
+                s.dropped
             )?;
         }
     }
