@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::cmd::verify;
 use crate::util;
@@ -64,6 +64,106 @@ pub struct Args {
     pub no_fs_baseline: bool,
 }
 
+/// One run's summary (`--json` prints it as one object).
+#[derive(Debug, Serialize)]
+struct Run {
+    /// Producer threads.
+    threads: u32,
+    /// `--size`, as `S` or `MIN..MAX`.
+    size: String,
+    /// "overwrite" or "no-overwrite".
+    mode: &'static str,
+    /// `--rate`: total records per second asked for.
+    rate: Option<f64>,
+    /// A recorder ran.
+    reader: bool,
+    /// Median over the batches of nanoseconds per record.
+    ns_per_record: f64,
+    /// 99th percentile of the same.
+    ns_per_record_p99: f64,
+    /// Records offered per second of the producers' wall time.
+    records_per_sec: f64,
+    /// Bytes accepted per second of the same.
+    bytes_per_sec: f64,
+    /// Bytes offered per second (at the accepted records' mean size).
+    offered_bytes_per_sec: f64,
+    /// The producers' wall time.
+    seconds: f64,
+    /// Records offered.
+    written: u64,
+    /// Records the channel accepted.
+    accepted: u64,
+    /// Records in the recording (or that the recorder counted, into a
+    /// device).
+    delivered: u64,
+    /// Every record lost, whatever the reason.
+    dropped: u64,
+    dropped_full: u64,
+    overwritten: u64,
+    recorder_bytes: u64,
+    recorder_bytes_per_sec: f64,
+    recorder_cpu_s_per_gb: f64,
+    /// The recording (or, into a device, the counters) checked out; `None`
+    /// with no reader.
+    verified: Option<bool>,
+    /// The records themselves were checked, not only the counters.
+    verified_records: bool,
+    recorder_rss_anon_peak_kib: Option<u64>,
+    fs_baseline: Option<FsBaseline>,
+}
+
+/// The output filesystem alone, both passes (see [`fs_baseline`]).
+#[derive(Debug, Serialize)]
+struct FsBaseline {
+    cold: FsPass,
+    warm: FsPass,
+}
+
+/// One pass of the filesystem baseline.
+#[derive(Debug, Serialize)]
+struct FsPass {
+    bytes: u64,
+    bytes_per_sec: f64,
+    cpu_s_per_gb: f64,
+    /// CPUs this pass's cost would take to store what the producers
+    /// offered.
+    cpus_for_offered: f64,
+}
+
+/// `--sweep --json`.
+#[derive(Serialize)]
+struct Sweep {
+    sweep: Vec<Run>,
+}
+
+/// `--find-lossless --json` when even the unthrottled run dropped nothing.
+#[derive(Serialize)]
+struct NoDrops {
+    lossless_rate: f64,
+    unthrottled: Run,
+}
+
+/// `--find-lossless --json` after a search.
+#[derive(Serialize)]
+struct Lossless {
+    lossless_rate: f64,
+    /// The run at `lossless_rate` (`None` if no rate tried was lossless).
+    at_that_rate: Option<Run>,
+    unthrottled: Run,
+}
+
+/// Prints `v` as one line of JSON, keys sorted (through a `Value`: the
+/// order they have always had).
+fn print_json(v: &impl Serialize) -> Result<()> {
+    util::outln!("{}", serde_json::to_value(v)?)?;
+    Ok(())
+}
+
+/// `x`, unless it is not a finite number (which JSON shows as null).
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -80,13 +180,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// virtual machine whose host takes freed memory back costs as much as the
 /// copy; the second (`warm`) reuses the pages the first freed, and shows the
 /// filesystem's own cost. A recorder writing gigabytes lands between them.
-fn fs_baseline(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+fn fs_baseline(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<FsBaseline> {
     let cold = fs_write(dir, total, ring, chunk)?;
     let warm = fs_write(dir, total, ring, chunk)?;
-    Ok(json!({ "cold": cold, "warm": warm }))
+    Ok(FsBaseline { cold, warm })
 }
 
-fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<FsPass> {
     let chunk = chunk.clamp(4096, ring.max(4096));
     let ring = ring.max(chunk);
     let mut src = vec![0u8; ring];
@@ -114,11 +214,16 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
         util::cpu_seconds(libc::RUSAGE_THREAD) - c0,
     );
     drop(f);
-    Ok(json!({
-        "bytes": done,
-        "bytes_per_sec": done as f64 / secs.max(1e-9),
-        "cpu_s_per_gb": if done > 0 { cpu / (done as f64 / 1e9) } else { 0.0 },
-    }))
+    Ok(FsPass {
+        bytes: done,
+        bytes_per_sec: done as f64 / secs.max(1e-9),
+        cpu_s_per_gb: if done > 0 {
+            cpu / (done as f64 / 1e9)
+        } else {
+            0.0
+        },
+        cpus_for_offered: 0.0,
+    })
 }
 
 /// Volume of the filesystem baseline: what the producers are expected to
@@ -135,7 +240,7 @@ fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
 }
 
 /// One run; returns its summary.
-fn run_once(a: &Args) -> Result<Value> {
+fn run_once(a: &Args) -> Result<Run> {
     let threads = a.threads.unwrap_or_else(workload::default_threads);
     let name = format!("bench-{}", std::process::id());
     let chan = Arc::new(
@@ -242,101 +347,95 @@ fn run_once(a: &Args) -> Result<Value> {
     } else {
         0.0
     };
-    let fs = match fs {
-        Some(mut fs) => {
-            // CPUs the filesystem alone would need to store everything the
-            // producers offered, at the cost of each pass.
-            for pass in ["cold", "warm"] {
-                let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
-                fs[pass]["cpus_for_offered"] = json!(per_gb * offered_bytes_per_sec / 1e9);
-            }
-            fs
+    let fs = fs.map(|mut fs| {
+        // CPUs the filesystem alone would need to store everything the
+        // producers offered, at the cost of each pass.
+        for pass in [&mut fs.cold, &mut fs.warm] {
+            pass.cpus_for_offered = pass.cpu_s_per_gb * offered_bytes_per_sec / 1e9;
         }
-        None => Value::Null,
-    };
-    Ok(json!({
-        "threads": threads,
-        "size": a.size.to_string(),
-        "mode": a.chan.mode_name(),
-        "rate": a.rate,
-        "reader": !a.no_reader,
-        "ns_per_record": percentile(&batch, 0.5),
-        "ns_per_record_p99": percentile(&batch, 0.99),
-        "records_per_sec": offered as f64 / wall,
-        "bytes_per_sec": bytes as f64 / wall,
-        "offered_bytes_per_sec": offered_bytes_per_sec,
-        "seconds": wall,
-        "written": offered,
-        "accepted": accepted,
-        "delivered": delivered,
-        "dropped": dropped,
-        "dropped_full": pstats.dropped_full,
-        "overwritten": pstats.overwritten_records,
-        "recorder_bytes": rec_bytes,
-        "recorder_bytes_per_sec": rec_bytes as f64 / rec_secs,
-        "recorder_cpu_s_per_gb": if rec_bytes > 0 { rec_cpu / (rec_bytes as f64 / 1e9) } else { 0.0 },
-        "verified": verified,
-        "verified_records": report.is_some(),
-        "recorder_rss_anon_peak_kib": rec.as_ref().map(|r| r.rss_anon_peak_kib),
-        "fs_baseline": fs,
-    }))
+        fs
+    });
+    Ok(Run {
+        threads,
+        size: a.size.to_string(),
+        mode: a.chan.mode_name(),
+        rate: a.rate,
+        reader: !a.no_reader,
+        ns_per_record: percentile(&batch, 0.5),
+        ns_per_record_p99: percentile(&batch, 0.99),
+        records_per_sec: offered as f64 / wall,
+        bytes_per_sec: bytes as f64 / wall,
+        offered_bytes_per_sec,
+        seconds: wall,
+        written: offered,
+        accepted,
+        delivered,
+        dropped,
+        dropped_full: pstats.dropped_full,
+        overwritten: pstats.overwritten_records,
+        recorder_bytes: rec_bytes,
+        recorder_bytes_per_sec: rec_bytes as f64 / rec_secs,
+        recorder_cpu_s_per_gb: if rec_bytes > 0 {
+            rec_cpu / (rec_bytes as f64 / 1e9)
+        } else {
+            0.0
+        },
+        verified,
+        verified_records: report.is_some(),
+        recorder_rss_anon_peak_kib: rec.as_ref().map(|r| r.rss_anon_peak_kib),
+        fs_baseline: fs,
+    })
 }
 
-fn print_run(v: &Value) -> Result<()> {
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+fn print_run(v: &Run) -> Result<()> {
     util::outln!(
         "relayfs bench: {} threads x {} B records, {} mode{}",
-        u("threads"),
-        v["size"].as_str().unwrap_or(""),
-        v["mode"].as_str().unwrap_or(""),
-        v["rate"]
-            .as_f64()
-            .map_or(String::new(), |r| format!(", rate {r:.0}/s"))
+        v.threads,
+        v.size,
+        v.mode,
+        v.rate.map_or(String::new(), |r| format!(", rate {r:.0}/s"))
     )?;
     util::outln!(
         "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
-        f("ns_per_record"),
-        f("ns_per_record_p99"),
-        f("records_per_sec") / 1e6,
-        f("bytes_per_sec") / 1e6
+        v.ns_per_record,
+        v.ns_per_record_p99,
+        v.records_per_sec / 1e6,
+        v.bytes_per_sec / 1e6
     )?;
-    if v["reader"] == true {
+    if v.reader {
         util::outln!(
             "  recorder   {:.0} MB/s, {:.2} CPU s per GB, {} KiB anonymous memory at most",
-            f("recorder_bytes_per_sec") / 1e6,
-            f("recorder_cpu_s_per_gb"),
-            u("recorder_rss_anon_peak_kib")
+            v.recorder_bytes_per_sec / 1e6,
+            v.recorder_cpu_s_per_gb,
+            v.recorder_rss_anon_peak_kib.unwrap_or(0)
         )?;
     }
-    let fs = &v["fs_baseline"];
-    if fs.is_object() {
-        let g = |pass: &str, k: &str| fs[pass][k].as_f64().unwrap_or(0.0);
+    if let Some(fs) = &v.fs_baseline {
         util::outln!(
             "  filesystem write(2) alone of {} into the same directory before the run, twice: \
              {:.0} MB/s at {:.2} CPU s per GB into memory not used lately, {:.0} MB/s at {:.2} reusing it",
-            util::human_bytes(fs["warm"]["bytes"].as_u64().unwrap_or(0)),
-            g("cold", "bytes_per_sec") / 1e6,
-            g("cold", "cpu_s_per_gb"),
-            g("warm", "bytes_per_sec") / 1e6,
-            g("warm", "cpu_s_per_gb"),
+            util::human_bytes(fs.warm.bytes),
+            fs.cold.bytes_per_sec / 1e6,
+            fs.cold.cpu_s_per_gb,
+            fs.warm.bytes_per_sec / 1e6,
+            fs.warm.cpu_s_per_gb,
         )?;
-        if v["rate"].is_number() {
+        if v.rate.is_some() {
             util::outln!(
                 "             storing the {:.0} MB/s offered would take the filesystem alone {:.2} CPUs ({:.2} warm)",
-                f("offered_bytes_per_sec") / 1e6,
-                g("cold", "cpus_for_offered"),
-                g("warm", "cpus_for_offered"),
+                v.offered_bytes_per_sec / 1e6,
+                fs.cold.cpus_for_offered,
+                fs.warm.cpus_for_offered,
             )?;
         }
     }
     util::outln!(
         "  written {}  delivered {}  dropped {}  verified {}",
-        u("written"),
-        u("delivered"),
-        u("dropped"),
-        match v["verified"].as_bool() {
-            Some(true) if v["verified_records"] == false => "OK (counters only)",
+        v.written,
+        v.delivered,
+        v.dropped,
+        match v.verified {
+            Some(true) if !v.verified_records => "OK (counters only)",
             Some(true) => "OK",
             Some(false) => "FAILED",
             None => "-",
@@ -356,11 +455,11 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let v = run_once(a)?;
     if a.json {
-        util::outln!("{v}")?;
+        print_json(&v)?;
     } else {
         print_run(&v)?;
     }
-    Ok(if v["verified"] == false { 1 } else { 0 })
+    Ok(if v.verified == Some(false) { 1 } else { 0 })
 }
 
 fn sweep(a: &Args) -> Result<i32> {
@@ -396,21 +495,20 @@ fn sweep(a: &Args) -> Result<i32> {
                 run.chan.overwrite = overwrite;
                 run.no_fs_baseline = true;
                 let v = run_once(&run)?;
-                bad |= v["verified"] == false;
+                bad |= v.verified == Some(false);
                 if !a.json {
-                    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
                     util::outln!(
                         "{:>6} {:>7} {:<13} {:>10.1} {:>10.1} {:>12.2} {:>10.0} {:>12.0} {:>9.1}%  {}",
                         size.max(24),
                         threads,
-                        v["mode"].as_str().unwrap_or(""),
-                        f("ns_per_record"),
-                        f("ns_per_record_p99"),
-                        f("records_per_sec") / 1e6,
-                        f("bytes_per_sec") / 1e6,
-                        f("recorder_bytes_per_sec") / 1e6,
-                        100.0 * f("dropped") / f("written").max(1.0),
-                        if v["verified"] == true { "OK" } else { "FAILED" }
+                        v.mode,
+                        v.ns_per_record,
+                        v.ns_per_record_p99,
+                        v.records_per_sec / 1e6,
+                        v.bytes_per_sec / 1e6,
+                        v.recorder_bytes_per_sec / 1e6,
+                        100.0 * v.dropped as f64 / (v.written as f64).max(1.0),
+                        if v.verified == Some(true) { "OK" } else { "FAILED" }
                     )?;
                 }
                 rows.push(v);
@@ -418,7 +516,7 @@ fn sweep(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        util::outln!("{}", json!({ "sweep": rows }))?;
+        print_json(&Sweep { sweep: rows })?;
     }
     Ok(if bad { 1 } else { 0 })
 }
@@ -428,10 +526,13 @@ fn find_lossless(a: &Args) -> Result<i32> {
     let mut run = a.clone();
     run.rate = None;
     let top = run_once(&run)?;
-    let mut hi = top["records_per_sec"].as_f64().unwrap_or(1e6);
-    if top["dropped"] == 0 {
+    let mut hi = finite(top.records_per_sec).unwrap_or(1e6);
+    if top.dropped == 0 {
         if a.json {
-            util::outln!("{}", json!({ "lossless_rate": hi, "unthrottled": top }))?;
+            print_json(&NoDrops {
+                lossless_rate: hi,
+                unthrottled: top,
+            })?;
         } else {
             util::outln!("no drops even unthrottled: {:.2} M records/s", hi / 1e6)?;
             if let Some(line) = fs_ceiling(&top) {
@@ -450,14 +551,14 @@ fn find_lossless(a: &Args) -> Result<i32> {
         run.rate = Some(mid);
         run.no_fs_baseline = true;
         let v = run_once(&run)?;
-        let ok = v["dropped"] == 0 && v["verified"] != false;
+        let ok = v.dropped == 0 && v.verified != Some(false);
         if !a.json {
             util::outln!(
                 "  rate {:>8.2} M/s: achieved {:.2} M/s, dropped {}, {:.1} ns/record",
                 mid / 1e6,
-                v["records_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
-                v["dropped"],
-                v["ns_per_record"].as_f64().unwrap_or(0.0)
+                v.records_per_sec / 1e6,
+                v.dropped,
+                v.ns_per_record
             )?;
         }
         if ok {
@@ -468,10 +569,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        util::outln!(
-            "{}",
-            json!({ "lossless_rate": lo, "at_that_rate": best, "unthrottled": top })
-        )?;
+        print_json(&Lossless {
+            lossless_rate: lo,
+            at_that_rate: best,
+            unthrottled: top,
+        })?;
     } else {
         util::outln!(
             "highest rate with zero drops found: {:.2} M records/s",
@@ -487,11 +589,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
 /// What the filesystem baseline of `v` (a run's summary) says about the
 /// rates a recorder could store at all: records per second of the run's
 /// mean size that one whole CPU writes into the filesystem alone.
-fn fs_ceiling(v: &Value) -> Option<String> {
-    let fs = v["fs_baseline"].as_object()?;
-    let mean = v["offered_bytes_per_sec"].as_f64()? / v["records_per_sec"].as_f64()?;
-    let per_cpu = |pass: &str| {
-        let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
+fn fs_ceiling(v: &Run) -> Option<String> {
+    let fs = v.fs_baseline.as_ref()?;
+    let mean = finite(v.offered_bytes_per_sec)? / finite(v.records_per_sec)?;
+    let per_cpu = |pass: &FsPass| {
+        let per_gb = pass.cpu_s_per_gb;
         if per_gb > 0.0 && mean > 0.0 {
             1e9 / per_gb / mean
         } else {
@@ -501,7 +603,7 @@ fn fs_ceiling(v: &Value) -> Option<String> {
     Some(format!(
         "the filesystem alone, measured before the first run, stores at most {:.2} M records/s \
          of {mean:.0} B with a whole CPU, into memory not used lately ({:.2} M/s reusing it)",
-        per_cpu("cold") / 1e6,
-        per_cpu("warm") / 1e6,
+        per_cpu(&fs.cold) / 1e6,
+        per_cpu(&fs.warm) / 1e6,
     ))
 }
