@@ -436,6 +436,18 @@ pub fn finish_recorder(mut child: std::process::Child) -> Result<RecorderSummary
     RecorderSummary::parse(&s)
 }
 
+/// Every record lost, whatever the reason: what the producer counted at
+/// close (`pstats`: refused as full, too big or for a corrupt buffer,
+/// overwritten, left unread) and what the recorder, if any, discarded.
+pub fn dropped(pstats: &relayfs::BufferStats, rec: Option<&RecorderSummary>) -> u64 {
+    pstats.dropped_full
+        + pstats.dropped_toobig
+        + pstats.dropped_corrupt
+        + pstats.overwritten_records
+        + pstats.unread_at_close
+        + rec.map_or(0, |r| r.discarded)
+}
+
 /// A temporary directory for a recording, on tmpfs (`/dev/shm`) where there
 /// is one, else in `$TMPDIR`; removed when dropped.
 pub fn tmpfs_out_dir() -> Result<tempfile::TempDir> {
@@ -638,5 +650,29 @@ mod tests {
         assert!(RecorderSummary::parse(&typo).is_err());
         assert!(RecorderSummary::parse(&full.replace("10", "-1")).is_err());
         assert!(RecorderSummary::parse("").is_err());
+    }
+
+    #[test]
+    fn dropped_adds_every_way_to_lose_a_record_once() {
+        let pstats = relayfs::BufferStats {
+            dropped_full: 1,
+            dropped_toobig: 2,
+            dropped_corrupt: 4,
+            overwritten_records: 8,
+            unread_at_close: 16,
+            // Delivered or not records at all: not losses.
+            records_written: 1000,
+            records_consumed: 900,
+            padding_bytes: 64,
+            ..Default::default()
+        };
+        assert_eq!(dropped(&pstats, None), 31);
+        let rec = RecorderSummary {
+            bytes: 1,
+            records_delivered: 900,
+            discarded: 32,
+            rss_anon_peak_kib: 1,
+        };
+        assert_eq!(dropped(&pstats, Some(&rec)), 63);
     }
 }

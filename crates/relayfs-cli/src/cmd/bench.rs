@@ -304,13 +304,7 @@ fn run_once(a: &Args) -> Result<Run> {
     let offered = written.offered();
     let accepted = written.accepted();
     let bytes = written.bytes();
-    let discarded = rec.as_ref().map_or(0, |r| r.discarded);
-    let dropped = pstats.dropped_full
-        + pstats.dropped_toobig
-        + pstats.dropped_corrupt
-        + pstats.overwritten_records
-        + pstats.unread_at_close
-        + discarded;
+    let dropped = workload::dropped(&pstats, rec.as_ref());
     let sink = crate::output::is_sink(&out);
     let report = if rec.is_some() && !sink {
         // Writers ran for a duration: each offered its own count.

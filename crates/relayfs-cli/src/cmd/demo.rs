@@ -174,13 +174,8 @@ pub fn run(a: &Args) -> Result<i32> {
     // Interrupted, the writers may each have offered a different number.
     let offered_by_writer = written.offered_by_writer();
     let bytes = written.bytes();
-    let producer_lost = pstats.dropped_full
-        + pstats.dropped_toobig
-        + pstats.dropped_corrupt
-        + pstats.overwritten_records
-        + pstats.unread_at_close;
     let discarded = rec.as_ref().map_or(0, |r| r.discarded);
-    let dropped = producer_lost + discarded;
+    let dropped = workload::dropped(&pstats, rec.as_ref());
     let verified = if a.no_record {
         None
     } else {
