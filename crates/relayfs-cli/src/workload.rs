@@ -533,30 +533,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Offers `n` records of `len` bytes to a [`tiny`] channel from one
+    /// thread; returns the writer's counts and the channel's at close.
+    fn offer_tiny(n: u64, len: usize) -> (WriterCounts, relayfs::BufferStats) {
+        let tmp = tempfile::tempdir().unwrap();
+        let chan = tiny(tmp.path(), "offered");
+        let mut c = WriterCounts::default();
+        for seq in 0..n {
+            c.offer(&chan, 0, seq, len);
+        }
+        (c, chan.close().unwrap())
+    }
+
     #[test]
     fn a_record_larger_than_a_subbuffer_counts_as_too_big_not_full() {
-        let tmp = tempfile::tempdir().unwrap();
-        let chan = tiny(tmp.path(), "toobig");
-        let mut c = WriterCounts::default();
-        for seq in 0..10 {
-            c.offer(&chan, 0, seq, 100);
-        }
+        let (c, st) = offer_tiny(10, 100);
         assert_eq!(
             (c.offered, c.ok, c.full, c.toobig, c.corrupt, c.bytes),
             (10, 0, 0, 10, 0, 0)
         );
-        let st = chan.close().unwrap();
         assert_eq!((st.dropped_toobig, st.dropped_full), (10, 0));
     }
 
     #[test]
     fn a_full_buffer_counts_as_full() {
-        let tmp = tempfile::tempdir().unwrap();
-        let chan = tiny(tmp.path(), "full");
-        let mut c = WriterCounts::default();
-        for seq in 0..100 {
-            c.offer(&chan, 0, seq, 24);
-        }
+        let (c, st) = offer_tiny(100, 24);
         // No reader: the ring fills, then every write is refused.
         assert!(c.ok > 0 && c.full > 0, "{c:?}");
         assert_eq!(
@@ -564,7 +565,6 @@ mod tests {
             (100, 100, 0, 0)
         );
         assert_eq!(c.bytes, c.ok * 24);
-        let st = chan.close().unwrap();
         assert_eq!((st.dropped_full, st.dropped_toobig), (c.full, 0));
         assert_eq!(st.records_written + st.records_pending, c.ok);
     }
