@@ -7,6 +7,7 @@ mod cmd;
 mod demofmt;
 mod recorder;
 mod util;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

@@ -9,7 +9,6 @@ use anyhow::Result;
 use crate::recorder::config::{RecordConfig, RecordFlags};
 use crate::recorder::{kernel, relay};
 // `bench` finds it here.
-pub(crate) use crate::recorder::output::is_sink;
 use crate::util;
 
 /// Arguments of `relayfs record`.

@@ -228,7 +228,6 @@ pub(crate) struct RecordSummary {
     pub(crate) exit_code: i32,
     #[serde(default)]
     pub(crate) elapsed_s: f64,
-    #[serde(default)]
     pub(crate) bytes: u64,
     #[serde(default)]
     pub(crate) mb_per_s: f64,
@@ -577,19 +576,19 @@ mod tests {
 
     #[test]
     fn a_summary_needs_its_counters_as_counts() {
-        let ok =
-            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": "cpu0"}]}"#;
+        let ok = r#"{"bytes": 0, "lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": "cpu0"}]}"#;
         let s: RecordSummary = serde_json::from_str(ok).unwrap();
         assert_eq!(s.buffers[0].end, End::Error, "an unsaid end is not clean");
         assert_eq!(s.memory, None);
         for bad in [
-            r#"{"records_delivered": 5, "discarded": 0, "buffers": []}"#,
-            r#"{"lost": -1, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
-            r#"{"lost": 1.5, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
-            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "buffers": {}}"#,
-            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": 3}]}"#,
-            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": "a", "error": 1}]}"#,
-            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "n_buffers": "2", "buffers": []}"#,
+            r#"{"bytes": 0, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
+            r#"{"bytes": 0, "lost": -1, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
+            r#"{"bytes": 0, "lost": 1.5, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
+            r#"{"bytes": 0, "lost": 0, "records_delivered": 5, "discarded": 0, "buffers": {}}"#,
+            r#"{"bytes": 0, "lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": 3}]}"#,
+            r#"{"bytes": 0, "lost": 0, "records_delivered": 5, "discarded": 0, "buffers": [{"name": "a", "error": 1}]}"#,
+            r#"{"bytes": 0, "lost": 0, "records_delivered": 5, "discarded": 0, "n_buffers": "2", "buffers": []}"#,
+            r#"{"lost": 0, "records_delivered": 5, "discarded": 0, "buffers": []}"#,
         ] {
             assert!(serde_json::from_str::<RecordSummary>(bad).is_err(), "{bad}");
         }
