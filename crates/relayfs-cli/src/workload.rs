@@ -425,12 +425,13 @@ pub(crate) fn finish_recorder(mut child: std::process::Child) -> Result<Recorder
 }
 
 /// Every record lost, whatever the reason: what the producer counted at
-/// close (`pstats`: refused as full, too big or for a corrupt buffer,
-/// overwritten, left unread) and what the recorder, if any, discarded.
+/// close (`pstats`: refused as full, too big, for a corrupt buffer or a
+/// closed channel, overwritten, left unread) and what the recorder, if any, discarded.
 pub(crate) fn dropped(pstats: &relayfs::BufferStats, rec: Option<&RecorderSummary>) -> u64 {
     pstats.dropped_full
         + pstats.dropped_toobig
         + pstats.dropped_corrupt
+        + pstats.dropped_closed
         + pstats.overwritten_records
         + pstats.unread_at_close
         + rec.map_or(0, |r| r.discarded)
@@ -638,17 +639,18 @@ mod tests {
             dropped_corrupt: 4,
             overwritten_records: 8,
             unread_at_close: 16,
+            dropped_closed: 64,
             // Delivered or not records at all: not losses.
             records_completed: 1000,
             records_consumed: 900,
             padding_bytes: 64,
             ..Default::default()
         };
-        assert_eq!(dropped(&pstats, None), 31);
+        assert_eq!(dropped(&pstats, None), 95);
         let rec = parse_recorder_summary(
             r#"{"bytes": 1, "records_delivered": 900, "discarded": 32, "lost": 0, "buffers": []}"#,
         )
         .unwrap();
-        assert_eq!(dropped(&pstats, Some(&rec)), 63);
+        assert_eq!(dropped(&pstats, Some(&rec)), 127);
     }
 }
