@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use relayfs::{Channel, Mode, RelayFile, WriteError};
+use relayfs::{Channel, Mode, WriteError};
 
 use crate::{demofmt, util};
 
@@ -349,9 +349,7 @@ pub fn wait_for_readers(
     let t = Instant::now();
     let mut child = child;
     loop {
-        let attached = (0..chan.n_buffers())
-            .all(|i| RelayFile::inspect(chan.buffer_path(i)).is_ok_and(|s| s.reader_attached));
-        if attached {
+        if chan.readers_attached() == chan.n_buffers() {
             return Ok(true);
         }
         if let Some(c) = child.as_deref_mut() {
@@ -579,7 +577,7 @@ mod tests {
             assert_eq!(c.batch_ns.len(), 3);
         }
         let sum = |f: fn(&WriterCounts) -> u64| w.writers.iter().map(f).sum::<u64>();
-        let st = Arc::try_unwrap(chan).unwrap().close().unwrap();
+        let st = chan.close().unwrap();
         assert_eq!(st.dropped_toobig, sum(|c| c.toobig));
         assert_eq!(st.dropped_full, sum(|c| c.full));
         assert_eq!(st.records_written(), w.accepted());

@@ -292,9 +292,7 @@ fn run_once(a: &Args) -> Result<Run> {
     let wall = written.wall;
     let offered_per_writer = written.offered_by_writer();
     // The final counts, with what no reader was left to read.
-    let pstats = Arc::try_unwrap(chan)
-        .map_err(|_| anyhow::anyhow!("channel still shared"))?
-        .close()?;
+    let pstats = chan.close()?;
     let rec = match recorder {
         Some(c) => Some(workload::finish_recorder(c)?),
         None => None,

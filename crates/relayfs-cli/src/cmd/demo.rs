@@ -161,7 +161,6 @@ pub fn run(a: &Args) -> Result<i32> {
         },
     )?;
     let writers = &written.writers;
-    let chan = Arc::try_unwrap(chan).map_err(|_| anyhow::anyhow!("channel still shared"))?;
     // The final counts, with what no reader was left to read.
     let pstats = chan.close().context("closing the channel")?;
 
