@@ -490,10 +490,12 @@ mod tests {
         d: &std::path::Path,
         n: usize,
         live: bool,
+        mode: relayfs::Mode,
     ) -> (relayfs::RelayFile, Option<relayfs::Channel>) {
         let chan = relayfs::Channel::builder("c")
             .dir(d)
             .global(true)
+            .mode(mode)
             .subbuf_size(SUBBUF)
             .n_subbufs(64)
             .open()
@@ -518,7 +520,7 @@ mod tests {
         out: &mut Collect,
         retry: bool,
     ) -> (Result<End>, u64, u64, relayfs::BufferStats) {
-        pump_channel_with(n, out, retry, false)
+        pump_channel_with(n, out, retry, false, relayfs::Mode::NoOverwrite)
     }
 
     fn pump_channel_with(
@@ -526,10 +528,11 @@ mod tests {
         out: &mut Collect,
         retry: bool,
         live: bool,
+        mode: relayfs::Mode,
     ) -> (Result<End>, u64, u64, relayfs::BufferStats) {
         let d = tempfile::tempdir().unwrap();
         let stop = AtomicBool::new(false);
-        let (f, chan) = channel_with(d.path(), n, live);
+        let (f, chan) = channel_with(d.path(), n, live, mode);
         let mut src = crate::recorder::source::RelaySource::new(f, &stop);
         let progress = Progress::default();
         let mut retry = Retry::new(retry, Some(&stop), "the producer");
@@ -567,19 +570,22 @@ mod tests {
         let (k, full) = per_subbuf();
         // Five full sub-buffers and part of a sixth.
         let n = 5 * k + k / 2;
-        let mut out = Collect::default();
-        let (r, bytes, shown, stats) = pump_channel(n, &mut out, false);
-        assert_eq!(r.unwrap(), End::Closed);
-        assert_eq!(records_in(&out.units), n);
-        // Whole sub-buffers, one unit each; the partial last one whole too.
-        let lens: Vec<usize> = out.units.iter().map(|u| u.len()).collect();
-        let mut want = vec![full; 5];
-        want.push((k / 2) * RECORD);
-        assert_eq!(lens, want);
-        assert_eq!(bytes, (n * RECORD) as u64);
-        assert_eq!(shown, bytes);
-        assert_eq!(stats.records_consumed, n as u64);
-        assert_eq!(stats.lost(), 0);
+        for mode in [relayfs::Mode::NoOverwrite, relayfs::Mode::Overwrite] {
+            let mut out = Collect::default();
+            let (r, bytes, shown, stats) = pump_channel_with(n, &mut out, false, false, mode);
+            assert_eq!(r.unwrap(), End::Closed, "{mode:?}");
+            assert_eq!(records_in(&out.units), n, "{mode:?}");
+            // Whole sub-buffers, one unit each; the partial last one whole
+            // too.
+            let lens: Vec<usize> = out.units.iter().map(|u| u.len()).collect();
+            let mut want = vec![full; 5];
+            want.push((k / 2) * RECORD);
+            assert_eq!(lens, want, "{mode:?}");
+            assert_eq!(bytes, (n * RECORD) as u64, "{mode:?}");
+            assert_eq!(shown, bytes, "{mode:?}");
+            assert_eq!(stats.records_consumed, n as u64, "{mode:?}");
+            assert_eq!(stats.lost(), 0, "{mode:?}");
+        }
     }
 
     #[test]
@@ -622,7 +628,8 @@ mod tests {
             fail_from: Some(2),
             ..Collect::default()
         };
-        let (r, bytes, _, stats) = pump_channel_with(n, &mut out, false, true);
+        let (r, bytes, _, stats) =
+            pump_channel_with(n, &mut out, false, true, relayfs::Mode::NoOverwrite);
         let e = format!("{:#}", r.unwrap_err());
         let part = (k / 2) * RECORD;
         assert!(
