@@ -174,7 +174,9 @@ pub(crate) fn pump(
                 };
                 if let Some(k) = kept {
                     undone.cut = out.cut_back(k)?;
-                } else if src.cuts_back() && !out.cuts_back() {
+                } else if src.cuts_back() && !out.cuts_back() && !src.at_boundary(0) {
+                    // (A unit read that finished its sub-buffer delivered
+                    // the part taken before it.)
                     undone.left = since_boundary;
                 }
                 moved.bytes -= undone.cut;
@@ -440,6 +442,8 @@ mod tests {
         offered: usize,
         fail_once: Option<(usize, i32)>,
         fail_from: Option<usize>,
+        /// Called with the number of units taken after each one.
+        after: Option<Box<dyn FnMut(usize) + Send>>,
     }
 
     impl ByteSink for Collect {
@@ -455,6 +459,9 @@ mod tests {
                 return Err(std::io::Error::other("the server refused the message"));
             }
             self.units.push(unit.to_vec());
+            if let Some(after) = &mut self.after {
+                after(self.units.len());
+            }
             Ok(())
         }
     }
@@ -641,6 +648,49 @@ mod tests {
         assert_eq!(records_in(&out.units), 2 * k);
         assert_eq!(bytes, 2 * full as u64);
         assert_eq!(stats.records_consumed, 2 * k as u64);
+    }
+
+    #[test]
+    fn a_unit_that_finishes_a_sub_buffer_not_taken_is_counted_delivered_and_lost() {
+        let (k, full) = per_subbuf();
+        let d = tempfile::tempdir().unwrap();
+        // Two full sub-buffers and half of a third: the pump takes that
+        // half once the quiet producer's poll times out; the producer then
+        // fills the third (and starts a fourth), and the rest of the third
+        // is refused.
+        let (f, chan) = channel_with(d.path(), 2 * k + k / 2, true, relayfs::Mode::NoOverwrite);
+        let chan = std::sync::Arc::new(chan.unwrap());
+        let producer = chan.clone();
+        let mut out = Collect {
+            fail_from: Some(3),
+            after: Some(Box::new(move |taken| {
+                if taken == 3 {
+                    for i in 2 * k + k / 2..3 * k + 1 {
+                        producer.write(&record(i)).unwrap();
+                    }
+                }
+            })),
+            ..Collect::default()
+        };
+        let stop = AtomicBool::new(false);
+        let mut src = crate::recorder::source::RelaySource::new(f, &stop);
+        let progress = Progress::default();
+        let mut retry = Retry::new(false, Some(&stop), "the producer");
+        let mut moved = Moved::default();
+        let r = pump(&mut src, &mut out, &progress, &mut retry, &mut moved);
+        let e = format!("{:#}", r.unwrap_err());
+        let rest = (k - k / 2) * RECORD;
+        assert!(
+            e.contains(&format!(
+                "the {rest} bytes read last were not taken and are lost (the buffer counts them delivered)"
+            )),
+            "{e}"
+        );
+        // What the output took before is delivered: not said to be left.
+        assert!(!e.contains("already in the output"), "{e}");
+        assert_eq!(records_in(&out.units), 2 * k + k / 2);
+        assert_eq!(moved.bytes, (2 * full + (k / 2) * RECORD) as u64);
+        assert_eq!(src.f.stats().records_consumed, 3 * k as u64);
     }
 
     #[test]
