@@ -1,8 +1,10 @@
 //! Where one buffer's recording goes: a single file `<buffer>.out`, a
 //! rotating set `<buffer>.out.0`, `.1`, ... (`--max-size`, `--max-files`),
 //! or a character device such as `/dev/null` shared by every buffer
-//! ([`FileOutput`]); the [`Output`] trait the recording loops write through;
-//! and [`Retry`], the one policy for a full output filesystem (`--retry`).
+//! ([`FileOutput`]); the [`Output`] trait the recording loops write through,
+//! with what an output takes the data as ([`Sink`]: a descriptor, or whole
+//! units of bytes for a [`ByteSink`]); and [`Retry`], the one policy for a
+//! full output filesystem (`--retry`).
 //!
 //! An output can be *resumable*: it then keeps, beside its files, a small
 //! state file `.<buffer>.out.state` saying which buffer (channel id) it
@@ -92,6 +94,12 @@ pub(crate) enum Sink<'a> {
 }
 
 /// An output that takes data as bytes, one whole unit at a time.
+///
+/// A unit from a relayfs buffer holds whole records: a whole sub-buffer
+/// (padding removed), or, once the producer went quiet or the recording
+/// ends, the committed part of the one being written, whose rest then
+/// comes as a later unit. From a kernel relay file it is what one `read(2)`
+/// returned (up to 8 MiB), where record boundaries are the client's.
 pub(crate) trait ByteSink {
     /// Takes `unit` whole, or not at all: on `Ok` all of it is the output's
     /// (written, published and acknowledged, ...), on `Err` none of it is,

@@ -107,9 +107,11 @@ pub(crate) trait Source {
     fn idle(&mut self) -> Result<Idle>;
     /// Records lost so far, for the status line, where the source knows.
     fn lost(&self) -> Option<u64>;
-    /// Where a full output filesystem is reported (`path`: the output file).
+    /// Where a full output filesystem is reported (`path`: where the output
+    /// puts the data, `Output::place`).
     fn full_place(&self, path: &str) -> String;
-    /// The error for a failed write to `path`, and what it left undone.
+    /// The error for a failed write to `path` (`Output::place`), and what
+    /// it left undone.
     fn write_error(&self, e: relayfs::ReadError, path: &str, undone: Undone) -> anyhow::Error;
 }
 
