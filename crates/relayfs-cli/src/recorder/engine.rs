@@ -444,12 +444,15 @@ mod tests {
         fail_from: Option<usize>,
         /// Called with the number of units taken after each one.
         after: Option<Box<dyn FnMut(usize) + Send>>,
+        /// The length of the last unit offered.
+        offered_len: Option<usize>,
     }
 
     impl ByteSink for Collect {
         fn accept(&mut self, unit: &[u8]) -> std::io::Result<()> {
             let i = self.offered;
             self.offered += 1;
+            self.offered_len = Some(unit.len());
             if let Some((at, code)) = self.fail_once {
                 if i == at {
                     return Err(std::io::Error::from_raw_os_error(code));
@@ -718,5 +721,60 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(out.units.len(), 1);
         assert_eq!(bytes, full as u64);
+    }
+
+    /// A kernel relay file's source, with a FIFO standing in for the relay
+    /// file (reads consume, `poll` says when the writer is gone), holding
+    /// `data`, written and closed: the pump's result and what it counted.
+    fn pump_kernel(data: &[u8], out: &mut Collect) -> (Result<End>, u64) {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("trace0");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let f = relayfs::KernelRelayFile::open(&fifo).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(data).unwrap();
+        drop(w);
+        let (drain, gate) = (
+            AtomicBool::new(false),
+            crate::recorder::source::Gate::default(),
+        );
+        let mut src = crate::recorder::source::KernelSource::new("trace0".into(), f, &drain, &gate);
+        let progress = Progress::default();
+        let mut retry = Retry::new(false, None, "the kernel");
+        let mut moved = Moved::default();
+        let r = pump(&mut src, out, &progress, &mut retry, &mut moved);
+        (r, moved.bytes)
+    }
+
+    #[test]
+    fn a_kernel_relay_file_goes_to_an_output_that_takes_bytes_once() {
+        // Less than a pipe holds, so that the writer never waits.
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Collect::default();
+        let (r, bytes) = pump_kernel(&data, &mut out);
+        assert_eq!(r.unwrap(), End::Closed);
+        assert_eq!(out.units.concat(), data);
+        assert_eq!(bytes, data.len() as u64);
+        // Refused for good: what was read and not taken is said.
+        let mut out = Collect {
+            fail_from: Some(0),
+            ..Collect::default()
+        };
+        let (r, bytes) = pump_kernel(&data, &mut out);
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(out.units.is_empty());
+        assert_eq!(bytes, 0);
+        let n = out.offered_len.unwrap();
+        assert!(n > 0);
+        assert!(
+            e.contains(&format!(
+                "the {n} bytes read last were not taken by the output and are lost"
+            )),
+            "{e}"
+        );
     }
 }
