@@ -697,6 +697,30 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_still_refused_when_the_recording_stops_is_an_error_not_an_interruption() {
+        let (k, full) = per_subbuf();
+        let d = tempfile::tempdir().unwrap();
+        let (f, _) = channel_with(d.path(), 2 * k, false, relayfs::Mode::NoOverwrite);
+        // Stopped already: a full sink is not waited for.
+        let stop = AtomicBool::new(true);
+        let mut src = crate::recorder::source::RelaySource::new(f, &stop);
+        let mut out = Collect {
+            fail_once: Some((0, libc::ENOSPC)),
+            ..Collect::default()
+        };
+        let progress = Progress::default();
+        let mut retry = Retry::new(true, Some(&stop), "the producer");
+        let mut moved = Moved::default();
+        let r = pump(&mut src, &mut out, &progress, &mut retry, &mut moved);
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains(&format!("the {full} bytes read last were not taken")),
+            "{e}"
+        );
+        assert_eq!((out.offered, moved.bytes), (1, 0));
+    }
+
+    #[test]
     fn a_full_byte_sink_is_waited_out_with_retry_and_the_same_unit_offered_again() {
         let (k, full) = per_subbuf();
         let n = 3 * k;
