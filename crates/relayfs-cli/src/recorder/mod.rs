@@ -2,19 +2,22 @@
 //!
 //! ```text
 //!   sources (Source)       engine                    outputs (Output)
-//!   relayfs buffer  --\    one reader thread   --\   file / rotating files
-//!   (RelaySource)      >-- per buffer running  >--   (exact resume) / device
-//!   kernel relay    --/    pump: whole sub-     --/  (FileOutput); Retry on
-//!   file (KernelSource)    buffers, counters         a full filesystem
-//!                              |
-//!                              v
+//!   relayfs buffer  --\    one reader thread   --\   sink: a descriptor
+//!   (RelaySource)      >-- per buffer running  >--   (Sink::Fd, sendfile
+//!   kernel relay    --/    pump: whole sub-     --/  into it: FileOutput,
+//!   file (KernelSource)    buffers, counters         rotating, resumable,
+//!                              |                     a device) or whole
+//!                              |                     units of bytes
+//!                              |                     (Sink::Bytes); Retry
+//!                              v                     on a full filesystem
 //!                           report: typed summary (relayfs-record.json,
 //!                           --json, text), memory, exit code
 //! ```
 //!
 //! - [`config`]: the settings, checked once ([`config::RecordConfig`]);
 //! - [`source`]: finding a channel's buffers, and the two kinds of source;
-//! - [`output`]: where a buffer's data goes, and the full-filesystem policy;
+//! - [`output`]: where a buffer's data goes (what an output takes it as),
+//!   and the full-filesystem policy;
 //! - [`engine`]: the reader threads and the one loop, [`engine::pump`];
 //! - [`relay`]: recording a relayfs channel (stops, summary);
 //! - [`kernel`]: recording a kernel relay channel (also for blktrace);

@@ -1,8 +1,10 @@
 //! Where one buffer's recording goes: a single file `<buffer>.out`, a
 //! rotating set `<buffer>.out.0`, `.1`, ... (`--max-size`, `--max-files`),
 //! or a character device such as `/dev/null` shared by every buffer
-//! ([`FileOutput`]); the [`Output`] trait the recording loops write through;
-//! and [`Retry`], the one policy for a full output filesystem (`--retry`).
+//! ([`FileOutput`]); the [`Output`] trait the recording loops write through,
+//! with what an output takes the data as ([`Sink`]: a descriptor, or whole
+//! units of bytes for a [`ByteSink`]); and [`Retry`], the one policy for a
+//! full output filesystem (`--retry`).
 //!
 //! An output can be *resumable*: it then keeps, beside its files, a small
 //! state file `.<buffer>.out.state` saying which buffer (channel id) it
@@ -78,29 +80,86 @@ impl State {
     }
 }
 
+/// What an output takes a buffer's data as (see [`Output::sink`]).
+pub(crate) enum Sink<'a> {
+    /// A descriptor the source moves data into itself (`sendfile(2)`, or
+    /// the reader's read+write fallback): no copy through the recorder.
+    Fd(&'a File),
+    /// Whole units of data (a sub-buffer, or a chunk of a kernel relay
+    /// file) as bytes: for an output that is not a descriptor, such as a
+    /// message stream. (Every output of the command line is a file or a
+    /// device so far; the engine's tests record through one that is not.)
+    #[cfg_attr(not(test), allow(dead_code))]
+    Bytes(&'a mut dyn ByteSink),
+}
+
+/// An output that takes data as bytes, one whole unit at a time.
+///
+/// A unit from a relayfs buffer holds whole records: a whole sub-buffer
+/// (padding removed), or, once the producer went quiet or the recording
+/// ends, the committed part of the one being written, whose rest then
+/// comes as a later unit. From a kernel relay file it is what one `read(2)`
+/// returned (up to 8 MiB), where record boundaries are the client's.
+pub(crate) trait ByteSink {
+    /// Takes `unit` whole, or not at all: on `Ok` all of it is the output's
+    /// (written, published and acknowledged, ...), on `Err` none of it is,
+    /// and the same unit may be offered again. An error of the output
+    /// system (such as a full filesystem) is an `io::Error` with its OS
+    /// code, so that `--retry` can tell it; anything else can be wrapped
+    /// with `io::Error::other`.
+    fn accept(&mut self, unit: &[u8]) -> std::io::Result<()>;
+}
+
 /// Where the recording loops put a buffer's data.
 ///
-/// The loops move whole sub-buffers with `sendfile(2)` (or the reader's
-/// read+write fallback) into [`file`](Output::file), then say how much went
-/// there ([`wrote`](Output::wrote)); between sub-buffers (a place between
-/// records) they call [`boundary`](Output::boundary), where an output may
-/// switch files. A failed write is undone with
-/// [`cut_back`](Output::cut_back) to the last boundary, so that the output
-/// holds exactly what the buffer counts delivered.
+/// The loop (`engine::pump`) asks the output for its [`sink`](Output::sink)
+/// each time. Into a descriptor ([`Sink::Fd`]) the source moves whole
+/// sub-buffers with `sendfile(2)` (or the reader's read+write fallback);
+/// to a [`ByteSink`] the loop hands whole units read into a buffer of its
+/// own. Then it says how much the output took ([`wrote`](Output::wrote));
+/// between sub-buffers (a place between records) it calls
+/// [`boundary`](Output::boundary), where an output may switch files. A
+/// descriptor write that failed midway leaves part of a sub-buffer in the
+/// output: an output that [`cuts_back`](Output::cuts_back) is cut back to
+/// the last boundary ([`cut_back`](Output::cut_back)), so that it holds
+/// exactly what the buffer counts delivered. A byte sink never holds part
+/// of a unit, so it needs no cutting back (and a message already published
+/// can't be taken back anyway).
 pub(crate) trait Output: Send {
-    /// The descriptor whole sub-buffers are written to.
-    fn file(&self) -> &File;
-    /// Counts `n` bytes just written to [`file`](Output::file).
+    /// What the output takes the data as.
+    fn sink(&mut self) -> Sink<'_>;
+    /// Counts `n` bytes just taken by the sink.
     fn wrote(&mut self, n: u64);
-    /// Bytes in the current file (what [`cut_back`](Output::cut_back) takes).
-    fn size(&self) -> u64;
+    /// Whether part of a sub-buffer written can be removed again
+    /// ([`size`](Output::size), [`cut_back`](Output::cut_back)).
+    fn cuts_back(&self) -> bool {
+        false
+    }
+    /// Bytes in the current file (what [`cut_back`](Output::cut_back)
+    /// takes); only asked of an output that cuts back.
+    fn size(&self) -> u64 {
+        0
+    }
     /// Called between sub-buffers: may switch to the next file (then
     /// returns true).
-    fn boundary(&mut self) -> Result<bool>;
+    fn boundary(&mut self) -> Result<bool> {
+        Ok(false)
+    }
     /// Cuts the current file back to `len` bytes; returns how many went.
-    fn cut_back(&mut self, len: u64) -> Result<u64>;
-    /// The files written that exist, oldest first (the device for a sink).
+    /// Only called on an output that cuts back.
+    fn cut_back(&mut self, _len: u64) -> Result<u64> {
+        Ok(0)
+    }
+    /// The files written that exist, oldest first (the device for a sink;
+    /// none for an output that is not files).
     fn files(&self) -> &[PathBuf];
+    /// Where the data goes, as an error names it: the current file, or
+    /// e.g. a URL.
+    fn place(&self) -> String {
+        self.files()
+            .last()
+            .map_or(String::new(), |p| p.display().to_string())
+    }
     /// Flushes what is written.
     fn finish(&mut self) -> Result<()>;
 }
@@ -211,7 +270,7 @@ impl FileOutput {
 
     /// Every buffer's output goes to the character device `dev` (e.g.
     /// `/dev/null`, to measure the recorder alone).
-    fn sink(dev: &Path) -> Result<FileOutput> {
+    fn device(dev: &Path) -> Result<FileOutput> {
         let file = OpenOptions::new()
             .write(true)
             .open(dev)
@@ -238,7 +297,7 @@ impl FileOutput {
         max_files: Option<u64>,
     ) -> Result<FileOutput> {
         if is_sink(dir) {
-            return Self::sink(dir);
+            return Self::device(dir);
         }
         let path = Self::path(dir, base, max_size.is_some(), 0);
         let file = open_file(&path, true)?;
@@ -296,7 +355,7 @@ impl FileOutput {
         consumed: u64,
     ) -> Result<FileOutput> {
         if is_sink(dir) {
-            return Self::sink(dir);
+            return Self::device(dir);
         }
         let rotate = max_size.is_some();
         let state_path = Self::state_path(dir, base);
@@ -458,12 +517,16 @@ impl FileOutput {
 }
 
 impl Output for FileOutput {
-    fn file(&self) -> &File {
-        &self.file
+    fn sink(&mut self) -> Sink<'_> {
+        Sink::Fd(&self.file)
     }
 
     fn wrote(&mut self, n: u64) {
         FileOutput::wrote(self, n);
+    }
+
+    fn cuts_back(&self) -> bool {
+        true
     }
 
     fn size(&self) -> u64 {

@@ -71,11 +71,32 @@ pub(crate) enum Idle {
     End(End),
 }
 
+/// What a failed write left of the data being moved, for the error to say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Undone {
+    /// Bytes written of the sub-buffer being read that were cut off the
+    /// output again.
+    pub(crate) cut: u64,
+    /// Bytes of the sub-buffer being read that stay in an output that
+    /// can't be cut back.
+    pub(crate) left: u64,
+    /// Bytes read from the source (so consumed) that an output taking
+    /// bytes did not take: lost.
+    pub(crate) not_taken: u64,
+}
+
 /// A buffer to record, as the engine's loop (`engine::pump`) sees it.
 pub(crate) trait Source {
     /// Moves what is ready next (one sub-buffer, or a chunk of a kernel
     /// relay file) into `out`; 0 if nothing was ready.
-    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError>;
+    fn move_into_fd(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError>;
+    /// The most [`read_into`](Source::read_into) returns at once: the size
+    /// of the buffer the loop reads into.
+    fn unit(&self) -> usize;
+    /// Reads what is ready next, the same unit as
+    /// [`move_into_fd`](Source::move_into_fd) would move, into `buf` (of
+    /// [`unit`](Source::unit) bytes), consuming it; 0 if nothing was ready.
+    fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, relayfs::ReadError>;
     /// After moving `n` bytes: whether the reader stands between records,
     /// where the output may switch files.
     fn at_boundary(&self, n: u64) -> bool;
@@ -86,10 +107,12 @@ pub(crate) trait Source {
     fn idle(&mut self) -> Result<Idle>;
     /// Records lost so far, for the status line, where the source knows.
     fn lost(&self) -> Option<u64>;
-    /// Where a full output filesystem is reported (`path`: the output file).
+    /// Where a full output filesystem is reported (`path`: where the output
+    /// puts the data, `Output::place`).
     fn full_place(&self, path: &str) -> String;
-    /// The error for a failed write to `path`, `cut` bytes cut back.
-    fn write_error(&self, e: relayfs::ReadError, path: &str, cut: u64) -> anyhow::Error;
+    /// The error for a failed write to `path` (`Output::place`), and what
+    /// it left undone.
+    fn write_error(&self, e: relayfs::ReadError, path: &str, undone: Undone) -> anyhow::Error;
 }
 
 /// A relayfs buffer being recorded.
@@ -120,12 +143,34 @@ impl<'a> RelaySource<'a> {
 }
 
 impl Source for RelaySource<'_> {
-    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
+    fn move_into_fd(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
         self.f.set_complete_only(!self.tail);
         // One sub-buffer at a time (one write each), so that the last
         // boundary passed is known when a write fails, and a rotation
         // never splits a record.
         let n = self.f.sendfile_subbuf(out)?;
+        self.tail = false;
+        Ok(n)
+    }
+
+    fn unit(&self) -> usize {
+        usize::try_from(self.f.header().geometry.subbuf_size).unwrap_or(usize::MAX)
+    }
+
+    /// One sub-buffer (as `move_into_fd`): what `available` says is
+    /// readable of the current sub-buffer, so that the read never runs on
+    /// into the next one.
+    fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, relayfs::ReadError> {
+        self.f.set_complete_only(!self.tail);
+        // An empty read checks that the file was not truncated under the
+        // reader before `available` looks into the mapping.
+        self.f.read(&mut [])?;
+        let want = usize::try_from(self.f.available()?).map_or(buf.len(), |a| a.min(buf.len()));
+        let n = if want == 0 {
+            0
+        } else {
+            self.f.read(&mut buf[..want])?
+        };
         self.tail = false;
         Ok(n)
     }
@@ -181,20 +226,39 @@ impl Source for RelaySource<'_> {
         path.to_string()
     }
 
-    fn write_error(&self, e: relayfs::ReadError, path: &str, cut: u64) -> anyhow::Error {
+    fn write_error(&self, e: relayfs::ReadError, path: &str, undone: Undone) -> anyhow::Error {
         // The library names the relay buffer it read from; the write that
-        // failed was to the output file.
+        // failed was to the output.
         let cause = match e {
             relayfs::ReadError::Io { source, .. } => anyhow::Error::new(source),
             e => anyhow::Error::new(e),
         };
-        cause.context(if cut > 0 {
-            format!(
-                "cannot write {path}; the {cut} bytes written of the sub-buffer being read were removed (the buffer counts that sub-buffer as not delivered)"
-            )
-        } else {
-            format!("cannot write {path}")
-        })
+        let mut what = format!("cannot write {path}");
+        if undone.cut > 0 {
+            what += &format!(
+                "; the {} bytes written of the sub-buffer being read were removed (the buffer counts that sub-buffer as not delivered)",
+                undone.cut
+            );
+        }
+        if undone.left > 0 {
+            what += &format!(
+                "; the {} bytes of the sub-buffer being read already in the output can't be removed (the buffer counts that sub-buffer as not delivered)",
+                undone.left
+            );
+        }
+        if undone.not_taken > 0 {
+            // A read that finished its sub-buffer consumed it whole.
+            what += &format!(
+                "; the {} bytes read last were not taken and are lost ({})",
+                undone.not_taken,
+                if self.f.at_subbuf_boundary() {
+                    "the buffer counts them delivered"
+                } else {
+                    "the buffer counts their sub-buffer as not delivered"
+                }
+            );
+        }
+        cause.context(what)
     }
 }
 
@@ -397,9 +461,22 @@ impl<'a> KernelSource<'a> {
 }
 
 impl Source for KernelSource<'_> {
-    fn move_into(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
+    fn move_into_fd(&mut self, out: &std::fs::File) -> Result<u64, relayfs::ReadError> {
         self.gate.pass();
         let n = self.f.sendfile(out, CHUNK)?;
+        if n > 0 {
+            self.empty_in_drain = 0;
+        }
+        Ok(n)
+    }
+
+    fn unit(&self) -> usize {
+        CHUNK as usize
+    }
+
+    fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, relayfs::ReadError> {
+        self.gate.pass();
+        let n = self.f.read(buf)?;
         if n > 0 {
             self.empty_in_drain = 0;
         }
@@ -453,10 +530,17 @@ impl Source for KernelSource<'_> {
         self.name.clone()
     }
 
-    fn write_error(&self, e: relayfs::ReadError, _path: &str, _cut: u64) -> anyhow::Error {
-        anyhow::Error::new(e).context(format!(
-            "recording {} (nothing read was lost before this error)",
-            self.name
-        ))
+    fn write_error(&self, e: relayfs::ReadError, _path: &str, undone: Undone) -> anyhow::Error {
+        anyhow::Error::new(e).context(if undone.not_taken > 0 {
+            format!(
+                "recording {} (the {} bytes read last were not taken by the output and are lost)",
+                self.name, undone.not_taken
+            )
+        } else {
+            format!(
+                "recording {} (nothing read was lost before this error)",
+                self.name
+            )
+        })
     }
 }
