@@ -19,13 +19,15 @@
  * of relay_write, which are counted in relay_stats instead).
  *
  * Handles: struct rchan and struct relay_file are opaque. Every function is
- * safe to call from any thread, concurrently, except where it says
- * otherwise (relay_reset, relay_close, relay_file_close). NULL, or a pointer
- * to something that is not a handle, gets -EINVAL (or NULL/EINVAL): each
- * handle carries a magic word checked before use. A handle that was closed
- * is refused as long as its memory is not reused; after relay_close or
- * relay_file_close returns, using the handle is undefined behaviour, as with
- * any freed pointer in C.
+ * safe to call from any thread, concurrently, except relay_reset and
+ * relay_close, which must not race other calls on the same channel. NULL,
+ * or a pointer to something that is not a handle (at least 16 readable
+ * bytes), gets -EINVAL (or NULL with errno EINVAL): each handle carries a
+ * magic word checked before use. A closed handle gets -EINVAL too, for
+ * good: closing frees the channel or file but leaves the handle's small
+ * shell (16 bytes for a channel, 32 for a reader) allocated, so it never
+ * points at freed memory. What can't be checked: a pointer into memory
+ * that is not readable, or one to a copy of a handle's bytes.
  *
  * No error escapes as a crash or an abort: an internal failure (a bug)
  * is caught at the boundary and returned as -EIO.
@@ -208,13 +210,14 @@ struct rchan *relay_open(const char *base_filename, const char *parent,
 
 /*
  * Writes one record of `length` bytes into the buffer of the CPU the
- * thread runs on. Never blocks, never allocates, makes no system call.
- * A record never spans two sub-buffers.
+ * thread runs on. Never blocks or waits for anything: two atomic
+ * operations and the copy, no lock, no system call (a sub-buffer switch
+ * runs subbuf_start, and wakes a sleeping reader with a write to its
+ * FIFO). A record never spans two sub-buffers.
  *
  * Returns 0, or (the record is dropped and counted in relay_stats):
  * -ENOBUFS  buffer full (no-overwrite mode) or subbuf_start refused
  * -EMSGSIZE larger than a sub-buffer less its subbuf_start_reserve
- * -EPIPE    the channel is being closed
  * -EIO      the buffer's shared state was found corrupt
  * -EINVAL   chan is not a channel, or data is NULL with length > 0
  *           (not counted)
@@ -253,7 +256,7 @@ int relay_write_cpu(struct rchan *chan, size_t cpu, const void *data,
  * abandoned). A reservation still pending when its thread exits is never
  * committed.
  *
- * Returns NULL with errno: ENOBUFS, EMSGSIZE, EPIPE, EIO as relay_write
+ * Returns NULL with errno: ENOBUFS, EMSGSIZE, EIO as relay_write
  * (counted as dropped), EINVAL (not a channel, or length 0; not counted).
  */
 void *relay_reserve(struct rchan *chan, size_t length);
@@ -325,13 +328,13 @@ int relay_wait_for_readers(struct rchan *chan, long timeout_ms);
  * Readers attached at that moment drain what is left and then see the end;
  * what nobody can read any more is counted in unread_at_close.
  *
- * Writes racing relay_close in other threads are refused (-EPIPE) and
- * counted, but the caller must make sure that no other thread calls
- * anything on `chan` once relay_close has returned (the handle is freed),
- * and that every reservation was committed.
+ * No other call on `chan` may be in progress when relay_close is called
+ * (stop and join the writing threads first, as a kernel client stops its
+ * writers before relay_close), and every reservation must be committed.
+ * Calls made after it returns get -EINVAL.
  *
  * Returns 0, -EINVAL (not a channel, or closed already), or the first error
- * removing a file (negative errno; the channel is closed and freed anyway).
+ * removing a file (negative errno; the channel is closed anyway).
  */
 int relay_close(struct rchan *chan);
 
@@ -412,8 +415,9 @@ long relay_file_n_buffers(struct relay_file *f);
  * producer's own: 0 here). Returns 0 or -EINVAL. */
 int relay_file_stats(struct relay_file *f, struct relay_stats *out);
 
-/* Closes the reader and frees the handle (no other thread may use it from
- * now on). Returns 0 or -EINVAL. */
+/* Closes the reader. A call racing it in another thread either finishes
+ * first or gets -EINVAL, as every later call does. Returns 0 or -EINVAL
+ * (not a reader, or closed already). */
 int relay_file_close(struct relay_file *f);
 
 /* ------------------------------------------------------------------ */

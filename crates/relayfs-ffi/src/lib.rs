@@ -23,7 +23,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![allow(non_camel_case_types)]
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::io;
 use std::mem::ManuallyDrop;
@@ -31,7 +31,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -415,13 +415,13 @@ impl Callbacks for CCallbacks {
 // ---------------------------------------------------------------------------
 // The channel handle
 
-/// A channel (`struct rchan`), opaque to C.
+/// A channel handle (`struct rchan`), opaque to C: a magic word and the
+/// open channel. `relay_close` drops the channel and leaves this shell (two
+/// words) allocated for good, so that a closed handle keeps being refused
+/// with `-EINVAL` instead of pointing at freed memory.
 pub struct rchan {
     magic: AtomicU64,
-    /// In a cell only for `relay_reset`, whose contract (the kernel's) is
-    /// that nothing else uses the channel meanwhile.
-    chan: UnsafeCell<Channel>,
-    paths: Vec<CString>,
+    open: AtomicPtr<OpenChannel>,
 }
 
 impl std::fmt::Debug for rchan {
@@ -430,38 +430,57 @@ impl std::fmt::Debug for rchan {
     }
 }
 
-// SAFETY: `Channel` is `Send + Sync`; the cell is written only by
-// `relay_reset`, which the header says must not run alongside any other use
-// of the channel (the kernel's rule for `relay_reset`).
-unsafe impl Sync for rchan {}
-
-impl rchan {
-    #[inline(always)]
-    fn channel(&self) -> &Channel {
-        // SAFETY: only `relay_reset` makes a `&mut` to it, and its contract
-        // excludes concurrent use.
-        unsafe { &*self.chan.get() }
-    }
+/// What a channel handle holds while it is open.
+struct OpenChannel {
+    chan: Channel,
+    /// The buffer paths, for `relay_buffer_path`.
+    paths: Vec<CString>,
 }
 
-/// The channel behind a handle, if `p` is a live one.
+/// The shell behind a handle, if `p` points to a live (not closed) one.
 ///
 /// # Safety
-/// `p` is `NULL`, a handle from `relay_open` not yet closed, or a pointer to
-/// at least 8 readable, 8-aligned bytes (then it is refused unless they hold
-/// the magic word); a freed handle is undefined.
+/// `p` is `NULL`, a handle from `relay_open` (closed or not: shells are
+/// never freed), or a pointer to at least 16 readable, 8-aligned bytes
+/// (refused unless the first 8 hold the magic word).
 #[inline(always)]
-unsafe fn chan_ref<'a>(p: *const rchan) -> Option<&'a rchan> {
+unsafe fn chan_shell<'a>(p: *const rchan) -> Option<&'a rchan> {
     if p.is_null() || (p as usize) % std::mem::align_of::<rchan>() != 0 {
         return None;
     }
-    // SAFETY: per the contract, `p` points to readable memory holding an
+    // SAFETY: per the contract, `p` points to readable memory that holds an
     // `rchan` if its magic matches; `magic` is the first field read.
     let c = unsafe { &*p };
     // SYNC POINT: Acquire pairs with the Release store of the magic in
     // `relay_open` (the handle is whole) and with the AcqRel swap in
     // `relay_close` (a closed handle is refused).
     (c.magic.load(Ordering::Acquire) == CHAN_MAGIC).then_some(c)
+}
+
+/// The open channel behind a handle, as a raw pointer.
+///
+/// # Safety
+/// As [`chan_shell`].
+#[inline(always)]
+unsafe fn chan_ptr(p: *const rchan) -> Option<*mut OpenChannel> {
+    // SAFETY: per the contract.
+    let c = unsafe { chan_shell(p) }?;
+    // SYNC POINT: Relaxed: the pointer was stored before the magic's
+    // Release store in `relay_open`, which `chan_shell` acquired.
+    let o = c.open.load(Ordering::Relaxed);
+    (!o.is_null()).then_some(o)
+}
+
+/// The open channel behind a handle, if `p` is a live one.
+///
+/// # Safety
+/// As [`chan_shell`]; and the channel is not closed while the reference is
+/// used (the header forbids `relay_close` racing other calls).
+#[inline(always)]
+unsafe fn chan_ref<'a>(p: *const rchan) -> Option<&'a OpenChannel> {
+    // SAFETY: per the contract; `relay_reset`'s contract excludes the only
+    // `&mut`.
+    unsafe { chan_ptr(p).map(|o| &*o) }
 }
 
 /// Opens a channel. See `relay_open` in `relayfs.h`.
@@ -511,10 +530,10 @@ pub unsafe extern "C" fn relay_open(
                 let paths = (0..chan.n_buffers())
                     .map(|i| path_cstring(chan.buffer_path(i)))
                     .collect();
+                let open = Box::into_raw(Box::new(OpenChannel { chan, paths }));
                 let h = Box::new(rchan {
                     magic: AtomicU64::new(0),
-                    chan: UnsafeCell::new(chan),
-                    paths,
+                    open: AtomicPtr::new(open),
                 });
                 // SYNC POINT: Release pairs with the Acquire load in
                 // `chan_ref`: a thread that sees the magic sees the handle.
@@ -549,7 +568,7 @@ pub unsafe extern "C" fn relay_write(
         }
         // SAFETY: the caller passes `length` readable bytes at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length) };
-        match c.channel().write(bytes) {
+        match c.chan.write(bytes) {
             Ok(()) => 0,
             Err(e) => write_errno(e),
         }
@@ -587,7 +606,7 @@ pub unsafe extern "C" fn relay_write_cpu(
         let Some(c) = (unsafe { chan_ref(chan) }) else {
             return -libc::EINVAL;
         };
-        if cpu >= c.channel().n_buffers() {
+        if cpu >= c.chan.n_buffers() {
             return fail(libc::EINVAL, format!("relay_write_cpu: no buffer {cpu}"));
         }
         if length == 0 {
@@ -598,7 +617,7 @@ pub unsafe extern "C" fn relay_write_cpu(
         }
         // SAFETY: the caller passes `length` readable bytes at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length) };
-        match c.channel().write_cpu(cpu, bytes) {
+        match c.chan.write_cpu(cpu, bytes) {
             Ok(()) => 0,
             Err(e) => write_errno(e),
         }
@@ -634,7 +653,7 @@ pub unsafe extern "C" fn relay_reserve(chan: *mut rchan, length: usize) -> *mut 
         if length == 0 {
             return fail_null(libc::EINVAL, "relay_reserve: zero length");
         }
-        let mut r = match c.channel().reserve(length) {
+        let mut r = match c.chan.reserve(length) {
             Ok(r) => r,
             Err(e) => {
                 set_errno(-write_errno(e));
@@ -715,7 +734,7 @@ pub unsafe extern "C" fn relay_flush(chan: *mut rchan) -> c_int {
         let Some(c) = (unsafe { chan_ref(chan) }) else {
             return -libc::EINVAL;
         };
-        c.channel().flush();
+        c.chan.flush();
         0
     })
 }
@@ -730,7 +749,7 @@ pub unsafe extern "C" fn relay_flush(chan: *mut rchan) -> c_int {
 pub unsafe extern "C" fn relay_reset(chan: *mut rchan) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
-        let Some(c) = (unsafe { chan_ref(chan) }) else {
+        let Some(c) = (unsafe { chan_ptr(chan) }) else {
             return -libc::EINVAL;
         };
         let pending = PENDING
@@ -744,7 +763,7 @@ pub unsafe extern "C" fn relay_reset(chan: *mut rchan) -> c_int {
         }
         // SAFETY: the contract excludes any other use of the channel during
         // the call, so this is the only reference.
-        unsafe { &mut *c.chan.get() }.reset();
+        unsafe { &mut (*c).chan }.reset();
         0
     })
 }
@@ -767,10 +786,10 @@ pub unsafe extern "C" fn relay_subbufs_consumed(
                 return -libc::EINVAL as c_long;
             };
             let cpu = cpu as usize;
-            if cpu >= c.channel().n_buffers() {
+            if cpu >= c.chan.n_buffers() {
                 return fail(libc::EINVAL, format!("relay_subbufs_consumed: no buffer {cpu}")) as c_long;
             }
-            match c.channel().subbufs_consumed(cpu, subbufs_consumed as u64) {
+            match c.chan.subbufs_consumed(cpu, subbufs_consumed as u64) {
                 Ok(n) => n as c_long,
                 Err(e) => fail(libc::EBADMSG, format!("relay_subbufs_consumed: {e}")) as c_long,
             }
@@ -899,7 +918,7 @@ pub unsafe extern "C" fn relay_stats(chan: *mut rchan, cpu: c_long, out: *mut re
         if out.is_null() {
             return -libc::EINVAL;
         }
-        let ch = c.channel();
+        let ch = &c.chan;
         let s = match cpu {
             -1 => ch.total_stats(),
             n if n >= 0 && (n as usize) < ch.n_buffers() => ch.stats(n as usize),
@@ -922,7 +941,7 @@ pub unsafe extern "C" fn relay_n_buffers(chan: *mut rchan) -> c_long {
         || {
             // SAFETY: per the contract.
             match unsafe { chan_ref(chan) } {
-                Some(c) => c.channel().n_buffers() as c_long,
+                Some(c) => c.chan.n_buffers() as c_long,
                 None => -libc::EINVAL as c_long,
             }
         },
@@ -964,14 +983,15 @@ pub unsafe extern "C" fn relay_wait_for_readers(chan: *mut rchan, timeout_ms: c_
             return -libc::EINVAL;
         };
         let t = Duration::from_millis(timeout_ms.max(0) as u64);
-        c.channel().wait_for_readers(t) as c_int
+        c.chan.wait_for_readers(t) as c_int
     })
 }
 
 /// Closes the channel and frees the handle. See `relay_close`.
 ///
 /// # Safety
-/// As [`chan_ref`]; no other thread uses `chan` from now on.
+/// As [`chan_shell`]; no other call on `chan` is in progress (a closed
+/// handle is refused).
 #[no_mangle]
 pub unsafe extern "C" fn relay_close(chan: *mut rchan) -> c_int {
     // SAFETY: per the contract.
@@ -988,15 +1008,24 @@ pub unsafe extern "C" fn relay_close(chan: *mut rchan) -> c_int {
 pub unsafe extern "C" fn relay_close_stats(chan: *mut rchan, out: *mut relay_stats) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
-        let Some(c) = (unsafe { chan_ref(chan) }) else {
+        let Some(shell) = (unsafe { chan_shell(chan) }) else {
             return -libc::EINVAL;
         };
         // SYNC POINT: AcqRel: of two racing closes only one sees the magic
-        // and goes on; later `chan_ref`s (Acquire) see the handle dead.
-        if c.magic.swap(DEAD_MAGIC, Ordering::AcqRel) != CHAN_MAGIC {
+        // and goes on; later `chan_shell`s (Acquire) see the handle dead.
+        if shell.magic.swap(DEAD_MAGIC, Ordering::AcqRel) != CHAN_MAGIC {
             return -libc::EINVAL;
         }
-        let r = c.channel().close();
+        // SYNC POINT: AcqRel, as the magic's swap: the one closer takes it.
+        let o = shell.open.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if o.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: `o` came from `Box::into_raw` in `relay_open`, and the
+        // swaps above make this the one call that takes it back. The shell
+        // stays allocated (see `rchan`).
+        let c = unsafe { Box::from_raw(o) };
+        let r = c.chan.close();
         let rc = match &r {
             Ok(s) => {
                 // SAFETY: per the contract.
@@ -1005,13 +1034,11 @@ pub unsafe extern "C" fn relay_close_stats(chan: *mut rchan, out: *mut relay_sta
             }
             Err(e) => {
                 // SAFETY: per the contract.
-                unsafe { put_stats(out, c.channel().total_stats()) };
+                unsafe { put_stats(out, c.chan.total_stats()) };
                 fail(io_errno(e), format!("relay_close: {e}"))
             }
         };
-        // SAFETY: `chan` came from `Box::into_raw` in `relay_open`, and the
-        // swap above makes this the one call that frees it.
-        drop(unsafe { Box::from_raw(chan) });
+        drop(c);
         rc
     })
 }
@@ -1019,10 +1046,13 @@ pub unsafe extern "C" fn relay_close_stats(chan: *mut rchan, out: *mut relay_sta
 // ---------------------------------------------------------------------------
 // Readers
 
-/// An open relay file (a reader of one buffer), opaque to C.
+/// A reader handle (`struct relay_file`), opaque to C: a magic word and
+/// the open relay file. `relay_file_close` drops the file and leaves this
+/// shell allocated for good, so that a closed handle keeps being refused
+/// with `-EINVAL`; a call racing the close finds the file gone.
 pub struct relay_file {
     magic: AtomicU64,
-    file: Mutex<RelayFile>,
+    file: Mutex<Option<Box<RelayFile>>>,
 }
 
 impl std::fmt::Debug for relay_file {
@@ -1034,7 +1064,8 @@ impl std::fmt::Debug for relay_file {
 /// The reader behind a handle, if `p` is a live one.
 ///
 /// # Safety
-/// As [`chan_ref`], for `relay_file_open`'s handles.
+/// As [`chan_shell`], for `relay_file_open`'s handles (closed or not:
+/// shells are never freed).
 unsafe fn file_ref<'a>(p: *const relay_file) -> Option<&'a relay_file> {
     if p.is_null() || (p as usize) % std::mem::align_of::<relay_file>() != 0 {
         return None;
@@ -1063,7 +1094,10 @@ unsafe fn with_file<T>(
         .file
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(&mut g)
+    match g.as_deref_mut() {
+        Some(file) => f(file),
+        None => on_err(-libc::EINVAL),
+    }
 }
 
 /// Opens a relay file. See `relay_file_open`.
@@ -1082,7 +1116,7 @@ pub unsafe extern "C" fn relay_file_open(path: *const c_char) -> *mut relay_file
             Ok(f) => {
                 let h = Box::new(relay_file {
                     magic: AtomicU64::new(0),
-                    file: Mutex::new(f),
+                    file: Mutex::new(Some(Box::new(f))),
                 });
                 // SYNC POINT: Release pairs with the Acquire in `file_ref`.
                 h.magic.store(FILE_MAGIC, Ordering::Release);
@@ -1275,7 +1309,7 @@ pub unsafe extern "C" fn relay_file_stats(f: *mut relay_file, out: *mut relay_st
 /// Closes a relay file and frees the handle. See `relay_file_close`.
 ///
 /// # Safety
-/// As [`file_ref`]; no other thread uses `f` from now on.
+/// As [`file_ref`].
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_close(f: *mut relay_file) -> c_int {
     guard(panicked, || {
@@ -1287,10 +1321,18 @@ pub unsafe extern "C" fn relay_file_close(f: *mut relay_file) -> c_int {
         if h.magic.swap(DEAD_MAGIC, Ordering::AcqRel) != FILE_MAGIC {
             return -libc::EINVAL;
         }
-        // SAFETY: from `Box::into_raw` in `relay_file_open`; the swap makes
-        // this the one call that frees it.
-        drop(unsafe { Box::from_raw(f) });
-        0
+        let file = h
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match file {
+            Some(file) => {
+                drop(file);
+                0
+            }
+            None => -libc::EINVAL,
+        }
     })
 }
 
