@@ -256,9 +256,15 @@ int relay_write_cpu(struct rchan *chan, size_t cpu, const void *data,
  * abandoned). A reservation still pending when its thread exits is never
  * committed.
  *
+ * A thread may hold up to RELAY_MAX_PENDING reservations at once (of any
+ * channels). relay_reserve and relay_commit are not async-signal-safe.
+ *
  * Returns NULL with errno: ENOBUFS, EMSGSIZE, EIO as relay_write
- * (counted as dropped), EINVAL (not a channel, or length 0; not counted).
+ * (counted as dropped), EINVAL (not a channel, or length 0), EBUSY (this
+ * thread holds RELAY_MAX_PENDING reservations already); the last two
+ * reserve nothing, so nothing is counted.
  */
+#define RELAY_MAX_PENDING 8
 void *relay_reserve(struct rchan *chan, size_t length);
 
 /*

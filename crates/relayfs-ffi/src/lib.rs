@@ -23,10 +23,10 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![allow(non_camel_case_types)]
 
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::io;
-use std::mem::ManuallyDrop;
+use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -629,14 +629,78 @@ struct Pending {
     chan: *const rchan,
     data: *mut u8,
     /// Borrows the channel; the header requires every reservation to be
-    /// committed before `relay_close`. Not dropped (so not committed) if
+    /// committed before `relay_close`. Never dropped (so not committed) if
     /// the thread exits first: the channel may be gone by then.
-    res: ManuallyDrop<Reservation<'static>>,
+    res: Reservation<'static>,
+}
+
+/// How many reservations a thread may hold at once.
+pub const RELAY_MAX_PENDING: usize = 8;
+
+/// This thread's reservations not yet committed: the first `n` slots.
+/// Without a destructor, so that the thread-local costs one access and no
+/// registration (an entry left at thread exit is never committed).
+struct PendingTable {
+    n: std::cell::Cell<usize>,
+    slots: [UnsafeCell<MaybeUninit<Pending>>; RELAY_MAX_PENDING],
+}
+
+impl PendingTable {
+    /// Keeps `p`; gives it back if the table is full.
+    #[inline(always)]
+    fn push(&self, p: Pending) -> Result<(), Pending> {
+        let n = self.n.get();
+        if n == RELAY_MAX_PENDING {
+            return Err(p);
+        }
+        // SAFETY: the table belongs to this thread and no reference into
+        // it outlives a call of `push`/`take`/`holds`, which do not nest
+        // (nothing they call comes back here); slot `n` is free.
+        unsafe { (*self.slots[n].get()).write(p) };
+        self.n.set(n + 1);
+        Ok(())
+    }
+
+    /// Takes the entry of `chan` at `data`, if there is one.
+    #[inline(always)]
+    fn take(&self, chan: *const rchan, data: *mut u8) -> Option<Pending> {
+        let n = self.n.get();
+        let found = (0..n).rev().find(|&i| {
+            // SAFETY: slots below `n` are initialised; see `push`.
+            let e = unsafe { (*self.slots[i].get()).assume_init_ref() };
+            e.data == data && e.chan == chan
+        })?;
+        // SAFETY: slot `found` is initialised; it is read out once and the
+        // last entry moved into its place, so the first `n - 1` stay
+        // initialised and nothing is held twice.
+        let e = unsafe {
+            let e = (*self.slots[found].get()).assume_init_read();
+            if found != n - 1 {
+                let last = (*self.slots[n - 1].get()).assume_init_read();
+                (*self.slots[found].get()).write(last);
+            }
+            e
+        };
+        self.n.set(n - 1);
+        Some(e)
+    }
+
+    /// Whether an entry of `chan` is pending.
+    fn holds(&self, chan: *const rchan) -> bool {
+        (0..self.n.get()).any(|i| {
+            // SAFETY: slots below `n` are initialised; see `push`.
+            unsafe { (*self.slots[i].get()).assume_init_ref() }.chan == chan
+        })
+    }
 }
 
 thread_local! {
-    /// This thread's reservations not yet committed, newest last.
-    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static PENDING: PendingTable = const {
+        PendingTable {
+            n: std::cell::Cell::new(0),
+            slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; RELAY_MAX_PENDING],
+        }
+    };
 }
 
 /// Reserves a record. See `relay_reserve` in `relayfs.h`.
@@ -653,40 +717,35 @@ pub unsafe extern "C" fn relay_reserve(chan: *mut rchan, length: usize) -> *mut 
         if length == 0 {
             return fail_null(libc::EINVAL, "relay_reserve: zero length");
         }
-        let mut r = match c.chan.reserve(length) {
-            Ok(r) => r,
-            Err(e) => {
-                set_errno(-write_errno(e));
-                return std::ptr::null_mut();
+        PENDING.with(|t| {
+            if t.n.get() == RELAY_MAX_PENDING {
+                return fail_null(
+                    libc::EBUSY,
+                    "relay_reserve: this thread holds RELAY_MAX_PENDING reservations",
+                );
             }
-        };
-        let data = r.as_mut_ptr();
-        // SAFETY: the reservation borrows the channel, which lives until
-        // `relay_close`; the header requires the reservation to be committed
-        // before then, and `relay_commit` drops it.
-        let res: Reservation<'static> = unsafe { std::mem::transmute(r) };
-        let pushed = PENDING.try_with(|p| match p.try_borrow_mut() {
-            Ok(mut p) => {
-                p.push(Pending {
-                    chan,
-                    data,
-                    res: ManuallyDrop::new(res),
-                });
-                None
+            let mut r = match c.chan.reserve(length) {
+                Ok(r) => r,
+                Err(e) => {
+                    set_errno(-write_errno(e));
+                    return std::ptr::null_mut();
+                }
+            };
+            let data = r.as_mut_ptr();
+            // SAFETY: the reservation borrows the channel, which lives until
+            // `relay_close`; the header requires the reservation to be
+            // committed before then, and `relay_commit` drops it.
+            let res: Reservation<'static> = unsafe { std::mem::transmute(r) };
+            match t.push(Pending { chan, data, res }) {
+                Ok(()) => data.cast(),
+                // Can't happen (checked above, one thread): commit the record
+                // rather than lose it uncounted.
+                Err(p) => {
+                    p.res.commit();
+                    fail_null(libc::EBUSY, "relay_reserve: too many reservations")
+                }
             }
-            Err(_) => Some(res),
-        });
-        match pushed {
-            Ok(None) => data.cast(),
-            // Reentered from a signal handler, or the thread is exiting:
-            // commit it at once (the record is then filled with whatever
-            // the buffer held) and refuse.
-            Ok(Some(res)) => {
-                drop(res);
-                fail_null(libc::EBUSY, "relay_reserve: called reentrantly")
-            }
-            Err(_) => fail_null(libc::EBUSY, "relay_reserve: thread exiting"),
-        }
+        })
     })
 }
 
@@ -702,20 +761,12 @@ pub unsafe extern "C" fn relay_commit(chan: *mut rchan, reserved: *mut c_void) -
         if unsafe { chan_ref(chan) }.is_none() {
             return -libc::EINVAL;
         }
-        let found = PENDING.try_with(|p| {
-            let mut p = p.try_borrow_mut().ok()?;
-            let i = p
-                .iter()
-                .rposition(|e| e.data == reserved.cast() && e.chan == chan.cast_const())?;
-            Some(p.swap_remove(i))
-        });
-        match found {
-            Ok(Some(mut e)) => {
-                // SAFETY: taken once, out of the entry just removed.
-                unsafe { ManuallyDrop::drop(&mut e.res) };
+        match PENDING.with(|t| t.take(chan, reserved.cast())) {
+            Some(e) => {
+                e.res.commit();
                 0
             }
-            _ => fail(
+            None => fail(
                 libc::EINVAL,
                 "relay_commit: not a pending reservation of this channel in this thread",
             ),
@@ -752,13 +803,7 @@ pub unsafe extern "C" fn relay_reset(chan: *mut rchan) -> c_int {
         let Some(c) = (unsafe { chan_ptr(chan) }) else {
             return -libc::EINVAL;
         };
-        let pending = PENDING
-            .try_with(|p| {
-                p.try_borrow()
-                    .map_or(true, |p| p.iter().any(|e| e.chan == chan.cast_const()))
-            })
-            .unwrap_or(true);
-        if pending {
+        if PENDING.with(|t| t.holds(chan)) {
             return fail(libc::EBUSY, "relay_reset: a reservation is not committed");
         }
         // SAFETY: the contract excludes any other use of the channel during

@@ -428,3 +428,34 @@ fn writers_on_many_threads_are_all_counted() {
     assert_eq!(s.records_written + s.dropped_full, threads as u64 * per);
     assert_eq!(s.lost, s.dropped_full + s.unread_at_close);
 }
+
+#[test]
+fn a_thread_holds_at_most_relay_max_pending_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = cstr(dir.path());
+    // SAFETY: valid strings.
+    let c = unsafe { relay_open(c"cpu".as_ptr(), parent.as_ptr(), 4096, 4, null(), null_mut()) };
+    assert!(!c.is_null());
+    // SAFETY: a live channel; each slot gets its 16 bytes.
+    unsafe {
+        let held: Vec<*mut c_void> = (0..RELAY_MAX_PENDING)
+            .map(|i| {
+                let p = relay_reserve(c, 16);
+                assert!(!p.is_null(), "reservation {i}");
+                p.cast::<u8>().write_bytes(i as u8, 16);
+                p
+            })
+            .collect();
+        assert!(relay_reserve(c, 16).is_null());
+        assert_eq!(errno(), libc::EBUSY);
+        // Committed in any order; each once.
+        for &p in held.iter().rev().step_by(2).chain(held.iter().step_by(2)) {
+            assert_eq!(relay_commit(c, p), 0);
+        }
+        assert_eq!(relay_commit(c, held[0]), -EINVAL);
+        let s = stats(c, -1);
+        assert_eq!(s.records_written, RELAY_MAX_PENDING as u64, "only what was reserved");
+        assert_eq!(s.lost, 0);
+        assert_eq!(relay_close(c), 0);
+    }
+}

@@ -244,7 +244,9 @@ fn producer_and_reader(run: Run) {
         offered,
         "records found ({found}) + counted lost ({lost}) = offered ({offered}); producer: {pjson}"
     );
-    assert_eq!(counter(&pjson, "consumed"), found, "consumed = recorded");
+    // At close the attached reader may still be draining: what it had
+    // consumed by then is at most what it recorded.
+    assert!(counter(&pjson, "consumed") <= found, "consumed at close <= recorded");
     assert!(found > 0, "something was recorded");
     // The channel removed its files at close; the directory (ours) stays.
     assert_eq!(std::fs::read_dir(&chan).unwrap().count(), 0);
