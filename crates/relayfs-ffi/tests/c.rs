@@ -41,31 +41,53 @@ fn c_compiler() -> Option<PathBuf> {
     cc
 }
 
-/// The target directory's profile directory (`target/debug`): the test runs
-/// from `target/debug/deps`.
-fn profile_dir() -> PathBuf {
+/// Where this test run's build of the library is: cargo builds the crate's
+/// cdylib and staticlib (`librelayfs_ffi.so`, `.a`) beside the test
+/// executable, in `target/<profile>/deps` (the copies one level up are
+/// those of the last `cargo build`, maybe older).
+fn built_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    deps.parent().unwrap().to_path_buf()
+    exe.parent().unwrap().to_path_buf()
 }
 
-/// The built libraries, installed into `dir` under the names a C program
-/// links against: `librelayfs.so.0` (+ `librelayfs.so`) and `librelayfs.a`.
-fn install_libs(dir: &Path) {
-    let prof = profile_dir();
-    let so = prof.join("librelayfs_ffi.so");
-    let a = prof.join("librelayfs_ffi.a");
-    for f in [&so, &a] {
+/// The target directory's profile directory (`target/debug`).
+fn profile_dir() -> PathBuf {
+    built_dir().parent().unwrap().to_path_buf()
+}
+
+/// The built library installed under `prefix` by `install.sh`, as a C
+/// program finds it: `lib/librelayfs.so.0` (+ `librelayfs.so`),
+/// `lib/librelayfs.a`, `include/relayfs.h`, `lib/pkgconfig/relayfs.pc`.
+/// Returns the library directory.
+fn install(prefix: &Path) -> PathBuf {
+    let prof = built_dir();
+    for f in ["librelayfs_ffi.so", "librelayfs_ffi.a"] {
         assert!(
-            f.is_file(),
-            "{} not built (cargo builds it with the crate's cdylib and staticlib targets)",
-            f.display()
+            prof.join(f).is_file(),
+            "{f} not built in {} (cargo builds it with the crate's cdylib and staticlib targets)",
+            prof.display()
         );
     }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(&so, dir.join("librelayfs.so.0")).unwrap();
-    std::os::unix::fs::symlink("librelayfs.so.0", dir.join("librelayfs.so")).unwrap();
-    std::fs::copy(&a, dir.join("librelayfs.a")).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg(Path::new(MANIFEST).join("install.sh"))
+            .arg(prefix)
+            .arg(&prof),
+    );
+    let lib = prefix.join("lib");
+    let version = env!("CARGO_PKG_VERSION");
+    for (link, target) in [
+        ("librelayfs.so", "librelayfs.so.0".to_string()),
+        ("librelayfs.so.0", format!("librelayfs.so.{version}")),
+    ] {
+        assert_eq!(std::fs::read_link(lib.join(link)).unwrap(), Path::new(&target));
+    }
+    assert!(lib.join("librelayfs.a").is_file());
+    assert!(prefix.join("include/relayfs.h").is_file());
+    let pc = std::fs::read_to_string(lib.join("pkgconfig/relayfs.pc")).unwrap();
+    assert!(pc.contains(&format!("Version: {version}")), "{pc}");
+    assert!(!pc.contains('@'), "every placeholder filled in: {pc}");
+    lib
 }
 
 fn run_ok(cmd: &mut Command) -> std::process::Output {
@@ -85,7 +107,7 @@ fn compile(cc: &Path, lib: &Path, src: &Path, out: &Path, shared: bool) {
     let mut c = Command::new(cc);
     c.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
         .arg("-I")
-        .arg(Path::new(MANIFEST).join("include"))
+        .arg(lib.parent().unwrap().join("include"))
         .arg(src)
         .arg("-o")
         .arg(out);
@@ -159,8 +181,7 @@ struct Run {
 fn producer_and_reader(run: Run) {
     let Some(cc) = c_compiler() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let lib = tmp.path().join("lib");
-    install_libs(&lib);
+    let lib = install(&tmp.path().join("prefix"));
     let ex = Path::new(MANIFEST).join("examples/c");
     let producer = tmp.path().join("producer");
     let reader = tmp.path().join("reader");
@@ -354,7 +375,7 @@ fn header_declares_exactly_what_the_library_exports() {
     assert!(exported.len() > 20, "{exported:?}");
     assert_eq!(declared, exported, "relayfs.h against #[no_mangle] functions");
     // And the shared library itself, where nm is there to ask.
-    let so = profile_dir().join("librelayfs_ffi.so");
+    let so = built_dir().join("librelayfs_ffi.so");
     if let (Some(nm), true) = (which("nm"), so.is_file()) {
         let out = run_ok(Command::new(nm).args(["-D", "--defined-only"]).arg(&so));
         let syms: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
@@ -428,4 +449,43 @@ int main(void) {
     ];
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn pkg_config_finds_the_installed_library() {
+    let Some(cc) = c_compiler() else { return };
+    let Some(pkg_config) = which("pkg-config") else {
+        eprintln!("skipped: no pkg-config");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = install(&tmp.path().join("prefix"));
+    let flags = run_ok(
+        Command::new(pkg_config)
+            .args(["--cflags", "--libs", "relayfs"])
+            .env("PKG_CONFIG_PATH", lib.join("pkgconfig")),
+    );
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let exe = tmp.path().join("producer");
+    run_ok(
+        Command::new(cc)
+            .args(["-std=c11", "-Wall", "-Werror"])
+            .arg(Path::new(MANIFEST).join("examples/c/producer.c"))
+            .arg("-o")
+            .arg(&exe)
+            .args(flags.split_whitespace())
+            .arg("-lpthread"),
+    );
+    // Linked through the soname, so that librelayfs.so.1 can come beside it.
+    if let Some(readelf) = which("readelf") {
+        let d = run_ok(Command::new(readelf).arg("-d").arg(&exe));
+        let d = String::from_utf8_lossy(&d.stdout);
+        assert!(d.contains("Shared library: [librelayfs.so.0]"), "{d}");
+    }
+    // It runs: bad arguments get its usage, through the library's loader.
+    let out = Command::new(&exe)
+        .env("LD_LIBRARY_PATH", &lib)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
