@@ -25,7 +25,9 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use relayfs::{Channel, Mode};
-use relayfs_ffi::{rchan, rchan_callbacks, relay_close, relay_commit, relay_open, relay_reserve, relay_write};
+use relayfs_ffi::{
+    rchan, rchan_callbacks, relay_close, relay_commit, relay_open, relay_reserve, relay_write,
+};
 
 const LEN: usize = 64;
 const SUBBUF: usize = 1 << 20;
@@ -56,7 +58,16 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     // SAFETY: valid strings and callbacks.
-    let cchan = unsafe { relay_open(c"cpu".as_ptr(), parent.as_ptr(), SUBBUF, N_SUBBUFS, &cb, null_mut()) };
+    let cchan = unsafe {
+        relay_open(
+            c"cpu".as_ptr(),
+            parent.as_ptr(),
+            SUBBUF,
+            N_SUBBUFS,
+            &cb,
+            null_mut(),
+        )
+    };
     assert!(!cchan.is_null());
     // Called through pointers the optimiser can't see through, as a C
     // program calls librelayfs.so (through its PLT).
@@ -87,7 +98,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| unsafe {
             let p = reserve(black_box(cchan), LEN);
             if !p.is_null() {
-                p.cast::<u8>().copy_from_nonoverlapping(black_box(rec.as_ptr()), LEN);
+                p.cast::<u8>()
+                    .copy_from_nonoverlapping(black_box(rec.as_ptr()), LEN);
                 commit(cchan, p);
             }
         })
@@ -136,7 +148,8 @@ fn interleaved(
             unsafe {
                 let p = reserve(black_box(cchan), LEN);
                 if !p.is_null() {
-                    p.cast::<u8>().copy_from_nonoverlapping(black_box(rec.as_ptr()), LEN);
+                    p.cast::<u8>()
+                        .copy_from_nonoverlapping(black_box(rec.as_ptr()), LEN);
                     commit(cchan, p);
                 }
             }
@@ -160,7 +173,9 @@ fn interleaved(
     };
     let (dw, dr) = (diff(1, 0), diff(3, 2));
     let med: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
-    println!("\ninterleaved, {ROUNDS} rounds of {PER} records of {LEN} bytes, median ns per record:");
+    println!(
+        "\ninterleaved, {ROUNDS} rounds of {PER} records of {LEN} bytes, median ns per record:"
+    );
     for (k, m) in kinds.iter().zip(&med) {
         println!("  {:<24} {m:7.2}", k.0);
     }

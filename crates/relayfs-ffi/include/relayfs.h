@@ -261,16 +261,18 @@ int relay_write_cpu(struct rchan *chan, size_t cpu, const void *data,
  *
  * Returns NULL with errno: ENOBUFS, EMSGSIZE, EIO as relay_write
  * (counted as dropped), EINVAL (not a channel, or length 0), EBUSY (this
- * thread holds RELAY_MAX_PENDING reservations already); the last two
- * reserve nothing, so nothing is counted.
+ * thread holds RELAY_MAX_PENDING reservations already, or is inside
+ * relay_commit: a signal handler); the last two reserve nothing, so
+ * nothing is counted.
  */
 #define RELAY_MAX_PENDING 8
 void *relay_reserve(struct rchan *chan, size_t length);
 
 /*
- * Commits a record reserved by relay_reserve in this thread. Returns 0, or
+ * Commits a record reserved by relay_reserve in this thread. Returns 0,
  * -EINVAL if `reserved` is not a pending reservation of `chan` made by this
- * thread (also if it was committed already).
+ * thread (also if it was committed already), or -EBUSY if called while
+ * this thread is inside relay_commit (from a signal handler).
  */
 int relay_commit(struct rchan *chan, void *reserved);
 

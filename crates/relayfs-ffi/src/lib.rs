@@ -383,7 +383,15 @@ impl Callbacks for CCallbacks {
             let mut m: c_uint = mode;
             let mut g: c_int = *is_global as c_int;
             // SAFETY: a client callback, given pointers valid for the call.
-            let r = unsafe { f(name.as_ptr(), parent.as_ptr(), &mut m, &mut g, self.private.0) };
+            let r = unsafe {
+                f(
+                    name.as_ptr(),
+                    parent.as_ptr(),
+                    &mut m,
+                    &mut g,
+                    self.private.0,
+                )
+            };
             if r < 0 {
                 return Err(io::Error::from_raw_os_error(-r));
             }
@@ -506,7 +514,8 @@ pub unsafe extern "C" fn relay_open(
             return fail_null(libc::EINVAL, "relay_open: base_filename is not UTF-8");
         };
         // SAFETY: per the contract.
-        let parent = unsafe { c_str(parent) }.map(|p| Path::new(std::ffi::OsStr::from_bytes(p.to_bytes())));
+        let parent =
+            unsafe { c_str(parent) }.map(|p| Path::new(std::ffi::OsStr::from_bytes(p.to_bytes())));
         let callbacks = if cb.is_null() {
             rchan_callbacks::default()
         } else {
@@ -642,47 +651,60 @@ pub const RELAY_MAX_PENDING: usize = 8;
 /// registration (an entry left at thread exit is never committed).
 struct PendingTable {
     n: std::cell::Cell<usize>,
+    /// Set while an entry is being committed: a call that comes back into
+    /// the table meanwhile (from a signal handler, or a callback) is
+    /// refused instead of touching the slot being dropped.
+    busy: std::cell::Cell<bool>,
     slots: [UnsafeCell<MaybeUninit<Pending>>; RELAY_MAX_PENDING],
 }
 
 impl PendingTable {
-    /// Keeps `p`; gives it back if the table is full.
+    /// Keeps `p`; gives it back if the table is full or busy.
     #[inline(always)]
     fn push(&self, p: Pending) -> Result<(), Pending> {
         let n = self.n.get();
-        if n == RELAY_MAX_PENDING {
+        if n == RELAY_MAX_PENDING || self.busy.get() {
             return Err(p);
         }
-        // SAFETY: the table belongs to this thread and no reference into
-        // it outlives a call of `push`/`take`/`holds`, which do not nest
-        // (nothing they call comes back here); slot `n` is free.
+        // SAFETY: the table belongs to this thread; no reference into it
+        // outlives a call of `push`, `commit` or `holds`, and the one place
+        // where client code could run meanwhile (the drop in `commit`) is
+        // fenced off by `busy`; slot `n` is free.
         unsafe { (*self.slots[n].get()).write(p) };
         self.n.set(n + 1);
         Ok(())
     }
 
-    /// Takes the entry of `chan` at `data`, if there is one.
+    /// Commits the entry of `chan` at `data` in place and forgets it:
+    /// 0, `-EINVAL` if there is none, `-EBUSY` if called from within a
+    /// commit.
     #[inline(always)]
-    fn take(&self, chan: *const rchan, data: *mut u8) -> Option<Pending> {
+    fn commit(&self, chan: *const rchan, data: *mut u8) -> c_int {
+        if self.busy.get() {
+            return -libc::EBUSY;
+        }
         let n = self.n.get();
-        let found = (0..n).rev().find(|&i| {
+        let Some(found) = (0..n).rev().find(|&i| {
             // SAFETY: slots below `n` are initialised; see `push`.
             let e = unsafe { (*self.slots[i].get()).assume_init_ref() };
             e.data == data && e.chan == chan
-        })?;
-        // SAFETY: slot `found` is initialised; it is read out once and the
-        // last entry moved into its place, so the first `n - 1` stay
-        // initialised and nothing is held twice.
-        let e = unsafe {
-            let e = (*self.slots[found].get()).assume_init_read();
-            if found != n - 1 {
-                let last = (*self.slots[n - 1].get()).assume_init_read();
-                (*self.slots[found].get()).write(last);
-            }
-            e
+        }) else {
+            return -libc::EINVAL;
         };
-        self.n.set(n - 1);
-        Some(e)
+        let last = n - 1;
+        if found != last {
+            // SAFETY: both slots are initialised and distinct: swapping
+            // keeps the first `n` initialised.
+            unsafe { std::ptr::swap(self.slots[found].get(), self.slots[last].get()) };
+        }
+        self.n.set(last);
+        self.busy.set(true);
+        // SAFETY: slot `last` holds the entry, now outside the first
+        // `n - 1`: dropped (which commits it) once, here. While it is,
+        // `busy` keeps `push` and `commit` away from the table.
+        unsafe { (*self.slots[last].get()).assume_init_drop() };
+        self.busy.set(false);
+        0
     }
 
     /// Whether an entry of `chan` is pending.
@@ -698,6 +720,7 @@ thread_local! {
     static PENDING: PendingTable = const {
         PendingTable {
             n: std::cell::Cell::new(0),
+            busy: std::cell::Cell::new(false),
             slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; RELAY_MAX_PENDING],
         }
     };
@@ -718,6 +741,9 @@ pub unsafe extern "C" fn relay_reserve(chan: *mut rchan, length: usize) -> *mut 
             return fail_null(libc::EINVAL, "relay_reserve: zero length");
         }
         PENDING.with(|t| {
+            if t.busy.get() {
+                return fail_null(libc::EBUSY, "relay_reserve: called within a commit");
+            }
             if t.n.get() == RELAY_MAX_PENDING {
                 return fail_null(
                     libc::EBUSY,
@@ -761,12 +787,10 @@ pub unsafe extern "C" fn relay_commit(chan: *mut rchan, reserved: *mut c_void) -
         if unsafe { chan_ref(chan) }.is_none() {
             return -libc::EINVAL;
         }
-        match PENDING.with(|t| t.take(chan, reserved.cast())) {
-            Some(e) => {
-                e.res.commit();
-                0
-            }
-            None => fail(
+        match PENDING.with(|t| t.commit(chan, reserved.cast())) {
+            0 => 0,
+            e if e == -libc::EBUSY => fail(libc::EBUSY, "relay_commit: called within a commit"),
+            _ => fail(
                 libc::EINVAL,
                 "relay_commit: not a pending reservation of this channel in this thread",
             ),
@@ -832,7 +856,10 @@ pub unsafe extern "C" fn relay_subbufs_consumed(
             };
             let cpu = cpu as usize;
             if cpu >= c.chan.n_buffers() {
-                return fail(libc::EINVAL, format!("relay_subbufs_consumed: no buffer {cpu}")) as c_long;
+                return fail(
+                    libc::EINVAL,
+                    format!("relay_subbufs_consumed: no buffer {cpu}"),
+                ) as c_long;
             }
             match c.chan.subbufs_consumed(cpu, subbufs_consumed as u64) {
                 Ok(n) => n as c_long,
@@ -954,7 +981,11 @@ unsafe fn put_stats(out: *mut relay_stats, s: BufferStats) {
 /// # Safety
 /// As [`chan_ref`]; `out` points to a writable `struct relay_stats`.
 #[no_mangle]
-pub unsafe extern "C" fn relay_stats(chan: *mut rchan, cpu: c_long, out: *mut relay_stats) -> c_int {
+pub unsafe extern "C" fn relay_stats(
+    chan: *mut rchan,
+    cpu: c_long,
+    out: *mut relay_stats,
+) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
         let Some(c) = (unsafe { chan_ref(chan) }) else {
@@ -1009,8 +1040,10 @@ pub unsafe extern "C" fn relay_buffer_path(chan: *mut rchan, cpu: usize) -> *con
             };
             match c.paths.get(cpu) {
                 Some(p) => p.as_ptr(),
-                None => fail_null::<c_char>(libc::EINVAL, format!("relay_buffer_path: no buffer {cpu}"))
-                    .cast_const(),
+                None => {
+                    fail_null::<c_char>(libc::EINVAL, format!("relay_buffer_path: no buffer {cpu}"))
+                        .cast_const()
+                }
             }
         },
     )
@@ -1117,7 +1150,7 @@ unsafe fn file_ref<'a>(p: *const relay_file) -> Option<&'a relay_file> {
     }
     // SAFETY: per the contract.
     let f = unsafe { &*p };
-    // SYNC POINT: Acquire, as in `chan_ref`, with `relay_file_open`'s
+    // SYNC POINT: Acquire, as in `chan_shell`, with `relay_file_open`'s
     // Release store and `relay_file_close`'s swap.
     (f.magic.load(Ordering::Acquire) == FILE_MAGIC).then_some(f)
 }
@@ -1194,17 +1227,21 @@ pub unsafe extern "C" fn relay_file_read(
             }
             // SAFETY: per the contract.
             unsafe {
-                with_file(f, |e| e as isize, |r| {
-                    if count == 0 {
-                        return 0;
-                    }
-                    // SAFETY: the caller passes `count` writable bytes.
-                    let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), count);
-                    match r.read(out) {
-                        Ok(n) => n as isize,
-                        Err(e) => read_fail(&e),
-                    }
-                })
+                with_file(
+                    f,
+                    |e| e as isize,
+                    |r| {
+                        if count == 0 {
+                            return 0;
+                        }
+                        // SAFETY: the caller passes `count` writable bytes.
+                        let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), count);
+                        match r.read(out) {
+                            Ok(n) => n as isize,
+                            Err(e) => read_fail(&e),
+                        }
+                    },
+                )
             }
         },
     )
@@ -1228,15 +1265,19 @@ pub unsafe extern "C" fn relay_file_sendfile(
             }
             // SAFETY: per the contract.
             unsafe {
-                with_file(f, |e| e as isize, |r| {
-                    // SAFETY: the caller's descriptor, only written to during
-                    // the call; a closed one gives EBADF.
-                    let fd = BorrowedFd::borrow_raw(out_fd);
-                    match r.sendfile(fd, count as u64) {
-                        Ok(n) => n as isize,
-                        Err(e) => read_fail(&e),
-                    }
-                })
+                with_file(
+                    f,
+                    |e| e as isize,
+                    |r| {
+                        // SAFETY: the caller's descriptor, only written to during
+                        // the call; a closed one gives EBADF.
+                        let fd = BorrowedFd::borrow_raw(out_fd);
+                        match r.sendfile(fd, count as u64) {
+                            Ok(n) => n as isize,
+                            Err(e) => read_fail(&e),
+                        }
+                    },
+                )
             }
         },
     )
@@ -1252,13 +1293,17 @@ pub unsafe extern "C" fn relay_file_poll(f: *mut relay_file, timeout_ms: c_int) 
         let t = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
         // SAFETY: per the contract.
         unsafe {
-            with_file(f, |e| e, |r| match r.poll(t) {
-                Ok(Ready::Readable) => RELAY_POLL_READABLE,
-                Ok(Ready::Timeout) => RELAY_POLL_TIMEOUT,
-                Ok(Ready::Closed) => RELAY_POLL_CLOSED,
-                Ok(Ready::ProducerGone) => RELAY_POLL_PRODUCER_GONE,
-                Err(e) => read_fail(&e) as c_int,
-            })
+            with_file(
+                f,
+                |e| e,
+                |r| match r.poll(t) {
+                    Ok(Ready::Readable) => RELAY_POLL_READABLE,
+                    Ok(Ready::Timeout) => RELAY_POLL_TIMEOUT,
+                    Ok(Ready::Closed) => RELAY_POLL_CLOSED,
+                    Ok(Ready::ProducerGone) => RELAY_POLL_PRODUCER_GONE,
+                    Err(e) => read_fail(&e) as c_int,
+                },
+            )
         }
     })
 }
@@ -1273,10 +1318,14 @@ pub unsafe extern "C" fn relay_file_poll_fd(f: *mut relay_file) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
         unsafe {
-            with_file(f, |e| e, |r| match r.wake_fd() {
-                Some(fd) => fd.as_raw_fd(),
-                None => fail(libc::ENOENT, "relay_file_poll_fd: the producer is gone"),
-            })
+            with_file(
+                f,
+                |e| e,
+                |r| match r.wake_fd() {
+                    Some(fd) => fd.as_raw_fd(),
+                    None => fail(libc::ENOENT, "relay_file_poll_fd: the producer is gone"),
+                },
+            )
         }
     })
 }
@@ -1290,10 +1339,14 @@ pub unsafe extern "C" fn relay_file_prepare_wait(f: *mut relay_file) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
         unsafe {
-            with_file(f, |e| e, |r| match r.prepare_wait() {
-                Ok(ready) => ready as c_int,
-                Err(e) => read_fail(&e) as c_int,
-            })
+            with_file(
+                f,
+                |e| e,
+                |r| match r.prepare_wait() {
+                    Ok(ready) => ready as c_int,
+                    Err(e) => read_fail(&e) as c_int,
+                },
+            )
         }
     })
 }
@@ -1307,10 +1360,14 @@ pub unsafe extern "C" fn relay_file_eof(f: *mut relay_file) -> c_int {
     guard(panicked, || {
         // SAFETY: per the contract.
         unsafe {
-            with_file(f, |e| e, |r| match r.is_eof() {
-                Ok(eof) => eof as c_int,
-                Err(e) => read_fail(&e) as c_int,
-            })
+            with_file(
+                f,
+                |e| e,
+                |r| match r.is_eof() {
+                    Ok(eof) => eof as c_int,
+                    Err(e) => read_fail(&e) as c_int,
+                },
+            )
         }
     })
 }
@@ -1342,11 +1399,15 @@ pub unsafe extern "C" fn relay_file_stats(f: *mut relay_file, out: *mut relay_st
         }
         // SAFETY: per the contract.
         unsafe {
-            with_file(f, |e| e, |r| {
-                // SAFETY: checked non-NULL; writable per the contract.
-                put_stats(out, r.stats());
-                0
-            })
+            with_file(
+                f,
+                |e| e,
+                |r| {
+                    // SAFETY: checked non-NULL; writable per the contract.
+                    put_stats(out, r.stats());
+                    0
+                },
+            )
         }
     })
 }

@@ -73,7 +73,10 @@ fn null_and_garbage_handles_get_einval() {
     for f in [null_mut(), junk_file] {
         // SAFETY: as above.
         unsafe {
-            assert_eq!(relay_file_read(f, b.as_mut_ptr().cast(), 16), -EINVAL as isize);
+            assert_eq!(
+                relay_file_read(f, b.as_mut_ptr().cast(), 16),
+                -EINVAL as isize
+            );
             assert_eq!(relay_file_sendfile(f, 1, 16), -EINVAL as isize);
             assert_eq!(relay_file_poll(f, 0), -EINVAL);
             assert_eq!(relay_file_poll_fd(f), -EINVAL);
@@ -112,7 +115,11 @@ fn bad_open_arguments_are_clear_errors() {
         assert_eq!(errno(), want, "case {i}: {}", last_error());
         assert!(last_error().starts_with("relay_open"), "case {i}");
     }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing made");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing made"
+    );
 }
 
 #[test]
@@ -142,12 +149,18 @@ fn write_errors_are_negative_errno_and_counted() {
     let rec = [1u8; 1000];
     // SAFETY: a live channel; valid buffers.
     unsafe {
-        assert_eq!(relay_write_cpu(c, 0, big.as_ptr().cast(), big.len()), -libc::EMSGSIZE);
+        assert_eq!(
+            relay_write_cpu(c, 0, big.as_ptr().cast(), big.len()),
+            -libc::EMSGSIZE
+        );
         assert_eq!(relay_write_cpu(c, 0, null(), 5), -EINVAL);
         assert_eq!(relay_write_cpu(c, 0, null(), 0), 0, "empty: nothing");
         let n = relay_n_buffers(c);
         assert!(n >= 1);
-        assert_eq!(relay_write_cpu(c, n as usize, rec.as_ptr().cast(), 4), -EINVAL);
+        assert_eq!(
+            relay_write_cpu(c, n as usize, rec.as_ptr().cast(), 4),
+            -EINVAL
+        );
         // No reader, no overwrite: the ring of 2 x 4096 fills up.
         let (mut ok, mut full) = (0u64, 0u64);
         for _ in 0..20 {
@@ -274,7 +287,10 @@ unsafe extern "C" fn create_hook(
 ) -> c_int {
     // SAFETY: the library passes a name and our `Seen`.
     let (name, seen) = unsafe { (CStr::from_ptr(filename), &*(private_data as *const Seen)) };
-    seen.created.lock().unwrap().push(name.to_string_lossy().into_owned());
+    seen.created
+        .lock()
+        .unwrap()
+        .push(name.to_string_lossy().into_owned());
     // SAFETY: a valid pointer for the call.
     unsafe { *mode = 0o666 }; // world-writable: the library clears it
     0
@@ -297,7 +313,10 @@ unsafe extern "C" fn remove_hook(
 ) -> c_int {
     // SAFETY: as in `create_hook`.
     let (name, seen) = unsafe { (CStr::from_ptr(filename), &*(private_data as *const Seen)) };
-    seen.removed.lock().unwrap().push(name.to_string_lossy().into_owned());
+    seen.removed
+        .lock()
+        .unwrap()
+        .push(name.to_string_lossy().into_owned());
     1 // keep the file
 }
 
@@ -320,10 +339,15 @@ unsafe extern "C" fn header_hook(
     let (b, i) = unsafe { (&*buf, &*info) };
     assert_eq!(len, 8);
     // SAFETY: as above.
-    unsafe { header.cast::<u8>().copy_from(i.ordinal.to_le_bytes().as_ptr(), 8) };
+    unsafe {
+        header
+            .cast::<u8>()
+            .copy_from(i.ordinal.to_le_bytes().as_ptr(), 8)
+    };
     // SAFETY: our `Seen`.
     let seen = unsafe { &*(b.private_data as *const Seen) };
-    seen.headers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    seen.headers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[test]
@@ -344,7 +368,10 @@ fn c_callbacks_decide_fill_headers_and_see_the_files() {
     unsafe {
         let n = relay_n_buffers(c) as usize;
         assert_eq!(seen.created.lock().unwrap().len(), n);
-        let mode = std::fs::metadata(dir.path().join("cpu0")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("cpu0"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o664, "not world-writable");
         let rec = [3u8; 1000];
         let mut ok = 0;
@@ -357,10 +384,16 @@ fn c_callbacks_decide_fill_headers_and_see_the_files() {
         assert_eq!(ok, 4);
         assert_eq!(stats(c, 0).dropped_full, 6);
         assert_eq!(seen.headers.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(relay_write_cpu(c, 0, rec.as_ptr().cast(), 4089), -libc::EMSGSIZE);
+        assert_eq!(
+            relay_write_cpu(c, 0, rec.as_ptr().cast(), 4089),
+            -libc::EMSGSIZE
+        );
         assert_eq!(relay_close(c), 0);
     }
-    assert_eq!(seen.removed.lock().unwrap().len(), seen.created.lock().unwrap().len());
+    assert_eq!(
+        seen.removed.lock().unwrap().len(),
+        seen.created.lock().unwrap().len()
+    );
     assert!(dir.path().join("cpu0").exists(), "remove_buf_file kept it");
 
     let cb = rchan_callbacks {
@@ -373,7 +406,10 @@ fn c_callbacks_decide_fill_headers_and_see_the_files() {
     let c = unsafe { relay_open(c"cpu".as_ptr(), parent.as_ptr(), 4096, 2, &cb, null_mut()) };
     assert!(c.is_null());
     assert_eq!(errno(), libc::EACCES, "{}", last_error());
-    assert_eq!(std::fs::read_dir(dir.path().join("sub")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -381,7 +417,16 @@ fn writers_on_many_threads_are_all_counted() {
     let dir = tempfile::tempdir().unwrap();
     let parent = cstr(dir.path());
     // SAFETY: valid strings.
-    let c = unsafe { relay_open(c"cpu".as_ptr(), parent.as_ptr(), 4096, 4, null(), null_mut()) };
+    let c = unsafe {
+        relay_open(
+            c"cpu".as_ptr(),
+            parent.as_ptr(),
+            4096,
+            4,
+            null(),
+            null_mut(),
+        )
+    };
     assert!(!c.is_null());
     let threads = 4;
     let per = 2000u64;
@@ -434,7 +479,16 @@ fn a_thread_holds_at_most_relay_max_pending_reservations() {
     let dir = tempfile::tempdir().unwrap();
     let parent = cstr(dir.path());
     // SAFETY: valid strings.
-    let c = unsafe { relay_open(c"cpu".as_ptr(), parent.as_ptr(), 4096, 4, null(), null_mut()) };
+    let c = unsafe {
+        relay_open(
+            c"cpu".as_ptr(),
+            parent.as_ptr(),
+            4096,
+            4,
+            null(),
+            null_mut(),
+        )
+    };
     assert!(!c.is_null());
     // SAFETY: a live channel; each slot gets its 16 bytes.
     unsafe {
@@ -454,7 +508,10 @@ fn a_thread_holds_at_most_relay_max_pending_reservations() {
         }
         assert_eq!(relay_commit(c, held[0]), -EINVAL);
         let s = stats(c, -1);
-        assert_eq!(s.records_written, RELAY_MAX_PENDING as u64, "only what was reserved");
+        assert_eq!(
+            s.records_written, RELAY_MAX_PENDING as u64,
+            "only what was reserved"
+        );
         assert_eq!(s.lost, 0);
         assert_eq!(relay_close(c), 0);
     }

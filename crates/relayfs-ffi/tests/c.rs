@@ -80,7 +80,10 @@ fn install(prefix: &Path) -> PathBuf {
         ("librelayfs.so", "librelayfs.so.0".to_string()),
         ("librelayfs.so.0", format!("librelayfs.so.{version}")),
     ] {
-        assert_eq!(std::fs::read_link(lib.join(link)).unwrap(), Path::new(&target));
+        assert_eq!(
+            std::fs::read_link(lib.join(link)).unwrap(),
+            Path::new(&target)
+        );
     }
     assert!(lib.join("librelayfs.a").is_file());
     assert!(prefix.join("include/relayfs.h").is_file());
@@ -105,19 +108,33 @@ fn run_ok(cmd: &mut Command) -> std::process::Output {
 /// Compiles `src` into `out`: against the shared library, or the static one.
 fn compile(cc: &Path, lib: &Path, src: &Path, out: &Path, shared: bool) {
     let mut c = Command::new(cc);
-    c.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
-        .arg("-I")
-        .arg(lib.parent().unwrap().join("include"))
-        .arg(src)
-        .arg("-o")
-        .arg(out);
+    c.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-O1",
+    ])
+    .arg("-I")
+    .arg(lib.parent().unwrap().join("include"))
+    .arg(src)
+    .arg("-o")
+    .arg(out);
     if shared {
         c.arg("-L").arg(lib).args(["-lrelayfs", "-lpthread"]);
     } else {
         // What a Rust static library needs from the system (`rustc
         // --print native-static-libs`); the same list is in relayfs.pc.
-        c.arg(lib.join("librelayfs.a"))
-            .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]);
+        c.arg(lib.join("librelayfs.a")).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]);
     }
     run_ok(&mut c);
 }
@@ -157,7 +174,10 @@ fn parse_records(name: &str, bytes: &[u8], len: usize) -> Vec<Rec> {
 /// The producer's counters, from its JSON line.
 fn counter(json: &str, key: &str) -> u64 {
     let pat = format!("\"{key}\": ");
-    let at = json.find(&pat).unwrap_or_else(|| panic!("no {key} in {json}")) + pat.len();
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
     json[at..]
         .chars()
         .take_while(char::is_ascii_digit)
@@ -267,7 +287,10 @@ fn producer_and_reader(run: Run) {
     );
     // At close the attached reader may still be draining: what it had
     // consumed by then is at most what it recorded.
-    assert!(counter(&pjson, "consumed") <= found, "consumed at close <= recorded");
+    assert!(
+        counter(&pjson, "consumed") <= found,
+        "consumed at close <= recorded"
+    );
     assert!(found > 0, "something was recorded");
     // The channel removed its files at close; the directory (ours) stays.
     assert_eq!(std::fs::read_dir(&chan).unwrap().count(), 0);
@@ -341,10 +364,12 @@ fn header_functions() -> BTreeSet<String> {
             .collect();
         // A declaration: `type name(`, or `type *name(`; not `(*member)(`.
         let lead = before[..before.len() - name.len()].trim_end();
-        if !name.is_empty() && (lead.ends_with(|c: char| c.is_ascii_alphanumeric()) || lead.ends_with('*')) && !lead.ends_with("(*") {
-            if name != "defined" {
-                names.insert(name);
-            }
+        if !name.is_empty()
+            && (lead.ends_with(|c: char| c.is_ascii_alphanumeric()) || lead.ends_with('*'))
+            && !lead.ends_with("(*")
+            && name != "defined"
+        {
+            names.insert(name);
         }
     }
     names
@@ -373,7 +398,10 @@ fn header_declares_exactly_what_the_library_exports() {
     let declared = header_functions();
     let exported = exported_functions();
     assert!(exported.len() > 20, "{exported:?}");
-    assert_eq!(declared, exported, "relayfs.h against #[no_mangle] functions");
+    assert_eq!(
+        declared, exported,
+        "relayfs.h against #[no_mangle] functions"
+    );
     // And the shared library itself, where nm is there to ask.
     let so = built_dir().join("librelayfs_ffi.so");
     if let (Some(nm), true) = (which("nm"), so.is_file()) {
@@ -428,7 +456,12 @@ int main(void) {
     use std::mem::{offset_of, size_of};
     macro_rules! field {
         ($t:ty, $m:ident) => {
-            format!("{}.{} {}", stringify!($t), stringify!($m), offset_of!($t, $m))
+            format!(
+                "{}.{} {}",
+                stringify!($t),
+                stringify!($m),
+                offset_of!($t, $m)
+            )
         };
     }
     let want = [
@@ -488,4 +521,32 @@ fn pkg_config_finds_the_installed_library() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Every exported function runs its body under `guard` (`catch_unwind`), or
+/// only calls one that does, or can't panic (`relay_version`).
+#[test]
+fn every_exported_function_catches_panics() {
+    let src = std::fs::read_to_string(Path::new(MANIFEST).join("src/lib.rs")).unwrap();
+    let exported = exported_functions();
+    let mut bodies = src.split("#[no_mangle]").skip(1);
+    let mut checked = 0;
+    for body in bodies.by_ref() {
+        let name = body
+            .split("fn ")
+            .nth(1)
+            .and_then(|r| r.split('(').next())
+            .unwrap();
+        // The function's text: up to the first line that closes it.
+        let text = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        let delegates = exported
+            .iter()
+            .any(|other| other != name && text.contains(&format!("{{ {other}(")));
+        assert!(
+            text.contains("guard(") || delegates || name == "relay_version",
+            "{name} does not catch panics"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, exported.len());
 }
