@@ -15,9 +15,10 @@
 //! * errors are negative `errno` values, or `NULL` with `errno` set; the
 //!   last error's message (in this thread) is `relay_last_error()`;
 //! * handles are opaque pointers carrying a magic word, checked before use:
-//!   `NULL` or a pointer to something else gets `-EINVAL`. A handle already
-//!   freed by `relay_close`/`relay_file_close` can't be told apart reliably
-//!   (its memory may be reused): using one is undefined, as in C.
+//!   `NULL` or a pointer to something else gets `-EINVAL`, and so does a
+//!   closed handle (closing keeps the handle's small shell allocated, so it
+//!   never points into freed memory). A pointer to unreadable memory can't
+//!   be checked.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

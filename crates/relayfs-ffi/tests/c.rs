@@ -419,7 +419,7 @@ fn header_declares_exactly_what_the_library_exports() {
 }
 
 #[test]
-fn header_struct_layouts_match_the_library() {
+fn header_struct_layouts_and_constants_match_the_library() {
     let Some(cc) = c_compiler() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("layout.c");
@@ -438,6 +438,8 @@ int main(void) {
     P(rchan_callbacks, remove_buf_file); P(rchan_callbacks, subbuf_start_reserve);
     P(rchan_callbacks, overwrite);
     P(relay_stats, lost); P(relay_stats, corrupt); P(relay_stats, unread_at_close);
+    printf("poll %d %d %d %d\nmax_pending %d\n", RELAY_POLL_TIMEOUT, RELAY_POLL_READABLE,
+           RELAY_POLL_CLOSED, RELAY_POLL_PRODUCER_GONE, RELAY_MAX_PENDING);
     return 0;
 }
 "#,
@@ -479,6 +481,14 @@ int main(void) {
         field!(relay_stats, lost),
         field!(relay_stats, corrupt),
         field!(relay_stats, unread_at_close),
+        format!(
+            "poll {} {} {} {}",
+            relayfs_ffi::RELAY_POLL_TIMEOUT,
+            relayfs_ffi::RELAY_POLL_READABLE,
+            relayfs_ffi::RELAY_POLL_CLOSED,
+            relayfs_ffi::RELAY_POLL_PRODUCER_GONE
+        ),
+        format!("max_pending {}", relayfs_ffi::RELAY_MAX_PENDING),
     ];
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
