@@ -219,8 +219,8 @@ struct rchan *relay_open(const char *base_filename, const char *parent,
  * -ENOBUFS  buffer full (no-overwrite mode) or subbuf_start refused
  * -EMSGSIZE larger than a sub-buffer less its subbuf_start_reserve
  * -EIO      the buffer's shared state was found corrupt
- * -EINVAL   chan is not a channel, or data is NULL with length > 0
- *           (not counted)
+ * -EINVAL   chan is not a channel, data is NULL with length > 0, or
+ *           length > SSIZE_MAX (not counted)
  * length 0 writes nothing and returns 0. The kernel's relay_write returns
  * void; callers that ignore the result port unchanged.
  */

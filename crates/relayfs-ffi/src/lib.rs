@@ -573,10 +573,11 @@ pub unsafe extern "C" fn relay_write(
         if length == 0 {
             return 0;
         }
-        if data.is_null() {
+        if data.is_null() || length > isize::MAX as usize {
             return -libc::EINVAL;
         }
-        // SAFETY: the caller passes `length` readable bytes at `data`.
+        // SAFETY: the caller passes `length` readable bytes at `data` (no
+        // object is larger than `isize::MAX`).
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length) };
         match c.chan.write(bytes) {
             Ok(()) => 0,
@@ -622,10 +623,11 @@ pub unsafe extern "C" fn relay_write_cpu(
         if length == 0 {
             return 0;
         }
-        if data.is_null() {
+        if data.is_null() || length > isize::MAX as usize {
             return -libc::EINVAL;
         }
-        // SAFETY: the caller passes `length` readable bytes at `data`.
+        // SAFETY: the caller passes `length` readable bytes at `data` (no
+        // object is larger than `isize::MAX`).
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length) };
         match c.chan.write_cpu(cpu, bytes) {
             Ok(()) => 0,
@@ -1235,8 +1237,10 @@ pub unsafe extern "C" fn relay_file_read(
                         if count == 0 {
                             return 0;
                         }
-                        // SAFETY: the caller passes `count` writable bytes.
-                        let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), count);
+                        // SAFETY: the caller passes `count` writable bytes
+                        // (no object is larger than `isize::MAX`).
+                        let len = count.min(isize::MAX as usize);
+                        let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), len);
                         match r.read(out) {
                             Ok(n) => n as isize,
                             Err(e) => read_fail(&e),

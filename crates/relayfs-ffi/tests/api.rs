@@ -155,6 +155,7 @@ fn write_errors_are_negative_errno_and_counted() {
         );
         assert_eq!(relay_write_cpu(c, 0, null(), 5), -EINVAL);
         assert_eq!(relay_write_cpu(c, 0, null(), 0), 0, "empty: nothing");
+        assert_eq!(relay_write(c, rec.as_ptr().cast(), usize::MAX), -EINVAL);
         let n = relay_n_buffers(c);
         assert!(n >= 1);
         assert_eq!(
