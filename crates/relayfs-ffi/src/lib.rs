@@ -469,7 +469,8 @@ unsafe fn chan_shell<'a>(p: *const rchan) -> Option<&'a rchan> {
 /// The open channel behind a handle, as a raw pointer.
 ///
 /// # Safety
-/// As [`chan_shell`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[inline(always)]
 unsafe fn chan_ptr(p: *const rchan) -> Option<*mut OpenChannel> {
     // SAFETY: per the contract.
@@ -483,7 +484,8 @@ unsafe fn chan_ptr(p: *const rchan) -> Option<*mut OpenChannel> {
 /// The open channel behind a handle, if `p` is a live one.
 ///
 /// # Safety
-/// As [`chan_shell`]; and the channel is not closed while the reference is
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; and the channel is not closed while the reference is
 /// used (the header forbids `relay_close` racing other calls).
 #[inline(always)]
 unsafe fn chan_ref<'a>(p: *const rchan) -> Option<&'a OpenChannel> {
@@ -558,7 +560,8 @@ pub unsafe extern "C" fn relay_open(
 /// Writes one record. See `relay_write` in `relayfs.h`.
 ///
 /// # Safety
-/// `chan` as for [`chan_ref`]; `data` is valid for `length` bytes.
+/// `chan` is NULL, a handle from `relay_open` (open or closed), or a
+/// pointer to at least 16 readable bytes; `data` is valid for `length` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_write(
     chan: *mut rchan,
@@ -804,7 +807,8 @@ pub unsafe extern "C" fn relay_commit(chan: *mut rchan, reserved: *mut c_void) -
 /// Flushes every buffer. See `relay_flush`.
 ///
 /// # Safety
-/// As [`chan_ref`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_flush(chan: *mut rchan) -> c_int {
     guard(panicked, || {
@@ -821,7 +825,8 @@ pub unsafe extern "C" fn relay_flush(chan: *mut rchan) -> c_int {
 /// meanwhile.
 ///
 /// # Safety
-/// As [`chan_ref`]; no other call on `chan` runs meanwhile and no
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; no other call on `chan` runs meanwhile and no
 /// reservation is pending.
 #[no_mangle]
 pub unsafe extern "C" fn relay_reset(chan: *mut rchan) -> c_int {
@@ -843,7 +848,8 @@ pub unsafe extern "C" fn relay_reset(chan: *mut rchan) -> c_int {
 /// Marks sub-buffers consumed. See `relay_subbufs_consumed`.
 ///
 /// # Safety
-/// As [`chan_ref`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_subbufs_consumed(
     chan: *mut rchan,
@@ -982,7 +988,8 @@ unsafe fn put_stats(out: *mut relay_stats, s: BufferStats) {
 /// `relay_stats`.
 ///
 /// # Safety
-/// As [`chan_ref`]; `out` points to a writable `struct relay_stats`.
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; `out` points to a writable `struct relay_stats`.
 #[no_mangle]
 pub unsafe extern "C" fn relay_stats(
     chan: *mut rchan,
@@ -1012,7 +1019,8 @@ pub unsafe extern "C" fn relay_stats(
 /// Number of buffers. See `relay_n_buffers`.
 ///
 /// # Safety
-/// As [`chan_ref`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_n_buffers(chan: *mut rchan) -> c_long {
     guard(
@@ -1030,7 +1038,8 @@ pub unsafe extern "C" fn relay_n_buffers(chan: *mut rchan) -> c_long {
 /// Path of `cpu`'s relay file. See `relay_buffer_path`.
 ///
 /// # Safety
-/// As [`chan_ref`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_buffer_path(chan: *mut rchan, cpu: usize) -> *const c_char {
     guard(
@@ -1055,7 +1064,8 @@ pub unsafe extern "C" fn relay_buffer_path(chan: *mut rchan, cpu: usize) -> *con
 /// Waits for a reader on every buffer. See `relay_wait_for_readers`.
 ///
 /// # Safety
-/// As [`chan_ref`].
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_wait_for_readers(chan: *mut rchan, timeout_ms: c_long) -> c_int {
     guard(panicked, || {
@@ -1071,7 +1081,8 @@ pub unsafe extern "C" fn relay_wait_for_readers(chan: *mut rchan, timeout_ms: c_
 /// Closes the channel and frees the handle. See `relay_close`.
 ///
 /// # Safety
-/// As [`chan_shell`]; no other call on `chan` is in progress (a closed
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; no other call on `chan` is in progress (a closed
 /// handle is refused).
 #[no_mangle]
 pub unsafe extern "C" fn relay_close(chan: *mut rchan) -> c_int {
@@ -1145,7 +1156,8 @@ impl std::fmt::Debug for relay_file {
 /// The reader behind a handle, if `p` is a live one.
 ///
 /// # Safety
-/// As [`chan_shell`], for `relay_file_open`'s handles (closed or not:
+/// `chan` is NULL, a handle from `relay_open` (open or
+/// closed), or a pointer to at least 16 readable bytes, for `relay_file_open`'s handles (closed or not:
 /// shells are never freed).
 unsafe fn file_ref<'a>(p: *const relay_file) -> Option<&'a relay_file> {
     if p.is_null() || (p as usize) % std::mem::align_of::<relay_file>() != 0 {
@@ -1161,7 +1173,8 @@ unsafe fn file_ref<'a>(p: *const relay_file) -> Option<&'a relay_file> {
 /// Runs `f` on the reader behind `p`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 unsafe fn with_file<T>(
     p: *mut relay_file,
     on_err: impl Fn(c_int) -> T,
@@ -1215,7 +1228,8 @@ fn read_fail(e: &ReadError) -> isize {
 /// Reads what is readable. See `relay_file_read`.
 ///
 /// # Safety
-/// As [`file_ref`]; `buf` is writable for `count` bytes.
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; `buf` is writable for `count` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_read(
     f: *mut relay_file,
@@ -1255,7 +1269,8 @@ pub unsafe extern "C" fn relay_file_read(
 /// Sends what is readable to a file descriptor. See `relay_file_sendfile`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_sendfile(
     f: *mut relay_file,
@@ -1291,7 +1306,8 @@ pub unsafe extern "C" fn relay_file_sendfile(
 /// Waits for data. See `relay_file_poll`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_poll(f: *mut relay_file, timeout_ms: c_int) -> c_int {
     guard(panicked, || {
@@ -1316,7 +1332,8 @@ pub unsafe extern "C" fn relay_file_poll(f: *mut relay_file, timeout_ms: c_int) 
 /// The wakeup descriptor. See `relay_file_poll_fd`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_poll_fd(f: *mut relay_file) -> c_int {
     use std::os::fd::AsRawFd;
@@ -1338,7 +1355,8 @@ pub unsafe extern "C" fn relay_file_poll_fd(f: *mut relay_file) -> c_int {
 /// Arms the wakeup descriptor. See `relay_file_prepare_wait`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_prepare_wait(f: *mut relay_file) -> c_int {
     guard(panicked, || {
@@ -1359,7 +1377,8 @@ pub unsafe extern "C" fn relay_file_prepare_wait(f: *mut relay_file) -> c_int {
 /// Whether everything is read and no more will come. See `relay_file_eof`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_eof(f: *mut relay_file) -> c_int {
     guard(panicked, || {
@@ -1380,7 +1399,8 @@ pub unsafe extern "C" fn relay_file_eof(f: *mut relay_file) -> c_int {
 /// Buffers in the file's channel. See `relay_file_n_buffers`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_n_buffers(f: *mut relay_file) -> c_long {
     guard(
@@ -1395,7 +1415,8 @@ pub unsafe extern "C" fn relay_file_n_buffers(f: *mut relay_file) -> c_long {
 /// The buffer's counters as the reader sees them. See `relay_file_stats`.
 ///
 /// # Safety
-/// As [`file_ref`]; `out` points to a writable `struct relay_stats`.
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes; `out` points to a writable `struct relay_stats`.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_stats(f: *mut relay_file, out: *mut relay_stats) -> c_int {
     guard(panicked, || {
@@ -1420,7 +1441,8 @@ pub unsafe extern "C" fn relay_file_stats(f: *mut relay_file, out: *mut relay_st
 /// Closes a relay file and frees the handle. See `relay_file_close`.
 ///
 /// # Safety
-/// As [`file_ref`].
+/// `f` is NULL, a handle from `relay_file_open` (open or
+/// closed), or a pointer to at least 16 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn relay_file_close(f: *mut relay_file) -> c_int {
     guard(panicked, || {
