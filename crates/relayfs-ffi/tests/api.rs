@@ -517,3 +517,51 @@ fn a_thread_holds_at_most_relay_max_pending_reservations() {
         assert_eq!(relay_close(c), 0);
     }
 }
+
+#[test]
+fn overwrite_mode_never_refuses_and_counts_what_it_overwrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let cb = rchan_callbacks {
+        overwrite: 1,
+        ..Default::default()
+    };
+    let c = open(dir.path(), Some(&cb), null_mut());
+    let rec = [9u8; 1000];
+    // SAFETY: a live channel; valid buffers.
+    unsafe {
+        for i in 0..40 {
+            assert_eq!(
+                relay_write_cpu(c, 0, rec.as_ptr().cast(), rec.len()),
+                0,
+                "write {i}"
+            );
+        }
+        let s = stats(c, 0);
+        assert_eq!(s.dropped_full, 0);
+        assert!(s.overwritten_records > 0, "{s:?}");
+        assert_eq!(s.records_written, 40);
+        assert_eq!(relay_close(c), 0);
+    }
+}
+
+#[test]
+fn relay_subbufs_consumed_counts_complete_sub_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path(), None, null_mut());
+    let rec = [5u8; 1000];
+    // SAFETY: a live channel; valid buffers.
+    unsafe {
+        assert_eq!(relay_subbufs_consumed(c, 0, 1), 0, "nothing complete yet");
+        for _ in 0..5 {
+            assert_eq!(relay_write_cpu(c, 0, rec.as_ptr().cast(), rec.len()), 0);
+        }
+        // 4 records fill the first sub-buffer, the fifth opened the second.
+        assert_eq!(relay_subbufs_consumed(c, 0, 2), 1);
+        let n = relay_n_buffers(c);
+        assert_eq!(relay_subbufs_consumed(c, n as c_uint, 1), -EINVAL as _);
+        let s = stats(c, 0);
+        assert_eq!(s.subbufs_consumed, 1);
+        assert_eq!(s.records_consumed, 4);
+        assert_eq!(relay_close(c), 0);
+    }
+}

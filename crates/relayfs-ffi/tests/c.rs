@@ -560,3 +560,49 @@ fn every_exported_function_catches_panics() {
     }
     assert_eq!(checked, exported.len());
 }
+
+#[test]
+fn the_header_serves_cplusplus() {
+    let Some(cxx) = which("c++") else {
+        eprintln!("skipped: no C++ compiler (c++)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = install(&tmp.path().join("prefix"));
+    let src = tmp.path().join("use.cc");
+    std::fs::write(
+        &src,
+        r#"#include <cerrno>
+#include <relayfs.h>
+int main() {
+    struct rchan_callbacks cb {};
+    cb.overwrite = 1;
+    struct rchan *c = relay_open(nullptr, nullptr, 4096, 2, &cb, nullptr);
+    if (c != nullptr || errno != EINVAL) return 1;
+    if (relay_write(nullptr, "x", 1) != -EINVAL) return 2;
+    return relay_last_error() != nullptr ? 0 : 3;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("use");
+    run_ok(
+        Command::new(cxx)
+            .args([
+                "-std=c++11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-I",
+            ])
+            .arg(lib.parent().unwrap().join("include"))
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .arg("-L")
+            .arg(&lib)
+            .arg("-lrelayfs"),
+    );
+    run_ok(Command::new(&exe).env("LD_LIBRARY_PATH", &lib));
+}
