@@ -606,3 +606,43 @@ int main() {
     );
     run_ok(Command::new(&exe).env("LD_LIBRARY_PATH", &lib));
 }
+
+#[test]
+fn a_null_parent_makes_the_channel_directory_in_the_relay_root() {
+    let Some(cc) = c_compiler() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = install(&tmp.path().join("prefix"));
+    let src = tmp.path().join("root.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <relayfs.h>
+int main(void) {
+    struct rchan *c = relay_open("mytrace", NULL, 4096, 2, NULL, NULL);
+    if (!c) { fprintf(stderr, "%s\n", relay_last_error()); return 1; }
+    printf("%s\n", relay_buffer_path(c, 0));
+    fflush(stdout);
+    return relay_close(c) == 0 ? 0 : 1;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("root");
+    compile(&cc, &lib, &src, &exe, true);
+    let root = tmp.path().join("relay");
+    let out = run_ok(
+        Command::new(&exe)
+            .env("LD_LIBRARY_PATH", &lib)
+            .env("RELAYFS_DIR", &root),
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        Path::new(path.trim()),
+        root.join("mytrace/mytrace0"),
+        "<relay root>/<base_filename>/<base_filename>N"
+    );
+    assert!(
+        !root.join("mytrace").exists(),
+        "the directory it made is gone"
+    );
+}
