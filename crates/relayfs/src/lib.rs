@@ -42,6 +42,8 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "tokio")]
+mod async_reader;
 mod buffer;
 mod callbacks;
 mod channel;
@@ -53,9 +55,12 @@ pub mod kernel;
 pub mod layout;
 mod notify;
 mod reader;
+mod readers;
 mod shm;
 mod sync;
 
+#[cfg(feature = "tokio")]
+pub use async_reader::{AsyncReaders, AsyncRelayFile};
 pub use buffer::{BufferStats, SwitchInfo};
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
@@ -67,6 +72,7 @@ pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::Geometry;
 pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use readers::{ChannelError, ReadAny, Readers, Readiness};
 
 /// Sums the counters of several buffers.
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {
