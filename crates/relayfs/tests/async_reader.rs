@@ -169,3 +169,66 @@ fn async_read_of_one_file_then_the_file_back() {
     assert_eq!(rt.block_on(f.read(&mut buf)).unwrap(), 0);
     assert_eq!(f.end(), Some(Ready::Closed));
 }
+
+#[test]
+fn example_async_reader_reads_a_channel_to_its_end() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/async_reader");
+    if !bin.exists() {
+        eprintln!("skipped: example async_reader not built (cargo test builds it unless a --test filter is given)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("ex")
+        .env("RELAYFS_DIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chan = Channel::builder("ex")
+        .relay_dir(tmp.path())
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .open()
+        .unwrap();
+    // The reader takes every buffer before the close (a channel closed
+    // with no reader attached is removed at once).
+    wait_for_readers(&chan);
+    let mut want = vec![0usize; chan.n_buffers()];
+    for i in 0..3000u64 {
+        let cpu = (i as usize * 3) % chan.n_buffers();
+        if chan.write_cpu(cpu, &rec(i)).is_ok() {
+            want[cpu] += rec(i).len();
+        }
+    }
+    chan.close().unwrap();
+    let got = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success(), "{stdout}");
+    for (cpu, n) in want.iter().enumerate() {
+        assert!(
+            stdout.contains(&format!("cpu{cpu}: {n} bytes (Some(Closed))")),
+            "{stdout}"
+        );
+    }
+    let total: usize = want.iter().sum();
+    assert!(stdout.contains(&format!("read {total} bytes")), "{stdout}");
+}
+
+/// Waits until a reader holds every buffer of `chan`.
+fn wait_for_readers(chan: &Channel) {
+    let t = std::time::Instant::now();
+    while !(0..chan.n_buffers()).all(|i| {
+        relayfs::RelayFile::inspect(chan.buffer_path(i))
+            .unwrap()
+            .reader_attached
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no reader came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

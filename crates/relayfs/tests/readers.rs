@@ -445,3 +445,96 @@ fn a_symlinked_or_insecure_channel_directory_is_refused() {
     assert_eq!(Readers::open(&real, None).unwrap().len(), 1);
     chan.close().unwrap();
 }
+
+/// The example program `name`, which `cargo test` builds beside the tests;
+/// `None` (and a note) if it was not built (`cargo test --test ...`).
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent()?.parent()?.join("examples").join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipped: example {name} not built (cargo test builds it unless a --test filter is given)");
+        None
+    }
+}
+
+#[test]
+fn example_channel_reader_drains_every_buffer_into_its_file() {
+    let Some(bin) = example("channel_reader") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // Started first: it waits for the channel.
+    let child = Command::new(bin)
+        .args(["ex".as_ref(), out.as_os_str(), "60".as_ref()])
+        .env("RELAYFS_DIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chan = Channel::builder("ex")
+        .relay_dir(tmp.path())
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .open()
+        .unwrap();
+    // The reader takes every buffer before the close (a channel closed
+    // with no reader attached is removed at once).
+    wait_for_readers(&chan);
+    let mut want = vec![Vec::new(); chan.n_buffers()];
+    for i in 0..2000u64 {
+        let cpu = (i as usize) % chan.n_buffers();
+        let r = rec(cpu as u64, i);
+        if chan.write_cpu(cpu, &r).is_ok() {
+            want[cpu].extend_from_slice(&r);
+        }
+    }
+    chan.close().unwrap();
+    let got = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success(), "{stdout}");
+    for (cpu, w) in want.iter().enumerate() {
+        let f = std::fs::read(out.join(format!("cpu{cpu}.out"))).unwrap();
+        assert!(f == *w, "cpu{cpu}.out differs from what was written");
+        assert!(
+            stdout.contains(&format!("cpu{cpu}.out: {} bytes", w.len())),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn example_overwrite_keeps_the_last_events() {
+    let Some(bin) = example("overwrite") else {
+        return;
+    };
+    let got = Command::new(bin).arg("30000").output().unwrap();
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success(), "{stdout}");
+    let num = |key: &str| -> u64 {
+        let line = stdout.lines().find(|l| l.starts_with(key)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (first, last, kept) = (
+        num("first kept: event"),
+        num("last kept: event"),
+        num("wrote 30000 events; the buffer kept the last"),
+    );
+    assert_eq!(last, 29999, "{stdout}");
+    assert!(first > 0, "the oldest events were overwritten: {stdout}");
+    assert_eq!(last - first + 1, kept, "no gap in what was kept: {stdout}");
+}
+
+/// Waits until a reader holds every buffer of `chan`.
+fn wait_for_readers(chan: &Channel) {
+    let t = std::time::Instant::now();
+    while !(0..chan.n_buffers()).all(|i| {
+        relayfs::RelayFile::inspect(chan.buffer_path(i))
+            .unwrap()
+            .reader_attached
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no reader came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
