@@ -39,7 +39,7 @@ pub enum ChannelError {
     /// The channel directory, or the relay root holding it, is a symbolic
     /// link, belongs to another user or may be written by others (the
     /// checks `relay_open` makes), or can't be opened.
-    #[error("cannot use channel directory {path}")]
+    #[error("cannot read the channel")] // the source names the directory
     Dir {
         /// The directory.
         path: PathBuf,

@@ -480,6 +480,8 @@ fn a_symlinked_or_insecure_channel_directory_is_refused() {
         ),
         "{e:?}"
     );
+    let msg = common::chain(&e);
+    assert_eq!(msg.matches(link.to_str().unwrap()).count(), 1, "{msg}");
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o777)).unwrap();
     let e = Readers::open(&real, Some(Duration::from_secs(5))).unwrap_err();
     assert!(
