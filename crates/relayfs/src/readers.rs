@@ -284,15 +284,24 @@ impl Readers {
         base: &str,
         wait: Option<Duration>,
     ) -> Result<Readers, ChannelError> {
+        if base.is_empty() || base.contains('/') || base.contains('\0') {
+            return Err(ChannelError::Dir {
+                path: dir,
+                source: OpenError::Name(base.to_string()),
+            });
+        }
         let wait = wait.unwrap_or(Duration::ZERO);
-        let deadline = Instant::now() + wait;
+        // Too far to represent: no deadline.
+        let deadline = Instant::now().checked_add(wait);
         let mut backoff = Duration::from_millis(1);
         loop {
             match Readers::try_open(&dir, under_root, base, wait) {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_transient() => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    let left =
+                        deadline.map_or(OPEN_BACKOFF_MAX, |d| d.saturating_duration_since(now));
+                    if left.is_zero() {
                         return Err(match e {
                             ChannelError::Dir { .. } => ChannelError::NotFound {
                                 first: dir.join(format!("{base}0")),
@@ -302,7 +311,7 @@ impl Readers {
                             e => e,
                         });
                     }
-                    std::thread::sleep(backoff.min(deadline - now));
+                    std::thread::sleep(backoff.min(left));
                     backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
                 }
                 Err(e) => return Err(e),
@@ -480,7 +489,8 @@ impl Readers {
     /// [`ChannelError::Read`] if a buffer is corrupt or truncated,
     /// [`ChannelError::Poll`] if `poll(2)` fails.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<Readiness, ChannelError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent waits forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let mut readable = Vec::new();
             let mut waiting = Vec::new();
@@ -587,7 +597,7 @@ impl Readers {
         buf: &mut [u8],
         timeout: Option<Duration>,
     ) -> Result<ReadAny, ChannelError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let n = self.files.len();
             for k in 0..n {

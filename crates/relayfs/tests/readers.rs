@@ -268,7 +268,7 @@ fn poll_reports_the_buffer_with_data_then_the_end() {
         }
     });
     chan.close().unwrap();
-    let got = r.poll(Some(Duration::from_secs(20))).unwrap();
+    let got = r.poll(Some(Duration::MAX)).unwrap();
     assert!(got.readable.is_empty());
     assert_eq!(got.ended, (0..r.len()).collect::<Vec<_>>());
     assert!(r.is_done());
@@ -286,6 +286,16 @@ fn readers_give_the_files_by_index_and_back() {
         .n_subbufs(2)
         .open()
         .unwrap();
+    for bad in ["", "../trace", "a/b"] {
+        let e = Readers::open_base(tmp.path(), bad, None).unwrap_err();
+        assert!(
+            matches!(&e, ChannelError::Dir { source: OpenError::Name(n), .. } if n == bad),
+            "{e:?}"
+        );
+    }
+    // A wait too long to represent is no limit (and the channel is there).
+    let r = Readers::open_base(tmp.path(), "trace", Some(Duration::MAX)).unwrap();
+    drop(r);
     let r = Readers::open_base(tmp.path(), "trace", None).unwrap();
     for (i, f) in r.iter().enumerate() {
         assert_eq!(f.header().cpu, i as u64);
