@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use tokio::net::unix::pipe;
 
-use crate::buffer::BufferStats;
 use crate::error::ReadError;
 use crate::reader::{Ready, RelayFile};
 use crate::readers::{step, ChannelError, Readers, Step, LIVENESS_INTERVAL, NO_FIFO_INTERVAL};
+use crate::BufferStats;
 
 /// One buffer and its registration with the reactor.
 #[derive(Debug)]

@@ -53,34 +53,35 @@ mod dir;
 mod error;
 pub mod kernel;
 pub mod layout;
+mod lifecycle;
 mod notify;
 mod reader;
 mod readers;
 mod shm;
+mod stats;
 mod sync;
 
 #[cfg(feature = "tokio")]
 pub use async_reader::{AsyncReaders, AsyncRelayFile};
-pub use buffer::{BufferStats, SwitchInfo};
+pub use buffer::SwitchInfo;
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
-    relay_dir, relay_open, wake_fifo_path, Channel, ChannelBuilder, Reservation, Stale,
-    DEFAULT_N_SUBBUFS, DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
+    relay_dir, relay_open, Channel, ChannelBuilder, Reservation, Stale, DEFAULT_N_SUBBUFS,
+    DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
-pub use layout::Geometry;
-pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use layout::{BufferHeader, Geometry};
+pub use notify::wake_fifo_path;
+pub use reader::{BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
 pub use readers::{ChannelError, ReadAny, Readers, Readiness};
+pub use stats::BufferStats;
 
-/// Sums the counters of several buffers.
+/// Sums the counters of several buffers (the same as `.sum()` over them:
+/// [`BufferStats`] is [`Sum`](std::iter::Sum)).
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {
-    let mut t = BufferStats::default();
-    for s in stats {
-        channel::add_stats(&mut t, s);
-    }
-    t
+    stats.into_iter().sum()
 }
 
 #[cfg(loom)]

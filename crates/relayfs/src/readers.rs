@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::buffer::BufferStats;
 use crate::channel::Channel;
 use crate::error::{OpenError, ReadError};
 use crate::reader::{Ready, RelayFile};
+use crate::BufferStats;
 
 /// How often a sleeping reader looks at what no wakeup reports: the
 /// producer's liveness, and a partly filled sub-buffer (readable in
@@ -352,7 +352,7 @@ impl Readers {
             Err(e) => return Err(e.into()),
         };
         let n = h0.n_buffers;
-        let same = |path: &Path, i: u64, h: &crate::reader::BufferHeader| {
+        let same = |path: &Path, i: u64, h: &crate::BufferHeader| {
             if h.channel_id != h0.channel_id || h.n_buffers != n {
                 return Err(ChannelError::Mixed {
                     path: path.to_path_buf(),

@@ -194,8 +194,12 @@ fn cross_process(mode: &str) {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(THREADS * n, st.records_written + st.dropped_full, "{st:?}");
-    assert_eq!(ok, st.records_written);
+    assert_eq!(
+        THREADS * n,
+        st.records_written() + st.dropped_full,
+        "{st:?}"
+    );
+    assert_eq!(ok, st.records_written());
     let mut seen = HashSet::new();
     for p in &per {
         for id in records(p) {
@@ -204,7 +208,7 @@ fn cross_process(mode: &str) {
     }
     assert_eq!(
         seen.len() as u64 + st.overwritten_records + st.discarded_records,
-        st.records_written,
+        st.records_written(),
         "{st:?}"
     );
     assert_eq!(st.records_consumed, seen.len() as u64);
