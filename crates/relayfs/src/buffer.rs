@@ -125,10 +125,14 @@ pub(crate) struct Reserved {
 /// # Safety
 ///
 /// The pointers are valid, aligned and live as long as this value (the owner
-/// keeps the mapping alive); `data` spans `geometry.data_len()` bytes.
-/// Readers hold the header and descriptors read-only and only ever load them.
+/// keeps the mapping alive), and each region is as long as the geometry says
+/// (see `Shared::new`). The geometry is private and never changes, so the
+/// bounds checks of the accessors (`h`, `d`, `r`, `claim_word`, `data_ptr`,
+/// `copy_out`, `slot_ptr`) hold for the value's whole life. Readers hold the
+/// header and descriptors read-only and only ever load them.
 pub(crate) struct Shared {
-    pub g: Geometry,
+    /// The sizes every offset into the regions is checked against.
+    g: Geometry,
     hdr: *const AtomicU64,
     desc: *const AtomicU64,
     rdr: *const AtomicU64,
@@ -161,9 +165,13 @@ pub(crate) enum Avail {
 impl Shared {
     /// # Safety
     ///
-    /// See the type's safety section: `hdr`, `desc`, `rdr` point to the three
-    /// regions of `g`, `data` to its data, all valid for as long as the
-    /// returned value is used.
+    /// For as long as the returned value is used, each pointer is valid for
+    /// reads and writes (reads only, for the regions a reader maps read-only
+    /// and only loads), 8-aligned, and spans its region as `g` sizes it:
+    /// `hdr` at least `hdr::END` bytes, `desc` `g.n_subbufs * desc::SIZE`
+    /// bytes, `rdr` `rdr::CLAIMS + 8 * g.n_subbufs` bytes, `data`
+    /// `g.data_len()` bytes. The accessors check every offset against `g`
+    /// and rely on nothing else.
     pub(crate) unsafe fn new(
         g: Geometry,
         hdr: *const AtomicU64,
@@ -182,36 +190,74 @@ impl Shared {
         }
     }
 
+    /// The header word at byte offset `off` (one of the `hdr` offsets).
+    ///
+    /// # Panics
+    /// If `off` is not an 8-aligned offset below `hdr::END`. Every caller
+    /// passes a constant, so the check is decided at compile time and costs
+    /// nothing; it is a real `assert` so that this safe function stays sound
+    /// in release builds whatever it is given.
     #[inline(always)]
     pub(crate) fn h(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off < crate::layout::hdr::END && off % 8 == 0);
-        // SAFETY: `off` is one of the fixed header offsets (< hdr::END, which is
-        // within the header page) and 8-aligned.
+        assert!(off < hdr::END && off % 8 == 0, "header offset {off}");
+        // SAFETY: `off` is 8-aligned and below hdr::END (checked above), and
+        // the header region holds hdr::END bytes of 8-aligned words (the
+        // contract of `Shared::new`).
         unsafe { &*self.hdr.add(off / 8) }
     }
 
+    /// The word at byte offset `field` (one of the `desc` offsets) of slot
+    /// `slot`'s descriptor.
+    ///
+    /// # Panics
+    /// If `slot >= n_subbufs` or `field` is not an 8-aligned offset below
+    /// `desc::SIZE`. Every caller derives `slot` from a position or an
+    /// ordinal reduced modulo `n_subbufs` (the fast path checks the slot of
+    /// `head` before using it), so this never fires; `field` is a constant.
     #[inline(always)]
     fn d(&self, slot: u64, field: usize) -> &AtomicU64 {
-        debug_assert!(slot < self.g.n_subbufs);
-        // SAFETY: slot < n_subbufs (every caller derives it from a position or
-        // ordinal reduced modulo n_subbufs), so the field lies within the
-        // descriptor array of `n_subbufs * desc::SIZE` bytes.
+        assert!(
+            slot < self.g.n_subbufs && field < desc::SIZE && field % 8 == 0,
+            "descriptor {slot} field {field}"
+        );
+        // SAFETY: slot < n_subbufs and field < desc::SIZE, 8-aligned (checked
+        // above), so the word lies within the descriptor region of
+        // `n_subbufs * desc::SIZE` bytes (the contract of `Shared::new`).
         unsafe { &*self.desc.add((slot as usize * desc::SIZE + field) / 8) }
     }
 
+    /// The reader-page word at byte offset `off` (one of the `rdr` offsets
+    /// below `rdr::CLAIMS`; the claim words have `claim_word`).
+    ///
+    /// # Panics
+    /// If `off` is not an 8-aligned offset below `rdr::CLAIMS` (a constant
+    /// at every call, as for `h`).
     #[inline(always)]
     pub(crate) fn r(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off < rdr::CLAIMS);
-        // SAFETY: `off` is one of the fixed reader-page offsets.
+        assert!(off < rdr::CLAIMS && off % 8 == 0, "reader page offset {off}");
+        // SAFETY: `off` is 8-aligned and below rdr::CLAIMS (checked above),
+        // and the reader region holds rdr::CLAIMS bytes before its claim
+        // words (the contract of `Shared::new`).
         unsafe { &*self.rdr.add(off / 8) }
     }
 
+    /// The claim word of slot `slot` in the reader page.
+    ///
+    /// # Panics
+    /// If `slot >= n_subbufs` (never: as for `d`).
     #[inline(always)]
     fn claim_word(&self, slot: u64) -> &AtomicU64 {
-        debug_assert!(slot < self.g.n_subbufs);
-        // SAFETY: the claims array has n_subbufs words after rdr::CLAIMS, and
-        // the reader region is sized for it (Geometry::new).
+        assert!(slot < self.g.n_subbufs, "claim word {slot}");
+        // SAFETY: slot < n_subbufs (checked above), and the reader region
+        // holds n_subbufs claim words after rdr::CLAIMS (the contract of
+        // `Shared::new`).
         unsafe { &*self.rdr.add(rdr::CLAIMS / 8 + slot as usize) }
+    }
+
+    /// The buffer's geometry (fixed for the value's life).
+    #[inline(always)]
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.g
     }
 
     pub(crate) fn is_overwrite(&self) -> bool {
@@ -298,21 +344,42 @@ impl Shared {
     /// a reservation this thread holds.
     #[inline]
     pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) {
-        let dst = self.data_ptr(pos);
-        // SAFETY: the reservation `[pos, pos + len)` lies within one
-        // sub-buffer (reserve never hands out a range crossing its end) and
-        // belongs to this thread alone until committed; `data_ptr` bounds it
-        // to the data region.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
+        let off = self.data_offset(pos);
+        // One compare on the fast path, always true for a reservation: it
+        // keeps this safe function sound in release builds whatever `pos`
+        // and `bytes` are (no overflow: off < 2^63, a record < 2^30).
+        assert!(
+            off + bytes.len() as u64 <= self.g.data_len(),
+            "write of {} bytes at {pos:#x} beyond the data region",
+            bytes.len()
+        );
+        // SAFETY: `[off, off + len)` lies within the data region (checked
+        // above; `Shared::new`'s contract sizes it). The reservation `[pos,
+        // pos + len)` lies within one sub-buffer (reserve never hands out a
+        // range crossing its end) and belongs to this thread alone until
+        // committed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(off as usize), bytes.len())
+        }
+    }
+
+    /// Byte offset in the data region of write position `pos` (not checked:
+    /// the callers check it before using it).
+    #[inline(always)]
+    fn data_offset(&self, pos: u64) -> u64 {
+        self.g.slot_data_offset(self.g.pos_slot(pos)) + self.g.pos_offset(pos)
     }
 
     /// Pointer to the data byte at write position `pos`.
+    ///
+    /// # Panics
+    /// If `pos` is outside the data region (never for a position the
+    /// protocol hands out).
     #[inline(always)]
     pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
-        let off = self.g.slot_data_offset(self.g.pos_slot(pos)) + self.g.pos_offset(pos);
-        debug_assert!(off < self.g.data_len());
-        // SAFETY: slot < n_subbufs and offset < subbuf_size for any position
-        // produced by the protocol, so `off` is within the data region.
+        let off = self.data_offset(pos);
+        assert!(off < self.g.data_len(), "position {pos:#x} beyond the data region");
+        // SAFETY: `off` is within the data region (checked above).
         unsafe { self.data.add(off as usize) }
     }
 
@@ -1060,7 +1127,12 @@ impl Shared {
     /// Copies `out.len()` bytes at byte `off` of slot `slot`'s data.
     pub(crate) fn copy_out(&self, slot: u64, off: u64, out: &mut [u8]) {
         let g = &self.g;
-        assert!(slot < g.n_subbufs && off + out.len() as u64 <= g.subbuf_size);
+        // Written so that no sum can wrap, whatever `off` is.
+        assert!(
+            slot < g.n_subbufs && off <= g.subbuf_size && out.len() as u64 <= g.subbuf_size - off,
+            "copy of {} bytes at {off} of slot {slot}",
+            out.len()
+        );
         // SAFETY: bounds checked just above; the bytes may be written
         // concurrently by a writer of a later lap (overwrite mode), which the
         // caller detects with `still_valid` and then discards the copy.
@@ -1075,7 +1147,11 @@ impl Shared {
 
     /// The data bytes `[off, off + len)` of slot `slot`, as a raw pointer.
     pub(crate) fn slot_ptr(&self, slot: u64, off: u64, len: u64) -> *const u8 {
-        assert!(slot < self.g.n_subbufs && off + len <= self.g.subbuf_size);
+        // Written so that no sum can wrap, whatever `off` and `len` are.
+        assert!(
+            slot < self.g.n_subbufs && off <= self.g.subbuf_size && len <= self.g.subbuf_size - off,
+            "{len} bytes at {off} of slot {slot}"
+        );
         // SAFETY: bounds checked just above.
         unsafe {
             self.data

@@ -132,7 +132,7 @@ impl Cursor {
     /// to read now.
     pub(crate) fn next_chunk(&mut self, s: &Shared) -> Result<Option<Chunk>, FormatError> {
         self.check_epoch(s);
-        let g = s.g;
+        let g = *s.geometry();
         // Bounded: each pass either returns or moves to a later sub-buffer,
         // and only so many were produced.
         loop {

@@ -77,7 +77,7 @@ impl LoomBuffer {
     /// # Errors
     /// As `Channel::write`.
     pub fn write(&self, data: &[u8]) -> Result<(), WriteError> {
-        if data.len() as u64 > self.shared.g.max_record() {
+        if data.len() as u64 > self.shared.geometry().max_record() {
             return Err(self.shared.drop_toobig(data.len()));
         }
         let r = self.shared.reserve(data.len() as u64, &NoHooks)?;
@@ -107,7 +107,7 @@ impl LoomBuffer {
         let s = &self.shared;
         let (ord, end, _records) = s.map_ready(false).expect("corrupt state")?;
         let mut copy = vec![0u8; end as usize];
-        s.copy_out(ord % s.g.n_subbufs, 0, &mut copy);
+        s.copy_out(ord % s.geometry().n_subbufs, 0, &mut copy);
         let good = if kernel_path {
             let good = s.still_valid(ord);
             let n = s
