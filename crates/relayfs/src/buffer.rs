@@ -127,12 +127,12 @@ pub(crate) struct Reserved {
 /// The pointers are valid, aligned and live as long as this value (the owner
 /// keeps the mapping alive), and each region is as long as the geometry says
 /// (see `Shared::new`). The geometry is private and never changes, so the
-/// bounds checks of the accessors (`h`, `d`, `r`, `claim_word`, `data_ptr`,
+/// bounds checks of the accessors (`header_word`, `descriptor`, `reader_word`, `claim_word`, `data_ptr`,
 /// `copy_out`, `slot_ptr`) hold for the value's whole life. Readers hold the
 /// header and descriptors read-only and only ever load them.
 pub(crate) struct Shared {
     /// The sizes every offset into the regions is checked against.
-    g: Geometry,
+    geometry: Geometry,
     hdr: *const AtomicU64,
     desc: *const AtomicU64,
     rdr: *const AtomicU64,
@@ -181,7 +181,7 @@ impl Shared {
         flags: u64,
     ) -> Shared {
         Shared {
-            g,
+            geometry: g,
             hdr,
             desc,
             rdr,
@@ -198,7 +198,7 @@ impl Shared {
     /// nothing; it is a real `assert` so that this safe function stays sound
     /// in release builds whatever it is given.
     #[inline(always)]
-    pub(crate) fn h(&self, off: usize) -> &AtomicU64 {
+    pub(crate) fn header_word(&self, off: usize) -> &AtomicU64 {
         assert!(off < hdr::END && off % 8 == 0, "header offset {off}");
         // SAFETY: `off` is 8-aligned and below hdr::END (checked above), and
         // the header region holds hdr::END bytes of 8-aligned words (the
@@ -215,9 +215,9 @@ impl Shared {
     /// ordinal reduced modulo `n_subbufs` (the fast path checks the slot of
     /// `head` before using it), so this never fires; `field` is a constant.
     #[inline(always)]
-    fn d(&self, slot: u64, field: usize) -> &AtomicU64 {
+    fn descriptor(&self, slot: u64, field: usize) -> &AtomicU64 {
         assert!(
-            slot < self.g.n_subbufs && field < desc::SIZE && field % 8 == 0,
+            slot < self.geometry.n_subbufs && field < desc::SIZE && field % 8 == 0,
             "descriptor {slot} field {field}"
         );
         // SAFETY: slot < n_subbufs and field < desc::SIZE, 8-aligned (checked
@@ -231,10 +231,13 @@ impl Shared {
     ///
     /// # Panics
     /// If `off` is not an 8-aligned offset below `rdr::CLAIMS` (a constant
-    /// at every call, as for `h`).
+    /// at every call, as for `header_word`).
     #[inline(always)]
-    pub(crate) fn r(&self, off: usize) -> &AtomicU64 {
-        assert!(off < rdr::CLAIMS && off % 8 == 0, "reader page offset {off}");
+    pub(crate) fn reader_word(&self, off: usize) -> &AtomicU64 {
+        assert!(
+            off < rdr::CLAIMS && off % 8 == 0,
+            "reader page offset {off}"
+        );
         // SAFETY: `off` is 8-aligned and below rdr::CLAIMS (checked above),
         // and the reader region holds rdr::CLAIMS bytes before its claim
         // words (the contract of `Shared::new`).
@@ -244,10 +247,10 @@ impl Shared {
     /// The claim word of slot `slot` in the reader page.
     ///
     /// # Panics
-    /// If `slot >= n_subbufs` (never: as for `d`).
+    /// If `slot >= n_subbufs` (never: as for `descriptor`).
     #[inline(always)]
     fn claim_word(&self, slot: u64) -> &AtomicU64 {
-        assert!(slot < self.g.n_subbufs, "claim word {slot}");
+        assert!(slot < self.geometry.n_subbufs, "claim word {slot}");
         // SAFETY: slot < n_subbufs (checked above), and the reader region
         // holds n_subbufs claim words after rdr::CLAIMS (the contract of
         // `Shared::new`).
@@ -257,7 +260,7 @@ impl Shared {
     /// The buffer's geometry (fixed for the value's life).
     #[inline(always)]
     pub(crate) fn geometry(&self) -> &Geometry {
-        &self.g
+        &self.geometry
     }
 
     pub(crate) fn is_overwrite(&self) -> bool {
@@ -267,11 +270,13 @@ impl Shared {
     /// Sets the shared state to "empty": called on a new buffer and by
     /// `relay_reset`, with no writer active.
     pub(crate) fn init_state(&self) {
-        for slot in 0..self.g.n_subbufs {
-            self.d(slot, desc::WORD).store(COMPLETE, Ordering::Relaxed);
-            self.d(slot, desc::GEN).store(0, Ordering::Relaxed);
-            self.d(slot, desc::PAD).store(0, Ordering::Relaxed);
-            self.d(slot, desc::REC_LAST).store(0, Ordering::Relaxed);
+        for slot in 0..self.geometry.n_subbufs {
+            self.descriptor(slot, desc::WORD)
+                .store(COMPLETE, Ordering::Relaxed);
+            self.descriptor(slot, desc::GEN).store(0, Ordering::Relaxed);
+            self.descriptor(slot, desc::PAD).store(0, Ordering::Relaxed);
+            self.descriptor(slot, desc::REC_LAST)
+                .store(0, Ordering::Relaxed);
             self.claim_word(slot).store(0, Ordering::Relaxed);
         }
         for off in [
@@ -288,7 +293,7 @@ impl Shared {
             hdr::CORRUPT,
             hdr::UNREAD_AT_CLOSE,
         ] {
-            self.h(off).store(0, Ordering::Relaxed);
+            self.header_word(off).store(0, Ordering::Relaxed);
         }
         for off in [
             rdr::CONSUMED,
@@ -301,11 +306,11 @@ impl Shared {
             rdr::HELD_RECORDS,
             rdr::HELD_LEN,
         ] {
-            self.r(off).store(0, Ordering::Relaxed);
+            self.reader_word(off).store(0, Ordering::Relaxed);
         }
         // SYNC POINT: Release publishes the reset state above to whoever
         // acquires the head next (writers' CAS, readers' loads).
-        self.h(hdr::HEAD).store(0, Ordering::Release);
+        self.header_word(hdr::HEAD).store(0, Ordering::Release);
     }
 
     // ------------------------------------------------------------------
@@ -315,14 +320,14 @@ impl Shared {
     /// Reserves `len` bytes (1 ≤ len ≤ max_record) for one record.
     #[inline]
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
-        let sb = self.g.subbuf_size;
-        let head = self.h(hdr::HEAD);
+        let sb = self.geometry.subbuf_size;
+        let head = self.header_word(hdr::HEAD);
         let h = head.load(Ordering::Relaxed);
-        let off = self.g.pos_offset(h);
+        let off = self.geometry.pos_offset(h);
         // The slot test only matters for a head scribbled by someone else (a
         // sound head never names a slot >= n_subbufs): it keeps the copy and
         // the commit inside the buffer whatever the file holds.
-        if off == 0 || off + len >= sb || self.g.pos_slot(h) >= self.g.n_subbufs {
+        if off == 0 || off + len >= sb || self.geometry.pos_slot(h) >= self.geometry.n_subbufs {
             return self.reserve_slow(h, len, hooks);
         }
         // SYNC POINT: Acquire pairs with the Release of the CAS that
@@ -349,7 +354,7 @@ impl Shared {
         // keeps this safe function sound in release builds whatever `pos`
         // and `bytes` are (no overflow: off < 2^63, a record < 2^30).
         assert!(
-            off + bytes.len() as u64 <= self.g.data_len(),
+            off + bytes.len() as u64 <= self.geometry.data_len(),
             "write of {} bytes at {pos:#x} beyond the data region",
             bytes.len()
         );
@@ -367,7 +372,7 @@ impl Shared {
     /// the callers check it before using it).
     #[inline(always)]
     fn data_offset(&self, pos: u64) -> u64 {
-        self.g.slot_data_offset(self.g.pos_slot(pos)) + self.g.pos_offset(pos)
+        self.geometry.slot_data_offset(self.geometry.pos_slot(pos)) + self.geometry.pos_offset(pos)
     }
 
     /// Pointer to the data byte at write position `pos`.
@@ -378,7 +383,10 @@ impl Shared {
     #[inline(always)]
     pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
         let off = self.data_offset(pos);
-        assert!(off < self.g.data_len(), "position {pos:#x} beyond the data region");
+        assert!(
+            off < self.geometry.data_len(),
+            "position {pos:#x} beyond the data region"
+        );
         // SAFETY: `off` is within the data region (checked above).
         unsafe { self.data.add(off as usize) }
     }
@@ -386,7 +394,11 @@ impl Shared {
     /// Commits a reservation: the record becomes part of its sub-buffer.
     #[inline]
     pub(crate) fn commit(&self, r: Reserved, hooks: &dyn Hooks) {
-        self.commit_bytes(self.g.pos_slot(r.pos), RECORD_ONE | r.commit_bytes, hooks);
+        self.commit_bytes(
+            self.geometry.pos_slot(r.pos),
+            RECORD_ONE | r.commit_bytes,
+            hooks,
+        );
     }
 
     #[inline]
@@ -395,10 +407,12 @@ impl Shared {
         // closer, the padding value) to whoever acquires the completed word;
         // Acquire lets the completer see every other writer's release (all
         // commits form one release sequence of RMWs on this word).
-        let old = self.d(slot, desc::WORD).fetch_add(add, Ordering::AcqRel);
+        let old = self
+            .descriptor(slot, desc::WORD)
+            .fetch_add(add, Ordering::AcqRel);
         // Wrapping: a scribbled word may be anywhere near u64::MAX.
         let now = old.wrapping_add(add);
-        if now & BYTES_MASK == self.g.subbuf_size {
+        if now & BYTES_MASK == self.geometry.subbuf_size {
             self.complete(slot, now, hooks);
         }
     }
@@ -417,16 +431,16 @@ impl Shared {
     ) -> Result<Reserved, WriteError> {
         // Relaxed: a sticky flag; a writer that misses it for a moment
         // finds the corruption again (or writes to a buffer readers distrust).
-        if self.h(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
+        if self.header_word(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
             return Err(self.drop_corrupt());
         }
-        let sb = self.g.subbuf_size;
-        let head = self.h(hdr::HEAD);
+        let sb = self.geometry.subbuf_size;
+        let head = self.header_word(hdr::HEAD);
         for _ in 0..MAX_RETRIES {
-            if self.g.pos_slot(h) >= self.g.n_subbufs {
+            if self.geometry.pos_slot(h) >= self.geometry.n_subbufs {
                 return Err(self.corrupt_drop(CORRUPT_HEAD, hooks));
             }
-            let off = self.g.pos_offset(h);
+            let off = self.geometry.pos_offset(h);
             if off != 0 {
                 if off + len < sb {
                     match head.compare_exchange(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
@@ -444,13 +458,13 @@ impl Shared {
                 }
                 // The record ends exactly at the end of the sub-buffer (no
                 // padding), or doesn't fit (close it with padding).
-                let next = self.g.next_subbuf_pos(h);
+                let next = self.geometry.next_subbuf_pos(h);
                 // SYNC POINT: AcqRel as any reservation (see `reserve`).
                 match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
                     Ok(_) if off + len == sb => {
                         // We own [off, sb) and the close: padding 0, stored
                         // before our commit releases it.
-                        self.d(self.g.pos_slot(h), desc::PAD)
+                        self.descriptor(self.geometry.pos_slot(h), desc::PAD)
                             .store(0, Ordering::Relaxed);
                         return Ok(Reserved {
                             pos: h,
@@ -493,15 +507,19 @@ impl Shared {
     fn set_corrupt(&self, reason: u64) {
         // Relaxed: a sticky flag read by the slow path and by `stats`; it
         // publishes nothing else.
-        let _ =
-            self.h(hdr::CORRUPT)
-                .compare_exchange(0, reason, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.header_word(hdr::CORRUPT).compare_exchange(
+            0,
+            reason,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts a record dropped because the buffer is corrupt.
     #[cold]
     fn drop_corrupt(&self) -> WriteError {
-        self.h(hdr::DROPPED_CORRUPT).fetch_add(1, Ordering::Relaxed);
+        self.header_word(hdr::DROPPED_CORRUPT)
+            .fetch_add(1, Ordering::Relaxed);
         WriteError::Corrupt
     }
 
@@ -513,8 +531,8 @@ impl Shared {
     /// writer of the previous lap has not committed yet).
     #[cold]
     fn impossible_at(&self, h: u64) -> Option<u64> {
-        let g = &self.g;
-        let head = self.h(hdr::HEAD);
+        let g = &self.geometry;
+        let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Acquire pairs with the release sequence on `head`
         // (every opener's AcqRel CAS heads one, and all later changes of
         // `head` are RMWs): having read `h`, we see everything done before
@@ -531,8 +549,8 @@ impl Shared {
         // makes the second `head` load below see that too (the writer of the
         // value moved `head` or acquired its move first: coherence), so the
         // check only trusts values that are contemporary with `head == h`.
-        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let gen = self.descriptor(slot, desc::GEN).load(Ordering::Acquire);
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         // SYNC POINT: Acquire, as the first load: see above.
         if head.load(Ordering::Acquire) != h {
             return None;
@@ -559,10 +577,12 @@ impl Shared {
     /// Closes the sub-buffer `pos` is in with `pad` bytes of padding; the
     /// caller won the CAS that moved `head` past it.
     fn close(&self, pos: u64, pad: u64, hooks: &dyn Hooks) {
-        let slot = self.g.pos_slot(pos);
+        let slot = self.geometry.pos_slot(pos);
         // Relaxed: published by the Release of the commit below.
-        self.d(slot, desc::PAD).store(pad, Ordering::Relaxed);
-        self.h(hdr::PADDING_BYTES).fetch_add(pad, Ordering::Relaxed);
+        self.descriptor(slot, desc::PAD)
+            .store(pad, Ordering::Relaxed);
+        self.header_word(hdr::PADDING_BYTES)
+            .fetch_add(pad, Ordering::Relaxed);
         self.commit_bytes(slot, pad, hooks);
     }
 
@@ -574,12 +594,12 @@ impl Shared {
         len: u64,
         hooks: &dyn Hooks,
     ) -> Result<Option<Reserved>, WriteError> {
-        let g = &self.g;
+        let g = &self.geometry;
         let ord = g.pos_ordinal(h);
         let slot = g.pos_slot(h);
         let lap = g.pos_lap(h);
-        let gen = self.d(slot, desc::GEN);
-        let word = self.d(slot, desc::WORD);
+        let gen = self.descriptor(slot, desc::GEN);
+        let word = self.descriptor(slot, desc::WORD);
         // SYNC POINT: Acquire pairs with the completer's Release store of
         // `COMPLETE | laps` (and with a competing opener's generation CAS):
         // everything of the previous lap, its padding and record count, is
@@ -605,7 +625,10 @@ impl Shared {
         // SYNC POINT: Acquire pairs with the reader's Release store of
         // `consumed` after it finished copying: in no-overwrite mode the slot
         // is reused only after the reader's reads are done.
-        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(ord);
+        let consumed = self
+            .reader_word(rdr::CONSUMED)
+            .load(Ordering::Acquire)
+            .min(ord);
         let full = ord - consumed >= g.n_subbufs;
         let prev_slot = if slot == 0 { g.n_subbufs - 1 } else { slot - 1 };
         let info = SwitchInfo {
@@ -617,7 +640,8 @@ impl Shared {
             prev_padding: if ord == 0 {
                 0
             } else {
-                self.d(prev_slot, desc::PAD).load(Ordering::Relaxed)
+                self.descriptor(prev_slot, desc::PAD)
+                    .load(Ordering::Relaxed)
             },
             full,
             overwrite: self.overwrite,
@@ -644,9 +668,11 @@ impl Shared {
         let _ = word.compare_exchange(COMPLETE | lap, 0, Ordering::AcqRel, Ordering::Acquire);
         // Records of the previous lap: stable until this sub-buffer completes,
         // which can't happen before we open it.
-        let prev_records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+        let prev_records = self
+            .descriptor(slot, desc::REC_LAST)
+            .load(Ordering::Relaxed);
         let hdr_len = g.hdr_reserve;
-        let head = self.h(hdr::HEAD);
+        let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Release publishes the word reset and the generation
         // bump to the writers that reserve in this sub-buffer (their Acquire
         // CAS); Acquire as for any reservation.
@@ -699,61 +725,65 @@ impl Shared {
                 Err(c) => cur = c,
             }
         }
-        self.h(hdr::OVERWRITTEN_RECORDS)
+        self.header_word(hdr::OVERWRITTEN_RECORDS)
             .fetch_add(prev_records, Ordering::Relaxed);
-        self.h(hdr::OVERWRITTEN_SUBBUFS)
+        self.header_word(hdr::OVERWRITTEN_SUBBUFS)
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The commit that brought `slot` to `subbuf_size` bytes: publish it.
     fn complete(&self, slot: u64, word_now: u64, hooks: &dyn Hooks) {
         let records = (word_now >> 32) & RECORDS_MASK;
-        let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+        let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
         // gen = ordinal + 1 of the opener; it can't have moved (the slot
         // can't be reopened before this store).
         let ord = self
-            .d(slot, desc::GEN)
+            .descriptor(slot, desc::GEN)
             .load(Ordering::Relaxed)
             .wrapping_sub(1);
-        let lap = ord / self.g.n_subbufs;
-        self.d(slot, desc::REC_LAST)
+        let lap = ord / self.geometry.n_subbufs;
+        self.descriptor(slot, desc::REC_LAST)
             .store(records, Ordering::Relaxed);
-        self.h(hdr::RECORDS_WRITTEN)
+        self.header_word(hdr::RECORDS_WRITTEN)
             .fetch_add(records, Ordering::Relaxed);
-        self.h(hdr::BYTES_WRITTEN).fetch_add(
-            self.g.subbuf_size - self.g.hdr_reserve - pad.min(self.g.max_record()),
+        self.header_word(hdr::BYTES_WRITTEN).fetch_add(
+            self.geometry.subbuf_size
+                - self.geometry.hdr_reserve
+                - pad.min(self.geometry.max_record()),
             Ordering::Relaxed,
         );
-        self.h(hdr::SUBBUFS_COMPLETED)
+        self.header_word(hdr::SUBBUFS_COMPLETED)
             .fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire loads of the word by
         // readers (`available`) and openers (`try_open`): the data, padding
         // and record count of this lap are visible to whoever sees it
         // complete.
-        self.d(slot, desc::WORD)
+        self.descriptor(slot, desc::WORD)
             .store(COMPLETE | lap.wrapping_add(1), Ordering::Release);
         // SYNC POINT: Dekker with the reader's `prepare_wait`: it stores
         // WAITING then fences then looks for data; we store COMPLETE then
         // fence then look at WAITING. One of us sees the other's store, so a
         // reader never sleeps on a complete sub-buffer.
         fence(Ordering::SeqCst);
-        if self.r(rdr::WAITING).load(Ordering::Relaxed) != 0 {
-            self.r(rdr::WAITING).store(0, Ordering::Relaxed);
+        if self.reader_word(rdr::WAITING).load(Ordering::Relaxed) != 0 {
+            self.reader_word(rdr::WAITING).store(0, Ordering::Relaxed);
             hooks.wake_reader();
         }
     }
 
     /// Counts a record dropped because the buffer is full.
     fn drop_full(&self) -> WriteError {
-        self.h(hdr::DROPPED_FULL).fetch_add(1, Ordering::Relaxed);
+        self.header_word(hdr::DROPPED_FULL)
+            .fetch_add(1, Ordering::Relaxed);
         WriteError::Full
     }
 
     /// Counts a record too big for any sub-buffer.
     #[cold]
     pub(crate) fn drop_toobig(&self, len: usize) -> WriteError {
-        self.h(hdr::DROPPED_TOOBIG).fetch_add(1, Ordering::Relaxed);
-        self.h(hdr::LAST_TOOBIG)
+        self.header_word(hdr::DROPPED_TOOBIG)
+            .fetch_add(1, Ordering::Relaxed);
+        self.header_word(hdr::LAST_TOOBIG)
             .store(len as u64, Ordering::Relaxed);
         WriteError::TooBig(len)
     }
@@ -761,8 +791,8 @@ impl Shared {
     /// Closes the current sub-buffer, if it holds anything, so that readers
     /// can read it (`relay_flush`). Returns whether one was closed.
     pub(crate) fn flush(&self, hooks: &dyn Hooks) -> bool {
-        let g = &self.g;
-        let head = self.h(hdr::HEAD);
+        let g = &self.geometry;
+        let head = self.header_word(hdr::HEAD);
         let mut h = head.load(Ordering::Acquire);
         for _ in 0..MAX_RETRIES {
             if g.pos_slot(h) >= g.n_subbufs {
@@ -799,15 +829,15 @@ impl Shared {
     /// Calls `buf_mapped`/`buf_unmapped` if readers mapped or unmapped the
     /// buffer since the last look (from the slow path only).
     fn check_map_events(&self, hooks: &dyn Hooks) {
-        let ev = self.r(rdr::MAP_EVENTS).load(Ordering::Relaxed);
-        let seen = self.h(hdr::MAP_EVENTS_SEEN);
+        let ev = self.reader_word(rdr::MAP_EVENTS).load(Ordering::Relaxed);
+        let seen = self.header_word(hdr::MAP_EVENTS_SEEN);
         let old = seen.load(Ordering::Relaxed);
         if ev != old
             && seen
                 .compare_exchange(old, ev, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            hooks.map_changed(self.r(rdr::MAPPED).load(Ordering::Relaxed));
+            hooks.map_changed(self.reader_word(rdr::MAPPED).load(Ordering::Relaxed));
         }
     }
 
@@ -817,7 +847,7 @@ impl Shared {
 
     /// Current write position.
     pub(crate) fn head(&self) -> u64 {
-        self.h(hdr::HEAD).load(Ordering::Acquire)
+        self.header_word(hdr::HEAD).load(Ordering::Acquire)
     }
 
     /// What can be read at ordinal `ord`. Never trusts a value read from
@@ -829,7 +859,7 @@ impl Shared {
         ord: u64,
         writers_gone: bool,
     ) -> Result<Avail, crate::FormatError> {
-        let g = &self.g;
+        let g = &self.geometry;
         // The reader's position comes from the reader page: check it before
         // any arithmetic on it. A reader is never ahead of the producer.
         if ord > g.pos_ordinal(self.head()) {
@@ -840,7 +870,7 @@ impl Shared {
         let slot = ord % g.n_subbufs;
         let lap = ord / g.n_subbufs;
         // SYNC POINT: Acquire pairs with the opener's generation CAS.
-        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
+        let gen = self.descriptor(slot, desc::GEN).load(Ordering::Acquire);
         if gen < ord + 1 {
             return Ok(Avail::Nothing);
         }
@@ -860,15 +890,17 @@ impl Shared {
             return Ok(Avail::Lapped { next });
         }
         // SYNC POINT: Acquire pairs with the completer's Release store.
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         if w == COMPLETE | (lap + 1) {
-            let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+            let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
             if pad > g.max_record() {
                 return Err(crate::FormatError::Corrupt(
                     "padding larger than a sub-buffer",
                 ));
             }
-            let records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+            let records = self
+                .descriptor(slot, desc::REC_LAST)
+                .load(Ordering::Relaxed);
             // The slot may have been reopened, and even completed again, since
             // we saw it complete: then the padding and record count may be a
             // later lap's, and counting them would be wrong. Look again: only
@@ -878,7 +910,7 @@ impl Shared {
             // the reload; the reload's Acquire pairs with the opener's word
             // reset (AcqRel, after its generation bump).
             fence(Ordering::Acquire);
-            if self.d(slot, desc::WORD).load(Ordering::Acquire) != w {
+            if self.descriptor(slot, desc::WORD).load(Ordering::Acquire) != w {
                 return Ok(Avail::Lapped { next: ord + 1 });
             }
             return Ok(Avail::Complete {
@@ -903,7 +935,7 @@ impl Shared {
         if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
             return Ok(Avail::Nothing);
         }
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         let h2 = self.head();
         if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {
             Ok(Avail::Partial {
@@ -920,17 +952,17 @@ impl Shared {
     /// `ord` is not the open sub-buffer.
     pub(crate) fn abandoned(&self, ord: u64, from: u64) -> Option<(u64, u64)> {
         let h = self.head();
-        if self.g.pos_ordinal(h) != ord || self.g.pos_offset(h) == 0 {
+        if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
             return None;
         }
         let w = self
-            .d(ord % self.g.n_subbufs, desc::WORD)
+            .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
             .load(Ordering::Acquire);
         if w & COMPLETE != 0 {
             return None;
         }
         Some((
-            self.g.pos_offset(h).saturating_sub(from),
+            self.geometry.pos_offset(h).saturating_sub(from),
             (w >> 32) & RECORDS_MASK,
         ))
     }
@@ -938,7 +970,7 @@ impl Shared {
     /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
     /// counted it).
     pub(crate) fn claim_for_read(&self, ord: u64) -> bool {
-        let cw = self.claim_word(ord % self.g.n_subbufs);
+        let cw = self.claim_word(ord % self.geometry.n_subbufs);
         let mut cur = cw.load(Ordering::Relaxed);
         // Bounded: a writer changes the word once per lap; only something
         // rewriting the page without end makes this fail again and again,
@@ -985,7 +1017,7 @@ impl Shared {
         loop {
             // SYNC POINT: Acquire pairs with the Release stores of CONSUMED by
             // an earlier reader of this file (possibly another process).
-            let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+            let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
             match self.available(ord, writers_gone)? {
                 Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
                     if !self.claim_for_read(ord) {
@@ -994,9 +1026,12 @@ impl Shared {
                         ));
                     }
                     let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
-                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
-                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
-                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_LEN)
+                        .store(end, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_RECORDS)
+                        .store(records, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD)
+                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Complete { end, records } => {
@@ -1007,9 +1042,12 @@ impl Shared {
                         self.set_position(ord + 1);
                         continue;
                     }
-                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
-                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
-                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_LEN)
+                        .store(end, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_RECORDS)
+                        .store(records, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD)
+                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Lapped { next } => self.skip_lapped(ord, next),
@@ -1022,7 +1060,7 @@ impl Shared {
     /// (a lapped sub-buffer counts: there is news).
     pub(crate) fn map_waiting(&self, writers_gone: bool) -> Result<bool, crate::FormatError> {
         // SYNC POINT: Acquire as in `map_ready`.
-        let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+        let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
         Ok(match self.available(ord, writers_gone)? {
             Avail::Complete { .. } | Avail::Lapped { .. } => true,
             Avail::Partial { .. } => writers_gone && self.read_pos() == 0,
@@ -1031,13 +1069,13 @@ impl Shared {
     }
 
     fn read_pos(&self) -> u64 {
-        self.r(rdr::READ_POS).load(Ordering::Relaxed)
+        self.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
     /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
     /// yet consumed).
     pub(crate) fn holds(&self, ord: u64) -> bool {
-        self.r(rdr::HELD).load(Ordering::Relaxed) == ord + 1
+        self.reader_word(rdr::HELD).load(Ordering::Relaxed) == ord + 1
     }
 
     /// The reader leaves sub-buffer `ord` without delivering it. If the
@@ -1045,22 +1083,23 @@ impl Shared {
     /// (it saw our claim): count it as discarded. Idempotent.
     pub(crate) fn drop_held(&self, ord: u64) {
         if self.holds(ord) {
-            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
-            self.r(rdr::DISCARDED_SUBBUFS)
+            let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.reader_word(rdr::DISCARDED_SUBBUFS)
                 .fetch_add(1, Ordering::Relaxed);
-            self.r(rdr::DISCARDED_RECORDS)
+            self.reader_word(rdr::DISCARDED_RECORDS)
                 .fetch_add(records, Ordering::Relaxed);
         }
-        self.r(rdr::HELD).store(0, Ordering::Relaxed);
+        self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
     }
 
     /// Moves the reader's position to the start of sub-buffer `ord`.
     fn set_position(&self, ord: u64) {
-        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: the reads of the sub-buffers before `ord` are done before
         // their slots are reused (no-overwrite mode).
-        self.r(rdr::CONSUMED).store(ord, Ordering::Release);
+        self.reader_word(rdr::CONSUMED)
+            .store(ord, Ordering::Release);
     }
 
     /// Skips from `ord`, found lapped, to `next`: the skipped sub-buffers
@@ -1077,33 +1116,34 @@ impl Shared {
     /// found (`Some(false)`: torn); `None`: check now. Returns whether it
     /// was good, or `None` if `ord` isn't the held sub-buffer at the position.
     pub(crate) fn consume_held(&self, ord: u64, checked: Option<bool>) -> Option<bool> {
-        if self.r(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
+        if self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
             return None;
         }
         let h = self.head();
-        if self.g.pos_ordinal(h) == ord && self.g.pos_offset(h) != 0 {
+        if self.geometry.pos_ordinal(h) == ord && self.geometry.pos_offset(h) != 0 {
             // A dead producer's tail (`map_ready`): the position stays in it,
             // at its end, as `read` leaves it. Its records are not counted as
             // consumed (they were never completed: `records_pending` has
             // them), as `read` doesn't either.
-            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
-            self.r(rdr::BYTES_CONSUMED)
+            let end = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            self.reader_word(rdr::BYTES_CONSUMED)
                 .fetch_add(end.saturating_sub(self.read_pos()), Ordering::Relaxed);
-            self.r(rdr::READ_POS).store(end, Ordering::Relaxed);
-            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            self.reader_word(rdr::READ_POS)
+                .store(end, Ordering::Relaxed);
+            self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
             return Some(true);
         }
         // No-overwrite mode: nothing reuses the slot before we consume it.
         let good = !self.overwrite || checked.unwrap_or_else(|| self.still_valid(ord));
         if good {
             let read_pos = self.read_pos();
-            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
-            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
-            self.r(rdr::RECORDS_CONSUMED)
+            let end = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.reader_word(rdr::RECORDS_CONSUMED)
                 .fetch_add(records, Ordering::Relaxed);
-            self.r(rdr::BYTES_CONSUMED)
+            self.reader_word(rdr::BYTES_CONSUMED)
                 .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
-            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
         } else {
             self.drop_held(ord);
         }
@@ -1119,14 +1159,14 @@ impl Shared {
         // of the new lap writes data (its CAS releases the bump, their CAS
         // acquires it), so a copy that saw new data sees the new generation.
         fence(Ordering::Acquire);
-        self.d(ord % self.g.n_subbufs, desc::GEN)
+        self.descriptor(ord % self.geometry.n_subbufs, desc::GEN)
             .load(Ordering::Relaxed)
             == ord + 1
     }
 
     /// Copies `out.len()` bytes at byte `off` of slot `slot`'s data.
     pub(crate) fn copy_out(&self, slot: u64, off: u64, out: &mut [u8]) {
-        let g = &self.g;
+        let g = &self.geometry;
         // Written so that no sum can wrap, whatever `off` is.
         assert!(
             slot < g.n_subbufs && off <= g.subbuf_size && out.len() as u64 <= g.subbuf_size - off,
@@ -1149,13 +1189,15 @@ impl Shared {
     pub(crate) fn slot_ptr(&self, slot: u64, off: u64, len: u64) -> *const u8 {
         // Written so that no sum can wrap, whatever `off` and `len` are.
         assert!(
-            slot < self.g.n_subbufs && off <= self.g.subbuf_size && len <= self.g.subbuf_size - off,
+            slot < self.geometry.n_subbufs
+                && off <= self.geometry.subbuf_size
+                && len <= self.geometry.subbuf_size - off,
             "{len} bytes at {off} of slot {slot}"
         );
         // SAFETY: bounds checked just above.
         unsafe {
             self.data
-                .add((self.g.slot_data_offset(slot) + off) as usize)
+                .add((self.geometry.slot_data_offset(slot) + off) as usize)
         }
     }
 }
@@ -1239,12 +1281,15 @@ impl BufferStats {
 impl Shared {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> BufferStats {
-        let h = |o| self.h(o).load(Ordering::Relaxed);
-        let r = |o| self.r(o).load(Ordering::Relaxed);
+        let h = |o| self.header_word(o).load(Ordering::Relaxed);
+        let r = |o| self.reader_word(o).load(Ordering::Relaxed);
         let head = self.head();
-        let pending = if self.g.pos_offset(head) != 0 {
+        let pending = if self.geometry.pos_offset(head) != 0 {
             let w = self
-                .d(self.g.pos_slot(head) % self.g.n_subbufs, desc::WORD)
+                .descriptor(
+                    self.geometry.pos_slot(head) % self.geometry.n_subbufs,
+                    desc::WORD,
+                )
                 .load(Ordering::Relaxed);
             if w & COMPLETE == 0 {
                 (w >> 32) & RECORDS_MASK
@@ -1258,7 +1303,7 @@ impl Shared {
             records_written: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
             records_pending: pending,
-            subbufs_produced: self.g.pos_ordinal(head),
+            subbufs_produced: self.geometry.pos_ordinal(head),
             subbufs_completed: h(hdr::SUBBUFS_COMPLETED),
             subbufs_consumed: r(rdr::CONSUMED),
             records_consumed: r(rdr::RECORDS_CONSUMED),
@@ -1287,7 +1332,7 @@ impl Shared {
     /// counts whole: the reader counts a sub-buffer's records when it
     /// finishes it.
     pub(crate) fn count_unread_at_close(&self) -> u64 {
-        let g = &self.g;
+        let g = &self.geometry;
         let h = self.head();
         // After the flush `head` is at the start of the next sub-buffer. If
         // it isn't (a corrupt buffer), the open one never completed, so its
@@ -1296,7 +1341,10 @@ impl Shared {
         // The reader page is the reader's: clamp what it says.
         // SYNC POINT: Acquire pairs with the reader's Release store of
         // CONSUMED (its counters were updated before it).
-        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(produced);
+        let consumed = self
+            .reader_word(rdr::CONSUMED)
+            .load(Ordering::Acquire)
+            .min(produced);
         // Older ones were overwritten, and counted by their overwriters.
         let start = consumed.max(produced.saturating_sub(g.n_subbufs));
         let mut unread = 0u64;
@@ -1306,8 +1354,8 @@ impl Shared {
             // Relaxed: no writer is in flight (close owns the channel) and
             // this thread made the last completions (the final flush) or
             // acquired them through `head` above.
-            if self.d(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
-                || self.d(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
+            if self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
+                || self.descriptor(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
             {
                 continue; // never completed: not in records_written
             }
@@ -1316,17 +1364,21 @@ impl Shared {
             if self.claim_word(slot).load(Ordering::Acquire) == claim(ord, CLAIM_OVERWRITTEN) {
                 continue;
             }
-            unread = unread.saturating_add(self.d(slot, desc::REC_LAST).load(Ordering::Relaxed));
+            unread = unread.saturating_add(
+                self.descriptor(slot, desc::REC_LAST)
+                    .load(Ordering::Relaxed),
+            );
         }
-        self.h(hdr::UNREAD_AT_CLOSE)
+        self.header_word(hdr::UNREAD_AT_CLOSE)
             .fetch_add(unread, Ordering::Relaxed);
         // None of it will be read: move the reader's position past it, so
         // that a reader attaching once the lock is released finds nothing
         // left rather than delivering what was just counted.
-        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release, as a reader's store of CONSUMED (nothing
         // acquires it after close but a later reader's load).
-        self.r(rdr::CONSUMED).store(produced, Ordering::Release);
+        self.reader_word(rdr::CONSUMED)
+            .store(produced, Ordering::Release);
         unread
     }
 
@@ -1352,7 +1404,7 @@ impl Shared {
     ) -> Result<u64, crate::FormatError> {
         let mut done = 0;
         while done < n {
-            let ord = self.r(rdr::CONSUMED).load(Ordering::Relaxed);
+            let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
             if self.holds(ord) {
                 let verdict = checked.filter(|c| c.0 == ord).map(|c| c.1);
                 if self.consume_held(ord, verdict).is_some() {
@@ -1365,11 +1417,11 @@ impl Shared {
             }
             match self.available(ord, false)? {
                 Avail::Complete { end, records } => {
-                    let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
+                    let read_pos = self.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
                     if self.claim_for_read(ord) {
-                        self.r(rdr::RECORDS_CONSUMED)
+                        self.reader_word(rdr::RECORDS_CONSUMED)
                             .fetch_add(records, Ordering::Relaxed);
-                        self.r(rdr::BYTES_CONSUMED)
+                        self.reader_word(rdr::BYTES_CONSUMED)
                             .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
                     }
                 }

@@ -967,7 +967,9 @@ impl Channel {
         let _g = inner.flush_lock.lock();
         for b in &inner.bufs {
             b.shared().init_state();
-            b.shared().h(hdr::EPOCH).fetch_add(1, Ordering::Release);
+            b.shared()
+                .header_word(hdr::EPOCH)
+                .fetch_add(1, Ordering::Release);
         }
     }
 
@@ -1095,17 +1097,23 @@ impl Channel {
                 let mut left = LEFT_FOR_READER;
                 if let Some(c) = &inner.created {
                     let id = c.ident();
-                    b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
-                    b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_DEV)
+                        .store(id.dev, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_INO)
+                        .store(id.ino, Ordering::Relaxed);
                     left |= LEFT_DIR;
                 }
                 // Relaxed: published by the Release store of STATE below.
-                b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(left, Ordering::Relaxed);
                 // SYNC POINT: Release pairs with the reader's Acquire load of
                 // STATE (in its drop and its open): a reader that sees CLOSED
                 // sees every sub-buffer flushed and the LEFT word.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 // The reader may have let go meanwhile, having seen the state
                 // still open: then nobody else would remove the file.
@@ -1113,10 +1121,12 @@ impl Channel {
             }
             if held {
                 b.shared().count_unread_at_close();
-                b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(0, Ordering::Relaxed);
                 // SYNC POINT: Release, as above.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
             }

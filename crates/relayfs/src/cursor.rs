@@ -54,7 +54,7 @@ impl Cursor {
     /// A cursor at the position recorded in the reader page.
     pub(crate) fn new(s: &Shared) -> Cursor {
         let mut c = Cursor {
-            epoch: s.h(hdr::EPOCH).load(Ordering::Acquire),
+            epoch: s.header_word(hdr::EPOCH).load(Ordering::Acquire),
             ..Cursor::default()
         };
         c.load(s);
@@ -63,9 +63,10 @@ impl Cursor {
 
     /// Reloads the position from the reader page.
     pub(crate) fn load(&mut self, s: &Shared) {
-        s.r(rdr::EPOCH).store(self.epoch, Ordering::Relaxed);
-        self.ord = s.r(rdr::CONSUMED).load(Ordering::Acquire);
-        self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
+        s.reader_word(rdr::EPOCH)
+            .store(self.epoch, Ordering::Relaxed);
+        self.ord = s.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
+        self.pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
@@ -100,7 +101,7 @@ impl Cursor {
     }
 
     pub(crate) fn check_epoch(&mut self, s: &Shared) {
-        let e = s.h(hdr::EPOCH).load(Ordering::Acquire);
+        let e = s.header_word(hdr::EPOCH).load(Ordering::Acquire);
         if e != self.epoch {
             // relay_reset: the producer zeroed the reader page too.
             self.epoch = e;
@@ -112,7 +113,8 @@ impl Cursor {
     /// as consumed if we delivered them.
     fn advance(&mut self, s: &Shared, delivered_records: Option<u64>) {
         if let Some(n) = delivered_records {
-            s.r(rdr::RECORDS_CONSUMED).fetch_add(n, Ordering::Relaxed);
+            s.reader_word(rdr::RECORDS_CONSUMED)
+                .fetch_add(n, Ordering::Relaxed);
         }
         self.ord += 1;
         self.pos = 0;
@@ -121,11 +123,12 @@ impl Cursor {
         self.complete = None;
         // Whatever a mapping reader held here is settled: delivered or
         // discarded by us, or counted by its writer.
-        s.r(rdr::HELD).store(0, Ordering::Relaxed);
-        s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        s.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+        s.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: our reads of the sub-buffer happen before its reuse.
-        s.r(rdr::CONSUMED).store(self.ord, Ordering::Release);
+        s.reader_word(rdr::CONSUMED)
+            .store(self.ord, Ordering::Release);
     }
 
     /// Finds the next readable run of bytes, or `None` if there is nothing
@@ -184,8 +187,9 @@ impl Cursor {
                         self.bounce.resize(g.subbuf_size as usize, 0);
                         s.copy_out(slot, 0, &mut self.bounce[..end as usize]);
                         if !s.still_valid(self.ord) {
-                            s.r(rdr::DISCARDED_SUBBUFS).fetch_add(1, Ordering::Relaxed);
-                            s.r(rdr::DISCARDED_RECORDS)
+                            s.reader_word(rdr::DISCARDED_SUBBUFS)
+                                .fetch_add(1, Ordering::Relaxed);
+                            s.reader_word(rdr::DISCARDED_RECORDS)
                                 .fetch_add(records, Ordering::Relaxed);
                             self.advance(s, None);
                             continue;
@@ -236,8 +240,10 @@ impl Cursor {
     /// Records that `n` bytes of the last chunk were delivered.
     pub(crate) fn consume(&mut self, s: &Shared, n: u64) {
         self.pos += n;
-        s.r(rdr::BYTES_CONSUMED).fetch_add(n, Ordering::Relaxed);
-        s.r(rdr::READ_POS).store(self.pos, Ordering::Relaxed);
+        s.reader_word(rdr::BYTES_CONSUMED)
+            .fetch_add(n, Ordering::Relaxed);
+        s.reader_word(rdr::READ_POS)
+            .store(self.pos, Ordering::Relaxed);
         // Hand a finished sub-buffer back at once.
         if self.bounce_full && self.pos >= self.bounce_len {
             let n = self.bounce_records;

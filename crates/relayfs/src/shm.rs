@@ -152,13 +152,15 @@ impl ProducerMap {
             )
         };
         for &(off, v) in fields {
-            shared.h(off).store(v, crate::sync::Ordering::Relaxed);
+            shared
+                .header_word(off)
+                .store(v, crate::sync::Ordering::Relaxed);
         }
         shared.init_state();
         // The magic last: a reader that sees it sees a complete header
         // (Release pairs with the reader's read of the header).
         shared
-            .h(hdr::MAGIC)
+            .header_word(hdr::MAGIC)
             .store(crate::layout::MAGIC, crate::sync::Ordering::Release);
         Ok(ProducerMap { _map: map, shared })
     }
