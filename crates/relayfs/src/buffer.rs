@@ -270,6 +270,10 @@ impl Shared {
     /// Sets the shared state to "empty": called on a new buffer and by
     /// `relay_reset`, with no writer active.
     pub(crate) fn init_state(&self) {
+        // SYNC POINT: Relaxed, all of the stores below: no writer is active
+        // (a new buffer, or `relay_reset`'s `&mut self`), and the Release
+        // store of `head` at the end publishes them to whoever acquires
+        // `head` next; the stores of this thread before it are ordered by it.
         for slot in 0..self.geometry.n_subbufs {
             self.descriptor(slot, desc::WORD)
                 .store(COMPLETE, Ordering::Relaxed);
@@ -322,6 +326,9 @@ impl Shared {
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
         let sb = self.geometry.subbuf_size;
         let head = self.header_word(hdr::HEAD);
+        // SYNC POINT: Relaxed: only a guess of where to CAS; the CAS below
+        // (Acquire) is what synchronizes with the opener, and a stale guess
+        // just fails it.
         let h = head.load(Ordering::Relaxed);
         let off = self.geometry.pos_offset(h);
         // The slot test only matters for a head scribbled by someone else (a
@@ -429,8 +436,9 @@ impl Shared {
         len: u64,
         hooks: &dyn Hooks,
     ) -> Result<Reserved, WriteError> {
-        // Relaxed: a sticky flag; a writer that misses it for a moment
-        // finds the corruption again (or writes to a buffer readers distrust).
+        // SYNC POINT: Relaxed: a sticky flag that publishes nothing (it
+        // pairs with nothing); a writer that misses it for a moment finds the
+        // corruption again (or writes to a buffer readers distrust).
         if self.header_word(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
             return Err(self.drop_corrupt());
         }
@@ -443,6 +451,10 @@ impl Shared {
             let off = self.geometry.pos_offset(h);
             if off != 0 {
                 if off + len < sb {
+                    // SYNC POINT: Acquire as in `reserve`: pairs with the
+                    // opener's AcqRel CAS of `head` (through the release
+                    // sequence of later CASes); Relaxed on failure, we retry
+                    // with the value read.
                     match head.compare_exchange(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
                         Ok(_) => {
                             return Ok(Reserved {
@@ -462,8 +474,9 @@ impl Shared {
                 // SYNC POINT: AcqRel as any reservation (see `reserve`).
                 match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
                     Ok(_) if off + len == sb => {
-                        // We own [off, sb) and the close: padding 0, stored
-                        // before our commit releases it.
+                        // We own [off, sb) and the close: padding 0.
+                        // SYNC POINT: Relaxed: published by the Release of
+                        // our commit (`commit_bytes`), which completes it.
                         self.descriptor(self.geometry.pos_slot(h), desc::PAD)
                             .store(0, Ordering::Relaxed);
                         return Ok(Reserved {
@@ -483,6 +496,8 @@ impl Shared {
             }
             match self.try_open(h, len, hooks)? {
                 Some(r) => return Ok(r),
+                // SYNC POINT: Relaxed: a guess for the next CAS, as in
+                // `reserve`.
                 None => h = head.load(Ordering::Relaxed),
             }
         }
@@ -505,8 +520,8 @@ impl Shared {
     /// Sets the corrupt flag, keeping the first reason.
     #[cold]
     fn set_corrupt(&self, reason: u64) {
-        // Relaxed: a sticky flag read by the slow path and by `stats`; it
-        // publishes nothing else.
+        // SYNC POINT: Relaxed: a sticky flag read by the slow path and by
+        // `stats`; it publishes nothing else, so it pairs with nothing.
         let _ = self.header_word(hdr::CORRUPT).compare_exchange(
             0,
             reason,
@@ -518,6 +533,8 @@ impl Shared {
     /// Counts a record dropped because the buffer is corrupt.
     #[cold]
     fn drop_corrupt(&self) -> WriteError {
+        // SYNC POINT: Relaxed: a counter; it pairs with nothing (readers
+        // take a snapshot, see `stats`).
         self.header_word(hdr::DROPPED_CORRUPT)
             .fetch_add(1, Ordering::Relaxed);
         WriteError::Corrupt
@@ -578,7 +595,9 @@ impl Shared {
     /// caller won the CAS that moved `head` past it.
     fn close(&self, pos: u64, pad: u64, hooks: &dyn Hooks) {
         let slot = self.geometry.pos_slot(pos);
-        // Relaxed: published by the Release of the commit below.
+        // SYNC POINT: Relaxed: the padding is published by the Release of
+        // the commit below (its `fetch_add` heads the release sequence the
+        // completer's Acquire reads); the padding counter pairs with nothing.
         self.descriptor(slot, desc::PAD)
             .store(pad, Ordering::Relaxed);
         self.header_word(hdr::PADDING_BYTES)
@@ -640,6 +659,11 @@ impl Shared {
             prev_padding: if ord == 0 {
                 0
             } else {
+                // SYNC POINT: Relaxed: information for `subbuf_start` only;
+                // the previous sub-buffer's closer stored it before moving
+                // `head` to us, which we acquired, except when a later lap
+                // overwrote it meanwhile (then it is that lap's, as in the
+                // kernel's racy read of it).
                 self.descriptor(prev_slot, desc::PAD)
                     .load(Ordering::Relaxed)
             },
@@ -652,8 +676,11 @@ impl Shared {
         if cur_gen < ord + 1 {
             // Claim the generation: stale openers (older ordinals) fail here
             // because the generation only grows.
-            // SYNC POINT: Release so that a competing opener that sees the
-            // new generation also sees the complete word we saw.
+            // SYNC POINT: AcqRel: the Release half makes a competing opener
+            // (or a reader's Acquire load in `available`) that sees the new
+            // generation also see the complete word we saw; the Acquire half
+            // (and Acquire on failure) pairs with a competing opener's
+            // release of the same, so the word CAS below sees that word.
             if let Err(g2) =
                 gen.compare_exchange(cur_gen, ord + 1, Ordering::AcqRel, Ordering::Acquire)
             {
@@ -665,9 +692,16 @@ impl Shared {
         // Reset the commit word for this lap. Whoever does it first wins;
         // the value `COMPLETE | lap` occurs once in the word's history, so a
         // late CAS can't succeed after writers started committing.
+        // SYNC POINT: AcqRel: Acquire pairs with the completer's Release
+        // store of `COMPLETE | lap` (the previous lap's data is done before
+        // ours is written); Release makes the reset part of what our `head`
+        // CAS below publishes, and pairs with a reader's reload of the word
+        // in `available` (it sees the reset after our generation bump).
         let _ = word.compare_exchange(COMPLETE | lap, 0, Ordering::AcqRel, Ordering::Acquire);
         // Records of the previous lap: stable until this sub-buffer completes,
         // which can't happen before we open it.
+        // SYNC POINT: Relaxed: the completer stored it before its Release
+        // store of the word, which our Acquire load of the word acquired.
         let prev_records = self
             .descriptor(slot, desc::REC_LAST)
             .load(Ordering::Relaxed);
@@ -706,6 +740,8 @@ impl Shared {
     /// claiming it, possibly before we get here.
     fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
         let cw = self.claim_word(slot);
+        // SYNC POINT: Relaxed: only the expected value for the CAS below,
+        // which is what pairs with the reader's claim.
         let mut cur = cw.load(Ordering::Relaxed);
         // Bounded: only a reader rewriting its page without end makes this
         // fail again and again; then the records are counted here anyway.
@@ -714,7 +750,10 @@ impl Shared {
                 return; // the reader has it: it delivers or discards it
             }
             // SYNC POINT: the claim word is only changed by CAS, by us and by
-            // the reader, so exactly one of us takes ownership of `prev`.
+            // the reader (`claim_for_read`), so exactly one of us takes
+            // ownership of `prev`; AcqRel pairs with the reader's AcqRel CAS
+            // and with `count_unread_at_close`'s Acquire load. Relaxed on
+            // failure: we look at the value read and retry.
             match cw.compare_exchange(
                 cur,
                 claim(prev, CLAIM_OVERWRITTEN),
@@ -725,6 +764,7 @@ impl Shared {
                 Err(c) => cur = c,
             }
         }
+        // SYNC POINT: Relaxed: counters; they pair with nothing (snapshots).
         self.header_word(hdr::OVERWRITTEN_RECORDS)
             .fetch_add(prev_records, Ordering::Relaxed);
         self.header_word(hdr::OVERWRITTEN_SUBBUFS)
@@ -734,6 +774,13 @@ impl Shared {
     /// The commit that brought `slot` to `subbuf_size` bytes: publish it.
     fn complete(&self, slot: u64, word_now: u64, hooks: &dyn Hooks) {
         let records = (word_now >> 32) & RECORDS_MASK;
+        // SYNC POINT: Relaxed loads of the padding and generation: the
+        // closer's padding store was released by its commit and the opener's
+        // generation by its CASes, and our commit's AcqRel `fetch_add` read
+        // the last value of the word's release sequence, so it acquired
+        // both. The stores and counter updates after them are Relaxed: the
+        // Release store of the word below publishes REC_LAST; the counters
+        // pair with nothing.
         let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
         // gen = ordinal + 1 of the opener; it can't have moved (the slot
         // can't be reopened before this store).
@@ -765,6 +812,8 @@ impl Shared {
         // fence then look at WAITING. One of us sees the other's store, so a
         // reader never sleeps on a complete sub-buffer.
         fence(Ordering::SeqCst);
+        // SYNC POINT: Relaxed load and store of WAITING: the SeqCst fences
+        // on both sides do the ordering (above and in `prepare_wait`).
         if self.reader_word(rdr::WAITING).load(Ordering::Relaxed) != 0 {
             self.reader_word(rdr::WAITING).store(0, Ordering::Relaxed);
             hooks.wake_reader();
@@ -773,6 +822,7 @@ impl Shared {
 
     /// Counts a record dropped because the buffer is full.
     fn drop_full(&self) -> WriteError {
+        // SYNC POINT: Relaxed: a counter; it pairs with nothing.
         self.header_word(hdr::DROPPED_FULL)
             .fetch_add(1, Ordering::Relaxed);
         WriteError::Full
@@ -781,6 +831,7 @@ impl Shared {
     /// Counts a record too big for any sub-buffer.
     #[cold]
     pub(crate) fn drop_toobig(&self, len: usize) -> WriteError {
+        // SYNC POINT: Relaxed: counters; they pair with nothing.
         self.header_word(hdr::DROPPED_TOOBIG)
             .fetch_add(1, Ordering::Relaxed);
         self.header_word(hdr::LAST_TOOBIG)
@@ -793,6 +844,8 @@ impl Shared {
     pub(crate) fn flush(&self, hooks: &dyn Hooks) -> bool {
         let g = &self.geometry;
         let head = self.header_word(hdr::HEAD);
+        // SYNC POINT: Acquire pairs with the opener's AcqRel CAS of `head`
+        // (as in `impossible_at`); the CAS below is what decides.
         let mut h = head.load(Ordering::Acquire);
         for _ in 0..MAX_RETRIES {
             if g.pos_slot(h) >= g.n_subbufs {
@@ -813,6 +866,11 @@ impl Shared {
                 return false;
             }
             let next = g.next_subbuf_pos(h);
+            // SYNC POINT: AcqRel: Acquire as for a closing writer in
+            // `reserve_slow` (our padding commit lands after the opener's
+            // word reset); the Release half is not needed for that (see
+            // there) and is kept on this once-per-flush path. Acquire on
+            // failure, as the first load.
             match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.close(h, g.subbuf_size - off, hooks);
@@ -829,6 +887,10 @@ impl Shared {
     /// Calls `buf_mapped`/`buf_unmapped` if readers mapped or unmapped the
     /// buffer since the last look (from the slow path only).
     fn check_map_events(&self, hooks: &dyn Hooks) {
+        // SYNC POINT: Relaxed, all: event counts and a mapping count for the
+        // `buf_mapped`/`buf_unmapped` callbacks; they publish no other
+        // memory, so they pair with nothing. The CAS on the producer's
+        // `MAP_EVENTS_SEEN` only makes one writer report each change.
         let ev = self.reader_word(rdr::MAP_EVENTS).load(Ordering::Relaxed);
         let seen = self.header_word(hdr::MAP_EVENTS_SEEN);
         let old = seen.load(Ordering::Relaxed);
@@ -847,6 +909,10 @@ impl Shared {
 
     /// Current write position.
     pub(crate) fn head(&self) -> u64 {
+        // SYNC POINT: Acquire pairs with the opener's AcqRel CAS of `head`
+        // (and the release sequence of the RMWs after it): whoever sees a
+        // position sees the generation bump and word reset of the sub-buffer
+        // it is in.
         self.header_word(hdr::HEAD).load(Ordering::Acquire)
     }
 
@@ -935,6 +1001,10 @@ impl Shared {
         if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
             return Ok(Avail::Nothing);
         }
+        // SYNC POINT: Acquire pairs with the writers' commit `fetch_add`s
+        // (AcqRel): each heads a release sequence of the RMWs after it, so
+        // reading `w` synchronizes with every commit counted in it, and the
+        // bytes below `pos_offset(h1)` are visible when `w` covers them.
         let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         let h2 = self.head();
         if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {
@@ -955,6 +1025,8 @@ impl Shared {
         if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
             return None;
         }
+        // SYNC POINT: Acquire, as the word load of the partial read in
+        // `available` (only counts are used here).
         let w = self
             .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
             .load(Ordering::Acquire);
@@ -971,6 +1043,8 @@ impl Shared {
     /// counted it).
     pub(crate) fn claim_for_read(&self, ord: u64) -> bool {
         let cw = self.claim_word(ord % self.geometry.n_subbufs);
+        // SYNC POINT: Relaxed: only the expected value for the CAS below,
+        // which pairs with the overwriting writer's CAS.
         let mut cur = cw.load(Ordering::Relaxed);
         // Bounded: a writer changes the word once per lap; only something
         // rewriting the page without end makes this fail again and again,
@@ -1026,6 +1100,7 @@ impl Shared {
                         ));
                     }
                     let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
+                    // SYNC POINT: Relaxed, as in `holds`.
                     self.reader_word(rdr::HELD_LEN)
                         .store(end, Ordering::Relaxed);
                     self.reader_word(rdr::HELD_RECORDS)
@@ -1042,6 +1117,7 @@ impl Shared {
                         self.set_position(ord + 1);
                         continue;
                     }
+                    // SYNC POINT: Relaxed, as in `holds`.
                     self.reader_word(rdr::HELD_LEN)
                         .store(end, Ordering::Relaxed);
                     self.reader_word(rdr::HELD_RECORDS)
@@ -1069,12 +1145,19 @@ impl Shared {
     }
 
     fn read_pos(&self) -> u64 {
+        // SYNC POINT: Relaxed, as in `holds`.
         self.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
     /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
     /// yet consumed).
     pub(crate) fn holds(&self, ord: u64) -> bool {
+        // SYNC POINT: Relaxed: the reader page's position, held-sub-buffer
+        // and counter words are written by the one attached reader only (the
+        // reader lock serializes readers, and taking it orders a new
+        // reader after the last); the producer only reads them as a
+        // snapshot (`stats`). They pair with nothing; CONSUMED's Release
+        // store (`set_position`) is what the producer relies on.
         self.reader_word(rdr::HELD).load(Ordering::Relaxed) == ord + 1
     }
 
@@ -1083,6 +1166,7 @@ impl Shared {
     /// (it saw our claim): count it as discarded. Idempotent.
     pub(crate) fn drop_held(&self, ord: u64) {
         if self.holds(ord) {
+            // SYNC POINT: Relaxed, all: the reader's own words (see `holds`).
             let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
             self.reader_word(rdr::DISCARDED_SUBBUFS)
                 .fetch_add(1, Ordering::Relaxed);
@@ -1094,6 +1178,7 @@ impl Shared {
 
     /// Moves the reader's position to the start of sub-buffer `ord`.
     fn set_position(&self, ord: u64) {
+        // SYNC POINT: Relaxed: the reader's own word (see `holds`).
         self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: the reads of the sub-buffers before `ord` are done before
@@ -1116,6 +1201,9 @@ impl Shared {
     /// found (`Some(false)`: torn); `None`: check now. Returns whether it
     /// was good, or `None` if `ord` isn't the held sub-buffer at the position.
     pub(crate) fn consume_held(&self, ord: u64, checked: Option<bool>) -> Option<bool> {
+        // SYNC POINT: Relaxed, this load of CONSUMED and every access to the
+        // reader page below but `set_position`'s store: the reader's own
+        // words (see `holds`); this thread wrote CONSUMED last.
         if self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
             return None;
         }
@@ -1281,6 +1369,9 @@ impl BufferStats {
 impl Shared {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> BufferStats {
+        // SYNC POINT: Relaxed, every counter load (and the commit word's
+        // below): a snapshot of each counter, not of all; they pair with
+        // nothing. `head()` is Acquire (see there).
         let h = |o| self.header_word(o).load(Ordering::Relaxed);
         let r = |o| self.reader_word(o).load(Ordering::Relaxed);
         let head = self.head();
@@ -1351,9 +1442,10 @@ impl Shared {
         for ord in start..produced {
             let slot = ord % g.n_subbufs;
             let lap = ord / g.n_subbufs;
-            // Relaxed: no writer is in flight (close owns the channel) and
-            // this thread made the last completions (the final flush) or
-            // acquired them through `head` above.
+            // SYNC POINT: Relaxed, these two loads and REC_LAST's below: no
+            // writer is in flight (close owns the channel) and this thread
+            // made the last completions (the final flush) or acquired them
+            // through `head` above.
             if self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
                 || self.descriptor(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
             {
@@ -1369,11 +1461,14 @@ impl Shared {
                     .load(Ordering::Relaxed),
             );
         }
+        // SYNC POINT: Relaxed: a counter, it pairs with nothing.
         self.header_word(hdr::UNREAD_AT_CLOSE)
             .fetch_add(unread, Ordering::Relaxed);
         // None of it will be read: move the reader's position past it, so
         // that a reader attaching once the lock is released finds nothing
         // left rather than delivering what was just counted.
+        // SYNC POINT: Relaxed: ordered for a later reader by the reader lock
+        // we hold (a reader takes it before loading the page).
         self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release, as a reader's store of CONSUMED (nothing
         // acquires it after close but a later reader's load).
@@ -1404,6 +1499,8 @@ impl Shared {
     ) -> Result<u64, crate::FormatError> {
         let mut done = 0;
         while done < n {
+            // SYNC POINT: Relaxed: the caller is the reader (or the producer
+            // told out of band), the last to store CONSUMED; as in `holds`.
             let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
             if self.holds(ord) {
                 let verdict = checked.filter(|c| c.0 == ord).map(|c| c.1);
@@ -1417,6 +1514,7 @@ impl Shared {
             }
             match self.available(ord, false)? {
                 Avail::Complete { end, records } => {
+                    // SYNC POINT: Relaxed, the reader's own words (`holds`).
                     let read_pos = self.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
                     if self.claim_for_read(ord) {
                         self.reader_word(rdr::RECORDS_CONSUMED)

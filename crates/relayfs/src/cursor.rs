@@ -54,6 +54,9 @@ impl Cursor {
     /// A cursor at the position recorded in the reader page.
     pub(crate) fn new(s: &Shared) -> Cursor {
         let mut c = Cursor {
+            // SYNC POINT: Acquire pairs with `relay_reset`'s Release
+            // increment of EPOCH: a reader that sees the new epoch sees the
+            // reset state (`init_state`) stored before it.
             epoch: s.header_word(hdr::EPOCH).load(Ordering::Acquire),
             ..Cursor::default()
         };
@@ -63,9 +66,18 @@ impl Cursor {
 
     /// Reloads the position from the reader page.
     pub(crate) fn load(&mut self, s: &Shared) {
+        // SYNC POINT: Relaxed: the reader page's EPOCH only tells the
+        // producer (and `stat`) which epoch the reader is on; it pairs with
+        // nothing.
         s.reader_word(rdr::EPOCH)
             .store(self.epoch, Ordering::Relaxed);
+        // SYNC POINT: Acquire pairs with the Release store of CONSUMED by
+        // the reader before us (`advance`, `set_position`; possibly another
+        // process, which the reader lock orders before us too) or by
+        // `count_unread_at_close`: its counters and position are in place.
         self.ord = s.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
+        // SYNC POINT: Relaxed: written by the reader before us before its
+        // Release of CONSUMED, which we just acquired.
         self.pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
         self.claimed = false;
         self.bounce_full = false;
@@ -101,6 +113,8 @@ impl Cursor {
     }
 
     pub(crate) fn check_epoch(&mut self, s: &Shared) {
+        // SYNC POINT: Acquire, as in `new`: pairs with `relay_reset`'s
+        // Release increment of EPOCH.
         let e = s.header_word(hdr::EPOCH).load(Ordering::Acquire);
         if e != self.epoch {
             // relay_reset: the producer zeroed the reader page too.
@@ -112,6 +126,10 @@ impl Cursor {
     /// Moves to the next sub-buffer; records of the finished one are counted
     /// as consumed if we delivered them.
     fn advance(&mut self, s: &Shared, delivered_records: Option<u64>) {
+        // SYNC POINT: Relaxed, the counter and the HELD and READ_POS stores:
+        // the reader's own words, which the producer reads as a snapshot;
+        // they pair with nothing, and the Release store of CONSUMED below
+        // orders them before it for the next reader.
         if let Some(n) = delivered_records {
             s.reader_word(rdr::RECORDS_CONSUMED)
                 .fetch_add(n, Ordering::Relaxed);
@@ -187,6 +205,8 @@ impl Cursor {
                         self.bounce.resize(g.subbuf_size as usize, 0);
                         s.copy_out(slot, 0, &mut self.bounce[..end as usize]);
                         if !s.still_valid(self.ord) {
+                            // SYNC POINT: Relaxed: the reader's own
+                            // counters; they pair with nothing.
                             s.reader_word(rdr::DISCARDED_SUBBUFS)
                                 .fetch_add(1, Ordering::Relaxed);
                             s.reader_word(rdr::DISCARDED_RECORDS)
@@ -240,6 +260,8 @@ impl Cursor {
     /// Records that `n` bytes of the last chunk were delivered.
     pub(crate) fn consume(&mut self, s: &Shared, n: u64) {
         self.pos += n;
+        // SYNC POINT: Relaxed: the reader's own counter and position; they
+        // pair with nothing (the producer reads them as a snapshot).
         s.reader_word(rdr::BYTES_CONSUMED)
             .fetch_add(n, Ordering::Relaxed);
         s.reader_word(rdr::READ_POS)

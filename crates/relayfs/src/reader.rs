@@ -140,6 +140,10 @@ impl RelayFile {
             tries += 1;
             std::thread::sleep(Duration::from_millis(1));
         }
+        // SYNC POINT: Relaxed: the producer wrote these before it published
+        // the file (by linking it in, after its stores to the mapping), and
+        // we found the file by its name, so they are in place; they never
+        // change after.
         let h = |o| s.header_word(o).load(Ordering::Relaxed);
         let flags = h(hdr::FLAGS);
         let header = BufferHeader {
@@ -153,6 +157,7 @@ impl RelayFile {
             created_ns: h(hdr::CREATED_NS),
         };
         let waiter = Waiter::open(&crate::channel::wake_fifo_path(&path)).ok();
+        // SYNC POINT: Relaxed: information for `stat`; it pairs with nothing.
         s.reader_word(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
@@ -570,6 +575,9 @@ impl RelayFile {
                 });
             }
             let s = self.shared();
+            // SYNC POINT: Relaxed stores of WAITING, here and below: the
+            // SeqCst fences do the ordering (Dekker with the completer,
+            // buffer::complete: we store WAITING, fence, then look for data).
             s.reader_word(rdr::WAITING).store(1, Ordering::Relaxed);
             // SYNC POINT: Dekker with the completer (buffer::complete): we
             // store WAITING, fence, then look for data.
@@ -583,6 +591,7 @@ impl RelayFile {
             let now = Instant::now();
             let left = match deadline {
                 Some(d) if d <= now => {
+                    // SYNC POINT: Relaxed, as the store of WAITING above.
                     self.shared()
                         .reader_word(rdr::WAITING)
                         .store(0, Ordering::Relaxed);
@@ -600,6 +609,7 @@ impl RelayFile {
                     Wake::Timeout
                 }
             };
+            // SYNC POINT: Relaxed, as the store of WAITING above.
             self.shared()
                 .reader_word(rdr::WAITING)
                 .store(0, Ordering::Relaxed);
@@ -628,6 +638,7 @@ impl RelayFile {
         if let Some(w) = &self.waiter {
             w.drain();
         }
+        // SYNC POINT: Relaxed, as in `poll`: the fence below orders it.
         self.shared()
             .reader_word(rdr::WAITING)
             .store(1, Ordering::Relaxed);
@@ -640,6 +651,8 @@ impl RelayFile {
     /// file). The producer's `buf_mapped` callback hears of it.
     pub fn map(&mut self) -> Mapping<'_> {
         let s = self.shared();
+        // SYNC POINT: Relaxed: counts for the producer's `buf_mapped`
+        // callback (`check_map_events`); they publish nothing else.
         s.reader_word(rdr::MAPPED).fetch_add(1, Ordering::Relaxed);
         s.reader_word(rdr::MAP_EVENTS)
             .fetch_add(1, Ordering::Relaxed);
@@ -878,6 +891,7 @@ impl Drop for Mapping<'_> {
     fn drop(&mut self) {
         let f = &mut *self.file;
         let s = &f.map.shared;
+        // SYNC POINT: Relaxed, as in `map`.
         s.reader_word(rdr::MAPPED).fetch_sub(1, Ordering::Relaxed);
         s.reader_word(rdr::MAP_EVENTS)
             .fetch_add(1, Ordering::Relaxed);
