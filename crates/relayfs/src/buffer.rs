@@ -471,8 +471,16 @@ impl Shared {
                 // The record ends exactly at the end of the sub-buffer (no
                 // padding), or doesn't fit (close it with padding).
                 let next = self.geometry.next_subbuf_pos(h);
-                // SYNC POINT: AcqRel as any reservation (see `reserve`).
-                match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
+                // SYNC POINT: Acquire, as any reservation (see `reserve`):
+                // pairs with the opener's AcqRel CAS of `head` (through the
+                // release sequence of later RMWs on it), so that our commit
+                // of the record or of the padding lands after the opener's
+                // reset of the commit word. No Release: nothing this writer
+                // did before needs publishing through `head` (the padding
+                // is stored after, and published by the commit), and later
+                // RMWs continue the opener's release sequence whatever their
+                // ordering. Relaxed on failure: we retry with the value read.
+                match head.compare_exchange(h, next, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) if off + len == sb => {
                         // We own [off, sb) and the close: padding 0.
                         // SYNC POINT: Relaxed: published by the Release of

@@ -151,14 +151,26 @@ impl ProducerMap {
                 flags,
             )
         };
+        // SYNC POINT: Relaxed: the file has no name yet, so nothing else can
+        // read these until it is published (below).
         for &(off, v) in fields {
             shared
                 .header_word(off)
                 .store(v, crate::sync::Ordering::Relaxed);
         }
         shared.init_state();
-        // The magic last: a reader that sees it sees a complete header
-        // (Release pairs with the reader's read of the header).
+        // The magic last, so that a file with a valid magic has a whole
+        // header behind it.
+        // SYNC POINT: the Release pairs with no Acquire: readers check the
+        // header with `pread`, not atomic loads. What orders the header
+        // before any reader's read is publication: the file gets its name
+        // (`linkat` or `renameat2`, after these stores in program order)
+        // only once it is whole, and a reader reads it only after finding
+        // that name; the two system calls meet on the directory's locks, and
+        // `pread` reads the same page cache the mapping writes. `relay_open`'s
+        // check of a dead producer's file is ordered by that producer's
+        // exit. The Release only keeps the magic after the header for
+        // another mapping of the file (it costs nothing here).
         shared
             .header_word(hdr::MAGIC)
             .store(crate::layout::MAGIC, crate::sync::Ordering::Release);
