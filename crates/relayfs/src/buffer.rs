@@ -127,16 +127,28 @@ pub(crate) struct Reserved {
 /// The pointers are valid, aligned and live as long as this value (the owner
 /// keeps the mapping alive), and each region is as long as the geometry says
 /// (see `Shared::new`). The geometry is private and never changes, so the
-/// bounds checks of the accessors (`header_word`, `descriptor`, `reader_word`, `claim_word`, `data_ptr`,
-/// `copy_out`, `slot_ptr`) hold for the value's whole life. Readers hold the
-/// header and descriptors read-only and only ever load them.
+/// bounds checks of the accessors (`header_word`, `descriptor`,
+/// `reader_word`, `claim_word`, `data_ptr`, `copy_out`, `slot_ptr`) hold for
+/// the value's whole life. Readers hold the header and descriptors read-only
+/// and only ever load them.
 pub(crate) struct Shared {
-    /// The sizes every offset into the regions is checked against.
+    /// Sub-buffer size and count, header reserve, region sizes: what every
+    /// offset into the regions is checked against. Never changes.
     geometry: Geometry,
+    /// The header page's words (`hdr::*` offsets / 8), `hdr::END` bytes:
+    /// the producer's fields, `head`, the state, epoch and counters.
     hdr: *const AtomicU64,
+    /// The descriptors, `desc::SIZE` bytes per sub-buffer: commit word,
+    /// generation, padding and record count of its last lap.
     desc: *const AtomicU64,
+    /// The reader page: the reader's position and counters (`rdr::*`
+    /// offsets / 8) up to `rdr::CLAIMS`, then one claim word per sub-buffer.
     rdr: *const AtomicU64,
+    /// The first data byte: `n_subbufs` sub-buffers of `subbuf_size` bytes,
+    /// written by the writer holding each reservation.
     data: *mut u8,
+    /// Overwrite mode (`FLAG_OVERWRITE` in the header), copied at creation
+    /// since the fast path reads it.
     overwrite: bool,
 }
 

@@ -33,13 +33,25 @@ impl Chunk {
 /// reader resumes where the last one stopped.
 #[derive(Debug, Default)]
 pub(crate) struct Cursor {
+    /// Ordinal of the sub-buffer the reader is on (mirrors `rdr::CONSUMED`).
     ord: u64,
+    /// Bytes of it already delivered (mirrors `rdr::READ_POS`).
     pos: u64,
+    /// Whether this cursor holds the claim on `ord` (`claim_for_read`), so
+    /// it doesn't claim it again at every chunk.
     claimed: bool,
+    /// The reset epoch the position belongs to (`hdr::EPOCH`): when the
+    /// producer's differs, `relay_reset` zeroed the reader page, so reload.
     epoch: u64,
+    /// Overwrite mode: the copy of the sub-buffer at `ord`, validated with
+    /// `still_valid` before any of it is delivered.
     bounce: Vec<u8>,
+    /// Data bytes in `bounce` (the sub-buffer's size less its padding).
     bounce_len: u64,
+    /// Records in the sub-buffer copied into `bounce`, counted as consumed
+    /// once its last byte is delivered.
     bounce_records: u64,
+    /// `bounce` holds a validated copy of `ord` not yet wholly delivered.
     bounce_full: bool,
     /// The current sub-buffer is complete: its end and record count, so that
     /// consuming its last byte moves on at once.
