@@ -47,6 +47,8 @@ use crate::layout::{
     desc, hdr, rdr, Geometry, CORRUPT_COMMIT_WORD, CORRUPT_GENERATION, CORRUPT_HEAD,
     CORRUPT_RETRIES, FLAG_OVERWRITE,
 };
+#[cfg(loom)]
+use crate::sync::DataCell;
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::WriteError;
 
@@ -150,6 +152,10 @@ pub(crate) struct Shared {
     /// Overwrite mode (`FLAG_OVERWRITE` in the header), copied at creation
     /// since the fast path reads it.
     overwrite: bool,
+    /// The loom build's data region (`data` is unused there): one
+    /// `DataCell` per byte, so that loom checks the data's publication too.
+    #[cfg(loom)]
+    cells: *const DataCell,
 }
 
 // SAFETY: all access to the pointed-to memory is through atomics, or through
@@ -199,6 +205,65 @@ impl Shared {
             rdr,
             data,
             overwrite: flags & FLAG_OVERWRITE != 0,
+            #[cfg(loom)]
+            cells: std::ptr::null(),
+        }
+    }
+
+    /// Gives the loom build its data region. Until then, in that build,
+    /// `write_at` and `copy_out` panic.
+    ///
+    /// # Safety
+    ///
+    /// `cells` points to `geometry.data_len()` cells that live as long as
+    /// this value.
+    #[cfg(loom)]
+    pub(crate) unsafe fn set_data_cells(&mut self, cells: *const DataCell) {
+        self.cells = cells;
+    }
+
+    /// The loom build's data cells `[off, off + len)`.
+    #[cfg(loom)]
+    fn cells(&self, off: u64, len: usize) -> &[DataCell] {
+        assert!(
+            !self.cells.is_null()
+                && off <= self.geometry.data_len()
+                && len as u64 <= self.geometry.data_len() - off,
+            "data cells {off}+{len}"
+        );
+        // SAFETY: the range lies within the data_len() cells (checked
+        // above) that `set_data_cells`' contract keeps alive.
+        unsafe { std::slice::from_raw_parts(self.cells.add(off as usize), len) }
+    }
+
+    /// The loom build's copy into the data region (see `DataCell`).
+    #[cfg(loom)]
+    fn cells_write(&self, off: u64, bytes: &[u8]) {
+        for (c, &b) in self.cells(off, bytes.len()).iter().zip(bytes) {
+            if self.overwrite {
+                // SAFETY: loom runs one model thread at a time, so this is
+                // never a concurrent access to the byte.
+                unsafe { *c.racy.get() = b }
+            } else {
+                // SAFETY: loom checks that no other access to the byte is
+                // concurrent with this one (it fails the model otherwise).
+                c.checked.with_mut(|p| unsafe { *p = b });
+            }
+        }
+    }
+
+    /// The loom build's copy out of the data region (see `DataCell`).
+    #[cfg(loom)]
+    fn cells_read(&self, off: u64, out: &mut [u8]) {
+        let len = out.len();
+        for (c, o) in self.cells(off, len).iter().zip(out) {
+            *o = if self.overwrite {
+                // SAFETY: as in `cells_write`.
+                unsafe { *c.racy.get() }
+            } else {
+                // SAFETY: as in `cells_write`.
+                c.checked.with(|p| unsafe { *p })
+            };
         }
     }
 
@@ -377,11 +442,14 @@ impl Shared {
             "write of {} bytes at {pos:#x} beyond the data region",
             bytes.len()
         );
+        #[cfg(loom)]
+        return self.cells_write(off, bytes);
         // SAFETY: `[off, off + len)` lies within the data region (checked
         // above; `Shared::new`'s contract sizes it). The reservation `[pos,
         // pos + len)` lies within one sub-buffer (reserve never hands out a
         // range crossing its end) and belongs to this thread alone until
         // committed.
+        #[cfg(not(loom))]
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(off as usize), bytes.len())
         }
@@ -739,6 +807,13 @@ impl Shared {
         if ord >= g.n_subbufs {
             self.account_overwrite(slot, ord - g.n_subbufs, prev_records);
         }
+        #[cfg(loom)]
+        if hdr_len > 0 {
+            let mut header = vec![0u8; hdr_len as usize];
+            hooks.write_header(&info, &mut header);
+            self.write_at(h, &header);
+        }
+        #[cfg(not(loom))]
         if hdr_len > 0 {
             let p = self.data_ptr(h);
             // SAFETY: the header reserve [h, h + hdr_len) of the sub-buffer we
@@ -1281,9 +1356,12 @@ impl Shared {
             "copy of {} bytes at {off} of slot {slot}",
             out.len()
         );
+        #[cfg(loom)]
+        return self.cells_read(g.slot_data_offset(slot) + off, out);
         // SAFETY: bounds checked just above; the bytes may be written
         // concurrently by a writer of a later lap (overwrite mode), which the
         // caller detects with `still_valid` and then discards the copy.
+        #[cfg(not(loom))]
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.data.add((g.slot_data_offset(slot) + off) as usize),
