@@ -626,7 +626,9 @@ impl Channel {
             // EPOCH (`Cursor::new` and its check at every step): a reader
             // that sees the new epoch sees the reset state (and the head
             // stored by `init_state`) and starts over.
-            b.shared().h(hdr::EPOCH).fetch_add(1, Ordering::Release);
+            b.shared()
+                .header_word(hdr::EPOCH)
+                .fetch_add(1, Ordering::Release);
         }
     }
 
@@ -861,18 +863,24 @@ impl Inner {
                     let id = c.ident();
                     // SYNC POINT: Relaxed: published by the Release store
                     // of STATE below, with LEFT.
-                    b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
-                    b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_DEV)
+                        .store(id.dev, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_INO)
+                        .store(id.ino, Ordering::Relaxed);
                     left |= LEFT_DIR;
                 }
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below.
-                b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(left, Ordering::Relaxed);
                 // SYNC POINT: Release pairs with the reader's Acquire load of
                 // STATE (in its drop and its open): a reader that sees CLOSED
                 // sees every sub-buffer flushed and the LEFT word.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 // The reader may have let go meanwhile, having seen the state
                 // still open: then nobody else would remove the file.
@@ -882,10 +890,12 @@ impl Inner {
                 b.shared().count_unread_at_close();
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below (no reader is attached: we hold its lock).
-                b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(0, Ordering::Relaxed);
                 // SYNC POINT: Release, as above.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }
