@@ -49,6 +49,7 @@ pub mod cpu;
 mod cursor;
 mod dir;
 mod error;
+pub mod frame;
 pub mod kernel;
 pub mod layout;
 mod notify;
@@ -64,6 +65,7 @@ pub use channel::{
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
+pub use frame::{Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::Geometry;
 pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
