@@ -597,6 +597,10 @@ impl Decoder {
         let offset = self.pos;
         let need = self.want.max(HEADER_LEN) as u64;
         let reported = self.skipping;
+        // Fewer than 8 bytes that don't start like a header are garbage,
+        // not a header cut short.
+        let prefix = have.min(MAGIC.len());
+        let garbage = self.buf[self.start..self.start + prefix] != MAGIC[..prefix];
         self.skip(have);
         self.skipping = false;
         self.want = HEADER_LEN;
@@ -604,10 +608,17 @@ impl Decoder {
             return None;
         }
         self.errors += 1;
-        Some(FrameError::Truncated {
-            offset,
-            have: have as u64,
-            need,
+        Some(if garbage {
+            FrameError::Corrupt {
+                offset,
+                reason: Corruption::Magic,
+            }
+        } else {
+            FrameError::Truncated {
+                offset,
+                have: have as u64,
+                need,
+            }
         })
     }
 }
