@@ -186,6 +186,21 @@ impl std::ops::DerefMut for RecordReservation<'_> {
     }
 }
 
+/// Records up to this long, header included, are written by
+/// [`Channel::write_record`] from a copy on the stack.
+const SMALL_RECORD: usize = 256;
+
+/// Writes a record of at most `N` bytes (header included) from a copy on
+/// the stack.
+#[inline(always)]
+fn write_small<const N: usize>(chan: &Channel, payload: &[u8]) -> Result<(), WriteError> {
+    let total = HEADER_LEN + payload.len();
+    let mut rec = [0u8; N];
+    rec[..HEADER_LEN].copy_from_slice(&encode_header(payload.len() as u32, 0));
+    rec[HEADER_LEN..total].copy_from_slice(payload);
+    chan.write(&rec[..total])
+}
+
 /// Reserves a framed slot and writes its header (and timestamp).
 #[inline(always)]
 fn reserve_framed(
@@ -226,6 +241,18 @@ impl Channel {
     /// is counted as dropped.
     #[inline]
     pub fn write_record(&self, payload: &[u8]) -> Result<(), WriteError> {
+        if payload.len() <= SMALL_RECORD - HEADER_LEN {
+            // A small record is assembled on the stack and written with
+            // `write`: one reservation, and measured cheaper than filling
+            // a `Reservation` in place (see "Framed records" in
+            // docs/DESIGN.md).
+            return match payload.len() + HEADER_LEN {
+                0..=32 => write_small::<32>(self, payload),
+                33..=80 => write_small::<80>(self, payload),
+                81..=128 => write_small::<128>(self, payload),
+                _ => write_small::<SMALL_RECORD>(self, payload),
+            };
+        }
         let (mut slot, _) = reserve_framed(self, payload.len(), false)?;
         slot[HEADER_LEN..].copy_from_slice(payload);
         Ok(())
@@ -975,13 +1002,21 @@ mod tests {
     }
 
     #[test]
-    fn every_single_byte_change_of_a_header_is_detected() {
-        let h = encode_header(1234, FLAG_TIMESTAMP);
-        for i in 0..HEADER_LEN {
-            for bit in 0..8 {
-                let mut b = h;
-                b[i] ^= 1 << bit;
-                assert!(Header::parse(b).is_err(), "byte {i} bit {bit}");
+    fn every_one_bit_change_of_a_header_is_detected() {
+        let lens = (0..1u32 << 16)
+            .step_by(7)
+            .chain((16..31).map(|k| (1u32 << k) - 1))
+            .chain([DEFAULT_MAX_PAYLOAD]);
+        for len in lens {
+            for flags in [0, FLAG_TIMESTAMP] {
+                let h = encode_header(len, flags);
+                for i in 0..HEADER_LEN {
+                    for bit in 0..8 {
+                        let mut b = h;
+                        b[i] ^= 1 << bit;
+                        assert!(Header::parse(b).is_err(), "len {len} byte {i} bit {bit}");
+                    }
+                }
             }
         }
     }
