@@ -753,7 +753,8 @@ const READ_CHUNK: usize = 64 << 10;
 /// A stream of records from a [`ByteSource`]: a [`Decoder`] driven by
 /// reads. [`next_record`](Records::next_record) lends each record from the
 /// decoder's buffer; as an [`Iterator`] it yields owned copies. Errors are
-/// items: after one, decoding goes on.
+/// items: after a corrupt run, decoding goes on; after an error of the
+/// source, what it gave is decoded and the stream ends.
 #[derive(Debug)]
 pub struct Records<S> {
     source: S,
@@ -820,7 +821,13 @@ impl<S: ByteSource> Records<S> {
             match self.source.read_some(spare) {
                 Ok(0) => self.ended = true,
                 Ok(n) => self.dec.filled(n),
-                Err(e) => return Some(Err(e)),
+                Err(e) => {
+                    // A failed source is not read again (its error could
+                    // repeat for ever): what it gave is decoded, then the
+                    // stream ends.
+                    self.ended = true;
+                    return Some(Err(e));
+                }
             }
         }
     }

@@ -529,3 +529,33 @@ fn the_example_runs() {
     assert_eq!(report.errors, 0);
     assert_eq!(report.out_of_order, report.inversions_seen);
 }
+
+/// A source whose reads fail after some bytes: the error is an item, the
+/// records before it come out, and the stream ends instead of repeating it.
+#[test]
+fn a_failing_source_ends_the_stream_after_its_error() {
+    struct Failing<'a>(&'a [u8]);
+    impl std::io::Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("device gone"));
+            }
+            let n = buf.len().min(self.0.len()).min(100);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let (s, want) = channel_stream();
+    // Cut inside the last record.
+    let cut = want[want.len() - 1].offset as usize + 3;
+    let items: Vec<_> = Records::from_reader(Failing(&s[..cut])).collect();
+    let (ok, err): (Vec<_>, Vec<_>) = items.into_iter().partition(Result::is_ok);
+    let ok: Vec<OwnedRecord> = ok.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ok, want[..want.len() - 1]);
+    assert_eq!(err.len(), 2, "{err:?}");
+    assert!(matches!(err[0], Err(FrameError::Io(_))));
+    assert!(
+        matches!(err[1], Err(FrameError::Truncated { offset, have: 3, .. }) if offset == want[want.len() - 1].offset)
+    );
+}
