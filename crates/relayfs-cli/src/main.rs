@@ -5,8 +5,9 @@
 mod args;
 mod cmd;
 mod demofmt;
-mod output;
+mod recorder;
 mod util;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

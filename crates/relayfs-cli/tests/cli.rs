@@ -762,6 +762,7 @@ fn write_summary(dir: &Path, delivered: u64, producer_lost: u64, discarded: u64)
     let s = serde_json::json!({
         "n_buffers": 1,
         "max_files": null,
+        "bytes": 0,
         "records_delivered": delivered,
         "lost": producer_lost + discarded,
         "overwritten": producer_lost,

@@ -106,7 +106,7 @@ impl Drop for Drained {
         let s = self.chan.total_stats();
         eprintln!(
             "    (channel: {} records written, {} dropped)",
-            s.records_written + s.records_pending,
+            s.records_written(),
             s.lost()
         );
     }

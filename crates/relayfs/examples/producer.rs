@@ -75,7 +75,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let stats = chan.total_stats();
     println!(
         "wrote {} records, {dropped} dropped (buffer full: {})",
-        stats.records_written + stats.records_pending,
+        stats.records_written(),
         stats.dropped_full
     );
     // relay_close: flush the last sub-buffers, wake the readers, remove the files.

@@ -47,6 +47,7 @@ use crate::layout::{
     desc, hdr, rdr, Geometry, CORRUPT_COMMIT_WORD, CORRUPT_GENERATION, CORRUPT_HEAD,
     CORRUPT_RETRIES, FLAG_OVERWRITE,
 };
+pub(crate) use crate::stats::BufferStats;
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::WriteError;
 
@@ -90,12 +91,11 @@ pub(crate) trait Hooks {
 /// State of a buffer at a sub-buffer switch, as given to `subbuf_start`.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchInfo {
-    /// Ordinal of the sub-buffer to open (sub-buffers opened before it).
+    /// Ordinal of the sub-buffer to open: how many were opened before it,
+    /// which is also how many were produced (closed) so far.
     pub ordinal: u64,
     /// Its index in the buffer.
     pub slot: u64,
-    /// Sub-buffers produced (closed) so far.
-    pub produced: u64,
     /// Sub-buffers consumed by the reader so far.
     pub consumed: u64,
     /// Number of sub-buffers.
@@ -143,6 +143,52 @@ unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
+/// A buffer's shared state together with the mapping it points into, which
+/// lives as long as it (fields drop in order: the state first).
+pub(crate) struct Mapped<M> {
+    pub shared: Shared,
+    _map: M,
+}
+
+/// The shared state in `r`, of the buffer whose header is `header`.
+///
+/// # Safety
+///
+/// As [`Shared::new`]: `r` comes from a mapping of a file of `header`'s
+/// geometry that outlives the returned value.
+unsafe fn shared_in(r: crate::shm::Regions, header: &crate::layout::BufferHeader) -> Shared {
+    let flags = header.flags();
+    // SAFETY: the caller's promise.
+    unsafe { Shared::new(header.geometry, r.hdr, r.desc, r.rdr, r.data, flags) }
+}
+
+impl Mapped<crate::shm::ProducerMap> {
+    /// Initialises a new buffer in the producer's mapping (see
+    /// [`Shared::init_new`]).
+    pub(crate) fn create(
+        map: crate::shm::ProducerMap,
+        header: &crate::layout::BufferHeader,
+    ) -> Self {
+        // SAFETY: the regions come from `map`, mapped read-write with the
+        // header's geometry and kept alive beside the state.
+        let shared = unsafe { shared_in(map.regions(), header) };
+        shared.init_new(header);
+        Mapped { shared, _map: map }
+    }
+}
+
+impl Mapped<crate::shm::ReaderMap> {
+    /// A reader's view of an existing buffer whose header was validated as
+    /// `header`.
+    pub(crate) fn attach(map: crate::shm::ReaderMap, header: &crate::layout::BufferHeader) -> Self {
+        // SAFETY: the regions come from `map`, mapped with the validated
+        // geometry of `header` and kept alive beside the state; readers only
+        // load from the read-only ones.
+        let shared = unsafe { shared_in(map.regions(), header) };
+        Mapped { shared, _map: map }
+    }
+}
+
 /// What a reader finds at its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Avail {
@@ -180,6 +226,24 @@ impl Shared {
             data,
             overwrite: flags & FLAG_OVERWRITE != 0,
         }
+    }
+
+    /// Initialises a new buffer: the header's fields, state *open*, epoch
+    /// 0, the empty protocol state (`init_state`), and the magic last.
+    /// Called once, on a file nobody else uses yet.
+    fn init_new(&self, header: &crate::layout::BufferHeader) {
+        for (off, v) in header.encode() {
+            self.h(off).store(v, Ordering::Relaxed);
+        }
+        self.h(hdr::STATE)
+            .store(crate::layout::STATE_OPEN, Ordering::Relaxed);
+        self.h(hdr::EPOCH).store(0, Ordering::Relaxed);
+        self.init_state();
+        // SYNC POINT: Release, the magic last: pairs with nothing by itself
+        // (readers find the file only once it is published, after this), but
+        // a reader that sees the magic sees a complete header.
+        self.h(hdr::MAGIC)
+            .store(crate::layout::MAGIC, Ordering::Release);
     }
 
     #[inline(always)]
@@ -544,7 +608,6 @@ impl Shared {
         let info = SwitchInfo {
             ordinal: ord,
             slot,
-            produced: ord,
             consumed,
             n_subbufs: g.n_subbufs,
             prev_padding: if ord == 0 {
@@ -1084,82 +1147,6 @@ impl Shared {
     }
 }
 
-/// The counters of one buffer, read by either side.
-///
-/// They add up: once the channel is closed (and a reader that was attached
-/// then drained it), `records_written` equals the sum of `records_consumed`,
-/// `overwritten_records`, `discarded_records` and `unread_at_close`; and every
-/// record ever offered to `write`/`reserve` is in `records_written`,
-/// `dropped_full`, `dropped_toobig` or `dropped_corrupt`. So
-/// `records_consumed + lost()` is every record offered. While writers are
-/// active, the counters are a moment's snapshot of each, not of all. A buffer
-/// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
-/// every refusal counted, but the record counts of its damaged sub-buffers
-/// are whatever the damaged words said.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BufferStats {
-    /// Records in sub-buffers completed so far.
-    pub records_written: u64,
-    /// Record bytes (header reserves and padding excluded) in completed
-    /// sub-buffers.
-    pub bytes_written: u64,
-    /// Records committed to the sub-buffer being filled (not yet complete).
-    pub records_pending: u64,
-    /// Sub-buffers closed by the producer (`subbufs_produced`).
-    pub subbufs_produced: u64,
-    /// Sub-buffers complete (every reservation committed).
-    pub subbufs_completed: u64,
-    /// Sub-buffers consumed by the reader (`subbufs_consumed`).
-    pub subbufs_consumed: u64,
-    /// Records in the sub-buffers the reader consumed.
-    pub records_consumed: u64,
-    /// Bytes the reader consumed (header reserves included).
-    pub bytes_consumed: u64,
-    /// Records dropped because a sub-buffer switch was refused: the buffer
-    /// was full (no-overwrite mode), `subbuf_start` refused, or (both modes)
-    /// the sub-buffer to reuse still held an uncommitted reservation of its
-    /// previous lap ([`WriteError::Full`]).
-    pub dropped_full: u64,
-    /// Records dropped because they were larger than a sub-buffer.
-    pub dropped_toobig: u64,
-    /// Records overwritten before any reader saw them (overwrite mode).
-    pub overwritten_records: u64,
-    /// Sub-buffers overwritten before any reader saw them.
-    pub overwritten_subbufs: u64,
-    /// Records the reader copied but found overwritten under it, and
-    /// discarded (overwrite mode).
-    pub discarded_records: u64,
-    /// Sub-buffers the reader discarded that way.
-    pub discarded_subbufs: u64,
-    /// Padding bytes at the ends of closed sub-buffers.
-    pub padding_bytes: u64,
-    /// Length of the last record refused as too big.
-    pub last_toobig: u64,
-    /// Records dropped because the buffer's shared state was found corrupt
-    /// ([`WriteError::Corrupt`]).
-    pub dropped_corrupt: u64,
-    /// Why the producer marked the buffer corrupt (a `layout::CORRUPT_*`
-    /// code, see [`layout::corrupt_reason`](crate::layout::corrupt_reason));
-    /// 0 if it didn't. Summed over buffers, non-zero if any is.
-    pub corrupt: u64,
-    /// Records no reader consumed, counted by `relay_close` when no reader
-    /// was attached to the buffer (none can read them any more).
-    pub unread_at_close: u64,
-}
-
-impl BufferStats {
-    /// Records lost in any way: dropped (full, too big, corrupt buffer),
-    /// overwritten, discarded by the reader, or left unread at close.
-    pub fn lost(&self) -> u64 {
-        self.dropped_full
-            + self.dropped_toobig
-            + self.dropped_corrupt
-            + self.overwritten_records
-            + self.discarded_records
-            + self.unread_at_close
-    }
-}
-
 impl Shared {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> BufferStats {
@@ -1179,7 +1166,7 @@ impl Shared {
             0
         };
         BufferStats {
-            records_written: h(hdr::RECORDS_WRITTEN),
+            records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
             records_pending: pending,
             subbufs_produced: self.g.pos_ordinal(head),
@@ -1196,6 +1183,7 @@ impl Shared {
             padding_bytes: h(hdr::PADDING_BYTES),
             last_toobig: h(hdr::LAST_TOOBIG),
             dropped_corrupt: h(hdr::DROPPED_CORRUPT),
+            dropped_closed: 0,
             corrupt: h(hdr::CORRUPT),
             unread_at_close: h(hdr::UNREAD_AT_CLOSE),
         }

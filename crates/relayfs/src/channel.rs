@@ -5,79 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, OFlags};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferStats, Hooks, Reserved, Shared, SwitchInfo};
+use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
-use crate::dir::{ChannelDir, CreatedDir, EntryStat, Ident, RelayRoot, UnpublishedFile, TEMP_MARK};
+use crate::dir::{ChannelDir, CreatedDir};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{
-    hdr, Geometry, FLAG_GLOBAL, FLAG_OVERWRITE, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED, STATE_OPEN,
-};
+use crate::layout::{hdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+use crate::lifecycle::{self, BufferFiles, BufferSpec, DirSpec, NewBuffer};
+pub use crate::lifecycle::{relay_dir, Stale, DEFAULT_RELAY_DIR, RELAYFS_DIR_ENV};
 use crate::notify::Notifier;
 use crate::shm::{self, ProducerMap};
 use crate::sync::Ordering;
 
-/// Environment variable naming the relay directory (default
-/// [`DEFAULT_RELAY_DIR`]).
-pub const RELAYFS_DIR_ENV: &str = "RELAYFS_DIR";
-/// Where channels live unless `RELAYFS_DIR` says otherwise.
-pub const DEFAULT_RELAY_DIR: &str = "/dev/shm/relayfs";
 /// Default sub-buffer size: 1 MiB.
 pub const DEFAULT_SUBBUF_SIZE: u64 = 1 << 20;
 /// Default number of sub-buffers: 16 (16 MiB per CPU).
 pub const DEFAULT_N_SUBBUFS: u64 = 16;
-
-/// The relay directory: `$RELAYFS_DIR`, or `/dev/shm/relayfs`.
-pub fn relay_dir() -> PathBuf {
-    std::env::var_os(RELAYFS_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RELAY_DIR))
-}
-
-/// Name of the wakeup FIFO beside a buffer file.
-pub fn wake_fifo_path(buffer_path: &Path) -> PathBuf {
-    let name = buffer_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    buffer_path.with_file_name(format!(".{name}.wake"))
-}
-
-/// The longest channel or base name: a buffer's FIFO name (`.<base><cpu>.wake`)
-/// must stay within the file system's 255-byte limit.
-pub(crate) const MAX_NAME: usize = 200;
-
-fn check_name(name: &str) -> Result<(), OpenError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(OpenError::Name(name.to_string()));
-    }
-    if name.len() > MAX_NAME {
-        return Err(OpenError::NameTooLong {
-            name: name.to_string(),
-            len: name.len(),
-            max: MAX_NAME,
-        });
-    }
-    Ok(())
-}
-
-/// What to do when the channel directory holds buffer files of a producer
-/// that is gone (it died, or closed without removing them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Stale {
-    /// Remove them and create new files (readers that still have the old ones
-    /// open keep reading the old data; nothing is mixed).
-    #[default]
-    Replace,
-    /// Fail with [`OpenError::Stale`].
-    Refuse,
-}
 
 /// Builder for a [`Channel`] (the arguments of `relay_open`).
 ///
@@ -230,36 +177,33 @@ impl ChannelBuilder {
     /// [`OpenError`]: a bad argument, a live producer on the same channel,
     /// stale files with [`Stale::Refuse`], no space, or a file system error.
     pub fn open(self) -> Result<Channel, OpenError> {
-        check_name(&self.base)?;
+        lifecycle::check_name(&self.base)?;
         let g = Geometry::new(
             self.subbuf_size,
             self.n_subbufs,
             self.hdr_reserve,
             shm::page_size().max(4096),
         )?;
-        let (dir, created) = match &self.dir {
-            Some(d) => (ChannelDir::open(d)?, None),
-            None => {
-                check_name(&self.name)?;
-                let root = self.root.clone().unwrap_or_else(relay_dir);
-                let root = RelayRoot::open_or_create(&root)?;
-                // Whoever may read the files may search the directory.
-                let mut dmode = 0o700;
-                if self.mode & 0o040 != 0 {
-                    dmode |= 0o050;
-                }
-                if self.mode & 0o004 != 0 {
-                    dmode |= 0o005;
-                }
-                root.channel(&self.name, dmode)?
-            }
+        let (dir, created) = lifecycle::open_dir(&DirSpec {
+            dir: self.dir.as_deref(),
+            root: self.root.as_deref(),
+            name: &self.name,
+            file_mode: self.mode,
+        })?;
+        let spec = BufferSpec {
+            base: &self.base,
+            geometry: g,
+            file_mode: self.mode,
+            stale: self.stale,
+            global: self.global,
+            callbacks: &*self.callbacks,
         };
-        match self.open_in(&dir, g) {
-            Ok((bufs, global, ncpu)) => {
+        match lifecycle::create_buffers(&dir, &spec) {
+            Ok(made) => {
                 let inner = Arc::new(Inner {
-                    bufs,
-                    global,
-                    ncpu,
+                    bufs: made.bufs.into_iter().map(Buffer::new).collect(),
+                    global: made.global,
+                    ncpu: made.ncpu,
                     max_record: g.max_record(),
                     callbacks: self.callbacks.clone(),
                     dir,
@@ -272,7 +216,11 @@ impl ChannelBuilder {
                 let flusher = self
                     .flush_interval
                     .map(|every| Flusher::start(inner.clone(), every));
-                Ok(Channel { inner, flusher })
+                Ok(Channel {
+                    inner,
+                    flusher: Mutex::new(flusher),
+                    closed_with: Mutex::new(None),
+                })
             }
             Err(e) => {
                 if let Some(c) = created {
@@ -282,357 +230,36 @@ impl ChannelBuilder {
             }
         }
     }
-
-    /// Creates every buffer unpublished, then publishes them (each one's
-    /// FIFO, then its file) from the highest CPU down to `cpu0`, so that a
-    /// reader that finds `cpu0` finds every buffer its header's buffer count
-    /// promises, each whole. On failure removes what it made.
-    fn open_in(
-        &self,
-        dir: &ChannelDir,
-        g: Geometry,
-    ) -> Result<(Vec<Buffer>, bool, usize), OpenError> {
-        clear_stale(dir, &self.base, self.stale)?;
-        let overwrite = self.callbacks.mode() == Mode::Overwrite;
-        let ncpu = crate::cpu::possible_cpus();
-        if ncpu as u64 > crate::layout::MAX_BUFFERS {
-            return Err(crate::FormatError::BufferCount(ncpu as u64).into());
-        }
-        let channel_id = random_id();
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut bufs: Vec<Buffer> = Vec::new();
-        let mut global = self.global;
-        let mut result = Ok(());
-        for cpu in 0..ncpu {
-            if global && cpu == 1 {
-                break;
-            }
-            let name = format!("{}{}", self.base, cpu);
-            let facts = Facts {
-                cpu,
-                g,
-                overwrite,
-                channel_id,
-                created,
-                ncpu,
-            };
-            match Buffer::create(dir, &name, facts, self, &mut global) {
-                Ok(b) => bufs.push(b),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if result.is_ok() {
-            for b in bufs.iter_mut().rev() {
-                if let Err(e) = b.publish(dir, self.mode & 0o660) {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if let Err(e) = result {
-            for b in &bufs {
-                let _ = b.remove(dir, &*self.callbacks);
-            }
-            return Err(e);
-        }
-        Ok((bufs, global, ncpu))
-    }
-}
-
-/// What a buffer's header says besides its geometry's own fields.
-#[derive(Clone, Copy)]
-struct Facts {
-    cpu: usize,
-    g: Geometry,
-    overwrite: bool,
-    channel_id: u64,
-    created: u64,
-    ncpu: usize,
-}
-
-/// Removes (or refuses) buffer files of a dead producer; fails if a live
-/// producer holds them. Only what is proven ours is removed: a buffer file
-/// must be a regular file (not a symbolic link) that we own with a valid
-/// buffer header, a FIFO a FIFO we own; anything else under those names is
-/// [`OpenError::NotOurs`] and left in place. The hidden file of a buffer
-/// never published (its producer died in `relay_open`) is removed if it is
-/// ours and no producer holds it.
-fn clear_stale(dir: &ChannelDir, base: &str, stale: Stale) -> Result<(), OpenError> {
-    let io = |what, path: PathBuf, e| OpenError::Io {
-        what,
-        path,
-        source: e,
-    };
-    let me = crate::dir::euid();
-    let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
-    let not_ours = |name: &str, reason: String| OpenError::NotOurs {
-        path: dir.join(name),
-        reason,
-    };
-    let names = dir
-        .names()
-        .map_err(|e| io("read directory", dir.path().to_path_buf(), e))?;
-    let mut old = Vec::new();
-    let mut leftovers = Vec::new();
-    for name in names {
-        let is_buf = name.strip_prefix(base).is_some_and(digits);
-        let hidden = name.strip_prefix('.').and_then(|n| n.strip_prefix(base));
-        let is_fifo = hidden
-            .and_then(|n| n.strip_suffix(".wake"))
-            .is_some_and(digits);
-        let is_temp = hidden
-            .and_then(|n| n.split_once(TEMP_MARK))
-            .is_some_and(|(cpu, _)| digits(cpu));
-        if !(is_buf || is_fifo || is_temp) {
-            continue;
-        }
-        let st = match dir.stat(&name) {
-            Ok(st) => st,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io("stat", dir.join(&name), e)),
-        };
-        let foreign = |st: &EntryStat| {
-            (st.uid != me).then(|| format!("it belongs to uid {}, not to uid {me}", st.uid))
-        };
-        if is_buf {
-            if st.kind != FileType::RegularFile {
-                return Err(not_ours(&name, format!("it is {}", st.kind_name())));
-            }
-            let f = dir
-                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
-                .map_err(|e| io("open", dir.join(&name), e))?;
-            let meta = f.metadata().map_err(|e| io("stat", dir.join(&name), e))?;
-            if Ident::of(&meta) != st.ident || !meta.is_file() {
-                return Err(not_ours(&name, "it changed while being looked at".into()));
-            }
-            let header = crate::reader::header_of(&f, &dir.join(&name));
-            if shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(false) {
-                return Err(OpenError::Busy {
-                    path: dir.path().to_path_buf(),
-                    pid: header.map_or(0, |h| h.producer_pid),
-                });
-            }
-            if let Some(why) = foreign(&st) {
-                return Err(not_ours(&name, why));
-            }
-            if let Err(e) = header {
-                let why = match e {
-                    crate::ReadError::Format { source, .. } => source.to_string(),
-                    e => e.to_string(),
-                };
-                return Err(not_ours(&name, format!("no valid buffer header: {why}")));
-            }
-            old.push((name, st.ident));
-        } else if is_fifo {
-            if st.kind != FileType::Fifo {
-                return Err(not_ours(
-                    &name,
-                    format!("it is {} where a wakeup FIFO belongs", st.kind_name()),
-                ));
-            }
-            if let Some(why) = foreign(&st) {
-                return Err(not_ours(&name, why));
-            }
-            old.push((name, st.ident));
-        } else if st.kind == FileType::RegularFile && st.uid == me {
-            let held = dir
-                .open_at(&name, OFlags::RDONLY | OFlags::NONBLOCK)
-                .map(|f| shm::byte_locked(&f, shm::PRODUCER_LOCK_BYTE).unwrap_or(true))
-                .unwrap_or(true);
-            if !held {
-                leftovers.push((name, st.ident));
-            }
-        }
-    }
-    for (name, ident) in leftovers {
-        let _ = dir.unlink_if_same(&name, ident);
-    }
-    if old.is_empty() {
-        return Ok(());
-    }
-    if stale == Stale::Refuse {
-        return Err(OpenError::Stale(dir.path().to_path_buf()));
-    }
-    for (name, ident) in old {
-        match dir.unlink_if_same(&name, ident) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(not_ours(
-                    &name,
-                    "it was replaced while being looked at".into(),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("remove stale buffer", dir.join(&name), e)),
-        }
-    }
-    Ok(())
-}
-
-fn random_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// One buffer of a channel, producer side.
 struct Buffer {
-    map: ProducerMap,
-    file: UnpublishedFile,
-    /// The buffer file's device and inode: at close its name is removed
-    /// only if it still is this file.
-    ident: Ident,
-    name: String,
-    fifo_name: String,
-    /// The FIFO's identity, once made.
-    fifo: Option<Ident>,
-    published: bool,
+    map: Mapped<ProducerMap>,
+    /// Its names in the channel directory, removed at close.
+    files: BufferFiles,
     info: BufferInfo,
+    /// The producer's end of the wakeup FIFO; taken (closed) at close, so
+    /// that readers see `POLLHUP`.
     notifier: Mutex<Option<Notifier>>,
+    /// Last `MAPPED` count seen, to tell `buf_mapped` from `buf_unmapped`.
     mapped_seen: StdAtomicU64,
+    /// Set by `close`: writes are refused from then on.
+    closed: AtomicBool,
+    /// Records refused because the channel was closed.
+    dropped_closed: StdAtomicU64,
 }
 
 impl Buffer {
-    /// Creates the buffer file, unpublished, and writes its header; a hidden
-    /// name it got is removed again if that fails.
-    fn create(
-        dir: &ChannelDir,
-        name: &str,
-        facts: Facts,
-        b: &ChannelBuilder,
-        global: &mut bool,
-    ) -> Result<Buffer, OpenError> {
-        let mut want_global = *global;
-        let file = b
-            .callbacks
-            .create_buf_file(dir, name, b.mode, &mut want_global)
-            .map_err(|e| OpenError::Io {
-                what: "create buffer file",
-                path: dir.join(name),
-                source: e,
-            })?;
-        if facts.cpu == 0 {
-            *global = want_global;
-        }
-        let temp = file.temp_name().map(str::to_string);
-        Self::init(file, dir, name, facts, *global).inspect_err(|_| {
-            if let Some(t) = temp {
-                let _ = dir.unlink(&t);
-            }
-        })
-    }
-
-    fn init(
-        file: UnpublishedFile,
-        dir: &ChannelDir,
-        name: &str,
-        facts: Facts,
-        global: bool,
-    ) -> Result<Buffer, OpenError> {
-        let Facts {
-            cpu,
-            g,
-            overwrite,
-            channel_id,
-            created,
-            ncpu,
-        } = facts;
-        let path = dir.join(name);
-        let io = |what, e| OpenError::Io {
-            what,
-            path: path.clone(),
-            source: e,
-        };
-        if file.name() != name {
-            return Err(io(
-                "create buffer file",
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("create_buf_file made {:?}, not {name:?}", file.name()),
-                ),
-            ));
-        }
-        let f = file.file();
-        if !shm::try_lock_byte(f, shm::PRODUCER_LOCK_BYTE).map_err(|e| io("lock", e))? {
-            return Err(OpenError::Busy {
-                path: dir.path().to_path_buf(),
-                pid: 0,
-            });
-        }
-        let meta = f.metadata().map_err(|e| io("stat", e))?;
-        shm::allocate(f, g.file_size).map_err(|e| OpenError::NoSpace {
-            path: path.clone(),
-            size: g.file_size,
-            source: e,
-        })?;
-        let flags =
-            if overwrite { FLAG_OVERWRITE } else { 0 } | if global { FLAG_GLOBAL } else { 0 };
-        let fields = [
-            (hdr::VERSION, crate::layout::VERSION),
-            (hdr::PAGE_SIZE, g.page_size),
-            (hdr::SUBBUF_SIZE, g.subbuf_size),
-            (hdr::N_SUBBUFS, g.n_subbufs),
-            (hdr::HDR_RESERVE, g.hdr_reserve),
-            (hdr::FLAGS, flags),
-            (hdr::CPU, cpu as u64),
-            (hdr::PRODUCER_PID, std::process::id() as u64),
-            (hdr::CHANNEL_ID, channel_id),
-            (hdr::DESC_OFFSET, g.desc_offset),
-            (hdr::READER_OFFSET, g.reader_offset),
-            (hdr::DATA_OFFSET, g.data_offset),
-            (hdr::FILE_SIZE, g.file_size),
-            (hdr::CREATED_NS, created),
-            (hdr::N_BUFFERS, if global { 1 } else { ncpu as u64 }),
-            (hdr::STATE, STATE_OPEN),
-            (hdr::EPOCH, 0),
-        ];
-        let map = ProducerMap::create(f, g, flags, &fields).map_err(|e| io("mmap", e))?;
-        Ok(Buffer {
-            map,
-            file,
-            ident: Ident::of(&meta),
-            name: name.to_string(),
-            fifo_name: format!(".{name}.wake"),
-            fifo: None,
-            published: false,
-            info: BufferInfo { cpu, path, global },
-            notifier: Mutex::new(None),
+    fn new(b: NewBuffer) -> Buffer {
+        Buffer {
+            map: b.map,
+            files: b.files,
+            info: b.info,
+            notifier: Mutex::new(Some(b.notifier)),
             mapped_seen: StdAtomicU64::new(0),
-        })
-    }
-
-    /// Makes the buffer visible: its wakeup FIFO first (so that a reader
-    /// that opens the file finds it), then the file, under its name in one
-    /// step, never replacing anything.
-    fn publish(&mut self, dir: &ChannelDir, fifo_mode: u32) -> Result<(), OpenError> {
-        let (notifier, ident) =
-            Notifier::create(dir, &self.fifo_name, fifo_mode).map_err(|e| OpenError::Io {
-                what: "create wakeup fifo",
-                path: dir.join(&self.fifo_name),
-                source: e,
-            })?;
-        self.fifo = Some(ident);
-        if let Ok(mut n) = self.notifier.lock() {
-            *n = Some(notifier);
+            closed: AtomicBool::new(false),
+            dropped_closed: StdAtomicU64::new(0),
         }
-        dir.publish(&mut self.file).map_err(|e| OpenError::Io {
-            what: "publish buffer file",
-            path: self.info.path.clone(),
-            source: e,
-        })?;
-        self.published = true;
-        Ok(())
     }
 
     #[inline(always)]
@@ -640,30 +267,32 @@ impl Buffer {
         &self.map.shared
     }
 
-    /// Removes the buffer's names: the file through `remove_buf_file` and
-    /// the FIFO, each only if the name still is ours (or the hidden name of
-    /// a file never published).
-    fn remove(&self, dir: &ChannelDir, cb: &dyn Callbacks) -> std::io::Result<()> {
-        let mut r = Ok(());
-        if self.published {
-            r = match dir.stat(&self.name) {
-                Ok(st) if st.ident == self.ident => cb.remove_buf_file(dir, &self.name),
-                // Its reader removed it (it was left for the reader, who
-                // drained it and let go before we looked again).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Ok(_) => Err(std::io::Error::other(format!(
-                    "{} is no longer this channel's buffer; left alone",
-                    self.info.path.display()
-                ))),
-                Err(e) => Err(e),
-            };
-        } else if let Some(t) = self.file.temp_name() {
-            let _ = dir.unlink_if_same(t, self.ident);
-        }
-        if let Some(fifo) = self.fifo {
-            let _ = dir.unlink_if_same(&self.fifo_name, fifo);
-        }
-        r
+    /// Whether `close` began: then writes are refused.
+    #[inline(always)]
+    fn is_closed(&self) -> bool {
+        // SYNC POINT: Relaxed: a hint that turns writes away early; nothing
+        // is read on its strength. The writes that miss it are those racing
+        // the close, which `Inner::settle` waits out (and `may_open` checks
+        // it again at every sub-buffer switch).
+        self.closed.load(StdOrdering::Relaxed)
+    }
+
+    /// Counts a record refused because the channel is closed.
+    #[cold]
+    fn drop_closed(&self) -> WriteError {
+        // SYNC POINT: Relaxed: a counter; `close` and `stats` read it after
+        // the writers it counts are done or as a snapshot.
+        self.dropped_closed.fetch_add(1, StdOrdering::Relaxed);
+        WriteError::Closed
+    }
+
+    /// The buffer's counters, with the producer's own count of records
+    /// refused after close.
+    fn stats(&self) -> BufferStats {
+        let mut s = self.shared().stats();
+        // SYNC POINT: Relaxed: a snapshot, like the shared counters.
+        s.dropped_closed = self.dropped_closed.load(StdOrdering::Relaxed);
+        s
     }
 }
 
@@ -675,7 +304,7 @@ struct BufHooks<'a> {
 
 impl Hooks for BufHooks<'_> {
     fn may_open(&self, info: &SwitchInfo) -> bool {
-        self.cb.subbuf_start(&self.buf.info, info)
+        !self.buf.is_closed() && self.cb.subbuf_start(&self.buf.info, info)
     }
 
     fn write_header(&self, info: &SwitchInfo, header: &mut [u8]) {
@@ -691,6 +320,10 @@ impl Hooks for BufHooks<'_> {
     }
 
     fn map_changed(&self, mapped: u64) {
+        // SYNC POINT: Relaxed: pairs with nothing. The value is only compared
+        // with the next one seen (each swap reads the one before it, whatever
+        // the ordering); the reader's mapping count itself is read by
+        // `Shared::check_map_events`.
         let before = self.buf.mapped_seen.swap(mapped, StdOrdering::Relaxed);
         if mapped > before {
             self.cb.buf_mapped(&self.buf.info, mapped);
@@ -700,19 +333,33 @@ impl Hooks for BufHooks<'_> {
     }
 }
 
+/// What a channel is, shared between its handle and its flush thread.
 struct Inner {
+    /// One buffer per possible CPU (index = CPU), or the one global buffer.
     bufs: Vec<Buffer>,
+    /// One buffer for all CPUs: every write goes to `bufs[0]`.
     global: bool,
+    /// Possible CPUs when the channel was opened (`bufs.len()` unless
+    /// global).
     ncpu: usize,
+    /// Largest record: a sub-buffer less its header reserve.
     max_record: u64,
+    /// The client's callbacks (`struct rchan_callbacks`).
     callbacks: Arc<dyn Callbacks>,
+    /// The directory holding the buffer files, opened once; every file
+    /// operation is relative to it.
     dir: ChannelDir,
     /// The channel directory, if this `relay_open` made it: removed at
     /// close if it is empty then.
     created: Option<CreatedDir>,
+    /// Base name of the buffer files (`cpu` for `cpu0`, `cpu1`, …).
     base: String,
+    /// The shape every buffer of the channel has.
     geometry: Geometry,
+    /// Set by the first `close`: later ones (and `Drop`) do nothing.
     closed: AtomicBool,
+    /// Serialises flushes (the flush thread, `flush`, `reset`, `close`):
+    /// one closer of a sub-buffer at a time.
     flush_lock: Mutex<()>,
 }
 
@@ -778,7 +425,9 @@ impl Flusher {
 /// runs on.
 pub struct Channel {
     inner: Arc<Inner>,
-    flusher: Option<Flusher>,
+    flusher: Mutex<Option<Flusher>>,
+    /// What the first `close` returned: later calls return it again.
+    closed_with: Mutex<Option<Result<BufferStats, (std::io::ErrorKind, String)>>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -911,6 +560,9 @@ impl Channel {
         if len == 0 {
             return Ok(());
         }
+        if buf.is_closed() {
+            return Err(buf.drop_closed());
+        }
         if len > self.inner.max_record {
             return Err(buf.shared().drop_toobig(data.len()));
         }
@@ -945,6 +597,9 @@ impl Channel {
         if len == 0 {
             return Err(WriteError::TooBig(0));
         }
+        if buf.is_closed() {
+            return Err(buf.drop_closed());
+        }
         if len as u64 > self.inner.max_record {
             return Err(buf.shared().drop_toobig(len));
         }
@@ -967,6 +622,10 @@ impl Channel {
         let _g = inner.flush_lock.lock();
         for b in &inner.bufs {
             b.shared().init_state();
+            // SYNC POINT: Release pairs with the reader's Acquire load of
+            // EPOCH (`Cursor::new` and its check at every step): a reader
+            // that sees the new epoch sees the reset state (and the head
+            // stored by `init_state`) and starts over.
             b.shared().h(hdr::EPOCH).fetch_add(1, Ordering::Release);
         }
     }
@@ -997,16 +656,47 @@ impl Channel {
     /// # Panics
     /// If `cpu` is not a buffer of this channel.
     pub fn stats(&self, cpu: usize) -> BufferStats {
-        self.inner.bufs[cpu].shared().stats()
+        self.inner.bufs[cpu].stats()
     }
 
     /// The counters of all buffers, summed.
     pub fn total_stats(&self) -> BufferStats {
-        let mut t = BufferStats::default();
-        for b in &self.inner.bufs {
-            add_stats(&mut t, &b.shared().stats());
+        self.inner.bufs.iter().map(Buffer::stats).sum()
+    }
+
+    /// How many of the channel's buffers have a reader attached now: a
+    /// [`RelayFile`](crate::RelayFile) holds the buffer's reader lock (the
+    /// lock byte a reader takes at open and the kernel drops when it closes
+    /// the file or dies).
+    pub fn readers_attached(&self) -> usize {
+        self.inner
+            .bufs
+            .iter()
+            .filter(|b| shm::byte_locked(b.files.file(), shm::READER_LOCK_BYTE).unwrap_or(false))
+            .count()
+    }
+
+    /// Waits until every buffer has a reader attached
+    /// ([`readers_attached`](Self::readers_attached) equals
+    /// [`n_buffers`](Self::n_buffers)), looking every few milliseconds
+    /// (one `fcntl` per buffer, no busy loop). Returns whether they all
+    /// did within `timeout`: a producer that must not lose its first
+    /// records in no-overwrite mode starts writing once its recorder is
+    /// there.
+    pub fn wait_for_readers(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if self.readers_attached() == self.inner.bufs.len() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
-        t
     }
 
     /// Number of buffers (possible CPUs, or 1 for a global buffer).
@@ -1042,7 +732,8 @@ impl Channel {
         self.inner.geometry
     }
 
-    /// Finalizes every buffer (`relay_close`): flushes the last sub-buffers,
+    /// Finalizes every buffer (`relay_close`): refuses writes from now on,
+    /// flushes the last sub-buffers (waiting for writes in flight to commit),
     /// marks the channel closed, wakes readers and removes the files through
     /// `remove_buf_file`, and the channel directory if `relay_open` made it
     /// and it is empty now (never one passed with [`ChannelBuilder::dir`]).
@@ -1052,26 +743,99 @@ impl Channel {
     /// (so none can attach) and counts what was left unread in
     /// `unread_at_close`. Dropping a `Channel` does the same.
     ///
+    /// It takes `&self`, so any holder of a shared channel (an
+    /// `Arc<Channel>`, say) can close it while others still write: every
+    /// write that starts after `close` began is refused with
+    /// [`WriteError::Closed`] and counted in `dropped_closed`. Closing is
+    /// done once: a second call (or one racing the first, which waits for
+    /// it) returns what the first returned.
+    ///
     /// Returns the final counters of all buffers, summed: with what attached
     /// readers still drain, `records_consumed` plus `lost()` covers every
-    /// record offered.
+    /// record offered (later refusals add to `dropped_closed` in
+    /// [`total_stats`](Self::total_stats), not in this value).
     ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
-    pub fn close(mut self) -> std::io::Result<BufferStats> {
-        self.close_inner()?;
-        Ok(self.total_stats())
+    pub fn close(&self) -> std::io::Result<BufferStats> {
+        let mut done = self
+            .closed_with
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done.is_none() {
+            let flusher = self
+                .flusher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(mut f) = flusher {
+                f.stop();
+            }
+            let r = self.inner.close();
+            *done = Some(match r {
+                Ok(()) => Ok(self.total_stats()),
+                Err(e) => Err((e.kind(), e.to_string())),
+            });
+        }
+        match done.as_ref() {
+            Some(Ok(s)) => Ok(*s),
+            Some(Err((kind, msg))) => Err(std::io::Error::new(*kind, msg.clone())),
+            None => Ok(self.total_stats()),
+        }
+    }
+}
+
+impl Inner {
+    /// How long `close` waits for writes in flight to commit.
+    const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+    /// Flushes until every buffer is quiet: nothing left to close and every
+    /// sub-buffer produced complete, so that a write that was in flight when
+    /// `close` began is committed before what is left is counted. Gives up
+    /// after [`SETTLE_LIMIT`](Self::SETTLE_LIMIT) (a writer stopped between
+    /// reserve and commit, or a corrupt buffer).
+    fn settle(&self) {
+        let deadline = Instant::now() + Self::SETTLE_LIMIT;
+        loop {
+            let _g = self.flush_lock.lock();
+            let mut quiet = true;
+            for b in &self.bufs {
+                let hooks = BufHooks {
+                    buf: b,
+                    cb: &*self.callbacks,
+                };
+                let s = b.shared();
+                if s.flush(&hooks) {
+                    quiet = false;
+                }
+                let st = s.stats();
+                if st.corrupt == 0 && st.subbufs_completed < st.subbufs_produced {
+                    quiet = false;
+                }
+            }
+            drop(_g);
+            if quiet || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
-    fn close_inner(&mut self) -> std::io::Result<()> {
-        if let Some(mut f) = self.flusher.take() {
-            f.stop();
-        }
-        let inner = &*self.inner;
+    fn close(&self) -> std::io::Result<()> {
+        let inner = self;
+        // SYNC POINT: AcqRel: only the first close goes on (closes are
+        // serialised by `Channel::closed_with` anyway; this is the guard for
+        // the flag's readers in `Drop`).
         if inner.closed.swap(true, StdOrdering::AcqRel) {
             return Ok(());
         }
-        inner.flush();
+        for b in &inner.bufs {
+            // SYNC POINT: Relaxed: writers read it as a hint (see
+            // `Buffer::is_closed`); `settle` below waits for those that
+            // missed it.
+            b.closed.store(true, StdOrdering::Relaxed);
+        }
+        inner.settle();
         let mut result = Ok(());
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
@@ -1090,16 +854,19 @@ impl Channel {
             // nothing it had not read is lost uncounted.
             let lock =
                 |f: &std::fs::File| shm::try_lock_byte(f, shm::READER_LOCK_BYTE).is_ok_and(|l| l);
-            let mut held = lock(b.file.file());
+            let mut held = lock(b.files.file());
             if !held {
                 let mut left = LEFT_FOR_READER;
                 if let Some(c) = &inner.created {
                     let id = c.ident();
+                    // SYNC POINT: Relaxed: published by the Release store
+                    // of STATE below, with LEFT.
                     b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
                     b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
                     left |= LEFT_DIR;
                 }
-                // Relaxed: published by the Release store of STATE below.
+                // SYNC POINT: Relaxed: published by the Release store of
+                // STATE below.
                 b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
                 // SYNC POINT: Release pairs with the reader's Acquire load of
                 // STATE (in its drop and its open): a reader that sees CLOSED
@@ -1109,16 +876,18 @@ impl Channel {
                     .store(STATE_CLOSED, Ordering::Release);
                 // The reader may have let go meanwhile, having seen the state
                 // still open: then nobody else would remove the file.
-                held = lock(b.file.file());
+                held = lock(b.files.file());
             }
             if held {
                 b.shared().count_unread_at_close();
+                // SYNC POINT: Relaxed: published by the Release store of
+                // STATE below (no reader is attached: we hold its lock).
                 b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
                 // SYNC POINT: Release, as above.
                 b.shared()
                     .h(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
-                let _ = shm::unlock_byte(b.file.file(), shm::READER_LOCK_BYTE);
+                let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }
             if let Ok(mut n) = b.notifier.lock() {
                 if let Some(n) = n.take() {
@@ -1128,7 +897,7 @@ impl Channel {
             if !held {
                 continue;
             }
-            if let Err(e) = b.remove(&inner.dir, &*inner.callbacks) {
+            if let Err(e) = b.files.remove(&inner.dir, &*inner.callbacks) {
                 if result.is_ok() {
                     result = Err(e);
                 }
@@ -1137,36 +906,20 @@ impl Channel {
         if let Some(c) = &inner.created {
             c.remove();
         }
+        // Let go of the buffers as dropping the channel would: a producer
+        // may open the channel again while this value lives on (writes to it
+        // are refused from now on).
+        for b in &inner.bufs {
+            let _ = shm::unlock_byte(b.files.file(), shm::PRODUCER_LOCK_BYTE);
+        }
         result
     }
 }
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        let _ = self.close_inner();
+        let _ = self.close();
     }
-}
-
-pub(crate) fn add_stats(t: &mut BufferStats, s: &BufferStats) {
-    t.records_written += s.records_written;
-    t.bytes_written += s.bytes_written;
-    t.records_pending += s.records_pending;
-    t.subbufs_produced += s.subbufs_produced;
-    t.subbufs_completed += s.subbufs_completed;
-    t.subbufs_consumed += s.subbufs_consumed;
-    t.records_consumed += s.records_consumed;
-    t.bytes_consumed += s.bytes_consumed;
-    t.dropped_full += s.dropped_full;
-    t.dropped_toobig += s.dropped_toobig;
-    t.overwritten_records += s.overwritten_records;
-    t.overwritten_subbufs += s.overwritten_subbufs;
-    t.discarded_records += s.discarded_records;
-    t.discarded_subbufs += s.discarded_subbufs;
-    t.padding_bytes += s.padding_bytes;
-    t.last_toobig = t.last_toobig.max(s.last_toobig);
-    t.dropped_corrupt += s.dropped_corrupt;
-    t.corrupt = t.corrupt.max(s.corrupt);
-    t.unread_at_close += s.unread_at_close;
 }
 
 /// Creates a channel with the kernel's argument list (`relay_open`): buffer

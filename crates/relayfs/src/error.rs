@@ -183,6 +183,10 @@ pub enum WriteError {
     /// [`Channel::reset`](crate::Channel::reset).
     #[error("buffer state corrupt: record dropped")]
     Corrupt,
+    /// The channel was closed ([`Channel::close`](crate::Channel::close)):
+    /// the record is refused, counted in `dropped_closed`.
+    #[error("channel closed: record dropped")]
+    Closed,
 }
 
 /// Error from the reader side.

@@ -188,6 +188,94 @@ pub const STATE_OPEN: u64 = 1;
 /// Producer state: `relay_close` done, nothing more will be written.
 pub const STATE_CLOSED: u64 = 2;
 
+/// Static facts about a buffer, from its header: what the producer writes
+/// once at creation and a reader validates before it trusts anything (one
+/// encoder and one decoder, both here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferHeader {
+    /// Sizes and offsets.
+    pub geometry: Geometry,
+    /// CPU of the buffer.
+    pub cpu: u64,
+    /// Process id of the producer that created it.
+    pub producer_pid: u64,
+    /// Random id of the `relay_open` that created it.
+    pub channel_id: u64,
+    /// Overwrite mode.
+    pub overwrite: bool,
+    /// The channel's one global buffer.
+    pub global: bool,
+    /// Buffers in the channel.
+    pub n_buffers: u64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_ns: u64,
+}
+
+impl BufferHeader {
+    /// The header's flags word (`FLAG_OVERWRITE`, `FLAG_GLOBAL`).
+    pub fn flags(&self) -> u64 {
+        (if self.overwrite { FLAG_OVERWRITE } else { 0 })
+            | if self.global { FLAG_GLOBAL } else { 0 }
+    }
+
+    /// The fields the producer writes at creation, as (byte offset, value):
+    /// everything but the magic, which goes last (see `buffer::Shared::create`),
+    /// and the running state (state, epoch, head, counters).
+    pub(crate) fn encode(&self) -> [(usize, u64); 15] {
+        let g = &self.geometry;
+        [
+            (hdr::VERSION, VERSION),
+            (hdr::PAGE_SIZE, g.page_size),
+            (hdr::SUBBUF_SIZE, g.subbuf_size),
+            (hdr::N_SUBBUFS, g.n_subbufs),
+            (hdr::HDR_RESERVE, g.hdr_reserve),
+            (hdr::FLAGS, self.flags()),
+            (hdr::CPU, self.cpu),
+            (hdr::PRODUCER_PID, self.producer_pid),
+            (hdr::CHANNEL_ID, self.channel_id),
+            (hdr::DESC_OFFSET, g.desc_offset),
+            (hdr::READER_OFFSET, g.reader_offset),
+            (hdr::DATA_OFFSET, g.data_offset),
+            (hdr::FILE_SIZE, g.file_size),
+            (hdr::CREATED_NS, self.created_ns),
+            (hdr::N_BUFFERS, self.n_buffers),
+        ]
+    }
+
+    /// Decodes and validates a header page (the first [`hdr::END`] bytes of
+    /// a buffer file; a shorter slice reads as zeros beyond its end) of a
+    /// file that is `file_len` bytes long, for a reader whose page size is
+    /// `sys_page`.
+    ///
+    /// # Errors
+    /// A [`FormatError`] for a wrong magic or version, or any size or offset
+    /// that disagrees with what the sizes imply (see
+    /// [`Geometry::from_header`]).
+    pub(crate) fn decode(
+        page: &[u8],
+        file_len: u64,
+        sys_page: u64,
+    ) -> Result<BufferHeader, FormatError> {
+        let field = |off: usize| {
+            page.get(off..off + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
+        let geometry = Geometry::from_header(field, file_len, sys_page)?;
+        let flags = field(hdr::FLAGS);
+        Ok(BufferHeader {
+            geometry,
+            cpu: field(hdr::CPU),
+            producer_pid: field(hdr::PRODUCER_PID),
+            channel_id: field(hdr::CHANNEL_ID),
+            overwrite: flags & FLAG_OVERWRITE != 0,
+            global: flags & FLAG_GLOBAL != 0,
+            n_buffers: field(hdr::N_BUFFERS),
+            created_ns: field(hdr::CREATED_NS),
+        })
+    }
+}
+
 /// The shape of a buffer: sizes and the offsets of its regions, computed
 /// from the sub-buffer size, the sub-buffer count and the page size, and
 /// validated (every derived offset fits, every size is in range).
@@ -463,6 +551,59 @@ mod tests {
             Geometry::new(4096, 4, 0, 100),
             Err(FormatError::PageSize(100))
         ));
+    }
+
+    fn encoded(h: &BufferHeader) -> Vec<u8> {
+        let mut page = vec![0u8; hdr::END];
+        page[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&MAGIC.to_ne_bytes());
+        for (off, v) in h.encode() {
+            page[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        page
+    }
+
+    #[test]
+    fn header_decodes_what_it_encodes_and_refuses_damage() {
+        let h = BufferHeader {
+            geometry: Geometry::new(4096, 8, 16, 4096).unwrap(),
+            cpu: 3,
+            producer_pid: 1234,
+            channel_id: 0xfeed_f00d,
+            overwrite: true,
+            global: false,
+            n_buffers: 4,
+            created_ns: 42,
+        };
+        let len = h.geometry.file_size;
+        let page = encoded(&h);
+        assert_eq!(BufferHeader::decode(&page, len, 4096), Ok(h.clone()));
+        // Every check of the geometry applies.
+        assert!(matches!(
+            BufferHeader::decode(&page, len - 1, 4096),
+            Err(FormatError::Truncated { .. })
+        ));
+        let mut bad = page.clone();
+        bad[hdr::MAGIC] ^= 1;
+        assert!(matches!(
+            BufferHeader::decode(&bad, len, 4096),
+            Err(FormatError::Magic(_))
+        ));
+        let mut bad = page.clone();
+        bad[hdr::DATA_OFFSET] ^= 8;
+        assert!(matches!(
+            BufferHeader::decode(&bad, len, 4096),
+            Err(FormatError::Inconsistent { .. })
+        ));
+        let cpu_out_of_range = BufferHeader {
+            cpu: 4,
+            ..h.clone()
+        };
+        assert!(matches!(
+            BufferHeader::decode(&encoded(&cpu_out_of_range), len, 4096),
+            Err(FormatError::BufferCpu { .. })
+        ));
+        // A short page is no panic: what is missing reads as zeros.
+        assert!(BufferHeader::decode(&page[..100], len, 4096).is_err());
     }
 
     #[test]

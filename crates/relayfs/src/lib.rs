@@ -42,6 +42,8 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "tokio")]
+mod async_reader;
 mod buffer;
 mod callbacks;
 mod channel;
@@ -52,31 +54,36 @@ mod error;
 pub mod frame;
 pub mod kernel;
 pub mod layout;
+mod lifecycle;
 mod notify;
 mod reader;
+mod readers;
 mod shm;
+mod stats;
 mod sync;
 
-pub use buffer::{BufferStats, SwitchInfo};
+#[cfg(feature = "tokio")]
+pub use async_reader::{AsyncReaders, AsyncRelayFile};
+pub use buffer::SwitchInfo;
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
-    relay_dir, relay_open, wake_fifo_path, Channel, ChannelBuilder, Reservation, Stale,
-    DEFAULT_N_SUBBUFS, DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
+    relay_dir, relay_open, Channel, ChannelBuilder, Reservation, Stale, DEFAULT_N_SUBBUFS,
+    DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use frame::{Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
-pub use layout::Geometry;
-pub use reader::{BufferHeader, BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use layout::{BufferHeader, Geometry};
+pub use notify::wake_fifo_path;
+pub use reader::{BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use readers::{ChannelError, ReadAny, Readers, Readiness};
+pub use stats::BufferStats;
 
-/// Sums the counters of several buffers.
+/// Sums the counters of several buffers (the same as `.sum()` over them:
+/// [`BufferStats`] is [`Sum`](std::iter::Sum)).
 pub fn sum_stats<'a>(stats: impl IntoIterator<Item = &'a BufferStats>) -> BufferStats {
-    let mut t = BufferStats::default();
-    for s in stats {
-        channel::add_stats(&mut t, s);
-    }
-    t
+    stats.into_iter().sum()
 }
 
 #[cfg(loom)]

@@ -15,12 +15,27 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::fs::OFlags;
 
 use crate::dir::{ChannelDir, Ident};
+
+/// Name of the wakeup FIFO of the buffer file called `buffer_name`:
+/// `.<buffer_name>.wake`, beside it.
+pub(crate) fn fifo_name(buffer_name: &str) -> String {
+    format!(".{buffer_name}.wake")
+}
+
+/// Path of the wakeup FIFO beside a buffer file.
+pub fn wake_fifo_path(buffer_path: &Path) -> PathBuf {
+    let name = buffer_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    buffer_path.with_file_name(fifo_name(&name))
+}
 
 /// Opens `path` read-only and non-blocking, without following a symbolic
 /// link, and makes sure it is a FIFO (a symbolic link or another kind of

@@ -8,10 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferStats, Shared};
+use crate::buffer::{BufferStats, Mapped, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
-use crate::layout::{hdr, rdr, Geometry, FLAG_GLOBAL, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+use crate::layout::{hdr, rdr, BufferHeader, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::notify::{Waiter, Wake};
 use crate::shm::{self, ReaderMap};
 use crate::sync::{fence, Ordering};
@@ -31,27 +31,6 @@ pub enum Ready {
     /// The producer died without closing the channel, and every complete
     /// sub-buffer is read.
     ProducerGone,
-}
-
-/// Static facts about a buffer, from its header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BufferHeader {
-    /// Sizes and offsets.
-    pub geometry: Geometry,
-    /// CPU of the buffer.
-    pub cpu: u64,
-    /// Process id of the producer that created it.
-    pub producer_pid: u64,
-    /// Random id of the `relay_open` that created it.
-    pub channel_id: u64,
-    /// Overwrite mode.
-    pub overwrite: bool,
-    /// The channel's one global buffer.
-    pub global: bool,
-    /// Buffers in the channel.
-    pub n_buffers: u64,
-    /// Creation time, nanoseconds since the Unix epoch.
-    pub created_ns: u64,
 }
 
 /// A buffer seen from outside: see [`RelayFile::inspect`].
@@ -96,7 +75,7 @@ pub struct BufferStatus {
 pub struct RelayFile {
     path: PathBuf,
     file: File,
-    map: ReaderMap,
+    map: Mapped<ReaderMap>,
     waiter: Option<Waiter>,
     header: BufferHeader,
     cur: Cursor,
@@ -122,7 +101,8 @@ impl RelayFile {
     pub fn open(path: impl AsRef<Path>) -> Result<RelayFile, ReadError> {
         let path = path.as_ref().to_path_buf();
         let file = open_regular(&path, true)?;
-        let (map, g) = ReaderMap::open(&file, &path, true)?;
+        let (map, header) = ReaderMap::open(&file, &path, true)?;
+        let map = Mapped::attach(map, &header);
         let s = &map.shared;
         // `relay_close` holds the reader lock for a moment while it counts
         // what no reader attached will read, and stores the state closed
@@ -140,19 +120,7 @@ impl RelayFile {
             tries += 1;
             std::thread::sleep(Duration::from_millis(1));
         }
-        let h = |o| s.h(o).load(Ordering::Relaxed);
-        let flags = h(hdr::FLAGS);
-        let header = BufferHeader {
-            geometry: g,
-            cpu: h(hdr::CPU),
-            producer_pid: h(hdr::PRODUCER_PID),
-            channel_id: h(hdr::CHANNEL_ID),
-            overwrite: s.is_overwrite(),
-            global: flags & FLAG_GLOBAL != 0,
-            n_buffers: h(hdr::N_BUFFERS),
-            created_ns: h(hdr::CREATED_NS),
-        };
-        let waiter = Waiter::open(&crate::channel::wake_fifo_path(&path)).ok();
+        let waiter = Waiter::open(&crate::notify::wake_fifo_path(&path)).ok();
         s.r(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
@@ -182,7 +150,7 @@ impl RelayFile {
     /// If the file can't be read or is not a buffer file.
     pub fn peek_header(path: &Path) -> Result<BufferHeader, ReadError> {
         let file = open_regular(path, false)?;
-        header_of(&file, path)
+        shm::read_header(&file, path)
     }
 
     /// Looks at a buffer without reading it or taking the reader's place:
@@ -193,8 +161,8 @@ impl RelayFile {
     pub fn inspect(path: impl AsRef<Path>) -> Result<BufferStatus, ReadError> {
         let path = path.as_ref();
         let file = open_regular(path, false)?;
-        let (map, _g) = ReaderMap::open(&file, path, false)?;
-        let header = header_of(&file, path)?;
+        let (map, header) = ReaderMap::open(&file, path, false)?;
+        let map = Mapped::attach(map, &header);
         let s = &map.shared;
         Ok(BufferStatus {
             header,
@@ -266,44 +234,6 @@ fn open_regular(path: &Path, write: bool) -> Result<File, ReadError> {
         });
     }
     Ok(file)
-}
-
-/// Reads and validates the header of an open buffer file.
-pub(crate) fn header_of(file: &File, path: &Path) -> Result<BufferHeader, ReadError> {
-    let len = file
-        .metadata()
-        .map_err(|e| ReadError::io("stat", path, e))?
-        .len();
-    let mut page = [0u8; hdr::END];
-    if len < page.len() as u64 {
-        return Err(ReadError::Format {
-            path: path.to_path_buf(),
-            source: FormatError::Truncated {
-                expected: page.len() as u64,
-                actual: len,
-            },
-        });
-    }
-    std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
-        .map_err(|e| ReadError::io("read", path, e))?;
-    let field = |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
-    let geometry = Geometry::from_header(field, len, shm::page_size()).map_err(|source| {
-        ReadError::Format {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    let flags = field(hdr::FLAGS);
-    Ok(BufferHeader {
-        geometry,
-        cpu: field(hdr::CPU),
-        producer_pid: field(hdr::PRODUCER_PID),
-        channel_id: field(hdr::CHANNEL_ID),
-        overwrite: flags & crate::layout::FLAG_OVERWRITE != 0,
-        global: flags & FLAG_GLOBAL != 0,
-        n_buffers: field(hdr::N_BUFFERS),
-        created_ns: field(hdr::CREATED_NS),
-    })
 }
 
 impl RelayFile {

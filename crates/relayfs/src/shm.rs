@@ -24,9 +24,8 @@ use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::buffer::Shared;
 use crate::error::{FormatError, ReadError};
-use crate::layout::{hdr, Geometry};
+use crate::layout::{hdr, BufferHeader, Geometry};
 use crate::sync::AtomicU64;
 
 /// The system page size.
@@ -116,65 +115,90 @@ fn atomic_ptr(map: &MmapRaw, off: u64) -> *const AtomicU64 {
     unsafe { map.as_ptr().add(off as usize) as *const AtomicU64 }
 }
 
-/// The producer's mapping of a whole buffer file.
+/// Where the regions of a mapped buffer file are: the header page, the
+/// descriptors, the reader page and the data. Valid, aligned and of the
+/// sizes of the geometry it was mapped with, as long as the mapping that
+/// handed it out lives (see `buffer::Mapped`, which keeps the two together).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Regions {
+    pub hdr: *const AtomicU64,
+    pub desc: *const AtomicU64,
+    pub rdr: *const AtomicU64,
+    pub data: *mut u8,
+}
+
+/// The producer's mapping of a whole buffer file, read-write.
+#[derive(Debug)]
 pub(crate) struct ProducerMap {
-    _map: MmapRaw,
-    pub shared: Shared,
+    map: MmapRaw,
+    g: Geometry,
 }
 
 impl ProducerMap {
-    /// Maps an allocated, `g.file_size`-byte file read-write, writes the
-    /// header and initial state.
-    pub(crate) fn create(
-        file: &File,
-        g: Geometry,
-        flags: u64,
-        fields: &[(usize, u64)],
-    ) -> io::Result<Self> {
+    /// Maps an allocated, `g.file_size`-byte file read-write. The caller
+    /// initialises what is in it (`buffer::Mapped::create`).
+    pub(crate) fn create(file: &File, g: Geometry) -> io::Result<Self> {
         // MAP_POPULATE: fault every page in now, not on the write path
         // (lttng-ust made the same choice).
         let map = MmapOptions::new()
             .len(g.file_size as usize)
             .populate()
             .map_raw(file)?;
-        let base = map.as_mut_ptr();
-        // SAFETY: the mapping spans g.file_size bytes, which holds the
-        // header page, descriptors, reader region and data at the offsets of
-        // `g`; it lives in `_map` as long as `shared`.
-        let shared = unsafe {
-            Shared::new(
-                g,
-                atomic_ptr(&map, 0),
-                atomic_ptr(&map, g.desc_offset),
-                atomic_ptr(&map, g.reader_offset),
-                base.add(g.data_offset as usize),
-                flags,
-            )
-        };
-        for &(off, v) in fields {
-            shared.h(off).store(v, crate::sync::Ordering::Relaxed);
-        }
-        shared.init_state();
-        // The magic last: a reader that sees it sees a complete header
-        // (Release pairs with the reader's read of the header).
-        shared
-            .h(hdr::MAGIC)
-            .store(crate::layout::MAGIC, crate::sync::Ordering::Release);
-        Ok(ProducerMap { _map: map, shared })
+        Ok(ProducerMap { map, g })
     }
+
+    /// The regions of the mapping.
+    pub(crate) fn regions(&self) -> Regions {
+        let g = &self.g;
+        Regions {
+            hdr: atomic_ptr(&self.map, 0),
+            desc: atomic_ptr(&self.map, g.desc_offset),
+            rdr: atomic_ptr(&self.map, g.reader_offset),
+            // SAFETY: the mapping spans g.file_size bytes, which holds the
+            // data at g.data_offset.
+            data: unsafe { self.map.as_mut_ptr().add(g.data_offset as usize) },
+        }
+    }
+}
+
+/// Reads (`pread`) and validates the header of an open buffer file.
+///
+/// # Errors
+/// `ReadError::Format` if it is not a valid buffer file, `ReadError::Io` if
+/// it can't be read.
+pub(crate) fn read_header(file: &File, path: &Path) -> Result<BufferHeader, ReadError> {
+    let len = file
+        .metadata()
+        .map_err(|e| ReadError::io("stat", path, e))?
+        .len();
+    let fmt = |source: FormatError| ReadError::Format {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut page = [0u8; hdr::END];
+    if len < page.len() as u64 {
+        return Err(fmt(FormatError::Truncated {
+            expected: page.len() as u64,
+            actual: len,
+        }));
+    }
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
+        .map_err(|e| ReadError::io("read", path, e))?;
+    BufferHeader::decode(&page, len, page_size()).map_err(fmt)
 }
 
 /// A reader's mappings of a buffer file: header and descriptors read-only,
 /// reader page read-write, data read-only.
+#[derive(Debug)]
 pub(crate) struct ReaderMap {
-    _meta: MmapRaw,
-    _rdr: MmapRaw,
-    _data: MmapRaw,
-    pub shared: Shared,
+    meta: MmapRaw,
+    rdr: MmapRaw,
+    data: MmapRaw,
+    desc_offset: u64,
 }
 
 impl ReaderMap {
-    /// Validates the header of `file` and maps it.
+    /// Validates the header of `file` ([`read_header`]) and maps it.
     ///
     /// # Errors
     /// `ReadError::Format` if the file is not a valid buffer file.
@@ -184,27 +208,9 @@ impl ReaderMap {
         file: &File,
         path: &Path,
         writable: bool,
-    ) -> Result<(Self, Geometry), ReadError> {
-        let len = file
-            .metadata()
-            .map_err(|e| ReadError::io("stat", path, e))?
-            .len();
-        let fmt = |source: FormatError| ReadError::Format {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut page = [0u8; crate::layout::hdr::END];
-        if len < page.len() as u64 {
-            return Err(fmt(FormatError::Truncated {
-                expected: page.len() as u64,
-                actual: len,
-            }));
-        }
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut page, 0)
-            .map_err(|e| ReadError::io("read", path, e))?;
-        let field =
-            |off: usize| u64::from_ne_bytes(page[off..off + 8].try_into().unwrap_or([0; 8]));
-        let g = Geometry::from_header(field, len, page_size()).map_err(fmt)?;
+    ) -> Result<(Self, BufferHeader), ReadError> {
+        let header = read_header(file, path)?;
+        let g = header.geometry;
         let meta = MmapOptions::new()
             .len(g.reader_offset as usize)
             .map_raw_read_only(file)
@@ -223,30 +229,28 @@ impl ReaderMap {
             .populate()
             .map_raw_read_only(file)
             .map_err(|e| ReadError::io("mmap", path, e))?;
-        // SAFETY: the three mappings cover the regions of the validated
-        // geometry `g` (the file is at least g.file_size bytes long); they
-        // live in the returned value as long as `shared`. The read-only ones
-        // (and the reader page, when not `writable`) are only ever loaded
-        // from.
-        let shared = unsafe {
-            Shared::new(
-                g,
-                atomic_ptr(&meta, 0),
-                atomic_ptr(&meta, g.desc_offset),
-                atomic_ptr(&rdr, 0),
-                data.as_mut_ptr(),
-                field(hdr::FLAGS),
-            )
-        };
         Ok((
             ReaderMap {
-                _meta: meta,
-                _rdr: rdr,
-                _data: data,
-                shared,
+                meta,
+                rdr,
+                data,
+                desc_offset: g.desc_offset,
             },
-            g,
+            header,
         ))
+    }
+
+    /// The regions of the mappings, which cover those of the validated
+    /// geometry (the file is at least `g.file_size` bytes long). The
+    /// read-only ones (and the reader page, when not mapped writable) must
+    /// only ever be loaded from: readers do.
+    pub(crate) fn regions(&self) -> Regions {
+        Regions {
+            hdr: atomic_ptr(&self.meta, 0),
+            desc: atomic_ptr(&self.meta, self.desc_offset),
+            rdr: atomic_ptr(&self.rdr, 0),
+            data: self.data.as_mut_ptr(),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ fn records_come_back_in_order_without_padding() {
     let got = drain(&mut r);
     assert_eq!(got, expect);
     let s = r.stats();
-    assert_eq!(s.records_written, 20);
+    assert_eq!(s.records_completed, 20);
     assert_eq!(s.records_consumed, 20);
     assert!(s.padding_bytes > 0);
     assert_eq!(s.lost(), 0);
@@ -110,7 +110,7 @@ fn full_buffer_drops_and_counts() {
     let s = r.stats();
     assert_eq!(s.dropped_full, 8);
     assert_eq!(s.dropped_toobig, 1);
-    assert_eq!(s.records_written, 2);
+    assert_eq!(s.records_completed, 2);
     // Space is free again.
     c.write(&[9u8; 40]).unwrap();
     c.flush();
@@ -131,10 +131,10 @@ fn overwrite_mode_keeps_the_newest_and_counts_the_rest() {
     let expect: Vec<u8> = (32..40u8).flat_map(|i| [i; 30]).collect();
     assert_eq!(got, expect);
     let s = r.stats();
-    assert_eq!(s.records_written, 40);
+    assert_eq!(s.records_completed, 40);
     assert_eq!(s.overwritten_records, 32);
     assert_eq!(s.records_consumed, 8);
-    assert_eq!(s.records_consumed + s.lost(), s.records_written);
+    assert_eq!(s.records_consumed + s.lost(), s.records_completed);
 }
 
 #[test]
@@ -497,7 +497,7 @@ fn mapping_consume_counts_a_subbuffer_overwritten_under_it_as_discarded() {
         ),
         (2, 1, 1)
     );
-    assert_eq!(s.records_written, 4);
+    assert_eq!(s.records_completed, 4);
     assert_eq!(accounted(&c), 4);
 }
 
@@ -560,7 +560,7 @@ fn a_held_subbuffer_lapped_later_is_counted_once_by_whoever_finds_it() {
         assert_eq!(got, [[4u8; 40]].concat(), "by_read {by_read}");
         let s = c.stats(0);
         assert_eq!(s.discarded_records, 1, "by_read {by_read}: {s:?}");
-        assert_eq!(s.records_written, 5);
+        assert_eq!(s.records_completed, 5);
         assert_eq!(accounted(&c), 5, "by_read {by_read}: {s:?}");
         c.close().unwrap();
     }

@@ -383,3 +383,37 @@ fn a_reader_never_sees_a_half_made_buffer() {
         chan.close().unwrap();
     }
 }
+
+/// `create_buf_file` that makes the file under another name than asked.
+#[derive(Debug)]
+struct WrongName;
+
+impl relayfs::Callbacks for WrongName {
+    fn create_buf_file(
+        &self,
+        dir: &relayfs::ChannelDir,
+        filename: &str,
+        mode: u32,
+        _is_global: &mut bool,
+    ) -> std::io::Result<relayfs::UnpublishedFile> {
+        dir.create_unpublished(&format!("{filename}x"), mode)
+    }
+}
+
+#[test]
+fn a_buffer_made_but_not_set_up_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = relayfs::Channel::builder("w")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(2)
+        .callbacks(WrongName)
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("create buffer file"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

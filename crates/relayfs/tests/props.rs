@@ -67,6 +67,7 @@ proptest! {
                         Err(WriteError::Corrupt) => {
                             prop_assert!(false, "a sound buffer was found corrupt")
                         }
+                        Err(WriteError::Closed) => prop_assert!(false, "the channel is open"),
                     }
                 }
                 Op::Read(max) => {
@@ -89,7 +90,7 @@ proptest! {
         let s = r.stats();
         prop_assert_eq!(s.dropped_full, full);
         prop_assert_eq!(s.dropped_toobig, toobig);
-        prop_assert_eq!(s.records_written, s.records_consumed);
+        prop_assert_eq!(s.records_completed, s.records_consumed);
     }
 
     /// Scribbling over the shared state (descriptors, reader page, counters)

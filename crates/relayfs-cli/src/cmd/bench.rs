@@ -10,18 +10,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use super::demo::{self, SizeSpec};
-use super::verify;
-use crate::{demofmt, util};
-
-/// Records per timed batch.
-const BATCH: u64 = 1024;
+use crate::cmd::verify;
+use crate::util;
+use crate::workload::{self, ChannelArgs, Rng, SizeSpec, BATCH};
 
 /// Arguments of `relayfs bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,7 +27,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::args::threads)]
     pub threads: Option<u32>,
     /// Record length S, or MIN..MAX
-    #[arg(long, default_value = "64", value_parser = demo::parse_size_spec)]
+    #[arg(long, default_value = "64", value_parser = workload::parse_size_spec)]
     pub size: SizeSpec,
     /// Records per thread (default: run for --duration)
     #[arg(long, value_parser = crate::args::count)]
@@ -42,7 +39,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::args::rate)]
     pub rate: Option<f64>,
     #[command(flatten)]
-    pub chan: demo::ChannelArgs,
+    pub chan: ChannelArgs,
     /// Record into DIR (default: a temporary directory on tmpfs), or into a
     /// device such as /dev/null to measure the recorder alone (the counters
     /// are then checked, not the records)
@@ -67,12 +64,104 @@ pub struct Args {
     pub no_fs_baseline: bool,
 }
 
-struct Thread {
-    ok: u64,
-    full: u64,
+/// One run's summary (`--json` prints it as one object).
+#[derive(Debug, Serialize)]
+struct Run {
+    /// Producer threads.
+    threads: u32,
+    /// `--size`, as `S` or `MIN..MAX`.
+    size: String,
+    /// "overwrite" or "no-overwrite".
+    mode: &'static str,
+    /// `--rate`: total records per second asked for.
+    rate: Option<f64>,
+    /// A recorder ran.
+    reader: bool,
+    /// Median over the batches of nanoseconds per record.
+    ns_per_record: f64,
+    /// 99th percentile of the same.
+    ns_per_record_p99: f64,
+    /// Records offered per second of the producers' wall time.
+    records_per_sec: f64,
+    /// Bytes accepted per second of the same.
+    bytes_per_sec: f64,
+    /// Bytes offered per second (at the accepted records' mean size).
+    offered_bytes_per_sec: f64,
+    /// The producers' wall time.
+    seconds: f64,
+    /// Records offered.
+    written: u64,
+    /// Records the channel accepted.
+    accepted: u64,
+    /// Records in the recording (or that the recorder counted, into a
+    /// device).
+    delivered: u64,
+    /// Every record lost, whatever the reason.
+    dropped: u64,
+    dropped_full: u64,
+    overwritten: u64,
+    recorder_bytes: u64,
+    recorder_bytes_per_sec: f64,
+    recorder_cpu_s_per_gb: f64,
+    /// The recording (or, into a device, the counters) checked out; `None`
+    /// with no reader.
+    verified: Option<bool>,
+    /// The records themselves were checked, not only the counters.
+    verified_records: bool,
+    recorder_rss_anon_peak_kib: Option<u64>,
+    fs_baseline: Option<FsBaseline>,
+}
+
+/// The output filesystem alone, both passes (see [`fs_baseline`]).
+#[derive(Debug, Serialize)]
+struct FsBaseline {
+    cold: FsPass,
+    warm: FsPass,
+}
+
+/// One pass of the filesystem baseline.
+#[derive(Debug, Serialize)]
+struct FsPass {
     bytes: u64,
-    batch_ns: Vec<f64>,
-    secs: f64,
+    bytes_per_sec: f64,
+    cpu_s_per_gb: f64,
+    /// CPUs this pass's cost would take to store what the producers
+    /// offered.
+    cpus_for_offered: f64,
+}
+
+/// `--sweep --json`.
+#[derive(Serialize)]
+struct Sweep {
+    sweep: Vec<Run>,
+}
+
+/// `--find-lossless --json` when even the unthrottled run dropped nothing.
+#[derive(Serialize)]
+struct NoDrops {
+    lossless_rate: f64,
+    unthrottled: Run,
+}
+
+/// `--find-lossless --json` after a search.
+#[derive(Serialize)]
+struct Lossless {
+    lossless_rate: f64,
+    /// The run at `lossless_rate` (`None` if no rate tried was lossless).
+    at_that_rate: Option<Run>,
+    unthrottled: Run,
+}
+
+/// Prints `v` as one line of JSON, keys sorted (through a `Value`: the
+/// order they have always had).
+fn print_json(v: &impl Serialize) -> Result<()> {
+    util::outln!("{}", serde_json::to_value(v)?)?;
+    Ok(())
+}
+
+/// `x`, unless it is not a finite number (which JSON shows as null).
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -91,17 +180,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// virtual machine whose host takes freed memory back costs as much as the
 /// copy; the second (`warm`) reuses the pages the first freed, and shows the
 /// filesystem's own cost. A recorder writing gigabytes lands between them.
-fn fs_baseline(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+fn fs_baseline(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<FsBaseline> {
     let cold = fs_write(dir, total, ring, chunk)?;
     let warm = fs_write(dir, total, ring, chunk)?;
-    Ok(json!({ "cold": cold, "warm": warm }))
+    Ok(FsBaseline { cold, warm })
 }
 
-fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> {
+fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<FsPass> {
     let chunk = chunk.clamp(4096, ring.max(4096));
     let ring = ring.max(chunk);
     let mut src = vec![0u8; ring];
-    let mut rng = demo::Rng::new(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for b in src.chunks_mut(8) {
         let v = rng.next().to_le_bytes();
         b.copy_from_slice(&v[..b.len()]);
@@ -125,11 +214,16 @@ fn fs_write(dir: &Path, total: u64, ring: usize, chunk: usize) -> Result<Value> 
         util::cpu_seconds(libc::RUSAGE_THREAD) - c0,
     );
     drop(f);
-    Ok(json!({
-        "bytes": done,
-        "bytes_per_sec": done as f64 / secs.max(1e-9),
-        "cpu_s_per_gb": if done > 0 { cpu / (done as f64 / 1e9) } else { 0.0 },
-    }))
+    Ok(FsPass {
+        bytes: done,
+        bytes_per_sec: done as f64 / secs.max(1e-9),
+        cpu_s_per_gb: if done > 0 {
+            cpu / (done as f64 / 1e9)
+        } else {
+            0.0
+        },
+        cpus_for_offered: 0.0,
+    })
 }
 
 /// Volume of the filesystem baseline: what the producers are expected to
@@ -146,9 +240,8 @@ fn fs_baseline_bytes(a: &Args, threads: u32) -> u64 {
 }
 
 /// One run; returns its summary.
-fn run_once(a: &Args) -> Result<Value> {
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let threads = a.threads.unwrap_or(ncpu);
+fn run_once(a: &Args) -> Result<Run> {
+    let threads = a.threads.unwrap_or_else(workload::default_threads);
     let name = format!("bench-{}", std::process::id());
     let chan = Arc::new(
         a.chan
@@ -160,11 +253,11 @@ fn run_once(a: &Args) -> Result<Value> {
     let out = match &a.out {
         Some(o) => o.clone(),
         None => {
-            tmp = demo::tempfile_dir()?;
+            tmp = workload::tmpfs_out_dir()?;
             tmp.path().to_path_buf()
         }
     };
-    let fs = if !a.no_reader && !super::record::is_sink(&out) && !a.no_fs_baseline {
+    let fs = if !a.no_reader && !crate::recorder::output::is_sink(&out) && !a.no_fs_baseline {
         std::fs::create_dir_all(&out)
             .with_context(|| format!("cannot create {}", out.display()))?;
         let g = chan.geometry();
@@ -181,115 +274,36 @@ fn run_once(a: &Args) -> Result<Value> {
     let recorder = if a.no_reader {
         None
     } else {
-        Some(demo::start_recorder(&chan, &out)?)
+        Some(workload::start_recorder(&chan, &out)?)
     };
-    let per_thread_rate = a.rate.map(|r| r / threads as f64);
-    let deadline = a
-        .count
-        .is_none()
-        .then(|| Duration::from_secs_f64(a.duration));
-    let barrier = Arc::new(Barrier::new(threads as usize + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|w| {
-            let (chan, barrier, size, count) = (chan.clone(), barrier.clone(), a.size, a.count);
-            std::thread::spawn(move || {
-                let mut rng = demo::Rng::new(1 + w as u64 * 7919);
-                let mut t = Thread {
-                    ok: 0,
-                    full: 0,
-                    bytes: 0,
-                    batch_ns: Vec::new(),
-                    secs: 0.0,
-                };
-                if per_thread_rate.is_some() {
-                    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and
-                    // affects only the calling thread.
-                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-                }
-                barrier.wait();
-                let start = Instant::now();
-                let mut seq = 0u64;
-                loop {
-                    if count.is_some_and(|c| seq >= c)
-                        || deadline.is_some_and(|d| start.elapsed() >= d)
-                        || util::interrupted()
-                    {
-                        break;
-                    }
-                    let n = count.map_or(BATCH, |c| BATCH.min(c - seq));
-                    let bt = Instant::now();
-                    for _ in 0..n {
-                        let len = rng.len(size);
-                        match chan.reserve(len) {
-                            Ok(mut slot) => {
-                                let cpu = slot.cpu() as u32;
-                                demofmt::encode(&mut slot, w, cpu, seq);
-                                t.ok += 1;
-                                t.bytes += len as u64;
-                            }
-                            Err(_) => t.full += 1,
-                        }
-                        seq += 1;
-                    }
-                    t.batch_ns.push(bt.elapsed().as_nanos() as f64 / n as f64);
-                    if let Some(r) = per_thread_rate {
-                        // Pace: wait until this many records are due. Sleep
-                        // through most of any wait longer than a few
-                        // microseconds rather than spin: a producer at a set
-                        // rate shouldn't take a whole CPU from the recorder
-                        // on a machine with two. (The timer slack is cut to
-                        // 1 ns below, so a short sleep is a short sleep.)
-                        let due = Duration::from_secs_f64(seq as f64 / r);
-                        let ahead = due.saturating_sub(start.elapsed());
-                        if ahead > Duration::from_micros(20) {
-                            std::thread::sleep(ahead - Duration::from_micros(10));
-                        }
-                        while start.elapsed() < due {
-                            std::hint::spin_loop();
-                        }
-                    }
-                }
-                t.secs = start.elapsed().as_secs_f64();
-                (t, seq)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let mut results = Vec::new();
-    let mut offered_per_writer = Vec::new();
-    for h in handles {
-        let (t, seq) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a producer thread panicked"))?;
-        results.push(t);
-        offered_per_writer.push(seq);
-    }
-    let wall = started.elapsed().as_secs_f64();
+    let written = workload::write(
+        &chan,
+        workload::Load {
+            threads,
+            size: a.size,
+            seed: 1,
+            until: match a.count {
+                Some(c) => workload::Until::Count(c),
+                None => workload::Until::Elapsed(Duration::from_secs_f64(a.duration)),
+            },
+            rate: a.rate,
+        },
+    )?;
+    let wall = written.wall;
+    let offered_per_writer = written.offered_by_writer();
     // The final counts, with what no reader was left to read.
-    let pstats = Arc::try_unwrap(chan)
-        .map_err(|_| anyhow::anyhow!("channel still shared"))?
-        .close()?;
+    let pstats = chan.close()?;
     let rec = match recorder {
-        Some(c) => Some(demo::finish_recorder(c)?),
+        Some(c) => Some(workload::finish_recorder(c)?),
         None => None,
     };
-    let rec_secs = started.elapsed().as_secs_f64();
+    let rec_secs = written.started.elapsed().as_secs_f64();
     let rec_cpu = util::cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before;
-    let offered: u64 = offered_per_writer.iter().sum();
-    let accepted: u64 = results.iter().map(|t| t.ok).sum();
-    let bytes: u64 = results.iter().map(|t| t.bytes).sum();
-    let discarded = rec
-        .as_ref()
-        .and_then(|r| r["discarded"].as_u64())
-        .unwrap_or(0);
-    let dropped = pstats.dropped_full
-        + pstats.dropped_toobig
-        + pstats.dropped_corrupt
-        + pstats.overwritten_records
-        + pstats.unread_at_close
-        + discarded;
-    let sink = super::record::is_sink(&out);
+    let offered = written.offered();
+    let accepted = written.accepted();
+    let bytes = written.bytes();
+    let dropped = workload::dropped(&pstats, rec.as_ref());
+    let sink = crate::recorder::output::is_sink(&out);
     let report = if rec.is_some() && !sink {
         // Writers ran for a duration: each offered its own count.
         let same = offered_per_writer
@@ -309,7 +323,7 @@ fn run_once(a: &Args) -> Result<Value> {
     };
     let delivered = match (&report, &rec) {
         (Some(r), _) => r.records,
-        (None, Some(rec)) => rec["records_delivered"].as_u64().unwrap_or(0),
+        (None, Some(rec)) => rec.records_delivered,
         (None, None) => 0,
     };
     let verified = match (&report, &rec) {
@@ -318,112 +332,104 @@ fn run_once(a: &Args) -> Result<Value> {
         (None, Some(_)) => Some(delivered + dropped == offered),
         (None, None) => None,
     };
-    let mut batch: Vec<f64> = results
-        .iter()
-        .flat_map(|t| t.batch_ns.iter().copied())
-        .collect();
-    batch.sort_by(f64::total_cmp);
-    let rec_bytes = rec.as_ref().and_then(|r| r["bytes"].as_u64()).unwrap_or(0);
+    let batch = written.batch_ns_sorted();
+    let rec_bytes = rec.as_ref().map_or(0, |r| r.bytes);
     let offered_bytes_per_sec = if accepted > 0 {
         offered as f64 / wall * (bytes as f64 / accepted as f64)
     } else {
         0.0
     };
-    let fs = match fs {
-        Some(mut fs) => {
-            // CPUs the filesystem alone would need to store everything the
-            // producers offered, at the cost of each pass.
-            for pass in ["cold", "warm"] {
-                let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
-                fs[pass]["cpus_for_offered"] = json!(per_gb * offered_bytes_per_sec / 1e9);
-            }
-            fs
+    let fs = fs.map(|mut fs| {
+        // CPUs the filesystem alone would need to store everything the
+        // producers offered, at the cost of each pass.
+        for pass in [&mut fs.cold, &mut fs.warm] {
+            pass.cpus_for_offered = pass.cpu_s_per_gb * offered_bytes_per_sec / 1e9;
         }
-        None => Value::Null,
-    };
-    Ok(json!({
-        "threads": threads,
-        "size": if a.size.min == a.size.max { format!("{}", a.size.min) } else { format!("{}..{}", a.size.min, a.size.max) },
-        "mode": a.chan.mode_name(),
-        "rate": a.rate,
-        "reader": !a.no_reader,
-        "ns_per_record": percentile(&batch, 0.5),
-        "ns_per_record_p99": percentile(&batch, 0.99),
-        "records_per_sec": offered as f64 / wall,
-        "bytes_per_sec": bytes as f64 / wall,
-        "offered_bytes_per_sec": offered_bytes_per_sec,
-        "seconds": wall,
-        "written": offered,
-        "accepted": accepted,
-        "delivered": delivered,
-        "dropped": dropped,
-        "dropped_full": pstats.dropped_full,
-        "overwritten": pstats.overwritten_records,
-        "recorder_bytes": rec_bytes,
-        "recorder_bytes_per_sec": rec_bytes as f64 / rec_secs,
-        "recorder_cpu_s_per_gb": if rec_bytes > 0 { rec_cpu / (rec_bytes as f64 / 1e9) } else { 0.0 },
-        "verified": verified,
-        "verified_records": report.is_some(),
-        "recorder_rss_anon_peak_kib": rec.as_ref().map(|r| r["rss_anon_peak_kib"].clone()),
-        "fs_baseline": fs,
-    }))
+        fs
+    });
+    Ok(Run {
+        threads,
+        size: a.size.to_string(),
+        mode: a.chan.mode_name(),
+        rate: a.rate,
+        reader: !a.no_reader,
+        ns_per_record: percentile(&batch, 0.5),
+        ns_per_record_p99: percentile(&batch, 0.99),
+        records_per_sec: offered as f64 / wall,
+        bytes_per_sec: bytes as f64 / wall,
+        offered_bytes_per_sec,
+        seconds: wall,
+        written: offered,
+        accepted,
+        delivered,
+        dropped,
+        dropped_full: pstats.dropped_full,
+        overwritten: pstats.overwritten_records,
+        recorder_bytes: rec_bytes,
+        recorder_bytes_per_sec: rec_bytes as f64 / rec_secs,
+        recorder_cpu_s_per_gb: if rec_bytes > 0 {
+            rec_cpu / (rec_bytes as f64 / 1e9)
+        } else {
+            0.0
+        },
+        verified,
+        verified_records: report.is_some(),
+        recorder_rss_anon_peak_kib: rec
+            .as_ref()
+            .and_then(|r| r.memory.map(|m| m.rss_anon_peak_kib)),
+        fs_baseline: fs,
+    })
 }
 
-fn print_run(v: &Value) -> Result<()> {
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+fn print_run(v: &Run) -> Result<()> {
     util::outln!(
         "relayfs bench: {} threads x {} B records, {} mode{}",
-        u("threads"),
-        v["size"].as_str().unwrap_or(""),
-        v["mode"].as_str().unwrap_or(""),
-        v["rate"]
-            .as_f64()
-            .map_or(String::new(), |r| format!(", rate {r:.0}/s"))
+        v.threads,
+        v.size,
+        v.mode,
+        v.rate.map_or(String::new(), |r| format!(", rate {r:.0}/s"))
     )?;
     util::outln!(
         "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
-        f("ns_per_record"),
-        f("ns_per_record_p99"),
-        f("records_per_sec") / 1e6,
-        f("bytes_per_sec") / 1e6
+        v.ns_per_record,
+        v.ns_per_record_p99,
+        v.records_per_sec / 1e6,
+        v.bytes_per_sec / 1e6
     )?;
-    if v["reader"] == true {
+    if v.reader {
         util::outln!(
             "  recorder   {:.0} MB/s, {:.2} CPU s per GB, {} KiB anonymous memory at most",
-            f("recorder_bytes_per_sec") / 1e6,
-            f("recorder_cpu_s_per_gb"),
-            u("recorder_rss_anon_peak_kib")
+            v.recorder_bytes_per_sec / 1e6,
+            v.recorder_cpu_s_per_gb,
+            v.recorder_rss_anon_peak_kib.unwrap_or(0)
         )?;
     }
-    let fs = &v["fs_baseline"];
-    if fs.is_object() {
-        let g = |pass: &str, k: &str| fs[pass][k].as_f64().unwrap_or(0.0);
+    if let Some(fs) = &v.fs_baseline {
         util::outln!(
             "  filesystem write(2) alone of {} into the same directory before the run, twice: \
              {:.0} MB/s at {:.2} CPU s per GB into memory not used lately, {:.0} MB/s at {:.2} reusing it",
-            util::human_bytes(fs["warm"]["bytes"].as_u64().unwrap_or(0)),
-            g("cold", "bytes_per_sec") / 1e6,
-            g("cold", "cpu_s_per_gb"),
-            g("warm", "bytes_per_sec") / 1e6,
-            g("warm", "cpu_s_per_gb"),
+            util::human_bytes(fs.warm.bytes),
+            fs.cold.bytes_per_sec / 1e6,
+            fs.cold.cpu_s_per_gb,
+            fs.warm.bytes_per_sec / 1e6,
+            fs.warm.cpu_s_per_gb,
         )?;
-        if v["rate"].is_number() {
+        if v.rate.is_some() {
             util::outln!(
                 "             storing the {:.0} MB/s offered would take the filesystem alone {:.2} CPUs ({:.2} warm)",
-                f("offered_bytes_per_sec") / 1e6,
-                g("cold", "cpus_for_offered"),
-                g("warm", "cpus_for_offered"),
+                v.offered_bytes_per_sec / 1e6,
+                fs.cold.cpus_for_offered,
+                fs.warm.cpus_for_offered,
             )?;
         }
     }
     util::outln!(
         "  written {}  delivered {}  dropped {}  verified {}",
-        u("written"),
-        u("delivered"),
-        u("dropped"),
-        match v["verified"].as_bool() {
-            Some(true) if v["verified_records"] == false => "OK (counters only)",
+        v.written,
+        v.delivered,
+        v.dropped,
+        match v.verified {
+            Some(true) if !v.verified_records => "OK (counters only)",
             Some(true) => "OK",
             Some(false) => "FAILED",
             None => "-",
@@ -443,15 +449,15 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let v = run_once(a)?;
     if a.json {
-        util::outln!("{v}")?;
+        print_json(&v)?;
     } else {
         print_run(&v)?;
     }
-    Ok(if v["verified"] == false { 1 } else { 0 })
+    Ok(if v.verified == Some(false) { 1 } else { 0 })
 }
 
 fn sweep(a: &Args) -> Result<i32> {
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let ncpu = workload::default_threads();
     let mut rows = Vec::new();
     let mut bad = false;
     if !a.json {
@@ -483,21 +489,20 @@ fn sweep(a: &Args) -> Result<i32> {
                 run.chan.overwrite = overwrite;
                 run.no_fs_baseline = true;
                 let v = run_once(&run)?;
-                bad |= v["verified"] == false;
+                bad |= v.verified == Some(false);
                 if !a.json {
-                    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
                     util::outln!(
                         "{:>6} {:>7} {:<13} {:>10.1} {:>10.1} {:>12.2} {:>10.0} {:>12.0} {:>9.1}%  {}",
                         size.max(24),
                         threads,
-                        v["mode"].as_str().unwrap_or(""),
-                        f("ns_per_record"),
-                        f("ns_per_record_p99"),
-                        f("records_per_sec") / 1e6,
-                        f("bytes_per_sec") / 1e6,
-                        f("recorder_bytes_per_sec") / 1e6,
-                        100.0 * f("dropped") / f("written").max(1.0),
-                        if v["verified"] == true { "OK" } else { "FAILED" }
+                        v.mode,
+                        v.ns_per_record,
+                        v.ns_per_record_p99,
+                        v.records_per_sec / 1e6,
+                        v.bytes_per_sec / 1e6,
+                        v.recorder_bytes_per_sec / 1e6,
+                        100.0 * v.dropped as f64 / (v.written as f64).max(1.0),
+                        if v.verified == Some(true) { "OK" } else { "FAILED" }
                     )?;
                 }
                 rows.push(v);
@@ -505,7 +510,7 @@ fn sweep(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        util::outln!("{}", json!({ "sweep": rows }))?;
+        print_json(&Sweep { sweep: rows })?;
     }
     Ok(if bad { 1 } else { 0 })
 }
@@ -515,10 +520,13 @@ fn find_lossless(a: &Args) -> Result<i32> {
     let mut run = a.clone();
     run.rate = None;
     let top = run_once(&run)?;
-    let mut hi = top["records_per_sec"].as_f64().unwrap_or(1e6);
-    if top["dropped"] == 0 {
+    let mut hi = finite(top.records_per_sec).unwrap_or(1e6);
+    if top.dropped == 0 {
         if a.json {
-            util::outln!("{}", json!({ "lossless_rate": hi, "unthrottled": top }))?;
+            print_json(&NoDrops {
+                lossless_rate: hi,
+                unthrottled: top,
+            })?;
         } else {
             util::outln!("no drops even unthrottled: {:.2} M records/s", hi / 1e6)?;
             if let Some(line) = fs_ceiling(&top) {
@@ -537,14 +545,14 @@ fn find_lossless(a: &Args) -> Result<i32> {
         run.rate = Some(mid);
         run.no_fs_baseline = true;
         let v = run_once(&run)?;
-        let ok = v["dropped"] == 0 && v["verified"] != false;
+        let ok = v.dropped == 0 && v.verified != Some(false);
         if !a.json {
             util::outln!(
                 "  rate {:>8.2} M/s: achieved {:.2} M/s, dropped {}, {:.1} ns/record",
                 mid / 1e6,
-                v["records_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
-                v["dropped"],
-                v["ns_per_record"].as_f64().unwrap_or(0.0)
+                v.records_per_sec / 1e6,
+                v.dropped,
+                v.ns_per_record
             )?;
         }
         if ok {
@@ -555,10 +563,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
         }
     }
     if a.json {
-        util::outln!(
-            "{}",
-            json!({ "lossless_rate": lo, "at_that_rate": best, "unthrottled": top })
-        )?;
+        print_json(&Lossless {
+            lossless_rate: lo,
+            at_that_rate: best,
+            unthrottled: top,
+        })?;
     } else {
         util::outln!(
             "highest rate with zero drops found: {:.2} M records/s",
@@ -574,11 +583,11 @@ fn find_lossless(a: &Args) -> Result<i32> {
 /// What the filesystem baseline of `v` (a run's summary) says about the
 /// rates a recorder could store at all: records per second of the run's
 /// mean size that one whole CPU writes into the filesystem alone.
-fn fs_ceiling(v: &Value) -> Option<String> {
-    let fs = v["fs_baseline"].as_object()?;
-    let mean = v["offered_bytes_per_sec"].as_f64()? / v["records_per_sec"].as_f64()?;
-    let per_cpu = |pass: &str| {
-        let per_gb = fs[pass]["cpu_s_per_gb"].as_f64().unwrap_or(0.0);
+fn fs_ceiling(v: &Run) -> Option<String> {
+    let fs = v.fs_baseline.as_ref()?;
+    let mean = finite(v.offered_bytes_per_sec)? / finite(v.records_per_sec)?;
+    let per_cpu = |pass: &FsPass| {
+        let per_gb = pass.cpu_s_per_gb;
         if per_gb > 0.0 && mean > 0.0 {
             1e9 / per_gb / mean
         } else {
@@ -588,7 +597,7 @@ fn fs_ceiling(v: &Value) -> Option<String> {
     Some(format!(
         "the filesystem alone, measured before the first run, stores at most {:.2} M records/s \
          of {mean:.0} B with a whole CPU, into memory not used lately ({:.2} M/s reusing it)",
-        per_cpu("cold") / 1e6,
-        per_cpu("warm") / 1e6,
+        per_cpu(&fs.cold) / 1e6,
+        per_cpu(&fs.warm) / 1e6,
     ))
 }

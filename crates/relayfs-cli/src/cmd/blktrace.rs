@@ -12,16 +12,15 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use crate::recorder::config::{BlktraceConfig, BlktraceFlags};
+use crate::recorder::kernel::{self as kernel_recorder, KernelRecording};
+use crate::recorder::report::{self, BlktraceSummary, End};
+use crate::recorder::source::{self, KernelRelayBuffer};
+use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
 use relayfs::kernel::{self, DEBUGFS_DIR, DEBUGFS_MAGIC};
 use relayfs::KernelRelayFile;
-use serde_json::json;
-
-use super::kernel::{KBuffer, OutOpts, Recording};
-use super::record::End;
-use crate::util;
 
 /// Arguments of `relayfs blktrace`.
 #[derive(Debug, Clone, clap::Args)]
@@ -178,15 +177,12 @@ fn check_debugfs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn setup(dev: File, path: &Path, a: &Args) -> Result<(Trace, String)> {
-    if a.subbuf_size == 0 || a.subbuf_size > u64::from(u32::MAX) || a.n_subbufs == 0 {
-        bail!("--subbuf-size must be between 1 byte and 4 GiB and --n-subbufs at least 1");
-    }
+fn setup(dev: File, path: &Path, cfg: &BlktraceConfig) -> Result<(Trace, String)> {
     let mut buts = BlkUserTraceSetup {
         name: [0; 32],
         act_mask: 0, // every action (the kernel's default for 0)
-        buf_size: a.subbuf_size as u32,
-        buf_nr: a.n_subbufs,
+        buf_size: cfg.subbuf_size,
+        buf_nr: cfg.n_subbufs,
         start_lba: 0,
         end_lba: 0,
         pid: 0,
@@ -277,9 +273,25 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+impl Args {
+    /// The settings these flags ask for, checked.
+    fn config(&self) -> Result<BlktraceConfig> {
+        BlktraceConfig::check(BlktraceFlags {
+            out: self.out.clone(),
+            duration: self.duration,
+            subbuf_size: self.subbuf_size,
+            n_subbufs: self.n_subbufs,
+            no_recording: self.kill || self.start,
+            retry: self.retry,
+            json: self.json,
+            quiet: self.quiet,
+        })
+    }
+}
+
 /// Runs `relayfs blktrace`.
 pub fn run(a: &Args) -> Result<i32> {
-    crate::args::kernel_buffer(a.subbuf_size, a.n_subbufs).map_err(anyhow::Error::msg)?;
+    let cfg = a.config()?;
     util::catch_interrupts();
     let dev = open_device(&a.device)?;
     if a.kill {
@@ -307,13 +319,8 @@ pub fn run(a: &Args) -> Result<i32> {
         }
         return Ok(0);
     }
-    let out = match (&a.out, a.start) {
-        (Some(o), _) => o.clone(),
-        (None, true) => PathBuf::new(),
-        (None, false) => bail!("--out is required (the output directory)"),
-    };
     check_debugfs(&a.debugfs)?;
-    let (mut trace, name) = setup(dev, &a.device, a)?;
+    let (mut trace, name) = setup(dev, &a.device, &cfg)?;
     let dir = a.debugfs.join("block").join(&name);
     if a.start {
         trace
@@ -326,12 +333,17 @@ pub fn run(a: &Args) -> Result<i32> {
         return Ok(0);
     }
 
-    let files = super::kernel::relay_files(&dir, Some("trace"))?;
+    // Checked: only --kill and --start go without.
+    let Some(opts) = &cfg.output else {
+        bail!("--out is required (the output directory)");
+    };
+    let out = opts.dir.clone();
+    let files = source::relay_files(&dir, Some("trace"))?;
     let mut open = Vec::new();
     for (file, path, cpu) in files {
         let f = KernelRelayFile::open(&path)?;
         open.push((
-            KBuffer {
+            KernelRelayBuffer {
                 name: file,
                 out_name: format!("{name}.blktrace.{cpu}"),
                 cpu: Some(cpu),
@@ -339,19 +351,14 @@ pub fn run(a: &Args) -> Result<i32> {
             f,
         ));
     }
-    let opts = OutOpts {
-        dir: out.clone(),
-        max_size: None,
-        max_files: None,
-        retry: a.retry,
-    };
-    let status = !a.quiet && !a.json && util::stderr_is_tty();
-    let rec = Recording::start(open, &opts)?;
+    let show = cfg.show;
+    let status = show.status_line();
+    let rec = KernelRecording::start(open, opts)?;
     let mmap = rec.mmap;
     trace
         .start()
         .with_context(|| format!("{}", a.device.display()))?;
-    let why = rec.wait(a.duration.map(Duration::from_secs_f64), Some(&dir), status);
+    let why = rec.wait(cfg.duration, Some(&dir), status);
     // Stop first: the kernel flushes its buffers, then the readers drain.
     // No reader may be inside read(2) while the kernel flushes (it would
     // copy a sub-buffer that was never written): park them first.
@@ -384,22 +391,21 @@ pub fn run(a: &Args) -> Result<i32> {
     let garbage: u64 = per_cpu.iter().map(|c| c.garbage).sum();
     let cpu_s = util::cpu_seconds(libc::RUSAGE_SELF);
     let mut summary =
-        super::kernel::summary_json(&dir, &out, why, &results, elapsed, dropped, mmap);
-    summary["device"] = json!(a.device.display().to_string());
-    summary["events"] = json!(events);
-    summary["unparsed_bytes"] = json!(garbage);
-    summary["events_per_cpu"] = json!(per_cpu.iter().map(|c| c.events).collect::<Vec<_>>());
-    summary["cpu_s"] = json!(cpu_s);
+        kernel_recorder::kernel_summary(&dir, &out, why, &results, elapsed, dropped, mmap);
+    summary.blktrace = Some(BlktraceSummary {
+        device: a.device.display().to_string(),
+        events,
+        unparsed_bytes: garbage,
+        events_per_cpu: per_cpu.iter().map(|c| c.events).collect(),
+        cpu_s,
+        subbuf_size: a.subbuf_size,
+        n_subbufs: a.n_subbufs,
+    });
     if !damaged.is_empty() {
-        summary["end"] = json!(End::Error.as_str());
-        summary["exit_code"] = json!(1);
+        summary.end = End::Error;
+        summary.exit_code = 1;
     }
-    summary["subbuf_size"] = json!(a.subbuf_size);
-    summary["n_subbufs"] = json!(a.n_subbufs);
-    super::record::write_summary(&out, &summary)?;
-    if a.json {
-        util::outln!("{summary}")?;
-    } else if !a.quiet {
+    let written = report::emit("relayfs blktrace", &summary, &out, show, || {
         // blktrace's own summary, so that its users read it at a glance.
         crate::util::errln!("=== {name} ===");
         for (r, c) in results.iter().zip(&per_cpu) {
@@ -421,7 +427,7 @@ pub fn run(a: &Args) -> Result<i32> {
             "  recorded in {elapsed:.2} s, {cpu_s:.3} CPU s; output in {}",
             out.display()
         );
-    }
+    })?;
     // Output that doesn't parse from end to end is a failed recording,
     // whatever else went well.
     for (f, n) in &damaged {
@@ -440,8 +446,8 @@ pub fn run(a: &Args) -> Result<i32> {
             a.n_subbufs
         );
     }
-    let code = super::kernel::report_errors(&results);
-    Ok(exit_code(why, code, !damaged.is_empty()))
+    let code = kernel_recorder::report_errors(&results);
+    Ok(exit_code(why, code, !damaged.is_empty()).max(i32::from(!written)))
 }
 
 /// The exit status of a recording: the readers' (1 if one failed), and 1

@@ -45,7 +45,7 @@ pub fn run(a: &Args) -> Result<i32> {
         match f.poll(Some(Duration::from_millis(200)))? {
             Ready::Readable | Ready::Timeout => {}
             Ready::Closed => return Ok(0),
-            Ready::ProducerGone => return Ok(super::record::EXIT_PRODUCER_GONE),
+            Ready::ProducerGone => return Ok(crate::recorder::report::EXIT_PRODUCER_GONE),
         }
     }
 }

@@ -2,9 +2,33 @@
 
 use anyhow::{Context, Result};
 use relayfs::RelayFile;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::util;
+
+/// `relayfs ls --json`.
+#[derive(Debug, Serialize)]
+struct Listing {
+    relay_dir: String,
+    channels: Vec<ChannelEntry>,
+}
+
+/// One channel in the listing.
+#[derive(Debug, Serialize)]
+struct ChannelEntry {
+    name: String,
+    path: String,
+    buffers: usize,
+    subbuf_size: u64,
+    n_subbufs: u64,
+    /// `overwrite` or `no-overwrite`.
+    mode: &'static str,
+    global: bool,
+    /// `alive`, `closed` or `gone`.
+    producer: &'static str,
+    producer_pid: u64,
+    readers: u32,
+}
 
 /// Arguments of `relayfs ls`.
 #[derive(Debug, clap::Args)]
@@ -52,25 +76,37 @@ pub fn run(a: &Args) -> Result<i32> {
                 }
             }
             let g = st.header.geometry;
-            chans.push(json!({
-                "name": d.file_name().to_string_lossy(),
-                "path": d.path().display().to_string(),
-                "buffers": bufs.len(),
-                "subbuf_size": g.subbuf_size,
-                "n_subbufs": g.n_subbufs,
-                "mode": if st.header.overwrite { "overwrite" } else { "no-overwrite" },
-                "global": st.header.global,
-                "producer": if alive { "alive" } else if closed { "closed" } else { "gone" },
-                "producer_pid": st.header.producer_pid,
-                "readers": readers,
-            }));
+            chans.push(ChannelEntry {
+                name: d.file_name().to_string_lossy().into_owned(),
+                path: d.path().display().to_string(),
+                buffers: bufs.len(),
+                subbuf_size: g.subbuf_size,
+                n_subbufs: g.n_subbufs,
+                mode: if st.header.overwrite {
+                    "overwrite"
+                } else {
+                    "no-overwrite"
+                },
+                global: st.header.global,
+                producer: if alive {
+                    "alive"
+                } else if closed {
+                    "closed"
+                } else {
+                    "gone"
+                },
+                producer_pid: st.header.producer_pid,
+                readers,
+            });
         }
     }
     if a.json {
-        util::outln!(
-            "{}",
-            json!({ "relay_dir": root.display().to_string(), "channels": chans })
-        )?;
+        let listing = Listing {
+            relay_dir: root.display().to_string(),
+            channels: chans,
+        };
+        // Through a `Value`: its keys sorted, as they always were.
+        util::outln!("{}", serde_json::to_value(&listing)?)?;
         return Ok(0);
     }
     if chans.is_empty() {
@@ -87,24 +123,19 @@ pub fn run(a: &Args) -> Result<i32> {
         "readers"
     )?;
     for c in &chans {
-        let size = format!(
-            "{}x{}",
-            c["n_subbufs"],
-            util::human_bytes(c["subbuf_size"].as_u64().unwrap_or(0))
-        );
-        let producer = match c["producer"].as_str() {
-            Some("alive") => format!("alive (pid {})", c["producer_pid"]),
-            Some(s) => s.to_string(),
-            None => String::new(),
+        let size = format!("{}x{}", c.n_subbufs, util::human_bytes(c.subbuf_size));
+        let producer = match c.producer {
+            "alive" => format!("alive (pid {})", c.producer_pid),
+            s => s.to_string(),
         };
         util::outln!(
             "{:<24} {:>7} {:>12} {:<13} {:<16} {:>7}",
-            util::escape_name(c["name"].as_str().unwrap_or("")),
-            c["buffers"],
+            util::escape_name(&c.name),
+            c.buffers,
             size,
-            c["mode"].as_str().unwrap_or(""),
+            c.mode,
             producer,
-            c["readers"]
+            c.readers
         )?;
     }
     Ok(0)

@@ -4,7 +4,6 @@ pub mod bench;
 pub mod blktrace;
 pub mod cat;
 pub mod demo;
-pub mod kernel;
 pub mod ls;
 pub mod record;
 pub mod stat;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use relayfs::RelayFile;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::util;
 
@@ -21,6 +21,62 @@ pub struct Args {
     /// Refresh every SECONDS until interrupted
     #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = crate::args::seconds)]
     pub watch: Option<f64>,
+}
+
+/// `relayfs stat --json`: one look at a channel.
+#[derive(Debug, Serialize)]
+struct ChannelStat {
+    channel: String,
+    buffers: Vec<BufferStat>,
+    /// Buffers that could not be read.
+    errors: Vec<BufferError>,
+}
+
+/// One buffer's header and counters.
+#[derive(Debug, Serialize)]
+struct BufferStat {
+    buffer: String,
+    subbuf_size: u64,
+    n_subbufs: u64,
+    overwrite: bool,
+    producer_alive: bool,
+    closed: bool,
+    reader_attached: bool,
+    subbufs_produced: u64,
+    subbufs_consumed: u64,
+    records_written: u64,
+    bytes_written: u64,
+    records_consumed: u64,
+    bytes_consumed: u64,
+    dropped_full: u64,
+    dropped_toobig: u64,
+    overwritten_records: u64,
+    overwritten_subbufs: u64,
+    discarded_records: u64,
+    padding_bytes: u64,
+    dropped_corrupt: u64,
+    unread_at_close: u64,
+    /// Why the producer found the buffer corrupt, if it did.
+    corrupt: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct BufferError {
+    buffer: String,
+    error: String,
+}
+
+/// `relayfs stat --watch --json` once the channel is gone.
+#[derive(Debug, Serialize)]
+struct ChannelClosed {
+    channel: String,
+    closed: bool,
+}
+
+/// Prints `v` as one line of JSON, its keys sorted (through a `Value`).
+fn print_json(v: &impl Serialize) -> Result<()> {
+    util::outln!("{}", serde_json::to_value(v)?)?;
+    Ok(())
 }
 
 /// Prints the channel's counters once; returns whether every buffer of the
@@ -51,44 +107,48 @@ fn once(a: &Args, dir: &Path) -> Result<Option<bool>> {
     bad.sort();
     let ok = bad.is_empty();
     if a.json {
-        let v: Vec<_> = rows
+        let buffers = rows
             .iter()
             .map(|(b, st)| {
                 let s = &st.stats;
-                json!({
-                    "buffer": b.name,
-                    "subbuf_size": st.header.geometry.subbuf_size,
-                    "n_subbufs": st.header.geometry.n_subbufs,
-                    "overwrite": st.header.overwrite,
-                    "producer_alive": st.producer_alive,
-                    "closed": st.closed,
-                    "reader_attached": st.reader_attached,
-                    "subbufs_produced": s.subbufs_produced,
-                    "subbufs_consumed": s.subbufs_consumed,
-                    "records_written": s.records_written + s.records_pending,
-                    "bytes_written": s.bytes_written,
-                    "records_consumed": s.records_consumed,
-                    "bytes_consumed": s.bytes_consumed,
-                    "dropped_full": s.dropped_full,
-                    "dropped_toobig": s.dropped_toobig,
-                    "overwritten_records": s.overwritten_records,
-                    "overwritten_subbufs": s.overwritten_subbufs,
-                    "discarded_records": s.discarded_records,
-                    "padding_bytes": s.padding_bytes,
-                    "dropped_corrupt": s.dropped_corrupt,
-                    "unread_at_close": s.unread_at_close,
-                    "corrupt": relayfs::layout::corrupt_reason(s.corrupt),
-                })
+                BufferStat {
+                    buffer: b.name.clone(),
+                    subbuf_size: st.header.geometry.subbuf_size,
+                    n_subbufs: st.header.geometry.n_subbufs,
+                    overwrite: st.header.overwrite,
+                    producer_alive: st.producer_alive,
+                    closed: st.closed,
+                    reader_attached: st.reader_attached,
+                    subbufs_produced: s.subbufs_produced,
+                    subbufs_consumed: s.subbufs_consumed,
+                    records_written: s.records_written(),
+                    bytes_written: s.bytes_written,
+                    records_consumed: s.records_consumed,
+                    bytes_consumed: s.bytes_consumed,
+                    dropped_full: s.dropped_full,
+                    dropped_toobig: s.dropped_toobig,
+                    overwritten_records: s.overwritten_records,
+                    overwritten_subbufs: s.overwritten_subbufs,
+                    discarded_records: s.discarded_records,
+                    padding_bytes: s.padding_bytes,
+                    dropped_corrupt: s.dropped_corrupt,
+                    unread_at_close: s.unread_at_close,
+                    corrupt: relayfs::layout::corrupt_reason(s.corrupt),
+                }
             })
             .collect();
-        let errors: Vec<_> = bad
+        let errors = bad
             .iter()
-            .map(|(name, e)| json!({ "buffer": name, "error": e }))
+            .map(|(name, e)| BufferError {
+                buffer: name.clone(),
+                error: e.clone(),
+            })
             .collect();
-        util::outln!(
-            "{}",
-            json!({ "channel": dir.display().to_string(), "buffers": v, "errors": errors })
-        )?;
+        print_json(&ChannelStat {
+            channel: dir.display().to_string(),
+            buffers,
+            errors,
+        })?;
         return Ok(Some(ok));
     }
     // Names and paths are anyone's bytes: control characters are shown
@@ -120,7 +180,7 @@ fn once(a: &Args, dir: &Path) -> Result<Option<bool>> {
             b.name,
             s.subbufs_produced,
             s.subbufs_consumed,
-            s.records_written + s.records_pending,
+            s.records_written(),
             s.records_consumed,
             util::human_bytes(s.bytes_written),
             s.dropped_full,
@@ -183,10 +243,10 @@ pub fn run(a: &Args) -> Result<i32> {
             Some(k) => ok = k,
             None if seen => {
                 if a.json {
-                    util::outln!(
-                        "{}",
-                        json!({ "channel": dir.display().to_string(), "closed": true })
-                    )?;
+                    print_json(&ChannelClosed {
+                        channel: dir.display().to_string(),
+                        closed: true,
+                    })?;
                 } else {
                     util::outln!(
                         "{}: the channel closed",

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::demofmt;
+use crate::recorder::report::{RecordSummary, SUMMARY_FILE};
 
 /// What the writers offered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,58 +132,17 @@ pub fn recording_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The recorder's summary in `dir`: None if there is none, an error if it
-/// can't be read or parsed.
-fn summary(dir: &Path) -> Result<Option<serde_json::Value>, String> {
-    let path = dir.join(super::record::SUMMARY_FILE);
+/// can't be read, or is not a recorder's summary (a counter missing,
+/// negative or fractional is refused, never read as 0).
+fn summary(dir: &Path) -> Result<Option<RecordSummary>, String> {
+    let path = dir.join(SUMMARY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|v| summary_shape(&v).map(|()| Some(v)))
+            .map(Some)
             .map_err(|e| format!("{}: not a recorder summary: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-}
-
-/// Checks that `v` has the shape of a recorder's summary: an object whose
-/// counters are counts and whose `buffers` are named objects, so that a
-/// negative, fractional or missing counter is not read as 0.
-fn summary_shape(v: &serde_json::Value) -> Result<(), String> {
-    use serde_json::Value;
-    let Some(obj) = v.as_object() else {
-        return Err("not a JSON object".into());
-    };
-    let count = |o: &serde_json::Map<String, Value>, k: &str, required: bool| match o.get(k) {
-        Some(x) if x.is_u64() => Ok(()),
-        None if !required => Ok(()),
-        None => Err(format!("no {k:?}")),
-        Some(x) => Err(format!("{k:?} is {x}, not a count")),
-    };
-    for k in ["lost", "records_delivered", "discarded"] {
-        count(obj, k, true)?;
-    }
-    count(obj, "n_buffers", false)?;
-    match obj.get("max_files") {
-        None | Some(Value::Null) => {}
-        Some(x) if x.is_u64() => {}
-        Some(x) => return Err(format!("\"max_files\" is {x}, not a count")),
-    }
-    let Some(buffers) = obj.get("buffers").and_then(Value::as_array) else {
-        return Err("no \"buffers\" list".into());
-    };
-    for b in buffers {
-        let Some(b) = b.as_object() else {
-            return Err(format!("buffer {b} is not an object"));
-        };
-        if !b.get("name").is_some_and(Value::is_string) {
-            return Err("a buffer without a \"name\"".into());
-        }
-        match b.get("error") {
-            None | Some(Value::Null | Value::String(_)) => {}
-            Some(x) => return Err(format!("buffer error {x} is not a message")),
-        }
-    }
-    Ok(())
 }
 
 /// The buffer a recording file belongs to: `cpu0` for `cpu0.out` and
@@ -202,19 +162,18 @@ fn buffer_of(file: &Path) -> String {
 /// Holds the recording to the recorder's summary: every buffer of the
 /// channel (`n_buffers`, from the buffers' headers) was recorded without
 /// error and has its files.
-fn check_summary(rep: &mut Report, dir: &Path, s: &serde_json::Value) {
-    let buffers = s["buffers"].as_array().cloned().unwrap_or_default();
-    if let Some(n) = s["n_buffers"].as_u64() {
-        if (buffers.len() as u64) < n {
+fn check_summary(rep: &mut Report, dir: &Path, s: &RecordSummary) {
+    if let Some(n) = s.n_buffers {
+        if (s.buffers.len() as u64) < n {
             rep.defect(format!(
                 "the channel has {n} buffers, the recorder's summary lists {}",
-                buffers.len()
+                s.buffers.len()
             ));
         }
         let have: std::collections::BTreeSet<String> =
             rep.files.iter().map(|f| buffer_of(f)).collect();
-        for b in &buffers {
-            let name = b["name"].as_str().unwrap_or("?");
+        for b in &s.buffers {
+            let name = &b.name;
             if !have.contains(name) {
                 rep.defect(format!(
                     "buffer {name}: no {name}.out file in {} (the recording is incomplete)",
@@ -225,32 +184,28 @@ fn check_summary(rep: &mut Report, dir: &Path, s: &serde_json::Value) {
     }
     // The files hold what the buffers say was delivered, unless --max-files
     // removed some on purpose.
-    if s["n_buffers"].is_u64() && s["max_files"].is_null() {
-        if let Some(delivered) = s["records_delivered"].as_u64() {
-            let held: u64 = rep.writers.values().map(|w| w.records).sum();
-            // A dead producer's last sub-buffer: its records up to a
-            // reservation it never committed are in the files but not
-            // counted as delivered (relay does not frame records, so the
-            // reader can't count them); the rest are behind that hole.
-            let abandoned = s["abandoned_records"].as_u64().unwrap_or(0);
-            if held < delivered || held > delivered.saturating_add(abandoned) {
-                rep.defect(format!(
-                    "the files hold {held} records, the recorder's summary says {delivered} were delivered{}",
-                    if held < delivered {
-                        " (files missing or cut short)"
-                    } else {
-                        ""
-                    }
-                ));
-            }
+    if s.n_buffers.is_some() && s.max_files.is_none() {
+        let delivered = s.records_delivered;
+        let held: u64 = rep.writers.values().map(|w| w.records).sum();
+        // A dead producer's last sub-buffer: its records up to a
+        // reservation it never committed are in the files but not
+        // counted as delivered (relay does not frame records, so the
+        // reader can't count them); the rest are behind that hole.
+        let abandoned = s.abandoned_records;
+        if held < delivered || held > delivered.saturating_add(abandoned) {
+            rep.defect(format!(
+                "the files hold {held} records, the recorder's summary says {delivered} were delivered{}",
+                if held < delivered {
+                    " (files missing or cut short)"
+                } else {
+                    ""
+                }
+            ));
         }
     }
-    for b in &buffers {
-        if let Some(e) = b["error"].as_str() {
-            rep.defect(format!(
-                "buffer {}: the recorder failed: {e}",
-                b["name"].as_str().unwrap_or("?")
-            ));
+    for b in &s.buffers {
+        if let Some(e) = &b.error {
+            rep.defect(format!("buffer {}: the recorder failed: {e}", b.name));
         }
     }
 }
@@ -451,17 +406,16 @@ pub fn verify_dir(dir: &Path, expect: &Expect) -> Result<Report> {
     if let Some(s) = &summary {
         check_summary(&mut rep, dir, s);
     }
-    let summary_u64 = |k: &str| summary.as_ref().and_then(|s| s[k].as_u64());
     rep.lost = match (expect.lost, expect.producer_lost) {
         (Some(lost), _) => lost,
         // The producer owns its drops, overwrites and what was left unread
         // at close; the reader owns its discards: each is counted once.
-        (None, Some(p)) => p.producer + summary_u64("discarded").unwrap_or(p.discarded),
-        (None, None) => summary_u64("lost").unwrap_or(0),
+        (None, Some(p)) => p.producer + summary.as_ref().map_or(p.discarded, |s| s.discarded),
+        (None, None) => summary.as_ref().map_or(0, |s| s.lost),
     };
     // Records of a dead producer's last sub-buffer (see `check_summary`):
     // each is either in the files or missing, and counted in neither.
-    let abandoned = summary_u64("abandoned_records").unwrap_or(0);
+    let abandoned = summary.as_ref().map_or(0, |s| s.abandoned_records);
     if rep.missing > rep.lost.saturating_add(abandoned) {
         rep.defects.push(format!(
             "{} records missing, but only {} counted as lost{}",
