@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use relayfs::frame::{Merge, Records};
-use relayfs::{Channel, RelayFile};
+use relayfs::Channel;
 
 /// What a run saw.
 #[derive(Debug, Default)]
@@ -44,10 +44,13 @@ pub fn run(
             .n_subbufs(16)
             .open()?,
     );
-    // Readers first: a buffer file goes away at close unless a reader holds it.
-    let readers = (0..chan.n_buffers())
-        .map(|i| RelayFile::open(chan.buffer_path(i)).map(Records::live))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Readers first: a buffer file goes away at close unless a reader holds
+    // it. One record stream per buffer.
+    let readers: Vec<_> = chan
+        .open_readers()?
+        .into_iter()
+        .map(Records::live)
+        .collect();
 
     // The producers, and a thread that closes the channel once they are
     // done: the merge below reads until every buffer is closed.
