@@ -556,22 +556,51 @@ impl Channel {
 
     #[inline(always)]
     fn write_to(&self, buf: &Buffer, data: &[u8]) -> Result<(), WriteError> {
-        let len = data.len() as u64;
-        if len == 0 {
+        if data.is_empty() {
             return Ok(());
         }
+        self.write_parts(buf, data, || [0u8; 0])
+    }
+
+    /// Writes one record made of a head of `H` bytes, then `body`, into the
+    /// buffer of the current CPU: one reservation, two copies, as cheap as
+    /// [`write`](Self::write). `head` is called once the slot is reserved
+    /// (a framed record's timestamp is taken there). For the framed records
+    /// of [`crate::frame`].
+    #[inline(always)]
+    pub(crate) fn write_with_head<const H: usize>(
+        &self,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) -> Result<(), WriteError> {
+        self.write_parts(self.current(), body, head)
+    }
+
+    #[inline(always)]
+    fn write_parts<const H: usize>(
+        &self,
+        buf: &Buffer,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) -> Result<(), WriteError> {
+        let total = H + body.len();
         if buf.is_closed() {
             return Err(buf.drop_closed());
         }
-        if len > self.inner.max_record {
-            return Err(buf.shared().drop_toobig(data.len()));
+        if total as u64 > self.inner.max_record {
+            return Err(buf.shared().drop_toobig(total));
         }
         let hooks = BufHooks {
             buf,
             cb: &*self.inner.callbacks,
         };
-        let r = buf.shared().reserve(len, &hooks)?;
-        buf.shared().write_at(r.pos, data);
+        let r = buf.shared().reserve(total as u64, &hooks)?;
+        if H > 0 {
+            buf.shared().write_at(r.pos, &head());
+        }
+        if !body.is_empty() {
+            buf.shared().write_at(r.pos + H as u64, body);
+        }
         buf.shared().commit(r, &hooks);
         Ok(())
     }

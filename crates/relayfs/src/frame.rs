@@ -186,21 +186,6 @@ impl std::ops::DerefMut for RecordReservation<'_> {
     }
 }
 
-/// Records up to this long, header included, are written by
-/// [`Channel::write_record`] from a copy on the stack.
-const SMALL_RECORD: usize = 256;
-
-/// Writes a record of at most `N` bytes (header included) from a copy on
-/// the stack.
-#[inline(always)]
-fn write_small<const N: usize>(chan: &Channel, payload: &[u8]) -> Result<(), WriteError> {
-    let total = HEADER_LEN + payload.len();
-    let mut rec = [0u8; N];
-    rec[..HEADER_LEN].copy_from_slice(&encode_header(payload.len() as u32, 0));
-    rec[HEADER_LEN..total].copy_from_slice(payload);
-    chan.write(&rec[..total])
-}
-
 /// Reserves a framed slot and writes its header (and timestamp).
 #[inline(always)]
 fn reserve_framed(
@@ -241,21 +226,12 @@ impl Channel {
     /// is counted as dropped.
     #[inline]
     pub fn write_record(&self, payload: &[u8]) -> Result<(), WriteError> {
-        if payload.len() <= SMALL_RECORD - HEADER_LEN {
-            // A small record is assembled on the stack and written with
-            // `write`: one reservation, and measured cheaper than filling
-            // a `Reservation` in place (see "Framed records" in
-            // docs/DESIGN.md).
-            return match payload.len() + HEADER_LEN {
-                0..=32 => write_small::<32>(self, payload),
-                33..=80 => write_small::<80>(self, payload),
-                81..=128 => write_small::<128>(self, payload),
-                _ => write_small::<SMALL_RECORD>(self, payload),
-            };
-        }
-        let (mut slot, _) = reserve_framed(self, payload.len(), false)?;
-        slot[HEADER_LEN..].copy_from_slice(payload);
-        Ok(())
+        // Checked before the cast: a payload of 4 GiB or more is too big
+        // for any sub-buffer, and is refused and counted as such.
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        // One reservation and two copies, as `write` does: the header is
+        // built in registers and copied in with the payload.
+        self.write_with_head(payload, || encode_header(len, 0))
     }
 
     /// As [`write_record`](Channel::write_record), with a timestamp
@@ -265,9 +241,15 @@ impl Channel {
     /// As [`write_record`](Channel::write_record).
     #[inline]
     pub fn write_record_timed(&self, payload: &[u8]) -> Result<(), WriteError> {
-        let (mut slot, _) = reserve_framed(self, payload.len(), true)?;
-        slot[HEADER_LEN + TIMESTAMP_LEN..].copy_from_slice(payload);
-        Ok(())
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        self.write_with_head(payload, || {
+            // Taken once the slot is reserved: see "Framed records" in
+            // docs/DESIGN.md for the order this gives within a buffer.
+            let mut h = [0u8; HEADER_LEN + TIMESTAMP_LEN];
+            h[..HEADER_LEN].copy_from_slice(&encode_header(len, FLAG_TIMESTAMP));
+            h[HEADER_LEN..].copy_from_slice(&now().to_le_bytes());
+            h
+        })
     }
 
     /// Reserves a framed record with a payload of `len` bytes, to be filled
