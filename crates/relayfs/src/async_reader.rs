@@ -362,3 +362,82 @@ impl AsyncReaders {
         self.w.into_iter().map(|w| w.file).collect()
     }
 }
+
+/// Whole framed records (see [`crate::frame`]) from every buffer of a
+/// channel, woken through tokio: the async form of
+/// [`ChannelRecords`](crate::frame::ChannelRecords), with the same items in
+/// the same order for the same bytes.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let readers = relayfs::AsyncReaders::open("web", Some(std::time::Duration::from_secs(5)))?;
+/// let mut records = relayfs::AsyncChannelRecords::new(readers);
+/// while let Some((cpu, rec)) = records.next_record().await {
+///     println!("cpu{cpu}: {} bytes", rec?.payload.len());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AsyncChannelRecords {
+    readers: AsyncReaders,
+    set: crate::frame::DecoderSet,
+    /// What `read_any` reads into: one sub-buffer.
+    scratch: Vec<u8>,
+    /// Every buffer ended (or reading failed).
+    ended: bool,
+}
+
+impl AsyncChannelRecords {
+    /// The records of every buffer of `readers`.
+    pub fn new(readers: AsyncReaders) -> AsyncChannelRecords {
+        let files = || (0..readers.len()).filter_map(|i| readers.get(i));
+        let set = crate::frame::DecoderSet::new(files());
+        let chunk = files()
+            .map(|f| f.header().geometry.subbuf_size)
+            .max()
+            .unwrap_or(0)
+            .clamp(4096, 4 << 20) as usize;
+        AsyncChannelRecords {
+            readers,
+            set,
+            scratch: vec![0; chunk],
+            ended: false,
+        }
+    }
+
+    /// The next record (borrowed) or error item, with the index of its
+    /// buffer; `None` at the end of the channel. A failed read is reported
+    /// once (with index 0) and ends the stream after what was read is
+    /// decoded.
+    pub async fn next_record(
+        &mut self,
+    ) -> Option<(usize, Result<crate::frame::Record<'_>, crate::FrameError>)> {
+        loop {
+            if let Some((i, step)) = self.set.pop() {
+                return Some((i, self.set.take(i, step)));
+            }
+            if self.ended {
+                return self.set.finish().map(|(i, e)| (i, Err(e)));
+            }
+            match self.readers.read_any(&mut self.scratch).await {
+                Ok(Some((i, len))) => self.set.feed(i, &self.scratch[..len]),
+                Ok(None) => self.ended = true,
+                Err(e) => {
+                    self.ended = true;
+                    return Some((0, Err(crate::FrameError::Read(e))));
+                }
+            }
+        }
+    }
+
+    /// The decoder of buffer `index`: its counts of records, skipped bytes
+    /// and errors.
+    pub fn decoder(&self, index: usize) -> Option<&crate::Decoder> {
+        self.set.get(index)
+    }
+
+    /// The readers back.
+    pub fn into_readers(self) -> AsyncReaders {
+        self.readers
+    }
+}

@@ -337,6 +337,9 @@ pub enum FrameError {
     /// Reading the relay file failed.
     #[error("reading the relay file failed")]
     Read(#[from] ReadError),
+    /// Reading a channel's buffers failed.
+    #[error("reading the channel failed")]
+    Channel(#[from] crate::ChannelError),
 }
 
 /// A decoded record, borrowed from the decoder's buffer.
@@ -374,7 +377,7 @@ pub struct OwnedRecord {
 
 /// What one decoding step found, as positions (so that the borrow of the
 /// buffer is made after the decoder's state is updated).
-enum Step {
+pub(crate) enum Step {
     Record {
         at: usize,
         offset: u64,
@@ -929,6 +932,192 @@ impl<I: Iterator<Item = Result<OwnedRecord, FrameError>>> Iterator for Merge<I> 
         }
         self.need.push(i);
         Some((i, Ok(r)))
+    }
+}
+
+/// One [`Decoder`] per buffer of a channel, for the readers that read a whole
+/// channel ([`ChannelRecords`], and the async reader's records): bytes of
+/// buffer `i` go to decoder `i`, records come out with their buffer's index.
+#[derive(Debug)]
+pub(crate) struct DecoderSet {
+    decoders: Vec<Decoder>,
+    /// The decoder looked at first: the one that gave the last record, so a
+    /// buffer's records come out together and every decoder is drained in
+    /// turn.
+    next: usize,
+}
+
+impl DecoderSet {
+    /// A decoder per file, each bounding payloads by its file's geometry.
+    pub(crate) fn new<'a>(files: impl Iterator<Item = &'a RelayFile>) -> DecoderSet {
+        let decoders = files
+            .map(|f| Decoder::with_max_payload(max_payload_for(&f.header().geometry)))
+            .collect();
+        DecoderSet { decoders, next: 0 }
+    }
+
+    /// Bytes read from buffer `index`.
+    pub(crate) fn feed(&mut self, index: usize, data: &[u8]) {
+        self.decoders[index].feed(data);
+    }
+
+    /// Decodes the next whole record (or error item) any decoder holds:
+    /// its buffer's index and where it lies, for [`take`](Self::take);
+    /// `None` when every decoder needs more bytes. (Two calls, not one that
+    /// returns the record, so that a caller's loop can feed the decoders
+    /// again when this gives `None`.)
+    pub(crate) fn pop(&mut self) -> Option<(usize, Step)> {
+        let n = self.decoders.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if self.decoders[i].buffered() < HEADER_LEN {
+                continue;
+            }
+            match self.decoders[i].step() {
+                Step::NeedMore => {}
+                step => {
+                    self.next = i;
+                    return Some((i, step));
+                }
+            }
+        }
+        None
+    }
+
+    /// The record or error `pop` found in decoder `index`.
+    pub(crate) fn take(&self, index: usize, step: Step) -> Result<Record<'_>, FrameError> {
+        match step {
+            Step::Record {
+                at,
+                offset,
+                timestamp,
+                len,
+            } => Ok(Record {
+                offset,
+                timestamp,
+                payload: &self.decoders[index].buf[at..at + len],
+            }),
+            Step::Error(e) => Err(e),
+            // `pop` never gives it.
+            Step::NeedMore => unreachable!("pop gave no record"),
+        }
+    }
+
+    /// At the end of the channel: the first decoder left holding part of a
+    /// record reports it (then the next call the next one); `None` once all
+    /// are empty.
+    pub(crate) fn finish(&mut self) -> Option<(usize, FrameError)> {
+        self.decoders
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, d)| d.finish().map(|e| (i, e)))
+    }
+
+    /// Decoder `index` (its counts: records, skipped bytes, errors).
+    pub(crate) fn get(&self, index: usize) -> Option<&Decoder> {
+        self.decoders.get(index)
+    }
+}
+
+/// Whole records from every buffer of a channel, as they arrive: the
+/// framed-record reader of a [`Readers`](crate::Readers) set. Each buffer's
+/// stream is decoded on its own (a record never spans buffers), so records
+/// come out with the index of their buffer, in each buffer's order; across
+/// buffers in arrival order (use [`Merge`] over one [`Records::live`] per
+/// buffer for time order). It blocks in one `poll(2)` over the whole
+/// channel while nothing is ready, and ends once every buffer's producer
+/// closed (or died) and everything is read and decoded; a buffer's stream
+/// cut inside a record (a writer killed mid-record) gives a
+/// [`FrameError::Truncated`] item at the end.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use relayfs::frame::ChannelRecords;
+/// let readers = relayfs::Readers::open("web", Some(std::time::Duration::from_secs(5)))?;
+/// let mut records = ChannelRecords::new(readers);
+/// while let Some((cpu, rec)) = records.next_record() {
+///     match rec {
+///         Ok(r) => println!("cpu{cpu}: {} bytes", r.payload.len()),
+///         Err(e) => eprintln!("cpu{cpu}: {e}"),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ChannelRecords {
+    readers: crate::Readers,
+    set: DecoderSet,
+    /// What `read_any` reads into: one sub-buffer, the most one read gives.
+    scratch: Vec<u8>,
+    /// Every buffer ended (or reading failed): only what the decoders hold
+    /// is left.
+    ended: bool,
+}
+
+impl ChannelRecords {
+    /// The records of every buffer of `readers`.
+    pub fn new(readers: crate::Readers) -> ChannelRecords {
+        let set = DecoderSet::new(readers.iter());
+        let chunk = readers
+            .iter()
+            .map(|f| f.header().geometry.subbuf_size)
+            .max()
+            .unwrap_or(0)
+            .clamp(4096, 4 << 20) as usize;
+        ChannelRecords {
+            readers,
+            set,
+            scratch: vec![0; chunk],
+            ended: false,
+        }
+    }
+
+    /// The next record (borrowed) or error item, with the index of its
+    /// buffer; `None` at the end of the channel. A failed read is reported
+    /// once (with index 0 when no one buffer is to blame) and ends the
+    /// stream after what was already read is decoded.
+    pub fn next_record(&mut self) -> Option<(usize, Result<Record<'_>, FrameError>)> {
+        loop {
+            if let Some((i, step)) = self.set.pop() {
+                return Some((i, self.set.take(i, step)));
+            }
+            if self.ended {
+                return self.set.finish().map(|(i, e)| (i, Err(e)));
+            }
+            match self.readers.read_any(&mut self.scratch) {
+                Ok(Some((i, len))) => self.set.feed(i, &self.scratch[..len]),
+                Ok(None) => self.ended = true,
+                Err(e) => {
+                    self.ended = true;
+                    return Some((0, Err(FrameError::Channel(e))));
+                }
+            }
+        }
+    }
+
+    /// The readers (their counters, their ends).
+    pub fn readers(&self) -> &crate::Readers {
+        &self.readers
+    }
+
+    /// The decoder of buffer `index`: its counts of records, skipped bytes
+    /// and errors.
+    pub fn decoder(&self, index: usize) -> Option<&Decoder> {
+        self.set.get(index)
+    }
+
+    /// The readers back.
+    pub fn into_readers(self) -> crate::Readers {
+        self.readers
+    }
+}
+
+impl Iterator for ChannelRecords {
+    type Item = (usize, Result<OwnedRecord, FrameError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record()
+            .map(|(i, r)| (i, r.map(|r| r.to_owned())))
     }
 }
 

@@ -63,7 +63,7 @@ mod stats;
 mod sync;
 
 #[cfg(feature = "tokio")]
-pub use async_reader::{AsyncReaders, AsyncRelayFile};
+pub use async_reader::{AsyncChannelRecords, AsyncReaders, AsyncRelayFile};
 pub use buffer::SwitchInfo;
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
@@ -72,7 +72,9 @@ pub use channel::{
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
-pub use frame::{Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records};
+pub use frame::{
+    ChannelRecords, Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records,
+};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
