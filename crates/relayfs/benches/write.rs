@@ -9,6 +9,10 @@
 //! fetch_add (`floor_store_xadd`, what a reservation without a lock prefix
 //! could reach).
 //!
+//! Framed records (`write_record`, `write_record_timed`, 64 bytes, beside
+//! `write_no_overwrite`) and the decoder (`decode/records_64`: records per
+//! second) are measured too.
+//!
 //! Run: `cargo bench -p relayfs --bench write`, then
 //! `python3 scripts/bench_table.py` for ns per record and ratios to the floor.
 //! Groups: `one_thread/<what>/<size>` and `per_cpu/<what>/<size>` (one writer
@@ -253,6 +257,26 @@ fn bench_sizes(c: &mut Criterion, group: &str, threads: usize) {
                     })
                 },
             );
+            if mode == Mode::NoOverwrite && size == 64 {
+                // Framed records beside plain `write`: the header built in
+                // the reserved slot (8 more bytes), and with a timestamp
+                // (16 more bytes and a clock read).
+                for (name, timed) in [("write_record", false), ("write_record_timed", true)] {
+                    g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                        b.iter_custom(|iters| {
+                            parallel(threads, iters, |_, n| {
+                                for _ in 0..n {
+                                    let _ = if timed {
+                                        d.chan.write_record_timed(black_box(&rec))
+                                    } else {
+                                        d.chan.write_record(black_box(&rec))
+                                    };
+                                }
+                            })
+                        })
+                    });
+                }
+            }
             g.bench_with_input(
                 BenchmarkId::new(format!("reserve_{tag}"), size),
                 &size,
@@ -273,7 +297,41 @@ fn bench_sizes(c: &mut Criterion, group: &str, threads: usize) {
     g.finish();
 }
 
+/// Decoding framed records on one core: a prepared `read` stream of
+/// 64-byte records (no timestamp) read through `Records` from a slice, one
+/// copy into the decoder's buffer as a file read would make; the time is
+/// per record.
+fn bench_decode(c: &mut Criterion) {
+    use relayfs::frame::{encode_header, Records};
+    const N: usize = 100_000;
+    let payload = [0x5au8; 64];
+    let mut stream = Vec::with_capacity(N * 72);
+    for _ in 0..N {
+        stream.extend_from_slice(&encode_header(64, 0));
+        stream.extend_from_slice(&payload);
+    }
+    let mut g = c.benchmark_group("decode");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .sample_size(20)
+        .throughput(Throughput::Elements(N as u64));
+    g.bench_function("records_64", |b| {
+        b.iter(|| {
+            let mut r = Records::from_reader(black_box(&stream[..]));
+            let mut n = 0usize;
+            while let Some(rec) = r.next_record() {
+                if let Ok(rec) = rec {
+                    n += rec.payload.len();
+                }
+            }
+            assert_eq!(n, N * 64);
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
+    bench_decode(c);
     bench_sizes(c, "one_thread", 1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     bench_sizes(c, "per_cpu", cpus);

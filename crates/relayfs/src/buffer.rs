@@ -48,6 +48,8 @@ use crate::layout::{
     CORRUPT_RETRIES, FLAG_OVERWRITE,
 };
 pub(crate) use crate::stats::BufferStats;
+#[cfg(loom)]
+use crate::sync::DataCell;
 use crate::sync::{fence, AtomicU64, Ordering};
 use crate::WriteError;
 
@@ -125,15 +127,35 @@ pub(crate) struct Reserved {
 /// # Safety
 ///
 /// The pointers are valid, aligned and live as long as this value (the owner
-/// keeps the mapping alive); `data` spans `geometry.data_len()` bytes.
-/// Readers hold the header and descriptors read-only and only ever load them.
+/// keeps the mapping alive), and each region is as long as the geometry says
+/// (see `Shared::new`). The geometry is private and never changes, so the
+/// bounds checks of the accessors (`header_word`, `descriptor`,
+/// `reader_word`, `claim_word`, `data_ptr`, `copy_out`, `slot_ptr`) hold for
+/// the value's whole life. Readers hold the header and descriptors read-only
+/// and only ever load them.
 pub(crate) struct Shared {
-    pub g: Geometry,
+    /// Sub-buffer size and count, header reserve, region sizes: what every
+    /// offset into the regions is checked against. Never changes.
+    geometry: Geometry,
+    /// The header page's words (`hdr::*` offsets / 8), `hdr::END` bytes:
+    /// the producer's fields, `head`, the state, epoch and counters.
     hdr: *const AtomicU64,
+    /// The descriptors, `desc::SIZE` bytes per sub-buffer: commit word,
+    /// generation, padding and record count of its last lap.
     desc: *const AtomicU64,
+    /// The reader page: the reader's position and counters (`rdr::*`
+    /// offsets / 8) up to `rdr::CLAIMS`, then one claim word per sub-buffer.
     rdr: *const AtomicU64,
+    /// The first data byte: `n_subbufs` sub-buffers of `subbuf_size` bytes,
+    /// written by the writer holding each reservation.
     data: *mut u8,
+    /// Overwrite mode (`FLAG_OVERWRITE` in the header), copied at creation
+    /// since the fast path reads it.
     overwrite: bool,
+    /// The loom build's data region (`data` is unused there): one
+    /// `DataCell` per byte, so that loom checks the data's publication too.
+    #[cfg(loom)]
+    cells: *const DataCell,
 }
 
 // SAFETY: all access to the pointed-to memory is through atomics, or through
@@ -207,9 +229,13 @@ pub(crate) enum Avail {
 impl Shared {
     /// # Safety
     ///
-    /// See the type's safety section: `hdr`, `desc`, `rdr` point to the three
-    /// regions of `g`, `data` to its data, all valid for as long as the
-    /// returned value is used.
+    /// For as long as the returned value is used, each pointer is valid for
+    /// reads and writes (reads only, for the regions a reader maps read-only
+    /// and only loads), 8-aligned, and spans its region as `g` sizes it:
+    /// `hdr` at least `hdr::END` bytes, `desc` `g.n_subbufs * desc::SIZE`
+    /// bytes, `rdr` `rdr::CLAIMS + 8 * g.n_subbufs` bytes, `data`
+    /// `g.data_len()` bytes. The accessors check every offset against `g`
+    /// and rely on nothing else.
     pub(crate) unsafe fn new(
         g: Geometry,
         hdr: *const AtomicU64,
@@ -219,12 +245,14 @@ impl Shared {
         flags: u64,
     ) -> Shared {
         Shared {
-            g,
+            geometry: g,
             hdr,
             desc,
             rdr,
             data,
             overwrite: flags & FLAG_OVERWRITE != 0,
+            #[cfg(loom)]
+            cells: std::ptr::null(),
         }
     }
 
@@ -233,49 +261,156 @@ impl Shared {
     /// Called once, on a file nobody else uses yet.
     fn init_new(&self, header: &crate::layout::BufferHeader) {
         for (off, v) in header.encode() {
-            self.h(off).store(v, Ordering::Relaxed);
+            self.header_word(off).store(v, Ordering::Relaxed);
         }
-        self.h(hdr::STATE)
+        self.header_word(hdr::STATE)
             .store(crate::layout::STATE_OPEN, Ordering::Relaxed);
-        self.h(hdr::EPOCH).store(0, Ordering::Relaxed);
+        self.header_word(hdr::EPOCH).store(0, Ordering::Relaxed);
         self.init_state();
-        // SYNC POINT: Release, the magic last: pairs with nothing by itself
-        // (readers find the file only once it is published, after this), but
-        // a reader that sees the magic sees a complete header.
-        self.h(hdr::MAGIC)
+        // The magic last, so that a file with a valid magic has a whole
+        // header behind it.
+        // SYNC POINT: the Release pairs with no Acquire: readers check the
+        // header with `pread`, not atomic loads. What orders the header
+        // before any reader's read is publication: the file gets its name
+        // (`linkat` or `renameat2`, after these stores in program order)
+        // only once it is whole, and a reader reads it only after finding
+        // that name; the two system calls meet on the directory's locks, and
+        // `pread` reads the same page cache the mapping writes. `relay_open`'s
+        // check of a dead producer's file is ordered by that producer's
+        // exit. The Release only keeps the magic after the header for
+        // another mapping of the file (it costs nothing here).
+        self.header_word(hdr::MAGIC)
             .store(crate::layout::MAGIC, Ordering::Release);
     }
 
+    /// Gives the loom build its data region. Until then, in that build,
+    /// `write_at` and `copy_out` panic.
+    ///
+    /// # Safety
+    ///
+    /// `cells` points to `geometry.data_len()` cells that live as long as
+    /// this value.
+    #[cfg(loom)]
+    pub(crate) unsafe fn set_data_cells(&mut self, cells: *const DataCell) {
+        self.cells = cells;
+    }
+
+    /// The loom build's data cells `[off, off + len)`.
+    #[cfg(loom)]
+    fn cells(&self, off: u64, len: usize) -> &[DataCell] {
+        assert!(
+            !self.cells.is_null()
+                && off <= self.geometry.data_len()
+                && len as u64 <= self.geometry.data_len() - off,
+            "data cells {off}+{len}"
+        );
+        // SAFETY: the range lies within the data_len() cells (checked
+        // above) that `set_data_cells`' contract keeps alive.
+        unsafe { std::slice::from_raw_parts(self.cells.add(off as usize), len) }
+    }
+
+    /// The loom build's copy into the data region (see `DataCell`).
+    #[cfg(loom)]
+    fn cells_write(&self, off: u64, bytes: &[u8]) {
+        for (c, &b) in self.cells(off, bytes.len()).iter().zip(bytes) {
+            if self.overwrite {
+                // SAFETY: loom runs one model thread at a time, so this is
+                // never a concurrent access to the byte.
+                unsafe { *c.racy.get() = b }
+            } else {
+                // SAFETY: loom checks that no other access to the byte is
+                // concurrent with this one (it fails the model otherwise).
+                c.checked.with_mut(|p| unsafe { *p = b });
+            }
+        }
+    }
+
+    /// The loom build's copy out of the data region (see `DataCell`).
+    #[cfg(loom)]
+    fn cells_read(&self, off: u64, out: &mut [u8]) {
+        let len = out.len();
+        for (c, o) in self.cells(off, len).iter().zip(out) {
+            *o = if self.overwrite {
+                // SAFETY: as in `cells_write`.
+                unsafe { *c.racy.get() }
+            } else {
+                // SAFETY: as in `cells_write`.
+                c.checked.with(|p| unsafe { *p })
+            };
+        }
+    }
+
+    /// The header word at byte offset `off` (one of the `hdr` offsets).
+    ///
+    /// # Panics
+    /// If `off` is not an 8-aligned offset below `hdr::END`. Every caller
+    /// passes a constant, so the check is decided at compile time and costs
+    /// nothing; it is a real `assert` so that this safe function stays sound
+    /// in release builds whatever it is given.
     #[inline(always)]
-    pub(crate) fn h(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off < crate::layout::hdr::END && off % 8 == 0);
-        // SAFETY: `off` is one of the fixed header offsets (< hdr::END, which is
-        // within the header page) and 8-aligned.
+    pub(crate) fn header_word(&self, off: usize) -> &AtomicU64 {
+        assert!(off < hdr::END && off % 8 == 0, "header offset {off}");
+        // SAFETY: `off` is 8-aligned and below hdr::END (checked above), and
+        // the header region holds hdr::END bytes of 8-aligned words (the
+        // contract of `Shared::new`).
         unsafe { &*self.hdr.add(off / 8) }
     }
 
+    /// The word at byte offset `field` (one of the `desc` offsets) of slot
+    /// `slot`'s descriptor.
+    ///
+    /// # Panics
+    /// If `slot >= n_subbufs` or `field` is not an 8-aligned offset below
+    /// `desc::SIZE`. Every caller derives `slot` from a position or an
+    /// ordinal reduced modulo `n_subbufs` (the fast path checks the slot of
+    /// `head` before using it), so this never fires; `field` is a constant.
     #[inline(always)]
-    fn d(&self, slot: u64, field: usize) -> &AtomicU64 {
-        debug_assert!(slot < self.g.n_subbufs);
-        // SAFETY: slot < n_subbufs (every caller derives it from a position or
-        // ordinal reduced modulo n_subbufs), so the field lies within the
-        // descriptor array of `n_subbufs * desc::SIZE` bytes.
+    fn descriptor(&self, slot: u64, field: usize) -> &AtomicU64 {
+        assert!(
+            slot < self.geometry.n_subbufs && field < desc::SIZE && field % 8 == 0,
+            "descriptor {slot} field {field}"
+        );
+        // SAFETY: slot < n_subbufs and field < desc::SIZE, 8-aligned (checked
+        // above), so the word lies within the descriptor region of
+        // `n_subbufs * desc::SIZE` bytes (the contract of `Shared::new`).
         unsafe { &*self.desc.add((slot as usize * desc::SIZE + field) / 8) }
     }
 
+    /// The reader-page word at byte offset `off` (one of the `rdr` offsets
+    /// below `rdr::CLAIMS`; the claim words have `claim_word`).
+    ///
+    /// # Panics
+    /// If `off` is not an 8-aligned offset below `rdr::CLAIMS` (a constant
+    /// at every call, as for `header_word`).
     #[inline(always)]
-    pub(crate) fn r(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off < rdr::CLAIMS);
-        // SAFETY: `off` is one of the fixed reader-page offsets.
+    pub(crate) fn reader_word(&self, off: usize) -> &AtomicU64 {
+        assert!(
+            off < rdr::CLAIMS && off % 8 == 0,
+            "reader page offset {off}"
+        );
+        // SAFETY: `off` is 8-aligned and below rdr::CLAIMS (checked above),
+        // and the reader region holds rdr::CLAIMS bytes before its claim
+        // words (the contract of `Shared::new`).
         unsafe { &*self.rdr.add(off / 8) }
     }
 
+    /// The claim word of slot `slot` in the reader page.
+    ///
+    /// # Panics
+    /// If `slot >= n_subbufs` (never: as for `descriptor`).
     #[inline(always)]
     fn claim_word(&self, slot: u64) -> &AtomicU64 {
-        debug_assert!(slot < self.g.n_subbufs);
-        // SAFETY: the claims array has n_subbufs words after rdr::CLAIMS, and
-        // the reader region is sized for it (Geometry::new).
+        assert!(slot < self.geometry.n_subbufs, "claim word {slot}");
+        // SAFETY: slot < n_subbufs (checked above), and the reader region
+        // holds n_subbufs claim words after rdr::CLAIMS (the contract of
+        // `Shared::new`).
         unsafe { &*self.rdr.add(rdr::CLAIMS / 8 + slot as usize) }
+    }
+
+    /// The buffer's geometry (fixed for the value's life).
+    #[inline(always)]
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
 
     pub(crate) fn is_overwrite(&self) -> bool {
@@ -285,11 +420,17 @@ impl Shared {
     /// Sets the shared state to "empty": called on a new buffer and by
     /// `relay_reset`, with no writer active.
     pub(crate) fn init_state(&self) {
-        for slot in 0..self.g.n_subbufs {
-            self.d(slot, desc::WORD).store(COMPLETE, Ordering::Relaxed);
-            self.d(slot, desc::GEN).store(0, Ordering::Relaxed);
-            self.d(slot, desc::PAD).store(0, Ordering::Relaxed);
-            self.d(slot, desc::REC_LAST).store(0, Ordering::Relaxed);
+        // SYNC POINT: Relaxed, all of the stores below: no writer is active
+        // (a new buffer, or `relay_reset`'s `&mut self`), and the Release
+        // store of `head` at the end publishes them to whoever acquires
+        // `head` next; the stores of this thread before it are ordered by it.
+        for slot in 0..self.geometry.n_subbufs {
+            self.descriptor(slot, desc::WORD)
+                .store(COMPLETE, Ordering::Relaxed);
+            self.descriptor(slot, desc::GEN).store(0, Ordering::Relaxed);
+            self.descriptor(slot, desc::PAD).store(0, Ordering::Relaxed);
+            self.descriptor(slot, desc::REC_LAST)
+                .store(0, Ordering::Relaxed);
             self.claim_word(slot).store(0, Ordering::Relaxed);
         }
         for off in [
@@ -306,7 +447,7 @@ impl Shared {
             hdr::CORRUPT,
             hdr::UNREAD_AT_CLOSE,
         ] {
-            self.h(off).store(0, Ordering::Relaxed);
+            self.header_word(off).store(0, Ordering::Relaxed);
         }
         for off in [
             rdr::CONSUMED,
@@ -319,11 +460,11 @@ impl Shared {
             rdr::HELD_RECORDS,
             rdr::HELD_LEN,
         ] {
-            self.r(off).store(0, Ordering::Relaxed);
+            self.reader_word(off).store(0, Ordering::Relaxed);
         }
         // SYNC POINT: Release publishes the reset state above to whoever
         // acquires the head next (writers' CAS, readers' loads).
-        self.h(hdr::HEAD).store(0, Ordering::Release);
+        self.header_word(hdr::HEAD).store(0, Ordering::Release);
     }
 
     // ------------------------------------------------------------------
@@ -333,14 +474,17 @@ impl Shared {
     /// Reserves `len` bytes (1 ≤ len ≤ max_record) for one record.
     #[inline]
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
-        let sb = self.g.subbuf_size;
-        let head = self.h(hdr::HEAD);
+        let sb = self.geometry.subbuf_size;
+        let head = self.header_word(hdr::HEAD);
+        // SYNC POINT: Relaxed: only a guess of where to CAS; the CAS below
+        // (Acquire) is what synchronizes with the opener, and a stale guess
+        // just fails it.
         let h = head.load(Ordering::Relaxed);
-        let off = self.g.pos_offset(h);
+        let off = self.geometry.pos_offset(h);
         // The slot test only matters for a head scribbled by someone else (a
         // sound head never names a slot >= n_subbufs): it keeps the copy and
         // the commit inside the buffer whatever the file holds.
-        if off == 0 || off + len >= sb || self.g.pos_slot(h) >= self.g.n_subbufs {
+        if off == 0 || off + len >= sb || self.geometry.pos_slot(h) >= self.geometry.n_subbufs {
             return self.reserve_slow(h, len, hooks);
         }
         // SYNC POINT: Acquire pairs with the Release of the CAS that
@@ -362,28 +506,59 @@ impl Shared {
     /// a reservation this thread holds.
     #[inline]
     pub(crate) fn write_at(&self, pos: u64, bytes: &[u8]) {
-        let dst = self.data_ptr(pos);
-        // SAFETY: the reservation `[pos, pos + len)` lies within one
-        // sub-buffer (reserve never hands out a range crossing its end) and
-        // belongs to this thread alone until committed; `data_ptr` bounds it
-        // to the data region.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
+        let off = self.data_offset(pos);
+        // One compare on the fast path, always true for a reservation: it
+        // keeps this safe function sound in release builds whatever `pos`
+        // and `bytes` are (no overflow: off < 2^63, a record < 2^30).
+        assert!(
+            off + bytes.len() as u64 <= self.geometry.data_len(),
+            "write of {} bytes at {pos:#x} beyond the data region",
+            bytes.len()
+        );
+        #[cfg(loom)]
+        return self.cells_write(off, bytes);
+        // SAFETY: `[off, off + len)` lies within the data region (checked
+        // above; `Shared::new`'s contract sizes it). The reservation `[pos,
+        // pos + len)` lies within one sub-buffer (reserve never hands out a
+        // range crossing its end) and belongs to this thread alone until
+        // committed.
+        #[cfg(not(loom))]
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(off as usize), bytes.len())
+        }
+    }
+
+    /// Byte offset in the data region of write position `pos` (not checked:
+    /// the callers check it before using it).
+    #[inline(always)]
+    fn data_offset(&self, pos: u64) -> u64 {
+        self.geometry.slot_data_offset(self.geometry.pos_slot(pos)) + self.geometry.pos_offset(pos)
     }
 
     /// Pointer to the data byte at write position `pos`.
+    ///
+    /// # Panics
+    /// If `pos` is outside the data region (never for a position the
+    /// protocol hands out).
     #[inline(always)]
     pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
-        let off = self.g.slot_data_offset(self.g.pos_slot(pos)) + self.g.pos_offset(pos);
-        debug_assert!(off < self.g.data_len());
-        // SAFETY: slot < n_subbufs and offset < subbuf_size for any position
-        // produced by the protocol, so `off` is within the data region.
+        let off = self.data_offset(pos);
+        assert!(
+            off < self.geometry.data_len(),
+            "position {pos:#x} beyond the data region"
+        );
+        // SAFETY: `off` is within the data region (checked above).
         unsafe { self.data.add(off as usize) }
     }
 
     /// Commits a reservation: the record becomes part of its sub-buffer.
     #[inline]
     pub(crate) fn commit(&self, r: Reserved, hooks: &dyn Hooks) {
-        self.commit_bytes(self.g.pos_slot(r.pos), RECORD_ONE | r.commit_bytes, hooks);
+        self.commit_bytes(
+            self.geometry.pos_slot(r.pos),
+            RECORD_ONE | r.commit_bytes,
+            hooks,
+        );
     }
 
     #[inline]
@@ -392,10 +567,12 @@ impl Shared {
         // closer, the padding value) to whoever acquires the completed word;
         // Acquire lets the completer see every other writer's release (all
         // commits form one release sequence of RMWs on this word).
-        let old = self.d(slot, desc::WORD).fetch_add(add, Ordering::AcqRel);
+        let old = self
+            .descriptor(slot, desc::WORD)
+            .fetch_add(add, Ordering::AcqRel);
         // Wrapping: a scribbled word may be anywhere near u64::MAX.
         let now = old.wrapping_add(add);
-        if now & BYTES_MASK == self.g.subbuf_size {
+        if now & BYTES_MASK == self.geometry.subbuf_size {
             self.complete(slot, now, hooks);
         }
     }
@@ -412,20 +589,25 @@ impl Shared {
         len: u64,
         hooks: &dyn Hooks,
     ) -> Result<Reserved, WriteError> {
-        // Relaxed: a sticky flag; a writer that misses it for a moment
-        // finds the corruption again (or writes to a buffer readers distrust).
-        if self.h(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
+        // SYNC POINT: Relaxed: a sticky flag that publishes nothing (it
+        // pairs with nothing); a writer that misses it for a moment finds the
+        // corruption again (or writes to a buffer readers distrust).
+        if self.header_word(hdr::CORRUPT).load(Ordering::Relaxed) != 0 {
             return Err(self.drop_corrupt());
         }
-        let sb = self.g.subbuf_size;
-        let head = self.h(hdr::HEAD);
+        let sb = self.geometry.subbuf_size;
+        let head = self.header_word(hdr::HEAD);
         for _ in 0..MAX_RETRIES {
-            if self.g.pos_slot(h) >= self.g.n_subbufs {
+            if self.geometry.pos_slot(h) >= self.geometry.n_subbufs {
                 return Err(self.corrupt_drop(CORRUPT_HEAD, hooks));
             }
-            let off = self.g.pos_offset(h);
+            let off = self.geometry.pos_offset(h);
             if off != 0 {
                 if off + len < sb {
+                    // SYNC POINT: Acquire as in `reserve`: pairs with the
+                    // opener's AcqRel CAS of `head` (through the release
+                    // sequence of later CASes); Relaxed on failure, we retry
+                    // with the value read.
                     match head.compare_exchange(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
                         Ok(_) => {
                             return Ok(Reserved {
@@ -441,13 +623,22 @@ impl Shared {
                 }
                 // The record ends exactly at the end of the sub-buffer (no
                 // padding), or doesn't fit (close it with padding).
-                let next = self.g.next_subbuf_pos(h);
-                // SYNC POINT: AcqRel as any reservation (see `reserve`).
-                match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Relaxed) {
+                let next = self.geometry.next_subbuf_pos(h);
+                // SYNC POINT: Acquire, as any reservation (see `reserve`):
+                // pairs with the opener's AcqRel CAS of `head` (through the
+                // release sequence of later RMWs on it), so that our commit
+                // of the record or of the padding lands after the opener's
+                // reset of the commit word. No Release: nothing this writer
+                // did before needs publishing through `head` (the padding
+                // is stored after, and published by the commit), and later
+                // RMWs continue the opener's release sequence whatever their
+                // ordering. Relaxed on failure: we retry with the value read.
+                match head.compare_exchange(h, next, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) if off + len == sb => {
-                        // We own [off, sb) and the close: padding 0, stored
-                        // before our commit releases it.
-                        self.d(self.g.pos_slot(h), desc::PAD)
+                        // We own [off, sb) and the close: padding 0.
+                        // SYNC POINT: Relaxed: published by the Release of
+                        // our commit (`commit_bytes`), which completes it.
+                        self.descriptor(self.geometry.pos_slot(h), desc::PAD)
                             .store(0, Ordering::Relaxed);
                         return Ok(Reserved {
                             pos: h,
@@ -466,6 +657,8 @@ impl Shared {
             }
             match self.try_open(h, len, hooks)? {
                 Some(r) => return Ok(r),
+                // SYNC POINT: Relaxed: a guess for the next CAS, as in
+                // `reserve`.
                 None => h = head.load(Ordering::Relaxed),
             }
         }
@@ -488,17 +681,23 @@ impl Shared {
     /// Sets the corrupt flag, keeping the first reason.
     #[cold]
     fn set_corrupt(&self, reason: u64) {
-        // Relaxed: a sticky flag read by the slow path and by `stats`; it
-        // publishes nothing else.
-        let _ =
-            self.h(hdr::CORRUPT)
-                .compare_exchange(0, reason, Ordering::Relaxed, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: a sticky flag read by the slow path and by
+        // `stats`; it publishes nothing else, so it pairs with nothing.
+        let _ = self.header_word(hdr::CORRUPT).compare_exchange(
+            0,
+            reason,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts a record dropped because the buffer is corrupt.
     #[cold]
     fn drop_corrupt(&self) -> WriteError {
-        self.h(hdr::DROPPED_CORRUPT).fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: a counter; it pairs with nothing (readers
+        // take a snapshot, see `stats`).
+        self.header_word(hdr::DROPPED_CORRUPT)
+            .fetch_add(1, Ordering::Relaxed);
         WriteError::Corrupt
     }
 
@@ -510,8 +709,8 @@ impl Shared {
     /// writer of the previous lap has not committed yet).
     #[cold]
     fn impossible_at(&self, h: u64) -> Option<u64> {
-        let g = &self.g;
-        let head = self.h(hdr::HEAD);
+        let g = &self.geometry;
+        let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Acquire pairs with the release sequence on `head`
         // (every opener's AcqRel CAS heads one, and all later changes of
         // `head` are RMWs): having read `h`, we see everything done before
@@ -528,8 +727,8 @@ impl Shared {
         // makes the second `head` load below see that too (the writer of the
         // value moved `head` or acquired its move first: coherence), so the
         // check only trusts values that are contemporary with `head == h`.
-        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let gen = self.descriptor(slot, desc::GEN).load(Ordering::Acquire);
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         // SYNC POINT: Acquire, as the first load: see above.
         if head.load(Ordering::Acquire) != h {
             return None;
@@ -556,10 +755,14 @@ impl Shared {
     /// Closes the sub-buffer `pos` is in with `pad` bytes of padding; the
     /// caller won the CAS that moved `head` past it.
     fn close(&self, pos: u64, pad: u64, hooks: &dyn Hooks) {
-        let slot = self.g.pos_slot(pos);
-        // Relaxed: published by the Release of the commit below.
-        self.d(slot, desc::PAD).store(pad, Ordering::Relaxed);
-        self.h(hdr::PADDING_BYTES).fetch_add(pad, Ordering::Relaxed);
+        let slot = self.geometry.pos_slot(pos);
+        // SYNC POINT: Relaxed: the padding is published by the Release of
+        // the commit below (its `fetch_add` heads the release sequence the
+        // completer's Acquire reads); the padding counter pairs with nothing.
+        self.descriptor(slot, desc::PAD)
+            .store(pad, Ordering::Relaxed);
+        self.header_word(hdr::PADDING_BYTES)
+            .fetch_add(pad, Ordering::Relaxed);
         self.commit_bytes(slot, pad, hooks);
     }
 
@@ -571,12 +774,12 @@ impl Shared {
         len: u64,
         hooks: &dyn Hooks,
     ) -> Result<Option<Reserved>, WriteError> {
-        let g = &self.g;
+        let g = &self.geometry;
         let ord = g.pos_ordinal(h);
         let slot = g.pos_slot(h);
         let lap = g.pos_lap(h);
-        let gen = self.d(slot, desc::GEN);
-        let word = self.d(slot, desc::WORD);
+        let gen = self.descriptor(slot, desc::GEN);
+        let word = self.descriptor(slot, desc::WORD);
         // SYNC POINT: Acquire pairs with the completer's Release store of
         // `COMPLETE | laps` (and with a competing opener's generation CAS):
         // everything of the previous lap, its padding and record count, is
@@ -602,7 +805,10 @@ impl Shared {
         // SYNC POINT: Acquire pairs with the reader's Release store of
         // `consumed` after it finished copying: in no-overwrite mode the slot
         // is reused only after the reader's reads are done.
-        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(ord);
+        let consumed = self
+            .reader_word(rdr::CONSUMED)
+            .load(Ordering::Acquire)
+            .min(ord);
         let full = ord - consumed >= g.n_subbufs;
         let prev_slot = if slot == 0 { g.n_subbufs - 1 } else { slot - 1 };
         let info = SwitchInfo {
@@ -613,7 +819,13 @@ impl Shared {
             prev_padding: if ord == 0 {
                 0
             } else {
-                self.d(prev_slot, desc::PAD).load(Ordering::Relaxed)
+                // SYNC POINT: Relaxed: information for `subbuf_start` only;
+                // the previous sub-buffer's closer stored it before moving
+                // `head` to us, which we acquired, except when a later lap
+                // overwrote it meanwhile (then it is that lap's, as in the
+                // kernel's racy read of it).
+                self.descriptor(prev_slot, desc::PAD)
+                    .load(Ordering::Relaxed)
             },
             full,
             overwrite: self.overwrite,
@@ -624,8 +836,11 @@ impl Shared {
         if cur_gen < ord + 1 {
             // Claim the generation: stale openers (older ordinals) fail here
             // because the generation only grows.
-            // SYNC POINT: Release so that a competing opener that sees the
-            // new generation also sees the complete word we saw.
+            // SYNC POINT: AcqRel: the Release half makes a competing opener
+            // (or a reader's Acquire load in `available`) that sees the new
+            // generation also see the complete word we saw; the Acquire half
+            // (and Acquire on failure) pairs with a competing opener's
+            // release of the same, so the word CAS below sees that word.
             if let Err(g2) =
                 gen.compare_exchange(cur_gen, ord + 1, Ordering::AcqRel, Ordering::Acquire)
             {
@@ -637,12 +852,21 @@ impl Shared {
         // Reset the commit word for this lap. Whoever does it first wins;
         // the value `COMPLETE | lap` occurs once in the word's history, so a
         // late CAS can't succeed after writers started committing.
+        // SYNC POINT: AcqRel: Acquire pairs with the completer's Release
+        // store of `COMPLETE | lap` (the previous lap's data is done before
+        // ours is written); Release makes the reset part of what our `head`
+        // CAS below publishes, and pairs with a reader's reload of the word
+        // in `available` (it sees the reset after our generation bump).
         let _ = word.compare_exchange(COMPLETE | lap, 0, Ordering::AcqRel, Ordering::Acquire);
         // Records of the previous lap: stable until this sub-buffer completes,
         // which can't happen before we open it.
-        let prev_records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+        // SYNC POINT: Relaxed: the completer stored it before its Release
+        // store of the word, which our Acquire load of the word acquired.
+        let prev_records = self
+            .descriptor(slot, desc::REC_LAST)
+            .load(Ordering::Relaxed);
         let hdr_len = g.hdr_reserve;
-        let head = self.h(hdr::HEAD);
+        let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Release publishes the word reset and the generation
         // bump to the writers that reserve in this sub-buffer (their Acquire
         // CAS); Acquire as for any reservation.
@@ -655,6 +879,13 @@ impl Shared {
         if ord >= g.n_subbufs {
             self.account_overwrite(slot, ord - g.n_subbufs, prev_records);
         }
+        #[cfg(loom)]
+        if hdr_len > 0 {
+            let mut header = vec![0u8; hdr_len as usize];
+            hooks.write_header(&info, &mut header);
+            self.write_at(h, &header);
+        }
+        #[cfg(not(loom))]
         if hdr_len > 0 {
             let p = self.data_ptr(h);
             // SAFETY: the header reserve [h, h + hdr_len) of the sub-buffer we
@@ -676,6 +907,8 @@ impl Shared {
     /// claiming it, possibly before we get here.
     fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
         let cw = self.claim_word(slot);
+        // SYNC POINT: Relaxed: only the expected value for the CAS below,
+        // which is what pairs with the reader's claim.
         let mut cur = cw.load(Ordering::Relaxed);
         // Bounded: only a reader rewriting its page without end makes this
         // fail again and again; then the records are counted here anyway.
@@ -684,7 +917,10 @@ impl Shared {
                 return; // the reader has it: it delivers or discards it
             }
             // SYNC POINT: the claim word is only changed by CAS, by us and by
-            // the reader, so exactly one of us takes ownership of `prev`.
+            // the reader (`claim_for_read`), so exactly one of us takes
+            // ownership of `prev`; AcqRel pairs with the reader's AcqRel CAS
+            // and with `count_unread_at_close`'s Acquire load. Relaxed on
+            // failure: we look at the value read and retry.
             match cw.compare_exchange(
                 cur,
                 claim(prev, CLAIM_OVERWRITTEN),
@@ -695,61 +931,77 @@ impl Shared {
                 Err(c) => cur = c,
             }
         }
-        self.h(hdr::OVERWRITTEN_RECORDS)
+        // SYNC POINT: Relaxed: counters; they pair with nothing (snapshots).
+        self.header_word(hdr::OVERWRITTEN_RECORDS)
             .fetch_add(prev_records, Ordering::Relaxed);
-        self.h(hdr::OVERWRITTEN_SUBBUFS)
+        self.header_word(hdr::OVERWRITTEN_SUBBUFS)
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The commit that brought `slot` to `subbuf_size` bytes: publish it.
     fn complete(&self, slot: u64, word_now: u64, hooks: &dyn Hooks) {
         let records = (word_now >> 32) & RECORDS_MASK;
-        let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+        // SYNC POINT: Relaxed loads of the padding and generation: the
+        // closer's padding store was released by its commit and the opener's
+        // generation by its CASes, and our commit's AcqRel `fetch_add` read
+        // the last value of the word's release sequence, so it acquired
+        // both. The stores and counter updates after them are Relaxed: the
+        // Release store of the word below publishes REC_LAST; the counters
+        // pair with nothing.
+        let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
         // gen = ordinal + 1 of the opener; it can't have moved (the slot
         // can't be reopened before this store).
         let ord = self
-            .d(slot, desc::GEN)
+            .descriptor(slot, desc::GEN)
             .load(Ordering::Relaxed)
             .wrapping_sub(1);
-        let lap = ord / self.g.n_subbufs;
-        self.d(slot, desc::REC_LAST)
+        let lap = ord / self.geometry.n_subbufs;
+        self.descriptor(slot, desc::REC_LAST)
             .store(records, Ordering::Relaxed);
-        self.h(hdr::RECORDS_WRITTEN)
+        self.header_word(hdr::RECORDS_WRITTEN)
             .fetch_add(records, Ordering::Relaxed);
-        self.h(hdr::BYTES_WRITTEN).fetch_add(
-            self.g.subbuf_size - self.g.hdr_reserve - pad.min(self.g.max_record()),
+        self.header_word(hdr::BYTES_WRITTEN).fetch_add(
+            self.geometry.subbuf_size
+                - self.geometry.hdr_reserve
+                - pad.min(self.geometry.max_record()),
             Ordering::Relaxed,
         );
-        self.h(hdr::SUBBUFS_COMPLETED)
+        self.header_word(hdr::SUBBUFS_COMPLETED)
             .fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire loads of the word by
         // readers (`available`) and openers (`try_open`): the data, padding
         // and record count of this lap are visible to whoever sees it
         // complete.
-        self.d(slot, desc::WORD)
+        self.descriptor(slot, desc::WORD)
             .store(COMPLETE | lap.wrapping_add(1), Ordering::Release);
         // SYNC POINT: Dekker with the reader's `prepare_wait`: it stores
         // WAITING then fences then looks for data; we store COMPLETE then
         // fence then look at WAITING. One of us sees the other's store, so a
         // reader never sleeps on a complete sub-buffer.
         fence(Ordering::SeqCst);
-        if self.r(rdr::WAITING).load(Ordering::Relaxed) != 0 {
-            self.r(rdr::WAITING).store(0, Ordering::Relaxed);
+        // SYNC POINT: Relaxed load and store of WAITING: the SeqCst fences
+        // on both sides do the ordering (above and in `prepare_wait`).
+        if self.reader_word(rdr::WAITING).load(Ordering::Relaxed) != 0 {
+            self.reader_word(rdr::WAITING).store(0, Ordering::Relaxed);
             hooks.wake_reader();
         }
     }
 
     /// Counts a record dropped because the buffer is full.
     fn drop_full(&self) -> WriteError {
-        self.h(hdr::DROPPED_FULL).fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: a counter; it pairs with nothing.
+        self.header_word(hdr::DROPPED_FULL)
+            .fetch_add(1, Ordering::Relaxed);
         WriteError::Full
     }
 
     /// Counts a record too big for any sub-buffer.
     #[cold]
     pub(crate) fn drop_toobig(&self, len: usize) -> WriteError {
-        self.h(hdr::DROPPED_TOOBIG).fetch_add(1, Ordering::Relaxed);
-        self.h(hdr::LAST_TOOBIG)
+        // SYNC POINT: Relaxed: counters; they pair with nothing.
+        self.header_word(hdr::DROPPED_TOOBIG)
+            .fetch_add(1, Ordering::Relaxed);
+        self.header_word(hdr::LAST_TOOBIG)
             .store(len as u64, Ordering::Relaxed);
         WriteError::TooBig(len)
     }
@@ -757,8 +1009,10 @@ impl Shared {
     /// Closes the current sub-buffer, if it holds anything, so that readers
     /// can read it (`relay_flush`). Returns whether one was closed.
     pub(crate) fn flush(&self, hooks: &dyn Hooks) -> bool {
-        let g = &self.g;
-        let head = self.h(hdr::HEAD);
+        let g = &self.geometry;
+        let head = self.header_word(hdr::HEAD);
+        // SYNC POINT: Acquire pairs with the opener's AcqRel CAS of `head`
+        // (as in `impossible_at`); the CAS below is what decides.
         let mut h = head.load(Ordering::Acquire);
         for _ in 0..MAX_RETRIES {
             if g.pos_slot(h) >= g.n_subbufs {
@@ -779,6 +1033,11 @@ impl Shared {
                 return false;
             }
             let next = g.next_subbuf_pos(h);
+            // SYNC POINT: AcqRel: Acquire as for a closing writer in
+            // `reserve_slow` (our padding commit lands after the opener's
+            // word reset); the Release half is not needed for that (see
+            // there) and is kept on this once-per-flush path. Acquire on
+            // failure, as the first load.
             match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.close(h, g.subbuf_size - off, hooks);
@@ -795,15 +1054,19 @@ impl Shared {
     /// Calls `buf_mapped`/`buf_unmapped` if readers mapped or unmapped the
     /// buffer since the last look (from the slow path only).
     fn check_map_events(&self, hooks: &dyn Hooks) {
-        let ev = self.r(rdr::MAP_EVENTS).load(Ordering::Relaxed);
-        let seen = self.h(hdr::MAP_EVENTS_SEEN);
+        // SYNC POINT: Relaxed, all: event counts and a mapping count for the
+        // `buf_mapped`/`buf_unmapped` callbacks; they publish no other
+        // memory, so they pair with nothing. The CAS on the producer's
+        // `MAP_EVENTS_SEEN` only makes one writer report each change.
+        let ev = self.reader_word(rdr::MAP_EVENTS).load(Ordering::Relaxed);
+        let seen = self.header_word(hdr::MAP_EVENTS_SEEN);
         let old = seen.load(Ordering::Relaxed);
         if ev != old
             && seen
                 .compare_exchange(old, ev, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            hooks.map_changed(self.r(rdr::MAPPED).load(Ordering::Relaxed));
+            hooks.map_changed(self.reader_word(rdr::MAPPED).load(Ordering::Relaxed));
         }
     }
 
@@ -813,7 +1076,11 @@ impl Shared {
 
     /// Current write position.
     pub(crate) fn head(&self) -> u64 {
-        self.h(hdr::HEAD).load(Ordering::Acquire)
+        // SYNC POINT: Acquire pairs with the opener's AcqRel CAS of `head`
+        // (and the release sequence of the RMWs after it): whoever sees a
+        // position sees the generation bump and word reset of the sub-buffer
+        // it is in.
+        self.header_word(hdr::HEAD).load(Ordering::Acquire)
     }
 
     /// What can be read at ordinal `ord`. Never trusts a value read from
@@ -825,7 +1092,7 @@ impl Shared {
         ord: u64,
         writers_gone: bool,
     ) -> Result<Avail, crate::FormatError> {
-        let g = &self.g;
+        let g = &self.geometry;
         // The reader's position comes from the reader page: check it before
         // any arithmetic on it. A reader is never ahead of the producer.
         if ord > g.pos_ordinal(self.head()) {
@@ -836,7 +1103,7 @@ impl Shared {
         let slot = ord % g.n_subbufs;
         let lap = ord / g.n_subbufs;
         // SYNC POINT: Acquire pairs with the opener's generation CAS.
-        let gen = self.d(slot, desc::GEN).load(Ordering::Acquire);
+        let gen = self.descriptor(slot, desc::GEN).load(Ordering::Acquire);
         if gen < ord + 1 {
             return Ok(Avail::Nothing);
         }
@@ -856,15 +1123,17 @@ impl Shared {
             return Ok(Avail::Lapped { next });
         }
         // SYNC POINT: Acquire pairs with the completer's Release store.
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         if w == COMPLETE | (lap + 1) {
-            let pad = self.d(slot, desc::PAD).load(Ordering::Relaxed);
+            let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
             if pad > g.max_record() {
                 return Err(crate::FormatError::Corrupt(
                     "padding larger than a sub-buffer",
                 ));
             }
-            let records = self.d(slot, desc::REC_LAST).load(Ordering::Relaxed);
+            let records = self
+                .descriptor(slot, desc::REC_LAST)
+                .load(Ordering::Relaxed);
             // The slot may have been reopened, and even completed again, since
             // we saw it complete: then the padding and record count may be a
             // later lap's, and counting them would be wrong. Look again: only
@@ -874,7 +1143,7 @@ impl Shared {
             // the reload; the reload's Acquire pairs with the opener's word
             // reset (AcqRel, after its generation bump).
             fence(Ordering::Acquire);
-            if self.d(slot, desc::WORD).load(Ordering::Acquire) != w {
+            if self.descriptor(slot, desc::WORD).load(Ordering::Acquire) != w {
                 return Ok(Avail::Lapped { next: ord + 1 });
             }
             return Ok(Avail::Complete {
@@ -899,7 +1168,11 @@ impl Shared {
         if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
             return Ok(Avail::Nothing);
         }
-        let w = self.d(slot, desc::WORD).load(Ordering::Acquire);
+        // SYNC POINT: Acquire pairs with the writers' commit `fetch_add`s
+        // (AcqRel): each heads a release sequence of the RMWs after it, so
+        // reading `w` synchronizes with every commit counted in it, and the
+        // bytes below `pos_offset(h1)` are visible when `w` covers them.
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         let h2 = self.head();
         if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {
             Ok(Avail::Partial {
@@ -916,17 +1189,19 @@ impl Shared {
     /// `ord` is not the open sub-buffer.
     pub(crate) fn abandoned(&self, ord: u64, from: u64) -> Option<(u64, u64)> {
         let h = self.head();
-        if self.g.pos_ordinal(h) != ord || self.g.pos_offset(h) == 0 {
+        if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
             return None;
         }
+        // SYNC POINT: Acquire, as the word load of the partial read in
+        // `available` (only counts are used here).
         let w = self
-            .d(ord % self.g.n_subbufs, desc::WORD)
+            .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
             .load(Ordering::Acquire);
         if w & COMPLETE != 0 {
             return None;
         }
         Some((
-            self.g.pos_offset(h).saturating_sub(from),
+            self.geometry.pos_offset(h).saturating_sub(from),
             (w >> 32) & RECORDS_MASK,
         ))
     }
@@ -934,7 +1209,9 @@ impl Shared {
     /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
     /// counted it).
     pub(crate) fn claim_for_read(&self, ord: u64) -> bool {
-        let cw = self.claim_word(ord % self.g.n_subbufs);
+        let cw = self.claim_word(ord % self.geometry.n_subbufs);
+        // SYNC POINT: Relaxed: only the expected value for the CAS below,
+        // which pairs with the overwriting writer's CAS.
         let mut cur = cw.load(Ordering::Relaxed);
         // Bounded: a writer changes the word once per lap; only something
         // rewriting the page without end makes this fail again and again,
@@ -981,7 +1258,7 @@ impl Shared {
         loop {
             // SYNC POINT: Acquire pairs with the Release stores of CONSUMED by
             // an earlier reader of this file (possibly another process).
-            let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+            let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
             match self.available(ord, writers_gone)? {
                 Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
                     if !self.claim_for_read(ord) {
@@ -990,9 +1267,13 @@ impl Shared {
                         ));
                     }
                     let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
-                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
-                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
-                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    // SYNC POINT: Relaxed, as in `holds`.
+                    self.reader_word(rdr::HELD_LEN)
+                        .store(end, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_RECORDS)
+                        .store(records, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD)
+                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Complete { end, records } => {
@@ -1003,9 +1284,13 @@ impl Shared {
                         self.set_position(ord + 1);
                         continue;
                     }
-                    self.r(rdr::HELD_LEN).store(end, Ordering::Relaxed);
-                    self.r(rdr::HELD_RECORDS).store(records, Ordering::Relaxed);
-                    self.r(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+                    // SYNC POINT: Relaxed, as in `holds`.
+                    self.reader_word(rdr::HELD_LEN)
+                        .store(end, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD_RECORDS)
+                        .store(records, Ordering::Relaxed);
+                    self.reader_word(rdr::HELD)
+                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Lapped { next } => self.skip_lapped(ord, next),
@@ -1018,7 +1303,7 @@ impl Shared {
     /// (a lapped sub-buffer counts: there is news).
     pub(crate) fn map_waiting(&self, writers_gone: bool) -> Result<bool, crate::FormatError> {
         // SYNC POINT: Acquire as in `map_ready`.
-        let ord = self.r(rdr::CONSUMED).load(Ordering::Acquire);
+        let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
         Ok(match self.available(ord, writers_gone)? {
             Avail::Complete { .. } | Avail::Lapped { .. } => true,
             Avail::Partial { .. } => writers_gone && self.read_pos() == 0,
@@ -1027,13 +1312,20 @@ impl Shared {
     }
 
     fn read_pos(&self) -> u64 {
-        self.r(rdr::READ_POS).load(Ordering::Relaxed)
+        // SYNC POINT: Relaxed, as in `holds`.
+        self.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
     /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
     /// yet consumed).
     pub(crate) fn holds(&self, ord: u64) -> bool {
-        self.r(rdr::HELD).load(Ordering::Relaxed) == ord + 1
+        // SYNC POINT: Relaxed: the reader page's position, held-sub-buffer
+        // and counter words are written by the one attached reader only (the
+        // reader lock serializes readers, and taking it orders a new
+        // reader after the last); the producer only reads them as a
+        // snapshot (`stats`). They pair with nothing; CONSUMED's Release
+        // store (`set_position`) is what the producer relies on.
+        self.reader_word(rdr::HELD).load(Ordering::Relaxed) == ord + 1
     }
 
     /// The reader leaves sub-buffer `ord` without delivering it. If the
@@ -1041,22 +1333,25 @@ impl Shared {
     /// (it saw our claim): count it as discarded. Idempotent.
     pub(crate) fn drop_held(&self, ord: u64) {
         if self.holds(ord) {
-            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
-            self.r(rdr::DISCARDED_SUBBUFS)
+            // SYNC POINT: Relaxed, all: the reader's own words (see `holds`).
+            let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.reader_word(rdr::DISCARDED_SUBBUFS)
                 .fetch_add(1, Ordering::Relaxed);
-            self.r(rdr::DISCARDED_RECORDS)
+            self.reader_word(rdr::DISCARDED_RECORDS)
                 .fetch_add(records, Ordering::Relaxed);
         }
-        self.r(rdr::HELD).store(0, Ordering::Relaxed);
+        self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
     }
 
     /// Moves the reader's position to the start of sub-buffer `ord`.
     fn set_position(&self, ord: u64) {
-        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: the reader's own word (see `holds`).
+        self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: the reads of the sub-buffers before `ord` are done before
         // their slots are reused (no-overwrite mode).
-        self.r(rdr::CONSUMED).store(ord, Ordering::Release);
+        self.reader_word(rdr::CONSUMED)
+            .store(ord, Ordering::Release);
     }
 
     /// Skips from `ord`, found lapped, to `next`: the skipped sub-buffers
@@ -1073,33 +1368,37 @@ impl Shared {
     /// found (`Some(false)`: torn); `None`: check now. Returns whether it
     /// was good, or `None` if `ord` isn't the held sub-buffer at the position.
     pub(crate) fn consume_held(&self, ord: u64, checked: Option<bool>) -> Option<bool> {
-        if self.r(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
+        // SYNC POINT: Relaxed, this load of CONSUMED and every access to the
+        // reader page below but `set_position`'s store: the reader's own
+        // words (see `holds`); this thread wrote CONSUMED last.
+        if self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) != ord || !self.holds(ord) {
             return None;
         }
         let h = self.head();
-        if self.g.pos_ordinal(h) == ord && self.g.pos_offset(h) != 0 {
+        if self.geometry.pos_ordinal(h) == ord && self.geometry.pos_offset(h) != 0 {
             // A dead producer's tail (`map_ready`): the position stays in it,
             // at its end, as `read` leaves it. Its records are not counted as
             // consumed (they were never completed: `records_pending` has
             // them), as `read` doesn't either.
-            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
-            self.r(rdr::BYTES_CONSUMED)
+            let end = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            self.reader_word(rdr::BYTES_CONSUMED)
                 .fetch_add(end.saturating_sub(self.read_pos()), Ordering::Relaxed);
-            self.r(rdr::READ_POS).store(end, Ordering::Relaxed);
-            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            self.reader_word(rdr::READ_POS)
+                .store(end, Ordering::Relaxed);
+            self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
             return Some(true);
         }
         // No-overwrite mode: nothing reuses the slot before we consume it.
         let good = !self.overwrite || checked.unwrap_or_else(|| self.still_valid(ord));
         if good {
             let read_pos = self.read_pos();
-            let end = self.r(rdr::HELD_LEN).load(Ordering::Relaxed);
-            let records = self.r(rdr::HELD_RECORDS).load(Ordering::Relaxed);
-            self.r(rdr::RECORDS_CONSUMED)
+            let end = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+            self.reader_word(rdr::RECORDS_CONSUMED)
                 .fetch_add(records, Ordering::Relaxed);
-            self.r(rdr::BYTES_CONSUMED)
+            self.reader_word(rdr::BYTES_CONSUMED)
                 .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
-            self.r(rdr::HELD).store(0, Ordering::Relaxed);
+            self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
         } else {
             self.drop_held(ord);
         }
@@ -1115,18 +1414,26 @@ impl Shared {
         // of the new lap writes data (its CAS releases the bump, their CAS
         // acquires it), so a copy that saw new data sees the new generation.
         fence(Ordering::Acquire);
-        self.d(ord % self.g.n_subbufs, desc::GEN)
+        self.descriptor(ord % self.geometry.n_subbufs, desc::GEN)
             .load(Ordering::Relaxed)
             == ord + 1
     }
 
     /// Copies `out.len()` bytes at byte `off` of slot `slot`'s data.
     pub(crate) fn copy_out(&self, slot: u64, off: u64, out: &mut [u8]) {
-        let g = &self.g;
-        assert!(slot < g.n_subbufs && off + out.len() as u64 <= g.subbuf_size);
+        let g = &self.geometry;
+        // Written so that no sum can wrap, whatever `off` is.
+        assert!(
+            slot < g.n_subbufs && off <= g.subbuf_size && out.len() as u64 <= g.subbuf_size - off,
+            "copy of {} bytes at {off} of slot {slot}",
+            out.len()
+        );
+        #[cfg(loom)]
+        return self.cells_read(g.slot_data_offset(slot) + off, out);
         // SAFETY: bounds checked just above; the bytes may be written
         // concurrently by a writer of a later lap (overwrite mode), which the
         // caller detects with `still_valid` and then discards the copy.
+        #[cfg(not(loom))]
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.data.add((g.slot_data_offset(slot) + off) as usize),
@@ -1138,11 +1445,17 @@ impl Shared {
 
     /// The data bytes `[off, off + len)` of slot `slot`, as a raw pointer.
     pub(crate) fn slot_ptr(&self, slot: u64, off: u64, len: u64) -> *const u8 {
-        assert!(slot < self.g.n_subbufs && off + len <= self.g.subbuf_size);
+        // Written so that no sum can wrap, whatever `off` and `len` are.
+        assert!(
+            slot < self.geometry.n_subbufs
+                && off <= self.geometry.subbuf_size
+                && len <= self.geometry.subbuf_size - off,
+            "{len} bytes at {off} of slot {slot}"
+        );
         // SAFETY: bounds checked just above.
         unsafe {
             self.data
-                .add((self.g.slot_data_offset(slot) + off) as usize)
+                .add((self.geometry.slot_data_offset(slot) + off) as usize)
         }
     }
 }
@@ -1150,12 +1463,18 @@ impl Shared {
 impl Shared {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> BufferStats {
-        let h = |o| self.h(o).load(Ordering::Relaxed);
-        let r = |o| self.r(o).load(Ordering::Relaxed);
+        // SYNC POINT: Relaxed, every counter load (and the commit word's
+        // below): a snapshot of each counter, not of all; they pair with
+        // nothing. `head()` is Acquire (see there).
+        let h = |o| self.header_word(o).load(Ordering::Relaxed);
+        let r = |o| self.reader_word(o).load(Ordering::Relaxed);
         let head = self.head();
-        let pending = if self.g.pos_offset(head) != 0 {
+        let pending = if self.geometry.pos_offset(head) != 0 {
             let w = self
-                .d(self.g.pos_slot(head) % self.g.n_subbufs, desc::WORD)
+                .descriptor(
+                    self.geometry.pos_slot(head) % self.geometry.n_subbufs,
+                    desc::WORD,
+                )
                 .load(Ordering::Relaxed);
             if w & COMPLETE == 0 {
                 (w >> 32) & RECORDS_MASK
@@ -1169,7 +1488,7 @@ impl Shared {
             records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
             records_pending: pending,
-            subbufs_produced: self.g.pos_ordinal(head),
+            subbufs_produced: self.geometry.pos_ordinal(head),
             subbufs_completed: h(hdr::SUBBUFS_COMPLETED),
             subbufs_consumed: r(rdr::CONSUMED),
             records_consumed: r(rdr::RECORDS_CONSUMED),
@@ -1199,7 +1518,7 @@ impl Shared {
     /// counts whole: the reader counts a sub-buffer's records when it
     /// finishes it.
     pub(crate) fn count_unread_at_close(&self) -> u64 {
-        let g = &self.g;
+        let g = &self.geometry;
         let h = self.head();
         // After the flush `head` is at the start of the next sub-buffer. If
         // it isn't (a corrupt buffer), the open one never completed, so its
@@ -1208,18 +1527,22 @@ impl Shared {
         // The reader page is the reader's: clamp what it says.
         // SYNC POINT: Acquire pairs with the reader's Release store of
         // CONSUMED (its counters were updated before it).
-        let consumed = self.r(rdr::CONSUMED).load(Ordering::Acquire).min(produced);
+        let consumed = self
+            .reader_word(rdr::CONSUMED)
+            .load(Ordering::Acquire)
+            .min(produced);
         // Older ones were overwritten, and counted by their overwriters.
         let start = consumed.max(produced.saturating_sub(g.n_subbufs));
         let mut unread = 0u64;
         for ord in start..produced {
             let slot = ord % g.n_subbufs;
             let lap = ord / g.n_subbufs;
-            // Relaxed: no writer is in flight (close owns the channel) and
-            // this thread made the last completions (the final flush) or
-            // acquired them through `head` above.
-            if self.d(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
-                || self.d(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
+            // SYNC POINT: Relaxed, these two loads and REC_LAST's below: no
+            // writer is in flight (close owns the channel) and this thread
+            // made the last completions (the final flush) or acquired them
+            // through `head` above.
+            if self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1
+                || self.descriptor(slot, desc::WORD).load(Ordering::Relaxed) != COMPLETE | (lap + 1)
             {
                 continue; // never completed: not in records_written
             }
@@ -1228,17 +1551,24 @@ impl Shared {
             if self.claim_word(slot).load(Ordering::Acquire) == claim(ord, CLAIM_OVERWRITTEN) {
                 continue;
             }
-            unread = unread.saturating_add(self.d(slot, desc::REC_LAST).load(Ordering::Relaxed));
+            unread = unread.saturating_add(
+                self.descriptor(slot, desc::REC_LAST)
+                    .load(Ordering::Relaxed),
+            );
         }
-        self.h(hdr::UNREAD_AT_CLOSE)
+        // SYNC POINT: Relaxed: a counter, it pairs with nothing.
+        self.header_word(hdr::UNREAD_AT_CLOSE)
             .fetch_add(unread, Ordering::Relaxed);
         // None of it will be read: move the reader's position past it, so
         // that a reader attaching once the lock is released finds nothing
         // left rather than delivering what was just counted.
-        self.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: ordered for a later reader by the reader lock
+        // we hold (a reader takes it before loading the page).
+        self.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release, as a reader's store of CONSUMED (nothing
         // acquires it after close but a later reader's load).
-        self.r(rdr::CONSUMED).store(produced, Ordering::Release);
+        self.reader_word(rdr::CONSUMED)
+            .store(produced, Ordering::Release);
         unread
     }
 
@@ -1264,7 +1594,9 @@ impl Shared {
     ) -> Result<u64, crate::FormatError> {
         let mut done = 0;
         while done < n {
-            let ord = self.r(rdr::CONSUMED).load(Ordering::Relaxed);
+            // SYNC POINT: Relaxed: the caller is the reader (or the producer
+            // told out of band), the last to store CONSUMED; as in `holds`.
+            let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
             if self.holds(ord) {
                 let verdict = checked.filter(|c| c.0 == ord).map(|c| c.1);
                 if self.consume_held(ord, verdict).is_some() {
@@ -1277,11 +1609,12 @@ impl Shared {
             }
             match self.available(ord, false)? {
                 Avail::Complete { end, records } => {
-                    let read_pos = self.r(rdr::READ_POS).load(Ordering::Relaxed);
+                    // SYNC POINT: Relaxed, the reader's own words (`holds`).
+                    let read_pos = self.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
                     if self.claim_for_read(ord) {
-                        self.r(rdr::RECORDS_CONSUMED)
+                        self.reader_word(rdr::RECORDS_CONSUMED)
                             .fetch_add(records, Ordering::Relaxed);
-                        self.r(rdr::BYTES_CONSUMED)
+                        self.reader_word(rdr::BYTES_CONSUMED)
                             .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
                     }
                 }

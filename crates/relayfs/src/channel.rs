@@ -556,22 +556,51 @@ impl Channel {
 
     #[inline(always)]
     fn write_to(&self, buf: &Buffer, data: &[u8]) -> Result<(), WriteError> {
-        let len = data.len() as u64;
-        if len == 0 {
+        if data.is_empty() {
             return Ok(());
         }
+        self.write_parts(buf, data, || [0u8; 0])
+    }
+
+    /// Writes one record made of a head of `H` bytes, then `body`, into the
+    /// buffer of the current CPU: one reservation, two copies, as cheap as
+    /// [`write`](Self::write). `head` is called once the slot is reserved
+    /// (a framed record's timestamp is taken there). For the framed records
+    /// of [`crate::frame`].
+    #[inline(always)]
+    pub(crate) fn write_with_head<const H: usize>(
+        &self,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) -> Result<(), WriteError> {
+        self.write_parts(self.current(), body, head)
+    }
+
+    #[inline(always)]
+    fn write_parts<const H: usize>(
+        &self,
+        buf: &Buffer,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) -> Result<(), WriteError> {
+        let total = H + body.len();
         if buf.is_closed() {
             return Err(buf.drop_closed());
         }
-        if len > self.inner.max_record {
-            return Err(buf.shared().drop_toobig(data.len()));
+        if total as u64 > self.inner.max_record {
+            return Err(buf.shared().drop_toobig(total));
         }
         let hooks = BufHooks {
             buf,
             cb: &*self.inner.callbacks,
         };
-        let r = buf.shared().reserve(len, &hooks)?;
-        buf.shared().write_at(r.pos, data);
+        let r = buf.shared().reserve(total as u64, &hooks)?;
+        if H > 0 {
+            buf.shared().write_at(r.pos, &head());
+        }
+        if !body.is_empty() {
+            buf.shared().write_at(r.pos + H as u64, body);
+        }
         buf.shared().commit(r, &hooks);
         Ok(())
     }
@@ -626,7 +655,9 @@ impl Channel {
             // EPOCH (`Cursor::new` and its check at every step): a reader
             // that sees the new epoch sees the reset state (and the head
             // stored by `init_state`) and starts over.
-            b.shared().h(hdr::EPOCH).fetch_add(1, Ordering::Release);
+            b.shared()
+                .header_word(hdr::EPOCH)
+                .fetch_add(1, Ordering::Release);
         }
     }
 
@@ -861,18 +892,24 @@ impl Inner {
                     let id = c.ident();
                     // SYNC POINT: Relaxed: published by the Release store
                     // of STATE below, with LEFT.
-                    b.shared().h(hdr::DIR_DEV).store(id.dev, Ordering::Relaxed);
-                    b.shared().h(hdr::DIR_INO).store(id.ino, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_DEV)
+                        .store(id.dev, Ordering::Relaxed);
+                    b.shared()
+                        .header_word(hdr::DIR_INO)
+                        .store(id.ino, Ordering::Relaxed);
                     left |= LEFT_DIR;
                 }
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below.
-                b.shared().h(hdr::LEFT).store(left, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(left, Ordering::Relaxed);
                 // SYNC POINT: Release pairs with the reader's Acquire load of
                 // STATE (in its drop and its open): a reader that sees CLOSED
                 // sees every sub-buffer flushed and the LEFT word.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 // The reader may have let go meanwhile, having seen the state
                 // still open: then nobody else would remove the file.
@@ -882,10 +919,12 @@ impl Inner {
                 b.shared().count_unread_at_close();
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below (no reader is attached: we hold its lock).
-                b.shared().h(hdr::LEFT).store(0, Ordering::Relaxed);
+                b.shared()
+                    .header_word(hdr::LEFT)
+                    .store(0, Ordering::Relaxed);
                 // SYNC POINT: Release, as above.
                 b.shared()
-                    .h(hdr::STATE)
+                    .header_word(hdr::STATE)
                     .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }

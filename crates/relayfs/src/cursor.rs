@@ -33,13 +33,25 @@ impl Chunk {
 /// reader resumes where the last one stopped.
 #[derive(Debug, Default)]
 pub(crate) struct Cursor {
+    /// Ordinal of the sub-buffer the reader is on (mirrors `rdr::CONSUMED`).
     ord: u64,
+    /// Bytes of it already delivered (mirrors `rdr::READ_POS`).
     pos: u64,
+    /// Whether this cursor holds the claim on `ord` (`claim_for_read`), so
+    /// it doesn't claim it again at every chunk.
     claimed: bool,
+    /// The reset epoch the position belongs to (`hdr::EPOCH`): when the
+    /// producer's differs, `relay_reset` zeroed the reader page, so reload.
     epoch: u64,
+    /// Overwrite mode: the copy of the sub-buffer at `ord`, validated with
+    /// `still_valid` before any of it is delivered.
     bounce: Vec<u8>,
+    /// Data bytes in `bounce` (the sub-buffer's size less its padding).
     bounce_len: u64,
+    /// Records in the sub-buffer copied into `bounce`, counted as consumed
+    /// once its last byte is delivered.
     bounce_records: u64,
+    /// `bounce` holds a validated copy of `ord` not yet wholly delivered.
     bounce_full: bool,
     /// The current sub-buffer is complete: its end and record count, so that
     /// consuming its last byte moves on at once.
@@ -54,7 +66,10 @@ impl Cursor {
     /// A cursor at the position recorded in the reader page.
     pub(crate) fn new(s: &Shared) -> Cursor {
         let mut c = Cursor {
-            epoch: s.h(hdr::EPOCH).load(Ordering::Acquire),
+            // SYNC POINT: Acquire pairs with `relay_reset`'s Release
+            // increment of EPOCH: a reader that sees the new epoch sees the
+            // reset state (`init_state`) stored before it.
+            epoch: s.header_word(hdr::EPOCH).load(Ordering::Acquire),
             ..Cursor::default()
         };
         c.load(s);
@@ -63,9 +78,19 @@ impl Cursor {
 
     /// Reloads the position from the reader page.
     pub(crate) fn load(&mut self, s: &Shared) {
-        s.r(rdr::EPOCH).store(self.epoch, Ordering::Relaxed);
-        self.ord = s.r(rdr::CONSUMED).load(Ordering::Acquire);
-        self.pos = s.r(rdr::READ_POS).load(Ordering::Relaxed);
+        // SYNC POINT: Relaxed: the reader page's EPOCH only tells the
+        // producer (and `stat`) which epoch the reader is on; it pairs with
+        // nothing.
+        s.reader_word(rdr::EPOCH)
+            .store(self.epoch, Ordering::Relaxed);
+        // SYNC POINT: Acquire pairs with the Release store of CONSUMED by
+        // the reader before us (`advance`, `set_position`; possibly another
+        // process, which the reader lock orders before us too) or by
+        // `count_unread_at_close`: its counters and position are in place.
+        self.ord = s.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
+        // SYNC POINT: Relaxed: written by the reader before us before its
+        // Release of CONSUMED, which we just acquired.
+        self.pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
@@ -100,7 +125,9 @@ impl Cursor {
     }
 
     pub(crate) fn check_epoch(&mut self, s: &Shared) {
-        let e = s.h(hdr::EPOCH).load(Ordering::Acquire);
+        // SYNC POINT: Acquire, as in `new`: pairs with `relay_reset`'s
+        // Release increment of EPOCH.
+        let e = s.header_word(hdr::EPOCH).load(Ordering::Acquire);
         if e != self.epoch {
             // relay_reset: the producer zeroed the reader page too.
             self.epoch = e;
@@ -111,8 +138,13 @@ impl Cursor {
     /// Moves to the next sub-buffer; records of the finished one are counted
     /// as consumed if we delivered them.
     fn advance(&mut self, s: &Shared, delivered_records: Option<u64>) {
+        // SYNC POINT: Relaxed, the counter and the HELD and READ_POS stores:
+        // the reader's own words, which the producer reads as a snapshot;
+        // they pair with nothing, and the Release store of CONSUMED below
+        // orders them before it for the next reader.
         if let Some(n) = delivered_records {
-            s.r(rdr::RECORDS_CONSUMED).fetch_add(n, Ordering::Relaxed);
+            s.reader_word(rdr::RECORDS_CONSUMED)
+                .fetch_add(n, Ordering::Relaxed);
         }
         self.ord += 1;
         self.pos = 0;
@@ -121,18 +153,19 @@ impl Cursor {
         self.complete = None;
         // Whatever a mapping reader held here is settled: delivered or
         // discarded by us, or counted by its writer.
-        s.r(rdr::HELD).store(0, Ordering::Relaxed);
-        s.r(rdr::READ_POS).store(0, Ordering::Relaxed);
+        s.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+        s.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the opener's Acquire load of
         // CONSUMED: our reads of the sub-buffer happen before its reuse.
-        s.r(rdr::CONSUMED).store(self.ord, Ordering::Release);
+        s.reader_word(rdr::CONSUMED)
+            .store(self.ord, Ordering::Release);
     }
 
     /// Finds the next readable run of bytes, or `None` if there is nothing
     /// to read now.
     pub(crate) fn next_chunk(&mut self, s: &Shared) -> Result<Option<Chunk>, FormatError> {
         self.check_epoch(s);
-        let g = s.g;
+        let g = *s.geometry();
         // Bounded: each pass either returns or moves to a later sub-buffer,
         // and only so many were produced.
         loop {
@@ -184,8 +217,11 @@ impl Cursor {
                         self.bounce.resize(g.subbuf_size as usize, 0);
                         s.copy_out(slot, 0, &mut self.bounce[..end as usize]);
                         if !s.still_valid(self.ord) {
-                            s.r(rdr::DISCARDED_SUBBUFS).fetch_add(1, Ordering::Relaxed);
-                            s.r(rdr::DISCARDED_RECORDS)
+                            // SYNC POINT: Relaxed: the reader's own
+                            // counters; they pair with nothing.
+                            s.reader_word(rdr::DISCARDED_SUBBUFS)
+                                .fetch_add(1, Ordering::Relaxed);
+                            s.reader_word(rdr::DISCARDED_RECORDS)
                                 .fetch_add(records, Ordering::Relaxed);
                             self.advance(s, None);
                             continue;
@@ -236,8 +272,12 @@ impl Cursor {
     /// Records that `n` bytes of the last chunk were delivered.
     pub(crate) fn consume(&mut self, s: &Shared, n: u64) {
         self.pos += n;
-        s.r(rdr::BYTES_CONSUMED).fetch_add(n, Ordering::Relaxed);
-        s.r(rdr::READ_POS).store(self.pos, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: the reader's own counter and position; they
+        // pair with nothing (the producer reads them as a snapshot).
+        s.reader_word(rdr::BYTES_CONSUMED)
+            .fetch_add(n, Ordering::Relaxed);
+        s.reader_word(rdr::READ_POS)
+            .store(self.pos, Ordering::Relaxed);
         // Hand a finished sub-buffer back at once.
         if self.bounce_full && self.pos >= self.bounce_len {
             let n = self.bounce_records;

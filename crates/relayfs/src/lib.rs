@@ -42,6 +42,8 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "tokio")]
+mod async_reader;
 mod buffer;
 mod callbacks;
 mod channel;
@@ -49,15 +51,19 @@ pub mod cpu;
 mod cursor;
 mod dir;
 mod error;
+pub mod frame;
 pub mod kernel;
 pub mod layout;
 mod lifecycle;
 mod notify;
 mod reader;
+mod readers;
 mod shm;
 mod stats;
 mod sync;
 
+#[cfg(feature = "tokio")]
+pub use async_reader::{AsyncChannelRecords, AsyncReaders, AsyncRelayFile};
 pub use buffer::SwitchInfo;
 pub use callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode, OverwriteCallbacks};
 pub use channel::{
@@ -66,10 +72,14 @@ pub use channel::{
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
+pub use frame::{
+    ChannelRecords, Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records,
+};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
 pub use reader::{BufferStatus, Mapping, Ready, ReadySubbuf, RelayFile};
+pub use readers::{ChannelError, ReadAny, Readers, Readiness};
 pub use stats::BufferStats;
 
 /// Sums the counters of several buffers (the same as `.sum()` over them:

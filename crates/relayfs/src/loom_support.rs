@@ -2,12 +2,10 @@
 //! protocol (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
 //! Only compiled under `cfg(loom)`.
 
-use std::cell::UnsafeCell;
-
 use crate::buffer::{BufferStats, Hooks, Shared, SwitchInfo};
 use crate::cursor::Cursor;
 use crate::layout::{desc, hdr, rdr, Geometry, FLAG_OVERWRITE};
-use crate::sync::AtomicU64;
+use crate::sync::{AtomicU64, DataCell};
 use crate::WriteError;
 
 /// A buffer whose shared state lives in loom atomics.
@@ -17,7 +15,7 @@ pub struct LoomBuffer {
     _hdr: Box<[AtomicU64]>,
     _desc: Box<[AtomicU64]>,
     _rdr: Box<[AtomicU64]>,
-    _data: Box<[UnsafeCell<u8>]>,
+    _data: Box<[DataCell]>,
 }
 
 // SAFETY: see `Shared`; the boxes only keep the memory alive.
@@ -47,21 +45,25 @@ impl LoomBuffer {
         let h = atomics(hdr::END / 8);
         let d = atomics(n_subbufs as usize * desc::SIZE / 8);
         let r = atomics(rdr::CLAIMS / 8 + n_subbufs as usize);
-        let data: Box<[UnsafeCell<u8>]> = (0..g.data_len()).map(|_| UnsafeCell::new(0)).collect();
+        let data: Box<[DataCell]> = (0..g.data_len()).map(|_| DataCell::new()).collect();
         let flags = if overwrite { FLAG_OVERWRITE } else { 0 };
-        // SAFETY: the boxes hold the header fields, descriptors, reader page
-        // and data the geometry asks for, indexed as `Shared` indexes them,
-        // and live as long as `shared` (same struct).
-        let shared = unsafe {
+        // SAFETY: the boxes hold the header fields, descriptors and reader
+        // page the geometry asks for, indexed as `Shared` indexes them, and
+        // live as long as `shared` (same struct). The raw data pointer is
+        // never used in the loom build (the cells below are).
+        let mut shared = unsafe {
             Shared::new(
                 g,
                 h.as_ptr(),
                 d.as_ptr(),
                 r.as_ptr(),
-                UnsafeCell::raw_get(data.as_ptr()),
+                std::ptr::null_mut(),
                 flags,
             )
         };
+        // SAFETY: `data` holds data_len() cells and lives as long as
+        // `shared` (same struct).
+        unsafe { shared.set_data_cells(data.as_ptr()) };
         shared.init_state();
         LoomBuffer {
             shared,
@@ -77,7 +79,7 @@ impl LoomBuffer {
     /// # Errors
     /// As `Channel::write`.
     pub fn write(&self, data: &[u8]) -> Result<(), WriteError> {
-        if data.len() as u64 > self.shared.g.max_record() {
+        if data.len() as u64 > self.shared.geometry().max_record() {
             return Err(self.shared.drop_toobig(data.len()));
         }
         let r = self.shared.reserve(data.len() as u64, &NoHooks)?;
@@ -107,7 +109,7 @@ impl LoomBuffer {
         let s = &self.shared;
         let (ord, end, _records) = s.map_ready(false).expect("corrupt state")?;
         let mut copy = vec![0u8; end as usize];
-        s.copy_out(ord % s.g.n_subbufs, 0, &mut copy);
+        s.copy_out(ord % s.geometry().n_subbufs, 0, &mut copy);
         let good = if kernel_path {
             let good = s.still_valid(ord);
             let n = s

@@ -113,7 +113,7 @@ impl RelayFile {
         {
             // SYNC POINT: Acquire pairs with relay_close's Release store of
             // STATE (made while it holds the lock).
-            let closing = s.h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED;
+            let closing = s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED;
             if !closing || tries == 100 {
                 return Err(ReadError::Busy(path));
             }
@@ -121,7 +121,8 @@ impl RelayFile {
             std::thread::sleep(Duration::from_millis(1));
         }
         let waiter = Waiter::open(&crate::notify::wake_fifo_path(&path)).ok();
-        s.r(rdr::READER_PID)
+        // SYNC POINT: Relaxed: information for `stat`; it pairs with nothing.
+        s.reader_word(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
         Ok(RelayFile {
@@ -168,12 +169,12 @@ impl RelayFile {
             header,
             stats: s.stats(),
             // SYNC POINT: Acquire pairs with the Release store in relay_close.
-            closed: s.h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
+            closed: s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
             producer_alive: shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
                 .map_err(|e| ReadError::io("lock", path, e))?,
             reader_attached: shm::byte_locked(&file, shm::READER_LOCK_BYTE)
                 .map_err(|e| ReadError::io("lock", path, e))?,
-            reader_pid: s.r(rdr::READER_PID).load(Ordering::Relaxed),
+            reader_pid: s.reader_word(rdr::READER_PID).load(Ordering::Relaxed),
         })
     }
 
@@ -259,7 +260,10 @@ impl RelayFile {
     /// Whether the producer called `relay_close`.
     pub fn is_closed(&self) -> bool {
         // SYNC POINT: Acquire pairs with the Release store in relay_close.
-        self.shared().h(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED
+        self.shared()
+            .header_word(hdr::STATE)
+            .load(Ordering::Acquire)
+            == STATE_CLOSED
     }
 
     /// Whether the producer process still holds the buffer.
@@ -497,18 +501,26 @@ impl RelayFile {
                 });
             }
             let s = self.shared();
-            s.r(rdr::WAITING).store(1, Ordering::Relaxed);
+            // SYNC POINT: Relaxed stores of WAITING, here and below: the
+            // SeqCst fences do the ordering (Dekker with the completer,
+            // buffer::complete: we store WAITING, fence, then look for data).
+            s.reader_word(rdr::WAITING).store(1, Ordering::Relaxed);
             // SYNC POINT: Dekker with the completer (buffer::complete): we
             // store WAITING, fence, then look for data.
             fence(Ordering::SeqCst);
             if ready(self)? {
-                self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+                self.shared()
+                    .reader_word(rdr::WAITING)
+                    .store(0, Ordering::Relaxed);
                 return Ok(Ready::Readable);
             }
             let now = Instant::now();
             let left = match deadline {
                 Some(d) if d <= now => {
-                    self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+                    // SYNC POINT: Relaxed, as the store of WAITING above.
+                    self.shared()
+                        .reader_word(rdr::WAITING)
+                        .store(0, Ordering::Relaxed);
                     return Ok(Ready::Timeout);
                 }
                 Some(d) => (d - now).min(LIVENESS_INTERVAL),
@@ -523,7 +535,10 @@ impl RelayFile {
                     Wake::Timeout
                 }
             };
-            self.shared().r(rdr::WAITING).store(0, Ordering::Relaxed);
+            // SYNC POINT: Relaxed, as the store of WAITING above.
+            self.shared()
+                .reader_word(rdr::WAITING)
+                .store(0, Ordering::Relaxed);
             if woke == Wake::Hangup {
                 // Producer closed or died: the next pass tells which. Avoid
                 // spinning on a FIFO that stays hung up.
@@ -549,7 +564,10 @@ impl RelayFile {
         if let Some(w) = &self.waiter {
             w.drain();
         }
-        self.shared().r(rdr::WAITING).store(1, Ordering::Relaxed);
+        // SYNC POINT: Relaxed, as in `poll`: the fence below orders it.
+        self.shared()
+            .reader_word(rdr::WAITING)
+            .store(1, Ordering::Relaxed);
         // SYNC POINT: as in `poll`.
         fence(Ordering::SeqCst);
         Ok(self.next_chunk()?.is_some())
@@ -559,8 +577,11 @@ impl RelayFile {
     /// file). The producer's `buf_mapped` callback hears of it.
     pub fn map(&mut self) -> Mapping<'_> {
         let s = self.shared();
-        s.r(rdr::MAPPED).fetch_add(1, Ordering::Relaxed);
-        s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: Relaxed: counts for the producer's `buf_mapped`
+        // callback (`check_map_events`); they publish nothing else.
+        s.reader_word(rdr::MAPPED).fetch_add(1, Ordering::Relaxed);
+        s.reader_word(rdr::MAP_EVENTS)
+            .fetch_add(1, Ordering::Relaxed);
         Mapping {
             file: self,
             checked: Cell::new(None),
@@ -776,17 +797,17 @@ impl Drop for RelayFile {
         let s = &self.map.shared;
         // SYNC POINT: Acquire pairs with relay_close's Release store of
         // STATE, made after it stored LEFT.
-        if s.h(hdr::STATE).load(Ordering::Acquire) != STATE_CLOSED {
+        if s.header_word(hdr::STATE).load(Ordering::Acquire) != STATE_CLOSED {
             return;
         }
-        let left = s.h(hdr::LEFT).load(Ordering::Relaxed);
+        let left = s.header_word(hdr::LEFT).load(Ordering::Relaxed);
         if left & LEFT_FOR_READER == 0 || !matches!(self.is_eof(), Ok(true)) {
             return;
         }
         let s = &self.map.shared;
         let dir = (left & LEFT_DIR != 0).then(|| crate::dir::Ident {
-            dev: s.h(hdr::DIR_DEV).load(Ordering::Relaxed),
-            ino: s.h(hdr::DIR_INO).load(Ordering::Relaxed),
+            dev: s.header_word(hdr::DIR_DEV).load(Ordering::Relaxed),
+            ino: s.header_word(hdr::DIR_INO).load(Ordering::Relaxed),
         });
         crate::dir::remove_left_for_reader(&self.path, &self.file, self.wake_fd(), dir);
     }
@@ -796,8 +817,10 @@ impl Drop for Mapping<'_> {
     fn drop(&mut self) {
         let f = &mut *self.file;
         let s = &f.map.shared;
-        s.r(rdr::MAPPED).fetch_sub(1, Ordering::Relaxed);
-        s.r(rdr::MAP_EVENTS).fetch_add(1, Ordering::Relaxed);
+        // SYNC POINT: Relaxed, as in `map`.
+        s.reader_word(rdr::MAPPED).fetch_sub(1, Ordering::Relaxed);
+        s.reader_word(rdr::MAP_EVENTS)
+            .fetch_add(1, Ordering::Relaxed);
         // The mapping moved the position: `read` resumes there (a sub-buffer
         // still held is delivered or discarded by it, exactly once).
         f.cur.load(s);
