@@ -25,12 +25,12 @@
  * bytes), gets -EINVAL (or NULL with errno EINVAL): each handle carries a
  * magic word checked before use. A closed handle gets -EINVAL too, for
  * good: closing frees the channel or file but leaves the handle's small
- * shell (16 bytes for a channel, 32 for a reader) allocated, so it never
+ * shell (16 bytes for a channel, a few more for a reader) allocated, so it never
  * points at freed memory. What can't be checked: a pointer into memory
  * that is not readable, or one to a copy of a handle's bytes.
  *
- * No error escapes as a crash or an abort: an internal failure (a bug)
- * is caught at the boundary and returned as -EIO.
+ * No Rust panic crosses the boundary: an internal failure (a bug) is
+ * caught and returned as -EIO (or NULL with errno EIO).
  */
 #ifndef RELAYFS_H
 #define RELAYFS_H
@@ -154,7 +154,8 @@ struct rchan_callbacks {
 };
 
 /* relay_stats, relay_close_stats, relay_file_stats: a buffer's counters.
- * Every record offered is in records_written or counted in lost. */
+ * Every record offered ends up consumed by a reader (records_consumed) or
+ * counted in lost, once attached readers have drained. */
 struct relay_stats {
 	uint64_t records_written;   /* accepted: completed + pending */
 	uint64_t records_completed; /* in completed sub-buffers */
