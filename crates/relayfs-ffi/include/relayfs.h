@@ -287,7 +287,9 @@ int relay_flush(struct rchan *chan);
  * Resets every buffer to its initial state (the data is erased, mappings
  * stay valid, readers start over). As the kernel says: the channel must not
  * be in use meanwhile. No other call on `chan` (from any thread) may run
- * during relay_reset; that is not checked and breaking it is undefined.
+ * during relay_reset, and no thread may hold a reservation of it; that is
+ * checked for the calling thread's reservations only, and breaking it is
+ * undefined.
  * Returns 0, -EINVAL, or -EBUSY if this thread has a reservation of the
  * channel not yet committed.
  */
