@@ -3,6 +3,7 @@
 //! (record on debugfs, blktrace).
 
 mod args;
+mod checker;
 mod cmd;
 mod demofmt;
 mod recorder;

@@ -81,7 +81,7 @@ pub fn run(
                 })
                 .collect();
             let dropped: u64 = writers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
-            let chan = Arc::into_inner(chan).expect("every writer is done");
+            // `close` takes `&self`: whoever holds the channel may close it.
             let stats = chan.close()?;
             Ok((dropped, stats.lost()))
         })

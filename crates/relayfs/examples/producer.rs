@@ -79,8 +79,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         stats.dropped_full
     );
     // relay_close: flush the last sub-buffers, wake the readers, remove the files.
-    Arc::try_unwrap(chan)
-        .map_err(|_| "channel still shared")?
-        .close()?;
+    chan.close()?;
     Ok(())
 }

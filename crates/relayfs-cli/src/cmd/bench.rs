@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cmd::verify;
+use crate::checker as verify;
 use crate::util;
 use crate::workload::{self, ChannelArgs, Rng, SizeSpec, BATCH};
 

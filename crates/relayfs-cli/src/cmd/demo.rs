@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::verify;
+use crate::checker as verify;
 use crate::util;
 use crate::workload::{self, ChannelArgs, SizeSpec};
 
