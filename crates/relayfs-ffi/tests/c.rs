@@ -26,6 +26,20 @@ fn which(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// `name` from `PATH`, or `None` (the caller skips, saying so loudly)
+/// outside CI; under `CI=true` a missing tool fails the test (`.ci/run`
+/// installs every one of them).
+fn tool(name: &str, what: &str) -> Option<PathBuf> {
+    let found = which(name);
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("no {what} ({name}) found, and CI=true: install it (.ci/run does)");
+        }
+        eprintln!("\n*** skipped: no {what} ({name}) on PATH: this part is NOT tested ***\n");
+    }
+    found
+}
+
 /// The C compiler (`$CC`, else `cc`), or `None` (skip) outside CI.
 fn c_compiler() -> Option<PathBuf> {
     let cc = std::env::var_os("CC")
@@ -404,7 +418,7 @@ fn header_declares_exactly_what_the_library_exports() {
     );
     // And the shared library itself, where nm is there to ask.
     let so = built_dir().join("librelayfs_ffi.so");
-    if let (Some(nm), true) = (which("nm"), so.is_file()) {
+    if let (Some(nm), true) = (tool("nm", "symbol lister"), so.is_file()) {
         let out = run_ok(Command::new(nm).args(["-D", "--defined-only"]).arg(&so));
         let syms: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -497,8 +511,7 @@ int main(void) {
 #[test]
 fn pkg_config_finds_the_installed_library() {
     let Some(cc) = c_compiler() else { return };
-    let Some(pkg_config) = which("pkg-config") else {
-        eprintln!("skipped: no pkg-config");
+    let Some(pkg_config) = tool("pkg-config", "pkg-config") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -520,7 +533,7 @@ fn pkg_config_finds_the_installed_library() {
             .arg("-lpthread"),
     );
     // Linked through the soname, so that librelayfs.so.1 can come beside it.
-    if let Some(readelf) = which("readelf") {
+    if let Some(readelf) = tool("readelf", "ELF reader") {
         let d = run_ok(Command::new(readelf).arg("-d").arg(&exe));
         let d = String::from_utf8_lossy(&d.stdout);
         assert!(d.contains("Shared library: [librelayfs.so.0]"), "{d}");
@@ -563,8 +576,7 @@ fn every_exported_function_catches_panics() {
 
 #[test]
 fn the_header_serves_cplusplus() {
-    let Some(cxx) = which("c++") else {
-        eprintln!("skipped: no C++ compiler (c++)");
+    let Some(cxx) = tool("c++", "C++ compiler") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
