@@ -49,6 +49,7 @@ pub mod cpu;
 mod cursor;
 mod dir;
 mod error;
+pub mod frame;
 pub mod kernel;
 pub mod layout;
 mod lifecycle;
@@ -66,6 +67,7 @@ pub use channel::{
 };
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
+pub use frame::{Decoder, FrameError, Merge, OwnedRecord, Record, RecordReservation, Records};
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
