@@ -1,0 +1,1043 @@
+//! Decoding a recording: the `cpuN.out` files (and rotated `cpuN.out.K`)
+//! that `relayfs record` writes, merged into one stream in timestamp order
+//! and printed like `tracing-subscriber`'s `fmt` layer, or as JSON lines.
+//!
+//! * Each buffer's files are one stream of framed records
+//!   ([`relayfs::Decoder`]); the streams are merged by timestamp (the
+//!   framing's `CLOCK_MONOTONIC`, one clock for every CPU).
+//! * Callsite records are collected as they come; an event whose callsite
+//!   record has not been seen (it was lost, or it is in a buffer the merge
+//!   has not reached) is shown as `unknown callsite N` with its values by
+//!   position.
+//! * Losses: a lost record (written by the layer before the next event on
+//!   that CPU) is shown where it is, as `N events lost on cpuK`. Whatever the
+//!   recorder's counters (`relayfs-record.json`) say a buffer lost beyond
+//!   that is shown when that buffer's stream ends, as `N records lost on
+//!   cpuK`, saying that where is not known.
+//! * Bad input (a corrupt or cut record, a payload that is not a valid
+//!   tracing record) is a [`Problem`] naming the file and byte offset;
+//!   decoding goes on after it. Nothing in the files can make it panic.
+//! * `follow`: the recording may still be written. Files are read as they
+//!   grow, new rotated files picked up, and the end is when the recorder's
+//!   summary appears and everything is read. A record is printed once every
+//!   buffer has a later one, or once it is older than `settle` on this
+//!   machine's monotonic clock (a buffer with nothing new holds nothing
+//!   older).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relayfs::frame::{Decoder, FrameError};
+
+use crate::wire::{self, Item, Value, Values, WireError};
+
+/// The summary file `relayfs record` writes at the end of a recording.
+pub const SUMMARY_FILE: &str = "relayfs-record.json";
+
+/// How to decode.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// The recording may still be written: wait for more until the
+    /// recorder's summary appears.
+    pub follow: bool,
+    /// How often to look for more data when following.
+    pub poll: Duration,
+    /// When following, how old a record must be before it is printed while
+    /// some buffer has nothing newer.
+    pub settle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            json: false,
+            follow: false,
+            poll: Duration::from_millis(100),
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a decode found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Framed records decoded.
+    pub records: u64,
+    /// Events printed.
+    pub events: u64,
+    /// Events the layer said it lost (lost records).
+    pub lost_events: u64,
+    /// Records the recorder's counters say were lost beyond those.
+    pub lost_records: u64,
+    /// Problems reported.
+    pub problems: u64,
+    /// Records printed with a timestamp lower than the one before (two
+    /// writers on one CPU racing between reservation and clock read: the
+    /// records keep their buffer's order).
+    pub out_of_order: u64,
+}
+
+/// Something wrong in the input: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or stream name).
+    pub file: String,
+    /// Byte offset in that file, if known.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.offset {
+            Some(o) => write!(f, "{}: byte {}: {}", self.file, o, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Per-buffer counters from `relayfs-record.json` (only what is needed).
+#[derive(Debug, serde::Deserialize)]
+struct SummaryFile {
+    buffers: Vec<SummaryBuffer>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SummaryBuffer {
+    name: String,
+    #[serde(default)]
+    dropped_full: u64,
+    #[serde(default)]
+    dropped_toobig: u64,
+    #[serde(default)]
+    overwritten: u64,
+    #[serde(default)]
+    discarded: u64,
+    #[serde(default)]
+    abandoned_records: u64,
+}
+
+impl SummaryBuffer {
+    fn lost(&self) -> u64 {
+        self.dropped_full
+            .saturating_add(self.dropped_toobig)
+            .saturating_add(self.overwritten)
+            .saturating_add(self.discarded)
+            .saturating_add(self.abandoned_records)
+    }
+}
+
+/// Reads the summary's per-buffer loss counts; `Ok(None)` if there is no
+/// summary.
+fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
+    let path = dir.join(SUMMARY_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Problem {
+                file: SUMMARY_FILE.into(),
+                offset: None,
+                message: format!("cannot read it: {e}"),
+            })
+        }
+    };
+    let s: SummaryFile = serde_json::from_slice(&text).map_err(|e| Problem {
+        file: SUMMARY_FILE.into(),
+        offset: None,
+        message: format!("not a recording summary: {e}"),
+    })?;
+    Ok(Some(
+        s.buffers.into_iter().map(|b| (b.name.clone(), b.lost())).collect(),
+    ))
+}
+
+/// The `(buffer name, rotation index)` of an output file name: `cpu0.out`
+/// is `("cpu0", None)`, `cpu0.out.3` is `("cpu0", Some(3))`.
+fn parse_out_name(name: &str) -> Option<(&str, Option<u64>)> {
+    if name.starts_with('.') {
+        return None;
+    }
+    if let Some(base) = name.strip_suffix(".out") {
+        return (!base.is_empty()).then_some((base, None));
+    }
+    let (head, k) = name.rsplit_once('.')?;
+    let base = head.strip_suffix(".out")?;
+    if base.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((base, Some(k.parse().ok()?)))
+}
+
+/// The output files of a recording directory, per buffer, in order.
+fn list_outputs(dir: &Path) -> io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut by: HashMap<String, Vec<(u64, PathBuf)>> = HashMap::new();
+    for ent in std::fs::read_dir(dir)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((base, k)) = parse_out_name(name) else {
+            continue;
+        };
+        if !ent.file_type()?.is_file() {
+            continue;
+        }
+        by.entry(base.to_string())
+            .or_default()
+            .push((k.unwrap_or(0), ent.path()));
+    }
+    let mut v: Vec<(String, Vec<PathBuf>)> = by
+        .into_iter()
+        .map(|(b, mut f)| {
+            f.sort();
+            (b, f.into_iter().map(|(_, p)| p).collect())
+        })
+        .collect();
+    v.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    Ok(v)
+}
+
+/// Sorts `cpu2` before `cpu10`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (a, n) = s.split_at(s.len() - digits);
+    (a.to_string(), n.parse().unwrap_or(0))
+}
+
+/// Where a buffer's bytes come from.
+enum Input {
+    /// A recording's files for one buffer, read one after the other.
+    Files {
+        dir: PathBuf,
+        base: String,
+        files: Vec<PathBuf>,
+        /// Index in `files` of the open file.
+        cur: usize,
+        file: Option<File>,
+        /// Stream offset where each opened file starts, and its name.
+        starts: Vec<(u64, String)>,
+        /// Stream offset read so far.
+        pos: u64,
+    },
+    /// Any byte stream.
+    Reader(Box<dyn Read>),
+}
+
+impl Input {
+    /// Reads some bytes; `Ok(None)` when nothing is there now (more may
+    /// come when following), `Ok(Some(0))` never.
+    fn read(&mut self, buf: &mut [u8], follow: bool) -> io::Result<Option<usize>> {
+        match self {
+            Input::Reader(r) => loop {
+                match r.read(buf) {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => return Ok(Some(n)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+            Input::Files {
+                dir,
+                base,
+                files,
+                cur,
+                file,
+                starts,
+                pos,
+            } => loop {
+                if file.is_none() {
+                    if *cur >= files.len() && follow {
+                        if let Some((_, f)) = list_outputs(dir)?.into_iter().find(|(b, _)| b == base) {
+                            for p in f {
+                                if !files.contains(&p) {
+                                    files.push(p);
+                                }
+                            }
+                        }
+                    }
+                    let Some(p) = files.get(*cur) else {
+                        return Ok(None);
+                    };
+                    *file = Some(File::open(p)?);
+                    let name = p
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    starts.push((*pos, name));
+                }
+                let f = file.as_mut().expect("opened above");
+                match f.read(buf) {
+                    Ok(0) => {
+                        // The next file, if there is one (a following
+                        // decode looks again next time).
+                        let more = *cur + 1 < files.len()
+                            || (follow
+                                && list_outputs(dir)?
+                                    .iter()
+                                    .any(|(b, f)| b == base && f.len() > *cur + 1));
+                        if !more {
+                            return Ok(None);
+                        }
+                        *file = None;
+                        *cur += 1;
+                    }
+                    Ok(n) => {
+                        *pos += n as u64;
+                        return Ok(Some(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    /// The file holding stream offset `off`, and the offset in it.
+    fn locate(&self, name: &str, off: u64) -> (String, u64) {
+        match self {
+            Input::Reader(_) => (name.to_string(), off),
+            Input::Files { starts, .. } => {
+                match starts.iter().rev().find(|(s, _)| *s <= off) {
+                    Some((s, n)) => (n.clone(), off - s),
+                    None => (name.to_string(), off),
+                }
+            }
+        }
+    }
+}
+
+/// One buffer's stream and its next record.
+struct Source {
+    name: String,
+    input: Input,
+    dec: Decoder,
+    /// The next record: timestamp, stream offset, payload (in `payload`).
+    head: Option<(u64, u64)>,
+    payload: Vec<u8>,
+    /// Timestamp of the last record (for records without one).
+    last_ts: u64,
+    ended: bool,
+    /// Lost events reported in band for this buffer.
+    lost_in_band: u64,
+}
+
+/// An open span, as the decoder knows it.
+struct SpanState {
+    callsite: u64,
+    text: String,
+    json: String,
+}
+
+/// A callsite's strings, owned.
+struct Callsite {
+    level: u8,
+    name: String,
+    target: String,
+    fields: Vec<String>,
+}
+
+/// The state of a decode: what it knows of callsites, spans and threads,
+/// and where it prints.
+struct Printer<'o> {
+    out: &'o mut dyn Write,
+    json: bool,
+    callsites: HashMap<u64, Callsite>,
+    spans: HashMap<u64, SpanState>,
+    stacks: HashMap<u64, Vec<u64>>,
+    /// Wall clock minus monotonic clock, from a clock record.
+    offset: Option<i128>,
+    line: String,
+    stats: Stats,
+}
+
+/// The recording in `dir`, merged and printed to `out`; problems in the
+/// input go to `problem` as they are found (decoding goes on).
+///
+/// # Errors
+/// Reading the directory or a file, or writing `out`, failed.
+pub fn decode_dir(
+    dir: &Path,
+    opts: &Options,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<Stats> {
+    let mut summary = if opts.follow {
+        None
+    } else {
+        match read_summary(dir) {
+            Ok(s) => s,
+            Err(p) => {
+                problem(&p);
+                None
+            }
+        }
+    };
+    let mut outputs = list_outputs(dir)?;
+    if opts.follow {
+        // Wait for the recorder to make its files.
+        while outputs.is_empty() && !dir.join(SUMMARY_FILE).exists() {
+            std::thread::sleep(opts.poll);
+            outputs = list_outputs(dir)?;
+        }
+    } else if outputs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no <buffer>.out files in {}", dir.display()),
+        ));
+    }
+    let sources = outputs
+        .into_iter()
+        .map(|(base, files)| {
+            (
+                base.clone(),
+                Input::Files {
+                    dir: dir.to_path_buf(),
+                    base,
+                    files,
+                    cur: 0,
+                    file: None,
+                    starts: Vec::new(),
+                    pos: 0,
+                },
+            )
+        })
+        .collect();
+    let done = |summary: &mut Option<HashMap<String, u64>>, problem: &mut dyn FnMut(&Problem)| {
+        if summary.is_none() {
+            match read_summary(dir) {
+                Ok(s) => *summary = s,
+                Err(p) => {
+                    problem(&p);
+                    *summary = Some(HashMap::new());
+                }
+            }
+        }
+        summary.is_some()
+    };
+    run(sources, opts, out, problem, &mut summary, &mut |s, p| {
+        !opts.follow || done(s, p)
+    })
+}
+
+/// Decodes and merges named byte streams (each one buffer's framed
+/// records, e.g. `cpuN.out` files or what a relay file's reads return).
+///
+/// # Errors
+/// Reading a stream or writing `out` failed.
+pub fn decode_streams(
+    streams: Vec<(String, Box<dyn Read>)>,
+    json: bool,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<Stats> {
+    let opts = Options {
+        json,
+        ..Options::default()
+    };
+    let sources = streams
+        .into_iter()
+        .map(|(n, r)| (n, Input::Reader(r)))
+        .collect();
+    run(sources, &opts, out, problem, &mut None, &mut |_, _| true)
+}
+
+/// Records a source's stream offset-located problem.
+fn frame_problem(src: &Source, e: &FrameError) -> Problem {
+    let (off, msg) = match e {
+        FrameError::Corrupt { offset, reason } => (Some(*offset), format!("corrupt record: {reason}")),
+        FrameError::Truncated { offset, have, need } => (
+            Some(*offset),
+            format!("the stream ends inside a record ({have} of {need} bytes): skipped"),
+        ),
+        other => (None, other.to_string()),
+    };
+    match off {
+        Some(o) => {
+            let (file, o) = src.input.locate(&src.name, o);
+            Problem {
+                file,
+                offset: Some(o),
+                message: msg,
+            }
+        }
+        None => Problem {
+            file: src.name.clone(),
+            offset: None,
+            message: msg,
+        },
+    }
+}
+
+type Finished<'a> = dyn FnMut(&mut Option<HashMap<String, u64>>, &mut dyn FnMut(&Problem)) -> bool + 'a;
+
+fn run(
+    named: Vec<(String, Input)>,
+    opts: &Options,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+    summary: &mut Option<HashMap<String, u64>>,
+    finished: &mut Finished<'_>,
+) -> io::Result<Stats> {
+    let mut srcs: Vec<Source> = named
+        .into_iter()
+        .map(|(name, input)| Source {
+            name,
+            input,
+            dec: Decoder::new(),
+            head: None,
+            payload: Vec::new(),
+            last_ts: 0,
+            ended: false,
+            lost_in_band: 0,
+        })
+        .collect();
+    let mut p = Printer {
+        out,
+        json: opts.json,
+        callsites: HashMap::new(),
+        spans: HashMap::new(),
+        stacks: HashMap::new(),
+        offset: None,
+        line: String::with_capacity(256),
+        stats: Stats::default(),
+    };
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut last_ts = 0u64;
+    loop {
+        // Whether the recording is over (when following: the summary is
+        // there); asked before reading, so that what is read after it is
+        // everything.
+        let over = finished(summary, problem);
+        let mut waiting = false;
+        for s in srcs.iter_mut() {
+            if s.head.is_some() || s.ended {
+                continue;
+            }
+            fill(s, &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
+            if s.head.is_none() && !s.ended {
+                waiting = true;
+            }
+        }
+        // The smallest next record.
+        let mut best: Option<usize> = None;
+        for (i, s) in srcs.iter().enumerate() {
+            if let Some((ts, _)) = s.head {
+                if best.is_none_or(|b| ts < srcs[b].head.map_or(u64::MAX, |h| h.0)) {
+                    best = Some(i);
+                }
+            }
+        }
+        let Some(i) = best else {
+            if !waiting {
+                break;
+            }
+            p.out.flush()?;
+            std::thread::sleep(opts.poll);
+            continue;
+        };
+        let ts = srcs[i].head.map_or(0, |h| h.0);
+        if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
+            p.out.flush()?;
+            std::thread::sleep(opts.poll);
+            continue;
+        }
+        let (ts, offset) = srcs[i].head.take().expect("a head");
+        if ts < last_ts {
+            p.stats.out_of_order += 1;
+        } else {
+            last_ts = ts;
+        }
+        let r = p.record(&srcs[i].payload, ts, i, &srcs);
+        match r {
+            Ok(Some((buffer, n))) => {
+                if let Some(s) = srcs.iter_mut().find(|s| s.name == format!("cpu{buffer}")) {
+                    s.lost_in_band += n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+                p.stats.problems += 1;
+                problem(&Problem {
+                    file,
+                    offset: Some(off),
+                    message: format!("bad tracing record: {e}"),
+                });
+            }
+        }
+        // A buffer that has ended: what the recorder counted beyond the lost
+        // records shown is shown here.
+        fill(&mut srcs[i], &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
+        if srcs[i].ended && srcs[i].head.is_none() {
+            end_of_source(&mut p, &srcs[i], summary, ts)?;
+        }
+    }
+    // Sources that never had a record.
+    for s in &srcs {
+        if s.ended && s.dec.records() == 0 {
+            end_of_source(&mut p, s, summary, 0)?;
+        }
+    }
+    p.out.flush()?;
+    Ok(p.stats)
+}
+
+fn end_of_source(
+    p: &mut Printer<'_>,
+    s: &Source,
+    summary: &Option<HashMap<String, u64>>,
+    ts: u64,
+) -> io::Result<()> {
+    let Some(sum) = summary else { return Ok(()) };
+    let Some(&lost) = sum.get(&s.name) else {
+        return Ok(());
+    };
+    let extra = lost.saturating_sub(s.lost_in_band);
+    if extra > 0 {
+        p.stats.lost_records += extra;
+        p.lost_line(ts, &s.name, extra, false)?;
+    }
+    Ok(())
+}
+
+/// Makes `s.head` the next record if one can be had now; marks the end.
+fn fill(
+    s: &mut Source,
+    chunk: &mut [u8],
+    follow: bool,
+    problem: &mut dyn FnMut(&Problem),
+    stats: &mut Stats,
+) -> io::Result<()> {
+    while s.head.is_none() && !s.ended {
+        match s.dec.next_record() {
+            Some(Ok(r)) => {
+                let ts = r.timestamp.unwrap_or(s.last_ts);
+                s.last_ts = ts;
+                s.payload.clear();
+                s.payload.extend_from_slice(r.payload);
+                s.head = Some((ts, r.offset));
+                stats.records += 1;
+                continue;
+            }
+            Some(Err(e)) => {
+                stats.problems += 1;
+                problem(&frame_problem(s, &e));
+                continue;
+            }
+            None => {}
+        }
+        let want = chunk.len();
+        let spare = s.dec.spare(want);
+        let n = spare.len().min(want);
+        match s.input.read(&mut spare[..n], follow)? {
+            Some(n) => s.dec.filled(n),
+            None if follow => return Ok(()),
+            None => {
+                if let Some(e) = s.dec.finish() {
+                    stats.problems += 1;
+                    problem(&frame_problem(s, &e));
+                }
+                s.ended = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes timestamp `ts` (monotonic ns) as RFC 3339 UTC with microseconds
+/// when the wall clock's offset is known, else as monotonic seconds.
+fn fmt_time(line: &mut String, offset: Option<i128>, ts: u64) {
+    match offset {
+        Some(off) => {
+            let t = i128::from(ts) + off;
+            let secs = t.div_euclid(1_000_000_000) as i64;
+            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u32;
+            let (y, mo, d) = civil(secs.div_euclid(86_400));
+            let s = secs.rem_euclid(86_400);
+            let _ = write!(
+                line,
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            );
+        }
+        None => {
+            let _ = write!(line, "{}.{:09}", ts / 1_000_000_000, ts % 1_000_000_000);
+        }
+    }
+}
+
+impl Printer<'_> {
+    fn time(&mut self, ts: u64) {
+        fmt_time(&mut self.line, self.offset, ts);
+    }
+
+    fn flush_line(&mut self) -> io::Result<()> {
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())?;
+        self.line.clear();
+        Ok(())
+    }
+
+    fn lost_line(&mut self, ts: u64, buffer: &str, n: u64, known: bool) -> io::Result<()> {
+        self.line.clear();
+        if self.json {
+            self.line.push_str("{\"timestamp\":\"");
+            self.time(ts);
+            let _ = write!(
+                self.line,
+                "\",\"time_ns\":{ts},\"level\":\"LOST\",\"buffer\":"
+            );
+            json_str(&mut self.line, buffer);
+            let _ = write!(
+                self.line,
+                ",\"lost\":{n},\"what\":\"{}\",\"where_known\":{known}}}",
+                if known { "events" } else { "records" }
+            );
+        } else {
+            self.time(ts);
+            if known {
+                let _ = write!(self.line, "  LOST {n} events lost on {buffer}");
+            } else {
+                let _ = write!(
+                    self.line,
+                    "  LOST {n} records lost on {buffer} (the recorder's counters; where is not known)"
+                );
+            }
+        }
+        self.flush_line()
+    }
+
+    /// Prints or takes in one record. Returns an in-band loss, to be
+    /// counted against its buffer.
+    fn record(
+        &mut self,
+        payload: &[u8],
+        ts: u64,
+        src: usize,
+        srcs: &[Source],
+    ) -> Result<Option<(u64, u64)>, WireError> {
+        match wire::parse(payload)? {
+            Item::Callsite(c) => {
+                self.callsites.insert(
+                    c.id,
+                    Callsite {
+                        level: c.level,
+                        name: c.name.to_string(),
+                        target: c.target.to_string(),
+                        fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                    },
+                );
+            }
+            Item::Clock {
+                monotonic,
+                realtime,
+            } => {
+                if self.offset.is_none() {
+                    self.offset = Some(i128::from(realtime) - i128::from(monotonic));
+                }
+            }
+            Item::Event {
+                callsite,
+                thread,
+                values,
+            } => {
+                self.stats.events += 1;
+                self.event(ts, callsite, thread, values, &srcs[src].name)
+                    .map_err(|e| e.unwrap_or(WireError { at: 0, what: "output failed" }))?;
+            }
+            Item::NewSpan {
+                callsite,
+                span,
+                values,
+                ..
+            } => {
+                let mut text = String::new();
+                let mut json = String::new();
+                self.fields_into(callsite, values, &mut text, &mut json, false)?;
+                self.spans.insert(span, SpanState { callsite, text, json });
+            }
+            Item::Record { span, values, .. } => {
+                if let Some(cs) = self.spans.get(&span).map(|s| s.callsite) {
+                    let mut text = String::new();
+                    let mut json = String::new();
+                    self.fields_into(cs, values, &mut text, &mut json, false)?;
+                    if let Some(s) = self.spans.get_mut(&span) {
+                        if !text.is_empty() && !s.text.is_empty() {
+                            s.text.push(' ');
+                        }
+                        s.text.push_str(&text);
+                        if !json.is_empty() && !s.json.is_empty() {
+                            s.json.push(',');
+                        }
+                        s.json.push_str(&json);
+                    }
+                }
+            }
+            Item::Enter { thread, span } => self.stacks.entry(thread).or_default().push(span),
+            Item::Exit { thread, span } => {
+                if let Some(st) = self.stacks.get_mut(&thread) {
+                    if let Some(p) = st.iter().rposition(|&s| s == span) {
+                        st.remove(p);
+                    }
+                    if st.is_empty() {
+                        self.stacks.remove(&thread);
+                    }
+                }
+            }
+            Item::Close { span, .. } => {
+                self.spans.remove(&span);
+            }
+            Item::Lost { buffer, count } => {
+                self.stats.lost_events += count;
+                let name = format!("cpu{buffer}");
+                self.lost_line(ts, &name, count, true)
+                    .map_err(|_| WireError { at: 0, what: "output failed" })?;
+                return Ok(Some((buffer, count)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Renders values as text (`a=1 b="x"`, the message first and bare) and
+    /// as JSON members.
+    fn fields_into(
+        &self,
+        callsite: u64,
+        values: Values<'_>,
+        text: &mut String,
+        json: &mut String,
+        want_json: bool,
+    ) -> Result<(), WireError> {
+        let cs = self.callsites.get(&callsite);
+        let mut rest = String::new();
+        for v in values {
+            let (idx, v) = v?;
+            let name: std::borrow::Cow<'_, str> =
+                match cs.and_then(|c| c.fields.get(idx as usize)) {
+                    Some(n) => n.as_str().into(),
+                    None => format!("field{idx}").into(),
+                };
+            if want_json || self.json {
+                if !json.is_empty() {
+                    json.push(',');
+                }
+                json_str(json, &name);
+                json.push(':');
+                json_value(json, &v);
+            }
+            if !self.json {
+                if name == "message" {
+                    text_value(text, &v, true);
+                } else {
+                    if !rest.is_empty() {
+                        rest.push(' ');
+                    }
+                    rest.push_str(&name);
+                    rest.push('=');
+                    text_value(&mut rest, &v, false);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(&rest);
+        }
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        ts: u64,
+        callsite: u64,
+        thread: u64,
+        values: Values<'_>,
+        buffer: &str,
+    ) -> Result<(), Option<WireError>> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let cs = self.callsites.get(&callsite);
+        let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
+        let mut text = String::new();
+        let mut json = String::new();
+        self.fields_into(callsite, values, &mut text, &mut json, false)
+            .map_err(Some)?;
+        let cs = self.callsites.get(&callsite);
+        self.line = line;
+        if self.json {
+            self.line.push_str("{\"timestamp\":\"");
+            fmt_time(&mut self.line, self.offset, ts);
+            let _ = write!(self.line, "\",\"time_ns\":{ts},\"level\":\"{level}\",\"fields\":{{");
+            self.line.push_str(&json);
+            self.line.push_str("},\"target\":");
+            match cs {
+                Some(c) => json_str(&mut self.line, &c.target),
+                None => {
+                    let _ = write!(self.line, "null,\"unknown_callsite\":{callsite}");
+                }
+            }
+            if let Some(st) = self.stacks.get(&thread) {
+                self.line.push_str(",\"spans\":[");
+                for (k, id) in st.iter().enumerate() {
+                    if k > 0 {
+                        self.line.push(',');
+                    }
+                    self.line.push_str("{\"name\":");
+                    match self.spans.get(id).and_then(|s| self.callsites.get(&s.callsite).map(|c| (s, c))) {
+                        Some((s, c)) => {
+                            json_str(&mut self.line, &c.name);
+                            if !s.json.is_empty() {
+                                self.line.push(',');
+                                self.line.push_str(&s.json);
+                            }
+                        }
+                        None => {
+                            let _ = write!(self.line, "null,\"id\":{id}");
+                        }
+                    }
+                    self.line.push('}');
+                }
+                self.line.push(']');
+            }
+            let _ = write!(self.line, ",\"threadId\":{thread},\"buffer\":");
+            json_str(&mut self.line, buffer);
+            self.line.push('}');
+        } else {
+            fmt_time(&mut self.line, self.offset, ts);
+            let _ = write!(self.line, " {level:>5} ");
+            if let Some(st) = self.stacks.get(&thread) {
+                for id in st {
+                    match self.spans.get(id) {
+                        Some(s) => {
+                            let name = self.callsites.get(&s.callsite).map_or("?", |c| c.name.as_str());
+                            self.line.push_str(name);
+                            if !s.text.is_empty() {
+                                self.line.push('{');
+                                self.line.push_str(&s.text);
+                                self.line.push('}');
+                            }
+                        }
+                        None => {
+                            let _ = write!(self.line, "<span {id}>");
+                        }
+                    }
+                    self.line.push(':');
+                }
+                self.line.push(' ');
+            }
+            match cs {
+                Some(c) => self.line.push_str(&c.target),
+                None => {
+                    let _ = write!(self.line, "<unknown callsite {callsite}>");
+                }
+            }
+            self.line.push_str(": ");
+            self.line.push_str(&text);
+        }
+        self.flush_line().map_err(|_| None)
+    }
+}
+
+fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
+    let _ = match v {
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
+        Value::I128(x) => write!(out, "{x}"),
+        Value::U128(x) => write!(out, "{x}"),
+        Value::F64(x) => write!(out, "{x:?}"),
+        Value::Bool(x) => write!(out, "{x}"),
+        Value::Str(s) if bare => {
+            out.push_str(s);
+            Ok(())
+        }
+        Value::Str(s) => write!(out, "{s:?}"),
+        Value::Debug(s) | Value::Error(s) => {
+            out.push_str(s);
+            Ok(())
+        }
+    };
+}
+
+fn json_value(out: &mut String, v: &Value<'_>) {
+    let _ = match v {
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
+        Value::I128(x) => write!(out, "{x}"),
+        Value::U128(x) => write!(out, "{x}"),
+        Value::F64(x) if x.is_finite() => write!(out, "{x:?}"),
+        Value::F64(x) => {
+            json_str(out, &format!("{x}"));
+            Ok(())
+        }
+        Value::Bool(x) => write!(out, "{x}"),
+        Value::Str(s) | Value::Debug(s) | Value::Error(s) => {
+            json_str(out, s);
+            Ok(())
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_file_names() {
+        assert_eq!(parse_out_name("cpu0.out"), Some(("cpu0", None)));
+        assert_eq!(parse_out_name("cpu12.out.3"), Some(("cpu12", Some(3))));
+        assert_eq!(parse_out_name(".cpu0.out.state"), None);
+        assert_eq!(parse_out_name("relayfs-record.json"), None);
+        assert_eq!(parse_out_name("cpu0.out.x"), None);
+        assert_eq!(parse_out_name(".out"), None);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,496 @@
+//! The [`RelayLayer`]: events and spans into a relay channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use relayfs::Channel;
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::subscriber::Interest;
+use tracing_core::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+use crate::wire::{self, Enc};
+
+/// Slots of the lock-free callsite table (a power of two). Callsites beyond
+/// three quarters of it go to a map behind a lock.
+const TABLE: usize = 4096;
+/// Bit of a slot's word: the callsite record was written.
+const WRITTEN: u64 = 1 << 63;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The callsite's metadata address; 0 for a free slot.
+    key: AtomicUsize,
+    /// The callsite id, with [`WRITTEN`].
+    word: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Overflow {
+    next_id: u64,
+    used: usize,
+    /// Callsites that did not fit in the table: address to id word.
+    map: HashMap<usize, u64>,
+}
+
+/// A counter on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// Where a callsite's state is.
+enum Found<'a> {
+    Slot(&'a Slot),
+    Map(u64),
+}
+
+/// A [`Layer`] that writes every event, and every span's creation, values,
+/// enter, exit and close, as one framed, timestamped record
+/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
+/// strings of a callsite (level, target, file, line, name, field names) go
+/// into the channel once, in a callsite record, and events refer to the
+/// callsite by a small id. The record format is in the crate documentation.
+///
+/// A write refused by the channel (a full buffer in no-overwrite mode, a
+/// closed channel) is counted by the channel as usual and by the layer per
+/// buffer; the next event written on that CPU is preceded by a
+/// [`Lost`](wire::Item::Lost) record with the count, so a decoder shows the
+/// loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
+/// what is still pending.
+#[derive(Debug)]
+pub struct RelayLayer {
+    chan: Arc<Channel>,
+    table: Box<[Slot]>,
+    overflow: Mutex<Overflow>,
+    lost: Box<[Padded]>,
+    global: bool,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Enc> = RefCell::new(Enc { buf: Vec::with_capacity(256) });
+    static TID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The Linux thread id of the calling thread (as `ps -L` and `perf` show
+/// it), asked once per thread.
+#[inline]
+fn thread_id() -> u64 {
+    TID.with(|t| {
+        let v = t.get();
+        if v != 0 {
+            return v;
+        }
+        let v = rustix::thread::gettid().as_raw_nonzero().get() as u64;
+        t.set(v);
+        v
+    })
+}
+
+fn level_byte(l: &Level) -> u8 {
+    match *l {
+        Level::TRACE => 0,
+        Level::DEBUG => 1,
+        Level::INFO => 2,
+        Level::WARN => 3,
+        Level::ERROR => 4,
+    }
+}
+
+fn clock_ns(id: rustix::time::ClockId) -> u64 {
+    let t = rustix::time::clock_gettime(id);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+impl RelayLayer {
+    /// A layer writing into `chan`. It first writes a clock record (the
+    /// monotonic clock of the records' timestamps and the wall clock, read
+    /// together) so that a decoder can show wall-clock times.
+    pub fn new(chan: Arc<Channel>) -> RelayLayer {
+        let n = chan.n_buffers().max(1);
+        let layer = RelayLayer {
+            global: chan.is_global(),
+            chan,
+            table: (0..TABLE).map(|_| Slot::default()).collect(),
+            overflow: Mutex::new(Overflow {
+                next_id: 1,
+                ..Overflow::default()
+            }),
+            lost: (0..n).map(|_| Padded::default()).collect(),
+        };
+        layer.write_clock();
+        layer
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.chan
+    }
+
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
+    /// one after the other.
+    pub fn write_clock(&self) {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(relayfs::frame::now());
+        e.varint(clock_ns(rustix::time::ClockId::Realtime));
+        self.emit(&e.buf);
+    }
+
+    /// Events refused by the channel and not reported in a lost record yet.
+    pub fn lost_pending(&self) -> u64 {
+        self.lost
+            .iter()
+            // SYNC POINT: a counter read alone; no other memory depends on it.
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Writes a lost record for every buffer with refused events not yet
+    /// reported (e.g. before closing the channel). Those whose record is
+    /// refused too stay pending.
+    pub fn flush_lost(&self) {
+        for b in 0..self.lost.len() {
+            self.report_lost(b);
+        }
+    }
+
+    /// The buffer a write from this thread goes to now.
+    #[inline]
+    fn buffer_now(&self) -> usize {
+        if self.global {
+            0
+        } else {
+            relayfs::cpu::current_cpu()
+        }
+    }
+
+    #[inline]
+    fn report_lost(&self, b: usize) {
+        let Some(c) = self.lost.get(b) else { return };
+        // SYNC POINT: a counter; the lost record carries the value read, and
+        // the fetch_sub below takes away exactly that, so events refused
+        // meanwhile stay counted for the next record. Nothing else pairs.
+        let n = c.0.load(Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        let mut e = Enc::default();
+        e.byte(wire::KIND_LOST);
+        e.varint(b as u64);
+        e.varint(n);
+        if self.chan.write_record_timed(&e.buf).is_ok() {
+            // SYNC POINT: as above, a counter alone.
+            c.0.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes one record; a refusal is counted against the buffer of the
+    /// CPU the thread is on.
+    #[inline]
+    fn emit(&self, payload: &[u8]) {
+        let b = self.buffer_now();
+        if let Some(c) = self.lost.get(b) {
+            // SYNC POINT: a counter alone (see report_lost).
+            if c.0.load(Ordering::Relaxed) != 0 {
+                self.report_lost(b);
+            }
+        }
+        if self.chan.write_record_timed(payload).is_err() {
+            if let Some(c) = self.lost.get(b) {
+                // SYNC POINT: a counter alone (see report_lost).
+                c.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[inline]
+    fn slot_of(&self, addr: usize) -> usize {
+        ((addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize & (TABLE - 1)
+    }
+
+    /// The callsite's state, registering it if it is new.
+    #[inline]
+    fn find(&self, meta: &'static Metadata<'static>) -> Found<'_> {
+        let addr = meta as *const Metadata<'static> as usize;
+        let mut i = self.slot_of(addr);
+        for _ in 0..TABLE {
+            let s = &self.table[i];
+            // SYNC POINT: pairs with the Release store of `key` in
+            // `register`: a key seen here has its id word stored before it.
+            let k = s.key.load(Ordering::Acquire);
+            if k == addr {
+                return Found::Slot(s);
+            }
+            if k == 0 {
+                break;
+            }
+            i = (i + 1) & (TABLE - 1);
+        }
+        self.register(addr)
+    }
+
+    #[cold]
+    fn register(&self, addr: usize) -> Found<'_> {
+        let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&w) = o.map.get(&addr) {
+            return Found::Map(w);
+        }
+        let mut i = self.slot_of(addr);
+        for _ in 0..TABLE {
+            let s = &self.table[i];
+            // SYNC POINT: keys are only stored under the lock held here, so
+            // this sees every one; Relaxed is enough.
+            let k = s.key.load(Ordering::Relaxed);
+            if k == addr {
+                return Found::Slot(s);
+            }
+            if k == 0 {
+                break;
+            }
+            i = (i + 1) & (TABLE - 1);
+        }
+        let id = o.next_id;
+        o.next_id += 1;
+        if o.used < TABLE / 4 * 3 {
+            o.used += 1;
+            let s = &self.table[i];
+            // SYNC POINT: the id word before the key; the key's Release
+            // store pairs with the Acquire load in `find`.
+            s.word.store(id, Ordering::Relaxed);
+            // SYNC POINT: see above.
+            s.key.store(addr, Ordering::Release);
+            Found::Slot(s)
+        } else {
+            o.map.insert(addr, id);
+            Found::Map(id)
+        }
+    }
+
+    /// The callsite's id; writes its callsite record first if it has not
+    /// been written yet (or was refused).
+    #[inline]
+    fn callsite_id(&self, meta: &'static Metadata<'static>) -> u64 {
+        match self.find(meta) {
+            Found::Slot(s) => {
+                // SYNC POINT: only says whether the callsite record was
+                // written; a race writes it twice, which a decoder accepts.
+                let w = s.word.load(Ordering::Relaxed);
+                let id = w & !WRITTEN;
+                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                    // SYNC POINT: as above.
+                    s.word.fetch_or(WRITTEN, Ordering::Relaxed);
+                }
+                id
+            }
+            Found::Map(w) => {
+                let id = w & !WRITTEN;
+                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                    let addr = meta as *const Metadata<'static> as usize;
+                    let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+                    o.map.insert(addr, id | WRITTEN);
+                }
+                id
+            }
+        }
+    }
+
+    #[cold]
+    fn write_callsite(&self, id: u64, meta: &'static Metadata<'static>) -> bool {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_CALLSITE);
+        e.varint(id);
+        e.byte(if meta.is_span() {
+            wire::CALLSITE_SPAN
+        } else {
+            wire::CALLSITE_EVENT
+        });
+        e.byte(level_byte(meta.level()));
+        e.varint(meta.line().map_or(0, |l| u64::from(l) + 1));
+        e.str(meta.name());
+        e.str(meta.target());
+        e.str(meta.module_path().unwrap_or(""));
+        e.str(meta.file().unwrap_or(""));
+        e.varint(meta.fields().len() as u64);
+        for f in meta.fields() {
+            e.str(f.name());
+        }
+        self.chan.write_record_timed(&e.buf).is_ok()
+    }
+
+    /// Encodes with the thread's scratch buffer (a fresh one if it is in
+    /// use: a value's `Debug` that logs) and writes.
+    #[inline]
+    fn with_scratch(&self, f: impl FnOnce(&mut Enc)) {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut e) => {
+                e.buf.clear();
+                f(&mut e);
+                self.emit(&e.buf);
+            }
+            Err(_) => {
+                let mut e = Enc::default();
+                f(&mut e);
+                self.emit(&e.buf);
+            }
+        })
+    }
+
+    fn span_op(&self, kind: u8, id: &Id) {
+        self.with_scratch(|e| {
+            e.byte(kind);
+            e.varint(thread_id());
+            e.varint(id.into_u64());
+        });
+    }
+}
+
+/// Encodes field values: `field index, tag, value`.
+struct Fields<'a>(&'a mut Enc);
+
+impl Fields<'_> {
+    #[inline(always)]
+    fn head(&mut self, f: &Field, tag: u8) {
+        self.0.varint(f.index() as u64);
+        self.0.byte(tag);
+    }
+
+    /// Appends a length-prefixed text written by `w`, formatted straight
+    /// into the record: one byte is kept for the length, and the text moved
+    /// up if its length needs a longer varint.
+    #[inline]
+    fn text(&mut self, w: impl FnOnce(&mut VecWriter<'_>)) {
+        let buf = &mut self.0.buf;
+        let at = buf.len();
+        buf.push(0);
+        w(&mut VecWriter(buf));
+        let len = (buf.len() - at - 1) as u64;
+        if len < 0x80 {
+            buf[at] = len as u8;
+        } else {
+            let mut v = Enc::default();
+            v.varint(len);
+            buf.splice(at..at + 1, v.buf);
+        }
+    }
+}
+
+/// `fmt::Write` into a byte vector (what `fmt` writes is UTF-8).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    #[inline]
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.head(f, wire::TAG_F64);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.head(f, wire::TAG_I64);
+        self.0.varint(wire::zigzag(v));
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.head(f, wire::TAG_U64);
+        self.0.varint(v);
+    }
+    fn record_i128(&mut self, f: &Field, v: i128) {
+        self.head(f, wire::TAG_I128);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_u128(&mut self, f: &Field, v: u128) {
+        self.head(f, wire::TAG_U128);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.head(f, if v { wire::TAG_TRUE } else { wire::TAG_FALSE });
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.head(f, wire::TAG_STR);
+        self.0.str(v);
+    }
+    fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
+        self.head(f, wire::TAG_ERROR);
+        self.text(|s| {
+            let _ = write!(s, "{v}");
+            let mut src = v.source();
+            while let Some(e) = src {
+                let _ = write!(s, ": {e}");
+                src = e.source();
+            }
+        });
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        self.head(f, wire::TAG_DEBUG);
+        self.text(|s| {
+            let _ = write!(s, "{v:?}");
+        });
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RelayLayer {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        self.callsite_id(meta);
+        Interest::always()
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let id = self.callsite_id(event.metadata());
+        self.with_scratch(|e| {
+            e.byte(wire::KIND_EVENT);
+            e.varint(id);
+            e.varint(thread_id());
+            event.record(&mut Fields(e));
+        });
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let cs = self.callsite_id(attrs.metadata());
+        let parent = if attrs.is_root() {
+            0
+        } else if let Some(p) = attrs.parent() {
+            p.into_u64()
+        } else {
+            ctx.current_span().id().map_or(0, Id::into_u64)
+        };
+        self.with_scratch(|e| {
+            e.byte(wire::KIND_NEW_SPAN);
+            e.varint(cs);
+            e.varint(thread_id());
+            e.varint(id.into_u64());
+            e.varint(parent);
+            attrs.record(&mut Fields(e));
+        });
+    }
+
+    fn on_record(&self, span: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        self.with_scratch(|e| {
+            e.byte(wire::KIND_RECORD);
+            e.varint(thread_id());
+            e.varint(span.into_u64());
+            values.record(&mut Fields(e));
+        });
+    }
+
+    fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
+        self.span_op(wire::KIND_ENTER, id);
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        self.span_op(wire::KIND_EXIT, id);
+    }
+
+    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
+        self.span_op(wire::KIND_CLOSE, &id);
+    }
+}

@@ -1,0 +1,399 @@
+//! The layer's records, read back from the channel's buffers and decoded.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use relayfs::frame::Records;
+use relayfs::{Channel, RelayFile};
+use relayfs_tracing::decode::{self, Problem};
+use relayfs_tracing::wire::{self, Item, Value};
+use relayfs_tracing::RelayLayer;
+use tracing_subscriber::prelude::*;
+
+/// A channel in a temporary directory, its readers, and a dispatcher with
+/// the layer.
+struct Rig {
+    _dir: tempfile::TempDir,
+    chan: Arc<Channel>,
+    readers: Vec<RelayFile>,
+    dispatch: tracing::Dispatch,
+    layer_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("trace")
+            .dir(dir.path())
+            .subbuf_size(subbuf)
+            .n_subbufs(n)
+            .global(global)
+            .open()
+            .unwrap(),
+    );
+    let readers = if readers {
+        (0..chan.n_buffers())
+            .map(|i| RelayFile::open(chan.buffer_path(i)).unwrap())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let layer = Arc::new(RelayLayer::new(chan.clone()));
+    let l2 = layer.clone();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(ArcLayer(layer)));
+    Rig {
+        _dir: dir,
+        chan,
+        readers,
+        dispatch,
+        layer_lost: Arc::new(move || l2.lost_pending()),
+    }
+}
+
+/// The layer behind an `Arc`, so the test keeps a handle.
+struct ArcLayer(Arc<RelayLayer>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ArcLayer {
+    fn register_callsite(
+        &self,
+        m: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        <RelayLayer as tracing_subscriber::Layer<S>>::register_callsite(&self.0, m)
+    }
+    fn on_event(&self, e: &tracing::Event<'_>, c: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_event(e, c)
+    }
+    fn on_new_span(
+        &self,
+        a: &tracing::span::Attributes<'_>,
+        id: &tracing::Id,
+        c: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_new_span(a, id, c)
+    }
+    fn on_record(
+        &self,
+        id: &tracing::Id,
+        v: &tracing::span::Record<'_>,
+        c: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_record(id, v, c)
+    }
+    fn on_enter(&self, id: &tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_enter(id, c)
+    }
+    fn on_exit(&self, id: &tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_exit(id, c)
+    }
+    fn on_close(&self, id: tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_close(id, c)
+    }
+}
+
+/// Everything a reader reads from a buffer until the channel's end.
+fn drain(r: &mut RelayFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn close_and_read(rig: &mut Rig) -> Vec<(String, Vec<u8>)> {
+    rig.chan.close().unwrap();
+    rig.readers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| (format!("cpu{i}"), drain(r)))
+        .collect()
+}
+
+fn decode_json(streams: Vec<(String, Vec<u8>)>) -> (Vec<serde_json::Value>, Vec<Problem>, decode::Stats) {
+    let streams = streams
+        .into_iter()
+        .map(|(n, b)| (n, Box::new(std::io::Cursor::new(b)) as Box<dyn Read>))
+        .collect();
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let stats = decode::decode_streams(streams, true, &mut out, &mut |p| problems.push(p.clone())).unwrap();
+    let lines = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (lines, problems, stats)
+}
+
+#[derive(Debug)]
+struct TestError(&'static str, Option<Box<TestError>>);
+impl std::fmt::Display for TestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+impl std::error::Error for TestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.1.as_deref().map(|e| e as _)
+    }
+}
+
+#[test]
+fn every_field_type_round_trips() {
+    let mut rig = rig(true, 4096, 4, true);
+    let err = TestError("outer", Some(Box::new(TestError("inner", None))));
+    let values: Vec<i64> = vec![i64::MIN, -1, 0, 1, 300, i64::MAX];
+    tracing::dispatcher::with_default(&rig.dispatch, || {
+        for &i in &values {
+            tracing::warn!(
+                target: "types",
+                i,
+                u = i.unsigned_abs(),
+                big = i128::from(i) * i128::from(i64::MAX),
+                ubig = u128::from(i.unsigned_abs()) << 64 | 5,
+                f = i as f64 / 3.0,
+                yes = i >= 0,
+                s = "a \"quoted\"\nstring",
+                d = ?vec![i, 2],
+                e = &err as &(dyn std::error::Error + 'static),
+                "message {}",
+                i
+            );
+        }
+    });
+    let streams = close_and_read(&mut rig);
+    assert_eq!(streams.len(), 1);
+
+    // Straight from the records.
+    // Callsites of other tests' events may be registered with this
+    // dispatcher too: only those of the events are checked.
+    let mut names: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut targets: HashMap<u64, String> = HashMap::new();
+    let mut seen = 0;
+    for r in Records::from_reader(&streams[0].1[..]) {
+        let r = r.unwrap();
+        assert!(r.timestamp.is_some());
+        match wire::parse(&r.payload).unwrap() {
+            Item::Callsite(c) => {
+                if c.target == "types" {
+                    assert_eq!(wire::LEVELS[c.level as usize], "WARN");
+                    assert!(c.file.ends_with("layer.rs"));
+                    assert!(c.line.is_some());
+                }
+                targets.insert(c.id, c.target.to_string());
+                names.insert(c.id, c.fields.iter().map(|s| s.to_string()).collect());
+            }
+            Item::Event { callsite, values: vals, thread } => {
+                assert!(thread > 0);
+                assert_eq!(targets[&callsite], "types");
+                let names = &names[&callsite];
+                let got: HashMap<&str, Value<'_>> = vals
+                    .map(|v| v.unwrap())
+                    .map(|(k, v)| (names[k as usize].as_str(), v))
+                    .collect();
+                let i = values[seen];
+                assert_eq!(got["i"], Value::I64(i));
+                assert_eq!(got["u"], Value::U64(i.unsigned_abs()));
+                assert_eq!(got["big"], Value::I128(i128::from(i) * i128::from(i64::MAX)));
+                assert_eq!(got["ubig"], Value::U128(u128::from(i.unsigned_abs()) << 64 | 5));
+                assert_eq!(got["f"], Value::F64(i as f64 / 3.0));
+                assert_eq!(got["yes"], Value::Bool(i >= 0));
+                assert_eq!(got["s"], Value::Str("a \"quoted\"\nstring"));
+                assert_eq!(got["d"], Value::Debug(&format!("{:?}", vec![i, 2])));
+                assert_eq!(got["e"], Value::Error("outer: inner"));
+                assert_eq!(got["message"], Value::Debug(&format!("message {i}")));
+                seen += 1;
+            }
+            Item::Clock { monotonic, realtime } => {
+                assert!(monotonic > 0 && realtime > monotonic);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, values.len());
+
+    // Through the decoder's JSON lines.
+    let (lines, problems, stats) = decode_json(streams);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(stats.events, values.len() as u64);
+    assert_eq!(lines.len(), values.len());
+    for (l, &i) in lines.iter().zip(&values) {
+        let f = &l["fields"];
+        assert_eq!(l["level"], "WARN");
+        assert_eq!(l["target"], "types");
+        assert_eq!(f["i"], i);
+        assert_eq!(f["u"], i.unsigned_abs());
+        assert_eq!(f["yes"], i >= 0);
+        assert_eq!(f["s"], "a \"quoted\"\nstring");
+        assert_eq!(f["e"], "outer: inner");
+        assert_eq!(f["message"], format!("message {i}"));
+        assert_eq!(f["f"].as_f64(), Some(i as f64 / 3.0));
+    }
+}
+
+#[test]
+fn spans_show_in_the_events_inside_them() {
+    let mut rig = rig(true, 4096, 4, true);
+    tracing::dispatcher::with_default(&rig.dispatch, || {
+        let outer = tracing::info_span!("outer", job = 7);
+        let _g = outer.enter();
+        let inner = tracing::debug_span!("inner", step = tracing::field::Empty);
+        inner.record("step", "two");
+        inner.in_scope(|| tracing::info!("inside"));
+        drop(inner);
+        tracing::info!("outside inner");
+    });
+    let streams = close_and_read(&mut rig);
+    let (lines, problems, _) = decode_json(streams.clone());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(lines.len(), 2);
+    let spans = lines[0]["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0]["name"], "outer");
+    assert_eq!(spans[0]["job"], 7);
+    assert_eq!(spans[1]["name"], "inner");
+    assert_eq!(spans[1]["step"], "two");
+    assert_eq!(lines[1]["spans"].as_array().unwrap().len(), 1);
+
+    // Text like fmt's.
+    let mut out = Vec::new();
+    let s = streams
+        .into_iter()
+        .map(|(n, b)| (n, Box::new(std::io::Cursor::new(b)) as Box<dyn Read>))
+        .collect();
+    decode::decode_streams(s, false, &mut out, &mut |p| panic!("{p}")).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.contains("  INFO outer{job=7}:inner{step=\"two\"}: layer: inside"),
+        "{first}"
+    );
+}
+
+#[test]
+fn events_of_several_threads_come_out_in_time_order() {
+    let mut rig = rig(false, 1 << 16, 8, true);
+    const THREADS: u64 = 4;
+    const EACH: u64 = 2000;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let d = rig.dispatch.clone();
+            s.spawn(move || {
+                // Spread over two CPUs where there are two; where there are
+                // not, the threads share what there is.
+                let _ = relayfs::cpu::pin_current_thread(t as usize % 2);
+                tracing::dispatcher::with_default(&d, || {
+                    for i in 0..EACH {
+                        tracing::info!(t, i, "tick");
+                        if i % 256 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            });
+        }
+    });
+    assert_eq!((rig.layer_lost)(), 0);
+    let streams = close_and_read(&mut rig);
+    let (lines, problems, stats) = decode_json(streams);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(stats.events, THREADS * EACH);
+    let mut next = vec![0u64; THREADS as usize];
+    let mut last = (0u64, String::new());
+    let mut back = 0;
+    for l in &lines {
+        let ts = l["time_ns"].as_u64().unwrap();
+        let buffer = l["buffer"].as_str().unwrap().to_string();
+        // Time order across buffers always; within one buffer a record can
+        // hold a slightly later time than the next (two writers on one CPU
+        // racing between reservation and clock read): counted.
+        if ts < last.0 {
+            assert_eq!(buffer, last.1, "time goes back across buffers: {ts} after {}", last.0);
+            back += 1;
+        } else {
+            last = (ts, buffer);
+        }
+        let t = l["fields"]["t"].as_u64().unwrap() as usize;
+        // Each thread's events in its own order, none missing or doubled.
+        assert_eq!(l["fields"]["i"].as_u64().unwrap(), next[t]);
+        next[t] += 1;
+    }
+    assert!(next.iter().all(|&n| n == EACH));
+    assert_eq!(stats.out_of_order, back);
+}
+
+#[test]
+fn drops_show_up_where_they_happened() {
+    // A tiny buffer, no reader yet, no overwrite: the first events fill it
+    // and the rest are refused.
+    let mut rig = rig(true, 256, 2, false);
+    let before: u64 = 200;
+    tracing::dispatcher::with_default(&rig.dispatch, || {
+        for i in 0..before {
+            tracing::info!(i, "before");
+        }
+    });
+    let refused = (rig.layer_lost)();
+    assert!(refused > 0 && refused < before, "refused {refused}");
+    // A reader comes and drains the buffer, which makes room.
+    let mut r = RelayFile::open(rig.chan.buffer_path(0)).unwrap();
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        first.extend_from_slice(&buf[..n]);
+    }
+    tracing::dispatcher::with_default(&rig.dispatch, || tracing::info!("after"));
+    assert_eq!((rig.layer_lost)(), 0, "the lost record went in");
+    rig.readers.push(r);
+    let mut rest = close_and_read(&mut rig);
+    first.append(&mut rest[0].1);
+    let (lines, problems, stats) = decode_json(vec![("cpu0".into(), first)]);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(stats.lost_events, refused);
+    let kept = before - refused;
+    // The kept events in order, then the loss, then the event after it.
+    for (k, l) in lines[..kept as usize].iter().enumerate() {
+        assert_eq!(l["fields"]["i"], k as u64, "{l}");
+    }
+    let lost = &lines[kept as usize];
+    assert_eq!(lost["lost"], refused, "{lost}");
+    assert_eq!(lost["buffer"], "cpu0");
+    assert_eq!(lines[kept as usize + 1]["fields"]["message"], "after");
+    assert_eq!(lines.len() as u64, kept + 2);
+}
+
+#[test]
+fn garbage_and_cut_records_are_problems_with_offsets() {
+    let mut rig = rig(true, 4096, 4, true);
+    tracing::dispatcher::with_default(&rig.dispatch, || {
+        for i in 0..10 {
+            tracing::info!(i, "x");
+        }
+    });
+    let streams = close_and_read(&mut rig);
+    let good = streams[0].1.clone();
+    // Every cut and every flipped byte: problems maybe, never a panic.
+    for cut in 0..good.len() {
+        let (_, problems, _) = decode_json(vec![("cpu0".into(), good[..cut].to_vec())]);
+        for p in &problems {
+            assert!(p.offset.is_some(), "{p}");
+        }
+    }
+    for at in 0..good.len() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x5a;
+        let _ = decode_json(vec![("cpu0".into(), bad)]);
+    }
+    let (lines, problems, _) = decode_json(vec![("cpu0".into(), good[..good.len() - 3].to_vec())]);
+    assert_eq!(lines.len(), 9);
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].message.contains("ends inside a record"), "{}", problems[0]);
+}
