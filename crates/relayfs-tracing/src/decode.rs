@@ -325,6 +325,8 @@ struct Source {
     ended: bool,
     /// Lost events reported in band for this buffer.
     lost_in_band: u64,
+    /// Its end was dealt with (the recorder's count of its losses shown).
+    closed: bool,
 }
 
 /// An open span, as the decoder knows it.
@@ -378,12 +380,25 @@ pub fn decode_dir(
             }
         }
     };
-    let mut outputs = list_outputs(dir)?;
+    let mut outputs = if opts.follow {
+        Vec::new()
+    } else {
+        list_outputs(dir)?
+    };
     if opts.follow {
-        // Wait for the recorder to make its files.
-        while outputs.is_empty() && !dir.join(SUMMARY_FILE).exists() {
+        // Wait for the recorder to make its directory and files.
+        loop {
+            match list_outputs(dir) {
+                Ok(o) if !o.is_empty() => {
+                    outputs = o;
+                    break;
+                }
+                Ok(_) if dir.join(SUMMARY_FILE).exists() => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             std::thread::sleep(opts.poll);
-            outputs = list_outputs(dir)?;
         }
     } else if outputs.is_empty() {
         return Err(io::Error::new(
@@ -495,6 +510,7 @@ fn run(
             last_ts: 0,
             ended: false,
             lost_in_band: 0,
+            closed: false,
         })
         .collect();
     let mut p = Printer {
@@ -522,6 +538,9 @@ fn run(
             fill(s, &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
             if s.head.is_none() && !s.ended {
                 waiting = true;
+            }
+            if s.ended && s.head.is_none() && !s.closed {
+                end_of_source(&mut p, s, summary, s.last_ts)?;
             }
         }
         // The smallest next record.
@@ -575,13 +594,7 @@ fn run(
         // records shown is shown here.
         fill(&mut srcs[i], &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
         if srcs[i].ended && srcs[i].head.is_none() {
-            end_of_source(&mut p, &srcs[i], summary, ts)?;
-        }
-    }
-    // Sources that never had a record.
-    for s in &srcs {
-        if s.ended && s.dec.records() == 0 {
-            end_of_source(&mut p, s, summary, 0)?;
+            end_of_source(&mut p, &mut srcs[i], summary, ts)?;
         }
     }
     p.out.flush()?;
@@ -590,10 +603,14 @@ fn run(
 
 fn end_of_source(
     p: &mut Printer<'_>,
-    s: &Source,
+    s: &mut Source,
     summary: &Option<HashMap<String, u64>>,
     ts: u64,
 ) -> io::Result<()> {
+    if s.closed {
+        return Ok(());
+    }
+    s.closed = true;
     let Some(sum) = summary else { return Ok(()) };
     let Some(&lost) = sum.get(&s.name) else {
         return Ok(());

@@ -57,9 +57,9 @@ enum Found<'a> {
 ///
 /// A write refused by the channel (a full buffer in no-overwrite mode, a
 /// closed channel) is counted by the channel as usual and by the layer per
-/// buffer; the next event written on that CPU is preceded by a
-/// [`Lost`](wire::Item::Lost) record with the count, so a decoder shows the
-/// loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
+/// buffer; the next record the layer writes (from any thread, on any CPU)
+/// is preceded by a [`Lost`](wire::Item::Lost) record with the count, so a
+/// decoder shows the loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
 /// what is still pending.
 #[derive(Debug)]
 pub struct RelayLayer {
@@ -67,6 +67,8 @@ pub struct RelayLayer {
     table: Box<[Slot]>,
     overflow: Mutex<Overflow>,
     lost: Box<[Padded]>,
+    /// The sum of `lost`: the one word the fast path reads.
+    any_lost: Padded,
     global: bool,
 }
 
@@ -122,6 +124,7 @@ impl RelayLayer {
                 ..Overflow::default()
             }),
             lost: (0..n).map(|_| Padded::default()).collect(),
+            any_lost: Padded::default(),
         };
         layer.write_clock();
         layer
@@ -187,24 +190,32 @@ impl RelayLayer {
         if self.chan.write_record_timed(&e.buf).is_ok() {
             // SYNC POINT: as above, a counter alone.
             c.0.fetch_sub(n, Ordering::Relaxed);
+            // SYNC POINT: the sum, kept with the counter; a reader of it
+            // only decides whether to look at the counters.
+            self.any_lost.0.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
     /// Writes one record; a refusal is counted against the buffer of the
-    /// CPU the thread is on.
+    /// CPU the thread is on. Refusals not yet reported, on any buffer, are
+    /// reported first, so a thread that moved to another CPU reports them
+    /// as soon as it writes again.
     #[inline]
     fn emit(&self, payload: &[u8]) {
-        let b = self.buffer_now();
-        if let Some(c) = self.lost.get(b) {
-            // SYNC POINT: a counter alone (see report_lost).
-            if c.0.load(Ordering::Relaxed) != 0 {
-                self.report_lost(b);
-            }
+        // SYNC POINT: a counter alone (see report_lost); one shared line
+        // that stays clean in every cache while nothing is refused.
+        if self.any_lost.0.load(Ordering::Relaxed) != 0 {
+            self.flush_lost();
         }
         if self.chan.write_record_timed(payload).is_err() {
+            let b = self.buffer_now();
             if let Some(c) = self.lost.get(b) {
-                // SYNC POINT: a counter alone (see report_lost).
+                // SYNC POINT: a counter alone (see report_lost); the
+                // counter before the sum, so the sum is never the larger
+                // for long.
                 c.0.fetch_add(1, Ordering::Relaxed);
+                // SYNC POINT: as above.
+                self.any_lost.0.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -73,10 +73,13 @@
 //! **Losses.** A write the channel refuses (a full buffer in no-overwrite
 //! mode, a closed channel) is counted by the channel in its counters, and
 //! by the layer against the buffer of the CPU the thread is on. Before the
-//! next record from a thread on that CPU, the layer writes a lost record
-//! with the count, so the decoder shows `N events lost on cpuK` at the
-//! place they were lost. [`RelayLayer::flush_lost`] writes the ones still
-//! pending.
+//! next record it writes (one load of a shared counter on the fast path),
+//! the layer writes a lost record with the count, so the decoder shows
+//! `N events lost on cpuK` at the place they were lost. The count is of
+//! the layer's own refused records (events and span records; a refused
+//! callsite record is written again instead); the CPU is the one the
+//! thread was on just after the refusal. [`RelayLayer::flush_lost`] writes
+//! the ones still pending.
 //!
 //! **The clock.** The framing's timestamp: `CLOCK_MONOTONIC` read through
 //! the vDSO, about 20 ns, against about 7 ns for `rdtsc` (measured by the
