@@ -344,17 +344,69 @@ struct Callsite {
     fields: Vec<String>,
 }
 
+/// Callsites by id: a vector for the small ids a layer hands out, a map
+/// for any other (a recording can say anything).
+#[derive(Default)]
+struct Callsites {
+    small: Vec<Option<Callsite>>,
+    big: HashMap<u64, Callsite>,
+}
+
+const SMALL_IDS: u64 = 1 << 16;
+
+impl Callsites {
+    #[inline]
+    fn get(&self, id: &u64) -> Option<&Callsite> {
+        if *id < SMALL_IDS {
+            self.small.get(*id as usize).and_then(Option::as_ref)
+        } else {
+            self.big.get(id)
+        }
+    }
+
+    fn insert(&mut self, id: u64, c: Callsite) {
+        if id < SMALL_IDS {
+            let i = id as usize;
+            if self.small.len() <= i {
+                self.small.resize_with(i + 1, || None);
+            }
+            self.small[i] = Some(c);
+        } else {
+            self.big.insert(id, c);
+        }
+    }
+}
+
+/// Reused buffers for one event's values.
+#[derive(Default)]
+struct Scratch {
+    text: String,
+    rest: String,
+    json: String,
+}
+
+/// The wall clock's offset, and the formatted date and time of the last
+/// second printed (it changes once a second, the microseconds every line).
+#[derive(Default)]
+struct TimeFmt {
+    offset: Option<i128>,
+    sec: Option<i64>,
+    prefix: String,
+}
+
 /// The state of a decode: what it knows of callsites, spans and threads,
 /// and where it prints.
 struct Printer<'o> {
     out: &'o mut dyn Write,
     json: bool,
-    callsites: HashMap<u64, Callsite>,
+    callsites: Callsites,
     spans: HashMap<u64, SpanState>,
     stacks: HashMap<u64, Vec<u64>>,
-    /// Wall clock minus monotonic clock, from a clock record.
-    offset: Option<i128>,
+    /// Wall clock minus monotonic clock (from a clock record), and the
+    /// formatting of times.
+    tf: TimeFmt,
     line: String,
+    scratch: Scratch,
     stats: Stats,
 }
 
@@ -516,11 +568,12 @@ fn run(
     let mut p = Printer {
         out,
         json: opts.json,
-        callsites: HashMap::new(),
+        callsites: Callsites::default(),
         spans: HashMap::new(),
         stacks: HashMap::new(),
-        offset: None,
+        tf: TimeFmt::default(),
         line: String::with_capacity(256),
+        scratch: Scratch::default(),
         stats: Stats::default(),
     };
     let mut chunk = vec![0u8; 64 << 10];
@@ -670,6 +723,11 @@ fn fill(
 /// Writes `s` as a JSON string.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -702,31 +760,78 @@ fn civil(days: i64) -> (i64, u32, u32) {
 
 /// Writes timestamp `ts` (monotonic ns) as RFC 3339 UTC with microseconds
 /// when the wall clock's offset is known, else as monotonic seconds.
-fn fmt_time(line: &mut String, offset: Option<i128>, ts: u64) {
-    match offset {
+fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
+    match tf.offset {
         Some(off) => {
             let t = i128::from(ts) + off;
             let secs = t.div_euclid(1_000_000_000) as i64;
-            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u32;
-            let (y, mo, d) = civil(secs.div_euclid(86_400));
-            let s = secs.rem_euclid(86_400);
-            let _ = write!(
-                line,
-                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-                s / 3600,
-                s / 60 % 60,
-                s % 60
-            );
+            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u64;
+            if tf.sec != Some(secs) {
+                let (y, mo, d) = civil(secs.div_euclid(86_400));
+                let s = secs.rem_euclid(86_400);
+                tf.prefix.clear();
+                let _ = write!(
+                    tf.prefix,
+                    "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
+                    s / 3600,
+                    s / 60 % 60,
+                    s % 60
+                );
+                tf.sec = Some(secs);
+            }
+            line.push_str(&tf.prefix);
+            push_padded(line, micros, 6);
+            line.push('Z');
         }
         None => {
-            let _ = write!(line, "{}.{:09}", ts / 1_000_000_000, ts % 1_000_000_000);
+            push_u64(line, ts / 1_000_000_000);
+            line.push('.');
+            push_padded(line, ts % 1_000_000_000, 9);
         }
     }
 }
 
+/// Appends `v` in decimal.
+#[inline]
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or("?"));
+}
+
+/// Appends `v` in decimal.
+#[inline]
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// Appends the last `width` decimal digits of `v`, zero-padded.
+#[inline]
+fn push_padded(out: &mut String, mut v: u64, width: usize) {
+    let mut b = [b'0'; 20];
+    let width = width.min(20);
+    for k in (0..width).rev() {
+        b[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.push_str(std::str::from_utf8(&b[..width]).unwrap_or("?"));
+}
+
 impl Printer<'_> {
     fn time(&mut self, ts: u64) {
-        fmt_time(&mut self.line, self.offset, ts);
+        fmt_time(&mut self.line, &mut self.tf, ts);
     }
 
     fn flush_line(&mut self) -> io::Result<()> {
@@ -790,8 +895,9 @@ impl Printer<'_> {
                 monotonic,
                 realtime,
             } => {
-                if self.offset.is_none() {
-                    self.offset = Some(i128::from(realtime) - i128::from(monotonic));
+                if self.tf.offset.is_none() {
+                    self.tf.offset = Some(i128::from(realtime) - i128::from(monotonic));
+                    self.tf.sec = None;
                 }
             }
             Item::Event {
@@ -809,16 +915,18 @@ impl Printer<'_> {
                 values,
                 ..
             } => {
+                render_fields(self.callsites.get(&callsite), self.json, values, &mut self.scratch)?;
                 let mut text = String::new();
-                let mut json = String::new();
-                self.fields_into(callsite, values, &mut text, &mut json, false)?;
+                push_text(&mut text, &self.scratch);
+                let json = self.scratch.json.clone();
                 self.spans.insert(span, SpanState { callsite, text, json });
             }
             Item::Record { span, values, .. } => {
                 if let Some(cs) = self.spans.get(&span).map(|s| s.callsite) {
+                    render_fields(self.callsites.get(&cs), self.json, values, &mut self.scratch)?;
                     let mut text = String::new();
-                    let mut json = String::new();
-                    self.fields_into(cs, values, &mut text, &mut json, false)?;
+                    push_text(&mut text, &self.scratch);
+                    let json = &self.scratch.json;
                     if let Some(s) = self.spans.get_mut(&span) {
                         if !text.is_empty() && !s.text.is_empty() {
                             s.text.push(' ');
@@ -827,7 +935,7 @@ impl Printer<'_> {
                         if !json.is_empty() && !s.json.is_empty() {
                             s.json.push(',');
                         }
-                        s.json.push_str(&json);
+                        s.json.push_str(json);
                     }
                 }
             }
@@ -856,55 +964,6 @@ impl Printer<'_> {
         Ok(None)
     }
 
-    /// Renders values as text (`a=1 b="x"`, the message first and bare) and
-    /// as JSON members.
-    fn fields_into(
-        &self,
-        callsite: u64,
-        values: Values<'_>,
-        text: &mut String,
-        json: &mut String,
-        want_json: bool,
-    ) -> Result<(), WireError> {
-        let cs = self.callsites.get(&callsite);
-        let mut rest = String::new();
-        for v in values {
-            let (idx, v) = v?;
-            let name: std::borrow::Cow<'_, str> =
-                match cs.and_then(|c| c.fields.get(idx as usize)) {
-                    Some(n) => n.as_str().into(),
-                    None => format!("field{idx}").into(),
-                };
-            if want_json || self.json {
-                if !json.is_empty() {
-                    json.push(',');
-                }
-                json_str(json, &name);
-                json.push(':');
-                json_value(json, &v);
-            }
-            if !self.json {
-                if name == "message" {
-                    text_value(text, &v, true);
-                } else {
-                    if !rest.is_empty() {
-                        rest.push(' ');
-                    }
-                    rest.push_str(&name);
-                    rest.push('=');
-                    text_value(&mut rest, &v, false);
-                }
-            }
-        }
-        if !rest.is_empty() {
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(&rest);
-        }
-        Ok(())
-    }
-
     fn event(
         &mut self,
         ts: u64,
@@ -913,21 +972,20 @@ impl Printer<'_> {
         values: Values<'_>,
         buffer: &str,
     ) -> Result<(), Option<WireError>> {
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
+        self.line.clear();
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
-        let mut text = String::new();
-        let mut json = String::new();
-        self.fields_into(callsite, values, &mut text, &mut json, false)
-            .map_err(Some)?;
-        let cs = self.callsites.get(&callsite);
-        self.line = line;
+        render_fields(cs, self.json, values, &mut self.scratch).map_err(Some)?;
+        let json = &self.scratch.json;
         if self.json {
             self.line.push_str("{\"timestamp\":\"");
-            fmt_time(&mut self.line, self.offset, ts);
-            let _ = write!(self.line, "\",\"time_ns\":{ts},\"level\":\"{level}\",\"fields\":{{");
-            self.line.push_str(&json);
+            fmt_time(&mut self.line, &mut self.tf, ts);
+            self.line.push_str("\",\"time_ns\":");
+            push_u64(&mut self.line, ts);
+            self.line.push_str(",\"level\":\"");
+            self.line.push_str(level);
+            self.line.push_str("\",\"fields\":{");
+            self.line.push_str(json);
             self.line.push_str("},\"target\":");
             match cs {
                 Some(c) => json_str(&mut self.line, &c.target),
@@ -958,12 +1016,19 @@ impl Printer<'_> {
                 }
                 self.line.push(']');
             }
-            let _ = write!(self.line, ",\"threadId\":{thread},\"buffer\":");
+            self.line.push_str(",\"threadId\":");
+            push_u64(&mut self.line, thread);
+            self.line.push_str(",\"buffer\":");
             json_str(&mut self.line, buffer);
             self.line.push('}');
         } else {
-            fmt_time(&mut self.line, self.offset, ts);
-            let _ = write!(self.line, " {level:>5} ");
+            fmt_time(&mut self.line, &mut self.tf, ts);
+            self.line.push_str(match level.len() {
+                4 => "  ",
+                _ => " ",
+            });
+            self.line.push_str(level);
+            self.line.push(' ');
             if let Some(st) = self.stacks.get(&thread) {
                 for id in st {
                     match self.spans.get(id) {
@@ -991,22 +1056,86 @@ impl Printer<'_> {
                 }
             }
             self.line.push_str(": ");
-            self.line.push_str(&text);
+            push_text(&mut self.line, &self.scratch);
         }
         self.flush_line().map_err(|_| None)
     }
 }
 
+/// Renders values as text (the message bare into `sc.text`, the others as
+/// `a=1 b="x"` into `sc.rest`) or as JSON members into `sc.json`.
+fn render_fields(
+    cs: Option<&Callsite>,
+    json_mode: bool,
+    values: Values<'_>,
+    sc: &mut Scratch,
+) -> Result<(), WireError> {
+    sc.text.clear();
+    sc.rest.clear();
+    sc.json.clear();
+    for v in values {
+        let (idx, v) = v?;
+        let known = cs.and_then(|c| c.fields.get(idx as usize));
+        let unknown;
+        let name: &str = match known {
+            Some(n) => n,
+            None => {
+                unknown = format!("field{idx}");
+                &unknown
+            }
+        };
+        if json_mode {
+            if !sc.json.is_empty() {
+                sc.json.push(',');
+            }
+            json_str(&mut sc.json, name);
+            sc.json.push(':');
+            json_value(&mut sc.json, &v);
+        } else if name == "message" {
+            text_value(&mut sc.text, &v, true);
+        } else {
+            if !sc.rest.is_empty() {
+                sc.rest.push(' ');
+            }
+            sc.rest.push_str(name);
+            sc.rest.push('=');
+            text_value(&mut sc.rest, &v, false);
+        }
+    }
+    Ok(())
+}
+
+/// The message, a space, the other fields: what a span or an event shows.
+fn push_text(out: &mut String, sc: &Scratch) {
+    out.push_str(&sc.text);
+    if !sc.text.is_empty() && !sc.rest.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(&sc.rest);
+}
+
 fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
     let _ = match v {
-        Value::I64(x) => write!(out, "{x}"),
-        Value::U64(x) => write!(out, "{x}"),
+        Value::I64(x) => {
+            push_i64(out, *x);
+            Ok(())
+        }
+        Value::U64(x) => {
+            push_u64(out, *x);
+            Ok(())
+        }
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) => write!(out, "{x:?}"),
         Value::Bool(x) => write!(out, "{x}"),
         Value::Str(s) if bare => {
             out.push_str(s);
+            Ok(())
+        }
+        Value::Str(s) if !s.bytes().any(|b| b < 0x20 || b >= 0x7f || b == b'"' || b == b'\\') => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
             Ok(())
         }
         Value::Str(s) => write!(out, "{s:?}"),
@@ -1019,8 +1148,14 @@ fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
 
 fn json_value(out: &mut String, v: &Value<'_>) {
     let _ = match v {
-        Value::I64(x) => write!(out, "{x}"),
-        Value::U64(x) => write!(out, "{x}"),
+        Value::I64(x) => {
+            push_i64(out, *x);
+            Ok(())
+        }
+        Value::U64(x) => {
+            push_u64(out, *x);
+            Ok(())
+        }
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) if x.is_finite() => write!(out, "{x:?}"),
