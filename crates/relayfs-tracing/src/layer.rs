@@ -48,21 +48,9 @@ enum Found<'a> {
     Map(u64),
 }
 
-/// A [`Layer`] that writes every event, and every span's creation, values,
-/// enter, exit and close, as one framed, timestamped record
-/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
-/// strings of a callsite (level, target, file, line, name, field names) go
-/// into the channel once, in a callsite record, and events refer to the
-/// callsite by a small id. The record format is in the crate documentation.
-///
-/// A write refused by the channel (a full buffer in no-overwrite mode, a
-/// closed channel) is counted by the channel as usual and by the layer per
-/// buffer; the next record the layer writes (from any thread, on any CPU)
-/// is preceded by a [`Lost`](wire::Item::Lost) record with the count, so a
-/// decoder shows the loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
-/// what is still pending.
+/// The layer's state, shared by its clones.
 #[derive(Debug)]
-pub struct RelayLayer {
+struct Inner {
     chan: Arc<Channel>,
     table: Box<[Slot]>,
     overflow: Mutex<Overflow>,
@@ -109,13 +97,13 @@ fn clock_ns(id: rustix::time::ClockId) -> u64 {
         .wrapping_add(t.tv_nsec as u64)
 }
 
-impl RelayLayer {
+impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    pub fn new(chan: Arc<Channel>) -> RelayLayer {
+    fn new(chan: Arc<Channel>) -> Inner {
         let n = chan.n_buffers().max(1);
-        let layer = RelayLayer {
+        let layer = Inner {
             global: chan.is_global(),
             chan,
             table: (0..TABLE).map(|_| Slot::default()).collect(),
@@ -130,14 +118,9 @@ impl RelayLayer {
         layer
     }
 
-    /// The channel.
-    pub fn channel(&self) -> &Arc<Channel> {
-        &self.chan
-    }
-
     /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
     /// one after the other.
-    pub fn write_clock(&self) {
+    fn write_clock(&self) {
         let mut e = Enc::default();
         e.byte(wire::KIND_CLOCK);
         e.varint(relayfs::frame::now());
@@ -146,7 +129,7 @@ impl RelayLayer {
     }
 
     /// Events refused by the channel and not reported in a lost record yet.
-    pub fn lost_pending(&self) -> u64 {
+    fn lost_pending(&self) -> u64 {
         self.lost
             .iter()
             // SYNC POINT: a counter read alone; no other memory depends on it.
@@ -157,7 +140,7 @@ impl RelayLayer {
     /// Writes a lost record for every buffer with refused events not yet
     /// reported (e.g. before closing the channel). Those whose record is
     /// refused too stay pending.
-    pub fn flush_lost(&self) {
+    fn flush_lost(&self) {
         for b in 0..self.lost.len() {
             self.report_lost(b);
         }
@@ -361,6 +344,57 @@ impl RelayLayer {
     }
 }
 
+/// A [`Layer`] that writes every event, and every span's creation, values,
+/// enter, exit and close, as one framed, timestamped record
+/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
+/// strings of a callsite (level, target, file, line, name, field names) go
+/// into the channel once, in a callsite record, and events refer to the
+/// callsite by a small id. The record format is in the crate documentation.
+///
+/// A write refused by the channel (a full buffer in no-overwrite mode, a
+/// closed channel) is counted by the channel as usual and by the layer per
+/// buffer; the next record the layer writes (from any thread, on any CPU)
+/// is preceded by a [`Lost`](wire::Item::Lost) record with the count, so a
+/// decoder shows the loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
+/// what is still pending.
+///
+/// Clones share one state (callsite ids, loss counts): keep one to call
+/// [`flush_lost`](RelayLayer::flush_lost) before closing the channel.
+#[derive(Debug, Clone)]
+pub struct RelayLayer(Arc<Inner>);
+
+impl RelayLayer {
+    /// A layer writing into `chan`. It first writes a clock record (the
+    /// monotonic clock of the records' timestamps and the wall clock, read
+    /// together) so that a decoder can show wall-clock times.
+    pub fn new(chan: Arc<Channel>) -> RelayLayer {
+        RelayLayer(Arc::new(Inner::new(chan)))
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.0.chan
+    }
+
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
+    /// one after the other (e.g. again after the wall clock was set).
+    pub fn write_clock(&self) {
+        self.0.write_clock();
+    }
+
+    /// Writes refused by the channel and not reported in a lost record yet.
+    pub fn lost_pending(&self) -> u64 {
+        self.0.lost_pending()
+    }
+
+    /// Writes a lost record for every buffer with refused writes not yet
+    /// reported (e.g. before closing the channel). Those whose record is
+    /// refused too stay pending.
+    pub fn flush_lost(&self) {
+        self.0.flush_lost();
+    }
+}
+
 /// Encodes field values: `field index, tag, value`.
 struct Fields<'a>(&'a mut Enc);
 
@@ -451,13 +485,13 @@ impl Visit for Fields<'_> {
 
 impl<S: Subscriber> Layer<S> for RelayLayer {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        self.callsite_id(meta);
+        self.0.callsite_id(meta);
         Interest::always()
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let id = self.callsite_id(event.metadata());
-        self.with_scratch(|e| {
+        let id = self.0.callsite_id(event.metadata());
+        self.0.with_scratch(|e| {
             e.byte(wire::KIND_EVENT);
             e.varint(id);
             e.varint(thread_id());
@@ -466,7 +500,7 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let cs = self.callsite_id(attrs.metadata());
+        let cs = self.0.callsite_id(attrs.metadata());
         let parent = if attrs.is_root() {
             0
         } else if let Some(p) = attrs.parent() {
@@ -474,7 +508,7 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
         } else {
             ctx.current_span().id().map_or(0, Id::into_u64)
         };
-        self.with_scratch(|e| {
+        self.0.with_scratch(|e| {
             e.byte(wire::KIND_NEW_SPAN);
             e.varint(cs);
             e.varint(thread_id());
@@ -485,7 +519,7 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_record(&self, span: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        self.with_scratch(|e| {
+        self.0.with_scratch(|e| {
             e.byte(wire::KIND_RECORD);
             e.varint(thread_id());
             e.varint(span.into_u64());
@@ -494,14 +528,14 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
-        self.span_op(wire::KIND_ENTER, id);
+        self.0.span_op(wire::KIND_ENTER, id);
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        self.span_op(wire::KIND_EXIT, id);
+        self.0.span_op(wire::KIND_EXIT, id);
     }
 
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
-        self.span_op(wire::KIND_CLOSE, &id);
+        self.0.span_op(wire::KIND_CLOSE, &id);
     }
 }

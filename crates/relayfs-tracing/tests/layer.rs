@@ -39,55 +39,15 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
     } else {
         Vec::new()
     };
-    let layer = Arc::new(RelayLayer::new(chan.clone()));
+    let layer = RelayLayer::new(chan.clone());
     let l2 = layer.clone();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(ArcLayer(layer)));
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     Rig {
         _dir: dir,
         chan,
         readers,
         dispatch,
         layer_lost: Arc::new(move || l2.lost_pending()),
-    }
-}
-
-/// The layer behind an `Arc`, so the test keeps a handle.
-struct ArcLayer(Arc<RelayLayer>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ArcLayer {
-    fn register_callsite(
-        &self,
-        m: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        <RelayLayer as tracing_subscriber::Layer<S>>::register_callsite(&self.0, m)
-    }
-    fn on_event(&self, e: &tracing::Event<'_>, c: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_event(e, c)
-    }
-    fn on_new_span(
-        &self,
-        a: &tracing::span::Attributes<'_>,
-        id: &tracing::Id,
-        c: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_new_span(a, id, c)
-    }
-    fn on_record(
-        &self,
-        id: &tracing::Id,
-        v: &tracing::span::Record<'_>,
-        c: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_record(id, v, c)
-    }
-    fn on_enter(&self, id: &tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_enter(id, c)
-    }
-    fn on_exit(&self, id: &tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_exit(id, c)
-    }
-    fn on_close(&self, id: tracing::Id, c: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_close(id, c)
     }
 }
 
@@ -101,6 +61,27 @@ fn drain(r: &mut RelayFile) -> Vec<u8> {
             return out;
         }
         out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Everything a reader reads from a live buffer, until its channel is
+/// closed (or its producer gone) and everything is read.
+fn drain_live(r: &mut RelayFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n > 0 {
+            out.extend_from_slice(&buf[..n]);
+            continue;
+        }
+        match r.poll(Some(std::time::Duration::from_millis(100))).unwrap() {
+            relayfs::Ready::Readable | relayfs::Ready::Timeout => {}
+            _ => {
+                out.append(&mut drain(r));
+                return out;
+            }
+        }
     }
 }
 
@@ -396,4 +377,67 @@ fn garbage_and_cut_records_are_problems_with_offsets() {
     assert_eq!(lines.len(), 9);
     assert_eq!(problems.len(), 1);
     assert!(problems[0].message.contains("ends inside a record"), "{}", problems[0]);
+}
+
+/// The example application, run as a user would, recorded by a reader in
+/// this process.
+#[test]
+fn the_example_application_traces_into_its_channel() {
+    // Examples are built next to the test binaries' directory (`cargo test
+    // -p relayfs-tracing` builds them; a filter such as `--test layer` does not).
+    let exe = std::env::current_exe().unwrap();
+    let app = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("examples").join("traced_app"))
+        .unwrap();
+    assert!(app.exists(), "{} is not built", app.display());
+    let root = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(&app)
+        .args(["app", "3", "60"])
+        .env("RELAYFS_DIR", root.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for its channel, then read every buffer it has.
+    let chan_dir = root.path().join("app");
+    let t = std::time::Instant::now();
+    while !chan_dir.join("cpu0").exists() {
+        assert!(t.elapsed().as_secs() < 60, "no channel");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let first = RelayFile::open(chan_dir.join("cpu0")).unwrap();
+    let n = first.header().n_buffers as usize;
+    let mut readers = vec![first];
+    for i in 1..n {
+        readers.push(RelayFile::open(chan_dir.join(format!("cpu{i}"))).unwrap());
+    }
+    let streams: Vec<(String, Vec<u8>)> = readers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| (format!("cpu{i}"), drain_live(r)))
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (lines, problems, stats) = decode_json(streams);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(stats.lost_events + stats.lost_records, 0);
+    // 3 workers x 60 jobs, a warning every 50 jobs, a last word each, and
+    // the first and last lines.
+    assert_eq!(stats.events, 3 * 60 + 3 + 3 + 2);
+    assert_eq!(lines.first().unwrap()["fields"]["message"], "starting");
+    assert_eq!(lines.last().unwrap()["fields"]["message"], "finished");
+    let working = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "working")
+        .unwrap();
+    let spans = working["spans"].as_array().unwrap();
+    assert_eq!(spans[0]["name"], "worker");
+    assert_eq!(spans[1]["name"], "job");
+    assert_eq!(working["level"], "DEBUG");
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "worker done")
+        .unwrap();
+    assert_eq!(done["fields"]["error"], "disk on fire");
 }
