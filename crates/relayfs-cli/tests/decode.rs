@@ -119,21 +119,38 @@ fn decode_prints_a_recording_in_order_and_marks_the_recorders_losses() {
     // The follower saw the same, and ended by itself with the recording.
     let f = follow.wait_with_output().unwrap();
     assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
-    let (fl, ol) = (String::from_utf8(f.stdout).unwrap(), String::from_utf8(o.stdout.clone()).unwrap());
+    let (fl, ol) = (
+        String::from_utf8(f.stdout).unwrap(),
+        String::from_utf8(o.stdout.clone()).unwrap(),
+    );
     for (k, (a, b)) in fl.lines().zip(ol.lines()).enumerate() {
         assert_eq!(a, b, "line {k} of --follow's output");
     }
-    assert_eq!(fl.lines().count(), ol.lines().count(), "--follow's output: {}", fl.lines().last().unwrap_or(""));
+    assert_eq!(
+        fl.lines().count(),
+        ol.lines().count(),
+        "--follow's output: {}",
+        fl.lines().last().unwrap_or("")
+    );
 
     // Text, like fmt's.
-    let t = relayfs(root.path()).arg("decode").arg(&out).output().unwrap();
+    let t = relayfs(root.path())
+        .arg("decode")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(t.status.success());
     let text = String::from_utf8(t.stdout).unwrap();
     let first = text.lines().next().unwrap();
-    assert!(first.contains("  INFO job{id=3}: decode: filling i=0"), "{first}");
-    assert!(text.lines().last().unwrap().contains(&format!(
-        "LOST {dropped} records lost on cpu0"
-    )));
+    assert!(
+        first.contains("  INFO job{id=3}: decode: filling i=0"),
+        "{first}"
+    );
+    assert!(text
+        .lines()
+        .last()
+        .unwrap()
+        .contains(&format!("LOST {dropped} records lost on cpu0")));
 }
 
 #[test]
@@ -148,17 +165,28 @@ fn bad_input_is_an_error_with_its_offset() {
     bytes.extend_from_slice(&[77, 0]); // an unknown record kind
     bytes.extend_from_slice(&[0xE7, 0x1F, 0, 0]); // a header cut short
     std::fs::write(out.join("cpu0.out"), &bytes).unwrap();
-    let o = relayfs(root.path()).arg("decode").arg(&out).output().unwrap();
+    let o = relayfs(root.path())
+        .arg("decode")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8(o.stderr).unwrap();
-    assert!(err.contains("cpu0.out: byte 11: bad tracing record: unknown record kind"), "{err}");
+    assert!(
+        err.contains("cpu0.out: byte 11: bad tracing record: unknown record kind"),
+        "{err}"
+    );
     assert!(err.contains("cpu0.out: byte 21: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.contains("<unknown callsite 1>"), "{text}");
 
     // No recording at all.
-    let o = relayfs(root.path()).arg("decode").arg(root.path()).output().unwrap();
+    let o = relayfs(root.path())
+        .arg("decode")
+        .arg(root.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
 
@@ -168,7 +196,12 @@ fn traced_child() {
     let Ok(name) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let chan = Arc::new(Channel::builder(&name).subbuf_size(16 << 10).open().unwrap());
+    let chan = Arc::new(
+        Channel::builder(&name)
+            .subbuf_size(16 << 10)
+            .open()
+            .unwrap(),
+    );
     let d = dispatch(&chan);
     tracing::dispatcher::with_default(&d, || {
         for seq in 0u64.. {

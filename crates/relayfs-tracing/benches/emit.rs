@@ -37,7 +37,8 @@ fn emit(c: &mut Criterion) {
             .open()
             .unwrap(),
     );
-    let relay = tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
+    let relay =
+        tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
     g.bench_function("relay_layer", |b| {
         tracing::dispatcher::with_default(&relay, || {
             b.iter(|| tracing::info!(a = 1, b = "x", "message"))
@@ -55,7 +56,11 @@ fn emit(c: &mut Criterion) {
             .lossy(false)
             .finish(f);
         let d = tracing::Dispatch::new(
-            tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(w)),
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(w),
+            ),
         );
         g.bench_function("appender_nonblocking_lossless", |b| {
             tracing::dispatcher::with_default(&d, || {
@@ -70,7 +75,11 @@ fn emit(c: &mut Criterion) {
         let f = std::fs::File::create(files.path().join("lossy.log")).unwrap();
         let (w, guard) = tracing_appender::non_blocking(f);
         let d = tracing::Dispatch::new(
-            tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(w)),
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(w),
+            ),
         );
         g.bench_function("appender_nonblocking_lossy", |b| {
             tracing::dispatcher::with_default(&d, || {
@@ -83,8 +92,11 @@ fn emit(c: &mut Criterion) {
     {
         let f = std::fs::File::create(files.path().join("fmt.log")).unwrap();
         let d = tracing::Dispatch::new(
-            tracing_subscriber::registry()
-                .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Mutex::new(f))),
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(Mutex::new(f)),
+            ),
         );
         g.bench_function("fmt_file", |b| {
             tracing::dispatcher::with_default(&d, || {
@@ -135,7 +147,8 @@ fn decode(c: &mut Criterion) {
             .unwrap(),
     );
     let mut reader = RelayFile::open(chan.buffer_path(0)).unwrap();
-    let d = tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
+    let d =
+        tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
     tracing::dispatcher::with_default(&d, || {
         for i in 0..N {
             tracing::info!(a = i, b = "x", "message");

@@ -28,7 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::registry().with(layer.clone()).init();
 
     if !chan.wait_for_readers(Duration::from_secs(5)) {
-        eprintln!("traced_app: no reader came; tracing anyway (what does not fit is counted as lost)");
+        eprintln!(
+            "traced_app: no reader came; tracing anyway (what does not fit is counted as lost)"
+        );
     }
     info!(workers, jobs, "starting");
     std::thread::scope(|s| {
@@ -45,7 +47,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
                 let e = std::io::Error::other("disk on fire");
-                error!(error = &e as &(dyn std::error::Error + 'static), worker = w, "worker done");
+                error!(
+                    error = &e as &(dyn std::error::Error + 'static),
+                    worker = w,
+                    "worker done"
+                );
             });
         }
     });

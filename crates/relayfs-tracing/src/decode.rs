@@ -155,7 +155,10 @@ fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
         message: format!("not a recording summary: {e}"),
     })?;
     Ok(Some(
-        s.buffers.into_iter().map(|b| (b.name.clone(), b.lost())).collect(),
+        s.buffers
+            .into_iter()
+            .map(|b| (b.name.clone(), b.lost()))
+            .collect(),
     ))
 }
 
@@ -200,7 +203,7 @@ fn list_outputs(dir: &Path) -> io::Result<Vec<(String, Vec<PathBuf>)>> {
             (b, f.into_iter().map(|(_, p)| p).collect())
         })
         .collect();
-    v.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    v.sort_by_key(|a| natural_key(&a.0));
     Ok(v)
 }
 
@@ -254,7 +257,9 @@ impl Input {
             } => loop {
                 if file.is_none() {
                     if *cur >= files.len() && follow {
-                        if let Some((_, f)) = list_outputs(dir)?.into_iter().find(|(b, _)| b == base) {
+                        if let Some((_, f)) =
+                            list_outputs(dir)?.into_iter().find(|(b, _)| b == base)
+                        {
                             for p in f {
                                 if !files.contains(&p) {
                                     files.push(p);
@@ -302,12 +307,10 @@ impl Input {
     fn locate(&self, name: &str, off: u64) -> (String, u64) {
         match self {
             Input::Reader(_) => (name.to_string(), off),
-            Input::Files { starts, .. } => {
-                match starts.iter().rev().find(|(s, _)| *s <= off) {
-                    Some((s, n)) => (n.clone(), off - s),
-                    None => (name.to_string(), off),
-                }
-            }
+            Input::Files { starts, .. } => match starts.iter().rev().find(|(s, _)| *s <= off) {
+                Some((s, n)) => (n.clone(), off - s),
+                None => (name.to_string(), off),
+            },
         }
     }
 }
@@ -517,7 +520,9 @@ pub fn decode_streams(
 /// Records a source's stream offset-located problem.
 fn frame_problem(src: &Source, e: &FrameError) -> Problem {
     let (off, msg) = match e {
-        FrameError::Corrupt { offset, reason } => (Some(*offset), format!("corrupt record: {reason}")),
+        FrameError::Corrupt { offset, reason } => {
+            (Some(*offset), format!("corrupt record: {reason}"))
+        }
         FrameError::Truncated { offset, have, need } => (
             Some(*offset),
             format!("the stream ends inside a record ({have} of {need} bytes): skipped"),
@@ -541,7 +546,8 @@ fn frame_problem(src: &Source, e: &FrameError) -> Problem {
     }
 }
 
-type Finished<'a> = dyn FnMut(&mut Option<HashMap<String, u64>>, &mut dyn FnMut(&Problem)) -> bool + 'a;
+type Finished<'a> =
+    dyn FnMut(&mut Option<HashMap<String, u64>>, &mut dyn FnMut(&Problem)) -> bool + 'a;
 
 fn run(
     named: Vec<(String, Input)>,
@@ -645,7 +651,13 @@ fn run(
         }
         // A buffer that has ended: what the recorder counted beyond the lost
         // records shown is shown here.
-        fill(&mut srcs[i], &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
+        fill(
+            &mut srcs[i],
+            &mut chunk,
+            opts.follow && !over,
+            problem,
+            &mut p.stats,
+        )?;
         if srcs[i].ended && srcs[i].head.is_none() {
             end_of_source(&mut p, &mut srcs[i], summary, ts)?;
         }
@@ -907,7 +919,12 @@ impl Printer<'_> {
             } => {
                 self.stats.events += 1;
                 self.event(ts, callsite, thread, values, &srcs[src].name)
-                    .map_err(|e| e.unwrap_or(WireError { at: 0, what: "output failed" }))?;
+                    .map_err(|e| {
+                        e.unwrap_or(WireError {
+                            at: 0,
+                            what: "output failed",
+                        })
+                    })?;
             }
             Item::NewSpan {
                 callsite,
@@ -915,15 +932,32 @@ impl Printer<'_> {
                 values,
                 ..
             } => {
-                render_fields(self.callsites.get(&callsite), self.json, values, &mut self.scratch)?;
+                render_fields(
+                    self.callsites.get(&callsite),
+                    self.json,
+                    values,
+                    &mut self.scratch,
+                )?;
                 let mut text = String::new();
                 push_text(&mut text, &self.scratch);
                 let json = self.scratch.json.clone();
-                self.spans.insert(span, SpanState { callsite, text, json });
+                self.spans.insert(
+                    span,
+                    SpanState {
+                        callsite,
+                        text,
+                        json,
+                    },
+                );
             }
             Item::Record { span, values, .. } => {
                 if let Some(cs) = self.spans.get(&span).map(|s| s.callsite) {
-                    render_fields(self.callsites.get(&cs), self.json, values, &mut self.scratch)?;
+                    render_fields(
+                        self.callsites.get(&cs),
+                        self.json,
+                        values,
+                        &mut self.scratch,
+                    )?;
                     let mut text = String::new();
                     push_text(&mut text, &self.scratch);
                     let json = &self.scratch.json;
@@ -957,7 +991,10 @@ impl Printer<'_> {
                 self.stats.lost_events += count;
                 let name = format!("cpu{buffer}");
                 self.lost_line(ts, &name, count, true)
-                    .map_err(|_| WireError { at: 0, what: "output failed" })?;
+                    .map_err(|_| WireError {
+                        at: 0,
+                        what: "output failed",
+                    })?;
                 return Ok(Some((buffer, count)));
             }
         }
@@ -1000,7 +1037,11 @@ impl Printer<'_> {
                         self.line.push(',');
                     }
                     self.line.push_str("{\"name\":");
-                    match self.spans.get(id).and_then(|s| self.callsites.get(&s.callsite).map(|c| (s, c))) {
+                    match self
+                        .spans
+                        .get(id)
+                        .and_then(|s| self.callsites.get(&s.callsite).map(|c| (s, c)))
+                    {
                         Some((s, c)) => {
                             json_str(&mut self.line, &c.name);
                             if !s.json.is_empty() {
@@ -1033,7 +1074,10 @@ impl Printer<'_> {
                 for id in st {
                     match self.spans.get(id) {
                         Some(s) => {
-                            let name = self.callsites.get(&s.callsite).map_or("?", |c| c.name.as_str());
+                            let name = self
+                                .callsites
+                                .get(&s.callsite)
+                                .map_or("?", |c| c.name.as_str());
                             self.line.push_str(name);
                             if !s.text.is_empty() {
                                 self.line.push('{');
@@ -1132,7 +1176,11 @@ fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
             out.push_str(s);
             Ok(())
         }
-        Value::Str(s) if !s.bytes().any(|b| b < 0x20 || b >= 0x7f || b == b'"' || b == b'\\') => {
+        Value::Str(s)
+            if !s
+                .bytes()
+                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') =>
+        {
             out.push('"');
             out.push_str(s);
             out.push('"');

@@ -445,10 +445,12 @@ pub fn parse(payload: &[u8]) -> Result<Item<'_>, WireError> {
             monotonic: c.varint()?,
             realtime: c.varint()?,
         },
-        _ => return Err(WireError {
-            at: 0,
-            what: "unknown record kind",
-        }),
+        _ => {
+            return Err(WireError {
+                at: 0,
+                what: "unknown record kind",
+            })
+        }
     };
     Ok(item)
 }
@@ -459,7 +461,16 @@ mod tests {
 
     #[test]
     fn varints_and_zigzag_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let mut e = Enc::default();
             e.varint(v);
             let mut c = Cur::new(&e.buf);
@@ -475,9 +486,11 @@ mod tests {
     #[test]
     fn bad_varints_are_errors() {
         assert!(Cur::new(&[0xff; 11]).varint().is_err());
-        assert!(Cur::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])
-            .varint()
-            .is_err());
+        assert!(
+            Cur::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])
+                .varint()
+                .is_err()
+        );
         assert!(Cur::new(&[0x80]).varint().is_err());
     }
 

@@ -94,14 +94,17 @@ fn close_and_read(rig: &mut Rig) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn decode_json(streams: Vec<(String, Vec<u8>)>) -> (Vec<serde_json::Value>, Vec<Problem>, decode::Stats) {
+fn decode_json(
+    streams: Vec<(String, Vec<u8>)>,
+) -> (Vec<serde_json::Value>, Vec<Problem>, decode::Stats) {
     let streams = streams
         .into_iter()
         .map(|(n, b)| (n, Box::new(std::io::Cursor::new(b)) as Box<dyn Read>))
         .collect();
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let stats = decode::decode_streams(streams, true, &mut out, &mut |p| problems.push(p.clone())).unwrap();
+    let stats =
+        decode::decode_streams(streams, true, &mut out, &mut |p| problems.push(p.clone())).unwrap();
     let lines = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -168,7 +171,11 @@ fn every_field_type_round_trips() {
                 targets.insert(c.id, c.target.to_string());
                 names.insert(c.id, c.fields.iter().map(|s| s.to_string()).collect());
             }
-            Item::Event { callsite, values: vals, thread } => {
+            Item::Event {
+                callsite,
+                values: vals,
+                thread,
+            } => {
                 assert!(thread > 0);
                 assert_eq!(targets[&callsite], "types");
                 let names = &names[&callsite];
@@ -179,8 +186,14 @@ fn every_field_type_round_trips() {
                 let i = values[seen];
                 assert_eq!(got["i"], Value::I64(i));
                 assert_eq!(got["u"], Value::U64(i.unsigned_abs()));
-                assert_eq!(got["big"], Value::I128(i128::from(i) * i128::from(i64::MAX)));
-                assert_eq!(got["ubig"], Value::U128(u128::from(i.unsigned_abs()) << 64 | 5));
+                assert_eq!(
+                    got["big"],
+                    Value::I128(i128::from(i) * i128::from(i64::MAX))
+                );
+                assert_eq!(
+                    got["ubig"],
+                    Value::U128(u128::from(i.unsigned_abs()) << 64 | 5)
+                );
                 assert_eq!(got["f"], Value::F64(i as f64 / 3.0));
                 assert_eq!(got["yes"], Value::Bool(i >= 0));
                 assert_eq!(got["s"], Value::Str("a \"quoted\"\nstring"));
@@ -189,7 +202,10 @@ fn every_field_type_round_trips() {
                 assert_eq!(got["message"], Value::Debug(&format!("message {i}")));
                 seen += 1;
             }
-            Item::Clock { monotonic, realtime } => {
+            Item::Clock {
+                monotonic,
+                realtime,
+            } => {
                 assert!(monotonic > 0 && realtime > monotonic);
             }
             other => panic!("unexpected {other:?}"),
@@ -293,7 +309,11 @@ fn events_of_several_threads_come_out_in_time_order() {
         // hold a slightly later time than the next (two writers on one CPU
         // racing between reservation and clock read): counted.
         if ts < last.0 {
-            assert_eq!(buffer, last.1, "time goes back across buffers: {ts} after {}", last.0);
+            assert_eq!(
+                buffer, last.1,
+                "time goes back across buffers: {ts} after {}",
+                last.0
+            );
             back += 1;
         } else {
             last = (ts, buffer);
@@ -376,7 +396,11 @@ fn garbage_and_cut_records_are_problems_with_offsets() {
     let (lines, problems, _) = decode_json(vec![("cpu0".into(), good[..good.len() - 3].to_vec())]);
     assert_eq!(lines.len(), 9);
     assert_eq!(problems.len(), 1);
-    assert!(problems[0].message.contains("ends inside a record"), "{}", problems[0]);
+    assert!(
+        problems[0].message.contains("ends inside a record"),
+        "{}",
+        problems[0]
+    );
 }
 
 /// The example application, run as a user would, recorded by a reader in
@@ -418,7 +442,11 @@ fn the_example_application_traces_into_its_channel() {
         .map(|(i, r)| (format!("cpu{i}"), drain_live(r)))
         .collect();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (lines, problems, stats) = decode_json(streams);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(stats.lost_events + stats.lost_records, 0);
