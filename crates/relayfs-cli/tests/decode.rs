@@ -274,3 +274,71 @@ fn a_recording_of_a_process_killed_mid_run_decodes_to_its_last_record() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rotated_recording_decodes_across_its_files() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("rec");
+    let chan = Arc::new(
+        Channel::builder("rotated")
+            .relay_dir(root.path())
+            .subbuf_size(4096)
+            .n_subbufs(8)
+            .global(true)
+            .open()
+            .unwrap(),
+    );
+    let mut rec = relayfs(root.path())
+        .args(["record", "rotated", "--quiet", "--max-size", "16K", "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the recorder attaches", || reader_attached(&chan, 0));
+    let layer = RelayLayer::new(chan.clone());
+    let d = tracing::Dispatch::new(tracing_subscriber::registry().with(layer.clone()));
+    const N: u64 = 3000;
+    tracing::dispatcher::with_default(&d, || {
+        for seq in 0..N {
+            tracing::info!(seq, "rotating");
+            if seq % 32 == 0 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+    });
+    layer.flush_lost();
+    chan.close().unwrap();
+    assert!(wait_child(&mut rec).success());
+    let files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("cpu0.out.")
+        })
+        .count();
+    // Rotated at least once (fewer bytes if the recorder fell behind and
+    // events were dropped).
+    assert!(files >= 2, "{files} files");
+
+    let (o, lines) = decode_json(root.path(), &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut next = 0;
+    let mut lost = 0;
+    for l in &lines {
+        if let Some(n) = l.get("lost") {
+            lost += n.as_u64().unwrap();
+            continue;
+        }
+        let seq = l["fields"]["seq"].as_u64().unwrap();
+        assert!(seq >= next, "{seq} after {next}");
+        lost -= (seq - next).min(lost);
+        next = seq + 1;
+    }
+    // Every event is there or said lost before the next one.
+    let said: Vec<&Value> = lines.iter().filter(|l| l.get("lost").is_some()).collect();
+    let summary = std::fs::read_to_string(out.join("relayfs-record.json")).unwrap();
+    assert_eq!(next + lost, N, "{said:?} {summary}");
+}

@@ -71,8 +71,10 @@ pub struct Stats {
     pub records: u64,
     /// Events printed.
     pub events: u64,
-    /// Events the layer said it lost (lost records).
+    /// Events (and span records) the layer said it lost.
     pub lost_events: u64,
+    /// Callsite records the layer said it lost (each is written again).
+    pub lost_callsites: u64,
     /// Records the recorder's counters say were lost beyond those.
     pub lost_records: u64,
     /// Problems reported.
@@ -228,6 +230,9 @@ enum Input {
         starts: Vec<(u64, String)>,
         /// Stream offset read so far.
         pos: u64,
+        /// Files removed before they could be opened (`--max-files`
+        /// rotated them away), to be reported.
+        gone: Vec<String>,
     },
     /// Any byte stream.
     Reader(Box<dyn Read>),
@@ -254,6 +259,7 @@ impl Input {
                 file,
                 starts,
                 pos,
+                gone,
             } => loop {
                 if file.is_none() {
                     if *cur >= files.len() && follow {
@@ -270,10 +276,18 @@ impl Input {
                     let Some(p) = files.get(*cur) else {
                         return Ok(None);
                     };
-                    *file = Some(File::open(p)?);
                     let name = p
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    match File::open(p) {
+                        Ok(f) => *file = Some(f),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            gone.push(name);
+                            *cur += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     starts.push((*pos, name));
                 }
                 let f = file.as_mut().expect("opened above");
@@ -474,6 +488,7 @@ pub fn decode_dir(
                     file: None,
                     starts: Vec::new(),
                     pos: 0,
+                    gone: Vec::new(),
                 },
             )
         })
@@ -633,12 +648,14 @@ fn run(
         }
         let r = p.record(&srcs[i].payload, ts, i, &srcs);
         match r {
-            Ok(Some((buffer, n))) => {
-                if let Some(s) = srcs.iter_mut().find(|s| s.name == format!("cpu{buffer}")) {
-                    s.lost_in_band += n;
+            Ok(losses) => {
+                for l in losses {
+                    let name = format!("cpu{}", l.buffer);
+                    if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
+                        s.lost_in_band += l.events + l.callsites;
+                    }
                 }
             }
-            Ok(None) => {}
             Err(e) => {
                 let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
                 p.stats.problems += 1;
@@ -683,7 +700,7 @@ fn end_of_source(
     let extra = lost.saturating_sub(s.lost_in_band);
     if extra > 0 {
         p.stats.lost_records += extra;
-        p.lost_line(ts, &s.name, extra, false)?;
+        p.lost_line(ts, &s.name, extra, 0, false)?;
     }
     Ok(())
 }
@@ -717,7 +734,20 @@ fn fill(
         let want = chunk.len();
         let spare = s.dec.spare(want);
         let n = spare.len().min(want);
-        match s.input.read(&mut spare[..n], follow)? {
+        let r = s.input.read(&mut spare[..n], follow)?;
+        if let Input::Files { gone, .. } = &mut s.input {
+            for name in gone.drain(..) {
+                stats.problems += 1;
+                problem(&Problem {
+                    file: name,
+                    offset: None,
+                    message:
+                        "removed before it could be read (rotated away): its records are missing"
+                            .into(),
+                });
+            }
+        }
+        match r {
             Some(n) => s.dec.filled(n),
             None if follow => return Ok(()),
             None => {
@@ -853,25 +883,40 @@ impl Printer<'_> {
         Ok(())
     }
 
-    fn lost_line(&mut self, ts: u64, buffer: &str, n: u64, known: bool) -> io::Result<()> {
+    fn lost_line(
+        &mut self,
+        ts: u64,
+        buffer: &str,
+        n: u64,
+        callsites: u64,
+        known: bool,
+    ) -> io::Result<()> {
         self.line.clear();
         if self.json {
             self.line.push_str("{\"timestamp\":\"");
             self.time(ts);
-            let _ = write!(
-                self.line,
-                "\",\"time_ns\":{ts},\"level\":\"LOST\",\"buffer\":"
-            );
+            self.line.push_str("\",\"time_ns\":");
+            push_u64(&mut self.line, ts);
+            self.line.push_str(",\"level\":\"LOST\",\"buffer\":");
             json_str(&mut self.line, buffer);
+            self.line.push_str(",\"lost\":");
+            push_u64(&mut self.line, n);
+            if callsites > 0 {
+                self.line.push_str(",\"lost_callsites\":");
+                push_u64(&mut self.line, callsites);
+            }
             let _ = write!(
                 self.line,
-                ",\"lost\":{n},\"what\":\"{}\",\"where_known\":{known}}}",
+                ",\"what\":\"{}\",\"where_known\":{known}}}",
                 if known { "events" } else { "records" }
             );
         } else {
             self.time(ts);
             if known {
                 let _ = write!(self.line, "  LOST {n} events lost on {buffer}");
+                if callsites > 0 {
+                    let _ = write!(self.line, " (and {callsites} callsite records)");
+                }
             } else {
                 let _ = write!(
                     self.line,
@@ -890,7 +935,7 @@ impl Printer<'_> {
         ts: u64,
         src: usize,
         srcs: &[Source],
-    ) -> Result<Option<(u64, u64)>, WireError> {
+    ) -> Result<Vec<wire::Loss>, WireError> {
         match wire::parse(payload)? {
             Item::Callsite(c) => {
                 self.callsites.insert(
@@ -987,18 +1032,25 @@ impl Printer<'_> {
             Item::Close { span, .. } => {
                 self.spans.remove(&span);
             }
-            Item::Lost { buffer, count } => {
-                self.stats.lost_events += count;
-                let name = format!("cpu{buffer}");
-                self.lost_line(ts, &name, count, true)
-                    .map_err(|_| WireError {
-                        at: 0,
-                        what: "output failed",
-                    })?;
-                return Ok(Some((buffer, count)));
+            Item::Lost { losses, then } => {
+                for l in &losses {
+                    self.stats.lost_events += l.events;
+                    self.stats.lost_callsites += l.callsites;
+                    let name = format!("cpu{}", l.buffer);
+                    self.lost_line(ts, &name, l.events, l.callsites, true)
+                        .map_err(|_| WireError {
+                            at: 0,
+                            what: "output failed",
+                        })?;
+                }
+                if let Some(rest) = then {
+                    // Parsing made sure it is no lost record itself.
+                    self.record(rest, ts, src, srcs)?;
+                }
+                return Ok(losses);
             }
         }
-        Ok(None)
+        Ok(Vec::new())
     }
 
     fn event(

@@ -55,7 +55,9 @@ struct Inner {
     table: Box<[Slot]>,
     overflow: Mutex<Overflow>,
     lost: Box<[Padded]>,
-    /// The sum of `lost`: the one word the fast path reads.
+    /// Callsite records refused, per buffer.
+    lost_meta: Box<[Padded]>,
+    /// The sum of `lost` and `lost_meta`: the one word the fast path reads.
     any_lost: Padded,
     global: bool,
 }
@@ -112,6 +114,7 @@ impl Inner {
                 ..Overflow::default()
             }),
             lost: (0..n).map(|_| Padded::default()).collect(),
+            lost_meta: (0..n).map(|_| Padded::default()).collect(),
             any_lost: Padded::default(),
         };
         layer.write_clock();
@@ -132,17 +135,81 @@ impl Inner {
     fn lost_pending(&self) -> u64 {
         self.lost
             .iter()
+            .chain(self.lost_meta.iter())
             // SYNC POINT: a counter read alone; no other memory depends on it.
             .map(|c| c.0.load(Ordering::Relaxed))
             .sum()
     }
 
-    /// Writes a lost record for every buffer with refused events not yet
-    /// reported (e.g. before closing the channel). Those whose record is
-    /// refused too stay pending.
+    /// Writes a lost record for every buffer with refused writes not yet
+    /// reported (e.g. before closing the channel). If it is refused too,
+    /// they stay pending.
     fn flush_lost(&self) {
-        for b in 0..self.lost.len() {
-            self.report_lost(b);
+        let mut e = Enc::default();
+        e.byte(wire::KIND_LOST);
+        let taken = self.take_losses(&mut e);
+        if !taken.is_empty() && self.chan.write_record_timed(&e.buf).is_ok() {
+            self.settle_losses(&taken);
+        }
+    }
+
+    /// Appends the pending losses (as read now) to a lost record, and
+    /// returns them, to be taken off the counters once it is written.
+    fn take_losses(&self, e: &mut Enc) -> Vec<wire::Loss> {
+        let losses: Vec<wire::Loss> = (0..self.lost.len())
+            .filter_map(|b| {
+                let l = wire::Loss {
+                    buffer: b as u64,
+                    // SYNC POINT: counters alone: the record carries the
+                    // values read, and `settle_losses` takes away exactly
+                    // those, so refusals meanwhile stay for the next one.
+                    // Nothing else pairs with them.
+                    events: self.lost[b].0.load(Ordering::Relaxed),
+                    // SYNC POINT: as above.
+                    callsites: self.lost_meta[b].0.load(Ordering::Relaxed),
+                };
+                (l.events + l.callsites > 0).then_some(l)
+            })
+            .collect();
+        wire::encode_losses(e, &losses);
+        losses
+    }
+
+    /// Takes losses that were written off the counters.
+    #[cold]
+    fn settle_losses(&self, losses: &[wire::Loss]) {
+        for l in losses {
+            let b = l.buffer as usize;
+            // SYNC POINT: counters alone (see take_losses).
+            self.lost[b].0.fetch_sub(l.events, Ordering::Relaxed);
+            // SYNC POINT: as above.
+            self.lost_meta[b]
+                .0
+                .fetch_sub(l.callsites, Ordering::Relaxed);
+            // SYNC POINT: the sum, kept with the counters; a reader of it
+            // only decides whether to look at them.
+            self.any_lost
+                .0
+                .fetch_sub(l.events + l.callsites, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a refused write against the buffer of the CPU the thread is
+    /// on now.
+    #[cold]
+    fn refused(&self, callsite: bool) {
+        let b = self.buffer_now();
+        let counters = if callsite {
+            &self.lost_meta
+        } else {
+            &self.lost
+        };
+        if let Some(c) = counters.get(b) {
+            // SYNC POINT: counters alone (see take_losses); the counter
+            // before the sum, so the sum is never the smaller for long.
+            c.0.fetch_add(1, Ordering::Relaxed);
+            // SYNC POINT: as above.
+            self.any_lost.0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -156,50 +223,39 @@ impl Inner {
         }
     }
 
+    /// Writes one record; a refusal is counted against the buffer of the
+    /// CPU the thread is on. Refusals not yet reported, on any buffer, go
+    /// in front of it, in the same reservation (a `KIND_LOST_THEN` record):
+    /// the loss shows where it happened, whichever thread writes next, and
+    /// a full buffer refuses one record per event, not two.
     #[inline]
-    fn report_lost(&self, b: usize) {
-        let Some(c) = self.lost.get(b) else { return };
-        // SYNC POINT: a counter; the lost record carries the value read, and
-        // the fetch_sub below takes away exactly that, so events refused
-        // meanwhile stay counted for the next record. Nothing else pairs.
-        let n = c.0.load(Ordering::Relaxed);
-        if n == 0 {
-            return;
+    fn emit(&self, payload: &[u8]) {
+        // SYNC POINT: a counter alone (see take_losses); one shared line
+        // that stays clean in every cache while nothing is refused.
+        if self.any_lost.0.load(Ordering::Relaxed) != 0 {
+            return self.emit_after_losses(payload);
         }
-        let mut e = Enc::default();
-        e.byte(wire::KIND_LOST);
-        e.varint(b as u64);
-        e.varint(n);
-        if self.chan.write_record_timed(&e.buf).is_ok() {
-            // SYNC POINT: as above, a counter alone.
-            c.0.fetch_sub(n, Ordering::Relaxed);
-            // SYNC POINT: the sum, kept with the counter; a reader of it
-            // only decides whether to look at the counters.
-            self.any_lost.0.fetch_sub(n, Ordering::Relaxed);
+        if self.chan.write_record_timed(payload).is_err() {
+            self.refused(false);
         }
     }
 
-    /// Writes one record; a refusal is counted against the buffer of the
-    /// CPU the thread is on. Refusals not yet reported, on any buffer, are
-    /// reported first, so a thread that moved to another CPU reports them
-    /// as soon as it writes again.
-    #[inline]
-    fn emit(&self, payload: &[u8]) {
-        // SYNC POINT: a counter alone (see report_lost); one shared line
-        // that stays clean in every cache while nothing is refused.
-        if self.any_lost.0.load(Ordering::Relaxed) != 0 {
-            self.flush_lost();
-        }
-        if self.chan.write_record_timed(payload).is_err() {
-            let b = self.buffer_now();
-            if let Some(c) = self.lost.get(b) {
-                // SYNC POINT: a counter alone (see report_lost); the
-                // counter before the sum, so the sum is never the larger
-                // for long.
-                c.0.fetch_add(1, Ordering::Relaxed);
-                // SYNC POINT: as above.
-                self.any_lost.0.fetch_add(1, Ordering::Relaxed);
+    #[cold]
+    fn emit_after_losses(&self, payload: &[u8]) {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_LOST_THEN);
+        let taken = self.take_losses(&mut e);
+        if taken.is_empty() {
+            if self.chan.write_record_timed(payload).is_err() {
+                self.refused(false);
             }
+            return;
+        }
+        e.buf.extend_from_slice(payload);
+        if self.chan.write_record_timed(&e.buf).is_ok() {
+            self.settle_losses(&taken);
+        } else {
+            self.refused(false);
         }
     }
 
@@ -314,7 +370,11 @@ impl Inner {
         for f in meta.fields() {
             e.str(f.name());
         }
-        self.chan.write_record_timed(&e.buf).is_ok()
+        let ok = self.chan.write_record_timed(&e.buf).is_ok();
+        if !ok {
+            self.refused(true);
+        }
+        ok
     }
 
     /// Encodes with the thread's scratch buffer (a fresh one if it is in
@@ -354,7 +414,7 @@ impl Inner {
 /// A write refused by the channel (a full buffer in no-overwrite mode, a
 /// closed channel) is counted by the channel as usual and by the layer per
 /// buffer; the next record the layer writes (from any thread, on any CPU)
-/// is preceded by a [`Lost`](wire::Item::Lost) record with the count, so a
+/// carries the counts in front of it ([`Lost`](wire::Item::Lost)), so a
 /// decoder shows the loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
 /// what is still pending.
 ///

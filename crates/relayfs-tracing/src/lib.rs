@@ -39,8 +39,9 @@
 //! | 3 | new span | callsite id varint, thread id varint, span id varint, parent span id varint (0: none), values |
 //! | 4, 5, 6 | enter, exit, close | thread id varint, span id varint |
 //! | 7 | span values recorded later | thread id varint, span id varint, values |
-//! | 8 | lost | buffer (CPU) varint, events refused there since the last lost record varint |
+//! | 8 | lost | losses: count varint, then for each: buffer (CPU) varint, events (and span records) refused there varint, callsite records refused there varint |
 //! | 9 | clock | `CLOCK_MONOTONIC` ns varint, `CLOCK_REALTIME` ns varint |
+//! | 10 | lost, then a record | losses as in 8, then a whole record of another kind (its kind byte first) |
 //!
 //! *Values* run to the end of the payload, each a field index varint (its
 //! place in the callsite's field names), a tag byte and the value: 0 `i64`
@@ -72,13 +73,13 @@
 //!
 //! **Losses.** A write the channel refuses (a full buffer in no-overwrite
 //! mode, a closed channel) is counted by the channel in its counters, and
-//! by the layer against the buffer of the CPU the thread is on. Before the
-//! next record it writes (one load of a shared counter on the fast path),
-//! the layer writes a lost record with the count, so the decoder shows
-//! `N events lost on cpuK` at the place they were lost. The count is of
-//! the layer's own refused records (events and span records; a refused
-//! callsite record is written again instead); the CPU is the one the
-//! thread was on just after the refusal. [`RelayLayer::flush_lost`] writes
+//! by the layer against the buffer of the CPU the thread is on just after.
+//! The next record the layer writes, from any thread (one load of a shared
+//! counter on the fast path), carries the counts in front of it, in the
+//! same reservation (kind 10), so the decoder shows `N events lost on cpuK`
+//! at the place they were lost, and a full buffer refuses one record per
+//! event, not a lost record and then the event. Refused callsite records
+//! are counted apart (they are written again). [`RelayLayer::flush_lost`] writes
 //! the ones still pending.
 //!
 //! **The clock.** The framing's timestamp: `CLOCK_MONOTONIC` read through

@@ -18,8 +18,11 @@ pub const KIND_EXIT: u8 = 5;
 pub const KIND_CLOSE: u8 = 6;
 /// Record kind: values recorded into a span after it was made.
 pub const KIND_RECORD: u8 = 7;
-/// Record kind: events the layer could not write into a buffer.
+/// Record kind: records the layer could not write, per buffer.
 pub const KIND_LOST: u8 = 8;
+/// Record kind: as [`KIND_LOST`], then a whole record (so a loss and the
+/// record after it take one reservation).
+pub const KIND_LOST_THEN: u8 = 10;
 /// Record kind: a pair of clock readings, monotonic and wall.
 pub const KIND_CLOCK: u8 = 9;
 
@@ -200,13 +203,13 @@ pub enum Item<'a> {
         /// The values.
         values: Values<'a>,
     },
-    /// Events the layer could not write into buffer `buffer`, since its last
-    /// such record there.
+    /// Records the layer could not write since it last said so, per buffer;
+    /// then, for [`KIND_LOST_THEN`], the payload of the record that follows.
     Lost {
-        /// The buffer (CPU) the events were refused by.
-        buffer: u64,
-        /// How many.
-        count: u64,
+        /// The losses.
+        losses: Vec<Loss>,
+        /// The record written with them.
+        then: Option<&'a [u8]>,
     },
     /// A monotonic and a wall clock reading taken together.
     Clock {
@@ -215,6 +218,27 @@ pub enum Item<'a> {
         /// `CLOCK_REALTIME`, ns since the Unix epoch.
         realtime: u64,
     },
+}
+
+/// What the layer could not write into one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    /// The buffer (CPU) that refused them.
+    pub buffer: u64,
+    /// Events and span records.
+    pub events: u64,
+    /// Callsite records (each is written again later).
+    pub callsites: u64,
+}
+
+/// Appends the losses of a lost record.
+pub fn encode_losses(e: &mut Enc, losses: &[Loss]) {
+    e.varint(losses.len() as u64);
+    for l in losses {
+        e.varint(l.buffer);
+        e.varint(l.events);
+        e.varint(l.callsites);
+    }
 }
 
 /// Why a payload is not a valid record.
@@ -437,10 +461,34 @@ pub fn parse(payload: &[u8]) -> Result<Item<'_>, WireError> {
             span: c.varint()?,
             values: Values(c),
         },
-        KIND_LOST => Item::Lost {
-            buffer: c.varint()?,
-            count: c.varint()?,
-        },
+        k @ (KIND_LOST | KIND_LOST_THEN) => {
+            let n = c.varint()?;
+            // Three bytes an entry at least.
+            if n > ((payload.len() - c.at) / 3) as u64 {
+                return c.err("loss count larger than the record");
+            }
+            let mut losses = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                losses.push(Loss {
+                    buffer: c.varint()?,
+                    events: c.varint()?,
+                    callsites: c.varint()?,
+                });
+            }
+            let then = if k == KIND_LOST_THEN {
+                let rest = &payload[c.at..];
+                match rest.first() {
+                    None => return c.err("no record after the losses"),
+                    Some(&(KIND_LOST | KIND_LOST_THEN)) => {
+                        return c.err("a lost record inside a lost record")
+                    }
+                    Some(_) => Some(rest),
+                }
+            } else {
+                None
+            };
+            Item::Lost { losses, then }
+        }
         KIND_CLOCK => Item::Clock {
             monotonic: c.varint()?,
             realtime: c.varint()?,

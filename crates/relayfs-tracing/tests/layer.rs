@@ -340,6 +340,9 @@ fn drops_show_up_where_they_happened() {
     });
     let refused = (rig.layer_lost)();
     assert!(refused > 0 && refused < before, "refused {refused}");
+    // One refused record per event lost: the counts the layer carries are
+    // not written (and refused) on their own before each event.
+    assert_eq!(rig.chan.total_stats().dropped_full, refused);
     // A reader comes and drains the buffer, which makes room.
     let mut r = RelayFile::open(rig.chan.buffer_path(0)).unwrap();
     let mut first = Vec::new();
