@@ -359,6 +359,9 @@ struct Callsite {
     name: String,
     target: String,
     fields: Vec<String>,
+    /// The target and the field names as JSON strings (`"a":`), made once.
+    json_target: String,
+    json_fields: Vec<String>,
 }
 
 /// Callsites by id: a vector for the small ids a layer hands out, a map
@@ -945,6 +948,21 @@ impl Printer<'_> {
                         name: c.name.to_string(),
                         target: c.target.to_string(),
                         fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                        json_target: {
+                            let mut j = String::new();
+                            json_str(&mut j, c.target);
+                            j
+                        },
+                        json_fields: c
+                            .fields
+                            .iter()
+                            .map(|f| {
+                                let mut j = String::new();
+                                json_str(&mut j, f);
+                                j.push(':');
+                                j
+                            })
+                            .collect(),
                     },
                 );
             }
@@ -1077,7 +1095,7 @@ impl Printer<'_> {
             self.line.push_str(json);
             self.line.push_str("},\"target\":");
             match cs {
-                Some(c) => json_str(&mut self.line, &c.target),
+                Some(c) => self.line.push_str(&c.json_target),
                 None => {
                     let _ = write!(self.line, "null,\"unknown_callsite\":{callsite}");
                 }
@@ -1184,8 +1202,13 @@ fn render_fields(
             if !sc.json.is_empty() {
                 sc.json.push(',');
             }
-            json_str(&mut sc.json, name);
-            sc.json.push(':');
+            match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+                Some(j) => sc.json.push_str(j),
+                None => {
+                    json_str(&mut sc.json, name);
+                    sc.json.push(':');
+                }
+            }
             json_value(&mut sc.json, &v);
         } else if name == "message" {
             text_value(&mut sc.text, &v, true);
