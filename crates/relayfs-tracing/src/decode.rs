@@ -38,6 +38,11 @@ use crate::wire::{self, Item, Value, Values, WireError};
 /// The summary file `relayfs record` writes at the end of a recording.
 pub const SUMMARY_FILE: &str = "relayfs-record.json";
 
+/// The largest payload taken as a record: a tracing record is small, and a
+/// corrupt header announcing more must not make the decoder wait for (and
+/// allocate) up to a sub-buffer's gigabyte.
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+
 /// How to decode.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -372,7 +377,7 @@ struct Callsites {
     big: HashMap<u64, Callsite>,
 }
 
-const SMALL_IDS: u64 = 1 << 16;
+const SMALL_IDS: u64 = 1 << 12;
 
 impl Callsites {
     #[inline]
@@ -580,7 +585,7 @@ fn run(
         .map(|(name, input)| Source {
             name,
             input,
-            dec: Decoder::new(),
+            dec: Decoder::with_max_payload(MAX_PAYLOAD),
             head: None,
             payload: Vec::new(),
             last_ts: 0,
