@@ -472,3 +472,48 @@ fn the_example_application_traces_into_its_channel() {
         .unwrap();
     assert_eq!(done["fields"]["error"], "disk on fire");
 }
+
+/// A ring in overwrite mode reuses its oldest sub-buffers: the callsite
+/// record (and the clock record) written first are gone by the time the
+/// reader comes. The events still decode, as an unknown callsite with their
+/// values by position.
+#[test]
+fn events_whose_callsite_record_was_overwritten_still_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("ow")
+            .dir(dir.path())
+            .subbuf_size(512)
+            .n_subbufs(2)
+            .global(true)
+            .callbacks(relayfs::OverwriteCallbacks)
+            .open()
+            .unwrap(),
+    );
+    let d =
+        tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
+    const N: u64 = 500;
+    tracing::dispatcher::with_default(&d, || {
+        for i in 0..N {
+            tracing::info!(i, "wrapping");
+        }
+    });
+    assert!(chan.total_stats().overwritten_records > 0);
+    let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+    chan.close().unwrap();
+    let bytes = drain(&mut r);
+    let (lines, problems, stats) = decode_json(vec![("cpu0".into(), bytes)]);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(stats.events > 0 && stats.events < N);
+    let mut last = None;
+    for l in &lines {
+        assert!(l["unknown_callsite"].as_u64().is_some(), "{l}");
+        assert_eq!(l["target"], serde_json::Value::Null);
+        // The values by position: 0 is the message, 1 is `i`.
+        assert_eq!(l["fields"]["field0"], "wrapping");
+        let i = l["fields"]["field1"].as_i64().unwrap();
+        assert!(last.is_none_or(|p| i == p + 1), "{i} after {last:?}");
+        last = Some(i);
+    }
+    assert_eq!(last, Some(N as i64 - 1));
+}
