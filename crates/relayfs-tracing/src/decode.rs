@@ -1087,8 +1087,6 @@ impl Printer<'_> {
         self.line.clear();
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
-        render_fields(cs, self.json, values, &mut self.scratch).map_err(Some)?;
-        let json = &self.scratch.json;
         if self.json {
             self.line.push_str("{\"timestamp\":\"");
             fmt_time(&mut self.line, &mut self.tf, ts);
@@ -1097,7 +1095,8 @@ impl Printer<'_> {
             self.line.push_str(",\"level\":\"");
             self.line.push_str(level);
             self.line.push_str("\",\"fields\":{");
-            self.line.push_str(json);
+            // Straight into the line: JSON members go in the order they come.
+            render_json(cs, values, &mut self.line).map_err(Some)?;
             self.line.push_str("},\"target\":");
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
@@ -1138,6 +1137,7 @@ impl Printer<'_> {
             json_str(&mut self.line, buffer);
             self.line.push('}');
         } else {
+            render_fields(cs, false, values, &mut self.scratch).map_err(Some)?;
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str(match level.len() {
                 4 => "  ",
@@ -1225,6 +1225,31 @@ fn render_fields(
             sc.rest.push('=');
             text_value(&mut sc.rest, &v, false);
         }
+    }
+    Ok(())
+}
+
+/// Renders values as JSON members straight into `out`.
+fn render_json(
+    cs: Option<&Callsite>,
+    values: Values<'_>,
+    out: &mut String,
+) -> Result<(), WireError> {
+    let mut first = true;
+    for v in values {
+        let (idx, v) = v?;
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+            Some(j) => out.push_str(j),
+            None => {
+                json_str(out, &format!("field{idx}"));
+                out.push(':');
+            }
+        }
+        json_value(out, &v);
     }
     Ok(())
 }
