@@ -35,6 +35,10 @@ enum Cmd {
     Verify(cmd::verify::Args),
     /// Consuming read of one relay file to standard output
     Cat(cmd::cat::Args),
+    /// Print a recording of relayfs-tracing events (a `relayfs record`
+    /// output directory) in time order, like tracing's fmt (--json: JSON
+    /// lines; --follow: while it is being written)
+    Decode(cmd::decode::Args),
     /// Counters of every buffer of a channel
     Stat(cmd::stat::Args),
     /// Channels under the relay directory
@@ -53,6 +57,7 @@ fn main() {
         Cmd::Blktrace(a) => cmd::blktrace::run(a),
         Cmd::Verify(a) => cmd::verify::run(a),
         Cmd::Cat(a) => cmd::cat::run(a),
+        Cmd::Decode(a) => cmd::decode::run(a),
         Cmd::Stat(a) => cmd::stat::run(a),
         Cmd::Ls(a) => cmd::ls::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),

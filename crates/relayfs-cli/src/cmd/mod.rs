@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod blktrace;
 pub mod cat;
+pub mod decode;
 pub mod demo;
 pub mod ls;
 pub mod record;

@@ -1,0 +1,1348 @@
+//! Decoding a recording: the `cpuN.out` files (and rotated `cpuN.out.K`)
+//! that `relayfs record` writes, merged into one stream in timestamp order
+//! and printed like `tracing-subscriber`'s `fmt` layer, or as JSON lines.
+//!
+//! * Each buffer's files are one stream of framed records
+//!   ([`relayfs::Decoder`]); the streams are merged by timestamp (the
+//!   framing's `CLOCK_MONOTONIC`, one clock for every CPU).
+//! * Callsite records are collected as they come; an event whose callsite
+//!   record has not been seen (it was lost, or it is in a buffer the merge
+//!   has not reached) is shown as `unknown callsite N` with its values by
+//!   position.
+//! * Losses: a lost record (written by the layer before the next event on
+//!   that CPU) is shown where it is, as `N events lost on cpuK`. Whatever the
+//!   recorder's counters (`relayfs-record.json`) say a buffer lost beyond
+//!   that is shown when that buffer's stream ends, as `N records lost on
+//!   cpuK`, saying that where is not known.
+//! * Bad input (a corrupt or cut record, a payload that is not a valid
+//!   tracing record) is a [`Problem`] naming the file and byte offset;
+//!   decoding goes on after it. Nothing in the files can make it panic.
+//! * `follow`: the recording may still be written. Files are read as they
+//!   grow, new rotated files picked up, and the end is when the recorder's
+//!   summary appears and everything is read. A record is printed once every
+//!   buffer has a later one, or once it is older than `settle` on this
+//!   machine's monotonic clock (a buffer with nothing new holds nothing
+//!   older).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relayfs::frame::{Decoder, FrameError};
+
+use crate::wire::{self, Item, Value, Values, WireError};
+
+/// The summary file `relayfs record` writes at the end of a recording.
+pub const SUMMARY_FILE: &str = "relayfs-record.json";
+
+/// The largest payload taken as a record: a tracing record is small, and a
+/// corrupt header announcing more must not make the decoder wait for (and
+/// allocate) up to a sub-buffer's gigabyte.
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+
+/// How to decode.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// The recording may still be written: wait for more until the
+    /// recorder's summary appears.
+    pub follow: bool,
+    /// How often to look for more data when following.
+    pub poll: Duration,
+    /// When following, how old a record must be before it is printed while
+    /// some buffer has nothing newer.
+    pub settle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            json: false,
+            follow: false,
+            poll: Duration::from_millis(100),
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a decode found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Framed records decoded.
+    pub records: u64,
+    /// Events printed.
+    pub events: u64,
+    /// Events (and span records) the layer said it lost.
+    pub lost_events: u64,
+    /// Callsite records the layer said it lost (each is written again).
+    pub lost_callsites: u64,
+    /// Records the recorder's counters say were lost beyond those.
+    pub lost_records: u64,
+    /// Problems reported.
+    pub problems: u64,
+    /// Records printed with a timestamp lower than the one before (two
+    /// writers on one CPU racing between reservation and clock read: the
+    /// records keep their buffer's order).
+    pub out_of_order: u64,
+}
+
+/// Something wrong in the input: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or stream name).
+    pub file: String,
+    /// Byte offset in that file, if known.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.offset {
+            Some(o) => write!(f, "{}: byte {}: {}", self.file, o, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Per-buffer counters from `relayfs-record.json` (only what is needed).
+#[derive(Debug, serde::Deserialize)]
+struct SummaryFile {
+    buffers: Vec<SummaryBuffer>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SummaryBuffer {
+    name: String,
+    #[serde(default)]
+    dropped_full: u64,
+    #[serde(default)]
+    dropped_toobig: u64,
+    #[serde(default)]
+    overwritten: u64,
+    #[serde(default)]
+    discarded: u64,
+    #[serde(default)]
+    abandoned_records: u64,
+}
+
+impl SummaryBuffer {
+    fn lost(&self) -> u64 {
+        self.dropped_full
+            .saturating_add(self.dropped_toobig)
+            .saturating_add(self.overwritten)
+            .saturating_add(self.discarded)
+            .saturating_add(self.abandoned_records)
+    }
+}
+
+/// Reads the summary's per-buffer loss counts; `Ok(None)` if there is no
+/// summary.
+fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
+    let path = dir.join(SUMMARY_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Problem {
+                file: SUMMARY_FILE.into(),
+                offset: None,
+                message: format!("cannot read it: {e}"),
+            })
+        }
+    };
+    let s: SummaryFile = serde_json::from_slice(&text).map_err(|e| Problem {
+        file: SUMMARY_FILE.into(),
+        offset: None,
+        message: format!("not a recording summary: {e}"),
+    })?;
+    Ok(Some(
+        s.buffers
+            .into_iter()
+            .map(|b| (b.name.clone(), b.lost()))
+            .collect(),
+    ))
+}
+
+/// The `(buffer name, rotation index)` of an output file name: `cpu0.out`
+/// is `("cpu0", None)`, `cpu0.out.3` is `("cpu0", Some(3))`.
+fn parse_out_name(name: &str) -> Option<(&str, Option<u64>)> {
+    if name.starts_with('.') {
+        return None;
+    }
+    if let Some(base) = name.strip_suffix(".out") {
+        return (!base.is_empty()).then_some((base, None));
+    }
+    let (head, k) = name.rsplit_once('.')?;
+    let base = head.strip_suffix(".out")?;
+    if base.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((base, Some(k.parse().ok()?)))
+}
+
+/// The output files of a recording directory, per buffer, in order.
+fn list_outputs(dir: &Path) -> io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut by: HashMap<String, Vec<(u64, PathBuf)>> = HashMap::new();
+    for ent in std::fs::read_dir(dir)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((base, k)) = parse_out_name(name) else {
+            continue;
+        };
+        if !ent.file_type()?.is_file() {
+            continue;
+        }
+        by.entry(base.to_string())
+            .or_default()
+            .push((k.unwrap_or(0), ent.path()));
+    }
+    let mut v: Vec<(String, Vec<PathBuf>)> = by
+        .into_iter()
+        .map(|(b, mut f)| {
+            f.sort();
+            (b, f.into_iter().map(|(_, p)| p).collect())
+        })
+        .collect();
+    v.sort_by_key(|a| natural_key(&a.0));
+    Ok(v)
+}
+
+/// Sorts `cpu2` before `cpu10`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (a, n) = s.split_at(s.len() - digits);
+    (a.to_string(), n.parse().unwrap_or(0))
+}
+
+/// Where a buffer's bytes come from.
+enum Input {
+    /// A recording's files for one buffer, read one after the other.
+    Files {
+        dir: PathBuf,
+        base: String,
+        files: Vec<PathBuf>,
+        /// Index in `files` of the open file.
+        cur: usize,
+        file: Option<File>,
+        /// Stream offset where each opened file starts, and its name.
+        starts: Vec<(u64, String)>,
+        /// Stream offset read so far.
+        pos: u64,
+        /// Files removed before they could be opened (`--max-files`
+        /// rotated them away), to be reported.
+        gone: Vec<String>,
+    },
+    /// Any byte stream.
+    Reader(Box<dyn Read>),
+}
+
+impl Input {
+    /// Reads some bytes; `Ok(None)` when nothing is there now (more may
+    /// come when following), `Ok(Some(0))` never.
+    fn read(&mut self, buf: &mut [u8], follow: bool) -> io::Result<Option<usize>> {
+        match self {
+            Input::Reader(r) => loop {
+                match r.read(buf) {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => return Ok(Some(n)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+            Input::Files {
+                dir,
+                base,
+                files,
+                cur,
+                file,
+                starts,
+                pos,
+                gone,
+            } => loop {
+                if file.is_none() {
+                    if *cur >= files.len() && follow {
+                        if let Some((_, f)) =
+                            list_outputs(dir)?.into_iter().find(|(b, _)| b == base)
+                        {
+                            for p in f {
+                                if !files.contains(&p) {
+                                    files.push(p);
+                                }
+                            }
+                        }
+                    }
+                    let Some(p) = files.get(*cur) else {
+                        return Ok(None);
+                    };
+                    let name = p
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    match File::open(p) {
+                        Ok(f) => *file = Some(f),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            gone.push(name);
+                            *cur += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    starts.push((*pos, name));
+                }
+                let f = file.as_mut().expect("opened above");
+                match f.read(buf) {
+                    Ok(0) => {
+                        // The next file, if there is one (a following
+                        // decode looks again next time).
+                        let more = *cur + 1 < files.len()
+                            || (follow
+                                && list_outputs(dir)?
+                                    .iter()
+                                    .any(|(b, f)| b == base && f.len() > *cur + 1));
+                        if !more {
+                            return Ok(None);
+                        }
+                        *file = None;
+                        *cur += 1;
+                    }
+                    Ok(n) => {
+                        *pos += n as u64;
+                        return Ok(Some(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    /// The file holding stream offset `off`, and the offset in it.
+    fn locate(&self, name: &str, off: u64) -> (String, u64) {
+        match self {
+            Input::Reader(_) => (name.to_string(), off),
+            Input::Files { starts, .. } => match starts.iter().rev().find(|(s, _)| *s <= off) {
+                Some((s, n)) => (n.clone(), off - s),
+                None => (name.to_string(), off),
+            },
+        }
+    }
+}
+
+/// One buffer's stream and its next record.
+struct Source {
+    name: String,
+    input: Input,
+    dec: Decoder,
+    /// The next record: timestamp, stream offset, payload (in `payload`).
+    head: Option<(u64, u64)>,
+    payload: Vec<u8>,
+    /// Timestamp of the last record (for records without one).
+    last_ts: u64,
+    ended: bool,
+    /// Lost events reported in band for this buffer.
+    lost_in_band: u64,
+    /// Its end was dealt with (the recorder's count of its losses shown).
+    closed: bool,
+}
+
+/// An open span, as the decoder knows it.
+struct SpanState {
+    callsite: u64,
+    text: String,
+    json: String,
+}
+
+/// A callsite's strings, owned.
+struct Callsite {
+    level: u8,
+    name: String,
+    target: String,
+    fields: Vec<String>,
+    /// The target and the field names as JSON strings (`"a":`), made once.
+    json_target: String,
+    json_fields: Vec<String>,
+}
+
+/// Callsites by id: a vector for the small ids a layer hands out, a map
+/// for any other (a recording can say anything).
+#[derive(Default)]
+struct Callsites {
+    small: Vec<Option<Callsite>>,
+    big: HashMap<u64, Callsite>,
+}
+
+const SMALL_IDS: u64 = 1 << 12;
+
+impl Callsites {
+    #[inline]
+    fn get(&self, id: &u64) -> Option<&Callsite> {
+        if *id < SMALL_IDS {
+            self.small.get(*id as usize).and_then(Option::as_ref)
+        } else {
+            self.big.get(id)
+        }
+    }
+
+    fn insert(&mut self, id: u64, c: Callsite) {
+        if id < SMALL_IDS {
+            let i = id as usize;
+            if self.small.len() <= i {
+                self.small.resize_with(i + 1, || None);
+            }
+            self.small[i] = Some(c);
+        } else {
+            self.big.insert(id, c);
+        }
+    }
+}
+
+/// Reused buffers for one event's values.
+#[derive(Default)]
+struct Scratch {
+    text: String,
+    rest: String,
+    json: String,
+}
+
+/// The wall clock's offset, and the formatted date and time of the last
+/// second printed (it changes once a second, the microseconds every line).
+#[derive(Default)]
+struct TimeFmt {
+    offset: Option<i128>,
+    sec: Option<i64>,
+    prefix: String,
+}
+
+/// The state of a decode: what it knows of callsites, spans and threads,
+/// and where it prints.
+struct Printer<'o> {
+    out: &'o mut dyn Write,
+    json: bool,
+    callsites: Callsites,
+    spans: HashMap<u64, SpanState>,
+    stacks: HashMap<u64, Vec<u64>>,
+    /// Wall clock minus monotonic clock (from a clock record), and the
+    /// formatting of times.
+    tf: TimeFmt,
+    line: String,
+    scratch: Scratch,
+    stats: Stats,
+}
+
+/// The recording in `dir`, merged and printed to `out`; problems in the
+/// input go to `problem` as they are found (decoding goes on).
+///
+/// # Errors
+/// Reading the directory or a file, or writing `out`, failed.
+pub fn decode_dir(
+    dir: &Path,
+    opts: &Options,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<Stats> {
+    let mut summary = if opts.follow {
+        None
+    } else {
+        match read_summary(dir) {
+            Ok(s) => s,
+            Err(p) => {
+                problem(&p);
+                None
+            }
+        }
+    };
+    let mut outputs = if opts.follow {
+        Vec::new()
+    } else {
+        list_outputs(dir)?
+    };
+    if opts.follow {
+        // Wait for the recorder to make its directory and files.
+        loop {
+            match list_outputs(dir) {
+                Ok(o) if !o.is_empty() => {
+                    outputs = o;
+                    break;
+                }
+                Ok(_) if dir.join(SUMMARY_FILE).exists() => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(opts.poll);
+        }
+    } else if outputs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no <buffer>.out files in {}", dir.display()),
+        ));
+    }
+    let sources = outputs
+        .into_iter()
+        .map(|(base, files)| {
+            (
+                base.clone(),
+                Input::Files {
+                    dir: dir.to_path_buf(),
+                    base,
+                    files,
+                    cur: 0,
+                    file: None,
+                    starts: Vec::new(),
+                    pos: 0,
+                    gone: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let done = |summary: &mut Option<HashMap<String, u64>>, problem: &mut dyn FnMut(&Problem)| {
+        if summary.is_none() {
+            match read_summary(dir) {
+                Ok(s) => *summary = s,
+                Err(p) => {
+                    problem(&p);
+                    *summary = Some(HashMap::new());
+                }
+            }
+        }
+        summary.is_some()
+    };
+    run(sources, opts, out, problem, &mut summary, &mut |s, p| {
+        !opts.follow || done(s, p)
+    })
+}
+
+/// Decodes and merges named byte streams (each one buffer's framed
+/// records, e.g. `cpuN.out` files or what a relay file's reads return).
+///
+/// # Errors
+/// Reading a stream or writing `out` failed.
+pub fn decode_streams(
+    streams: Vec<(String, Box<dyn Read>)>,
+    json: bool,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<Stats> {
+    let opts = Options {
+        json,
+        ..Options::default()
+    };
+    let sources = streams
+        .into_iter()
+        .map(|(n, r)| (n, Input::Reader(r)))
+        .collect();
+    run(sources, &opts, out, problem, &mut None, &mut |_, _| true)
+}
+
+/// Records a source's stream offset-located problem.
+fn frame_problem(src: &Source, e: &FrameError) -> Problem {
+    let (off, msg) = match e {
+        FrameError::Corrupt { offset, reason } => {
+            (Some(*offset), format!("corrupt record: {reason}"))
+        }
+        FrameError::Truncated { offset, have, need } => (
+            Some(*offset),
+            format!("the stream ends inside a record ({have} of {need} bytes): skipped"),
+        ),
+        other => (None, other.to_string()),
+    };
+    match off {
+        Some(o) => {
+            let (file, o) = src.input.locate(&src.name, o);
+            Problem {
+                file,
+                offset: Some(o),
+                message: msg,
+            }
+        }
+        None => Problem {
+            file: src.name.clone(),
+            offset: None,
+            message: msg,
+        },
+    }
+}
+
+type Finished<'a> =
+    dyn FnMut(&mut Option<HashMap<String, u64>>, &mut dyn FnMut(&Problem)) -> bool + 'a;
+
+fn run(
+    named: Vec<(String, Input)>,
+    opts: &Options,
+    out: &mut dyn Write,
+    problem: &mut dyn FnMut(&Problem),
+    summary: &mut Option<HashMap<String, u64>>,
+    finished: &mut Finished<'_>,
+) -> io::Result<Stats> {
+    let mut srcs: Vec<Source> = named
+        .into_iter()
+        .map(|(name, input)| Source {
+            name,
+            input,
+            dec: Decoder::with_max_payload(MAX_PAYLOAD),
+            head: None,
+            payload: Vec::new(),
+            last_ts: 0,
+            ended: false,
+            lost_in_band: 0,
+            closed: false,
+        })
+        .collect();
+    let mut p = Printer {
+        out,
+        json: opts.json,
+        callsites: Callsites::default(),
+        spans: HashMap::new(),
+        stacks: HashMap::new(),
+        tf: TimeFmt::default(),
+        line: String::with_capacity(256),
+        scratch: Scratch::default(),
+        stats: Stats::default(),
+    };
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut last_ts = 0u64;
+    loop {
+        // Whether the recording is over (when following: the summary is
+        // there); asked before reading, so that what is read after it is
+        // everything.
+        let over = finished(summary, problem);
+        let mut waiting = false;
+        for s in srcs.iter_mut() {
+            if s.head.is_some() || s.ended {
+                continue;
+            }
+            fill(s, &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
+            if s.head.is_none() && !s.ended {
+                waiting = true;
+            }
+            if s.ended && s.head.is_none() && !s.closed {
+                end_of_source(&mut p, s, summary, s.last_ts)?;
+            }
+        }
+        // The smallest next record.
+        let mut best: Option<usize> = None;
+        for (i, s) in srcs.iter().enumerate() {
+            if let Some((ts, _)) = s.head {
+                if best.is_none_or(|b| ts < srcs[b].head.map_or(u64::MAX, |h| h.0)) {
+                    best = Some(i);
+                }
+            }
+        }
+        let Some(i) = best else {
+            if !waiting {
+                break;
+            }
+            p.out.flush()?;
+            std::thread::sleep(opts.poll);
+            continue;
+        };
+        let ts = srcs[i].head.map_or(0, |h| h.0);
+        if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
+            p.out.flush()?;
+            std::thread::sleep(opts.poll);
+            continue;
+        }
+        let (ts, offset) = srcs[i].head.take().expect("a head");
+        if ts < last_ts {
+            p.stats.out_of_order += 1;
+        } else {
+            last_ts = ts;
+        }
+        let r = p.record(&srcs[i].payload, ts, i, &srcs);
+        match r {
+            Ok(losses) => {
+                for l in losses {
+                    let name = format!("cpu{}", l.buffer);
+                    if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
+                        s.lost_in_band += l.events + l.callsites;
+                    }
+                }
+            }
+            Err(e) => {
+                let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+                p.stats.problems += 1;
+                problem(&Problem {
+                    file,
+                    offset: Some(off),
+                    message: format!("bad tracing record: {e}"),
+                });
+            }
+        }
+        // A buffer that has ended: what the recorder counted beyond the lost
+        // records shown is shown here.
+        fill(
+            &mut srcs[i],
+            &mut chunk,
+            opts.follow && !over,
+            problem,
+            &mut p.stats,
+        )?;
+        if srcs[i].ended && srcs[i].head.is_none() {
+            end_of_source(&mut p, &mut srcs[i], summary, ts)?;
+        }
+    }
+    p.out.flush()?;
+    Ok(p.stats)
+}
+
+fn end_of_source(
+    p: &mut Printer<'_>,
+    s: &mut Source,
+    summary: &Option<HashMap<String, u64>>,
+    ts: u64,
+) -> io::Result<()> {
+    if s.closed {
+        return Ok(());
+    }
+    s.closed = true;
+    let Some(sum) = summary else { return Ok(()) };
+    let Some(&lost) = sum.get(&s.name) else {
+        return Ok(());
+    };
+    let extra = lost.saturating_sub(s.lost_in_band);
+    if extra > 0 {
+        p.stats.lost_records += extra;
+        p.lost_line(ts, &s.name, extra, 0, false)?;
+    }
+    Ok(())
+}
+
+/// Makes `s.head` the next record if one can be had now; marks the end.
+fn fill(
+    s: &mut Source,
+    chunk: &mut [u8],
+    follow: bool,
+    problem: &mut dyn FnMut(&Problem),
+    stats: &mut Stats,
+) -> io::Result<()> {
+    while s.head.is_none() && !s.ended {
+        match s.dec.next_record() {
+            Some(Ok(r)) => {
+                let ts = r.timestamp.unwrap_or(s.last_ts);
+                s.last_ts = ts;
+                s.payload.clear();
+                s.payload.extend_from_slice(r.payload);
+                s.head = Some((ts, r.offset));
+                stats.records += 1;
+                continue;
+            }
+            Some(Err(e)) => {
+                stats.problems += 1;
+                problem(&frame_problem(s, &e));
+                continue;
+            }
+            None => {}
+        }
+        let want = chunk.len();
+        let spare = s.dec.spare(want);
+        let n = spare.len().min(want);
+        let r = s.input.read(&mut spare[..n], follow)?;
+        if let Input::Files { gone, .. } = &mut s.input {
+            for name in gone.drain(..) {
+                stats.problems += 1;
+                problem(&Problem {
+                    file: name,
+                    offset: None,
+                    message:
+                        "removed before it could be read (rotated away): its records are missing"
+                            .into(),
+                });
+            }
+        }
+        match r {
+            Some(n) => s.dec.filled(n),
+            None if follow => return Ok(()),
+            None => {
+                if let Some(e) = s.dec.finish() {
+                    stats.problems += 1;
+                    problem(&frame_problem(s, &e));
+                }
+                s.ended = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes timestamp `ts` (monotonic ns) as RFC 3339 UTC with microseconds
+/// when the wall clock's offset is known, else as monotonic seconds.
+fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
+    match tf.offset {
+        Some(off) => {
+            let t = i128::from(ts) + off;
+            let secs = t.div_euclid(1_000_000_000) as i64;
+            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u64;
+            if tf.sec != Some(secs) {
+                let (y, mo, d) = civil(secs.div_euclid(86_400));
+                let s = secs.rem_euclid(86_400);
+                tf.prefix.clear();
+                let _ = write!(
+                    tf.prefix,
+                    "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.",
+                    s / 3600,
+                    s / 60 % 60,
+                    s % 60
+                );
+                tf.sec = Some(secs);
+            }
+            line.push_str(&tf.prefix);
+            push_padded(line, micros, 6);
+            line.push('Z');
+        }
+        None => {
+            push_u64(line, ts / 1_000_000_000);
+            line.push('.');
+            push_padded(line, ts % 1_000_000_000, 9);
+        }
+    }
+}
+
+/// Appends `v` in decimal.
+#[inline]
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or("?"));
+}
+
+/// Appends `v` in decimal.
+#[inline]
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// Appends the last `width` decimal digits of `v`, zero-padded.
+#[inline]
+fn push_padded(out: &mut String, mut v: u64, width: usize) {
+    let mut b = [b'0'; 20];
+    let width = width.min(20);
+    for k in (0..width).rev() {
+        b[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.push_str(std::str::from_utf8(&b[..width]).unwrap_or("?"));
+}
+
+impl Printer<'_> {
+    fn time(&mut self, ts: u64) {
+        fmt_time(&mut self.line, &mut self.tf, ts);
+    }
+
+    fn flush_line(&mut self) -> io::Result<()> {
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())?;
+        self.line.clear();
+        Ok(())
+    }
+
+    fn lost_line(
+        &mut self,
+        ts: u64,
+        buffer: &str,
+        n: u64,
+        callsites: u64,
+        known: bool,
+    ) -> io::Result<()> {
+        self.line.clear();
+        if self.json {
+            self.line.push_str("{\"timestamp\":\"");
+            self.time(ts);
+            self.line.push_str("\",\"time_ns\":");
+            push_u64(&mut self.line, ts);
+            self.line.push_str(",\"level\":\"LOST\",\"buffer\":");
+            json_str(&mut self.line, buffer);
+            self.line.push_str(",\"lost\":");
+            push_u64(&mut self.line, n);
+            if callsites > 0 {
+                self.line.push_str(",\"lost_callsites\":");
+                push_u64(&mut self.line, callsites);
+            }
+            let _ = write!(
+                self.line,
+                ",\"what\":\"{}\",\"where_known\":{known}}}",
+                if known { "events" } else { "records" }
+            );
+        } else {
+            self.time(ts);
+            if known {
+                let _ = write!(self.line, "  LOST {n} events lost on {buffer}");
+                if callsites > 0 {
+                    let _ = write!(self.line, " (and {callsites} callsite records)");
+                }
+            } else {
+                let _ = write!(
+                    self.line,
+                    "  LOST {n} records lost on {buffer} (the recorder's counters; where is not known)"
+                );
+            }
+        }
+        self.flush_line()
+    }
+
+    /// Prints or takes in one record. Returns an in-band loss, to be
+    /// counted against its buffer.
+    fn record(
+        &mut self,
+        payload: &[u8],
+        ts: u64,
+        src: usize,
+        srcs: &[Source],
+    ) -> Result<Vec<wire::Loss>, WireError> {
+        match wire::parse(payload)? {
+            Item::Callsite(c) => {
+                self.callsites.insert(
+                    c.id,
+                    Callsite {
+                        level: c.level,
+                        name: c.name.to_string(),
+                        target: c.target.to_string(),
+                        fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                        json_target: {
+                            let mut j = String::new();
+                            json_str(&mut j, c.target);
+                            j
+                        },
+                        json_fields: c
+                            .fields
+                            .iter()
+                            .map(|f| {
+                                let mut j = String::new();
+                                json_str(&mut j, f);
+                                j.push(':');
+                                j
+                            })
+                            .collect(),
+                    },
+                );
+            }
+            Item::Clock {
+                monotonic,
+                realtime,
+            } => {
+                if self.tf.offset.is_none() {
+                    self.tf.offset = Some(i128::from(realtime) - i128::from(monotonic));
+                    self.tf.sec = None;
+                }
+            }
+            Item::Event {
+                callsite,
+                thread,
+                values,
+            } => {
+                self.stats.events += 1;
+                self.event(ts, callsite, thread, values, &srcs[src].name)
+                    .map_err(|e| {
+                        e.unwrap_or(WireError {
+                            at: 0,
+                            what: "output failed",
+                        })
+                    })?;
+            }
+            Item::NewSpan {
+                callsite,
+                span,
+                values,
+                ..
+            } => {
+                render_fields(
+                    self.callsites.get(&callsite),
+                    self.json,
+                    values,
+                    &mut self.scratch,
+                )?;
+                let mut text = String::new();
+                push_text(&mut text, &self.scratch);
+                let json = self.scratch.json.clone();
+                self.spans.insert(
+                    span,
+                    SpanState {
+                        callsite,
+                        text,
+                        json,
+                    },
+                );
+            }
+            Item::Record { span, values, .. } => {
+                if let Some(cs) = self.spans.get(&span).map(|s| s.callsite) {
+                    render_fields(
+                        self.callsites.get(&cs),
+                        self.json,
+                        values,
+                        &mut self.scratch,
+                    )?;
+                    let mut text = String::new();
+                    push_text(&mut text, &self.scratch);
+                    let json = &self.scratch.json;
+                    if let Some(s) = self.spans.get_mut(&span) {
+                        if !text.is_empty() && !s.text.is_empty() {
+                            s.text.push(' ');
+                        }
+                        s.text.push_str(&text);
+                        if !json.is_empty() && !s.json.is_empty() {
+                            s.json.push(',');
+                        }
+                        s.json.push_str(json);
+                    }
+                }
+            }
+            Item::Enter { thread, span } => self.stacks.entry(thread).or_default().push(span),
+            Item::Exit { thread, span } => {
+                if let Some(st) = self.stacks.get_mut(&thread) {
+                    if let Some(p) = st.iter().rposition(|&s| s == span) {
+                        st.remove(p);
+                    }
+                    if st.is_empty() {
+                        self.stacks.remove(&thread);
+                    }
+                }
+            }
+            Item::Close { span, .. } => {
+                self.spans.remove(&span);
+            }
+            Item::Lost { losses, then } => {
+                for l in &losses {
+                    self.stats.lost_events += l.events;
+                    self.stats.lost_callsites += l.callsites;
+                    let name = format!("cpu{}", l.buffer);
+                    self.lost_line(ts, &name, l.events, l.callsites, true)
+                        .map_err(|_| WireError {
+                            at: 0,
+                            what: "output failed",
+                        })?;
+                }
+                if let Some(rest) = then {
+                    // Parsing made sure it is no lost record itself.
+                    self.record(rest, ts, src, srcs)?;
+                }
+                return Ok(losses);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn event(
+        &mut self,
+        ts: u64,
+        callsite: u64,
+        thread: u64,
+        values: Values<'_>,
+        buffer: &str,
+    ) -> Result<(), Option<WireError>> {
+        self.line.clear();
+        let cs = self.callsites.get(&callsite);
+        let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
+        if self.json {
+            self.line.push_str("{\"timestamp\":\"");
+            fmt_time(&mut self.line, &mut self.tf, ts);
+            self.line.push_str("\",\"time_ns\":");
+            push_u64(&mut self.line, ts);
+            self.line.push_str(",\"level\":\"");
+            self.line.push_str(level);
+            self.line.push_str("\",\"fields\":{");
+            // Straight into the line: JSON members go in the order they come.
+            render_json(cs, values, &mut self.line).map_err(Some)?;
+            self.line.push_str("},\"target\":");
+            match cs {
+                Some(c) => self.line.push_str(&c.json_target),
+                None => {
+                    let _ = write!(self.line, "null,\"unknown_callsite\":{callsite}");
+                }
+            }
+            if let Some(st) = self.stacks.get(&thread) {
+                self.line.push_str(",\"spans\":[");
+                for (k, id) in st.iter().enumerate() {
+                    if k > 0 {
+                        self.line.push(',');
+                    }
+                    self.line.push_str("{\"name\":");
+                    match self
+                        .spans
+                        .get(id)
+                        .and_then(|s| self.callsites.get(&s.callsite).map(|c| (s, c)))
+                    {
+                        Some((s, c)) => {
+                            json_str(&mut self.line, &c.name);
+                            if !s.json.is_empty() {
+                                self.line.push(',');
+                                self.line.push_str(&s.json);
+                            }
+                        }
+                        None => {
+                            let _ = write!(self.line, "null,\"id\":{id}");
+                        }
+                    }
+                    self.line.push('}');
+                }
+                self.line.push(']');
+            }
+            self.line.push_str(",\"threadId\":");
+            push_u64(&mut self.line, thread);
+            self.line.push_str(",\"buffer\":");
+            json_str(&mut self.line, buffer);
+            self.line.push('}');
+        } else {
+            render_fields(cs, false, values, &mut self.scratch).map_err(Some)?;
+            fmt_time(&mut self.line, &mut self.tf, ts);
+            self.line.push_str(match level.len() {
+                4 => "  ",
+                _ => " ",
+            });
+            self.line.push_str(level);
+            self.line.push(' ');
+            if let Some(st) = self.stacks.get(&thread) {
+                for id in st {
+                    match self.spans.get(id) {
+                        Some(s) => {
+                            let name = self
+                                .callsites
+                                .get(&s.callsite)
+                                .map_or("?", |c| c.name.as_str());
+                            self.line.push_str(name);
+                            if !s.text.is_empty() {
+                                self.line.push('{');
+                                self.line.push_str(&s.text);
+                                self.line.push('}');
+                            }
+                        }
+                        None => {
+                            let _ = write!(self.line, "<span {id}>");
+                        }
+                    }
+                    self.line.push(':');
+                }
+                self.line.push(' ');
+            }
+            match cs {
+                Some(c) => self.line.push_str(&c.target),
+                None => {
+                    let _ = write!(self.line, "<unknown callsite {callsite}>");
+                }
+            }
+            self.line.push_str(": ");
+            push_text(&mut self.line, &self.scratch);
+        }
+        self.flush_line().map_err(|_| None)
+    }
+}
+
+/// Renders values as text (the message bare into `sc.text`, the others as
+/// `a=1 b="x"` into `sc.rest`) or as JSON members into `sc.json`.
+fn render_fields(
+    cs: Option<&Callsite>,
+    json_mode: bool,
+    values: Values<'_>,
+    sc: &mut Scratch,
+) -> Result<(), WireError> {
+    sc.text.clear();
+    sc.rest.clear();
+    sc.json.clear();
+    for v in values {
+        let (idx, v) = v?;
+        let known = cs.and_then(|c| c.fields.get(idx as usize));
+        let unknown;
+        let name: &str = match known {
+            Some(n) => n,
+            None => {
+                unknown = format!("field{idx}");
+                &unknown
+            }
+        };
+        if json_mode {
+            if !sc.json.is_empty() {
+                sc.json.push(',');
+            }
+            match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+                Some(j) => sc.json.push_str(j),
+                None => {
+                    json_str(&mut sc.json, name);
+                    sc.json.push(':');
+                }
+            }
+            json_value(&mut sc.json, &v);
+        } else if name == "message" {
+            text_value(&mut sc.text, &v, true);
+        } else {
+            if !sc.rest.is_empty() {
+                sc.rest.push(' ');
+            }
+            sc.rest.push_str(name);
+            sc.rest.push('=');
+            text_value(&mut sc.rest, &v, false);
+        }
+    }
+    Ok(())
+}
+
+/// Renders values as JSON members straight into `out`.
+fn render_json(
+    cs: Option<&Callsite>,
+    values: Values<'_>,
+    out: &mut String,
+) -> Result<(), WireError> {
+    let mut first = true;
+    for v in values {
+        let (idx, v) = v?;
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+            Some(j) => out.push_str(j),
+            None => {
+                json_str(out, &format!("field{idx}"));
+                out.push(':');
+            }
+        }
+        json_value(out, &v);
+    }
+    Ok(())
+}
+
+/// The message, a space, the other fields: what a span or an event shows.
+fn push_text(out: &mut String, sc: &Scratch) {
+    out.push_str(&sc.text);
+    if !sc.text.is_empty() && !sc.rest.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(&sc.rest);
+}
+
+fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
+    let _ = match v {
+        Value::I64(x) => {
+            push_i64(out, *x);
+            Ok(())
+        }
+        Value::U64(x) => {
+            push_u64(out, *x);
+            Ok(())
+        }
+        Value::I128(x) => write!(out, "{x}"),
+        Value::U128(x) => write!(out, "{x}"),
+        Value::F64(x) => write!(out, "{x:?}"),
+        Value::Bool(x) => write!(out, "{x}"),
+        Value::Str(s) if bare => {
+            out.push_str(s);
+            Ok(())
+        }
+        Value::Str(s)
+            if !s
+                .bytes()
+                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') =>
+        {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+            Ok(())
+        }
+        Value::Str(s) => write!(out, "{s:?}"),
+        Value::Debug(s) | Value::Error(s) => {
+            out.push_str(s);
+            Ok(())
+        }
+    };
+}
+
+fn json_value(out: &mut String, v: &Value<'_>) {
+    let _ = match v {
+        Value::I64(x) => {
+            push_i64(out, *x);
+            Ok(())
+        }
+        Value::U64(x) => {
+            push_u64(out, *x);
+            Ok(())
+        }
+        Value::I128(x) => write!(out, "{x}"),
+        Value::U128(x) => write!(out, "{x}"),
+        Value::F64(x) if x.is_finite() => write!(out, "{x:?}"),
+        Value::F64(x) => {
+            json_str(out, &format!("{x}"));
+            Ok(())
+        }
+        Value::Bool(x) => write!(out, "{x}"),
+        Value::Str(s) | Value::Debug(s) | Value::Error(s) => {
+            json_str(out, s);
+            Ok(())
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_file_names() {
+        assert_eq!(parse_out_name("cpu0.out"), Some(("cpu0", None)));
+        assert_eq!(parse_out_name("cpu12.out.3"), Some(("cpu12", Some(3))));
+        assert_eq!(parse_out_name(".cpu0.out.state"), None);
+        assert_eq!(parse_out_name("relayfs-record.json"), None);
+        assert_eq!(parse_out_name("cpu0.out.x"), None);
+        assert_eq!(parse_out_name(".out"), None);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,601 @@
+//! The [`RelayLayer`]: events and spans into a relay channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use relayfs::Channel;
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::subscriber::Interest;
+use tracing_core::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+use crate::wire::{self, Enc};
+
+/// Slots of the lock-free callsite table (a power of two). Callsites beyond
+/// three quarters of it go to a map behind a lock.
+const TABLE: usize = 4096;
+/// Bit of a slot's word: the callsite record was written.
+const WRITTEN: u64 = 1 << 63;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The callsite's metadata address; 0 for a free slot.
+    key: AtomicUsize,
+    /// The callsite id, with [`WRITTEN`].
+    word: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Overflow {
+    next_id: u64,
+    used: usize,
+    /// Callsites that did not fit in the table: address to id word.
+    map: HashMap<usize, u64>,
+}
+
+/// A counter on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// Where a callsite's state is.
+enum Found<'a> {
+    Slot(&'a Slot),
+    Map(u64),
+}
+
+/// The layer's state, shared by its clones.
+#[derive(Debug)]
+struct Inner {
+    chan: Arc<Channel>,
+    table: Box<[Slot]>,
+    overflow: Mutex<Overflow>,
+    lost: Box<[Padded]>,
+    /// Callsite records refused, per buffer.
+    lost_meta: Box<[Padded]>,
+    /// The sum of `lost` and `lost_meta`: the one word the fast path reads.
+    any_lost: Padded,
+    global: bool,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Enc> = RefCell::new(Enc { buf: Vec::with_capacity(256) });
+    static TID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The Linux thread id of the calling thread (as `ps -L` and `perf` show
+/// it), asked once per thread.
+#[inline]
+fn thread_id() -> u64 {
+    TID.with(|t| {
+        let v = t.get();
+        if v != 0 {
+            return v;
+        }
+        let v = rustix::thread::gettid().as_raw_nonzero().get() as u64;
+        t.set(v);
+        v
+    })
+}
+
+fn level_byte(l: &Level) -> u8 {
+    match *l {
+        Level::TRACE => 0,
+        Level::DEBUG => 1,
+        Level::INFO => 2,
+        Level::WARN => 3,
+        Level::ERROR => 4,
+    }
+}
+
+fn clock_ns(id: rustix::time::ClockId) -> u64 {
+    let t = rustix::time::clock_gettime(id);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+impl Inner {
+    /// A layer writing into `chan`. It first writes a clock record (the
+    /// monotonic clock of the records' timestamps and the wall clock, read
+    /// together) so that a decoder can show wall-clock times.
+    fn new(chan: Arc<Channel>) -> Inner {
+        let n = chan.n_buffers().max(1);
+        let layer = Inner {
+            global: chan.is_global(),
+            chan,
+            table: (0..TABLE).map(|_| Slot::default()).collect(),
+            overflow: Mutex::new(Overflow {
+                next_id: 1,
+                ..Overflow::default()
+            }),
+            lost: (0..n).map(|_| Padded::default()).collect(),
+            lost_meta: (0..n).map(|_| Padded::default()).collect(),
+            any_lost: Padded::default(),
+        };
+        layer.write_clock();
+        layer
+    }
+
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
+    /// one after the other.
+    fn write_clock(&self) {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(relayfs::frame::now());
+        e.varint(clock_ns(rustix::time::ClockId::Realtime));
+        self.emit(&e.buf);
+    }
+
+    /// Events refused by the channel and not reported in a lost record yet.
+    fn lost_pending(&self) -> u64 {
+        self.lost
+            .iter()
+            .chain(self.lost_meta.iter())
+            // SYNC POINT: a counter read alone; no other memory depends on it.
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Writes a lost record for every buffer with refused writes not yet
+    /// reported (e.g. before closing the channel). If it is refused too,
+    /// they stay pending.
+    fn flush_lost(&self) {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_LOST);
+        let taken = self.take_losses(&mut e);
+        if !taken.is_empty() && self.chan.write_record_timed(&e.buf).is_ok() {
+            self.settle_losses(&taken);
+        }
+    }
+
+    /// Appends the pending losses (as read now) to a lost record, and
+    /// returns them, to be taken off the counters once it is written.
+    fn take_losses(&self, e: &mut Enc) -> Vec<wire::Loss> {
+        let losses: Vec<wire::Loss> = (0..self.lost.len())
+            .filter_map(|b| {
+                let l = wire::Loss {
+                    buffer: b as u64,
+                    // SYNC POINT: counters alone: the record carries the
+                    // values read, and `settle_losses` takes away exactly
+                    // those, so refusals meanwhile stay for the next one.
+                    // Nothing else pairs with them.
+                    events: self.lost[b].0.load(Ordering::Relaxed),
+                    // SYNC POINT: as above.
+                    callsites: self.lost_meta[b].0.load(Ordering::Relaxed),
+                };
+                (l.events + l.callsites > 0).then_some(l)
+            })
+            .collect();
+        wire::encode_losses(e, &losses);
+        losses
+    }
+
+    /// Takes losses that were written off the counters.
+    #[cold]
+    fn settle_losses(&self, losses: &[wire::Loss]) {
+        for l in losses {
+            let b = l.buffer as usize;
+            // SYNC POINT: counters alone (see take_losses).
+            self.lost[b].0.fetch_sub(l.events, Ordering::Relaxed);
+            // SYNC POINT: as above.
+            self.lost_meta[b]
+                .0
+                .fetch_sub(l.callsites, Ordering::Relaxed);
+            // SYNC POINT: the sum, kept with the counters; a reader of it
+            // only decides whether to look at them.
+            self.any_lost
+                .0
+                .fetch_sub(l.events + l.callsites, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a refused write against the buffer of the CPU the thread is
+    /// on now.
+    #[cold]
+    fn refused(&self, callsite: bool) {
+        let b = self.buffer_now();
+        let counters = if callsite {
+            &self.lost_meta
+        } else {
+            &self.lost
+        };
+        if let Some(c) = counters.get(b) {
+            // SYNC POINT: counters alone (see take_losses); the counter
+            // before the sum, so the sum is never the smaller for long.
+            c.0.fetch_add(1, Ordering::Relaxed);
+            // SYNC POINT: as above.
+            self.any_lost.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The buffer a write from this thread goes to now.
+    #[inline]
+    fn buffer_now(&self) -> usize {
+        if self.global {
+            0
+        } else {
+            relayfs::cpu::current_cpu()
+        }
+    }
+
+    /// Writes one record; a refusal is counted against the buffer of the
+    /// CPU the thread is on. Refusals not yet reported, on any buffer, go
+    /// in front of it, in the same reservation (a `KIND_LOST_THEN` record):
+    /// the loss shows where it happened, whichever thread writes next, and
+    /// a full buffer refuses one record per event, not two.
+    #[inline]
+    fn emit(&self, payload: &[u8]) {
+        // SYNC POINT: a counter alone (see take_losses); one shared line
+        // that stays clean in every cache while nothing is refused.
+        if self.any_lost.0.load(Ordering::Relaxed) != 0 {
+            return self.emit_after_losses(payload);
+        }
+        if self.chan.write_record_timed(payload).is_err() {
+            self.refused(false);
+        }
+    }
+
+    #[cold]
+    fn emit_after_losses(&self, payload: &[u8]) {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_LOST_THEN);
+        let taken = self.take_losses(&mut e);
+        if taken.is_empty() {
+            if self.chan.write_record_timed(payload).is_err() {
+                self.refused(false);
+            }
+            return;
+        }
+        e.buf.extend_from_slice(payload);
+        if self.chan.write_record_timed(&e.buf).is_ok() {
+            self.settle_losses(&taken);
+        } else {
+            self.refused(false);
+        }
+    }
+
+    #[inline]
+    fn slot_of(&self, addr: usize) -> usize {
+        ((addr as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize & (TABLE - 1)
+    }
+
+    /// The callsite's state, registering it if it is new.
+    #[inline]
+    fn find(&self, meta: &'static Metadata<'static>) -> Found<'_> {
+        let addr = meta as *const Metadata<'static> as usize;
+        let mut i = self.slot_of(addr);
+        for _ in 0..TABLE {
+            let s = &self.table[i];
+            // SYNC POINT: pairs with the Release store of `key` in
+            // `register`: a key seen here has its id word stored before it.
+            let k = s.key.load(Ordering::Acquire);
+            if k == addr {
+                return Found::Slot(s);
+            }
+            if k == 0 {
+                break;
+            }
+            i = (i + 1) & (TABLE - 1);
+        }
+        self.register(addr)
+    }
+
+    #[cold]
+    fn register(&self, addr: usize) -> Found<'_> {
+        let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&w) = o.map.get(&addr) {
+            return Found::Map(w);
+        }
+        let mut i = self.slot_of(addr);
+        for _ in 0..TABLE {
+            let s = &self.table[i];
+            // SYNC POINT: keys are only stored under the lock held here, so
+            // this sees every one; Relaxed is enough.
+            let k = s.key.load(Ordering::Relaxed);
+            if k == addr {
+                return Found::Slot(s);
+            }
+            if k == 0 {
+                break;
+            }
+            i = (i + 1) & (TABLE - 1);
+        }
+        let id = o.next_id;
+        o.next_id += 1;
+        if o.used < TABLE / 4 * 3 {
+            o.used += 1;
+            let s = &self.table[i];
+            // SYNC POINT: the id word before the key; the key's Release
+            // store pairs with the Acquire load in `find`.
+            s.word.store(id, Ordering::Relaxed);
+            // SYNC POINT: see above.
+            s.key.store(addr, Ordering::Release);
+            Found::Slot(s)
+        } else {
+            o.map.insert(addr, id);
+            Found::Map(id)
+        }
+    }
+
+    /// The callsite's id; writes its callsite record first if it has not
+    /// been written yet (or was refused).
+    #[inline]
+    fn callsite_id(&self, meta: &'static Metadata<'static>) -> u64 {
+        match self.find(meta) {
+            Found::Slot(s) => {
+                // SYNC POINT: only says whether the callsite record was
+                // written; a race writes it twice, which a decoder accepts.
+                let w = s.word.load(Ordering::Relaxed);
+                let id = w & !WRITTEN;
+                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                    // SYNC POINT: as above.
+                    s.word.fetch_or(WRITTEN, Ordering::Relaxed);
+                }
+                id
+            }
+            Found::Map(w) => {
+                let id = w & !WRITTEN;
+                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                    let addr = meta as *const Metadata<'static> as usize;
+                    let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+                    o.map.insert(addr, id | WRITTEN);
+                }
+                id
+            }
+        }
+    }
+
+    #[cold]
+    fn write_callsite(&self, id: u64, meta: &'static Metadata<'static>) -> bool {
+        let mut e = Enc::default();
+        e.byte(wire::KIND_CALLSITE);
+        e.varint(id);
+        e.byte(if meta.is_span() {
+            wire::CALLSITE_SPAN
+        } else {
+            wire::CALLSITE_EVENT
+        });
+        e.byte(level_byte(meta.level()));
+        e.varint(meta.line().map_or(0, |l| u64::from(l) + 1));
+        e.str(meta.name());
+        e.str(meta.target());
+        e.str(meta.module_path().unwrap_or(""));
+        e.str(meta.file().unwrap_or(""));
+        e.varint(meta.fields().len() as u64);
+        for f in meta.fields() {
+            e.str(f.name());
+        }
+        let ok = self.chan.write_record_timed(&e.buf).is_ok();
+        if !ok {
+            self.refused(true);
+        }
+        ok
+    }
+
+    /// Encodes with the thread's scratch buffer (a fresh one if it is in
+    /// use: a value's `Debug` that logs) and writes.
+    #[inline]
+    fn with_scratch(&self, f: impl FnOnce(&mut Enc)) {
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut e) => {
+                e.buf.clear();
+                f(&mut e);
+                self.emit(&e.buf);
+            }
+            Err(_) => {
+                let mut e = Enc::default();
+                f(&mut e);
+                self.emit(&e.buf);
+            }
+        })
+    }
+
+    fn span_op(&self, kind: u8, id: &Id) {
+        self.with_scratch(|e| {
+            e.byte(kind);
+            e.varint(thread_id());
+            e.varint(id.into_u64());
+        });
+    }
+}
+
+/// A [`Layer`] that writes every event, and every span's creation, values,
+/// enter, exit and close, as one framed, timestamped record
+/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
+/// strings of a callsite (level, target, file, line, name, field names) go
+/// into the channel once, in a callsite record, and events refer to the
+/// callsite by a small id. The record format is in the crate documentation.
+///
+/// A write refused by the channel (a full buffer in no-overwrite mode, a
+/// closed channel) is counted by the channel as usual and by the layer per
+/// buffer; the next record the layer writes (from any thread, on any CPU)
+/// carries the counts in front of it ([`Lost`](wire::Item::Lost)), so a
+/// decoder shows the loss where it happened. [`flush_lost`](RelayLayer::flush_lost) writes
+/// what is still pending.
+///
+/// Clones share one state (callsite ids, loss counts): keep one to call
+/// [`flush_lost`](RelayLayer::flush_lost) before closing the channel.
+#[derive(Debug, Clone)]
+pub struct RelayLayer(Arc<Inner>);
+
+impl RelayLayer {
+    /// A layer writing into `chan`. It first writes a clock record (the
+    /// monotonic clock of the records' timestamps and the wall clock, read
+    /// together) so that a decoder can show wall-clock times.
+    pub fn new(chan: Arc<Channel>) -> RelayLayer {
+        RelayLayer(Arc::new(Inner::new(chan)))
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.0.chan
+    }
+
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
+    /// one after the other (e.g. again after the wall clock was set).
+    pub fn write_clock(&self) {
+        self.0.write_clock();
+    }
+
+    /// Writes refused by the channel and not reported in a lost record yet.
+    pub fn lost_pending(&self) -> u64 {
+        self.0.lost_pending()
+    }
+
+    /// Writes a lost record for every buffer with refused writes not yet
+    /// reported (e.g. before closing the channel). Those whose record is
+    /// refused too stay pending.
+    pub fn flush_lost(&self) {
+        self.0.flush_lost();
+    }
+}
+
+/// Encodes field values: `field index, tag, value`.
+struct Fields<'a>(&'a mut Enc);
+
+impl Fields<'_> {
+    #[inline(always)]
+    fn head(&mut self, f: &Field, tag: u8) {
+        self.0.varint(f.index() as u64);
+        self.0.byte(tag);
+    }
+
+    /// Appends a length-prefixed text written by `w`, formatted straight
+    /// into the record: one byte is kept for the length, and the text moved
+    /// up if its length needs a longer varint.
+    #[inline]
+    fn text(&mut self, w: impl FnOnce(&mut VecWriter<'_>)) {
+        let buf = &mut self.0.buf;
+        let at = buf.len();
+        buf.push(0);
+        w(&mut VecWriter(buf));
+        let len = (buf.len() - at - 1) as u64;
+        if len < 0x80 {
+            buf[at] = len as u8;
+        } else {
+            let mut v = Enc::default();
+            v.varint(len);
+            buf.splice(at..at + 1, v.buf);
+        }
+    }
+}
+
+/// `fmt::Write` into a byte vector (what `fmt` writes is UTF-8).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    #[inline]
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.head(f, wire::TAG_F64);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.head(f, wire::TAG_I64);
+        self.0.varint(wire::zigzag(v));
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.head(f, wire::TAG_U64);
+        self.0.varint(v);
+    }
+    fn record_i128(&mut self, f: &Field, v: i128) {
+        self.head(f, wire::TAG_I128);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_u128(&mut self, f: &Field, v: u128) {
+        self.head(f, wire::TAG_U128);
+        self.0.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.head(f, if v { wire::TAG_TRUE } else { wire::TAG_FALSE });
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.head(f, wire::TAG_STR);
+        self.0.str(v);
+    }
+    fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
+        self.head(f, wire::TAG_ERROR);
+        self.text(|s| {
+            let _ = write!(s, "{v}");
+            let mut src = v.source();
+            while let Some(e) = src {
+                let _ = write!(s, ": {e}");
+                src = e.source();
+            }
+        });
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        self.head(f, wire::TAG_DEBUG);
+        self.text(|s| {
+            let _ = write!(s, "{v:?}");
+        });
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RelayLayer {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        self.0.callsite_id(meta);
+        Interest::always()
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let id = self.0.callsite_id(event.metadata());
+        self.0.with_scratch(|e| {
+            e.byte(wire::KIND_EVENT);
+            e.varint(id);
+            e.varint(thread_id());
+            event.record(&mut Fields(e));
+        });
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let cs = self.0.callsite_id(attrs.metadata());
+        let parent = if attrs.is_root() {
+            0
+        } else if let Some(p) = attrs.parent() {
+            p.into_u64()
+        } else {
+            ctx.current_span().id().map_or(0, Id::into_u64)
+        };
+        self.0.with_scratch(|e| {
+            e.byte(wire::KIND_NEW_SPAN);
+            e.varint(cs);
+            e.varint(thread_id());
+            e.varint(id.into_u64());
+            e.varint(parent);
+            attrs.record(&mut Fields(e));
+        });
+    }
+
+    fn on_record(&self, span: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        self.0.with_scratch(|e| {
+            e.byte(wire::KIND_RECORD);
+            e.varint(thread_id());
+            e.varint(span.into_u64());
+            values.record(&mut Fields(e));
+        });
+    }
+
+    fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {
+        self.0.span_op(wire::KIND_ENTER, id);
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        self.0.span_op(wire::KIND_EXIT, id);
+    }
+
+    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
+        self.0.span_op(wire::KIND_CLOSE, &id);
+    }
+}
