@@ -247,6 +247,13 @@ struct Buffer {
     closed: AtomicBool,
     /// Records refused because the channel was closed.
     dropped_closed: StdAtomicU64,
+    /// Set by `close` once it has counted what no reader will read (no
+    /// reader attached): from then on, a write that was still in flight
+    /// (close waits for those only so long) and completes a sub-buffer
+    /// counts that sub-buffer's records unread too.
+    late: AtomicBool,
+    /// Serialises that late counting with `close`'s.
+    late_lock: Mutex<()>,
 }
 
 impl Buffer {
@@ -259,6 +266,8 @@ impl Buffer {
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
+            late: AtomicBool::new(false),
+            late_lock: Mutex::new(()),
         }
     }
 
@@ -284,6 +293,51 @@ impl Buffer {
         // the writers it counts are done or as a snapshot.
         self.dropped_closed.fetch_add(1, StdOrdering::Relaxed);
         WriteError::Closed
+    }
+
+    /// After a commit: if `close` has already counted this buffer's unread
+    /// records, no reader can ever read what this commit completed (close
+    /// took the reader lock and moved the reader's position past it), so
+    /// count it unread now; otherwise it would be written but neither read
+    /// nor lost.
+    #[inline(always)]
+    fn after_commit(&self) {
+        // SYNC POINT: Relaxed, a Dekker pair with `Inner::close`: a commit
+        // that completes a sub-buffer adds to `records_completed`, then
+        // passes the SeqCst fence in `Shared::complete`, then loads `late`;
+        // close stores `late`, fences (SeqCst) and then loads the counters
+        // in `count_late`. One of the two sees the other's store, so the
+        // records are counted by one of them (by both is harmless:
+        // `count_late` only brings the count up to what is missing).
+        if self.late.load(StdOrdering::Relaxed) {
+            self.count_late();
+        }
+    }
+
+    /// Brings `unread_at_close` up to what the completed records are missing
+    /// (no reader is attached or can attach any more, and nothing can be
+    /// overwritten after close: every completed record not consumed,
+    /// overwritten or discarded is unread).
+    #[cold]
+    #[inline(never)]
+    fn count_late(&self) {
+        let _g = self
+            .late_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.shared().stats();
+        let accounted = s
+            .records_consumed
+            .saturating_add(s.overwritten_records)
+            .saturating_add(s.discarded_records)
+            .saturating_add(s.unread_at_close);
+        if s.records_completed > accounted {
+            // SYNC POINT: Relaxed: a counter, as in `count_unread_at_close`;
+            // its updates are serialised by `late_lock`.
+            self.shared()
+                .header_word(hdr::UNREAD_AT_CLOSE)
+                .fetch_add(s.records_completed - accounted, Ordering::Relaxed);
+        }
     }
 
     /// The buffer's counters, with the producer's own count of records
@@ -499,6 +553,7 @@ impl Drop for Reservation<'_> {
             cb: self.cb,
         };
         self.buf.shared().commit(self.r, &hooks);
+        self.buf.after_commit();
     }
 }
 
@@ -602,6 +657,7 @@ impl Channel {
             buf.shared().write_at(r.pos + H as u64, body);
         }
         buf.shared().commit(r, &hooks);
+        buf.after_commit();
         Ok(())
     }
 
@@ -784,7 +840,11 @@ impl Channel {
     /// Returns the final counters of all buffers, summed: with what attached
     /// readers still drain, `records_consumed` plus `lost()` covers every
     /// record offered (later refusals add to `dropped_closed` in
-    /// [`total_stats`](Self::total_stats), not in this value).
+    /// [`total_stats`](Self::total_stats), not in this value, and so does
+    /// a write still in flight when close stopped waiting for it after 2 s,
+    /// such as a [`Reservation`] held across the close: with no reader
+    /// attached, what its commit completes is counted in `unread_at_close`
+    /// then).
     ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
@@ -917,6 +977,16 @@ impl Inner {
             }
             if held {
                 b.shared().count_unread_at_close();
+                // A write `settle` gave up on may still complete a
+                // sub-buffer: from now on it counts that itself
+                // (`Buffer::after_commit`); one that completed since the
+                // count above is counted here.
+                // SYNC POINT: Relaxed store, then a SeqCst fence before
+                // `count_late` loads the counters: the Dekker pair described
+                // in `Buffer::after_commit`.
+                b.late.store(true, StdOrdering::Relaxed);
+                std::sync::atomic::fence(StdOrdering::SeqCst);
+                b.count_late();
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below (no reader is attached: we hold its lock).
                 b.shared()

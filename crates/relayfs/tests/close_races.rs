@@ -1,5 +1,6 @@
 //! `close` racing writers: every record offered is read, or counted lost,
-//! exactly once.
+//! exactly once, including writes still in flight when `close` stops
+//! waiting for them.
 
 use relayfs::{BufferStats, Channel, Mode, RelayFile, WriteError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,36 @@ fn check(what: &str, s: &BufferStats, offered: u64, accepted: u64) {
         offered,
         "{what}: consumed + lost = offered {s:?}"
     );
+}
+
+/// A reservation held until `close` has given up waiting for it, with no
+/// reader attached: when it commits, its sub-buffer (its own record and the
+/// ones written before it) can never be read, and must be counted unread.
+#[test]
+fn a_reservation_committed_after_close_gave_up_on_it_is_counted_unread() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = open(dir.path(), mode, true);
+        for i in 0..5u64 {
+            chan.write(&i.to_le_bytes()).unwrap();
+        }
+        let mut slot = chan.reserve(16).unwrap();
+        let closed = std::thread::scope(|s| {
+            let c = &chan;
+            // close returns only once it has stopped waiting for the slot.
+            s.spawn(move || c.close().unwrap()).join().unwrap()
+        });
+        // What close returned can't count the open sub-buffer yet.
+        assert_eq!(closed.records_written(), 0, "{mode:?} {closed:?}");
+        slot.copy_from_slice(&[7; 16]);
+        slot.commit();
+        let s = chan.total_stats();
+        assert_eq!(s.unread_at_close, 6, "{mode:?}: all six unread {s:?}");
+        check(&format!("{mode:?}"), &s, 6, 6);
+        // Refusals after that add up too.
+        assert_eq!(chan.write(b"late"), Err(WriteError::Closed));
+        check(&format!("{mode:?} refused"), &chan.total_stats(), 7, 6);
+    }
 }
 
 /// Four threads write and reserve (holding reservations across the close)
