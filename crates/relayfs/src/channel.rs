@@ -769,19 +769,21 @@ impl Channel {
     /// (one `fcntl` per buffer, no busy loop). Returns whether they all
     /// did within `timeout`: a producer that must not lose its first
     /// records in no-overwrite mode starts writing once its recorder is
-    /// there.
+    /// there. A timeout too long to represent (`Duration::MAX`) is no limit.
     pub fn wait_for_readers(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to represent is no limit.
+        let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(1);
         loop {
             if self.readers_attached() == self.inner.bufs.len() {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(pause.min(deadline - now));
+            std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }

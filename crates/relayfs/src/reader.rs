@@ -484,7 +484,8 @@ impl RelayFile {
         timeout: Option<Duration>,
         mut ready: impl FnMut(&mut Self) -> Result<bool, ReadError>,
     ) -> Result<Ready, ReadError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent is no limit.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             self.check_size()?;
             if ready(self)? {
