@@ -252,8 +252,10 @@ struct Buffer {
     /// (close waits for those only so long) and completes a sub-buffer
     /// counts that sub-buffer's records unread too.
     late: AtomicBool,
-    /// Serialises that late counting with `close`'s.
-    late_lock: Mutex<()>,
+    /// `records_completed` when `close` began counting: only records
+    /// completed after that can be counted late. Its lock serialises the
+    /// late counting with `close`'s.
+    late_base: Mutex<u64>,
 }
 
 impl Buffer {
@@ -267,7 +269,7 @@ impl Buffer {
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
             late: AtomicBool::new(false),
-            late_lock: Mutex::new(()),
+            late_base: Mutex::new(0),
         }
     }
 
@@ -317,12 +319,15 @@ impl Buffer {
     /// Brings `unread_at_close` up to what the completed records are missing
     /// (no reader is attached or can attach any more, and nothing can be
     /// overwritten after close: every completed record not consumed,
-    /// overwritten or discarded is unread).
+    /// overwritten or discarded is unread), adding no more than the records
+    /// completed since `close` began counting: the consumed and discarded
+    /// counts are the reader page's, which a hostile reader may have
+    /// scribbled, so they can't make the producer count more than that.
     #[cold]
     #[inline(never)]
     fn count_late(&self) {
-        let _g = self
-            .late_lock
+        let base = self
+            .late_base
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let s = self.shared().stats();
@@ -331,12 +336,16 @@ impl Buffer {
             .saturating_add(s.overwritten_records)
             .saturating_add(s.discarded_records)
             .saturating_add(s.unread_at_close);
-        if s.records_completed > accounted {
+        let missing = s
+            .records_completed
+            .saturating_sub(accounted)
+            .min(s.records_completed.saturating_sub(*base));
+        if missing > 0 {
             // SYNC POINT: Relaxed: a counter, as in `count_unread_at_close`;
-            // its updates are serialised by `late_lock`.
+            // its updates are serialised by `late_base`'s lock.
             self.shared()
                 .header_word(hdr::UNREAD_AT_CLOSE)
-                .fetch_add(s.records_completed - accounted, Ordering::Relaxed);
+                .fetch_add(missing, Ordering::Relaxed);
         }
     }
 
@@ -978,6 +987,10 @@ impl Inner {
                 held = lock(b.files.file());
             }
             if held {
+                *b.late_base
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    b.shared().stats().records_completed;
                 b.shared().count_unread_at_close();
                 // A write `settle` gave up on may still complete a
                 // sub-buffer: from now on it counts that itself

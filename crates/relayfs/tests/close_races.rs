@@ -159,3 +159,42 @@ fn close_racing_writers_with_a_reader_draining_to_the_end_adds_up() {
 fn close_racing_writers_with_a_reader_in_overwrite_mode_adds_up() {
     close_racing_writers(Mode::Overwrite, true, 60);
 }
+
+/// The late counting trusts the reader page (consumed and discarded
+/// counts) only as far as records completed after close began: a reader
+/// that read everything and then zeroed its consumed count before leaving
+/// can't make close count anything unread.
+#[test]
+fn a_scribbled_reader_page_does_not_make_close_count_unread() {
+    use std::io::{Seek, SeekFrom, Write};
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = open(dir.path(), mode, true);
+        for i in 0..50u64 {
+            chan.write(&i.to_le_bytes()).unwrap();
+        }
+        chan.flush();
+        {
+            let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+            let mut buf = vec![0u8; 4096];
+            while r.read(&mut buf).unwrap() > 0 {}
+            assert_eq!(r.stats().records_consumed, 50, "{mode:?}");
+        }
+        let g = chan.geometry();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(chan.buffer_path(0))
+            .unwrap();
+        // The reader page's consumed-records word.
+        f.seek(SeekFrom::Start(g.reader_offset + 32)).unwrap();
+        f.write_all(&0u64.to_ne_bytes()).unwrap();
+        drop(f);
+        assert_eq!(
+            chan.total_stats().records_consumed,
+            0,
+            "{mode:?}: scribbled"
+        );
+        let s = chan.close().unwrap();
+        assert_eq!(s.unread_at_close, 0, "{mode:?}: nothing was left {s:?}");
+    }
+}
