@@ -143,6 +143,10 @@ impl ChannelArgs {
 /// clock and the count).
 pub const BATCH: u64 = 1024;
 
+/// The longest a paced writer sleeps between two looks at the signals and
+/// the clock.
+const PACE_SLICE: Duration = Duration::from_millis(50);
+
 /// When the writers stop (or earlier, on SIGINT, SIGTERM or SIGHUP).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Until {
@@ -291,15 +295,19 @@ fn writer(chan: &Channel, w: u32, load: Load, barrier: &Barrier) -> WriterCounts
         // it, pacing is only coarser.
         let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(1));
     }
+    // A paced writer's batch is what it writes in about 10 ms (at least
+    // one record), not BATCH: at a low rate a whole BATCH would go out at
+    // once and the writer would then sleep for BATCH / rate seconds.
+    let batch = per_thread_rate.map_or(BATCH, |r| ((r / 100.0) as u64).clamp(1, BATCH));
     barrier.wait();
     let start = Instant::now();
     loop {
         let seq = c.offered;
         let n = match load.until {
             Until::Count(count) if seq >= count => break,
-            Until::Count(count) => BATCH.min(count - seq),
+            Until::Count(count) => batch.min(count - seq),
             Until::Elapsed(d) if start.elapsed() >= d => break,
-            Until::Elapsed(_) => BATCH,
+            Until::Elapsed(_) => batch,
         };
         // Stop early on SIGINT, SIGTERM or SIGHUP (checked once a batch,
         // off the write itself).
@@ -319,12 +327,22 @@ fn writer(chan: &Channel, w: u32, load: Load, barrier: &Barrier) -> WriterCounts
             // spin: a producer at a set rate shouldn't take a whole CPU from
             // the recorder on a machine with two. (The timer slack is cut to
             // 1 ns above, so a short sleep is a short sleep.)
+            // The sleep is cut into slices of at most 50 ms, between which
+            // the signals and the end of the run are looked at: a long wait
+            // neither outlasts the run nor ignores SIGINT.
             let due = Duration::from_secs_f64(c.offered as f64 / r);
-            let ahead = due.saturating_sub(start.elapsed());
-            if ahead > Duration::from_micros(20) {
-                std::thread::sleep(ahead - Duration::from_micros(10));
+            let stop = |now: Duration| {
+                util::interrupted() || matches!(load.until, Until::Elapsed(d) if now >= d)
+            };
+            loop {
+                let now = start.elapsed();
+                let ahead = due.saturating_sub(now);
+                if ahead <= Duration::from_micros(20) || stop(now) {
+                    break;
+                }
+                std::thread::sleep((ahead - Duration::from_micros(10)).min(PACE_SLICE));
             }
-            while start.elapsed() < due {
+            while start.elapsed() < due && !stop(start.elapsed()) {
                 std::hint::spin_loop();
             }
         }
@@ -581,6 +599,28 @@ mod tests {
         assert_eq!(st.dropped_toobig, sum(|c| c.toobig));
         assert_eq!(st.dropped_full, sum(|c| c.full));
         assert_eq!(st.records_written(), w.accepted());
+    }
+
+    /// At a low rate a writer paces record by record, not a whole batch at
+    /// once followed by a sleep of `BATCH / rate` seconds that outlasted
+    /// the run (and SIGINT).
+    #[test]
+    fn a_low_rate_is_paced_record_by_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let chan = Arc::new(tiny(tmp.path(), "paced"));
+        let load = Load {
+            threads: 1,
+            size: SizeSpec { min: 24, max: 24 },
+            seed: 1,
+            until: Until::Elapsed(Duration::from_millis(200)),
+            rate: Some(10.0),
+        };
+        let w = write(&chan, load).unwrap();
+        let c = &w.writers[0];
+        // 10 records a second for 0.2 s (plus the one due at the start and
+        // slack for a slow machine), never a batch of BATCH.
+        assert!(c.offered >= 1 && c.offered < 20, "{c:?}");
+        assert_eq!(c.batch_ns.len() as u64, c.offered, "one record a batch");
     }
 
     #[test]

@@ -247,6 +247,15 @@ struct Buffer {
     closed: AtomicBool,
     /// Records refused because the channel was closed.
     dropped_closed: StdAtomicU64,
+    /// Set by `close` once it has counted what no reader will read (no
+    /// reader attached): from then on, a write that was still in flight
+    /// (close waits for those only so long) and completes a sub-buffer
+    /// counts that sub-buffer's records unread too.
+    late: AtomicBool,
+    /// `records_completed` when `close` began counting: only records
+    /// completed after that can be counted late. Its lock serialises the
+    /// late counting with `close`'s.
+    late_base: Mutex<u64>,
 }
 
 impl Buffer {
@@ -259,6 +268,8 @@ impl Buffer {
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
+            late: AtomicBool::new(false),
+            late_base: Mutex::new(0),
         }
     }
 
@@ -284,6 +295,58 @@ impl Buffer {
         // the writers it counts are done or as a snapshot.
         self.dropped_closed.fetch_add(1, StdOrdering::Relaxed);
         WriteError::Closed
+    }
+
+    /// After a commit: if `close` has already counted this buffer's unread
+    /// records, no reader can ever read what this commit completed (close
+    /// took the reader lock and moved the reader's position past it), so
+    /// count it unread now; otherwise it would be written but neither read
+    /// nor lost.
+    #[inline(always)]
+    fn after_commit(&self) {
+        // SYNC POINT: Relaxed, a Dekker pair with `Inner::close`: a commit
+        // that completes a sub-buffer adds to `records_completed`, then
+        // passes the SeqCst fence in `Shared::complete`, then loads `late`;
+        // close stores `late`, fences (SeqCst) and then loads the counters
+        // in `count_late`. One of the two sees the other's store, so the
+        // records are counted by one of them (by both is harmless:
+        // `count_late` only brings the count up to what is missing).
+        if self.late.load(StdOrdering::Relaxed) {
+            self.count_late();
+        }
+    }
+
+    /// Brings `unread_at_close` up to what the completed records are missing
+    /// (no reader is attached or can attach any more, and nothing can be
+    /// overwritten after close: every completed record not consumed,
+    /// overwritten or discarded is unread), adding no more than the records
+    /// completed since `close` began counting: the consumed and discarded
+    /// counts are the reader page's, which a hostile reader may have
+    /// scribbled, so they can't make the producer count more than that.
+    #[cold]
+    #[inline(never)]
+    fn count_late(&self) {
+        let base = self
+            .late_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.shared().stats();
+        let accounted = s
+            .records_consumed
+            .saturating_add(s.overwritten_records)
+            .saturating_add(s.discarded_records)
+            .saturating_add(s.unread_at_close);
+        let missing = s
+            .records_completed
+            .saturating_sub(accounted)
+            .min(s.records_completed.saturating_sub(*base));
+        if missing > 0 {
+            // SYNC POINT: Relaxed: a counter, as in `count_unread_at_close`;
+            // its updates are serialised by `late_base`'s lock.
+            self.shared()
+                .header_word(hdr::UNREAD_AT_CLOSE)
+                .fetch_add(missing, Ordering::Relaxed);
+        }
     }
 
     /// The buffer's counters, with the producer's own count of records
@@ -499,6 +562,7 @@ impl Drop for Reservation<'_> {
             cb: self.cb,
         };
         self.buf.shared().commit(self.r, &hooks);
+        self.buf.after_commit();
     }
 }
 
@@ -602,6 +666,7 @@ impl Channel {
             buf.shared().write_at(r.pos + H as u64, body);
         }
         buf.shared().commit(r, &hooks);
+        buf.after_commit();
         Ok(())
     }
 
@@ -713,19 +778,21 @@ impl Channel {
     /// (one `fcntl` per buffer, no busy loop). Returns whether they all
     /// did within `timeout`: a producer that must not lose its first
     /// records in no-overwrite mode starts writing once its recorder is
-    /// there.
+    /// there. A timeout too long to represent (`Duration::MAX`) is no limit.
     pub fn wait_for_readers(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to represent is no limit.
+        let deadline = Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(1);
         loop {
             if self.readers_attached() == self.inner.bufs.len() {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(pause.min(deadline - now));
+            std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
@@ -784,7 +851,11 @@ impl Channel {
     /// Returns the final counters of all buffers, summed: with what attached
     /// readers still drain, `records_consumed` plus `lost()` covers every
     /// record offered (later refusals add to `dropped_closed` in
-    /// [`total_stats`](Self::total_stats), not in this value).
+    /// [`total_stats`](Self::total_stats), not in this value, and so does
+    /// a write still in flight when close stopped waiting for it after 2 s,
+    /// such as a [`Reservation`] held across the close: with no reader
+    /// attached, what its commit completes is counted in `unread_at_close`
+    /// then).
     ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
@@ -916,7 +987,21 @@ impl Inner {
                 held = lock(b.files.file());
             }
             if held {
+                *b.late_base
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    b.shared().stats().records_completed;
                 b.shared().count_unread_at_close();
+                // A write `settle` gave up on may still complete a
+                // sub-buffer: from now on it counts that itself
+                // (`Buffer::after_commit`); one that completed since the
+                // count above is counted here.
+                // SYNC POINT: Relaxed store, then a SeqCst fence before
+                // `count_late` loads the counters: the Dekker pair described
+                // in `Buffer::after_commit`.
+                b.late.store(true, StdOrdering::Relaxed);
+                std::sync::atomic::fence(StdOrdering::SeqCst);
+                b.count_late();
                 // SYNC POINT: Relaxed: published by the Release store of
                 // STATE below (no reader is attached: we hold its lock).
                 b.shared()

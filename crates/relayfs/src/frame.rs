@@ -65,6 +65,10 @@ pub const KNOWN_FLAGS: u8 = FLAG_TIMESTAMP;
 /// 1 GiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 30;
 
+/// The least room [`Decoder::spare`] makes for the rest of a record cut
+/// short (more as more of it arrives).
+pub const SPARE_STEP: usize = 64 << 10;
+
 const CHECK_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 const MAGIC_WORD: u64 = MAGIC[0] as u64 | (MAGIC[1] as u64) << 8;
 
@@ -447,11 +451,18 @@ impl Decoder {
         self.filled(data.len());
     }
 
-    /// Room for at least `min` more bytes (and at least what the record
+    /// Room for at least `min` more bytes (and toward what the record
     /// being assembled still needs), to read into; then call
     /// [`filled`](Self::filled).
+    ///
+    /// The room for a record cut short grows with the bytes of it that
+    /// came (at least doubling what is buffered each time, from
+    /// [`SPARE_STEP`]), never ahead of them: a header announcing a huge
+    /// payload costs no memory until the payload's bytes arrive.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        let need = min.max(self.want.saturating_sub(self.end - self.start));
+        let have = self.end - self.start;
+        let still = self.want.saturating_sub(have);
+        let need = min.max(still.min(have.max(SPARE_STEP)));
         if self.buf.len() - self.end < need {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);

@@ -356,7 +356,8 @@ impl KernelRelayFile {
         if self.staged_at < self.staged_end {
             return Ok(Ready::Readable);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent is no limit.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let was_spurious = std::mem::take(&mut self.spurious);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -436,13 +436,19 @@ impl RelayFile {
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn is_eof(&mut self) -> Result<bool, ReadError> {
+        // The end is looked at first, the data then: everything was flushed
+        // before CLOSED was stored, and a dead producer writes nothing more,
+        // so data seen missing after that is missing for good. (The other
+        // way round, a producer that fills the buffer and closes between
+        // the two looks would have its last sub-buffers taken for nothing.)
+        let ended = self.is_closed() || !self.producer_alive();
         let only = std::mem::replace(&mut self.cur.complete_only, false);
         let more = self.next_chunk();
         self.cur.complete_only = only;
         if more?.is_some() {
             return Ok(false);
         }
-        Ok(self.is_closed() || !self.producer_alive())
+        Ok(ended)
     }
 
     /// Waits until data is readable, the channel ends, or `timeout` passes
@@ -478,7 +484,8 @@ impl RelayFile {
         timeout: Option<Duration>,
         mut ready: impl FnMut(&mut Self) -> Result<bool, ReadError>,
     ) -> Result<Ready, ReadError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent is no limit.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             self.check_size()?;
             if ready(self)? {

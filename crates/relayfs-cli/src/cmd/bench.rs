@@ -390,7 +390,7 @@ fn print_run(v: &Run) -> Result<()> {
         v.rate.map_or(String::new(), |r| format!(", rate {r:.0}/s"))
     )?;
     util::outln!(
-        "  producer   {:.1} ns/record median, {:.1} p99 (over {BATCH}-record batches); {:.2} M records/s, {:.0} MB/s",
+        "  producer   {:.1} ns/record median, {:.1} p99 (over batches of up to {BATCH} records); {:.2} M records/s, {:.0} MB/s",
         v.ns_per_record,
         v.ns_per_record_p99,
         v.records_per_sec / 1e6,

@@ -696,7 +696,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|()| tmp.flush())
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The persist error's own message repeats its source: keep the source.
     tmp.persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -940,6 +942,22 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_over_a_directory_says_why_once_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        std::fs::create_dir(&p).unwrap();
+        let e = format!("{:#}", write_atomic(&p, b"one").unwrap_err());
+        let why = std::io::Error::from_raw_os_error(libc::EISDIR).to_string();
+        assert_eq!(e.matches(&why).count(), 1, "{e}");
+        assert!(
+            e.starts_with(&format!("cannot write {}", p.display())),
+            "{e}"
+        );
+        assert!(p.is_dir());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "{e}");
     }
 
     /// An output operation that finds the filesystem full `fails` times,
