@@ -1223,6 +1223,17 @@ impl Shared {
             if cur == claim(ord, CLAIM_READ) {
                 return true;
             }
+            if cur >> 2 > ord + 1 {
+                // The word speaks of a later lap of this slot: `ord` was
+                // lapped at least twice since the reader found it complete.
+                // The writer that opened the lap after `ord` settled `ord`'s
+                // claim before that lap could complete (its own reservation
+                // was pending), so before this later word was written: it
+                // counted `ord` as overwritten (the reader, had it claimed
+                // `ord`, would not be asking). Claiming now would count
+                // those records a second time, as discarded.
+                return false;
+            }
             // SYNC POINT: pairs with the writer's CAS in `account_overwrite`.
             match cw.compare_exchange(
                 cur,

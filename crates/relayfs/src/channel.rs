@@ -1078,3 +1078,42 @@ pub fn relay_open(
     }
     b.open()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that found a sub-buffer complete and then lost the CPU
+    /// while writers lapped the slot twice must not claim it: the writer of
+    /// the next lap counted its records as overwritten, and a claim would
+    /// count them again as discarded.
+    #[test]
+    fn a_sub_buffer_lapped_twice_is_not_claimed_by_a_late_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("lapped")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(2)
+            .global(true)
+            .mode(Mode::Overwrite)
+            .open()
+            .unwrap();
+        let rec = [7u8; 100];
+        // Sub-buffers 0 and 1 (2 records each), then 2 (slot 0 again: it
+        // overwrites 0) and 3, then 4 (slot 0 a third time: it overwrites
+        // 2) and one record into it.
+        for _ in 0..9 {
+            chan.write(&rec).unwrap();
+        }
+        let s = chan.inner.bufs[0].shared();
+        let st = s.stats();
+        assert_eq!(st.overwritten_subbufs, 3, "{st:?}");
+        assert!(
+            !s.claim_for_read(0),
+            "sub-buffer 0 was overwritten and counted; a claim counts it twice"
+        );
+        assert!(!s.claim_for_read(2));
+        // The newest complete one is still the reader's to take.
+        assert!(s.claim_for_read(3));
+    }
+}
