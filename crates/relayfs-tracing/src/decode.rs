@@ -337,6 +337,8 @@ impl Input {
 /// One buffer's stream and its next record.
 struct Source {
     name: String,
+    /// The name as a JSON string, made once.
+    json_name: String,
     input: Input,
     dec: Decoder,
     /// The next record: timestamp, stream offset, payload (in `payload`).
@@ -364,6 +366,9 @@ struct Callsite {
     name: String,
     target: String,
     fields: Vec<String>,
+    /// The field names as text shows them (`a=`), made once; `None` for
+    /// the message, which is shown bare.
+    text_fields: Vec<Option<String>>,
     /// The target and the field names as JSON strings (`"a":`), made once.
     json_target: String,
     json_fields: Vec<String>,
@@ -583,6 +588,11 @@ fn run(
     let mut srcs: Vec<Source> = named
         .into_iter()
         .map(|(name, input)| Source {
+            json_name: {
+                let mut j = String::new();
+                json_str(&mut j, &name);
+                j
+            },
             name,
             input,
             dec: Decoder::with_max_payload(MAX_PAYLOAD),
@@ -814,8 +824,15 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
     match tf.offset {
         Some(off) => {
             let t = i128::from(ts) + off;
-            let secs = t.div_euclid(1_000_000_000) as i64;
-            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u64;
+            // 64-bit division where the time fits (until 2262), a 128-bit
+            // one (a library call, several times slower) only beyond.
+            let (secs, sub) = match i64::try_from(t) {
+                Ok(t) => (t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000) as u64),
+                Err(_) => (
+                    t.div_euclid(1_000_000_000) as i64,
+                    t.rem_euclid(1_000_000_000) as u64,
+                ),
+            };
             if tf.sec != Some(secs) {
                 let (y, mo, d) = civil(secs.div_euclid(86_400));
                 let s = secs.rem_euclid(86_400);
@@ -830,7 +847,7 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                 tf.sec = Some(secs);
             }
             line.push_str(&tf.prefix);
-            push_padded(line, micros, 6);
+            push_padded(line, sub / 1000, 6);
             line.push('Z');
         }
         None => {
@@ -843,40 +860,25 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
 
 /// Appends `v` in decimal.
 #[inline]
-fn push_u64(out: &mut String, mut v: u64) {
-    let mut b = [0u8; 20];
-    let mut i = b.len();
-    loop {
-        i -= 1;
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or("?"));
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Appends `v` in decimal.
 #[inline]
 fn push_i64(out: &mut String, v: i64) {
-    if v < 0 {
-        out.push('-');
-    }
-    push_u64(out, v.unsigned_abs());
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
-/// Appends the last `width` decimal digits of `v`, zero-padded.
+/// Appends `v` (below `10^width`, `width` at most 19) in decimal,
+/// zero-padded to `width` digits.
 #[inline]
-fn push_padded(out: &mut String, mut v: u64, width: usize) {
-    let mut b = [b'0'; 20];
-    let width = width.min(20);
-    for k in (0..width).rev() {
-        b[k] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    out.push_str(std::str::from_utf8(&b[..width]).unwrap_or("?"));
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    const ZEROS: &str = "0000000000000000000";
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v);
+    out.push_str(ZEROS.get(..width.saturating_sub(digits.len())).unwrap_or(""));
+    out.push_str(digits);
 }
 
 impl Printer<'_> {
@@ -953,6 +955,11 @@ impl Printer<'_> {
                         name: c.name.to_string(),
                         target: c.target.to_string(),
                         fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                        text_fields: c
+                            .fields
+                            .iter()
+                            .map(|f| (*f != "message").then(|| format!("{f}=")))
+                            .collect(),
                         json_target: {
                             let mut j = String::new();
                             json_str(&mut j, c.target);
@@ -986,7 +993,7 @@ impl Printer<'_> {
                 values,
             } => {
                 self.stats.events += 1;
-                self.event(ts, callsite, thread, values, &srcs[src].name)
+                self.event(ts, callsite, thread, values, &srcs[src].json_name)
                     .map_err(|e| {
                         e.unwrap_or(WireError {
                             at: 0,
@@ -1082,7 +1089,7 @@ impl Printer<'_> {
         callsite: u64,
         thread: u64,
         values: Values<'_>,
-        buffer: &str,
+        buffer_json: &str,
     ) -> Result<(), Option<WireError>> {
         self.line.clear();
         let cs = self.callsites.get(&callsite);
@@ -1134,7 +1141,7 @@ impl Printer<'_> {
             self.line.push_str(",\"threadId\":");
             push_u64(&mut self.line, thread);
             self.line.push_str(",\"buffer\":");
-            json_str(&mut self.line, buffer);
+            self.line.push_str(buffer_json);
             self.line.push('}');
         } else {
             render_fields(cs, false, values, &mut self.scratch).map_err(Some)?;
@@ -1215,15 +1222,28 @@ fn render_fields(
                 }
             }
             json_value(&mut sc.json, &v);
-        } else if name == "message" {
-            text_value(&mut sc.text, &v, true);
         } else {
-            if !sc.rest.is_empty() {
-                sc.rest.push(' ');
+            // `None`: the message; `Some("")`: a field the callsite does
+            // not name.
+            let prefix = match cs.and_then(|c| c.text_fields.get(idx as usize)) {
+                Some(p) => p.as_deref(),
+                None => Some(""),
+            };
+            match prefix {
+                None => text_value(&mut sc.text, &v, true),
+                Some(p) => {
+                    if !sc.rest.is_empty() {
+                        sc.rest.push(' ');
+                    }
+                    if p.is_empty() {
+                        sc.rest.push_str(name);
+                        sc.rest.push('=');
+                    } else {
+                        sc.rest.push_str(p);
+                    }
+                    text_value(&mut sc.rest, &v, false);
+                }
             }
-            sc.rest.push_str(name);
-            sc.rest.push('=');
-            text_value(&mut sc.rest, &v, false);
         }
     }
     Ok(())
