@@ -1144,7 +1144,6 @@ impl Printer<'_> {
             self.line.push_str(buffer_json);
             self.line.push('}');
         } else {
-            render_fields(cs, false, values, &mut self.scratch).map_err(Some)?;
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str(match level.len() {
                 4 => "  ",
@@ -1182,7 +1181,7 @@ impl Printer<'_> {
                 }
             }
             self.line.push_str(": ");
-            push_text(&mut self.line, &self.scratch);
+            render_text(cs, values, &mut self.line).map_err(Some)?;
         }
         self.flush_line().map_err(|_| None)
     }
@@ -1244,6 +1243,72 @@ fn render_fields(
                     text_value(&mut sc.rest, &v, false);
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// How many values besides the message [`render_text`] holds while it
+/// writes the message; those beyond are parsed again.
+const HELD: usize = 16;
+
+/// Renders an event's values as text straight into `out`: the message
+/// bare, then the others as `a=1 b="x"` (the message is usually the last
+/// value recorded; the others are held, parsed, until it is written).
+fn render_text(
+    cs: Option<&Callsite>,
+    values: Values<'_>,
+    out: &mut String,
+) -> Result<(), WireError> {
+    // `None`: the message; `Some("")`: a field the callsite does not name.
+    let prefix = |idx: u64| match cs.and_then(|c| c.text_fields.get(idx as usize)) {
+        Some(p) => p.as_deref(),
+        None => Some(""),
+    };
+    let mut held: [Option<(u64, Value<'_>)>; HELD] = [None; HELD];
+    let mut n = 0;
+    let mut others = 0usize;
+    let mut message = false;
+    for v in values {
+        let (idx, v) = v?;
+        if prefix(idx).is_none() {
+            text_value(out, &v, true);
+            message = true;
+        } else {
+            if let Some(h) = held.get_mut(n) {
+                *h = Some((idx, v));
+                n += 1;
+            }
+            others += 1;
+        }
+    }
+    let mut first = !message;
+    let mut field = |out: &mut String, idx: u64, v: &Value<'_>| {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        match prefix(idx) {
+            Some("") | None => {
+                out.push_str("field");
+                push_u64(out, idx);
+                out.push('=');
+            }
+            Some(p) => out.push_str(p),
+        }
+        text_value(out, v, false);
+    };
+    for (idx, v) in held.iter().take(n).flatten() {
+        field(out, *idx, v);
+    }
+    if others > n {
+        // Parsed without error above.
+        for (idx, v) in values
+            .flatten()
+            .filter(|(idx, _)| prefix(*idx).is_some())
+            .skip(n)
+        {
+            field(out, idx, &v);
         }
     }
     Ok(())
@@ -1356,6 +1421,56 @@ mod tests {
         assert_eq!(parse_out_name("relayfs-record.json"), None);
         assert_eq!(parse_out_name("cpu0.out.x"), None);
         assert_eq!(parse_out_name(".out"), None);
+    }
+
+    /// The text of an event's values, written straight into the line, is
+    /// what the span path (message, then the rest) makes of them, with more
+    /// values than are held while the message is looked for, the message
+    /// among them, and values the callsite does not name.
+    #[test]
+    fn event_text_is_message_then_fields() {
+        let names: Vec<String> = (0..24)
+            .map(|i| if i == 9 { "message".into() } else { format!("f{i}") })
+            .collect();
+        let cs = Callsite {
+            level: 2,
+            name: "n".into(),
+            target: "t".into(),
+            text_fields: names
+                .iter()
+                .map(|f| (f != "message").then(|| format!("{f}=")))
+                .collect(),
+            json_target: "\"t\"".into(),
+            json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
+            fields: names,
+        };
+        for count in [0u64, 1, 5, 9, 10, 17, 24, 30] {
+            let mut e = wire::Enc::default();
+            for i in (0..count).rev() {
+                e.varint(i);
+                if i == 9 {
+                    e.byte(wire::TAG_DEBUG);
+                    e.str("the message");
+                } else {
+                    e.byte(wire::TAG_I64);
+                    e.varint(wire::zigzag(i as i64 - 3));
+                }
+            }
+            let values = Values(wire::Cur::new(&e.buf));
+            for c in [Some(&cs), None] {
+                let mut sc = Scratch::default();
+                render_fields(c, false, values, &mut sc).unwrap();
+                let mut want = String::new();
+                push_text(&mut want, &sc);
+                let mut got = String::new();
+                render_text(c, values, &mut got).unwrap();
+                assert_eq!(got, want, "{count} values");
+                assert_eq!(
+                    got.matches('=').count() as u64,
+                    count - u64::from(count > 9 && c.is_some())
+                );
+            }
+        }
     }
 
     #[test]
