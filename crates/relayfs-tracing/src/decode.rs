@@ -337,8 +337,9 @@ impl Input {
 /// One buffer's stream and its next record.
 struct Source {
     name: String,
-    /// The name as a JSON string, made once.
-    json_name: String,
+    /// The end of its events' JSON lines, made once:
+    /// `,"buffer":"cpu0"}`.
+    json_tail: String,
     input: Input,
     dec: Decoder,
     /// The next record: timestamp, stream offset, payload (in `payload`).
@@ -369,7 +370,9 @@ struct Callsite {
     /// The field names as text shows them (`a=`), made once; `None` for
     /// the message, which is shown bare.
     text_fields: Vec<Option<String>>,
-    /// The target and the field names as JSON strings (`"a":`), made once.
+    /// Parts of JSON lines, made once: `,"level":"INFO","fields":{`, then
+    /// `},"target":"app"`, and the field names (`"a":`).
+    json_level: String,
     json_target: String,
     json_fields: Vec<String>,
 }
@@ -588,9 +591,10 @@ fn run(
     let mut srcs: Vec<Source> = named
         .into_iter()
         .map(|(name, input)| Source {
-            json_name: {
-                let mut j = String::new();
+            json_tail: {
+                let mut j = String::from(",\"buffer\":");
                 json_str(&mut j, &name);
+                j.push('}');
                 j
             },
             name,
@@ -960,8 +964,12 @@ impl Printer<'_> {
                             .iter()
                             .map(|f| (*f != "message").then(|| format!("{f}=")))
                             .collect(),
+                        json_level: format!(
+                            ",\"level\":\"{}\",\"fields\":{{",
+                            wire::LEVELS[usize::from(c.level).min(4)]
+                        ),
                         json_target: {
-                            let mut j = String::new();
+                            let mut j = String::from("},\"target\":");
                             json_str(&mut j, c.target);
                             j
                         },
@@ -993,7 +1001,7 @@ impl Printer<'_> {
                 values,
             } => {
                 self.stats.events += 1;
-                self.event(ts, callsite, thread, values, &srcs[src].json_name)
+                self.event(ts, callsite, thread, values, &srcs[src].json_tail)
                     .map_err(|e| {
                         e.unwrap_or(WireError {
                             at: 0,
@@ -1089,7 +1097,7 @@ impl Printer<'_> {
         callsite: u64,
         thread: u64,
         values: Values<'_>,
-        buffer_json: &str,
+        json_tail: &str,
     ) -> Result<(), Option<WireError>> {
         self.line.clear();
         let cs = self.callsites.get(&callsite);
@@ -1099,16 +1107,23 @@ impl Printer<'_> {
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str("\",\"time_ns\":");
             push_u64(&mut self.line, ts);
-            self.line.push_str(",\"level\":\"");
-            self.line.push_str(level);
-            self.line.push_str("\",\"fields\":{");
+            match cs {
+                Some(c) => self.line.push_str(&c.json_level),
+                None => {
+                    self.line.push_str(",\"level\":\"");
+                    self.line.push_str(level);
+                    self.line.push_str("\",\"fields\":{");
+                }
+            }
             // Straight into the line: JSON members go in the order they come.
             render_json(cs, values, &mut self.line).map_err(Some)?;
-            self.line.push_str("},\"target\":");
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
-                    let _ = write!(self.line, "null,\"unknown_callsite\":{callsite}");
+                    let _ = write!(
+                        self.line,
+                        "}},\"target\":null,\"unknown_callsite\":{callsite}"
+                    );
                 }
             }
             if let Some(st) = self.stacks.get(&thread) {
@@ -1140,9 +1155,7 @@ impl Printer<'_> {
             }
             self.line.push_str(",\"threadId\":");
             push_u64(&mut self.line, thread);
-            self.line.push_str(",\"buffer\":");
-            self.line.push_str(buffer_json);
-            self.line.push('}');
+            self.line.push_str(json_tail);
         } else {
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str(match level.len() {
@@ -1440,7 +1453,8 @@ mod tests {
                 .iter()
                 .map(|f| (f != "message").then(|| format!("{f}=")))
                 .collect(),
-            json_target: "\"t\"".into(),
+            json_level: String::new(),
+            json_target: String::new(),
             json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
             fields: names,
         };
