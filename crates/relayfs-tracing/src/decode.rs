@@ -831,7 +831,10 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
             // 64-bit division where the time fits (until 2262), a 128-bit
             // one (a library call, several times slower) only beyond.
             let (secs, sub) = match i64::try_from(t) {
-                Ok(t) => (t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000) as u64),
+                Ok(t) => (
+                    t.div_euclid(1_000_000_000),
+                    t.rem_euclid(1_000_000_000) as u64,
+                ),
                 Err(_) => (
                     t.div_euclid(1_000_000_000) as i64,
                     t.rem_euclid(1_000_000_000) as u64,
@@ -881,7 +884,11 @@ fn push_padded(out: &mut String, v: u64, width: usize) {
     const ZEROS: &str = "0000000000000000000";
     let mut b = itoa::Buffer::new();
     let digits = b.format(v);
-    out.push_str(ZEROS.get(..width.saturating_sub(digits.len())).unwrap_or(""));
+    out.push_str(
+        ZEROS
+            .get(..width.saturating_sub(digits.len()))
+            .unwrap_or(""),
+    );
     out.push_str(digits);
 }
 
@@ -1443,7 +1450,13 @@ mod tests {
     #[test]
     fn event_text_is_message_then_fields() {
         let names: Vec<String> = (0..24)
-            .map(|i| if i == 9 { "message".into() } else { format!("f{i}") })
+            .map(|i| {
+                if i == 9 {
+                    "message".into()
+                } else {
+                    format!("f{i}")
+                }
+            })
             .collect();
         let cs = Callsite {
             level: 2,
