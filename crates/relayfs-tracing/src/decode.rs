@@ -337,6 +337,9 @@ impl Input {
 /// One buffer's stream and its next record.
 struct Source {
     name: String,
+    /// The end of its events' JSON lines, made once:
+    /// `,"buffer":"cpu0"}`.
+    json_tail: String,
     input: Input,
     dec: Decoder,
     /// The next record: timestamp, stream offset, payload (in `payload`).
@@ -364,7 +367,12 @@ struct Callsite {
     name: String,
     target: String,
     fields: Vec<String>,
-    /// The target and the field names as JSON strings (`"a":`), made once.
+    /// The field names as text shows them (`a=`), made once; `None` for
+    /// the message, which is shown bare.
+    text_fields: Vec<Option<String>>,
+    /// Parts of JSON lines, made once: `,"level":"INFO","fields":{`, then
+    /// `},"target":"app"`, and the field names (`"a":`).
+    json_level: String,
     json_target: String,
     json_fields: Vec<String>,
 }
@@ -583,6 +591,12 @@ fn run(
     let mut srcs: Vec<Source> = named
         .into_iter()
         .map(|(name, input)| Source {
+            json_tail: {
+                let mut j = String::from(",\"buffer\":");
+                json_str(&mut j, &name);
+                j.push('}');
+                j
+            },
             name,
             input,
             dec: Decoder::with_max_payload(MAX_PAYLOAD),
@@ -814,8 +828,18 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
     match tf.offset {
         Some(off) => {
             let t = i128::from(ts) + off;
-            let secs = t.div_euclid(1_000_000_000) as i64;
-            let micros = (t.rem_euclid(1_000_000_000) / 1000) as u64;
+            // 64-bit division where the time fits (until 2262), a 128-bit
+            // one (a library call, several times slower) only beyond.
+            let (secs, sub) = match i64::try_from(t) {
+                Ok(t) => (
+                    t.div_euclid(1_000_000_000),
+                    t.rem_euclid(1_000_000_000) as u64,
+                ),
+                Err(_) => (
+                    t.div_euclid(1_000_000_000) as i64,
+                    t.rem_euclid(1_000_000_000) as u64,
+                ),
+            };
             if tf.sec != Some(secs) {
                 let (y, mo, d) = civil(secs.div_euclid(86_400));
                 let s = secs.rem_euclid(86_400);
@@ -830,7 +854,7 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                 tf.sec = Some(secs);
             }
             line.push_str(&tf.prefix);
-            push_padded(line, micros, 6);
+            push_padded(line, sub / 1000, 6);
             line.push('Z');
         }
         None => {
@@ -843,40 +867,29 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
 
 /// Appends `v` in decimal.
 #[inline]
-fn push_u64(out: &mut String, mut v: u64) {
-    let mut b = [0u8; 20];
-    let mut i = b.len();
-    loop {
-        i -= 1;
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or("?"));
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Appends `v` in decimal.
 #[inline]
 fn push_i64(out: &mut String, v: i64) {
-    if v < 0 {
-        out.push('-');
-    }
-    push_u64(out, v.unsigned_abs());
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
-/// Appends the last `width` decimal digits of `v`, zero-padded.
+/// Appends `v` (below `10^width`, `width` at most 19) in decimal,
+/// zero-padded to `width` digits.
 #[inline]
-fn push_padded(out: &mut String, mut v: u64, width: usize) {
-    let mut b = [b'0'; 20];
-    let width = width.min(20);
-    for k in (0..width).rev() {
-        b[k] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    out.push_str(std::str::from_utf8(&b[..width]).unwrap_or("?"));
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    const ZEROS: &str = "0000000000000000000";
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v);
+    out.push_str(
+        ZEROS
+            .get(..width.saturating_sub(digits.len()))
+            .unwrap_or(""),
+    );
+    out.push_str(digits);
 }
 
 impl Printer<'_> {
@@ -953,8 +966,17 @@ impl Printer<'_> {
                         name: c.name.to_string(),
                         target: c.target.to_string(),
                         fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                        text_fields: c
+                            .fields
+                            .iter()
+                            .map(|f| (*f != "message").then(|| format!("{f}=")))
+                            .collect(),
+                        json_level: format!(
+                            ",\"level\":\"{}\",\"fields\":{{",
+                            wire::LEVELS[usize::from(c.level).min(4)]
+                        ),
                         json_target: {
-                            let mut j = String::new();
+                            let mut j = String::from("},\"target\":");
                             json_str(&mut j, c.target);
                             j
                         },
@@ -986,7 +1008,7 @@ impl Printer<'_> {
                 values,
             } => {
                 self.stats.events += 1;
-                self.event(ts, callsite, thread, values, &srcs[src].name)
+                self.event(ts, callsite, thread, values, &srcs[src].json_tail)
                     .map_err(|e| {
                         e.unwrap_or(WireError {
                             at: 0,
@@ -1082,7 +1104,7 @@ impl Printer<'_> {
         callsite: u64,
         thread: u64,
         values: Values<'_>,
-        buffer: &str,
+        json_tail: &str,
     ) -> Result<(), Option<WireError>> {
         self.line.clear();
         let cs = self.callsites.get(&callsite);
@@ -1092,16 +1114,23 @@ impl Printer<'_> {
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str("\",\"time_ns\":");
             push_u64(&mut self.line, ts);
-            self.line.push_str(",\"level\":\"");
-            self.line.push_str(level);
-            self.line.push_str("\",\"fields\":{");
+            match cs {
+                Some(c) => self.line.push_str(&c.json_level),
+                None => {
+                    self.line.push_str(",\"level\":\"");
+                    self.line.push_str(level);
+                    self.line.push_str("\",\"fields\":{");
+                }
+            }
             // Straight into the line: JSON members go in the order they come.
             render_json(cs, values, &mut self.line).map_err(Some)?;
-            self.line.push_str("},\"target\":");
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
-                    let _ = write!(self.line, "null,\"unknown_callsite\":{callsite}");
+                    let _ = write!(
+                        self.line,
+                        "}},\"target\":null,\"unknown_callsite\":{callsite}"
+                    );
                 }
             }
             if let Some(st) = self.stacks.get(&thread) {
@@ -1133,11 +1162,8 @@ impl Printer<'_> {
             }
             self.line.push_str(",\"threadId\":");
             push_u64(&mut self.line, thread);
-            self.line.push_str(",\"buffer\":");
-            json_str(&mut self.line, buffer);
-            self.line.push('}');
+            self.line.push_str(json_tail);
         } else {
-            render_fields(cs, false, values, &mut self.scratch).map_err(Some)?;
             fmt_time(&mut self.line, &mut self.tf, ts);
             self.line.push_str(match level.len() {
                 4 => "  ",
@@ -1175,7 +1201,7 @@ impl Printer<'_> {
                 }
             }
             self.line.push_str(": ");
-            push_text(&mut self.line, &self.scratch);
+            render_text(cs, values, &mut self.line).map_err(Some)?;
         }
         self.flush_line().map_err(|_| None)
     }
@@ -1215,15 +1241,94 @@ fn render_fields(
                 }
             }
             json_value(&mut sc.json, &v);
-        } else if name == "message" {
-            text_value(&mut sc.text, &v, true);
         } else {
-            if !sc.rest.is_empty() {
-                sc.rest.push(' ');
+            // `None`: the message; `Some("")`: a field the callsite does
+            // not name.
+            let prefix = match cs.and_then(|c| c.text_fields.get(idx as usize)) {
+                Some(p) => p.as_deref(),
+                None => Some(""),
+            };
+            match prefix {
+                None => text_value(&mut sc.text, &v, true),
+                Some(p) => {
+                    if !sc.rest.is_empty() {
+                        sc.rest.push(' ');
+                    }
+                    if p.is_empty() {
+                        sc.rest.push_str(name);
+                        sc.rest.push('=');
+                    } else {
+                        sc.rest.push_str(p);
+                    }
+                    text_value(&mut sc.rest, &v, false);
+                }
             }
-            sc.rest.push_str(name);
-            sc.rest.push('=');
-            text_value(&mut sc.rest, &v, false);
+        }
+    }
+    Ok(())
+}
+
+/// How many values besides the message [`render_text`] holds while it
+/// writes the message; those beyond are parsed again.
+const HELD: usize = 16;
+
+/// Renders an event's values as text straight into `out`: the message
+/// bare, then the others as `a=1 b="x"` (the message is usually the last
+/// value recorded; the others are held, parsed, until it is written).
+fn render_text(
+    cs: Option<&Callsite>,
+    values: Values<'_>,
+    out: &mut String,
+) -> Result<(), WireError> {
+    // `None`: the message; `Some("")`: a field the callsite does not name.
+    let prefix = |idx: u64| match cs.and_then(|c| c.text_fields.get(idx as usize)) {
+        Some(p) => p.as_deref(),
+        None => Some(""),
+    };
+    let mut held: [Option<(u64, Value<'_>)>; HELD] = [None; HELD];
+    let mut n = 0;
+    let mut others = 0usize;
+    let mut message = false;
+    for v in values {
+        let (idx, v) = v?;
+        if prefix(idx).is_none() {
+            text_value(out, &v, true);
+            message = true;
+        } else {
+            if let Some(h) = held.get_mut(n) {
+                *h = Some((idx, v));
+                n += 1;
+            }
+            others += 1;
+        }
+    }
+    let mut first = !message;
+    let mut field = |out: &mut String, idx: u64, v: &Value<'_>| {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        match prefix(idx) {
+            Some("") | None => {
+                out.push_str("field");
+                push_u64(out, idx);
+                out.push('=');
+            }
+            Some(p) => out.push_str(p),
+        }
+        text_value(out, v, false);
+    };
+    for (idx, v) in held.iter().take(n).flatten() {
+        field(out, *idx, v);
+    }
+    if others > n {
+        // Parsed without error above.
+        for (idx, v) in values
+            .flatten()
+            .filter(|(idx, _)| prefix(*idx).is_some())
+            .skip(n)
+        {
+            field(out, idx, &v);
         }
     }
     Ok(())
@@ -1336,6 +1441,63 @@ mod tests {
         assert_eq!(parse_out_name("relayfs-record.json"), None);
         assert_eq!(parse_out_name("cpu0.out.x"), None);
         assert_eq!(parse_out_name(".out"), None);
+    }
+
+    /// The text of an event's values, written straight into the line, is
+    /// what the span path (message, then the rest) makes of them, with more
+    /// values than are held while the message is looked for, the message
+    /// among them, and values the callsite does not name.
+    #[test]
+    fn event_text_is_message_then_fields() {
+        let names: Vec<String> = (0..24)
+            .map(|i| {
+                if i == 9 {
+                    "message".into()
+                } else {
+                    format!("f{i}")
+                }
+            })
+            .collect();
+        let cs = Callsite {
+            level: 2,
+            name: "n".into(),
+            target: "t".into(),
+            text_fields: names
+                .iter()
+                .map(|f| (f != "message").then(|| format!("{f}=")))
+                .collect(),
+            json_level: String::new(),
+            json_target: String::new(),
+            json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
+            fields: names,
+        };
+        for count in [0u64, 1, 5, 9, 10, 17, 24, 30] {
+            let mut e = wire::Enc::default();
+            for i in (0..count).rev() {
+                e.varint(i);
+                if i == 9 {
+                    e.byte(wire::TAG_DEBUG);
+                    e.str("the message");
+                } else {
+                    e.byte(wire::TAG_I64);
+                    e.varint(wire::zigzag(i as i64 - 3));
+                }
+            }
+            let values = Values(wire::Cur::new(&e.buf));
+            for c in [Some(&cs), None] {
+                let mut sc = Scratch::default();
+                render_fields(c, false, values, &mut sc).unwrap();
+                let mut want = String::new();
+                push_text(&mut want, &sc);
+                let mut got = String::new();
+                render_text(c, values, &mut got).unwrap();
+                assert_eq!(got, want, "{count} values");
+                assert_eq!(
+                    got.matches('=').count() as u64,
+                    count - u64::from(count > 9 && c.is_some())
+                );
+            }
+        }
     }
 
     #[test]

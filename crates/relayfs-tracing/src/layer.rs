@@ -62,24 +62,36 @@ struct Inner {
     global: bool,
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Enc> = RefCell::new(Enc { buf: Vec::with_capacity(256) });
-    static TID: Cell<u64> = const { Cell::new(0) };
+/// What a thread keeps: its id and the buffer records are encoded in, one
+/// thread-local (one access an event).
+struct Local {
+    /// The Linux thread id (as `ps -L` and `perf` show it), asked once;
+    /// 0 until then.
+    tid: Cell<u64>,
+    scratch: RefCell<Enc>,
 }
 
-/// The Linux thread id of the calling thread (as `ps -L` and `perf` show
-/// it), asked once per thread.
-#[inline]
-fn thread_id() -> u64 {
-    TID.with(|t| {
-        let v = t.get();
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            tid: Cell::new(0),
+            scratch: RefCell::new(Enc { buf: Vec::new() }),
+        }
+    };
+}
+
+impl Local {
+    /// The Linux thread id of the calling thread.
+    #[inline]
+    fn thread_id(&self) -> u64 {
+        let v = self.tid.get();
         if v != 0 {
             return v;
         }
         let v = rustix::thread::gettid().as_raw_nonzero().get() as u64;
-        t.set(v);
+        self.tid.set(v);
         v
-    })
+    }
 }
 
 fn level_byte(l: &Level) -> u8 {
@@ -378,27 +390,31 @@ impl Inner {
     }
 
     /// Encodes with the thread's scratch buffer (a fresh one if it is in
-    /// use: a value's `Debug` that logs) and writes.
+    /// use: a value's `Debug` that logs) and writes; `f` is given the
+    /// buffer and the thread's id.
     #[inline]
-    fn with_scratch(&self, f: impl FnOnce(&mut Enc)) {
-        SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut e) => {
-                e.buf.clear();
-                f(&mut e);
-                self.emit(&e.buf);
-            }
-            Err(_) => {
-                let mut e = Enc::default();
-                f(&mut e);
-                self.emit(&e.buf);
+    fn with_scratch(&self, f: impl FnOnce(&mut Enc, u64)) {
+        LOCAL.with(|l| {
+            let tid = l.thread_id();
+            match l.scratch.try_borrow_mut() {
+                Ok(mut e) => {
+                    e.buf.clear();
+                    f(&mut e, tid);
+                    self.emit(&e.buf);
+                }
+                Err(_) => {
+                    let mut e = Enc::default();
+                    f(&mut e, tid);
+                    self.emit(&e.buf);
+                }
             }
         })
     }
 
     fn span_op(&self, kind: u8, id: &Id) {
-        self.with_scratch(|e| {
+        self.with_scratch(|e, tid| {
             e.byte(kind);
-            e.varint(thread_id());
+            e.varint(tid);
             e.varint(id.into_u64());
         });
     }
@@ -551,10 +567,10 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let id = self.0.callsite_id(event.metadata());
-        self.0.with_scratch(|e| {
+        self.0.with_scratch(|e, tid| {
             e.byte(wire::KIND_EVENT);
             e.varint(id);
-            e.varint(thread_id());
+            e.varint(tid);
             event.record(&mut Fields(e));
         });
     }
@@ -568,10 +584,10 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
         } else {
             ctx.current_span().id().map_or(0, Id::into_u64)
         };
-        self.0.with_scratch(|e| {
+        self.0.with_scratch(|e, tid| {
             e.byte(wire::KIND_NEW_SPAN);
             e.varint(cs);
-            e.varint(thread_id());
+            e.varint(tid);
             e.varint(id.into_u64());
             e.varint(parent);
             attrs.record(&mut Fields(e));
@@ -579,9 +595,9 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_record(&self, span: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        self.0.with_scratch(|e| {
+        self.0.with_scratch(|e, tid| {
             e.byte(wire::KIND_RECORD);
-            e.varint(thread_id());
+            e.varint(tid);
             e.varint(span.into_u64());
             values.record(&mut Fields(e));
         });

@@ -83,9 +83,9 @@
 //! the ones still pending.
 //!
 //! **The clock.** The framing's timestamp: `CLOCK_MONOTONIC` read through
-//! the vDSO, about 20 ns, against about 7 ns for `rdtsc` (measured by the
-//! `emit` benchmark's `clock` group). The TSC would save some 13 ns an
-//! event, but its rate must be calibrated, it is only comparable across
+//! the vDSO, 28 to 31 ns, against 13 to 15 ns for `rdtsc` (measured by the
+//! `emit` benchmark's `clock` group on a loaded 2-CPU virtual machine). The
+//! TSC would save some 15 ns an event, but its rate must be calibrated, it is only comparable across
 //! CPUs where the kernel says the TSC is stable and synchronised (it says
 //! so in `clocksource`, not to user space programs portably), and it means
 //! `unsafe` and x86-only code; `CLOCK_MONOTONIC` is the one clock every
