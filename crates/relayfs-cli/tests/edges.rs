@@ -636,3 +636,44 @@ fn cat_on_a_fifo_or_a_link_says_what_it_is() {
     assert!(err.contains("is a symbolic link"), "{err}");
     assert!(err.contains("without following symbolic links"), "{err}");
 }
+
+/// `record --wait -w SECONDS` stops after the time it was given even when
+/// the channel never appears: an error that says so, not a wait for ever.
+#[test]
+fn record_waiting_for_a_channel_that_never_comes_stops_after_its_duration() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("rec");
+    let mut child = relayfs(root.path())
+        .args([
+            "record",
+            "never-there",
+            "--wait",
+            "-w",
+            "0.5",
+            "--quiet",
+            "-o",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("record --wait -w 0.5 still waiting after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not appear within the recording's duration"),
+        "{}",
+        stderr(&out)
+    );
+}

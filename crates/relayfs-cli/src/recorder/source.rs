@@ -32,7 +32,12 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// headers say the channel has, all of one channel. Once the channel exists
 /// (its directory; with `--wait`, its first buffer file), waits at most
 /// [`SETTLE`], then returns what is there with the rest in `bad`.
+///
+/// With `--wait` and a duration (`-w`), a channel that has not appeared
+/// when the duration is over ends the wait with an error: the recording
+/// stops after the time it was given, channel or not.
 pub(crate) fn find_buffers(dir: &Path, cfg: &RecordConfig) -> Result<ChannelScan> {
+    let started = Instant::now();
     let mut seen: Option<Instant> = None;
     loop {
         if dir.is_dir() {
@@ -57,6 +62,15 @@ pub(crate) fn find_buffers(dir: &Path, cfg: &RecordConfig) -> Result<ChannelScan
         }
         if util::interrupted() {
             bail!("interrupted while waiting for {}", dir.display());
+        }
+        if let Some(d) = cfg.duration {
+            if seen.is_none() && started.elapsed() >= d {
+                bail!(
+                    "channel {} did not appear within the recording's duration ({} s)",
+                    dir.display(),
+                    d.as_secs_f64()
+                );
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
