@@ -88,6 +88,11 @@ pub(crate) trait Hooks {
     fn wake_reader(&self);
     /// The producer noticed readers mapping or unmapping the buffer.
     fn map_changed(&self, mapped: u64);
+    /// A sub-buffer became complete: its records are in `records_completed`
+    /// and the SeqCst fence after that has been passed (what the channel's
+    /// counting of commits after close pairs with). Only completions call
+    /// it, not every commit.
+    fn completed(&self) {}
 }
 
 /// State of a buffer at a sub-buffer switch, as given to `subbuf_start`.
@@ -985,6 +990,7 @@ impl Shared {
             self.reader_word(rdr::WAITING).store(0, Ordering::Relaxed);
             hooks.wake_reader();
         }
+        hooks.completed();
     }
 
     /// Counts a record dropped because the buffer is full.

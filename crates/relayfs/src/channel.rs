@@ -303,6 +303,9 @@ impl Buffer {
     /// count it unread now; otherwise it would be written but neither read
     /// nor lost.
     #[inline(always)]
+    /// Called (through `Hooks::completed`) by a commit that completed a
+    /// sub-buffer, not by every commit: only a completion adds records that
+    /// close may have to count late.
     fn after_commit(&self) {
         // SYNC POINT: Relaxed, a Dekker pair with `Inner::close`: a commit
         // that completes a sub-buffer adds to `records_completed`, then
@@ -380,6 +383,10 @@ impl Hooks for BufHooks<'_> {
                 n.wake();
             }
         }
+    }
+
+    fn completed(&self) {
+        self.buf.after_commit();
     }
 
     fn map_changed(&self, mapped: u64) {
@@ -562,7 +569,6 @@ impl Drop for Reservation<'_> {
             cb: self.cb,
         };
         self.buf.shared().commit(self.r, &hooks);
-        self.buf.after_commit();
     }
 }
 
@@ -666,7 +672,6 @@ impl Channel {
             buf.shared().write_at(r.pos + H as u64, body);
         }
         buf.shared().commit(r, &hooks);
-        buf.after_commit();
         Ok(())
     }
 
