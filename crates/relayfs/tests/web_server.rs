@@ -13,6 +13,8 @@
 //! blocking and the async reader. (The test binary runs itself as the
 //! consumer: `consumer`, active only when `RELAYFS_TEST_CONSUMER` is set.)
 
+#![cfg(feature = "tokio")]
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
