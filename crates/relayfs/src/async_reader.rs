@@ -390,17 +390,11 @@ pub struct AsyncChannelRecords {
 impl AsyncChannelRecords {
     /// The records of every buffer of `readers`.
     pub fn new(readers: AsyncReaders) -> AsyncChannelRecords {
-        let files = || (0..readers.len()).filter_map(|i| readers.get(i));
-        let set = crate::frame::DecoderSet::new(files());
-        let chunk = files()
-            .map(|f| f.header().geometry.subbuf_size)
-            .max()
-            .unwrap_or(0)
-            .clamp(4096, 4 << 20) as usize;
+        let set = crate::frame::DecoderSet::new((0..readers.len()).filter_map(|i| readers.get(i)));
         AsyncChannelRecords {
+            scratch: set.read_buffer(),
             readers,
             set,
-            scratch: vec![0; chunk],
             ended: false,
         }
     }

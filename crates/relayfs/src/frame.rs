@@ -956,15 +956,33 @@ pub(crate) struct DecoderSet {
     /// buffer's records come out together and every decoder is drained in
     /// turn.
     next: usize,
+    /// The most one read of these files gives: their largest sub-buffer
+    /// (within 4 KiB..4 MiB), the size of the caller's read buffer.
+    chunk: usize,
 }
 
 impl DecoderSet {
     /// A decoder per file, each bounding payloads by its file's geometry.
     pub(crate) fn new<'a>(files: impl Iterator<Item = &'a RelayFile>) -> DecoderSet {
+        let mut chunk = 0;
         let decoders = files
-            .map(|f| Decoder::with_max_payload(max_payload_for(&f.header().geometry)))
+            .map(|f| {
+                let g = &f.header().geometry;
+                chunk = chunk.max(g.subbuf_size);
+                Decoder::with_max_payload(max_payload_for(g))
+            })
             .collect();
-        DecoderSet { decoders, next: 0 }
+        DecoderSet {
+            decoders,
+            next: 0,
+            chunk: chunk.clamp(4096, 4 << 20) as usize,
+        }
+    }
+
+    /// A read buffer for these files: one sub-buffer, the most one read
+    /// gives.
+    pub(crate) fn read_buffer(&self) -> Vec<u8> {
+        vec![0; self.chunk]
     }
 
     /// Bytes read from buffer `index`.
@@ -1069,16 +1087,10 @@ impl ChannelRecords {
     /// The records of every buffer of `readers`.
     pub fn new(readers: crate::Readers) -> ChannelRecords {
         let set = DecoderSet::new(readers.iter());
-        let chunk = readers
-            .iter()
-            .map(|f| f.header().geometry.subbuf_size)
-            .max()
-            .unwrap_or(0)
-            .clamp(4096, 4 << 20) as usize;
         ChannelRecords {
+            scratch: set.read_buffer(),
             readers,
             set,
-            scratch: vec![0; chunk],
             ended: false,
         }
     }
