@@ -198,7 +198,10 @@ fn example_async_reader_reads_a_channel_to_its_end() {
         .unwrap();
     // The reader takes every buffer before the close (a channel closed
     // with no reader attached is removed at once).
-    wait_for_readers(&chan);
+    assert!(
+        chan.wait_for_readers(Duration::from_secs(60)),
+        "no reader came"
+    );
     let mut want = vec![0usize; chan.n_buffers()];
     for i in 0..3000u64 {
         let cpu = (i as usize * 3) % chan.n_buffers();
@@ -218,17 +221,4 @@ fn example_async_reader_reads_a_channel_to_its_end() {
     }
     let total: usize = want.iter().sum();
     assert!(stdout.contains(&format!("read {total} bytes")), "{stdout}");
-}
-
-/// Waits until a reader holds every buffer of `chan`.
-fn wait_for_readers(chan: &Channel) {
-    let t = std::time::Instant::now();
-    while !(0..chan.n_buffers()).all(|i| {
-        relayfs::RelayFile::inspect(chan.buffer_path(i))
-            .unwrap()
-            .reader_attached
-    }) {
-        assert!(t.elapsed() < Duration::from_secs(60), "no reader came");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }

@@ -548,7 +548,10 @@ fn example_channel_reader_drains_every_buffer_into_its_file() {
         .unwrap();
     // The reader takes every buffer before the close (a channel closed
     // with no reader attached is removed at once).
-    wait_for_readers(&chan);
+    assert!(
+        chan.wait_for_readers(Duration::from_secs(60)),
+        "no reader came"
+    );
     let mut want = vec![Vec::new(); chan.n_buffers()];
     for i in 0..2000u64 {
         let cpu = (i as usize) % chan.n_buffers();
@@ -591,19 +594,6 @@ fn example_overwrite_keeps_the_last_events() {
     assert_eq!(last, 29999, "{stdout}");
     assert!(first > 0, "the oldest events were overwritten: {stdout}");
     assert_eq!(last - first + 1, kept, "no gap in what was kept: {stdout}");
-}
-
-/// Waits until a reader holds every buffer of `chan`.
-fn wait_for_readers(chan: &Channel) {
-    let t = std::time::Instant::now();
-    while !(0..chan.n_buffers()).all(|i| {
-        relayfs::RelayFile::inspect(chan.buffer_path(i))
-            .unwrap()
-            .reader_attached
-    }) {
-        assert!(t.elapsed() < Duration::from_secs(60), "no reader came");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
