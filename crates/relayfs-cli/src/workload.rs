@@ -444,13 +444,10 @@ pub(crate) fn finish_recorder(mut child: std::process::Child) -> Result<Recorder
 /// close (`pstats`: refused as full, too big, for a corrupt buffer or a
 /// closed channel, overwritten, left unread) and what the recorder, if any, discarded.
 pub(crate) fn dropped(pstats: &relayfs::BufferStats, rec: Option<&RecorderSummary>) -> u64 {
-    pstats.dropped_full
-        + pstats.dropped_toobig
-        + pstats.dropped_corrupt
-        + pstats.dropped_closed
-        + pstats.overwritten_records
-        + pstats.unread_at_close
-        + rec.map_or(0, |r| r.discarded)
+    // The library's own sum of every way to lose a record, with the
+    // reader's discards taken from the recorder, which read to the end,
+    // rather than from the producer's snapshot at close.
+    pstats.lost() - pstats.discarded_records + rec.map_or(0, |r| r.discarded)
 }
 
 /// A temporary directory for a recording, on tmpfs (`/dev/shm`) where there
