@@ -348,8 +348,10 @@ fn drops_show_up_where_they_happened() {
     let refused = (rig.layer_lost)();
     assert!(refused > 0 && refused < before, "refused {refused}");
     // One refused record per event lost: the counts the layer carries are
-    // not written (and refused) on their own before each event.
-    assert_eq!(rig.chan.total_stats().dropped_full, refused);
+    // not written (and refused) on their own before each event. Another
+    // test's thread may meet a new callsite meanwhile, whose record this
+    // full channel refuses too, so the channel's count can only be ahead.
+    assert!(rig.chan.total_stats().dropped_full >= refused);
     // A reader comes and drains the buffer, which makes room.
     let mut r = RelayFile::open(rig.chan.buffer_path(0)).unwrap();
     let mut first = Vec::new();
@@ -363,6 +365,9 @@ fn drops_show_up_where_they_happened() {
     }
     tracing::dispatcher::with_default(&rig.dispatch, || tracing::info!("after"));
     assert_eq!((rig.layer_lost)(), 0, "the lost record went in");
+    // Every refusal, counted by the channel and not by the layer: the
+    // decoder must find each of them in the loss records it reads.
+    let refused = rig.chan.total_stats().dropped_full;
     rig.readers.push(r);
     let mut rest = close_and_read(&mut rig);
     first.append(&mut rest[0].1);
