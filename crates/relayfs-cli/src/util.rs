@@ -476,7 +476,7 @@ mod tests {
         let n = chan.n_buffers();
         let last = chan.buffer_path(n - 1);
         let name = last.file_name().unwrap().to_string_lossy().into_owned();
-        std::fs::remove_file(&last).unwrap();
+        std::fs::remove_file(last).unwrap();
         let c = std::ffi::CString::new(last.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -488,7 +488,7 @@ mod tests {
             let bad = scan.bad.iter().find(|b| b.name == name).unwrap();
             assert!(bad.reason.contains("is a FIFO"), "{bad:?}");
             // Gone altogether, it is missing.
-            std::fs::remove_file(&last).unwrap();
+            std::fs::remove_file(last).unwrap();
             let scan = scan_channel(&dir, None).unwrap();
             let bad = scan.bad.iter().find(|b| b.name == name).unwrap();
             assert!(bad.reason.starts_with("missing"), "{bad:?}");
