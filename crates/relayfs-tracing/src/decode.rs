@@ -387,6 +387,9 @@ struct Callsites {
 
 const SMALL_IDS: u64 = 1 << 12;
 
+/// Bytes of output lines gathered before they are written.
+const OUT_BATCH: usize = 64 << 10;
+
 impl Callsites {
     #[inline]
     fn get(&self, id: &u64) -> Option<&Callsite> {
@@ -615,7 +618,7 @@ fn run(
         spans: HashMap::new(),
         stacks: HashMap::new(),
         tf: TimeFmt::default(),
-        line: String::with_capacity(256),
+        line: String::with_capacity(OUT_BATCH + 1024),
         scratch: Scratch::default(),
         stats: Stats::default(),
     };
@@ -652,13 +655,13 @@ fn run(
             if !waiting {
                 break;
             }
-            p.out.flush()?;
+            p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         };
         let ts = srcs[i].head.map_or(0, |h| h.0);
         if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
-            p.out.flush()?;
+            p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         }
@@ -701,7 +704,7 @@ fn run(
             end_of_source(&mut p, &mut srcs[i], summary, ts)?;
         }
     }
-    p.out.flush()?;
+    p.flush()?;
     Ok(p.stats)
 }
 
@@ -897,11 +900,28 @@ impl Printer<'_> {
         fmt_time(&mut self.line, &mut self.tf, ts);
     }
 
+    /// Ends the line. Lines are gathered in `line` and written to `out`
+    /// [`OUT_BATCH`] bytes at a time: one call of `out` for hundreds of
+    /// lines, not one a line.
     fn flush_line(&mut self) -> io::Result<()> {
         self.line.push('\n');
+        if self.line.len() >= OUT_BATCH {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the lines gathered.
+    fn write_out(&mut self) -> io::Result<()> {
         self.out.write_all(self.line.as_bytes())?;
         self.line.clear();
         Ok(())
+    }
+
+    /// Writes the lines gathered and flushes `out`.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.out.flush()
     }
 
     fn lost_line(
@@ -912,7 +932,6 @@ impl Printer<'_> {
         callsites: u64,
         known: bool,
     ) -> io::Result<()> {
-        self.line.clear();
         if self.json {
             self.line.push_str("{\"timestamp\":\"");
             self.time(ts);
@@ -1106,7 +1125,24 @@ impl Printer<'_> {
         values: Values<'_>,
         json_tail: &str,
     ) -> Result<(), Option<WireError>> {
-        self.line.clear();
+        let start = self.line.len();
+        let r = self.event_line(ts, callsite, thread, values, json_tail);
+        if r.is_err() {
+            // Not a line: what was written of it goes.
+            self.line.truncate(start);
+        }
+        r.map_err(Some)?;
+        self.flush_line().map_err(|_| None)
+    }
+
+    fn event_line(
+        &mut self,
+        ts: u64,
+        callsite: u64,
+        thread: u64,
+        values: Values<'_>,
+        json_tail: &str,
+    ) -> Result<(), WireError> {
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
         if self.json {
@@ -1123,7 +1159,7 @@ impl Printer<'_> {
                 }
             }
             // Straight into the line: JSON members go in the order they come.
-            render_json(cs, values, &mut self.line).map_err(Some)?;
+            render_json(cs, values, &mut self.line)?;
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
@@ -1201,9 +1237,9 @@ impl Printer<'_> {
                 }
             }
             self.line.push_str(": ");
-            render_text(cs, values, &mut self.line).map_err(Some)?;
+            render_text(cs, values, &mut self.line)?;
         }
-        self.flush_line().map_err(|_| None)
+        Ok(())
     }
 }
 
