@@ -1470,6 +1470,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn padded_numbers() {
+        let cases: [(u64, usize, &str); 7] = [
+            (0, 6, "000000"),
+            (123, 6, "000123"),
+            (999_999, 6, "999999"),
+            (5, 9, "000000005"),
+            (1_234_567, 6, "1234567"),
+            (9_999_999_999_999_999_999, 19, "9999999999999999999"),
+            (42, 19, "0000000000000000042"),
+        ];
+        for (v, w, want) in cases {
+            let mut s = String::from("x");
+            push_padded(&mut s, v, w);
+            assert_eq!(&s[1..], want, "{v} in {w} digits");
+        }
+    }
+
+    #[test]
     fn output_file_names() {
         assert_eq!(parse_out_name("cpu0.out"), Some(("cpu0", None)));
         assert_eq!(parse_out_name("cpu12.out.3"), Some(("cpu12", Some(3))));
