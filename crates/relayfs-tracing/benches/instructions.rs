@@ -74,7 +74,10 @@ fn count(dir: &Path, name: &str, n: u64) -> u64 {
     );
     let text = std::fs::read_to_string(&out).expect("callgrind's output");
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("a summary line")

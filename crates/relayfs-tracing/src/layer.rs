@@ -13,6 +13,7 @@ use tracing_core::subscriber::Interest;
 use tracing_core::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
+use crate::clock::Clock;
 use crate::wire::{self, Enc};
 
 /// Slots of the lock-free callsite table (a power of two). Callsites beyond
@@ -60,6 +61,8 @@ struct Inner {
     /// The sum of `lost` and `lost_meta`: the one word the fast path reads.
     any_lost: Padded,
     global: bool,
+    /// The clock of every record's timestamp.
+    clock: Clock,
 }
 
 /// What a thread keeps: its id and the buffer records are encoded in, one
@@ -115,9 +118,10 @@ impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    fn new(chan: Arc<Channel>) -> Inner {
+    fn new(chan: Arc<Channel>, clock: Clock) -> Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
+            clock,
             global: chan.is_global(),
             chan,
             table: (0..TABLE).map(|_| Slot::default()).collect(),
@@ -138,9 +142,16 @@ impl Inner {
     fn write_clock(&self) {
         let mut e = Enc::default();
         e.byte(wire::KIND_CLOCK);
-        e.varint(relayfs::frame::now());
+        e.varint(self.clock.now());
         e.varint(clock_ns(rustix::time::ClockId::Realtime));
         self.emit(&e.buf);
+    }
+
+    /// Writes one timed record, with the layer's clock.
+    #[inline(always)]
+    fn write(&self, payload: &[u8]) -> Result<(), relayfs::WriteError> {
+        self.chan
+            .write_record_timed_with(payload, || self.clock.now())
     }
 
     /// Events refused by the channel and not reported in a lost record yet.
@@ -160,7 +171,7 @@ impl Inner {
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
-        if !taken.is_empty() && self.chan.write_record_timed(&e.buf).is_ok() {
+        if !taken.is_empty() && self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
         }
     }
@@ -247,7 +258,7 @@ impl Inner {
         if self.any_lost.0.load(Ordering::Relaxed) != 0 {
             return self.emit_after_losses(payload);
         }
-        if self.chan.write_record_timed(payload).is_err() {
+        if self.write(payload).is_err() {
             self.refused(false);
         }
     }
@@ -258,13 +269,13 @@ impl Inner {
         e.byte(wire::KIND_LOST_THEN);
         let taken = self.take_losses(&mut e);
         if taken.is_empty() {
-            if self.chan.write_record_timed(payload).is_err() {
+            if self.write(payload).is_err() {
                 self.refused(false);
             }
             return;
         }
         e.buf.extend_from_slice(payload);
-        if self.chan.write_record_timed(&e.buf).is_ok() {
+        if self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
         } else {
             self.refused(false);
@@ -382,7 +393,7 @@ impl Inner {
         for f in meta.fields() {
             e.str(f.name());
         }
-        let ok = self.chan.write_record_timed(&e.buf).is_ok();
+        let ok = self.write(&e.buf).is_ok();
         if !ok {
             self.refused(true);
         }
@@ -443,8 +454,35 @@ impl RelayLayer {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
+    ///
+    /// Timestamps are `CLOCK_MONOTONIC` nanoseconds, read from the TSC
+    /// (scaled) where the kernel's clocksource is the TSC and the `tsc`
+    /// feature is on (the default), else from `CLOCK_MONOTONIC` itself; see
+    /// [`clock`](RelayLayer::clock). The first layer of a process with the
+    /// TSC calibrates its rate, a few milliseconds (at most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan)))
+        RelayLayer(Arc::new(Inner::new(chan, Clock::choose())))
+    }
+
+    /// As [`new`](RelayLayer::new), with timestamps always read from
+    /// `CLOCK_MONOTONIC` ([`relayfs::frame::now`], what
+    /// [`Channel::write_record_timed`] takes): for a channel shared with
+    /// other timed writers, whose records then compare with the layer's to
+    /// the nanosecond.
+    pub fn with_monotonic_clock(chan: Arc<Channel>) -> RelayLayer {
+        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic)))
+    }
+
+    /// The clock of the timestamps: `"tsc"` (the TSC, scaled to
+    /// `CLOCK_MONOTONIC` nanoseconds) or `"monotonic"`.
+    pub fn clock(&self) -> &'static str {
+        self.0.clock.name()
+    }
+
+    /// The layer's clock now: what a record written now would carry, in
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub fn now(&self) -> u64 {
+        self.0.clock.now()
     }
 
     /// The channel.

@@ -104,6 +104,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod clock;
 #[cfg(feature = "decode")]
 pub mod decode;
 mod layer;

@@ -534,3 +534,37 @@ fn events_whose_callsite_record_was_overwritten_still_decode() {
     }
     assert_eq!(last, Some(N as i64 - 1));
 }
+
+/// The layer's timestamps are `CLOCK_MONOTONIC` nanoseconds whichever
+/// clock it reads (the TSC is scaled and based on `CLOCK_MONOTONIC`), so
+/// they compare with other timed writers' and with the decoder's clock.
+#[test]
+fn the_layers_clock_counts_monotonic_nanoseconds() {
+    let rig = rig(true, 4096, 4, false);
+    let layer = RelayLayer::new(rig.chan.clone());
+    assert!(
+        ["tsc", "monotonic"].contains(&layer.clock()),
+        "{}",
+        layer.clock()
+    );
+    // Not a timing: how far two clocks may disagree, the TSC's rate being
+    // calibrated, and its error growing with the time since the layer was
+    // made.
+    const SLACK: u64 = 100_000_000;
+    for _ in 0..1000 {
+        let a = relayfs::frame::now();
+        let t = layer.now();
+        let b = relayfs::frame::now();
+        assert!(
+            t + SLACK >= a && t <= b + SLACK,
+            "{} clock at {t}, CLOCK_MONOTONIC {a}..{b}",
+            layer.clock()
+        );
+    }
+    let mono = RelayLayer::with_monotonic_clock(rig.chan.clone());
+    assert_eq!(mono.clock(), "monotonic");
+    let a = relayfs::frame::now();
+    let t = mono.now();
+    let b = relayfs::frame::now();
+    assert!(a <= t && t <= b, "{t} not in {a}..{b}");
+}
