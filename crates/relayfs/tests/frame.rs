@@ -580,7 +580,10 @@ fn timed_with_a_given_clock() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(written > 0 && refused > 0, "{written} written, {refused} refused");
+    assert!(
+        written > 0 && refused > 0,
+        "{written} written, {refused} refused"
+    );
     assert_eq!(calls, written);
     chan.close().unwrap();
     let got: Vec<OwnedRecord> = Records::live(reader).map(Result::unwrap).collect();
