@@ -63,6 +63,8 @@ struct Inner {
     global: bool,
     /// The clock of every record's timestamp.
     clock: Clock,
+    /// This layer's serial number, for the threads' callsite caches.
+    serial: u64,
 }
 
 /// What a thread keeps: its id and the buffer records are encoded in, one
@@ -71,13 +73,21 @@ struct Local {
     /// The Linux thread id (as `ps -L` and `perf` show it), asked once;
     /// 0 until then.
     tid: Cell<u64>,
+    /// The callsite of this thread's last event, once its callsite record
+    /// is written: the layer's serial number, the metadata address and the
+    /// id (a loop's events skip the table).
+    last: Cell<(u64, usize, u64)>,
     scratch: RefCell<Enc>,
 }
+
+/// Serial numbers of layers (a layer's address can be reused by another).
+static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static LOCAL: Local = const {
         Local {
             tid: Cell::new(0),
+            last: Cell::new((0, 0, 0)),
             scratch: RefCell::new(Enc { buf: Vec::new() }),
         }
     };
@@ -122,6 +132,8 @@ impl Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
             clock,
+            // SYNC POINT: a counter alone; only its uniqueness matters.
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             global: chan.is_global(),
             chan,
             table: (0..TABLE).map(|_| Slot::default()).collect(),
@@ -349,28 +361,59 @@ impl Inner {
     /// been written yet (or was refused).
     #[inline]
     fn callsite_id(&self, meta: &'static Metadata<'static>) -> u64 {
+        self.callsite(meta).0
+    }
+
+    /// The callsite's id, and whether its callsite record is written.
+    #[inline]
+    fn callsite(&self, meta: &'static Metadata<'static>) -> (u64, bool) {
         match self.find(meta) {
             Found::Slot(s) => {
                 // SYNC POINT: only says whether the callsite record was
                 // written; a race writes it twice, which a decoder accepts.
                 let w = s.word.load(Ordering::Relaxed);
                 let id = w & !WRITTEN;
-                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                if w & WRITTEN != 0 {
+                    return (id, true);
+                }
+                let ok = self.write_callsite(id, meta);
+                if ok {
                     // SYNC POINT: as above.
                     s.word.fetch_or(WRITTEN, Ordering::Relaxed);
                 }
-                id
+                (id, ok)
             }
             Found::Map(w) => {
                 let id = w & !WRITTEN;
-                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                if w & WRITTEN != 0 {
+                    return (id, true);
+                }
+                let ok = self.write_callsite(id, meta);
+                if ok {
                     let addr = meta as *const Metadata<'static> as usize;
                     let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
                     o.map.insert(addr, id | WRITTEN);
                 }
-                id
+                (id, ok)
             }
         }
+    }
+
+    /// The callsite's id for an event of this thread: from the thread's
+    /// cache when its last event had the same callsite (its callsite
+    /// record is written then), else as [`callsite`](Inner::callsite).
+    #[inline]
+    fn event_callsite(&self, l: &Local, meta: &'static Metadata<'static>) -> u64 {
+        let addr = meta as *const Metadata<'static> as usize;
+        let (serial, a, id) = l.last.get();
+        if serial == self.serial && a == addr {
+            return id;
+        }
+        let (id, written) = self.callsite(meta);
+        if written {
+            l.last.set((self.serial, addr, id));
+        }
+        id
     }
 
     #[cold]
@@ -405,21 +448,25 @@ impl Inner {
     /// buffer and the thread's id.
     #[inline]
     fn with_scratch(&self, f: impl FnOnce(&mut Enc, u64)) {
-        LOCAL.with(|l| {
-            let tid = l.thread_id();
-            match l.scratch.try_borrow_mut() {
-                Ok(mut e) => {
-                    e.buf.clear();
-                    f(&mut e, tid);
-                    self.emit(&e.buf);
-                }
-                Err(_) => {
-                    let mut e = Enc::default();
-                    f(&mut e, tid);
-                    self.emit(&e.buf);
-                }
+        LOCAL.with(|l| self.encode(l, f))
+    }
+
+    /// Encodes with the thread's scratch buffer (see `with_scratch`).
+    #[inline]
+    fn encode(&self, l: &Local, f: impl FnOnce(&mut Enc, u64)) {
+        let tid = l.thread_id();
+        match l.scratch.try_borrow_mut() {
+            Ok(mut e) => {
+                e.buf.clear();
+                f(&mut e, tid);
+                self.emit(&e.buf);
             }
-        })
+            Err(_) => {
+                let mut e = Enc::default();
+                f(&mut e, tid);
+                self.emit(&e.buf);
+            }
+        }
     }
 
     fn span_op(&self, kind: u8, id: &Id) {
@@ -604,12 +651,15 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let id = self.0.callsite_id(event.metadata());
-        self.0.with_scratch(|e, tid| {
-            e.byte(wire::KIND_EVENT);
-            e.varint(id);
-            e.varint(tid);
-            event.record(&mut Fields(e));
+        let inner = &*self.0;
+        LOCAL.with(|l| {
+            let id = inner.event_callsite(l, event.metadata());
+            inner.encode(l, |e, tid| {
+                e.byte(wire::KIND_EVENT);
+                e.varint(id);
+                e.varint(tid);
+                event.record(&mut Fields(e));
+            })
         });
     }
 

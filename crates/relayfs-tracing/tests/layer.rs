@@ -568,3 +568,58 @@ fn the_layers_clock_counts_monotonic_nanoseconds() {
     let b = relayfs::frame::now();
     assert!(a <= t && t <= b, "{t} not in {a}..{b}");
 }
+
+/// Two layers (two channels, each with its own callsite ids) used in turn
+/// by one thread: each event comes out of its own channel with its own
+/// callsite's fields, the thread's cache of its last callsite
+/// notwithstanding.
+#[test]
+fn two_layers_in_turn_keep_their_own_callsite_ids() {
+    fn p(n: u64) {
+        tracing::info!(p = n, "first");
+    }
+    fn q(n: u64) {
+        tracing::warn!(q = n, "second");
+    }
+    fn r(n: u64) {
+        tracing::error!(r = n, "third");
+    }
+    let mut a = rig(true, 1 << 16, 4, true);
+    // The first layer sees its callsites before the second is made, so
+    // their ids differ from the second's (which registers every callsite
+    // of the process when it is made).
+    tracing::dispatcher::with_default(&a.dispatch, || {
+        r(0);
+        q(0);
+    });
+    let mut b = rig(true, 1 << 16, 4, true);
+    const N: u64 = 50;
+    for i in 1..=N {
+        // The same callsite in both, one after the other.
+        for d in [&a.dispatch, &b.dispatch, &a.dispatch] {
+            tracing::dispatcher::with_default(d, || match i % 3 {
+                0 => p(i),
+                1 => q(i),
+                _ => r(i),
+            });
+        }
+    }
+    for (rig, per_round) in [(&mut a, 2), (&mut b, 1)] {
+        let (lines, problems, stats) = decode_json(close_and_read(rig));
+        assert!(problems.is_empty(), "{problems:?}");
+        let events: Vec<_> = lines.iter().filter(|l| l["level"] != "LOST").collect();
+        assert_eq!(stats.events, events.len() as u64);
+        assert!(events.len() as u64 >= per_round * N);
+        for l in events {
+            let f = &l["fields"];
+            let (field, level) = match f["message"].as_str().unwrap() {
+                "first" => ("p", "INFO"),
+                "second" => ("q", "WARN"),
+                "third" => ("r", "ERROR"),
+                m => panic!("message {m}: {l}"),
+            };
+            assert!(f[field].is_u64(), "{l}");
+            assert_eq!(l["level"], level, "{l}");
+        }
+    }
+}
