@@ -562,8 +562,26 @@ struct Fields<'a>(&'a mut Enc);
 impl Fields<'_> {
     #[inline(always)]
     fn head(&mut self, f: &Field, tag: u8) {
-        self.0.varint(f.index() as u64);
-        self.0.byte(tag);
+        let i = f.index();
+        if i < 0x80 {
+            // The usual one-byte index: one capacity check for both bytes.
+            self.0.buf.extend_from_slice(&[i as u8, tag]);
+        } else {
+            self.0.varint(i as u64);
+            self.0.byte(tag);
+        }
+    }
+
+    /// Index, tag and an integer's varint; small ones in one copy.
+    #[inline(always)]
+    fn int(&mut self, f: &Field, tag: u8, v: u64) {
+        let i = f.index();
+        if i < 0x80 && v < 0x80 {
+            self.0.buf.extend_from_slice(&[i as u8, tag, v as u8]);
+        } else {
+            self.head(f, tag);
+            self.0.varint(v);
+        }
     }
 
     /// Appends a length-prefixed text written by `w`, formatted straight
@@ -603,12 +621,10 @@ impl Visit for Fields<'_> {
         self.0.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn record_i64(&mut self, f: &Field, v: i64) {
-        self.head(f, wire::TAG_I64);
-        self.0.varint(wire::zigzag(v));
+        self.int(f, wire::TAG_I64, wire::zigzag(v));
     }
     fn record_u64(&mut self, f: &Field, v: u64) {
-        self.head(f, wire::TAG_U64);
-        self.0.varint(v);
+        self.int(f, wire::TAG_U64, v);
     }
     fn record_i128(&mut self, f: &Field, v: i128) {
         self.head(f, wire::TAG_I128);
@@ -622,8 +638,16 @@ impl Visit for Fields<'_> {
         self.head(f, if v { wire::TAG_TRUE } else { wire::TAG_FALSE });
     }
     fn record_str(&mut self, f: &Field, v: &str) {
-        self.head(f, wire::TAG_STR);
-        self.0.str(v);
+        let i = f.index();
+        if i < 0x80 && v.len() < 0x80 {
+            // Index, tag and length in one copy.
+            let buf = &mut self.0.buf;
+            buf.extend_from_slice(&[i as u8, wire::TAG_STR, v.len() as u8]);
+            buf.extend_from_slice(v.as_bytes());
+        } else {
+            self.head(f, wire::TAG_STR);
+            self.0.str(v);
+        }
     }
     fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
         self.head(f, wire::TAG_ERROR);
