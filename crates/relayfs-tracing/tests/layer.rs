@@ -131,8 +131,11 @@ fn every_field_type_round_trips() {
     let mut rig = rig(true, 4096, 4, true);
     let err = TestError("outer", Some(Box::new(TestError("inner", None))));
     let values: Vec<i64> = vec![i64::MIN, -1, 0, 1, 300, i64::MAX];
+    // A string whose length takes a two-byte varint, once i is 300.
+    let long = |i: i64| "é".repeat(i.clamp(0, 300) as usize);
     tracing::dispatcher::with_default(&rig.dispatch, || {
         for &i in &values {
+            let l = long(i);
             tracing::warn!(
                 target: "types",
                 i,
@@ -142,6 +145,7 @@ fn every_field_type_round_trips() {
                 f = i as f64 / 3.0,
                 yes = i >= 0,
                 s = "a \"quoted\"\nstring",
+                l = l.as_str(),
                 d = ?vec![i, 2],
                 e = &err as &(dyn std::error::Error + 'static),
                 "message {}",
@@ -197,6 +201,7 @@ fn every_field_type_round_trips() {
                 assert_eq!(got["f"], Value::F64(i as f64 / 3.0));
                 assert_eq!(got["yes"], Value::Bool(i >= 0));
                 assert_eq!(got["s"], Value::Str("a \"quoted\"\nstring"));
+                assert_eq!(got["l"], Value::Str(&long(i)));
                 assert_eq!(got["d"], Value::Debug(&format!("{:?}", vec![i, 2])));
                 assert_eq!(got["e"], Value::Error("outer: inner"));
                 assert_eq!(got["message"], Value::Debug(&format!("message {i}")));
@@ -226,6 +231,7 @@ fn every_field_type_round_trips() {
         assert_eq!(f["u"], i.unsigned_abs());
         assert_eq!(f["yes"], i >= 0);
         assert_eq!(f["s"], "a \"quoted\"\nstring");
+        assert_eq!(f["l"], long(i));
         assert_eq!(f["e"], "outer: inner");
         assert_eq!(f["message"], format!("message {i}"));
         assert_eq!(f["f"].as_f64(), Some(i as f64 / 3.0));
