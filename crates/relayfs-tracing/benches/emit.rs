@@ -4,7 +4,8 @@
 //! (tracing's dispatch, the clock, the write); the clocks (`CLOCK_MONOTONIC`
 //! against the TSC); and the decoder's rate.
 //!
-//! `cargo bench -p relayfs-tracing --bench emit`
+//! `cargo bench -p relayfs-tracing --bench emit` (add `--features tsc` for
+//! the layer's TSC clock in `relay_layer` and `clock/layer_tsc`)
 //!
 //! With `BENCH_CPU_TIME=1` in the environment, criterion measures the
 //! benchmarking thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) instead of
@@ -126,8 +127,9 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
             b.iter(|| tracing::info!(a = 1, b = "x", "message"))
         })
     });
-    // The same with CLOCK_MONOTONIC read for every record (what the layer
-    // does where the kernel's clocksource is not the TSC).
+    // The same with CLOCK_MONOTONIC read for every record: what
+    // `relay_layer` does too unless the `tsc` feature is on (and the
+    // kernel's clocksource is the TSC).
     let mono = tracing::Dispatch::new(
         tracing_subscriber::registry().with(RelayLayer::with_monotonic_clock(chan.clone())),
     );
@@ -220,8 +222,8 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     g.bench_function("clock_gettime_monotonic", |b| b.iter(relayfs::frame::now));
     let q = quanta::Clock::new();
     g.bench_function("tsc_raw", |b| b.iter(|| q.raw()));
-    // The layer's clock: the TSC scaled to CLOCK_MONOTONIC nanoseconds where
-    // the kernel's clocksource is the TSC.
+    // The layer's clock: with the `tsc` feature, the TSC scaled to
+    // CLOCK_MONOTONIC nanoseconds where the kernel's clocksource is the TSC.
     let layer = RelayLayer::new(chan.clone());
     g.bench_function(format!("layer_{}", layer.clock()), |b| {
         b.iter(|| layer.now())

@@ -14,6 +14,13 @@
 //! across CPUs, and it watches it, which a program cannot do portably.
 //! `quanta` also checks the CPU's invariant-TSC flag, and falls back to
 //! `CLOCK_MONOTONIC` itself.
+//!
+//! The scaled TSC does not follow NTP's slewing of `CLOCK_MONOTONIC` after
+//! the calibration, so over a long run the two part by the difference in
+//! rate; and `quanta` reads the TSC without a fence, so a reading can be
+//! taken a little before the reservation it follows completes (the race of
+//! two writers between reservation and clock read that the decoder already
+//! counts). Hence the `tsc` feature is off by default.
 
 /// Where the kernel names its current clocksource.
 const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";

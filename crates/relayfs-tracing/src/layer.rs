@@ -480,7 +480,7 @@ impl Inner {
 
 /// A [`Layer`] that writes every event, and every span's creation, values,
 /// enter, exit and close, as one framed, timestamped record
-/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
+/// (the layer's clock, see [`clock`](RelayLayer::clock)) into a relay channel; the
 /// strings of a callsite (level, target, file, line, name, field names) go
 /// into the channel once, in a callsite record, and events refer to the
 /// callsite by a small id. The record format is in the crate documentation.
@@ -504,9 +504,10 @@ impl RelayLayer {
     ///
     /// Timestamps are `CLOCK_MONOTONIC` nanoseconds, read from the TSC
     /// (scaled) where the kernel's clocksource is the TSC and the `tsc`
-    /// feature is on (the default), else from `CLOCK_MONOTONIC` itself; see
-    /// [`clock`](RelayLayer::clock). The first layer of a process with the
-    /// TSC calibrates its rate, a few milliseconds (at most 200).
+    /// feature is on (it is off by default), else from `CLOCK_MONOTONIC`
+    /// itself; see [`clock`](RelayLayer::clock). The first layer of a
+    /// process with the TSC calibrates its rate, a few milliseconds (at
+    /// most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
         RelayLayer(Arc::new(Inner::new(chan, Clock::choose())))
     }
