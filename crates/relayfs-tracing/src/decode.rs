@@ -857,7 +857,7 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                 tf.sec = Some(secs);
             }
             line.push_str(&tf.prefix);
-            push_padded(line, sub / 1000, 6);
+            push_micros(line, sub / 1000);
             line.push('Z');
         }
         None => {
@@ -878,6 +878,17 @@ fn push_u64(out: &mut String, v: u64) {
 #[inline]
 fn push_i64(out: &mut String, v: i64) {
     out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Appends `v` (below 10^6, the microseconds of a second) as six digits,
+/// zero-padded: one digit at a time, cheaper here than a conversion and
+/// two copies.
+#[inline]
+fn push_micros(out: &mut String, v: u64) {
+    let v = v.min(999_999);
+    for d in [100_000, 10_000, 1_000, 100, 10, 1] {
+        out.push(char::from(b'0' + (v / d % 10) as u8));
+    }
 }
 
 /// Appends `v` (below `10^width`, `width` at most 19) in decimal,
@@ -1306,11 +1317,12 @@ fn render_fields(
 
 /// How many values besides the message [`render_text`] holds while it
 /// writes the message; those beyond are parsed again.
-const HELD: usize = 16;
+const HELD: usize = 8;
 
 /// Renders an event's values as text straight into `out`: the message
 /// bare, then the others as `a=1 b="x"` (the message is usually the last
-/// value recorded; the others are held, parsed, until it is written).
+/// value recorded; the others are held, parsed and with their names
+/// looked up, until it is written).
 fn render_text(
     cs: Option<&Callsite>,
     values: Values<'_>,
@@ -1321,50 +1333,52 @@ fn render_text(
         Some(p) => p.as_deref(),
         None => Some(""),
     };
-    let mut held: [Option<(u64, Value<'_>)>; HELD] = [None; HELD];
+    let mut held: [Option<(u64, &str, Value<'_>)>; HELD] = [None; HELD];
     let mut n = 0;
     let mut others = 0usize;
     let mut message = false;
     for v in values {
         let (idx, v) = v?;
-        if prefix(idx).is_none() {
-            text_value(out, &v, true);
-            message = true;
-        } else {
-            if let Some(h) = held.get_mut(n) {
-                *h = Some((idx, v));
-                n += 1;
+        match prefix(idx) {
+            None => {
+                text_value(out, &v, true);
+                message = true;
             }
-            others += 1;
+            Some(p) => {
+                if let Some(h) = held.get_mut(n) {
+                    *h = Some((idx, p, v));
+                    n += 1;
+                }
+                others += 1;
+            }
         }
     }
     let mut first = !message;
-    let mut field = |out: &mut String, idx: u64, v: &Value<'_>| {
+    let mut field = |out: &mut String, idx: u64, p: &str, v: &Value<'_>| {
         if !first {
             out.push(' ');
         }
         first = false;
-        match prefix(idx) {
-            Some("") | None => {
-                out.push_str("field");
-                push_u64(out, idx);
-                out.push('=');
-            }
-            Some(p) => out.push_str(p),
+        if p.is_empty() {
+            out.push_str("field");
+            push_u64(out, idx);
+            out.push('=');
+        } else {
+            out.push_str(p);
         }
         text_value(out, v, false);
     };
-    for (idx, v) in held.iter().take(n).flatten() {
-        field(out, *idx, v);
+    for (idx, p, v) in held.iter().take(n).flatten() {
+        field(out, *idx, p, v);
     }
     if others > n {
         // Parsed without error above.
-        for (idx, v) in values
+        for (idx, p, v) in values
             .flatten()
-            .filter(|(idx, _)| prefix(*idx).is_some())
+            .filter_map(|(idx, v)| prefix(idx).map(|p| (idx, p, v)))
             .skip(n)
         {
-            field(out, idx, &v);
+            field(out, idx, p, &v);
         }
     }
     Ok(())
@@ -1468,6 +1482,20 @@ fn json_value(out: &mut String, v: &Value<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn microseconds_are_six_digits() {
+        for (v, want) in [
+            (0, "000000"),
+            (7, "000007"),
+            (123_456, "123456"),
+            (999_999, "999999"),
+        ] {
+            let mut s = String::new();
+            push_micros(&mut s, v);
+            assert_eq!(s, want);
+        }
+    }
 
     #[test]
     fn padded_numbers() {
