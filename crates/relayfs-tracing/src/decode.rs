@@ -443,6 +443,9 @@ struct Printer<'o> {
     tf: TimeFmt,
     line: String,
     scratch: Scratch,
+    /// The last thread of a JSON line and its member, `,"threadId":N`,
+    /// made once (a thread's events usually come in runs).
+    thread_json: (u64, String),
     stats: Stats,
 }
 
@@ -620,6 +623,7 @@ fn run(
         tf: TimeFmt::default(),
         line: String::with_capacity(OUT_BATCH + 1024),
         scratch: Scratch::default(),
+        thread_json: (0, String::from(",\"threadId\":0")),
         stats: Stats::default(),
     };
     let mut chunk = vec![0u8; 64 << 10];
@@ -1207,8 +1211,14 @@ impl Printer<'_> {
                 }
                 self.line.push(']');
             }
-            self.line.push_str(",\"threadId\":");
-            push_u64(&mut self.line, thread);
+            if self.thread_json.0 != thread {
+                let t = &mut self.thread_json;
+                t.0 = thread;
+                t.1.clear();
+                t.1.push_str(",\"threadId\":");
+                push_u64(&mut t.1, thread);
+            }
+            self.line.push_str(&self.thread_json.1);
             self.line.push_str(json_tail);
         } else {
             fmt_time(&mut self.line, &mut self.tf, ts);

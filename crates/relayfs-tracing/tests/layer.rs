@@ -306,6 +306,7 @@ fn events_of_several_threads_come_out_in_time_order() {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(stats.events, THREADS * EACH);
     let mut next = vec![0u64; THREADS as usize];
+    let mut tids: HashMap<usize, u64> = HashMap::new();
     let mut last = (0u64, String::new());
     let mut back = 0;
     for l in &lines {
@@ -325,11 +326,19 @@ fn events_of_several_threads_come_out_in_time_order() {
             last = (ts, buffer);
         }
         let t = l["fields"]["t"].as_u64().unwrap() as usize;
+        // Each thread's events carry its own id, whichever thread's came
+        // before.
+        let id = l["threadId"].as_u64().unwrap();
+        assert_eq!(*tids.entry(t).or_insert(id), id, "{l}");
         // Each thread's events in its own order, none missing or doubled.
         assert_eq!(l["fields"]["i"].as_u64().unwrap(), next[t]);
         next[t] += 1;
     }
     assert!(next.iter().all(|&n| n == EACH));
+    let mut ids: Vec<u64> = tids.values().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), THREADS as usize, "{tids:?}");
     // The decoder counts every record that goes back, the callsite and
     // clock records (not lines) too: one of those can race an event.
     let not_events = stats.records - stats.events;
