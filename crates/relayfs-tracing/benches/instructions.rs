@@ -12,7 +12,7 @@
 //! once with N and once with 2N events; the difference divided by N is the
 //! cost of one event, without the one-time costs (registering the
 //! callsite, the thread-locals, the decoder's start). Without valgrind it
-//! says so and does nothing.
+//! says so loudly and does nothing (and fails with `CI=true`).
 
 use std::io::Read;
 use std::path::Path;
@@ -35,6 +35,11 @@ fn main() {
     }
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("*** valgrind is not installed: no instruction counts ***");
+        // With CI=true a missing tool is a failure, as in the tests.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "valgrind is missing"
+        );
         return;
     }
     let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
