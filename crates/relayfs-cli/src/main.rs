@@ -6,6 +6,7 @@ mod args;
 mod checker;
 mod cmd;
 mod demofmt;
+mod mount;
 mod recorder;
 mod util;
 mod workload;
@@ -47,6 +48,12 @@ enum Cmd {
     /// another process (--sweep for the standard matrix, --find-lossless for
     /// the highest rate with no drops)
     Bench(cmd::bench::Args),
+    /// Mount the relay directory (FUSE): every channel a directory, every
+    /// buffer a file that any program reads with open, poll, read,
+    /// sendfile and close, as a kernel relay file
+    Mount(mount::Args),
+    /// Unmount a `relayfs mount`
+    Umount(mount::UmountArgs),
 }
 
 fn main() {
@@ -61,6 +68,8 @@ fn main() {
         Cmd::Stat(a) => cmd::stat::run(a),
         Cmd::Ls(a) => cmd::ls::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
+        Cmd::Mount(a) => mount::run(a),
+        Cmd::Umount(a) => mount::umount(a),
     };
     match r {
         Ok(code) => std::process::exit(code),
