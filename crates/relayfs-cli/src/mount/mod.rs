@@ -42,6 +42,9 @@ pub struct Args {
     /// root, or `user_allow_other` in /etc/fuse.conf
     #[arg(long)]
     pub allow_other: bool,
+    /// The background process of `--daemon`: starts a session of its own
+    #[arg(long, hide = true)]
+    pub detached: bool,
 }
 
 /// Arguments of `relayfs umount`.
@@ -131,6 +134,10 @@ fn preflight(mp: &Path) -> Result<PathBuf> {
 
 /// Runs `relayfs mount`.
 pub fn run(a: &Args) -> Result<i32> {
+    if a.detached {
+        // Out of the terminal's session: its hang-up and Ctrl-C are not ours.
+        let _ = rustix::process::setsid();
+    }
     let mp = preflight(&a.mountpoint)?;
     let root = a.dir.clone().unwrap_or_else(relayfs::relay_dir);
     if a.daemon {
@@ -193,13 +200,13 @@ pub fn run(a: &Args) -> Result<i32> {
     }
 }
 
-/// `--daemon`: runs the mount in a process of its own (its own process
-/// group, so the terminal's Ctrl-C doesn't reach it) and returns once the
+/// `--daemon`: runs the mount in a process of its own (in a session of its
+/// own, so the terminal's Ctrl-C and hang-up don't reach it) and returns once the
 /// filesystem is mounted, or with its error.
 fn daemon(a: &Args, mp: &Path) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the relayfs executable")?;
     let mut c = Command::new(exe);
-    c.arg("mount").arg(mp);
+    c.arg("mount").arg("--detached").arg(mp);
     if let Some(d) = &a.dir {
         c.arg("--dir").arg(d);
     }
@@ -209,9 +216,7 @@ fn daemon(a: &Args, mp: &Path) -> Result<i32> {
     if a.allow_other {
         c.arg("--allow-other");
     }
-    use std::os::unix::process::CommandExt;
-    c.process_group(0)
-        .stdin(Stdio::null())
+    c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = c.spawn().context("cannot start the mount process")?;
