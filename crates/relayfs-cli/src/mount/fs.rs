@@ -560,12 +560,20 @@ impl fuser::Filesystem for RelayFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.open).insert(fh, open);
-        // Direct I/O: no page cache, no trust in a size; not seekable, as a
-        // relay file reads as a stream.
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NONSEEKABLE,
-        );
+        // Direct I/O: no page cache, no trust in a size; every read comes
+        // here and reads the stream whatever offset it names, as the
+        // kernel's relay read does. splice(2) and sendfile(2) go through
+        // the page cache (which, the size being 0, gives nothing) unless
+        // the file was opened O_DIRECT: then they come here as reads too.
+        // So an O_DIRECT open is seekable (sendfile needs that), and any
+        // other is not, which makes sendfile refuse it with EINVAL (callers
+        // fall back to read + write) rather than return a false end of
+        // file (docs/DESIGN.md, "The mount").
+        let mut fopen = FopenFlags::FOPEN_DIRECT_IO;
+        if flags.0 & libc::O_DIRECT == 0 {
+            fopen |= FopenFlags::FOPEN_NONSEEKABLE;
+        }
+        reply.opened(FileHandle(fh), fopen);
     }
 
     fn read(

@@ -78,7 +78,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 0
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -95,7 +98,10 @@ fn unescape(s: &str) -> String {
 fn preflight(mp: &Path) -> Result<PathBuf> {
     let m = std::fs::metadata(mp).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
-            anyhow::anyhow!("mount point {} does not exist: create it first (mkdir)", fs::shown(mp))
+            anyhow::anyhow!(
+                "mount point {} does not exist: create it first (mkdir)",
+                fs::shown(mp)
+            )
         }
         std::io::ErrorKind::NotConnected => anyhow::anyhow!(
             "mount point {} is a relayfs mount whose process died: run `relayfs umount {}` first",
@@ -107,8 +113,8 @@ fn preflight(mp: &Path) -> Result<PathBuf> {
     if !m.is_dir() {
         bail!("mount point {} is not a directory", fs::shown(mp));
     }
-    let canon = std::fs::canonicalize(mp)
-        .with_context(|| format!("mount point {}", fs::shown(mp)))?;
+    let canon =
+        std::fs::canonicalize(mp).with_context(|| format!("mount point {}", fs::shown(mp)))?;
     if let Some(t) = mounted_type(&canon) {
         bail!(
             "mount point {} is busy: something ({t}) is mounted there already{}",
@@ -242,7 +248,10 @@ fn daemon(a: &Args, mp: &Path) -> Result<i32> {
         }
         if t.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            bail!("the mount process did not mount {} within 30 s", fs::shown(mp));
+            bail!(
+                "the mount process did not mount {} within 30 s",
+                fs::shown(mp)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -62,7 +62,10 @@ int main(int argc, char **argv) {
         if (!is_buffer(e->d_name))
             continue;
         snprintf(path, sizeof path, "%s/%s", argv[1], e->d_name);
-        pf[n].fd = open(path, O_RDONLY);
+        /* O_DIRECT, as for any file opened with FUSE's direct I/O:
+         * without it the kernel's sendfile and splice look in the page
+         * cache and refuse (EINVAL) or find nothing. */
+        pf[n].fd = open(path, O_RDONLY | O_DIRECT);
         if (pf[n].fd < 0) {
             perror(path);
             return 1;
