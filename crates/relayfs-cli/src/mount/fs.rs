@@ -90,41 +90,65 @@ pub struct Handle {
 
 /// What an open buffer file holds, behind its lock.
 pub struct HandleState {
-    pub file: RelayFile,
+    /// The reader; `None` once the file was released (dropped at once, so
+    /// that the reader's lock goes with the release, whoever else still
+    /// holds the handle for a moment).
+    file: Option<RelayFile>,
     /// Reads waiting for data, oldest first (answered in that order).
     pub pending: VecDeque<PendingRead>,
     /// The kernel's poll handle, when a `poll` is waiting for a wakeup.
     pub poll: Option<PollNotifier>,
     /// The FIFO reported `POLLHUP` (the producer's end is gone).
     pub hup: bool,
-    /// The file was released: answer nothing more.
-    pub released: bool,
     buf: Vec<u8>,
 }
 
 impl HandleState {
+    /// Whether the file was released.
+    pub fn released(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// The reader, or `EBADF` once released.
+    pub fn file(&mut self) -> Result<&mut RelayFile, Errno> {
+        self.file.as_mut().ok_or(Errno::EBADF)
+    }
+
     /// One consuming read of up to `size` bytes.
-    pub fn read(&mut self, size: u32) -> Result<&[u8], ReadError> {
+    pub fn read(&mut self, size: u32) -> Result<&[u8], Errno> {
         let size = (size as usize).min(MAX_REQUEST as usize);
         if self.buf.len() < size {
             self.buf.resize(size, 0);
         }
-        let n = self.file.read(&mut self.buf[..size])?;
+        let file = self.file.as_mut().ok_or(Errno::EBADF)?;
+        let n = file.read(&mut self.buf[..size]).map_err(|e| errno(&e))?;
         Ok(&self.buf[..n])
+    }
+
+    /// Whether the channel ended and everything is read.
+    pub fn is_eof(&mut self) -> Result<bool, Errno> {
+        self.file()?.is_eof().map_err(|e| errno(&e))
+    }
+
+    /// Asks for a wakeup at the next completed sub-buffer; `true` if data
+    /// is readable already.
+    pub fn prepare_wait(&mut self) -> Result<bool, Errno> {
+        self.file()?.prepare_wait().map_err(|e| errno(&e))
     }
 
     /// The `poll(2)` events of the buffer now: `POLLIN|POLLRDNORM` while
     /// something is readable, `POLLERR|POLLHUP` once the producer closed
     /// the channel or died (with `POLLIN` too while data is left).
-    pub fn events(&mut self) -> Result<PollEvents, ReadError> {
-        let r = self.file.poll(Some(Duration::ZERO))?;
+    pub fn events(&mut self) -> Result<PollEvents, Errno> {
+        let file = self.file()?;
+        let r = file.poll(Some(Duration::ZERO)).map_err(|e| errno(&e))?;
         let mut ev = PollEvents::empty();
         if r == Ready::Readable {
             ev |= PollEvents::POLLIN | PollEvents::POLLRDNORM;
         }
         let ended = matches!(r, Ready::Closed | Ready::ProducerGone)
-            || self.file.is_closed()
-            || !self.file.producer_alive();
+            || file.is_closed()
+            || !file.producer_alive();
         if ended {
             ev |= PollEvents::POLLERR | PollEvents::POLLHUP;
         }
@@ -163,7 +187,7 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The errno for a library error: `EBUSY` for a second reader, `EACCES`
 /// and the like as the file gave them, `EIO` for a corrupt buffer.
-fn errno(e: &ReadError) -> Errno {
+pub fn errno(e: &ReadError) -> Errno {
     match e {
         ReadError::Busy(_) => Errno::EBUSY,
         ReadError::NotRegular { .. } => Errno::ENOENT,
@@ -416,7 +440,7 @@ impl RelayFs {
 
     fn open_buffer(&self, req: &Request, chan: &str, name: &str) -> Result<Arc<Handle>, Errno> {
         let path = self.chan_dir(chan).join(name);
-        let m = std::fs::symlink_metadata(&path).map_err(|e| Errno::from(e))?;
+        let m = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
         if !m.is_file() {
             return Err(Errno::ENOENT);
         }
@@ -427,11 +451,10 @@ impl RelayFs {
         let wake = file.wake_fd().and_then(|fd| fd.try_clone_to_owned().ok());
         Ok(Arc::new(Handle {
             state: Mutex::new(HandleState {
-                file,
+                file: Some(file),
                 pending: VecDeque::new(),
                 poll: None,
                 hup: false,
-                released: false,
                 buf: Vec::new(),
             }),
             wake,
@@ -617,7 +640,7 @@ impl fuser::Filesystem for RelayFs {
                 if !self.follow {
                     return reply.data(&[]);
                 }
-                match st.file.is_eof() {
+                match st.is_eof() {
                     Ok(true) => reply.data(&[]),
                     Ok(false) => {
                         st.pending.push_back(PendingRead {
@@ -628,10 +651,10 @@ impl fuser::Filesystem for RelayFs {
                         drop(st);
                         self.watcher.watch(fh.0, &h);
                     }
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => reply.error(e),
                 }
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -659,7 +682,7 @@ impl fuser::Filesystem for RelayFs {
                 }
                 reply.poll(ev);
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -676,7 +699,8 @@ impl fuser::Filesystem for RelayFs {
         let gone = lock(&self.open).remove(&fh.0);
         if let Some(Open::Buffer(h)) = gone {
             let mut st = lock(&h.state);
-            st.released = true;
+            // The reader goes now, and its lock with it.
+            st.file = None;
             for p in st.pending.drain(..) {
                 p.reply.error(Errno::EBADF);
             }

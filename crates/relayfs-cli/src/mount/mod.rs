@@ -79,7 +79,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
@@ -262,7 +262,7 @@ pub fn umount(a: &UmountArgs) -> Result<i32> {
     let mp = &a.mountpoint;
     // A dead mount's directory can't be looked at (ENOTCONN): unmount by
     // the name given, made absolute.
-    let abs = std::path::absolute(mp).with_context(|| format!("{}", fs::shown(mp)))?;
+    let abs = std::path::absolute(mp).with_context(|| fs::shown(mp))?;
     match rustix::mount::unmount(&abs, rustix::mount::UnmountFlags::empty()) {
         Ok(()) => return Ok(0),
         Err(rustix::io::Errno::PERM) => {}

@@ -93,7 +93,7 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
         Look::Done
     };
     loop {
-        if st.released {
+        if st.released() {
             return done(&mut st);
         }
         while let Some(p) = st.pending.pop_front() {
@@ -105,24 +105,18 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    p.reply.error(match &e {
-                        relayfs::ReadError::Io { source, .. } => source
-                            .raw_os_error()
-                            .map(Errno::from_i32)
-                            .unwrap_or(Errno::EIO),
-                        _ => Errno::EIO,
-                    });
+                    p.reply.error(e);
                     continue;
                 }
             }
-            match st.file.is_eof() {
+            match st.is_eof() {
                 Ok(true) => p.reply.data(&[]),
                 Ok(false) if signal_pending(p.pid) => p.reply.error(Errno::EINTR),
                 Ok(false) => {
                     st.pending.push_front(p);
                     break;
                 }
-                Err(_) => p.reply.error(Errno::EIO),
+                Err(e) => p.reply.error(e),
             }
         }
         if st.poll.is_some() {
@@ -143,7 +137,7 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
         }
         // Arm the wakeup, then look once more: a sub-buffer completed
         // between the look above and the arming would wake nobody.
-        match st.file.prepare_wait() {
+        match st.prepare_wait() {
             Ok(false) => return Look::Wait,
             Ok(true) => continue,
             Err(_) => {
