@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reading through `relayfs mount` (dd bs=1M and bs=128K into /dev/null)
-# against `relayfs record -o /dev/null`, on the same channel geometry in the
+# Reading through `relayfs mount` (dd bs=1M and bs=128K into /dev/null, and
+# bs=1M into a tmpfs file) against `relayfs record -o /dev/null` (and -o a
+# tmpfs directory), on the same channel geometry in the
 # same run: one global buffer of 1 MiB sub-buffers filled while the reader
 # is stopped, then drained and timed. Needs FUSE (/dev/fuse, fusermount3)
 # and root or a user allowed to mount. Arguments go to the benchmark

@@ -1,7 +1,9 @@
 //! Reading through `relayfs mount` against `relayfs record -o /dev/null`,
 //! measured in the same run on the same kind of channel: one global buffer
 //! of 1 MiB sub-buffers, filled while the reader is attached but stopped,
-//! then drained by the reader, timed from its `SIGCONT` to its exit.
+//! then drained by the reader, timed from its `SIGCONT` to its exit. Into
+//! `/dev/null` (where `relayfs record` writes from the mapping and nothing
+//! is copied at all) and into a tmpfs file (one copy each way).
 //!
 //! Run with `scripts/mount_bench.sh` (it builds the release binaries
 //! first). Prints one line per run and the medians; `--json` prints one
@@ -159,6 +161,10 @@ fn main() {
     std::fs::create_dir_all(&mp).unwrap();
     let _m = mount(&root, &mp);
     let bin = relayfs_bin();
+    // Outputs into tmpfs (one copy, as a recording to a file has), removed
+    // after each run.
+    let out = base.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
     type Reader<'a> = (&'a str, Box<dyn Fn(&Channel, &str) -> Command + 'a>);
     let readers: Vec<Reader<'_>> = vec![
         (
@@ -190,6 +196,27 @@ fn main() {
                 d
             }),
         ),
+        (
+            "record -o tmpfs dir",
+            Box::new(|_c: &Channel, name: &str| {
+                let mut c = Command::new(&bin);
+                c.env("RELAYFS_DIR", &root)
+                    .args(["record", name, "-o"])
+                    .arg(out.join(name));
+                c
+            }),
+        ),
+        (
+            "mount: dd bs=1M tmpfs",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp.join(name).join(f).display()))
+                    .arg(format!("of={}", out.join(name).display()))
+                    .args(["bs=1M", "status=none"]);
+                d
+            }),
+        ),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
     for round in 0..o.rounds {
@@ -208,6 +235,8 @@ fn main() {
                 println!("round {round} {what:<22} {bytes} bytes in {secs:.3} s: {gbps:.2} GB/s");
             }
             rates[i].push(gbps);
+            let o = out.join(&name);
+            let _ = std::fs::remove_dir_all(&o).or_else(|_| std::fs::remove_file(&o));
         }
     }
     let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
