@@ -748,3 +748,36 @@ impl fuser::Filesystem for RelayFs {
 pub fn shown(p: &Path) -> String {
     util::escape_name(&p.display().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_are_looked_up() {
+        for bad in ["", ".", "..", "a/b", "/"] {
+            assert!(!plain(bad), "{bad:?}");
+        }
+        assert!(plain("cpu0") && plain(".hidden") && plain("demo-12"));
+    }
+
+    #[test]
+    fn no_signal_waiting_is_not_pending_and_a_gone_process_is() {
+        // This process: no signal waiting.
+        assert!(!signal_pending(std::process::id()));
+        // A pid that cannot exist (above pid_max's limit).
+        assert!(signal_pending(u32::MAX));
+    }
+
+    #[test]
+    fn library_errors_map_to_errnos() {
+        let p = PathBuf::from("/x");
+        assert_eq!(errno(&ReadError::Busy(p.clone())), Errno::EBUSY);
+        let e = ReadError::Io {
+            what: "open",
+            path: p,
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(errno(&e), Errno::EACCES);
+    }
+}

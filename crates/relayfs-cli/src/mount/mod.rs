@@ -284,3 +284,35 @@ pub fn umount(a: &UmountArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_names_are_unescaped() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape(r"/x\134y"), r"/x\y");
+        assert_eq!(unescape(r"/end\04"), r"/end\04", "a cut escape stays");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point_and_a_fresh_directory_is_not() {
+        assert!(mounted_type(Path::new("/")).is_some());
+        let d = tempfile::tempdir().unwrap();
+        let canon = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(mounted_type(&canon), None);
+    }
+
+    #[test]
+    fn preflight_names_what_is_wrong() {
+        let d = tempfile::tempdir().unwrap();
+        let e = preflight(&d.path().join("nope")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let f = d.path().join("file");
+        std::fs::write(&f, b"").unwrap();
+        let e = preflight(&f).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+}
