@@ -865,3 +865,44 @@ fn sendfile_works_on_an_o_direct_open_and_is_refused_otherwise() {
     chan.close().unwrap();
     drop(m);
 }
+
+#[test]
+fn links_and_other_users_directories_are_not_shown() {
+    if !fuse() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let m = Mount::start(root.path(), &[]);
+    let chan = Channel::builder("real")
+        .relay_dir(root.path())
+        .subbuf_size(4096)
+        .n_subbufs(2)
+        .open()
+        .unwrap();
+    std::os::unix::fs::symlink(chan.dir(), root.path().join("link")).unwrap();
+    std::fs::create_dir(root.path().join("open")).unwrap();
+    let mut p = std::fs::metadata(root.path().join("open"))
+        .unwrap()
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o777);
+    std::fs::set_permissions(root.path().join("open"), p).unwrap();
+    if is_root() {
+        let d = root.path().join("foreign");
+        std::fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let names: Vec<String> = std::fs::read_dir(&m.mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["real"],
+        "a link, a world-writable directory or another user's is not a channel"
+    );
+    for n in ["link", "open", "foreign"] {
+        assert!(!m.path(n).exists(), "{n}");
+    }
+    chan.close().unwrap();
+    drop(m);
+}

@@ -235,22 +235,46 @@ impl RelayFs {
     /// The valid buffer files of a channel directory, in CPU order (the
     /// files `relayfs record` would read; a stray file is not one).
     fn buffers(&self, chan: &str) -> Vec<util::BufferFile> {
+        if self.chan_meta(chan).is_none() {
+            return Vec::new();
+        }
         util::scan_channel(&self.chan_dir(chan), None)
             .map(|s| s.bufs)
             .unwrap_or_default()
     }
 
-    /// The channel directories under the relay directory: directories, not
-    /// symbolic links, not hidden.
+    /// Whether `m` is a channel directory the mount shows, by the rule the
+    /// library's readers follow (`ChannelDir`): a directory, not a symbolic
+    /// link, owned by the mounting user or root, and not writable by group
+    /// or others unless sticky. So another user can neither plant a
+    /// channel in a mount run by root nor swap a shown one for a link to
+    /// another channel between a check and an open.
+    fn trusted_dir(&self, m: &std::fs::Metadata) -> bool {
+        m.file_type().is_dir()
+            && (m.uid() == 0 || m.uid() == self.uid)
+            && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+    }
+
+    /// The metadata of channel directory `chan`, if it is one the mount
+    /// shows.
+    fn chan_meta(&self, chan: &str) -> Option<std::fs::Metadata> {
+        if !plain(chan) || chan.starts_with('.') {
+            return None;
+        }
+        let m = std::fs::symlink_metadata(self.chan_dir(chan)).ok()?;
+        self.trusted_dir(&m).then_some(m)
+    }
+
+    /// The channel directories under the relay directory: see
+    /// [`trusted_dir`](Self::trusted_dir); hidden ones are not shown.
     fn channels(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };
         let mut v: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
+            .filter(|n| self.chan_meta(n).is_some())
             .collect();
         v.sort();
         v
@@ -316,19 +340,18 @@ impl RelayFs {
                 }
             },
             Node::Channel(c) => {
-                let m = std::fs::symlink_metadata(self.chan_dir(c)).ok()?;
-                m.is_dir()
-                    .then(|| self.attr(ino, &m, FileType::Directory, m.mode() & 0o555))
+                let m = self.chan_meta(c)?;
+                Some(self.attr(ino, &m, FileType::Directory, m.mode() & 0o555))
             }
             Node::Buffer(c, b) => {
+                self.chan_meta(c)?;
                 let m = std::fs::symlink_metadata(self.chan_dir(c).join(b)).ok()?;
                 m.is_file()
                     .then(|| self.attr(ino, &m, FileType::RegularFile, m.mode() & 0o444))
             }
             Node::Control(c, _) => {
-                let m = std::fs::symlink_metadata(self.chan_dir(c)).ok()?;
-                m.is_dir()
-                    .then(|| self.attr(ino, &m, FileType::RegularFile, m.mode() & 0o444))
+                let m = self.chan_meta(c)?;
+                Some(self.attr(ino, &m, FileType::RegularFile, m.mode() & 0o444))
             }
         }
     }
@@ -339,10 +362,9 @@ impl RelayFs {
             return None;
         }
         match parent {
-            Node::Root => {
-                let m = std::fs::symlink_metadata(self.chan_dir(name)).ok()?;
-                (m.is_dir() && !name.starts_with('.')).then(|| Node::Channel(name.to_string()))
-            }
+            Node::Root => self
+                .chan_meta(name)
+                .map(|_| Node::Channel(name.to_string())),
             Node::Channel(c) => {
                 if let Some(k) = CONTROL_FILES.iter().find(|k| **k == name) {
                     return Some(Node::Control(c.clone(), k));
@@ -439,6 +461,9 @@ impl RelayFs {
     }
 
     fn open_buffer(&self, req: &Request, chan: &str, name: &str) -> Result<Arc<Handle>, Errno> {
+        if self.chan_meta(chan).is_none() {
+            return Err(Errno::ENOENT);
+        }
         let path = self.chan_dir(chan).join(name);
         let m = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
         if !m.is_file() {
@@ -675,8 +700,14 @@ impl fuser::Filesystem for RelayFs {
         let mut st = lock(&h.state);
         match st.events() {
             Ok(ev) => {
-                if ev.is_empty() && flags.contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY) {
+                let schedule =
+                    ev.is_empty() && flags.contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY);
+                if schedule {
                     st.poll = Some(ph);
+                }
+                // The look above disarmed the wakeup: the watcher arms it
+                // again for what still waits.
+                if schedule || !st.pending.is_empty() {
                     drop(st);
                     self.watcher.watch(fh.0, &h);
                 }
