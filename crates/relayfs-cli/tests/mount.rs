@@ -369,7 +369,7 @@ fn open_ro(p: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[test]
-fn poll_reports_data_then_pollerr_at_close_and_ebusy_for_a_second_reader() {
+fn poll_reports_complete_and_flushed_subbufs_then_pollerr_at_close_and_ebusy_for_a_second_reader() {
     if !fuse() {
         return;
     }
@@ -411,6 +411,14 @@ fn poll_reports_data_then_pollerr_at_close_and_ebusy_for_a_second_reader() {
         got += n;
     }
     assert_eq!(got, 4100, "every committed record, once, padding removed");
+    // A partly filled sub-buffer is not reported (the kernel's rule)...
+    chan.write(&rec).unwrap();
+    assert_eq!(poll1(f.as_raw_fd(), 0) & libc::POLLIN, 0);
+    // ...until the producer flushes it.
+    chan.flush();
+    let ev = poll1(f.as_raw_fd(), 60_000);
+    assert_eq!(ev & libc::POLLIN, libc::POLLIN, "{ev:#x}");
+    assert_eq!(f.read(&mut buf).unwrap(), 100);
     // Closed: POLLERR|POLLHUP, and read returns 0 for good.
     chan.write(&rec).unwrap();
     chan.close().unwrap();

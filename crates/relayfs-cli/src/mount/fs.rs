@@ -130,18 +130,29 @@ impl HandleState {
         self.file()?.is_eof().map_err(|e| errno(&e))
     }
 
-    /// Asks for a wakeup at the next completed sub-buffer; `true` if data
-    /// is readable already.
+    /// Asks for a wakeup at the next completed sub-buffer; `true` if
+    /// something is there already: anything readable while reads wait, a
+    /// complete sub-buffer when only a `poll` does (what it reports).
     pub fn prepare_wait(&mut self) -> Result<bool, Errno> {
-        self.file()?.prepare_wait().map_err(|e| errno(&e))
+        let only = self.pending.is_empty();
+        let file = self.file()?;
+        file.set_complete_only(only);
+        let r = file.prepare_wait().map_err(|e| errno(&e));
+        file.set_complete_only(false);
+        r
     }
 
-    /// The `poll(2)` events of the buffer now: `POLLIN|POLLRDNORM` while
-    /// something is readable, `POLLERR|POLLHUP` once the producer closed
-    /// the channel or died (with `POLLIN` too while data is left).
+    /// The `poll(2)` events of the buffer now, as the kernel's relay poll
+    /// gives them: `POLLIN|POLLRDNORM` when a complete (or flushed)
+    /// sub-buffer waits, `POLLERR|POLLHUP` once the producer closed the
+    /// channel or died (with `POLLIN` too while data is left). A partly
+    /// filled sub-buffer is readable but not reported, as in the kernel.
     pub fn events(&mut self) -> Result<PollEvents, Errno> {
         let file = self.file()?;
-        let r = file.poll(Some(Duration::ZERO)).map_err(|e| errno(&e))?;
+        file.set_complete_only(true);
+        let r = file.poll(Some(Duration::ZERO)).map_err(|e| errno(&e));
+        file.set_complete_only(false);
+        let r = r?;
         let mut ev = PollEvents::empty();
         if r == Ready::Readable {
             ev |= PollEvents::POLLIN | PollEvents::POLLRDNORM;
