@@ -127,7 +127,21 @@ fn preflight(mp: &Path) -> Result<PathBuf> {
         );
     }
     match std::fs::metadata("/dev/fuse") {
-        Ok(_) => {}
+        Ok(m) => {
+            use std::os::unix::fs::PermissionsExt;
+            let ok = rustix::fs::access(
+                "/dev/fuse",
+                rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+            )
+            .is_ok();
+            if !ok {
+                bail!(
+                    "/dev/fuse is not open to you (mode {:o}): it is usually 0666 \
+                     (as root: chmod 0666 /dev/fuse), or mount as root",
+                    m.permissions().mode() & 0o7777
+                );
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "/dev/fuse does not exist: load the kernel's FUSE module (`modprobe fuse`), \
              or in a container pass the device in (e.g. `--device /dev/fuse`); \
