@@ -5,7 +5,9 @@
 # same run: one global buffer of 1 MiB sub-buffers filled while the reader
 # is stopped, then drained and timed. Needs FUSE (/dev/fuse, fusermount3)
 # and root or a user allowed to mount. Arguments go to the benchmark
-# (--n-subbufs N, --record BYTES, --rounds N, --json).
+# (--n-subbufs N, --record BYTES, --rounds N, --json, --baseline-bin
+# PATH: another relayfs build mounted beside this one, for an A/B of the
+# mount itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p relayfs-cli --bins --examples

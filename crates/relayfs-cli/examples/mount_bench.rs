@@ -23,6 +23,9 @@ struct Opts {
     record: usize,
     rounds: usize,
     json: bool,
+    /// Another `relayfs` build to mount beside this one (an A/B of the
+    /// mount itself, in the same run).
+    baseline: Option<PathBuf>,
 }
 
 fn parse() -> Opts {
@@ -31,6 +34,7 @@ fn parse() -> Opts {
         record: 4096,
         rounds: 5,
         json: false,
+        baseline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -77,8 +81,8 @@ impl Drop for Mounted {
     }
 }
 
-fn mount(root: &Path, mp: &Path) -> Mounted {
-    let child = Command::new(relayfs_bin())
+fn mount(bin: &Path, root: &Path, mp: &Path) -> Mounted {
+    let child = Command::new(bin)
         .env("RELAYFS_DIR", root)
         .arg("mount")
         .arg("--follow")
@@ -159,8 +163,11 @@ fn main() {
     let mp = base.path().join("mnt");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&mp).unwrap();
-    let _m = mount(&root, &mp);
     let bin = relayfs_bin();
+    let _m = mount(&bin, &root, &mp);
+    let mp0 = base.path().join("mnt0");
+    std::fs::create_dir_all(&mp0).unwrap();
+    let _m0 = o.baseline.as_ref().map(|b| mount(b, &root, &mp0));
     // Outputs into tmpfs (one copy, as a recording to a file has), removed
     // after each run.
     let out = base.path().join("out");
@@ -218,6 +225,19 @@ fn main() {
             }),
         ),
     ];
+    let mut readers = readers;
+    if o.baseline.is_some() {
+        readers.push((
+            "baseline mount: dd bs=1M",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp0.join(name).join(f).display()))
+                    .args(["of=/dev/null", "bs=1M", "status=none"]);
+                d
+            }),
+        ));
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
     for round in 0..o.rounds {
         // Alternate the order, so that neither always runs first.
