@@ -30,7 +30,7 @@ struct Opts {
 
 fn parse() -> Opts {
     let mut o = Opts {
-        n_subbufs: 256,
+        n_subbufs: 1024,
         record: 4096,
         rounds: 5,
         json: false,
@@ -48,9 +48,14 @@ fn parse() -> Opts {
             "--record" => o.record = num("--record") as usize,
             "--rounds" => o.rounds = num("--rounds") as usize,
             "--json" => o.json = true,
-            _ => {
-                panic!("usage: mount_bench [--n-subbufs N] [--record BYTES] [--rounds N] [--json]")
+            "--baseline-bin" => {
+                let p = args.next().expect("--baseline-bin needs a path");
+                o.baseline = Some(PathBuf::from(p));
             }
+            _ => panic!(
+                "usage: mount_bench [--n-subbufs N] [--record BYTES] [--rounds N] [--json] \
+                 [--baseline-bin RELAYFS]"
+            ),
         }
     }
     o
