@@ -383,51 +383,6 @@ impl RelayFile {
         self.send(out.as_fd().as_raw_fd(), u64::MAX, true)
     }
 
-    /// Consuming read without a copy: hands the next readable piece (at
-    /// most `max` bytes, within one sub-buffer, padding removed) to `take`
-    /// where it lies, in the mapping in no-overwrite mode (in the validated
-    /// copy in overwrite mode), and consumes as many bytes as `take` says it
-    /// took, no more. For a caller that moves the bytes on itself without
-    /// a buffer of its own (`relayfs mount` replies to the kernel from it).
-    /// Returns 0 without calling `take` when nothing is readable now.
-    ///
-    /// The piece is committed data that the producer does not write again
-    /// until it is consumed; only the file's owner (or root) can change it
-    /// meanwhile, and the caller then sees wrong bytes (see the trust model
-    /// in docs/DESIGN.md), never memory outside the buffer.
-    ///
-    /// # Errors
-    /// [`ReadError::Format`] if the shared state is corrupt.
-    pub fn read_in_place(
-        &mut self,
-        max: usize,
-        take: impl FnOnce(&[u8]) -> usize,
-    ) -> Result<usize, ReadError> {
-        self.check_size()?;
-        let Some(chunk) = self.next_chunk()? else {
-            return Ok(0);
-        };
-        let n = match chunk {
-            Chunk::Direct { slot, start, end } => {
-                let len = (end - start).min(max as u64);
-                let ptr = self.shared().slot_ptr(slot, start, len);
-                // SAFETY: `ptr..ptr+len` is within the data mapping (checked
-                // by slot_ptr), which lives as long as `self`, and holds
-                // committed bytes the producer leaves alone until they are
-                // consumed, which happens only after `take` returned.
-                let piece = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
-                take(piece).min(len as usize)
-            }
-            Chunk::Bounce { start, end } => {
-                let len = (end - start).min(max as u64);
-                let piece = &self.cur.bounce()[start as usize..(start + len) as usize];
-                take(piece).min(len as usize)
-            }
-        };
-        self.cur.consume(&self.map.shared, n as u64);
-        Ok(n)
-    }
-
     fn send(&mut self, fd: i32, max: u64, one_chunk: bool) -> Result<u64, ReadError> {
         self.check_size()?;
         let mut done = 0u64;

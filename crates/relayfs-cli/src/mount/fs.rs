@@ -100,6 +100,7 @@ pub struct HandleState {
     pub poll: Option<PollNotifier>,
     /// The FIFO reported `POLLHUP` (the producer's end is gone).
     pub hup: bool,
+    buf: Vec<u8>,
 }
 
 impl HandleState {
@@ -113,31 +114,20 @@ impl HandleState {
         self.file.as_mut().ok_or(Errno::EBADF)
     }
 
-    /// One consuming read of up to `size` bytes, answered to the kernel
-    /// straight from the buffer's mapping (`RelayFile::read_in_place`: one
-    /// piece, to the end of what is readable of the current sub-buffer,
-    /// with no copy of our own); an error is answered too. Gives the reply
-    /// back, unanswered, if nothing is readable now.
-    pub fn read(&mut self, size: u32, reply: ReplyData) -> Option<ReplyData> {
+    /// One consuming read of up to `size` bytes, into the handle's own
+    /// buffer. The bytes are consumed before the reply makes them visible:
+    /// replying straight from the mapping and consuming after (one copy
+    /// fewer, 1.08 times as fast) lets the reader see them, and whoever
+    /// kills the mount then, before it consumed them, makes the next mount
+    /// deliver them again (docs/PERFORMANCE.md).
+    pub fn read(&mut self, size: u32) -> Result<&[u8], Errno> {
         let size = (size as usize).min(MAX_REQUEST as usize);
-        let Some(file) = self.file.as_mut() else {
-            reply.error(Errno::EBADF);
-            return None;
-        };
-        let mut reply = Some(reply);
-        let r = file.read_in_place(size, |piece| {
-            if let Some(r) = reply.take() {
-                r.data(piece);
-            }
-            piece.len()
-        });
-        match (r, reply) {
-            (Err(e), Some(reply)) => {
-                reply.error(errno(&e));
-                None
-            }
-            (_, reply) => reply,
+        if self.buf.len() < size {
+            self.buf.resize(size, 0);
         }
+        let file = self.file.as_mut().ok_or(Errno::EBADF)?;
+        let n = file.read(&mut self.buf[..size]).map_err(|e| errno(&e))?;
+        Ok(&self.buf[..n])
     }
 
     /// Whether the channel ended and everything is read.
@@ -506,6 +496,7 @@ impl RelayFs {
                 pending: VecDeque::new(),
                 poll: None,
                 hup: false,
+                buf: Vec::new(),
             }),
             wake,
         }))
@@ -684,24 +675,25 @@ impl fuser::Filesystem for RelayFs {
             self.watcher.watch(fh.0, &h);
             return;
         }
-        // Nothing readable now: 0 (the kernel's relay read), or with
-        // --follow wait for data or the end.
-        let Some(reply) = st.read(size, reply) else {
-            return; // answered
-        };
-        if !self.follow {
-            return reply.data(&[]);
-        }
-        match st.is_eof() {
-            Ok(true) => reply.data(&[]),
-            Ok(false) => {
-                st.pending.push_back(PendingRead {
-                    reply,
-                    size,
-                    pid: req.pid(),
-                });
-                drop(st);
-                self.watcher.watch(fh.0, &h);
+        match st.read(size) {
+            Ok(d) if !d.is_empty() => reply.data(d),
+            Ok(_) => {
+                if !self.follow {
+                    return reply.data(&[]);
+                }
+                match st.is_eof() {
+                    Ok(true) => reply.data(&[]),
+                    Ok(false) => {
+                        st.pending.push_back(PendingRead {
+                            reply,
+                            size,
+                            pid: req.pid(),
+                        });
+                        drop(st);
+                        self.watcher.watch(fh.0, &h);
+                    }
+                    Err(e) => reply.error(e),
+                }
             }
             Err(e) => reply.error(e),
         }

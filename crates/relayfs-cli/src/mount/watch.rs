@@ -11,7 +11,7 @@ use std::time::Duration;
 use fuser::Errno;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::fs::{lock, signal_pending, Handle, PendingRead};
+use super::fs::{lock, signal_pending, Handle};
 
 /// How often a waiting buffer is looked at without a wakeup: a producer's
 /// death is noticed through its lock (its FIFO hangs up too), a partly
@@ -97,11 +97,18 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
             return done(&mut st);
         }
         while let Some(p) = st.pending.pop_front() {
-            let PendingRead { reply, size, pid } = p;
-            let Some(reply) = st.read(size, reply) else {
-                continue; // answered
-            };
-            let p = PendingRead { reply, size, pid };
+            let size = p.size;
+            match st.read(size) {
+                Ok(d) if !d.is_empty() => {
+                    p.reply.data(d);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    p.reply.error(e);
+                    continue;
+                }
+            }
             match st.is_eof() {
                 Ok(true) => p.reply.data(&[]),
                 Ok(false) if signal_pending(p.pid) => p.reply.error(Errno::EINTR),
