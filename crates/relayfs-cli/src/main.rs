@@ -59,6 +59,8 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match &cli.cmd {
+        Cmd::Mount(a) => mount::run(a),
+        Cmd::Umount(a) => mount::umount(a),
         Cmd::Demo(a) => cmd::demo::run(a),
         Cmd::Record(a) => cmd::record::run(a),
         Cmd::Blktrace(a) => cmd::blktrace::run(a),
@@ -68,8 +70,6 @@ fn main() {
         Cmd::Stat(a) => cmd::stat::run(a),
         Cmd::Ls(a) => cmd::ls::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
-        Cmd::Mount(a) => mount::run(a),
-        Cmd::Umount(a) => mount::umount(a),
     };
     match r {
         Ok(code) => std::process::exit(code),
