@@ -26,6 +26,7 @@
 pub(crate) mod config;
 pub(crate) mod engine;
 pub(crate) mod kernel;
+pub(crate) mod nats;
 pub(crate) mod output;
 pub(crate) mod relay;
 pub(crate) mod report;
