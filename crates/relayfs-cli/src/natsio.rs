@@ -227,26 +227,32 @@ pub(crate) async fn ensure_stream(
     if name.is_empty() || name.contains(['.', '*', '>', ' ', '\t', '/']) {
         bail!("--stream {name:?}: a stream name can't be empty or hold '.', '*', '>', '/' or spaces");
     }
-    let stream = match js.get_stream(name).await {
-        Ok(s) => s,
-        Err(_) => {
-            let cfg = stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{}.>", a.subject)],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                discard: stream::DiscardPolicy::Old,
-                duplicate_window: Duration::from_secs(120),
-                num_replicas: replicas,
-                ..Default::default()
-            };
-            match js.create_stream(cfg).await {
-                Ok(s) => s,
-                // Another recorder may have made it meanwhile.
-                Err(e) => js.get_stream(name).await.map_err(|_| {
-                    anyhow!("cannot create the JetStream stream {name:?}: {e} (is JetStream enabled: nats-server -js?)")
-                })?,
-            }
+    // A JetStream cluster that is still electing its leaders answers
+    // "unavailable" for a while: try for some seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        let e = match js.get_stream(name).await {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        let cfg = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", a.subject)],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        match js.create_stream(cfg).await {
+            Ok(s) => break s,
+            // Another recorder may have made it meanwhile: the next pass
+            // gets it.
+            Err(c) if std::time::Instant::now() >= deadline => bail!(
+                "cannot get or create the JetStream stream {name:?}: {e}; {c} (is JetStream enabled: nats-server -js?)"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
     let info = stream.get_info().await.context("stream info")?;

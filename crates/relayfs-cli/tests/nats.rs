@@ -470,3 +470,65 @@ fn an_incompatible_stream_and_a_tiny_max_payload_are_clear_errors() {
     refused(&root, &["--to", &t.url()], "max_payload");
     chan.close().unwrap();
 }
+
+#[test]
+fn a_three_node_cluster_loses_nothing_when_a_node_dies() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_list = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut nodes: Vec<Server> = (0..3)
+        .map(|i| {
+            let conf = tmp.path().join(format!("n{i}.conf"));
+            let store = tmp.path().join(format!("n{i}"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\njetstream {{ store_dir: \"{}\" }}\ncluster {{\n  name: relay\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                    store.display(),
+                    routes[i]
+                ),
+            )
+            .unwrap();
+            Server::start_args(
+                &bin,
+                vec!["-c".into(), conf.display().to_string()],
+                &tmp.path().join(format!("n{i}.log")),
+            )
+        })
+        .collect();
+    let url = nodes[0].url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "replicated", &url, "h", &["--replicas", "3"]);
+    let (batches, per) = (120, 100);
+    let stats = produce(&root, "replicated", batches, per, |b, chan| {
+        if b == 40 {
+            wait_until("some sub-buffers consumed", || chan.stats(0).subbufs_consumed > 2);
+            nodes[2].kill9();
+        }
+    });
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["end"], "closed", "{v}");
+    // From a surviving node other than the recorder's.
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &nodes[1].url(), &dir, &[]);
+    assert!(po.status.success(), "{pv}");
+    assert_eq!(pv["gaps"], 0, "{pv}");
+    assert_eq!(pv["hosts"][0]["duplicates"], 0, "{pv}");
+    let dir = dir.join("h/replicated");
+    let s = summary(&dir);
+    assert_eq!(s["records_written"], stats.records_written(), "{s}");
+    assert_eq!(s["dropped_full"], stats.dropped_full, "{s}");
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    verify(
+        tmp.path(),
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
