@@ -128,11 +128,7 @@ impl NatsUrl {
 
 /// Connects to the broker, failing with a clear message: a bad address, a
 /// refused connection, a failed login.
-pub(crate) async fn connect(
-    url: &NatsUrl,
-    a: &NatsArgs,
-    name: &str,
-) -> Result<async_nats::Client> {
+pub(crate) async fn connect(url: &NatsUrl, a: &NatsArgs, name: &str) -> Result<async_nats::Client> {
     let addr = url.addr();
     let mut opts = ConnectOptions::new()
         .name(name)
@@ -225,7 +221,9 @@ pub(crate) async fn ensure_stream(
 ) -> Result<stream::Stream> {
     let name = &a.stream;
     if name.is_empty() || name.contains(['.', '*', '>', ' ', '\t', '/']) {
-        bail!("--stream {name:?}: a stream name can't be empty or hold '.', '*', '>', '/' or spaces");
+        bail!(
+            "--stream {name:?}: a stream name can't be empty or hold '.', '*', '>', '/' or spaces"
+        );
     }
     // A JetStream cluster that is still electing its leaders answers
     // "unavailable" for a while: try for some seconds.
@@ -383,10 +381,12 @@ mod tests {
 
     #[test]
     fn stats_cross_the_wire_whole() {
-        let mut s = BufferStats::default();
-        s.records_consumed = 7;
-        s.dropped_full = 3;
-        s.unread_at_close = 1;
+        let s = BufferStats {
+            records_consumed: 7,
+            dropped_full: 3,
+            unread_at_close: 1,
+            ..Default::default()
+        };
         let w = WireStats::from(s);
         let back: WireStats = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
         assert_eq!(BufferStats::from(back), s);

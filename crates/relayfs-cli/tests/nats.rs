@@ -24,9 +24,7 @@ fn nats_server() -> Option<PathBuf> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("no nats-server found, and CI=true: install it (.ci/run does: apt-get install nats-server)");
         }
-        eprintln!(
-            "\n*** skipped: no nats-server on PATH: recording into NATS is NOT tested ***\n"
-        );
+        eprintln!("\n*** skipped: no nats-server on PATH: recording into NATS is NOT tested ***\n");
     }
     found
 }
@@ -71,7 +69,10 @@ impl Server {
                 return s;
             }
         }
-        panic!("nats-server did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        panic!(
+            "nats-server did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
 
     /// Starts the server (again) on its port; false if it exited.
@@ -109,7 +110,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("nats-server did not restart: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "nats-server did not restart: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     /// `kill -9`.
@@ -135,7 +139,9 @@ impl Drop for Server {
 /// directory `root`, started.
 fn recorder(root: &Path, channel: &str, url: &str, host: &str, extra: &[&str]) -> Child {
     relayfs(root)
-        .args(["record", channel, "--wait", "--json", "--to", url, "--host", host])
+        .args([
+            "record", channel, "--wait", "--json", "--to", url, "--host", host,
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,8 +211,23 @@ fn three_hosts_record_into_one_stream_and_pull_gets_each_back_verified() {
         .enumerate()
         .map(|(i, h)| {
             relayfs(&tmp.path().join(h))
-                .args(["demo", "--no-record", "--name", "demo", "--json", "--threads", "2"])
-                .args(["--count", "20000", "--size", "24..600", "--subbuf-size", "16K"])
+                .args([
+                    "demo",
+                    "--no-record",
+                    "--name",
+                    "demo",
+                    "--json",
+                    "--threads",
+                    "2",
+                ])
+                .args([
+                    "--count",
+                    "20000",
+                    "--size",
+                    "24..600",
+                    "--subbuf-size",
+                    "16K",
+                ])
                 .args(["--seed", &(i + 1).to_string()])
                 .stdout(Stdio::piped())
                 .spawn()
@@ -237,10 +258,20 @@ fn three_hosts_record_into_one_stream_and_pull_gets_each_back_verified() {
         let dir = out.join(h).join("demo");
         let (demo, counters) = &demos[i];
         // verify holds the files to the producer's exact counters.
-        verify(tmp.path(), &dir, &["--counters", counters.to_str().unwrap()]);
+        verify(
+            tmp.path(),
+            &dir,
+            &["--counters", counters.to_str().unwrap()],
+        );
         let s = summary(&dir);
         let rec = &recorded[i];
-        for k in ["records_delivered", "lost", "dropped_full", "bytes", "records_written"] {
+        for k in [
+            "records_delivered",
+            "lost",
+            "dropped_full",
+            "bytes",
+            "records_written",
+        ] {
             assert_eq!(s[k], rec[k], "{h}: {k}: pulled {s} recorded {rec}");
         }
         let written = demo["written"].as_u64().unwrap();
@@ -270,7 +301,13 @@ fn three_hosts_record_into_one_stream_and_pull_gets_each_back_verified() {
 /// A producer in this process: `n` demo records (writer 0) of 200 bytes
 /// into channel `name` under `root`, in batches with pauses, calling
 /// `at(batch)` between batches. Returns what the channel counted.
-fn produce(root: &Path, name: &str, batches: u64, per: u64, mut at: impl FnMut(u64, &Channel)) -> relayfs::BufferStats {
+fn produce(
+    root: &Path,
+    name: &str,
+    batches: u64,
+    per: u64,
+    mut at: impl FnMut(u64, &Channel),
+) -> relayfs::BufferStats {
     let chan = Channel::builder(name)
         .relay_dir(root)
         .global(true)
@@ -307,7 +344,9 @@ fn a_recorder_killed_and_restarted_leaves_no_gap_and_no_duplicate() {
         if b == 40 {
             // Mid-stream: once the recorder has handed back some
             // sub-buffers, kill it.
-            wait_until("some sub-buffers consumed", || chan.stats(0).subbufs_consumed > 2);
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
             let mut r = rec.take().unwrap();
             let _ = r.kill();
             let _ = r.wait();
@@ -357,7 +396,9 @@ fn the_broker_killed_and_restarted_loses_nothing_acknowledged() {
     let mut dropped_before = 0;
     let stats = produce(&root, "outage", batches, per, |b, chan| {
         if b == 40 {
-            wait_until("some sub-buffers consumed", || chan.stats(0).subbufs_consumed > 2);
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
             server.kill9();
             dropped_before = chan.stats(0).dropped_full;
         }
@@ -397,6 +438,70 @@ fn the_broker_killed_and_restarted_loses_nothing_acknowledged() {
     );
 }
 
+#[test]
+fn with_a_spool_an_outage_fills_the_disk_not_the_buffer() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let spool = tmp.path().join("spool");
+    let rec = recorder(
+        &root,
+        "spooled",
+        &url,
+        "h",
+        &["--spool", spool.to_str().unwrap(), "--spool-max", "64M"],
+    );
+    let spooled = || std::fs::read_dir(spool.join("h/spooled/cpu0")).map_or(0, |d| d.count());
+    let (batches, per) = (120, 100);
+    let mut seen_spooled = 0;
+    let stats = produce(&root, "spooled", batches, per, |b, chan| {
+        if b == 40 {
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
+            server.kill9();
+        }
+        if b == 79 {
+            // The outage's data went to the spool: the recorder kept
+            // consuming while the broker was away.
+            wait_until("sub-buffers in the spool", || spooled() > 0);
+            seen_spooled = spooled();
+        }
+        if b == 80 {
+            server.restart();
+        }
+    });
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["end"], "closed", "{v}");
+    assert!(seen_spooled > 0);
+    assert_eq!(
+        std::fs::read_dir(spool.join("h/spooled/cpu0"))
+            .unwrap()
+            .count(),
+        0,
+        "everything spooled was sent and removed"
+    );
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert!(po.status.success(), "{pv}");
+    assert_eq!(pv["gaps"], 0, "{pv}");
+    assert_eq!(pv["hosts"][0]["duplicates"], 0, "{pv}");
+    let dir = dir.join("h/spooled");
+    let s = summary(&dir);
+    assert_eq!(s["records_written"], stats.records_written(), "{s}");
+    assert_eq!(s["dropped_full"], stats.dropped_full, "{s}");
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    verify(
+        tmp.path(),
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
 /// Runs `relayfs record` against a channel that exists, expecting an
 /// error that says `what`.
 fn refused(root: &Path, args: &[&str], what: &str) {
@@ -427,7 +532,11 @@ fn bad_urls_refused_connections_and_failed_logins_are_clear_errors() {
     );
     let Some(bin) = nats_server() else { return };
     // User and password.
-    let s = Server::start(&bin, &tmp.path().join("s1"), &["--user", "u", "--pass", "secret"]);
+    let s = Server::start(
+        &bin,
+        &tmp.path().join("s1"),
+        &["--user", "u", "--pass", "secret"],
+    );
     refused(root, &["--to", &s.url()], "authentication failed");
     refused(
         root,
@@ -436,7 +545,11 @@ fn bad_urls_refused_connections_and_failed_logins_are_clear_errors() {
     );
     // A token.
     let t = Server::start(&bin, &tmp.path().join("s2"), &["--auth", "tok"]);
-    refused(root, &["--to", &t.url(), "--token", "nope"], "authentication failed with --token");
+    refused(
+        root,
+        &["--to", &t.url(), "--token", "nope"],
+        "authentication failed with --token",
+    );
     // A credentials file that is not one.
     let creds = tmp.path().join("x.creds");
     std::fs::write(&creds, "not a credentials file").unwrap();
@@ -457,16 +570,36 @@ fn an_incompatible_stream_and_a_tiny_max_payload_are_clear_errors() {
     let s = Server::start(&bin, &tmp.path().join("s1"), &[]);
     // A stream made for another subject prefix.
     let first = relayfs(&root)
-        .args(["record", "bad", "--quiet", "--duration", "0.2", "--to", &s.url()])
+        .args([
+            "record",
+            "bad",
+            "--quiet",
+            "--duration",
+            "0.2",
+            "--to",
+            &s.url(),
+        ])
         .args(["--stream", "other", "--subject", "elsewhere"])
         .output()
         .unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    refused(&root, &["--to", &s.url(), "--stream", "other"], "incompatible settings");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    refused(
+        &root,
+        &["--to", &s.url(), "--stream", "other"],
+        "incompatible settings",
+    );
     // A server whose max_payload can't carry a message.
     let conf = tmp.path().join("tiny.conf");
     std::fs::write(&conf, "max_payload: 512\n").unwrap();
-    let t = Server::start(&bin, &tmp.path().join("s2"), &["-c", conf.to_str().unwrap()]);
+    let t = Server::start(
+        &bin,
+        &tmp.path().join("s2"),
+        &["-c", conf.to_str().unwrap()],
+    );
     refused(&root, &["--to", &t.url()], "max_payload");
     chan.close().unwrap();
 }
@@ -508,7 +641,9 @@ fn a_three_node_cluster_loses_nothing_when_a_node_dies() {
     let (batches, per) = (120, 100);
     let stats = produce(&root, "replicated", batches, per, |b, chan| {
         if b == 40 {
-            wait_until("some sub-buffers consumed", || chan.stats(0).subbufs_consumed > 2);
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
             nodes[2].kill9();
         }
     });
@@ -530,5 +665,160 @@ fn a_three_node_cluster_loses_nothing_when_a_node_dies() {
         tmp.path(),
         &dir,
         &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
+/// One producer thread writing `len`-byte demo records into `chan` as fast
+/// as it can for `secs`; returns the median over batches of nanoseconds per
+/// record offered.
+fn hammer(chan: &Channel, len: usize, secs: f64) -> f64 {
+    let mut per = Vec::new();
+    let rec = demo_record(0, 0, len);
+    let t = Instant::now();
+    let mut seq = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        let b = Instant::now();
+        for _ in 0..1000 {
+            let _ = chan.write_cpu(0, &rec);
+            seq += 1;
+        }
+        per.push(b.elapsed().as_nanos() as f64 / 1000.0);
+    }
+    std::hint::black_box(seq);
+    median(&mut per)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The ceiling: the async-nats client publishing `msg`-byte messages with
+/// acknowledgements, `window` in flight, for `secs`, on `url`'s server;
+/// MB/s.
+fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url.trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ceiling".into(),
+            subjects: vec!["ceiling.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let payload = bytes::Bytes::from(vec![7u8; msg]);
+        let mut inflight = std::collections::VecDeque::new();
+        let (t, mut sent, mut n) = (Instant::now(), 0u64, 0u64);
+        while t.elapsed().as_secs_f64() < secs {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("c/{n}"));
+            n += 1;
+            let ack = js
+                .publish_with_headers("ceiling.x", h, payload.clone())
+                .await
+                .unwrap();
+            inflight.push_back(ack);
+            if inflight.len() >= window {
+                inflight.pop_front().unwrap().await.unwrap();
+                sent += msg as u64;
+            }
+        }
+        while let Some(a) = inflight.pop_front() {
+            a.await.unwrap();
+            sent += msg as u64;
+        }
+        sent as f64 / t.elapsed().as_secs_f64() / 1e6
+    })
+}
+
+/// One relayfs run: a producer thread hammering a channel of 1 MiB
+/// sub-buffers for `secs` while `relayfs record --to` ships it (or with no
+/// reader); returns (MB/s delivered, producer ns per record).
+fn relayfs_run(root: &Path, url: Option<&str>, len: usize, secs: f64, i: usize) -> (f64, f64) {
+    let name = format!("bench{i}");
+    let rec = url.map(|u| recorder(root, &name, u, "bench", &["--quiet"]));
+    let chan = Channel::builder(&name)
+        .relay_dir(root)
+        .global(true)
+        .subbuf_size(1 << 20)
+        .n_subbufs(16)
+        .stale(Stale::Replace)
+        .open()
+        .unwrap();
+    if rec.is_some() {
+        wait_until("the recorder attached", || reader_attached(&chan, 0));
+    }
+    let t = Instant::now();
+    let ns = hammer(&chan, len, secs);
+    let stats = chan.close().unwrap();
+    let Some(rec) = rec else {
+        return (0.0, ns);
+    };
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let mb = v["bytes"].as_u64().unwrap() as f64 / t.elapsed().as_secs_f64() / 1e6;
+    assert_eq!(
+        v["records_delivered"].as_u64().unwrap() + v["lost"].as_u64().unwrap(),
+        stats.records_written() + stats.dropped_full,
+        "{v}"
+    );
+    (mb, ns)
+}
+
+/// The benchmark of docs/PERFORMANCE.md ("Into NATS JetStream"): MB/s from
+/// a relayfs channel (1 MiB sub-buffers) into a single-node JetStream whose
+/// store is on tmpfs, against the async-nats client publishing 1 MiB
+/// messages with acknowledgements on the same server in the same run; and
+/// the producer's cost per record against no reader at all. Run with
+///
+/// ```text
+/// cargo test --release -p relayfs-cli --test nats -- --ignored --nocapture jetstream_throughput
+/// ```
+#[test]
+#[ignore = "a benchmark: run by hand (see its doc comment)"]
+fn jetstream_throughput() {
+    let Some(bin) = nats_server() else { return };
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let server = Server::start(&bin, &shm.path().join("store"), &[]);
+    let url = server.url();
+    let root = shm.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let len = 4096;
+    let (mut ceiling, mut shipped, mut ns_nats, mut ns_none) = (vec![], vec![], vec![], vec![]);
+    for i in 0..3 {
+        ceiling.push(client_ceiling(&url, 1 << 20, 8, secs));
+        let (mb, ns) = relayfs_run(&root, Some(&url), len, secs, i);
+        shipped.push(mb);
+        ns_nats.push(ns);
+        ns_none.push(relayfs_run(&root, None, len, secs, 10 + i).1);
+    }
+    let (c, s) = (median(&mut ceiling), median(&mut shipped));
+    let (a, b) = (median(&mut ns_nats), median(&mut ns_none));
+    println!(
+        "{}",
+        serde_json::json!({
+            "client_ceiling_mb_per_s": c,
+            "record_to_nats_mb_per_s": s,
+            "ratio_to_ceiling": s / c,
+            "producer_ns_per_record_with_nats_recorder": a,
+            "producer_ns_per_record_no_reader": b,
+            "producer_cost_ratio": a / b,
+            "record_bytes": len,
+            "subbuf_size": 1 << 20,
+            "runs": 3,
+            "seconds_each": secs,
+        })
     );
 }

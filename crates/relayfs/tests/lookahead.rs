@@ -72,7 +72,10 @@ fn peeking_copies_complete_subbufs_without_consuming_them() {
     for seq in sent..sent + 4 {
         chan.write_cpu(0, &record(seq, 100)).unwrap();
     }
-    let p = f.peek_subbuf(4).unwrap().expect("written after the consume");
+    let p = f
+        .peek_subbuf(4)
+        .unwrap()
+        .expect("written after the consume");
     assert_eq!(&p.data[..8], &8u64.to_le_bytes());
     // Sub-buffers still held are untouched by the new writes.
     assert_eq!(f.peek_subbuf(3).unwrap().as_ref(), Some(&peeked[3]));

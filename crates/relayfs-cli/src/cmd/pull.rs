@@ -294,10 +294,7 @@ fn summarize(tree: &mut Tree, a: &Args, url: &str, elapsed: f64) -> Result<PullS
                 ends.push(end);
                 let mut error = b.end.as_ref().and_then(|e| e.error.clone());
                 if b.gaps > 0 {
-                    error.get_or_insert(format!(
-                        "{} sub-buffers missing from the stream",
-                        b.gaps
-                    ));
+                    error.get_or_insert(format!("{} sub-buffers missing from the stream", b.gaps));
                 }
                 summaries.push(BufferSummary {
                     name: name.clone(),
@@ -426,8 +423,7 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
                     .host
                     .as_deref()
                     .is_none_or(|h| header(&m, natsio::H_HOST) == Some(h))
-                    && a
-                        .channel
+                    && a.channel
                         .as_deref()
                         .is_none_or(|c| header(&m, natsio::H_CHANNEL) == Some(c));
                 if keep {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::recorder::config::{RecordConfig, RecordFlags};
 use crate::natsio::NatsUrl;
+use crate::recorder::config::{RecordConfig, RecordFlags};
 use crate::recorder::nats::{self, NatsTarget};
 use crate::recorder::{kernel, relay};
 // `bench` finds it here.
@@ -41,6 +41,15 @@ pub struct Args {
     /// cluster)
     #[arg(long, requires = "to", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
     pub replicas: u32,
+    /// With --to: keep sub-buffers in DIR while the broker is down or slow
+    /// (so that the producer need not drop them), and send them from there
+    /// later; a recorder started again sends what is left there first
+    #[arg(long, value_name = "DIR", requires = "to")]
+    pub spool: Option<PathBuf>,
+    /// With --spool: bytes the spool holds at most (e.g. 512M); past it the
+    /// buffers fill and the producer drops, counting
+    #[arg(long, requires = "spool", default_value = "1G", value_parser = crate::args::nonzero_size)]
+    pub spool_max: u64,
     #[command(flatten)]
     pub nats: crate::natsio::NatsArgs,
     /// Wait for the channel to appear
@@ -121,5 +130,7 @@ fn nats_target(a: &Args, url: &str) -> Result<NatsTarget> {
         host,
         window: a.window as usize,
         replicas: a.replicas as usize,
+        spool: a.spool.clone(),
+        spool_max: a.spool_max,
     })
 }

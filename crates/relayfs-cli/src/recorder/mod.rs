@@ -31,3 +31,4 @@ pub(crate) mod output;
 pub(crate) mod relay;
 pub(crate) mod report;
 pub(crate) mod source;
+pub(crate) mod spool;

@@ -14,8 +14,9 @@
 //! position the buffer keeps.
 
 use std::collections::VecDeque;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,14 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use relayfs::{PeekedSubbuf, RelayFile};
+use relayfs::RelayFile;
 
 use super::config::{OutputConfig, RecordConfig};
 use super::engine::Failed;
 use super::relay::{summarize, BufferResult};
 use super::report::{self, End, MemorySampler, Progress, Summary};
 use super::source;
+use super::spool::{BufSpool, Sub};
 use crate::natsio::{self, EndInfo, NatsArgs, NatsUrl, WireStats};
 use crate::util;
 
@@ -46,7 +48,14 @@ pub(crate) struct NatsTarget {
     pub(crate) window: usize,
     /// Stream replicas, if the stream is created.
     pub(crate) replicas: usize,
+    /// Where sub-buffers wait while the broker is away, and how many bytes
+    /// at most.
+    pub(crate) spool: Option<PathBuf>,
+    pub(crate) spool_max: u64,
 }
+
+/// Bytes in the spool, every buffer's.
+static SPOOL_USED: AtomicU64 = AtomicU64::new(0);
 
 /// This machine's host name.
 pub(crate) fn hostname() -> String {
@@ -72,12 +81,50 @@ struct Ship<'a> {
     stop: &'a AtomicBool,
 }
 
+/// An acknowledgement to come.
+type Ack = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+            > + Send,
+    >,
+>;
+
+/// How often a task waiting for an acknowledgement looks up (to spool, to
+/// see a stop).
+const TICK: Duration = Duration::from_millis(10);
+
+/// With `--spool`: how long the oldest message may wait for its
+/// acknowledgement before what is ready goes to the spool.
+const SPOOL_AFTER: Duration = Duration::from_millis(200);
+
 /// A sub-buffer sent and not yet acknowledged.
 struct Inflight {
-    seq: u64,
-    bytes: u64,
+    sub: Sub,
+    stats: WireStats,
     msgs: Vec<(HeaderMap, Bytes)>,
-    acks: Vec<Option<PublishAckFuture>>,
+    /// One per message; `None` once acknowledged (or failed, see `failed`).
+    acks: Vec<Option<Ack>>,
+    /// An acknowledgement failed: send again.
+    failed: bool,
+    /// It is in the spool (so consumed from the relay buffer already).
+    spooled: bool,
+    since: Instant,
+}
+
+/// Waits for the acknowledgements of one sub-buffer in flight; `false` if
+/// one failed. Cancelled (by a timeout), it keeps what it got.
+async fn settle(e: &mut Inflight) -> bool {
+    for a in e.acks.iter_mut() {
+        let Some(fut) = a.as_mut() else { continue };
+        let ok = fut.await.is_ok();
+        *a = None;
+        if !ok {
+            e.failed = true;
+            return false;
+        }
+    }
+    true
 }
 
 impl Ship<'_> {
@@ -100,8 +147,8 @@ impl Ship<'_> {
 
     /// The messages of a peeked sub-buffer: its data cut into parts of at
     /// most `chunk` bytes (one, possibly empty, at least).
-    fn messages(&self, p: PeekedSubbuf, stats: WireStats) -> Vec<(HeaderMap, Bytes)> {
-        let data = Bytes::from(p.data);
+    fn messages(&self, p: &Sub, stats: WireStats) -> Vec<(HeaderMap, Bytes)> {
+        let data = p.data.clone();
         let len = data.len();
         let parts = len.div_ceil(self.chunk).max(1);
         let stats = serde_json::to_string(&stats).unwrap_or_default();
@@ -136,92 +183,160 @@ impl Ship<'_> {
             .ok()
     }
 
-    /// Sends every message of `inflight` again (same ids: JetStream keeps
-    /// one copy).
-    async fn resend(&self, inflight: &mut VecDeque<Inflight>) {
-        for e in inflight.iter_mut() {
-            for (i, (h, d)) in e.msgs.iter().enumerate() {
-                e.acks[i] = self.publish(h, d).await;
-            }
+    /// Sends every message of `e` (again: same ids, JetStream keeps one
+    /// copy).
+    async fn send(&self, e: &mut Inflight) {
+        e.failed = false;
+        e.since = Instant::now();
+        for (i, (h, d)) in e.msgs.iter().enumerate() {
+            e.acks[i] = match self.publish(h, d).await {
+                Some(a) => Some(a.into_future()),
+                None => {
+                    e.failed = true;
+                    None
+                }
+            };
         }
     }
 
-    /// Waits until every part of the oldest sub-buffer in flight is
-    /// acknowledged, sending what is in flight again after a failure, until
-    /// it is or the recording stops (`false`).
-    async fn acknowledged(&self, inflight: &mut VecDeque<Inflight>) -> bool {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Some(front) = inflight.front_mut() else {
-                return true;
-            };
-            let mut ok = true;
-            for a in front.acks.iter_mut() {
-                let good = match a.take() {
-                    Some(fut) => fut.await.is_ok(),
-                    None => false,
-                };
-                if !good {
-                    ok = false;
-                    break;
-                }
+    /// A peeked (or spooled) sub-buffer, sent.
+    async fn launch(&self, sub: Sub, stats: WireStats, spooled: bool) -> Inflight {
+        let msgs = self.messages(&sub, stats);
+        let mut e = Inflight {
+            acks: msgs.iter().map(|_| None).collect(),
+            sub,
+            stats,
+            msgs,
+            failed: false,
+            spooled,
+            since: Instant::now(),
+        };
+        self.send(&mut e).await;
+        e
+    }
+
+    /// With `--spool`: moves what is in flight and what is ready in the
+    /// relay buffer to the spool, consuming it there, until the spool is
+    /// full or nothing more is ready. Sub-buffers spooled and not in flight
+    /// join `queued`.
+    fn spool_ahead(
+        &self,
+        f: &mut RelayFile,
+        sp: &BufSpool,
+        inflight: &mut VecDeque<Inflight>,
+        next: &mut u64,
+        queued: &mut VecDeque<u64>,
+    ) -> Result<()> {
+        // In order: consuming a sub-buffer consumes those before it.
+        for e in inflight.iter_mut().filter(|e| !e.spooled) {
+            if !sp.write(&e.sub, e.stats)? {
+                return Ok(());
             }
-            if ok {
-                return true;
-            }
-            if self.stopping() {
-                return false;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            self.resend(inflight).await;
+            f.consume_through(e.sub.seq)?;
+            e.spooled = true;
         }
+        while let Some(p) = f.peek_subbuf(*next)? {
+            let p = Sub::from(p);
+            if !sp.write(&p, f.stats().into())? {
+                break;
+            }
+            f.consume_through(p.seq)?;
+            queued.push_back(p.seq);
+            *next += 1;
+            if p.partial {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Ships one buffer until it ends or the recording stops.
-    async fn run(&self, f: &mut RelayFile, res: &mut BufferResult) -> Result<End> {
+    async fn run(
+        &self,
+        f: &mut RelayFile,
+        res: &mut BufferResult,
+        spool: Option<&BufSpool>,
+    ) -> Result<End> {
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
+        // Spooled sub-buffers not in flight (some may be left by an earlier
+        // recorder): they go first.
+        let mut queued: VecDeque<u64> = match spool {
+            Some(sp) => sp.list()?.into(),
+            None => VecDeque::new(),
+        };
         let mut next = f.consumed_seq();
         let mut idle = Duration::from_millis(1);
+        let mut backoff = Duration::from_millis(50);
+        let mut tail = false;
         loop {
-            // Fill the window with complete sub-buffers, oldest first.
-            let mut tail = false;
-            while inflight.len() < self.window && !tail && !self.stopping() {
+            // Fill the window, oldest first: the spool, then the relay
+            // buffer's complete sub-buffers.
+            while inflight.len() < self.window && !self.stopping() {
+                if let (Some(sp), Some(&seq)) = (spool, queued.front()) {
+                    let (sub, stats) = sp.load(seq)?;
+                    queued.pop_front();
+                    let e = self.launch(sub, stats, true).await;
+                    inflight.push_back(e);
+                    continue;
+                }
+                if tail {
+                    break;
+                }
                 let Some(p) = f.peek_subbuf(next)? else {
                     break;
                 };
                 tail = p.partial;
-                let (seq, bytes) = (p.seq, p.data.len() as u64);
-                let msgs = self.messages(p, f.stats().into());
-                let mut acks = Vec::with_capacity(msgs.len());
-                for (h, d) in &msgs {
-                    acks.push(self.publish(h, d).await);
-                }
-                inflight.push_back(Inflight {
-                    seq,
-                    bytes,
-                    msgs,
-                    acks,
-                });
                 next += 1;
+                let stats = f.stats().into();
+                let e = self.launch(p.into(), stats, false).await;
+                inflight.push_back(e);
             }
             // SYNC POINT: Relaxed; counters only shown.
             self.progress
                 .lost
                 .store(f.stats().lost(), Ordering::Relaxed);
-            if !inflight.is_empty() {
-                if !self.acknowledged(&mut inflight).await {
-                    // Stopped during an outage: what is in flight stays in
-                    // the buffer, for the next recorder.
+            if let Some(front) = inflight.front_mut() {
+                let acked = !front.failed
+                    && tokio::time::timeout(TICK, settle(front))
+                        .await
+                        .unwrap_or(false);
+                if acked {
+                    let done = inflight.pop_front().expect("in flight");
+                    match spool {
+                        Some(sp) if done.spooled => sp.remove(done.sub.seq)?,
+                        _ => {
+                            f.consume_through(done.sub.seq)?;
+                        }
+                    }
+                    let bytes = done.sub.data.len() as u64;
+                    res.bytes += bytes;
+                    // SYNC POINT: Relaxed; a counter only shown.
+                    self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                    idle = Duration::from_millis(1);
+                    continue;
+                }
+                // Not yet, or failed: the broker is slow or away.
+                let failed = front.failed;
+                let waited = front.since.elapsed();
+                if let Some(sp) = spool {
+                    if failed || waited >= SPOOL_AFTER {
+                        self.spool_ahead(f, sp, &mut inflight, &mut next, &mut queued)?;
+                    }
+                }
+                if self.stopping() {
+                    // What is in flight stays in the buffer (or the spool)
+                    // for the next recorder.
                     return Ok(End::Interrupted);
                 }
-                let done = inflight.pop_front().expect("in flight");
-                f.consume_through(done.seq)?;
-                res.bytes += done.bytes;
-                self.progress
-                    .bytes
-                    .fetch_add(done.bytes, Ordering::Relaxed);
-                idle = Duration::from_millis(1);
+                if failed && waited >= backoff {
+                    for e in inflight.iter_mut() {
+                        self.send(e).await;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                } else if failed {
+                    tokio::time::sleep(TICK).await;
+                }
                 continue;
             }
             if self.stopping() {
@@ -271,7 +386,9 @@ impl Ship<'_> {
                 }
             }
             if Instant::now() >= deadline {
-                bail!("the broker did not acknowledge the buffer's end message (its final counters)");
+                bail!(
+                    "the broker did not acknowledge the buffer's end message (its final counters)"
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -279,10 +396,10 @@ impl Ship<'_> {
 }
 
 /// Ships one buffer and says how it went.
-async fn ship_buffer(ship: Ship<'_>, mut f: RelayFile) -> BufferResult {
+async fn ship_buffer(ship: Ship<'_>, mut f: RelayFile, spool: Option<BufSpool>) -> BufferResult {
     let mut res = BufferResult::failed(&ship.buffer, String::new());
     res.error = None;
-    match ship.run(&mut f, &mut res).await {
+    match ship.run(&mut f, &mut res, spool.as_ref()).await {
         Ok(end) => res.end = end,
         Err(e) => {
             res.end = End::Error;
@@ -348,7 +465,20 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
                 "{}: the channel is in overwrite mode; recording into NATS needs a no-overwrite channel (a sub-buffer is kept until the broker acknowledges it)",
                 b.path.display()
             ),
-            Ok(f) => bufs.push((b.clone(), f)),
+            Ok(f) => {
+                let spool = match &t.spool {
+                    Some(root) => Some(BufSpool::open(
+                        root,
+                        &t.host,
+                        &channel,
+                        &b.name,
+                        t.spool_max,
+                        &SPOOL_USED,
+                    )?),
+                    None => None,
+                };
+                bufs.push((b.clone(), f, spool))
+            }
             Err(relayfs::ReadError::Busy(p)) => bail!(
                 "{}: another reader has this buffer (is another recorder running?)",
                 p.display()
@@ -366,7 +496,7 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
     let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let names: Vec<String> = bufs.iter().map(|(b, _)| b.name.clone()).collect();
+    let names: Vec<String> = bufs.iter().map(|(b, _, _)| b.name.clone()).collect();
     let timed_out = Arc::new(AtomicBool::new(false));
     if let Some(d) = cfg.duration {
         let (stop, timed_out) = (stop.clone(), timed_out.clone());
@@ -379,6 +509,8 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // SYNC POINT: Relaxed, both: `timed_out` is read after every
+            // buffer's shipping returned, which the stop flag caused.
             timed_out.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
         });
@@ -388,7 +520,7 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
         let (progress, names, done) = (progress.clone(), names.clone(), done.clone());
         std::thread::spawn(move || report::status_line(&progress, &names, &done, started))
     });
-    let ships = bufs.into_iter().enumerate().map(|(i, (b, f))| {
+    let ships = bufs.into_iter().enumerate().map(|(i, (b, f, spool))| {
         let ship = Ship {
             js: &js,
             subject: format!("{prefix}.{host_tok}.{chan_tok}.{}", natsio::token(&b.name)),
@@ -402,12 +534,15 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
             progress: &progress[i],
             stop: &stop,
         };
-        ship_buffer(ship, f)
+        ship_buffer(ship, f, spool)
     });
     let mut results = futures_util::future::join_all(ships).await;
     results.append(&mut unrecorded);
-    results.sort_by(|a, b| util_buffer_order(&a.name).cmp(&util_buffer_order(&b.name)));
-    // SYNC POINT: Relaxed; the status thread only stops on it.
+    results.sort_by_key(|r| util_buffer_order(&r.name));
+    // SYNC POINT: Relaxed, these three: flags carrying no data (the status
+    // thread and the timer only stop on them; the timer stored `timed_out`
+    // before the stop that ended the shipping, and a late `true` only names
+    // the end "stopped").
     done.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     if timed_out.load(Ordering::Relaxed) {
