@@ -256,10 +256,10 @@ mod tests {
     fn sub_buffers_come_back_as_they_went_in_and_the_bound_holds() {
         static USED: AtomicU64 = AtomicU64::new(0);
         let tmp = tempfile::tempdir().unwrap();
-        let s = BufSpool::open(tmp.path(), "h.1", "c", "cpu0", 600, &USED).unwrap();
+        let s = BufSpool::open(tmp.path(), "h.1", "c", "cpu0", 2000, &USED).unwrap();
         let p = Sub {
             seq: 7,
-            data: vec![5; 300].into(),
+            data: vec![5; 1200].into(),
             offset: 0,
             records: 3,
             partial: false,
