@@ -173,6 +173,25 @@ pub(crate) async fn connect(url: &NatsUrl, a: &NatsArgs, name: &str) -> Result<a
     }
 }
 
+/// Refuses a host or channel name that `pull` could not make a file name
+/// of, or that can't go in a header: empty, `.`, `..`, with a `/` or a
+/// control character, or longer than 255 bytes.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+    {
+        bail!(
+            "{what} name {:?} can't be sent: it must be a plain file name (not empty, '.' or '..', no '/' or control characters, at most 255 bytes)",
+            name
+        );
+    }
+    Ok(())
+}
+
 /// A subject token made of `name`: NATS tokens can't hold `.`, spaces or
 /// wildcards, so those become `_` (the headers carry the name itself).
 pub(crate) fn token(name: &str) -> String {

@@ -796,7 +796,7 @@ impl Mapping<'_> {
 
 /// A complete sub-buffer copied out ahead of the reader's position by
 /// [`RelayFile::peek_subbuf`], not consumed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeekedSubbuf {
     /// Its sequence number in the buffer: sub-buffers produced before it
     /// (monotonic for the life of the buffer, and the same for every reader,
@@ -847,6 +847,23 @@ impl RelayFile {
     /// [`ReadError::NotReady`] if `seq` is consumed already,
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn peek_subbuf(&mut self, seq: u64) -> Result<Option<PeekedSubbuf>, ReadError> {
+        let mut p = PeekedSubbuf::default();
+        Ok(self.peek_subbuf_into(seq, &mut p)?.then_some(p))
+    }
+
+    /// As [`peek_subbuf`](Self::peek_subbuf), into `out`, reusing the
+    /// allocation of its `data` (a reader that ships megabyte sub-buffers
+    /// one after the other then doesn't map, fault in and unmap fresh
+    /// memory for each). Returns whether the sub-buffer was there; `out`
+    /// is left as it was if not.
+    ///
+    /// # Errors
+    /// As [`peek_subbuf`](Self::peek_subbuf).
+    pub fn peek_subbuf_into(
+        &mut self,
+        seq: u64,
+        out: &mut PeekedSubbuf,
+    ) -> Result<bool, ReadError> {
         self.check_size()?;
         self.cur.check_epoch(&self.map.shared);
         let s = &self.map.shared;
@@ -863,7 +880,7 @@ impl RelayFile {
         let g = self.header.geometry;
         let s = &self.map.shared;
         if seq > g.pos_ordinal(s.head()) {
-            return Ok(None);
+            return Ok(false);
         }
         // SYNC POINT: Relaxed: the reader's own word, written before the
         // Release store of CONSUMED acquired above (as in `Cursor::load`).
@@ -880,12 +897,12 @@ impl RelayFile {
             Avail::Complete { end, records } => (end, records, false),
             Avail::Partial { .. } | Avail::Nothing => {
                 if self.is_closed() || self.producer_alive() {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 // A dead producer's tail: nothing will complete it.
                 match s.available(seq, true).map_err(fmt)? {
                     Avail::Partial { end } => (end, s.abandoned(seq, 0).map_or(0, |a| a.1), true),
-                    _ => return Ok(None),
+                    _ => return Ok(false),
                 }
             }
             Avail::Lapped { .. } => {
@@ -895,17 +912,27 @@ impl RelayFile {
             }
         };
         if read_pos > end || (partial && read_pos == end) {
-            return Ok(None);
+            return Ok(false);
         }
-        let mut data = vec![0u8; (end - read_pos) as usize];
-        s.copy_out(seq % g.n_subbufs, read_pos, &mut data);
-        Ok(Some(PeekedSubbuf {
-            seq,
-            data,
-            offset: read_pos,
-            records,
-            partial,
-        }))
+        let len = end - read_pos;
+        let src = s.slot_ptr(seq % g.n_subbufs, read_pos, len);
+        out.data.clear();
+        out.data.reserve(len as usize);
+        // SAFETY: `src..src + len` is within the mapping (`slot_ptr` checks
+        // the bounds) and is a complete sub-buffer not consumed yet, which
+        // no writer touches in no-overwrite mode; `out.data` has room for
+        // `len` bytes, all initialized by the copy before `set_len`. (No
+        // zeroing first: at megabytes a sub-buffer, it costs as much as
+        // the copy.)
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.data.as_mut_ptr(), len as usize);
+            out.data.set_len(len as usize);
+        }
+        out.seq = seq;
+        out.offset = read_pos;
+        out.records = records;
+        out.partial = partial;
+        Ok(true)
     }
 
     /// Consumes every sub-buffer up to and including `seq` (handed back

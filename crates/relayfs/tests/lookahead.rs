@@ -191,3 +191,25 @@ fn overwrite_buffers_are_refused_clearly() {
     assert!(matches!(f.consume_through(0), Err(ReadError::Overwrite(_))));
     chan.close().unwrap();
 }
+
+#[test]
+fn peeking_into_a_scratch_reuses_its_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chan = channel(tmp.path(), Mode::NoOverwrite);
+    for seq in 0..5 {
+        chan.write_cpu(0, &record(seq, 100)).unwrap();
+    }
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let mut p = relayfs::PeekedSubbuf::default();
+    assert!(f.peek_subbuf_into(0, &mut p).unwrap());
+    let at = p.data.as_ptr();
+    assert!(f.peek_subbuf_into(1, &mut p).unwrap());
+    assert_eq!(p.data.as_ptr(), at, "the same allocation");
+    assert_eq!(p.seq, 1);
+    assert_eq!(&p.data[..8], &2u64.to_le_bytes());
+    assert_eq!(Some(&p), f.peek_subbuf(1).unwrap().as_ref());
+    // Not there yet: left as it was.
+    assert!(!f.peek_subbuf_into(2, &mut p).unwrap());
+    assert_eq!(p.seq, 1);
+    chan.close().unwrap();
+}

@@ -10,6 +10,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -21,7 +23,9 @@ use serde::Serialize;
 
 use crate::natsio::{self, EndInfo, NatsArgs, NatsUrl, WireStats};
 use crate::recorder::nats::util_buffer_order;
-use crate::recorder::report::{self, BufferSummary, End, RecordSummary, Summary, SUMMARY_FILE};
+use crate::recorder::report::{
+    self, BufferSummary, End, Progress, RecordSummary, Show, Summary, SUMMARY_FILE,
+};
 use crate::util;
 
 /// Arguments of `relayfs pull`.
@@ -400,6 +404,20 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let started = Instant::now();
+    // The live status line, as the recorder's: bytes pulled, and what the
+    // producers dropped as the counters pulled so far say.
+    let progress = Arc::new(vec![Progress::default()]);
+    let done = Arc::new(AtomicBool::new(false));
+    let show = Show {
+        json: a.json,
+        quiet: a.quiet,
+    };
+    let status = show.status_line().then(|| {
+        let (progress, done) = (progress.clone(), done.clone());
+        std::thread::spawn(move || {
+            report::status_line(&progress, &["pulled".to_string()], &done, started)
+        })
+    });
     let mut tree = Tree::new();
     let mut cursor = 1u64;
     let mut failures = 0;
@@ -427,7 +445,10 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
                         .as_deref()
                         .is_none_or(|c| header(&m, natsio::H_CHANNEL) == Some(c));
                 if keep {
+                    let n = m.payload.len() as u64;
                     take(&mut tree, &a.out, m)?;
+                    // SYNC POINT: Relaxed; a counter only shown.
+                    progress[0].bytes.fetch_add(n, Ordering::Relaxed);
                 }
             }
             Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
@@ -444,6 +465,11 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+    // SYNC POINT: Relaxed; a stop flag carrying no data.
+    done.store(true, Ordering::Relaxed);
+    if let Some(t) = status {
+        let _ = t.join();
     }
     let s = summarize(&mut tree, a, &shown, started.elapsed().as_secs_f64())?;
     if a.json {

@@ -108,6 +108,12 @@ pub fn run(a: &Args) -> Result<i32> {
     let dir = util::channel_dir(&a.channel);
     if let Some(url) = &a.to {
         let target = nats_target(a, url)?;
+        if dir.is_dir() && relayfs::kernel::is_kernel_fs(&dir).unwrap_or(false) {
+            anyhow::bail!(
+                "{}: a kernel relay channel; --to records relayfs channels (record it with -o, then send the files)",
+                dir.display()
+            );
+        }
         return nats::record_channel(&dir, &cfg, &target);
     }
     if dir.is_dir() && relayfs::kernel::is_kernel_fs(&dir).unwrap_or(false) {
@@ -120,9 +126,7 @@ pub fn run(a: &Args) -> Result<i32> {
 fn nats_target(a: &Args, url: &str) -> Result<NatsTarget> {
     let parsed = NatsUrl::parse(url)?;
     let host = a.host.clone().unwrap_or_else(nats::hostname);
-    if host.is_empty() {
-        anyhow::bail!("--host: a host name can't be empty");
-    }
+    crate::natsio::check_name("host", &host)?;
     Ok(NatsTarget {
         shown: format!("nats://{}", parsed.addr()),
         url: parsed,

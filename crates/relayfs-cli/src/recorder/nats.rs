@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use relayfs::RelayFile;
+use relayfs::{PeekedSubbuf, RelayFile};
 
 use super::config::{OutputConfig, RecordConfig};
 use super::engine::Failed;
@@ -81,6 +81,15 @@ struct Ship<'a> {
     stop: &'a AtomicBool,
 }
 
+/// A sub-buffer's copy, shared by the messages made of it.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// An acknowledgement to come.
 type Ack = std::pin::Pin<
     Box<
@@ -101,6 +110,8 @@ const SPOOL_AFTER: Duration = Duration::from_millis(200);
 /// A sub-buffer sent and not yet acknowledged.
 struct Inflight {
     sub: Sub,
+    /// The memory `sub.data` lives in, to use again once acknowledged.
+    keep: Option<Arc<Vec<u8>>>,
     stats: WireStats,
     msgs: Vec<(HeaderMap, Bytes)>,
     /// One per message; `None` once acknowledged (or failed, see `failed`).
@@ -145,12 +156,15 @@ impl Ship<'_> {
         h
     }
 
-    /// The messages of a peeked sub-buffer: its data cut into parts of at
-    /// most `chunk` bytes (one, possibly empty, at least).
+    /// The messages of a peeked sub-buffer: its data cut into as few parts
+    /// of at most `chunk` bytes as can be, of even size (one, possibly
+    /// empty, at least).
     fn messages(&self, p: &Sub, stats: WireStats) -> Vec<(HeaderMap, Bytes)> {
         let data = p.data.clone();
         let len = data.len();
         let parts = len.div_ceil(self.chunk).max(1);
+        // Parts of even size (no small last one).
+        let each = len.div_ceil(parts).max(1);
         let stats = serde_json::to_string(&stats).unwrap_or_default();
         (0..parts)
             .map(|i| {
@@ -169,8 +183,8 @@ impl Ship<'_> {
                 h.insert(natsio::H_BYTES, len.to_string());
                 h.insert(natsio::H_RECORDS, p.records.to_string());
                 h.insert(natsio::H_STATS, stats.as_str());
-                let from = (i * self.chunk).min(len);
-                let to = ((i + 1) * self.chunk).min(len);
+                let from = (i * each).min(len);
+                let to = ((i + 1) * each).min(len);
                 (h, data.slice(from..to))
             })
             .collect()
@@ -200,9 +214,16 @@ impl Ship<'_> {
     }
 
     /// A peeked (or spooled) sub-buffer, sent.
-    async fn launch(&self, sub: Sub, stats: WireStats, spooled: bool) -> Inflight {
+    async fn launch(
+        &self,
+        sub: Sub,
+        keep: Option<Arc<Vec<u8>>>,
+        stats: WireStats,
+        spooled: bool,
+    ) -> Inflight {
         let msgs = self.messages(&sub, stats);
         let mut e = Inflight {
+            keep,
             acks: msgs.iter().map(|_| None).collect(),
             sub,
             stats,
@@ -268,6 +289,8 @@ impl Ship<'_> {
         let mut idle = Duration::from_millis(1);
         let mut backoff = Duration::from_millis(50);
         let mut tail = false;
+        // Sub-buffer copies' memory, used again.
+        let mut pool: Vec<Vec<u8>> = Vec::new();
         loop {
             // Fill the window, oldest first: the spool, then the relay
             // buffer's complete sub-buffers.
@@ -275,20 +298,30 @@ impl Ship<'_> {
                 if let (Some(sp), Some(&seq)) = (spool, queued.front()) {
                     let (sub, stats) = sp.load(seq)?;
                     queued.pop_front();
-                    let e = self.launch(sub, stats, true).await;
+                    let e = self.launch(sub, None, stats, true).await;
                     inflight.push_back(e);
                     continue;
                 }
                 if tail {
                     break;
                 }
-                let Some(p) = f.peek_subbuf(next)? else {
-                    break;
+                let mut p = PeekedSubbuf {
+                    data: pool.pop().unwrap_or_default(),
+                    ..Default::default()
                 };
+                if !f.peek_subbuf_into(next, &mut p)? {
+                    pool.push(p.data);
+                    break;
+                }
                 tail = p.partial;
                 next += 1;
                 let stats = f.stats().into();
-                let e = self.launch(p.into(), stats, false).await;
+                let keep = Arc::new(std::mem::take(&mut p.data));
+                let sub = Sub {
+                    data: Bytes::from_owner(Shared(keep.clone())),
+                    ..Sub::from(p)
+                };
+                let e = self.launch(sub, Some(keep), stats, false).await;
                 inflight.push_back(e);
             }
             // SYNC POINT: Relaxed; counters only shown.
@@ -309,6 +342,16 @@ impl Ship<'_> {
                         }
                     }
                     let bytes = done.sub.data.len() as u64;
+                    let Inflight {
+                        sub, msgs, keep, ..
+                    } = done;
+                    drop((sub, msgs));
+                    // The client let go of the data once it was written.
+                    if let Some(v) = keep.and_then(|k| Arc::try_unwrap(k).ok()) {
+                        if pool.len() <= self.window {
+                            pool.push(v);
+                        }
+                    }
                     res.bytes += bytes;
                     // SYNC POINT: Relaxed; a counter only shown.
                     self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -431,6 +474,7 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
+    natsio::check_name("channel", &channel)?;
     let client = natsio::connect(&t.url, &t.nats, "relayfs record").await?;
     let max_payload = client.server_info().max_payload;
     if max_payload < natsio::MIN_PAYLOAD {
@@ -466,6 +510,7 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
                 b.path.display()
             ),
             Ok(f) => {
+                natsio::check_name("buffer", &b.name)?;
                 let spool = match &t.spool {
                     Some(root) => Some(BufSpool::open(
                         root,
