@@ -502,6 +502,68 @@ fn with_a_spool_an_outage_fills_the_disk_not_the_buffer() {
     );
 }
 
+#[test]
+fn pull_follow_writes_what_arrives_until_interrupted() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let out = tmp.path().join("followed");
+    // Started before anything is recorded: the stream is made by the
+    // recorder, so wait for it.
+    let rec = recorder(&root, "live", &url, "h", &[]);
+    let (batches, per) = (20, 100);
+    let mut follower = None;
+    let stats = produce(&root, "live", batches, per, |b, chan| {
+        if b == 0 {
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 0
+            });
+            follower = Some(
+                relayfs(tmp.path())
+                    .args(["pull", &url, "--follow", "--json", "-o"])
+                    .arg(&out)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+    });
+    let (o, v) = finish(rec);
+    assert!(o.status.success(), "{v}");
+    let follower = follower.unwrap();
+    // Everything delivered reaches the files while it follows.
+    let file = out.join("h/live/cpu0.out");
+    let want = v["bytes"].as_u64().unwrap();
+    wait_until("the follower wrote everything", || {
+        std::fs::metadata(&file).is_ok_and(|m| m.len() == want)
+    });
+    // And, at the recorder's end message, the channel's summary.
+    let summary_file = out.join("h/live/relayfs-record.json");
+    wait_until("the follower wrote the summary", || {
+        std::fs::read(&summary_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["end"] == "closed")
+    });
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGINT) };
+    let (po, pv) = finish(follower);
+    assert!(po.status.success(), "{pv}");
+    assert_eq!(pv["gaps"], 0, "{pv}");
+    let dir = out.join("h/live");
+    let s = summary(&dir);
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    verify(
+        tmp.path(),
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
 /// Runs `relayfs record` against a channel that exists, expecting an
 /// error that says `what`.
 fn refused(root: &Path, args: &[&str], what: &str) {

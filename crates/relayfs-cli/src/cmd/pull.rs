@@ -227,7 +227,7 @@ fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
 }
 
 /// A host's totals, in the summary.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct HostSummary {
     host: String,
     channels: Vec<String>,
@@ -237,6 +237,8 @@ struct HostSummary {
     gaps: u64,
     duplicates: u64,
     complete: bool,
+    #[serde(skip)]
+    messages: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +251,118 @@ struct PullSummary {
     gaps: u64,
     exit_code: i32,
     hosts: Vec<HostSummary>,
+}
+
+/// Writes the `relayfs-record.json` of one channel pulled, and adds its
+/// totals to `h`. `final_`: the pull is over, so sub-buffers held back
+/// behind a gap are written and the gap counted for good.
+fn channel_summary(
+    a: &Args,
+    host: &str,
+    chan: &str,
+    bufs: &mut BTreeMap<String, Buf>,
+    elapsed: f64,
+    final_: bool,
+    h: &mut HostSummary,
+) -> Result<()> {
+    let mut list: Vec<(&String, &mut Buf)> = bufs.iter_mut().collect();
+    list.sort_by_key(|(n, _)| util_buffer_order(n));
+    let mut summaries = Vec::new();
+    let mut stats = Vec::new();
+    let (mut ends, mut channel_id, mut n_buffers) = (Vec::new(), 0, 0);
+    let (mut abandoned_b, mut abandoned_r) = (0, 0);
+    for (name, b) in list {
+        // What never came is a gap: behind the end's position, or
+        // between sub-buffers that came (final: written past, counted).
+        let mut gaps = b.gaps;
+        if final_ {
+            b.drain(true)?;
+            if let (Some(e), Some(next)) = (&b.end, b.next) {
+                b.gaps += e.next_seq.saturating_sub(next);
+            }
+            gaps = b.gaps;
+            if let Some(f) = &b.file {
+                f.sync_all().ok();
+            }
+        } else if let (Some(e), Some(next)) = (&b.end, b.next) {
+            gaps += e.next_seq.saturating_sub(next);
+        }
+        let s = b.stats();
+        let end = b.end.as_ref().map_or(End::Interrupted, |e| e.end);
+        let ab = b.end.as_ref().and_then(|e| e.abandoned).unwrap_or((0, 0));
+        abandoned_b += ab.0;
+        abandoned_r += ab.1;
+        h.complete &= b.end.is_some();
+        channel_id = b.channel_id;
+        n_buffers = b.n_buffers;
+        h.messages += b.messages;
+        h.bytes += b.bytes;
+        h.gaps += gaps;
+        h.duplicates += b.duplicates;
+        ends.push(end);
+        let mut error = b.end.as_ref().and_then(|e| e.error.clone());
+        if gaps > 0 {
+            error.get_or_insert(format!("{gaps} sub-buffers missing from the stream"));
+        }
+        summaries.push(BufferSummary {
+            name: name.clone(),
+            end,
+            bytes: b.bytes,
+            files: vec![format!("{name}.out")],
+            records_written: s.records_written(),
+            records_delivered: s.records_consumed,
+            dropped_full: s.dropped_full,
+            dropped_toobig: s.dropped_toobig,
+            overwritten: s.overwritten_records,
+            discarded: s.discarded_records,
+            padding_bytes: s.padding_bytes,
+            abandoned_bytes: ab.0,
+            abandoned_records: ab.1,
+            error,
+        });
+        stats.push(s);
+    }
+    let total = relayfs::sum_stats(stats.iter());
+    h.records_delivered += total.records_consumed;
+    h.lost += total.lost();
+    let bytes: u64 = summaries.iter().map(|s| s.bytes).sum();
+    let end = End::worst(ends.iter().copied());
+    let rec = RecordSummary {
+        channel: format!("{host}:{chan}"),
+        channel_id: Some(channel_id),
+        n_buffers: Some(n_buffers),
+        out: a.out.join(host).join(chan).display().to_string(),
+        max_files: None,
+        end,
+        exit_code: match end {
+            End::Error => 1,
+            End::ProducerGone => report::EXIT_PRODUCER_GONE,
+            _ => 0,
+        },
+        elapsed_s: elapsed,
+        bytes,
+        mb_per_s: report::mb_per_s(bytes, elapsed),
+        records_written: total.records_written(),
+        records_delivered: total.records_consumed,
+        lost: total.lost(),
+        dropped_full: total.dropped_full,
+        dropped_toobig: total.dropped_toobig,
+        overwritten: total.overwritten_records,
+        discarded: total.discarded_records,
+        dropped_corrupt: total.dropped_corrupt,
+        unread_at_close: total.unread_at_close,
+        abandoned_bytes: abandoned_b,
+        abandoned_records: abandoned_r,
+        buffers: summaries,
+        memory: None,
+    };
+    let path = a.out.join(host).join(chan).join(SUMMARY_FILE);
+    let text = format!("{:#}\n", serde_json::to_value(&rec)?);
+    crate::recorder::output::write_atomic(&path, text.as_bytes())?;
+    if final_ && !a.quiet && !a.json {
+        rec.print_text();
+    }
+    Ok(())
 }
 
 /// Writes each channel's relayfs-record.json and returns the summary.
@@ -265,100 +379,12 @@ fn summarize(tree: &mut Tree, a: &Args, url: &str, elapsed: f64) -> Result<PullS
             gaps: 0,
             duplicates: 0,
             complete: true,
+            messages: 0,
         };
         for (chan, bufs) in chans.iter_mut() {
-            let mut list: Vec<(&String, &mut Buf)> = bufs.iter_mut().collect();
-            list.sort_by_key(|(n, _)| util_buffer_order(n));
-            let mut summaries = Vec::new();
-            let mut stats = Vec::new();
-            let (mut ends, mut channel_id, mut n_buffers) = (Vec::new(), 0, 0);
-            let (mut abandoned_b, mut abandoned_r) = (0, 0);
-            for (name, b) in list {
-                // What never came is a gap: behind the end's position, or
-                // between sub-buffers that came.
-                b.drain(true)?;
-                if let (Some(e), Some(next)) = (&b.end, b.next) {
-                    b.gaps += e.next_seq.saturating_sub(next);
-                }
-                if let Some(f) = &b.file {
-                    f.sync_all().ok();
-                }
-                let s = b.stats();
-                let end = b.end.as_ref().map_or(End::Interrupted, |e| e.end);
-                let ab = b.end.as_ref().and_then(|e| e.abandoned).unwrap_or((0, 0));
-                abandoned_b += ab.0;
-                abandoned_r += ab.1;
-                h.complete &= b.end.is_some();
-                channel_id = b.channel_id;
-                n_buffers = b.n_buffers;
-                messages += b.messages;
-                h.bytes += b.bytes;
-                h.gaps += b.gaps;
-                h.duplicates += b.duplicates;
-                ends.push(end);
-                let mut error = b.end.as_ref().and_then(|e| e.error.clone());
-                if b.gaps > 0 {
-                    error.get_or_insert(format!("{} sub-buffers missing from the stream", b.gaps));
-                }
-                summaries.push(BufferSummary {
-                    name: name.clone(),
-                    end,
-                    bytes: b.bytes,
-                    files: vec![format!("{name}.out")],
-                    records_written: s.records_written(),
-                    records_delivered: s.records_consumed,
-                    dropped_full: s.dropped_full,
-                    dropped_toobig: s.dropped_toobig,
-                    overwritten: s.overwritten_records,
-                    discarded: s.discarded_records,
-                    padding_bytes: s.padding_bytes,
-                    abandoned_bytes: ab.0,
-                    abandoned_records: ab.1,
-                    error,
-                });
-                stats.push(s);
-            }
-            let total = relayfs::sum_stats(stats.iter());
-            h.records_delivered += total.records_consumed;
-            h.lost += total.lost();
-            let bytes: u64 = summaries.iter().map(|s| s.bytes).sum();
-            let end = End::worst(ends.iter().copied());
-            let rec = RecordSummary {
-                channel: format!("{host}:{chan}"),
-                channel_id: Some(channel_id),
-                n_buffers: Some(n_buffers),
-                out: a.out.join(host).join(chan).display().to_string(),
-                max_files: None,
-                end,
-                exit_code: match end {
-                    End::Error => 1,
-                    End::ProducerGone => report::EXIT_PRODUCER_GONE,
-                    _ => 0,
-                },
-                elapsed_s: elapsed,
-                bytes,
-                mb_per_s: report::mb_per_s(bytes, elapsed),
-                records_written: total.records_written(),
-                records_delivered: total.records_consumed,
-                lost: total.lost(),
-                dropped_full: total.dropped_full,
-                dropped_toobig: total.dropped_toobig,
-                overwritten: total.overwritten_records,
-                discarded: total.discarded_records,
-                dropped_corrupt: total.dropped_corrupt,
-                unread_at_close: total.unread_at_close,
-                abandoned_bytes: abandoned_b,
-                abandoned_records: abandoned_r,
-                buffers: summaries,
-                memory: None,
-            };
-            let path = a.out.join(host).join(chan).join(SUMMARY_FILE);
-            let text = format!("{:#}\n", serde_json::to_value(&rec)?);
-            crate::recorder::output::write_atomic(&path, text.as_bytes())?;
-            if !a.quiet && !a.json {
-                rec.print_text();
-            }
+            channel_summary(a, host, chan, bufs, elapsed, true, &mut h)?;
         }
+        messages += h.messages;
         hosts.push(h);
     }
     let gaps = hosts.iter().map(|h| h.gaps).sum();
@@ -446,7 +472,26 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
                         .is_none_or(|c| header(&m, natsio::H_CHANNEL) == Some(c));
                 if keep {
                     let n = m.payload.len() as u64;
+                    // Following, a channel's summary is written at each end
+                    // message (a recorder's final counters), not only when
+                    // the pull stops.
+                    let ended =
+                        (a.follow && header(&m, natsio::H_KIND) == Some("end")).then(|| {
+                            (
+                                header(&m, natsio::H_HOST).unwrap_or_default().to_string(),
+                                header(&m, natsio::H_CHANNEL)
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            )
+                        });
                     take(&mut tree, &a.out, m)?;
+                    if let Some((h, c)) = ended {
+                        if let Some(bufs) = tree.get_mut(&h).and_then(|x| x.get_mut(&c)) {
+                            let elapsed = started.elapsed().as_secs_f64();
+                            let mut totals = HostSummary::default();
+                            channel_summary(a, &h, &c, bufs, elapsed, false, &mut totals)?;
+                        }
+                    }
                     // SYNC POINT: Relaxed; a counter only shown.
                     progress[0].bytes.fetch_add(n, Ordering::Relaxed);
                 }
