@@ -52,8 +52,8 @@ pub(crate) const MIN_PAYLOAD: usize = 2 * HEADER_ROOM;
 /// `pull`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NatsArgs {
-    /// JetStream stream that holds the recordings (created if missing,
-    /// with file storage; an existing one is used as it is)
+    /// JetStream stream that holds the recordings (`record --to` creates
+    /// it if missing, with file storage, and uses an existing one as it is)
     #[arg(long, default_value = "relayfs")]
     pub stream: String,
     /// Subject prefix: messages go on PREFIX.<host>.<channel>.<buffer>

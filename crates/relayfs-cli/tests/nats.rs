@@ -654,6 +654,26 @@ fn an_incompatible_stream_and_a_tiny_max_payload_are_clear_errors() {
         &["--to", &s.url(), "--stream", "other"],
         "incompatible settings",
     );
+    // pull: a stream that isn't there, a bad URL.
+    let out = tmp.path().join("pulled");
+    let url = s.url();
+    for (args, what) in [
+        (
+            vec!["pull", url.as_str(), "--stream", "missing"],
+            "no stream \"missing\"",
+        ),
+        (vec!["pull", "nats//x"], "bad NATS URL"),
+    ] {
+        let o = relayfs(&root)
+            .args(&args)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: expected {what:?} in: {err}");
+    }
     // A server whose max_payload can't carry a message.
     let conf = tmp.path().join("tiny.conf");
     std::fs::write(&conf, "max_payload: 512\n").unwrap();
