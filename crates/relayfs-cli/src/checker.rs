@@ -166,6 +166,26 @@ fn buffer_of(file: &Path) -> String {
 /// channel (`n_buffers`, from the buffers' headers) was recorded without
 /// error and has its files.
 fn check_summary(rep: &mut Report, dir: &Path, s: &RecordSummary) {
+    // The losses the missing records are held to must be the recorder's
+    // own counts, not a number written beside them.
+    let parts = [
+        s.dropped_full,
+        s.dropped_toobig,
+        s.dropped_corrupt,
+        s.overwritten,
+        s.discarded,
+        s.unread_at_close,
+    ]
+    .iter()
+    .try_fold(0u64, |sum, &n| sum.checked_add(n));
+    if parts != Some(s.lost) {
+        rep.defect(format!(
+            "the recorder's summary says {} records were lost, but its counts of them \
+             (dropped full, too big or corrupt, overwritten, discarded, unread at close) add up to {}",
+            s.lost,
+            parts.map_or_else(|| "more than 2^64".to_string(), |p| p.to_string())
+        ));
+    }
     if let Some(n) = s.n_buffers {
         if (s.buffers.len() as u64) < n {
             rep.defect(format!(

@@ -6,6 +6,7 @@ mod args;
 mod checker;
 mod cmd;
 mod demofmt;
+mod mount;
 mod natsio;
 mod recorder;
 mod util;
@@ -52,11 +53,19 @@ enum Cmd {
     /// another process (--sweep for the standard matrix, --find-lossless for
     /// the highest rate with no drops)
     Bench(cmd::bench::Args),
+    /// Mount the relay directory (FUSE): every channel a directory, every
+    /// buffer a file that any program reads with open, poll, read,
+    /// sendfile and close, as a kernel relay file
+    Mount(mount::Args),
+    /// Unmount a `relayfs mount`
+    Umount(mount::UmountArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let r = match &cli.cmd {
+        Cmd::Mount(a) => mount::run(a),
+        Cmd::Umount(a) => mount::umount(a),
         Cmd::Demo(a) => cmd::demo::run(a),
         Cmd::Record(a) => cmd::record::run(a),
         Cmd::Blktrace(a) => cmd::blktrace::run(a),

@@ -92,12 +92,21 @@ pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
     use std::collections::BTreeMap;
     type Candidate = (BufferFile, Result<relayfs::BufferHeader, String>);
     let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    // Entries named like a buffer that are not regular files (never
+    // followed or opened): what they are, to say so where the buffer is
+    // missing.
+    let mut not_regular: BTreeMap<String, &'static str> = BTreeMap::new();
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read channel directory {}", dir.display()))?;
     for ent in entries {
         let ent = ent?;
         let name = ent.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !ent.file_type()?.is_file() {
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = ent.file_type()?;
+        if !kind.is_file() {
+            not_regular.insert(name, file_kind(&kind));
             continue;
         }
         let digits_at = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
@@ -168,14 +177,21 @@ pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
                 let name = format!("{prefix}{i}");
                 if !names.contains(&name) {
                     missing -= 1;
+                    let reason = match not_regular.get(&name) {
+                            Some(kind) => format!(
+                                "not a buffer: {} is a {kind}, not a regular file (not followed or opened)",
+                                dir.join(&name).display()
+                            ),
+                            None => format!(
+                                "missing: the channel has {} buffers, and this one is not in {}",
+                                c.n_buffers,
+                                dir.display()
+                            ),
+                    };
                     scan.bad.push(BadBuffer {
                         path: dir.join(&name),
                         name,
-                        reason: format!(
-                            "missing: the channel has {} buffers, and this one is not in {}",
-                            c.n_buffers,
-                            dir.display()
-                        ),
+                        reason,
                     });
                 }
             }
@@ -195,6 +211,24 @@ pub fn scan_channel(dir: &Path, base: Option<&str>) -> Result<ChannelScan> {
         .sort_by(|a, b| (a.cpu, &a.name).cmp(&(b.cpu, &b.name)));
     scan.bad.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scan)
+}
+
+/// What a directory entry that is not a regular file is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
 }
 
 /// Parses a size such as `4096`, `64K`, `1M`, `2G`, `512KiB`.
@@ -427,6 +461,39 @@ mod tests {
         let scan = scan_channel(d.path(), None).unwrap();
         assert!(scan.bufs.is_empty());
         assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
+    }
+
+    #[test]
+    fn scan_names_what_stands_where_a_buffer_should_be() {
+        let d = tempfile::tempdir().unwrap();
+        let chan = relayfs::Channel::builder("c")
+            .dir(d.path())
+            .subbuf_size(4096)
+            .n_subbufs(2)
+            .open()
+            .unwrap();
+        let dir = chan.buffer_path(0).parent().unwrap().to_path_buf();
+        let n = chan.n_buffers();
+        let last = chan.buffer_path(n - 1);
+        let name = last.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::remove_file(last).unwrap();
+        let c = std::ffi::CString::new(last.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let scan = scan_channel(&dir, None).unwrap();
+        assert_eq!(scan.bufs.len(), n - 1, "{:?}", scan.bufs);
+        if n > 1 {
+            // The others' headers say the channel has n buffers: the FIFO
+            // is named for what it is, not called missing.
+            let bad = scan.bad.iter().find(|b| b.name == name).unwrap();
+            assert!(bad.reason.contains("is a FIFO"), "{bad:?}");
+            // Gone altogether, it is missing.
+            std::fs::remove_file(last).unwrap();
+            let scan = scan_channel(&dir, None).unwrap();
+            let bad = scan.bad.iter().find(|b| b.name == name).unwrap();
+            assert!(bad.reason.starts_with("missing"), "{bad:?}");
+        }
+        chan.close().unwrap();
     }
 
     #[test]

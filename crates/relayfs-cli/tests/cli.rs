@@ -844,6 +844,25 @@ fn verify_counters_adds_the_readers_discards_to_the_producers_losses() {
 }
 
 #[test]
+fn verify_refuses_a_summary_whose_lost_is_not_the_sum_of_its_counts() {
+    let root = tempfile::tempdir().unwrap();
+    let rec = root.path().join("rec");
+    // 5 records really missing, and the summary's total says so, but none
+    // of its counts does: a total nobody counted covers nothing.
+    let held = synthetic_recording(&rec, &[100], &[&[10, 11, 12, 13, 14]]);
+    write_summary(&rec, held, 5, 0);
+    let (ok, v) = verify_json(root.path(), &rec, &[]);
+    assert!(ok, "{v}");
+    let path = rec.join("relayfs-record.json");
+    let mut s: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    s["overwritten"] = 0.into();
+    std::fs::write(&path, s.to_string()).unwrap();
+    let (ok, v) = verify_json(root.path(), &rec, &[]);
+    assert!(!ok, "{v}");
+    assert!(v["defects"].to_string().contains("add up to 0"), "{v}");
+}
+
+#[test]
 fn verify_counters_of_an_interrupted_demo_uses_what_was_offered() {
     let root = tempfile::tempdir().unwrap();
     let rec = root.path().join("rec");

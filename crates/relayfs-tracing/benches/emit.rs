@@ -4,13 +4,22 @@
 //! (tracing's dispatch, the clock, the write); the clocks (`CLOCK_MONOTONIC`
 //! against the TSC); and the decoder's rate.
 //!
-//! `cargo bench -p relayfs-tracing --bench emit`
+//! `cargo bench -p relayfs-tracing --bench emit` (add `--features tsc` for
+//! the layer's TSC clock in `relay_layer` and `clock/layer_tsc`)
+//!
+//! With `BENCH_CPU_TIME=1` in the environment, criterion measures the
+//! benchmarking thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) instead of
+//! the wall clock: on a machine shared with other work, what the emitting
+//! thread itself spent, without the time other programs had its CPU. (A
+//! thread that waits spends no CPU time: the lossless appender's emitting
+//! thread, blocked while its worker is behind, looks the cheaper for it.)
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{black_box, Criterion, Throughput};
 use relayfs::{Channel, OverwriteCallbacks, RelayFile};
 use relayfs_tracing::RelayLayer;
 use tracing_subscriber::prelude::*;
@@ -21,7 +30,74 @@ fn shm_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
 }
 
-fn emit(c: &mut Criterion) {
+/// The calling thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Criterion's measurement of the benchmarking thread's CPU time.
+struct CpuTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, i: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (d, unit) = if typical < 1e3 {
+            (1.0, "ns (CPU)")
+        } else if typical < 1e6 {
+            (1e3, "µs (CPU)")
+        } else if typical < 1e9 {
+            (1e6, "ms (CPU)")
+        } else {
+            (1e9, "s (CPU)")
+        };
+        for v in values {
+            *v /= d;
+        }
+        unit
+    }
+    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
+        let n = match t {
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Elements(n) => {
+                *n as f64
+            }
+        };
+        // Per nanosecond times 10^9, in millions.
+        for v in values {
+            *v = n * 1e3 / *v;
+        }
+        "M/s (CPU)"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn emit<M: Measurement>(c: &mut Criterion<M>) {
     let mut g = c.benchmark_group("emit");
     g.measurement_time(Duration::from_secs(4));
 
@@ -37,10 +113,28 @@ fn emit(c: &mut Criterion) {
             .open()
             .unwrap(),
     );
-    let relay =
-        tracing::Dispatch::new(tracing_subscriber::registry().with(RelayLayer::new(chan.clone())));
+    // The process's first layer: with the TSC, it calibrates its rate.
+    let t0 = std::time::Instant::now();
+    let first = RelayLayer::new(chan.clone());
+    println!(
+        "emit/relay_layer: timestamps from the {} clock; the first layer made in {:.1} ms",
+        first.clock(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let relay = tracing::Dispatch::new(tracing_subscriber::registry().with(first));
     g.bench_function("relay_layer", |b| {
         tracing::dispatcher::with_default(&relay, || {
+            b.iter(|| tracing::info!(a = 1, b = "x", "message"))
+        })
+    });
+    // The same with CLOCK_MONOTONIC read for every record: what
+    // `relay_layer` does too unless the `tsc` feature is on (and the
+    // kernel's clocksource is the TSC).
+    let mono = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(RelayLayer::with_monotonic_clock(chan.clone())),
+    );
+    g.bench_function("relay_layer_monotonic", |b| {
+        tracing::dispatcher::with_default(&mono, || {
             b.iter(|| tracing::info!(a = 1, b = "x", "message"))
         })
     });
@@ -128,12 +222,19 @@ fn emit(c: &mut Criterion) {
     g.bench_function("clock_gettime_monotonic", |b| b.iter(relayfs::frame::now));
     let q = quanta::Clock::new();
     g.bench_function("tsc_raw", |b| b.iter(|| q.raw()));
+    // The layer's clock: with the `tsc` feature, the TSC scaled to
+    // CLOCK_MONOTONIC nanoseconds where the kernel's clocksource is the TSC.
+    let layer = RelayLayer::new(chan.clone());
+    g.bench_function(format!("layer_{}", layer.clock()), |b| {
+        b.iter(|| layer.now())
+    });
     g.finish();
     drop(relay);
+    drop(mono);
     chan.close().unwrap();
 }
 
-fn decode(c: &mut Criterion) {
+fn decode<M: Measurement>(c: &mut Criterion<M>) {
     // A recording of N events, read back as bytes.
     const N: u64 = 200_000;
     let shm = shm_dir();
@@ -210,5 +311,18 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, emit, decode);
-criterion_main!(benches);
+fn main() {
+    if std::env::var_os("BENCH_CPU_TIME").is_some() {
+        let mut c = Criterion::default()
+            .with_measurement(CpuTime)
+            .configure_from_args();
+        emit(&mut c);
+        decode(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        emit(&mut c);
+        decode(&mut c);
+        c.final_summary();
+    }
+}

@@ -387,6 +387,9 @@ struct Callsites {
 
 const SMALL_IDS: u64 = 1 << 12;
 
+/// Bytes of output lines gathered before they are written.
+const OUT_BATCH: usize = 64 << 10;
+
 impl Callsites {
     #[inline]
     fn get(&self, id: &u64) -> Option<&Callsite> {
@@ -440,6 +443,9 @@ struct Printer<'o> {
     tf: TimeFmt,
     line: String,
     scratch: Scratch,
+    /// The last thread of a JSON line and its member, `,"threadId":N`,
+    /// made once (a thread's events usually come in runs).
+    thread_json: (u64, String),
     stats: Stats,
 }
 
@@ -615,8 +621,9 @@ fn run(
         spans: HashMap::new(),
         stacks: HashMap::new(),
         tf: TimeFmt::default(),
-        line: String::with_capacity(256),
+        line: String::with_capacity(OUT_BATCH + 1024),
         scratch: Scratch::default(),
+        thread_json: (0, String::from(",\"threadId\":0")),
         stats: Stats::default(),
     };
     let mut chunk = vec![0u8; 64 << 10];
@@ -652,13 +659,13 @@ fn run(
             if !waiting {
                 break;
             }
-            p.out.flush()?;
+            p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         };
         let ts = srcs[i].head.map_or(0, |h| h.0);
         if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
-            p.out.flush()?;
+            p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         }
@@ -701,7 +708,7 @@ fn run(
             end_of_source(&mut p, &mut srcs[i], summary, ts)?;
         }
     }
-    p.out.flush()?;
+    p.flush()?;
     Ok(p.stats)
 }
 
@@ -854,7 +861,7 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                 tf.sec = Some(secs);
             }
             line.push_str(&tf.prefix);
-            push_padded(line, sub / 1000, 6);
+            push_micros(line, sub / 1000);
             line.push('Z');
         }
         None => {
@@ -877,6 +884,17 @@ fn push_i64(out: &mut String, v: i64) {
     out.push_str(itoa::Buffer::new().format(v));
 }
 
+/// Appends `v` (below 10^6, the microseconds of a second) as six digits,
+/// zero-padded: one digit at a time, cheaper here than a conversion and
+/// two copies.
+#[inline]
+fn push_micros(out: &mut String, v: u64) {
+    let v = v.min(999_999);
+    for d in [100_000, 10_000, 1_000, 100, 10, 1] {
+        out.push(char::from(b'0' + (v / d % 10) as u8));
+    }
+}
+
 /// Appends `v` (below `10^width`, `width` at most 19) in decimal,
 /// zero-padded to `width` digits.
 #[inline]
@@ -897,11 +915,28 @@ impl Printer<'_> {
         fmt_time(&mut self.line, &mut self.tf, ts);
     }
 
+    /// Ends the line. Lines are gathered in `line` and written to `out`
+    /// [`OUT_BATCH`] bytes at a time: one call of `out` for hundreds of
+    /// lines, not one a line.
     fn flush_line(&mut self) -> io::Result<()> {
         self.line.push('\n');
+        if self.line.len() >= OUT_BATCH {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the lines gathered.
+    fn write_out(&mut self) -> io::Result<()> {
         self.out.write_all(self.line.as_bytes())?;
         self.line.clear();
         Ok(())
+    }
+
+    /// Writes the lines gathered and flushes `out`.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.out.flush()
     }
 
     fn lost_line(
@@ -912,7 +947,6 @@ impl Printer<'_> {
         callsites: u64,
         known: bool,
     ) -> io::Result<()> {
-        self.line.clear();
         if self.json {
             self.line.push_str("{\"timestamp\":\"");
             self.time(ts);
@@ -1106,7 +1140,24 @@ impl Printer<'_> {
         values: Values<'_>,
         json_tail: &str,
     ) -> Result<(), Option<WireError>> {
-        self.line.clear();
+        let start = self.line.len();
+        let r = self.event_line(ts, callsite, thread, values, json_tail);
+        if r.is_err() {
+            // Not a line: what was written of it goes.
+            self.line.truncate(start);
+        }
+        r.map_err(Some)?;
+        self.flush_line().map_err(|_| None)
+    }
+
+    fn event_line(
+        &mut self,
+        ts: u64,
+        callsite: u64,
+        thread: u64,
+        values: Values<'_>,
+        json_tail: &str,
+    ) -> Result<(), WireError> {
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
         if self.json {
@@ -1123,7 +1174,7 @@ impl Printer<'_> {
                 }
             }
             // Straight into the line: JSON members go in the order they come.
-            render_json(cs, values, &mut self.line).map_err(Some)?;
+            render_json(cs, values, &mut self.line)?;
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
@@ -1160,8 +1211,14 @@ impl Printer<'_> {
                 }
                 self.line.push(']');
             }
-            self.line.push_str(",\"threadId\":");
-            push_u64(&mut self.line, thread);
+            if self.thread_json.0 != thread {
+                let t = &mut self.thread_json;
+                t.0 = thread;
+                t.1.clear();
+                t.1.push_str(",\"threadId\":");
+                push_u64(&mut t.1, thread);
+            }
+            self.line.push_str(&self.thread_json.1);
             self.line.push_str(json_tail);
         } else {
             fmt_time(&mut self.line, &mut self.tf, ts);
@@ -1201,9 +1258,9 @@ impl Printer<'_> {
                 }
             }
             self.line.push_str(": ");
-            render_text(cs, values, &mut self.line).map_err(Some)?;
+            render_text(cs, values, &mut self.line)?;
         }
-        self.flush_line().map_err(|_| None)
+        Ok(())
     }
 }
 
@@ -1270,11 +1327,12 @@ fn render_fields(
 
 /// How many values besides the message [`render_text`] holds while it
 /// writes the message; those beyond are parsed again.
-const HELD: usize = 16;
+const HELD: usize = 8;
 
 /// Renders an event's values as text straight into `out`: the message
 /// bare, then the others as `a=1 b="x"` (the message is usually the last
-/// value recorded; the others are held, parsed, until it is written).
+/// value recorded; the others are held, parsed and with their names
+/// looked up, until it is written).
 fn render_text(
     cs: Option<&Callsite>,
     values: Values<'_>,
@@ -1285,50 +1343,52 @@ fn render_text(
         Some(p) => p.as_deref(),
         None => Some(""),
     };
-    let mut held: [Option<(u64, Value<'_>)>; HELD] = [None; HELD];
+    let mut held: [Option<(u64, &str, Value<'_>)>; HELD] = [None; HELD];
     let mut n = 0;
     let mut others = 0usize;
     let mut message = false;
     for v in values {
         let (idx, v) = v?;
-        if prefix(idx).is_none() {
-            text_value(out, &v, true);
-            message = true;
-        } else {
-            if let Some(h) = held.get_mut(n) {
-                *h = Some((idx, v));
-                n += 1;
+        match prefix(idx) {
+            None => {
+                text_value(out, &v, true);
+                message = true;
             }
-            others += 1;
+            Some(p) => {
+                if let Some(h) = held.get_mut(n) {
+                    *h = Some((idx, p, v));
+                    n += 1;
+                }
+                others += 1;
+            }
         }
     }
     let mut first = !message;
-    let mut field = |out: &mut String, idx: u64, v: &Value<'_>| {
+    let mut field = |out: &mut String, idx: u64, p: &str, v: &Value<'_>| {
         if !first {
             out.push(' ');
         }
         first = false;
-        match prefix(idx) {
-            Some("") | None => {
-                out.push_str("field");
-                push_u64(out, idx);
-                out.push('=');
-            }
-            Some(p) => out.push_str(p),
+        if p.is_empty() {
+            out.push_str("field");
+            push_u64(out, idx);
+            out.push('=');
+        } else {
+            out.push_str(p);
         }
         text_value(out, v, false);
     };
-    for (idx, v) in held.iter().take(n).flatten() {
-        field(out, *idx, v);
+    for (idx, p, v) in held.iter().take(n).flatten() {
+        field(out, *idx, p, v);
     }
     if others > n {
         // Parsed without error above.
-        for (idx, v) in values
+        for (idx, p, v) in values
             .flatten()
-            .filter(|(idx, _)| prefix(*idx).is_some())
+            .filter_map(|(idx, v)| prefix(idx).map(|p| (idx, p, v)))
             .skip(n)
         {
-            field(out, idx, &v);
+            field(out, idx, p, &v);
         }
     }
     Ok(())
@@ -1432,6 +1492,38 @@ fn json_value(out: &mut String, v: &Value<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn microseconds_are_six_digits() {
+        for (v, want) in [
+            (0, "000000"),
+            (7, "000007"),
+            (123_456, "123456"),
+            (999_999, "999999"),
+        ] {
+            let mut s = String::new();
+            push_micros(&mut s, v);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn padded_numbers() {
+        let cases: [(u64, usize, &str); 7] = [
+            (0, 6, "000000"),
+            (123, 6, "000123"),
+            (999_999, 6, "999999"),
+            (5, 9, "000000005"),
+            (1_234_567, 6, "1234567"),
+            (9_999_999_999_999_999_999, 19, "9999999999999999999"),
+            (42, 19, "0000000000000000042"),
+        ];
+        for (v, w, want) in cases {
+            let mut s = String::from("x");
+            push_padded(&mut s, v, w);
+            assert_eq!(&s[1..], want, "{v} in {w} digits");
+        }
+    }
 
     #[test]
     fn output_file_names() {

@@ -13,6 +13,7 @@ use tracing_core::subscriber::Interest;
 use tracing_core::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
+use crate::clock::Clock;
 use crate::wire::{self, Enc};
 
 /// Slots of the lock-free callsite table (a power of two). Callsites beyond
@@ -60,6 +61,10 @@ struct Inner {
     /// The sum of `lost` and `lost_meta`: the one word the fast path reads.
     any_lost: Padded,
     global: bool,
+    /// The clock of every record's timestamp.
+    clock: Clock,
+    /// This layer's serial number, for the threads' callsite caches.
+    serial: u64,
 }
 
 /// What a thread keeps: its id and the buffer records are encoded in, one
@@ -68,13 +73,21 @@ struct Local {
     /// The Linux thread id (as `ps -L` and `perf` show it), asked once;
     /// 0 until then.
     tid: Cell<u64>,
+    /// The callsite of this thread's last event, once its callsite record
+    /// is written: the layer's serial number, the metadata address and the
+    /// id (a loop's events skip the table).
+    last: Cell<(u64, usize, u64)>,
     scratch: RefCell<Enc>,
 }
+
+/// Serial numbers of layers (a layer's address can be reused by another).
+static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static LOCAL: Local = const {
         Local {
             tid: Cell::new(0),
+            last: Cell::new((0, 0, 0)),
             scratch: RefCell::new(Enc { buf: Vec::new() }),
         }
     };
@@ -115,9 +128,12 @@ impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    fn new(chan: Arc<Channel>) -> Inner {
+    fn new(chan: Arc<Channel>, clock: Clock) -> Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
+            clock,
+            // SYNC POINT: a counter alone; only its uniqueness matters.
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             global: chan.is_global(),
             chan,
             table: (0..TABLE).map(|_| Slot::default()).collect(),
@@ -138,9 +154,16 @@ impl Inner {
     fn write_clock(&self) {
         let mut e = Enc::default();
         e.byte(wire::KIND_CLOCK);
-        e.varint(relayfs::frame::now());
+        e.varint(self.clock.now());
         e.varint(clock_ns(rustix::time::ClockId::Realtime));
         self.emit(&e.buf);
+    }
+
+    /// Writes one timed record, with the layer's clock.
+    #[inline(always)]
+    fn write(&self, payload: &[u8]) -> Result<(), relayfs::WriteError> {
+        self.chan
+            .write_record_timed_with(payload, || self.clock.now())
     }
 
     /// Events refused by the channel and not reported in a lost record yet.
@@ -160,7 +183,7 @@ impl Inner {
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
-        if !taken.is_empty() && self.chan.write_record_timed(&e.buf).is_ok() {
+        if !taken.is_empty() && self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
         }
     }
@@ -247,7 +270,7 @@ impl Inner {
         if self.any_lost.0.load(Ordering::Relaxed) != 0 {
             return self.emit_after_losses(payload);
         }
-        if self.chan.write_record_timed(payload).is_err() {
+        if self.write(payload).is_err() {
             self.refused(false);
         }
     }
@@ -258,13 +281,13 @@ impl Inner {
         e.byte(wire::KIND_LOST_THEN);
         let taken = self.take_losses(&mut e);
         if taken.is_empty() {
-            if self.chan.write_record_timed(payload).is_err() {
+            if self.write(payload).is_err() {
                 self.refused(false);
             }
             return;
         }
         e.buf.extend_from_slice(payload);
-        if self.chan.write_record_timed(&e.buf).is_ok() {
+        if self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
         } else {
             self.refused(false);
@@ -338,28 +361,59 @@ impl Inner {
     /// been written yet (or was refused).
     #[inline]
     fn callsite_id(&self, meta: &'static Metadata<'static>) -> u64 {
+        self.callsite(meta).0
+    }
+
+    /// The callsite's id, and whether its callsite record is written.
+    #[inline]
+    fn callsite(&self, meta: &'static Metadata<'static>) -> (u64, bool) {
         match self.find(meta) {
             Found::Slot(s) => {
                 // SYNC POINT: only says whether the callsite record was
                 // written; a race writes it twice, which a decoder accepts.
                 let w = s.word.load(Ordering::Relaxed);
                 let id = w & !WRITTEN;
-                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                if w & WRITTEN != 0 {
+                    return (id, true);
+                }
+                let ok = self.write_callsite(id, meta);
+                if ok {
                     // SYNC POINT: as above.
                     s.word.fetch_or(WRITTEN, Ordering::Relaxed);
                 }
-                id
+                (id, ok)
             }
             Found::Map(w) => {
                 let id = w & !WRITTEN;
-                if w & WRITTEN == 0 && self.write_callsite(id, meta) {
+                if w & WRITTEN != 0 {
+                    return (id, true);
+                }
+                let ok = self.write_callsite(id, meta);
+                if ok {
                     let addr = meta as *const Metadata<'static> as usize;
                     let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
                     o.map.insert(addr, id | WRITTEN);
                 }
-                id
+                (id, ok)
             }
         }
+    }
+
+    /// The callsite's id for an event of this thread: from the thread's
+    /// cache when its last event had the same callsite (its callsite
+    /// record is written then), else as [`callsite`](Inner::callsite).
+    #[inline]
+    fn event_callsite(&self, l: &Local, meta: &'static Metadata<'static>) -> u64 {
+        let addr = meta as *const Metadata<'static> as usize;
+        let (serial, a, id) = l.last.get();
+        if serial == self.serial && a == addr {
+            return id;
+        }
+        let (id, written) = self.callsite(meta);
+        if written {
+            l.last.set((self.serial, addr, id));
+        }
+        id
     }
 
     #[cold]
@@ -382,7 +436,7 @@ impl Inner {
         for f in meta.fields() {
             e.str(f.name());
         }
-        let ok = self.chan.write_record_timed(&e.buf).is_ok();
+        let ok = self.write(&e.buf).is_ok();
         if !ok {
             self.refused(true);
         }
@@ -394,21 +448,25 @@ impl Inner {
     /// buffer and the thread's id.
     #[inline]
     fn with_scratch(&self, f: impl FnOnce(&mut Enc, u64)) {
-        LOCAL.with(|l| {
-            let tid = l.thread_id();
-            match l.scratch.try_borrow_mut() {
-                Ok(mut e) => {
-                    e.buf.clear();
-                    f(&mut e, tid);
-                    self.emit(&e.buf);
-                }
-                Err(_) => {
-                    let mut e = Enc::default();
-                    f(&mut e, tid);
-                    self.emit(&e.buf);
-                }
+        LOCAL.with(|l| self.encode(l, f))
+    }
+
+    /// Encodes with the thread's scratch buffer (see `with_scratch`).
+    #[inline]
+    fn encode(&self, l: &Local, f: impl FnOnce(&mut Enc, u64)) {
+        let tid = l.thread_id();
+        match l.scratch.try_borrow_mut() {
+            Ok(mut e) => {
+                e.buf.clear();
+                f(&mut e, tid);
+                self.emit(&e.buf);
             }
-        })
+            Err(_) => {
+                let mut e = Enc::default();
+                f(&mut e, tid);
+                self.emit(&e.buf);
+            }
+        }
     }
 
     fn span_op(&self, kind: u8, id: &Id) {
@@ -422,7 +480,7 @@ impl Inner {
 
 /// A [`Layer`] that writes every event, and every span's creation, values,
 /// enter, exit and close, as one framed, timestamped record
-/// ([`Channel::write_record_timed`]'s clock) into a relay channel; the
+/// (the layer's clock, see [`clock`](RelayLayer::clock)) into a relay channel; the
 /// strings of a callsite (level, target, file, line, name, field names) go
 /// into the channel once, in a callsite record, and events refer to the
 /// callsite by a small id. The record format is in the crate documentation.
@@ -443,8 +501,36 @@ impl RelayLayer {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
+    ///
+    /// Timestamps are `CLOCK_MONOTONIC` nanoseconds, read from the TSC
+    /// (scaled) where the kernel's clocksource is the TSC and the `tsc`
+    /// feature is on (it is off by default), else from `CLOCK_MONOTONIC`
+    /// itself; see [`clock`](RelayLayer::clock). The first layer of a
+    /// process with the TSC calibrates its rate, a few milliseconds (at
+    /// most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan)))
+        RelayLayer(Arc::new(Inner::new(chan, Clock::choose())))
+    }
+
+    /// As [`new`](RelayLayer::new), with timestamps always read from
+    /// `CLOCK_MONOTONIC` ([`relayfs::frame::now`], what
+    /// [`Channel::write_record_timed`] takes): for a channel shared with
+    /// other timed writers, whose records then compare with the layer's to
+    /// the nanosecond.
+    pub fn with_monotonic_clock(chan: Arc<Channel>) -> RelayLayer {
+        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic)))
+    }
+
+    /// The clock of the timestamps: `"tsc"` (the TSC, scaled to
+    /// `CLOCK_MONOTONIC` nanoseconds) or `"monotonic"`.
+    pub fn clock(&self) -> &'static str {
+        self.0.clock.name()
+    }
+
+    /// The layer's clock now: what a record written now would carry, in
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub fn now(&self) -> u64 {
+        self.0.clock.now()
     }
 
     /// The channel.
@@ -477,8 +563,26 @@ struct Fields<'a>(&'a mut Enc);
 impl Fields<'_> {
     #[inline(always)]
     fn head(&mut self, f: &Field, tag: u8) {
-        self.0.varint(f.index() as u64);
-        self.0.byte(tag);
+        let i = f.index();
+        if i < 0x80 {
+            // The usual one-byte index: one capacity check for both bytes.
+            self.0.buf.extend_from_slice(&[i as u8, tag]);
+        } else {
+            self.0.varint(i as u64);
+            self.0.byte(tag);
+        }
+    }
+
+    /// Index, tag and an integer's varint; small ones in one copy.
+    #[inline(always)]
+    fn int(&mut self, f: &Field, tag: u8, v: u64) {
+        let i = f.index();
+        if i < 0x80 && v < 0x80 {
+            self.0.buf.extend_from_slice(&[i as u8, tag, v as u8]);
+        } else {
+            self.head(f, tag);
+            self.0.varint(v);
+        }
     }
 
     /// Appends a length-prefixed text written by `w`, formatted straight
@@ -518,12 +622,10 @@ impl Visit for Fields<'_> {
         self.0.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn record_i64(&mut self, f: &Field, v: i64) {
-        self.head(f, wire::TAG_I64);
-        self.0.varint(wire::zigzag(v));
+        self.int(f, wire::TAG_I64, wire::zigzag(v));
     }
     fn record_u64(&mut self, f: &Field, v: u64) {
-        self.head(f, wire::TAG_U64);
-        self.0.varint(v);
+        self.int(f, wire::TAG_U64, v);
     }
     fn record_i128(&mut self, f: &Field, v: i128) {
         self.head(f, wire::TAG_I128);
@@ -537,8 +639,16 @@ impl Visit for Fields<'_> {
         self.head(f, if v { wire::TAG_TRUE } else { wire::TAG_FALSE });
     }
     fn record_str(&mut self, f: &Field, v: &str) {
-        self.head(f, wire::TAG_STR);
-        self.0.str(v);
+        let i = f.index();
+        if i < 0x80 && v.len() < 0x80 {
+            // Index, tag and length in one copy.
+            let buf = &mut self.0.buf;
+            buf.extend_from_slice(&[i as u8, wire::TAG_STR, v.len() as u8]);
+            buf.extend_from_slice(v.as_bytes());
+        } else {
+            self.head(f, wire::TAG_STR);
+            self.0.str(v);
+        }
     }
     fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
         self.head(f, wire::TAG_ERROR);
@@ -566,12 +676,15 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let id = self.0.callsite_id(event.metadata());
-        self.0.with_scratch(|e, tid| {
-            e.byte(wire::KIND_EVENT);
-            e.varint(id);
-            e.varint(tid);
-            event.record(&mut Fields(e));
+        let inner = &*self.0;
+        LOCAL.with(|l| {
+            let id = inner.event_callsite(l, event.metadata());
+            inner.encode(l, |e, tid| {
+                e.byte(wire::KIND_EVENT);
+                e.varint(id);
+                e.varint(tid);
+                event.record(&mut Fields(e));
+            })
         });
     }
 

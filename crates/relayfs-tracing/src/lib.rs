@@ -26,7 +26,7 @@
 //!
 //! Each record is one framed record of the library ([`relayfs::frame`]:
 //! 8-byte header, then an 8-byte `CLOCK_MONOTONIC` timestamp in ns, then
-//! the payload below), written with [`relayfs::Channel::write_record_timed`]
+//! the payload below), written with [`relayfs::Channel::write_record_timed_with`]
 //! into the buffer of the CPU the thread runs on. Integers marked *varint*
 //! are LEB128 (7 bits a byte, low first, at most 10 bytes); *str* is a
 //! varint length and that many UTF-8 bytes. The payload's first byte is its
@@ -82,16 +82,24 @@
 //! are counted apart (they are written again). [`RelayLayer::flush_lost`] writes
 //! the ones still pending.
 //!
-//! **The clock.** The framing's timestamp: `CLOCK_MONOTONIC` read through
-//! the vDSO, 28 to 31 ns, against 13 to 15 ns for `rdtsc` (measured by the
-//! `emit` benchmark's `clock` group on a loaded 2-CPU virtual machine). The
-//! TSC would save some 15 ns an event, but its rate must be calibrated, it is only comparable across
-//! CPUs where the kernel says the TSC is stable and synchronised (it says
-//! so in `clocksource`, not to user space programs portably), and it means
-//! `unsafe` and x86-only code; `CLOCK_MONOTONIC` is the one clock every
-//! buffer and every process of the machine shares, which the merge relies
-//! on, and it is what the library's framing already takes. The clock record
-//! lets the decoder print wall-clock times.
+//! **The clock.** Timestamps are `CLOCK_MONOTONIC` nanoseconds, the
+//! framing's clock, read through the vDSO. With the `tsc` feature (off by
+//! default), where the kernel keeps time with the TSC (its clocksource is
+//! `tsc`: it found the TSC invariant and synchronised across CPUs), the
+//! layer reads the TSC instead, scaled by a rate calibrated against
+//! `CLOCK_MONOTONIC` (`quanta`, once a process, under 3 ms measured) and
+//! based on a `CLOCK_MONOTONIC` reading taken when the layer is made. Every
+//! record the layer writes takes that one clock, so callsite records stay
+//! before their events and the buffers merge;
+//! [`RelayLayer::with_monotonic_clock`] reads `CLOCK_MONOTONIC` itself, for
+//! a channel shared with other timed writers. The TSC reads in 15 ns
+//! against 23 ns (the `emit` benchmark's `clock` group, the thread's CPU
+//! time), but an event was not measurably cheaper for it on the loaded
+//! machine the benchmarks ran on, and the scaled TSC does not follow NTP's
+//! slewing of `CLOCK_MONOTONIC` after the calibration: over a long run the
+//! two part by the difference in rate, and with them the wall-clock times
+//! the decoder prints from the one clock record. Hence off by default. The
+//! clock record lets the decoder print wall-clock times.
 //!
 //! ## Cost
 //!
@@ -104,6 +112,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod clock;
 #[cfg(feature = "decode")]
 pub mod decode;
 mod layer;

@@ -295,6 +295,18 @@ impl<'a> Cur<'a> {
     /// A varint of at most 10 bytes.
     #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
+        // Most varints (ids, indexes, lengths) are one byte.
+        if let Some(&b) = self.b.get(self.at) {
+            if b < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, WireError> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
             let b = self.byte()?;
@@ -349,6 +361,7 @@ pub struct Values<'a>(pub Cur<'a>);
 impl<'a> Iterator for Values<'a> {
     type Item = Result<(u64, Value<'a>), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.0.is_empty() {
             return None;
@@ -362,6 +375,7 @@ impl<'a> Iterator for Values<'a> {
     }
 }
 
+#[inline]
 fn parse_value<'a>(c: &mut Cur<'a>) -> Result<(u64, Value<'a>), WireError> {
     let field = c.varint()?;
     let at = c.at;

@@ -131,8 +131,11 @@ fn every_field_type_round_trips() {
     let mut rig = rig(true, 4096, 4, true);
     let err = TestError("outer", Some(Box::new(TestError("inner", None))));
     let values: Vec<i64> = vec![i64::MIN, -1, 0, 1, 300, i64::MAX];
+    // A string whose length takes a two-byte varint, once i is 300.
+    let long = |i: i64| "é".repeat(i.clamp(0, 300) as usize);
     tracing::dispatcher::with_default(&rig.dispatch, || {
         for &i in &values {
+            let l = long(i);
             tracing::warn!(
                 target: "types",
                 i,
@@ -142,6 +145,7 @@ fn every_field_type_round_trips() {
                 f = i as f64 / 3.0,
                 yes = i >= 0,
                 s = "a \"quoted\"\nstring",
+                l = l.as_str(),
                 d = ?vec![i, 2],
                 e = &err as &(dyn std::error::Error + 'static),
                 "message {}",
@@ -197,6 +201,7 @@ fn every_field_type_round_trips() {
                 assert_eq!(got["f"], Value::F64(i as f64 / 3.0));
                 assert_eq!(got["yes"], Value::Bool(i >= 0));
                 assert_eq!(got["s"], Value::Str("a \"quoted\"\nstring"));
+                assert_eq!(got["l"], Value::Str(&long(i)));
                 assert_eq!(got["d"], Value::Debug(&format!("{:?}", vec![i, 2])));
                 assert_eq!(got["e"], Value::Error("outer: inner"));
                 assert_eq!(got["message"], Value::Debug(&format!("message {i}")));
@@ -226,6 +231,7 @@ fn every_field_type_round_trips() {
         assert_eq!(f["u"], i.unsigned_abs());
         assert_eq!(f["yes"], i >= 0);
         assert_eq!(f["s"], "a \"quoted\"\nstring");
+        assert_eq!(f["l"], long(i));
         assert_eq!(f["e"], "outer: inner");
         assert_eq!(f["message"], format!("message {i}"));
         assert_eq!(f["f"].as_f64(), Some(i as f64 / 3.0));
@@ -300,6 +306,7 @@ fn events_of_several_threads_come_out_in_time_order() {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(stats.events, THREADS * EACH);
     let mut next = vec![0u64; THREADS as usize];
+    let mut tids: HashMap<usize, u64> = HashMap::new();
     let mut last = (0u64, String::new());
     let mut back = 0;
     for l in &lines {
@@ -319,11 +326,19 @@ fn events_of_several_threads_come_out_in_time_order() {
             last = (ts, buffer);
         }
         let t = l["fields"]["t"].as_u64().unwrap() as usize;
+        // Each thread's events carry its own id, whichever thread's came
+        // before.
+        let id = l["threadId"].as_u64().unwrap();
+        assert_eq!(*tids.entry(t).or_insert(id), id, "{l}");
         // Each thread's events in its own order, none missing or doubled.
         assert_eq!(l["fields"]["i"].as_u64().unwrap(), next[t]);
         next[t] += 1;
     }
     assert!(next.iter().all(|&n| n == EACH));
+    let mut ids: Vec<u64> = tids.values().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), THREADS as usize, "{tids:?}");
     // The decoder counts every record that goes back, the callsite and
     // clock records (not lines) too: one of those can race an event.
     let not_events = stats.records - stats.events;
@@ -533,4 +548,93 @@ fn events_whose_callsite_record_was_overwritten_still_decode() {
         last = Some(i);
     }
     assert_eq!(last, Some(N as i64 - 1));
+}
+
+/// The layer's timestamps are `CLOCK_MONOTONIC` nanoseconds whichever
+/// clock it reads (the TSC is scaled and based on `CLOCK_MONOTONIC`), so
+/// they compare with other timed writers' and with the decoder's clock.
+#[test]
+fn the_layers_clock_counts_monotonic_nanoseconds() {
+    let rig = rig(true, 4096, 4, false);
+    let layer = RelayLayer::new(rig.chan.clone());
+    assert!(
+        ["tsc", "monotonic"].contains(&layer.clock()),
+        "{}",
+        layer.clock()
+    );
+    // Not a timing: how far two clocks may disagree, the TSC's rate being
+    // calibrated, and its error growing with the time since the layer was
+    // made.
+    const SLACK: u64 = 100_000_000;
+    for _ in 0..1000 {
+        let a = relayfs::frame::now();
+        let t = layer.now();
+        let b = relayfs::frame::now();
+        assert!(
+            t + SLACK >= a && t <= b + SLACK,
+            "{} clock at {t}, CLOCK_MONOTONIC {a}..{b}",
+            layer.clock()
+        );
+    }
+    let mono = RelayLayer::with_monotonic_clock(rig.chan.clone());
+    assert_eq!(mono.clock(), "monotonic");
+    let a = relayfs::frame::now();
+    let t = mono.now();
+    let b = relayfs::frame::now();
+    assert!(a <= t && t <= b, "{t} not in {a}..{b}");
+}
+
+/// Two layers (two channels, each with its own callsite ids) used in turn
+/// by one thread: each event comes out of its own channel with its own
+/// callsite's fields, the thread's cache of its last callsite
+/// notwithstanding.
+#[test]
+fn two_layers_in_turn_keep_their_own_callsite_ids() {
+    fn p(n: u64) {
+        tracing::info!(p = n, "first");
+    }
+    fn q(n: u64) {
+        tracing::warn!(q = n, "second");
+    }
+    fn r(n: u64) {
+        tracing::error!(r = n, "third");
+    }
+    let mut a = rig(true, 1 << 16, 4, true);
+    // The first layer sees its callsites before the second is made, so
+    // their ids differ from the second's (which registers every callsite
+    // of the process when it is made).
+    tracing::dispatcher::with_default(&a.dispatch, || {
+        r(0);
+        q(0);
+    });
+    let mut b = rig(true, 1 << 16, 4, true);
+    const N: u64 = 50;
+    for i in 1..=N {
+        // The same callsite in both, one after the other.
+        for d in [&a.dispatch, &b.dispatch, &a.dispatch] {
+            tracing::dispatcher::with_default(d, || match i % 3 {
+                0 => p(i),
+                1 => q(i),
+                _ => r(i),
+            });
+        }
+    }
+    for (rig, per_round) in [(&mut a, 2), (&mut b, 1)] {
+        let (lines, problems, stats) = decode_json(close_and_read(rig));
+        assert!(problems.is_empty(), "{problems:?}");
+        let events: Vec<_> = lines.iter().filter(|l| l["level"] != "LOST").collect();
+        assert_eq!(stats.events, events.len() as u64);
+        assert!(events.len() as u64 >= per_round * N);
+        for l in events {
+            let f = &l["fields"];
+            let (field, level) = match f["message"].as_str().unwrap() {
+                "first" => ("p", "INFO"),
+                "second" => ("q", "WARN"),
+                "third" => ("r", "ERROR"),
+                m => panic!("message {m}: {l}"),
+            };
+            assert!(f[field].is_u64(), "{l}");
+            assert_eq!(l["level"], level, "{l}");
+        }
+    }
 }

@@ -256,6 +256,30 @@ impl Channel {
         })
     }
 
+    /// As [`write_record_timed`](Channel::write_record_timed), with the
+    /// timestamp read from `clock` (once the slot is reserved) instead of
+    /// [`now`]: for a writer with a cheaper clock that counts the same
+    /// nanoseconds as [`now`] (say the TSC, scaled against
+    /// `CLOCK_MONOTONIC`). [`Merge`] compares the timestamps of every
+    /// buffer, so all the timed writers of a channel should use one clock.
+    ///
+    /// # Errors
+    /// As [`write_record`](Channel::write_record).
+    #[inline]
+    pub fn write_record_timed_with(
+        &self,
+        payload: &[u8],
+        clock: impl FnOnce() -> u64,
+    ) -> Result<(), WriteError> {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        self.write_with_head(payload, || {
+            let mut h = [0u8; HEADER_LEN + TIMESTAMP_LEN];
+            h[..HEADER_LEN].copy_from_slice(&encode_header(len, FLAG_TIMESTAMP));
+            h[HEADER_LEN..].copy_from_slice(&clock().to_le_bytes());
+            h
+        })
+    }
+
     /// Reserves a framed record with a payload of `len` bytes, to be filled
     /// in place; the header is written. Readers see it once committed.
     ///

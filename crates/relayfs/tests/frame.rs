@@ -559,3 +559,37 @@ fn a_failing_source_ends_the_stream_after_its_error() {
         matches!(err[1], Err(FrameError::Truncated { offset, have: 3, .. }) if offset == want[want.len() - 1].offset)
     );
 }
+
+/// `write_record_timed_with` stores what its clock returns, asks it once
+/// for a record written and never for one refused.
+#[test]
+fn timed_with_a_given_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chan, reader) = global(dir.path(), 256, 2);
+    let mut calls = 0;
+    let mut written = 0u64;
+    let mut refused = 0u64;
+    for i in 0..40u64 {
+        let r = chan.write_record_timed_with(&payload(i as usize, 40), || {
+            calls += 1;
+            1_000 + i
+        });
+        match r {
+            Ok(()) => written += 1,
+            Err(WriteError::Full) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        written > 0 && refused > 0,
+        "{written} written, {refused} refused"
+    );
+    assert_eq!(calls, written);
+    chan.close().unwrap();
+    let got: Vec<OwnedRecord> = Records::live(reader).map(Result::unwrap).collect();
+    assert_eq!(got.len() as u64, written);
+    for r in &got {
+        let i = r.timestamp.unwrap() - 1_000;
+        assert_eq!(r.payload, payload(i as usize, 40));
+    }
+}

@@ -1,0 +1,287 @@
+//! Reading through `relayfs mount` against `relayfs record -o /dev/null`,
+//! measured in the same run on the same kind of channel: one global buffer
+//! of 1 MiB sub-buffers, filled while the reader is attached but stopped,
+//! then drained by the reader, timed from its `SIGCONT` to its exit. Into
+//! `/dev/null` (where `relayfs record` writes from the mapping and nothing
+//! is copied at all) and into a tmpfs file (one copy each way).
+//!
+//! Run with `scripts/mount_bench.sh` (it builds the release binaries
+//! first). Prints one line per run and the medians; `--json` prints one
+//! object.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relayfs::{Channel, WriteError};
+use rustix::process::{kill_process, Pid, Signal};
+
+const SUBBUF: u64 = 1 << 20;
+
+struct Opts {
+    n_subbufs: u64,
+    record: usize,
+    rounds: usize,
+    json: bool,
+    /// Another `relayfs` build to mount beside this one (an A/B of the
+    /// mount itself, in the same run).
+    baseline: Option<PathBuf>,
+}
+
+fn parse() -> Opts {
+    let mut o = Opts {
+        n_subbufs: 1024,
+        record: 4096,
+        rounds: 5,
+        json: false,
+        baseline: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = |what: &str| -> u64 {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{what} needs a number"))
+        };
+        match a.as_str() {
+            "--n-subbufs" => o.n_subbufs = num("--n-subbufs"),
+            "--record" => o.record = num("--record") as usize,
+            "--rounds" => o.rounds = num("--rounds") as usize,
+            "--json" => o.json = true,
+            "--baseline-bin" => {
+                let p = args.next().expect("--baseline-bin needs a path");
+                o.baseline = Some(PathBuf::from(p));
+            }
+            _ => panic!(
+                "usage: mount_bench [--n-subbufs N] [--record BYTES] [--rounds N] [--json] \
+                 [--baseline-bin RELAYFS]"
+            ),
+        }
+    }
+    o
+}
+
+/// The `relayfs` binary built beside this example.
+fn relayfs_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("relayfs");
+    assert!(p.is_file(), "no {} (build the binaries first)", p.display());
+    p
+}
+
+struct Mounted {
+    child: Child,
+    mp: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
+        let _ = self.child.wait();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mp)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn mount(bin: &Path, root: &Path, mp: &Path) -> Mounted {
+    let child = Command::new(bin)
+        .env("RELAYFS_DIR", root)
+        .arg("mount")
+        .arg("--follow")
+        .arg(mp)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&format!(" {} ", mp.display()))
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Mounted {
+        child,
+        mp: mp.to_path_buf(),
+    }
+}
+
+/// One drain: the reader `cmd` is started, attached, stopped; the buffer
+/// filled and the channel closed; the reader continued and timed to its
+/// exit. Returns (bytes, seconds).
+fn drain(root: &Path, o: &Opts, name: &str, cmd: impl FnOnce(&Channel) -> Command) -> (u64, f64) {
+    let chan = Channel::builder(name)
+        .relay_dir(root)
+        .global(true)
+        .subbuf_size(SUBBUF)
+        .n_subbufs(o.n_subbufs)
+        .open()
+        .unwrap();
+    let c = cmd(&chan)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        chan.wait_for_readers(Duration::from_secs(30)),
+        "the reader did not attach"
+    );
+    let pid = Pid::from_child(&c);
+    kill_process(pid, Signal::STOP).unwrap();
+    let rec = vec![0x5au8; o.record];
+    loop {
+        match chan.write(&rec) {
+            Ok(()) => {}
+            Err(WriteError::Full) => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let stats = chan.close().unwrap();
+    let bytes = stats.bytes_written + (stats.records_pending * o.record as u64).min(SUBBUF);
+    let t = Instant::now();
+    kill_process(pid, Signal::CONT).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (bytes, secs)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let o = parse();
+    let base = tempfile::Builder::new()
+        .prefix("relayfs-mount-bench-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let root = base.path().join("relay");
+    let mp = base.path().join("mnt");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&mp).unwrap();
+    let bin = relayfs_bin();
+    let _m = mount(&bin, &root, &mp);
+    let mp0 = base.path().join("mnt0");
+    std::fs::create_dir_all(&mp0).unwrap();
+    let _m0 = o.baseline.as_ref().map(|b| mount(b, &root, &mp0));
+    // Outputs into tmpfs (one copy, as a recording to a file has), removed
+    // after each run.
+    let out = base.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    type Reader<'a> = (&'a str, Box<dyn Fn(&Channel, &str) -> Command + 'a>);
+    let readers: Vec<Reader<'_>> = vec![
+        (
+            "record -o /dev/null",
+            Box::new(|_c: &Channel, name: &str| {
+                let mut c = Command::new(&bin);
+                c.env("RELAYFS_DIR", &root)
+                    .args(["record", name, "-o", "/dev/null"]);
+                c
+            }),
+        ),
+        (
+            "mount: dd bs=1M",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp.join(name).join(f).display()))
+                    .args(["of=/dev/null", "bs=1M", "status=none"]);
+                d
+            }),
+        ),
+        (
+            "mount: dd bs=128K",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp.join(name).join(f).display()))
+                    .args(["of=/dev/null", "bs=128K", "status=none"]);
+                d
+            }),
+        ),
+        (
+            "record -o tmpfs dir",
+            Box::new(|_c: &Channel, name: &str| {
+                let mut c = Command::new(&bin);
+                c.env("RELAYFS_DIR", &root)
+                    .args(["record", name, "-o"])
+                    .arg(out.join(name));
+                c
+            }),
+        ),
+        (
+            "mount: dd bs=1M tmpfs",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp.join(name).join(f).display()))
+                    .arg(format!("of={}", out.join(name).display()))
+                    .args(["bs=1M", "status=none"]);
+                d
+            }),
+        ),
+    ];
+    let mut readers = readers;
+    if o.baseline.is_some() {
+        readers.push((
+            "baseline mount: dd bs=1M",
+            Box::new(|c: &Channel, name: &str| {
+                let f = c.buffer_path(0).file_name().unwrap().to_owned();
+                let mut d = Command::new("dd");
+                d.arg(format!("if={}", mp0.join(name).join(f).display()))
+                    .args(["of=/dev/null", "bs=1M", "status=none"]);
+                d
+            }),
+        ));
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
+    for round in 0..o.rounds {
+        // Alternate the order, so that neither always runs first.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..readers.len()).collect()
+        } else {
+            (0..readers.len()).rev().collect()
+        };
+        for i in order {
+            let name = format!("b{round}x{i}");
+            let (what, mk) = &readers[i];
+            let (bytes, secs) = drain(&root, &o, &name, |c| mk(c, &name));
+            let gbps = bytes as f64 / secs / 1e9;
+            if !o.json {
+                println!("round {round} {what:<22} {bytes} bytes in {secs:.3} s: {gbps:.2} GB/s");
+            }
+            rates[i].push(gbps);
+            let o = out.join(&name);
+            let _ = std::fs::remove_dir_all(&o).or_else(|_| std::fs::remove_file(&o));
+        }
+    }
+    let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
+    if o.json {
+        let v = serde_json::json!({
+            "subbuf_size": SUBBUF,
+            "n_subbufs": o.n_subbufs,
+            "record": o.record,
+            "rounds": o.rounds,
+            "median_gb_per_s": readers.iter().zip(&meds)
+                .map(|((w, _), m)| (w.to_string(), serde_json::json!(m)))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{v}");
+    } else {
+        for ((what, _), m) in readers.iter().zip(&meds) {
+            println!(
+                "median {what:<22} {m:.2} GB/s ({:.2} of the recorder's)",
+                m / meds[0]
+            );
+        }
+    }
+}
