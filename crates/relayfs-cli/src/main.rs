@@ -7,6 +7,7 @@ mod checker;
 mod cmd;
 mod demofmt;
 mod mount;
+mod natsio;
 mod recorder;
 mod util;
 mod workload;
@@ -44,6 +45,10 @@ enum Cmd {
     Stat(cmd::stat::Args),
     /// Channels under the relay directory
     Ls(cmd::ls::Args),
+    /// Get recordings that `record --to nats://` put in a JetStream stream
+    /// back into OUTDIR/<host>/<channel>/<buffer>.out files, with each
+    /// channel's summary (exit 1 if sub-buffers are missing)
+    Pull(cmd::pull::Args),
     /// End-to-end throughput: producer threads against `relayfs record` in
     /// another process (--sweep for the standard matrix, --find-lossless for
     /// the highest rate with no drops)
@@ -70,6 +75,7 @@ fn main() {
         Cmd::Stat(a) => cmd::stat::run(a),
         Cmd::Ls(a) => cmd::ls::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
+        Cmd::Pull(a) => cmd::pull::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

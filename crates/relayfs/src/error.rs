@@ -232,6 +232,11 @@ pub enum ReadError {
         /// Ordinal of the sub-buffer given.
         ordinal: u64,
     },
+    /// Look-ahead reading ([`RelayFile::peek_subbuf`](crate::RelayFile::peek_subbuf))
+    /// was asked of an overwrite-mode buffer, where a writer may reuse a
+    /// sub-buffer that is not consumed yet.
+    #[error("{0}: the buffer is in overwrite mode; reading ahead of the consumed position needs a no-overwrite buffer")]
+    Overwrite(PathBuf),
     /// Kernel lockdown forbids opening debugfs relay files.
     #[error("{path}: the kernel is in lockdown ({mode}), which forbids opening debugfs relay files (the kernel logs \"debugfs access is restricted\"); boot with lockdown=none where policy allows, or read the data another way")]
     Lockdown {

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferStats, Mapped, Shared};
+use crate::buffer::{Avail, BufferStats, Mapped, Shared};
 use crate::cursor::{Chunk, Cursor};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, BufferHeader, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
@@ -790,6 +790,191 @@ impl Mapping<'_> {
                 source,
             })?;
         self.checked.set(None);
+        Ok(done)
+    }
+}
+
+/// A complete sub-buffer copied out ahead of the reader's position by
+/// [`RelayFile::peek_subbuf`], not consumed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeekedSubbuf {
+    /// Its sequence number in the buffer: sub-buffers produced before it
+    /// (monotonic for the life of the buffer, and the same for every reader,
+    /// including one restarted).
+    pub seq: u64,
+    /// Its data, padding removed: whole records only. If `read` already
+    /// took the start of it, that start is left out (see `offset`).
+    pub data: Vec<u8>,
+    /// Bytes of it consumed before the look-ahead started (by `read` or
+    /// `sendfile` of an earlier reader); `data` starts there.
+    pub offset: u64,
+    /// Records in the sub-buffer (the whole of it).
+    pub records: u64,
+    /// The producer died while writing it: this is its committed part, and
+    /// nothing more will come in this buffer.
+    pub partial: bool,
+}
+
+impl RelayFile {
+    /// The sequence number of the next sub-buffer to consume: the reader's
+    /// position, kept in the buffer file, so that a reader closed (or
+    /// killed) and opened again resumes here.
+    pub fn consumed_seq(&self) -> u64 {
+        // SYNC POINT: Acquire pairs with the Release store of CONSUMED by
+        // the reader before us (`set_position`), as `Cursor::load`.
+        self.shared()
+            .reader_word(rdr::CONSUMED)
+            .load(Ordering::Acquire)
+    }
+
+    /// Reads ahead without consuming: copies the complete sub-buffer `seq`
+    /// (at or after [`consumed_seq`](Self::consumed_seq)) out, padding
+    /// removed, or returns `None` if it is not complete yet. Nothing is
+    /// consumed: the producer can't reuse the sub-buffer until
+    /// [`consume_through`](Self::consume_through) hands it back, so a
+    /// reader that must keep data until someone else acknowledges it (a
+    /// network broker, say) copies sub-buffers out here, sends them, and
+    /// consumes them once they are safe. Records the producer can't place
+    /// meanwhile are dropped and counted (`dropped_full`), as with any slow
+    /// reader. Once the producer is dead, the sub-buffer it was writing is
+    /// returned too, as far as it is committed (`partial`).
+    ///
+    /// No-overwrite buffers only: in overwrite mode a writer may reuse any
+    /// sub-buffer the reader has not claimed.
+    ///
+    /// # Errors
+    /// [`ReadError::Overwrite`] for an overwrite-mode buffer,
+    /// [`ReadError::NotReady`] if `seq` is consumed already,
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn peek_subbuf(&mut self, seq: u64) -> Result<Option<PeekedSubbuf>, ReadError> {
+        let mut p = PeekedSubbuf::default();
+        Ok(self.peek_subbuf_into(seq, &mut p)?.then_some(p))
+    }
+
+    /// As [`peek_subbuf`](Self::peek_subbuf), into `out`, reusing the
+    /// allocation of its `data` (a reader that ships megabyte sub-buffers
+    /// one after the other then doesn't map, fault in and unmap fresh
+    /// memory for each). Returns whether the sub-buffer was there; `out`
+    /// is left as it was if not.
+    ///
+    /// # Errors
+    /// As [`peek_subbuf`](Self::peek_subbuf).
+    pub fn peek_subbuf_into(
+        &mut self,
+        seq: u64,
+        out: &mut PeekedSubbuf,
+    ) -> Result<bool, ReadError> {
+        self.check_size()?;
+        self.cur.check_epoch(&self.map.shared);
+        let s = &self.map.shared;
+        if s.is_overwrite() {
+            return Err(ReadError::Overwrite(self.path.clone()));
+        }
+        let consumed = self.consumed_seq();
+        if seq < consumed {
+            return Err(ReadError::NotReady {
+                path: self.path.clone(),
+                ordinal: seq,
+            });
+        }
+        let g = self.header.geometry;
+        let s = &self.map.shared;
+        if seq > g.pos_ordinal(s.head()) {
+            return Ok(false);
+        }
+        // SYNC POINT: Relaxed: the reader's own word, written before the
+        // Release store of CONSUMED acquired above (as in `Cursor::load`).
+        let read_pos = if seq == consumed {
+            s.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let fmt = |source| ReadError::Format {
+            path: self.path.clone(),
+            source,
+        };
+        let (end, records, partial) = match s.available(seq, false).map_err(fmt)? {
+            Avail::Complete { end, records } => (end, records, false),
+            Avail::Partial { .. } | Avail::Nothing => {
+                if self.is_closed() || self.producer_alive() {
+                    return Ok(false);
+                }
+                // A dead producer's tail: nothing will complete it.
+                match s.available(seq, true).map_err(fmt)? {
+                    Avail::Partial { end } => (end, s.abandoned(seq, 0).map_or(0, |a| a.1), true),
+                    _ => return Ok(false),
+                }
+            }
+            Avail::Lapped { .. } => {
+                return Err(fmt(FormatError::Corrupt(
+                    "a sub-buffer not consumed was reused in no-overwrite mode",
+                )))
+            }
+        };
+        if read_pos > end || (partial && read_pos == end) {
+            return Ok(false);
+        }
+        let len = end - read_pos;
+        let src = s.slot_ptr(seq % g.n_subbufs, read_pos, len);
+        out.data.clear();
+        out.data.reserve(len as usize);
+        // SAFETY: `src..src + len` is within the mapping (`slot_ptr` checks
+        // the bounds) and is a complete sub-buffer not consumed yet, which
+        // no writer touches in no-overwrite mode; `out.data` has room for
+        // `len` bytes, all initialized by the copy before `set_len`. (No
+        // zeroing first: at megabytes a sub-buffer, it costs as much as
+        // the copy.)
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.data.as_mut_ptr(), len as usize);
+            out.data.set_len(len as usize);
+        }
+        out.seq = seq;
+        out.offset = read_pos;
+        out.records = records;
+        out.partial = partial;
+        Ok(true)
+    }
+
+    /// Consumes every sub-buffer up to and including `seq` (handed back
+    /// to the producer, its records counted as consumed), after
+    /// [`peek_subbuf`](Self::peek_subbuf) copies of them are safe
+    /// elsewhere. A dead producer's partial sub-buffer is consumed as
+    /// [`read`](Self::read) leaves it: the position stays at its end.
+    /// Returns how many sub-buffers were consumed (0 if `seq` was already;
+    /// fewer than asked if some were not complete).
+    ///
+    /// # Errors
+    /// [`ReadError::Overwrite`] for an overwrite-mode buffer,
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn consume_through(&mut self, seq: u64) -> Result<u64, ReadError> {
+        self.check_size()?;
+        let s = &self.map.shared;
+        if s.is_overwrite() {
+            return Err(ReadError::Overwrite(self.path.clone()));
+        }
+        let fmt = |source| ReadError::Format {
+            path: self.path.clone(),
+            source,
+        };
+        let consumed = self.consumed_seq();
+        let mut done = 0;
+        if seq >= consumed {
+            done = s
+                .subbufs_consumed(seq + 1 - consumed, false, None)
+                .map_err(fmt)?;
+        }
+        if self.consumed_seq() == seq && !self.is_closed() && !self.producer_alive() {
+            // The dead producer's tail, peeked as `partial`.
+            self.cur.set_writers_gone();
+            let s = &self.map.shared;
+            if let Some((ord, _, _)) = s.map_ready(true).map_err(fmt)? {
+                if ord == seq && s.consume_held(ord, None).is_some() {
+                    done += 1;
+                }
+            }
+        }
+        // `read` resumes at the new position.
+        self.cur.load(&self.map.shared);
         Ok(done)
     }
 }

@@ -26,7 +26,9 @@
 pub(crate) mod config;
 pub(crate) mod engine;
 pub(crate) mod kernel;
+pub(crate) mod nats;
 pub(crate) mod output;
 pub(crate) mod relay;
 pub(crate) mod report;
 pub(crate) mod source;
+pub(crate) mod spool;

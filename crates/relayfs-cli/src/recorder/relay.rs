@@ -230,7 +230,7 @@ fn exit_code(results: &[BufferResult]) -> i32 {
     }
 }
 
-fn summarize(
+pub(crate) fn summarize(
     dir: &Path,
     out: &OutputConfig,
     scan: &ChannelScan,

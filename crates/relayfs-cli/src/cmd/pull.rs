@@ -1,0 +1,546 @@
+//! `relayfs pull nats://HOST:PORT --stream NAME -o OUTDIR`: gets recordings
+//! that `relayfs record --to` put in a JetStream stream back into files,
+//! `OUTDIR/<host>/<channel>/<buffer>.out`, as a local `relayfs record` of
+//! the same channel writes them, each channel with its
+//! `relayfs-record.json` (the recorders' counters carried through), and
+//! says per host what was delivered, dropped, and any gap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use async_nats::jetstream;
+use async_nats::jetstream::message::StreamMessage;
+use bytes::Bytes;
+use relayfs::BufferStats;
+use serde::Serialize;
+
+use crate::natsio::{self, EndInfo, NatsArgs, NatsUrl, WireStats};
+use crate::recorder::nats::util_buffer_order;
+use crate::recorder::report::{
+    self, BufferSummary, End, Progress, RecordSummary, Show, Summary, SUMMARY_FILE,
+};
+use crate::util;
+
+/// Arguments of `relayfs pull`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The broker: nats://HOST:PORT
+    pub url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Output directory: OUTDIR/<host>/<channel>/<buffer>.out
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Only this host's recordings
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this channel's recordings
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Keep going: write what arrives until interrupted (SIGINT, SIGTERM)
+    #[arg(long)]
+    pub follow: bool,
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// No summary (errors only)
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// One buffer's recording being written back.
+#[derive(Default)]
+struct Buf {
+    file: Option<File>,
+    /// The next sub-buffer to write (None: nothing written yet).
+    next: Option<u64>,
+    /// Complete sub-buffers that came before their turn.
+    ahead: BTreeMap<u64, (Vec<Bytes>, u64)>,
+    /// Parts of sub-buffers still arriving: parts, records.
+    partial: HashMap<u64, (Vec<Option<Bytes>>, u64)>,
+    bytes: u64,
+    /// Records in the sub-buffers written.
+    records: u64,
+    messages: u64,
+    gaps: u64,
+    duplicates: u64,
+    last_stats: WireStats,
+    end: Option<EndInfo>,
+    channel_id: u64,
+    n_buffers: u64,
+}
+
+/// What was pulled, per host, then channel, then buffer.
+type Tree = BTreeMap<String, BTreeMap<String, BTreeMap<String, Buf>>>;
+
+/// A header as text.
+fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+fn number(m: &StreamMessage, name: &str) -> Result<u64> {
+    header(m, name)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("message {}: no number in header {name}", m.sequence))
+}
+
+/// A name from a message that becomes a path component: a plain file name.
+fn plain(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= 255;
+    ok.then_some(name)
+}
+
+impl Buf {
+    fn open(&mut self, path: &Path) -> Result<()> {
+        if self.file.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+
+    /// Writes a complete sub-buffer, and those held back behind it.
+    fn complete(&mut self, seq: u64, parts: Vec<Bytes>, records: u64) -> Result<()> {
+        let next = *self.next.get_or_insert(seq);
+        if seq < next || self.ahead.contains_key(&seq) {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        self.ahead.insert(seq, (parts, records));
+        self.drain(false)
+    }
+
+    /// Writes what is in turn; `all`: also past gaps (counted).
+    fn drain(&mut self, all: bool) -> Result<()> {
+        while let Some((&seq, _)) = self.ahead.first_key_value() {
+            let next = self.next.unwrap_or(seq);
+            if seq != next {
+                if !all {
+                    break;
+                }
+                self.gaps += seq - next;
+            }
+            let (parts, records) = self.ahead.remove(&seq).expect("first");
+            let f = self.file.as_mut().expect("opened");
+            for p in &parts {
+                f.write_all(p).context("write")?;
+                self.bytes += p.len() as u64;
+            }
+            self.records += records;
+            self.next = Some(seq + 1);
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> BufferStats {
+        self.end
+            .as_ref()
+            .map_or(self.last_stats, |e| e.stats)
+            .into()
+    }
+}
+
+/// Takes one message into `tree`.
+fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
+    let (Some(host), Some(chan), Some(buf)) = (
+        header(&m, natsio::H_HOST).and_then(plain),
+        header(&m, natsio::H_CHANNEL).and_then(plain),
+        header(&m, natsio::H_BUFFER).and_then(plain),
+    ) else {
+        bail!(
+            "message {} on {}: not a relayfs message (host, channel or buffer header missing or not a plain name)",
+            m.sequence,
+            m.subject
+        );
+    };
+    let dir = out.join(host).join(chan);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let b = tree
+        .entry(host.to_string())
+        .or_default()
+        .entry(chan.to_string())
+        .or_default()
+        .entry(buf.to_string())
+        .or_default();
+    b.open(&dir.join(format!("{buf}.out")))?;
+    b.messages += 1;
+    b.channel_id = number(&m, natsio::H_CHANNEL_ID).unwrap_or(b.channel_id);
+    b.n_buffers = number(&m, natsio::H_N_BUFFERS).unwrap_or(b.n_buffers);
+    match header(&m, natsio::H_KIND) {
+        Some("end") => {
+            let info: EndInfo = serde_json::from_slice(&m.payload)
+                .with_context(|| format!("message {}: a bad end message", m.sequence))?;
+            b.end = Some(info);
+        }
+        Some("data") => {
+            let seq = number(&m, natsio::H_SEQ)?;
+            let part = number(&m, natsio::H_PART)?;
+            let parts = number(&m, natsio::H_PARTS)?;
+            let records = number(&m, natsio::H_RECORDS)?;
+            if parts == 0 || part >= parts || parts > 1 << 20 {
+                bail!("message {}: part {part} of {parts}", m.sequence);
+            }
+            if let Some(s) = header(&m, natsio::H_STATS).and_then(|s| serde_json::from_str(s).ok())
+            {
+                b.last_stats = s;
+            }
+            if parts == 1 {
+                return b.complete(seq, vec![m.payload], records);
+            }
+            let slot = b
+                .partial
+                .entry(seq)
+                .or_insert_with(|| (vec![None; parts as usize], records));
+            if slot.0.len() as u64 != parts {
+                bail!("message {}: parts disagree", m.sequence);
+            }
+            if slot.0[part as usize].is_some() {
+                b.duplicates += 1;
+                return Ok(());
+            }
+            slot.0[part as usize] = Some(m.payload);
+            if slot.0.iter().all(Option::is_some) {
+                let (v, records) = b.partial.remove(&seq).expect("present");
+                b.complete(seq, v.into_iter().flatten().collect(), records)?;
+            }
+        }
+        k => bail!("message {}: unknown kind {k:?}", m.sequence),
+    }
+    Ok(())
+}
+
+/// A host's totals, in the summary.
+#[derive(Debug, Default, Serialize)]
+struct HostSummary {
+    host: String,
+    channels: Vec<String>,
+    bytes: u64,
+    records_delivered: u64,
+    lost: u64,
+    gaps: u64,
+    duplicates: u64,
+    complete: bool,
+    #[serde(skip)]
+    messages: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PullSummary {
+    url: String,
+    stream: String,
+    out: String,
+    messages: u64,
+    bytes: u64,
+    gaps: u64,
+    exit_code: i32,
+    hosts: Vec<HostSummary>,
+}
+
+/// Writes the `relayfs-record.json` of one channel pulled, and adds its
+/// totals to `h`. `final_`: the pull is over, so sub-buffers held back
+/// behind a gap are written and the gap counted for good.
+fn channel_summary(
+    a: &Args,
+    host: &str,
+    chan: &str,
+    bufs: &mut BTreeMap<String, Buf>,
+    elapsed: f64,
+    final_: bool,
+    h: &mut HostSummary,
+) -> Result<()> {
+    let mut list: Vec<(&String, &mut Buf)> = bufs.iter_mut().collect();
+    list.sort_by_key(|(n, _)| util_buffer_order(n));
+    let mut summaries = Vec::new();
+    let mut stats = Vec::new();
+    let (mut ends, mut channel_id, mut n_buffers) = (Vec::new(), 0, 0);
+    let (mut abandoned_b, mut abandoned_r) = (0, 0);
+    for (name, b) in list {
+        // What never came is a gap: behind the end's position, or
+        // between sub-buffers that came (final: written past, counted).
+        let mut gaps = b.gaps;
+        if final_ {
+            b.drain(true)?;
+            if let (Some(e), Some(next)) = (&b.end, b.next) {
+                b.gaps += e.next_seq.saturating_sub(next);
+            }
+            gaps = b.gaps;
+            if let Some(f) = &b.file {
+                f.sync_all().ok();
+            }
+        } else if let (Some(e), Some(next)) = (&b.end, b.next) {
+            gaps += e.next_seq.saturating_sub(next);
+        }
+        let s = b.stats();
+        let end = b.end.as_ref().map_or(End::Interrupted, |e| e.end);
+        let ab = b.end.as_ref().and_then(|e| e.abandoned).unwrap_or((0, 0));
+        abandoned_b += ab.0;
+        abandoned_r += ab.1;
+        h.complete &= b.end.is_some();
+        channel_id = b.channel_id;
+        n_buffers = b.n_buffers;
+        h.messages += b.messages;
+        h.bytes += b.bytes;
+        h.gaps += gaps;
+        h.duplicates += b.duplicates;
+        ends.push(end);
+        let mut error = b.end.as_ref().and_then(|e| e.error.clone());
+        if gaps > 0 {
+            error.get_or_insert(format!("{gaps} sub-buffers missing from the stream"));
+        }
+        summaries.push(BufferSummary {
+            name: name.clone(),
+            end,
+            bytes: b.bytes,
+            files: vec![format!("{name}.out")],
+            records_written: s.records_written(),
+            records_delivered: s.records_consumed,
+            dropped_full: s.dropped_full,
+            dropped_toobig: s.dropped_toobig,
+            overwritten: s.overwritten_records,
+            discarded: s.discarded_records,
+            padding_bytes: s.padding_bytes,
+            abandoned_bytes: ab.0,
+            abandoned_records: ab.1,
+            error,
+        });
+        stats.push(s);
+    }
+    let total = relayfs::sum_stats(stats.iter());
+    h.records_delivered += total.records_consumed;
+    h.lost += total.lost();
+    let bytes: u64 = summaries.iter().map(|s| s.bytes).sum();
+    let end = End::worst(ends.iter().copied());
+    let rec = RecordSummary {
+        channel: format!("{host}:{chan}"),
+        channel_id: Some(channel_id),
+        n_buffers: Some(n_buffers),
+        out: a.out.join(host).join(chan).display().to_string(),
+        max_files: None,
+        end,
+        exit_code: match end {
+            End::Error => 1,
+            End::ProducerGone => report::EXIT_PRODUCER_GONE,
+            _ => 0,
+        },
+        elapsed_s: elapsed,
+        bytes,
+        mb_per_s: report::mb_per_s(bytes, elapsed),
+        records_written: total.records_written(),
+        records_delivered: total.records_consumed,
+        lost: total.lost(),
+        dropped_full: total.dropped_full,
+        dropped_toobig: total.dropped_toobig,
+        overwritten: total.overwritten_records,
+        discarded: total.discarded_records,
+        dropped_corrupt: total.dropped_corrupt,
+        unread_at_close: total.unread_at_close,
+        abandoned_bytes: abandoned_b,
+        abandoned_records: abandoned_r,
+        buffers: summaries,
+        memory: None,
+    };
+    let path = a.out.join(host).join(chan).join(SUMMARY_FILE);
+    let text = format!("{:#}\n", serde_json::to_value(&rec)?);
+    crate::recorder::output::write_atomic(&path, text.as_bytes())?;
+    if final_ && !a.quiet && !a.json {
+        rec.print_text();
+    }
+    Ok(())
+}
+
+/// Writes each channel's relayfs-record.json and returns the summary.
+fn summarize(tree: &mut Tree, a: &Args, url: &str, elapsed: f64) -> Result<PullSummary> {
+    let mut hosts = Vec::new();
+    let mut messages = 0;
+    for (host, chans) in tree.iter_mut() {
+        let mut h = HostSummary {
+            host: host.clone(),
+            channels: chans.keys().cloned().collect(),
+            bytes: 0,
+            records_delivered: 0,
+            lost: 0,
+            gaps: 0,
+            duplicates: 0,
+            complete: true,
+            messages: 0,
+        };
+        for (chan, bufs) in chans.iter_mut() {
+            channel_summary(a, host, chan, bufs, elapsed, true, &mut h)?;
+        }
+        messages += h.messages;
+        hosts.push(h);
+    }
+    let gaps = hosts.iter().map(|h| h.gaps).sum();
+    Ok(PullSummary {
+        url: url.to_string(),
+        stream: a.nats.stream.clone(),
+        out: a.out.display().to_string(),
+        messages,
+        bytes: hosts.iter().map(|h| h.bytes).sum(),
+        gaps,
+        exit_code: if gaps > 0 { 1 } else { 0 },
+        hosts,
+    })
+}
+
+/// Runs `relayfs pull`; returns the exit code.
+pub fn run(a: &Args) -> Result<i32> {
+    util::catch_interrupts();
+    let url = NatsUrl::parse(&a.url)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(pull(a, &url))
+}
+
+async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
+    let shown = format!("nats://{}", url.addr());
+    let client = natsio::connect(url, &a.nats, "relayfs pull").await?;
+    let js = jetstream::new(client);
+    let stream = js.get_stream(&a.nats.stream).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{shown}: no stream {:?} ({e}): is it the stream `relayfs record --to` used?",
+            a.nats.stream
+        )
+    })?;
+    let filter = format!(
+        "{}.{}.{}.*",
+        a.nats.subject,
+        a.host.as_deref().map_or("*".into(), natsio::token),
+        a.channel.as_deref().map_or("*".into(), natsio::token)
+    );
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let started = Instant::now();
+    // The live status line, as the recorder's: bytes pulled, and what the
+    // producers dropped as the counters pulled so far say.
+    let progress = Arc::new(vec![Progress::default()]);
+    let done = Arc::new(AtomicBool::new(false));
+    let show = Show {
+        json: a.json,
+        quiet: a.quiet,
+    };
+    let status = show.status_line().then(|| {
+        let (progress, done) = (progress.clone(), done.clone());
+        std::thread::spawn(move || {
+            report::status_line(&progress, &["pulled".to_string()], &done, started)
+        })
+    });
+    let mut tree = Tree::new();
+    let mut cursor = 1u64;
+    let mut failures = 0;
+    loop {
+        if util::interrupted() {
+            break;
+        }
+        let got = stream
+            .raw_message_builder()
+            .sequence(cursor)
+            .next_by_subject(filter.clone())
+            .send()
+            .await;
+        match got {
+            Ok(m) => {
+                failures = 0;
+                cursor = m.sequence + 1;
+                // The filter names the host and channel as subject tokens;
+                // the headers have the names themselves.
+                let keep = a
+                    .host
+                    .as_deref()
+                    .is_none_or(|h| header(&m, natsio::H_HOST) == Some(h))
+                    && a.channel
+                        .as_deref()
+                        .is_none_or(|c| header(&m, natsio::H_CHANNEL) == Some(c));
+                if keep {
+                    let n = m.payload.len() as u64;
+                    // Following, a channel's summary is written at each end
+                    // message (a recorder's final counters), not only when
+                    // the pull stops.
+                    let ended =
+                        (a.follow && header(&m, natsio::H_KIND) == Some("end")).then(|| {
+                            (
+                                header(&m, natsio::H_HOST).unwrap_or_default().to_string(),
+                                header(&m, natsio::H_CHANNEL)
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            )
+                        });
+                    take(&mut tree, &a.out, m)?;
+                    if let Some((h, c)) = ended {
+                        if let Some(bufs) = tree.get_mut(&h).and_then(|x| x.get_mut(&c)) {
+                            let elapsed = started.elapsed().as_secs_f64();
+                            let mut totals = HostSummary::default();
+                            channel_summary(a, &h, &c, bufs, elapsed, false, &mut totals)?;
+                        }
+                    }
+                    // SYNC POINT: Relaxed; a counter only shown.
+                    progress[0].bytes.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                if !a.follow {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                failures += 1;
+                if !a.follow && failures > 50 {
+                    bail!("{shown}: cannot read stream {:?}: {e}", a.nats.stream);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // SYNC POINT: Relaxed; a stop flag carrying no data.
+    done.store(true, Ordering::Relaxed);
+    if let Some(t) = status {
+        let _ = t.join();
+    }
+    let s = summarize(&mut tree, a, &shown, started.elapsed().as_secs_f64())?;
+    if a.json {
+        util::outln!("{}", serde_json::to_value(&s)?)?;
+    } else if !a.quiet {
+        crate::util::errln!(
+            "relayfs pull: {shown} stream {} -> {}: {} messages, {}",
+            a.nats.stream,
+            a.out.display(),
+            s.messages,
+            util::human_bytes(s.bytes)
+        );
+        for h in &s.hosts {
+            crate::util::errln!(
+                "  host {:<20} delivered {:>10}  dropped {:>8}  gaps {}{}",
+                h.host,
+                h.records_delivered,
+                h.lost,
+                h.gaps,
+                if h.complete {
+                    ""
+                } else {
+                    "  (recording not ended)"
+                }
+            );
+        }
+    }
+    Ok(s.exit_code)
+}
