@@ -707,6 +707,18 @@ impl Channel {
         Ok(Reservation { buf, cb, r, len })
     }
 
+    /// Whether this channel's writes reserve with a restartable sequence on
+    /// the writer's CPU instead of a locked compare-and-swap (see
+    /// `docs/DESIGN.md`, "The write position as a restartable sequence").
+    /// False for a global buffer, on other architectures than x86-64
+    /// Linux with glibc, where glibc registered no rseq area (before 2.35,
+    /// or `GLIBC_TUNABLES=glibc.pthread.rseq=0`), where the kernel lacks
+    /// `membarrier`'s expedited rseq command, or with `RELAYFS_RSEQ=0` in
+    /// the environment.
+    pub fn uses_rseq(&self) -> bool {
+        self.inner.bufs.iter().any(|b| b.shared().pinned())
+    }
+
     /// Closes the current sub-buffer of every buffer so that readers can read
     /// it (`relay_flush`).
     pub fn flush(&self) {

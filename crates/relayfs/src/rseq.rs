@@ -1,0 +1,337 @@
+//! The per-CPU write position moved without a lock prefix: a restartable
+//! sequence (rseq) on the thread's current CPU, and the remote-access
+//! protocol that keeps every other move of the same word from meeting it.
+//!
+//! # What a restartable sequence gives
+//!
+//! glibc (2.35 and later) registers a `struct rseq` for every thread; see
+//! `cpu` for how it is found. A thread that stores the address of a
+//! *critical-section descriptor* (`start_ip`, `post_commit_offset`,
+//! `abort_ip`) in the area's `rseq_cs` field and then runs the code between
+//! `start_ip` and `start_ip + post_commit_offset` gets this promise from the
+//! kernel: if the thread is preempted, migrated, or gets a signal while its
+//! instruction pointer is in that range, it resumes at `abort_ip` instead
+//! (after checking that the four bytes before `abort_ip` are the signature
+//! given at registration, `0x53053053` on x86-64). So a section whose last
+//! instruction is a single store (the *commit*) either ran entirely on one
+//! CPU with nothing else of that CPU in between, or its store never happened.
+//! Measured against every other thread that runs on the same CPU, that
+//! section is atomic, without a `lock` prefix.
+//!
+//! # What it does not give, and the remote-access mark
+//!
+//! A plain store in a sequence on CPU A is atomic only against code that runs
+//! on CPU A. A locked compare-and-swap executed on CPU B on the same word can
+//! fall between the sequence's load and its store, and the store then undoes
+//! it. So every change of a pinned word that does not come from a sequence on
+//! its own CPU (a thread that reserves in another CPU's buffer, `flush` and
+//! `close` from any thread, a thread that was migrated mid-switch, a thread
+//! without an rseq area) is a *remote access* and follows librseq's per-CPU
+//! pattern:
+//!
+//! 1. it adds one to the word's `mark` with a locked RMW (SeqCst: a full
+//!    barrier; the mark is visible everywhere before step 2 starts);
+//! 2. it calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+//!    MEMBARRIER_CMD_FLAG_CPU, cpu)`: the kernel interrupts the word's CPU
+//!    (if it runs a thread of this process) and any sequence in flight
+//!    there is aborted before it returns to it; the interrupt is a full
+//!    barrier on that CPU, so every sequence that starts there afterwards
+//!    loads the mark as non-zero;
+//! 3. it does its compare-and-swap (any locked RMW);
+//! 4. it subtracts one from the mark (Release: a sequence that sees the
+//!    mark back at 0 sees the CAS too, x86 loads being ordered).
+//!
+//! Every sequence loads the mark inside the section, before it loads the
+//! word, and gives up (the caller takes the remote path) if it is not 0. So
+//! between steps 2 and 4 no sequence on the word's CPU can commit: one in
+//! flight at step 2 was aborted, one started later sees the mark. Sequences
+//! on other CPUs never touch the word: each first checks that the thread's
+//! `cpu_id` is the word's CPU. Two remote accesses are two locked RMWs and
+//! need nothing more. Hence the two paths never corrupt each other on one
+//! word: at any moment the word is changed either only by sequences of one
+//! CPU (which the kernel serialises) or only by locked RMWs.
+//!
+//! A remote access costs a system call and an interrupt of one CPU (some
+//! microseconds). The write path takes it only where the fast path can't
+//! apply; see `docs/DESIGN.md`, "The write position as a restartable
+//! sequence".
+//!
+//! # Orderings
+//!
+//! On x86-64 a plain load is an Acquire load and a plain store a Release
+//! store (TSO), and the `asm!` block is a compiler barrier (it may read and
+//! write memory). So a sequence's load of the word acquires what the last
+//! writer of it released, and its store releases what this thread did
+//! before, exactly as the `AcqRel` CAS it replaces. Where the old argument
+//! relied on the *release sequence* of the opener's CAS (every later change
+//! of `head` being an RMW), the new one uses the chain of synchronises-with
+//! edges instead: each successful sequence acquired the value it replaced,
+//! so whoever acquires its value is ordered after every earlier writer.
+//!
+//! Only x86-64 Linux with glibc is supported; elsewhere [`Pin::new`] returns
+//! `None` and the buffer keeps its compare-and-swap.
+
+#![cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(loom)
+))]
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+/// `membarrier(2)` commands and flags (`linux/membarrier.h`).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 8;
+const MEMBARRIER_CMD_FLAG_CPU: libc::c_uint = 1;
+
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+/// Whether this process can use pinned words: glibc registered an rseq area
+/// and the kernel accepted the membarrier registration. Decided once.
+static USABLE: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Environment variable that turns the restartable sequences off for the
+/// process (`RELAYFS_RSEQ=0`): every write then takes the compare-and-swap,
+/// as on a system without rseq.
+const ENV_OFF: &str = "RELAYFS_RSEQ";
+
+/// Whether pinned words can be used in this process (looked up once).
+pub(crate) fn usable() -> bool {
+    // SYNC POINT: Relaxed: a constant of the process once decided; racing
+    // threads compute the same answer (registration is idempotent), and the
+    // registration itself is ordered by the system call, not by this flag.
+    match USABLE.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            let ok = decide();
+            // SYNC POINT: Relaxed, as the load above.
+            USABLE.store(if ok { YES } else { NO }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+#[cold]
+fn decide() -> bool {
+    if std::env::var_os(ENV_OFF).is_some_and(|v| v == "0") {
+        return false;
+    }
+    if crate::cpu::rseq_area().is_none() {
+        return false;
+    }
+    // SAFETY: membarrier with MEMBARRIER_CMD_QUERY only returns the
+    // supported commands.
+    let cmds = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0u32, 0i32) };
+    let need = (MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
+        | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ) as libc::c_long;
+    if cmds < 0 || cmds & need != need {
+        return false;
+    }
+    // SAFETY: registers this process for expedited rseq membarriers; it has
+    // no other effect (and is idempotent).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
+            0u32,
+            0i32,
+        )
+    };
+    r == 0
+}
+
+/// One word (a buffer's write position) that the sequences of one CPU change
+/// with a plain store, and everyone else through the remote-access protocol.
+pub(crate) struct Pin {
+    /// The CPU whose sequences may store to the word.
+    cpu: u32,
+    /// Remote accesses in progress (see the module's documentation).
+    mark: AtomicU64,
+}
+
+/// What a sequence did.
+enum Seq {
+    /// The word held the expected value; the new one is stored.
+    Stored,
+    /// The word held this other value; nothing was stored.
+    Differs(u64),
+    /// Not on the word's CPU, or a remote access is in progress: the caller
+    /// must take the remote path.
+    Elsewhere,
+    /// Preempted, migrated or interrupted by a signal: nothing was stored.
+    Aborted,
+}
+
+/// Retries of an aborted sequence before the remote path is taken instead
+/// (an abort is rare: a preemption or signal in a few instructions).
+const MAX_ABORTS: u32 = 4;
+
+impl Pin {
+    /// A pin of a word to `cpu`, if this process can use them.
+    pub(crate) fn new(cpu: u64) -> Option<Pin> {
+        (usable() && cpu < u32::MAX as u64 / 2).then(|| Pin {
+            cpu: cpu as u32,
+            mark: AtomicU64::new(0),
+        })
+    }
+
+    /// `word.compare_exchange(expect, new, AcqRel, Acquire)` for a pinned
+    /// word: a sequence on the word's CPU where the thread runs there, the
+    /// remote-access protocol otherwise. Every change of the word must come
+    /// through here.
+    #[inline(always)]
+    pub(crate) fn compare_exchange(
+        &self,
+        word: &AtomicU64,
+        expect: u64,
+        new: u64,
+    ) -> Result<u64, u64> {
+        for _ in 0..MAX_ABORTS {
+            match self.sequence(word, expect, new) {
+                Seq::Stored => return Ok(expect),
+                Seq::Differs(cur) => return Err(cur),
+                Seq::Elsewhere => break,
+                Seq::Aborted => continue,
+            }
+        }
+        self.remote(word, expect, new)
+    }
+
+    /// The remote path: steps 1–4 of the module's documentation.
+    #[cold]
+    #[inline(never)]
+    fn remote(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
+        // SYNC POINT: SeqCst (a locked RMW, a full barrier): the mark is
+        // visible to every CPU before the membarrier's interrupt, which
+        // pairs with the sequences' load of it (module documentation).
+        self.mark.fetch_add(1, Ordering::SeqCst);
+        fence_cpu(self.cpu);
+        // SYNC POINT: AcqRel, as the CAS the sequence stands in for (see the
+        // callers in `buffer`); Acquire on failure, the value read is used.
+        let r = word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
+        // SYNC POINT: Release pairs with the sequences' load of the mark: one
+        // that sees it back at 0 sees our CAS when it loads the word.
+        self.mark.fetch_sub(1, Ordering::Release);
+        r
+    }
+
+    /// One attempt at the critical section: check the CPU and the mark, load
+    /// the word, compare, store.
+    #[inline(always)]
+    fn sequence(&self, word: &AtomicU64, expect: u64, new: u64) -> Seq {
+        let Some(area) = crate::cpu::rseq_area() else {
+            return Seq::Elsewhere;
+        };
+        let res: u64;
+        let cur: u64;
+        // SAFETY: `area` is the calling thread's registered `struct rseq`
+        // (`cpu::rseq_area`): `cpu_id` is the u32 at offset 4, `rseq_cs` the
+        // u64 at offset 8, which the thread may set to a descriptor of its
+        // own. The descriptor (in section `__rseq_cs`, 32-aligned, static)
+        // names the critical section [2, 3) and its abort handler 4, preceded
+        // by the signature glibc registered (RSEQ_SIG 0x53053053, inside a
+        // `ud1` so the bytes decode as one instruction). `word` and the mark
+        // are valid, aligned u64s (references). The section's only store to
+        // shared memory is its last instruction (the commit), so an abort
+        // anywhere before it leaves no trace; the abort handler and the
+        // early exits are outside the section. Registers: all operands are
+        // declared; flags are clobbered (no `preserves_flags`); the stack is
+        // not used.
+        unsafe {
+            std::arch::asm!(
+                "leaq 5f(%rip), {tmp}",
+                "movq {tmp}, 8({area})",
+                "2:",
+                "cmpl {cpu:e}, 4({area})",
+                "jne 6f",
+                "cmpq $0, ({mark})",
+                "jne 6f",
+                "movq ({word}), {cur}",
+                "cmpq {cur}, {expect}",
+                "jne 7f",
+                "movq {new}, ({word})",
+                "3:",
+                "xorl {res:e}, {res:e}",
+                "jmp 8f",
+                ".byte 0x0f, 0xb9, 0x3d",
+                ".long 0x53053053",
+                "4:",
+                "movl $3, {res:e}",
+                "jmp 8f",
+                "6:",
+                "movl $2, {res:e}",
+                "jmp 8f",
+                "7:",
+                "movl $1, {res:e}",
+                "8:",
+                ".pushsection __rseq_cs, \"aw\"",
+                ".balign 32",
+                "5:",
+                ".long 0, 0",
+                ".quad 2b, 3b - 2b, 4b",
+                ".popsection",
+                area = in(reg) area,
+                cpu = in(reg) self.cpu,
+                mark = in(reg) &self.mark,
+                word = in(reg) word,
+                expect = in(reg) expect,
+                new = in(reg) new,
+                tmp = out(reg) _,
+                cur = out(reg) cur,
+                res = out(reg) res,
+                options(att_syntax, nostack),
+            );
+        }
+        match res {
+            0 => Seq::Stored,
+            1 => Seq::Differs(cur),
+            2 => Seq::Elsewhere,
+            _ => Seq::Aborted,
+        }
+    }
+}
+
+/// Step 2 of the remote path: no sequence that began before this call is
+/// still running on `cpu` afterwards, and every later one sees what this
+/// thread stored before.
+#[cold]
+fn fence_cpu(cpu: u32) {
+    // SAFETY: membarrier only interrupts the threads of this process; the
+    // process registered for this command in `decide` (`usable` was true
+    // for the `Pin` to exist).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+            MEMBARRIER_CMD_FLAG_CPU,
+            cpu as libc::c_int,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Targeting one CPU can't fail for a registered process (an offline or
+    // absent CPU is a no-op); if the kernel still refuses, every CPU.
+    for _ in 0..1000 {
+        // SAFETY: as above, without the CPU flag.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+                0u32,
+                0i32,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    // Going on without the barrier could let a sequence undo our write.
+    eprintln!("relayfs: membarrier(PRIVATE_EXPEDITED_RSEQ) keeps failing; aborting");
+    std::process::abort();
+}
