@@ -208,20 +208,8 @@ impl Mapped<crate::shm::ProducerMap> {
     ) -> Self {
         // SAFETY: the regions come from `map`, mapped read-write with the
         // header's geometry and kept alive beside the state.
-        #[allow(unused_mut)]
-        let mut shared = unsafe { shared_in(map.regions(), header) };
+        let shared = unsafe { shared_in(map.regions(), header) };
         shared.init_new(header);
-        // Only the producer moves `head`, and only a per-CPU buffer has a
-        // CPU whose writers can use the fast path's sequence.
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_os = "linux",
-            target_env = "gnu",
-            not(loom)
-        ))]
-        if !header.global {
-            shared.pin = crate::rseq::Pin::new(header.cpu);
-        }
         Mapped { shared, _map: map }
     }
 }
@@ -610,6 +598,22 @@ impl Shared {
             return pin.compare_exchange(head, h, new);
         }
         head.compare_exchange(h, new, success, failure)
+    }
+
+    /// Makes `head` move by restartable sequences on `cpu` (see
+    /// `move_head`), where the process can use them. Only the producer moves
+    /// `head`, and only a per-CPU buffer has a CPU whose writers can use the
+    /// sequence; `&mut self`: no writer uses the buffer yet, and the mode
+    /// never changes after, so `head` is never moved by an unmarked CAS
+    /// and a sequence at once.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(loom)
+    ))]
+    pub(crate) fn pin_to(&mut self, cpu: u64) {
+        self.pin = crate::rseq::Pin::new(cpu);
     }
 
     /// Whether `head` is moved by restartable sequences (see `move_head`).
