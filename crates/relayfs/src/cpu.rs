@@ -78,7 +78,12 @@ pub fn uses_rseq() -> bool {
 /// one: what `crate::rseq` runs its critical sections against. The thread's
 /// own registration may still be missing (`cpu_id` then reads as not
 /// registered, which no CPU number matches).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(loom)
+))]
 #[inline(always)]
 pub(crate) fn rseq_area() -> Option<*mut u8> {
     rseq::area()
@@ -145,6 +150,7 @@ mod rseq {
     }
 
     /// The calling thread's rseq area: thread pointer + `__rseq_offset`.
+    #[cfg(not(loom))]
     #[inline(always)]
     pub(super) fn area() -> Option<*mut u8> {
         // SYNC POINT: Relaxed, as in `cpu_id`.

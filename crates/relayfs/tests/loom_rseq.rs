@@ -139,13 +139,13 @@ fn sequences_and_remote_cas_share_the_word() {
 }
 
 #[test]
-#[should_panic]
+#[should_panic(expected = "handed out twice")]
 fn control_without_the_mark_check_loses_reservations() {
     run(false, true);
 }
 
 #[test]
-#[should_panic]
+#[should_panic(expected = "handed out twice")]
 fn control_without_the_membarrier_loses_reservations() {
     run(true, false);
 }
