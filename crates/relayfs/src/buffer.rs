@@ -494,7 +494,9 @@ impl Shared {
     // ------------------------------------------------------------------
 
     /// Reserves `len` bytes (1 ≤ len ≤ max_record) for one record.
-    #[inline]
+    /// Always inlined: with the sequence's code the compiler would otherwise
+    /// keep it out of line, a call on every write.
+    #[inline(always)]
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
         let sb = self.geometry.subbuf_size;
         let head = self.header_word(hdr::HEAD);

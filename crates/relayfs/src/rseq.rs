@@ -315,7 +315,18 @@ fn fence_cpu(cpu: u32) {
         return;
     }
     // Targeting one CPU can't fail for a registered process (an offline or
-    // absent CPU is a no-op); if the kernel still refuses, every CPU.
+    // absent CPU is a no-op). Should the kernel still say the process is
+    // not registered (EPERM), register again (idempotent), then try every
+    // CPU.
+    // SAFETY: as in `decide`.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
+            0u32,
+            0i32,
+        )
+    };
     for _ in 0..1000 {
         // SAFETY: as above, without the CPU flag.
         let r = unsafe {
