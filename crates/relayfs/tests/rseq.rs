@@ -326,3 +326,26 @@ fn without_rseq_the_cas_path_accounts_exactly() {
         );
     }
 }
+
+/// A global buffer has no CPU, and `rseq(false)` opts a channel out: both
+/// keep the compare-and-swap; a per-CPU channel gets the sequences exactly
+/// where the system has them.
+#[test]
+fn which_channels_use_rseq() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, global: bool, rseq: bool| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        Channel::builder(name)
+            .dir(d)
+            .subbuf_size(4096)
+            .n_subbufs(2)
+            .global(global)
+            .rseq(rseq)
+            .open()
+            .unwrap()
+    };
+    assert_eq!(open("percpu", false, true).uses_rseq(), rseq_expected());
+    assert!(!open("global", true, true).uses_rseq());
+    assert!(!open("optout", false, false).uses_rseq());
+}
