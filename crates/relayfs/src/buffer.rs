@@ -618,7 +618,8 @@ impl Shared {
         self.pin = crate::rseq::Pin::new(cpu);
     }
 
-    /// Whether `head` is moved by restartable sequences (see `move_head`).
+    /// Whether `head` is moved by restartable sequences (see `move_head`):
+    /// false too once the buffer went through a `fork` (`crate::rseq`).
     pub(crate) fn pinned(&self) -> bool {
         #[cfg(all(
             target_arch = "x86_64",
@@ -627,7 +628,7 @@ impl Shared {
             not(loom)
         ))]
         {
-            self.pin.is_some()
+            self.pin.as_ref().is_some_and(|p| !p.shared())
         }
         #[cfg(not(all(
             target_arch = "x86_64",

@@ -78,7 +78,7 @@
     not(loom)
 ))]
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// `membarrier(2)` commands and flags (`linux/membarrier.h`).
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
@@ -144,13 +144,136 @@ fn decide() -> bool {
     r == 0
 }
 
+/// The mark's permanent bit: the word is (or may be) shared with another
+/// process since a `fork`; no sequence stores to it any more, in either
+/// process, and every move of it is a plain locked CAS. Never cleared while
+/// the pin lives. The low bits count remote accesses in progress.
+const SHARED: u64 = 1 << 63;
+
+/// The marks of the pinned words alive in the process, one per cache line
+/// (a remote access writing one buffer's mark does not disturb the
+/// sequences of another), in static memory so that the fork handler finds
+/// them without a lock or a pointer. A buffer that finds every slot taken
+/// keeps the compare-and-swap.
+#[repr(align(64))]
+struct Slot {
+    /// Remote accesses in progress, and `SHARED` (module documentation).
+    mark: AtomicU64,
+    /// Held by a live `Pin`.
+    used: AtomicBool,
+}
+
+/// How many words can be pinned at once in one process.
+const SLOTS: usize = 4096;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE: Slot = Slot {
+    mark: AtomicU64::new(0),
+    used: AtomicBool::new(false),
+};
+static MARKS: [Slot; SLOTS] = [FREE; SLOTS];
+/// One more than the highest slot ever taken: how far the fork handler
+/// looks.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Forks begun (fork handlers run) in this process; `Pin::new` compares it
+/// before and after resetting its mark, to catch a fork that ran meanwhile.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Takes a free slot with its mark at 0, or `None` if all are taken.
+fn take_slot() -> Option<&'static Slot> {
+    // SYNC POINT: SeqCst, all of this function's accesses, against the fork
+    // handler's (`prepare_fork`): a Dekker pair. Either our second load of
+    // FORKS comes before the handler's increment in the single total order,
+    // and then our `used`, `HIGH` and mark stores all come before the
+    // handler's loads and its `fetch_or` (it sees the slot and sets SHARED
+    // after our reset), or it comes after and we see the increment and set
+    // SHARED ourselves. Either way a pin made while a fork begins is shared.
+    let forks = FORKS.load(Ordering::SeqCst);
+    let (i, slot) = MARKS.iter().enumerate().find(|(_, s)| {
+        // SYNC POINT: SeqCst, as above (the Dekker pair); on success it also
+        // acquires the slot from the `Pin` that released it (`drop`).
+        !s.used.load(Ordering::Relaxed)
+            && s.used
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+    })?;
+    // SYNC POINT: SeqCst, the Dekker pair above.
+    HIGH.fetch_max(i + 1, Ordering::SeqCst);
+    // SYNC POINT: SeqCst, the Dekker pair above. A reset: the last owner's
+    // SHARED bit, or a count left by a thread that did not survive a fork,
+    // goes with it (no one else uses the slot).
+    slot.mark.store(0, Ordering::SeqCst);
+    // SYNC POINT: SeqCst, the Dekker pair above.
+    if FORKS.load(Ordering::SeqCst) != forks {
+        // SYNC POINT: SeqCst, as the handler's own `fetch_or`; no sequence
+        // uses the word yet.
+        slot.mark.fetch_or(SHARED, Ordering::SeqCst);
+    }
+    Some(slot)
+}
+
+/// The `pthread_atfork` prepare handler, run in the forking thread before
+/// the child is made: marks every live pinned word SHARED, then makes sure
+/// no sequence in flight in this process can still commit (a membarrier on
+/// every CPU). The child's copy of each mark has the bit, since the child's
+/// memory is copied after this returns. Takes no lock and allocates
+/// nothing, so it can't deadlock whatever the other threads hold.
+extern "C" fn prepare_fork() {
+    // SYNC POINT: SeqCst: the Dekker pair with `take_slot`.
+    FORKS.fetch_add(1, Ordering::SeqCst);
+    // SYNC POINT: SeqCst: the Dekker pair with `take_slot`.
+    let high = HIGH.load(Ordering::SeqCst).min(SLOTS);
+    let mut any = false;
+    for slot in &MARKS[..high] {
+        // SYNC POINT: SeqCst: the Dekker pair with `take_slot`. A slot
+        // freed meanwhile and marked anyway is harmless: `take_slot` resets
+        // it.
+        if slot.used.load(Ordering::SeqCst) {
+            // SYNC POINT: SeqCst (a locked RMW, a full barrier), as the
+            // remote path's increment: visible everywhere before the
+            // membarrier below, which pairs with the sequences' load of the
+            // mark. Commutes with the remote paths' increments and
+            // decrements of the low bits.
+            slot.mark.fetch_or(SHARED, Ordering::SeqCst);
+            any = true;
+        }
+    }
+    if any {
+        fence_all();
+    }
+}
+
+/// Registers `prepare_fork` once in the process.
+fn register_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `prepare_fork` is an `extern "C" fn()` that never unwinds
+        // (atomics and a system call only); no parent or child handler.
+        let r = unsafe { libc::pthread_atfork(Some(prepare_fork), None, None) };
+        if r != 0 {
+            // Without the handler a fork would go unnoticed: no pins.
+            // SYNC POINT: Relaxed, as in `usable`.
+            USABLE.store(NO, Ordering::Relaxed);
+        }
+    });
+}
+
 /// One word (a buffer's write position) that the sequences of one CPU change
 /// with a plain store, and everyone else through the remote-access protocol.
 pub(crate) struct Pin {
     /// The CPU whose sequences may store to the word.
     cpu: u32,
-    /// Remote accesses in progress (see the module's documentation).
-    mark: AtomicU64,
+    /// The word's mark: remote accesses in progress, and `SHARED` (see the
+    /// module's documentation).
+    slot: &'static Slot,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // SYNC POINT: Release pairs with `take_slot`'s CAS: the next owner's
+        // reset of the mark comes after everything done with it here.
+        self.slot.used.store(false, Ordering::Release);
+    }
 }
 
 /// What a sequence did.
@@ -173,10 +296,23 @@ const MAX_ABORTS: u32 = 4;
 impl Pin {
     /// A pin of a word to `cpu`, if this process can use them.
     pub(crate) fn new(cpu: u64) -> Option<Pin> {
-        (usable() && cpu < u32::MAX as u64 / 2).then(|| Pin {
+        if !usable() || cpu >= u32::MAX as u64 / 2 {
+            return None;
+        }
+        register_fork_handler();
+        if !usable() {
+            return None;
+        }
+        Some(Pin {
             cpu: cpu as u32,
-            mark: AtomicU64::new(0),
+            slot: take_slot()?,
         })
+    }
+
+    /// Whether the word went through a fork: no sequence moves it any more.
+    pub(crate) fn shared(&self) -> bool {
+        // SYNC POINT: Relaxed: a report; the bit, once set, stays.
+        self.slot.mark.load(Ordering::Relaxed) & SHARED != 0
     }
 
     /// `word.compare_exchange(expect, new, AcqRel, Acquire)` for a pinned
@@ -205,17 +341,27 @@ impl Pin {
     #[cold]
     #[inline(never)]
     fn remote(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
+        let mark = &self.slot.mark;
+        // SYNC POINT: Relaxed: only a shortcut. SHARED, once set, is never
+        // cleared, and after the fork handler's membarrier no sequence
+        // stores to the word in either process, so a plain CAS meets only
+        // other locked RMWs. A load that misses the bit takes the full
+        // protocol below, which is correct in any case.
+        if mark.load(Ordering::Relaxed) & SHARED != 0 {
+            // SYNC POINT: AcqRel / Acquire, as below.
+            return word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
+        }
         // SYNC POINT: SeqCst (a locked RMW, a full barrier): the mark is
         // visible to every CPU before the membarrier's interrupt, which
         // pairs with the sequences' load of it (module documentation).
-        self.mark.fetch_add(1, Ordering::SeqCst);
+        mark.fetch_add(1, Ordering::SeqCst);
         fence_cpu(self.cpu);
         // SYNC POINT: AcqRel, as the CAS the sequence stands in for (see the
         // callers in `buffer`); Acquire on failure, the value read is used.
         let r = word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
         // SYNC POINT: Release pairs with the sequences' load of the mark: one
         // that sees it back at 0 sees our CAS when it loads the word.
-        self.mark.fetch_sub(1, Ordering::Release);
+        mark.fetch_sub(1, Ordering::Release);
         r
     }
 
@@ -276,7 +422,7 @@ impl Pin {
                 ".popsection",
                 area = in(reg) area,
                 cpu = in(reg) self.cpu,
-                mark = in(reg) &self.mark,
+                mark = in(reg) &self.slot.mark,
                 word = in(reg) word,
                 expect = in(reg) expect,
                 new = in(reg) new,
@@ -318,17 +464,18 @@ fn fence_cpu(cpu: u32) {
     // absent CPU is a no-op). Should the kernel still say the process is
     // not registered (EPERM), register again (idempotent), then try every
     // CPU.
-    // SAFETY: as in `decide`.
-    let _ = unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
-            0u32,
-            0i32,
-        )
-    };
+    fence_all();
+}
+
+/// No sequence of this process that began before this call is still
+/// running on any CPU afterwards, and every later one sees what this thread
+/// stored before. Registers again first if the kernel says the process is
+/// not registered.
+#[cold]
+fn fence_all() {
     for _ in 0..1000 {
-        // SAFETY: as above, without the CPU flag.
+        // SAFETY: membarrier only interrupts the threads of this process;
+        // without the CPU flag, on every CPU.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_membarrier,
@@ -340,9 +487,21 @@ fn fence_cpu(cpu: u32) {
         if r == 0 {
             return;
         }
+        // SAFETY: as in `decide`.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
+                0u32,
+                0i32,
+            )
+        };
         std::thread::yield_now();
     }
-    // Going on without the barrier could let a sequence undo our write.
-    eprintln!("relayfs: membarrier(PRIVATE_EXPEDITED_RSEQ) keeps failing; aborting");
+    // Going on without the barrier could let a sequence undo a write. This
+    // may run in a fork handler: no lock (such as stderr's) is taken.
+    const MSG: &[u8] = b"relayfs: membarrier(PRIVATE_EXPEDITED_RSEQ) keeps failing; aborting\n";
+    // SAFETY: writes a static buffer of its own length to fd 2.
+    let _ = unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
     std::process::abort();
 }
