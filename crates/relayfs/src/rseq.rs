@@ -51,6 +51,45 @@
 //! word: at any moment the word is changed either only by sequences of one
 //! CPU (which the kernel serialises) or only by locked RMWs.
 //!
+//! # Fork
+//!
+//! The mark lives in the producer's memory and the membarrier reaches only
+//! the calling process. A child made by `fork` shares the buffer files (and
+//! so the words) but has its own copy of every mark, and its membarrier
+//! does not abort the parent's sequences, nor the parent's the child's: the
+//! protocol above would not keep the two processes' moves of one word
+//! apart. So every mark has a permanent bit, `SHARED`, and a
+//! `pthread_atfork` prepare handler (`prepare_fork`, registered when the
+//! first pin is made) runs in the forking thread before the child exists:
+//!
+//! 1. it sets `SHARED` in the mark of every live pin (SeqCst, a locked
+//!    RMW, as the remote path's increment);
+//! 2. it calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0)`
+//!    once, on every CPU: a sequence of this process in flight anywhere is
+//!    aborted (or had committed) when it returns, and every later one loads
+//!    the mark as non-zero and gives way.
+//!
+//! The child's memory is copied after the handler returns, so its marks
+//! have the bit too. From then on no sequence stores to such a word again,
+//! in either process, and the remote path sees the bit and makes a plain
+//! locked CAS, with no membarrier: locked RMWs on a shared mapping are
+//! atomic across processes. A count left in a mark by a thread that the
+//! child did not get is ignored. The bit is never cleared while the pin
+//! lives, and [`Pin::shared`] reports it (`Channel::uses_rseq` turns
+//! false).
+//!
+//! The handler must not deadlock whatever the other threads hold, so it
+//! takes no lock and allocates nothing: the marks live in a static table of
+//! `SLOTS` cache-line slots (a pin takes a free one; a buffer that finds
+//! none keeps the plain CAS), and the handler walks the slots taken so far
+//! (`HIGH`). A pin taken while a fork begins is caught by a Dekker pair:
+//! `take_slot` reads the fork counter `FORKS`, takes and resets its slot,
+//! and reads `FORKS` again; the handler increments `FORKS` before it walks
+//! the slots. All SeqCst, so either the second read comes first in the
+//! single total order and the handler sees the slot after the reset, or it
+//! sees the increment and the pin sets `SHARED` itself. Pins made after the
+//! fork, in either process, get a slot reset to 0 and use the sequences.
+//!
 //! A remote access costs a system call and an interrupt of one CPU (some
 //! microseconds). The write path takes it only where the fast path can't
 //! apply; see `docs/DESIGN.md`, "The write position as a restartable
