@@ -67,15 +67,20 @@
 //! 2. it calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0)`
 //!    once, on every CPU: a sequence of this process in flight anywhere is
 //!    aborted (or had committed) when it returns, and every later one loads
-//!    the mark as non-zero and gives way.
+//!    the mark as non-zero and gives way;
+//! 3. it sets a second bit, `FENCED` (SeqCst, a Release at least), in the
+//!    same marks.
 //!
 //! The child's memory is copied after the handler returns, so its marks
-//! have the bit too. From then on no sequence stores to such a word again,
-//! in either process, and the remote path sees the bit and makes a plain
-//! locked CAS, with no membarrier: locked RMWs on a shared mapping are
-//! atomic across processes. A count left in a mark by a thread that the
-//! child did not get is ignored. The bit is never cleared while the pin
-//! lives, and [`Pin::shared`] reports it (`Channel::uses_rseq` turns
+//! have both bits. From then on no sequence stores to such a word again,
+//! in either process, and the remote path, seeing `FENCED` (Acquire),
+//! makes a plain locked CAS, with no membarrier: locked RMWs on a shared
+//! mapping are atomic across processes. Between steps 1 and 3 a remote
+//! access of the parent must still take the whole protocol: a sequence
+//! that loaded the mark before step 1 may still commit until the
+//! membarrier has returned. A count left in a mark by a thread that the
+//! child did not get is ignored. The bits are never cleared while the pin
+//! lives, and [`Pin::shared`] reports them (`Channel::uses_rseq` turns
 //! false).
 //!
 //! The handler must not deadlock whatever the other threads hold, so it
@@ -188,6 +193,12 @@ fn decide() -> bool {
 /// process, and every move of it is a plain locked CAS. Never cleared while
 /// the pin lives. The low bits count remote accesses in progress.
 const SHARED: u64 = 1 << 63;
+/// The second permanent bit, set with `SHARED` once the fork handler's
+/// membarrier has returned: from then on no sequence can commit to the
+/// word, and only then may the remote path skip the protocol. Between the
+/// two, `SHARED` alone keeps sequences out but one already in flight may
+/// still commit, so a remote access must still fence the word's CPU.
+const FENCED: u64 = 1 << 62;
 
 /// The marks of the pinned words alive in the process, one per cache line
 /// (a remote access writing one buffer's mark does not disturb the
@@ -244,9 +255,9 @@ fn take_slot() -> Option<&'static Slot> {
     slot.mark.store(0, Ordering::SeqCst);
     // SYNC POINT: SeqCst, the Dekker pair above.
     if FORKS.load(Ordering::SeqCst) != forks {
-        // SYNC POINT: SeqCst, as the handler's own `fetch_or`; no sequence
-        // uses the word yet.
-        slot.mark.fetch_or(SHARED, Ordering::SeqCst);
+        // SYNC POINT: SeqCst, as the handler's own `fetch_or`. No sequence
+        // uses the word yet, so it needs no fence: FENCED at once.
+        slot.mark.fetch_or(SHARED | FENCED, Ordering::SeqCst);
     }
     Some(slot)
 }
@@ -279,6 +290,17 @@ extern "C" fn prepare_fork() {
     }
     if any {
         fence_all();
+        for slot in &MARKS[..high] {
+            // SYNC POINT: SeqCst, as above. A slot taken again meanwhile by a
+            // new pin gets both bits too: it then never uses the sequences
+            // (correct, only slower), and says so (`Pin::shared`).
+            if slot.used.load(Ordering::SeqCst) {
+                // SYNC POINT: SeqCst (a Release at least): pairs with the
+                // remote path's Acquire load of FENCED; the membarrier above
+                // came first.
+                slot.mark.fetch_or(SHARED | FENCED, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -351,7 +373,7 @@ impl Pin {
     /// Whether the word went through a fork: no sequence moves it any more.
     pub(crate) fn shared(&self) -> bool {
         // SYNC POINT: Relaxed: a report; the bit, once set, stays.
-        self.slot.mark.load(Ordering::Relaxed) & SHARED != 0
+        self.slot.mark.load(Ordering::Relaxed) & (SHARED | FENCED) != 0
     }
 
     /// `word.compare_exchange(expect, new, AcqRel, Acquire)` for a pinned
@@ -381,12 +403,13 @@ impl Pin {
     #[inline(never)]
     fn remote(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
         let mark = &self.slot.mark;
-        // SYNC POINT: Relaxed: only a shortcut. SHARED, once set, is never
-        // cleared, and after the fork handler's membarrier no sequence
-        // stores to the word in either process, so a plain CAS meets only
-        // other locked RMWs. A load that misses the bit takes the full
-        // protocol below, which is correct in any case.
-        if mark.load(Ordering::Relaxed) & SHARED != 0 {
+        // SYNC POINT: Acquire pairs with the fork handler's setting of
+        // FENCED, which it does after its membarrier on every CPU: from
+        // then on no sequence stores to the word, in either process (the
+        // bits are never cleared; the child copied them), so a plain CAS
+        // meets only other locked RMWs. A load that misses the bit takes the
+        // full protocol below, which is correct in any case.
+        if mark.load(Ordering::Acquire) & FENCED != 0 {
             // SYNC POINT: AcqRel / Acquire, as below.
             return word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
         }
