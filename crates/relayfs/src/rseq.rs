@@ -92,8 +92,12 @@
 //! and reads `FORKS` again; the handler increments `FORKS` before it walks
 //! the slots. All SeqCst, so either the second read comes first in the
 //! single total order and the handler sees the slot after the reset, or it
-//! sees the increment and the pin sets `SHARED` itself. Pins made after the
-//! fork, in either process, get a slot reset to 0 and use the sequences.
+//! sees the increment and the pin sets `SHARED` itself. A pin made after
+//! the handler's walk but before the child's memory is copied is caught by
+//! `FORKING`, counted from the prepare handler to the parent and child
+//! handlers (`after_fork`): while it is not 0 a new pin is shared at once.
+//! Pins made after the fork, in either process, get a slot reset to 0 and
+//! use the sequences.
 //!
 //! A remote access costs a system call and an interrupt of one CPU (some
 //! microseconds). The write path takes it only where the fast path can't
@@ -228,6 +232,11 @@ static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// Forks begun (fork handlers run) in this process; `Pin::new` compares it
 /// before and after resetting its mark, to catch a fork that ran meanwhile.
 static FORKS: AtomicU64 = AtomicU64::new(0);
+/// Forks in progress: from the prepare handler's start to the end of the
+/// fork call (`after_fork`, in the parent and in the child). A pin made
+/// meanwhile, after the handler walked the slots but before the child's
+/// memory is copied, could end up in the child: it is made shared at once.
+static FORKING: AtomicU64 = AtomicU64::new(0);
 
 /// Takes a free slot with its mark at 0, or `None` if all are taken.
 fn take_slot() -> Option<&'static Slot> {
@@ -253,8 +262,9 @@ fn take_slot() -> Option<&'static Slot> {
     // SHARED bit, or a count left by a thread that did not survive a fork,
     // goes with it (no one else uses the slot).
     slot.mark.store(0, Ordering::SeqCst);
-    // SYNC POINT: SeqCst, the Dekker pair above.
-    if FORKS.load(Ordering::SeqCst) != forks {
+    // SYNC POINT: SeqCst, the Dekker pair above (FORKING is incremented
+    // with FORKS, before the walk).
+    if FORKS.load(Ordering::SeqCst) != forks || FORKING.load(Ordering::SeqCst) != 0 {
         // SYNC POINT: SeqCst, as the handler's own `fetch_or`. No sequence
         // uses the word yet, so it needs no fence: FENCED at once.
         slot.mark.fetch_or(SHARED | FENCED, Ordering::SeqCst);
@@ -269,6 +279,8 @@ fn take_slot() -> Option<&'static Slot> {
 /// memory is copied after this returns. Takes no lock and allocates
 /// nothing, so it can't deadlock whatever the other threads hold.
 extern "C" fn prepare_fork() {
+    // SYNC POINT: SeqCst: the Dekker pair with `take_slot`.
+    FORKING.fetch_add(1, Ordering::SeqCst);
     // SYNC POINT: SeqCst: the Dekker pair with `take_slot`.
     FORKS.fetch_add(1, Ordering::SeqCst);
     // SYNC POINT: SeqCst: the Dekker pair with `take_slot`.
@@ -304,13 +316,22 @@ extern "C" fn prepare_fork() {
     }
 }
 
-/// Registers `prepare_fork` once in the process.
+/// The `pthread_atfork` parent and child handler: the fork is over (in the
+/// child, its copy of `FORKING` counted it too).
+extern "C" fn after_fork() {
+    // SYNC POINT: SeqCst: a pin made after this (in this process) is not in
+    // the other one; see `take_slot`.
+    FORKING.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Registers `prepare_fork` and `after_fork` once in the process.
 fn register_fork_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: `prepare_fork` is an `extern "C" fn()` that never unwinds
-        // (atomics and a system call only); no parent or child handler.
-        let r = unsafe { libc::pthread_atfork(Some(prepare_fork), None, None) };
+        // SAFETY: `prepare_fork` and `after_fork` are `extern "C" fn()`s
+        // that never unwind (atomics and system calls only).
+        let r =
+            unsafe { libc::pthread_atfork(Some(prepare_fork), Some(after_fork), Some(after_fork)) };
         if r != 0 {
             // Without the handler a fork would go unnoticed: no pins.
             // SYNC POINT: Relaxed, as in `usable`.
