@@ -161,6 +161,16 @@ pub(crate) struct Shared {
     /// `DataCell` per byte, so that loom checks the data's publication too.
     #[cfg(loom)]
     cells: *const DataCell,
+    /// A producer's per-CPU buffer where restartable sequences are usable:
+    /// `head` is then moved by a sequence on the buffer's CPU, or through
+    /// the remote-access protocol (see `crate::rseq`), never by a plain CAS.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(loom)
+    ))]
+    pin: Option<crate::rseq::Pin>,
 }
 
 // SAFETY: all access to the pointed-to memory is through atomics, or through
@@ -258,6 +268,13 @@ impl Shared {
             overwrite: flags & FLAG_OVERWRITE != 0,
             #[cfg(loom)]
             cells: std::ptr::null(),
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_os = "linux",
+                target_env = "gnu",
+                not(loom)
+            ))]
+            pin: None,
         }
     }
 
@@ -477,7 +494,9 @@ impl Shared {
     // ------------------------------------------------------------------
 
     /// Reserves `len` bytes (1 ≤ len ≤ max_record) for one record.
-    #[inline]
+    /// Always inlined: with the sequence's code the compiler would otherwise
+    /// keep it out of line, a call on every write.
+    #[inline(always)]
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
         let sb = self.geometry.subbuf_size;
         let head = self.header_word(hdr::HEAD);
@@ -498,7 +517,7 @@ impl Shared {
         // commit word, and in overwrite mode our data writes come after
         // its generation bump. Relaxed on failure: the slow path retries
         // (a bounded number of times), so the fast path has no loop.
-        match head.compare_exchange_weak(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
+        match self.move_head(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => Ok(Reserved {
                 pos: h,
                 commit_bytes: len,
@@ -554,6 +573,72 @@ impl Shared {
         );
         // SAFETY: `off` is within the data region (checked above).
         unsafe { self.data.add(off as usize) }
+    }
+
+    /// Moves `head` from `h` to `new` if it is still at `h`
+    /// (`compare_exchange`; `Err` holds the value found). Every change of
+    /// `head` after `init_state` goes through here: in a buffer pinned to
+    /// its CPU (`pin`) as a restartable sequence on that CPU, or as the
+    /// remote-access protocol (`crate::rseq`), which stand in for an AcqRel
+    /// CAS (Acquire on failure); otherwise a CAS with the given orderings.
+    #[inline(always)]
+    fn move_head(
+        &self,
+        h: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        let head = self.header_word(hdr::HEAD);
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        ))]
+        if let Some(pin) = &self.pin {
+            return pin.compare_exchange(head, h, new);
+        }
+        head.compare_exchange(h, new, success, failure)
+    }
+
+    /// Makes `head` move by restartable sequences on `cpu` (see
+    /// `move_head`), where the process can use them. Only the producer moves
+    /// `head`, and only a per-CPU buffer has a CPU whose writers can use the
+    /// sequence; `&mut self`: no writer uses the buffer yet, and the mode
+    /// never changes after, so `head` is never moved by an unmarked CAS
+    /// and a sequence at once.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(loom)
+    ))]
+    pub(crate) fn pin_to(&mut self, cpu: u64) {
+        self.pin = crate::rseq::Pin::new(cpu);
+    }
+
+    /// Whether `head` is moved by restartable sequences (see `move_head`):
+    /// false too once the buffer went through a `fork` (`crate::rseq`).
+    pub(crate) fn pinned(&self) -> bool {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        ))]
+        {
+            self.pin.as_ref().is_some_and(|p| !p.shared())
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        )))]
+        {
+            false
+        }
     }
 
     /// Commits a reservation: the record becomes part of its sub-buffer.
@@ -613,7 +698,7 @@ impl Shared {
                     // opener's AcqRel CAS of `head` (through the release
                     // sequence of later CASes); Relaxed on failure, we retry
                     // with the value read.
-                    match head.compare_exchange(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
+                    match self.move_head(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
                         Ok(_) => {
                             return Ok(Reserved {
                                 pos: h,
@@ -638,7 +723,7 @@ impl Shared {
                 // is stored after, and published by the commit), and later
                 // RMWs continue the opener's release sequence whatever their
                 // ordering. Relaxed on failure: we retry with the value read.
-                match head.compare_exchange(h, next, Ordering::Acquire, Ordering::Relaxed) {
+                match self.move_head(h, next, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) if off + len == sb => {
                         // We own [off, sb) and the close: padding 0.
                         // SYNC POINT: Relaxed: published by the Release of
@@ -871,12 +956,11 @@ impl Shared {
             .descriptor(slot, desc::REC_LAST)
             .load(Ordering::Relaxed);
         let hdr_len = g.hdr_reserve;
-        let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Release publishes the word reset and the generation
         // bump to the writers that reserve in this sub-buffer (their Acquire
         // CAS); Acquire as for any reservation.
-        if head
-            .compare_exchange(h, h + hdr_len + len, Ordering::AcqRel, Ordering::Relaxed)
+        if self
+            .move_head(h, h + hdr_len + len, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
             return Ok(None);
@@ -1031,7 +1115,7 @@ impl Shared {
                     .wrapping_shl(g.sb_shift + g.n_shift);
                 // SYNC POINT: AcqRel as any move of `head`; a failure means
                 // someone else moved it: the flag stops writers anyway.
-                let _ = head.compare_exchange(h, fixed, Ordering::AcqRel, Ordering::Relaxed);
+                let _ = self.move_head(h, fixed, Ordering::AcqRel, Ordering::Relaxed);
                 return false;
             }
             let off = g.pos_offset(h);
@@ -1044,7 +1128,7 @@ impl Shared {
             // word reset); the Release half is not needed for that (see
             // there) and is kept on this once-per-flush path. Acquire on
             // failure, as the first load.
-            match head.compare_exchange(h, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self.move_head(h, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.close(h, g.subbuf_size - off, hooks);
                     self.check_map_events(hooks);

@@ -53,6 +53,7 @@ pub struct ChannelBuilder {
     global: bool,
     flush_interval: Option<Duration>,
     callbacks: Arc<dyn Callbacks>,
+    rseq: bool,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -83,6 +84,7 @@ impl ChannelBuilder {
             global: false,
             flush_interval: None,
             callbacks: Arc::new(DefaultCallbacks),
+            rseq: true,
         }
     }
 
@@ -151,6 +153,16 @@ impl ChannelBuilder {
         self
     }
 
+    /// Whether writes may reserve with a restartable sequence on the
+    /// writer's CPU instead of a locked compare-and-swap (default `true`;
+    /// used only where the system supports it: see
+    /// [`Channel::uses_rseq`]). `false` keeps the compare-and-swap, e.g. to
+    /// compare the two in one process.
+    pub fn rseq(mut self, rseq: bool) -> Self {
+        self.rseq = rseq;
+        self
+    }
+
     /// One buffer for all CPUs (the kernel's `is_global`).
     pub fn global(mut self, global: bool) -> Self {
         self.global = global;
@@ -201,7 +213,11 @@ impl ChannelBuilder {
         match lifecycle::create_buffers(&dir, &spec) {
             Ok(made) => {
                 let inner = Arc::new(Inner {
-                    bufs: made.bufs.into_iter().map(Buffer::new).collect(),
+                    bufs: made
+                        .bufs
+                        .into_iter()
+                        .map(|b| Buffer::new(b, self.rseq))
+                        .collect(),
                     global: made.global,
                     ncpu: made.ncpu,
                     max_record: g.max_record(),
@@ -259,9 +275,29 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn new(b: NewBuffer) -> Buffer {
+    fn new(b: NewBuffer, rseq: bool) -> Buffer {
+        #[allow(unused_mut)]
+        let mut map = b.map;
+        // Before any writer can use the buffer: from here on `head` is moved
+        // by one mode only (see `Shared::pin_to`).
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        ))]
+        if rseq && !b.info.global {
+            map.shared.pin_to(b.info.cpu as u64);
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        )))]
+        let _ = rseq;
         Buffer {
-            map: b.map,
+            map,
             files: b.files,
             info: b.info,
             notifier: Mutex::new(Some(b.notifier)),
@@ -705,6 +741,18 @@ impl Channel {
         let cb = &*self.inner.callbacks;
         let r = buf.shared().reserve(len as u64, &BufHooks { buf, cb })?;
         Ok(Reservation { buf, cb, r, len })
+    }
+
+    /// Whether this channel's writes reserve with a restartable sequence on
+    /// the writer's CPU instead of a locked compare-and-swap (see
+    /// `docs/DESIGN.md`, "The write position as a restartable sequence").
+    /// False for a global buffer, on other architectures than x86-64
+    /// Linux with glibc, where glibc registered no rseq area (before 2.35,
+    /// or `GLIBC_TUNABLES=glibc.pthread.rseq=0`), where the kernel lacks
+    /// `membarrier`'s expedited rseq command, or with `RELAYFS_RSEQ=0` in
+    /// the environment.
+    pub fn uses_rseq(&self) -> bool {
+        self.inner.bufs.iter().any(|b| b.shared().pinned())
     }
 
     /// Closes the current sub-buffer of every buffer so that readers can read

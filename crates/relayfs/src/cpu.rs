@@ -74,6 +74,21 @@ pub fn uses_rseq() -> bool {
     }
 }
 
+/// The calling thread's `struct rseq` (registered by glibc), where there is
+/// one: what `crate::rseq` runs its critical sections against. The thread's
+/// own registration may still be missing (`cpu_id` then reads as not
+/// registered, which no CPU number matches).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(loom)
+))]
+#[inline(always)]
+pub(crate) fn rseq_area() -> Option<*mut u8> {
+    rseq::area()
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod rseq {
     use std::sync::atomic::{AtomicIsize, Ordering};
@@ -118,8 +133,10 @@ mod rseq {
         // the dynamic loader before any user code runs and never changed
         // after; dlsym returned their addresses.
         let (off, size) = unsafe { (off.cast::<isize>().read(), size.cast::<u32>().read()) };
-        // `cpu_id` is the u32 at offset 4: the area must cover 8 bytes.
-        (size >= 8 && off != UNKNOWN && off != NONE).then_some(off)
+        // `cpu_id` is the u32 at offset 4, `rseq_cs` (for `crate::rseq`)
+        // the u64 at offset 8: the area must cover 16 bytes (every kernel
+        // and glibc that has rseq registers at least 20).
+        (size >= 16 && off != UNKNOWN && off != NONE).then_some(off)
     }
 
     /// Whether glibc registered an rseq area (looked up on first use).
@@ -130,6 +147,26 @@ mod rseq {
             off = init();
         }
         off != NONE
+    }
+
+    /// The calling thread's rseq area: thread pointer + `__rseq_offset`.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(super) fn area() -> Option<*mut u8> {
+        // SYNC POINT: Relaxed, as in `cpu_id`.
+        let mut off = OFFSET.load(Ordering::Relaxed);
+        if off == UNKNOWN {
+            off = init();
+        }
+        if off == NONE {
+            return None;
+        }
+        let tp: usize;
+        // SAFETY: as in `cpu_id`.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+        }
+        Some(tp.wrapping_add_signed(off) as *mut u8)
     }
 
     /// `cpu_id` of the calling thread's rseq area, if there is one and the

@@ -58,6 +58,7 @@ mod lifecycle;
 mod notify;
 mod reader;
 mod readers;
+mod rseq;
 mod shm;
 mod stats;
 mod sync;
