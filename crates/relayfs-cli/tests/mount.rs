@@ -971,3 +971,52 @@ fn a_follow_reader_killed_as_data_comes_loses_nothing() {
     }
     drop(m);
 }
+
+/// A mount point inside the relay directory (or one that holds it) is
+/// refused: the mount would stat its own mount point while listing, and
+/// its one filesystem thread wait for itself, hanging it and, unkillably,
+/// every reader (`ls` in state D).
+#[test]
+fn a_mount_point_inside_the_relay_directory_is_refused() {
+    if !fuse() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let top_path = top.path().canonicalize().unwrap();
+    let relay = top_path.join("relay");
+    std::fs::create_dir_all(relay.join("view")).unwrap();
+    for mp in [relay.join("view"), top_path.clone()] {
+        let mut c = relayfs(&relay)
+            .arg("mount")
+            .arg(&mp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let Some(st) = st else {
+            // Mounted: never look inside (that hangs); take it down.
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mp)
+                .status();
+            panic!("relayfs mount {mp:?} over relay directory {relay:?} was not refused");
+        };
+        let mut e = String::new();
+        c.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        assert_eq!(st.code(), Some(1), "{mp:?}: {e}");
+        assert!(e.contains("overlap"), "{mp:?}: {e}");
+        assert!(mount_type(&mp).is_none(), "{mp:?}");
+    }
+}
