@@ -914,3 +914,109 @@ fn links_and_other_users_directories_are_not_shown() {
     chan.close().unwrap();
     drop(m);
 }
+
+/// A `--follow` read waiting for data, whose reader is killed by a signal
+/// (Ctrl-C on `cat`: SIGINT's default action) just as data comes: the
+/// watcher must not consume that data for a reader that is dying (the
+/// kernel throws the reply away with the process), or it is lost without
+/// being counted. Nothing is consumed for a reader with a signal waiting:
+/// it gets `EINTR`, and the data stays for the next reader.
+#[test]
+fn a_follow_reader_killed_as_data_comes_loses_nothing() {
+    if !fuse() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let m = Mount::start(root.path(), &["--follow"]);
+    for round in 0..5u32 {
+        // A channel of its own each time: the next `cat` would read (and
+        // rightly consume) what the last one left.
+        let name = format!("dying{round}");
+        let chan = Channel::builder(&name)
+            .relay_dir(root.path())
+            .global(true)
+            .subbuf_size(4096)
+            .n_subbufs(4)
+            .open()
+            .unwrap();
+        let mut cat = Command::new("cat")
+            .arg(m.path(&name).join("cpu0"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("cat to attach", || reader_attached(&chan, 0));
+        // Its read waits in the mount (nothing to read).
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(cat.id() as i32, libc::SIGINT) };
+        // The data comes at once: the producer's wakeup reaches the
+        // watcher long before its 200 ms look notices the signal.
+        for i in 0..10u32 {
+            chan.write(&[(round * 10 + i) as u8; 100]).unwrap();
+        }
+        chan.flush();
+        assert!(!cat.wait().unwrap().success());
+        wait_until("the reader to let go", || !reader_attached(&chan, 0));
+        let s = chan.stats(0);
+        assert_eq!(
+            s.bytes_consumed, 0,
+            "round {round}: bytes consumed for a reader that was dying, and lost: {s:?}"
+        );
+        // Everything is still there for the next reader.
+        let mut f = relayfs::RelayFile::open(chan.buffer_path(0)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        assert_eq!(f.read(&mut buf).unwrap(), 10 * 100, "round {round}");
+        drop(f);
+        chan.close().unwrap();
+    }
+    drop(m);
+}
+
+/// A mount point inside the relay directory (or one that holds it) is
+/// refused: the mount would stat its own mount point while listing, and
+/// its one filesystem thread wait for itself, hanging it and, unkillably,
+/// every reader (`ls` in state D).
+#[test]
+fn a_mount_point_inside_the_relay_directory_is_refused() {
+    if !fuse() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let top_path = top.path().canonicalize().unwrap();
+    let relay = top_path.join("relay");
+    std::fs::create_dir_all(relay.join("view")).unwrap();
+    for mp in [relay.join("view"), top_path.clone()] {
+        let mut c = relayfs(&relay)
+            .arg("mount")
+            .arg(&mp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let Some(st) = st else {
+            // Mounted: never look inside (that hangs); take it down.
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mp)
+                .status();
+            panic!("relayfs mount {mp:?} over relay directory {relay:?} was not refused");
+        };
+        let mut e = String::new();
+        c.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        assert_eq!(st.code(), Some(1), "{mp:?}: {e}");
+        assert!(e.contains("overlap"), "{mp:?}: {e}");
+        assert!(mount_type(&mp).is_none(), "{mp:?}");
+    }
+}

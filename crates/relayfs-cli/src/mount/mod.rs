@@ -152,6 +152,43 @@ fn preflight(mp: &Path) -> Result<PathBuf> {
     Ok(canon)
 }
 
+/// Refuses a mount point inside the relay directory `root`, or one that
+/// holds it: the mount would look at its own mount point (listing the relay
+/// directory stats every entry, the mount point too) or reach the relay
+/// directory through itself, and its one filesystem thread would wait for
+/// itself: the mount hangs, and so, unkillably, does every reader (`ls` in
+/// state D) until it is killed with SIGKILL.
+fn check_apart(mp: &Path, root: &Path) -> Result<()> {
+    // The relay directory may not exist yet: its absolute name, with the
+    // longest part that exists resolved.
+    let abs = std::path::absolute(root).with_context(|| fs::shown(root))?;
+    let mut canon = abs.clone();
+    let mut rest = Vec::new();
+    let mut at = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(at) {
+            canon = rest.iter().rev().fold(c, |p: PathBuf, n| p.join(n));
+            break;
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(p), Some(n)) => {
+                rest.push(n.to_os_string());
+                at = p;
+            }
+            _ => break,
+        }
+    }
+    if canon.starts_with(mp) || mp.starts_with(&canon) {
+        bail!(
+            "mount point {} and relay directory {} overlap: the mount would read \
+             itself and hang; mount it somewhere outside the relay directory",
+            fs::shown(mp),
+            fs::shown(&canon)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `relayfs mount`.
 pub fn run(a: &Args) -> Result<i32> {
     if a.detached {
@@ -160,6 +197,7 @@ pub fn run(a: &Args) -> Result<i32> {
     }
     let mp = preflight(&a.mountpoint)?;
     let root = a.dir.clone().unwrap_or_else(relayfs::relay_dir);
+    check_apart(&mp, &root)?;
     if a.daemon {
         return daemon(a, &mp);
     }
@@ -328,5 +366,29 @@ mod tests {
         std::fs::write(&f, b"").unwrap();
         let e = preflight(&f).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_mount_point_and_relay_directory_that_overlap_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(d.path()).unwrap();
+        let relay = top.join("relay");
+        std::fs::create_dir(&relay).unwrap();
+        std::fs::create_dir(relay.join("view")).unwrap();
+        std::fs::create_dir(top.join("mnt")).unwrap();
+        for (mp, root) in [
+            (relay.join("view"), relay.clone()),
+            (top.clone(), relay.clone()),
+            (relay.clone(), relay.clone()),
+            // A relay directory not made yet, under the mount point.
+            (top.clone(), top.join("later/relay")),
+        ] {
+            let e = check_apart(&mp, &root).unwrap_err().to_string();
+            assert!(e.contains("overlap"), "{mp:?} {root:?}: {e}");
+        }
+        check_apart(&top.join("mnt"), &relay).unwrap();
+        check_apart(&top.join("mnt"), &top.join("relay-not-yet")).unwrap();
+        // "relay2" is not under "relay": whole names are compared.
+        check_apart(&top.join("relay2"), &relay).unwrap();
     }
 }

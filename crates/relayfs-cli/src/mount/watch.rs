@@ -97,6 +97,15 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
             return done(&mut st);
         }
         while let Some(p) = st.pending.pop_front() {
+            // A reader with a signal waiting gets EINTR before anything is
+            // consumed for it: if the signal kills it (SIGKILL, or Ctrl-C on
+            // `cat`), the kernel throws the reply away with the process, and
+            // bytes consumed for it would be lost without being counted.
+            // The data stays for the next read.
+            if signal_pending(p.pid) {
+                p.reply.error(Errno::EINTR);
+                continue;
+            }
             let size = p.size;
             match st.read(size) {
                 Ok(d) if !d.is_empty() => {
@@ -111,7 +120,6 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
             }
             match st.is_eof() {
                 Ok(true) => p.reply.data(&[]),
-                Ok(false) if signal_pending(p.pid) => p.reply.error(Errno::EINTR),
                 Ok(false) => {
                     st.pending.push_front(p);
                     break;
