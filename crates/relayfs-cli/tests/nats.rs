@@ -30,11 +30,21 @@ fn nats_server() -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Never the same port twice in this process: the tests run at once, and
+    // the kernel may hand a port let go by one test's probe to another's.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// A `nats-server -js` child, killed (and waited for) when dropped.
@@ -90,7 +100,13 @@ impl Server {
             if child.try_wait().unwrap().is_some() {
                 return false;
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // Ours is up once it says so in its own log and still runs: a
+            // connection alone could reach another process's server that
+            // took the port first (ours then exits).
+            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("Server is ready"))
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && child.try_wait().unwrap().is_none()
+            {
                 self.child = Some(child);
                 return true;
             }
@@ -717,6 +733,15 @@ fn a_three_node_cluster_loses_nothing_when_a_node_dies() {
         })
         .collect();
     let url = nodes[0].url();
+    // The cluster has formed once one node is its JetStream metadata
+    // leader; on a loaded machine that can take longer than the recorder
+    // waits for a stream it can create.
+    wait_until("a JetStream metadata leader", || {
+        (0..3).any(|i| {
+            std::fs::read_to_string(tmp.path().join(format!("n{i}.log")))
+                .is_ok_and(|l| l.contains("metadata leader"))
+        })
+    });
     let root = tmp.path().join("relay");
     std::fs::create_dir(&root).unwrap();
     let rec = recorder(&root, "replicated", &url, "h", &["--replicas", "3"]);
