@@ -229,6 +229,37 @@ pub(crate) fn file_names(files: &[PathBuf]) -> Vec<String> {
     files.iter().map(|f| f.display().to_string()).collect()
 }
 
+/// `--duration`: a timer thread that sets `stop` once `d` has passed since
+/// `started` (unless `stop` was set first), and the flag it returns, which
+/// says whether the time ran out.
+pub(crate) fn stop_after(
+    d: Option<std::time::Duration>,
+    started: std::time::Instant,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(d) = d {
+        let (stop, timed_out) = (stop.clone(), timed_out.clone());
+        let deadline = started + d;
+        std::thread::spawn(move || {
+            // SYNC POINT: Relaxed; stop flags carrying no data (the
+            // recorders' results come back through their joins).
+            while std::time::Instant::now() < deadline {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // SYNC POINT: Relaxed, both: the caller reads `timed_out` after
+            // every buffer's recording returned (joined), which the stop
+            // flag caused, and the join orders this store before that read.
+            timed_out.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    timed_out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -542,24 +542,7 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let names: Vec<String> = bufs.iter().map(|(b, _, _)| b.name.clone()).collect();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    if let Some(d) = cfg.duration {
-        let (stop, timed_out) = (stop.clone(), timed_out.clone());
-        let deadline = started + d;
-        std::thread::spawn(move || {
-            // SYNC POINT: Relaxed; stop flags carrying no data.
-            while Instant::now() < deadline {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // SYNC POINT: Relaxed, both: `timed_out` is read after every
-            // buffer's shipping returned, which the stop flag caused.
-            timed_out.store(true, Ordering::Relaxed);
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let timed_out = super::engine::stop_after(cfg.duration, started, &stop);
     let done = Arc::new(AtomicBool::new(false));
     let status = cfg.show.status_line().then(|| {
         let (progress, names, done) = (progress.clone(), names.clone(), done.clone());

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use relayfs::{BufferStats, RelayFile};
@@ -158,25 +158,7 @@ pub(crate) fn record_channel(dir: &Path, cfg: &RecordConfig) -> Result<i32> {
         })?;
     }
     let names = readers.names();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    if let Some(d) = cfg.duration {
-        let (stop, timed_out) = (stop.clone(), timed_out.clone());
-        let deadline = started + d;
-        std::thread::spawn(move || {
-            // SYNC POINT: Relaxed; stop flags carrying no data (the
-            // results come back through `join`).
-            while Instant::now() < deadline {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // SYNC POINT: Relaxed, both: `timed_out` is read after the
-            // readers are joined, which orders this store before it.
-            timed_out.store(true, Ordering::Relaxed);
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let timed_out = super::engine::stop_after(cfg.duration, started, &stop);
     let status = cfg.show.status_line().then(|| {
         let (progress, names, done) = (progress.clone(), names.clone(), stop.clone());
         std::thread::spawn(move || report::status_line(&progress, &names, &done, started))
