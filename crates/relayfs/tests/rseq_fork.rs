@@ -14,6 +14,8 @@
 //! forked children only write with the library, report through a pipe and
 //! `_exit`.
 
+mod common;
+use common::{parse, record_into, HDR};
 use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
 use std::collections::HashSet;
 use std::process::Command;
@@ -21,43 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const HDR: usize = 16;
 const MAX_LEN: usize = HDR + 200;
 const CHILD: &str = "RELAYFS_RSEQ_FORK_CHILD";
 
 /// Writer `writer`'s record `seq`, into `out` (no allocation: the forked
 /// children use it); returns its length.
-fn record_into(writer: u32, seq: u64, out: &mut [u8; MAX_LEN]) -> usize {
+fn record_of(writer: u32, seq: u64, out: &mut [u8; MAX_LEN]) -> usize {
     let len = HDR + ((seq * 7 + writer as u64 * 13) % 200) as usize;
-    out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[4..8].copy_from_slice(&writer.to_le_bytes());
-    out[8..16].copy_from_slice(&seq.to_le_bytes());
-    for (i, b) in out.iter_mut().enumerate().take(len).skip(HDR) {
-        *b = (seq as usize * 31 + writer as usize * 17 + i) as u8;
-    }
+    record_into(writer, seq, &mut out[..len]);
     len
-}
-
-/// One buffer's stream as (writer, seq), each record checked whole.
-fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    let mut want = [0u8; MAX_LEN];
-    while at < stream.len() {
-        assert!(stream.len() - at >= HDR, "truncated record header at {at}");
-        let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
-        let writer = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap());
-        let seq = u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap());
-        assert!(
-            (HDR..=MAX_LEN).contains(&len) && at + len <= stream.len(),
-            "bad record length {len} at {at}"
-        );
-        let n = record_into(writer, seq, &mut want);
-        assert_eq!(&stream[at..at + len], &want[..n], "torn record at {at}");
-        out.push((writer, seq));
-        at += len;
-    }
-    out
 }
 
 /// The CPUs this process may run on.
@@ -112,7 +86,7 @@ fn write_all(
             flip += 1;
             let _ = relayfs::cpu::pin_current_thread(cpus[flip % cpus.len()]);
         }
-        let len = record_into(writer, seq, &mut rec);
+        let len = record_of(writer, seq, &mut rec);
         let res = match seq % 6 {
             0 => chan.write_cpu((seq as usize / 6 + writer as usize) % n_bufs, &rec[..len]),
             1 | 4 => chan.reserve(len).map(|mut slot| {

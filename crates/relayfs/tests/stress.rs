@@ -1,48 +1,13 @@
 //! Many writers, one reader per buffer: every record is delivered exactly
 //! once, whole and in per-writer order, or counted as lost.
 
+mod common;
+use common::{parse, record, HDR};
 use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-const HDR: usize = 16;
-
-fn record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&(len as u32).to_le_bytes());
-    r.extend_from_slice(&writer.to_le_bytes());
-    r.extend_from_slice(&seq.to_le_bytes());
-    for i in HDR..len {
-        r.push((seq as usize * 31 + writer as usize * 17 + i) as u8);
-    }
-    r
-}
-
-/// Parses one buffer's stream; returns (writer, seq) in stream order.
-fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < stream.len() {
-        assert!(stream.len() - at >= HDR, "truncated record header at {at}");
-        let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
-        let writer = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap());
-        let seq = u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap());
-        assert!(
-            len >= HDR && at + len <= stream.len(),
-            "bad record length {len} at {at}"
-        );
-        assert_eq!(
-            &stream[at..at + len],
-            &record(writer, seq, len)[..],
-            "torn record"
-        );
-        out.push((writer, seq));
-        at += len;
-    }
-    out
-}
 
 struct Outcome {
     delivered: u64,

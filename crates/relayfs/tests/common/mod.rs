@@ -13,3 +13,52 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// The test records' header: length (u32), writer (u32), sequence (u64).
+pub const HDR: usize = 16;
+
+/// Writer `writer`'s record `seq` into `out`, whose length is the record's
+/// (at least [`HDR`]): the header, then bytes that depend on all three, so
+/// that a torn or misplaced record can't pass for another. Allocates
+/// nothing (forked children use it).
+pub fn record_into(writer: u32, seq: u64, out: &mut [u8]) {
+    let len = out.len();
+    out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&writer.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in out.iter_mut().enumerate().skip(HDR) {
+        *b = (seq as usize * 31 + writer as usize * 17 + i) as u8;
+    }
+}
+
+/// Writer `writer`'s record `seq`, `len` bytes long.
+pub fn record(writer: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = vec![0; len];
+    record_into(writer, seq, &mut r);
+    r
+}
+
+/// One buffer's stream as (writer, seq) in stream order, each record
+/// checked whole against what its writer wrote.
+pub fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        assert!(stream.len() - at >= HDR, "truncated record header at {at}");
+        let len = u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+        let writer = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap());
+        let seq = u64::from_le_bytes(stream[at + 8..at + 16].try_into().unwrap());
+        assert!(
+            len >= HDR && at + len <= stream.len(),
+            "bad record length {len} at {at}"
+        );
+        assert_eq!(
+            &stream[at..at + len],
+            &record(writer, seq, len)[..],
+            "torn record at {at}"
+        );
+        out.push((writer, seq));
+        at += len;
+    }
+    out
+}
