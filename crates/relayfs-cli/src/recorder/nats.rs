@@ -3,8 +3,8 @@
 //!
 //! Each buffer is read ahead without consuming ([`RelayFile::peek_subbuf`]):
 //! every complete sub-buffer becomes a message (or a few parts), published
-//! with a `Nats-Msg-Id` made of host, channel, buffer and sequence, up to a
-//! window of messages not acknowledged yet. A sub-buffer is consumed
+//! with a `Nats-Msg-Id` made of host, channel (and its id), buffer and
+//! sequence, up to a window of messages not acknowledged yet. A sub-buffer is consumed
 //! ([`RelayFile::consume_through`]) only once JetStream acknowledged every
 //! part of it, so a sub-buffer is never lost once handed back to the
 //! producer; a message whose acknowledgement fails (broker down, slow,
@@ -144,6 +144,18 @@ impl Ship<'_> {
         self.stop.load(Ordering::Relaxed) || util::interrupted()
     }
 
+    /// What every message id of this buffer starts with: host, channel,
+    /// the channel's id and buffer. The channel id (random, made when the
+    /// channel is created) tells a channel created again under the same
+    /// name apart: its sub-buffer 0 is not the earlier one's, and JetStream
+    /// would take it for a duplicate within the duplicate window and drop it.
+    fn id_prefix(&self) -> String {
+        format!(
+            "{}/{}/{:016x}/{}",
+            self.host, self.channel, self.channel_id, self.buffer
+        )
+    }
+
     fn headers(&self, kind: &str, id: String) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(natsio::H_MSG_ID, id);
@@ -169,12 +181,9 @@ impl Ship<'_> {
         (0..parts)
             .map(|i| {
                 let id = if parts == 1 {
-                    format!("{}/{}/{}/{}", self.host, self.channel, self.buffer, p.seq)
+                    format!("{}/{}", self.id_prefix(), p.seq)
                 } else {
-                    format!(
-                        "{}/{}/{}/{}/{i}",
-                        self.host, self.channel, self.buffer, p.seq
-                    )
+                    format!("{}/{}/{i}", self.id_prefix(), p.seq)
                 };
                 let mut h = self.headers("data", id);
                 h.insert(natsio::H_SEQ, p.seq.to_string());
@@ -411,10 +420,8 @@ impl Ship<'_> {
             error: res.error.clone(),
         };
         let id = format!(
-            "{}/{}/{}/end/{}/{}/{}",
-            self.host,
-            self.channel,
-            self.buffer,
+            "{}/end/{}/{}/{}",
+            self.id_prefix(),
             info.next_seq,
             stats.records_consumed,
             stats.lost()
