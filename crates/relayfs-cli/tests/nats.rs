@@ -1056,3 +1056,50 @@ fn foreign_and_forged_messages_in_the_stream_are_skipped_not_the_end_of_the_pull
         &["--writers", "1", "--count", &(batches * per).to_string()],
     );
 }
+
+#[test]
+fn a_broker_that_lost_its_store_is_a_gap_in_pull_not_a_clean_recording() {
+    // The broker dies and comes back with an empty store (a disk replaced,
+    // a volume not mounted): sub-buffers it acknowledged are gone. pull
+    // must say so, not write a shorter file under the full counters.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut server = Server::start(&bin, &store, &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "wiped", &url, "h", &[]);
+    let (batches, per) = (60, 100);
+    produce(&root, "wiped", batches, per, |b, chan| {
+        if b == 20 {
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
+            server.kill9();
+            std::fs::remove_dir_all(&store).unwrap();
+            server.restart();
+        }
+    });
+    let t = Instant::now();
+    let mut rec = rec;
+    while rec.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = rec.try_wait().unwrap().is_some();
+    if !ended {
+        let _ = rec.kill();
+    }
+    let (out, v) = finish(rec);
+    assert!(
+        ended,
+        "the recorder ended after the channel closed: {v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert_eq!(po.status.code(), Some(1), "sub-buffers are missing: {pv}");
+    assert!(pv["gaps"].as_u64().unwrap() > 0, "{pv}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created again"), "{stderr}");
+}

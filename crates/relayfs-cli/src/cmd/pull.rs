@@ -59,7 +59,11 @@ pub struct Args {
 #[derive(Default)]
 struct Buf {
     file: Option<File>,
-    /// The next sub-buffer to write (None: nothing written yet).
+    /// The next sub-buffer to write (None: nothing written yet, and the
+    /// first is sub-buffer 0: a recording into the stream starts at the
+    /// buffer's start, so what is missing before the first that came is
+    /// a gap too: acknowledged and then lost by the broker, or removed by
+    /// the stream's limits).
     next: Option<u64>,
     /// Complete sub-buffers that came before their turn.
     ahead: BTreeMap<u64, (Vec<Bytes>, u64)>,
@@ -118,7 +122,7 @@ impl Buf {
 
     /// Writes a complete sub-buffer, and those held back behind it.
     fn complete(&mut self, seq: u64, parts: Vec<Bytes>, records: u64) -> Result<()> {
-        let next = *self.next.get_or_insert(seq);
+        let next = *self.next.get_or_insert(0);
         if seq < next || self.ahead.contains_key(&seq) {
             self.duplicates += 1;
             return Ok(());
@@ -130,7 +134,7 @@ impl Buf {
     /// Writes what is in turn; `all`: also past gaps (counted).
     fn drain(&mut self, all: bool) -> Result<()> {
         while let Some((&seq, _)) = self.ahead.first_key_value() {
-            let next = self.next.unwrap_or(seq);
+            let next = self.next.unwrap_or(0);
             if seq != next {
                 if !all {
                     break;
@@ -357,15 +361,15 @@ fn channel_summary(
         let mut gaps = b.gaps;
         if final_ {
             b.drain(true)?;
-            if let (Some(e), Some(next)) = (&b.end, b.next) {
-                b.gaps += e.next_seq.saturating_sub(next);
+            if let Some(e) = &b.end {
+                b.gaps += e.next_seq.saturating_sub(b.next.unwrap_or(0));
             }
             gaps = b.gaps;
             if let Some(f) = &b.file {
                 f.sync_all().ok();
             }
-        } else if let (Some(e), Some(next)) = (&b.end, b.next) {
-            gaps += e.next_seq.saturating_sub(next);
+        } else if let Some(e) = &b.end {
+            gaps += e.next_seq.saturating_sub(b.next.unwrap_or(0));
         }
         let s = b.stats();
         let end = b.end.as_ref().map_or(End::Interrupted, |e| e.end);

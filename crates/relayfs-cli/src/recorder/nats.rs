@@ -68,6 +68,11 @@ pub(crate) fn hostname() -> String {
 /// What one buffer's shipping needs to know.
 struct Ship<'a> {
     js: &'a jetstream::Context,
+    /// The stream's name and subject prefix, to create it again if it is
+    /// gone; the largest message and the replicas, as at the start.
+    nats: &'a NatsArgs,
+    max_msg: usize,
+    replicas: usize,
     subject: String,
     host: &'a str,
     channel: &'a str,
@@ -118,6 +123,9 @@ struct Inflight {
     acks: Vec<Option<Ack>>,
     /// An acknowledgement failed: send again.
     failed: bool,
+    /// It failed because no stream takes the subject (deleted, or the
+    /// broker lost its store): create it again before sending again.
+    no_stream: bool,
     /// It is in the spool (so consumed from the relay buffer already).
     spooled: bool,
     since: Instant,
@@ -128,10 +136,12 @@ struct Inflight {
 async fn settle(e: &mut Inflight) -> bool {
     for a in e.acks.iter_mut() {
         let Some(fut) = a.as_mut() else { continue };
-        let ok = fut.await.is_ok();
+        let res = fut.await;
         *a = None;
-        if !ok {
+        if let Err(err) = res {
             e.failed = true;
+            e.no_stream =
+                err.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
             return false;
         }
     }
@@ -238,6 +248,7 @@ impl Ship<'_> {
             stats,
             msgs,
             failed: false,
+            no_stream: false,
             spooled,
             since: Instant::now(),
         };
@@ -382,6 +393,35 @@ impl Ship<'_> {
                     return Ok(End::Interrupted);
                 }
                 if failed && waited >= backoff {
+                    if inflight.iter().any(|e| e.no_stream) {
+                        // The stream is gone (deleted, or the broker came
+                        // back without its store): nothing would ever be
+                        // stored again. Create it again, as at the start;
+                        // what the broker lost is a gap `pull` reports.
+                        match natsio::ensure_stream(
+                            self.js,
+                            self.nats,
+                            &self.subject,
+                            self.max_msg,
+                            self.replicas,
+                        )
+                        .await
+                        {
+                            Ok(_) => crate::util::errln!(
+                                "relayfs record: {}: the stream {:?} was gone: created again",
+                                self.buffer,
+                                self.nats.stream
+                            ),
+                            Err(e) => crate::util::errln!(
+                                "relayfs record: {}: the stream {:?} is gone: {e:#}",
+                                self.buffer,
+                                self.nats.stream
+                            ),
+                        }
+                        for e in inflight.iter_mut() {
+                            e.no_stream = false;
+                        }
+                    }
                     for e in inflight.iter_mut() {
                         self.send(e).await;
                     }
@@ -575,6 +615,9 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
     let ships = bufs.into_iter().enumerate().map(|(i, (b, f, spool))| {
         let ship = Ship {
             js: &js,
+            nats: &t.nats,
+            max_msg: max_payload,
+            replicas: t.replicas,
             subject: format!("{prefix}.{host_tok}.{chan_tok}.{}", natsio::token(&b.name)),
             host: &t.host,
             channel: &channel,
