@@ -140,8 +140,7 @@ async fn settle(e: &mut Inflight) -> bool {
         *a = None;
         if let Err(err) = res {
             e.failed = true;
-            e.no_stream =
-                err.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+            e.no_stream = err.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
             return false;
         }
     }

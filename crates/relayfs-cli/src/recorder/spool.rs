@@ -244,9 +244,7 @@ impl BufSpool {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot remove {}", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
         // SYNC POINT: Relaxed, as in `open`.
         let _ = self
