@@ -1103,3 +1103,42 @@ fn a_broker_that_lost_its_store_is_a_gap_in_pull_not_a_clean_recording() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("created again"), "{stderr}");
 }
+
+#[test]
+fn a_stream_that_refuses_messages_says_why() {
+    // A stream made by hand with discard new and room for 5 messages: the
+    // sixth is refused ("maximum messages exceeded") for ever. The recorder
+    // retries, as for an outage, but must tell the user what the broker
+    // answers, not only, at the end, that the end message was refused.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(url.trim_start_matches("nats://"))
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: "relayfs".into(),
+                subjects: vec!["relayfs.>".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                max_messages: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        });
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "full", &url, "h", &["--duration", "5"]);
+    produce(&root, "full", 40, 100, |_, _| {});
+    let out = rec.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("maximum messages"), "{stderr}");
+}

@@ -126,6 +126,8 @@ struct Inflight {
     /// It failed because no stream takes the subject (deleted, or the
     /// broker lost its store): create it again before sending again.
     no_stream: bool,
+    /// Why the acknowledgement failed, as the client or broker says.
+    error: Option<String>,
     /// It is in the spool (so consumed from the relay buffer already).
     spooled: bool,
     since: Instant,
@@ -141,6 +143,7 @@ async fn settle(e: &mut Inflight) -> bool {
         if let Err(err) = res {
             e.failed = true;
             e.no_stream = err.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+            e.error = Some(err.to_string());
             return false;
         }
     }
@@ -248,6 +251,7 @@ impl Ship<'_> {
             msgs,
             failed: false,
             no_stream: false,
+            error: None,
             spooled,
             since: Instant::now(),
         };
@@ -308,6 +312,10 @@ impl Ship<'_> {
         let mut idle = Duration::from_millis(1);
         let mut backoff = Duration::from_millis(50);
         let mut tail = false;
+        // The last failure said, said again only when it changes (a
+        // stream refusing messages for ever is not an outage to wait out
+        // in silence).
+        let mut said: Option<String> = None;
         // Sub-buffer copies' memory, used again.
         let mut pool: Vec<Vec<u8>> = Vec::new();
         loop {
@@ -376,11 +384,22 @@ impl Ship<'_> {
                     self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                     idle = Duration::from_millis(1);
+                    said = None;
                     continue;
                 }
                 // Not yet, or failed: the broker is slow or away.
                 let failed = front.failed;
                 let waited = front.since.elapsed();
+                if let Some(err) = front.error.take() {
+                    if said.as_ref() != Some(&err) {
+                        crate::util::errln!(
+                            "relayfs record: {}: sub-buffer {} not stored: {err} (sending again until it is)",
+                            self.buffer,
+                            front.sub.seq
+                        );
+                        said = Some(err);
+                    }
+                }
                 if let Some(sp) = spool {
                     if failed || waited >= SPOOL_AFTER {
                         self.spool_ahead(f, sp, &mut inflight, &mut next, &mut queued)?;
