@@ -1142,3 +1142,31 @@ fn a_stream_that_refuses_messages_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("maximum messages"), "{stderr}");
 }
+
+#[test]
+#[ignore = "defect: pull into an OUTDIR holding an older pull's files leaves buffer files the stream does not have (cpu7.out of a bigger machine, say) beside the new ones, and verify of the directory then fails; pull neither removes, refuses nor reports them"]
+fn pull_into_an_outdir_with_older_files_leaves_a_directory_that_verifies() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "older", &url, "h", &[]);
+    let (batches, per) = (10, 100);
+    produce(&root, "older", batches, per, |_, _| {});
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let dir = tmp.path().join("pulled");
+    let chan = dir.join("h/older");
+    std::fs::create_dir_all(&chan).unwrap();
+    // An earlier pull's file of a buffer this recording does not have.
+    std::fs::write(chan.join("cpu7.out"), vec![0x5a; 4096]).unwrap();
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert!(po.status.success(), "{pv}");
+    verify(
+        tmp.path(),
+        &chan,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
