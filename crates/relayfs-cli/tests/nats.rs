@@ -958,3 +958,240 @@ fn jetstream_throughput() {
         })
     );
 }
+
+#[test]
+fn a_channel_created_again_and_recorded_again_is_not_taken_for_duplicates() {
+    // Run a traced program, record it, run it again a minute later: the
+    // channel is made anew (a new channel id) and its sequence numbers
+    // start over at 0. Its sub-buffers are not the earlier ones: JetStream
+    // must not drop them as duplicates within its duplicate window, and
+    // pull must write the newer recording, not mix the two.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let mut last = None;
+    for (batches, per) in [(20, 100), (40, 100)] {
+        let rec = recorder(&root, "again", &url, "h", &[]);
+        let stats = produce(&root, "again", batches, per, |_, _| {});
+        let (out, v) = finish(rec);
+        assert!(out.status.success(), "{v}");
+        assert_eq!(v["end"], "closed", "{v}");
+        last = Some((stats, batches * per));
+    }
+    let (stats, offered) = last.unwrap();
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert!(po.status.success(), "{pv}");
+    assert_eq!(pv["gaps"], 0, "{pv}");
+    assert_eq!(pv["hosts"][0]["duplicates"], 0, "{pv}");
+    let dir = dir.join("h/again");
+    let s = summary(&dir);
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    verify(
+        tmp.path(),
+        &dir,
+        &["--writers", "1", "--count", &offered.to_string()],
+    );
+}
+
+/// Publishes `payload` on `subject` with `headers` into the stream that
+/// takes it, waiting for its acknowledgement.
+fn publish_raw(url: &str, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url.trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        js.publish_with_headers(subject.to_string(), h, payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn foreign_and_forged_messages_in_the_stream_are_skipped_not_the_end_of_the_pull() {
+    // The stream takes relayfs.>: another program's message there, or a
+    // forged one, must not stop a pull (or a collector's pull --follow)
+    // of every recording in it.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "mixed", &url, "h", &[]);
+    let (batches, per) = (20, 100);
+    let stats = produce(&root, "mixed", batches, per, |b, _| {
+        if b == 10 {
+            publish_raw(&url, "relayfs.x.y.z", &[], b"hello");
+        }
+    });
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let data = |seq: &'static str, part: &'static str, parts: &'static str| {
+        vec![
+            ("Relayfs-Kind", "data"),
+            ("Relayfs-Host", "h"),
+            ("Relayfs-Channel", "mixed"),
+            ("Relayfs-Buffer", "cpu0"),
+            ("Relayfs-Seq", seq),
+            ("Relayfs-Part", part),
+            ("Relayfs-Parts", parts),
+            ("Relayfs-Records", "1"),
+        ]
+    };
+    let subject = "relayfs.h.mixed.cpu0";
+    // A forged sequence number that has no successor; an absurd part
+    // count; an end message that is no JSON; a kind we don't know.
+    publish_raw(&url, subject, &data("18446744073709551615", "0", "1"), b"x");
+    publish_raw(&url, subject, &data("5", "7", "3"), b"x");
+    let mut end = data("0", "0", "1");
+    end[0] = ("Relayfs-Kind", "end");
+    publish_raw(&url, subject, &end, b"not json");
+    let mut odd = data("0", "0", "1");
+    odd[0] = ("Relayfs-Kind", "odd");
+    publish_raw(&url, subject, &odd, b"x");
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert_eq!(po.status.code(), Some(1), "something was skipped: {pv}");
+    assert_eq!(pv["skipped"], 5, "{pv}");
+    assert_eq!(pv["gaps"], 0, "{pv}");
+    let stderr = String::from_utf8_lossy(&po.stderr);
+    assert!(stderr.contains("skipped: message"), "{stderr}");
+    // The recording itself came through whole.
+    let dir = dir.join("h/mixed");
+    let s = summary(&dir);
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    verify(
+        tmp.path(),
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
+#[test]
+fn a_broker_that_lost_its_store_is_a_gap_in_pull_not_a_clean_recording() {
+    // The broker dies and comes back with an empty store (a disk replaced,
+    // a volume not mounted): sub-buffers it acknowledged are gone. pull
+    // must say so, not write a shorter file under the full counters.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut server = Server::start(&bin, &store, &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "wiped", &url, "h", &[]);
+    let (batches, per) = (60, 100);
+    produce(&root, "wiped", batches, per, |b, chan| {
+        if b == 20 {
+            wait_until("some sub-buffers consumed", || {
+                chan.stats(0).subbufs_consumed > 2
+            });
+            server.kill9();
+            std::fs::remove_dir_all(&store).unwrap();
+            server.restart();
+        }
+    });
+    let t = Instant::now();
+    let mut rec = rec;
+    while rec.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = rec.try_wait().unwrap().is_some();
+    if !ended {
+        let _ = rec.kill();
+    }
+    let (out, v) = finish(rec);
+    assert!(
+        ended,
+        "the recorder ended after the channel closed: {v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tmp.path().join("pulled");
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert_eq!(po.status.code(), Some(1), "sub-buffers are missing: {pv}");
+    assert!(pv["gaps"].as_u64().unwrap() > 0, "{pv}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created again"), "{stderr}");
+}
+
+#[test]
+fn a_stream_that_refuses_messages_says_why() {
+    // A stream made by hand with discard new and room for 5 messages: the
+    // sixth is refused ("maximum messages exceeded") for ever. The recorder
+    // retries, as for an outage, but must tell the user what the broker
+    // answers, not only, at the end, that the end message was refused.
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(url.trim_start_matches("nats://"))
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: "relayfs".into(),
+                subjects: vec!["relayfs.>".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                max_messages: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        });
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "full", &url, "h", &["--duration", "5"]);
+    produce(&root, "full", 40, 100, |_, _| {});
+    let out = rec.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("maximum messages"), "{stderr}");
+}
+
+#[test]
+#[ignore = "defect: pull into an OUTDIR holding an older pull's files leaves buffer files the stream does not have (cpu7.out of a bigger machine, say) beside the new ones, and verify of the directory then fails; pull neither removes, refuses nor reports them"]
+fn pull_into_an_outdir_with_older_files_leaves_a_directory_that_verifies() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, &tmp.path().join("store"), &[]);
+    let url = server.url();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let rec = recorder(&root, "older", &url, "h", &[]);
+    let (batches, per) = (10, 100);
+    produce(&root, "older", batches, per, |_, _| {});
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let dir = tmp.path().join("pulled");
+    let chan = dir.join("h/older");
+    std::fs::create_dir_all(&chan).unwrap();
+    // An earlier pull's file of a buffer this recording does not have.
+    std::fs::write(chan.join("cpu7.out"), vec![0x5a; 4096]).unwrap();
+    let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
+    assert!(po.status.success(), "{pv}");
+    verify(
+        tmp.path(),
+        &chan,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}

@@ -960,7 +960,8 @@ impl RelayFile {
         let mut done = 0;
         if seq >= consumed {
             done = s
-                .subbufs_consumed(seq + 1 - consumed, false, None)
+                // `seq` may be any number (u64::MAX, say): no overflow.
+                .subbufs_consumed((seq - consumed).saturating_add(1), false, None)
                 .map_err(fmt)?;
         }
         if self.consumed_seq() == seq && !self.is_closed() && !self.producer_alive() {

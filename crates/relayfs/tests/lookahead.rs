@@ -213,3 +213,23 @@ fn peeking_into_a_scratch_reuses_its_memory() {
     assert_eq!(p.seq, 1);
     chan.close().unwrap();
 }
+
+#[test]
+fn consuming_through_a_far_sequence_number_is_no_panic() {
+    // A caller's bad or forged sequence number (u64::MAX, say) is bad
+    // input: whatever is complete is consumed, nothing overflows.
+    let tmp = tempfile::tempdir().unwrap();
+    let chan = channel(tmp.path(), Mode::NoOverwrite);
+    for seq in 0..5 {
+        chan.write_cpu(0, &record(seq, 100)).unwrap();
+    }
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert_eq!(f.peek_subbuf(u64::MAX).unwrap(), None);
+    assert_eq!(f.consume_through(u64::MAX).unwrap(), 2, "the complete ones");
+    assert_eq!(f.consumed_seq(), 2);
+    assert_eq!(f.stats().records_consumed, 4);
+    assert_eq!(f.consume_through(u64::MAX).unwrap(), 0);
+    chan.close().unwrap();
+    assert_eq!(f.consume_through(u64::MAX).unwrap(), 1, "the last, closed");
+    assert_eq!(f.stats().records_consumed, 5);
+}

@@ -59,7 +59,11 @@ pub struct Args {
 #[derive(Default)]
 struct Buf {
     file: Option<File>,
-    /// The next sub-buffer to write (None: nothing written yet).
+    /// The next sub-buffer to write (None: nothing written yet, and the
+    /// first is sub-buffer 0: a recording into the stream starts at the
+    /// buffer's start, so what is missing before the first that came is
+    /// a gap too: acknowledged and then lost by the broker, or removed by
+    /// the stream's limits).
     next: Option<u64>,
     /// Complete sub-buffers that came before their turn.
     ahead: BTreeMap<u64, (Vec<Bytes>, u64)>,
@@ -118,7 +122,7 @@ impl Buf {
 
     /// Writes a complete sub-buffer, and those held back behind it.
     fn complete(&mut self, seq: u64, parts: Vec<Bytes>, records: u64) -> Result<()> {
-        let next = *self.next.get_or_insert(seq);
+        let next = *self.next.get_or_insert(0);
         if seq < next || self.ahead.contains_key(&seq) {
             self.duplicates += 1;
             return Ok(());
@@ -130,7 +134,7 @@ impl Buf {
     /// Writes what is in turn; `all`: also past gaps (counted).
     fn drain(&mut self, all: bool) -> Result<()> {
         while let Some((&seq, _)) = self.ahead.first_key_value() {
-            let next = self.next.unwrap_or(seq);
+            let next = self.next.unwrap_or(0);
             if seq != next {
                 if !all {
                     break;
@@ -157,19 +161,96 @@ impl Buf {
     }
 }
 
-/// Takes one message into `tree`.
-fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
+/// A message in the stream that is not (or not a well-formed) relayfs
+/// message: skipped with a warning and counted, never the end of the pull
+/// (one stray or forged publish must not stop a collector).
+#[derive(Debug)]
+struct NotOurs(String);
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotOurs {}
+
+/// What a relayfs message says, checked before anything is written.
+enum Kind {
+    End(EndInfo),
+    Data {
+        seq: u64,
+        part: u64,
+        parts: u64,
+        records: u64,
+        stats: Option<WireStats>,
+    },
+}
+
+/// Reads a message's names and kind, or says why it is not ours.
+fn parse(m: &StreamMessage) -> Result<(&str, &str, &str, Kind), NotOurs> {
+    let not_ours = |why: String| NotOurs(format!("message {} on {}: {why}", m.sequence, m.subject));
     let (Some(host), Some(chan), Some(buf)) = (
-        header(&m, natsio::H_HOST).and_then(plain),
-        header(&m, natsio::H_CHANNEL).and_then(plain),
-        header(&m, natsio::H_BUFFER).and_then(plain),
+        header(m, natsio::H_HOST).and_then(plain),
+        header(m, natsio::H_CHANNEL).and_then(plain),
+        header(m, natsio::H_BUFFER).and_then(plain),
     ) else {
-        bail!(
-            "message {} on {}: not a relayfs message (host, channel or buffer header missing or not a plain name)",
-            m.sequence,
-            m.subject
-        );
+        return Err(not_ours(
+            "not a relayfs message (host, channel or buffer header missing or not a plain name)"
+                .into(),
+        ));
     };
+    let num = |name: &str| number(m, name).map_err(|e| not_ours(format!("{e:#}")));
+    let kind = match header(m, natsio::H_KIND) {
+        Some("end") => Kind::End(
+            serde_json::from_slice(&m.payload)
+                .map_err(|e| not_ours(format!("a bad end message ({e})")))?,
+        ),
+        Some("data") => {
+            let (seq, part, parts, records) = (
+                num(natsio::H_SEQ)?,
+                num(natsio::H_PART)?,
+                num(natsio::H_PARTS)?,
+                num(natsio::H_RECORDS)?,
+            );
+            if parts == 0 || part >= parts || parts > 1 << 20 {
+                return Err(not_ours(format!("part {part} of {parts}")));
+            }
+            if seq == u64::MAX {
+                return Err(not_ours(format!("sequence number {seq}")));
+            }
+            let stats = header(m, natsio::H_STATS).and_then(|s| serde_json::from_str(s).ok());
+            Kind::Data {
+                seq,
+                part,
+                parts,
+                records,
+                stats,
+            }
+        }
+        k => return Err(not_ours(format!("unknown kind {k:?}"))),
+    };
+    Ok((host, chan, buf, kind))
+}
+
+/// Takes one message into `tree`. A message that is not ours is a
+/// [`NotOurs`] error, and changed nothing.
+fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
+    let (host, chan, buf, kind) = parse(&m)?;
+    if let Kind::Data { seq, parts, .. } = &kind {
+        let known = tree
+            .get(host)
+            .and_then(|c| c.get(chan))
+            .and_then(|b| b.get(buf))
+            .and_then(|b| b.partial.get(seq));
+        if known.is_some_and(|slot| slot.0.len() as u64 != *parts) {
+            return Err(NotOurs(format!(
+                "message {} on {}: parts disagree",
+                m.sequence, m.subject
+            ))
+            .into());
+        }
+    }
     let dir = out.join(host).join(chan);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let b = tree
@@ -179,26 +260,31 @@ fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
         .or_default()
         .entry(buf.to_string())
         .or_default();
+    let channel_id = number(&m, natsio::H_CHANNEL_ID).unwrap_or(b.channel_id);
+    if b.messages > 0 && channel_id != b.channel_id {
+        // The channel was created again (a new id) and recorded again: its
+        // sequence numbers start over, so the newer recording replaces the
+        // earlier one in OUTDIR rather than being taken for duplicates of it.
+        crate::util::errln!(
+            "relayfs pull: {host}/{chan}/{buf}: a newer recording (channel id {channel_id:#x}) replaces the one before it (channel id {:#x})",
+            b.channel_id
+        );
+        *b = Buf::default();
+    }
     b.open(&dir.join(format!("{buf}.out")))?;
     b.messages += 1;
-    b.channel_id = number(&m, natsio::H_CHANNEL_ID).unwrap_or(b.channel_id);
+    b.channel_id = channel_id;
     b.n_buffers = number(&m, natsio::H_N_BUFFERS).unwrap_or(b.n_buffers);
-    match header(&m, natsio::H_KIND) {
-        Some("end") => {
-            let info: EndInfo = serde_json::from_slice(&m.payload)
-                .with_context(|| format!("message {}: a bad end message", m.sequence))?;
-            b.end = Some(info);
-        }
-        Some("data") => {
-            let seq = number(&m, natsio::H_SEQ)?;
-            let part = number(&m, natsio::H_PART)?;
-            let parts = number(&m, natsio::H_PARTS)?;
-            let records = number(&m, natsio::H_RECORDS)?;
-            if parts == 0 || part >= parts || parts > 1 << 20 {
-                bail!("message {}: part {part} of {parts}", m.sequence);
-            }
-            if let Some(s) = header(&m, natsio::H_STATS).and_then(|s| serde_json::from_str(s).ok())
-            {
+    match kind {
+        Kind::End(info) => b.end = Some(info),
+        Kind::Data {
+            seq,
+            part,
+            parts,
+            records,
+            stats,
+        } => {
+            if let Some(s) = stats {
                 b.last_stats = s;
             }
             if parts == 1 {
@@ -208,9 +294,6 @@ fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
                 .partial
                 .entry(seq)
                 .or_insert_with(|| (vec![None; parts as usize], records));
-            if slot.0.len() as u64 != parts {
-                bail!("message {}: parts disagree", m.sequence);
-            }
             if slot.0[part as usize].is_some() {
                 b.duplicates += 1;
                 return Ok(());
@@ -221,7 +304,6 @@ fn take(tree: &mut Tree, out: &Path, m: StreamMessage) -> Result<()> {
                 b.complete(seq, v.into_iter().flatten().collect(), records)?;
             }
         }
-        k => bail!("message {}: unknown kind {k:?}", m.sequence),
     }
     Ok(())
 }
@@ -249,6 +331,8 @@ struct PullSummary {
     messages: u64,
     bytes: u64,
     gaps: u64,
+    /// Messages skipped: not relayfs messages, or malformed ones.
+    skipped: u64,
     exit_code: i32,
     hosts: Vec<HostSummary>,
 }
@@ -277,15 +361,15 @@ fn channel_summary(
         let mut gaps = b.gaps;
         if final_ {
             b.drain(true)?;
-            if let (Some(e), Some(next)) = (&b.end, b.next) {
-                b.gaps += e.next_seq.saturating_sub(next);
+            if let Some(e) = &b.end {
+                b.gaps += e.next_seq.saturating_sub(b.next.unwrap_or(0));
             }
             gaps = b.gaps;
             if let Some(f) = &b.file {
                 f.sync_all().ok();
             }
-        } else if let (Some(e), Some(next)) = (&b.end, b.next) {
-            gaps += e.next_seq.saturating_sub(next);
+        } else if let Some(e) = &b.end {
+            gaps += e.next_seq.saturating_sub(b.next.unwrap_or(0));
         }
         let s = b.stats();
         let end = b.end.as_ref().map_or(End::Interrupted, |e| e.end);
@@ -366,7 +450,13 @@ fn channel_summary(
 }
 
 /// Writes each channel's relayfs-record.json and returns the summary.
-fn summarize(tree: &mut Tree, a: &Args, url: &str, elapsed: f64) -> Result<PullSummary> {
+fn summarize(
+    tree: &mut Tree,
+    a: &Args,
+    url: &str,
+    elapsed: f64,
+    skipped: u64,
+) -> Result<PullSummary> {
     let mut hosts = Vec::new();
     let mut messages = 0;
     for (host, chans) in tree.iter_mut() {
@@ -395,7 +485,8 @@ fn summarize(tree: &mut Tree, a: &Args, url: &str, elapsed: f64) -> Result<PullS
         messages,
         bytes: hosts.iter().map(|h| h.bytes).sum(),
         gaps,
-        exit_code: if gaps > 0 { 1 } else { 0 },
+        skipped,
+        exit_code: if gaps > 0 || skipped > 0 { 1 } else { 0 },
         hosts,
     })
 }
@@ -447,6 +538,7 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
     let mut tree = Tree::new();
     let mut cursor = 1u64;
     let mut failures = 0;
+    let mut skipped = 0;
     loop {
         if util::interrupted() {
             break;
@@ -484,7 +576,16 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
                                     .to_string(),
                             )
                         });
-                    take(&mut tree, &a.out, m)?;
+                    let seq = m.sequence;
+                    match take(&mut tree, &a.out, m) {
+                        Ok(()) => {}
+                        Err(e) if e.is::<NotOurs>() => {
+                            skipped += 1;
+                            crate::util::errln!("relayfs pull: skipped: {e}");
+                            continue;
+                        }
+                        Err(e) => return Err(e.context(format!("message {seq}"))),
+                    }
                     if let Some((h, c)) = ended {
                         if let Some(bufs) = tree.get_mut(&h).and_then(|x| x.get_mut(&c)) {
                             let elapsed = started.elapsed().as_secs_f64();
@@ -516,7 +617,13 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
     if let Some(t) = status {
         let _ = t.join();
     }
-    let s = summarize(&mut tree, a, &shown, started.elapsed().as_secs_f64())?;
+    let s = summarize(
+        &mut tree,
+        a,
+        &shown,
+        started.elapsed().as_secs_f64(),
+        skipped,
+    )?;
     if a.json {
         util::outln!("{}", serde_json::to_value(&s)?)?;
     } else if !a.quiet {
@@ -527,6 +634,12 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
             s.messages,
             util::human_bytes(s.bytes)
         );
+        if s.skipped > 0 {
+            crate::util::errln!(
+                "  skipped {} messages that are not well-formed relayfs messages",
+                s.skipped
+            );
+        }
         for h in &s.hosts {
             crate::util::errln!(
                 "  host {:<20} delivered {:>10}  dropped {:>8}  gaps {}{}",

@@ -3,8 +3,8 @@
 //!
 //! Each buffer is read ahead without consuming ([`RelayFile::peek_subbuf`]):
 //! every complete sub-buffer becomes a message (or a few parts), published
-//! with a `Nats-Msg-Id` made of host, channel, buffer and sequence, up to a
-//! window of messages not acknowledged yet. A sub-buffer is consumed
+//! with a `Nats-Msg-Id` made of host, channel (and its id), buffer and
+//! sequence, up to a window of messages not acknowledged yet. A sub-buffer is consumed
 //! ([`RelayFile::consume_through`]) only once JetStream acknowledged every
 //! part of it, so a sub-buffer is never lost once handed back to the
 //! producer; a message whose acknowledgement fails (broker down, slow,
@@ -68,6 +68,11 @@ pub(crate) fn hostname() -> String {
 /// What one buffer's shipping needs to know.
 struct Ship<'a> {
     js: &'a jetstream::Context,
+    /// The stream's name and subject prefix, to create it again if it is
+    /// gone; the largest message and the replicas, as at the start.
+    nats: &'a NatsArgs,
+    max_msg: usize,
+    replicas: usize,
     subject: String,
     host: &'a str,
     channel: &'a str,
@@ -118,6 +123,11 @@ struct Inflight {
     acks: Vec<Option<Ack>>,
     /// An acknowledgement failed: send again.
     failed: bool,
+    /// It failed because no stream takes the subject (deleted, or the
+    /// broker lost its store): create it again before sending again.
+    no_stream: bool,
+    /// Why the acknowledgement failed, as the client or broker says.
+    error: Option<String>,
     /// It is in the spool (so consumed from the relay buffer already).
     spooled: bool,
     since: Instant,
@@ -128,10 +138,12 @@ struct Inflight {
 async fn settle(e: &mut Inflight) -> bool {
     for a in e.acks.iter_mut() {
         let Some(fut) = a.as_mut() else { continue };
-        let ok = fut.await.is_ok();
+        let res = fut.await;
         *a = None;
-        if !ok {
+        if let Err(err) = res {
             e.failed = true;
+            e.no_stream = err.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+            e.error = Some(err.to_string());
             return false;
         }
     }
@@ -142,6 +154,18 @@ impl Ship<'_> {
     fn stopping(&self) -> bool {
         // SYNC POINT: Relaxed; a stop flag carrying no data.
         self.stop.load(Ordering::Relaxed) || util::interrupted()
+    }
+
+    /// What every message id of this buffer starts with: host, channel,
+    /// the channel's id and buffer. The channel id (random, made when the
+    /// channel is created) tells a channel created again under the same
+    /// name apart: its sub-buffer 0 is not the earlier one's, and JetStream
+    /// would take it for a duplicate within the duplicate window and drop it.
+    fn id_prefix(&self) -> String {
+        format!(
+            "{}/{}/{:016x}/{}",
+            self.host, self.channel, self.channel_id, self.buffer
+        )
     }
 
     fn headers(&self, kind: &str, id: String) -> HeaderMap {
@@ -169,12 +193,9 @@ impl Ship<'_> {
         (0..parts)
             .map(|i| {
                 let id = if parts == 1 {
-                    format!("{}/{}/{}/{}", self.host, self.channel, self.buffer, p.seq)
+                    format!("{}/{}", self.id_prefix(), p.seq)
                 } else {
-                    format!(
-                        "{}/{}/{}/{}/{i}",
-                        self.host, self.channel, self.buffer, p.seq
-                    )
+                    format!("{}/{}/{i}", self.id_prefix(), p.seq)
                 };
                 let mut h = self.headers("data", id);
                 h.insert(natsio::H_SEQ, p.seq.to_string());
@@ -229,6 +250,8 @@ impl Ship<'_> {
             stats,
             msgs,
             failed: false,
+            no_stream: false,
+            error: None,
             spooled,
             since: Instant::now(),
         };
@@ -289,6 +312,10 @@ impl Ship<'_> {
         let mut idle = Duration::from_millis(1);
         let mut backoff = Duration::from_millis(50);
         let mut tail = false;
+        // The last failure said, said again only when it changes (a
+        // stream refusing messages for ever is not an outage to wait out
+        // in silence).
+        let mut said: Option<String> = None;
         // Sub-buffer copies' memory, used again.
         let mut pool: Vec<Vec<u8>> = Vec::new();
         loop {
@@ -357,11 +384,22 @@ impl Ship<'_> {
                     self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                     idle = Duration::from_millis(1);
+                    said = None;
                     continue;
                 }
                 // Not yet, or failed: the broker is slow or away.
                 let failed = front.failed;
                 let waited = front.since.elapsed();
+                if let Some(err) = front.error.take() {
+                    if said.as_ref() != Some(&err) {
+                        crate::util::errln!(
+                            "relayfs record: {}: sub-buffer {} not stored: {err} (sending again until it is)",
+                            self.buffer,
+                            front.sub.seq
+                        );
+                        said = Some(err);
+                    }
+                }
                 if let Some(sp) = spool {
                     if failed || waited >= SPOOL_AFTER {
                         self.spool_ahead(f, sp, &mut inflight, &mut next, &mut queued)?;
@@ -373,6 +411,35 @@ impl Ship<'_> {
                     return Ok(End::Interrupted);
                 }
                 if failed && waited >= backoff {
+                    if inflight.iter().any(|e| e.no_stream) {
+                        // The stream is gone (deleted, or the broker came
+                        // back without its store): nothing would ever be
+                        // stored again. Create it again, as at the start;
+                        // what the broker lost is a gap `pull` reports.
+                        match natsio::ensure_stream(
+                            self.js,
+                            self.nats,
+                            &self.subject,
+                            self.max_msg,
+                            self.replicas,
+                        )
+                        .await
+                        {
+                            Ok(_) => crate::util::errln!(
+                                "relayfs record: {}: the stream {:?} was gone: created again",
+                                self.buffer,
+                                self.nats.stream
+                            ),
+                            Err(e) => crate::util::errln!(
+                                "relayfs record: {}: the stream {:?} is gone: {e:#}",
+                                self.buffer,
+                                self.nats.stream
+                            ),
+                        }
+                        for e in inflight.iter_mut() {
+                            e.no_stream = false;
+                        }
+                    }
                     for e in inflight.iter_mut() {
                         self.send(e).await;
                     }
@@ -411,10 +478,8 @@ impl Ship<'_> {
             error: res.error.clone(),
         };
         let id = format!(
-            "{}/{}/{}/end/{}/{}/{}",
-            self.host,
-            self.channel,
-            self.buffer,
+            "{}/end/{}/{}/{}",
+            self.id_prefix(),
             info.next_seq,
             stats.records_consumed,
             stats.lost()
@@ -551,6 +616,9 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
     let ships = bufs.into_iter().enumerate().map(|(i, (b, f, spool))| {
         let ship = Ship {
             js: &js,
+            nats: &t.nats,
+            max_msg: max_payload,
+            replicas: t.replicas,
             subject: format!("{prefix}.{host_tok}.{chan_tok}.{}", natsio::token(&b.name)),
             host: &t.host,
             channel: &channel,

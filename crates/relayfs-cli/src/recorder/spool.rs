@@ -233,11 +233,19 @@ impl BufSpool {
         ))
     }
 
-    /// Removes sub-buffer `seq` from the spool (JetStream has it).
+    /// Removes sub-buffer `seq` from the spool (JetStream has it). It may
+    /// be gone already: a recorder killed after spooling a sub-buffer and
+    /// before consuming it leaves it in the spool and in the relay buffer,
+    /// and the next one may send (and spool) both copies; the first
+    /// acknowledged removes the file.
     pub(crate) fn remove(&self, seq: u64) -> Result<()> {
         let path = self.dir.join(name(seq));
         let len = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
         // SYNC POINT: Relaxed, as in `open`.
         let _ = self
             .used
@@ -290,6 +298,30 @@ mod tests {
         assert_eq!(seq_of("00000000000000000007.sb"), Some(7));
         assert_eq!(seq_of("7.sb"), None);
         assert_eq!(seq_of("../x.sb"), None);
+    }
+
+    #[test]
+    fn a_sub_buffer_spooled_twice_is_removed_once_without_error() {
+        // A recorder killed between spooling sub-buffer 3 and consuming it
+        // leaves it in both places; the next one, the broker away, spools
+        // the relay buffer's copy over the file, and both copies in flight
+        // are acknowledged in turn: the second removal finds nothing.
+        static USED: AtomicU64 = AtomicU64::new(0);
+        let tmp = tempfile::tempdir().unwrap();
+        let s = BufSpool::open(tmp.path(), "h", "c", "cpu0", 1 << 20, &USED).unwrap();
+        let p = Sub {
+            seq: 3,
+            data: vec![1; 100].into(),
+            offset: 0,
+            records: 1,
+            partial: false,
+        };
+        assert!(s.write(&p, WireStats::default()).unwrap());
+        assert!(s.write(&p, WireStats::default()).unwrap());
+        assert_eq!(s.list().unwrap(), vec![3]);
+        s.remove(3).unwrap();
+        s.remove(3).unwrap();
+        assert!(s.list().unwrap().is_empty());
     }
 
     #[test]
