@@ -150,7 +150,7 @@ fn summary(dir: &Path) -> Result<Option<RecordSummary>, String> {
 
 /// The buffer a recording file belongs to: `cpu0` for `cpu0.out` and
 /// `cpu0.out.3`.
-fn buffer_of(file: &Path) -> String {
+pub(crate) fn buffer_of(file: &Path) -> String {
     let name = file
         .file_name()
         .unwrap_or_default()

@@ -1169,8 +1169,7 @@ fn a_stream_that_refuses_messages_says_why() {
 }
 
 #[test]
-#[ignore = "defect: pull into an OUTDIR holding an older pull's files leaves buffer files the stream does not have (cpu7.out of a bigger machine, say) beside the new ones, and verify of the directory then fails; pull neither removes, refuses nor reports them"]
-fn pull_into_an_outdir_with_older_files_leaves_a_directory_that_verifies() {
+fn pull_into_an_outdir_with_older_files_reports_them() {
     let Some(bin) = nats_server() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&bin, &tmp.path().join("store"), &[]);
@@ -1188,7 +1187,17 @@ fn pull_into_an_outdir_with_older_files_leaves_a_directory_that_verifies() {
     // An earlier pull's file of a buffer this recording does not have.
     std::fs::write(chan.join("cpu7.out"), vec![0x5a; 4096]).unwrap();
     let (po, pv) = pull(tmp.path(), &url, &dir, &[]);
-    assert!(po.status.success(), "{pv}");
+    // The file is not this pull's to remove: it stays, and the pull says
+    // so and fails, rather than leave a directory that only looks whole.
+    assert!(!po.status.success(), "{pv}");
+    let stale = pv["hosts"][0]["stale_files"].to_string();
+    assert!(stale.contains("cpu7.out"), "{pv}");
+    assert_eq!(
+        std::fs::read(chan.join("cpu7.out")).unwrap(),
+        vec![0x5a; 4096]
+    );
+    // Without it, the pulled directory is the recording.
+    std::fs::remove_file(chan.join("cpu7.out")).unwrap();
     verify(
         tmp.path(),
         &chan,

@@ -319,6 +319,10 @@ struct HostSummary {
     gaps: u64,
     duplicates: u64,
     complete: bool,
+    /// Record files in a channel's directory of buffers the stream does
+    /// not have (an older pull's, say): not removed, since they are not
+    /// this pull's, but reported, as `verify` would trip on them.
+    stale_files: Vec<String>,
     #[serde(skip)]
     messages: u64,
 }
@@ -406,6 +410,14 @@ fn channel_summary(
         });
         stats.push(s);
     }
+    if final_ {
+        let dir = a.out.join(host).join(chan);
+        for f in crate::checker::recording_files(&dir)? {
+            if !bufs.contains_key(&crate::checker::buffer_of(&f)) {
+                h.stale_files.push(f.display().to_string());
+            }
+        }
+    }
     let total = relayfs::sum_stats(stats.iter());
     h.records_delivered += total.records_consumed;
     h.lost += total.lost();
@@ -469,6 +481,7 @@ fn summarize(
             gaps: 0,
             duplicates: 0,
             complete: true,
+            stale_files: Vec::new(),
             messages: 0,
         };
         for (chan, bufs) in chans.iter_mut() {
@@ -478,6 +491,7 @@ fn summarize(
         hosts.push(h);
     }
     let gaps = hosts.iter().map(|h| h.gaps).sum();
+    let stale = hosts.iter().any(|h| !h.stale_files.is_empty());
     Ok(PullSummary {
         url: url.to_string(),
         stream: a.nats.stream.clone(),
@@ -486,7 +500,11 @@ fn summarize(
         bytes: hosts.iter().map(|h| h.bytes).sum(),
         gaps,
         skipped,
-        exit_code: if gaps > 0 || skipped > 0 { 1 } else { 0 },
+        exit_code: if gaps > 0 || skipped > 0 || stale {
+            1
+        } else {
+            0
+        },
         hosts,
     })
 }
@@ -638,6 +656,11 @@ async fn pull(a: &Args, url: &NatsUrl) -> Result<i32> {
             crate::util::errln!(
                 "  skipped {} messages that are not well-formed relayfs messages",
                 s.skipped
+            );
+        }
+        for f in s.hosts.iter().flat_map(|h| &h.stale_files) {
+            crate::util::errln!(
+                "  {f}: a record file of a buffer this stream does not have (an older recording's?), left in place; remove it or pull into an empty directory"
             );
         }
         for h in &s.hosts {
