@@ -438,19 +438,11 @@ fn channel_summary(
         elapsed_s: elapsed,
         bytes,
         mb_per_s: report::mb_per_s(bytes, elapsed),
-        records_written: total.records_written(),
-        records_delivered: total.records_consumed,
-        lost: total.lost(),
-        dropped_full: total.dropped_full,
-        dropped_toobig: total.dropped_toobig,
-        overwritten: total.overwritten_records,
-        discarded: total.discarded_records,
-        dropped_corrupt: total.dropped_corrupt,
-        unread_at_close: total.unread_at_close,
         abandoned_bytes: abandoned_b,
         abandoned_records: abandoned_r,
         buffers: summaries,
         memory: None,
+        ..RecordSummary::totals(&total)
     };
     let path = a.out.join(host).join(chan).join(SUMMARY_FILE);
     let text = format!("{:#}\n", serde_json::to_value(&rec)?);

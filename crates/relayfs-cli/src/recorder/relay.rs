@@ -233,15 +233,6 @@ pub(crate) fn summarize(
         elapsed_s: elapsed,
         bytes,
         mb_per_s: report::mb_per_s(bytes, elapsed),
-        records_written: total.records_written(),
-        records_delivered: total.records_consumed,
-        lost: total.lost(),
-        dropped_full: total.dropped_full,
-        dropped_toobig: total.dropped_toobig,
-        overwritten: total.overwritten_records,
-        discarded: total.discarded_records,
-        dropped_corrupt: total.dropped_corrupt,
-        unread_at_close: total.unread_at_close,
         abandoned_bytes: results
             .iter()
             .filter_map(|r| r.abandoned)
@@ -272,5 +263,6 @@ pub(crate) fn summarize(
             })
             .collect(),
         memory: Some(memory),
+        ..RecordSummary::totals(&total)
     }
 }

@@ -208,7 +208,7 @@ impl MemorySampler {
 /// `relayfs record`'s summary of a relayfs channel: what `relayfs verify`
 /// (and `demo`, `bench`) read back. Fields a hand-written or older summary
 /// may lack default; the counters `verify` relies on are required.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RecordSummary {
     #[serde(default)]
     pub(crate) channel: String,
@@ -253,6 +253,27 @@ pub(crate) struct RecordSummary {
     pub(crate) buffers: Vec<BufferSummary>,
     #[serde(flatten)]
     pub(crate) memory: Option<Memory>,
+}
+
+impl RecordSummary {
+    /// A summary holding only the channel's record counts, from its
+    /// buffers' summed counters (the rest default): the base every
+    /// recorder's summary is completed from, so that `lost` and its parts
+    /// are taken from the counters in one place.
+    pub(crate) fn totals(total: &relayfs::BufferStats) -> RecordSummary {
+        RecordSummary {
+            records_written: total.records_written(),
+            records_delivered: total.records_consumed,
+            lost: total.lost(),
+            dropped_full: total.dropped_full,
+            dropped_toobig: total.dropped_toobig,
+            overwritten: total.overwritten_records,
+            discarded: total.discarded_records,
+            dropped_corrupt: total.dropped_corrupt,
+            unread_at_close: total.unread_at_close,
+            ..RecordSummary::default()
+        }
+    }
 }
 
 /// One buffer in a [`RecordSummary`].
