@@ -602,6 +602,56 @@ impl Shared {
         head.compare_exchange(h, new, success, failure)
     }
 
+    /// `word.fetch_add(add, AcqRel)` on a commit word: in a buffer pinned
+    /// to its CPU (`pin_to`) a restartable sequence on that CPU, or the
+    /// remote-access protocol (`crate::rseq`); otherwise a locked add.
+    /// Every commit goes through here, so a pinned buffer's commit words,
+    /// like its `head`, are changed either by sequences of its CPU or by
+    /// locked RMWs under the protocol, never by both at once. (The opener's
+    /// reset and the completer's store of a commit word need no pin: no
+    /// commit of the word can be in flight then, see `try_open` and
+    /// `complete`.)
+    #[inline(always)]
+    fn add_to(&self, word: &AtomicU64, add: u64) -> u64 {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_os = "linux",
+            target_env = "gnu",
+            not(loom)
+        ))]
+        if let Some(pin) = &self.pin {
+            return pin.fetch_add(word, add);
+        }
+        // SYNC POINT: AcqRel: what the caller's comment says (`commit_bytes`).
+        word.fetch_add(add, Ordering::AcqRel)
+    }
+
+    /// For a run of changes of this buffer's pinned words by a thread that
+    /// may not run on the buffer's CPU (`flush`, a write into another CPU's
+    /// buffer): one fence of that CPU for the whole run instead of one per
+    /// change (`crate::rseq::Pin::hold`). `None` where the buffer is not
+    /// pinned; the run is correct without it, only slower.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(loom)
+    ))]
+    pub(crate) fn hold(&self) -> Option<crate::rseq::Held<'_>> {
+        self.pin.as_ref().filter(|p| !p.shared()).map(|p| p.hold())
+    }
+
+    /// As above; nothing is pinned in this build.
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu",
+        not(loom)
+    )))]
+    pub(crate) fn hold(&self) -> Option<()> {
+        None
+    }
+
     /// Makes `head` move by restartable sequences on `cpu` (see
     /// `move_head`), where the process can use them. Only the producer moves
     /// `head`, and only a per-CPU buffer has a CPU whose writers can use the
@@ -651,15 +701,16 @@ impl Shared {
         );
     }
 
-    #[inline]
+    #[inline(always)]
     fn commit_bytes(&self, slot: u64, add: u64, hooks: &dyn Hooks) {
         // SYNC POINT: Release publishes this writer's data (and, for a
         // closer, the padding value) to whoever acquires the completed word;
-        // Acquire lets the completer see every other writer's release (all
-        // commits form one release sequence of RMWs on this word).
-        let old = self
-            .descriptor(slot, desc::WORD)
-            .fetch_add(add, Ordering::AcqRel);
+        // Acquire lets the completer see every other writer's release (each
+        // commit acquired the value it added to, so the completer is ordered
+        // after every earlier commit of the lap: with locked adds through
+        // their release sequence, with sequences through the chain of
+        // synchronises-with edges, `crate::rseq`, "Orderings").
+        let old = self.add_to(self.descriptor(slot, desc::WORD), add);
         // Wrapping: a scribbled word may be anywhere near u64::MAX.
         let now = old.wrapping_add(add);
         if now & BYTES_MASK == self.geometry.subbuf_size {
@@ -1028,6 +1079,8 @@ impl Shared {
     }
 
     /// The commit that brought `slot` to `subbuf_size` bytes: publish it.
+    #[cold]
+    #[inline(never)]
     fn complete(&self, slot: u64, word_now: u64, hooks: &dyn Hooks) {
         let records = (word_now >> 32) & RECORDS_MASK;
         // SYNC POINT: Relaxed loads of the padding and generation: the
@@ -1104,6 +1157,9 @@ impl Shared {
         // SYNC POINT: Acquire pairs with the opener's AcqRel CAS of `head`
         // (as in `impossible_at`); the CAS below is what decides.
         let mut h = head.load(Ordering::Acquire);
+        // Taken once there is something to close: the move of `head` and
+        // the padding's commit then fence the buffer's CPU once together.
+        let mut _held = None;
         for _ in 0..MAX_RETRIES {
             if g.pos_slot(h) >= g.n_subbufs {
                 // A scribbled head: put it at the start of a real sub-buffer
@@ -1123,6 +1179,9 @@ impl Shared {
                 return false;
             }
             let next = g.next_subbuf_pos(h);
+            if _held.is_none() {
+                _held = Some(self.hold());
+            }
             // SYNC POINT: AcqRel: Acquire as for a closing writer in
             // `reserve_slow` (our padding commit lands after the opener's
             // word reset); the Release half is not needed for that (see

@@ -657,7 +657,15 @@ impl Channel {
     /// # Panics
     /// If `cpu` is not a buffer of this channel.
     pub fn write_cpu(&self, cpu: usize, data: &[u8]) -> Result<(), WriteError> {
-        self.write_to(&self.inner.bufs[cpu], data)
+        let buf = &self.inner.bufs[cpu];
+        if !buf.shared().pinned() || crate::cpu::current_cpu() == cpu {
+            return self.write_to(buf, data);
+        }
+        // Another CPU's pinned buffer: the reservation and the commit are
+        // both remote accesses; hold the buffer's mark across the two, so
+        // that its CPU is fenced once (`crate::rseq::Pin::hold`).
+        let _held = buf.shared().hold();
+        self.write_to(buf, data)
     }
 
     #[inline(always)]

@@ -408,7 +408,20 @@ impl Pin {
         expect: u64,
         new: u64,
     ) -> Result<u64, u64> {
-        for _ in 0..MAX_ABORTS {
+        match self.sequence(word, expect, new) {
+            Seq::Stored => Ok(expect),
+            Seq::Differs(cur) => Err(cur),
+            Seq::Elsewhere => self.remote(word, expect, new),
+            Seq::Aborted => self.compare_exchange_again(word, expect, new),
+        }
+    }
+
+    /// `compare_exchange` after an aborted sequence: a few more tries, then
+    /// the remote path (out of line, as `fetch_add_again`).
+    #[cold]
+    #[inline(never)]
+    fn compare_exchange_again(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
+        for _ in 1..MAX_ABORTS {
             match self.sequence(word, expect, new) {
                 Seq::Stored => return Ok(expect),
                 Seq::Differs(cur) => return Err(cur),
@@ -419,33 +432,109 @@ impl Pin {
         self.remote(word, expect, new)
     }
 
-    /// The remote path: steps 1–4 of the module's documentation.
+    /// `word.fetch_add(add, AcqRel)` for a pinned word: a sequence on the
+    /// word's CPU (load, add, store) where the thread runs there, the
+    /// remote-access protocol otherwise. Returns the value before the add.
+    /// Every change of the word must come through here (or through
+    /// `compare_exchange` on the same pin).
+    #[inline(always)]
+    pub(crate) fn fetch_add(&self, word: &AtomicU64, add: u64) -> u64 {
+        match self.add_sequence(word, add) {
+            Added::Stored(old) => old,
+            Added::Elsewhere => self.remote_add(word, add),
+            Added::Aborted => self.fetch_add_again(word, add),
+        }
+    }
+
+    /// `fetch_add` after an aborted sequence: a few more tries, then the
+    /// remote path. Out of line, so that the inlined fast path stays one
+    /// sequence long.
     #[cold]
     #[inline(never)]
-    fn remote(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
+    fn fetch_add_again(&self, word: &AtomicU64, add: u64) -> u64 {
+        for _ in 1..MAX_ABORTS {
+            match self.add_sequence(word, add) {
+                Added::Stored(old) => return old,
+                Added::Elsewhere => break,
+                Added::Aborted => continue,
+            }
+        }
+        self.remote_add(word, add)
+    }
+
+    /// The remote path of `fetch_add`: steps 1–4 of the module's
+    /// documentation, with a locked add as step 3.
+    #[cold]
+    #[inline(never)]
+    fn remote_add(&self, word: &AtomicU64, add: u64) -> u64 {
+        // SYNC POINT: AcqRel, as the add the sequence stands in for (the
+        // callers in `buffer` say what it pairs with); the protocol's own
+        // orderings are `remote_step`'s.
+        self.remote_step(|| word.fetch_add(add, Ordering::AcqRel))
+    }
+
+    /// Runs `step` (one locked RMW of the pinned word) as step 3 of the
+    /// remote-access protocol: with the mark raised and the word's CPU
+    /// fenced, or at once where the word went through a fork (`FENCED`) or
+    /// the thread holds the pin's mark already (`hold`).
+    #[inline(always)]
+    fn remote_step<T>(&self, step: impl FnOnce() -> T) -> T {
         let mark = &self.slot.mark;
         // SYNC POINT: Acquire pairs with the fork handler's setting of
         // FENCED, which it does after its membarrier on every CPU: from
         // then on no sequence stores to the word, in either process (the
-        // bits are never cleared; the child copied them), so a plain CAS
+        // bits are never cleared; the child copied them), so a plain RMW
         // meets only other locked RMWs. A load that misses the bit takes the
         // full protocol below, which is correct in any case.
-        if mark.load(Ordering::Acquire) & FENCED != 0 {
-            // SYNC POINT: AcqRel / Acquire, as below.
-            return word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
+        if mark.load(Ordering::Acquire) & FENCED != 0 || self.held() {
+            return step();
         }
         // SYNC POINT: SeqCst (a locked RMW, a full barrier): the mark is
         // visible to every CPU before the membarrier's interrupt, which
         // pairs with the sequences' load of it (module documentation).
         mark.fetch_add(1, Ordering::SeqCst);
         fence_cpu(self.cpu);
-        // SYNC POINT: AcqRel, as the CAS the sequence stands in for (see the
-        // callers in `buffer`); Acquire on failure, the value read is used.
-        let r = word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire);
+        let r = step();
         // SYNC POINT: Release pairs with the sequences' load of the mark: one
-        // that sees it back at 0 sees our CAS when it loads the word.
+        // that sees it back at 0 sees our RMW when it loads the word.
         mark.fetch_sub(1, Ordering::Release);
         r
+    }
+
+    /// Raises the pin's mark and fences its CPU once, for a run of remote
+    /// accesses by this thread (`flush`, `close`, a write into another
+    /// CPU's buffer): until the returned guard drops, this thread's remote
+    /// accesses to the pin's words are plain locked RMWs, and every
+    /// sequence on the pin's CPU gives way (it sees the mark), exactly as
+    /// during one remote access. Costs one `membarrier` call instead of one
+    /// per access.
+    pub(crate) fn hold(&self) -> Held<'_> {
+        // SYNC POINT: SeqCst, as in `remote_step`: the raised mark is
+        // visible before the membarrier.
+        self.slot.mark.fetch_add(1, Ordering::SeqCst);
+        fence_cpu(self.cpu);
+        let prev = HELD.with(|h| h.replace(self.slot as *const Slot as usize));
+        Held {
+            pin: self,
+            prev,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Whether this thread holds the pin's mark (`hold`).
+    #[inline]
+    fn held(&self) -> bool {
+        HELD.with(|h| h.get()) == self.slot as *const Slot as usize
+    }
+
+    /// The remote path: steps 1–4 of the module's documentation.
+    #[cold]
+    #[inline(never)]
+    fn remote(&self, word: &AtomicU64, expect: u64, new: u64) -> Result<u64, u64> {
+        // SYNC POINT: AcqRel, as the CAS the sequence stands in for (see the
+        // callers in `buffer`); Acquire on failure, the value read is used.
+        // The protocol's own orderings are `remote_step`'s.
+        self.remote_step(|| word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire))
     }
 
     /// One attempt at the critical section: check the CPU and the mark, load
@@ -521,6 +610,109 @@ impl Pin {
             2 => Seq::Elsewhere,
             _ => Seq::Aborted,
         }
+    }
+}
+
+impl Pin {
+    /// One attempt at the adding critical section: check the CPU and the
+    /// mark, load the word, add, store.
+    #[inline(always)]
+    fn add_sequence(&self, word: &AtomicU64, add: u64) -> Added {
+        let Some(area) = crate::cpu::rseq_area() else {
+            return Added::Elsewhere;
+        };
+        let res: u64;
+        let old: u64;
+        // SAFETY: as in `sequence`: `area` is the calling thread's registered
+        // `struct rseq` (`cpu_id` at offset 4, `rseq_cs` at offset 8); the
+        // static descriptor (section `__rseq_cs`, 32-aligned) names the
+        // critical section [2, 3) and the abort handler 4, preceded by the
+        // registered signature. `word` and the mark are valid, aligned u64s
+        // (references). The section's only store to shared memory is its
+        // last instruction (the commit), so an abort anywhere before it
+        // leaves no trace. All operands are declared; flags are clobbered;
+        // the stack is not used.
+        unsafe {
+            std::arch::asm!(
+                "leaq 5f(%rip), {tmp}",
+                "movq {tmp}, 8({area})",
+                "2:",
+                "cmpl {cpu:e}, 4({area})",
+                "jne 6f",
+                "cmpq $0, ({mark})",
+                "jne 6f",
+                "movq ({word}), {old}",
+                "leaq ({old}, {add}), {tmp}",
+                "movq {tmp}, ({word})",
+                "3:",
+                "xorl {res:e}, {res:e}",
+                "jmp 8f",
+                ".byte 0x0f, 0xb9, 0x3d",
+                ".long 0x53053053",
+                "4:",
+                "movl $3, {res:e}",
+                "jmp 8f",
+                "6:",
+                "movl $2, {res:e}",
+                "8:",
+                ".pushsection __rseq_cs, \"aw\"",
+                ".balign 32",
+                "5:",
+                ".long 0, 0",
+                ".quad 2b, 3b - 2b, 4b",
+                ".popsection",
+                area = in(reg) area,
+                cpu = in(reg) self.cpu,
+                mark = in(reg) &self.slot.mark,
+                word = in(reg) word,
+                add = in(reg) add,
+                tmp = out(reg) _,
+                old = out(reg) old,
+                res = out(reg) res,
+                options(att_syntax, nostack),
+            );
+        }
+        match res {
+            0 => Added::Stored(old),
+            2 => Added::Elsewhere,
+            _ => Added::Aborted,
+        }
+    }
+}
+
+/// What an adding sequence did.
+enum Added {
+    /// The sum is stored; the word held this value before.
+    Stored(u64),
+    /// Not on the word's CPU, or a remote access is in progress: the caller
+    /// must take the remote path.
+    Elsewhere,
+    /// Preempted, migrated or interrupted by a signal: nothing was stored.
+    Aborted,
+}
+
+thread_local! {
+    /// The slot (its address) whose mark this thread holds (`Pin::hold`),
+    /// or 0.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A raised mark and a fenced CPU, held by one thread for a run of remote
+/// accesses (`Pin::hold`). Not `Send`: the hold is the thread's.
+pub(crate) struct Held<'a> {
+    pin: &'a Pin,
+    /// The slot held before (a hold of another pin, or 0), restored on drop.
+    prev: usize,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        HELD.with(|h| h.set(self.prev));
+        // SYNC POINT: Release pairs with the sequences' load of the mark, as
+        // in `remote_step`: one that sees it back at 0 sees every RMW this
+        // thread made while holding it.
+        self.pin.slot.mark.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -259,3 +259,169 @@ fn control_without_the_mark_check_loses_reservations() {
 fn control_without_the_membarrier_loses_reservations() {
     run(true, false);
 }
+
+/// The commit word of one sub-buffer of `SB` units, beside the write
+/// position it is reserved from: the commit protocol as `buffer::commit_bytes`
+/// runs it on a pinned buffer (`crate::rseq::Pin::fetch_add`), with the
+/// switch (a close that moves `head` past the sub-buffer and commits the
+/// padding).
+const SB: u64 = 3;
+
+struct SubBuffer {
+    pos: Word,
+    /// Committed units: adds by sequences of the CPU, or locked adds under
+    /// the remote protocol (sharing `pos`'s mark, as a buffer's words share
+    /// its pin).
+    commit: AtomicU64,
+    /// The padding the closer stored before committing it.
+    pad: AtomicU64,
+    /// Commits that brought `commit` to `SB`.
+    completions: AtomicU64,
+    /// The records' bytes: one cell per unit, written by the unit's
+    /// reserver before its commit, read by the completer after it.
+    data: [loom::cell::UnsafeCell<u64>; SB as usize],
+}
+
+impl SubBuffer {
+    fn new(check_mark: bool, membarrier: bool) -> SubBuffer {
+        SubBuffer {
+            pos: Word::new(check_mark, membarrier),
+            commit: AtomicU64::new(0),
+            pad: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            data: std::array::from_fn(|_| loom::cell::UnsafeCell::new(0)),
+        }
+    }
+
+    /// The adding sequence: the mark, the load, the store of the sum, all
+    /// on the CPU (x86: plain loads are Acquire, plain stores Release).
+    fn add_sequence(&self, add: u64) -> Option<u64> {
+        let _on_cpu = self.pos.cpu.lock().unwrap();
+        if self.pos.check_mark && self.pos.mark.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let old = self.commit.load(Ordering::Acquire);
+        self.commit.store(old + add, Ordering::Release);
+        Some(old)
+    }
+
+    /// The remote add: mark, membarrier, locked add, unmark (or the locked
+    /// add alone for a thread that holds the mark already).
+    fn remote_add(&self, add: u64, held: bool) -> u64 {
+        if held {
+            return self.commit.fetch_add(add, Ordering::AcqRel);
+        }
+        self.pos.mark.fetch_add(1, Ordering::SeqCst);
+        if self.pos.membarrier {
+            drop(self.pos.cpu.lock().unwrap());
+        }
+        let old = self.commit.fetch_add(add, Ordering::AcqRel);
+        self.pos.mark.fetch_sub(1, Ordering::Release);
+        old
+    }
+
+    /// A commit of `add` units, from the CPU (`local`) or from elsewhere;
+    /// the one that completes the sub-buffer reads every record's bytes, as
+    /// `complete` publishes them to readers.
+    fn commit(&self, add: u64, local: bool, held: bool) {
+        let old = match local.then(|| self.add_sequence(add)).flatten() {
+            Some(old) => old,
+            None => self.remote_add(add, held),
+        };
+        if old + add == SB {
+            self.completions.fetch_add(1, Ordering::Relaxed);
+            let pad = self.pad.load(Ordering::Relaxed);
+            for cell in &self.data[..(SB - pad) as usize] {
+                // A unit of a record whose writer's commit is not ordered
+                // before ours is a causality violation (loom panics).
+                cell.with(|v| assert_ne!(unsafe { *v }, 0, "a record's bytes not there"));
+            }
+        }
+    }
+
+    /// A writer of one unit: reserve it (if it still fits), write it,
+    /// commit it from the CPU or, migrated meanwhile, from elsewhere.
+    fn write(&self, id: u64, commit_local: bool) {
+        let mut h = self.pos.head.load(Ordering::Relaxed);
+        loop {
+            if h + 1 > SB {
+                return; // closed: dropped (counted, in the real buffer)
+            }
+            match self.pos.local_cas(h, h + 1) {
+                Ok(_) => break,
+                Err(cur) => h = cur,
+            }
+        }
+        self.data[h as usize].with_mut(|v| unsafe { *v = id });
+        self.commit(1, commit_local, false);
+    }
+
+    /// `flush` from another CPU: close the sub-buffer if it holds anything,
+    /// holding the mark across the move of `head` and the padding's commit
+    /// (`Pin::hold`).
+    fn flush(&self) {
+        self.pos.mark.fetch_add(1, Ordering::SeqCst);
+        if self.pos.membarrier {
+            drop(self.pos.cpu.lock().unwrap());
+        }
+        let mut h = self.pos.head.load(Ordering::Acquire);
+        while h != 0 && h < SB {
+            match self
+                .pos
+                .head
+                .compare_exchange(h, SB, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.pad.store(SB - h, Ordering::Relaxed);
+                    self.commit(SB - h, false, true);
+                    break;
+                }
+                Err(cur) => h = cur,
+            }
+        }
+        self.pos.mark.fetch_sub(1, Ordering::Release);
+    }
+}
+
+fn run_commit(check_mark: bool, membarrier: bool) {
+    loom::model(move || {
+        let sb = Arc::new(SubBuffer::new(check_mark, membarrier));
+        let spawn = |f: fn(&SubBuffer)| {
+            let sb = sb.clone();
+            thread::spawn(move || f(&sb))
+        };
+        let threads = [
+            // A writer of the CPU, and one migrated between its reservation
+            // and its commit (which is then a remote access).
+            spawn(|sb| sb.write(1, true)),
+            spawn(|sb| sb.write(2, false)),
+            spawn(|sb| sb.flush()),
+        ];
+        for t in threads {
+            t.join().unwrap();
+        }
+        let head = sb.pos.head.load(Ordering::Relaxed);
+        let committed = sb.commit.load(Ordering::Relaxed);
+        assert_eq!(committed, head, "a commit lost");
+        let done = sb.completions.load(Ordering::Relaxed);
+        assert_eq!(done, u64::from(committed == SB), "completed {done} times");
+        assert_eq!(sb.pos.mark.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn sequences_and_remote_adds_share_the_commit_word_through_a_switch() {
+    run_commit(true, true);
+}
+
+#[test]
+#[should_panic(expected = "a commit lost")]
+fn control_commit_without_the_mark_check_loses_commits() {
+    run_commit(false, true);
+}
+
+#[test]
+#[should_panic(expected = "a commit lost")]
+fn control_commit_without_the_membarrier_loses_commits() {
+    run_commit(true, false);
+}
