@@ -12,7 +12,9 @@
 //! * **Reserve**: one compare-and-swap on the buffer's write position
 //!   (`head`) claims `len` bytes in the current sub-buffer.
 //! * **Commit**: one `fetch_add` on the sub-buffer's commit word adds the
-//!   record's bytes and a record count of one. A sub-buffer is *complete* when
+//!   record's bytes and a record count of one (in a per-CPU buffer both the
+//!   reservation's CAS and this add are restartable sequences on the
+//!   buffer's CPU, with no lock prefix: `crate::rseq`). A sub-buffer is *complete* when
 //!   its committed bytes (header reserve, records and padding) reach
 //!   `subbuf_size`; the writer whose commit completes it stores the
 //!   `COMPLETE | laps` tag that readers look for, and wakes a sleeping reader.
@@ -898,8 +900,9 @@ impl Shared {
     fn close(&self, pos: u64, pad: u64, hooks: &dyn Hooks) {
         let slot = self.geometry.pos_slot(pos);
         // SYNC POINT: Relaxed: the padding is published by the Release of
-        // the commit below (its `fetch_add` heads the release sequence the
-        // completer's Acquire reads); the padding counter pairs with nothing.
+        // the commit below (the completer's commit, or a reader's Acquire
+        // load of the word, is ordered after it: `commit_bytes`); the
+        // padding counter pairs with nothing.
         self.descriptor(slot, desc::PAD)
             .store(pad, Ordering::Relaxed);
         self.header_word(hdr::PADDING_BYTES)
@@ -1085,8 +1088,8 @@ impl Shared {
         let records = (word_now >> 32) & RECORDS_MASK;
         // SYNC POINT: Relaxed loads of the padding and generation: the
         // closer's padding store was released by its commit and the opener's
-        // generation by its CASes, and our commit's AcqRel `fetch_add` read
-        // the last value of the word's release sequence, so it acquired
+        // generation by its CASes, and our commit read the value left by
+        // every earlier commit of the lap (`commit_bytes`), so it acquired
         // both. The stores and counter updates after them are Relaxed: the
         // Release store of the word below publishes REC_LAST; the counters
         // pair with nothing.
@@ -1317,10 +1320,11 @@ impl Shared {
         if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
             return Ok(Avail::Nothing);
         }
-        // SYNC POINT: Acquire pairs with the writers' commit `fetch_add`s
-        // (AcqRel): each heads a release sequence of the RMWs after it, so
-        // reading `w` synchronizes with every commit counted in it, and the
-        // bytes below `pos_offset(h1)` are visible when `w` covers them.
+        // SYNC POINT: Acquire pairs with the writers' commits (AcqRel
+        // adds, or sequences on a pinned buffer): each acquired the value
+        // it added to (`commit_bytes`), so reading `w` synchronizes with
+        // every commit counted in it, and the bytes below `pos_offset(h1)`
+        // are visible when `w` covers them.
         let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
         let h2 = self.head();
         if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {

@@ -1,6 +1,9 @@
-//! The per-CPU write position moved without a lock prefix: a restartable
-//! sequence (rseq) on the thread's current CPU, and the remote-access
-//! protocol that keeps every other move of the same word from meeting it.
+//! The per-CPU write position and commit words changed without a lock
+//! prefix: restartable sequences (rseq) on the thread's current CPU, a
+//! compare-and-store (`Pin::compare_exchange`, for `head`) and an add
+//! (`Pin::fetch_add`, for the commit words), and the remote-access
+//! protocol that keeps every other change of the same words from meeting
+//! them. One `Pin` (one mark) covers all of a buffer's words.
 //!
 //! # What a restartable sequence gives
 //!
@@ -340,8 +343,9 @@ fn register_fork_handler() {
     });
 }
 
-/// One word (a buffer's write position) that the sequences of one CPU change
-/// with a plain store, and everyone else through the remote-access protocol.
+/// A buffer's words (its write position and its commit words) that the
+/// sequences of one CPU change with a plain store, and everyone else through
+/// the remote-access protocol.
 pub(crate) struct Pin {
     /// The CPU whose sequences may store to the word.
     cpu: u32,
