@@ -159,6 +159,12 @@ pub(crate) struct Shared {
     /// Overwrite mode (`FLAG_OVERWRITE` in the header), copied at creation
     /// since the fast path reads it.
     overwrite: bool,
+    /// `geometry.data_len()`, and the mask that takes a position to its
+    /// byte offset in the data region (slot and offset bits: `slot <<
+    /// sb_shift | offset`), computed once for the fast path. An offset below
+    /// `data_len` names a real slot.
+    data_len: u64,
+    pos_mask: u64,
     /// The loom build's data region (`data` is unused there): one
     /// `DataCell` per byte, so that loom checks the data's publication too.
     #[cfg(loom)]
@@ -268,6 +274,10 @@ impl Shared {
             rdr,
             data,
             overwrite: flags & FLAG_OVERWRITE != 0,
+            data_len: g.data_len(),
+            pos_mask: u64::MAX
+                .checked_shr(64 - (g.sb_shift + g.n_shift).min(64))
+                .unwrap_or(0),
             #[cfg(loom)]
             cells: std::ptr::null(),
             #[cfg(all(
@@ -510,7 +520,7 @@ impl Shared {
         // The slot test only matters for a head scribbled by someone else (a
         // sound head never names a slot >= n_subbufs): it keeps the copy and
         // the commit inside the buffer whatever the file holds.
-        if off == 0 || off + len >= sb || self.geometry.pos_slot(h) >= self.geometry.n_subbufs {
+        if off == 0 || off + len >= sb || self.data_offset(h) >= self.data_len {
             return self.reserve_slow(h, len, hooks);
         }
         // SYNC POINT: Acquire pairs with the Release of the CAS that
@@ -537,7 +547,7 @@ impl Shared {
         // keeps this safe function sound in release builds whatever `pos`
         // and `bytes` are (no overflow: off < 2^63, a record < 2^30).
         assert!(
-            off + bytes.len() as u64 <= self.geometry.data_len(),
+            off + bytes.len() as u64 <= self.data_len,
             "write of {} bytes at {pos:#x} beyond the data region",
             bytes.len()
         );
@@ -558,7 +568,7 @@ impl Shared {
     /// the callers check it before using it).
     #[inline(always)]
     fn data_offset(&self, pos: u64) -> u64 {
-        self.geometry.slot_data_offset(self.geometry.pos_slot(pos)) + self.geometry.pos_offset(pos)
+        pos & self.pos_mask
     }
 
     /// Pointer to the data byte at write position `pos`.
@@ -570,7 +580,7 @@ impl Shared {
     pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
         let off = self.data_offset(pos);
         assert!(
-            off < self.geometry.data_len(),
+            off < self.data_len,
             "position {pos:#x} beyond the data region"
         );
         // SAFETY: `off` is within the data region (checked above).

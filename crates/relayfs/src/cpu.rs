@@ -89,6 +89,32 @@ pub(crate) fn rseq_area() -> Option<*mut u8> {
     rseq::area()
 }
 
+/// glibc's `__rseq_offset`: where the calling thread's `struct rseq` lies
+/// from its thread pointer (`rseq_area` adds the two), the same for every
+/// thread of the process; `None` where glibc registered none.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(loom)
+))]
+pub(crate) fn rseq_offset() -> Option<isize> {
+    rseq::offset()
+}
+
+/// The calling thread's rseq area, given `rseq_offset()`'s value (which
+/// is the same for every thread): as `rseq_area`, without the lookup.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu",
+    not(loom)
+))]
+#[inline(always)]
+pub(crate) fn rseq_area_at(offset: isize) -> *mut u8 {
+    rseq::area_at(offset)
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod rseq {
     use std::sync::atomic::{AtomicIsize, Ordering};
@@ -147,6 +173,28 @@ mod rseq {
             off = init();
         }
         off != NONE
+    }
+
+    /// `__rseq_offset`, where glibc registered an area.
+    #[cfg(not(loom))]
+    pub(super) fn offset() -> Option<isize> {
+        // SYNC POINT: Relaxed, as in `cpu_id` (`registered` stored it if
+        // this thread looked it up first).
+        registered().then(|| OFFSET.load(Ordering::Relaxed))
+    }
+
+    /// The calling thread's rseq area, given `offset()`'s value: thread
+    /// pointer + `__rseq_offset` (no lookup, for a caller that kept the
+    /// offset).
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(super) fn area_at(off: isize) -> *mut u8 {
+        let tp: usize;
+        // SAFETY: as in `cpu_id`: reads the thread pointer.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
+        }
+        tp.wrapping_add_signed(off) as *mut u8
     }
 
     /// The calling thread's rseq area: thread pointer + `__rseq_offset`.

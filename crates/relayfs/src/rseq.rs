@@ -347,6 +347,9 @@ fn register_fork_handler() {
 /// sequences of one CPU change with a plain store, and everyone else through
 /// the remote-access protocol.
 pub(crate) struct Pin {
+    /// `__rseq_offset` (`cpu::rseq_offset`), known to be registered: each
+    /// sequence finds the thread's area from it and the thread pointer.
+    rseq_offset: isize,
     /// The CPU whose sequences may store to the word.
     cpu: u32,
     /// The word's mark: remote accesses in progress, and `SHARED` (see the
@@ -390,6 +393,7 @@ impl Pin {
             return None;
         }
         Some(Pin {
+            rseq_offset: crate::cpu::rseq_offset()?,
             cpu: cpu as u32,
             slot: take_slot()?,
         })
@@ -545,13 +549,15 @@ impl Pin {
     /// the word, compare, store.
     #[inline(always)]
     fn sequence(&self, word: &AtomicU64, expect: u64, new: u64) -> Seq {
-        let Some(area) = crate::cpu::rseq_area() else {
-            return Seq::Elsewhere;
-        };
+        let area = crate::cpu::rseq_area_at(self.rseq_offset);
         let res: u64;
         let cur: u64;
         // SAFETY: `area` is the calling thread's registered `struct rseq`
-        // (`cpu::rseq_area`): `cpu_id` is the u32 at offset 4, `rseq_cs` the
+        // (`cpu::rseq_area_at` with the process's `__rseq_offset`, which a
+        // `Pin` exists only with: every thread's area is at that offset
+        // from its thread pointer; one whose registration failed has
+        // `cpu_id` RSEQ_CPU_ID_REGISTRATION_FAILED, so the check below
+        // sends it to the remote path): `cpu_id` is the u32 at offset 4, `rseq_cs` the
         // u64 at offset 8, which the thread may set to a descriptor of its
         // own. The descriptor (in section `__rseq_cs`, 32-aligned, static)
         // names the critical section [2, 3) and its abort handler 4, preceded
@@ -622,9 +628,7 @@ impl Pin {
     /// mark, load the word, add, store.
     #[inline(always)]
     fn add_sequence(&self, word: &AtomicU64, add: u64) -> Added {
-        let Some(area) = crate::cpu::rseq_area() else {
-            return Added::Elsewhere;
-        };
+        let area = crate::cpu::rseq_area_at(self.rseq_offset);
         let res: u64;
         let old: u64;
         // SAFETY: as in `sequence`: `area` is the calling thread's registered
