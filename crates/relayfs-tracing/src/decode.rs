@@ -375,6 +375,9 @@ struct Callsite {
     json_level: String,
     json_target: String,
     json_fields: Vec<String>,
+    /// What a text line without spans shows between its time and its
+    /// message, made once: `  INFO app: `.
+    text_head: String,
 }
 
 /// Callsites by id: a vector for the small ids a layer hands out, a map
@@ -428,6 +431,10 @@ struct TimeFmt {
     offset: Option<i128>,
     sec: Option<i64>,
     prefix: String,
+    /// The monotonic timestamps of the second in `prefix`, `[start, end)`
+    /// (`end` 0: none): a time in it needs no conversion, only its
+    /// microseconds.
+    mono: (u64, u64),
 }
 
 /// The state of a decode: what it knows of callsites, spans and threads,
@@ -446,6 +453,10 @@ struct Printer<'o> {
     /// The last thread of a JSON line and its member, `,"threadId":N`,
     /// made once (a thread's events usually come in runs).
     thread_json: (u64, String),
+    /// The end of the last JSON line without spans, and its callsite,
+    /// thread and buffer (the address of its `json_tail`): target, thread
+    /// and buffer in one piece.
+    json_end: (Option<(u64, u64, usize)>, String),
     stats: Stats,
 }
 
@@ -624,6 +635,7 @@ fn run(
         line: String::with_capacity(OUT_BATCH + 1024),
         scratch: Scratch::default(),
         thread_json: (0, String::from(",\"threadId\":0")),
+        json_end: (None, String::new()),
         stats: Stats::default(),
     };
     let mut chunk = vec![0u8; 64 << 10];
@@ -791,14 +803,47 @@ fn fill(
     Ok(())
 }
 
+/// [`CLASS`] bit: the byte is escaped in a JSON string (a control
+/// character, a quote, a backslash).
+const JSON_ESCAPE: u8 = 1;
+/// [`CLASS`] bit: a text value with the byte is shown with Rust's `Debug`
+/// escapes (not printable ASCII, a quote, a backslash).
+const TEXT_QUOTE: u8 = 2;
+
+/// What each byte needs in a string: one table lookup a byte instead of
+/// three comparisons.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c < 0x20 || c == b'"' || c == b'\\' {
+            t[b] |= JSON_ESCAPE;
+        }
+        if c < 0x20 || c >= 0x7f || c == b'"' || c == b'\\' {
+            t[b] |= TEXT_QUOTE;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Writes `s` as a JSON string.
+#[inline]
 fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !s.bytes().any(|b| CLASS[usize::from(b)] & JSON_ESCAPE != 0) {
+        out.push('"');
         out.push_str(s);
         out.push('"');
         return;
     }
+    json_str_escaped(out, s);
+}
+
+/// [`json_str`] of a string with characters to escape.
+#[inline(never)]
+fn json_str_escaped(out: &mut String, s: &str) {
+    out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -832,6 +877,14 @@ fn civil(days: i64) -> (i64, u32, u32) {
 /// Writes timestamp `ts` (monotonic ns) as RFC 3339 UTC with microseconds
 /// when the wall clock's offset is known, else as monotonic seconds.
 fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
+    let (start, end) = tf.mono;
+    if ts >= start && ts < end {
+        // The usual case: the second of the line before.
+        line.push_str(&tf.prefix);
+        push_micros(line, (ts - start) / 1000);
+        line.push('Z');
+        return;
+    }
     match tf.offset {
         Some(off) => {
             let t = i128::from(ts) + off;
@@ -860,6 +913,10 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                 );
                 tf.sec = Some(secs);
             }
+            tf.mono = match ts.checked_sub(sub) {
+                Some(start) => (start, start.checked_add(1_000_000_000).unwrap_or(0)),
+                None => (0, 0),
+            };
             line.push_str(&tf.prefix);
             push_micros(line, sub / 1000);
             line.push('Z');
@@ -993,6 +1050,8 @@ impl Printer<'_> {
     ) -> Result<Vec<wire::Loss>, WireError> {
         match wire::parse(payload)? {
             Item::Callsite(c) => {
+                // A callsite record again (the same id) may say otherwise.
+                self.json_end.0 = None;
                 self.callsites.insert(
                     c.id,
                     Callsite {
@@ -1024,6 +1083,11 @@ impl Printer<'_> {
                                 j
                             })
                             .collect(),
+                        text_head: {
+                            let level = wire::LEVELS[usize::from(c.level).min(4)];
+                            let pad = if level.len() == 4 { "  " } else { " " };
+                            format!("{pad}{level} {}: ", c.target)
+                        },
                     },
                 );
             }
@@ -1034,6 +1098,7 @@ impl Printer<'_> {
                 if self.tf.offset.is_none() {
                     self.tf.offset = Some(i128::from(realtime) - i128::from(monotonic));
                     self.tf.sec = None;
+                    self.tf.mono = (0, 0);
                 }
             }
             Item::Event {
@@ -1175,6 +1240,22 @@ impl Printer<'_> {
             }
             // Straight into the line: JSON members go in the order they come.
             render_json(cs, values, &mut self.line)?;
+            if let Some(c) = cs.filter(|_| !self.stacks.contains_key(&thread)) {
+                // No spans: the end of the line is the same for a run of
+                // one callsite's events from one thread in one buffer.
+                let key = (callsite, thread, json_tail.as_ptr() as usize);
+                let end = &mut self.json_end;
+                if end.0 != Some(key) {
+                    end.0 = Some(key);
+                    end.1.clear();
+                    end.1.push_str(&c.json_target);
+                    end.1.push_str(",\"threadId\":");
+                    push_u64(&mut end.1, thread);
+                    end.1.push_str(json_tail);
+                }
+                self.line.push_str(&end.1);
+                return Ok(());
+            }
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
@@ -1222,6 +1303,11 @@ impl Printer<'_> {
             self.line.push_str(json_tail);
         } else {
             fmt_time(&mut self.line, &mut self.tf, ts);
+            if let Some(c) = cs.filter(|_| !self.stacks.contains_key(&thread)) {
+                // No spans: level and target in one piece.
+                self.line.push_str(&c.text_head);
+                return render_text(cs, values, &mut self.line);
+            }
             self.line.push_str(match level.len() {
                 4 => "  ",
                 _ => " ",
@@ -1364,11 +1450,12 @@ fn render_text(
         }
     }
     let mut first = !message;
-    let mut field = |out: &mut String, idx: u64, p: &str, v: &Value<'_>| {
-        if !first {
+    #[inline(always)]
+    fn field(out: &mut String, first: &mut bool, idx: u64, p: &str, v: &Value<'_>) {
+        if !*first {
             out.push(' ');
         }
-        first = false;
+        *first = false;
         if p.is_empty() {
             out.push_str("field");
             push_u64(out, idx);
@@ -1377,9 +1464,9 @@ fn render_text(
             out.push_str(p);
         }
         text_value(out, v, false);
-    };
+    }
     for (idx, p, v) in held.iter().take(n).flatten() {
-        field(out, *idx, p, v);
+        field(out, &mut first, *idx, p, v);
     }
     if others > n {
         // Parsed without error above.
@@ -1388,7 +1475,7 @@ fn render_text(
             .filter_map(|(idx, v)| prefix(idx).map(|p| (idx, p, v)))
             .skip(n)
         {
-            field(out, idx, p, &v);
+            field(out, &mut first, idx, p, &v);
         }
     }
     Ok(())
@@ -1428,34 +1515,35 @@ fn push_text(out: &mut String, sc: &Scratch) {
     out.push_str(&sc.rest);
 }
 
+/// Appends a value as text: integers, the message and other plain
+/// strings here, inlined; the rest in [`text_value_other`].
+#[inline(always)]
 fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
+    match v {
+        Value::I64(x) => push_i64(out, *x),
+        Value::U64(x) => push_u64(out, *x),
+        Value::Str(s) if bare => out.push_str(s),
+        Value::Str(s) if !s.bytes().any(|b| CLASS[usize::from(b)] & TEXT_QUOTE != 0) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
+        Value::Debug(s) | Value::Error(s) => out.push_str(s),
+        _ => text_value_other(out, v),
+    }
+}
+
+/// The rest of [`text_value`]: wide integers, floats, booleans, strings
+/// that need escapes.
+#[inline(never)]
+fn text_value_other(out: &mut String, v: &Value<'_>) {
     let _ = match v {
-        Value::I64(x) => {
-            push_i64(out, *x);
-            Ok(())
-        }
-        Value::U64(x) => {
-            push_u64(out, *x);
-            Ok(())
-        }
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) => write!(out, "{x:?}"),
         Value::Bool(x) => write!(out, "{x}"),
-        Value::Str(s) if bare => {
-            out.push_str(s);
-            Ok(())
-        }
-        Value::Str(s)
-            if !s
-                .bytes()
-                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') =>
-        {
-            out.push('"');
-            out.push_str(s);
-            out.push('"');
-            Ok(())
-        }
         Value::Str(s) => write!(out, "{s:?}"),
         Value::Debug(s) | Value::Error(s) => {
             out.push_str(s);
@@ -1464,16 +1552,24 @@ fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
     };
 }
 
+/// Appends a value as JSON: integers and strings here, inlined; the rest
+/// in [`json_value_other`].
+#[inline(always)]
 fn json_value(out: &mut String, v: &Value<'_>) {
+    match v {
+        Value::I64(x) => push_i64(out, *x),
+        Value::U64(x) => push_u64(out, *x),
+        Value::Str(s) | Value::Debug(s) | Value::Error(s) => json_str(out, s),
+        _ => json_value_other(out, v),
+    }
+}
+
+/// The rest of [`json_value`]: wide integers, floats, booleans.
+#[inline(never)]
+fn json_value_other(out: &mut String, v: &Value<'_>) {
     let _ = match v {
-        Value::I64(x) => {
-            push_i64(out, *x);
-            Ok(())
-        }
-        Value::U64(x) => {
-            push_u64(out, *x);
-            Ok(())
-        }
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) if x.is_finite() => write!(out, "{x:?}"),
@@ -1561,6 +1657,7 @@ mod tests {
             json_level: String::new(),
             json_target: String::new(),
             json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
+            text_head: String::new(),
             fields: names,
         };
         for count in [0u64, 1, 5, 9, 10, 17, 24, 30] {
@@ -1588,6 +1685,38 @@ mod tests {
                     got.matches('=').count() as u64,
                     count - u64::from(count > 9 && c.is_some())
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn times_of_one_second_reuse_its_prefix_and_match_a_fresh_conversion() {
+        // Offsets that put the wall clock's seconds at various places of
+        // the monotonic clock's, including before 1970.
+        for off in [
+            1_700_000_000_123_456_789i128,
+            -5_000_000_001,
+            999_999_999,
+            0,
+        ] {
+            let mut kept = TimeFmt {
+                offset: Some(off),
+                ..TimeFmt::default()
+            };
+            let mut ts = 3_999_000_000u64;
+            for step in [1, 999, 400_000_000, 600_000_000, 5, 2_000_000_000, 1_000] {
+                // Backwards in time too: a buffer's records can be.
+                for t in [ts, ts - 1, ts + 1] {
+                    let mut fresh = TimeFmt {
+                        offset: Some(off),
+                        ..TimeFmt::default()
+                    };
+                    let (mut a, mut b) = (String::new(), String::new());
+                    fmt_time(&mut a, &mut kept, t);
+                    fmt_time(&mut b, &mut fresh, t);
+                    assert_eq!(a, b, "offset {off}, time {t}");
+                }
+                ts += step;
             }
         }
     }
