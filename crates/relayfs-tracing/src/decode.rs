@@ -1048,6 +1048,23 @@ impl Printer<'_> {
         src: usize,
         srcs: &[Source],
     ) -> Result<Vec<wire::Loss>, WireError> {
+        if payload.first() == Some(&wire::KIND_EVENT) {
+            // Most records: parsed here, as `wire::parse` would, without
+            // making and matching an `Item`.
+            let mut c = wire::Cur::new(payload);
+            c.byte()?;
+            let callsite = c.varint()?;
+            let thread = c.varint()?;
+            self.stats.events += 1;
+            self.event(ts, callsite, thread, Values(c), &srcs[src].json_tail)
+                .map_err(|e| {
+                    e.unwrap_or(WireError {
+                        at: 0,
+                        what: "output failed",
+                    })
+                })?;
+            return Ok(Vec::new());
+        }
         match wire::parse(payload)? {
             Item::Callsite(c) => {
                 // A callsite record again (the same id) may say otherwise.
