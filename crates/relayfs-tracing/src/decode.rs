@@ -431,6 +431,9 @@ struct TimeFmt {
     offset: Option<i128>,
     sec: Option<i64>,
     prefix: String,
+    /// The start of a JSON line in that second, `{"timestamp":"` and the
+    /// prefix.
+    json_prefix: String,
     /// The monotonic timestamps of the second in `prefix`, `[start, end)`
     /// (`end` 0: none): a time in it needs no conversion, only its
     /// microseconds.
@@ -911,6 +914,9 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                     s / 60 % 60,
                     s % 60
                 );
+                tf.json_prefix.clear();
+                tf.json_prefix.push_str("{\"timestamp\":\"");
+                tf.json_prefix.push_str(&tf.prefix);
                 tf.sec = Some(secs);
             }
             tf.mono = match ts.checked_sub(sub) {
@@ -946,9 +952,11 @@ fn push_i64(out: &mut String, v: i64) {
 /// two copies.
 #[inline]
 fn push_micros(out: &mut String, v: u64) {
-    let v = v.min(999_999);
-    for d in [100_000, 10_000, 1_000, 100, 10, 1] {
-        out.push(char::from(b'0' + (v / d % 10) as u8));
+    let v = v.min(999_999) as u32;
+    // Two digits at a time: three divisions, not six.
+    for pair in [v / 10_000, v / 100 % 100, v % 100] {
+        out.push(char::from(b'0' + (pair / 10) as u8));
+        out.push(char::from(b'0' + (pair % 10) as u8));
     }
 }
 
@@ -1243,9 +1251,18 @@ impl Printer<'_> {
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
         if self.json {
-            self.line.push_str("{\"timestamp\":\"");
-            fmt_time(&mut self.line, &mut self.tf, ts);
-            self.line.push_str("\",\"time_ns\":");
+            let (start, end) = self.tf.mono;
+            if ts >= start && ts < end {
+                // The second of the line before (see `fmt_time`): the
+                // line's start and the time's in one piece.
+                self.line.push_str(&self.tf.json_prefix);
+                push_micros(&mut self.line, (ts - start) / 1000);
+                self.line.push_str("Z\",\"time_ns\":");
+            } else {
+                self.line.push_str("{\"timestamp\":\"");
+                fmt_time(&mut self.line, &mut self.tf, ts);
+                self.line.push_str("\",\"time_ns\":");
+            }
             push_u64(&mut self.line, ts);
             match cs {
                 Some(c) => self.line.push_str(&c.json_level),
