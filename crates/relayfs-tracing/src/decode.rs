@@ -1755,6 +1755,107 @@ mod tests {
         }
     }
 
+    /// A framed, timed record.
+    fn framed(out: &mut Vec<u8>, ts: u64, payload: &[u8]) {
+        let h = relayfs::frame::encode_header(payload.len() as u32, relayfs::frame::FLAG_TIMESTAMP);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&ts.to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn json_lines_agree_with_text_lines_in_and_across_seconds() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(1_000);
+        e.varint(1_700_000_000_999_999_000);
+        framed(&mut rec, 1_000, &e.buf);
+        for (id, target) in [(1, "app"), (2, "other::target")] {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_CALLSITE);
+            e.varint(id);
+            e.byte(wire::CALLSITE_EVENT);
+            e.byte(2);
+            e.varint(0);
+            for s in ["ev", target, "", ""] {
+                e.str(s);
+            }
+            e.varint(2);
+            e.str("message");
+            e.str("a");
+            framed(&mut rec, 1_000, &e.buf);
+        }
+        let mut ts = 2_000u64;
+        let mut n = 0;
+        for step in [
+            1u64,
+            999,
+            1_000,
+            400_000_000,
+            600_000_000,
+            7,
+            3_000_000_000,
+            1,
+        ] {
+            ts += step;
+            for (cs, thread) in [(1u64, 7u64), (1, 7), (2, 7), (2, 300_000), (1, 300_000)] {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_EVENT);
+                e.varint(cs);
+                e.varint(thread);
+                e.varint(1);
+                e.byte(wire::TAG_I64);
+                e.varint(wire::zigzag(n));
+                e.varint(0);
+                e.byte(wire::TAG_DEBUG);
+                e.str("hello");
+                framed(&mut rec, ts, &e.buf);
+                n += 1;
+            }
+        }
+        let decode = |json: bool| {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            assert_eq!(st.events, n as u64);
+            String::from_utf8(out).unwrap()
+        };
+        let (text, json) = (decode(false), decode(true));
+        let (text, json): (Vec<&str>, Vec<&str>) = (text.lines().collect(), json.lines().collect());
+        assert_eq!(text.len(), n as usize);
+        assert_eq!(json.len(), text.len());
+        for (k, (t, j)) in text.iter().zip(&json).enumerate() {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            let (time, rest) = t.split_once(' ').unwrap();
+            assert_eq!(v["timestamp"], time, "{t} / {j}");
+            let target = v["target"].as_str().unwrap();
+            let want = format!(" INFO {target}: hello a={}", v["fields"]["a"]);
+            assert_eq!(rest, want);
+            assert_eq!(v["buffer"], "cpu0");
+            let thread = if k % 5 < 3 { 7 } else { 300_000 };
+            assert_eq!(v["threadId"], thread, "{j}");
+            assert_eq!(
+                target,
+                if matches!(k % 5, 2 | 3) {
+                    "other::target"
+                } else {
+                    "app"
+                }
+            );
+        }
+        // Wall-clock times from the clock record: the first event is
+        // 1 001 ns after it, 1 ns into the next second.
+        assert!(
+            text[0].starts_with("2023-11-14T22:13:21.000000Z "),
+            "{}",
+            text[0]
+        );
+    }
+
     #[test]
     fn dates() {
         assert_eq!(civil(0), (1970, 1, 1));
