@@ -367,14 +367,19 @@ struct Callsite {
     name: String,
     target: String,
     fields: Vec<String>,
-    /// The field names as text shows them (`a=`), made once; `None` for
-    /// the message, which is shown bare.
+    /// The field names as text shows them after another field (` a=`),
+    /// made once; `None` for the message, which is shown bare.
     text_fields: Vec<Option<String>>,
     /// Parts of JSON lines, made once: `,"level":"INFO","fields":{`, then
     /// `},"target":"app"`, and the field names (`"a":`).
     json_level: String,
     json_target: String,
     json_fields: Vec<String>,
+    /// A JSON line's level and its first field's name
+    /// (`,"level":"INFO","fields":{"a":`), and another field's name after a
+    /// value (`,"a":`), by field, made once.
+    json_first: Vec<String>,
+    json_next: Vec<String>,
     /// What a text line without spans shows between its time and its
     /// message, made once: `  INFO app: `.
     text_head: String,
@@ -1077,44 +1082,50 @@ impl Printer<'_> {
             Item::Callsite(c) => {
                 // A callsite record again (the same id) may say otherwise.
                 self.json_end.0 = None;
-                self.callsites.insert(
-                    c.id,
-                    Callsite {
-                        level: c.level,
-                        name: c.name.to_string(),
-                        target: c.target.to_string(),
-                        fields: c.fields.iter().map(|s| s.to_string()).collect(),
-                        text_fields: c
-                            .fields
-                            .iter()
-                            .map(|f| (*f != "message").then(|| format!("{f}=")))
-                            .collect(),
-                        json_level: format!(
-                            ",\"level\":\"{}\",\"fields\":{{",
-                            wire::LEVELS[usize::from(c.level).min(4)]
-                        ),
-                        json_target: {
-                            let mut j = String::from("},\"target\":");
-                            json_str(&mut j, c.target);
-                            j
-                        },
-                        json_fields: c
-                            .fields
-                            .iter()
-                            .map(|f| {
-                                let mut j = String::new();
-                                json_str(&mut j, f);
-                                j.push(':');
-                                j
-                            })
-                            .collect(),
-                        text_head: {
-                            let level = wire::LEVELS[usize::from(c.level).min(4)];
-                            let pad = if level.len() == 4 { "  " } else { " " };
-                            format!("{pad}{level} {}: ", c.target)
-                        },
+                let mut cs = Callsite {
+                    level: c.level,
+                    name: c.name.to_string(),
+                    target: c.target.to_string(),
+                    fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                    text_fields: c
+                        .fields
+                        .iter()
+                        .map(|f| (*f != "message").then(|| format!(" {f}=")))
+                        .collect(),
+                    json_level: format!(
+                        ",\"level\":\"{}\",\"fields\":{{",
+                        wire::LEVELS[usize::from(c.level).min(4)]
+                    ),
+                    json_target: {
+                        let mut j = String::from("},\"target\":");
+                        json_str(&mut j, c.target);
+                        j
                     },
-                );
+                    json_fields: c
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let mut j = String::new();
+                            json_str(&mut j, f);
+                            j.push(':');
+                            j
+                        })
+                        .collect(),
+                    json_first: Vec::new(),
+                    json_next: Vec::new(),
+                    text_head: {
+                        let level = wire::LEVELS[usize::from(c.level).min(4)];
+                        let pad = if level.len() == 4 { "  " } else { " " };
+                        format!("{pad}{level} {}: ", c.target)
+                    },
+                };
+                cs.json_first = cs
+                    .json_fields
+                    .iter()
+                    .map(|f| format!("{}{f}", cs.json_level))
+                    .collect();
+                cs.json_next = cs.json_fields.iter().map(|f| format!(",{f}")).collect();
+                self.callsites.insert(c.id, cs);
             }
             Item::Clock {
                 monotonic,
@@ -1265,7 +1276,8 @@ impl Printer<'_> {
             }
             push_u64(&mut self.line, ts);
             match cs {
-                Some(c) => self.line.push_str(&c.json_level),
+                // With the first field's name (`render_json`).
+                Some(_) => {}
                 None => {
                     self.line.push_str(",\"level\":\"");
                     self.line.push_str(level);
@@ -1435,7 +1447,8 @@ fn render_fields(
                         sc.rest.push_str(name);
                         sc.rest.push('=');
                     } else {
-                        sc.rest.push_str(p);
+                        // Without its leading space, pushed above.
+                        sc.rest.push_str(&p[1..]);
                     }
                     text_value(&mut sc.rest, &v, false);
                 }
@@ -1486,17 +1499,20 @@ fn render_text(
     let mut first = !message;
     #[inline(always)]
     fn field(out: &mut String, first: &mut bool, idx: u64, p: &str, v: &Value<'_>) {
-        if !*first {
-            out.push(' ');
-        }
-        *first = false;
         if p.is_empty() {
+            if !*first {
+                out.push(' ');
+            }
             out.push_str("field");
             push_u64(out, idx);
             out.push('=');
+        } else if *first {
+            // ` a=` without its space.
+            out.push_str(&p[1..]);
         } else {
             out.push_str(p);
         }
+        *first = false;
         text_value(out, v, false);
     }
     for (idx, p, v) in held.iter().take(n).flatten() {
@@ -1515,7 +1531,9 @@ fn render_text(
     Ok(())
 }
 
-/// Renders values as JSON members straight into `out`.
+/// Renders values as JSON members straight into `out`; for a known
+/// callsite the line's level and the start of its fields first (made once
+/// with the first field's name).
 fn render_json(
     cs: Option<&Callsite>,
     values: Values<'_>,
@@ -1524,18 +1542,28 @@ fn render_json(
     let mut first = true;
     for v in values {
         let (idx, v) = v?;
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+        let names = cs.map(|c| if first { &c.json_first } else { &c.json_next });
+        match names.and_then(|n| n.get(idx as usize)) {
+            // The level too for the first; the comma for the others.
             Some(j) => out.push_str(j),
             None => {
+                match (first, cs) {
+                    (true, Some(c)) => out.push_str(&c.json_level),
+                    (true, None) => {}
+                    (false, _) => out.push(','),
+                }
                 json_str(out, &format!("field{idx}"));
                 out.push(':');
             }
         }
+        first = false;
         json_value(out, &v);
+    }
+    if first {
+        // No values: the level alone.
+        if let Some(c) = cs {
+            out.push_str(&c.json_level);
+        }
     }
     Ok(())
 }
@@ -1686,12 +1714,14 @@ mod tests {
             target: "t".into(),
             text_fields: names
                 .iter()
-                .map(|f| (f != "message").then(|| format!("{f}=")))
+                .map(|f| (f != "message").then(|| format!(" {f}=")))
                 .collect(),
             json_level: String::new(),
             json_target: String::new(),
             json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
             text_head: String::new(),
+            json_first: Vec::new(),
+            json_next: Vec::new(),
             fields: names,
         };
         for count in [0u64, 1, 5, 9, 10, 17, 24, 30] {
@@ -1853,6 +1883,91 @@ mod tests {
             text[0].starts_with("2023-11-14T22:13:21.000000Z "),
             "{}",
             text[0]
+        );
+    }
+
+    #[test]
+    fn events_with_no_values_or_unnamed_fields_decode_alike_in_text_and_json() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CALLSITE);
+        e.varint(1);
+        e.byte(wire::CALLSITE_EVENT);
+        e.byte(3);
+        e.varint(0);
+        for s in ["ev", "app", "", ""] {
+            e.str(s);
+        }
+        e.varint(2);
+        e.str("message");
+        e.str("a");
+        framed(&mut rec, 10, &e.buf);
+        // No values; only a field the callsite does not name; the message
+        // and one; a named field, then one it does not name.
+        let values: [&[(u64, Option<&str>)]; 4] = [
+            &[],
+            &[(5, None)],
+            &[(0, Some("hi")), (5, None)],
+            &[(1, None), (7, None)],
+        ];
+        for (k, vals) in values.iter().enumerate() {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_EVENT);
+            e.varint(1);
+            e.varint(9);
+            for (idx, msg) in vals.iter() {
+                e.varint(*idx);
+                match msg {
+                    Some(m) => {
+                        e.byte(wire::TAG_DEBUG);
+                        e.str(m);
+                    }
+                    None => {
+                        e.byte(wire::TAG_U64);
+                        e.varint(*idx + 1);
+                    }
+                }
+            }
+            framed(&mut rec, 20 + k as u64, &e.buf);
+        }
+        let decode = |json: bool| {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let text = decode(false);
+        let rests: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(
+            rests,
+            [
+                " WARN app: ",
+                " WARN app: field5=6",
+                " WARN app: hi field5=6",
+                " WARN app: a=2 field7=8"
+            ]
+        );
+        let json = decode(true);
+        let fields: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["level"], "WARN", "{l}");
+                assert_eq!(v["target"], "app", "{l}");
+                v["fields"].clone()
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                serde_json::json!({}),
+                serde_json::json!({"field5": 6}),
+                serde_json::json!({"message": "hi", "field5": 6}),
+                serde_json::json!({"a": 2, "field7": 8}),
+            ]
         );
     }
 
