@@ -383,7 +383,7 @@ impl<'a> Iterator for Values<'a> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn parse_value<'a>(c: &mut Cur<'a>) -> Result<(u64, Value<'a>), WireError> {
     let field = c.varint()?;
     let at = c.at;
