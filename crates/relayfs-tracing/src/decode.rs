@@ -755,7 +755,40 @@ fn end_of_source(
 }
 
 /// Makes `s.head` the next record if one can be had now; marks the end.
+#[inline(always)]
 fn fill(
+    s: &mut Source,
+    chunk: &mut [u8],
+    follow: bool,
+    problem: &mut dyn FnMut(&Problem),
+    stats: &mut Stats,
+) -> io::Result<()> {
+    if s.head.is_none() && !s.ended {
+        // The usual case, inlined: a whole record is in the decoder.
+        match s.dec.next_record() {
+            Some(Ok(r)) => {
+                let ts = r.timestamp.unwrap_or(s.last_ts);
+                s.last_ts = ts;
+                s.payload.clear();
+                s.payload.extend_from_slice(r.payload);
+                s.head = Some((ts, r.offset));
+                stats.records += 1;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                stats.problems += 1;
+                problem(&frame_problem(s, &e));
+            }
+            None => {}
+        }
+    }
+    fill_more(s, chunk, follow, problem, stats)
+}
+
+/// [`fill`] once the decoder had no record ready: reads more, reports
+/// framing errors.
+#[inline(never)]
+fn fill_more(
     s: &mut Source,
     chunk: &mut [u8],
     follow: bool,
