@@ -1266,6 +1266,7 @@ impl Printer<'_> {
         Ok(Vec::new())
     }
 
+    #[inline(always)]
     fn event(
         &mut self,
         ts: u64,
