@@ -367,14 +367,22 @@ struct Callsite {
     name: String,
     target: String,
     fields: Vec<String>,
-    /// The field names as text shows them (`a=`), made once; `None` for
-    /// the message, which is shown bare.
+    /// The field names as text shows them after another field (` a=`),
+    /// made once; `None` for the message, which is shown bare.
     text_fields: Vec<Option<String>>,
     /// Parts of JSON lines, made once: `,"level":"INFO","fields":{`, then
     /// `},"target":"app"`, and the field names (`"a":`).
     json_level: String,
     json_target: String,
     json_fields: Vec<String>,
+    /// A JSON line's level and its first field's name
+    /// (`,"level":"INFO","fields":{"a":`), and another field's name after a
+    /// value (`,"a":`), by field, made once.
+    json_first: Vec<String>,
+    json_next: Vec<String>,
+    /// What a text line without spans shows between its time and its
+    /// message, made once: `  INFO app: `.
+    text_head: String,
 }
 
 /// Callsites by id: a vector for the small ids a layer hands out, a map
@@ -428,6 +436,13 @@ struct TimeFmt {
     offset: Option<i128>,
     sec: Option<i64>,
     prefix: String,
+    /// The start of a JSON line in that second, `{"timestamp":"` and the
+    /// prefix.
+    json_prefix: String,
+    /// The monotonic timestamps of the second in `prefix`, `[start, end)`
+    /// (`end` 0: none): a time in it needs no conversion, only its
+    /// microseconds.
+    mono: (u64, u64),
 }
 
 /// The state of a decode: what it knows of callsites, spans and threads,
@@ -446,6 +461,10 @@ struct Printer<'o> {
     /// The last thread of a JSON line and its member, `,"threadId":N`,
     /// made once (a thread's events usually come in runs).
     thread_json: (u64, String),
+    /// The end of the last JSON line without spans, and its callsite,
+    /// thread and buffer (the address of its `json_tail`): target, thread
+    /// and buffer in one piece.
+    json_end: (Option<(u64, u64, usize)>, String),
     stats: Stats,
 }
 
@@ -624,6 +643,7 @@ fn run(
         line: String::with_capacity(OUT_BATCH + 1024),
         scratch: Scratch::default(),
         thread_json: (0, String::from(",\"threadId\":0")),
+        json_end: (None, String::new()),
         stats: Stats::default(),
     };
     let mut chunk = vec![0u8; 64 << 10];
@@ -735,7 +755,40 @@ fn end_of_source(
 }
 
 /// Makes `s.head` the next record if one can be had now; marks the end.
+#[inline(always)]
 fn fill(
+    s: &mut Source,
+    chunk: &mut [u8],
+    follow: bool,
+    problem: &mut dyn FnMut(&Problem),
+    stats: &mut Stats,
+) -> io::Result<()> {
+    if s.head.is_none() && !s.ended {
+        // The usual case, inlined: a whole record is in the decoder.
+        match s.dec.next_record() {
+            Some(Ok(r)) => {
+                let ts = r.timestamp.unwrap_or(s.last_ts);
+                s.last_ts = ts;
+                s.payload.clear();
+                s.payload.extend_from_slice(r.payload);
+                s.head = Some((ts, r.offset));
+                stats.records += 1;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                stats.problems += 1;
+                problem(&frame_problem(s, &e));
+            }
+            None => {}
+        }
+    }
+    fill_more(s, chunk, follow, problem, stats)
+}
+
+/// [`fill`] once the decoder had no record ready: reads more, reports
+/// framing errors.
+#[inline(never)]
+fn fill_more(
     s: &mut Source,
     chunk: &mut [u8],
     follow: bool,
@@ -791,14 +844,47 @@ fn fill(
     Ok(())
 }
 
+/// [`CLASS`] bit: the byte is escaped in a JSON string (a control
+/// character, a quote, a backslash).
+const JSON_ESCAPE: u8 = 1;
+/// [`CLASS`] bit: a text value with the byte is shown with Rust's `Debug`
+/// escapes (not printable ASCII, a quote, a backslash).
+const TEXT_QUOTE: u8 = 2;
+
+/// What each byte needs in a string: one table lookup a byte instead of
+/// three comparisons.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c < 0x20 || c == b'"' || c == b'\\' {
+            t[b] |= JSON_ESCAPE;
+        }
+        if c < 0x20 || c >= 0x7f || c == b'"' || c == b'\\' {
+            t[b] |= TEXT_QUOTE;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Writes `s` as a JSON string.
+#[inline]
 fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !s.bytes().any(|b| CLASS[usize::from(b)] & JSON_ESCAPE != 0) {
+        out.push('"');
         out.push_str(s);
         out.push('"');
         return;
     }
+    json_str_escaped(out, s);
+}
+
+/// [`json_str`] of a string with characters to escape.
+#[inline(never)]
+fn json_str_escaped(out: &mut String, s: &str) {
+    out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -832,6 +918,14 @@ fn civil(days: i64) -> (i64, u32, u32) {
 /// Writes timestamp `ts` (monotonic ns) as RFC 3339 UTC with microseconds
 /// when the wall clock's offset is known, else as monotonic seconds.
 fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
+    let (start, end) = tf.mono;
+    if ts >= start && ts < end {
+        // The usual case: the second of the line before.
+        line.push_str(&tf.prefix);
+        push_micros(line, (ts - start) / 1000);
+        line.push('Z');
+        return;
+    }
     match tf.offset {
         Some(off) => {
             let t = i128::from(ts) + off;
@@ -858,8 +952,15 @@ fn fmt_time(line: &mut String, tf: &mut TimeFmt, ts: u64) {
                     s / 60 % 60,
                     s % 60
                 );
+                tf.json_prefix.clear();
+                tf.json_prefix.push_str("{\"timestamp\":\"");
+                tf.json_prefix.push_str(&tf.prefix);
                 tf.sec = Some(secs);
             }
+            tf.mono = match ts.checked_sub(sub) {
+                Some(start) => (start, start.checked_add(1_000_000_000).unwrap_or(0)),
+                None => (0, 0),
+            };
             line.push_str(&tf.prefix);
             push_micros(line, sub / 1000);
             line.push('Z');
@@ -889,9 +990,11 @@ fn push_i64(out: &mut String, v: i64) {
 /// two copies.
 #[inline]
 fn push_micros(out: &mut String, v: u64) {
-    let v = v.min(999_999);
-    for d in [100_000, 10_000, 1_000, 100, 10, 1] {
-        out.push(char::from(b'0' + (v / d % 10) as u8));
+    let v = v.min(999_999) as u32;
+    // Two digits at a time: three divisions, not six.
+    for pair in [v / 10_000, v / 100 % 100, v % 100] {
+        out.push(char::from(b'0' + (pair / 10) as u8));
+        out.push(char::from(b'0' + (pair % 10) as u8));
     }
 }
 
@@ -991,41 +1094,71 @@ impl Printer<'_> {
         src: usize,
         srcs: &[Source],
     ) -> Result<Vec<wire::Loss>, WireError> {
+        if payload.first() == Some(&wire::KIND_EVENT) {
+            // Most records: parsed here, as `wire::parse` would, without
+            // making and matching an `Item`.
+            let mut c = wire::Cur::new(payload);
+            c.byte()?;
+            let callsite = c.varint()?;
+            let thread = c.varint()?;
+            self.stats.events += 1;
+            self.event(ts, callsite, thread, Values(c), &srcs[src].json_tail)
+                .map_err(|e| {
+                    e.unwrap_or(WireError {
+                        at: 0,
+                        what: "output failed",
+                    })
+                })?;
+            return Ok(Vec::new());
+        }
         match wire::parse(payload)? {
             Item::Callsite(c) => {
-                self.callsites.insert(
-                    c.id,
-                    Callsite {
-                        level: c.level,
-                        name: c.name.to_string(),
-                        target: c.target.to_string(),
-                        fields: c.fields.iter().map(|s| s.to_string()).collect(),
-                        text_fields: c
-                            .fields
-                            .iter()
-                            .map(|f| (*f != "message").then(|| format!("{f}=")))
-                            .collect(),
-                        json_level: format!(
-                            ",\"level\":\"{}\",\"fields\":{{",
-                            wire::LEVELS[usize::from(c.level).min(4)]
-                        ),
-                        json_target: {
-                            let mut j = String::from("},\"target\":");
-                            json_str(&mut j, c.target);
-                            j
-                        },
-                        json_fields: c
-                            .fields
-                            .iter()
-                            .map(|f| {
-                                let mut j = String::new();
-                                json_str(&mut j, f);
-                                j.push(':');
-                                j
-                            })
-                            .collect(),
+                // A callsite record again (the same id) may say otherwise.
+                self.json_end.0 = None;
+                let mut cs = Callsite {
+                    level: c.level,
+                    name: c.name.to_string(),
+                    target: c.target.to_string(),
+                    fields: c.fields.iter().map(|s| s.to_string()).collect(),
+                    text_fields: c
+                        .fields
+                        .iter()
+                        .map(|f| (*f != "message").then(|| format!(" {f}=")))
+                        .collect(),
+                    json_level: format!(
+                        ",\"level\":\"{}\",\"fields\":{{",
+                        wire::LEVELS[usize::from(c.level).min(4)]
+                    ),
+                    json_target: {
+                        let mut j = String::from("},\"target\":");
+                        json_str(&mut j, c.target);
+                        j
                     },
-                );
+                    json_fields: c
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let mut j = String::new();
+                            json_str(&mut j, f);
+                            j.push(':');
+                            j
+                        })
+                        .collect(),
+                    json_first: Vec::new(),
+                    json_next: Vec::new(),
+                    text_head: {
+                        let level = wire::LEVELS[usize::from(c.level).min(4)];
+                        let pad = if level.len() == 4 { "  " } else { " " };
+                        format!("{pad}{level} {}: ", c.target)
+                    },
+                };
+                cs.json_first = cs
+                    .json_fields
+                    .iter()
+                    .map(|f| format!("{}{f}", cs.json_level))
+                    .collect();
+                cs.json_next = cs.json_fields.iter().map(|f| format!(",{f}")).collect();
+                self.callsites.insert(c.id, cs);
             }
             Item::Clock {
                 monotonic,
@@ -1034,6 +1167,7 @@ impl Printer<'_> {
                 if self.tf.offset.is_none() {
                     self.tf.offset = Some(i128::from(realtime) - i128::from(monotonic));
                     self.tf.sec = None;
+                    self.tf.mono = (0, 0);
                 }
             }
             Item::Event {
@@ -1132,6 +1266,7 @@ impl Printer<'_> {
         Ok(Vec::new())
     }
 
+    #[inline(always)]
     fn event(
         &mut self,
         ts: u64,
@@ -1161,12 +1296,22 @@ impl Printer<'_> {
         let cs = self.callsites.get(&callsite);
         let level = cs.map_or("?????", |c| wire::LEVELS[usize::from(c.level).min(4)]);
         if self.json {
-            self.line.push_str("{\"timestamp\":\"");
-            fmt_time(&mut self.line, &mut self.tf, ts);
-            self.line.push_str("\",\"time_ns\":");
+            let (start, end) = self.tf.mono;
+            if ts >= start && ts < end {
+                // The second of the line before (see `fmt_time`): the
+                // line's start and the time's in one piece.
+                self.line.push_str(&self.tf.json_prefix);
+                push_micros(&mut self.line, (ts - start) / 1000);
+                self.line.push_str("Z\",\"time_ns\":");
+            } else {
+                self.line.push_str("{\"timestamp\":\"");
+                fmt_time(&mut self.line, &mut self.tf, ts);
+                self.line.push_str("\",\"time_ns\":");
+            }
             push_u64(&mut self.line, ts);
             match cs {
-                Some(c) => self.line.push_str(&c.json_level),
+                // With the first field's name (`render_json`).
+                Some(_) => {}
                 None => {
                     self.line.push_str(",\"level\":\"");
                     self.line.push_str(level);
@@ -1175,6 +1320,22 @@ impl Printer<'_> {
             }
             // Straight into the line: JSON members go in the order they come.
             render_json(cs, values, &mut self.line)?;
+            if let Some(c) = cs.filter(|_| !self.stacks.contains_key(&thread)) {
+                // No spans: the end of the line is the same for a run of
+                // one callsite's events from one thread in one buffer.
+                let key = (callsite, thread, json_tail.as_ptr() as usize);
+                let end = &mut self.json_end;
+                if end.0 != Some(key) {
+                    end.0 = Some(key);
+                    end.1.clear();
+                    end.1.push_str(&c.json_target);
+                    end.1.push_str(",\"threadId\":");
+                    push_u64(&mut end.1, thread);
+                    end.1.push_str(json_tail);
+                }
+                self.line.push_str(&end.1);
+                return Ok(());
+            }
             match cs {
                 Some(c) => self.line.push_str(&c.json_target),
                 None => {
@@ -1222,6 +1383,11 @@ impl Printer<'_> {
             self.line.push_str(json_tail);
         } else {
             fmt_time(&mut self.line, &mut self.tf, ts);
+            if let Some(c) = cs.filter(|_| !self.stacks.contains_key(&thread)) {
+                // No spans: level and target in one piece.
+                self.line.push_str(&c.text_head);
+                return render_text(cs, values, &mut self.line);
+            }
             self.line.push_str(match level.len() {
                 4 => "  ",
                 _ => " ",
@@ -1315,7 +1481,8 @@ fn render_fields(
                         sc.rest.push_str(name);
                         sc.rest.push('=');
                     } else {
-                        sc.rest.push_str(p);
+                        // Without its leading space, pushed above.
+                        sc.rest.push_str(&p[1..]);
                     }
                     text_value(&mut sc.rest, &v, false);
                 }
@@ -1364,22 +1531,26 @@ fn render_text(
         }
     }
     let mut first = !message;
-    let mut field = |out: &mut String, idx: u64, p: &str, v: &Value<'_>| {
-        if !first {
-            out.push(' ');
-        }
-        first = false;
+    #[inline(always)]
+    fn field(out: &mut String, first: &mut bool, idx: u64, p: &str, v: &Value<'_>) {
         if p.is_empty() {
+            if !*first {
+                out.push(' ');
+            }
             out.push_str("field");
             push_u64(out, idx);
             out.push('=');
+        } else if *first {
+            // ` a=` without its space.
+            out.push_str(&p[1..]);
         } else {
             out.push_str(p);
         }
+        *first = false;
         text_value(out, v, false);
-    };
+    }
     for (idx, p, v) in held.iter().take(n).flatten() {
-        field(out, *idx, p, v);
+        field(out, &mut first, *idx, p, v);
     }
     if others > n {
         // Parsed without error above.
@@ -1388,13 +1559,15 @@ fn render_text(
             .filter_map(|(idx, v)| prefix(idx).map(|p| (idx, p, v)))
             .skip(n)
         {
-            field(out, idx, p, &v);
+            field(out, &mut first, idx, p, &v);
         }
     }
     Ok(())
 }
 
-/// Renders values as JSON members straight into `out`.
+/// Renders values as JSON members straight into `out`; for a known
+/// callsite the line's level and the start of its fields first (made once
+/// with the first field's name).
 fn render_json(
     cs: Option<&Callsite>,
     values: Values<'_>,
@@ -1403,18 +1576,28 @@ fn render_json(
     let mut first = true;
     for v in values {
         let (idx, v) = v?;
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        match cs.and_then(|c| c.json_fields.get(idx as usize)) {
+        let names = cs.map(|c| if first { &c.json_first } else { &c.json_next });
+        match names.and_then(|n| n.get(idx as usize)) {
+            // The level too for the first; the comma for the others.
             Some(j) => out.push_str(j),
             None => {
+                match (first, cs) {
+                    (true, Some(c)) => out.push_str(&c.json_level),
+                    (true, None) => {}
+                    (false, _) => out.push(','),
+                }
                 json_str(out, &format!("field{idx}"));
                 out.push(':');
             }
         }
+        first = false;
         json_value(out, &v);
+    }
+    if first {
+        // No values: the level alone.
+        if let Some(c) = cs {
+            out.push_str(&c.json_level);
+        }
     }
     Ok(())
 }
@@ -1428,34 +1611,35 @@ fn push_text(out: &mut String, sc: &Scratch) {
     out.push_str(&sc.rest);
 }
 
+/// Appends a value as text: integers, the message and other plain
+/// strings here, inlined; the rest in [`text_value_other`].
+#[inline(always)]
 fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
+    match v {
+        Value::I64(x) => push_i64(out, *x),
+        Value::U64(x) => push_u64(out, *x),
+        Value::Str(s) if bare => out.push_str(s),
+        Value::Str(s) if !s.bytes().any(|b| CLASS[usize::from(b)] & TEXT_QUOTE != 0) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
+        Value::Debug(s) | Value::Error(s) => out.push_str(s),
+        _ => text_value_other(out, v),
+    }
+}
+
+/// The rest of [`text_value`]: wide integers, floats, booleans, strings
+/// that need escapes.
+#[inline(never)]
+fn text_value_other(out: &mut String, v: &Value<'_>) {
     let _ = match v {
-        Value::I64(x) => {
-            push_i64(out, *x);
-            Ok(())
-        }
-        Value::U64(x) => {
-            push_u64(out, *x);
-            Ok(())
-        }
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) => write!(out, "{x:?}"),
         Value::Bool(x) => write!(out, "{x}"),
-        Value::Str(s) if bare => {
-            out.push_str(s);
-            Ok(())
-        }
-        Value::Str(s)
-            if !s
-                .bytes()
-                .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\') =>
-        {
-            out.push('"');
-            out.push_str(s);
-            out.push('"');
-            Ok(())
-        }
         Value::Str(s) => write!(out, "{s:?}"),
         Value::Debug(s) | Value::Error(s) => {
             out.push_str(s);
@@ -1464,16 +1648,24 @@ fn text_value(out: &mut String, v: &Value<'_>, bare: bool) {
     };
 }
 
+/// Appends a value as JSON: integers and strings here, inlined; the rest
+/// in [`json_value_other`].
+#[inline(always)]
 fn json_value(out: &mut String, v: &Value<'_>) {
+    match v {
+        Value::I64(x) => push_i64(out, *x),
+        Value::U64(x) => push_u64(out, *x),
+        Value::Str(s) | Value::Debug(s) | Value::Error(s) => json_str(out, s),
+        _ => json_value_other(out, v),
+    }
+}
+
+/// The rest of [`json_value`]: wide integers, floats, booleans.
+#[inline(never)]
+fn json_value_other(out: &mut String, v: &Value<'_>) {
     let _ = match v {
-        Value::I64(x) => {
-            push_i64(out, *x);
-            Ok(())
-        }
-        Value::U64(x) => {
-            push_u64(out, *x);
-            Ok(())
-        }
+        Value::I64(x) => write!(out, "{x}"),
+        Value::U64(x) => write!(out, "{x}"),
         Value::I128(x) => write!(out, "{x}"),
         Value::U128(x) => write!(out, "{x}"),
         Value::F64(x) if x.is_finite() => write!(out, "{x:?}"),
@@ -1556,11 +1748,14 @@ mod tests {
             target: "t".into(),
             text_fields: names
                 .iter()
-                .map(|f| (f != "message").then(|| format!("{f}=")))
+                .map(|f| (f != "message").then(|| format!(" {f}=")))
                 .collect(),
             json_level: String::new(),
             json_target: String::new(),
             json_fields: names.iter().map(|f| format!("\"{f}\":")).collect(),
+            text_head: String::new(),
+            json_first: Vec::new(),
+            json_next: Vec::new(),
             fields: names,
         };
         for count in [0u64, 1, 5, 9, 10, 17, 24, 30] {
@@ -1590,6 +1785,224 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn times_of_one_second_reuse_its_prefix_and_match_a_fresh_conversion() {
+        // Offsets that put the wall clock's seconds at various places of
+        // the monotonic clock's, including before 1970.
+        for off in [
+            1_700_000_000_123_456_789i128,
+            -5_000_000_001,
+            999_999_999,
+            0,
+        ] {
+            let mut kept = TimeFmt {
+                offset: Some(off),
+                ..TimeFmt::default()
+            };
+            let mut ts = 3_999_000_000u64;
+            for step in [1, 999, 400_000_000, 600_000_000, 5, 2_000_000_000, 1_000] {
+                // Backwards in time too: a buffer's records can be.
+                for t in [ts, ts - 1, ts + 1] {
+                    let mut fresh = TimeFmt {
+                        offset: Some(off),
+                        ..TimeFmt::default()
+                    };
+                    let (mut a, mut b) = (String::new(), String::new());
+                    fmt_time(&mut a, &mut kept, t);
+                    fmt_time(&mut b, &mut fresh, t);
+                    assert_eq!(a, b, "offset {off}, time {t}");
+                }
+                ts += step;
+            }
+        }
+    }
+
+    /// A framed, timed record.
+    fn framed(out: &mut Vec<u8>, ts: u64, payload: &[u8]) {
+        let h = relayfs::frame::encode_header(payload.len() as u32, relayfs::frame::FLAG_TIMESTAMP);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&ts.to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn json_lines_agree_with_text_lines_in_and_across_seconds() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(1_000);
+        e.varint(1_700_000_000_999_999_000);
+        framed(&mut rec, 1_000, &e.buf);
+        for (id, target) in [(1, "app"), (2, "other::target")] {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_CALLSITE);
+            e.varint(id);
+            e.byte(wire::CALLSITE_EVENT);
+            e.byte(2);
+            e.varint(0);
+            for s in ["ev", target, "", ""] {
+                e.str(s);
+            }
+            e.varint(2);
+            e.str("message");
+            e.str("a");
+            framed(&mut rec, 1_000, &e.buf);
+        }
+        let mut ts = 2_000u64;
+        let mut n = 0;
+        for step in [
+            1u64,
+            999,
+            1_000,
+            400_000_000,
+            600_000_000,
+            7,
+            3_000_000_000,
+            1,
+        ] {
+            ts += step;
+            for (cs, thread) in [(1u64, 7u64), (1, 7), (2, 7), (2, 300_000), (1, 300_000)] {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_EVENT);
+                e.varint(cs);
+                e.varint(thread);
+                e.varint(1);
+                e.byte(wire::TAG_I64);
+                e.varint(wire::zigzag(n));
+                e.varint(0);
+                e.byte(wire::TAG_DEBUG);
+                e.str("hello");
+                framed(&mut rec, ts, &e.buf);
+                n += 1;
+            }
+        }
+        let decode = |json: bool| {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            assert_eq!(st.events, n as u64);
+            String::from_utf8(out).unwrap()
+        };
+        let (text, json) = (decode(false), decode(true));
+        let (text, json): (Vec<&str>, Vec<&str>) = (text.lines().collect(), json.lines().collect());
+        assert_eq!(text.len(), n as usize);
+        assert_eq!(json.len(), text.len());
+        for (k, (t, j)) in text.iter().zip(&json).enumerate() {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            let (time, rest) = t.split_once(' ').unwrap();
+            assert_eq!(v["timestamp"], time, "{t} / {j}");
+            let target = v["target"].as_str().unwrap();
+            let want = format!(" INFO {target}: hello a={}", v["fields"]["a"]);
+            assert_eq!(rest, want);
+            assert_eq!(v["buffer"], "cpu0");
+            let thread = if k % 5 < 3 { 7 } else { 300_000 };
+            assert_eq!(v["threadId"], thread, "{j}");
+            assert_eq!(
+                target,
+                if matches!(k % 5, 2 | 3) {
+                    "other::target"
+                } else {
+                    "app"
+                }
+            );
+        }
+        // Wall-clock times from the clock record: the first event is
+        // 1 001 ns after it, 1 ns into the next second.
+        assert!(
+            text[0].starts_with("2023-11-14T22:13:21.000000Z "),
+            "{}",
+            text[0]
+        );
+    }
+
+    #[test]
+    fn events_with_no_values_or_unnamed_fields_decode_alike_in_text_and_json() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CALLSITE);
+        e.varint(1);
+        e.byte(wire::CALLSITE_EVENT);
+        e.byte(3);
+        e.varint(0);
+        for s in ["ev", "app", "", ""] {
+            e.str(s);
+        }
+        e.varint(2);
+        e.str("message");
+        e.str("a");
+        framed(&mut rec, 10, &e.buf);
+        // No values; only a field the callsite does not name; the message
+        // and one; a named field, then one it does not name.
+        let values: [&[(u64, Option<&str>)]; 4] = [
+            &[],
+            &[(5, None)],
+            &[(0, Some("hi")), (5, None)],
+            &[(1, None), (7, None)],
+        ];
+        for (k, vals) in values.iter().enumerate() {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_EVENT);
+            e.varint(1);
+            e.varint(9);
+            for (idx, msg) in vals.iter() {
+                e.varint(*idx);
+                match msg {
+                    Some(m) => {
+                        e.byte(wire::TAG_DEBUG);
+                        e.str(m);
+                    }
+                    None => {
+                        e.byte(wire::TAG_U64);
+                        e.varint(*idx + 1);
+                    }
+                }
+            }
+            framed(&mut rec, 20 + k as u64, &e.buf);
+        }
+        let decode = |json: bool| {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let text = decode(false);
+        let rests: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(
+            rests,
+            [
+                " WARN app: ",
+                " WARN app: field5=6",
+                " WARN app: hi field5=6",
+                " WARN app: a=2 field7=8"
+            ]
+        );
+        let json = decode(true);
+        let fields: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["level"], "WARN", "{l}");
+                assert_eq!(v["target"], "app", "{l}");
+                v["fields"].clone()
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                serde_json::json!({}),
+                serde_json::json!({"field5": 6}),
+                serde_json::json!({"message": "hi", "field5": 6}),
+                serde_json::json!({"a": 2, "field7": 8}),
+            ]
+        );
     }
 
     #[test]

@@ -74,11 +74,20 @@ struct Local {
     /// 0 until then.
     tid: Cell<u64>,
     /// The callsite of this thread's last event, once its callsite record
-    /// is written: the layer's serial number, the metadata address and the
-    /// id (a loop's events skip the table).
-    last: Cell<(u64, usize, u64)>,
+    /// is written: the layer's serial number and the metadata address (a
+    /// loop's events skip the table)...
+    last: Cell<(u64, usize)>,
+    /// ... and its event record's head, kind, callsite id and thread id,
+    /// encoded (`head_len` bytes of it): copied in one piece of constant
+    /// size.
+    head: Cell<[u8; HEAD]>,
+    head_len: Cell<usize>,
     scratch: RefCell<Enc>,
 }
+
+/// Room for an event record's head: kind, callsite id and thread id
+/// (varints of at most 10 bytes).
+const HEAD: usize = 24;
 
 /// Serial numbers of layers (a layer's address can be reused by another).
 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -87,7 +96,9 @@ thread_local! {
     static LOCAL: Local = const {
         Local {
             tid: Cell::new(0),
-            last: Cell::new((0, 0, 0)),
+            last: Cell::new((0, 0)),
+            head: Cell::new([0; HEAD]),
+            head_len: Cell::new(0),
             scratch: RefCell::new(Enc { buf: Vec::new() }),
         }
     };
@@ -399,21 +410,40 @@ impl Inner {
         }
     }
 
-    /// The callsite's id for an event of this thread: from the thread's
-    /// cache when its last event had the same callsite (its callsite
-    /// record is written then), else as [`callsite`](Inner::callsite).
+    /// The head of an event record of this thread (kind, callsite id,
+    /// thread id) appended to `buf`: from the thread's cache when its last
+    /// event had the same callsite (its callsite record is written then),
+    /// else made, with the id from [`callsite`](Inner::callsite).
     #[inline]
-    fn event_callsite(&self, l: &Local, meta: &'static Metadata<'static>) -> u64 {
+    fn event_head(&self, l: &Local, meta: &'static Metadata<'static>, buf: &mut Vec<u8>) {
         let addr = meta as *const Metadata<'static> as usize;
-        let (serial, a, id) = l.last.get();
-        if serial == self.serial && a == addr {
-            return id;
+        if l.last.get() == (self.serial, addr) {
+            // A copy of constant size, then the length cut back: no loop,
+            // no call.
+            let at = buf.len();
+            buf.extend_from_slice(&l.head.get());
+            buf.truncate(at + l.head_len.get());
+            return;
         }
+        self.new_event_head(l, meta, buf);
+    }
+
+    #[cold]
+    fn new_event_head(&self, l: &Local, meta: &'static Metadata<'static>, buf: &mut Vec<u8>) {
         let (id, written) = self.callsite(meta);
+        let mut e = Enc::default();
+        e.byte(wire::KIND_EVENT);
+        e.varint(id);
+        e.varint(l.thread_id());
+        buf.extend_from_slice(&e.buf);
         if written {
-            l.last.set((self.serial, addr, id));
+            let mut head = [0; HEAD];
+            head[..e.buf.len()].copy_from_slice(&e.buf);
+            l.head.set(head);
+            l.head_len.set(e.buf.len());
+            l.last
+                .set((self.serial, meta as *const Metadata<'static> as usize));
         }
-        id
     }
 
     #[cold]
@@ -678,11 +708,8 @@ impl<S: Subscriber> Layer<S> for RelayLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let inner = &*self.0;
         LOCAL.with(|l| {
-            let id = inner.event_callsite(l, event.metadata());
-            inner.encode(l, |e, tid| {
-                e.byte(wire::KIND_EVENT);
-                e.varint(id);
-                e.varint(tid);
+            inner.encode(l, |e, _| {
+                inner.event_head(l, event.metadata(), &mut e.buf);
                 event.record(&mut Fields(e));
             })
         });

@@ -307,18 +307,26 @@ impl<'a> Cur<'a> {
 
     #[inline(never)]
     fn varint_long(&mut self) -> Result<u64, WireError> {
+        let start = self.at.min(self.b.len());
+        let rest = &self.b[start..];
         let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = self.byte()?;
-            if shift == 63 && b > 1 {
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            if i == 9 && b > 1 {
+                self.at = start + 10;
                 return self.err("varint overflows 64 bits");
             }
-            v |= u64::from(b & 0x7f) << shift;
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
+                self.at = start + i + 1;
                 return Ok(v);
             }
         }
-        self.err("varint longer than 10 bytes")
+        self.at = start + rest.len().min(10);
+        if rest.len() < 10 {
+            self.err("record ends early")
+        } else {
+            self.err("varint longer than 10 bytes")
+        }
     }
 
     /// `n` bytes.
@@ -375,7 +383,7 @@ impl<'a> Iterator for Values<'a> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn parse_value<'a>(c: &mut Cur<'a>) -> Result<(u64, Value<'a>), WireError> {
     let field = c.varint()?;
     let at = c.at;
