@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Avail, BufferStats, Mapped, Shared};
-use crate::cursor::{Chunk, Cursor};
+use crate::cursor::{self, Chunk, Cursor, Handoff, LostHandoff};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, BufferHeader, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::notify::{Waiter, Wake};
@@ -79,6 +79,8 @@ pub struct RelayFile {
     waiter: Option<Waiter>,
     header: BufferHeader,
     cur: Cursor,
+    /// A hand-off its predecessor left in flight, counted lost at open.
+    lost_handoff: Option<LostHandoff>,
 }
 
 impl std::fmt::Debug for RelayFile {
@@ -125,6 +127,8 @@ impl RelayFile {
         s.reader_word(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
+        // A reader before us died between consuming and handing on.
+        let lost_handoff = cursor::settle_handoff(s);
         Ok(RelayFile {
             path,
             file,
@@ -132,6 +136,7 @@ impl RelayFile {
             waiter,
             header,
             cur,
+            lost_handoff,
         })
     }
 
@@ -165,15 +170,26 @@ impl RelayFile {
         let (map, header) = ReaderMap::open(&file, path, false)?;
         let map = Mapped::attach(map, &header);
         let s = &map.shared;
+        let reader_attached = shm::byte_locked(&file, shm::READER_LOCK_BYTE)
+            .map_err(|e| ReadError::io("lock", path, e))?;
+        let mut stats = s.stats();
+        if !reader_attached {
+            // Left by a reader that died handing them on: lost, as the next
+            // reader will count them (`read_handoff`).
+            if let Some((records, bytes)) = cursor::counted_in_flight(s) {
+                stats.records_consumed = stats.records_consumed.saturating_sub(records);
+                stats.bytes_consumed = stats.bytes_consumed.saturating_sub(bytes);
+                stats.discarded_records += records;
+            }
+        }
         Ok(BufferStatus {
             header,
-            stats: s.stats(),
+            stats,
             // SYNC POINT: Acquire pairs with the Release store in relay_close.
             closed: s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
             producer_alive: shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
                 .map_err(|e| ReadError::io("lock", path, e))?,
-            reader_attached: shm::byte_locked(&file, shm::READER_LOCK_BYTE)
-                .map_err(|e| ReadError::io("lock", path, e))?,
+            reader_attached,
             reader_pid: s.reader_word(rdr::READER_PID).load(Ordering::Relaxed),
         })
     }
@@ -331,6 +347,59 @@ impl RelayFile {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// A consuming read for a reader that hands the bytes on to someone
+    /// else after consuming them (a filesystem's reply, a socket): as
+    /// [`read`](Self::read), but at most one sub-buffer's readable run, and
+    /// before consuming it marks the bytes (and their record count) in
+    /// flight in the buffer's reader page. Call
+    /// [`handoff_done`](Self::handoff_done) once they are handed on, or
+    /// [`handoff_failed`](Self::handoff_failed) if handing them on failed.
+    /// If the reader dies in between, the next one to open the buffer finds
+    /// the mark and counts them lost ([`lost_handoff`](Self::lost_handoff)):
+    /// their records move from `records_consumed` to `discarded_records`
+    /// (so that `records_consumed + lost()` stays every record offered),
+    /// their bytes off `bytes_consumed`.
+    ///
+    /// The record count is known when the read starts and ends where the
+    /// records before it are known: the start or end of a sub-buffer, or the
+    /// end of what was committed of the one being written, `buf` taking all
+    /// that was ready (a reader asking for at least a sub-buffer). A read
+    /// ending inside a record (a smaller `buf`) leaves it unknown
+    /// ([`Handoff::records`] `None`): if such a hand-off is lost, only its
+    /// bytes are counted. At most 2^30 - 1 bytes are moved at a time.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn read_handoff(&mut self, buf: &mut [u8]) -> Result<Handoff, ReadError> {
+        self.check_size()?;
+        let s = &self.map.shared;
+        self.cur
+            .read_handoff(s, buf)
+            .map_err(|source| ReadError::Format {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The bytes of the last [`read_handoff`](Self::read_handoff) were
+    /// handed on: clears their mark.
+    pub fn handoff_done(&mut self) {
+        self.cur.handoff_done(&self.map.shared);
+    }
+
+    /// Handing on the bytes of the last [`read_handoff`](Self::read_handoff)
+    /// failed: counts them lost now, as the next reader would had this one
+    /// died. Returns what was counted (`None` if nothing was in flight).
+    pub fn handoff_failed(&mut self) -> Option<LostHandoff> {
+        cursor::settle_handoff(&self.map.shared)
+    }
+
+    /// What this reader found, when it opened the buffer, of a hand-off its
+    /// predecessor consumed and never handed on (and counted lost then).
+    pub fn lost_handoff(&self) -> Option<LostHandoff> {
+        self.lost_handoff
     }
 
     /// After [`Ready::ProducerGone`]: what had to be given up in the

@@ -217,6 +217,7 @@ pub fn run(a: &Args) -> Result<i32> {
         cfg.acl = SessionACL::All;
     }
     util::catch_interrupts();
+    fs::watch_replies();
     let mut session = fuser::Session::new(fs, &mp, &cfg).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use fuser::Errno;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::fs::{lock, signal_pending, Handle};
+use super::fs::{lock, signal_pending, Answer, Handle, PendingRead};
 
 /// How often a waiting buffer is looked at without a wakeup: a producer's
 /// death is noticed through its lock (its FIFO hangs up too), a partly
@@ -106,25 +106,22 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
                 p.reply.error(Errno::EINTR);
                 continue;
             }
-            let size = p.size;
-            match st.read(size) {
-                Ok(d) if !d.is_empty() => {
-                    p.reply.data(d);
+            let PendingRead { reply, size, pid } = p;
+            let reply = match st.answer(size, reply) {
+                Answer::Sent => continue,
+                Answer::Failed(reply, e) => {
+                    reply.error(e);
                     continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    p.reply.error(e);
-                    continue;
-                }
-            }
+                Answer::Empty(reply) => reply,
+            };
             match st.is_eof() {
-                Ok(true) => p.reply.data(&[]),
+                Ok(true) => reply.data(&[]),
                 Ok(false) => {
-                    st.pending.push_front(p);
+                    st.pending.push_front(PendingRead { reply, size, pid });
                     break;
                 }
-                Err(e) => p.reply.error(e),
+                Err(e) => reply.error(e),
             }
         }
         if st.poll.is_some() {
