@@ -1197,3 +1197,48 @@ fn mounts_killed_at_random_moments_lose_nothing_uncounted_and_deliver_nothing_tw
         "{st:?}"
     );
 }
+
+#[test]
+fn sigterm_ends_a_follow_read_and_the_mount_with_it() {
+    if !fuse() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(root.path(), &["--follow"]);
+    let chan = Channel::builder("quiet")
+        .relay_dir(root.path())
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(2)
+        .open()
+        .unwrap();
+    chan.write(b"one record").unwrap();
+    chan.flush();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut cat = Command::new("cat")
+        .arg(m.path("quiet").join("cpu0"))
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // cat got the record and waits in read for more.
+    wait_until("cat to read", || {
+        std::fs::metadata(out.path()).unwrap().len() == 10
+    });
+    // The mount stops: the waiting read ends with an error, cat exits,
+    // the mount unmounts and exits 0, and the channel is untouched.
+    let mut c = m.child.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = cat.wait().unwrap();
+    assert!(
+        !st.success(),
+        "the read ended with an error, not a false end: {st}"
+    );
+    let st = c.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(mount_type(&m.mp), None, "unmounted");
+    assert!(!reader_attached(&chan, 0));
+    let s = chan.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (1, 0), "{s:?}");
+}

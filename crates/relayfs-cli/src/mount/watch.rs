@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ const LOOK_INTERVAL: Duration = Duration::from_millis(200);
 const HUP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The handle for the filesystem's side: tells the thread what to watch.
+#[derive(Clone)]
 pub struct Watcher {
     inner: Arc<Inner>,
 }
@@ -31,6 +33,9 @@ pub struct Watcher {
 struct Inner {
     waiting: Mutex<HashMap<u64, Arc<Handle>>>,
     kick_w: OwnedFd,
+    /// The mount is ending: waiting reads get `ENOTCONN` (what a reader of
+    /// a mount that is gone gets), waiting polls are woken.
+    stopping: AtomicBool,
 }
 
 impl Watcher {
@@ -42,6 +47,7 @@ impl Watcher {
         let inner = Arc::new(Inner {
             waiting: Mutex::new(HashMap::new()),
             kick_w: w,
+            stopping: AtomicBool::new(false),
         });
         let i = inner.clone();
         std::thread::Builder::new()
@@ -59,6 +65,14 @@ impl Watcher {
     /// Stops watching `fh` (released).
     pub fn unwatch(&self, fh: u64) {
         lock(&self.inner.waiting).remove(&fh);
+        self.kick();
+    }
+
+    /// The mount is ending: answers every waiting read with `ENOTCONN`
+    /// (and every read that would wait from now on), wakes waiting polls,
+    /// so that no reader keeps the unmounted filesystem alive by waiting.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         self.kick();
     }
 
@@ -94,6 +108,17 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
     };
     loop {
         if st.released() {
+            return done(&mut st);
+        }
+        // SYNC POINT: SeqCst pairs with `stop`'s store; the kick after it
+        // makes the thread look again, so no waiter is missed.
+        if inner.stopping.load(Ordering::SeqCst) {
+            for p in st.pending.drain(..) {
+                p.reply.error(Errno::ENOTCONN);
+            }
+            if let Some(ph) = st.poll.take() {
+                let _ = ph.notify();
+            }
             return done(&mut st);
         }
         while let Some(p) = st.pending.pop_front() {
