@@ -172,7 +172,7 @@ impl RelayFile {
         let s = &map.shared;
         let reader_attached = shm::byte_locked(&file, shm::READER_LOCK_BYTE)
             .map_err(|e| ReadError::io("lock", path, e))?;
-        let mut stats = s.stats();
+        let mut stats = snapshot(s);
         if !reader_attached {
             // Left by a reader that died handing them on: lost, as the next
             // reader will count them (`read_handoff`).
@@ -209,6 +209,32 @@ impl RelayFile {
             shm::byte_locked(&f, shm::READER_LOCK_BYTE)?,
         ))
     }
+}
+
+/// The counters of a buffer, the reader's read before the producer's: a
+/// reader consumes only what was written, so `records_consumed` never
+/// exceeds `records_written()` in it (nor `subbufs_consumed`
+/// `subbufs_produced`, nor `bytes_consumed` the bytes written and pending),
+/// where one pass reading them in field order can catch the producer's
+/// before a completion and the reader's after it. Still a moment's view of
+/// each side: with a writer and a reader active, written minus consumed is
+/// at least what was waiting, counted a little late.
+fn snapshot(s: &Shared) -> BufferStats {
+    let reader = s.stats();
+    // SYNC POINT: Acquire fence: the loads of the second pass stay after
+    // those of the first. The producer's counts of a sub-buffer are stored
+    // before its Release of the completion word, which the reader acquired
+    // before counting it consumed; the reader's counters are Relaxed, so
+    // this ordering is what the hardware gives (it holds on x86 and for
+    // coherent single-word loads in practice), not one the model promises.
+    fence(Ordering::Acquire);
+    let mut st = s.stats();
+    st.subbufs_consumed = reader.subbufs_consumed;
+    st.records_consumed = reader.records_consumed;
+    st.bytes_consumed = reader.bytes_consumed;
+    st.discarded_records = reader.discarded_records;
+    st.discarded_subbufs = reader.discarded_subbufs;
+    st
 }
 
 /// Opens a buffer file without following a symbolic link (so that a reader,
@@ -270,7 +296,7 @@ impl RelayFile {
 
     /// The buffer's counters.
     pub fn stats(&self) -> BufferStats {
-        self.shared().stats()
+        snapshot(self.shared())
     }
 
     /// Whether the producer called `relay_close`.
