@@ -143,9 +143,9 @@ impl HandleState {
         reply.data(&self.buf[..h.bytes]);
         if REPLY_FAILED.with(|f| f.replace(false)) {
             if let Some(l) = file.handoff_failed() {
-                eprintln!(
+                util::errln!(
                     "relayfs mount: {}: a read's reader went away before its reply: {} bytes{} counted lost",
-                    file.path().display(),
+                    shown(file.path()),
                     l.bytes,
                     l.records.map(|r| format!(", {r} records")).unwrap_or_default()
                 );
@@ -564,7 +564,7 @@ impl RelayFs {
         }
         let file = RelayFile::open(&path).map_err(|e| errno(&e))?;
         if let Some(l) = file.lost_handoff() {
-            eprintln!(
+            util::errln!(
                 "relayfs mount: {}: the last reader died handing on a read: {} bytes{} counted lost",
                 shown(&path),
                 l.bytes,
