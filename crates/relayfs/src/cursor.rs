@@ -282,6 +282,29 @@ pub(crate) fn settle_handoff(s: &Shared) -> Option<LostHandoff> {
     Some(LostHandoff { records, bytes })
 }
 
+/// After a reader that is not the cursor (a mapping reader's
+/// `consume`/`subbufs_consumed`, `consume_through`) moved the position from
+/// sub-buffer `from` on: the records a hand-off lost in `from` (counted
+/// discarded already) come off the count it gave that sub-buffer, and what
+/// was known of the position is forgotten.
+pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
+    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
+    // `settle_handoff`).
+    if s.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) == from {
+        return;
+    }
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    if sub == 0 {
+        return;
+    }
+    let rc = s.reader_word(rdr::RECORDS_CONSUMED);
+    rc.store(
+        rc.load(Ordering::Relaxed).saturating_sub(sub & M31),
+        Ordering::Relaxed,
+    );
+    s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+}
+
 /// What `settle_handoff` would count, for a look at the counters of a
 /// buffer no reader holds (`RelayFile::inspect`): records consumed but
 /// never handed on, if their sub-buffer was counted (`None` otherwise:

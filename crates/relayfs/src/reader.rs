@@ -853,7 +853,9 @@ impl Mapping<'_> {
     /// returned, or it was consumed already (nothing is consumed then).
     pub fn consume(&mut self, sb: &ReadySubbuf) -> Result<bool, ReadError> {
         let f = &mut *self.file;
+        let from = f.consumed_seq();
         let good = f.map.shared.consume_held(sb.ordinal, None);
+        cursor::settle_sub_records(&f.map.shared, from);
         self.checked.set(None);
         good.ok_or_else(|| ReadError::NotReady {
             path: f.path.clone(),
@@ -877,6 +879,7 @@ impl Mapping<'_> {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn subbufs_consumed(&mut self, n: u64) -> Result<u64, ReadError> {
         let f = &mut *self.file;
+        let from = f.consumed_seq();
         let s = &f.map.shared;
         let done = s
             .subbufs_consumed(n, s.is_overwrite(), self.checked.get())
@@ -884,6 +887,7 @@ impl Mapping<'_> {
                 path: f.path.clone(),
                 source,
             })?;
+        cursor::settle_sub_records(s, from);
         self.checked.set(None);
         Ok(done)
     }
@@ -1058,6 +1062,7 @@ impl RelayFile {
                 // `seq` may be any number (u64::MAX, say): no overflow.
                 .subbufs_consumed((seq - consumed).saturating_add(1), false, None)
                 .map_err(fmt)?;
+            cursor::settle_sub_records(s, consumed);
         }
         if self.consumed_seq() == seq && !self.is_closed() && !self.producer_alive() {
             // The dead producer's tail, peeked as `partial`.
@@ -1065,6 +1070,7 @@ impl RelayFile {
             let s = &self.map.shared;
             if let Some((ord, _, _)) = s.map_ready(true).map_err(fmt)? {
                 if ord == seq && s.consume_held(ord, None).is_some() {
+                    cursor::settle_sub_records(s, ord);
                     done += 1;
                 }
             }

@@ -201,3 +201,24 @@ fn the_next_reader_knows_the_records_before_a_position_inside_a_subbuf() {
     drop(r);
     c.close().unwrap();
 }
+
+#[test]
+fn a_reader_consuming_by_sub_buffer_after_a_lost_hand_off_counts_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    let mut buf = vec![0u8; 4096];
+    write(&c, 0, 6);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(6));
+    drop(r); // records 0..6 of the first sub-buffer lost in flight
+    write(&c, 6, 40);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff().and_then(|l| l.records), Some(6));
+    // The rest of the first two sub-buffers, consumed by position.
+    assert_eq!(r.consume_through(1).unwrap(), 2);
+    let s = r.stats();
+    assert_eq!(s.discarded_records, 6, "{s:?}");
+    assert_eq!(s.records_consumed, 26, "16 - 6 + 16: {s:?}");
+    drop(r);
+    c.close().unwrap();
+}
