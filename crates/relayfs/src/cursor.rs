@@ -388,7 +388,8 @@ impl Cursor {
         // they pair with nothing, and the Release store of CONSUMED below
         // orders them before it for the next reader.
         // Records of this sub-buffer a hand-off lost (and counted) are not
-        // consumed ones.
+        // consumed ones. SYNC POINT: Relaxed, the load and the store of
+        // SUB_RECORDS: the reader's own word, as the counters above.
         let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
         if let Some(n) = delivered_records {
             s.reader_word(rdr::RECORDS_CONSUMED)

@@ -899,6 +899,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_the_fuse_crate_failed_to_send_is_heard_on_its_thread_only() {
+        watch_replies();
+        REPLY_FAILED.with(|f| f.set(false));
+        // What fuser 0.18 logs (reply.rs, `send_ll_mut`) when the kernel
+        // refuses a reply.
+        log::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+        assert!(REPLY_FAILED.with(|f| f.replace(false)));
+        std::thread::spawn(|| {
+            log::error!(target: "fuser::reply", "Failed to send FUSE reply: x");
+        })
+        .join()
+        .unwrap();
+        assert!(!REPLY_FAILED.with(|f| f.get()), "another thread's reply");
+        log::error!(target: "elsewhere", "Failed to send FUSE reply: x");
+        log::warn!(target: "fuser::reply", "Reply not sent for operation 1");
+        assert!(!REPLY_FAILED.with(|f| f.get()), "not fuser's failed send");
+    }
+
+    #[test]
     fn library_errors_map_to_errnos() {
         let p = PathBuf::from("/x");
         assert_eq!(errno(&ReadError::Busy(p.clone())), Errno::EBUSY);

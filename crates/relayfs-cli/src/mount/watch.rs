@@ -72,6 +72,8 @@ impl Watcher {
     /// (and every read that would wait from now on), wakes waiting polls,
     /// so that no reader keeps the unmounted filesystem alive by waiting.
     pub fn stop(&self) {
+        // SYNC POINT: SeqCst pairs with `look`'s load; the kick after it
+        // makes the thread look again.
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.kick();
     }
