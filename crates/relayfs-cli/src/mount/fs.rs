@@ -122,8 +122,9 @@ impl HandleState {
     /// in the buffer's reader page until the reply is written
     /// (`RelayFile::read_handoff`): a mount killed in between leaves the
     /// mark, and the next reader counts them lost. A reply the kernel
-    /// refused (its reader was interrupted or killed meanwhile) counts them
-    /// lost at once.
+    /// refused counts them lost at once. (A reader killed while this runs
+    /// still gets the reply, into its dying process: that the mount cannot
+    /// see.)
     pub fn answer(&mut self, size: u32, reply: ReplyData) -> Answer {
         let size = (size as usize).min(MAX_REQUEST as usize);
         if self.buf.len() < size {
@@ -144,10 +145,12 @@ impl HandleState {
         if REPLY_FAILED.with(|f| f.replace(false)) {
             if let Some(l) = file.handoff_failed() {
                 util::errln!(
-                    "relayfs mount: {}: a read's reader went away before its reply: {} bytes{} counted lost",
+                    "relayfs mount: {}: the kernel refused a read's reply: {} bytes{} counted lost",
                     shown(file.path()),
                     l.bytes,
-                    l.records.map(|r| format!(", {r} records")).unwrap_or_default()
+                    l.records
+                        .map(|r| format!(", {r} records"))
+                        .unwrap_or_default()
                 );
             }
         } else {
@@ -214,8 +217,8 @@ thread_local! {
 }
 
 /// The FUSE crate logs a reply it failed to write (`Failed to send FUSE
-/// reply`: the kernel refused it, its request being interrupted or its
-/// process gone) and drops the error. This logger hears it, on the thread
+/// reply`: the kernel refused it, the request or the connection being
+/// gone) and drops the error. This logger hears it, on the thread
 /// that replied, so that the bytes of that reply are counted lost rather
 /// than vanish.
 struct ReplyWatch;
