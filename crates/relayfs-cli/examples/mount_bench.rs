@@ -243,8 +243,35 @@ fn main() {
             }),
         ));
     }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len() + 1];
+    // The ceiling of any reader that gets the bytes: one copy of as much
+    // from shared memory into a process (`dd` of a tmpfs file, its pages
+    // made beforehand), which `record -o /dev/null` never makes.
+    let ceiling = "ceiling: dd tmpfs file";
+    let file = base.path().join("ceiling");
+    let file_len = o.n_subbufs * SUBBUF;
+    {
+        let f = std::fs::File::create(&file).unwrap();
+        let mut w = std::io::BufWriter::new(f);
+        let chunk = vec![0x5au8; SUBBUF as usize];
+        for _ in 0..o.n_subbufs {
+            std::io::Write::write_all(&mut w, &chunk).unwrap();
+        }
+    }
     for round in 0..o.rounds {
+        let t = Instant::now();
+        let st = Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .args(["of=/dev/null", "bs=1M", "status=none"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let secs = t.elapsed().as_secs_f64();
+        let gbps = file_len as f64 / secs / 1e9;
+        if !o.json {
+            println!("round {round} {ceiling:<22} {file_len} bytes in {secs:.3} s: {gbps:.2} GB/s");
+        }
+        rates[readers.len()].push(gbps);
         // Alternate the order, so that neither always runs first.
         let order: Vec<usize> = if round % 2 == 0 {
             (0..readers.len()).collect()
@@ -264,20 +291,26 @@ fn main() {
             let _ = std::fs::remove_dir_all(&o).or_else(|_| std::fs::remove_file(&o));
         }
     }
+    let _ = std::fs::remove_file(&file);
     let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
+    let names: Vec<&str> = readers
+        .iter()
+        .map(|(w, _)| *w)
+        .chain(std::iter::once(ceiling))
+        .collect();
     if o.json {
         let v = serde_json::json!({
             "subbuf_size": SUBBUF,
             "n_subbufs": o.n_subbufs,
             "record": o.record,
             "rounds": o.rounds,
-            "median_gb_per_s": readers.iter().zip(&meds)
-                .map(|((w, _), m)| (w.to_string(), serde_json::json!(m)))
+            "median_gb_per_s": names.iter().zip(&meds)
+                .map(|(w, m)| (w.to_string(), serde_json::json!(m)))
                 .collect::<serde_json::Map<_, _>>(),
         });
         println!("{v}");
     } else {
-        for ((what, _), m) in readers.iter().zip(&meds) {
+        for (what, m) in names.iter().zip(&meds) {
             println!(
                 "median {what:<22} {m:.2} GB/s ({:.2} of the recorder's)",
                 m / meds[0]

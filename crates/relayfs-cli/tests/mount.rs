@@ -1020,3 +1020,225 @@ fn a_mount_point_inside_the_relay_directory_is_refused() {
         assert!(mount_type(&mp).is_none(), "{mp:?}");
     }
 }
+
+/// A small xorshift generator seeded from the clock: kill moments that
+/// differ from run to run (the seed is printed, to replay a failure).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("RELAYFS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("kill moments: RELAYFS_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn mounts_killed_at_random_moments_lose_nothing_uncounted_and_deliver_nothing_twice() {
+    if !fuse() {
+        return;
+    }
+    const REC: usize = 64;
+    const RECORDS: u64 = 150_000;
+    const KILLS: usize = 25;
+    let root = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("killed")
+        .relay_dir(root.path())
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .open()
+        .unwrap();
+    let name = chan
+        .buffer_path(0)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut rng = Rng::new();
+    let mut got = Vec::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        // The producer: numbered records, paced so that the reader often
+        // finds a sub-buffer half written (reads end where it is committed).
+        let w = sc.spawn(|| {
+            for i in 0..RECORDS {
+                let mut r = [0u8; REC];
+                r[..8].copy_from_slice(&i.to_le_bytes());
+                r[8..].fill((i % 251) as u8);
+                let _ = chan.write(&r); // a refusal is counted by the channel
+                if i % 64 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            chan.flush();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut m = Mount::start(root.path(), &[]);
+        let mp = m.mp.clone();
+        let mut buf = vec![0u8; 1 << 20];
+        for it in 0..KILLS {
+            let path = m.path("killed").join(&name);
+            let mut f = open_ro(&path).unwrap_or_else(|e| {
+                let ls = std::fs::read_dir(m.path("killed"))
+                    .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+                panic!("kill {it}: {}: {e}; {ls:?}", path.display())
+            });
+            let pid = m.child.as_ref().unwrap().id() as i32;
+            let delay = Duration::from_micros(500 + rng.below(20_000));
+            let killer = sc.spawn(move || {
+                std::thread::sleep(delay);
+                // SAFETY: kill(2) on our own child's pid (not waited for yet).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            });
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => std::thread::sleep(Duration::from_micros(100)),
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                    Err(e) => {
+                        // ECONNABORTED for a read in flight at the kill.
+                        let dead = [libc::ENOTCONN, libc::ECONNABORTED];
+                        assert!(dead.contains(&e.raw_os_error().unwrap_or(0)), "{e}");
+                        break;
+                    }
+                }
+            }
+            killer.join().unwrap();
+            m.child.take().unwrap().wait().unwrap();
+            drop(f);
+            let o = relayfs(root.path())
+                .arg("umount")
+                .arg(&mp)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            // The dead mount's guard must not unmount its successor.
+            let dir = m._dir.take();
+            m.mp = PathBuf::new();
+            m = Mount::start_at(root.path(), &mp, &[]);
+            m._dir = dir;
+        }
+        // The last mount reads to the end.
+        let mut f = open_ro(&m.path("killed").join(&name)).unwrap();
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let k = f.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..k]);
+            if k == 0 {
+                if finished {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        w.join().unwrap();
+        drop(f);
+        drop(m);
+    });
+    // Decode: whole records only (every read ends on a record boundary
+    // here), each intact, none twice.
+    assert_eq!(got.len() % REC, 0, "whole records");
+    let mut seen = vec![false; RECORDS as usize];
+    for r in got.chunks(REC) {
+        let i = u64::from_le_bytes(r[..8].try_into().unwrap());
+        assert!(i < RECORDS, "record number {i}");
+        assert!(
+            r[8..].iter().all(|&b| b == (i % 251) as u8),
+            "record {i} intact"
+        );
+        assert!(!seen[i as usize], "record {i} delivered twice");
+        seen[i as usize] = true;
+    }
+    let delivered = got.len() as u64 / REC as u64;
+    let st = chan.stats(0);
+    chan.close().unwrap();
+    eprintln!(
+        "{KILLS} kills: {delivered} records delivered, {} counted lost in a hand-off ({} of them delivered), {} dropped (buffer full)",
+        st.discarded_records,
+        delivered.saturating_sub(st.records_consumed),
+        st.dropped_full
+    );
+    // The counters add up: every record offered is consumed or counted
+    // lost.
+    assert_eq!(st.records_consumed + st.lost(), RECORDS, "{st:?}");
+    // Nothing is lost uncounted: every record the reader did not get is
+    // counted lost. A mount killed while it wrote a reply dies when the
+    // write returns, the reply made: those records are delivered but
+    // counted lost (never the other way round), and exactly those.
+    let missing = RECORDS - delivered;
+    assert!(st.lost() >= missing, "{missing} missing: {st:?}");
+    assert!(delivered >= st.records_consumed, "{st:?}");
+    assert_eq!(
+        st.lost() - missing,
+        delivered - st.records_consumed,
+        "counted lost though delivered: {st:?}"
+    );
+    assert!(st.bytes_consumed <= got.len() as u64, "{st:?}");
+    assert_eq!(
+        (got.len() as u64 - st.bytes_consumed) / REC as u64,
+        delivered - st.records_consumed,
+        "{st:?}"
+    );
+}
+
+#[test]
+fn sigterm_ends_a_follow_read_and_the_mount_with_it() {
+    if !fuse() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(root.path(), &["--follow"]);
+    let chan = Channel::builder("quiet")
+        .relay_dir(root.path())
+        .global(true)
+        .subbuf_size(4096)
+        .n_subbufs(2)
+        .open()
+        .unwrap();
+    chan.write(b"one record").unwrap();
+    chan.flush();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut cat = Command::new("cat")
+        .arg(m.path("quiet").join("cpu0"))
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // cat got the record and waits in read for more.
+    wait_until("cat to read", || {
+        std::fs::metadata(out.path()).unwrap().len() == 10
+    });
+    // The mount stops: the waiting read ends with an error, cat exits,
+    // the mount unmounts and exits 0, and the channel is untouched.
+    let mut c = m.child.take().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = cat.wait().unwrap();
+    assert!(
+        !st.success(),
+        "the read ended with an error, not a false end: {st}"
+    );
+    let st = c.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(mount_type(&m.mp), None, "unmounted");
+    assert!(!reader_attached(&chan, 0));
+    let s = chan.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (1, 0), "{s:?}");
+}

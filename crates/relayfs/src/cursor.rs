@@ -8,7 +8,43 @@
 use crate::buffer::{Avail, Shared};
 use crate::error::FormatError;
 use crate::layout::{hdr, rdr};
-use crate::sync::Ordering;
+use crate::sync::{fence, Ordering};
+
+/// `rdr::SUB_RECORDS`: bit 63, the records before the position are known.
+const SUB_KNOWN: u64 = 1 << 63;
+/// 31-bit fields of `rdr::SUB_RECORDS`.
+const M31: u64 = 0x7fff_ffff;
+/// `rdr::HANDOFF`: a hand-off is in flight.
+const HO_IN_FLIGHT: u64 = 1 << 63;
+/// `rdr::HANDOFF`: its record count is known.
+const HO_KNOWN: u64 = 1 << 62;
+/// `rdr::HANDOFF`: it finished its sub-buffer, whose records were counted
+/// consumed then.
+const HO_COUNTED: u64 = 1 << 61;
+/// 30-bit fields of `rdr::HANDOFF`, and the most one hand-off moves.
+pub(crate) const M30: u64 = (1 << 30) - 1;
+
+/// What a reader found of a hand-off its predecessor consumed but never
+/// handed on (it died in between), or of one whose hand-off failed: counted
+/// lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostHandoff {
+    /// Records in it, counted in `discarded_records`; `None` if the reader
+    /// could not tell (its read ended inside a record: see
+    /// `RelayFile::read_handoff`).
+    pub records: Option<u64>,
+    /// Its bytes, taken off `bytes_consumed`.
+    pub bytes: u64,
+}
+
+/// What one `read_handoff` moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    /// Bytes copied and consumed.
+    pub bytes: usize,
+    /// Records in them, if known.
+    pub records: Option<u64>,
+}
 
 /// One contiguous run of readable bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +108,215 @@ impl Cursor {
             epoch: s.header_word(hdr::EPOCH).load(Ordering::Acquire),
             ..Cursor::default()
         };
+        // SYNC POINT: Relaxed: the reader page's epoch was stored by the
+        // reader before us, ordered before our lock by its release of it.
+        if s.reader_word(rdr::EPOCH).load(Ordering::Relaxed) != c.epoch {
+            // `relay_reset` since: the hand-off words speak of the old epoch.
+            s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+            s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+        }
         c.load(s);
         c
     }
 
+    /// Records of the current sub-buffer before the position, if known.
+    fn records_before(&self, s: &Shared) -> Option<u64> {
+        if self.pos == 0 {
+            return Some(0);
+        }
+        // SYNC POINT: Relaxed, the reader's own word (as in `advance`).
+        let w = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+        (w & SUB_KNOWN != 0).then_some((w >> 32) & M31)
+    }
+
+    /// Records in `[0, end)` of the sub-buffer being written, `end` being
+    /// where `available` found every reservation committed: the commit
+    /// word's count, if nothing was reserved since (then no commit came
+    /// either, and the count is that of those bytes).
+    fn partial_records(&self, s: &Shared, end: u64) -> Option<u64> {
+        match s.abandoned(self.ord, 0) {
+            Some((reserved, records)) if reserved == end => Some(records),
+            _ => None,
+        }
+    }
+
+    /// One consuming read of at most one sub-buffer's readable run, for a
+    /// reader that hands the bytes on after consuming them: before it
+    /// consumes, it records them as in flight in the reader page
+    /// (`rdr::HANDOFF`), with their record count when it is known (the
+    /// read starts and ends where the records before are known: a
+    /// sub-buffer's start or end, or where every reservation was committed,
+    /// and `buf` holds all that is ready up to there). The caller clears the
+    /// mark with `handoff_done` once the bytes are handed on, or counts them
+    /// lost with `settle_handoff`.
+    pub(crate) fn read_handoff(
+        &mut self,
+        s: &Shared,
+        buf: &mut [u8],
+    ) -> Result<Handoff, FormatError> {
+        let max = (buf.len() as u64).min(M30);
+        let mut tries = 0;
+        loop {
+            let Some(chunk) = self.next_chunk(s)? else {
+                return Ok(Handoff {
+                    bytes: 0,
+                    records: Some(0),
+                });
+            };
+            let (start, end) = match chunk {
+                Chunk::Direct { start, end, .. } | Chunk::Bounce { start, end } => (start, end),
+            };
+            let n = (end - start).min(max);
+            let after = if start + n < end {
+                None
+            } else {
+                match chunk {
+                    Chunk::Bounce { .. } => Some(self.bounce_records),
+                    Chunk::Direct { .. } => match self.complete {
+                        Some((e, r)) if e == end => Some(r),
+                        _ => self.partial_records(s, end),
+                    },
+                }
+            };
+            if after.is_none() && start + n == end && tries < 3 {
+                // The producer reserved more between the two looks: look
+                // again, from what is committed now.
+                tries += 1;
+                continue;
+            }
+            let out = &mut buf[..n as usize];
+            match chunk {
+                Chunk::Direct { slot, start, .. } => s.copy_out(slot, start, out),
+                Chunk::Bounce { start, .. } => {
+                    out.copy_from_slice(&self.bounce[start as usize..(start + n) as usize])
+                }
+            }
+            let records = self
+                .records_before(s)
+                .zip(after)
+                .map(|(b, a)| a.saturating_sub(b));
+            let ord = self.ord;
+            // Reading to the end of a complete sub-buffer moves past it,
+            // counting its records consumed.
+            let finishes = start + n == end
+                && (self.bounce_full || matches!(self.complete, Some((e, _)) if e == end));
+            let mut mark = HO_IN_FLIGHT | n;
+            if let Some(r) = records {
+                mark |= HO_KNOWN | (r.min(M30) << 30);
+            }
+            if finishes {
+                mark |= HO_COUNTED;
+            }
+            // SYNC POINT: Relaxed store, then a SeqCst fence: the mark must
+            // be in the page before any store of the consume below, so that
+            // whoever finds this reader dead finds the mark if any of the
+            // bytes is consumed. The fence keeps compiler and CPU from
+            // moving the consume's stores above it; nothing acquires it
+            // (the next reader is ordered after us by the reader lock).
+            s.reader_word(rdr::HANDOFF).store(mark, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            self.consume(s, n);
+            if self.ord == ord {
+                if let Some(a) = after {
+                    // SYNC POINT: Relaxed, the reader's own word (`advance`).
+                    let w = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+                    s.reader_word(rdr::SUB_RECORDS).store(
+                        SUB_KNOWN | (a.min(M31) << 32) | (w & M31),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            return Ok(Handoff {
+                bytes: n as usize,
+                records,
+            });
+        }
+    }
+
+    /// The last hand-off was handed on: clears its mark.
+    pub(crate) fn handoff_done(&mut self, s: &Shared) {
+        // SYNC POINT: Relaxed, the reader's own word; pairs with nothing.
+        s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+    }
+}
+
+/// Counts a hand-off left in flight as lost: its records move from
+/// consumed (or from the count its sub-buffer will get when consumed) to
+/// `discarded_records`, its bytes off `bytes_consumed`; clears the mark.
+/// Called by the reader holding the lock: at open, for what a dead
+/// predecessor left, or when its own hand-off failed.
+pub(crate) fn settle_handoff(s: &Shared) -> Option<LostHandoff> {
+    // SYNC POINT: Relaxed, all of these: the reader's own words, ordered
+    // after any earlier reader's by the reader lock; the producer reads
+    // them as a snapshot.
+    let w = s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed);
+    if w & HO_IN_FLIGHT == 0 {
+        return None;
+    }
+    let bytes = w & M30;
+    let records = (w & HO_KNOWN != 0).then_some((w >> 30) & M30);
+    let bc = s.reader_word(rdr::BYTES_CONSUMED);
+    bc.store(
+        bc.load(Ordering::Relaxed).saturating_sub(bytes),
+        Ordering::Relaxed,
+    );
+    if let Some(r) = records {
+        if w & HO_COUNTED != 0 {
+            let rc = s.reader_word(rdr::RECORDS_CONSUMED);
+            rc.store(
+                rc.load(Ordering::Relaxed).saturating_sub(r),
+                Ordering::Relaxed,
+            );
+        } else {
+            // Its sub-buffer is still the reader's: leave them out when it
+            // is counted consumed.
+            let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+            let debt = ((sub & M31) + r).min(M31);
+            s.reader_word(rdr::SUB_RECORDS)
+                .store((sub & !M31) | debt, Ordering::Relaxed);
+        }
+        s.reader_word(rdr::DISCARDED_RECORDS)
+            .fetch_add(r, Ordering::Relaxed);
+    }
+    s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+    Some(LostHandoff { records, bytes })
+}
+
+/// After a reader that is not the cursor (a mapping reader's
+/// `consume`/`subbufs_consumed`, `consume_through`) moved the position from
+/// sub-buffer `from` on: the records a hand-off lost in `from` (counted
+/// discarded already) come off the count it gave that sub-buffer, and what
+/// was known of the position is forgotten.
+pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
+    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
+    // `settle_handoff`).
+    if s.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) == from {
+        return;
+    }
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    if sub == 0 {
+        return;
+    }
+    let rc = s.reader_word(rdr::RECORDS_CONSUMED);
+    rc.store(
+        rc.load(Ordering::Relaxed).saturating_sub(sub & M31),
+        Ordering::Relaxed,
+    );
+    s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+}
+
+/// What `settle_handoff` would count, for a look at the counters of a
+/// buffer no reader holds (`RelayFile::inspect`): records consumed but
+/// never handed on, if their sub-buffer was counted (`None` otherwise:
+/// then its count, when it comes, or `relay_close`'s, has them right).
+pub(crate) fn counted_in_flight(s: &Shared) -> Option<(u64, u64)> {
+    // SYNC POINT: Relaxed: a snapshot, as `Shared::stats`.
+    let w = s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed);
+    (w & HO_IN_FLIGHT != 0 && w & HO_KNOWN != 0 && w & HO_COUNTED != 0)
+        .then_some(((w >> 30) & M30, w & M30))
+}
+
+impl Cursor {
     /// Reloads the position from the reader page.
     pub(crate) fn load(&mut self, s: &Shared) {
         // SYNC POINT: Relaxed: the reader page's EPOCH only tells the
@@ -129,7 +370,11 @@ impl Cursor {
         // Release increment of EPOCH.
         let e = s.header_word(hdr::EPOCH).load(Ordering::Acquire);
         if e != self.epoch {
-            // relay_reset: the producer zeroed the reader page too.
+            // relay_reset: the producer zeroed the reader page too (but for
+            // the hand-off words, which speak of the old epoch).
+            // SYNC POINT: Relaxed, the reader's own words (as in `advance`).
+            s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+            s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
             self.epoch = e;
             self.load(s);
         }
@@ -142,9 +387,16 @@ impl Cursor {
         // the reader's own words, which the producer reads as a snapshot;
         // they pair with nothing, and the Release store of CONSUMED below
         // orders them before it for the next reader.
+        // Records of this sub-buffer a hand-off lost (and counted) are not
+        // consumed ones. SYNC POINT: Relaxed, the load and the store of
+        // SUB_RECORDS: the reader's own word, as the counters above.
+        let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
         if let Some(n) = delivered_records {
             s.reader_word(rdr::RECORDS_CONSUMED)
-                .fetch_add(n, Ordering::Relaxed);
+                .fetch_add(n.saturating_sub(sub & M31), Ordering::Relaxed);
+        }
+        if sub != 0 {
+            s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
         }
         self.ord += 1;
         self.pos = 0;
@@ -193,6 +445,9 @@ impl Cursor {
                     // overwrote them (we never claimed them), except one a
                     // mapping reader held (`Shared::skip_lapped`).
                     s.skip_lapped(self.ord, next);
+                    // SYNC POINT: Relaxed, the reader's own word (as in
+                    // `advance`).
+                    s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
                     self.ord = next;
                     self.pos = 0;
                     self.claimed = false;
@@ -271,6 +526,13 @@ impl Cursor {
 
     /// Records that `n` bytes of the last chunk were delivered.
     pub(crate) fn consume(&mut self, s: &Shared, n: u64) {
+        // SYNC POINT: Relaxed, the reader's own word (as in `advance`).
+        let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+        if sub & SUB_KNOWN != 0 {
+            // Whoever moves the position records what is known after it.
+            s.reader_word(rdr::SUB_RECORDS)
+                .store(sub & M31, Ordering::Relaxed);
+        }
         self.pos += n;
         // SYNC POINT: Relaxed: the reader's own counter and position; they
         // pair with nothing (the producer reads them as a snapshot).

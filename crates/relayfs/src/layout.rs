@@ -136,6 +136,19 @@ pub(crate) mod rdr {
     pub const HELD_RECORDS: usize = 96;
     /// Data bytes (padding excluded) of the held sub-buffer.
     pub const HELD_LEN: usize = 104;
+    /// What a hand-off reader (`RelayFile::read_handoff`) knows of the
+    /// sub-buffer it is in: bit 63 set if bits 62..32 hold the records of
+    /// that sub-buffer before `READ_POS`; bits 30..0: records of it counted
+    /// lost in a hand-off, to be left out when it is counted consumed. 0
+    /// when nothing is known (the other readers never set it).
+    pub const SUB_RECORDS: usize = 112;
+    /// A hand-off in flight: bytes a reader consumed but had not handed on
+    /// yet (`RelayFile::read_handoff` to `handoff_done`). Bit 63: in flight;
+    /// bit 62: the record count is known; bit 61: the hand-off finished its
+    /// sub-buffer (its records are in `RECORDS_CONSUMED`); bits 59..30:
+    /// records; bits 29..0: bytes. A reader that opens the buffer and finds
+    /// it set counts them lost (`discarded_records`). 0: none.
+    pub const HANDOFF: usize = 120;
     /// One claim word per sub-buffer (see `buffer`).
     pub const CLAIMS: usize = 128;
 }

@@ -71,6 +71,7 @@ pub use channel::{
     relay_dir, relay_open, Channel, ChannelBuilder, Reservation, Stale, DEFAULT_N_SUBBUFS,
     DEFAULT_RELAY_DIR, DEFAULT_SUBBUF_SIZE, RELAYFS_DIR_ENV,
 };
+pub use cursor::{Handoff, LostHandoff};
 pub use dir::{ChannelDir, UnpublishedFile};
 pub use error::{FormatError, OpenError, ReadError, WriteError};
 pub use frame::{

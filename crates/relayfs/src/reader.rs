@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Avail, BufferStats, Mapped, Shared};
-use crate::cursor::{Chunk, Cursor};
+use crate::cursor::{self, Chunk, Cursor, Handoff, LostHandoff};
 use crate::error::{FormatError, ReadError};
 use crate::layout::{hdr, rdr, BufferHeader, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::notify::{Waiter, Wake};
@@ -79,6 +79,8 @@ pub struct RelayFile {
     waiter: Option<Waiter>,
     header: BufferHeader,
     cur: Cursor,
+    /// A hand-off its predecessor left in flight, counted lost at open.
+    lost_handoff: Option<LostHandoff>,
 }
 
 impl std::fmt::Debug for RelayFile {
@@ -125,6 +127,8 @@ impl RelayFile {
         s.reader_word(rdr::READER_PID)
             .store(std::process::id() as u64, Ordering::Relaxed);
         let cur = Cursor::new(s);
+        // A reader before us died between consuming and handing on.
+        let lost_handoff = cursor::settle_handoff(s);
         Ok(RelayFile {
             path,
             file,
@@ -132,6 +136,7 @@ impl RelayFile {
             waiter,
             header,
             cur,
+            lost_handoff,
         })
     }
 
@@ -165,15 +170,26 @@ impl RelayFile {
         let (map, header) = ReaderMap::open(&file, path, false)?;
         let map = Mapped::attach(map, &header);
         let s = &map.shared;
+        let reader_attached = shm::byte_locked(&file, shm::READER_LOCK_BYTE)
+            .map_err(|e| ReadError::io("lock", path, e))?;
+        let mut stats = snapshot(s);
+        if !reader_attached {
+            // Left by a reader that died handing them on: lost, as the next
+            // reader will count them (`read_handoff`).
+            if let Some((records, bytes)) = cursor::counted_in_flight(s) {
+                stats.records_consumed = stats.records_consumed.saturating_sub(records);
+                stats.bytes_consumed = stats.bytes_consumed.saturating_sub(bytes);
+                stats.discarded_records += records;
+            }
+        }
         Ok(BufferStatus {
             header,
-            stats: s.stats(),
+            stats,
             // SYNC POINT: Acquire pairs with the Release store in relay_close.
             closed: s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
             producer_alive: shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
                 .map_err(|e| ReadError::io("lock", path, e))?,
-            reader_attached: shm::byte_locked(&file, shm::READER_LOCK_BYTE)
-                .map_err(|e| ReadError::io("lock", path, e))?,
+            reader_attached,
             reader_pid: s.reader_word(rdr::READER_PID).load(Ordering::Relaxed),
         })
     }
@@ -193,6 +209,32 @@ impl RelayFile {
             shm::byte_locked(&f, shm::READER_LOCK_BYTE)?,
         ))
     }
+}
+
+/// The counters of a buffer, the reader's read before the producer's: a
+/// reader consumes only what was written, so `records_consumed` never
+/// exceeds `records_written()` in it (nor `subbufs_consumed`
+/// `subbufs_produced`, nor `bytes_consumed` the bytes written and pending),
+/// where one pass reading them in field order can catch the producer's
+/// before a completion and the reader's after it. Still a moment's view of
+/// each side: with a writer and a reader active, written minus consumed is
+/// at least what was waiting, counted a little late.
+fn snapshot(s: &Shared) -> BufferStats {
+    let reader = s.stats();
+    // SYNC POINT: Acquire fence: the loads of the second pass stay after
+    // those of the first. The producer's counts of a sub-buffer are stored
+    // before its Release of the completion word, which the reader acquired
+    // before counting it consumed; the reader's counters are Relaxed, so
+    // this ordering is what the hardware gives (it holds on x86 and for
+    // coherent single-word loads in practice), not one the model promises.
+    fence(Ordering::Acquire);
+    let mut st = s.stats();
+    st.subbufs_consumed = reader.subbufs_consumed;
+    st.records_consumed = reader.records_consumed;
+    st.bytes_consumed = reader.bytes_consumed;
+    st.discarded_records = reader.discarded_records;
+    st.discarded_subbufs = reader.discarded_subbufs;
+    st
 }
 
 /// Opens a buffer file without following a symbolic link (so that a reader,
@@ -254,7 +296,7 @@ impl RelayFile {
 
     /// The buffer's counters.
     pub fn stats(&self) -> BufferStats {
-        self.shared().stats()
+        snapshot(self.shared())
     }
 
     /// Whether the producer called `relay_close`.
@@ -331,6 +373,59 @@ impl RelayFile {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// A consuming read for a reader that hands the bytes on to someone
+    /// else after consuming them (a filesystem's reply, a socket): as
+    /// [`read`](Self::read), but at most one sub-buffer's readable run, and
+    /// before consuming it marks the bytes (and their record count) in
+    /// flight in the buffer's reader page. Call
+    /// [`handoff_done`](Self::handoff_done) once they are handed on, or
+    /// [`handoff_failed`](Self::handoff_failed) if handing them on failed.
+    /// If the reader dies in between, the next one to open the buffer finds
+    /// the mark and counts them lost ([`lost_handoff`](Self::lost_handoff)):
+    /// their records move from `records_consumed` to `discarded_records`
+    /// (so that `records_consumed + lost()` stays every record offered),
+    /// their bytes off `bytes_consumed`.
+    ///
+    /// The record count is known when the read starts and ends where the
+    /// records before it are known: the start or end of a sub-buffer, or the
+    /// end of what was committed of the one being written, `buf` taking all
+    /// that was ready (a reader asking for at least a sub-buffer). A read
+    /// ending inside a record (a smaller `buf`) leaves it unknown
+    /// ([`Handoff::records`] `None`): if such a hand-off is lost, only its
+    /// bytes are counted. At most 2^30 - 1 bytes are moved at a time.
+    ///
+    /// # Errors
+    /// [`ReadError::Format`] if the shared state is corrupt.
+    pub fn read_handoff(&mut self, buf: &mut [u8]) -> Result<Handoff, ReadError> {
+        self.check_size()?;
+        let s = &self.map.shared;
+        self.cur
+            .read_handoff(s, buf)
+            .map_err(|source| ReadError::Format {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The bytes of the last [`read_handoff`](Self::read_handoff) were
+    /// handed on: clears their mark.
+    pub fn handoff_done(&mut self) {
+        self.cur.handoff_done(&self.map.shared);
+    }
+
+    /// Handing on the bytes of the last [`read_handoff`](Self::read_handoff)
+    /// failed: counts them lost now, as the next reader would had this one
+    /// died. Returns what was counted (`None` if nothing was in flight).
+    pub fn handoff_failed(&mut self) -> Option<LostHandoff> {
+        cursor::settle_handoff(&self.map.shared)
+    }
+
+    /// What this reader found, when it opened the buffer, of a hand-off its
+    /// predecessor consumed and never handed on (and counted lost then).
+    pub fn lost_handoff(&self) -> Option<LostHandoff> {
+        self.lost_handoff
     }
 
     /// After [`Ready::ProducerGone`]: what had to be given up in the
@@ -758,7 +853,9 @@ impl Mapping<'_> {
     /// returned, or it was consumed already (nothing is consumed then).
     pub fn consume(&mut self, sb: &ReadySubbuf) -> Result<bool, ReadError> {
         let f = &mut *self.file;
+        let from = f.consumed_seq();
         let good = f.map.shared.consume_held(sb.ordinal, None);
+        cursor::settle_sub_records(&f.map.shared, from);
         self.checked.set(None);
         good.ok_or_else(|| ReadError::NotReady {
             path: f.path.clone(),
@@ -782,6 +879,7 @@ impl Mapping<'_> {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn subbufs_consumed(&mut self, n: u64) -> Result<u64, ReadError> {
         let f = &mut *self.file;
+        let from = f.consumed_seq();
         let s = &f.map.shared;
         let done = s
             .subbufs_consumed(n, s.is_overwrite(), self.checked.get())
@@ -789,6 +887,7 @@ impl Mapping<'_> {
                 path: f.path.clone(),
                 source,
             })?;
+        cursor::settle_sub_records(s, from);
         self.checked.set(None);
         Ok(done)
     }
@@ -963,6 +1062,7 @@ impl RelayFile {
                 // `seq` may be any number (u64::MAX, say): no overflow.
                 .subbufs_consumed((seq - consumed).saturating_add(1), false, None)
                 .map_err(fmt)?;
+            cursor::settle_sub_records(s, consumed);
         }
         if self.consumed_seq() == seq && !self.is_closed() && !self.producer_alive() {
             // The dead producer's tail, peeked as `partial`.
@@ -970,6 +1070,7 @@ impl RelayFile {
             let s = &self.map.shared;
             if let Some((ord, _, _)) = s.map_ready(true).map_err(fmt)? {
                 if ord == seq && s.consume_held(ord, None).is_some() {
+                    cursor::settle_sub_records(s, ord);
                     done += 1;
                 }
             }

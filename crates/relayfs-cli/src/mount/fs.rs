@@ -114,20 +114,49 @@ impl HandleState {
         self.file.as_mut().ok_or(Errno::EBADF)
     }
 
-    /// One consuming read of up to `size` bytes, into the handle's own
-    /// buffer. The bytes are consumed before the reply makes them visible:
-    /// replying straight from the mapping and consuming after (one copy
-    /// fewer, 1.08 times as fast) lets the reader see them, and whoever
-    /// kills the mount then, before it consumed them, makes the next mount
-    /// deliver them again (docs/PERFORMANCE.md).
-    pub fn read(&mut self, size: u32) -> Result<&[u8], Errno> {
+    /// One consuming read of up to `size` bytes (at most one sub-buffer's
+    /// readable run), into the handle's own buffer, answered with `reply`
+    /// if anything was ready. The bytes are consumed before the reply makes
+    /// them visible (replying first lets a mount killed before it consumed
+    /// them hand them out again: docs/PERFORMANCE.md), and marked in flight
+    /// in the buffer's reader page until the reply is written
+    /// (`RelayFile::read_handoff`): a mount killed in between leaves the
+    /// mark, and the next reader counts them lost. A reply the kernel
+    /// refused counts them lost at once. (A reader killed while this runs
+    /// still gets the reply, into its dying process: that the mount cannot
+    /// see.)
+    pub fn answer(&mut self, size: u32, reply: ReplyData) -> Answer {
         let size = (size as usize).min(MAX_REQUEST as usize);
         if self.buf.len() < size {
             self.buf.resize(size, 0);
         }
-        let file = self.file.as_mut().ok_or(Errno::EBADF)?;
-        let n = file.read(&mut self.buf[..size]).map_err(|e| errno(&e))?;
-        Ok(&self.buf[..n])
+        let Some(file) = self.file.as_mut() else {
+            return Answer::Failed(reply, Errno::EBADF);
+        };
+        let h = match file.read_handoff(&mut self.buf[..size]) {
+            Ok(h) => h,
+            Err(e) => return Answer::Failed(reply, errno(&e)),
+        };
+        if h.bytes == 0 {
+            return Answer::Empty(reply);
+        }
+        REPLY_FAILED.with(|f| f.set(false));
+        reply.data(&self.buf[..h.bytes]);
+        if REPLY_FAILED.with(|f| f.replace(false)) {
+            if let Some(l) = file.handoff_failed() {
+                util::errln!(
+                    "relayfs mount: {}: the kernel refused a read's reply: {} bytes{} counted lost",
+                    shown(file.path()),
+                    l.bytes,
+                    l.records
+                        .map(|r| format!(", {r} records"))
+                        .unwrap_or_default()
+                );
+            }
+        } else {
+            file.handoff_done();
+        }
+        Answer::Sent
     }
 
     /// Whether the channel ended and everything is read.
@@ -169,6 +198,54 @@ impl HandleState {
             ev |= PollEvents::POLLERR | PollEvents::POLLHUP;
         }
         Ok(ev)
+    }
+}
+
+/// What [`HandleState::answer`] did with a read's reply.
+pub enum Answer {
+    /// Data was sent.
+    Sent,
+    /// Nothing was ready: the reply is handed back.
+    Empty(ReplyData),
+    /// The read failed: the reply is handed back with the error to send.
+    Failed(ReplyData, Errno),
+}
+
+thread_local! {
+    /// Set when the FUSE crate failed to write a reply on this thread.
+    static REPLY_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The FUSE crate logs a reply it failed to write (`Failed to send FUSE
+/// reply`: the kernel refused it, the request or the connection being
+/// gone) and drops the error. This logger hears it, on the thread
+/// that replied, so that the bytes of that reply are counted lost rather
+/// than vanish.
+struct ReplyWatch;
+
+impl log::Log for ReplyWatch {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Error && m.target().starts_with("fuser")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata())
+            && r.args()
+                .to_string()
+                .starts_with("Failed to send FUSE reply")
+        {
+            REPLY_FAILED.with(|f| f.set(true));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs [`ReplyWatch`] as the process's logger.
+pub fn watch_replies() {
+    static WATCH: ReplyWatch = ReplyWatch;
+    if log::set_logger(&WATCH).is_ok() {
+        log::set_max_level(log::LevelFilter::Error);
     }
 }
 
@@ -489,6 +566,14 @@ impl RelayFs {
             return Err(Errno::EACCES);
         }
         let file = RelayFile::open(&path).map_err(|e| errno(&e))?;
+        if let Some(l) = file.lost_handoff() {
+            util::errln!(
+                "relayfs mount: {}: the last reader died handing on a read: {} bytes{} counted lost",
+                shown(&path),
+                l.bytes,
+                l.records.map(|r| format!(", {r} records")).unwrap_or_default()
+            );
+        }
         let wake = file.wake_fd().and_then(|fd| fd.try_clone_to_owned().ok());
         Ok(Arc::new(Handle {
             state: Mutex::new(HandleState {
@@ -675,9 +760,10 @@ impl fuser::Filesystem for RelayFs {
             self.watcher.watch(fh.0, &h);
             return;
         }
-        match st.read(size) {
-            Ok(d) if !d.is_empty() => reply.data(d),
-            Ok(_) => {
+        match st.answer(size, reply) {
+            Answer::Sent => {}
+            Answer::Failed(reply, e) => reply.error(e),
+            Answer::Empty(reply) => {
                 if !self.follow {
                     return reply.data(&[]);
                 }
@@ -695,7 +781,6 @@ impl fuser::Filesystem for RelayFs {
                     Err(e) => reply.error(e),
                 }
             }
-            Err(e) => reply.error(e),
         }
     }
 
@@ -814,6 +899,25 @@ mod tests {
         assert!(!signal_pending(std::process::id()));
         // A pid that cannot exist (above pid_max's limit).
         assert!(signal_pending(u32::MAX));
+    }
+
+    #[test]
+    fn a_reply_the_fuse_crate_failed_to_send_is_heard_on_its_thread_only() {
+        watch_replies();
+        REPLY_FAILED.with(|f| f.set(false));
+        // What fuser 0.18 logs (reply.rs, `send_ll_mut`) when the kernel
+        // refuses a reply.
+        log::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+        assert!(REPLY_FAILED.with(|f| f.replace(false)));
+        std::thread::spawn(|| {
+            log::error!(target: "fuser::reply", "Failed to send FUSE reply: x");
+        })
+        .join()
+        .unwrap();
+        assert!(!REPLY_FAILED.with(|f| f.get()), "another thread's reply");
+        log::error!(target: "elsewhere", "Failed to send FUSE reply: x");
+        log::warn!(target: "fuser::reply", "Reply not sent for operation 1");
+        assert!(!REPLY_FAILED.with(|f| f.get()), "not fuser's failed send");
     }
 
     #[test]

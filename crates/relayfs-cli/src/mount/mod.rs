@@ -19,6 +19,10 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::util;
 
+/// How long the mount waits, once stopped, for readers to close their files
+/// before it ends anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Arguments of `relayfs mount`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -202,6 +206,7 @@ pub fn run(a: &Args) -> Result<i32> {
         return daemon(a, &mp);
     }
     let watcher = watch::Watcher::start().context("cannot start the watcher thread")?;
+    let stop = watcher.clone();
     let fs = fs::RelayFs::new(root.clone(), a.follow, watcher);
     let mut cfg = Config::default();
     cfg.mount_options = vec![
@@ -217,6 +222,7 @@ pub fn run(a: &Args) -> Result<i32> {
         cfg.acl = SessionACL::All;
     }
     util::catch_interrupts();
+    fs::watch_replies();
     let mut session = fuser::Session::new(fs, &mp, &cfg).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
@@ -244,11 +250,31 @@ pub fn run(a: &Args) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if !loop_.is_finished() {
+        // Reads waiting for data (`--follow`) end now, with ENOTCONN:
+        // otherwise their readers keep the filesystem, and this process,
+        // alive until data comes.
+        stop.stop();
         if let Err(e) = unmounter.unmount() {
             // Busy (a reader has a file open): detach it, the kernel ends
             // the rest when the last file is closed.
             util::errln!("relayfs mount: unmount: {e}; detaching");
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        }
+        // A reader that holds a file open without reading keeps the
+        // detached filesystem: give readers a moment to close, then end
+        // anyway (the connection goes with this process, and their next
+        // call gets ENOTCONN; a read answered meanwhile is marked in flight
+        // until its reply is written, so nothing is lost uncounted).
+        let t = Instant::now();
+        while !loop_.is_finished() && t.elapsed() < STOP_GRACE {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !loop_.is_finished() {
+            util::errln!(
+                "relayfs mount: a reader still has a file open on {}: ending anyway",
+                fs::shown(&mp)
+            );
+            return Ok(0);
         }
     }
     match loop_.join() {

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::Errno;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::fs::{lock, signal_pending, Handle};
+use super::fs::{lock, signal_pending, Answer, Handle, PendingRead};
 
 /// How often a waiting buffer is looked at without a wakeup: a producer's
 /// death is noticed through its lock (its FIFO hangs up too), a partly
@@ -24,6 +25,7 @@ const LOOK_INTERVAL: Duration = Duration::from_millis(200);
 const HUP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The handle for the filesystem's side: tells the thread what to watch.
+#[derive(Clone)]
 pub struct Watcher {
     inner: Arc<Inner>,
 }
@@ -31,6 +33,9 @@ pub struct Watcher {
 struct Inner {
     waiting: Mutex<HashMap<u64, Arc<Handle>>>,
     kick_w: OwnedFd,
+    /// The mount is ending: waiting reads get `ENOTCONN` (what a reader of
+    /// a mount that is gone gets), waiting polls are woken.
+    stopping: AtomicBool,
 }
 
 impl Watcher {
@@ -42,6 +47,7 @@ impl Watcher {
         let inner = Arc::new(Inner {
             waiting: Mutex::new(HashMap::new()),
             kick_w: w,
+            stopping: AtomicBool::new(false),
         });
         let i = inner.clone();
         std::thread::Builder::new()
@@ -59,6 +65,16 @@ impl Watcher {
     /// Stops watching `fh` (released).
     pub fn unwatch(&self, fh: u64) {
         lock(&self.inner.waiting).remove(&fh);
+        self.kick();
+    }
+
+    /// The mount is ending: answers every waiting read with `ENOTCONN`
+    /// (and every read that would wait from now on), wakes waiting polls,
+    /// so that no reader keeps the unmounted filesystem alive by waiting.
+    pub fn stop(&self) {
+        // SYNC POINT: SeqCst pairs with `look`'s load; the kick after it
+        // makes the thread look again.
+        self.inner.stopping.store(true, Ordering::SeqCst);
         self.kick();
     }
 
@@ -96,6 +112,17 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
         if st.released() {
             return done(&mut st);
         }
+        // SYNC POINT: SeqCst pairs with `stop`'s store; the kick after it
+        // makes the thread look again, so no waiter is missed.
+        if inner.stopping.load(Ordering::SeqCst) {
+            for p in st.pending.drain(..) {
+                p.reply.error(Errno::ENOTCONN);
+            }
+            if let Some(ph) = st.poll.take() {
+                let _ = ph.notify();
+            }
+            return done(&mut st);
+        }
         while let Some(p) = st.pending.pop_front() {
             // A reader with a signal waiting gets EINTR before anything is
             // consumed for it: if the signal kills it (SIGKILL, or Ctrl-C on
@@ -106,25 +133,22 @@ fn look(inner: &Inner, fh: u64, h: &Arc<Handle>) -> Look {
                 p.reply.error(Errno::EINTR);
                 continue;
             }
-            let size = p.size;
-            match st.read(size) {
-                Ok(d) if !d.is_empty() => {
-                    p.reply.data(d);
+            let PendingRead { reply, size, pid } = p;
+            let reply = match st.answer(size, reply) {
+                Answer::Sent => continue,
+                Answer::Failed(reply, e) => {
+                    reply.error(e);
                     continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    p.reply.error(e);
-                    continue;
-                }
-            }
+                Answer::Empty(reply) => reply,
+            };
             match st.is_eof() {
-                Ok(true) => p.reply.data(&[]),
+                Ok(true) => reply.data(&[]),
                 Ok(false) => {
-                    st.pending.push_front(p);
+                    st.pending.push_front(PendingRead { reply, size, pid });
                     break;
                 }
-                Err(e) => p.reply.error(e),
+                Err(e) => reply.error(e),
             }
         }
         if st.poll.is_some() {

@@ -1,0 +1,224 @@
+//! Hand-off reads (`RelayFile::read_handoff`): bytes consumed and marked in
+//! flight until the reader says they were handed on. A reader that dies in
+//! between (here: drops the `RelayFile` without `handoff_done`, which leaves
+//! the mark as a killed process would) has them counted lost by the next.
+
+use relayfs::{Channel, Mode, RelayFile};
+
+fn chan(dir: &std::path::Path, sb: u64, n: u64, mode: Mode) -> Channel {
+    Channel::builder("h")
+        .dir(dir)
+        .subbuf_size(sb)
+        .n_subbufs(n)
+        .mode(mode)
+        .global(true)
+        .open()
+        .unwrap()
+}
+
+/// Writes records `from..to` of 16 bytes, numbered.
+fn write(c: &Channel, from: u64, to: u64) {
+    for i in from..to {
+        let mut r = [0u8; 16];
+        r[..8].copy_from_slice(&i.to_le_bytes());
+        c.write(&r).unwrap();
+    }
+}
+
+/// The numbers of the 16-byte records in `bytes`.
+fn numbers(bytes: &[u8]) -> Vec<u64> {
+    assert_eq!(bytes.len() % 16, 0);
+    bytes
+        .chunks(16)
+        .map(|r| u64::from_le_bytes(r[..8].try_into().unwrap()))
+        .collect()
+}
+
+/// Reads everything there is with hand-offs, each handed on.
+fn drain(r: &mut RelayFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let h = r.read_handoff(&mut buf).unwrap();
+        if h.bytes == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..h.bytes]);
+        r.handoff_done();
+    }
+}
+
+#[test]
+fn a_whole_subbuf_left_in_flight_is_counted_lost_by_the_next_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 48); // three full sub-buffers of 16 records
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None);
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!(
+        (h.bytes, h.records),
+        (256, Some(16)),
+        "one sub-buffer at most"
+    );
+    assert_eq!(numbers(&buf[..256]), (0..16).collect::<Vec<_>>());
+    r.handoff_done();
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (256, Some(16)));
+    drop(r); // dies before handing records 16..32 on
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let lost = r.lost_handoff().expect("found in flight");
+    assert_eq!((lost.records, lost.bytes), (Some(16), 256));
+    let s = r.stats();
+    assert_eq!((s.records_consumed, s.discarded_records), (16, 16), "{s:?}");
+    assert_eq!(s.bytes_consumed, 256);
+    assert_eq!(numbers(&drain(&mut r)), (32..48).collect::<Vec<_>>());
+    drop(r);
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None, "counted once");
+    let s = c.close().unwrap();
+    assert_eq!(s.records_consumed, 32);
+    assert_eq!(s.records_consumed + s.lost(), 48, "{s:?}");
+    drop(r);
+}
+
+#[test]
+fn part_of_a_subbuf_being_written_left_in_flight_is_counted_once_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    let mut buf = vec![0u8; 4096];
+    write(&c, 0, 5);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (80, Some(5)), "what is committed");
+    r.handoff_done();
+    write(&c, 5, 9);
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (64, Some(4)), "records 5..9");
+    drop(r); // dies with 5..9 in flight
+    write(&c, 9, 40);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(
+        r.lost_handoff().map(|l| (l.records, l.bytes)),
+        Some((Some(4), 64))
+    );
+    let got = numbers(&drain(&mut r));
+    assert_eq!(got, (9..40).collect::<Vec<_>>(), "the rest, nothing twice");
+    c.flush(); // completes the third sub-buffer, read already
+    assert!(drain(&mut r).is_empty());
+    let s = r.stats();
+    // 5 + 31 delivered, 4 lost; the first sub-buffer's 16 counted consumed
+    // less the 4 lost.
+    assert_eq!(s.discarded_records, 4, "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), s.records_written(), "{s:?}");
+    assert_eq!(s.records_consumed, 36, "{s:?}");
+    assert_eq!(s.bytes_consumed, 36 * 16, "{s:?}");
+    drop(r);
+    c.close().unwrap();
+}
+
+#[test]
+fn a_failed_hand_off_is_counted_at_once_and_a_done_one_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.read_handoff(&mut buf).unwrap();
+    let l = r.handoff_failed().expect("in flight");
+    assert_eq!((l.records, l.bytes), (Some(16), 256));
+    assert_eq!(r.handoff_failed(), None, "once");
+    r.read_handoff(&mut buf).unwrap();
+    r.handoff_done();
+    assert_eq!(r.handoff_failed(), None, "handed on");
+    let s = r.stats();
+    assert_eq!((s.records_consumed, s.discarded_records), (16, 16), "{s:?}");
+    drop(r);
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None);
+    drop(r);
+    c.close().unwrap();
+}
+
+#[test]
+fn a_read_ending_inside_a_record_has_no_record_count_and_loses_only_bytes_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 16);
+    let mut buf = [0u8; 40];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (40, None));
+    r.handoff_done();
+    let mut big = vec![0u8; 4096];
+    let h = r.read_handoff(&mut big).unwrap();
+    assert_eq!((h.bytes, h.records), (216, None), "its start is not known");
+    r.handoff_done();
+}
+
+#[test]
+fn inspect_counts_a_dead_readers_hand_off_lost_and_the_live_reader_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.read_handoff(&mut buf).unwrap();
+    // In flight, the reader alive: consumed, as far as anyone knows.
+    let s = RelayFile::inspect(c.buffer_path(0)).unwrap().stats;
+    assert_eq!((s.records_consumed, s.discarded_records), (16, 0), "{s:?}");
+    drop(r);
+    let s = RelayFile::inspect(c.buffer_path(0)).unwrap().stats;
+    assert_eq!((s.records_consumed, s.discarded_records), (0, 16), "{s:?}");
+    assert_eq!(s.bytes_consumed, 0);
+    c.close().unwrap();
+}
+
+#[test]
+fn the_next_reader_knows_the_records_before_a_position_inside_a_subbuf() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    let mut buf = vec![0u8; 4096];
+    write(&c, 0, 3);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(3));
+    r.handoff_done();
+    drop(r);
+    write(&c, 3, 16);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (13 * 16, Some(13)));
+    r.handoff_done();
+    // A plain read in between: what is before the position is not known
+    // any more.
+    write(&c, 16, 20);
+    let mut small = [0u8; 16];
+    assert_eq!(r.read(&mut small).unwrap(), 16);
+    let h = r.read_handoff(&mut buf).unwrap();
+    assert_eq!((h.bytes, h.records), (48, None));
+    r.handoff_done();
+    drop(r);
+    c.close().unwrap();
+}
+
+#[test]
+fn a_reader_consuming_by_sub_buffer_after_a_lost_hand_off_counts_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    let mut buf = vec![0u8; 4096];
+    write(&c, 0, 6);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(6));
+    drop(r); // records 0..6 of the first sub-buffer lost in flight
+    write(&c, 6, 40);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff().and_then(|l| l.records), Some(6));
+    // The rest of the first two sub-buffers, consumed by position.
+    assert_eq!(r.consume_through(1).unwrap(), 2);
+    let s = r.stats();
+    assert_eq!(s.discarded_records, 6, "{s:?}");
+    assert_eq!(s.records_consumed, 26, "16 - 6 + 16: {s:?}");
+    drop(r);
+    c.close().unwrap();
+}
