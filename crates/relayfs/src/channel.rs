@@ -255,8 +255,17 @@ struct Buffer {
     files: BufferFiles,
     info: BufferInfo,
     /// The producer's end of the wakeup FIFO; taken (closed) at close, so
-    /// that readers see `POLLHUP`.
+    /// that readers see `POLLHUP`. Only `close` locks it: writers wake the
+    /// reader through `wake_fd` under `wake_state`, without a lock, so a
+    /// write never blocks (a signal handler's write that interrupted one of
+    /// its thread's wakeups would otherwise deadlock on this lock).
     notifier: Mutex<Option<Notifier>>,
+    /// The FIFO's descriptor, for writers: valid until `close` has seen
+    /// `wake_state` with `WAKE_CLOSED` set and no wakeup in flight.
+    wake_fd: std::os::fd::RawFd,
+    /// Wakeups in flight (low bits), and `WAKE_CLOSED` once `close` began
+    /// to let go of the FIFO: a wakeup that finds it set writes nothing.
+    wake_state: StdAtomicU64,
     /// Last `MAPPED` count seen, to tell `buf_mapped` from `buf_unmapped`.
     mapped_seen: StdAtomicU64,
     /// Set by `close`: writes are refused from then on.
@@ -274,7 +283,41 @@ struct Buffer {
     late_base: Mutex<u64>,
 }
 
+/// `Buffer::wake_state`'s bit: `close` is letting go of the FIFO.
+const WAKE_CLOSED: u64 = 1 << 63;
+
 impl Buffer {
+    /// Wakes the reader a last time and closes the producer's end of the
+    /// FIFO (readers then see `POLLHUP`), once no writer's wakeup is in
+    /// flight: a wakeup that began before must not write to a descriptor
+    /// that was closed (and maybe reused for another file) meanwhile.
+    /// Should one still be in flight after a second (a writer stopped in
+    /// it, or this thread's own, interrupted by the signal handler that
+    /// called `close`), the descriptor is left open rather than risk that.
+    fn release_fifo(&self) {
+        // SYNC POINT: SeqCst, the Dekker pair with `wake_reader`.
+        self.wake_state.fetch_or(WAKE_CLOSED, StdOrdering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        // SYNC POINT: Acquire pairs with `wake_reader`'s Release decrement.
+        while self.wake_state.load(StdOrdering::Acquire) & !WAKE_CLOSED != 0 {
+            if Instant::now() >= deadline {
+                if let Ok(mut n) = self.notifier.lock() {
+                    if let Some(n) = n.take() {
+                        n.wake();
+                        std::mem::forget(n);
+                    }
+                }
+                return;
+            }
+            std::thread::yield_now();
+        }
+        if let Ok(mut n) = self.notifier.lock() {
+            if let Some(n) = n.take() {
+                n.wake();
+            } // dropping the FIFO: readers see POLLHUP
+        }
+    }
+
     fn new(b: NewBuffer, rseq: bool) -> Buffer {
         #[allow(unused_mut)]
         let mut map = b.map;
@@ -300,7 +343,9 @@ impl Buffer {
             map,
             files: b.files,
             info: b.info,
+            wake_fd: b.notifier.raw_fd(),
             notifier: Mutex::new(Some(b.notifier)),
+            wake_state: StdAtomicU64::new(0),
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
@@ -414,11 +459,18 @@ impl Hooks for BufHooks<'_> {
     }
 
     fn wake_reader(&self) {
-        if let Ok(n) = self.buf.notifier.lock() {
-            if let Some(n) = n.as_ref() {
-                n.wake();
-            }
+        // SYNC POINT: SeqCst, a Dekker pair with `Buffer::release_fifo`:
+        // either our increment comes first in the single total order and
+        // close waits for our decrement before it closes the descriptor,
+        // or we see `WAKE_CLOSED` and write nothing. No lock: a write from
+        // a signal handler may interrupt this very call.
+        let before = self.buf.wake_state.fetch_add(1, StdOrdering::SeqCst);
+        if before & WAKE_CLOSED == 0 {
+            crate::notify::wake_fd(self.buf.wake_fd);
         }
+        // SYNC POINT: Release pairs with `release_fifo`'s Acquire load: our
+        // write is done before the descriptor is closed.
+        self.buf.wake_state.fetch_sub(1, StdOrdering::Release);
     }
 
     fn completed(&self) {
@@ -1074,11 +1126,7 @@ impl Inner {
                     .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }
-            if let Ok(mut n) = b.notifier.lock() {
-                if let Some(n) = n.take() {
-                    n.wake();
-                } // dropping the FIFO: readers see POLLHUP
-            }
+            b.release_fifo();
             if !held {
                 continue;
             }
