@@ -521,9 +521,53 @@ struct Inner {
     flush_lock: Mutex<()>,
 }
 
+thread_local! {
+    /// The channels (`Inner` addresses) whose `flush_lock` this thread
+    /// holds, innermost last.
+    static FLUSHING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `Inner::flush_lock` held by this thread (`Inner::lock_flush`).
+struct FlushGuard<'a> {
+    _g: Option<std::sync::MutexGuard<'a, ()>>,
+    me: usize,
+}
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        if self._g.is_some() {
+            FLUSHING.with(|f| {
+                let mut f = f.borrow_mut();
+                if let Some(i) = f.iter().rposition(|&p| p == self.me) {
+                    f.remove(i);
+                }
+            });
+        }
+    }
+}
+
 impl Inner {
+    /// Takes `flush_lock`, unless this thread holds it already: a callback
+    /// run by a flush (`buf_mapped`, `buf_unmapped` from the switch path
+    /// `flush` takes) that flushes the channel again goes on under the
+    /// outer flush's hold of the lock instead of waiting for itself
+    /// forever. A nested flush is just one more closer: the CAS of `head`
+    /// decides who closes a sub-buffer, as it does against writers.
+    fn lock_flush(&self) -> FlushGuard<'_> {
+        let me = self as *const Inner as usize;
+        if FLUSHING.with(|f| f.borrow().contains(&me)) {
+            return FlushGuard { _g: None, me };
+        }
+        let g = self
+            .flush_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        FLUSHING.with(|f| f.borrow_mut().push(me));
+        FlushGuard { _g: Some(g), me }
+    }
+
     fn flush(&self) {
-        let _g = self.flush_lock.lock();
+        let _g = self.lock_flush();
         for b in &self.bufs {
             let hooks = BufHooks {
                 buf: b,
@@ -826,7 +870,7 @@ impl Channel {
     /// reservation is in progress; readers start over from the beginning.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
-        let _g = inner.flush_lock.lock();
+        let _g = inner.lock_flush();
         for b in &inner.bufs {
             b.shared().init_state();
             // SYNC POINT: Release pairs with the reader's Acquire load of
@@ -1012,7 +1056,7 @@ impl Inner {
     fn settle(&self) {
         let deadline = Instant::now() + Self::SETTLE_LIMIT;
         loop {
-            let _g = self.flush_lock.lock();
+            let _g = self.lock_flush();
             let mut quiet = true;
             for b in &self.bufs {
                 let hooks = BufHooks {
