@@ -39,7 +39,14 @@ extern "C" fn on_signal(_: libc::c_int) {
         let seq = HANDLER_SEQ.fetch_add(1, Ordering::Relaxed);
         let len = HDR + (seq % 80) as usize;
         record_into(IN_HANDLER, seq, &mut buf[..len]);
-        match chan.write(&buf[..len]) {
+        // Every other one into some CPU's buffer: a hold of its mark, maybe
+        // nested in the interrupted thread's own.
+        let res = if seq % 2 == 0 {
+            chan.write(&buf[..len])
+        } else {
+            chan.write_cpu((seq / 2) as usize % chan.n_buffers(), &buf[..len])
+        };
+        match res {
             Ok(()) => HANDLER_OK.fetch_add(1, Ordering::Relaxed),
             Err(WriteError::Full) => HANDLER_FULL.fetch_add(1, Ordering::Relaxed),
             Err(_) => std::process::abort(),
@@ -63,6 +70,7 @@ fn a_signal_handler_that_writes_never_deadlocks() {
             .dir(dir.path())
             .subbuf_size(512)
             .n_subbufs(64)
+            .flush_interval(Duration::from_millis(1))
             .open()
             .unwrap(),
     );
@@ -108,7 +116,14 @@ fn a_signal_handler_that_writes_never_deadlocks() {
                 }
                 let len = HDR + (seq % 80) as usize;
                 record_into(0, seq, &mut buf[..len]);
-                match chan.write(&buf[..len]) {
+                // Every third record into some CPU's buffer (a hold of its
+                // mark, or its own CPU's sequence).
+                let res = if seq % 3 == 0 {
+                    chan.write_cpu((seq / 3) as usize % chan.n_buffers(), &buf[..len])
+                } else {
+                    chan.write(&buf[..len])
+                };
+                match res {
                     Ok(()) => ok += 1,
                     Err(WriteError::Full) => full += 1,
                     Err(e) => panic!("{e}"),
