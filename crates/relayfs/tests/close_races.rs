@@ -73,6 +73,7 @@ fn close_racing_writers(mode: Mode, with_reader: bool, runs: u32) {
         };
         let offered = AtomicU64::new(0);
         let accepted = AtomicU64::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
         let consumed = std::thread::scope(|s| {
             let chan = &chan;
             let (offered, accepted) = (&offered, &accepted);
@@ -88,11 +89,32 @@ fn close_racing_writers(mode: Mode, with_reader: bool, runs: u32) {
                     .map(|r| r.stats().records_consumed)
                     .sum::<u64>()
             });
+            let n_bufs = chan.n_buffers();
+            let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // Flushes from wherever it runs (a hold of each pinned buffer's
+            // mark) until the close.
+            let done = &done;
+            s.spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    chan.flush();
+                    std::thread::yield_now();
+                }
+            });
             for t in 0..4u64 {
                 s.spawn(move || {
                     for i in 0..2000u64 {
+                        if i % 64 == 0 {
+                            // Migrate: sequences abort, commits go remote.
+                            let _ = relayfs::cpu::pin_current_thread(
+                                (i / 64 + t) as usize % ncpu,
+                            );
+                        }
                         offered.fetch_add(1, Ordering::Relaxed);
-                        let r = if (i + t) % 3 == 0 {
+                        let r = if (i + t) % 5 == 1 {
+                            // Into every CPU's buffer in turn: a hold of its
+                            // mark across reserve and commit.
+                            chan.write_cpu((i + t) as usize % n_bufs, &[t as u8; 32])
+                        } else if (i + t) % 3 == 0 {
                             chan.reserve(24).map(|mut slot| {
                                 slot.fill(t as u8);
                                 if i % 97 == 0 {
@@ -118,6 +140,7 @@ fn close_racing_writers(mode: Mode, with_reader: bool, runs: u32) {
                 chan.close().unwrap();
             });
             s.spawn(move || chan.close().unwrap()).join().unwrap();
+            done.store(true, Ordering::Release);
             drain.join().unwrap()
         });
         // Every writer is done: nothing more can be counted.
