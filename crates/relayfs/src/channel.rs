@@ -272,6 +272,9 @@ struct Buffer {
     closed: AtomicBool,
     /// Records refused because the channel was closed.
     dropped_closed: StdAtomicU64,
+    /// Sub-buffer switches between their closed check and their move of
+    /// `head` (`Hooks::begin_open`): `close` waits for them.
+    opening: StdAtomicU64,
     /// Set by `close` once it has counted what no reader will read (no
     /// reader attached): from then on, a write that was still in flight
     /// (close waits for those only so long) and completes a sub-buffer
@@ -349,6 +352,7 @@ impl Buffer {
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
+            opening: StdAtomicU64::new(0),
             late: AtomicBool::new(false),
             late_base: Mutex::new(0),
         }
@@ -475,6 +479,26 @@ impl Hooks for BufHooks<'_> {
 
     fn completed(&self) {
         self.buf.after_commit();
+    }
+
+    fn begin_open(&self) -> bool {
+        // SYNC POINT: SeqCst, a Dekker pair with `Inner::close`: we count
+        // ourselves, then look at `closed`; close stores `closed`, then
+        // (`settle`) looks at `opening`. Either close sees us and waits
+        // until our switch has moved `head` (then it flushes what we open
+        // and waits for our commit), or we see `closed` and refuse.
+        self.buf.opening.fetch_add(1, StdOrdering::SeqCst);
+        if self.buf.closed.load(StdOrdering::SeqCst) {
+            self.end_open();
+            return false;
+        }
+        true
+    }
+
+    fn end_open(&self) {
+        // SYNC POINT: Release pairs with `settle`'s load: the move of
+        // `head` comes before (settle then sees it).
+        self.buf.opening.fetch_sub(1, StdOrdering::Release);
     }
 
     fn map_changed(&self, mapped: u64) {
@@ -1064,6 +1088,15 @@ impl Inner {
                     cb: &*self.callbacks,
                 };
                 let s = b.shared();
+                // Before the flush: a switch that is over by now moved
+                // `head` before its decrement, which this load acquires,
+                // so the flush and the counts below see it; one still
+                // going makes us look again.
+                // SYNC POINT: SeqCst: the Dekker pair with `begin_open`
+                // (after our store of `closed`).
+                if b.opening.load(StdOrdering::SeqCst) != 0 {
+                    quiet = false;
+                }
                 if s.flush(&hooks) {
                     quiet = false;
                 }
@@ -1089,10 +1122,11 @@ impl Inner {
             return Ok(());
         }
         for b in &inner.bufs {
-            // SYNC POINT: Relaxed: writers read it as a hint (see
-            // `Buffer::is_closed`); `settle` below waits for those that
-            // missed it.
-            b.closed.store(true, StdOrdering::Relaxed);
+            // SYNC POINT: SeqCst: the Dekker pair with `begin_open` (a
+            // switch that missed it is counted in `opening`, which `settle`
+            // loads after this); other writers read it as a hint (see
+            // `Buffer::is_closed`), and `settle` waits for those in flight.
+            b.closed.store(true, StdOrdering::SeqCst);
         }
         inner.settle();
         let mut result = Ok(());
