@@ -170,9 +170,10 @@ fn reap(pid: libc::pid_t, fd: libc::c_int) -> (u64, u64) {
 }
 
 /// Makes the parent's writing threads park, outside any call into the
-/// library, around each fork: the library's locks (a buffer's reader
-/// notifier, the flush lock) must not be held by a thread that the child
-/// does not get, since the child writes into the same channel.
+/// library, around each fork (the gated scenarios): then no thread that the
+/// child does not get is inside the library at the fork. A write takes no
+/// lock (the reader's wakeup neither), so the ungated scenarios fork
+/// anywhere; the child only must not flush (the flush lock).
 struct Gate {
     closed: AtomicBool,
     parked: AtomicU64,
