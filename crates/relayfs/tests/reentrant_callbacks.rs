@@ -135,3 +135,101 @@ fn a_callback_that_flushes_from_the_flush_thread_lets_close_finish() {
     assert_eq!(text.matches("before").count(), n);
     assert!(text.contains("mapped"));
 }
+
+/// `subbuf_header` (run once the switch is won, inside a writer's hold of
+/// another CPU's mark when it came from `write_cpu`) writing into the
+/// channel, into the buffer being opened and into every other, from
+/// migrating writers: every record delivered once or counted.
+#[test]
+fn a_header_callback_that_writes_into_the_channel_accounts_exactly() {
+    struct Hdr(Arc<State>);
+    impl Callbacks for Hdr {
+        fn subbuf_header(&self, b: &BufferInfo, i: &relayfs::SwitchInfo, header: &mut [u8]) {
+            header.fill(0);
+            let n = self.0.calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = self.0.chan.get().and_then(Weak::upgrade) {
+                let target = if n % 2 == 0 {
+                    b.cpu
+                } else {
+                    (b.cpu + 1) % c.n_buffers()
+                };
+                let rec = format!("H{:08}.{:08}.", n, i.ordinal);
+                let _ = c.write_cpu(target, rec.as_bytes());
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = Arc::new(State::default());
+    let chan = Arc::new(
+        Channel::builder("hdr")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(4)
+            .subbuf_start_reserve(8)
+            .callbacks(Hdr(st.clone()))
+            .flush_interval(Duration::from_millis(1))
+            .open()
+            .unwrap(),
+    );
+    st.chan.set(Arc::downgrade(&chan)).ok().unwrap();
+    let n = chan.n_buffers();
+    let readers: Vec<_> = (0..n)
+        .map(|i| {
+            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let k = f.read(&mut buf).unwrap();
+                    if k == 0
+                        && f.poll(Some(Duration::from_millis(10))).unwrap()
+                            == relayfs::Ready::Closed
+                    {
+                        break;
+                    }
+                }
+                f.stats()
+            })
+        })
+        .collect();
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ok, refused) = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2usize)
+            .map(|w| {
+                let chan = &chan;
+                s.spawn(move || {
+                    let (mut ok, mut refused) = (0u64, 0u64);
+                    for i in 0..20_000usize {
+                        if i % 50 == 0 {
+                            let _ = relayfs::cpu::pin_current_thread((i / 50 + w) % ncpu);
+                        }
+                        let r = if i % 2 == 0 {
+                            chan.write_cpu((i / 2) % n, &[w as u8; 30])
+                        } else {
+                            chan.write(&[w as u8; 30])
+                        };
+                        match r {
+                            Ok(()) => ok += 1,
+                            Err(relayfs::WriteError::Full) => refused += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    let chan = Arc::try_unwrap(chan).ok().unwrap();
+    chan.close().unwrap();
+    let s: relayfs::BufferStats = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    let offered_by_callback = st.calls.load(Ordering::Relaxed);
+    assert_eq!(s.corrupt, 0, "{s:?}");
+    assert_eq!(s.records_pending, 0, "{s:?}");
+    assert_eq!(
+        s.records_consumed + s.lost(),
+        ok + refused + offered_by_callback,
+        "{s:?} ok {ok} refused {refused} callback {offered_by_callback}"
+    );
+}
