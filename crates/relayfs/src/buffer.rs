@@ -95,6 +95,24 @@ pub(crate) trait Hooks {
     /// counting of commits after close pairs with). Only completions call
     /// it, not every commit.
     fn completed(&self) {}
+    /// A sub-buffer switch begins: false if it must be refused because the
+    /// channel is closing. Otherwise `end_open` follows once the switch
+    /// has moved `head` (or given up): `close` waits for switches in
+    /// between, which it can't see in `head` yet.
+    fn begin_open(&self) -> bool {
+        true
+    }
+    /// The switch `begin_open` let through is over.
+    fn end_open(&self) {}
+}
+
+/// Calls `Hooks::end_open` when dropped.
+struct Opening<'a>(&'a dyn Hooks);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.end_open();
+    }
 }
 
 /// State of a buffer at a sub-buffer switch, as given to `subbuf_start`.
@@ -956,6 +974,12 @@ impl Shared {
             });
         }
         self.check_map_events(hooks);
+        // From the closed check to the move of `head`, `close` can't see
+        // this switch in the buffer: it waits for it through the hooks.
+        if !hooks.begin_open() {
+            return Err(self.drop_full());
+        }
+        let _opening = Opening(hooks);
         // SYNC POINT: Acquire pairs with the reader's Release store of
         // `consumed` after it finished copying: in no-overwrite mode the slot
         // is reused only after the reader's reads are done.

@@ -255,14 +255,26 @@ struct Buffer {
     files: BufferFiles,
     info: BufferInfo,
     /// The producer's end of the wakeup FIFO; taken (closed) at close, so
-    /// that readers see `POLLHUP`.
+    /// that readers see `POLLHUP`. Only `close` locks it: writers wake the
+    /// reader through `wake_fd` under `wake_state`, without a lock, so a
+    /// write never blocks (a signal handler's write that interrupted one of
+    /// its thread's wakeups would otherwise deadlock on this lock).
     notifier: Mutex<Option<Notifier>>,
+    /// The FIFO's descriptor, for writers: valid until `close` has seen
+    /// `wake_state` with `WAKE_CLOSED` set and no wakeup in flight.
+    wake_fd: std::os::fd::RawFd,
+    /// Wakeups in flight (low bits), and `WAKE_CLOSED` once `close` began
+    /// to let go of the FIFO: a wakeup that finds it set writes nothing.
+    wake_state: StdAtomicU64,
     /// Last `MAPPED` count seen, to tell `buf_mapped` from `buf_unmapped`.
     mapped_seen: StdAtomicU64,
     /// Set by `close`: writes are refused from then on.
     closed: AtomicBool,
     /// Records refused because the channel was closed.
     dropped_closed: StdAtomicU64,
+    /// Sub-buffer switches between their closed check and their move of
+    /// `head` (`Hooks::begin_open`): `close` waits for them.
+    opening: StdAtomicU64,
     /// Set by `close` once it has counted what no reader will read (no
     /// reader attached): from then on, a write that was still in flight
     /// (close waits for those only so long) and completes a sub-buffer
@@ -274,7 +286,41 @@ struct Buffer {
     late_base: Mutex<u64>,
 }
 
+/// `Buffer::wake_state`'s bit: `close` is letting go of the FIFO.
+const WAKE_CLOSED: u64 = 1 << 63;
+
 impl Buffer {
+    /// Wakes the reader a last time and closes the producer's end of the
+    /// FIFO (readers then see `POLLHUP`), once no writer's wakeup is in
+    /// flight: a wakeup that began before must not write to a descriptor
+    /// that was closed (and maybe reused for another file) meanwhile.
+    /// Should one still be in flight after a second (a writer stopped in
+    /// it, or this thread's own, interrupted by the signal handler that
+    /// called `close`), the descriptor is left open rather than risk that.
+    fn release_fifo(&self) {
+        // SYNC POINT: SeqCst, the Dekker pair with `wake_reader`.
+        self.wake_state.fetch_or(WAKE_CLOSED, StdOrdering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        // SYNC POINT: Acquire pairs with `wake_reader`'s Release decrement.
+        while self.wake_state.load(StdOrdering::Acquire) & !WAKE_CLOSED != 0 {
+            if Instant::now() >= deadline {
+                if let Ok(mut n) = self.notifier.lock() {
+                    if let Some(n) = n.take() {
+                        n.wake();
+                        std::mem::forget(n);
+                    }
+                }
+                return;
+            }
+            std::thread::yield_now();
+        }
+        if let Ok(mut n) = self.notifier.lock() {
+            if let Some(n) = n.take() {
+                n.wake();
+            } // dropping the FIFO: readers see POLLHUP
+        }
+    }
+
     fn new(b: NewBuffer, rseq: bool) -> Buffer {
         #[allow(unused_mut)]
         let mut map = b.map;
@@ -300,10 +346,13 @@ impl Buffer {
             map,
             files: b.files,
             info: b.info,
+            wake_fd: b.notifier.raw_fd(),
             notifier: Mutex::new(Some(b.notifier)),
+            wake_state: StdAtomicU64::new(0),
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
+            opening: StdAtomicU64::new(0),
             late: AtomicBool::new(false),
             late_base: Mutex::new(0),
         }
@@ -414,15 +463,42 @@ impl Hooks for BufHooks<'_> {
     }
 
     fn wake_reader(&self) {
-        if let Ok(n) = self.buf.notifier.lock() {
-            if let Some(n) = n.as_ref() {
-                n.wake();
-            }
+        // SYNC POINT: SeqCst, a Dekker pair with `Buffer::release_fifo`:
+        // either our increment comes first in the single total order and
+        // close waits for our decrement before it closes the descriptor,
+        // or we see `WAKE_CLOSED` and write nothing. No lock: a write from
+        // a signal handler may interrupt this very call.
+        let before = self.buf.wake_state.fetch_add(1, StdOrdering::SeqCst);
+        if before & WAKE_CLOSED == 0 {
+            crate::notify::wake_fd(self.buf.wake_fd);
         }
+        // SYNC POINT: Release pairs with `release_fifo`'s Acquire load: our
+        // write is done before the descriptor is closed.
+        self.buf.wake_state.fetch_sub(1, StdOrdering::Release);
     }
 
     fn completed(&self) {
         self.buf.after_commit();
+    }
+
+    fn begin_open(&self) -> bool {
+        // SYNC POINT: SeqCst, a Dekker pair with `Inner::close`: we count
+        // ourselves, then look at `closed`; close stores `closed`, then
+        // (`settle`) looks at `opening`. Either close sees us and waits
+        // until our switch has moved `head` (then it flushes what we open
+        // and waits for our commit), or we see `closed` and refuse.
+        self.buf.opening.fetch_add(1, StdOrdering::SeqCst);
+        if self.buf.closed.load(StdOrdering::SeqCst) {
+            self.end_open();
+            return false;
+        }
+        true
+    }
+
+    fn end_open(&self) {
+        // SYNC POINT: Release pairs with `settle`'s load: the move of
+        // `head` comes before (settle then sees it).
+        self.buf.opening.fetch_sub(1, StdOrdering::Release);
     }
 
     fn map_changed(&self, mapped: u64) {
@@ -469,9 +545,53 @@ struct Inner {
     flush_lock: Mutex<()>,
 }
 
+thread_local! {
+    /// The channels (`Inner` addresses) whose `flush_lock` this thread
+    /// holds, innermost last.
+    static FLUSHING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `Inner::flush_lock` held by this thread (`Inner::lock_flush`).
+struct FlushGuard<'a> {
+    _g: Option<std::sync::MutexGuard<'a, ()>>,
+    me: usize,
+}
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        if self._g.is_some() {
+            FLUSHING.with(|f| {
+                let mut f = f.borrow_mut();
+                if let Some(i) = f.iter().rposition(|&p| p == self.me) {
+                    f.remove(i);
+                }
+            });
+        }
+    }
+}
+
 impl Inner {
+    /// Takes `flush_lock`, unless this thread holds it already: a callback
+    /// run by a flush (`buf_mapped`, `buf_unmapped` from the switch path
+    /// `flush` takes) that flushes the channel again goes on under the
+    /// outer flush's hold of the lock instead of waiting for itself
+    /// forever. A nested flush is just one more closer: the CAS of `head`
+    /// decides who closes a sub-buffer, as it does against writers.
+    fn lock_flush(&self) -> FlushGuard<'_> {
+        let me = self as *const Inner as usize;
+        if FLUSHING.with(|f| f.borrow().contains(&me)) {
+            return FlushGuard { _g: None, me };
+        }
+        let g = self
+            .flush_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        FLUSHING.with(|f| f.borrow_mut().push(me));
+        FlushGuard { _g: Some(g), me }
+    }
+
     fn flush(&self) {
-        let _g = self.flush_lock.lock();
+        let _g = self.lock_flush();
         for b in &self.bufs {
             let hooks = BufHooks {
                 buf: b,
@@ -774,7 +894,7 @@ impl Channel {
     /// reservation is in progress; readers start over from the beginning.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
-        let _g = inner.flush_lock.lock();
+        let _g = inner.lock_flush();
         for b in &inner.bufs {
             b.shared().init_state();
             // SYNC POINT: Release pairs with the reader's Acquire load of
@@ -960,7 +1080,7 @@ impl Inner {
     fn settle(&self) {
         let deadline = Instant::now() + Self::SETTLE_LIMIT;
         loop {
-            let _g = self.flush_lock.lock();
+            let _g = self.lock_flush();
             let mut quiet = true;
             for b in &self.bufs {
                 let hooks = BufHooks {
@@ -968,6 +1088,15 @@ impl Inner {
                     cb: &*self.callbacks,
                 };
                 let s = b.shared();
+                // Before the flush: a switch that is over by now moved
+                // `head` before its decrement, which this load acquires,
+                // so the flush and the counts below see it; one still
+                // going makes us look again.
+                // SYNC POINT: SeqCst: the Dekker pair with `begin_open`
+                // (after our store of `closed`).
+                if b.opening.load(StdOrdering::SeqCst) != 0 {
+                    quiet = false;
+                }
                 if s.flush(&hooks) {
                     quiet = false;
                 }
@@ -993,10 +1122,11 @@ impl Inner {
             return Ok(());
         }
         for b in &inner.bufs {
-            // SYNC POINT: Relaxed: writers read it as a hint (see
-            // `Buffer::is_closed`); `settle` below waits for those that
-            // missed it.
-            b.closed.store(true, StdOrdering::Relaxed);
+            // SYNC POINT: SeqCst: the Dekker pair with `begin_open` (a
+            // switch that missed it is counted in `opening`, which `settle`
+            // loads after this); other writers read it as a hint (see
+            // `Buffer::is_closed`), and `settle` waits for those in flight.
+            b.closed.store(true, StdOrdering::SeqCst);
         }
         inner.settle();
         let mut result = Ok(());
@@ -1074,11 +1204,7 @@ impl Inner {
                     .store(STATE_CLOSED, Ordering::Release);
                 let _ = shm::unlock_byte(b.files.file(), shm::READER_LOCK_BYTE);
             }
-            if let Ok(mut n) = b.notifier.lock() {
-                if let Some(n) = n.take() {
-                    n.wake();
-                } // dropping the FIFO: readers see POLLHUP
-            }
+            b.release_fifo();
             if !held {
                 continue;
             }

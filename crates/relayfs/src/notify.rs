@@ -82,10 +82,22 @@ impl Notifier {
     /// Writes one byte; a full pipe (`EAGAIN`) means a wakeup is pending
     /// already.
     pub(crate) fn wake(&self) {
-        let b = [1u8];
-        // SAFETY: writing one byte from a valid buffer to an open fd.
-        let _ = unsafe { libc::write(self.fifo.as_raw_fd(), b.as_ptr().cast(), 1) };
+        wake_fd(self.fifo.as_raw_fd());
     }
+
+    /// The FIFO's descriptor, for `wake_fd` (valid while `self` lives).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fifo.as_raw_fd()
+    }
+}
+
+/// `Notifier::wake` by descriptor: one non-blocking `write(2)` of one byte,
+/// async-signal-safe. The caller makes sure `fd` is still the FIFO's.
+pub(crate) fn wake_fd(fd: std::os::fd::RawFd) {
+    let b = [1u8];
+    // SAFETY: writing one byte from a valid buffer; the caller guarantees
+    // `fd` is the open FIFO (see `Channel`'s `wake_reader`).
+    let _ = unsafe { libc::write(fd, b.as_ptr().cast(), 1) };
 }
 
 /// What a wait on the FIFO ended with.

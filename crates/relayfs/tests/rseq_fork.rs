@@ -170,9 +170,10 @@ fn reap(pid: libc::pid_t, fd: libc::c_int) -> (u64, u64) {
 }
 
 /// Makes the parent's writing threads park, outside any call into the
-/// library, around each fork: the library's locks (a buffer's reader
-/// notifier, the flush lock) must not be held by a thread that the child
-/// does not get, since the child writes into the same channel.
+/// library, around each fork (the gated scenarios): then no thread that the
+/// child does not get is inside the library at the fork. A write takes no
+/// lock (the reader's wakeup neither), so the ungated scenarios fork
+/// anywhere; the child only must not flush (the flush lock).
 struct Gate {
     closed: AtomicBool,
     parked: AtomicU64,
@@ -222,7 +223,12 @@ impl Drop for ParkOnExit {
 /// forked one after the other while the earlier children write (the
 /// parent's threads park only around each `fork` call, see `Gate`); one
 /// reader per buffer in the parent. Asserts the accounting.
-fn pre_fork_server(mode: Mode) {
+///
+/// Ungated (`gated` false), the forks fall anywhere: in a parent writer's
+/// sequence, its hold of another CPU's mark (`write_cpu`), between its
+/// reservation and commit, or in the flusher's hold; a write takes no lock
+/// (the reader's wakeup included), so the children can still write.
+fn pre_fork_server(mode: Mode, gated: bool) {
     const PARENT_WRITERS: u32 = 2;
     const CHILDREN: u32 = 3;
     const PER_WRITER: u64 = 40_000;
@@ -313,9 +319,13 @@ fn pre_fork_server(mode: Mode) {
         {
             std::thread::yield_now();
         }
-        children.push(gate.fork_while_parked(PARENT_WRITERS as u64 + 1, || {
+        children.push(if gated {
+            gate.fork_while_parked(PARENT_WRITERS as u64 + 1, || {
+                fork_writer(&chan, 1000 + c, PER_WRITER, &cpus)
+            })
+        } else {
             fork_writer(&chan, 1000 + c, PER_WRITER, &cpus)
-        }));
+        });
     }
     // The fork handler took the buffers off the sequences for good.
     assert!(
@@ -471,18 +481,32 @@ fn in_child(name: &str, scenario: fn()) {
 #[test]
 fn forked_writers_beside_the_parent_no_overwrite() {
     in_child("forked_writers_beside_the_parent_no_overwrite", || {
-        pre_fork_server(Mode::NoOverwrite)
+        pre_fork_server(Mode::NoOverwrite, true)
     });
 }
 
 #[test]
 fn forked_writers_beside_the_parent_overwrite() {
     in_child("forked_writers_beside_the_parent_overwrite", || {
-        pre_fork_server(Mode::Overwrite)
+        pre_fork_server(Mode::Overwrite, true)
     });
 }
 
 #[test]
 fn channels_opened_after_a_fork_keep_rseq() {
     in_child("channels_opened_after_a_fork_keep_rseq", opened_after_fork);
+}
+
+#[test]
+fn forked_anywhere_beside_the_parent_no_overwrite() {
+    in_child("forked_anywhere_beside_the_parent_no_overwrite", || {
+        pre_fork_server(Mode::NoOverwrite, false)
+    });
+}
+
+#[test]
+fn forked_anywhere_beside_the_parent_overwrite() {
+    in_child("forked_anywhere_beside_the_parent_overwrite", || {
+        pre_fork_server(Mode::Overwrite, false)
+    });
 }
