@@ -1204,3 +1204,206 @@ fn pull_into_an_outdir_with_older_files_reports_them() {
         &["--writers", "1", "--count", &(batches * per).to_string()],
     );
 }
+
+/// A signed NATS JWT (version 2 claims) of `kind` ("operator", "account",
+/// "user") for `subject`, issued by `issuer`, with `nats` the kind's
+/// fields.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, kind: &str, mut nats: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    nats["type"] = kind.into();
+    nats["version"] = 2.into();
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let claims = serde_json::json!({
+        // Unique per token; the server does not check how it was made.
+        "jti": format!("RELAYFSTEST{}{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let head = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{head}.{body}");
+    let sig = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{sig}")
+}
+
+/// A credentials file as `nsc` writes it: the user's JWT and seed.
+fn creds_file(path: &Path, user_jwt: &str, seed: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Records a small demo channel `name` with the login `auth` and pulls it
+/// back with the same login; asserts every record came through, verified.
+fn record_and_pull_with(root: &Path, url: &str, name: &str, auth: &[&str]) {
+    let rec = recorder(root, name, url, "h", auth);
+    let (batches, per) = (10, 50);
+    let stats = produce(root, name, batches, per, |_, _| {});
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let dir = root.join(format!("pulled-{name}"));
+    let mut args = vec!["--channel", name];
+    args.extend_from_slice(auth);
+    let (po, pv) = pull(root, url, &dir, &args);
+    assert!(po.status.success(), "{pv}");
+    let dir = dir.join("h").join(name);
+    let s = summary(&dir);
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    assert_eq!(
+        s["records_delivered"].as_u64().unwrap() + s["lost"].as_u64().unwrap(),
+        batches * per,
+        "{s}"
+    );
+    verify(
+        root,
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
+#[test]
+fn an_nkey_login_records_and_a_wrong_nkey_is_refused() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let conf = tmp.path().join("nkey.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    let seed = tmp.path().join("user.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    record_and_pull_with(&root, &s.url(), "nk", &["--nkey", seed.to_str().unwrap()]);
+
+    let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
+    // Another user's seed: the server does not know its key.
+    let other = tmp.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    refused(
+        &root,
+        &["--to", &s.url(), "--nkey", other.to_str().unwrap()],
+        "authentication failed with --nkey",
+    );
+    // No login at all.
+    refused(
+        &root,
+        &["--to", &s.url()],
+        "authentication failed with no credentials",
+    );
+    // A file that holds no seed.
+    let junk = tmp.path().join("junk.nk");
+    std::fs::write(&junk, "UABCDEF is a public key, not a seed\n").unwrap();
+    refused(
+        &root,
+        &["--to", &s.url(), "--nkey", junk.to_str().unwrap()],
+        "not an NKey seed file",
+    );
+}
+
+#[test]
+fn a_jwt_creds_login_records_and_an_untrusted_one_is_refused() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    // Operator mode: operator -> account (JetStream allowed) -> user.
+    let op = nkeys::KeyPair::new_operator();
+    let acc = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    // JetStream needs the server's system account.
+    let sys = nkeys::KeyPair::new_account();
+    let op_jwt = jwt(
+        &op,
+        &op.public_key(),
+        "op",
+        "operator",
+        serde_json::json!({ "system_account": sys.public_key() }),
+    );
+    let sys_jwt = jwt(
+        &op,
+        &sys.public_key(),
+        "SYS",
+        "account",
+        serde_json::json!({}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    // The operator issues the account, the account its user.
+    let acc_jwt = jwt(
+        &op,
+        &acc.public_key(),
+        "acc",
+        "account",
+        serde_json::json!({ "limits": unlimited }),
+    );
+    let user_fields =
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1 });
+    let user_jwt = jwt(&acc, &user.public_key(), "u", "user", user_fields.clone());
+    let conf = tmp.path().join("op.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{op_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{acc_jwt}\"\n  {}: \"{sys_jwt}\"\n}}\n",
+            sys.public_key(),
+            acc.public_key(),
+            sys.public_key()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    let good = tmp.path().join("good.creds");
+    creds_file(&good, &user_jwt, &user.seed().unwrap());
+    record_and_pull_with(&root, &s.url(), "jwt", &["--creds", good.to_str().unwrap()]);
+
+    let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
+    // A user issued by an account the operator never signed.
+    let rogue = nkeys::KeyPair::new_account();
+    let stranger = nkeys::KeyPair::new_user();
+    let bad = tmp.path().join("untrusted.creds");
+    creds_file(
+        &bad,
+        &jwt(
+            &rogue,
+            &stranger.public_key(),
+            "x",
+            "user",
+            user_fields.clone(),
+        ),
+        &stranger.seed().unwrap(),
+    );
+    refused(
+        &root,
+        &["--to", &s.url(), "--creds", bad.to_str().unwrap()],
+        "authentication failed with --creds",
+    );
+    // The right JWT with another key's seed: the nonce's signature fails.
+    let forged = tmp.path().join("forged.creds");
+    creds_file(&forged, &user_jwt, &stranger.seed().unwrap());
+    refused(
+        &root,
+        &["--to", &s.url(), "--creds", forged.to_str().unwrap()],
+        "authentication failed with --creds",
+    );
+}
