@@ -848,13 +848,45 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
             a.await.unwrap();
             sent += msg as u64;
         }
-        sent as f64 / t.elapsed().as_secs_f64() / 1e6
+        let mb = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+        // Each run starts on an empty store (gigabytes on tmpfs otherwise).
+        js.delete_stream("ceiling").await.unwrap();
+        mb
     })
+}
+
+/// Deletes the stream `name` (after a benchmark run, so that the next run
+/// starts on an empty store).
+fn delete_stream(url: &str, name: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url.trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        async_nats::jetstream::new(client)
+            .delete_stream(name)
+            .await
+            .unwrap();
+    })
+}
+
+/// CPU seconds (user and system) of this process's children waited for.
+fn children_cpu_s() -> f64 {
+    // SAFETY: all-zero is a valid rusage, which getrusage fills in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// One relayfs run: a producer thread hammering a channel of 1 MiB
 /// sub-buffers for `secs` while `relayfs record --to` ships it (or with no
-/// reader); returns (MB/s delivered, producer ns per record).
+/// reader), the `relayfs` binary `bin` if given; returns (MB/s delivered,
+/// producer ns per record, the recorder's CPU seconds per GB delivered).
 fn relayfs_run(
     root: &Path,
     url: Option<&str>,
@@ -862,9 +894,25 @@ fn relayfs_run(
     secs: f64,
     i: usize,
     polite: bool,
-) -> (f64, f64) {
+    bin: Option<&Path>,
+) -> (f64, f64, f64) {
     let name = format!("bench{i}");
-    let rec = url.map(|u| recorder(root, &name, u, "bench", &["--quiet"]));
+    let window = bench_window().to_string();
+    let rec = url.map(|u| {
+        let mut c = relayfs(root);
+        if let Some(b) = bin {
+            c = Command::new(b);
+            c.env("RELAYFS_DIR", root);
+        }
+        c.args([
+            "record", &name, "--wait", "--json", "--to", u, "--host", "bench", "--quiet",
+            "--window", &window,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    });
     let chan = Channel::builder(&name)
         .relay_dir(root)
         .global(true)
@@ -880,17 +928,30 @@ fn relayfs_run(
     let ns = hammer(&chan, len, secs, polite);
     let stats = chan.close().unwrap();
     let Some(rec) = rec else {
-        return (0.0, ns);
+        return (0.0, ns, 0.0);
     };
+    let cpu = children_cpu_s();
     let (out, v) = finish(rec);
+    let cpu = children_cpu_s() - cpu;
     assert!(out.status.success(), "{v}");
-    let mb = v["bytes"].as_u64().unwrap() as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let bytes = v["bytes"].as_u64().unwrap() as f64;
+    let mb = bytes / t.elapsed().as_secs_f64() / 1e6;
     assert_eq!(
         v["records_delivered"].as_u64().unwrap() + v["lost"].as_u64().unwrap(),
         stats.records_written() + stats.dropped_full,
         "{v}"
     );
-    (mb, ns)
+    delete_stream(url.unwrap(), "relayfs");
+    (mb, ns, cpu / (bytes / 1e9))
+}
+
+/// Messages in flight, the recorder's `--window` and the client's
+/// (`BENCH_WINDOW`, default the recorder's default).
+fn bench_window() -> usize {
+    std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
 }
 
 /// The benchmark of docs/PERFORMANCE.md ("Into NATS JetStream"): MB/s from
@@ -924,16 +985,38 @@ fn jetstream_throughput() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
     let len = 4096;
+    // Another `relayfs` binary (an older build, say) measured beside this
+    // one in the same run.
+    let base: Option<PathBuf> = std::env::var_os("BENCH_BASELINE_RELAYFS").map(PathBuf::from);
     let (mut ceiling, mut shipped, mut paced) = (vec![], vec![], vec![]);
-    let (mut ns_nats, mut ns_none) = (vec![], vec![]);
+    let (mut ns_nats, mut ns_none, mut cpu) = (vec![], vec![], vec![]);
+    let (mut base_mb, mut base_cpu) = (vec![], vec![]);
     for i in 0..3 {
-        ceiling.push(client_ceiling(&url, 1 << 20, 8, secs));
-        let (mb, ns) = relayfs_run(&root, Some(&url), len, secs, i, false);
+        ceiling.push(client_ceiling(&url, 1 << 20, bench_window(), secs));
+        let (mb, ns, c) = relayfs_run(&root, Some(&url), len, secs, i, false, None);
         shipped.push(mb);
         ns_nats.push(ns);
-        paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true).0);
-        ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false).1);
+        cpu.push(c);
+        paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true, None).0);
+        ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false, None).1);
+        eprintln!(
+            "round {i}: client {:.0} MB/s, record --to {:.0} MB/s ({:.2} CPU s/GB), paced {:.0} MB/s",
+            ceiling[i], shipped[i], cpu[i], paced[i]
+        );
+        if let Some(b) = &base {
+            let (mb, _, c) = relayfs_run(&root, Some(&url), len, secs, 30 + i, false, Some(b));
+            base_mb.push(mb);
+            base_cpu.push(c);
+            eprintln!("round {i}: baseline binary {mb:.0} MB/s ({c:.2} CPU s/GB)");
+        }
     }
+    let baseline = (!base_mb.is_empty()).then(|| {
+        serde_json::json!({
+            "binary": base.as_ref().map(|b| b.display().to_string()),
+            "record_to_nats_mb_per_s": median(&mut base_mb),
+            "recorder_cpu_s_per_gb": median(&mut base_cpu),
+        })
+    });
     let (c, s, p) = (
         median(&mut ceiling),
         median(&mut shipped),
@@ -951,10 +1034,13 @@ fn jetstream_throughput() {
             "producer_ns_per_record_with_nats_recorder": a,
             "producer_ns_per_record_no_reader": b,
             "producer_cost_ratio": a / b,
+            "recorder_cpu_s_per_gb": median(&mut cpu),
+            "baseline": baseline,
             "record_bytes": len,
             "subbuf_size": 1 << 20,
             "runs": 3,
             "seconds_each": secs,
+            "window": bench_window(),
         })
     );
 }
