@@ -808,8 +808,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The ceiling: the async-nats client publishing `msg`-byte messages with
 /// acknowledgements, `window` in flight, for `secs`, on `url`'s server;
-/// MB/s.
-fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
+/// MB/s and the client's CPU seconds per GB.
+fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -828,6 +828,7 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
         .await
         .unwrap();
         let payload = bytes::Bytes::from(vec![7u8; msg]);
+        let cpu0 = thread_cpu_s();
         let mut inflight = std::collections::VecDeque::new();
         let (t, mut sent, mut n) = (Instant::now(), 0u64, 0u64);
         while t.elapsed().as_secs_f64() < secs {
@@ -849,10 +850,22 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
             sent += msg as u64;
         }
         let mb = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let cpu = (thread_cpu_s() - cpu0) / (sent as f64 / 1e9);
         // Each run starts on an empty store (gigabytes on tmpfs otherwise).
         js.delete_stream("ceiling").await.unwrap();
-        mb
+        (mb, cpu)
     })
+}
+
+/// CPU seconds (user and system) of the calling thread (the client's
+/// single-threaded runtime).
+fn thread_cpu_s() -> f64 {
+    // SAFETY: all-zero is a valid rusage, which getrusage fills in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// Deletes the stream `name` (after a benchmark run, so that the next run
@@ -990,9 +1003,12 @@ fn jetstream_throughput() {
     let base: Option<PathBuf> = std::env::var_os("BENCH_BASELINE_RELAYFS").map(PathBuf::from);
     let (mut ceiling, mut shipped, mut paced) = (vec![], vec![], vec![]);
     let (mut ns_nats, mut ns_none, mut cpu) = (vec![], vec![], vec![]);
+    let mut client_cpu = vec![];
     let (mut base_mb, mut base_cpu) = (vec![], vec![]);
     for i in 0..3 {
-        ceiling.push(client_ceiling(&url, 1 << 20, bench_window(), secs));
+        let (mb, c) = client_ceiling(&url, 1 << 20, bench_window(), secs);
+        ceiling.push(mb);
+        client_cpu.push(c);
         let (mb, ns, c) = relayfs_run(&root, Some(&url), len, secs, i, false, None);
         shipped.push(mb);
         ns_nats.push(ns);
@@ -1000,8 +1016,8 @@ fn jetstream_throughput() {
         paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true, None).0);
         ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false, None).1);
         eprintln!(
-            "round {i}: client {:.0} MB/s, record --to {:.0} MB/s ({:.2} CPU s/GB), paced {:.0} MB/s",
-            ceiling[i], shipped[i], cpu[i], paced[i]
+            "round {i}: client {:.0} MB/s ({:.2} CPU s/GB), record --to {:.0} MB/s ({:.2} CPU s/GB), paced {:.0} MB/s",
+            ceiling[i], client_cpu[i], shipped[i], cpu[i], paced[i]
         );
         if let Some(b) = &base {
             let (mb, _, c) = relayfs_run(&root, Some(&url), len, secs, 30 + i, false, Some(b));
@@ -1035,6 +1051,7 @@ fn jetstream_throughput() {
             "producer_ns_per_record_no_reader": b,
             "producer_cost_ratio": a / b,
             "recorder_cpu_s_per_gb": median(&mut cpu),
+            "client_cpu_s_per_gb": median(&mut client_cpu),
             "baseline": baseline,
             "record_bytes": len,
             "subbuf_size": 1 << 20,
