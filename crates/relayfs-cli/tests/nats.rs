@@ -1026,6 +1026,31 @@ fn jetstream_throughput() {
             eprintln!("round {i}: baseline binary {mb:.0} MB/s ({c:.2} CPU s/GB)");
         }
     }
+    // The client again, with a producer thread spinning beside it on a
+    // channel no one reads (the same loop, the same CPU, as in the record
+    // --to runs): on a machine of few CPUs, the producer's CPU is the
+    // broker's loss in both.
+    let mut ceiling_busy = vec![];
+    for i in 0..3 {
+        let chan = Channel::builder(&format!("busy{i}"))
+            .relay_dir(&root)
+            .global(true)
+            .subbuf_size(1 << 20)
+            .n_subbufs(16)
+            .stale(Stale::Replace)
+            .open()
+            .unwrap();
+        let mb = std::thread::scope(|sc| {
+            let h = sc.spawn(|| hammer(&chan, len, secs, false));
+            let mb = client_ceiling(&url, 1 << 20, bench_window(), secs).0;
+            h.join().unwrap();
+            mb
+        });
+        chan.close().unwrap();
+        eprintln!("round {i}: client beside a spinning producer {mb:.0} MB/s");
+        ceiling_busy.push(mb);
+    }
+    let cb = median(&mut ceiling_busy);
     let baseline = (!base_mb.is_empty()).then(|| {
         serde_json::json!({
             "binary": base.as_ref().map(|b| b.display().to_string()),
@@ -1045,6 +1070,8 @@ fn jetstream_throughput() {
             "client_ceiling_mb_per_s": c,
             "record_to_nats_mb_per_s": s,
             "ratio_to_ceiling": s / c,
+            "client_beside_spinning_producer_mb_per_s": cb,
+            "ratio_to_client_beside_producer": s / cb,
             "record_to_nats_paced_producer_mb_per_s": p,
             "paced_ratio_to_ceiling": p / c,
             "producer_ns_per_record_with_nats_recorder": a,
