@@ -1375,8 +1375,9 @@ fn creds_file(path: &Path, user_jwt: &str, seed: &str) {
 }
 
 /// Records a small demo channel `name` with the login `auth` and pulls it
-/// back with the same login; asserts every record came through, verified.
-fn record_and_pull_with(root: &Path, url: &str, name: &str, auth: &[&str]) {
+/// back with the same login; asserts every record came through, verified;
+/// returns the recorder's output.
+fn record_and_pull_with(root: &Path, url: &str, name: &str, auth: &[&str]) -> Output {
     let rec = recorder(root, name, url, "h", auth);
     let (batches, per) = (10, 50);
     let stats = produce(root, name, batches, per, |_, _| {});
@@ -1400,6 +1401,26 @@ fn record_and_pull_with(root: &Path, url: &str, name: &str, auth: &[&str]) {
         &dir,
         &["--writers", "1", "--count", &(batches * per).to_string()],
     );
+    out
+}
+
+#[test]
+fn sub_buffers_larger_than_max_payload_go_in_parts_and_come_back_whole() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let conf = tmp.path().join("small.conf");
+    std::fs::write(&conf, "max_payload: 4096\n").unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    // 16 KiB sub-buffers (`produce`), 3 KiB of data a message: 6 parts.
+    let out = record_and_pull_with(&root, &s.url(), "parts", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sub-buffers of 16384 bytes are more than a message holds")
+            && err.contains("goes as 6 messages"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1421,7 +1442,7 @@ fn an_nkey_login_records_and_a_wrong_nkey_is_refused() {
     let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
     let seed = tmp.path().join("user.nk");
     std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
-    record_and_pull_with(&root, &s.url(), "nk", &["--nkey", seed.to_str().unwrap()]);
+    let _ = record_and_pull_with(&root, &s.url(), "nk", &["--nkey", seed.to_str().unwrap()]);
 
     let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
     // Another user's seed: the server does not know its key.
@@ -1505,7 +1526,7 @@ fn a_jwt_creds_login_records_and_an_untrusted_one_is_refused() {
     let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
     let good = tmp.path().join("good.creds");
     creds_file(&good, &user_jwt, &user.seed().unwrap());
-    record_and_pull_with(&root, &s.url(), "jwt", &["--creds", good.to_str().unwrap()]);
+    let _ = record_and_pull_with(&root, &s.url(), "jwt", &["--creds", good.to_str().unwrap()]);
 
     let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
     // A user issued by an account the operator never signed.

@@ -651,6 +651,22 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
             format!("{}: {}", b.path.display(), b.reason),
         ));
     }
+    if let Some(big) = bufs
+        .iter()
+        .map(|(_, f, _)| f.header().geometry.subbuf_size)
+        .filter(|&size| size as usize > chunk)
+        .max()
+    {
+        if !cfg.show.quiet {
+            // Not an error (the parts are joined by `pull`), but twice the
+            // messages, acknowledgements and headers for the same data.
+            crate::util::errln!(
+                "relayfs record: note: sub-buffers of {big} bytes are more than a message holds on this server (max_payload {max_payload} less {} bytes for headers): a full one goes as {} messages; sub-buffers of at most {chunk} bytes, or a larger max_payload, avoid that",
+                natsio::HEADER_ROOM,
+                (big as usize).div_ceil(chunk)
+            );
+        }
+    }
     let memory = MemorySampler::start();
     let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
     let stop = Arc::new(AtomicBool::new(false));
