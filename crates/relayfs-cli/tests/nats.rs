@@ -857,6 +857,20 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> (f64, f64)
     })
 }
 
+/// CPU seconds (user and system) of the process `pid` so far, from
+/// `/proc/PID/stat` (in clock ticks).
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces), from the
+    // third: utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz as f64
+}
+
 /// CPU seconds (user and system) of the calling thread (the client's
 /// single-threaded runtime).
 fn thread_cpu_s() -> f64 {
@@ -947,6 +961,11 @@ fn relayfs_run(
     let (out, v) = finish(rec);
     let cpu = children_cpu_s() - cpu;
     assert!(out.status.success(), "{v}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    if !said.trim().is_empty() {
+        // A retry, a stream recreated: what a slow run was doing.
+        eprintln!("{name}: the recorder said: {}", said.trim());
+    }
     let bytes = v["bytes"].as_u64().unwrap() as f64;
     let mb = bytes / t.elapsed().as_secs_f64() / 1e6;
     assert_eq!(
@@ -1005,19 +1024,34 @@ fn jetstream_throughput() {
     let (mut ns_nats, mut ns_none, mut cpu) = (vec![], vec![], vec![]);
     let mut client_cpu = vec![];
     let (mut base_mb, mut base_cpu) = (vec![], vec![]);
+    // The broker's CPUs busy (CPU seconds a second) while the client
+    // publishes, and while `record --to` ships.
+    let (mut broker_client, mut broker_record) = (vec![], vec![]);
+    let broker = server.child.as_ref().unwrap().id();
+    let busy = |f: &mut dyn FnMut()| {
+        let (c, t) = (proc_cpu_s(broker), Instant::now());
+        f();
+        (proc_cpu_s(broker) - c) / t.elapsed().as_secs_f64()
+    };
     for i in 0..3 {
-        let (mb, c) = client_ceiling(&url, 1 << 20, bench_window(), secs);
+        let (mut mb, mut c) = (0.0, 0.0);
+        broker_client.push(busy(&mut || {
+            (mb, c) = client_ceiling(&url, 1 << 20, bench_window(), secs)
+        }));
         ceiling.push(mb);
         client_cpu.push(c);
-        let (mb, ns, c) = relayfs_run(&root, Some(&url), len, secs, i, false, None);
+        let (mut mb, mut ns, mut c) = (0.0, 0.0, 0.0);
+        broker_record.push(busy(&mut || {
+            (mb, ns, c) = relayfs_run(&root, Some(&url), len, secs, i, false, None)
+        }));
         shipped.push(mb);
         ns_nats.push(ns);
         cpu.push(c);
         paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true, None).0);
         ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false, None).1);
         eprintln!(
-            "round {i}: client {:.0} MB/s ({:.2} CPU s/GB), record --to {:.0} MB/s ({:.2} CPU s/GB), paced {:.0} MB/s",
-            ceiling[i], client_cpu[i], shipped[i], cpu[i], paced[i]
+            "round {i}: client {:.0} MB/s ({:.2} CPU s/GB, broker {:.2} CPUs), record --to {:.0} MB/s ({:.2} CPU s/GB, broker {:.2} CPUs), paced {:.0} MB/s",
+            ceiling[i], client_cpu[i], broker_client[i], shipped[i], cpu[i], broker_record[i], paced[i]
         );
         if let Some(b) = &base {
             let (mb, _, c) = relayfs_run(&root, Some(&url), len, secs, 30 + i, false, Some(b));
@@ -1079,6 +1113,8 @@ fn jetstream_throughput() {
             "producer_cost_ratio": a / b,
             "recorder_cpu_s_per_gb": median(&mut cpu),
             "client_cpu_s_per_gb": median(&mut client_cpu),
+            "broker_cpus_busy_with_client": median(&mut broker_client),
+            "broker_cpus_busy_with_record_to": median(&mut broker_record),
             "baseline": baseline,
             "record_bytes": len,
             "subbuf_size": 1 << 20,
