@@ -835,7 +835,8 @@ struct Located {
 /// made of it with `Bytes::from_owner`). It keeps the mapping alive, and
 /// the reader does not consume the sub-buffer while the view lives.
 pub struct SubbufView {
-    map: Arc<Mapped<ReaderMap>>,
+    /// Keeps the mapping `src` points into.
+    _map: Arc<Mapped<ReaderMap>>,
     src: *const u8,
     len: usize,
     /// Its liveness, watched by the reader (`RelayFile::views`).
@@ -850,7 +851,7 @@ pub struct SubbufView {
     pub partial: bool,
 }
 
-// SAFETY: `src` points into `map`'s read-only mapping, which the view owns
+// SAFETY: `src` points into `_map`'s read-only mapping, which the view owns
 // a share of (`Mapped` is `Send + Sync`); the view only reads through it.
 unsafe impl Send for SubbufView {}
 // SAFETY: as for `Send`: shared references only read the mapping.
@@ -858,9 +859,8 @@ unsafe impl Sync for SubbufView {}
 
 impl AsRef<[u8]> for SubbufView {
     fn as_ref(&self) -> &[u8] {
-        let _ = &self.map;
         // SAFETY: `src..src + len` is within the mapping (`slot_ptr` checked
-        // the bounds when the view was made), which `self.map` keeps mapped
+        // the bounds when the view was made), which `self._map` keeps mapped
         // for as long as `self` lives. The bytes are a complete sub-buffer
         // in a no-overwrite buffer (`locate` refuses overwrite mode) that
         // the reader does not consume while this view lives
@@ -977,7 +977,7 @@ impl RelayFile {
         self.views.retain(|(_, w)| w.strong_count() > 0);
         self.views.push((seq, Arc::downgrade(&live)));
         Ok(Some(SubbufView {
-            map: self.map.clone(),
+            _map: self.map.clone(),
             src: at.src,
             len: at.len,
             _live: live,
