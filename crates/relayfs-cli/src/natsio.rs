@@ -66,11 +66,35 @@ pub struct NatsArgs {
     #[arg(long, requires = "user")]
     pub password: Option<String>,
     /// Authentication token
-    #[arg(long, conflicts_with_all = ["user", "creds"])]
+    #[arg(long, conflicts_with_all = ["user", "creds", "nkey"])]
     pub token: Option<String>,
     /// NATS credentials file (JWT and NKey seed, as `nsc` writes it)
-    #[arg(long, value_name = "FILE", conflicts_with = "user")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["user", "nkey"])]
     pub creds: Option<PathBuf>,
+    /// File holding a user NKey seed (`SU...`), for a server that lists
+    /// the user's public NKey
+    #[arg(long, value_name = "FILE", conflicts_with = "user")]
+    pub nkey: Option<PathBuf>,
+}
+
+/// The user NKey seed in the file `path`: its first line that starts with
+/// `SU` (a seed file as `nk -gen user` writes it, or a seed alone), or a
+/// clear error.
+pub(crate) fn read_nkey_seed(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the NKey seed file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| {
+            l.starts_with("SU") && l.len() > 2 && l.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: not an NKey seed file (expected a user seed, a line starting with SU)",
+                path.display()
+            )
+        })
 }
 
 /// A broker address, checked: `nats://[USER:PASSWORD@]HOST[:PORT]`.
@@ -156,11 +180,15 @@ pub(crate) async fn connect(url: &NatsUrl, a: &NatsArgs, name: &str) -> Result<a
             .with_context(|| format!("cannot use the credentials file {}", c.display()))?;
         how = "--creds";
     }
+    if let Some(k) = &a.nkey {
+        opts = opts.nkey(read_nkey_seed(k)?);
+        how = "--nkey";
+    }
     match opts.connect(addr.as_str()).await {
         Ok(c) => Ok(c),
         Err(e) => Err(match e.kind() {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => anyhow!(
-                "nats://{addr}: authentication failed with {how} (give --user and --password, --token or --creds as the server expects)"
+                "nats://{addr}: authentication failed with {how} (give --user and --password, --token, --creds or --nkey as the server expects)"
             ),
             ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::MaxReconnects => {
                 anyhow!("nats://{addr}: cannot connect ({e}): is nats-server running there, with -js?")

@@ -808,8 +808,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The ceiling: the async-nats client publishing `msg`-byte messages with
 /// acknowledgements, `window` in flight, for `secs`, on `url`'s server;
-/// MB/s.
-fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
+/// MB/s and the client's CPU seconds per GB.
+fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> (f64, f64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -828,6 +828,7 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
         .await
         .unwrap();
         let payload = bytes::Bytes::from(vec![7u8; msg]);
+        let cpu0 = thread_cpu_s();
         let mut inflight = std::collections::VecDeque::new();
         let (t, mut sent, mut n) = (Instant::now(), 0u64, 0u64);
         while t.elapsed().as_secs_f64() < secs {
@@ -848,13 +849,71 @@ fn client_ceiling(url: &str, msg: usize, window: usize, secs: f64) -> f64 {
             a.await.unwrap();
             sent += msg as u64;
         }
-        sent as f64 / t.elapsed().as_secs_f64() / 1e6
+        let mb = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let cpu = (thread_cpu_s() - cpu0) / (sent as f64 / 1e9);
+        // Each run starts on an empty store (gigabytes on tmpfs otherwise).
+        js.delete_stream("ceiling").await.unwrap();
+        (mb, cpu)
     })
+}
+
+/// CPU seconds (user and system) of the process `pid` so far, from
+/// `/proc/PID/stat` (in clock ticks).
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces), from the
+    // third: utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz as f64
+}
+
+/// CPU seconds (user and system) of the calling thread (the client's
+/// single-threaded runtime).
+fn thread_cpu_s() -> f64 {
+    // SAFETY: all-zero is a valid rusage, which getrusage fills in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Deletes the stream `name` (after a benchmark run, so that the next run
+/// starts on an empty store).
+fn delete_stream(url: &str, name: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url.trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        async_nats::jetstream::new(client)
+            .delete_stream(name)
+            .await
+            .unwrap();
+    })
+}
+
+/// CPU seconds (user and system) of this process's children waited for.
+fn children_cpu_s() -> f64 {
+    // SAFETY: all-zero is a valid rusage, which getrusage fills in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// One relayfs run: a producer thread hammering a channel of 1 MiB
 /// sub-buffers for `secs` while `relayfs record --to` ships it (or with no
-/// reader); returns (MB/s delivered, producer ns per record).
+/// reader), the `relayfs` binary `bin` if given; returns (MB/s delivered,
+/// producer ns per record, the recorder's CPU seconds per GB delivered).
 fn relayfs_run(
     root: &Path,
     url: Option<&str>,
@@ -862,9 +921,25 @@ fn relayfs_run(
     secs: f64,
     i: usize,
     polite: bool,
-) -> (f64, f64) {
+    bin: Option<&Path>,
+) -> (f64, f64, f64) {
     let name = format!("bench{i}");
-    let rec = url.map(|u| recorder(root, &name, u, "bench", &["--quiet"]));
+    let window = bench_window().to_string();
+    let rec = url.map(|u| {
+        let mut c = relayfs(root);
+        if let Some(b) = bin {
+            c = Command::new(b);
+            c.env("RELAYFS_DIR", root);
+        }
+        c.args([
+            "record", &name, "--wait", "--json", "--to", u, "--host", "bench", "--quiet",
+            "--window", &window,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    });
     let chan = Channel::builder(&name)
         .relay_dir(root)
         .global(true)
@@ -880,17 +955,35 @@ fn relayfs_run(
     let ns = hammer(&chan, len, secs, polite);
     let stats = chan.close().unwrap();
     let Some(rec) = rec else {
-        return (0.0, ns);
+        return (0.0, ns, 0.0);
     };
+    let cpu = children_cpu_s();
     let (out, v) = finish(rec);
+    let cpu = children_cpu_s() - cpu;
     assert!(out.status.success(), "{v}");
-    let mb = v["bytes"].as_u64().unwrap() as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let said = String::from_utf8_lossy(&out.stderr);
+    if !said.trim().is_empty() {
+        // A retry, a stream recreated: what a slow run was doing.
+        eprintln!("{name}: the recorder said: {}", said.trim());
+    }
+    let bytes = v["bytes"].as_u64().unwrap() as f64;
+    let mb = bytes / t.elapsed().as_secs_f64() / 1e6;
     assert_eq!(
         v["records_delivered"].as_u64().unwrap() + v["lost"].as_u64().unwrap(),
         stats.records_written() + stats.dropped_full,
         "{v}"
     );
-    (mb, ns)
+    delete_stream(url.unwrap(), "relayfs");
+    (mb, ns, cpu / (bytes / 1e9))
+}
+
+/// Messages in flight, the recorder's `--window` and the client's
+/// (`BENCH_WINDOW`, default the recorder's default).
+fn bench_window() -> usize {
+    std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
 }
 
 /// The benchmark of docs/PERFORMANCE.md ("Into NATS JetStream"): MB/s from
@@ -924,16 +1017,81 @@ fn jetstream_throughput() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
     let len = 4096;
+    // Another `relayfs` binary (an older build, say) measured beside this
+    // one in the same run.
+    let base: Option<PathBuf> = std::env::var_os("BENCH_BASELINE_RELAYFS").map(PathBuf::from);
     let (mut ceiling, mut shipped, mut paced) = (vec![], vec![], vec![]);
-    let (mut ns_nats, mut ns_none) = (vec![], vec![]);
+    let (mut ns_nats, mut ns_none, mut cpu) = (vec![], vec![], vec![]);
+    let mut client_cpu = vec![];
+    let (mut base_mb, mut base_cpu) = (vec![], vec![]);
+    // The broker's CPUs busy (CPU seconds a second) while the client
+    // publishes, and while `record --to` ships.
+    let (mut broker_client, mut broker_record) = (vec![], vec![]);
+    let broker = server.child.as_ref().unwrap().id();
+    let busy = |f: &mut dyn FnMut()| {
+        let (c, t) = (proc_cpu_s(broker), Instant::now());
+        f();
+        (proc_cpu_s(broker) - c) / t.elapsed().as_secs_f64()
+    };
     for i in 0..3 {
-        ceiling.push(client_ceiling(&url, 1 << 20, 8, secs));
-        let (mb, ns) = relayfs_run(&root, Some(&url), len, secs, i, false);
+        let (mut mb, mut c) = (0.0, 0.0);
+        broker_client.push(busy(&mut || {
+            (mb, c) = client_ceiling(&url, 1 << 20, bench_window(), secs)
+        }));
+        ceiling.push(mb);
+        client_cpu.push(c);
+        let (mut mb, mut ns, mut c) = (0.0, 0.0, 0.0);
+        broker_record.push(busy(&mut || {
+            (mb, ns, c) = relayfs_run(&root, Some(&url), len, secs, i, false, None)
+        }));
         shipped.push(mb);
         ns_nats.push(ns);
-        paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true).0);
-        ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false).1);
+        cpu.push(c);
+        paced.push(relayfs_run(&root, Some(&url), len, secs, 20 + i, true, None).0);
+        ns_none.push(relayfs_run(&root, None, len, secs, 10 + i, false, None).1);
+        eprintln!(
+            "round {i}: client {:.0} MB/s ({:.2} CPU s/GB, broker {:.2} CPUs), record --to {:.0} MB/s ({:.2} CPU s/GB, broker {:.2} CPUs), paced {:.0} MB/s",
+            ceiling[i], client_cpu[i], broker_client[i], shipped[i], cpu[i], broker_record[i], paced[i]
+        );
+        if let Some(b) = &base {
+            let (mb, _, c) = relayfs_run(&root, Some(&url), len, secs, 30 + i, false, Some(b));
+            base_mb.push(mb);
+            base_cpu.push(c);
+            eprintln!("round {i}: baseline binary {mb:.0} MB/s ({c:.2} CPU s/GB)");
+        }
     }
+    // The client again, with a producer thread spinning beside it on a
+    // channel no one reads (the same loop, the same CPU, as in the record
+    // --to runs): on a machine of few CPUs, the producer's CPU is the
+    // broker's loss in both.
+    let mut ceiling_busy = vec![];
+    for i in 0..3 {
+        let chan = Channel::builder(&format!("busy{i}"))
+            .relay_dir(&root)
+            .global(true)
+            .subbuf_size(1 << 20)
+            .n_subbufs(16)
+            .stale(Stale::Replace)
+            .open()
+            .unwrap();
+        let mb = std::thread::scope(|sc| {
+            let h = sc.spawn(|| hammer(&chan, len, secs, false));
+            let mb = client_ceiling(&url, 1 << 20, bench_window(), secs).0;
+            h.join().unwrap();
+            mb
+        });
+        chan.close().unwrap();
+        eprintln!("round {i}: client beside a spinning producer {mb:.0} MB/s");
+        ceiling_busy.push(mb);
+    }
+    let cb = median(&mut ceiling_busy);
+    let baseline = (!base_mb.is_empty()).then(|| {
+        serde_json::json!({
+            "binary": base.as_ref().map(|b| b.display().to_string()),
+            "record_to_nats_mb_per_s": median(&mut base_mb),
+            "recorder_cpu_s_per_gb": median(&mut base_cpu),
+        })
+    });
     let (c, s, p) = (
         median(&mut ceiling),
         median(&mut shipped),
@@ -946,15 +1104,23 @@ fn jetstream_throughput() {
             "client_ceiling_mb_per_s": c,
             "record_to_nats_mb_per_s": s,
             "ratio_to_ceiling": s / c,
+            "client_beside_spinning_producer_mb_per_s": cb,
+            "ratio_to_client_beside_producer": s / cb,
             "record_to_nats_paced_producer_mb_per_s": p,
             "paced_ratio_to_ceiling": p / c,
             "producer_ns_per_record_with_nats_recorder": a,
             "producer_ns_per_record_no_reader": b,
             "producer_cost_ratio": a / b,
+            "recorder_cpu_s_per_gb": median(&mut cpu),
+            "client_cpu_s_per_gb": median(&mut client_cpu),
+            "broker_cpus_busy_with_client": median(&mut broker_client),
+            "broker_cpus_busy_with_record_to": median(&mut broker_record),
+            "baseline": baseline,
             "record_bytes": len,
             "subbuf_size": 1 << 20,
             "runs": 3,
             "seconds_each": secs,
+            "window": bench_window(),
         })
     );
 }
@@ -1202,5 +1368,229 @@ fn pull_into_an_outdir_with_older_files_reports_them() {
         tmp.path(),
         &chan,
         &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+}
+
+/// A signed NATS JWT (version 2 claims) of `kind` ("operator", "account",
+/// "user") for `subject`, issued by `issuer`, with `nats` the kind's
+/// fields.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, kind: &str, mut nats: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    nats["type"] = kind.into();
+    nats["version"] = 2.into();
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let claims = serde_json::json!({
+        // Unique per token; the server does not check how it was made.
+        "jti": format!("RELAYFSTEST{}{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let head = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{head}.{body}");
+    let sig = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{sig}")
+}
+
+/// A credentials file as `nsc` writes it: the user's JWT and seed.
+fn creds_file(path: &Path, user_jwt: &str, seed: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Records a small demo channel `name` with the login `auth` and pulls it
+/// back with the same login; asserts every record came through, verified;
+/// returns the recorder's output.
+fn record_and_pull_with(root: &Path, url: &str, name: &str, auth: &[&str]) -> Output {
+    let rec = recorder(root, name, url, "h", auth);
+    let (batches, per) = (10, 50);
+    let stats = produce(root, name, batches, per, |_, _| {});
+    let (out, v) = finish(rec);
+    assert!(out.status.success(), "{v}");
+    let dir = root.join(format!("pulled-{name}"));
+    let mut args = vec!["--channel", name];
+    args.extend_from_slice(auth);
+    let (po, pv) = pull(root, url, &dir, &args);
+    assert!(po.status.success(), "{pv}");
+    let dir = dir.join("h").join(name);
+    let s = summary(&dir);
+    assert_eq!(s["records_delivered"], stats.records_written(), "{s}");
+    assert_eq!(
+        s["records_delivered"].as_u64().unwrap() + s["lost"].as_u64().unwrap(),
+        batches * per,
+        "{s}"
+    );
+    verify(
+        root,
+        &dir,
+        &["--writers", "1", "--count", &(batches * per).to_string()],
+    );
+    out
+}
+
+#[test]
+fn sub_buffers_larger_than_max_payload_go_in_parts_and_come_back_whole() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let conf = tmp.path().join("small.conf");
+    std::fs::write(&conf, "max_payload: 4096\n").unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    // 16 KiB sub-buffers (`produce`), 3 KiB of data a message: 6 parts.
+    let out = record_and_pull_with(&root, &s.url(), "parts", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sub-buffers of 16384 bytes are more than a message holds")
+            && err.contains("goes as 6 messages"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_nkey_login_records_and_a_wrong_nkey_is_refused() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let conf = tmp.path().join("nkey.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    let seed = tmp.path().join("user.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    let _ = record_and_pull_with(&root, &s.url(), "nk", &["--nkey", seed.to_str().unwrap()]);
+
+    let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
+    // Another user's seed: the server does not know its key.
+    let other = tmp.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    refused(
+        &root,
+        &["--to", &s.url(), "--nkey", other.to_str().unwrap()],
+        "authentication failed with --nkey",
+    );
+    // No login at all.
+    refused(
+        &root,
+        &["--to", &s.url()],
+        "authentication failed with no credentials",
+    );
+    // A file that holds no seed.
+    let junk = tmp.path().join("junk.nk");
+    std::fs::write(&junk, "UABCDEF is a public key, not a seed\n").unwrap();
+    refused(
+        &root,
+        &["--to", &s.url(), "--nkey", junk.to_str().unwrap()],
+        "not an NKey seed file",
+    );
+}
+
+#[test]
+fn a_jwt_creds_login_records_and_an_untrusted_one_is_refused() {
+    let Some(bin) = nats_server() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("relay");
+    std::fs::create_dir(&root).unwrap();
+    // Operator mode: operator -> account (JetStream allowed) -> user.
+    let op = nkeys::KeyPair::new_operator();
+    let acc = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    // JetStream needs the server's system account.
+    let sys = nkeys::KeyPair::new_account();
+    let op_jwt = jwt(
+        &op,
+        &op.public_key(),
+        "op",
+        "operator",
+        serde_json::json!({ "system_account": sys.public_key() }),
+    );
+    let sys_jwt = jwt(
+        &op,
+        &sys.public_key(),
+        "SYS",
+        "account",
+        serde_json::json!({}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    // The operator issues the account, the account its user.
+    let acc_jwt = jwt(
+        &op,
+        &acc.public_key(),
+        "acc",
+        "account",
+        serde_json::json!({ "limits": unlimited }),
+    );
+    let user_fields =
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1 });
+    let user_jwt = jwt(&acc, &user.public_key(), "u", "user", user_fields.clone());
+    let conf = tmp.path().join("op.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{op_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{acc_jwt}\"\n  {}: \"{sys_jwt}\"\n}}\n",
+            sys.public_key(),
+            acc.public_key(),
+            sys.public_key()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&bin, &tmp.path().join("s"), &["-c", conf.to_str().unwrap()]);
+    let good = tmp.path().join("good.creds");
+    creds_file(&good, &user_jwt, &user.seed().unwrap());
+    let _ = record_and_pull_with(&root, &s.url(), "jwt", &["--creds", good.to_str().unwrap()]);
+
+    let _chan = Channel::builder("bad").relay_dir(&root).open().unwrap();
+    // A user issued by an account the operator never signed.
+    let rogue = nkeys::KeyPair::new_account();
+    let stranger = nkeys::KeyPair::new_user();
+    let bad = tmp.path().join("untrusted.creds");
+    creds_file(
+        &bad,
+        &jwt(
+            &rogue,
+            &stranger.public_key(),
+            "x",
+            "user",
+            user_fields.clone(),
+        ),
+        &stranger.seed().unwrap(),
+    );
+    refused(
+        &root,
+        &["--to", &s.url(), "--creds", bad.to_str().unwrap()],
+        "authentication failed with --creds",
+    );
+    // The right JWT with another key's seed: the nonce's signature fails.
+    let forged = tmp.path().join("forged.creds");
+    creds_file(&forged, &user_jwt, &stranger.seed().unwrap());
+    refused(
+        &root,
+        &["--to", &s.url(), "--creds", forged.to_str().unwrap()],
+        "authentication failed with --creds",
     );
 }

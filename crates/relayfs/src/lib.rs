@@ -80,7 +80,7 @@ pub use frame::{
 pub use kernel::{AnyRelayFile, KernelRelayFile, RelayKind};
 pub use layout::{BufferHeader, Geometry};
 pub use notify::wake_fifo_path;
-pub use reader::{BufferStatus, Mapping, PeekedSubbuf, Ready, ReadySubbuf, RelayFile};
+pub use reader::{BufferStatus, Mapping, PeekedSubbuf, Ready, ReadySubbuf, RelayFile, SubbufView};
 pub use readers::{ChannelError, ReadAny, Readers, Readiness};
 pub use stats::BufferStats;
 

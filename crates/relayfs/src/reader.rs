@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Avail, BufferStats, Mapped, Shared};
@@ -75,12 +76,15 @@ pub struct BufferStatus {
 pub struct RelayFile {
     path: PathBuf,
     file: File,
-    map: Mapped<ReaderMap>,
+    /// Shared with the [`SubbufView`]s handed out, which keep it mapped.
+    map: Arc<Mapped<ReaderMap>>,
     waiter: Option<Waiter>,
     header: BufferHeader,
     cur: Cursor,
     /// A hand-off its predecessor left in flight, counted lost at open.
     lost_handoff: Option<LostHandoff>,
+    /// The sequence number of each view handed out, and whether it lives.
+    views: Vec<(u64, Weak<()>)>,
 }
 
 impl std::fmt::Debug for RelayFile {
@@ -104,7 +108,7 @@ impl RelayFile {
         let path = path.as_ref().to_path_buf();
         let file = open_regular(&path, true)?;
         let (map, header) = ReaderMap::open(&file, &path, true)?;
-        let map = Mapped::attach(map, &header);
+        let map = Arc::new(Mapped::attach(map, &header));
         let s = &map.shared;
         // `relay_close` holds the reader lock for a moment while it counts
         // what no reader attached will read, and stores the state closed
@@ -137,6 +141,7 @@ impl RelayFile {
             header,
             cur,
             lost_handoff,
+            views: Vec::new(),
         })
     }
 
@@ -914,6 +919,71 @@ pub struct PeekedSubbuf {
     pub partial: bool,
 }
 
+/// Where a complete sub-buffer's data lies in the mapping.
+struct Located {
+    src: *const u8,
+    len: usize,
+    offset: u64,
+    records: u64,
+    partial: bool,
+}
+
+/// A complete sub-buffer's data in place in the buffer's mapping, not
+/// copied and not consumed ([`RelayFile::peek_subbuf_view`]): the fields of
+/// [`PeekedSubbuf`], and the data as `AsRef<[u8]>` (a `bytes::Bytes` can be
+/// made of it with `Bytes::from_owner`). It keeps the mapping alive, and
+/// the reader does not consume the sub-buffer while the view lives.
+pub struct SubbufView {
+    /// Keeps the mapping `src` points into.
+    _map: Arc<Mapped<ReaderMap>>,
+    src: *const u8,
+    len: usize,
+    /// Its liveness, watched by the reader (`RelayFile::views`).
+    _live: Arc<()>,
+    /// As [`PeekedSubbuf::seq`].
+    pub seq: u64,
+    /// As [`PeekedSubbuf::offset`].
+    pub offset: u64,
+    /// As [`PeekedSubbuf::records`].
+    pub records: u64,
+    /// As [`PeekedSubbuf::partial`].
+    pub partial: bool,
+}
+
+// SAFETY: `src` points into `_map`'s read-only mapping, which the view owns
+// a share of (`Mapped` is `Send + Sync`); the view only reads through it.
+unsafe impl Send for SubbufView {}
+// SAFETY: as for `Send`: shared references only read the mapping.
+unsafe impl Sync for SubbufView {}
+
+impl AsRef<[u8]> for SubbufView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `src..src + len` is within the mapping (`slot_ptr` checked
+        // the bounds when the view was made), which `self._map` keeps mapped
+        // for as long as `self` lives. The bytes are a complete sub-buffer
+        // in a no-overwrite buffer (`locate` refuses overwrite mode) that
+        // the reader does not consume while this view lives
+        // (`consume_through` stops before `oldest_viewed`), so no writer
+        // reuses them: they don't change under the slice. (A hostile writer
+        // of the file can change any byte of it, as for every read of the
+        // mapping: wrong bytes, never an access out of bounds; see the trust
+        // model in docs/DESIGN.md.)
+        unsafe { std::slice::from_raw_parts(self.src, self.len) }
+    }
+}
+
+impl std::fmt::Debug for SubbufView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubbufView")
+            .field("seq", &self.seq)
+            .field("len", &self.len)
+            .field("offset", &self.offset)
+            .field("records", &self.records)
+            .field("partial", &self.partial)
+            .finish()
+    }
+}
+
 impl RelayFile {
     /// The sequence number of the next sub-buffer to consume: the reader's
     /// position, kept in the buffer file, so that a reader closed (or
@@ -963,6 +1033,70 @@ impl RelayFile {
         seq: u64,
         out: &mut PeekedSubbuf,
     ) -> Result<bool, ReadError> {
+        let Some(at) = self.locate(seq)? else {
+            return Ok(false);
+        };
+        out.data.clear();
+        out.data.reserve(at.len);
+        // SAFETY: `at.src..at.src + at.len` is within the mapping
+        // (`slot_ptr` checked the bounds) and is a complete sub-buffer not
+        // consumed yet, which no writer touches in no-overwrite mode;
+        // `out.data` has room for `len` bytes, all initialized by the copy
+        // before `set_len`. (No zeroing first: at megabytes a sub-buffer, it
+        // costs as much as the copy.)
+        unsafe {
+            std::ptr::copy_nonoverlapping(at.src, out.data.as_mut_ptr(), at.len);
+            out.data.set_len(at.len);
+        }
+        out.seq = seq;
+        out.offset = at.offset;
+        out.records = at.records;
+        out.partial = at.partial;
+        Ok(true)
+    }
+
+    /// As [`peek_subbuf`](Self::peek_subbuf), without the copy: a view of
+    /// the sub-buffer's data where it lies in the buffer's mapping (which
+    /// the view keeps mapped, so it may outlive `self`), for a reader that
+    /// hands the bytes to the kernel (a socket write) and wants no copy of
+    /// its own. As long as a view of a sub-buffer lives,
+    /// [`consume_through`](Self::consume_through) does not hand it (or
+    /// anything after it) back to the producer, and in no-overwrite mode no
+    /// writer touches a sub-buffer not handed back: its bytes stay as they
+    /// were peeked. Drop the views before `self`: once this reader is
+    /// closed, another may consume what they show.
+    ///
+    /// # Errors
+    /// As [`peek_subbuf`](Self::peek_subbuf).
+    pub fn peek_subbuf_view(&mut self, seq: u64) -> Result<Option<SubbufView>, ReadError> {
+        let Some(at) = self.locate(seq)? else {
+            return Ok(None);
+        };
+        let live = Arc::new(());
+        self.views.retain(|(_, w)| w.strong_count() > 0);
+        self.views.push((seq, Arc::downgrade(&live)));
+        Ok(Some(SubbufView {
+            _map: self.map.clone(),
+            src: at.src,
+            len: at.len,
+            _live: live,
+            seq,
+            offset: at.offset,
+            records: at.records,
+            partial: at.partial,
+        }))
+    }
+
+    /// The oldest sub-buffer a live [`SubbufView`] shows, if any:
+    /// [`consume_through`](Self::consume_through) stops before it.
+    pub fn oldest_viewed(&mut self) -> Option<u64> {
+        self.views.retain(|(_, w)| w.strong_count() > 0);
+        self.views.iter().map(|&(seq, _)| seq).min()
+    }
+
+    /// Where the complete sub-buffer `seq` (at or after the reader's
+    /// position) lies in the mapping, or `None` if it is not complete yet.
+    fn locate(&mut self, seq: u64) -> Result<Option<Located>, ReadError> {
         self.check_size()?;
         self.cur.check_epoch(&self.map.shared);
         let s = &self.map.shared;
@@ -979,7 +1113,7 @@ impl RelayFile {
         let g = self.header.geometry;
         let s = &self.map.shared;
         if seq > g.pos_ordinal(s.head()) {
-            return Ok(false);
+            return Ok(None);
         }
         // SYNC POINT: Relaxed: the reader's own word, written before the
         // Release store of CONSUMED acquired above (as in `Cursor::load`).
@@ -996,12 +1130,12 @@ impl RelayFile {
             Avail::Complete { end, records } => (end, records, false),
             Avail::Partial { .. } | Avail::Nothing => {
                 if self.is_closed() || self.producer_alive() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 // A dead producer's tail: nothing will complete it.
                 match s.available(seq, true).map_err(fmt)? {
                     Avail::Partial { end } => (end, s.abandoned(seq, 0).map_or(0, |a| a.1), true),
-                    _ => return Ok(false),
+                    _ => return Ok(None),
                 }
             }
             Avail::Lapped { .. } => {
@@ -1011,27 +1145,16 @@ impl RelayFile {
             }
         };
         if read_pos > end || (partial && read_pos == end) {
-            return Ok(false);
+            return Ok(None);
         }
         let len = end - read_pos;
-        let src = s.slot_ptr(seq % g.n_subbufs, read_pos, len);
-        out.data.clear();
-        out.data.reserve(len as usize);
-        // SAFETY: `src..src + len` is within the mapping (`slot_ptr` checks
-        // the bounds) and is a complete sub-buffer not consumed yet, which
-        // no writer touches in no-overwrite mode; `out.data` has room for
-        // `len` bytes, all initialized by the copy before `set_len`. (No
-        // zeroing first: at megabytes a sub-buffer, it costs as much as
-        // the copy.)
-        unsafe {
-            std::ptr::copy_nonoverlapping(src, out.data.as_mut_ptr(), len as usize);
-            out.data.set_len(len as usize);
-        }
-        out.seq = seq;
-        out.offset = read_pos;
-        out.records = records;
-        out.partial = partial;
-        Ok(true)
+        Ok(Some(Located {
+            src: s.slot_ptr(seq % g.n_subbufs, read_pos, len),
+            len: len as usize,
+            offset: read_pos,
+            records,
+            partial,
+        }))
     }
 
     /// Consumes every sub-buffer up to and including `seq` (handed back
@@ -1040,13 +1163,16 @@ impl RelayFile {
     /// elsewhere. A dead producer's partial sub-buffer is consumed as
     /// [`read`](Self::read) leaves it: the position stays at its end.
     /// Returns how many sub-buffers were consumed (0 if `seq` was already;
-    /// fewer than asked if some were not complete).
+    /// fewer than asked if some were not complete, or if a live
+    /// [`SubbufView`] shows one: consuming stops before the oldest viewed,
+    /// see [`oldest_viewed`](Self::oldest_viewed)).
     ///
     /// # Errors
     /// [`ReadError::Overwrite`] for an overwrite-mode buffer,
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn consume_through(&mut self, seq: u64) -> Result<u64, ReadError> {
         self.check_size()?;
+        let viewed = self.oldest_viewed();
         let s = &self.map.shared;
         if s.is_overwrite() {
             return Err(ReadError::Overwrite(self.path.clone()));
@@ -1056,6 +1182,14 @@ impl RelayFile {
             source,
         };
         let consumed = self.consumed_seq();
+        // Never what a live view shows, nor anything after it.
+        let seq = match viewed {
+            Some(v) if v <= seq => match v.checked_sub(1) {
+                Some(before) if before >= consumed => before,
+                _ => return Ok(0),
+            },
+            _ => seq,
+        };
         let mut done = 0;
         if seq >= consumed {
             done = s

@@ -233,3 +233,71 @@ fn consuming_through_a_far_sequence_number_is_no_panic() {
     assert_eq!(f.consume_through(u64::MAX).unwrap(), 1, "the last, closed");
     assert_eq!(f.stats().records_consumed, 5);
 }
+
+#[test]
+fn a_view_shows_the_subbuf_in_place_and_holds_it_until_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chan = channel(tmp.path(), Mode::NoOverwrite);
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert!(f.peek_subbuf_view(0).unwrap().is_none(), "nothing complete");
+    let mut sent = 0u64;
+    while chan.write_cpu(0, &record(sent, 100)).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(sent, 8);
+    let views: Vec<_> = (0..4)
+        .map(|seq| f.peek_subbuf_view(seq).unwrap().expect("complete"))
+        .collect();
+    for (seq, v) in views.iter().enumerate() {
+        let p = f.peek_subbuf(seq as u64).unwrap().unwrap();
+        assert_eq!(v.as_ref(), &p.data[..], "the copy's bytes, in place");
+        assert_eq!(
+            (v.seq, v.records, v.offset, v.partial),
+            (p.seq, 2, 0, false)
+        );
+    }
+    assert_eq!(f.oldest_viewed(), Some(0));
+    // While sub-buffer 1 is viewed, consuming stops before it.
+    let [v0, v1, v2, v3] = <[_; 4]>::try_from(views).unwrap();
+    drop(v0);
+    assert_eq!(f.oldest_viewed(), Some(1));
+    assert_eq!(f.consume_through(3).unwrap(), 1, "only sub-buffer 0");
+    assert_eq!(f.consumed_seq(), 1);
+    assert_eq!(f.consume_through(3).unwrap(), 0, "1 is still viewed");
+    // The producer can reuse only the slot handed back: one sub-buffer's
+    // worth of records, then it drops again; the views don't change.
+    let before = v1.as_ref().to_vec();
+    let mut more = 0;
+    while chan.write_cpu(0, &record(100 + more, 100)).is_ok() {
+        more += 1;
+    }
+    assert_eq!(more, 2);
+    assert_eq!(v1.as_ref(), &before[..]);
+    drop((v1, v2));
+    assert_eq!(f.oldest_viewed(), Some(3));
+    assert_eq!(
+        f.consume_through(3).unwrap(),
+        2,
+        "up to the one still viewed"
+    );
+    assert_eq!(f.consumed_seq(), 3);
+    // A view outlives its reader: the mapping stays.
+    let want = record(6, 100);
+    drop(f);
+    assert_eq!(&v3.as_ref()[..100], &want[..]);
+    drop(v3);
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert_eq!(f.consume_through(3).unwrap(), 1);
+    assert_eq!(f.stats().records_consumed, 8);
+}
+
+#[test]
+fn views_of_overwrite_buffers_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chan = channel(tmp.path(), Mode::Overwrite);
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert!(matches!(
+        f.peek_subbuf_view(0),
+        Err(ReadError::Overwrite(_))
+    ));
+}

@@ -318,7 +318,11 @@ impl Ship<'_> {
         let mut said: Option<String> = None;
         // Sub-buffer copies' memory, used again.
         let mut pool: Vec<Vec<u8>> = Vec::new();
+        // Acknowledged through this sequence number, not consumed yet (a
+        // view of it was still held).
+        let mut owed: Option<u64> = None;
         loop {
+            settle_owed(f, &mut owed)?;
             // Fill the window, oldest first: the spool, then the relay
             // buffer's complete sub-buffers.
             while inflight.len() < self.window && !self.stopping() {
@@ -332,6 +336,30 @@ impl Ship<'_> {
                 if tail {
                     break;
                 }
+                if spool.is_none() {
+                    // No copy: the message's payload is the sub-buffer
+                    // where it lies in the mapping, which the library won't
+                    // hand back to the producer while the view lives (the
+                    // client lets go of it once written to the socket).
+                    let Some(v) = f.peek_subbuf_view(next)? else {
+                        break;
+                    };
+                    tail = v.partial;
+                    next += 1;
+                    let stats = f.stats().into();
+                    let sub = Sub {
+                        seq: v.seq,
+                        records: v.records,
+                        offset: v.offset,
+                        partial: v.partial,
+                        data: Bytes::from_owner(v),
+                    };
+                    let e = self.launch(sub, None, stats, false).await;
+                    inflight.push_back(e);
+                    continue;
+                }
+                // With a spool, copies: a sub-buffer in flight may go to
+                // the spool and be consumed before it is acknowledged.
                 let mut p = PeekedSubbuf {
                     data: pool.pop().unwrap_or_default(),
                     ..Default::default()
@@ -362,17 +390,18 @@ impl Ship<'_> {
                         .unwrap_or(false);
                 if acked {
                     let done = inflight.pop_front().expect("in flight");
-                    match spool {
-                        Some(sp) if done.spooled => sp.remove(done.sub.seq)?,
-                        _ => {
-                            f.consume_through(done.sub.seq)?;
-                        }
-                    }
+                    let (seq, spooled) = (done.sub.seq, done.spooled);
                     let bytes = done.sub.data.len() as u64;
                     let Inflight {
                         sub, msgs, keep, ..
                     } = done;
+                    // Our views of it go first: consuming waits for them.
                     drop((sub, msgs));
+                    match spool {
+                        Some(sp) if spooled => sp.remove(seq)?,
+                        _ => owed = Some(seq),
+                    }
+                    settle_owed(f, &mut owed)?;
                     // The client let go of the data once it was written.
                     if let Some(v) = keep.and_then(|k| Arc::try_unwrap(k).ok()) {
                         if pool.len() <= self.window {
@@ -408,6 +437,7 @@ impl Ship<'_> {
                 if self.stopping() {
                     // What is in flight stays in the buffer (or the spool)
                     // for the next recorder.
+                    settle_owed(f, &mut owed)?;
                     return Ok(End::Interrupted);
                 }
                 if failed && waited >= backoff {
@@ -450,7 +480,14 @@ impl Ship<'_> {
                 continue;
             }
             if self.stopping() {
+                settle_owed(f, &mut owed)?;
                 return Ok(End::Interrupted);
+            }
+            if owed.is_some() {
+                // A view still held (by the client, for a moment): not at
+                // the end yet.
+                tokio::time::sleep(TICK).await;
+                continue;
             }
             if f.is_closed() && f.is_eof()? {
                 return Ok(End::Closed);
@@ -501,6 +538,18 @@ impl Ship<'_> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Consumes what was acknowledged through `owed`, as far as no view of it
+/// is held any more; `owed` is cleared once all of it is consumed.
+fn settle_owed(f: &mut RelayFile, owed: &mut Option<u64>) -> Result<()> {
+    if let Some(seq) = *owed {
+        f.consume_through(seq)?;
+        if f.oldest_viewed().is_none_or(|v| v > seq) {
+            *owed = None;
+        }
+    }
+    Ok(())
 }
 
 /// Ships one buffer and says how it went.
@@ -601,6 +650,22 @@ async fn record_async(dir: &Path, cfg: &RecordConfig, t: &NatsTarget) -> Result<
             &b.name,
             format!("{}: {}", b.path.display(), b.reason),
         ));
+    }
+    if let Some(big) = bufs
+        .iter()
+        .map(|(_, f, _)| f.header().geometry.subbuf_size)
+        .filter(|&size| size as usize > chunk)
+        .max()
+    {
+        if !cfg.show.quiet {
+            // Not an error (the parts are joined by `pull`), but twice the
+            // messages, acknowledgements and headers for the same data.
+            crate::util::errln!(
+                "relayfs record: note: sub-buffers of {big} bytes are more than a message holds on this server (max_payload {max_payload} less {} bytes for headers): a full one goes as {} messages; sub-buffers of at most {chunk} bytes, or a larger max_payload, avoid that",
+                natsio::HEADER_ROOM,
+                (big as usize).div_ceil(chunk)
+            );
+        }
     }
     let memory = MemorySampler::start();
     let progress: Arc<Vec<Progress>> = Arc::new(bufs.iter().map(|_| Progress::default()).collect());
