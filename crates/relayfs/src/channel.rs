@@ -14,7 +14,7 @@ use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{hdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+use crate::layout::{hdr, rdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
 use crate::lifecycle::{self, BufferFiles, BufferSpec, DirSpec, NewBuffer};
 pub use crate::lifecycle::{relay_dir, Stale, DEFAULT_RELAY_DIR, RELAYFS_DIR_ENV};
 use crate::notify::Notifier;
@@ -923,9 +923,15 @@ impl Channel {
     /// # Panics
     /// If `cpu` is not a buffer of this channel.
     pub fn subbufs_consumed(&self, cpu: usize, n: u64) -> Result<u64, crate::FormatError> {
-        self.inner.bufs[cpu]
-            .shared()
-            .subbufs_consumed(n, false, None)
+        let s = self.inner.bufs[cpu].shared();
+        // SYNC POINT: Relaxed: the reader's own word, read as the readers'
+        // `consume_through` does before it consumes by position.
+        let from = s.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
+        let done = s.subbufs_consumed(n, false, None)?;
+        // Records a lost hand-off took from the sub-buffer at `from` are
+        // counted discarded already: not consumed too.
+        crate::cursor::settle_sub_records(s, from);
+        Ok(done)
     }
 
     /// The counters of `cpu`'s buffer.

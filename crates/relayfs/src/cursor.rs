@@ -253,6 +253,13 @@ pub(crate) fn settle_handoff(s: &Shared) -> Option<LostHandoff> {
     if w & HO_IN_FLIGHT == 0 {
         return None;
     }
+    if !plausible_mark(s, w) {
+        // Scribbled: no hand-off moves more than a sub-buffer, nor more
+        // records than bytes. Counting it would take up to 2^30 off the
+        // consumed counters.
+        s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+        return None;
+    }
     let bytes = w & M30;
     let records = (w & HO_KNOWN != 0).then_some((w >> 30) & M30);
     let bc = s.reader_word(rdr::BYTES_CONSUMED);
@@ -287,6 +294,16 @@ pub(crate) fn settle_handoff(s: &Shared) -> Option<LostHandoff> {
 /// sub-buffer `from` on: the records a hand-off lost in `from` (counted
 /// discarded already) come off the count it gave that sub-buffer, and what
 /// was known of the position is forgotten.
+/// Whether a hand-off mark `w` (in flight) could have been stored by
+/// `read_handoff`: at most a sub-buffer's bytes, no more records than bytes
+/// (a record has one byte at least), and none of the unused bits set.
+fn plausible_mark(s: &Shared, w: u64) -> bool {
+    let bytes = w & M30;
+    let records = (w >> 30) & M30;
+    let unused = !(HO_IN_FLIGHT | HO_KNOWN | HO_COUNTED | (M30 << 30) | M30);
+    w & unused == 0 && bytes <= s.geometry().subbuf_size && (w & HO_KNOWN == 0 || records <= bytes)
+}
+
 pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
     // SYNC POINT: Relaxed, all of these: the reader's own words (as in
     // `settle_handoff`).
@@ -297,9 +314,12 @@ pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
     if sub == 0 {
         return;
     }
+    // No more than a sub-buffer holds (one byte a record at least), however
+    // the word was scribbled.
+    let debt = (sub & M31).min(s.geometry().subbuf_size);
     let rc = s.reader_word(rdr::RECORDS_CONSUMED);
     rc.store(
-        rc.load(Ordering::Relaxed).saturating_sub(sub & M31),
+        rc.load(Ordering::Relaxed).saturating_sub(debt),
         Ordering::Relaxed,
     );
     s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
@@ -312,7 +332,15 @@ pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
 pub(crate) fn counted_in_flight(s: &Shared) -> Option<(u64, u64)> {
     // SYNC POINT: Relaxed: a snapshot, as `Shared::stats`.
     let w = s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed);
-    (w & HO_IN_FLIGHT != 0 && w & HO_KNOWN != 0 && w & HO_COUNTED != 0)
+    // A mark of an epoch before `relay_reset` (which leaves the hand-off
+    // words to the next reader, who clears them: `Cursor::new`) counts
+    // nothing: the counters it speaks of were zeroed.
+    // SYNC POINT: Relaxed, both: a snapshot, as above.
+    let epoch = s.header_word(hdr::EPOCH).load(Ordering::Relaxed);
+    if s.reader_word(rdr::EPOCH).load(Ordering::Relaxed) != epoch {
+        return None;
+    }
+    (w & HO_IN_FLIGHT != 0 && w & HO_KNOWN != 0 && w & HO_COUNTED != 0 && plausible_mark(s, w))
         .then_some(((w >> 30) & M30, w & M30))
 }
 

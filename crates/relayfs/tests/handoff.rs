@@ -222,3 +222,87 @@ fn a_reader_consuming_by_sub_buffer_after_a_lost_hand_off_counts_it_once() {
     drop(r);
     c.close().unwrap();
 }
+
+#[test]
+fn a_mark_left_before_relay_reset_counts_nothing_in_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.read_handoff(&mut buf).unwrap();
+    drop(r); // dies with records 0..16 in flight
+    c.reset(); // zeroes the counters the mark speaks of
+    let s = RelayFile::inspect(c.buffer_path(0)).unwrap().stats;
+    assert_eq!(
+        (s.records_written(), s.discarded_records, s.lost()),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    write(&c, 0, 20);
+    let s = RelayFile::inspect(c.buffer_path(0)).unwrap().stats;
+    assert_eq!(s.discarded_records, 0, "{s:?}");
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None);
+    c.flush();
+    assert_eq!(numbers(&drain(&mut r)), (0..20).collect::<Vec<_>>());
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (20, 0), "{s:?}");
+}
+
+#[test]
+fn scribbled_hand_off_words_never_take_counters_back_beyond_a_subbuf() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(drain(&mut r).len(), 512);
+    drop(r);
+    let g = RelayFile::peek_header(c.buffer_path(0)).unwrap().geometry;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.buffer_path(0))
+        .unwrap();
+    // Every bit set in both words: a mark of 2^30 - 1 bytes and records,
+    // and a debt of 2^31 - 1 records.
+    for off in [112, 120] {
+        f.seek(SeekFrom::Start(g.reader_offset + off)).unwrap();
+        f.write_all(&u64::MAX.to_ne_bytes()).unwrap();
+    }
+    drop(f);
+    let s = RelayFile::inspect(c.buffer_path(0)).unwrap().stats;
+    assert_eq!((s.records_consumed, s.discarded_records), (32, 0), "{s:?}");
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None, "not a mark read_handoff makes");
+    let s = r.stats();
+    assert_eq!((s.records_consumed, s.discarded_records), (32, 0), "{s:?}");
+    assert_eq!(s.bytes_consumed, 512);
+    drop(r);
+    c.close().unwrap();
+}
+
+#[test]
+fn the_producers_subbufs_consumed_after_a_lost_hand_off_counts_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    let mut buf = vec![0u8; 4096];
+    write(&c, 0, 5);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(5));
+    drop(r); // records 0..5 lost in flight
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff().and_then(|l| l.records), Some(5));
+    drop(r);
+    write(&c, 5, 32);
+    // relay_subbufs_consumed, for a reader reading through the mapping.
+    assert_eq!(c.subbufs_consumed(0, 1).unwrap(), 1);
+    let s = c.stats(0);
+    assert_eq!((s.records_consumed, s.discarded_records), (11, 5), "{s:?}");
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(numbers(&drain(&mut r)), (16..32).collect::<Vec<_>>());
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (27, 5), "{s:?}");
+}
