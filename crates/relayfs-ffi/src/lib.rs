@@ -129,7 +129,9 @@ fn read_errno(e: &ReadError) -> c_int {
         ReadError::NotRegular { .. } => libc::EINVAL,
         ReadError::Busy(_) => libc::EBUSY,
         ReadError::Io { source, .. } => io_errno(source),
-        ReadError::NotReady { .. } | ReadError::Overwrite(_) => libc::EINVAL,
+        ReadError::NotReady { .. } | ReadError::Overwrite(_) | ReadError::Viewed { .. } => {
+            libc::EINVAL
+        }
         ReadError::Lockdown { .. } => libc::EPERM,
     }
 }

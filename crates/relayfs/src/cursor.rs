@@ -96,6 +96,10 @@ pub(crate) struct Cursor {
     writers_gone: bool,
     /// Leave the sub-buffer being written alone: read complete ones only.
     pub(crate) complete_only: bool,
+    /// Read nothing of this sub-buffer or any after it: a live
+    /// `SubbufView` shows it, so it must not be handed back (set by the
+    /// `RelayFile` around its consuming reads).
+    pub(crate) limit: Option<u64>,
 }
 
 impl Cursor {
@@ -383,6 +387,11 @@ impl Cursor {
         s.abandoned(self.ord, self.pos)
     }
 
+    /// Ordinal of the sub-buffer the cursor is on.
+    pub(crate) fn ord(&self) -> u64 {
+        self.ord
+    }
+
     /// At the start of a sub-buffer.
     pub(crate) fn at_boundary(&self) -> bool {
         self.pos == 0
@@ -449,6 +458,9 @@ impl Cursor {
         // Bounded: each pass either returns or moves to a later sub-buffer,
         // and only so many were produced.
         loop {
+            if self.limit.is_some_and(|l| self.ord >= l) {
+                return Ok(None);
+            }
             if self.bounce_full {
                 if self.pos < self.bounce_len {
                     return Ok(Some(Chunk::Bounce {

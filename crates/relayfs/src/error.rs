@@ -237,6 +237,16 @@ pub enum ReadError {
     /// sub-buffer that is not consumed yet.
     #[error("{0}: the buffer is in overwrite mode; reading ahead of the consumed position needs a no-overwrite buffer")]
     Overwrite(PathBuf),
+    /// A consuming read would hand back a sub-buffer that a live
+    /// [`SubbufView`](crate::SubbufView) of this reader shows, and the
+    /// producer could then rewrite the bytes under the view.
+    #[error("{path}: sub-buffer {seq} is shown by a live SubbufView; drop the view before reading or consuming it")]
+    Viewed {
+        /// The buffer file.
+        path: PathBuf,
+        /// The oldest sub-buffer a live view shows.
+        seq: u64,
+    },
     /// Kernel lockdown forbids opening debugfs relay files.
     #[error("{path}: the kernel is in lockdown ({mode}), which forbids opening debugfs relay files (the kernel logs \"debugfs access is restricted\"); boot with lockdown=none where policy allows, or read the data another way")]
     Lockdown {

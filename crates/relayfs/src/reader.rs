@@ -373,11 +373,32 @@ impl RelayFile {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
         self.check_size()?;
+        self.stop_before_views()?;
         let s = &self.map.shared;
-        self.cur.read(s, buf).map_err(|source| ReadError::Format {
+        let r = self.cur.read(s, buf).map_err(|source| ReadError::Format {
             path: self.path.clone(),
             source,
-        })
+        });
+        self.cur.limit = None;
+        r
+    }
+
+    /// Before a consuming read: stops the cursor before the oldest
+    /// sub-buffer a live [`SubbufView`] shows (handing it back would let the
+    /// producer rewrite the bytes under the view), and refuses the read if
+    /// the cursor is on it already. The caller clears `cur.limit` after.
+    fn stop_before_views(&mut self) -> Result<(), ReadError> {
+        self.cur.limit = self.oldest_viewed();
+        match self.cur.limit {
+            Some(seq) if self.cur.ord() >= seq => {
+                self.cur.limit = None;
+                Err(ReadError::Viewed {
+                    path: self.path.clone(),
+                    seq,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A consuming read for a reader that hands the bytes on to someone
@@ -405,13 +426,17 @@ impl RelayFile {
     /// [`ReadError::Format`] if the shared state is corrupt.
     pub fn read_handoff(&mut self, buf: &mut [u8]) -> Result<Handoff, ReadError> {
         self.check_size()?;
+        self.stop_before_views()?;
         let s = &self.map.shared;
-        self.cur
+        let r = self
+            .cur
             .read_handoff(s, buf)
             .map_err(|source| ReadError::Format {
                 path: self.path.clone(),
                 source,
-            })
+            });
+        self.cur.limit = None;
+        r
     }
 
     /// The bytes of the last [`read_handoff`](Self::read_handoff) were
@@ -485,6 +510,13 @@ impl RelayFile {
 
     fn send(&mut self, fd: i32, max: u64, one_chunk: bool) -> Result<u64, ReadError> {
         self.check_size()?;
+        self.stop_before_views()?;
+        let r = self.send_chunks(fd, max, one_chunk);
+        self.cur.limit = None;
+        r
+    }
+
+    fn send_chunks(&mut self, fd: i32, max: u64, one_chunk: bool) -> Result<u64, ReadError> {
         let mut done = 0u64;
         let mut chunk_left = None::<u64>;
         while done < max && chunk_left != Some(0) {
@@ -858,6 +890,12 @@ impl Mapping<'_> {
     /// returned, or it was consumed already (nothing is consumed then).
     pub fn consume(&mut self, sb: &ReadySubbuf) -> Result<bool, ReadError> {
         let f = &mut *self.file;
+        if let Some(seq) = f.oldest_viewed().filter(|&v| v <= sb.ordinal) {
+            return Err(ReadError::Viewed {
+                path: f.path.clone(),
+                seq,
+            });
+        }
         let from = f.consumed_seq();
         let good = f.map.shared.consume_held(sb.ordinal, None);
         cursor::settle_sub_records(&f.map.shared, from);
@@ -885,6 +923,15 @@ impl Mapping<'_> {
     pub fn subbufs_consumed(&mut self, n: u64) -> Result<u64, ReadError> {
         let f = &mut *self.file;
         let from = f.consumed_seq();
+        if let Some(seq) = f
+            .oldest_viewed()
+            .filter(|&v| n > 0 && v < from.saturating_add(n))
+        {
+            return Err(ReadError::Viewed {
+                path: f.path.clone(),
+                seq,
+            });
+        }
         let s = &f.map.shared;
         let done = s
             .subbufs_consumed(n, s.is_overwrite(), self.checked.get())
@@ -963,7 +1010,9 @@ impl AsRef<[u8]> for SubbufView {
         // for as long as `self` lives. The bytes are a complete sub-buffer
         // in a no-overwrite buffer (`locate` refuses overwrite mode) that
         // the reader does not consume while this view lives
-        // (`consume_through` stops before `oldest_viewed`), so no writer
+        // (`consume_through` and the consuming reads stop before
+        // `oldest_viewed`; another reader can't open the buffer while the
+        // mapping holds the lock's open file description), so no writer
         // reuses them: they don't change under the slice. (A hostile writer
         // of the file can change any byte of it, as for every read of the
         // mapping: wrong bytes, never an access out of bounds; see the trust
@@ -1063,8 +1112,11 @@ impl RelayFile {
     /// [`consume_through`](Self::consume_through) does not hand it (or
     /// anything after it) back to the producer, and in no-overwrite mode no
     /// writer touches a sub-buffer not handed back: its bytes stay as they
-    /// were peeked. Drop the views before `self`: once this reader is
-    /// closed, another may consume what they show.
+    /// were peeked. The other consuming calls (`read`, `read_handoff`,
+    /// `sendfile`, the mapping reader's `consume`) stop before it as well,
+    /// with [`ReadError::Viewed`] once they reach it. A view keeps the
+    /// reader lock with the mapping: no other reader opens the buffer
+    /// while one lives.
     ///
     /// # Errors
     /// As [`peek_subbuf`](Self::peek_subbuf).

@@ -301,3 +301,57 @@ fn views_of_overwrite_buffers_are_refused() {
         Err(ReadError::Overwrite(_))
     ));
 }
+
+#[test]
+fn consuming_reads_stop_before_a_viewed_subbuf() {
+    // `read`, `read_handoff`, `sendfile` and the mapping reader consume too:
+    // had they handed back a sub-buffer a live view shows, the producer
+    // would rewrite the bytes under its `&[u8]`.
+    let tmp = tempfile::tempdir().unwrap();
+    let chan = channel(tmp.path(), Mode::NoOverwrite);
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let mut sent = 0u64;
+    while chan.write_cpu(0, &record(sent, 100)).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(sent, 8);
+    let v1 = f.peek_subbuf_view(1).unwrap().expect("complete");
+    let before = v1.as_ref().to_vec();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(f.read(&mut buf).unwrap(), 200, "sub-buffer 0 only");
+    assert_eq!(f.consumed_seq(), 1);
+    let viewed = |r: Result<_, ReadError>| matches!(r, Err(ReadError::Viewed { seq: 1, .. }));
+    assert!(viewed(f.read(&mut buf).map(|_| ())));
+    assert!(viewed(f.read_handoff(&mut buf).map(|_| ())));
+    let null = std::fs::File::create("/dev/null").unwrap();
+    assert!(viewed(f.sendfile(&null, u64::MAX).map(|_| ())));
+    assert!(viewed(f.sendfile_subbuf(&null).map(|_| ())));
+    {
+        let mut m = f.map();
+        let sb = m.ready().unwrap().expect("sub-buffer 1 is complete");
+        assert!(viewed(m.consume(&sb).map(|_| ())));
+        assert!(viewed(m.subbufs_consumed(1).map(|_| ())));
+    }
+    assert_eq!(f.consumed_seq(), 1, "nothing consumed");
+    // Only the slot of sub-buffer 0 is free again.
+    let mut more = 0;
+    while chan.write_cpu(0, &record(100 + more, 100)).is_ok() {
+        more += 1;
+    }
+    assert_eq!(more, 2);
+    assert_eq!(v1.as_ref(), &before[..], "the view's bytes stay");
+    // Nor can another reader consume it once this one is closed: the
+    // view's mapping holds the open file description, and with it the
+    // reader lock.
+    drop(f);
+    assert!(matches!(
+        RelayFile::open(chan.buffer_path(0)),
+        Err(ReadError::Busy(_))
+    ));
+    drop(v1);
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert_eq!(f.read(&mut buf).unwrap(), 800, "sub-buffers 1 to 4");
+    drop(f);
+    let s = chan.close().unwrap();
+    assert_eq!((s.records_consumed, s.discarded_records), (10, 0), "{s:?}");
+}
