@@ -1716,6 +1716,10 @@ impl Shared {
     /// counts whole: the reader counts a sub-buffer's records when it
     /// finishes it.
     pub(crate) fn count_unread_at_close(&self) -> u64 {
+        // A hand-off a dead reader left in flight is lost; records of the
+        // sub-buffer at the position that hand-offs lost are counted
+        // discarded already, not unread.
+        let lost_here = crate::cursor::settle_at_close(self);
         let g = &self.geometry;
         let h = self.head();
         // After the flush `head` is at the start of the next sub-buffer. If
@@ -1749,10 +1753,13 @@ impl Shared {
             if self.claim_word(slot).load(Ordering::Acquire) == claim(ord, CLAIM_OVERWRITTEN) {
                 continue;
             }
-            unread = unread.saturating_add(
-                self.descriptor(slot, desc::REC_LAST)
-                    .load(Ordering::Relaxed),
-            );
+            let mut records = self
+                .descriptor(slot, desc::REC_LAST)
+                .load(Ordering::Relaxed);
+            if ord == consumed {
+                records = records.saturating_sub(lost_here);
+            }
+            unread = unread.saturating_add(records);
         }
         // SYNC POINT: Relaxed: a counter, it pairs with nothing.
         self.header_word(hdr::UNREAD_AT_CLOSE)

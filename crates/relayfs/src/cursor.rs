@@ -298,6 +298,27 @@ pub(crate) fn settle_handoff(s: &Shared) -> Option<LostHandoff> {
 /// sub-buffer `from` on: the records a hand-off lost in `from` (counted
 /// discarded already) come off the count it gave that sub-buffer, and what
 /// was known of the position is forgotten.
+/// For `relay_close` with no reader attached (it holds the reader lock, and
+/// the files go, so no reader will come to count what a dead one left):
+/// counts a hand-off left in flight lost, as the next reader would, and
+/// returns the records of the sub-buffer at the position that hand-offs
+/// lost (counted discarded already, so not to be counted unread too).
+pub(crate) fn settle_at_close(s: &Shared) -> u64 {
+    // SYNC POINT: Relaxed, all of these: the reader's words, ordered after
+    // the last reader's by the reader lock the caller holds.
+    let epoch = s.header_word(hdr::EPOCH).load(Ordering::Relaxed);
+    if s.reader_word(rdr::EPOCH).load(Ordering::Relaxed) != epoch {
+        // Words of an epoch before `relay_reset`, as in `Cursor::new`.
+        s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+        s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+        return 0;
+    }
+    settle_handoff(s);
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+    (sub & M31).min(s.geometry().subbuf_size)
+}
+
 /// Whether a hand-off mark `w` (in flight) could have been stored by
 /// `read_handoff`: at most a sub-buffer's bytes, no more records than bytes
 /// (a record has one byte at least), and none of the unused bits set.

@@ -306,3 +306,73 @@ fn the_producers_subbufs_consumed_after_a_lost_hand_off_counts_it_once() {
     let s = c.close().unwrap();
     assert_eq!((s.records_consumed, s.lost()), (27, 5), "{s:?}");
 }
+
+#[test]
+fn relay_close_with_no_reader_counts_a_dead_readers_hand_off_lost() {
+    // A finished sub-buffer's hand-off: its records were counted consumed
+    // when the reader finished it, and nobody will come to settle the mark
+    // (the files go): close counts them lost.
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(16));
+    drop(r); // dies with records 0..16 in flight
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (0, 32), "{s:?}");
+    assert_eq!((s.discarded_records, s.unread_at_close), (16, 16), "{s:?}");
+}
+
+#[test]
+fn relay_close_with_no_reader_counts_a_lost_part_of_a_subbuf_once() {
+    for settled in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+        write(&c, 0, 5);
+        let mut buf = vec![0u8; 4096];
+        let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+        assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(5));
+        drop(r); // records 0..5 of an unfinished sub-buffer in flight
+        if settled {
+            // A reader counted them lost, then went away too.
+            let r = RelayFile::open(c.buffer_path(0)).unwrap();
+            assert_eq!(r.lost_handoff().and_then(|l| l.records), Some(5));
+        }
+        write(&c, 5, 20);
+        let s = c.close().unwrap();
+        // 5 discarded, the other 15 unread: not 5 + 20.
+        assert_eq!((s.discarded_records, s.unread_at_close), (5, 15), "{s:?}");
+        assert_eq!(
+            s.records_consumed + s.lost(),
+            20,
+            "settled {settled}: {s:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "known defect: a reader killed between storing the mark and consuming has records counted lost that the next reader delivers (consumed + lost exceeds what was offered); the mark has no room to say where the position was"]
+fn a_reader_killed_between_marking_and_consuming_counts_nothing_twice() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    // What a reader killed right after storing the mark of sub-buffer 0 (256
+    // bytes, 16 records, finishing it) and before consuming any of it
+    // leaves: the mark, and the position still at 0.
+    let g = RelayFile::peek_header(c.buffer_path(0)).unwrap().geometry;
+    let mark: u64 = (1 << 63) | (1 << 62) | (1 << 61) | (16 << 30) | 256;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.buffer_path(0))
+        .unwrap();
+    f.seek(SeekFrom::Start(g.reader_offset + 120)).unwrap();
+    f.write_all(&mark.to_ne_bytes()).unwrap();
+    drop(f);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(numbers(&drain(&mut r)), (0..32).collect::<Vec<_>>());
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!(s.records_consumed + s.lost(), 32, "{s:?}");
+}
