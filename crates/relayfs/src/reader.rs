@@ -449,6 +449,9 @@ impl RelayFile {
     /// failed: counts them lost now, as the next reader would had this one
     /// died. Returns what was counted (`None` if nothing was in flight).
     pub fn handoff_failed(&mut self) -> Option<LostHandoff> {
+        // A `relay_reset` since zeroed the counters the mark speaks of:
+        // then it is cleared, not counted.
+        self.cur.check_epoch(&self.map.shared);
         cursor::settle_handoff(&self.map.shared)
     }
 

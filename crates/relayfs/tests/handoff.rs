@@ -376,3 +376,24 @@ fn a_reader_killed_between_marking_and_consuming_counts_nothing_twice() {
     let s = c.close().unwrap();
     assert_eq!(s.records_consumed + s.lost(), 32, "{s:?}");
 }
+
+#[test]
+fn a_hand_off_failing_after_relay_reset_counts_nothing_in_the_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut buf = vec![0u8; 4096];
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.read_handoff(&mut buf).unwrap().records, Some(16));
+    c.reset(); // while the hand-off is in flight
+    write(&c, 0, 20);
+    // The counters it speaks of are gone: nothing to count.
+    assert_eq!(r.handoff_failed(), None);
+    let s = r.stats();
+    assert_eq!((s.records_consumed, s.discarded_records), (0, 0), "{s:?}");
+    c.flush();
+    assert_eq!(numbers(&drain(&mut r)), (0..20).collect::<Vec<_>>());
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (20, 0), "{s:?}");
+}
