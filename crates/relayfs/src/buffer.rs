@@ -582,6 +582,46 @@ impl Shared {
         }
     }
 
+    /// Copies `head` then `body` to the reserved position: `write_at(pos,
+    /// head)` and `write_at(pos + head.len(), body)` with one bounds check
+    /// (a reservation lies within one sub-buffer, so the two ranges are
+    /// contiguous in the data region). `pos..pos+head.len()+body.len()`
+    /// must be a reservation this thread holds.
+    #[inline(always)]
+    pub(crate) fn write_parts_at(&self, pos: u64, head: &[u8], body: &[u8]) {
+        let off = self.data_offset(pos);
+        let (h, b) = (head.len() as u64, body.len() as u64);
+        // As in `write_at`: keeps this safe function sound whatever its
+        // arguments (no overflow: off < 2^63, a record < 2^30).
+        assert!(
+            off + h + b <= self.data_len,
+            "write of {} bytes at {pos:#x} beyond the data region",
+            h + b
+        );
+        #[cfg(loom)]
+        {
+            self.cells_write(off, head);
+            self.cells_write(off + h, body);
+        }
+        // SAFETY: `[off, off + h + b)` lies within the data region (checked
+        // above); the reservation is this thread's alone until committed
+        // (as in `write_at`). The sources are the caller's slices, which
+        // can't overlap the mapping's reserved, unpublished bytes.
+        #[cfg(not(loom))]
+        unsafe {
+            let dst = self.data.add(off as usize);
+            std::ptr::copy_nonoverlapping(head.as_ptr(), dst, head.len());
+            std::ptr::copy_nonoverlapping(body.as_ptr(), dst.add(head.len()), body.len());
+        }
+    }
+
+    /// The slot of write position `pos`: `data_offset` without the offset
+    /// bits (one mask and one shift).
+    #[inline(always)]
+    fn slot_of(&self, pos: u64) -> u64 {
+        self.data_offset(pos) >> self.geometry.sb_shift
+    }
+
     /// Byte offset in the data region of write position `pos` (not checked:
     /// the callers check it before using it).
     #[inline(always)]
@@ -724,11 +764,7 @@ impl Shared {
     /// Commits a reservation: the record becomes part of its sub-buffer.
     #[inline]
     pub(crate) fn commit(&self, r: Reserved, hooks: &dyn Hooks) {
-        self.commit_bytes(
-            self.geometry.pos_slot(r.pos),
-            RECORD_ONE | r.commit_bytes,
-            hooks,
-        );
+        self.commit_bytes(self.slot_of(r.pos), RECORD_ONE | r.commit_bytes, hooks);
     }
 
     #[inline(always)]

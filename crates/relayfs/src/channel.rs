@@ -830,10 +830,9 @@ impl Channel {
         };
         let r = buf.shared().reserve(total as u64, &hooks)?;
         if H > 0 {
-            buf.shared().write_at(r.pos, &head());
-        }
-        if !body.is_empty() {
-            buf.shared().write_at(r.pos + H as u64, body);
+            buf.shared().write_parts_at(r.pos, &head(), body);
+        } else {
+            buf.shared().write_at(r.pos, body);
         }
         buf.shared().commit(r, &hooks);
         Ok(())
