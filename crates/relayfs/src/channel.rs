@@ -216,7 +216,7 @@ impl ChannelBuilder {
                     bufs: made
                         .bufs
                         .into_iter()
-                        .map(|b| Buffer::new(b, self.rseq))
+                        .map(|b| Buffer::new(b, self.rseq, self.callbacks.clone()))
                         .collect(),
                     global: made.global,
                     ncpu: made.ncpu,
@@ -251,6 +251,10 @@ impl ChannelBuilder {
 /// One buffer of a channel, producer side.
 struct Buffer {
     map: Mapped<ProducerMap>,
+    /// The channel's callbacks (the same for every buffer), kept here so
+    /// that a buffer is its own `Hooks` and a write builds nothing to pass
+    /// them.
+    cb: Arc<dyn Callbacks>,
     /// Its names in the channel directory, removed at close.
     files: BufferFiles,
     info: BufferInfo,
@@ -321,7 +325,7 @@ impl Buffer {
         }
     }
 
-    fn new(b: NewBuffer, rseq: bool) -> Buffer {
+    fn new(b: NewBuffer, rseq: bool, cb: Arc<dyn Callbacks>) -> Buffer {
         #[allow(unused_mut)]
         let mut map = b.map;
         // Before any writer can use the buffer: from here on `head` is moved
@@ -344,6 +348,7 @@ impl Buffer {
         let _ = rseq;
         Buffer {
             map,
+            cb,
             files: b.files,
             info: b.info,
             wake_fd: b.notifier.raw_fd(),
@@ -448,18 +453,13 @@ impl Buffer {
 }
 
 /// The hooks the buffer protocol calls, bound to one buffer.
-struct BufHooks<'a> {
-    buf: &'a Buffer,
-    cb: &'a dyn Callbacks,
-}
-
-impl Hooks for BufHooks<'_> {
+impl Hooks for Buffer {
     fn may_open(&self, info: &SwitchInfo) -> bool {
-        !self.buf.is_closed() && self.cb.subbuf_start(&self.buf.info, info)
+        !self.is_closed() && self.cb.subbuf_start(&self.info, info)
     }
 
     fn write_header(&self, info: &SwitchInfo, header: &mut [u8]) {
-        self.cb.subbuf_header(&self.buf.info, info, header)
+        self.cb.subbuf_header(&self.info, info, header)
     }
 
     fn wake_reader(&self) {
@@ -468,17 +468,17 @@ impl Hooks for BufHooks<'_> {
         // close waits for our decrement before it closes the descriptor,
         // or we see `WAKE_CLOSED` and write nothing. No lock: a write from
         // a signal handler may interrupt this very call.
-        let before = self.buf.wake_state.fetch_add(1, StdOrdering::SeqCst);
+        let before = self.wake_state.fetch_add(1, StdOrdering::SeqCst);
         if before & WAKE_CLOSED == 0 {
-            crate::notify::wake_fd(self.buf.wake_fd);
+            crate::notify::wake_fd(self.wake_fd);
         }
         // SYNC POINT: Release pairs with `release_fifo`'s Acquire load: our
         // write is done before the descriptor is closed.
-        self.buf.wake_state.fetch_sub(1, StdOrdering::Release);
+        self.wake_state.fetch_sub(1, StdOrdering::Release);
     }
 
     fn completed(&self) {
-        self.buf.after_commit();
+        self.after_commit();
     }
 
     fn begin_open(&self) -> bool {
@@ -487,8 +487,8 @@ impl Hooks for BufHooks<'_> {
         // (`settle`) looks at `opening`. Either close sees us and waits
         // until our switch has moved `head` (then it flushes what we open
         // and waits for our commit), or we see `closed` and refuse.
-        self.buf.opening.fetch_add(1, StdOrdering::SeqCst);
-        if self.buf.closed.load(StdOrdering::SeqCst) {
+        self.opening.fetch_add(1, StdOrdering::SeqCst);
+        if self.closed.load(StdOrdering::SeqCst) {
             self.end_open();
             return false;
         }
@@ -498,7 +498,7 @@ impl Hooks for BufHooks<'_> {
     fn end_open(&self) {
         // SYNC POINT: Release pairs with `settle`'s load: the move of
         // `head` comes before (settle then sees it).
-        self.buf.opening.fetch_sub(1, StdOrdering::Release);
+        self.opening.fetch_sub(1, StdOrdering::Release);
     }
 
     fn map_changed(&self, mapped: u64) {
@@ -506,11 +506,11 @@ impl Hooks for BufHooks<'_> {
         // with the next one seen (each swap reads the one before it, whatever
         // the ordering); the reader's mapping count itself is read by
         // `Shared::check_map_events`.
-        let before = self.buf.mapped_seen.swap(mapped, StdOrdering::Relaxed);
+        let before = self.mapped_seen.swap(mapped, StdOrdering::Relaxed);
         if mapped > before {
-            self.cb.buf_mapped(&self.buf.info, mapped);
+            self.cb.buf_mapped(&self.info, mapped);
         } else if mapped < before {
-            self.cb.buf_unmapped(&self.buf.info, mapped);
+            self.cb.buf_unmapped(&self.info, mapped);
         }
     }
 }
@@ -593,11 +593,7 @@ impl Inner {
     fn flush(&self) {
         let _g = self.lock_flush();
         for b in &self.bufs {
-            let hooks = BufHooks {
-                buf: b,
-                cb: &*self.callbacks,
-            };
-            b.shared().flush(&hooks);
+            b.shared().flush(b);
         }
     }
 }
@@ -674,7 +670,6 @@ impl std::fmt::Debug for Channel {
 /// The bytes start out as whatever the buffer held before: write all of them.
 pub struct Reservation<'a> {
     buf: &'a Buffer,
-    cb: &'a dyn Callbacks,
     r: Reserved,
     len: usize,
 }
@@ -720,11 +715,7 @@ impl std::ops::DerefMut for Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let hooks = BufHooks {
-            buf: self.buf,
-            cb: self.cb,
-        };
-        self.buf.shared().commit(self.r, &hooks);
+        self.buf.shared().commit(self.r, self.buf);
     }
 }
 
@@ -824,17 +815,13 @@ impl Channel {
         if total as u64 > self.inner.max_record {
             return Err(buf.shared().drop_toobig(total));
         }
-        let hooks = BufHooks {
-            buf,
-            cb: &*self.inner.callbacks,
-        };
-        let r = buf.shared().reserve(total as u64, &hooks)?;
+        let r = buf.shared().reserve(total as u64, buf)?;
         if H > 0 {
             buf.shared().write_parts_at(r.pos, &head(), body);
         } else {
             buf.shared().write_at(r.pos, body);
         }
-        buf.shared().commit(r, &hooks);
+        buf.shared().commit(r, buf);
         Ok(())
     }
 
@@ -865,9 +852,8 @@ impl Channel {
         if len as u64 > self.inner.max_record {
             return Err(buf.shared().drop_toobig(len));
         }
-        let cb = &*self.inner.callbacks;
-        let r = buf.shared().reserve(len as u64, &BufHooks { buf, cb })?;
-        Ok(Reservation { buf, cb, r, len })
+        let r = buf.shared().reserve(len as u64, buf)?;
+        Ok(Reservation { buf, r, len })
     }
 
     /// Whether this channel's writes reserve with a restartable sequence on
@@ -1088,10 +1074,6 @@ impl Inner {
             let _g = self.lock_flush();
             let mut quiet = true;
             for b in &self.bufs {
-                let hooks = BufHooks {
-                    buf: b,
-                    cb: &*self.callbacks,
-                };
                 let s = b.shared();
                 // Before the flush: a switch that is over by now moved
                 // `head` before its decrement, which this load acquires,
@@ -1102,7 +1084,7 @@ impl Inner {
                 if b.opening.load(StdOrdering::SeqCst) != 0 {
                     quiet = false;
                 }
-                if s.flush(&hooks) {
+                if s.flush(b) {
                     quiet = false;
                 }
                 let st = s.stats();
