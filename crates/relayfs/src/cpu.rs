@@ -167,7 +167,7 @@ mod rseq {
 
     /// Whether glibc registered an rseq area (looked up on first use).
     pub(super) fn registered() -> bool {
-        // SYNC POINT: Relaxed, as in `cpu_id`.
+        // SYNC POINT: Relaxed, as in `known_offset`.
         let mut off = OFFSET.load(Ordering::Relaxed);
         if off == UNKNOWN {
             off = init();
@@ -178,7 +178,7 @@ mod rseq {
     /// `__rseq_offset`, where glibc registered an area.
     #[cfg(not(loom))]
     pub(super) fn offset() -> Option<isize> {
-        // SYNC POINT: Relaxed, as in `cpu_id` (`registered` stored it if
+        // SYNC POINT: Relaxed, as in `known_offset` (`registered` stored it if
         // this thread looked it up first).
         registered().then(|| OFFSET.load(Ordering::Relaxed))
     }
@@ -186,11 +186,12 @@ mod rseq {
     /// The calling thread's rseq area, given `offset()`'s value: thread
     /// pointer + `__rseq_offset` (no lookup, for a caller that kept the
     /// offset).
-    #[cfg(not(loom))]
     #[inline(always)]
     pub(super) fn area_at(off: isize) -> *mut u8 {
         let tp: usize;
-        // SAFETY: as in `cpu_id`: reads the thread pointer.
+        // SAFETY: on x86_64 Linux the first word of the thread control
+        // block (at %fs:0) is the thread pointer itself; reading it has no
+        // side effects.
         unsafe {
             std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
         }
@@ -201,26 +202,13 @@ mod rseq {
     #[cfg(not(loom))]
     #[inline(always)]
     pub(super) fn area() -> Option<*mut u8> {
-        // SYNC POINT: Relaxed, as in `cpu_id`.
-        let mut off = OFFSET.load(Ordering::Relaxed);
-        if off == UNKNOWN {
-            off = init();
-        }
-        if off == NONE {
-            return None;
-        }
-        let tp: usize;
-        // SAFETY: as in `cpu_id`.
-        unsafe {
-            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
-        }
-        Some(tp.wrapping_add_signed(off) as *mut u8)
+        known_offset().map(area_at)
     }
 
-    /// `cpu_id` of the calling thread's rseq area, if there is one and the
-    /// kernel filled it in.
+    /// `__rseq_offset` (looked up on first use), or `None` where glibc
+    /// registered no area.
     #[inline(always)]
-    pub(super) fn cpu_id() -> Option<usize> {
+    fn known_offset() -> Option<isize> {
         // SYNC POINT: Relaxed; pairs with the Relaxed store in `init`. A
         // constant once set (see there), so the fast path is one plain load
         // of the cached offset.
@@ -228,17 +216,14 @@ mod rseq {
         if off == UNKNOWN {
             off = init();
         }
-        if off == NONE {
-            return None;
-        }
-        let tp: usize;
-        // SAFETY: on x86_64 Linux the first word of the thread control block
-        // (at %fs:0) is the thread pointer itself; reading it has no side
-        // effects.
-        unsafe {
-            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
-        }
-        let p = tp.wrapping_add_signed(off).wrapping_add(4) as *const u32;
+        (off != NONE).then_some(off)
+    }
+
+    /// `cpu_id` of the calling thread's rseq area, if there is one and the
+    /// kernel filled it in.
+    #[inline(always)]
+    pub(super) fn cpu_id() -> Option<usize> {
+        let p = area_at(known_offset()?).wrapping_add(4) as *const u32;
         // SAFETY: glibc registered a struct rseq of at least `__rseq_size`
         // (>= 8) bytes at thread pointer + __rseq_offset for every thread;
         // `cpu_id` is the u32 at offset 4, written by the kernel, hence the
