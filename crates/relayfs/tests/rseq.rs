@@ -13,9 +13,8 @@
 //! the channel must say it uses the compare-and-swap and account the same.
 
 mod common;
-use common::{parse, record, HDR};
+use common::{gather, record, HDR};
 use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
-use std::collections::HashSet;
 use std::os::unix::thread::JoinHandleExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -182,22 +181,8 @@ fn chaos(mode: Mode, writers: u32, per_writer: u64) -> Outcome {
     }
     let chan = Arc::try_unwrap(chan).ok().unwrap();
     chan.close().unwrap();
-    let mut seen = HashSet::new();
-    let mut delivered = 0u64;
-    let mut stats = Vec::new();
-    for r in readers {
-        let (stream, st) = r.join().unwrap();
-        stats.push(st);
-        let mut last = vec![None::<u64>; writers as usize];
-        for (w, seq) in parse(&stream) {
-            assert!(seen.insert((w, seq)), "record {w}/{seq} delivered twice");
-            let l = &mut last[w as usize];
-            assert!(l.is_none_or(|l| l < seq), "writer {w}: {seq} after {l:?}");
-            *l = Some(seq);
-            delivered += 1;
-        }
-    }
-    let s: relayfs::BufferStats = stats.iter().sum();
+    let (seen, s) = gather(readers, true);
+    let delivered = seen.len() as u64;
     let offered = writers as u64 * per_writer;
     assert_eq!(written_ok + refused, offered);
     assert_eq!(s.dropped_full, refused, "refusals counted: {s:?}");

@@ -15,9 +15,8 @@
 //! `_exit`.
 
 mod common;
-use common::{parse, record_into, HDR};
+use common::{gather, record_into, HDR};
 use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
-use std::collections::HashSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -347,23 +346,8 @@ fn pre_fork_server(mode: Mode, gated: bool) {
     flusher.join().unwrap();
     let chan = Arc::try_unwrap(chan).ok().unwrap();
     chan.close().unwrap();
-    let mut seen = HashSet::new();
-    let mut delivered = 0u64;
-    let mut stats = Vec::new();
-    for r in readers {
-        let (stream, st) = r.join().unwrap();
-        stats.push(st);
-        let mut last = std::collections::HashMap::<u32, u64>::new();
-        for (w, seq) in parse(&stream) {
-            assert!(seen.insert((w, seq)), "record {w}/{seq} delivered twice");
-            if let Some(&l) = last.get(&w) {
-                assert!(l < seq, "writer {w}: {seq} after {l}");
-            }
-            last.insert(w, seq);
-            delivered += 1;
-        }
-    }
-    let s: relayfs::BufferStats = stats.iter().sum();
+    let (seen, s) = gather(readers, true);
+    let delivered = seen.len() as u64;
     let offered = (PARENT_WRITERS + CHILDREN) as u64 * PER_WRITER;
     assert_eq!(written_ok + refused, offered);
     assert_eq!(s.corrupt, 0, "{s:?}");

@@ -4,9 +4,8 @@
 //! again by the next one.
 
 mod common;
-use common::{parse, record, HDR};
+use common::{gather, record, HDR};
 use relayfs::{Channel, Ready, RelayFile, WriteError};
-use std::collections::HashSet;
 use std::time::Duration;
 
 fn open(root: &std::path::Path, i: usize) -> Channel {
@@ -78,16 +77,7 @@ fn exercise(chan: &Channel) {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
     chan.close().unwrap();
-    let mut seen = HashSet::new();
-    let mut stats = Vec::new();
-    for r in readers {
-        let (stream, st) = r.join().unwrap();
-        stats.push(st);
-        for (w, seq) in parse(&stream) {
-            assert!(seen.insert((w, seq)), "{w}/{seq} delivered twice");
-        }
-    }
-    let s: relayfs::BufferStats = stats.iter().sum();
+    let (seen, s) = gather(readers, false);
     assert_eq!(s.corrupt, 0, "{s:?}");
     assert_eq!(s.dropped_full, full, "{s:?}");
     assert_eq!(s.records_completed, ok, "{s:?}");

@@ -10,9 +10,8 @@
 //! wake the reader again.
 
 mod common;
-use common::{parse, record_into, HDR};
+use common::{gather, record_into, HDR};
 use relayfs::{Channel, Ready, RelayFile, WriteError};
-use std::collections::HashSet;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -159,16 +158,7 @@ fn a_signal_handler_that_writes_never_deadlocks() {
     CHAN.store(std::ptr::null_mut(), Ordering::Release);
     let chan = Arc::try_unwrap(chan).ok().unwrap();
     chan.close().unwrap();
-    let mut seen = HashSet::new();
-    let mut stats = Vec::new();
-    for r in readers {
-        let (stream, st) = r.join().unwrap();
-        stats.push(st);
-        for (w, seq) in parse(&stream) {
-            assert!(seen.insert((w, seq)), "{w}/{seq} delivered twice");
-        }
-    }
-    let s: relayfs::BufferStats = stats.iter().sum();
+    let (seen, s) = gather(readers, false);
     let (h_ok, h_full) = (
         HANDLER_OK.load(Ordering::Relaxed),
         HANDLER_FULL.load(Ordering::Relaxed),

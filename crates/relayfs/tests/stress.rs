@@ -2,9 +2,8 @@
 //! once, whole and in per-writer order, or counted as lost.
 
 mod common;
-use common::{parse, record, HDR};
+use common::{gather, parse, record, HDR};
 use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,22 +191,8 @@ fn run_with(
     writers_done.store(true, Ordering::Relaxed);
     let chan = Arc::try_unwrap(chan).unwrap();
     chan.close().unwrap();
-    let mut seen = HashSet::new();
-    let mut delivered = 0;
-    let mut stats = Vec::new();
-    for r in readers {
-        let (stream, st) = r.join().unwrap();
-        stats.push(st);
-        let mut last = vec![None::<u64>; writers as usize];
-        for (w, seq) in parse(&stream) {
-            assert!(seen.insert((w, seq)), "record {w}/{seq} delivered twice");
-            let l = &mut last[w as usize];
-            assert!(l.is_none_or(|l| l < seq), "writer {w}: {seq} after {l:?}");
-            *l = Some(seq);
-            delivered += 1;
-        }
-    }
-    let stats: relayfs::BufferStats = stats.iter().sum();
+    let (seen, stats) = gather(readers, true);
+    let delivered = seen.len() as u64;
     Outcome {
         delivered,
         written_ok,

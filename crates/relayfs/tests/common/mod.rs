@@ -62,3 +62,30 @@ pub fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
     }
     out
 }
+
+/// Joins the reader threads, each returning its buffer's stream and
+/// stats, and checks what they delivered: no record (writer, seq) twice,
+/// and, with `in_order`, each writer's records in increasing order within
+/// a buffer. Returns the records delivered and the buffers' stats summed.
+pub fn gather(
+    readers: impl IntoIterator<Item = std::thread::JoinHandle<(Vec<u8>, relayfs::BufferStats)>>,
+    in_order: bool,
+) -> (std::collections::HashSet<(u32, u64)>, relayfs::BufferStats) {
+    let mut seen = std::collections::HashSet::new();
+    let mut stats = Vec::new();
+    for r in readers {
+        let (stream, st) = r.join().unwrap();
+        stats.push(st);
+        let mut last = std::collections::HashMap::<u32, u64>::new();
+        for (w, seq) in parse(&stream) {
+            assert!(seen.insert((w, seq)), "record {w}/{seq} delivered twice");
+            if in_order {
+                if let Some(&l) = last.get(&w) {
+                    assert!(l < seq, "writer {w}: {seq} after {l}");
+                }
+                last.insert(w, seq);
+            }
+        }
+    }
+    (seen, stats.iter().sum())
+}
