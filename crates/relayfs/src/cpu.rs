@@ -74,46 +74,15 @@ pub fn uses_rseq() -> bool {
     }
 }
 
-/// The calling thread's `struct rseq` (registered by glibc), where there is
-/// one: what `crate::rseq` runs its critical sections against. The thread's
-/// own registration may still be missing (`cpu_id` then reads as not
-/// registered, which no CPU number matches).
+// glibc's `__rseq_offset` and the calling thread's `struct rseq` at it:
+// what `crate::rseq` runs its critical sections against.
 #[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
     target_env = "gnu",
     not(loom)
 ))]
-#[inline(always)]
-pub(crate) fn rseq_area() -> Option<*mut u8> {
-    rseq::area()
-}
-
-/// glibc's `__rseq_offset`: where the calling thread's `struct rseq` lies
-/// from its thread pointer (`rseq_area` adds the two), the same for every
-/// thread of the process; `None` where glibc registered none.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_os = "linux",
-    target_env = "gnu",
-    not(loom)
-))]
-pub(crate) fn rseq_offset() -> Option<isize> {
-    rseq::offset()
-}
-
-/// The calling thread's rseq area, given `rseq_offset()`'s value (which
-/// is the same for every thread): as `rseq_area`, without the lookup.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_os = "linux",
-    target_env = "gnu",
-    not(loom)
-))]
-#[inline(always)]
-pub(crate) fn rseq_area_at(offset: isize) -> *mut u8 {
-    rseq::area_at(offset)
-}
+pub(crate) use rseq::{area_at as rseq_area_at, offset as rseq_offset};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod rseq {
@@ -175,9 +144,11 @@ mod rseq {
         off != NONE
     }
 
-    /// `__rseq_offset`, where glibc registered an area.
+    /// glibc's `__rseq_offset`: where the calling thread's `struct rseq`
+    /// lies from its thread pointer, the same for every thread of the
+    /// process; `None` where glibc registered none.
     #[cfg(not(loom))]
-    pub(super) fn offset() -> Option<isize> {
+    pub(crate) fn offset() -> Option<isize> {
         // SYNC POINT: Relaxed, as in `known_offset` (`registered` stored it if
         // this thread looked it up first).
         registered().then(|| OFFSET.load(Ordering::Relaxed))
@@ -185,9 +156,11 @@ mod rseq {
 
     /// The calling thread's rseq area, given `offset()`'s value: thread
     /// pointer + `__rseq_offset` (no lookup, for a caller that kept the
-    /// offset).
+    /// offset). The thread's own registration may still be missing
+    /// (`cpu_id` then reads as not registered, which no CPU number
+    /// matches).
     #[inline(always)]
-    pub(super) fn area_at(off: isize) -> *mut u8 {
+    pub(crate) fn area_at(off: isize) -> *mut u8 {
         let tp: usize;
         // SAFETY: on x86_64 Linux the first word of the thread control
         // block (at %fs:0) is the thread pointer itself; reading it has no
@@ -196,13 +169,6 @@ mod rseq {
             std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags));
         }
         tp.wrapping_add_signed(off) as *mut u8
-    }
-
-    /// The calling thread's rseq area: thread pointer + `__rseq_offset`.
-    #[cfg(not(loom))]
-    #[inline(always)]
-    pub(super) fn area() -> Option<*mut u8> {
-        known_offset().map(area_at)
     }
 
     /// `__rseq_offset` (looked up on first use), or `None` where glibc

@@ -171,7 +171,7 @@ fn decide() -> bool {
     if std::env::var_os(ENV_OFF).is_some_and(|v| v == "0") {
         return false;
     }
-    if crate::cpu::rseq_area().is_none() {
+    if crate::cpu::rseq_offset().is_none() {
         return false;
     }
     // SAFETY: membarrier with MEMBARRIER_CMD_QUERY only returns the
