@@ -21,6 +21,8 @@ static CHAN: AtomicPtr<Channel> = AtomicPtr::new(std::ptr::null_mut());
 static HANDLER_SEQ: AtomicU64 = AtomicU64::new(0);
 static HANDLER_OK: AtomicU64 = AtomicU64::new(0);
 static HANDLER_FULL: AtomicU64 = AtomicU64::new(0);
+/// Records the writer thread offered so far (its own, not the handler's).
+static WRITER_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The handler's writer id.
 const IN_HANDLER: u32 = 7;
@@ -128,6 +130,7 @@ fn a_signal_handler_that_writes_never_deadlocks() {
                     Err(e) => panic!("{e}"),
                 }
                 seq += 1;
+                WRITER_SEQ.store(seq, Ordering::Relaxed);
             }
             done.store(true, Ordering::Release);
             while !stop.load(Ordering::Acquire) {
@@ -137,21 +140,34 @@ fn a_signal_handler_that_writes_never_deadlocks() {
         })
     };
     let t = writer.as_pthread_t();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = (0, Instant::now());
-    while !done.load(Ordering::Acquire) {
-        // SAFETY: the writer is not joined before `stop` is set (below).
-        unsafe { libc::pthread_kill(t, libc::SIGUSR2) };
-        std::thread::yield_now();
-        let now = HANDLER_SEQ.load(Ordering::Relaxed);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
+    // One signal at a time, and the next only once the handler ran and the
+    // writer made progress of its own since: signals land anywhere in the
+    // writer's writes, but never so densely that the writer spends all its
+    // time in the handler (the test's length would then depend on how the
+    // scheduler places the two threads).
+    let stalled = |what: &str, since: Instant| {
         assert!(
-            last.1.elapsed() < Duration::from_secs(10) && Instant::now() < deadline,
-            "the writer made no progress for 10 s: a write from the signal \
+            since.elapsed() < Duration::from_secs(20),
+            "{what} made no progress for 20 s: a write from the signal \
              handler blocks (deadlock)"
         );
+    };
+    while !done.load(Ordering::Acquire) {
+        let (h0, w0) = (
+            HANDLER_SEQ.load(Ordering::Relaxed),
+            WRITER_SEQ.load(Ordering::Relaxed),
+        );
+        // SAFETY: the writer is not joined before `stop` is set (below).
+        unsafe { libc::pthread_kill(t, libc::SIGUSR2) };
+        let sent = Instant::now();
+        while HANDLER_SEQ.load(Ordering::Relaxed) == h0 {
+            stalled("the signal handler", sent);
+            std::thread::yield_now();
+        }
+        while WRITER_SEQ.load(Ordering::Relaxed) == w0 && !done.load(Ordering::Acquire) {
+            stalled("the writer", sent);
+            std::thread::yield_now();
+        }
     }
     stop.store(true, Ordering::Release);
     let (ok, full) = writer.join().unwrap();
