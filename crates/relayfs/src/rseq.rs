@@ -21,6 +21,18 @@
 //! Measured against every other thread that runs on the same CPU, that
 //! section is atomic, without a `lock` prefix.
 //!
+//! The section here begins *at* the store of `rseq_cs`, not after it (the
+//! kernel's description puts the store just before `start_ip`). A signal
+//! handler that runs its own sequences leaves `rseq_cs` pointing at its
+//! descriptor, or the kernel clears it on an abort; a thread interrupted
+//! between its store and the section's start would then run its section
+//! under the wrong descriptor, unprotected. With the store as the first
+//! instruction of the section there is no such gap: interrupted before the
+//! store, the thread is either aborted (the field still names this section)
+//! or resumes at the store (it names something else); after the store the
+//! field is this section's. Restarting costs nothing: nothing was stored
+//! yet.
+//!
 //! # What it does not give, and the remote-access mark
 //!
 //! A plain store in a sequence on CPU A is atomic only against code that runs
@@ -572,8 +584,8 @@ impl Pin {
         unsafe {
             std::arch::asm!(
                 "leaq 5f(%rip), {tmp}",
-                "movq {tmp}, 8({area})",
                 "2:",
+                "movq {tmp}, 8({area})",
                 "cmpl {cpu:e}, 4({area})",
                 "jne 6f",
                 "cmpq $0, ({mark})",
@@ -643,8 +655,8 @@ impl Pin {
         unsafe {
             std::arch::asm!(
                 "leaq 5f(%rip), {tmp}",
-                "movq {tmp}, 8({area})",
                 "2:",
+                "movq {tmp}, 8({area})",
                 "cmpl {cpu:e}, 4({area})",
                 "jne 6f",
                 "cmpq $0, ({mark})",
