@@ -762,7 +762,7 @@ impl Shared {
     }
 
     /// Commits a reservation: the record becomes part of its sub-buffer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&self, r: Reserved, hooks: &dyn Hooks) {
         self.commit_bytes(self.slot_of(r.pos), RECORD_ONE | r.commit_bytes, hooks);
     }

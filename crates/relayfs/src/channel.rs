@@ -686,6 +686,7 @@ impl std::fmt::Debug for Reservation<'_> {
 impl Reservation<'_> {
     /// Commits the record: it becomes visible to readers once its whole
     /// sub-buffer is complete.
+    #[inline]
     pub fn commit(self) {
         // Drop commits.
     }
@@ -698,6 +699,7 @@ impl Reservation<'_> {
 
 impl std::ops::Deref for Reservation<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: the reservation's `len` bytes at `r.pos` lie within one
         // sub-buffer, are handed to this reservation alone by the protocol,
@@ -707,6 +709,7 @@ impl std::ops::Deref for Reservation<'_> {
 }
 
 impl std::ops::DerefMut for Reservation<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for `deref`; `&mut self` makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.buf.shared().data_ptr(self.r.pos), self.len) }
@@ -714,6 +717,7 @@ impl std::ops::DerefMut for Reservation<'_> {
 }
 
 impl Drop for Reservation<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.buf.shared().commit(self.r, self.buf);
     }
