@@ -156,4 +156,18 @@ mod tests {
         bad[0] = 0;
         assert!(matches!(check(&bad), Err((None, Defect::Magic(_)))));
     }
+
+    #[test]
+    fn every_payload_byte_follows_the_formula_at_every_length() {
+        for len in (HEADER..HEADER + 600).chain([4096, 65_536 + 7]) {
+            for (writer, seq) in [(0u32, 0u64), (5, 8), (255, 9), (7, u64::MAX - 3)] {
+                let mut r = vec![0xaau8; len];
+                encode(&mut r, writer, 2, seq);
+                for (i, &b) in r.iter().enumerate().skip(HEADER) {
+                    assert_eq!(b, payload_byte(seq, writer, i), "len {len} byte {i}");
+                }
+                assert!(check(&r).is_ok(), "len {len}");
+            }
+        }
+    }
 }
