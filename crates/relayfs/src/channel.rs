@@ -228,6 +228,7 @@ impl ChannelBuilder {
                     geometry: g,
                     closed: AtomicBool::new(false),
                     flush_lock: Mutex::new(()),
+                    pid: std::process::id(),
                 });
                 let flusher = self
                     .flush_interval
@@ -543,6 +544,10 @@ struct Inner {
     /// Serialises flushes (the flush thread, `flush`, `reset`, `close`):
     /// one closer of a sub-buffer at a time.
     flush_lock: Mutex<()>,
+    /// The process that opened the channel: only it closes it. A child
+    /// made by `fork` has a copy of this value and of every lock above as
+    /// they were at the fork, held perhaps by a thread it does not have.
+    pid: u32,
 }
 
 thread_local! {
@@ -579,7 +584,13 @@ impl Inner {
     /// decides who closes a sub-buffer, as it does against writers.
     fn lock_flush(&self) -> FlushGuard<'_> {
         let me = self as *const Inner as usize;
-        if FLUSHING.with(|f| f.borrow().contains(&me)) {
+        // In a forked child the lock may be held by a thread that was not
+        // copied (the flush thread, at the fork): waiting would be forever.
+        // The lock is not needed for correctness (the CAS of `head`
+        // decides who closes, as a nested flush relies on, and the
+        // parent's flushes run beside the child's in any case), only to
+        // keep one process's closers in line.
+        if !self.in_creator() || FLUSHING.with(|f| f.borrow().contains(&me)) {
             return FlushGuard { _g: None, me };
         }
         let g = self
@@ -588,6 +599,12 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         FLUSHING.with(|f| f.borrow_mut().push(me));
         FlushGuard { _g: Some(g), me }
+    }
+
+    /// Whether this is the process that opened the channel (not a child
+    /// forked from it).
+    fn in_creator(&self) -> bool {
+        std::process::id() == self.pid
     }
 
     fn flush(&self) {
@@ -1033,9 +1050,19 @@ impl Channel {
     /// attached, what its commit completes is counted in `unread_at_close`
     /// then).
     ///
+    /// In a process forked from the one that opened the channel, `close`
+    /// (and dropping the `Channel`) leaves the channel to its creator:
+    /// nothing is refused, flushed, marked closed or removed, no lock the
+    /// fork may have copied held is waited for, and the counters are
+    /// returned as they stand. The child's records committed so far stay
+    /// in the buffers for the parent's flushes and readers.
+    ///
     /// # Errors
     /// The first error of `remove_buf_file`; every buffer is closed anyway.
     pub fn close(&self) -> std::io::Result<BufferStats> {
+        if !self.inner.in_creator() {
+            return Ok(self.total_stats());
+        }
         let mut done = self
             .closed_with
             .lock()
@@ -1220,6 +1247,18 @@ impl Inner {
 
 impl Drop for Channel {
     fn drop(&mut self) {
+        if !self.inner.in_creator() {
+            // A forked child: the flush thread is the parent's, and its
+            // handle names a thread this process does not have (joining
+            // it would wait forever, and dropping it would detach it):
+            // forget it. `get_mut` does not look at the lock, which the
+            // fork may have copied held.
+            let f = self
+                .flusher
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::forget(f.take());
+        }
         let _ = self.close();
     }
 }

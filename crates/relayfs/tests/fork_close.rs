@@ -1,0 +1,205 @@
+//! A child forked from the producer (a pre-fork server's worker) writes and
+//! then closes, or drops, its copy of the channel, while the parent writes
+//! and its flush thread closes sub-buffers every millisecond. The child must
+//! neither hang (its copy of the flush thread's handle names a thread it
+//! does not have, and the fork may copy the flush lock held) nor close the
+//! parent's channel: the parent goes on writing, its files stay, and every
+//! record of every process is delivered once or counted.
+
+mod common;
+use common::{gather, record_into, HDR};
+use relayfs::{Channel, Ready, RelayFile, WriteError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Records each child writes.
+const PER_CHILD: u64 = 2000;
+/// Children forked, one after the other.
+const CHILDREN: u32 = 24;
+
+/// Writes `n` records of `writer`; returns (accepted, refused as full).
+fn write_n(chan: &Channel, writer: u32, n: u64) -> (u64, u64) {
+    let (mut ok, mut full) = (0, 0);
+    let mut buf = [0u8; 96];
+    for seq in 0..n {
+        let len = HDR + (seq % 64) as usize;
+        record_into(writer, seq, &mut buf[..len]);
+        match chan.write(&buf[..len]) {
+            Ok(()) => ok += 1,
+            Err(WriteError::Full) => full += 1,
+            Err(_) => return (ok, u64::MAX),
+        }
+    }
+    (ok, full)
+}
+
+/// The forked child: writes, then closes (odd `writer`) or just drops its
+/// channel, reports (accepted, refused, close's record count) through `fd`
+/// and leaves with `_exit`.
+fn child(chan: Channel, writer: u32, fd: libc::c_int) -> ! {
+    let (ok, full) = write_n(&chan, writer, PER_CHILD);
+    let mut code = 0;
+    if writer % 2 == 1 {
+        match chan.close() {
+            Ok(s) if s.records_written() >= ok => {}
+            Ok(_) => code = 5,
+            Err(_) => code = 6,
+        }
+    }
+    drop(chan);
+    let mut msg = [0u8; 16];
+    msg[..8].copy_from_slice(&ok.to_le_bytes());
+    msg[8..].copy_from_slice(&full.to_le_bytes());
+    // SAFETY: writes a local buffer of its own length to our pipe.
+    if unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) } != 16 {
+        code = 4;
+    }
+    // SAFETY: ends the forked child at once (no atexit handler, no flush of
+    // the parent's stdio buffers).
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits up to 20 s for child `pid`, then reads its report.
+fn reap(pid: libc::pid_t, fd: libc::c_int) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: as above.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            panic!("forked child {pid} hung in close or drop for 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "forked child {pid} failed: status {status:#x}"
+    );
+    let mut msg = [0u8; 16];
+    // SAFETY: reads into a local buffer of its own length.
+    let r = unsafe { libc::read(fd, msg.as_mut_ptr().cast(), msg.len()) };
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(fd) };
+    assert_eq!(r, 16, "report of forked child {pid}");
+    (
+        u64::from_le_bytes(msg[..8].try_into().unwrap()),
+        u64::from_le_bytes(msg[8..].try_into().unwrap()),
+    )
+}
+
+#[test]
+fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("forkclose")
+            .dir(dir.path())
+            .subbuf_size(4096)
+            .n_subbufs(64)
+            .flush_interval(Duration::from_millis(1))
+            .open()
+            .unwrap(),
+    );
+    let readers: Vec<_> = (0..chan.n_buffers())
+        .map(|i| {
+            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut stream = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    stream.extend_from_slice(&buf[..n]);
+                    if n == 0 {
+                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
+                            Ready::Closed => break,
+                            Ready::ProducerGone => panic!("producer gone"),
+                            _ => {}
+                        }
+                    }
+                }
+                (stream, f.stats())
+            })
+        })
+        .collect();
+    // The parent writes all along (writer 0).
+    let stop = Arc::new(AtomicBool::new(false));
+    let parent = {
+        let (chan, stop) = (chan.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut full, mut seq) = (0u64, 0u64, 0u64);
+            let mut buf = [0u8; 96];
+            while !stop.load(Ordering::Relaxed) {
+                let len = HDR + (seq % 64) as usize;
+                record_into(0, seq, &mut buf[..len]);
+                match chan.write(&buf[..len]) {
+                    Ok(()) => ok += 1,
+                    Err(WriteError::Full) => full += 1,
+                    Err(e) => panic!("the parent's write after a child left: {e}"),
+                }
+                seq += 1;
+                if seq % 256 == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            (ok, full)
+        })
+    };
+    let (mut ok, mut full) = (0u64, 0u64);
+    for c in 1..=CHILDREN {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child only writes with the library, closes or drops
+        // its channel, reports through the pipe and ends with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: in the child, which ends with `_exit` (in `child`):
+            // the `Arc`'s copy of the channel is never used or dropped
+            // again after this read, so the channel is dropped once, by
+            // `child`, as the last handle of a child's own would be.
+            let ch: Channel = unsafe { std::ptr::read(&*chan) };
+            // A panic must not unwind into the test harness's copy in the
+            // child (which would report and exit as if all went well).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(ch, c, fds[1])));
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(7) }
+        }
+        // SAFETY: our copy of the write end; the child has its own.
+        unsafe { libc::close(fds[1]) };
+        let (o, f) = reap(pid, fds[0]);
+        assert_ne!(f, u64::MAX, "child {c}: a write was refused as closed");
+        ok += o;
+        full += f;
+        // The parent's channel is still open and whole.
+        for i in 0..chan.n_buffers() {
+            assert!(
+                chan.buffer_path(i).exists(),
+                "child {c} removed a buffer file"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (p_ok, p_full) = parent.join().unwrap();
+    assert!(p_ok > 0);
+    let chan = Arc::try_unwrap(chan).ok().unwrap();
+    let closed = chan.close().unwrap();
+    let (seen, s) = gather(readers, true);
+    assert_eq!(s.dropped_full, full + p_full, "{s:?}");
+    assert_eq!(s.records_completed, ok + p_ok, "{s:?}");
+    assert_eq!(s.records_consumed, seen.len() as u64, "{s:?}");
+    assert_eq!(seen.len() as u64, ok + p_ok, "{s:?}");
+    assert_eq!(closed.records_written(), ok + p_ok);
+    for c in 1..=CHILDREN {
+        let n = seen.iter().filter(|(w, _)| *w == c).count() as u64;
+        assert!(n > 0, "nothing of child {c} delivered");
+    }
+}
