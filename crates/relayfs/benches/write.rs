@@ -43,11 +43,15 @@ struct Drained {
 
 impl Drained {
     fn new(mode: Mode) -> Drained {
+        Drained::with_subbufs(mode, 1 << 20)
+    }
+
+    fn with_subbufs(mode: Mode, subbuf_size: u64) -> Drained {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
         let chan = Arc::new(
             Channel::builder("bench")
                 .dir(dir.path())
-                .subbuf_size(1 << 20)
+                .subbuf_size(subbuf_size)
                 .n_subbufs(16)
                 .mode(mode)
                 .open()
@@ -67,7 +71,7 @@ impl Drained {
                     while !stop.load(Ordering::Relaxed) {
                         match m.ready().unwrap() {
                             Some(sb) => {
-                                let at = sb.index * (1 << 20);
+                                let at = sb.index * subbuf_size;
                                 // SAFETY: a ready sub-buffer, not yet handed
                                 // back, within the mapping.
                                 let n = unsafe {
@@ -163,6 +167,43 @@ fn bench_sizes(c: &mut Criterion, group: &str, threads: usize) {
             })
         });
         if threads == 1 {
+            // The floor beside a reader: the same copy, while a relay reader
+            // on the other CPU does what it does beside `write` here (woken
+            // at every sub-buffer boundary, it claims the sub-buffer, writes
+            // it to /dev/null and hands it back), as often as it does it
+            // there: one 64-byte write every `every` copies into a channel
+            // of 4 KiB sub-buffers completes one as often as `write` of
+            // `size`-byte records completes a 1 MiB one. What `write` with
+            // a reader costs over this is relayfs's; what this costs over
+            // the floor is the reader's share of the machine (on 2 vCPUs,
+            // its wakeups and system calls slow the copy too).
+            let side = Drained::with_subbufs(Mode::NoOverwrite, 4096);
+            let every = ((1u64 << 14) / size as u64).max(1);
+            let small = [0x5au8; 64];
+            g.bench_with_input(
+                BenchmarkId::new("floor_copy_beside_reader", size),
+                &size,
+                |b, _| {
+                    b.iter_custom(|iters| {
+                        parallel(threads, iters, |_, n| {
+                            let mut ring = vec![0u8; 16 << 20];
+                            let mut at = 0usize;
+                            for i in 0..n {
+                                if at + size > ring.len() {
+                                    at = 0;
+                                }
+                                ring[at..at + size].copy_from_slice(black_box(&rec));
+                                at += size;
+                                if i % every == 0 {
+                                    let _ = side.chan.write(&small);
+                                }
+                            }
+                            black_box(&ring);
+                        })
+                    })
+                },
+            );
+            drop(side);
             // The floor plus the atomics of a reserve/commit protocol, on
             // private words, nothing else: what the locked instructions
             // alone cost beside the copy. `floor_cas_xadd` is relayfs's fast
