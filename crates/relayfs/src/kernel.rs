@@ -363,7 +363,7 @@ impl KernelRelayFile {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let ms = match left {
                 None => -1,
-                Some(l) => l.as_millis().min(i32::MAX as u128) as i32,
+                Some(l) => crate::notify::poll_ms(l),
             };
             let mut p = libc::pollfd {
                 fd: self.file.as_raw_fd(),

@@ -146,7 +146,7 @@ impl Waiter {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        let ms = timeout.map_or(-1, poll_ms);
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r < 0 {
@@ -177,6 +177,16 @@ impl AsFd for Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_shorter_than_a_millisecond_sleeps_rather_than_spins() {
+        assert_eq!(poll_ms(Duration::ZERO), 0);
+        assert_eq!(poll_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(poll_ms(Duration::from_micros(400)), 1);
+        assert_eq!(poll_ms(Duration::from_millis(10)), 10);
+        assert_eq!(poll_ms(Duration::from_micros(9_400)), 10);
+        assert_eq!(poll_ms(Duration::MAX), i32::MAX);
+    }
 
     #[test]
     fn wake_wait_and_hangup() {
@@ -224,4 +234,12 @@ mod tests {
             n.wake(); // far more than a pipe holds
         }
     }
+}
+
+/// `timeout` as `poll(2)`'s milliseconds, rounded up: rounded down, the
+/// last fraction of a millisecond of every wait became `poll(.., 0)` calls
+/// in a loop, a busy wait that burned about a tenth of a CPU in a reader
+/// polling an idle buffer with a 10 ms timeout.
+pub(crate) fn poll_ms(timeout: Duration) -> i32 {
+    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
