@@ -133,7 +133,11 @@ impl Waiter {
             // SAFETY: reading into a valid buffer of its length.
             let n =
                 unsafe { libc::read(self.fifo.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+            // A read of less than asked took all there was (a pipe hands
+            // over what it holds): no second call to hear EAGAIN. A byte
+            // written meanwhile stays for the next wait, which then returns
+            // at once: a spurious wakeup, never a lost one.
+            if n <= 0 || (n as usize) < buf.len() {
                 break;
             }
         }
@@ -172,6 +176,14 @@ impl AsFd for Waiter {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fifo.as_fd()
     }
+}
+
+/// `timeout` as `poll(2)`'s milliseconds, rounded up: rounded down, the
+/// last fraction of a millisecond of every wait became `poll(.., 0)` calls
+/// in a loop, a busy wait that burned about a tenth of a CPU in a reader
+/// polling an idle buffer with a 10 ms timeout.
+pub(crate) fn poll_ms(timeout: Duration) -> i32 {
+    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
 
 #[cfg(test)]
@@ -234,12 +246,4 @@ mod tests {
             n.wake(); // far more than a pipe holds
         }
     }
-}
-
-/// `timeout` as `poll(2)`'s milliseconds, rounded up: rounded down, the
-/// last fraction of a millisecond of every wait became `poll(.., 0)` calls
-/// in a loop, a busy wait that burned about a tenth of a CPU in a reader
-/// polling an idle buffer with a 10 ms timeout.
-pub(crate) fn poll_ms(timeout: Duration) -> i32 {
-    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }

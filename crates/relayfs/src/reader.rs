@@ -85,6 +85,11 @@ pub struct RelayFile {
     lost_handoff: Option<LostHandoff>,
     /// The sequence number of each view handed out, and whether it lives.
     views: Vec<(u64, Weak<()>)>,
+    /// When `poll` last found the producer alive (its lock held), while the
+    /// wakeup FIFO stayed open: a dying producer's FIFO hangs up at once,
+    /// so the lock is looked at again only after `LIVENESS_INTERVAL` (for
+    /// a FIFO another process holds open too, such as a forked child).
+    alive_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for RelayFile {
@@ -142,6 +147,7 @@ impl RelayFile {
             cur,
             lost_handoff,
             views: Vec::new(),
+            alive_at: None,
         })
     }
 
@@ -634,13 +640,21 @@ impl RelayFile {
                     Ready::Closed
                 });
             }
-            if !self.producer_alive() {
-                self.cur.set_writers_gone();
-                return Ok(if ready(self)? {
-                    Ready::Readable
-                } else {
-                    Ready::ProducerGone
-                });
+            let now = Instant::now();
+            let look = self.waiter.is_none()
+                || self
+                    .alive_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= LIVENESS_INTERVAL);
+            if look {
+                if !self.producer_alive() {
+                    self.cur.set_writers_gone();
+                    return Ok(if ready(self)? {
+                        Ready::Readable
+                    } else {
+                        Ready::ProducerGone
+                    });
+                }
+                self.alive_at = Some(now);
             }
             let s = self.shared();
             // SYNC POINT: Relaxed stores of WAITING, here and below: the
