@@ -648,13 +648,15 @@ fn run(
     };
     let mut chunk = vec![0u8; 64 << 10];
     let mut last_ts = 0u64;
+    let mut held = Held::default();
     loop {
         // Whether the recording is over (when following: the summary is
         // there); asked before reading, so that what is read after it is
         // everything.
         let over = finished(summary, problem);
         let mut waiting = false;
-        for s in srcs.iter_mut() {
+        for i in 0..srcs.len() {
+            let s = &mut srcs[i];
             if s.head.is_some() || s.ended {
                 continue;
             }
@@ -663,7 +665,8 @@ fn run(
                 waiting = true;
             }
             if s.ended && s.head.is_none() && !s.closed {
-                end_of_source(&mut p, s, summary, s.last_ts)?;
+                let ts = s.last_ts;
+                held.end(&mut p, &mut srcs, i, summary, ts, problem)?;
             }
         }
         // The smallest next record.
@@ -679,12 +682,14 @@ fn run(
             if !waiting {
                 break;
             }
+            held.release(&mut p, &mut srcs, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         };
         let ts = srcs[i].head.map_or(0, |h| h.0);
         if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
+            held.release(&mut p, &mut srcs, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -695,26 +700,7 @@ fn run(
         } else {
             last_ts = ts;
         }
-        let r = p.record(&srcs[i].payload, ts, i, &srcs);
-        match r {
-            Ok(losses) => {
-                for l in losses {
-                    let name = format!("cpu{}", l.buffer);
-                    if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
-                        s.lost_in_band += l.events + l.callsites;
-                    }
-                }
-            }
-            Err(e) => {
-                let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
-                p.stats.problems += 1;
-                problem(&Problem {
-                    file,
-                    offset: Some(off),
-                    message: format!("bad tracing record: {e}"),
-                });
-            }
-        }
+        held.record(&mut p, &mut srcs, i, ts, offset, summary, problem)?;
         // A buffer that has ended: what the recorder counted beyond the lost
         // records shown is shown here.
         fill(
@@ -724,12 +710,264 @@ fn run(
             problem,
             &mut p.stats,
         )?;
-        if srcs[i].ended && srcs[i].head.is_none() {
-            end_of_source(&mut p, &mut srcs[i], summary, ts)?;
+        if srcs[i].ended && srcs[i].head.is_none() && !srcs[i].closed {
+            held.end(&mut p, &mut srcs, i, summary, ts, problem)?;
         }
     }
+    held.release(&mut p, &mut srcs, summary, problem)?;
     p.flush()?;
     Ok(p.stats)
+}
+
+/// Records held until the next anchor, to map their timestamps to
+/// `CLOCK_MONOTONIC` between it and the one before.
+///
+/// A layer on the TSC clock writes anchor records (its clock and
+/// `CLOCK_MONOTONIC` read together) about once a second. From the first
+/// anchor on, records (in merged order) wait here; the next anchor maps
+/// them by linear interpolation between the two anchors and lets them go.
+/// What waits when the stream ends, when following and no buffer has
+/// anything newer, or when more than [`HELD_RECORDS`] records or
+/// [`HELD_BYTES`] bytes wait, is mapped by extrapolation from the last two
+/// anchors (from the last one with the rate 1 if there is one only).
+/// Records before the first anchor, and every record of a recording
+/// without anchors (the layer on `CLOCK_MONOTONIC`, or older recordings),
+/// keep their timestamps and are not held.
+#[derive(Default)]
+struct Held {
+    /// The last two anchors (clock, monotonic), the older first.
+    prev: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    /// What waits: records, and buffers' ends (`len` of `usize::MAX`).
+    queue: std::collections::VecDeque<Waiting>,
+    /// The payloads of the records in `queue`.
+    bytes: Vec<u8>,
+}
+
+/// Records held at most, and payload bytes held at most, before the
+/// oldest are mapped by extrapolation.
+const HELD_RECORDS: usize = 1 << 19;
+const HELD_BYTES: usize = 32 << 20;
+
+/// A record (or a buffer's end) waiting for the next anchor.
+struct Waiting {
+    ts: u64,
+    offset: u64,
+    src: usize,
+    start: usize,
+    len: usize,
+}
+
+/// A linear map from the layer's clock to `CLOCK_MONOTONIC`: through
+/// `(clock, mono)` with the slope `slope / 2^32`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Line {
+    clock: u64,
+    mono: u64,
+    slope: i128,
+}
+
+impl Line {
+    /// Through two anchors (`b` the later); the rate 1 through `b` if they
+    /// do not both increase.
+    pub(crate) fn through(a: Option<(u64, u64)>, b: (u64, u64)) -> Line {
+        let slope = match a {
+            Some(a) if b.0 > a.0 && b.1 >= a.1 => {
+                (i128::from(b.1 - a.1) << 32) / i128::from(b.0 - a.0)
+            }
+            _ => 1 << 32,
+        };
+        Line {
+            clock: b.0,
+            mono: b.1,
+            slope,
+        }
+    }
+
+    /// The `CLOCK_MONOTONIC` time of clock time `t`.
+    #[inline]
+    pub(crate) fn map(&self, t: u64) -> u64 {
+        let d = i128::from(t) - i128::from(self.clock);
+        let m = i128::from(self.mono) + ((d * self.slope) >> 32);
+        u64::try_from(m.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
+impl Held {
+    /// Takes the record at the head of `srcs[i]`: prints it, or holds it
+    /// until the next anchor; an anchor lets the held ones go first.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn record(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let payload = std::mem::take(&mut srcs[i].payload);
+        let r = self.record_payload(p, srcs, i, ts, offset, &payload, summary, problem);
+        srcs[i].payload = payload;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn record_payload(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        payload: &[u8],
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        if self.last.is_none() && payload.first() != Some(&wire::KIND_ANCHOR) {
+            // No anchor yet: the timestamp is CLOCK_MONOTONIC's.
+            return take(p, srcs, i, payload, ts, offset, problem);
+        }
+        if payload.first() == Some(&wire::KIND_ANCHOR) {
+            if let Ok(Item::Anchor { clock, monotonic }) = wire::parse(payload) {
+                let ok = self.last.is_none_or(|l| clock > l.0 && monotonic >= l.1);
+                if ok {
+                    let line = Line::through(self.last, (clock, monotonic));
+                    self.drain(p, srcs, line, summary, problem)?;
+                    self.prev = self.last;
+                    self.last = Some((clock, monotonic));
+                }
+            }
+            let line = self.line();
+            return take(p, srcs, i, payload, line.map(ts), offset, problem);
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.queue.push_back(Waiting {
+            ts,
+            offset,
+            src: i,
+            start,
+            len: payload.len(),
+        });
+        if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
+            self.release(p, srcs, summary, problem)?;
+        }
+        Ok(())
+    }
+
+    /// Buffer `i` ended at `ts`: the recorder's count of what it lost
+    /// beyond what was shown is shown there, once what is held before it is
+    /// out.
+    fn end(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        summary: &Option<HashMap<String, u64>>,
+        ts: u64,
+        _problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        srcs[i].closed = true;
+        if self.last.is_none() {
+            return end_of_source(p, &mut srcs[i], summary, ts);
+        }
+        self.queue.push_back(Waiting {
+            ts,
+            offset: 0,
+            src: i,
+            start: 0,
+            len: usize::MAX,
+        });
+        Ok(())
+    }
+
+    /// The map of times after the last anchor: extrapolation from the last
+    /// two.
+    fn line(&self) -> Line {
+        match self.last {
+            Some(l) => Line::through(self.prev, l),
+            None => Line {
+                clock: 0,
+                mono: 0,
+                slope: 1 << 32,
+            },
+        }
+    }
+
+    /// Lets everything held go, mapped by extrapolation.
+    fn release(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let line = self.line();
+        self.drain(p, srcs, line, summary, problem)
+    }
+
+    /// Lets everything held go, mapped by `line`.
+    fn drain(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        line: Line,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        while let Some(w) = self.queue.pop_front() {
+            let ts = line.map(w.ts);
+            if w.len == usize::MAX {
+                end_of_source(p, &mut srcs[w.src], summary, ts)?;
+            } else {
+                let payload = &self.bytes[w.start..w.start + w.len];
+                take(p, srcs, w.src, payload, ts, w.offset, problem)?;
+            }
+        }
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
+/// Prints or takes in one record of `srcs[i]` (its payload, its timestamp
+/// as `CLOCK_MONOTONIC`); a bad one is a problem.
+#[inline]
+fn take(
+    p: &mut Printer<'_>,
+    srcs: &mut [Source],
+    i: usize,
+    payload: &[u8],
+    ts: u64,
+    offset: u64,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<()> {
+    match p.record(payload, ts, i, srcs) {
+        Ok(losses) => {
+            for l in losses {
+                let name = format!("cpu{}", l.buffer);
+                if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
+                    s.lost_in_band += l.events + l.callsites;
+                }
+            }
+        }
+        Err(e) => {
+            let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+            p.stats.problems += 1;
+            problem(&Problem {
+                file,
+                offset: Some(off),
+                message: format!("bad tracing record: {e}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn end_of_source(
@@ -738,10 +976,6 @@ fn end_of_source(
     summary: &Option<HashMap<String, u64>>,
     ts: u64,
 ) -> io::Result<()> {
-    if s.closed {
-        return Ok(());
-    }
-    s.closed = true;
     let Some(sum) = summary else { return Ok(()) };
     let Some(&lost) = sum.get(&s.name) else {
         return Ok(());
@@ -1160,6 +1394,8 @@ impl Printer<'_> {
                 cs.json_next = cs.json_fields.iter().map(|f| format!(",{f}")).collect();
                 self.callsites.insert(c.id, cs);
             }
+            // Taken by the merge (`Held`), before the record is printed.
+            Item::Anchor { .. } => {}
             Item::Clock {
                 monotonic,
                 realtime,

@@ -63,6 +63,11 @@ struct Inner {
     global: bool,
     /// The clock of every record's timestamp.
     clock: Clock,
+    /// The layer's clock time from which the next anchor record is due
+    /// (`u64::MAX`: never, the clock is `CLOCK_MONOTONIC` itself).
+    next_anchor: AtomicU64,
+    /// The layer's clock time between anchor records.
+    anchor_every: u64,
     /// This layer's serial number, for the threads' callsite caches.
     serial: u64,
 }
@@ -88,6 +93,9 @@ struct Local {
 /// Room for an event record's head: kind, callsite id and thread id
 /// (varints of at most 10 bytes).
 const HEAD: usize = 24;
+
+/// The layer's clock time between anchor records.
+const ANCHOR_EVERY: u64 = 1_000_000_000;
 
 /// Serial numbers of layers (a layer's address can be reused by another).
 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -139,9 +147,11 @@ impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    fn new(chan: Arc<Channel>, clock: Clock) -> Inner {
+    fn new(chan: Arc<Channel>, clock: Clock, anchor_every: u64) -> Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
+            next_anchor: AtomicU64::new(if clock.anchored() { 0 } else { u64::MAX }),
+            anchor_every,
             clock,
             // SYNC POINT: a counter alone; only its uniqueness matters.
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -156,25 +166,103 @@ impl Inner {
             lost_meta: (0..n).map(|_| Padded::default()).collect(),
             any_lost: Padded::default(),
         };
+        layer.anchor_now();
         layer.write_clock();
         layer
     }
 
-    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
-    /// one after the other.
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME` read
+    /// together (of a few tries, the monotonic reading with the shortest
+    /// gap between the wall-clock readings around it, and the middle of
+    /// that gap).
     fn write_clock(&self) {
+        let mut best = (u64::MAX, 0, 0);
+        for _ in 0..5 {
+            let r0 = clock_ns(rustix::time::ClockId::Realtime);
+            let m = relayfs::frame::now();
+            let r1 = clock_ns(rustix::time::ClockId::Realtime);
+            let gap = r1.wrapping_sub(r0);
+            if gap < best.0 {
+                best = (gap, m, r0.wrapping_add(gap / 2));
+            }
+        }
         let mut e = Enc::default();
         e.byte(wire::KIND_CLOCK);
-        e.varint(self.clock.now());
-        e.varint(clock_ns(rustix::time::ClockId::Realtime));
+        e.varint(best.1);
+        e.varint(best.2);
         self.emit(&e.buf);
     }
 
-    /// Writes one timed record, with the layer's clock.
+    /// Writes one timed record, with the layer's clock; then, if an anchor
+    /// record is due, the anchor.
     #[inline(always)]
     fn write(&self, payload: &[u8]) -> Result<(), relayfs::WriteError> {
+        let mut ts = 0;
+        let r = self.chan.write_record_timed_with(payload, || {
+            ts = self.clock.now();
+            ts
+        });
+        // SYNC POINT: a deadline read alone; the compare-exchange in
+        // `anchor_due` decides which thread writes the anchor, and a stale
+        // value here only delays the check to the next record.
+        if ts >= self.next_anchor.load(Ordering::Relaxed) {
+            self.anchor_due(ts);
+        }
+        r
+    }
+
+    /// An anchor is due: the thread that moves the deadline writes it.
+    #[cold]
+    #[inline(never)]
+    fn anchor_due(&self, ts: u64) {
+        // SYNC POINT: as in `write`; the deadline guards no other memory.
+        let due = self.next_anchor.load(Ordering::Relaxed);
+        if ts < due {
+            return;
+        }
+        if self
+            .next_anchor
+            // SYNC POINT: only one thread moves a given deadline on; it
+            // orders nothing else.
+            .compare_exchange(
+                due,
+                ts.saturating_add(self.anchor_every),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+            && !self.write_anchor()
+        {
+            self.refused(true);
+        }
+    }
+
+    /// Writes an anchor record now (with a clock that needs them) and moves
+    /// the deadline of the next one.
+    fn anchor_now(&self) -> bool {
+        if !self.clock.anchored() {
+            return true;
+        }
+        // SYNC POINT: as in `anchor_due`; a race with it writes two
+        // anchors, which the decoder takes both.
+        self.next_anchor.store(
+            self.clock.now().saturating_add(self.anchor_every),
+            Ordering::Relaxed,
+        );
+        self.write_anchor()
+    }
+
+    /// Writes an anchor record: the layer's clock and `CLOCK_MONOTONIC`,
+    /// read together. Whether the channel took it.
+    fn write_anchor(&self) -> bool {
+        let (clock, mono, _gap) = self.clock.pair();
+        let mut e = Enc::default();
+        e.byte(wire::KIND_ANCHOR);
+        e.varint(clock);
+        e.varint(mono);
         self.chan
-            .write_record_timed_with(payload, || self.clock.now())
+            .write_record_timed_with(&e.buf, || self.clock.now())
+            .is_ok()
     }
 
     /// Events refused by the channel and not reported in a lost record yet.
@@ -191,6 +279,9 @@ impl Inner {
     /// reported (e.g. before closing the channel). If it is refused too,
     /// they stay pending.
     fn flush_lost(&self) {
+        if !self.anchor_now() {
+            self.refused(true);
+        }
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
@@ -539,7 +630,21 @@ impl RelayLayer {
     /// process with the TSC calibrates its rate, a few milliseconds (at
     /// most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::choose())))
+        RelayLayer(Arc::new(Inner::new(chan, Clock::choose(), ANCHOR_EVERY)))
+    }
+
+    /// As [`new`](RelayLayer::new) with the TSC clock (where the machine
+    /// has it), its rate made wrong by `skew_ppm` parts per million, and an
+    /// anchor record at least every `anchor_every` of its time: a test that
+    /// the decoder's anchors correct such a clock. Not for use.
+    #[doc(hidden)]
+    pub fn with_skewed_tsc(
+        chan: Arc<Channel>,
+        skew_ppm: i64,
+        anchor_every: std::time::Duration,
+    ) -> RelayLayer {
+        let every = u64::try_from(anchor_every.as_nanos()).unwrap_or(u64::MAX);
+        RelayLayer(Arc::new(Inner::new(chan, Clock::tsc(skew_ppm), every)))
     }
 
     /// As [`new`](RelayLayer::new), with timestamps always read from
@@ -548,7 +653,7 @@ impl RelayLayer {
     /// other timed writers, whose records then compare with the layer's to
     /// the nanosecond.
     pub fn with_monotonic_clock(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic)))
+        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic, ANCHOR_EVERY)))
     }
 
     /// The clock of the timestamps: `"tsc"` (the TSC, scaled to

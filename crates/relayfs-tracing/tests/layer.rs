@@ -19,6 +19,8 @@ struct Rig {
     readers: Vec<RelayFile>,
     dispatch: tracing::Dispatch,
     layer_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The layer's clock, `"tsc"` or `"monotonic"`.
+    clock: &'static str,
 }
 
 fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
@@ -40,6 +42,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
         Vec::new()
     };
     let layer = RelayLayer::new(chan.clone());
+    let clock = layer.clock();
     let l2 = layer.clone();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     Rig {
@@ -48,6 +51,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
         readers,
         dispatch,
         layer_lost: Arc::new(move || l2.lost_pending()),
+        clock,
     }
 }
 
@@ -153,6 +157,7 @@ fn every_field_type_round_trips() {
             );
         }
     });
+    let layer_clock = rig.clock;
     let streams = close_and_read(&mut rig);
     assert_eq!(streams.len(), 1);
 
@@ -212,6 +217,11 @@ fn every_field_type_round_trips() {
                 realtime,
             } => {
                 assert!(monotonic > 0 && realtime > monotonic);
+            }
+            // The layer on the TSC clock anchors it.
+            Item::Anchor { clock, monotonic } => {
+                assert_eq!(layer_clock, "tsc");
+                assert!(clock > 0 && monotonic > 0);
             }
             other => panic!("unexpected {other:?}"),
         }
