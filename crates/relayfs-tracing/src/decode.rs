@@ -2242,6 +2242,27 @@ mod tests {
     }
 
     #[test]
+    fn anchor_lines_interpolate_and_extrapolate() {
+        // The clock runs 1 % fast against CLOCK_MONOTONIC from (1000, 500).
+        let a = (1_000_000_000u64, 500_000_000u64);
+        let b = (a.0 + 1_010_000_000, a.1 + 1_000_000_000);
+        let l = Line::through(Some(a), b);
+        assert_eq!(l.map(b.0), b.1);
+        assert!(l.map(a.0).abs_diff(a.1) <= 1);
+        // Halfway, and as far again past the later anchor.
+        assert!(l.map(a.0 + 505_000_000).abs_diff(a.1 + 500_000_000) <= 1);
+        assert!(l.map(b.0 + 1_010_000_000).abs_diff(b.1 + 1_000_000_000) <= 1);
+        // One anchor, or anchors that do not increase: rate 1 through the
+        // later one.
+        for l in [Line::through(None, b), Line::through(Some(b), a)] {
+            assert_eq!(l.map(l.clock + 7), l.mono + 7);
+            assert_eq!(l.map(l.clock - 7), l.mono - 7);
+        }
+        // Never below zero.
+        assert_eq!(Line::through(None, (10, 5)).map(0), 0);
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(civil(0), (1970, 1, 1));
         assert_eq!(civil(19_723), (2024, 1, 1));
