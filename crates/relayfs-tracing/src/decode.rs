@@ -739,7 +739,7 @@ struct Held {
     prev: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
     /// What waits: records, and buffers' ends (`len` of `usize::MAX`).
-    queue: std::collections::VecDeque<Waiting>,
+    queue: Vec<Waiting>,
     /// The payloads of the records in `queue`.
     bytes: Vec<u8>,
 }
@@ -846,7 +846,7 @@ impl Held {
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
-        self.queue.push_back(Waiting {
+        self.queue.push(Waiting {
             ts,
             offset,
             src: i,
@@ -875,7 +875,7 @@ impl Held {
         if self.last.is_none() {
             return end_of_source(p, &mut srcs[i], summary, ts);
         }
-        self.queue.push_back(Waiting {
+        self.queue.push(Waiting {
             ts,
             offset: 0,
             src: i,
@@ -922,7 +922,7 @@ impl Held {
         summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
-        while let Some(w) = self.queue.pop_front() {
+        for w in self.queue.drain(..) {
             let ts = line.map(w.ts);
             if w.len == usize::MAX {
                 end_of_source(p, &mut srcs[w.src], summary, ts)?;
@@ -938,7 +938,7 @@ impl Held {
 
 /// Prints or takes in one record of `srcs[i]` (its payload, its timestamp
 /// as `CLOCK_MONOTONIC`); a bad one is a problem.
-#[inline]
+#[inline(always)]
 fn take(
     p: &mut Printer<'_>,
     srcs: &mut [Source],
