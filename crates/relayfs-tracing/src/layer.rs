@@ -623,12 +623,14 @@ impl RelayLayer {
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
     ///
-    /// Timestamps are `CLOCK_MONOTONIC` nanoseconds, read from the TSC
-    /// (scaled) where the kernel's clocksource is the TSC and the `tsc`
-    /// feature is on (it is off by default), else from `CLOCK_MONOTONIC`
-    /// itself; see [`clock`](RelayLayer::clock). The first layer of a
-    /// process with the TSC calibrates its rate, a few milliseconds (at
-    /// most 200).
+    /// Timestamps are the TSC scaled to nanoseconds (anchored to
+    /// `CLOCK_MONOTONIC` by anchor records, which the decoder interpolates
+    /// between) where the kernel's clocksource is the TSC, the CPU's TSC is
+    /// invariant and the `tsc` feature is on (it is by default), unless
+    /// `RELAYFS_TRACING_CLOCK=monotonic` is in the environment; else
+    /// `CLOCK_MONOTONIC` itself; see [`clock`](RelayLayer::clock). The
+    /// first layer of a process with the TSC calibrates its rate, a few
+    /// milliseconds (at most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
         RelayLayer(Arc::new(Inner::new(chan, Clock::choose(), ANCHOR_EVERY)))
     }
@@ -657,13 +659,15 @@ impl RelayLayer {
     }
 
     /// The clock of the timestamps: `"tsc"` (the TSC, scaled to
-    /// `CLOCK_MONOTONIC` nanoseconds) or `"monotonic"`.
+    /// nanoseconds against `CLOCK_MONOTONIC` once a process, and anchored)
+    /// or `"monotonic"`.
     pub fn clock(&self) -> &'static str {
         self.0.clock.name()
     }
 
     /// The layer's clock now: what a record written now would carry, in
-    /// `CLOCK_MONOTONIC` nanoseconds.
+    /// nanoseconds (`CLOCK_MONOTONIC`'s, or the scaled TSC's, which differ
+    /// by its drift since the calibration).
     pub fn now(&self) -> u64 {
         self.0.clock.now()
     }
@@ -684,9 +688,10 @@ impl RelayLayer {
         self.0.lost_pending()
     }
 
-    /// Writes a lost record for every buffer with refused writes not yet
-    /// reported (e.g. before closing the channel). Those whose record is
-    /// refused too stay pending.
+    /// Writes an anchor record (with the TSC clock), then a lost record for
+    /// every buffer with refused writes not yet reported (e.g. before
+    /// closing the channel: the decoder then interpolates up to the end).
+    /// Those whose record is refused too stay pending.
     pub fn flush_lost(&self) {
         self.0.flush_lost();
     }
