@@ -365,7 +365,7 @@ impl Inner {
     /// in front of it, in the same reservation (a `KIND_LOST_THEN` record):
     /// the loss shows where it happened, whichever thread writes next, and
     /// a full buffer refuses one record per event, not two.
-    #[inline]
+    #[inline(always)]
     fn emit(&self, payload: &[u8]) {
         // SYNC POINT: a counter alone (see take_losses); one shared line
         // that stays clean in every cache while nothing is refused.
