@@ -4,8 +4,9 @@
 //! (tracing's dispatch, the clock, the write); the clocks (`CLOCK_MONOTONIC`
 //! against the TSC); and the decoder's rate.
 //!
-//! `cargo bench -p relayfs-tracing --bench emit` (add `--features tsc` for
-//! the layer's TSC clock in `relay_layer` and `clock/layer_tsc`)
+//! `cargo bench -p relayfs-tracing --bench emit` (`relay_layer` with the
+//! layer's default clock, the anchored TSC where the kernel keeps time with
+//! it; `relay_layer_monotonic` with `CLOCK_MONOTONIC`, in the same run)
 //!
 //! With `BENCH_CPU_TIME=1` in the environment, criterion measures the
 //! benchmarking thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) instead of
@@ -128,8 +129,8 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
         })
     });
     // The same with CLOCK_MONOTONIC read for every record: what
-    // `relay_layer` does too unless the `tsc` feature is on (and the
-    // kernel's clocksource is the TSC).
+    // `relay_layer` does too where the kernel's clocksource is not the TSC
+    // (or without the `tsc` feature, or with RELAYFS_TRACING_CLOCK=monotonic).
     let mono = tracing::Dispatch::new(
         tracing_subscriber::registry().with(RelayLayer::with_monotonic_clock(chan.clone())),
     );
@@ -222,8 +223,8 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     g.bench_function("clock_gettime_monotonic", |b| b.iter(relayfs::frame::now));
     let q = quanta::Clock::new();
     g.bench_function("tsc_raw", |b| b.iter(|| q.raw()));
-    // The layer's clock: with the `tsc` feature, the TSC scaled to
-    // CLOCK_MONOTONIC nanoseconds where the kernel's clocksource is the TSC.
+    // The layer's clock: the TSC scaled to nanoseconds where the kernel's
+    // clocksource is the TSC (and the `tsc` feature is on, by default).
     let layer = RelayLayer::new(chan.clone());
     g.bench_function(format!("layer_{}", layer.clock()), |b| {
         b.iter(|| layer.now())

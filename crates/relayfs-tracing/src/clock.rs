@@ -72,8 +72,7 @@ impl Tsc {
                     best = Some((gap, raw, t0 + gap / 2));
                 }
             }
-            let (_, base_raw, base_ns) =
-                best.unwrap_or((0, clock.raw(), relayfs::frame::now()));
+            let (_, base_raw, base_ns) = best.unwrap_or((0, clock.raw(), relayfs::frame::now()));
             Tsc {
                 clock,
                 base_raw,
@@ -173,12 +172,10 @@ fn tsc_is_the_kernels() -> bool {
     let source = std::fs::read_to_string(CLOCKSOURCE).is_ok_and(|s| s.trim() == "tsc");
     source
         && std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("flags"))
-                .is_some_and(|l| {
-                    let mut f = l.split_whitespace();
-                    let has = |f: &mut std::str::SplitWhitespace<'_>, w| f.any(|x| x == w);
-                    has(&mut f.clone(), "constant_tsc") && has(&mut f, "nonstop_tsc")
-                })
+            s.lines().find(|l| l.starts_with("flags")).is_some_and(|l| {
+                let mut f = l.split_whitespace();
+                let has = |f: &mut std::str::SplitWhitespace<'_>, w| f.any(|x| x == w);
+                has(&mut f.clone(), "constant_tsc") && has(&mut f, "nonstop_tsc")
+            })
         })
 }

@@ -15,13 +15,15 @@ use relayfs_tracing::wire::{self, Item};
 use relayfs_tracing::RelayLayer;
 use tracing_subscriber::prelude::*;
 
-/// Whether this machine's kernel keeps time with an invariant TSC (where
-/// the layer's default clock is the TSC).
+/// Whether this machine's kernel keeps time with an invariant TSC and the
+/// `tsc` feature is on (where the layer's default clock is the TSC).
 fn machine_has_tsc() -> bool {
-    let source = std::fs::read_to_string(
-        "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-    )
-    .is_ok_and(|s| s.trim() == "tsc");
+    if !cfg!(feature = "tsc") {
+        return false;
+    }
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .is_ok_and(|s| s.trim() == "tsc");
     let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = flags.lines().find(|l| l.starts_with("flags")).unwrap_or("");
     source
@@ -32,8 +34,9 @@ fn machine_has_tsc() -> bool {
 /// Says loudly that a test cannot run here (no TSC clock).
 fn no_tsc(test: &str) {
     eprintln!(
-        "*** {test}: the kernel's clocksource is not an invariant TSC here: \
-         the layer uses CLOCK_MONOTONIC and writes no anchors; not tested ***"
+        "*** {test}: the kernel's clocksource is not an invariant TSC here, \
+         or the `tsc` feature is off: the layer uses CLOCK_MONOTONIC and writes \
+         no anchors; not tested ***"
     );
 }
 
@@ -280,7 +283,14 @@ fn the_environment_can_force_the_monotonic_clock() {
     let exe = std::env::current_exe().unwrap();
     for (env, want) in [
         (Some("monotonic"), "monotonic"),
-        (None, if machine_has_tsc() { "tsc" } else { "monotonic" }),
+        (
+            None,
+            if machine_has_tsc() {
+                "tsc"
+            } else {
+                "monotonic"
+            },
+        ),
     ] {
         let mut c = std::process::Command::new(&exe);
         c.args([
