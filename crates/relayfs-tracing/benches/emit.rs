@@ -117,6 +117,7 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     // The process's first layer: with the TSC, it calibrates its rate.
     let t0 = std::time::Instant::now();
     let first = RelayLayer::new(chan.clone());
+    let first_clock = first.clock();
     println!(
         "emit/relay_layer: timestamps from the {} clock; the first layer made in {:.1} ms",
         first.clock(),
@@ -139,6 +140,7 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
             b.iter(|| tracing::info!(a = 1, b = "x", "message"))
         })
     });
+    paired_clocks(&relay, &mono, first_clock);
     let lost = chan.total_stats().lost() - chan.total_stats().overwritten_records;
     assert_eq!(lost, 0, "the relay layer lost writes");
 
@@ -233,6 +235,51 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     drop(relay);
     drop(mono);
     chan.close().unwrap();
+}
+
+/// The layer with its default clock against the layer with
+/// `CLOCK_MONOTONIC`, in alternating short rounds of the emitting thread's
+/// CPU time, so that both meet the same load: the medians and their ratio.
+/// (`BENCH_PAIRED_ROUNDS=0` skips it.)
+fn paired_clocks(default: &tracing::Dispatch, mono: &tracing::Dispatch, clock: &str) {
+    let rounds: usize = std::env::var("BENCH_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(21);
+    if rounds == 0 {
+        return;
+    }
+    const N: u64 = 200_000;
+    let round = |d: &tracing::Dispatch| {
+        tracing::dispatcher::with_default(d, || {
+            let t0 = thread_cpu_ns();
+            for _ in 0..N {
+                tracing::info!(a = 1, b = "x", "message");
+            }
+            (thread_cpu_ns() - t0) as f64 / N as f64
+        })
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // Each first in turn.
+        if r % 2 == 0 {
+            a.push(round(default));
+            b.push(round(mono));
+        } else {
+            b.push(round(mono));
+            a.push(round(default));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ma, mb) = (median(&mut a), median(&mut b));
+    println!(
+        "emit/paired: {rounds} alternating rounds of {N} events, CPU time: \
+         relay_layer ({clock}) {ma:.1} ns, relay_layer_monotonic {mb:.1} ns, ratio {:.3}",
+        ma / mb
+    );
 }
 
 fn decode<M: Measurement>(c: &mut Criterion<M>) {
