@@ -738,25 +738,31 @@ struct Held {
     /// The last two anchors (clock, monotonic), the older first.
     prev: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
-    /// What waits: records, and buffers' ends (`len` of `usize::MAX`).
+    /// What waits: records, and buffers' ends.
     queue: Vec<Waiting>,
     /// The payloads of the records in `queue`.
     bytes: Vec<u8>,
 }
 
-/// Records held at most, and payload bytes held at most, before the
-/// oldest are mapped by extrapolation.
-const HELD_RECORDS: usize = 1 << 19;
-const HELD_BYTES: usize = 32 << 20;
+/// Records held at most, and payload bytes held at most, before those
+/// held are mapped by extrapolation: a few megabytes, reused, rather than
+/// a second of a fast recording (holding that much costs the decoder more
+/// in cache misses than it does in work).
+const HELD_RECORDS: usize = 1 << 16;
+const HELD_BYTES: usize = 4 << 20;
 
-/// A record (or a buffer's end) waiting for the next anchor.
+/// A record (or a buffer's end) waiting for the next anchor; its payload is
+/// the next `len` bytes held.
 struct Waiting {
     ts: u64,
     offset: u64,
-    src: usize,
-    start: usize,
-    len: usize,
+    src: u32,
+    /// [`END`] for a buffer's end.
+    len: u32,
 }
+
+/// [`Waiting::len`] of a buffer's end.
+const END: u32 = u32::MAX;
 
 /// A linear map from the layer's clock to `CLOCK_MONOTONIC`: through
 /// `(clock, mono)` with the slope `slope / 2^32`.
@@ -844,14 +850,13 @@ impl Held {
             let line = self.line();
             return take(p, srcs, i, payload, line.map(ts), offset, problem);
         }
-        let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
         self.queue.push(Waiting {
             ts,
             offset,
-            src: i,
-            start,
-            len: payload.len(),
+            // Fewer buffers than 2^32, payloads below MAX_PAYLOAD.
+            src: i as u32,
+            len: payload.len() as u32,
         });
         if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
             self.release(p, srcs, summary, problem)?;
@@ -878,9 +883,8 @@ impl Held {
         self.queue.push(Waiting {
             ts,
             offset: 0,
-            src: i,
-            start: 0,
-            len: usize::MAX,
+            src: i as u32,
+            len: END,
         });
         Ok(())
     }
@@ -922,13 +926,17 @@ impl Held {
         summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
+        let mut start = 0;
         for w in self.queue.drain(..) {
             let ts = line.map(w.ts);
-            if w.len == usize::MAX {
-                end_of_source(p, &mut srcs[w.src], summary, ts)?;
+            let src = w.src as usize;
+            if w.len == END {
+                end_of_source(p, &mut srcs[src], summary, ts)?;
             } else {
-                let payload = &self.bytes[w.start..w.start + w.len];
-                take(p, srcs, w.src, payload, ts, w.offset, problem)?;
+                let end = start + w.len as usize;
+                let payload = self.bytes.get(start..end).unwrap_or_default();
+                start = end;
+                take(p, srcs, src, payload, ts, w.offset, problem)?;
             }
         }
         self.bytes.clear();

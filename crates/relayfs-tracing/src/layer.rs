@@ -66,8 +66,12 @@ struct Inner {
     /// The layer's clock time from which the next anchor record is due
     /// (`u64::MAX`: never, the clock is `CLOCK_MONOTONIC` itself).
     next_anchor: AtomicU64,
-    /// The layer's clock time between anchor records.
+    /// The layer's clock time between anchor records, at most.
     anchor_every: u64,
+    /// The time to the next anchor record: from [`FIRST_ANCHOR_GAP`],
+    /// doubled after each up to `anchor_every`, so that a decoder has two
+    /// anchors (a rate) early in a recording.
+    anchor_gap: AtomicU64,
     /// This layer's serial number, for the threads' callsite caches.
     serial: u64,
 }
@@ -94,8 +98,11 @@ struct Local {
 /// (varints of at most 10 bytes).
 const HEAD: usize = 24;
 
-/// The layer's clock time between anchor records.
+/// The layer's clock time between anchor records, once the first few
+/// (from [`FIRST_ANCHOR_GAP`], doubling) are written.
 const ANCHOR_EVERY: u64 = 1_000_000_000;
+/// The time from the first anchor record to the second.
+const FIRST_ANCHOR_GAP: u64 = 10_000_000;
 
 /// Serial numbers of layers (a layer's address can be reused by another).
 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -147,11 +154,12 @@ impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    fn new(chan: Arc<Channel>, clock: Clock, anchor_every: u64) -> Inner {
+    fn new(chan: Arc<Channel>, clock: Clock, first_gap: u64, anchor_every: u64) -> Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
             next_anchor: AtomicU64::new(if clock.anchored() { 0 } else { u64::MAX }),
             anchor_every,
+            anchor_gap: AtomicU64::new(first_gap.min(anchor_every)),
             clock,
             // SYNC POINT: a counter alone; only its uniqueness matters.
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -220,13 +228,14 @@ impl Inner {
         if ts < due {
             return;
         }
+        let gap = self.next_gap();
         if self
             .next_anchor
             // SYNC POINT: only one thread moves a given deadline on; it
             // orders nothing else.
             .compare_exchange(
                 due,
-                ts.saturating_add(self.anchor_every),
+                ts.saturating_add(gap),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             )
@@ -235,6 +244,22 @@ impl Inner {
         {
             self.refused(true);
         }
+    }
+
+    /// The time to the next anchor, and the one after doubled (up to
+    /// `anchor_every`).
+    fn next_gap(&self) -> u64 {
+        // SYNC POINT: a value read alone; a race only makes one gap
+        // shorter or longer.
+        let gap = self.anchor_gap.load(Ordering::Relaxed);
+        if gap < self.anchor_every {
+            // SYNC POINT: as above.
+            self.anchor_gap.store(
+                gap.saturating_mul(2).min(self.anchor_every),
+                Ordering::Relaxed,
+            );
+        }
+        gap
     }
 
     /// Writes an anchor record now (with a clock that needs them) and moves
@@ -246,7 +271,7 @@ impl Inner {
         // SYNC POINT: as in `anchor_due`; a race with it writes two
         // anchors, which the decoder takes both.
         self.next_anchor.store(
-            self.clock.now().saturating_add(self.anchor_every),
+            self.clock.now().saturating_add(self.next_gap()),
             Ordering::Relaxed,
         );
         self.write_anchor()
@@ -632,12 +657,18 @@ impl RelayLayer {
     /// first layer of a process with the TSC calibrates its rate, a few
     /// milliseconds (at most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::choose(), ANCHOR_EVERY)))
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::choose(),
+            FIRST_ANCHOR_GAP,
+            ANCHOR_EVERY,
+        )))
     }
 
     /// As [`new`](RelayLayer::new) with the TSC clock (where the machine
     /// has it), its rate made wrong by `skew_ppm` parts per million, and an
-    /// anchor record at least every `anchor_every` of its time: a test that
+    /// anchor record every `anchor_every` of its time (from the first; no
+    /// shorter gaps at the start): a test that
     /// the decoder's anchors correct such a clock. Not for use.
     #[doc(hidden)]
     pub fn with_skewed_tsc(
@@ -646,7 +677,12 @@ impl RelayLayer {
         anchor_every: std::time::Duration,
     ) -> RelayLayer {
         let every = u64::try_from(anchor_every.as_nanos()).unwrap_or(u64::MAX);
-        RelayLayer(Arc::new(Inner::new(chan, Clock::tsc(skew_ppm), every)))
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::tsc(skew_ppm),
+            every,
+            every,
+        )))
     }
 
     /// As [`new`](RelayLayer::new), with timestamps always read from
@@ -655,7 +691,12 @@ impl RelayLayer {
     /// other timed writers, whose records then compare with the layer's to
     /// the nanosecond.
     pub fn with_monotonic_clock(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic, ANCHOR_EVERY)))
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::Monotonic,
+            FIRST_ANCHOR_GAP,
+            ANCHOR_EVERY,
+        )))
     }
 
     /// The clock of the timestamps: `"tsc"` (the TSC, scaled to

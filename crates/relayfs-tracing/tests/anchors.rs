@@ -351,3 +351,53 @@ fn a_recording_cut_inside_an_anchor_stops_at_the_last_whole_record() {
         );
     }
 }
+
+/// More records between two anchors than the decoder holds: those held are
+/// let go (extrapolated from the last anchors) and the rest follow, every
+/// event once, in order, near `CLOCK_MONOTONIC`.
+#[test]
+fn more_records_than_the_decoder_holds_all_come_out_in_order() {
+    if !machine_has_tsc() {
+        return no_tsc("more_records_than_the_decoder_holds_all_come_out_in_order");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("held")
+            .dir(dir.path())
+            .subbuf_size(1 << 20)
+            .n_subbufs(8)
+            .global(true)
+            .open()
+            .unwrap(),
+    );
+    let mut readers = vec![RelayFile::open(chan.buffer_path(0)).unwrap()];
+    // Anchors at the start and at the end only.
+    let layer = RelayLayer::with_skewed_tsc(chan.clone(), 0, Duration::from_secs(3600));
+    let d = tracing::Dispatch::new(tracing_subscriber::registry().with(layer.clone()));
+    const N: u64 = 150_000;
+    let start = relayfs::frame::now();
+    tracing::dispatcher::with_default(&d, || {
+        for i in 0..N {
+            tracing::info!(i, "tick");
+        }
+    });
+    let end = relayfs::frame::now();
+    layer.flush_lost();
+    let streams = close_and_read(&chan, &mut readers);
+    let (json, problems, stats) = decode(&streams, true);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(stats.events, N);
+    let lines = json_lines(&json);
+    assert_eq!(lines.len() as u64, N);
+    // Not a timing: the calibrated rate's error over the recording, far
+    // below a millisecond.
+    const SLACK: u64 = 1_000_000;
+    for (k, l) in lines.iter().enumerate() {
+        assert_eq!(l["fields"]["i"], k as u64);
+        let t = l["time_ns"].as_u64().unwrap();
+        assert!(
+            t + SLACK >= start && t <= end + SLACK,
+            "{t} not in {start}..{end}"
+        );
+    }
+}
