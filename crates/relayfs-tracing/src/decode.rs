@@ -814,10 +814,43 @@ impl Held {
         summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
+        let kind = srcs[i].payload.first().copied();
+        if self.last.is_some() && kind != Some(wire::KIND_ANCHOR) {
+            // The usual case once there are anchors: held.
+            return self.hold(p, srcs, i, ts, offset, summary, problem);
+        }
         let payload = std::mem::take(&mut srcs[i].payload);
         let r = self.record_payload(p, srcs, i, ts, offset, &payload, summary, problem);
         srcs[i].payload = payload;
         r
+    }
+
+    /// Holds the record at the head of `srcs[i]` until the next anchor.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn hold(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let payload = &srcs[i].payload;
+        self.bytes.extend_from_slice(payload);
+        self.queue.push(Waiting {
+            ts,
+            offset,
+            // Fewer buffers than 2^32, payloads below MAX_PAYLOAD.
+            src: i as u32,
+            len: payload.len() as u32,
+        });
+        if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
+            self.release(p, srcs, summary, problem)?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -847,21 +880,9 @@ impl Held {
                     self.last = Some((clock, monotonic));
                 }
             }
-            let line = self.line();
-            return take(p, srcs, i, payload, line.map(ts), offset, problem);
         }
-        self.bytes.extend_from_slice(payload);
-        self.queue.push(Waiting {
-            ts,
-            offset,
-            // Fewer buffers than 2^32, payloads below MAX_PAYLOAD.
-            src: i as u32,
-            len: payload.len() as u32,
-        });
-        if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
-            self.release(p, srcs, summary, problem)?;
-        }
-        Ok(())
+        let line = self.line();
+        take(p, srcs, i, payload, line.map(ts), offset, problem)
     }
 
     /// Buffer `i` ended at `ts`: the recorder's count of what it lost
