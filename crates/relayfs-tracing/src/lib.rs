@@ -97,9 +97,9 @@
 //! vDSO. The scaled TSC drifts from `CLOCK_MONOTONIC` (NTP slews the one,
 //! not the other; the calibrated rate has an error), so the layer writes
 //! anchor records (kind 11: its clock and `CLOCK_MONOTONIC` read together,
-//! the closest pair of five tries) when it is made, then when about a
-//! second of its clock has passed since the last one (checked after each
-//! write: one relaxed load and a compare), and in
+//! the closest pair of five tries) when it is made, then 10 ms later,
+//! the gap doubling up to a second, then every second of its clock
+//! (checked after each write: one relaxed load and a compare), and in
 //! [`RelayLayer::flush_lost`]. The decoder maps each timestamp to
 //! `CLOCK_MONOTONIC` by linear interpolation between the anchors around
 //! it (extrapolating from the last two after the last one) before it
