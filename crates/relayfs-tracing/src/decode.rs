@@ -794,7 +794,8 @@ impl Line {
     #[inline]
     pub(crate) fn map(&self, t: u64) -> u64 {
         let d = i128::from(t) - i128::from(self.clock);
-        let m = i128::from(self.mono) + ((d * self.slope) >> 32);
+        // Saturating: anchors in a damaged file can be anything.
+        let m = i128::from(self.mono).saturating_add(d.saturating_mul(self.slope) >> 32);
         u64::try_from(m.max(0)).unwrap_or(u64::MAX)
     }
 }
@@ -2289,6 +2290,74 @@ mod tests {
         }
         // Never below zero.
         assert_eq!(Line::through(None, (10, 5)).map(0), 0);
+        // Anchors of a damaged file: extreme slopes and times, no overflow.
+        let steep = Line::through(Some((0, 0)), (1, u64::MAX));
+        assert_eq!(steep.map(u64::MAX), u64::MAX);
+        assert_eq!(steep.map(0), 0);
+        let flat = Line::through(Some((0, 0)), (u64::MAX, 0));
+        assert_eq!(flat.map(u64::MAX), 0);
+        let late = Line::through(Some((u64::MAX - 1, 0)), (u64::MAX, u64::MAX));
+        assert_eq!(late.map(0), 0);
+    }
+
+    /// Anchors with any values (a damaged or hostile file) between events
+    /// with any timestamps: every event printed once, in the merge's order,
+    /// never a panic; text and JSON alike.
+    #[test]
+    fn anchors_with_extreme_values_decode_without_a_panic() {
+        let anchor = |rec: &mut Vec<u8>, ts: u64, clock: u64, mono: u64| {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_ANCHOR);
+            e.varint(clock);
+            e.varint(mono);
+            framed(rec, ts, &e.buf);
+        };
+        let event = |rec: &mut Vec<u8>, ts: u64| {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_EVENT);
+            e.varint(1);
+            e.varint(7);
+            framed(rec, ts, &e.buf);
+        };
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(0);
+        e.varint(u64::MAX);
+        framed(&mut rec, 0, &e.buf);
+        let mut n = 0;
+        for (clock, mono) in [
+            (0, 0),
+            (1, u64::MAX),
+            (2, 0),
+            (3, u64::MAX),
+            (u64::MAX, u64::MAX),
+            (5, 5),
+        ] {
+            for ts in [0, 1, u64::MAX / 2, u64::MAX] {
+                event(&mut rec, ts);
+                n += 1;
+            }
+            anchor(&mut rec, clock, clock, mono);
+        }
+        event(&mut rec, u64::MAX);
+        n += 1;
+        // A truncated anchor at the end.
+        let mut cut = Vec::new();
+        anchor(&mut cut, 3, u64::MAX, u64::MAX);
+        rec.extend_from_slice(&cut[..cut.len() - 2]);
+        for json in [false, true] {
+            let mut out = Vec::new();
+            let mut problems = 0;
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |_| {
+                problems += 1
+            })
+            .unwrap();
+            assert_eq!(st.events, n);
+            assert_eq!(String::from_utf8(out).unwrap().lines().count() as u64, n);
+            assert_eq!(problems, 1);
+        }
     }
 
     #[test]
