@@ -311,7 +311,21 @@ fn events_of_several_threads_come_out_in_time_order() {
         }
     });
     assert_eq!((rig.layer_lost)(), 0);
+    let clock = rig.clock;
     let streams = close_and_read(&mut rig);
+    // On the TSC clock (the default where the kernel keeps time with it)
+    // the streams carry anchors, which the decoder maps the times with.
+    let anchors = streams
+        .iter()
+        .flat_map(|(_, b)| Records::from_reader(&b[..]).map(|r| r.unwrap()))
+        .filter(|r| r.payload.first() == Some(&wire::KIND_ANCHOR))
+        .count();
+    assert_eq!(
+        anchors > 0,
+        clock == "tsc",
+        "{anchors} anchors, {clock} clock"
+    );
+    eprintln!("time order checked on the {clock} clock");
     let (lines, problems, stats) = decode_json(streams);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(stats.events, THREADS * EACH);
