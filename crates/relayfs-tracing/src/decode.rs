@@ -78,7 +78,8 @@ pub struct Stats {
     pub events: u64,
     /// Events (and span records) the layer said it lost.
     pub lost_events: u64,
-    /// Callsite records the layer said it lost (each is written again).
+    /// Callsite records (each is written again) and anchor records the
+    /// layer said it lost.
     pub lost_callsites: u64,
     /// Records the recorder's counters say were lost beyond those.
     pub lost_records: u64,
@@ -1337,7 +1338,7 @@ impl Printer<'_> {
             if known {
                 let _ = write!(self.line, "  LOST {n} events lost on {buffer}");
                 if callsites > 0 {
-                    let _ = write!(self.line, " (and {callsites} callsite records)");
+                    let _ = write!(self.line, " (and {callsites} callsite or anchor records)");
                 }
             } else {
                 let _ = write!(

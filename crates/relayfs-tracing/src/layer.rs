@@ -174,7 +174,9 @@ impl Inner {
             lost_meta: (0..n).map(|_| Padded::default()).collect(),
             any_lost: Padded::default(),
         };
-        layer.anchor_now();
+        if !layer.anchor_now() {
+            layer.refused(true);
+        }
         layer.write_clock();
         layer
     }
