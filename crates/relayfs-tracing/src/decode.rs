@@ -4,7 +4,9 @@
 //!
 //! * Each buffer's files are one stream of framed records
 //!   ([`relayfs::Decoder`]); the streams are merged by timestamp (the
-//!   framing's `CLOCK_MONOTONIC`, one clock for every CPU).
+//!   layer's clock, one clock for every CPU: `CLOCK_MONOTONIC`, or the
+//!   scaled TSC, whose timestamps are mapped to `CLOCK_MONOTONIC` between
+//!   the anchor records around them before they are printed).
 //! * Callsite records are collected as they come; an event whose callsite
 //!   record has not been seen (it was lost, or it is in a buffer the merge
 //!   has not reached) is shown as `unknown callsite N` with its values by
@@ -667,7 +669,7 @@ fn run(
             }
             if s.ended && s.head.is_none() && !s.closed {
                 let ts = s.last_ts;
-                held.end(&mut p, &mut srcs, i, summary, ts, problem)?;
+                held.end(&mut p, &mut srcs, i, summary, ts)?;
             }
         }
         // The smallest next record.
@@ -712,7 +714,7 @@ fn run(
             &mut p.stats,
         )?;
         if srcs[i].ended && srcs[i].head.is_none() && !srcs[i].closed {
-            held.end(&mut p, &mut srcs, i, summary, ts, problem)?;
+            held.end(&mut p, &mut srcs, i, summary, ts)?;
         }
     }
     held.release(&mut p, &mut srcs, summary, problem)?;
@@ -897,7 +899,6 @@ impl Held {
         i: usize,
         summary: &Option<HashMap<String, u64>>,
         ts: u64,
-        _problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         srcs[i].closed = true;
         if self.last.is_none() {
