@@ -691,7 +691,16 @@ fn run(
             continue;
         };
         let ts = srcs[i].head.map_or(0, |h| h.0);
-        if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
+        // Its age on this machine's CLOCK_MONOTONIC: the layer's clock
+        // mapped by the last anchors (the scaled TSC may have drifted
+        // from it by more than `settle` in a long run).
+        if waiting
+            && held
+                .line()
+                .map(ts)
+                .saturating_add(opts.settle.as_nanos() as u64)
+                > relayfs::frame::now()
+        {
             held.release(&mut p, &mut srcs, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
