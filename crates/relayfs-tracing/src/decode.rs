@@ -685,7 +685,7 @@ fn run(
             if !waiting {
                 break;
             }
-            held.release(&mut p, &mut srcs, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -701,7 +701,7 @@ fn run(
                 .saturating_add(opts.settle.as_nanos() as u64)
                 > relayfs::frame::now()
         {
-            held.release(&mut p, &mut srcs, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -738,8 +738,10 @@ fn run(
 /// `CLOCK_MONOTONIC` read together) about once a second. From the first
 /// anchor on, records (in merged order) wait here; the next anchor maps
 /// them by linear interpolation between the two anchors and lets them go.
-/// What waits when the stream ends, when following and no buffer has
-/// anything newer, or when more than [`HELD_RECORDS`] records or
+/// What waits when the stream ends, when following and waiting for more
+/// once the oldest is older than `settle` and [`ANCHOR_WAIT`] (the writer
+/// may be idle, and writes no anchor then), or when more than
+/// [`HELD_RECORDS`] records or
 /// [`HELD_BYTES`] bytes wait, is mapped by extrapolation from the last two
 /// anchors (from the last one with the rate 1 if there is one only).
 /// Records before the first anchor, and every record of a recording
@@ -762,6 +764,11 @@ struct Held {
 /// in cache misses than it does in work).
 const HELD_RECORDS: usize = 1 << 16;
 const HELD_BYTES: usize = 4 << 20;
+
+/// How long past `settle` a follower waits for the next anchor before it
+/// lets the records held for it go: the layer's longest gap between
+/// anchors (a second of its clock).
+const ANCHOR_WAIT: Duration = Duration::from_secs(1);
 
 /// A record (or a buffer's end) waiting for the next anchor; its payload is
 /// the next `len` bytes held.
@@ -933,6 +940,28 @@ impl Held {
                 slope: 1 << 32,
             },
         }
+    }
+
+    /// When following and waiting for more: lets everything held go,
+    /// mapped by extrapolation, once the oldest held record is older than
+    /// `settle` and an anchor period on this machine's `CLOCK_MONOTONIC`
+    /// (the next anchor is not coming soon: the writer may be idle).
+    fn release_old(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        settle: Duration,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let Some(first) = self.queue.first() else {
+            return Ok(());
+        };
+        let wait = settle.saturating_add(ANCHOR_WAIT).as_nanos() as u64;
+        if self.line().map(first.ts).saturating_add(wait) <= relayfs::frame::now() {
+            self.release(p, srcs, summary, problem)?;
+        }
+        Ok(())
     }
 
     /// Lets everything held go, mapped by extrapolation.
