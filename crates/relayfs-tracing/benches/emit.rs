@@ -4,8 +4,9 @@
 //! (tracing's dispatch, the clock, the write); the clocks (`CLOCK_MONOTONIC`
 //! against the TSC); and the decoder's rate.
 //!
-//! `cargo bench -p relayfs-tracing --bench emit` (add `--features tsc` for
-//! the layer's TSC clock in `relay_layer` and `clock/layer_tsc`)
+//! `cargo bench -p relayfs-tracing --bench emit` (`relay_layer` with the
+//! layer's default clock, the anchored TSC where the kernel keeps time with
+//! it; `relay_layer_monotonic` with `CLOCK_MONOTONIC`, in the same run)
 //!
 //! With `BENCH_CPU_TIME=1` in the environment, criterion measures the
 //! benchmarking thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) instead of
@@ -116,6 +117,7 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     // The process's first layer: with the TSC, it calibrates its rate.
     let t0 = std::time::Instant::now();
     let first = RelayLayer::new(chan.clone());
+    let first_clock = first.clock();
     println!(
         "emit/relay_layer: timestamps from the {} clock; the first layer made in {:.1} ms",
         first.clock(),
@@ -128,8 +130,8 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
         })
     });
     // The same with CLOCK_MONOTONIC read for every record: what
-    // `relay_layer` does too unless the `tsc` feature is on (and the
-    // kernel's clocksource is the TSC).
+    // `relay_layer` does too where the kernel's clocksource is not the TSC
+    // (or without the `tsc` feature, or with RELAYFS_TRACING_CLOCK=monotonic).
     let mono = tracing::Dispatch::new(
         tracing_subscriber::registry().with(RelayLayer::with_monotonic_clock(chan.clone())),
     );
@@ -138,6 +140,7 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
             b.iter(|| tracing::info!(a = 1, b = "x", "message"))
         })
     });
+    paired_clocks(&relay, &mono, first_clock);
     let lost = chan.total_stats().lost() - chan.total_stats().overwritten_records;
     assert_eq!(lost, 0, "the relay layer lost writes");
 
@@ -222,8 +225,8 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     g.bench_function("clock_gettime_monotonic", |b| b.iter(relayfs::frame::now));
     let q = quanta::Clock::new();
     g.bench_function("tsc_raw", |b| b.iter(|| q.raw()));
-    // The layer's clock: with the `tsc` feature, the TSC scaled to
-    // CLOCK_MONOTONIC nanoseconds where the kernel's clocksource is the TSC.
+    // The layer's clock: the TSC scaled to nanoseconds where the kernel's
+    // clocksource is the TSC (and the `tsc` feature is on, by default).
     let layer = RelayLayer::new(chan.clone());
     g.bench_function(format!("layer_{}", layer.clock()), |b| {
         b.iter(|| layer.now())
@@ -232,6 +235,51 @@ fn emit<M: Measurement>(c: &mut Criterion<M>) {
     drop(relay);
     drop(mono);
     chan.close().unwrap();
+}
+
+/// The layer with its default clock against the layer with
+/// `CLOCK_MONOTONIC`, in alternating short rounds of the emitting thread's
+/// CPU time, so that both meet the same load: the medians and their ratio.
+/// (`BENCH_PAIRED_ROUNDS=0` skips it.)
+fn paired_clocks(default: &tracing::Dispatch, mono: &tracing::Dispatch, clock: &str) {
+    let rounds: usize = std::env::var("BENCH_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(21);
+    if rounds == 0 {
+        return;
+    }
+    const N: u64 = 200_000;
+    let round = |d: &tracing::Dispatch| {
+        tracing::dispatcher::with_default(d, || {
+            let t0 = thread_cpu_ns();
+            for _ in 0..N {
+                tracing::info!(a = 1, b = "x", "message");
+            }
+            (thread_cpu_ns() - t0) as f64 / N as f64
+        })
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // Each first in turn.
+        if r % 2 == 0 {
+            a.push(round(default));
+            b.push(round(mono));
+        } else {
+            b.push(round(mono));
+            a.push(round(default));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ma, mb) = (median(&mut a), median(&mut b));
+    println!(
+        "emit/paired: {rounds} alternating rounds of {N} events, CPU time: \
+         relay_layer ({clock}) {ma:.1} ns, relay_layer_monotonic {mb:.1} ns, ratio {:.3}",
+        ma / mb
+    );
 }
 
 fn decode<M: Measurement>(c: &mut Criterion<M>) {

@@ -4,7 +4,9 @@
 //!
 //! * Each buffer's files are one stream of framed records
 //!   ([`relayfs::Decoder`]); the streams are merged by timestamp (the
-//!   framing's `CLOCK_MONOTONIC`, one clock for every CPU).
+//!   layer's clock, one clock for every CPU: `CLOCK_MONOTONIC`, or the
+//!   scaled TSC, whose timestamps are mapped to `CLOCK_MONOTONIC` between
+//!   the anchor records around them before they are printed).
 //! * Callsite records are collected as they come; an event whose callsite
 //!   record has not been seen (it was lost, or it is in a buffer the merge
 //!   has not reached) is shown as `unknown callsite N` with its values by
@@ -78,7 +80,8 @@ pub struct Stats {
     pub events: u64,
     /// Events (and span records) the layer said it lost.
     pub lost_events: u64,
-    /// Callsite records the layer said it lost (each is written again).
+    /// Callsite records (each is written again) and anchor records the
+    /// layer said it lost.
     pub lost_callsites: u64,
     /// Records the recorder's counters say were lost beyond those.
     pub lost_records: u64,
@@ -648,13 +651,15 @@ fn run(
     };
     let mut chunk = vec![0u8; 64 << 10];
     let mut last_ts = 0u64;
+    let mut held = Held::default();
     loop {
         // Whether the recording is over (when following: the summary is
         // there); asked before reading, so that what is read after it is
         // everything.
         let over = finished(summary, problem);
         let mut waiting = false;
-        for s in srcs.iter_mut() {
+        for i in 0..srcs.len() {
+            let s = &mut srcs[i];
             if s.head.is_some() || s.ended {
                 continue;
             }
@@ -663,7 +668,8 @@ fn run(
                 waiting = true;
             }
             if s.ended && s.head.is_none() && !s.closed {
-                end_of_source(&mut p, s, summary, s.last_ts)?;
+                let ts = s.last_ts;
+                held.end(&mut p, &mut srcs, i, summary, ts)?;
             }
         }
         // The smallest next record.
@@ -679,12 +685,23 @@ fn run(
             if !waiting {
                 break;
             }
+            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
         };
         let ts = srcs[i].head.map_or(0, |h| h.0);
-        if waiting && ts.saturating_add(opts.settle.as_nanos() as u64) > relayfs::frame::now() {
+        // Its age on this machine's CLOCK_MONOTONIC: the layer's clock
+        // mapped by the last anchors (the scaled TSC may have drifted
+        // from it by more than `settle` in a long run).
+        if waiting
+            && held
+                .line()
+                .map(ts)
+                .saturating_add(opts.settle.as_nanos() as u64)
+                > relayfs::frame::now()
+        {
+            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -695,26 +712,7 @@ fn run(
         } else {
             last_ts = ts;
         }
-        let r = p.record(&srcs[i].payload, ts, i, &srcs);
-        match r {
-            Ok(losses) => {
-                for l in losses {
-                    let name = format!("cpu{}", l.buffer);
-                    if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
-                        s.lost_in_band += l.events + l.callsites;
-                    }
-                }
-            }
-            Err(e) => {
-                let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
-                p.stats.problems += 1;
-                problem(&Problem {
-                    file,
-                    offset: Some(off),
-                    message: format!("bad tracing record: {e}"),
-                });
-            }
-        }
+        held.record(&mut p, &mut srcs, i, ts, offset, summary, problem)?;
         // A buffer that has ended: what the recorder counted beyond the lost
         // records shown is shown here.
         fill(
@@ -724,12 +722,322 @@ fn run(
             problem,
             &mut p.stats,
         )?;
-        if srcs[i].ended && srcs[i].head.is_none() {
-            end_of_source(&mut p, &mut srcs[i], summary, ts)?;
+        if srcs[i].ended && srcs[i].head.is_none() && !srcs[i].closed {
+            held.end(&mut p, &mut srcs, i, summary, ts)?;
         }
     }
+    held.release(&mut p, &mut srcs, summary, problem)?;
     p.flush()?;
     Ok(p.stats)
+}
+
+/// Records held until the next anchor, to map their timestamps to
+/// `CLOCK_MONOTONIC` between it and the one before.
+///
+/// A layer on the TSC clock writes anchor records (its clock and
+/// `CLOCK_MONOTONIC` read together) about once a second. From the first
+/// anchor on, records (in merged order) wait here; the next anchor maps
+/// them by linear interpolation between the two anchors and lets them go.
+/// What waits when the stream ends, when following and waiting for more
+/// once the oldest is older than `settle` and [`ANCHOR_WAIT`] (the writer
+/// may be idle, and writes no anchor then), or when more than
+/// [`HELD_RECORDS`] records or
+/// [`HELD_BYTES`] bytes wait, is mapped by extrapolation from the last two
+/// anchors (from the last one with the rate 1 if there is one only).
+/// Records before the first anchor, and every record of a recording
+/// without anchors (the layer on `CLOCK_MONOTONIC`, or older recordings),
+/// keep their timestamps and are not held.
+#[derive(Default)]
+struct Held {
+    /// The last two anchors (clock, monotonic), the older first.
+    prev: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    /// What waits: records, and buffers' ends.
+    queue: Vec<Waiting>,
+    /// The payloads of the records in `queue`.
+    bytes: Vec<u8>,
+}
+
+/// Records held at most, and payload bytes held at most, before those
+/// held are mapped by extrapolation: a few megabytes, reused, rather than
+/// a second of a fast recording (holding that much costs the decoder more
+/// in cache misses than it does in work).
+const HELD_RECORDS: usize = 1 << 16;
+const HELD_BYTES: usize = 4 << 20;
+
+/// How long past `settle` a follower waits for the next anchor before it
+/// lets the records held for it go: the layer's longest gap between
+/// anchors (a second of its clock).
+const ANCHOR_WAIT: Duration = Duration::from_secs(1);
+
+/// A record (or a buffer's end) waiting for the next anchor; its payload is
+/// the next `len` bytes held.
+struct Waiting {
+    ts: u64,
+    offset: u64,
+    src: u32,
+    /// [`END`] for a buffer's end.
+    len: u32,
+}
+
+/// [`Waiting::len`] of a buffer's end.
+const END: u32 = u32::MAX;
+
+/// A linear map from the layer's clock to `CLOCK_MONOTONIC`: through
+/// `(clock, mono)` with the slope `slope / 2^32`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Line {
+    clock: u64,
+    mono: u64,
+    slope: i128,
+}
+
+impl Line {
+    /// Through two anchors (`b` the later); the rate 1 through `b` if they
+    /// do not both increase.
+    pub(crate) fn through(a: Option<(u64, u64)>, b: (u64, u64)) -> Line {
+        let slope = match a {
+            Some(a) if b.0 > a.0 && b.1 >= a.1 => {
+                (i128::from(b.1 - a.1) << 32) / i128::from(b.0 - a.0)
+            }
+            _ => 1 << 32,
+        };
+        Line {
+            clock: b.0,
+            mono: b.1,
+            slope,
+        }
+    }
+
+    /// The `CLOCK_MONOTONIC` time of clock time `t`.
+    #[inline]
+    pub(crate) fn map(&self, t: u64) -> u64 {
+        let d = i128::from(t) - i128::from(self.clock);
+        // Saturating: anchors in a damaged file can be anything.
+        let m = i128::from(self.mono).saturating_add(d.saturating_mul(self.slope) >> 32);
+        u64::try_from(m.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
+impl Held {
+    /// Takes the record at the head of `srcs[i]`: prints it, or holds it
+    /// until the next anchor; an anchor lets the held ones go first.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn record(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let kind = srcs[i].payload.first().copied();
+        if self.last.is_some() && kind != Some(wire::KIND_ANCHOR) {
+            // The usual case once there are anchors: held.
+            return self.hold(p, srcs, i, ts, offset, summary, problem);
+        }
+        let payload = std::mem::take(&mut srcs[i].payload);
+        let r = self.record_payload(p, srcs, i, ts, offset, &payload, summary, problem);
+        srcs[i].payload = payload;
+        r
+    }
+
+    /// Holds the record at the head of `srcs[i]` until the next anchor.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn hold(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let payload = &srcs[i].payload;
+        self.bytes.extend_from_slice(payload);
+        self.queue.push(Waiting {
+            ts,
+            offset,
+            // Fewer buffers than 2^32, payloads below MAX_PAYLOAD.
+            src: i as u32,
+            len: payload.len() as u32,
+        });
+        if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
+            self.release(p, srcs, summary, problem)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn record_payload(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        ts: u64,
+        offset: u64,
+        payload: &[u8],
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        if self.last.is_none() && payload.first() != Some(&wire::KIND_ANCHOR) {
+            // No anchor yet: the timestamp is CLOCK_MONOTONIC's.
+            return take(p, srcs, i, payload, ts, offset, problem);
+        }
+        if payload.first() == Some(&wire::KIND_ANCHOR) {
+            if let Ok(Item::Anchor { clock, monotonic }) = wire::parse(payload) {
+                let ok = self.last.is_none_or(|l| clock > l.0 && monotonic >= l.1);
+                if ok {
+                    let line = Line::through(self.last, (clock, monotonic));
+                    self.drain(p, srcs, line, summary, problem)?;
+                    self.prev = self.last;
+                    self.last = Some((clock, monotonic));
+                }
+            }
+        }
+        let line = self.line();
+        take(p, srcs, i, payload, line.map(ts), offset, problem)
+    }
+
+    /// Buffer `i` ended at `ts`: the recorder's count of what it lost
+    /// beyond what was shown is shown there, once what is held before it is
+    /// out.
+    fn end(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        i: usize,
+        summary: &Option<HashMap<String, u64>>,
+        ts: u64,
+    ) -> io::Result<()> {
+        srcs[i].closed = true;
+        if self.last.is_none() {
+            return end_of_source(p, &mut srcs[i], summary, ts);
+        }
+        self.queue.push(Waiting {
+            ts,
+            offset: 0,
+            src: i as u32,
+            len: END,
+        });
+        Ok(())
+    }
+
+    /// The map of times after the last anchor: extrapolation from the last
+    /// two.
+    fn line(&self) -> Line {
+        match self.last {
+            Some(l) => Line::through(self.prev, l),
+            None => Line {
+                clock: 0,
+                mono: 0,
+                slope: 1 << 32,
+            },
+        }
+    }
+
+    /// When following and waiting for more: lets everything held go,
+    /// mapped by extrapolation, once the oldest held record is older than
+    /// `settle` and an anchor period on this machine's `CLOCK_MONOTONIC`
+    /// (the next anchor is not coming soon: the writer may be idle).
+    fn release_old(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        settle: Duration,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let Some(first) = self.queue.first() else {
+            return Ok(());
+        };
+        let wait = settle.saturating_add(ANCHOR_WAIT).as_nanos() as u64;
+        if self.line().map(first.ts).saturating_add(wait) <= relayfs::frame::now() {
+            self.release(p, srcs, summary, problem)?;
+        }
+        Ok(())
+    }
+
+    /// Lets everything held go, mapped by extrapolation.
+    fn release(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let line = self.line();
+        self.drain(p, srcs, line, summary, problem)
+    }
+
+    /// Lets everything held go, mapped by `line`.
+    fn drain(
+        &mut self,
+        p: &mut Printer<'_>,
+        srcs: &mut [Source],
+        line: Line,
+        summary: &Option<HashMap<String, u64>>,
+        problem: &mut dyn FnMut(&Problem),
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for w in self.queue.drain(..) {
+            let ts = line.map(w.ts);
+            let src = w.src as usize;
+            if w.len == END {
+                end_of_source(p, &mut srcs[src], summary, ts)?;
+            } else {
+                let end = start + w.len as usize;
+                let payload = self.bytes.get(start..end).unwrap_or_default();
+                start = end;
+                take(p, srcs, src, payload, ts, w.offset, problem)?;
+            }
+        }
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
+/// Prints or takes in one record of `srcs[i]` (its payload, its timestamp
+/// as `CLOCK_MONOTONIC`); a bad one is a problem.
+#[inline(always)]
+fn take(
+    p: &mut Printer<'_>,
+    srcs: &mut [Source],
+    i: usize,
+    payload: &[u8],
+    ts: u64,
+    offset: u64,
+    problem: &mut dyn FnMut(&Problem),
+) -> io::Result<()> {
+    match p.record(payload, ts, i, srcs) {
+        Ok(losses) => {
+            for l in losses {
+                let name = format!("cpu{}", l.buffer);
+                if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
+                    s.lost_in_band += l.events + l.callsites;
+                }
+            }
+        }
+        Err(e) => {
+            let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+            p.stats.problems += 1;
+            problem(&Problem {
+                file,
+                offset: Some(off),
+                message: format!("bad tracing record: {e}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn end_of_source(
@@ -738,10 +1046,6 @@ fn end_of_source(
     summary: &Option<HashMap<String, u64>>,
     ts: u64,
 ) -> io::Result<()> {
-    if s.closed {
-        return Ok(());
-    }
-    s.closed = true;
     let Some(sum) = summary else { return Ok(()) };
     let Some(&lost) = sum.get(&s.name) else {
         return Ok(());
@@ -1073,7 +1377,7 @@ impl Printer<'_> {
             if known {
                 let _ = write!(self.line, "  LOST {n} events lost on {buffer}");
                 if callsites > 0 {
-                    let _ = write!(self.line, " (and {callsites} callsite records)");
+                    let _ = write!(self.line, " (and {callsites} callsite or anchor records)");
                 }
             } else {
                 let _ = write!(
@@ -1160,6 +1464,8 @@ impl Printer<'_> {
                 cs.json_next = cs.json_fields.iter().map(|f| format!(",{f}")).collect();
                 self.callsites.insert(c.id, cs);
             }
+            // Taken by the merge (`Held`), before the record is printed.
+            Item::Anchor { .. } => {}
             Item::Clock {
                 monotonic,
                 realtime,
@@ -2003,6 +2309,95 @@ mod tests {
                 serde_json::json!({"a": 2, "field7": 8}),
             ]
         );
+    }
+
+    #[test]
+    fn anchor_lines_interpolate_and_extrapolate() {
+        // The clock runs 1 % fast against CLOCK_MONOTONIC from (1000, 500).
+        let a = (1_000_000_000u64, 500_000_000u64);
+        let b = (a.0 + 1_010_000_000, a.1 + 1_000_000_000);
+        let l = Line::through(Some(a), b);
+        assert_eq!(l.map(b.0), b.1);
+        assert!(l.map(a.0).abs_diff(a.1) <= 1);
+        // Halfway, and as far again past the later anchor.
+        assert!(l.map(a.0 + 505_000_000).abs_diff(a.1 + 500_000_000) <= 1);
+        assert!(l.map(b.0 + 1_010_000_000).abs_diff(b.1 + 1_000_000_000) <= 1);
+        // One anchor, or anchors that do not increase: rate 1 through the
+        // later one.
+        for l in [Line::through(None, b), Line::through(Some(b), a)] {
+            assert_eq!(l.map(l.clock + 7), l.mono + 7);
+            assert_eq!(l.map(l.clock - 7), l.mono - 7);
+        }
+        // Never below zero.
+        assert_eq!(Line::through(None, (10, 5)).map(0), 0);
+        // Anchors of a damaged file: extreme slopes and times, no overflow.
+        let steep = Line::through(Some((0, 0)), (1, u64::MAX));
+        assert_eq!(steep.map(u64::MAX), u64::MAX);
+        assert_eq!(steep.map(0), 0);
+        let flat = Line::through(Some((0, 0)), (u64::MAX, 0));
+        assert_eq!(flat.map(u64::MAX), 0);
+        let late = Line::through(Some((u64::MAX - 1, 0)), (u64::MAX, u64::MAX));
+        assert_eq!(late.map(0), 0);
+    }
+
+    /// Anchors with any values (a damaged or hostile file) between events
+    /// with any timestamps: every event printed once, in the merge's order,
+    /// never a panic; text and JSON alike.
+    #[test]
+    fn anchors_with_extreme_values_decode_without_a_panic() {
+        let anchor = |rec: &mut Vec<u8>, ts: u64, clock: u64, mono: u64| {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_ANCHOR);
+            e.varint(clock);
+            e.varint(mono);
+            framed(rec, ts, &e.buf);
+        };
+        let event = |rec: &mut Vec<u8>, ts: u64| {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_EVENT);
+            e.varint(1);
+            e.varint(7);
+            framed(rec, ts, &e.buf);
+        };
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_CLOCK);
+        e.varint(0);
+        e.varint(u64::MAX);
+        framed(&mut rec, 0, &e.buf);
+        let mut n = 0;
+        for (clock, mono) in [
+            (0, 0),
+            (1, u64::MAX),
+            (2, 0),
+            (3, u64::MAX),
+            (u64::MAX, u64::MAX),
+            (5, 5),
+        ] {
+            for ts in [0, 1, u64::MAX / 2, u64::MAX] {
+                event(&mut rec, ts);
+                n += 1;
+            }
+            anchor(&mut rec, clock, clock, mono);
+        }
+        event(&mut rec, u64::MAX);
+        n += 1;
+        // A truncated anchor at the end.
+        let mut cut = Vec::new();
+        anchor(&mut cut, 3, u64::MAX, u64::MAX);
+        rec.extend_from_slice(&cut[..cut.len() - 2]);
+        for json in [false, true] {
+            let mut out = Vec::new();
+            let mut problems = 0;
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |_| {
+                problems += 1
+            })
+            .unwrap();
+            assert_eq!(st.events, n);
+            assert_eq!(String::from_utf8(out).unwrap().lines().count() as u64, n);
+            assert_eq!(problems, 1);
+        }
     }
 
     #[test]

@@ -63,6 +63,15 @@ struct Inner {
     global: bool,
     /// The clock of every record's timestamp.
     clock: Clock,
+    /// The layer's clock time from which the next anchor record is due
+    /// (`u64::MAX`: never, the clock is `CLOCK_MONOTONIC` itself).
+    next_anchor: AtomicU64,
+    /// The layer's clock time between anchor records, at most.
+    anchor_every: u64,
+    /// The time to the next anchor record: from [`FIRST_ANCHOR_GAP`],
+    /// doubled after each up to `anchor_every`, so that a decoder has two
+    /// anchors (a rate) early in a recording.
+    anchor_gap: AtomicU64,
     /// This layer's serial number, for the threads' callsite caches.
     serial: u64,
 }
@@ -88,6 +97,12 @@ struct Local {
 /// Room for an event record's head: kind, callsite id and thread id
 /// (varints of at most 10 bytes).
 const HEAD: usize = 24;
+
+/// The layer's clock time between anchor records, once the first few
+/// (from [`FIRST_ANCHOR_GAP`], doubling) are written.
+const ANCHOR_EVERY: u64 = 1_000_000_000;
+/// The time from the first anchor record to the second.
+const FIRST_ANCHOR_GAP: u64 = 10_000_000;
 
 /// Serial numbers of layers (a layer's address can be reused by another).
 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -139,9 +154,12 @@ impl Inner {
     /// A layer writing into `chan`. It first writes a clock record (the
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
-    fn new(chan: Arc<Channel>, clock: Clock) -> Inner {
+    fn new(chan: Arc<Channel>, clock: Clock, first_gap: u64, anchor_every: u64) -> Inner {
         let n = chan.n_buffers().max(1);
         let layer = Inner {
+            next_anchor: AtomicU64::new(if clock.anchored() { 0 } else { u64::MAX }),
+            anchor_every,
+            anchor_gap: AtomicU64::new(first_gap.min(anchor_every)),
             clock,
             // SYNC POINT: a counter alone; only its uniqueness matters.
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -156,25 +174,122 @@ impl Inner {
             lost_meta: (0..n).map(|_| Padded::default()).collect(),
             any_lost: Padded::default(),
         };
+        if !layer.anchor_now() {
+            layer.refused(true);
+        }
         layer.write_clock();
         layer
     }
 
-    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`, read
-    /// one after the other.
+    /// Writes a clock record: `CLOCK_MONOTONIC` and `CLOCK_REALTIME` read
+    /// together (of a few tries, the monotonic reading with the shortest
+    /// gap between the wall-clock readings around it, and the middle of
+    /// that gap).
     fn write_clock(&self) {
+        let mut best = (u64::MAX, 0, 0);
+        for _ in 0..5 {
+            let r0 = clock_ns(rustix::time::ClockId::Realtime);
+            let m = relayfs::frame::now();
+            let r1 = clock_ns(rustix::time::ClockId::Realtime);
+            let gap = r1.wrapping_sub(r0);
+            if gap < best.0 {
+                best = (gap, m, r0.wrapping_add(gap / 2));
+            }
+        }
         let mut e = Enc::default();
         e.byte(wire::KIND_CLOCK);
-        e.varint(self.clock.now());
-        e.varint(clock_ns(rustix::time::ClockId::Realtime));
+        e.varint(best.1);
+        e.varint(best.2);
         self.emit(&e.buf);
     }
 
-    /// Writes one timed record, with the layer's clock.
+    /// Writes one timed record, with the layer's clock; then, if an anchor
+    /// record is due, the anchor.
     #[inline(always)]
     fn write(&self, payload: &[u8]) -> Result<(), relayfs::WriteError> {
+        let mut ts = 0;
+        let r = self.chan.write_record_timed_with(payload, || {
+            ts = self.clock.now();
+            ts
+        });
+        // SYNC POINT: a deadline read alone; the compare-exchange in
+        // `anchor_due` decides which thread writes the anchor, and a stale
+        // value here only delays the check to the next record.
+        if ts >= self.next_anchor.load(Ordering::Relaxed) {
+            self.anchor_due(ts);
+        }
+        r
+    }
+
+    /// An anchor is due: the thread that moves the deadline writes it.
+    #[cold]
+    #[inline(never)]
+    fn anchor_due(&self, ts: u64) {
+        // SYNC POINT: as in `write`; the deadline guards no other memory.
+        let due = self.next_anchor.load(Ordering::Relaxed);
+        if ts < due {
+            return;
+        }
+        let gap = self.next_gap();
+        if self
+            .next_anchor
+            // SYNC POINT: only one thread moves a given deadline on; it
+            // orders nothing else.
+            .compare_exchange(
+                due,
+                ts.saturating_add(gap),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+            && !self.write_anchor()
+        {
+            self.refused(true);
+        }
+    }
+
+    /// The time to the next anchor, and the one after doubled (up to
+    /// `anchor_every`).
+    fn next_gap(&self) -> u64 {
+        // SYNC POINT: a value read alone; a race only makes one gap
+        // shorter or longer.
+        let gap = self.anchor_gap.load(Ordering::Relaxed);
+        if gap < self.anchor_every {
+            // SYNC POINT: as above.
+            self.anchor_gap.store(
+                gap.saturating_mul(2).min(self.anchor_every),
+                Ordering::Relaxed,
+            );
+        }
+        gap
+    }
+
+    /// Writes an anchor record now (with a clock that needs them) and moves
+    /// the deadline of the next one.
+    fn anchor_now(&self) -> bool {
+        if !self.clock.anchored() {
+            return true;
+        }
+        // SYNC POINT: as in `anchor_due`; a race with it writes two
+        // anchors, which the decoder takes both.
+        self.next_anchor.store(
+            self.clock.now().saturating_add(self.next_gap()),
+            Ordering::Relaxed,
+        );
+        self.write_anchor()
+    }
+
+    /// Writes an anchor record: the layer's clock and `CLOCK_MONOTONIC`,
+    /// read together. Whether the channel took it.
+    fn write_anchor(&self) -> bool {
+        let (clock, mono, _gap) = self.clock.pair();
+        let mut e = Enc::default();
+        e.byte(wire::KIND_ANCHOR);
+        e.varint(clock);
+        e.varint(mono);
         self.chan
-            .write_record_timed_with(payload, || self.clock.now())
+            .write_record_timed_with(&e.buf, || self.clock.now())
+            .is_ok()
     }
 
     /// Events refused by the channel and not reported in a lost record yet.
@@ -191,6 +306,9 @@ impl Inner {
     /// reported (e.g. before closing the channel). If it is refused too,
     /// they stay pending.
     fn flush_lost(&self) {
+        if !self.anchor_now() {
+            self.refused(true);
+        }
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
@@ -274,7 +392,7 @@ impl Inner {
     /// in front of it, in the same reservation (a `KIND_LOST_THEN` record):
     /// the loss shows where it happened, whichever thread writes next, and
     /// a full buffer refuses one record per event, not two.
-    #[inline]
+    #[inline(always)]
     fn emit(&self, payload: &[u8]) {
         // SYNC POINT: a counter alone (see take_losses); one shared line
         // that stays clean in every cache while nothing is refused.
@@ -532,14 +650,41 @@ impl RelayLayer {
     /// monotonic clock of the records' timestamps and the wall clock, read
     /// together) so that a decoder can show wall-clock times.
     ///
-    /// Timestamps are `CLOCK_MONOTONIC` nanoseconds, read from the TSC
-    /// (scaled) where the kernel's clocksource is the TSC and the `tsc`
-    /// feature is on (it is off by default), else from `CLOCK_MONOTONIC`
-    /// itself; see [`clock`](RelayLayer::clock). The first layer of a
-    /// process with the TSC calibrates its rate, a few milliseconds (at
-    /// most 200).
+    /// Timestamps are the TSC scaled to nanoseconds (anchored to
+    /// `CLOCK_MONOTONIC` by anchor records, which the decoder interpolates
+    /// between) where the kernel's clocksource is the TSC, the CPU's TSC is
+    /// invariant and the `tsc` feature is on (it is by default), unless
+    /// `RELAYFS_TRACING_CLOCK=monotonic` is in the environment; else
+    /// `CLOCK_MONOTONIC` itself; see [`clock`](RelayLayer::clock). The
+    /// first layer of a process with the TSC calibrates its rate, a few
+    /// milliseconds (at most 200).
     pub fn new(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::choose())))
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::choose(),
+            FIRST_ANCHOR_GAP,
+            ANCHOR_EVERY,
+        )))
+    }
+
+    /// As [`new`](RelayLayer::new) with the TSC clock (where the machine
+    /// has it), its rate made wrong by `skew_ppm` parts per million, and an
+    /// anchor record every `anchor_every` of its time (from the first; no
+    /// shorter gaps at the start): a test that
+    /// the decoder's anchors correct such a clock. Not for use.
+    #[doc(hidden)]
+    pub fn with_skewed_tsc(
+        chan: Arc<Channel>,
+        skew_ppm: i64,
+        anchor_every: std::time::Duration,
+    ) -> RelayLayer {
+        let every = u64::try_from(anchor_every.as_nanos()).unwrap_or(u64::MAX);
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::tsc(skew_ppm),
+            every,
+            every,
+        )))
     }
 
     /// As [`new`](RelayLayer::new), with timestamps always read from
@@ -548,17 +693,24 @@ impl RelayLayer {
     /// other timed writers, whose records then compare with the layer's to
     /// the nanosecond.
     pub fn with_monotonic_clock(chan: Arc<Channel>) -> RelayLayer {
-        RelayLayer(Arc::new(Inner::new(chan, Clock::Monotonic)))
+        RelayLayer(Arc::new(Inner::new(
+            chan,
+            Clock::Monotonic,
+            FIRST_ANCHOR_GAP,
+            ANCHOR_EVERY,
+        )))
     }
 
     /// The clock of the timestamps: `"tsc"` (the TSC, scaled to
-    /// `CLOCK_MONOTONIC` nanoseconds) or `"monotonic"`.
+    /// nanoseconds against `CLOCK_MONOTONIC` once a process, and anchored)
+    /// or `"monotonic"`.
     pub fn clock(&self) -> &'static str {
         self.0.clock.name()
     }
 
     /// The layer's clock now: what a record written now would carry, in
-    /// `CLOCK_MONOTONIC` nanoseconds.
+    /// nanoseconds (`CLOCK_MONOTONIC`'s, or the scaled TSC's, which differ
+    /// by its drift since the calibration).
     pub fn now(&self) -> u64 {
         self.0.clock.now()
     }
@@ -579,9 +731,10 @@ impl RelayLayer {
         self.0.lost_pending()
     }
 
-    /// Writes a lost record for every buffer with refused writes not yet
-    /// reported (e.g. before closing the channel). Those whose record is
-    /// refused too stay pending.
+    /// Writes an anchor record (with the TSC clock), then a lost record for
+    /// every buffer with refused writes not yet reported (e.g. before
+    /// closing the channel: the decoder then interpolates up to the end).
+    /// Those whose record is refused too stay pending.
     pub fn flush_lost(&self) {
         self.0.flush_lost();
     }

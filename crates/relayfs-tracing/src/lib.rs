@@ -39,9 +39,10 @@
 //! | 3 | new span | callsite id varint, thread id varint, span id varint, parent span id varint (0: none), values |
 //! | 4, 5, 6 | enter, exit, close | thread id varint, span id varint |
 //! | 7 | span values recorded later | thread id varint, span id varint, values |
-//! | 8 | lost | losses: count varint, then for each: buffer (CPU) varint, events (and span records) refused there varint, callsite records refused there varint |
+//! | 8 | lost | losses: count varint, then for each: buffer (CPU) varint, events (and span records) refused there varint, callsite (and anchor) records refused there varint |
 //! | 9 | clock | `CLOCK_MONOTONIC` ns varint, `CLOCK_REALTIME` ns varint |
 //! | 10 | lost, then a record | losses as in 8, then a whole record of another kind (its kind byte first) |
+//! | 11 | anchor | the layer's clock ns varint, `CLOCK_MONOTONIC` ns varint, read together |
 //!
 //! *Values* run to the end of the payload, each a field index varint (its
 //! place in the callsite's field names), a tag byte and the value: 0 `i64`
@@ -82,24 +83,29 @@
 //! are counted apart (they are written again). [`RelayLayer::flush_lost`] writes
 //! the ones still pending.
 //!
-//! **The clock.** Timestamps are `CLOCK_MONOTONIC` nanoseconds, the
-//! framing's clock, read through the vDSO. With the `tsc` feature (off by
-//! default), where the kernel keeps time with the TSC (its clocksource is
-//! `tsc`: it found the TSC invariant and synchronised across CPUs), the
-//! layer reads the TSC instead, scaled by a rate calibrated against
-//! `CLOCK_MONOTONIC` (`quanta`, once a process, under 3 ms measured) and
-//! based on a `CLOCK_MONOTONIC` reading taken when the layer is made. Every
-//! record the layer writes takes that one clock, so callsite records stay
-//! before their events and the buffers merge;
-//! [`RelayLayer::with_monotonic_clock`] reads `CLOCK_MONOTONIC` itself, for
-//! a channel shared with other timed writers. The TSC reads in 15 ns
-//! against 23 ns (the `emit` benchmark's `clock` group, the thread's CPU
-//! time), but an event was not measurably cheaper for it on the loaded
-//! machine the benchmarks ran on, and the scaled TSC does not follow NTP's
-//! slewing of `CLOCK_MONOTONIC` after the calibration: over a long run the
-//! two part by the difference in rate, and with them the wall-clock times
-//! the decoder prints from the one clock record. Hence off by default. The
-//! clock record lets the decoder print wall-clock times.
+//! **The clock.** Where the kernel keeps time with the TSC (its
+//! clocksource is `tsc`: it found the TSC invariant and synchronised across
+//! CPUs) and the CPU says its TSC is invariant, timestamps are the TSC
+//! scaled to nanoseconds by a rate calibrated against `CLOCK_MONOTONIC`
+//! (`quanta`, once a process, a few milliseconds) from a `CLOCK_MONOTONIC`
+//! reading taken with a TSC reading then: every buffer and every layer of
+//! the process on one clock, so the buffers merge in its order. Elsewhere,
+//! with `RELAYFS_TRACING_CLOCK=monotonic` in the environment, without the
+//! `tsc` feature (on by default), or with
+//! [`RelayLayer::with_monotonic_clock`] (for a channel shared with other
+//! timed writers), they are `CLOCK_MONOTONIC` itself, read through the
+//! vDSO. The scaled TSC drifts from `CLOCK_MONOTONIC` (NTP slews the one,
+//! not the other; the calibrated rate has an error), so the layer writes
+//! anchor records (kind 11: its clock and `CLOCK_MONOTONIC` read together,
+//! the closest pair of five tries) when it is made, then 10 ms later,
+//! the gap doubling up to a second, then every second of its clock
+//! (checked after each write: one relaxed load and a compare), and in
+//! [`RelayLayer::flush_lost`]. The decoder maps each timestamp to
+//! `CLOCK_MONOTONIC` by linear interpolation between the anchors around
+//! it (extrapolating from the last two after the last one) before it
+//! prints it. A recording without anchors keeps its timestamps. The clock
+//! record (kind 9, `CLOCK_MONOTONIC` and `CLOCK_REALTIME` read together)
+//! lets the decoder print wall-clock times.
 //!
 //! ## Cost
 //!

@@ -25,6 +25,10 @@ pub const KIND_LOST: u8 = 8;
 pub const KIND_LOST_THEN: u8 = 10;
 /// Record kind: a pair of clock readings, monotonic and wall.
 pub const KIND_CLOCK: u8 = 9;
+/// Record kind: an anchor of the layer's TSC clock, its reading and a
+/// `CLOCK_MONOTONIC` reading taken together (the decoder maps timestamps
+/// to `CLOCK_MONOTONIC` between anchors).
+pub const KIND_ANCHOR: u8 = 11;
 
 /// Value tag: `i64`, zigzag varint.
 pub const TAG_I64: u8 = 0;
@@ -217,6 +221,14 @@ pub enum Item<'a> {
         monotonic: u64,
         /// `CLOCK_REALTIME`, ns since the Unix epoch.
         realtime: u64,
+    },
+    /// The layer's clock (the scaled TSC of the timestamps) and
+    /// `CLOCK_MONOTONIC`, read together.
+    Anchor {
+        /// The layer's clock, ns (what a timestamp read then would be).
+        clock: u64,
+        /// `CLOCK_MONOTONIC`, ns.
+        monotonic: u64,
     },
 }
 
@@ -514,6 +526,10 @@ pub fn parse(payload: &[u8]) -> Result<Item<'_>, WireError> {
         KIND_CLOCK => Item::Clock {
             monotonic: c.varint()?,
             realtime: c.varint()?,
+        },
+        KIND_ANCHOR => Item::Anchor {
+            clock: c.varint()?,
+            monotonic: c.varint()?,
         },
         _ => {
             return Err(WireError {

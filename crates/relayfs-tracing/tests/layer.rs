@@ -19,6 +19,8 @@ struct Rig {
     readers: Vec<RelayFile>,
     dispatch: tracing::Dispatch,
     layer_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The layer's clock, `"tsc"` or `"monotonic"`.
+    clock: &'static str,
 }
 
 fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
@@ -40,6 +42,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
         Vec::new()
     };
     let layer = RelayLayer::new(chan.clone());
+    let clock = layer.clock();
     let l2 = layer.clone();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     Rig {
@@ -48,6 +51,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
         readers,
         dispatch,
         layer_lost: Arc::new(move || l2.lost_pending()),
+        clock,
     }
 }
 
@@ -153,6 +157,7 @@ fn every_field_type_round_trips() {
             );
         }
     });
+    let layer_clock = rig.clock;
     let streams = close_and_read(&mut rig);
     assert_eq!(streams.len(), 1);
 
@@ -212,6 +217,11 @@ fn every_field_type_round_trips() {
                 realtime,
             } => {
                 assert!(monotonic > 0 && realtime > monotonic);
+            }
+            // The layer on the TSC clock anchors it.
+            Item::Anchor { clock, monotonic } => {
+                assert_eq!(layer_clock, "tsc");
+                assert!(clock > 0 && monotonic > 0);
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -301,7 +311,21 @@ fn events_of_several_threads_come_out_in_time_order() {
         }
     });
     assert_eq!((rig.layer_lost)(), 0);
+    let clock = rig.clock;
     let streams = close_and_read(&mut rig);
+    // On the TSC clock (the default where the kernel keeps time with it)
+    // the streams carry anchors, which the decoder maps the times with.
+    let anchors = streams
+        .iter()
+        .flat_map(|(_, b)| Records::from_reader(&b[..]).map(|r| r.unwrap()))
+        .filter(|r| r.payload.first() == Some(&wire::KIND_ANCHOR))
+        .count();
+    assert_eq!(
+        anchors > 0,
+        clock == "tsc",
+        "{anchors} anchors, {clock} clock"
+    );
+    eprintln!("time order checked on the {clock} clock");
     let (lines, problems, stats) = decode_json(streams);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(stats.events, THREADS * EACH);
