@@ -146,6 +146,17 @@ pub(crate) struct Reserved {
     pub commit_bytes: u64,
 }
 
+/// The panic of a failed bounds check on the write path, out of line: a
+/// formatted `assert!` there made the fast path spill its arguments to the
+/// stack ahead of the branch on every write. These checks never fire for
+/// what the protocol hands out; they keep the safe accessors sound.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn beyond(what: &str, at: u64, extra: u64) -> ! {
+    panic!("{what} {at:#x} (+{extra}) beyond its region")
+}
+
 /// The shared state of one buffer, wherever it lives (a mapped file, or the
 /// heap under loom).
 ///
@@ -418,10 +429,9 @@ impl Shared {
     /// `head` before using it), so this never fires; `field` is a constant.
     #[inline(always)]
     fn descriptor(&self, slot: u64, field: usize) -> &AtomicU64 {
-        assert!(
-            slot < self.geometry.n_subbufs && field < desc::SIZE && field % 8 == 0,
-            "descriptor {slot} field {field}"
-        );
+        if !(slot < self.geometry.n_subbufs && field < desc::SIZE && field % 8 == 0) {
+            beyond("descriptor", slot, field as u64);
+        }
         // SAFETY: slot < n_subbufs and field < desc::SIZE, 8-aligned (checked
         // above), so the word lies within the descriptor region of
         // `n_subbufs * desc::SIZE` bytes (the contract of `Shared::new`).
@@ -452,7 +462,9 @@ impl Shared {
     /// If `slot >= n_subbufs` (never: as for `descriptor`).
     #[inline(always)]
     fn claim_word(&self, slot: u64) -> &AtomicU64 {
-        assert!(slot < self.geometry.n_subbufs, "claim word {slot}");
+        if slot >= self.geometry.n_subbufs {
+            beyond("claim word", slot, 0);
+        }
         // SAFETY: slot < n_subbufs (checked above), and the reader region
         // holds n_subbufs claim words after rdr::CLAIMS (the contract of
         // `Shared::new`).
@@ -528,6 +540,23 @@ impl Shared {
     /// keep it out of line, a call on every write.
     #[inline(always)]
     pub(crate) fn reserve(&self, len: u64, hooks: &dyn Hooks) -> Result<Reserved, WriteError> {
+        match self.reserve_fast(len) {
+            Some(r) => Ok(r),
+            None => self.reserve_slow(
+                self.header_word(hdr::HEAD).load(Ordering::Relaxed),
+                len,
+                hooks,
+            ),
+        }
+    }
+
+    /// The fast path of [`reserve`](Self::reserve) alone: a reservation in
+    /// the open sub-buffer, or `None` where the slow path must decide (no
+    /// room, a switch, a lost race, a scribbled `head`). A caller that
+    /// keeps its own slow path out of line keeps the reservation in
+    /// registers (`Channel::write`).
+    #[inline(always)]
+    pub(crate) fn reserve_fast(&self, len: u64) -> Option<Reserved> {
         let sb = self.geometry.subbuf_size;
         let head = self.header_word(hdr::HEAD);
         // SYNC POINT: Relaxed: only a guess of where to CAS; the CAS below
@@ -539,20 +568,21 @@ impl Shared {
         // sound head never names a slot >= n_subbufs): it keeps the copy and
         // the commit inside the buffer whatever the file holds.
         if off == 0 || off + len >= sb || self.data_offset(h) >= self.data_len {
-            return self.reserve_slow(h, len, hooks);
+            return None;
         }
         // SYNC POINT: Acquire pairs with the Release of the CAS that
         // opened this sub-buffer (and the release sequence of the CASes
         // after it), so our commit lands after the opener's reset of the
         // commit word, and in overwrite mode our data writes come after
         // its generation bump. Relaxed on failure: the slow path retries
-        // (a bounded number of times), so the fast path has no loop.
+        // (a bounded number of times, from a fresh look at `head`), so the
+        // fast path has no loop.
         match self.move_head(h, h + len, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => Ok(Reserved {
+            Ok(_) => Some(Reserved {
                 pos: h,
                 commit_bytes: len,
             }),
-            Err(cur) => self.reserve_slow(cur, len, hooks),
+            Err(_) => None,
         }
     }
 
@@ -564,11 +594,9 @@ impl Shared {
         // One compare on the fast path, always true for a reservation: it
         // keeps this safe function sound in release builds whatever `pos`
         // and `bytes` are (no overflow: off < 2^63, a record < 2^30).
-        assert!(
-            off + bytes.len() as u64 <= self.data_len,
-            "write of {} bytes at {pos:#x} beyond the data region",
-            bytes.len()
-        );
+        if off + bytes.len() as u64 > self.data_len {
+            beyond("write at position", pos, bytes.len() as u64);
+        }
         #[cfg(loom)]
         return self.cells_write(off, bytes);
         // SAFETY: `[off, off + len)` lies within the data region (checked
@@ -593,11 +621,9 @@ impl Shared {
         let (h, b) = (head.len() as u64, body.len() as u64);
         // As in `write_at`: keeps this safe function sound whatever its
         // arguments (no overflow: off < 2^63, a record < 2^30).
-        assert!(
-            off + h + b <= self.data_len,
-            "write of {} bytes at {pos:#x} beyond the data region",
-            h + b
-        );
+        if off + h + b > self.data_len {
+            beyond("write at position", pos, h + b);
+        }
         #[cfg(loom)]
         {
             self.cells_write(off, head);
@@ -637,10 +663,9 @@ impl Shared {
     #[inline(always)]
     pub(crate) fn data_ptr(&self, pos: u64) -> *mut u8 {
         let off = self.data_offset(pos);
-        assert!(
-            off < self.data_len,
-            "position {pos:#x} beyond the data region"
-        );
+        if off >= self.data_len {
+            beyond("position", pos, 0);
+        }
         // SAFETY: `off` is within the data region (checked above).
         unsafe { self.data.add(off as usize) }
     }

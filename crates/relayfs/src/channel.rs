@@ -836,14 +836,42 @@ impl Channel {
         if total as u64 > self.inner.max_record {
             return Err(buf.shared().drop_toobig(total));
         }
-        let r = buf.shared().reserve(total as u64, buf)?;
+        let Some(r) = buf.shared().reserve_fast(total as u64) else {
+            return Self::write_parts_slow(buf, body, head);
+        };
+        Self::fill_and_commit(buf, r, body, head);
+        Ok(())
+    }
+
+    /// `write_parts` where the fast path can't reserve (a sub-buffer
+    /// switch, a full buffer, a lost race): out of line, so that the fast
+    /// path keeps its reservation in registers.
+    #[cold]
+    #[inline(never)]
+    fn write_parts_slow<const H: usize>(
+        buf: &Buffer,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) -> Result<(), WriteError> {
+        let r = buf.shared().reserve((H + body.len()) as u64, buf)?;
+        Self::fill_and_commit(buf, r, body, head);
+        Ok(())
+    }
+
+    /// Copies the record into its reservation and commits it.
+    #[inline(always)]
+    fn fill_and_commit<const H: usize>(
+        buf: &Buffer,
+        r: crate::buffer::Reserved,
+        body: &[u8],
+        head: impl FnOnce() -> [u8; H],
+    ) {
         if H > 0 {
             buf.shared().write_parts_at(r.pos, &head(), body);
         } else {
             buf.shared().write_at(r.pos, body);
         }
         buf.shared().commit(r, buf);
-        Ok(())
     }
 
     /// Reserves `len` bytes for one record in the current CPU's buffer
