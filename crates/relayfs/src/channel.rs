@@ -493,6 +493,17 @@ impl Hooks for Buffer {
             self.end_open();
             return false;
         }
+        // A process forked from the producer has its own copy of `closed`,
+        // which the producer's close never sets: the buffer's shared state
+        // tells it. Close flushed every sub-buffer it found in use, so a
+        // write after it switches and comes here; from then on this
+        // process refuses writes as closed too (`is_closed`).
+        // SYNC POINT: Acquire pairs with close's Release store of STATE.
+        if self.shared().header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED {
+            self.closed.store(true, StdOrdering::SeqCst);
+            self.end_open();
+            return false;
+        }
         true
     }
 

@@ -8,7 +8,7 @@
 
 mod common;
 use common::{gather, record_into, HDR};
-use relayfs::{Channel, Ready, RelayFile, WriteError};
+use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,4 +202,123 @@ fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
         let n = seen.iter().filter(|(w, _)| *w == c).count() as u64;
         assert!(n > 0, "nothing of child {c} delivered");
     }
+}
+
+/// The parent closes its channel while a forked child still holds its copy
+/// and writes to it afterwards (a pre-fork server's worker that outlives
+/// the master's shutdown). The parent's close counted what was left and
+/// removed the files: a record the child writes after that can be neither
+/// read nor counted by anyone, so it must be refused and counted, not
+/// accepted and lost (it was: the child's copy of the closed flag is its
+/// own, and its writes reused the sub-buffers close had counted unread).
+#[test]
+fn a_forked_child_writing_after_the_parent_closed_is_refused_and_counted() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        for before in [0, 1, 100, 2000] {
+            late_child(mode, before);
+        }
+    }
+}
+
+/// The parent writes `before` records, forks, closes; then the child writes.
+fn late_child(mode: Mode, before: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forklate")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .mode(mode)
+        .open()
+        .unwrap();
+    let (p_ok, _) = write_n(&chan, 0, before);
+    // `go`: parent to child, "the channel is closed"; `rep`: the report.
+    let mut go = [0 as libc::c_int; 2];
+    let mut rep = [0 as libc::c_int; 2];
+    // SAFETY: each array has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::pipe2(rep.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the child waits on a pipe, writes with the library, reports
+    // through a pipe and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = [0u8; 1];
+            // SAFETY: reads into a local buffer of its own length.
+            unsafe { libc::read(go[0], b.as_mut_ptr().cast(), 1) };
+            let mut n = [0u64; 3]; // accepted, refused as closed, as full
+            let mut buf = [0u8; 96];
+            for seq in 0..PER_CHILD {
+                let len = HDR + (seq % 64) as usize;
+                record_into(1, seq, &mut buf[..len]);
+                match chan.write(&buf[..len]) {
+                    Ok(()) => n[0] += 1,
+                    Err(WriteError::Closed) => n[1] += 1,
+                    Err(_) => n[2] += 1,
+                }
+            }
+            chan.flush();
+            let s = chan.close().unwrap();
+            let mut msg = [0u8; 32];
+            for (i, v) in n.iter().chain([s.dropped_closed].iter()).enumerate() {
+                msg[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            // SAFETY: writes a local buffer of its own length to our pipe.
+            unsafe { libc::write(rep[1], msg.as_ptr().cast(), msg.len()) };
+            std::mem::forget(chan);
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(0) }
+        }));
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(7) }
+    }
+    // SAFETY: our copies of the child's ends.
+    unsafe {
+        libc::close(go[0]);
+        libc::close(rep[1]);
+    }
+    let closed = chan.close().unwrap();
+    assert_eq!(closed.unread_at_close + closed.overwritten_records, p_ok, "{closed:?}");
+    // SAFETY: writes one byte from a local buffer.
+    assert_eq!(unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) }, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let mut msg = [0u8; 32];
+    // SAFETY: reads into a local buffer of its own length.
+    assert_eq!(unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), 32) }, 32);
+    let v = |i: usize| u64::from_le_bytes(msg[i * 8..i * 8 + 8].try_into().unwrap());
+    let (ok, refused, full, counted) = (v(0), v(1), v(2), v(3));
+    // SAFETY: our descriptors, closed once.
+    unsafe {
+        libc::close(go[1]);
+        libc::close(rep[0]);
+    }
+    // The shared counters, as the parent's mapping sees them now.
+    let s = chan.total_stats();
+    let what = format!("{mode:?}, {before} before: {s:?}");
+    assert_eq!(ok, 0, "the child's writes after the close were accepted: {what}");
+    assert_eq!(refused, counted, "{what}");
+    assert_eq!(refused + full, PER_CHILD, "{what}");
+    assert_eq!(s.dropped_full, closed.dropped_full + full, "{what}");
+    assert_eq!(s.records_written(), p_ok, "{what}");
+    assert_eq!(
+        s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records,
+        p_ok,
+        "{what}"
+    );
 }
