@@ -909,8 +909,15 @@ impl Channel {
     /// Resets every buffer to its initial state without reallocating or
     /// unmapping (`relay_reset`). `&mut self` guarantees that no write or
     /// reservation is in progress; readers start over from the beginning.
+    ///
+    /// In a process forked from the one that opened the channel it does
+    /// nothing: `&mut self` says nothing of the creator's writers, and the
+    /// buffers (with their counters) are the creator's, as for `close`.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
+        if !inner.in_creator() {
+            return;
+        }
         let _g = inner.lock_flush();
         for b in &inner.bufs {
             b.shared().init_state();

@@ -322,3 +322,64 @@ fn late_child(mode: Mode, before: u64) {
         "{what}"
     );
 }
+
+/// A forked child that resets its copy of the channel (`reset` takes
+/// `&mut self`, which promises no write in progress in *this* process)
+/// must not reset the parent's buffers under the parent's writers and
+/// readers: reset leaves the channel to its creator, as close does.
+#[test]
+fn a_forked_childs_reset_leaves_the_parents_buffers_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkreset")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .global(true)
+        .open()
+        .unwrap();
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let (a_ok, a_full) = write_n(&chan, 0, 500);
+    assert_eq!((a_ok, a_full), (500, 0));
+    chan.flush();
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let n = f.read(&mut buf).unwrap();
+    stream.extend_from_slice(&buf[..n]);
+    let (b_ok, _) = write_n(&chan, 1, 300);
+    // SAFETY: the child only resets its copy of the channel and ends with
+    // `_exit` (its copy is never dropped).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: this process's own copy, never used by anyone else
+            // here (the parent's `chan` is in another address space).
+            let mut mine: Channel = unsafe { std::ptr::read(&chan) };
+            mine.reset();
+            std::mem::forget(mine);
+        }));
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(0) }
+    }
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let (c_ok, _) = write_n(&chan, 2, 300);
+    let closed = chan.close().unwrap();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&buf[..n]);
+    }
+    let seen = common::parse(&stream);
+    let s = f.stats();
+    assert_eq!(
+        seen.len() as u64,
+        a_ok + b_ok + c_ok,
+        "{closed:?}\n{s:?}\nwriters seen: {:?}",
+        [0, 1, 2].map(|w| seen.iter().filter(|(x, _)| *x == w).count())
+    );
+    assert_eq!(s.records_consumed, seen.len() as u64, "{s:?}");
+}
