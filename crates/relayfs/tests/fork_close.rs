@@ -383,3 +383,118 @@ fn a_forked_childs_reset_leaves_the_parents_buffers_alone() {
     );
     assert_eq!(s.records_consumed, seen.len() as u64, "{s:?}");
 }
+
+/// A busier child: flushes between its writes (beside the parent's flush
+/// thread, in another process), writes into every CPU's buffer, and holds
+/// a reservation across its own close, then commits it. Reports as `child`.
+fn busy_child(chan: Channel, writer: u32, fd: libc::c_int) -> ! {
+    let (mut ok, mut full) = (0u64, 0u64);
+    let mut buf = [0u8; 96];
+    for seq in 0..PER_CHILD - 1 {
+        let len = HDR + (seq % 64) as usize;
+        record_into(writer, seq, &mut buf[..len]);
+        let r = if seq % 3 == 0 {
+            chan.write_cpu(seq as usize % chan.n_buffers(), &buf[..len])
+        } else {
+            chan.write(&buf[..len])
+        };
+        match r {
+            Ok(()) => ok += 1,
+            Err(WriteError::Full) => full += 1,
+            Err(_) => full = u64::MAX / 2,
+        }
+        if seq % 100 == 0 {
+            chan.flush();
+        }
+    }
+    let mut code = 0;
+    let len = HDR + 8;
+    match chan.reserve(len) {
+        Ok(mut slot) => {
+            record_into(writer, PER_CHILD - 1, &mut slot);
+            if chan.close().is_err() || chan.close().is_err() {
+                code = 6;
+            }
+            slot.commit();
+            ok += 1;
+        }
+        Err(WriteError::Full) => full += 1,
+        Err(_) => code = 8,
+    }
+    chan.flush();
+    drop(chan);
+    let mut msg = [0u8; 16];
+    msg[..8].copy_from_slice(&ok.to_le_bytes());
+    msg[8..].copy_from_slice(&full.to_le_bytes());
+    // SAFETY: writes a local buffer of its own length to our pipe.
+    if unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) } != 16 {
+        code = 4;
+    }
+    // SAFETY: ends the forked child at once.
+    unsafe { libc::_exit(code) }
+}
+
+#[test]
+fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("forkbusy")
+            .dir(dir.path())
+            .subbuf_size(4096)
+            .n_subbufs(64)
+            .flush_interval(Duration::from_millis(1))
+            .open()
+            .unwrap(),
+    );
+    let readers: Vec<_> = (0..chan.n_buffers())
+        .map(|i| {
+            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut stream = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    stream.extend_from_slice(&buf[..n]);
+                    if n == 0 {
+                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
+                            Ready::Closed => break,
+                            Ready::ProducerGone => panic!("producer gone"),
+                            _ => {}
+                        }
+                    }
+                }
+                (stream, f.stats())
+            })
+        })
+        .collect();
+    let (mut ok, mut full) = (0u64, 0u64);
+    for c in 1..=8 {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: as in the test above.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as in the test above.
+            let ch: Channel = unsafe { std::ptr::read(&*chan) };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                busy_child(ch, c, fds[1])
+            }));
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(7) }
+        }
+        // SAFETY: our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let (o, f) = reap(pid, fds[0]);
+        assert!(f < u64::MAX / 4, "child {c}: a write was refused as closed");
+        ok += o;
+        full += f;
+    }
+    let chan = Arc::try_unwrap(chan).ok().unwrap();
+    chan.close().unwrap();
+    let (seen, s) = gather(readers, true);
+    assert_eq!(s.dropped_full, full, "{s:?}");
+    assert_eq!(s.records_completed, ok, "{s:?}");
+    assert_eq!(seen.len() as u64, ok, "{s:?}");
+}
