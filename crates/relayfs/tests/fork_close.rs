@@ -279,7 +279,11 @@ fn late_child(mode: Mode, before: u64) {
         libc::close(rep[1]);
     }
     let closed = chan.close().unwrap();
-    assert_eq!(closed.unread_at_close + closed.overwritten_records, p_ok, "{closed:?}");
+    assert_eq!(
+        closed.unread_at_close + closed.overwritten_records,
+        p_ok,
+        "{closed:?}"
+    );
     // SAFETY: writes one byte from a local buffer.
     assert_eq!(unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) }, 1);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -300,7 +304,10 @@ fn late_child(mode: Mode, before: u64) {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     let mut msg = [0u8; 32];
     // SAFETY: reads into a local buffer of its own length.
-    assert_eq!(unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), 32) }, 32);
+    assert_eq!(
+        unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), 32) },
+        32
+    );
     let v = |i: usize| u64::from_le_bytes(msg[i * 8..i * 8 + 8].try_into().unwrap());
     let (ok, refused, full, counted) = (v(0), v(1), v(2), v(3));
     // SAFETY: our descriptors, closed once.
@@ -311,7 +318,10 @@ fn late_child(mode: Mode, before: u64) {
     // The shared counters, as the parent's mapping sees them now.
     let s = chan.total_stats();
     let what = format!("{mode:?}, {before} before: {s:?}");
-    assert_eq!(ok, 0, "the child's writes after the close were accepted: {what}");
+    assert_eq!(
+        ok, 0,
+        "the child's writes after the close were accepted: {what}"
+    );
     assert_eq!(refused, counted, "{what}");
     assert_eq!(refused + full, PER_CHILD, "{what}");
     assert_eq!(s.dropped_full, closed.dropped_full + full, "{what}");
@@ -497,4 +507,80 @@ fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() 
     assert_eq!(s.dropped_full, full, "{s:?}");
     assert_eq!(s.records_completed, ok, "{s:?}");
     assert_eq!(seen.len() as u64, ok, "{s:?}");
+}
+
+/// The pid of the process that runs the tests (set before any fork).
+static TEST_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The write end of a pipe: a forked child's `subbuf_start` says through it
+/// that its switch has begun.
+static IN_SWITCH_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Callbacks whose `subbuf_start` in a forked child says so through
+/// `IN_SWITCH_FD` and then takes 300 ms: the child's switch is under way
+/// (past the closed checks) while the parent closes.
+struct SlowChildSwitch;
+
+impl relayfs::Callbacks for SlowChildSwitch {
+    fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
+        if std::process::id() != TEST_PID.load(Ordering::Relaxed) {
+            let fd = IN_SWITCH_FD.load(Ordering::Relaxed);
+            // SAFETY: writes one byte from a local buffer to our pipe.
+            unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        !info.full
+    }
+}
+
+/// A child's switch that began before the parent closed (and so passed the
+/// check of the shared state) and ends after the parent counted what was
+/// left: close waits for the switches in flight (`opening`), but only for
+/// its own process's, and the child's record stays pending in a sub-buffer
+/// nobody will complete or count.
+#[test]
+#[ignore = "defect: close does not see a forked child's sub-buffer switch in flight (`opening` is process-local); the child's record is accepted, never read and never counted"]
+fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+    TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkrace")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(SlowChildSwitch)
+        .open()
+        .unwrap();
+    let mut sw = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    IN_SWITCH_FD.store(sw[1], Ordering::Relaxed);
+    // SAFETY: the child writes one record and ends with `_exit`, its exit
+    // code saying whether the write was accepted (0) or refused (1).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = match chan.write(&common::record(1, 0, HDR + 8)) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        std::mem::forget(chan);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reads one byte into a local buffer.
+    assert_eq!(unsafe { libc::read(sw[0], b.as_mut_ptr().cast(), 1) }, 1);
+    let closed = chan.close().unwrap();
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let accepted = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let s = chan.total_stats();
+    let accounted =
+        s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records;
+    assert_eq!(
+        s.records_written(),
+        accounted,
+        "child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}"
+    );
 }
