@@ -500,7 +500,12 @@ impl Hooks for Buffer {
         // write after it switches and comes here; from then on this
         // process refuses writes as closed too (`is_closed`).
         // SYNC POINT: Acquire pairs with close's Release store of STATE.
-        if self.shared().header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED {
+        if self
+            .shared()
+            .header_word(hdr::STATE)
+            .load(Ordering::Acquire)
+            == STATE_CLOSED
+        {
             self.closed.store(true, StdOrdering::SeqCst);
             self.end_open();
             return false;

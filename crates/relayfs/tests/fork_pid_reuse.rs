@@ -49,7 +49,7 @@ fn a_child_whose_pid_is_the_openers_leaves_the_channel_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let code = run_child(|| {
-        match in_new_pid_ns(|| {
+        in_new_pid_ns(|| {
             // Pid 1 in its namespace: the opener.
             assert_eq!(std::process::id(), 1);
             let chan = Channel::builder("pidns")
@@ -61,7 +61,7 @@ fn a_child_whose_pid_is_the_openers_leaves_the_channel_alone() {
                 .unwrap();
             chan.write(b"before the fork").unwrap();
             let child = run_child(|| {
-                match in_new_pid_ns(|| {
+                in_new_pid_ns(|| {
                     // Pid 1 as well, in another namespace: not the opener.
                     assert_eq!(std::process::id(), 1);
                     // SAFETY: this process's own copy of the channel.
@@ -71,10 +71,8 @@ fn a_child_whose_pid_is_the_openers_leaves_the_channel_alone() {
                     unsafe { libc::alarm(5) };
                     drop(mine);
                     0
-                }) {
-                    Some(c) => c,
-                    None => 98,
-                }
+                })
+                .unwrap_or(98)
             });
             if child != 0 {
                 return 10 + child.min(200);
@@ -91,10 +89,8 @@ fn a_child_whose_pid_is_the_openers_leaves_the_channel_alone() {
                 return 4;
             }
             0
-        }) {
-            Some(c) => c,
-            None => 98,
-        }
+        })
+        .unwrap_or(98)
     });
     if code == 98 {
         eprintln!("unshare(CLONE_NEWPID) refused: not tested");
