@@ -584,3 +584,63 @@ fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
         "child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}"
     );
 }
+
+/// A fork while another thread of the parent is inside `close` (waiting,
+/// for up to 2 s, for a reservation held across it, with `closed_with`
+/// and the flush lock taken in turn): the child's writes are refused as
+/// closed, and its close and drop return at once, whatever locks the fork
+/// copied held.
+#[test]
+fn a_fork_while_the_parent_closes_leaves_a_child_that_neither_hangs_nor_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkclosing")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .flush_interval(Duration::from_millis(1))
+        .open()
+        .unwrap();
+    let (ok, _) = write_n(&chan, 0, 50);
+    let slot = chan.reserve(HDR + 8).unwrap();
+    std::thread::scope(|sc| {
+        let closer = sc.spawn(|| chan.close().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: the child writes, closes, drops, and ends with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: this process's own copy of the channel.
+                let mine: Channel = unsafe { std::ptr::read(&chan) };
+                // SAFETY: a plain system call: a hang ends us with SIGALRM.
+                unsafe { libc::alarm(5) };
+                let refused = (0..100)
+                    .filter(|_| matches!(mine.write(b"late"), Err(WriteError::Closed)))
+                    .count();
+                let _ = mine.close();
+                drop(mine);
+                if refused == 100 {
+                    0
+                } else {
+                    2
+                }
+            }))
+            .unwrap_or(99);
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(code) }
+        }
+        let mut status = 0;
+        // SAFETY: our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
+        drop(slot);
+        let s = closer.join().unwrap();
+        let now = chan.total_stats();
+        assert_eq!(now.records_written(), ok + 1, "{s:?} {now:?}");
+        assert_eq!(now.unread_at_close, ok + 1, "{s:?} {now:?}");
+    });
+}
