@@ -653,3 +653,76 @@ fn a_fork_while_the_parent_closes_leaves_a_child_that_neither_hangs_nor_writes()
         assert_eq!(now.unread_at_close, ok + 1, "{s:?} {now:?}");
     });
 }
+
+/// A channel a forked child opens itself is the child's: its close works
+/// as in any process (flushes, counts, removes the files), whatever the
+/// parent's channels do, and a grandchild's drop of it leaves it alone.
+#[test]
+fn a_channel_opened_in_a_forked_child_is_closed_by_that_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let parents = Channel::builder("forkparent")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .flush_interval(Duration::from_millis(1))
+        .open()
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let path = other.path().to_path_buf();
+    // SAFETY: the child uses the library and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: a plain system call: a hang ends us with SIGALRM.
+            unsafe { libc::alarm(10) };
+            let mine = Channel::builder("forkchild")
+                .dir(&path)
+                .subbuf_size(4096)
+                .n_subbufs(8)
+                .flush_interval(Duration::from_millis(1))
+                .open()
+                .unwrap();
+            let (ok, _) = write_n(&mine, 1, 100);
+            // A grandchild drops its copy: the channel stays the child's.
+            // SAFETY: the grandchild only drops its copy and ends with
+            // `_exit`.
+            let g = unsafe { libc::fork() };
+            if g == 0 {
+                // SAFETY: the grandchild's own copy.
+                drop(unsafe { std::ptr::read(&mine) });
+                // SAFETY: ends the grandchild at once.
+                unsafe { libc::_exit(0) }
+            }
+            let mut st = 0;
+            // SAFETY: our child; `st` is a valid out-pointer.
+            unsafe { libc::waitpid(g, &mut st, 0) };
+            if !mine.buffer_path(0).exists() {
+                return 2;
+            }
+            let s = mine.close().unwrap();
+            if s.records_written() != ok || s.unread_at_close != ok {
+                return 3;
+            }
+            if mine.buffer_path(0).exists() || mine.write(b"late").is_ok() {
+                return 4;
+            }
+            std::mem::forget(parents);
+            0
+        }))
+        .unwrap_or(99);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    assert!(parents.buffer_path(0).exists());
+    let (ok, _) = write_n(&parents, 0, 10);
+    let s = parents.close().unwrap();
+    assert_eq!(s.records_written(), ok);
+}
