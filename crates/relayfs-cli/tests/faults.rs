@@ -625,3 +625,83 @@ fn a_fifo_in_the_output_directory_is_refused_not_waited_on() {
     assert!(!err.contains("nothing lost"), "{err}");
     chan.close().unwrap();
 }
+
+/// As `recorder_killed_and_restarted_resumes_without_duplicate_or_gap`, in
+/// overwrite mode with a producer fast enough to lap the recorder: every
+/// record must still be delivered once or counted (overwritten, discarded).
+#[test]
+/// Suspected cause: a reader killed between `claim_for_read` (claim word
+/// `READ(ord)`) and counting the sub-buffer consumed or discarded leaves the
+/// claim behind; the writer that laps the slot sees `READ(ord)` and leaves
+/// the records to the reader (`account_overwrite`), and the next reader
+/// finds the sub-buffer lapped and skips it without counting: one
+/// sub-buffer's records neither delivered, overwritten nor discarded.
+#[ignore = "defect: in overwrite mode a recorder killed mid-stream leaves about one sub-buffer of records neither delivered nor counted (verify: N records missing, but only N - ~150 counted as lost)"]
+fn recorder_killed_and_restarted_in_overwrite_mode_accounts_every_record() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("owresume");
+    std::fs::create_dir(&dir).unwrap();
+    let chan = Channel::builder("owresume")
+        .dir(&dir)
+        .subbuf_size(16384)
+        .n_subbufs(8)
+        .mode(relayfs::Mode::Overwrite)
+        .open()
+        .unwrap();
+    let out = root.path().join("out");
+    let start = || {
+        relayfs(root.path())
+            .args(["record", "owresume", "--quiet", "-o"])
+            .arg(&out)
+            .spawn()
+            .unwrap()
+    };
+    let count = 3_000_000u64;
+    let (rec, dropped) = std::thread::scope(|s| {
+        let producer = s.spawn(|| {
+            let mut dropped = 0;
+            for seq in 0..count {
+                let len = 24 + (seq * 7919 % 177) as usize;
+                if chan.write_cpu(0, &demo_record(0, seq, len)).is_err() {
+                    dropped += 1;
+                }
+            }
+            dropped
+        });
+        for i in 0..6 {
+            let mut rec = start();
+            wait_until("recorder attached", || reader_attached(&chan, 0));
+            std::thread::sleep(Duration::from_millis(20 + 17 * i));
+            rec.kill().unwrap(); // SIGKILL, mid-stream
+            rec.wait().unwrap();
+        }
+        let rec = start();
+        wait_until("recorder attached", || reader_attached(&chan, 0));
+        (rec, producer.join().unwrap())
+    });
+    chan.close().unwrap();
+    let o = rec.wait_with_output().unwrap();
+    assert!(o.status.success());
+    // The counters once the recorder drained the buffer to its end.
+    let s = chan.total_stats();
+    assert_eq!(s.dropped_full + s.dropped_toobig, dropped, "{s:?}");
+    let lost = s.lost();
+    let v = relayfs(root.path())
+        .arg("verify")
+        .arg(&out)
+        .args([
+            "--writers",
+            "1",
+            "--count",
+            &count.to_string(),
+            "--lost",
+            &lost.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "{}\n{s:?}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}

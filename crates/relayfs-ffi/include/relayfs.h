@@ -289,7 +289,8 @@ int relay_flush(struct rchan *chan);
  * be in use meanwhile. No other call on `chan` (from any thread) may run
  * during relay_reset, and no thread may hold a reservation of it; that is
  * checked for the calling thread's reservations only, and breaking it is
- * undefined.
+ * undefined. In a process forked from the one that opened the channel it
+ * resets nothing (the buffers are the opener's) and returns 0.
  * Returns 0, -EINVAL, or -EBUSY if this thread has a reservation of the
  * channel not yet committed.
  */

@@ -565,3 +565,56 @@ fn relay_subbufs_consumed_counts_complete_sub_buffers() {
         assert_eq!(relay_close(c), 0);
     }
 }
+
+#[test]
+fn relay_close_in_a_forked_child_leaves_the_channel_to_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path(), None, null_mut());
+    let rec = [7u8; 16];
+    // SAFETY: a live channel; `rec` is readable.
+    unsafe {
+        assert_eq!(relay_write_cpu(c, 0, rec.as_ptr().cast(), rec.len()), 0);
+    }
+    // SAFETY: the child only calls the library on its copy of the handle
+    // and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: plain calls on the child's copy of a live handle; a hang
+        // ends the child with SIGALRM.
+        let code = unsafe {
+            libc::alarm(5);
+            let w = relay_write_cpu(c, 0, rec.as_ptr().cast(), rec.len());
+            let r = relay_reset(c);
+            let mut s = relay_stats::default();
+            let first = relay_close_stats(c, &mut s);
+            let second = relay_close(c);
+            if w == 0 && r == 0 && first == 0 && second == -EINVAL && s.records_written >= 2 {
+                0
+            } else {
+                1
+            }
+        };
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    assert!(
+        dir.path().join("cpu0").exists(),
+        "the child removed the files"
+    );
+    let mut s = relay_stats::default();
+    // SAFETY: the parent's handle is still open.
+    unsafe {
+        assert_eq!(relay_write_cpu(c, 0, rec.as_ptr().cast(), rec.len()), 0);
+        assert_eq!(relay_close_stats(c, &mut s), 0);
+    }
+    assert_eq!(s.records_written, 3);
+    assert_eq!(s.unread_at_close, 3);
+}

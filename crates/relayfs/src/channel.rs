@@ -229,6 +229,7 @@ impl ChannelBuilder {
                     closed: AtomicBool::new(false),
                     flush_lock: Mutex::new(()),
                     pid: std::process::id(),
+                    forks: forks_so_far(),
                 });
                 let flusher = self
                     .flush_interval
@@ -493,6 +494,22 @@ impl Hooks for Buffer {
             self.end_open();
             return false;
         }
+        // A process forked from the producer has its own copy of `closed`,
+        // which the producer's close never sets: the buffer's shared state
+        // tells it. Close flushed every sub-buffer it found in use, so a
+        // write after it switches and comes here; from then on this
+        // process refuses writes as closed too (`is_closed`).
+        // SYNC POINT: Acquire pairs with close's Release store of STATE.
+        if self
+            .shared()
+            .header_word(hdr::STATE)
+            .load(Ordering::Acquire)
+            == STATE_CLOSED
+        {
+            self.closed.store(true, StdOrdering::SeqCst);
+            self.end_open();
+            return false;
+        }
         true
     }
 
@@ -548,6 +565,35 @@ struct Inner {
     /// made by `fork` has a copy of this value and of every lock above as
     /// they were at the fork, held perhaps by a thread it does not have.
     pid: u32,
+    /// `forks_so_far()` when the channel was opened: a pid alone can be the
+    /// opener's in a child too (pid 1 of a new pid namespace, or a pid
+    /// reused once the opener died).
+    forks: u64,
+}
+
+/// Children made by `fork` in this process's line since the channel code
+/// first ran: its copy in a child counts that child's own fork.
+static FORKS: StdAtomicU64 = StdAtomicU64::new(0);
+
+/// The `pthread_atfork` child handler: one more fork behind this process.
+extern "C" fn count_fork() {
+    // SYNC POINT: Relaxed: the child is single-threaded when it runs.
+    FORKS.fetch_add(1, StdOrdering::Relaxed);
+}
+
+/// The forks behind this process so far (registering the handler that
+/// counts them the first time, before any channel records the count).
+fn forks_so_far() -> u64 {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `count_fork` is an `extern "C" fn()` that never unwinds
+        // (one atomic add). Should registering fail, the pid still tells
+        // forked children apart in every ordinary case.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(count_fork)) };
+    });
+    // SYNC POINT: Relaxed: only this process's own (or its forking
+    // ancestor's, copied) stores are ever compared.
+    FORKS.load(StdOrdering::Relaxed)
 }
 
 thread_local! {
@@ -604,7 +650,8 @@ impl Inner {
     /// Whether this is the process that opened the channel (not a child
     /// forked from it).
     fn in_creator(&self) -> bool {
-        std::process::id() == self.pid
+        // SYNC POINT: Relaxed, as in `forks_so_far`.
+        std::process::id() == self.pid && FORKS.load(StdOrdering::Relaxed) == self.forks
     }
 
     fn flush(&self) {
@@ -926,8 +973,15 @@ impl Channel {
     /// Resets every buffer to its initial state without reallocating or
     /// unmapping (`relay_reset`). `&mut self` guarantees that no write or
     /// reservation is in progress; readers start over from the beginning.
+    ///
+    /// In a process forked from the one that opened the channel it does
+    /// nothing: `&mut self` says nothing of the creator's writers, and the
+    /// buffers (with their counters) are the creator's, as for `close`.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
+        if !inner.in_creator() {
+            return;
+        }
         let _g = inner.lock_flush();
         for b in &inner.bufs {
             b.shared().init_state();

@@ -8,7 +8,7 @@
 
 mod common;
 use common::{gather, record_into, HDR};
-use relayfs::{Channel, Ready, RelayFile, WriteError};
+use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +153,7 @@ fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
         })
     };
     let (mut ok, mut full) = (0u64, 0u64);
+    let mut per_child = Vec::new();
     for c in 1..=CHILDREN {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` has room for the two descriptors.
@@ -177,6 +178,7 @@ fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
         unsafe { libc::close(fds[1]) };
         let (o, f) = reap(pid, fds[0]);
         assert_ne!(f, u64::MAX, "child {c}: a write was refused as closed");
+        per_child.push(o);
         ok += o;
         full += f;
         // The parent's channel is still open and whole.
@@ -198,8 +200,529 @@ fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
     assert_eq!(s.records_consumed, seen.len() as u64, "{s:?}");
     assert_eq!(seen.len() as u64, ok + p_ok, "{s:?}");
     assert_eq!(closed.records_written(), ok + p_ok);
-    for c in 1..=CHILDREN {
+    // Each child's accepted records, all delivered (a child whose every
+    // write found the buffers full, as happens on a loaded machine, has
+    // none to deliver).
+    for (c, &o) in (1..=CHILDREN).zip(&per_child) {
         let n = seen.iter().filter(|(w, _)| *w == c).count() as u64;
-        assert!(n > 0, "nothing of child {c} delivered");
+        assert_eq!(n, o, "child {c}'s records delivered");
     }
+    assert!(
+        per_child.iter().any(|&o| o > 0),
+        "no child's write accepted"
+    );
+}
+
+/// The parent closes its channel while a forked child still holds its copy
+/// and writes to it afterwards (a pre-fork server's worker that outlives
+/// the master's shutdown). The parent's close counted what was left and
+/// removed the files: a record the child writes after that can be neither
+/// read nor counted by anyone, so it must be refused and counted, not
+/// accepted and lost (it was: the child's copy of the closed flag is its
+/// own, and its writes reused the sub-buffers close had counted unread).
+#[test]
+fn a_forked_child_writing_after_the_parent_closed_is_refused_and_counted() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        for before in [0, 1, 100, 2000] {
+            late_child(mode, before);
+        }
+    }
+}
+
+/// The parent writes `before` records, forks, closes; then the child writes.
+fn late_child(mode: Mode, before: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forklate")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .mode(mode)
+        .open()
+        .unwrap();
+    let (p_ok, _) = write_n(&chan, 0, before);
+    // `go`: parent to child, "the channel is closed"; `rep`: the report.
+    let mut go = [0 as libc::c_int; 2];
+    let mut rep = [0 as libc::c_int; 2];
+    // SAFETY: each array has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::pipe2(rep.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the child waits on a pipe, writes with the library, reports
+    // through a pipe and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = [0u8; 1];
+            // SAFETY: reads into a local buffer of its own length.
+            unsafe { libc::read(go[0], b.as_mut_ptr().cast(), 1) };
+            let mut n = [0u64; 3]; // accepted, refused as closed, as full
+            let mut buf = [0u8; 96];
+            for seq in 0..PER_CHILD {
+                let len = HDR + (seq % 64) as usize;
+                record_into(1, seq, &mut buf[..len]);
+                match chan.write(&buf[..len]) {
+                    Ok(()) => n[0] += 1,
+                    Err(WriteError::Closed) => n[1] += 1,
+                    Err(_) => n[2] += 1,
+                }
+            }
+            chan.flush();
+            let s = chan.close().unwrap();
+            let mut msg = [0u8; 32];
+            for (i, v) in n.iter().chain([s.dropped_closed].iter()).enumerate() {
+                msg[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            // SAFETY: writes a local buffer of its own length to our pipe.
+            unsafe { libc::write(rep[1], msg.as_ptr().cast(), msg.len()) };
+            std::mem::forget(chan);
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(0) }
+        }));
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(7) }
+    }
+    // SAFETY: our copies of the child's ends.
+    unsafe {
+        libc::close(go[0]);
+        libc::close(rep[1]);
+    }
+    let closed = chan.close().unwrap();
+    assert_eq!(
+        closed.unread_at_close + closed.overwritten_records,
+        p_ok,
+        "{closed:?}"
+    );
+    // SAFETY: writes one byte from a local buffer.
+    assert_eq!(unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) }, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let mut msg = [0u8; 32];
+    // SAFETY: reads into a local buffer of its own length.
+    assert_eq!(
+        unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), 32) },
+        32
+    );
+    let v = |i: usize| u64::from_le_bytes(msg[i * 8..i * 8 + 8].try_into().unwrap());
+    let (ok, refused, full, counted) = (v(0), v(1), v(2), v(3));
+    // SAFETY: our descriptors, closed once.
+    unsafe {
+        libc::close(go[1]);
+        libc::close(rep[0]);
+    }
+    // The shared counters, as the parent's mapping sees them now.
+    let s = chan.total_stats();
+    let what = format!("{mode:?}, {before} before: {s:?}");
+    assert_eq!(
+        ok, 0,
+        "the child's writes after the close were accepted: {what}"
+    );
+    assert_eq!(refused, counted, "{what}");
+    assert_eq!(refused + full, PER_CHILD, "{what}");
+    assert_eq!(s.dropped_full, closed.dropped_full + full, "{what}");
+    assert_eq!(s.records_written(), p_ok, "{what}");
+    assert_eq!(
+        s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records,
+        p_ok,
+        "{what}"
+    );
+}
+
+/// A forked child that resets its copy of the channel (`reset` takes
+/// `&mut self`, which promises no write in progress in *this* process)
+/// must not reset the parent's buffers under the parent's writers and
+/// readers: reset leaves the channel to its creator, as close does.
+#[test]
+fn a_forked_childs_reset_leaves_the_parents_buffers_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkreset")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(64)
+        .global(true)
+        .open()
+        .unwrap();
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let (a_ok, a_full) = write_n(&chan, 0, 500);
+    assert_eq!((a_ok, a_full), (500, 0));
+    chan.flush();
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let n = f.read(&mut buf).unwrap();
+    stream.extend_from_slice(&buf[..n]);
+    let (b_ok, _) = write_n(&chan, 1, 300);
+    // SAFETY: the child only resets its copy of the channel and ends with
+    // `_exit` (its copy is never dropped).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: this process's own copy, never used by anyone else
+            // here (the parent's `chan` is in another address space).
+            let mut mine: Channel = unsafe { std::ptr::read(&chan) };
+            mine.reset();
+            std::mem::forget(mine);
+        }));
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(0) }
+    }
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let (c_ok, _) = write_n(&chan, 2, 300);
+    let closed = chan.close().unwrap();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&buf[..n]);
+    }
+    let seen = common::parse(&stream);
+    let s = f.stats();
+    assert_eq!(
+        seen.len() as u64,
+        a_ok + b_ok + c_ok,
+        "{closed:?}\n{s:?}\nwriters seen: {:?}",
+        [0, 1, 2].map(|w| seen.iter().filter(|(x, _)| *x == w).count())
+    );
+    assert_eq!(s.records_consumed, seen.len() as u64, "{s:?}");
+}
+
+/// A busier child: flushes between its writes (beside the parent's flush
+/// thread, in another process), writes into every CPU's buffer, and holds
+/// a reservation across its own close, then commits it. Reports as `child`.
+fn busy_child(chan: Channel, writer: u32, fd: libc::c_int) -> ! {
+    let (mut ok, mut full) = (0u64, 0u64);
+    let mut buf = [0u8; 96];
+    for seq in 0..PER_CHILD - 1 {
+        let len = HDR + (seq % 64) as usize;
+        record_into(writer, seq, &mut buf[..len]);
+        let r = if seq % 3 == 0 {
+            chan.write_cpu(seq as usize % chan.n_buffers(), &buf[..len])
+        } else {
+            chan.write(&buf[..len])
+        };
+        match r {
+            Ok(()) => ok += 1,
+            Err(WriteError::Full) => full += 1,
+            Err(_) => full = u64::MAX / 2,
+        }
+        if seq % 100 == 0 {
+            chan.flush();
+        }
+    }
+    let mut code = 0;
+    let len = HDR + 8;
+    match chan.reserve(len) {
+        Ok(mut slot) => {
+            record_into(writer, PER_CHILD - 1, &mut slot);
+            if chan.close().is_err() || chan.close().is_err() {
+                code = 6;
+            }
+            slot.commit();
+            ok += 1;
+        }
+        Err(WriteError::Full) => full += 1,
+        Err(_) => code = 8,
+    }
+    chan.flush();
+    drop(chan);
+    let mut msg = [0u8; 16];
+    msg[..8].copy_from_slice(&ok.to_le_bytes());
+    msg[8..].copy_from_slice(&full.to_le_bytes());
+    // SAFETY: writes a local buffer of its own length to our pipe.
+    if unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) } != 16 {
+        code = 4;
+    }
+    // SAFETY: ends the forked child at once.
+    unsafe { libc::_exit(code) }
+}
+
+#[test]
+fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("forkbusy")
+            .dir(dir.path())
+            .subbuf_size(4096)
+            .n_subbufs(64)
+            .flush_interval(Duration::from_millis(1))
+            .open()
+            .unwrap(),
+    );
+    let readers: Vec<_> = (0..chan.n_buffers())
+        .map(|i| {
+            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut stream = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    stream.extend_from_slice(&buf[..n]);
+                    if n == 0 {
+                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
+                            Ready::Closed => break,
+                            Ready::ProducerGone => panic!("producer gone"),
+                            _ => {}
+                        }
+                    }
+                }
+                (stream, f.stats())
+            })
+        })
+        .collect();
+    let (mut ok, mut full) = (0u64, 0u64);
+    for c in 1..=8 {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: as in the test above.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as in the test above.
+            let ch: Channel = unsafe { std::ptr::read(&*chan) };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                busy_child(ch, c, fds[1])
+            }));
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(7) }
+        }
+        // SAFETY: our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let (o, f) = reap(pid, fds[0]);
+        assert!(f < u64::MAX / 4, "child {c}: a write was refused as closed");
+        ok += o;
+        full += f;
+    }
+    let chan = Arc::try_unwrap(chan).ok().unwrap();
+    chan.close().unwrap();
+    let (seen, s) = gather(readers, true);
+    assert_eq!(s.dropped_full, full, "{s:?}");
+    assert_eq!(s.records_completed, ok, "{s:?}");
+    assert_eq!(seen.len() as u64, ok, "{s:?}");
+}
+
+/// The pid of the process that runs the tests (set before any fork).
+static TEST_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The write end of a pipe: a forked child's `subbuf_start` says through it
+/// that its switch has begun.
+static IN_SWITCH_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Callbacks whose `subbuf_start` in a forked child says so through
+/// `IN_SWITCH_FD` and then takes 300 ms: the child's switch is under way
+/// (past the closed checks) while the parent closes.
+struct SlowChildSwitch;
+
+impl relayfs::Callbacks for SlowChildSwitch {
+    fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
+        if std::process::id() != TEST_PID.load(Ordering::Relaxed) {
+            let fd = IN_SWITCH_FD.load(Ordering::Relaxed);
+            // SAFETY: writes one byte from a local buffer to our pipe.
+            unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        !info.full
+    }
+}
+
+/// A child's switch that began before the parent closed (and so passed the
+/// check of the shared state) and ends after the parent counted what was
+/// left: close waits for the switches in flight (`opening`), but only for
+/// its own process's, and the child's record stays pending in a sub-buffer
+/// nobody will complete or count.
+#[test]
+#[ignore = "defect: close does not see a forked child's sub-buffer switch in flight (`opening` is process-local); the child's record is accepted, never read and never counted"]
+fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+    TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkrace")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(SlowChildSwitch)
+        .open()
+        .unwrap();
+    let mut sw = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    IN_SWITCH_FD.store(sw[1], Ordering::Relaxed);
+    // SAFETY: the child writes one record and ends with `_exit`, its exit
+    // code saying whether the write was accepted (0) or refused (1).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = match chan.write(&common::record(1, 0, HDR + 8)) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        std::mem::forget(chan);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) }
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reads one byte into a local buffer.
+    assert_eq!(unsafe { libc::read(sw[0], b.as_mut_ptr().cast(), 1) }, 1);
+    let closed = chan.close().unwrap();
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let accepted = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let s = chan.total_stats();
+    let accounted =
+        s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records;
+    assert_eq!(
+        s.records_written(),
+        accounted,
+        "child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}"
+    );
+}
+
+/// A fork while another thread of the parent is inside `close` (waiting,
+/// for up to 2 s, for a reservation held across it, with `closed_with`
+/// and the flush lock taken in turn): the child's writes are refused as
+/// closed, and its close and drop return at once, whatever locks the fork
+/// copied held.
+#[test]
+fn a_fork_while_the_parent_closes_leaves_a_child_that_neither_hangs_nor_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkclosing")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .flush_interval(Duration::from_millis(1))
+        .open()
+        .unwrap();
+    let (ok, _) = write_n(&chan, 0, 50);
+    let slot = chan.reserve(HDR + 8).unwrap();
+    std::thread::scope(|sc| {
+        let closer = sc.spawn(|| chan.close().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: the child writes, closes, drops, and ends with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: this process's own copy of the channel.
+                let mine: Channel = unsafe { std::ptr::read(&chan) };
+                // SAFETY: a plain system call: a hang ends us with SIGALRM.
+                unsafe { libc::alarm(5) };
+                let refused = (0..100)
+                    .filter(|_| matches!(mine.write(b"late"), Err(WriteError::Closed)))
+                    .count();
+                let _ = mine.close();
+                drop(mine);
+                if refused == 100 {
+                    0
+                } else {
+                    2
+                }
+            }))
+            .unwrap_or(99);
+            // SAFETY: ends the forked child at once.
+            unsafe { libc::_exit(code) }
+        }
+        let mut status = 0;
+        // SAFETY: our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
+        drop(slot);
+        let s = closer.join().unwrap();
+        let now = chan.total_stats();
+        assert_eq!(now.records_written(), ok + 1, "{s:?} {now:?}");
+        assert_eq!(now.unread_at_close, ok + 1, "{s:?} {now:?}");
+    });
+}
+
+/// A channel a forked child opens itself is the child's: its close works
+/// as in any process (flushes, counts, removes the files), whatever the
+/// parent's channels do, and a grandchild's drop of it leaves it alone.
+#[test]
+fn a_channel_opened_in_a_forked_child_is_closed_by_that_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let parents = Channel::builder("forkparent")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .flush_interval(Duration::from_millis(1))
+        .open()
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let path = other.path().to_path_buf();
+    // SAFETY: the child uses the library and ends with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: a plain system call: a hang ends us with SIGALRM.
+            unsafe { libc::alarm(10) };
+            let mine = Channel::builder("forkchild")
+                .dir(&path)
+                .subbuf_size(4096)
+                .n_subbufs(8)
+                .flush_interval(Duration::from_millis(1))
+                .open()
+                .unwrap();
+            let (ok, _) = write_n(&mine, 1, 100);
+            // A grandchild drops its copy: the channel stays the child's.
+            // SAFETY: the grandchild only drops its copy and ends with
+            // `_exit`.
+            let g = unsafe { libc::fork() };
+            if g == 0 {
+                // SAFETY: the grandchild's own copy.
+                drop(unsafe { std::ptr::read(&mine) });
+                // SAFETY: ends the grandchild at once.
+                unsafe { libc::_exit(0) }
+            }
+            let mut st = 0;
+            // SAFETY: our child; `st` is a valid out-pointer.
+            unsafe { libc::waitpid(g, &mut st, 0) };
+            if !mine.buffer_path(0).exists() {
+                return 2;
+            }
+            let s = mine.close().unwrap();
+            if s.records_written() != ok || s.unread_at_close != ok {
+                return 3;
+            }
+            if mine.buffer_path(0).exists() || mine.write(b"late").is_ok() {
+                return 4;
+            }
+            std::mem::forget(parents);
+            0
+        }))
+        .unwrap_or(99);
+        // SAFETY: ends the forked child at once.
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    assert!(parents.buffer_path(0).exists());
+    let (ok, _) = write_n(&parents, 0, 10);
+    let s = parents.close().unwrap();
+    assert_eq!(s.records_written(), ok);
 }
