@@ -14,8 +14,9 @@
 //! * Losses: a lost record (written by the layer before the next event on
 //!   that CPU) is shown where it is, as `N events lost on cpuK`. Whatever the
 //!   recorder's counters (`relayfs-record.json`) say a buffer lost beyond
-//!   that is shown when that buffer's stream ends, as `N records lost on
-//!   cpuK`, saying that where is not known.
+//!   that is shown once every buffer's stream has ended (a lost record for
+//!   a buffer can come after its own stream ended, in another buffer's), as
+//!   `N records lost on cpuK`, saying that where is not known.
 //! * Bad input (a corrupt or cut record, a payload that is not a valid
 //!   tracing record) is a [`Problem`] naming the file and byte offset;
 //!   decoding goes on after it. Nothing in the files can make it panic.
@@ -667,10 +668,6 @@ fn run(
             if s.head.is_none() && !s.ended {
                 waiting = true;
             }
-            if s.ended && s.head.is_none() && !s.closed {
-                let ts = s.last_ts;
-                held.end(&mut p, &mut srcs, i, summary, ts)?;
-            }
         }
         // The smallest next record.
         let mut best: Option<usize> = None;
@@ -685,7 +682,7 @@ fn run(
             if !waiting {
                 break;
             }
-            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -701,7 +698,7 @@ fn run(
                 .saturating_add(opts.settle.as_nanos() as u64)
                 > relayfs::frame::now()
         {
-            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -712,9 +709,7 @@ fn run(
         } else {
             last_ts = ts;
         }
-        held.record(&mut p, &mut srcs, i, ts, offset, summary, problem)?;
-        // A buffer that has ended: what the recorder counted beyond the lost
-        // records shown is shown here.
+        held.record(&mut p, &mut srcs, i, ts, offset, problem)?;
         fill(
             &mut srcs[i],
             &mut chunk,
@@ -722,11 +717,19 @@ fn run(
             problem,
             &mut p.stats,
         )?;
-        if srcs[i].ended && srcs[i].head.is_none() && !srcs[i].closed {
-            held.end(&mut p, &mut srcs, i, summary, ts)?;
+    }
+    held.release(&mut p, &mut srcs, problem)?;
+    // What the recorder counted beyond the lost records shown, per buffer,
+    // once every stream has ended: a buffer's losses can be reported in
+    // band after its own stream ended, by a thread on another CPU (a
+    // buffer full to the end, `flush_lost` at close).
+    let end = held.line().map(last_ts);
+    for s in &mut srcs {
+        if !s.closed {
+            s.closed = true;
+            end_of_source(&mut p, s, summary, end)?;
         }
     }
-    held.release(&mut p, &mut srcs, summary, problem)?;
     p.flush()?;
     Ok(p.stats)
 }
@@ -752,7 +755,7 @@ struct Held {
     /// The last two anchors (clock, monotonic), the older first.
     prev: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
-    /// What waits: records, and buffers' ends.
+    /// The records that wait.
     queue: Vec<Waiting>,
     /// The payloads of the records in `queue`.
     bytes: Vec<u8>,
@@ -770,18 +773,14 @@ const HELD_BYTES: usize = 4 << 20;
 /// anchors (a second of its clock).
 const ANCHOR_WAIT: Duration = Duration::from_secs(1);
 
-/// A record (or a buffer's end) waiting for the next anchor; its payload is
+/// A record waiting for the next anchor; its payload is
 /// the next `len` bytes held.
 struct Waiting {
     ts: u64,
     offset: u64,
     src: u32,
-    /// [`END`] for a buffer's end.
     len: u32,
 }
-
-/// [`Waiting::len`] of a buffer's end.
-const END: u32 = u32::MAX;
 
 /// A linear map from the layer's clock to `CLOCK_MONOTONIC`: through
 /// `(clock, mono)` with the slope `slope / 2^32`.
@@ -831,16 +830,15 @@ impl Held {
         i: usize,
         ts: u64,
         offset: u64,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let kind = srcs[i].payload.first().copied();
         if self.last.is_some() && kind != Some(wire::KIND_ANCHOR) {
             // The usual case once there are anchors: held.
-            return self.hold(p, srcs, i, ts, offset, summary, problem);
+            return self.hold(p, srcs, i, ts, offset, problem);
         }
         let payload = std::mem::take(&mut srcs[i].payload);
-        let r = self.record_payload(p, srcs, i, ts, offset, &payload, summary, problem);
+        let r = self.record_payload(p, srcs, i, ts, offset, &payload, problem);
         srcs[i].payload = payload;
         r
     }
@@ -855,7 +853,6 @@ impl Held {
         i: usize,
         ts: u64,
         offset: u64,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let payload = &srcs[i].payload;
@@ -868,7 +865,7 @@ impl Held {
             len: payload.len() as u32,
         });
         if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
-            self.release(p, srcs, summary, problem)?;
+            self.release(p, srcs, problem)?;
         }
         Ok(())
     }
@@ -883,7 +880,6 @@ impl Held {
         ts: u64,
         offset: u64,
         payload: &[u8],
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         if self.last.is_none() && payload.first() != Some(&wire::KIND_ANCHOR) {
@@ -895,7 +891,7 @@ impl Held {
                 let ok = self.last.is_none_or(|l| clock > l.0 && monotonic >= l.1);
                 if ok {
                     let line = Line::through(self.last, (clock, monotonic));
-                    self.drain(p, srcs, line, summary, problem)?;
+                    self.drain(p, srcs, line, problem)?;
                     self.prev = self.last;
                     self.last = Some((clock, monotonic));
                 }
@@ -903,30 +899,6 @@ impl Held {
         }
         let line = self.line();
         take(p, srcs, i, payload, line.map(ts), offset, problem)
-    }
-
-    /// Buffer `i` ended at `ts`: the recorder's count of what it lost
-    /// beyond what was shown is shown there, once what is held before it is
-    /// out.
-    fn end(
-        &mut self,
-        p: &mut Printer<'_>,
-        srcs: &mut [Source],
-        i: usize,
-        summary: &Option<HashMap<String, u64>>,
-        ts: u64,
-    ) -> io::Result<()> {
-        srcs[i].closed = true;
-        if self.last.is_none() {
-            return end_of_source(p, &mut srcs[i], summary, ts);
-        }
-        self.queue.push(Waiting {
-            ts,
-            offset: 0,
-            src: i as u32,
-            len: END,
-        });
-        Ok(())
     }
 
     /// The map of times after the last anchor: extrapolation from the last
@@ -951,7 +923,6 @@ impl Held {
         p: &mut Printer<'_>,
         srcs: &mut [Source],
         settle: Duration,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let Some(first) = self.queue.first() else {
@@ -959,7 +930,7 @@ impl Held {
         };
         let wait = settle.saturating_add(ANCHOR_WAIT).as_nanos() as u64;
         if self.line().map(first.ts).saturating_add(wait) <= relayfs::frame::now() {
-            self.release(p, srcs, summary, problem)?;
+            self.release(p, srcs, problem)?;
         }
         Ok(())
     }
@@ -969,14 +940,13 @@ impl Held {
         &mut self,
         p: &mut Printer<'_>,
         srcs: &mut [Source],
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         if self.queue.is_empty() {
             return Ok(());
         }
         let line = self.line();
-        self.drain(p, srcs, line, summary, problem)
+        self.drain(p, srcs, line, problem)
     }
 
     /// Lets everything held go, mapped by `line`.
@@ -985,21 +955,15 @@ impl Held {
         p: &mut Printer<'_>,
         srcs: &mut [Source],
         line: Line,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let mut start = 0;
         for w in self.queue.drain(..) {
             let ts = line.map(w.ts);
-            let src = w.src as usize;
-            if w.len == END {
-                end_of_source(p, &mut srcs[src], summary, ts)?;
-            } else {
-                let end = start + w.len as usize;
-                let payload = self.bytes.get(start..end).unwrap_or_default();
-                start = end;
-                take(p, srcs, src, payload, ts, w.offset, problem)?;
-            }
+            let end = start + w.len as usize;
+            let payload = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            take(p, srcs, w.src as usize, payload, ts, w.offset, problem)?;
         }
         self.bytes.clear();
         Ok(())
@@ -2397,6 +2361,72 @@ mod tests {
             assert_eq!(st.events, n);
             assert_eq!(String::from_utf8(out).unwrap().lines().count() as u64, n);
             assert_eq!(problems, 1);
+        }
+    }
+
+    /// A buffer's losses reported in band after its stream ended, in a lost
+    /// record another buffer carries (the layer's `flush_lost` at close,
+    /// from a thread on another CPU, while cpu0 was full to the end): the
+    /// recorder's count of that buffer's losses is not shown again as
+    /// records lost "where is not known"; the decoder's counts add up to
+    /// the recorder's, with and without anchors.
+    #[test]
+    fn losses_reported_after_a_buffer_ended_are_not_counted_twice() {
+        for anchored in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let anchor = |rec: &mut Vec<u8>, ts: u64| {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_ANCHOR);
+                e.varint(ts);
+                e.varint(ts);
+                framed(rec, ts, &e.buf);
+            };
+            let event = |rec: &mut Vec<u8>, ts: u64| {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_EVENT);
+                e.varint(1);
+                e.varint(7);
+                framed(rec, ts, &e.buf);
+            };
+            let (mut cpu0, mut cpu1) = (Vec::new(), Vec::new());
+            if anchored {
+                anchor(&mut cpu1, 5);
+            }
+            event(&mut cpu0, 10);
+            event(&mut cpu1, 20);
+            // cpu0 was full from here on: 5 events refused there, reported
+            // by a thread on cpu1.
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_LOST);
+            wire::encode_losses(
+                &mut e,
+                &[wire::Loss {
+                    buffer: 0,
+                    events: 5,
+                    callsites: 0,
+                }],
+            );
+            framed(&mut cpu1, 30, &e.buf);
+            if anchored {
+                anchor(&mut cpu1, 40);
+            }
+            std::fs::write(dir.path().join("cpu0.out"), &cpu0).unwrap();
+            std::fs::write(dir.path().join("cpu1.out"), &cpu1).unwrap();
+            std::fs::write(
+                dir.path().join(SUMMARY_FILE),
+                r#"{"buffers": [{"name": "cpu0", "dropped_full": 5}, {"name": "cpu1"}]}"#,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            let st = decode_dir(dir.path(), &Options::default(), &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(st.events, 2, "{text}");
+            assert_eq!(st.lost_events, 5, "{text}");
+            assert_eq!(st.lost_records, 0, "anchored {anchored}: {text}");
+            assert!(!text.contains("records lost"), "{text}");
         }
     }
 
