@@ -888,12 +888,36 @@ impl Held {
         }
         if payload.first() == Some(&wire::KIND_ANCHOR) {
             if let Ok(Item::Anchor { clock, monotonic }) = wire::parse(payload) {
-                let ok = self.last.is_none_or(|l| clock > l.0 && monotonic >= l.1);
-                if ok {
-                    let line = Line::through(self.last, (clock, monotonic));
+                let a = (clock, monotonic);
+                let forward = |l: (u64, u64)| clock > l.0 && monotonic >= l.1;
+                if clock > ts {
+                    // The layer reads the pair before its record's
+                    // timestamp, on the same clock: damaged. Used, it would
+                    // make every later anchor look like it goes back.
+                    let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+                    p.stats.problems += 1;
+                    problem(&Problem {
+                        file,
+                        offset: Some(off),
+                        message: format!(
+                            "bad anchor record: its clock ({clock}) is later than its own \
+                             timestamp ({ts}): not used"
+                        ),
+                    });
+                } else if self.last.is_none_or(forward) {
+                    let line = Line::through(self.last, a);
                     self.drain(p, srcs, line, problem)?;
                     self.prev = self.last;
-                    self.last = Some((clock, monotonic));
+                    self.last = Some(a);
+                } else if self.prev.is_some_and(forward) {
+                    // Forward from the one before the last but not from
+                    // the last: the last was out of line (damaged, or two
+                    // racing anchors a few nanoseconds apart); this one
+                    // takes its place, so that one damaged anchor does not
+                    // make every later one look like it goes back.
+                    let line = Line::through(self.prev, a);
+                    self.drain(p, srcs, line, problem)?;
+                    self.last = Some(a);
                 }
             }
         }
@@ -2427,6 +2451,82 @@ mod tests {
             assert_eq!(st.lost_events, 5, "{text}");
             assert_eq!(st.lost_records, 0, "anchored {anchored}: {text}");
             assert!(!text.contains("records lost"), "{text}");
+        }
+    }
+
+    /// One damaged anchor among good ones (the layer's clock and
+    /// CLOCK_MONOTONIC agree here, so every event's time is its raw
+    /// timestamp): one whose clock is later than its own record's timestamp
+    /// (which the layer reads after the pair, so a flipped bit) is a problem
+    /// naming its offset and is not used; one whose CLOCK_MONOTONIC is hours
+    /// off can throw off only the events up to it, not, by making every
+    /// later anchor look like it goes back, the rest of the recording.
+    #[test]
+    fn one_damaged_anchor_does_not_throw_off_the_rest_of_the_recording() {
+        const MS: u64 = 1_000_000;
+        const HOURS: u64 = 3 * 3600 * 1_000_000_000;
+        for damage in ["clock", "monotonic"] {
+            let mut rec = Vec::new();
+            let mut damaged_at = 0;
+            let mut damaged_ts = 0;
+            let mut events = Vec::new();
+            for k in 0..20u64 {
+                let ts = 1_000 * MS + k * 100 * MS;
+                let (mut clock, mut mono) = (ts, ts);
+                if k == 5 {
+                    damaged_at = rec.len() as u64;
+                    damaged_ts = ts;
+                    if damage == "clock" {
+                        clock += 1 << 40;
+                    } else {
+                        mono += HOURS;
+                    }
+                }
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_ANCHOR);
+                e.varint(clock);
+                e.varint(mono);
+                framed(&mut rec, ts + 100, &e.buf);
+                for j in 1..10 {
+                    let t = ts + j * 10 * MS;
+                    let mut e = wire::Enc::default();
+                    e.byte(wire::KIND_EVENT);
+                    e.varint(1);
+                    e.varint(7);
+                    framed(&mut rec, t, &e.buf);
+                    events.push(t);
+                }
+            }
+            let mut out = Vec::new();
+            let mut problems = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec));
+            let st = decode_streams(vec![("cpu0".into(), src)], true, &mut out, &mut |p| {
+                problems.push(p.clone())
+            })
+            .unwrap();
+            assert_eq!(st.events, events.len() as u64);
+            let text = String::from_utf8(out).unwrap();
+            let times: Vec<u64> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["time_ns"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            for (&t, &raw) in times.iter().zip(&events) {
+                if damage == "monotonic" && raw < damaged_ts {
+                    continue;
+                }
+                assert!(
+                    t.abs_diff(raw) < 1_000,
+                    "{damage}: event at {raw} decoded at {t}"
+                );
+            }
+            if damage == "clock" {
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert_eq!(problems[0].offset, Some(damaged_at), "{}", problems[0]);
+            }
         }
     }
 
