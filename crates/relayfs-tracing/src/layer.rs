@@ -304,7 +304,8 @@ impl Inner {
 
     /// Writes a lost record for every buffer with refused writes not yet
     /// reported (e.g. before closing the channel). If it is refused too,
-    /// they stay pending.
+    /// they stay pending, and it is counted with them (as a record that is
+    /// not an event), as the channel counts it.
     fn flush_lost(&self) {
         if !self.anchor_now() {
             self.refused(true);
@@ -312,8 +313,16 @@ impl Inner {
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
-        if !taken.is_empty() && self.write(&e.buf).is_ok() {
+        if taken.is_empty() {
+            return;
+        }
+        if self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
+        } else {
+            // Refused, and counted by the channel: counted here too (with
+            // the records that are not events), so that the layer's counts
+            // and the channel's add up.
+            self.refused(true);
         }
     }
 
