@@ -457,6 +457,51 @@ fn a_refused_flush_is_counted_by_the_layer_as_by_the_channel() {
     );
 }
 
+/// Several threads writing into a buffer that a reader drains but that
+/// keeps filling: when two threads take the same pending losses at once,
+/// each must report its own share, never both the same counts (reported
+/// twice, then the counter wraps and a later record says 2^64 - 1 events
+/// were lost). Every loss line is a plausible count, and they add up to
+/// the channel's.
+#[test]
+fn losses_taken_by_two_threads_at_once_are_reported_once() {
+    for round in 0..5 {
+        let mut rig = rig(true, 1024, 2, true);
+        let mut r = rig.readers.pop().unwrap();
+        let reader = std::thread::spawn(move || drain_live(&mut r));
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let d = rig.dispatch.clone();
+                s.spawn(move || {
+                    let _ = relayfs::cpu::pin_current_thread(t as usize % 2);
+                    tracing::dispatcher::with_default(&d, || {
+                        for i in 0..20_000u64 {
+                            tracing::info!(t, i, "x");
+                        }
+                    })
+                });
+            }
+        });
+        rig.layer.flush_lost();
+        let dropped = rig.chan.total_stats().dropped_full;
+        let pending = (rig.layer_lost)();
+        rig.chan.close().unwrap();
+        let bytes = reader.join().unwrap();
+        let (lines, problems, stats) = decode_json(vec![("cpu0".into(), bytes)]);
+        assert!(problems.is_empty(), "{problems:?}");
+        for l in &lines {
+            if let Some(n) = l["lost"].as_u64() {
+                assert!(n <= dropped, "round {round}: {n} lost of {dropped}: {l}");
+            }
+        }
+        assert_eq!(
+            stats.lost_events + stats.lost_callsites + pending,
+            dropped,
+            "round {round}"
+        );
+    }
+}
+
 #[test]
 fn garbage_and_cut_records_are_problems_with_offsets() {
     let mut rig = rig(true, 4096, 4, true);
