@@ -145,11 +145,34 @@ impl SummaryBuffer {
     }
 }
 
+/// Opens a file of a recording for reading: not through a symbolic link,
+/// and only a regular file (`O_NONBLOCK`, so that a FIFO in its place
+/// does not block the open). Whoever could write into the directory
+/// could otherwise make the decoder read `/dev/zero` until memory runs
+/// out, or wait forever on a FIFO.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// Reads the summary's per-buffer loss counts; `Ok(None)` if there is no
 /// summary.
 fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
     let path = dir.join(SUMMARY_FILE);
-    let text = match std::fs::read(&path) {
+    let text = match open_regular(&path).and_then(|mut f| {
+        let mut t = Vec::new();
+        f.read_to_end(&mut t).map(|_| t)
+    }) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -288,7 +311,7 @@ impl Input {
                     let name = p
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                    match File::open(p) {
+                    match open_regular(p) {
                         Ok(f) => *file = Some(f),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
                             gone.push(name);
@@ -659,8 +682,7 @@ fn run(
         // everything.
         let over = finished(summary, problem);
         let mut waiting = false;
-        for i in 0..srcs.len() {
-            let s = &mut srcs[i];
+        for s in &mut srcs {
             if s.head.is_some() || s.ended {
                 continue;
             }
@@ -2527,6 +2549,59 @@ mod tests {
                 assert_eq!(problems.len(), 1, "{problems:?}");
                 assert_eq!(problems[0].offset, Some(damaged_at), "{}", problems[0]);
             }
+        }
+    }
+
+    /// A summary planted in a recording's directory by whoever could write
+    /// there: a FIFO (which would block the decoder forever) or a symbolic
+    /// link (to `/dev/zero`, read until memory runs out; here to a regular
+    /// file elsewhere) is a problem, not followed nor waited on; the events
+    /// are decoded all the same.
+    #[test]
+    fn a_planted_summary_is_a_problem_not_a_hang() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_EVENT);
+        e.varint(1);
+        e.varint(7);
+        framed(&mut rec, 10, &e.buf);
+        for planted in ["fifo", "symlink"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("cpu0.out"), &rec).unwrap();
+            let summary = dir.path().join(SUMMARY_FILE);
+            if planted == "fifo" {
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&summary)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+            } else {
+                let elsewhere = dir.path().join("elsewhere.json");
+                std::fs::write(
+                    &elsewhere,
+                    r#"{"buffers": [{"name": "cpu0", "dropped_full": 9}]}"#,
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(&elsewhere, &summary).unwrap();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut problems = Vec::new();
+                let st = decode_dir(&path, &Options::default(), &mut out, &mut |p| {
+                    problems.push(p.clone())
+                });
+                let _ = tx.send((st.map_err(|e| e.to_string()), problems));
+            });
+            let (st, problems) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{planted}: the decoder hangs"));
+            let st = st.unwrap();
+            assert_eq!(st.events, 1, "{planted}");
+            assert_eq!(st.lost_records, 0, "{planted}: followed the link");
+            assert_eq!(problems.len(), 1, "{planted}: {problems:?}");
+            assert_eq!(problems[0].file, SUMMARY_FILE);
         }
     }
 
