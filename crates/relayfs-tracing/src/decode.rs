@@ -1033,7 +1033,10 @@ fn take(
             for l in losses {
                 let name = format!("cpu{}", l.buffer);
                 if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
-                    s.lost_in_band += l.events + l.callsites;
+                    // Saturating: a damaged file can say anything.
+                    s.lost_in_band = s
+                        .lost_in_band
+                        .saturating_add(l.events.saturating_add(l.callsites));
                 }
             }
         }
@@ -1062,7 +1065,7 @@ fn end_of_source(
     };
     let extra = lost.saturating_sub(s.lost_in_band);
     if extra > 0 {
-        p.stats.lost_records += extra;
+        p.stats.lost_records = p.stats.lost_records.saturating_add(extra);
         p.lost_line(ts, &s.name, extra, 0, false)?;
     }
     Ok(())
@@ -1563,8 +1566,10 @@ impl Printer<'_> {
             }
             Item::Lost { losses, then } => {
                 for l in &losses {
-                    self.stats.lost_events += l.events;
-                    self.stats.lost_callsites += l.callsites;
+                    // Saturating: a damaged file can say anything.
+                    self.stats.lost_events = self.stats.lost_events.saturating_add(l.events);
+                    self.stats.lost_callsites =
+                        self.stats.lost_callsites.saturating_add(l.callsites);
                     let name = format!("cpu{}", l.buffer);
                     self.lost_line(ts, &name, l.events, l.callsites, true)
                         .map_err(|_| WireError {
@@ -2602,6 +2607,38 @@ mod tests {
             assert_eq!(st.lost_records, 0, "{planted}: followed the link");
             assert_eq!(problems.len(), 1, "{planted}: {problems:?}");
             assert_eq!(problems[0].file, SUMMARY_FILE);
+        }
+    }
+
+    /// Lost records with absurd counts (a damaged or hostile file): summed
+    /// without overflow (a panic where overflow is checked, as in tests and
+    /// debug builds), in the stats and in a buffer's in-band count.
+    #[test]
+    fn lost_records_with_absurd_counts_do_not_overflow() {
+        let mut rec = Vec::new();
+        for (events, callsites) in [(u64::MAX, 1), (u64::MAX, u64::MAX), (7, 0)] {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_LOST);
+            wire::encode_losses(
+                &mut e,
+                &[wire::Loss {
+                    buffer: 0,
+                    events,
+                    callsites,
+                }],
+            );
+            framed(&mut rec, 10, &e.buf);
+        }
+        for json in [false, true] {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            assert_eq!(st.lost_events, u64::MAX);
+            assert_eq!(st.lost_callsites, u64::MAX);
+            assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
         }
     }
 
