@@ -47,6 +47,13 @@ fn child_producer() {
     for seq in 0..n {
         chan.write(&demo_record(0, seq, 48)).unwrap();
     }
+    if mode == "idle" {
+        // Nothing held, nothing flushed: the producer goes quiet (the
+        // recorder takes the partial sub-buffer after its poll timeout) and
+        // is killed so.
+        std::fs::write(root.join("written"), b"").unwrap();
+        std::thread::sleep(Duration::from_secs(120));
+    }
     chan.flush();
     assert_eq!(mode, "hang");
     chan.write(&demo_record(0, n, 48)).unwrap();
@@ -109,6 +116,50 @@ fn producer_killed_mid_stream() {
     assert!(root.path().join("victim/cpu0").exists());
     let st = relayfs::RelayFile::inspect(root.path().join("victim/cpu0")).unwrap();
     assert!(!st.producer_alive && !st.closed);
+}
+
+/// A producer killed while idle, after the recorder took its partial
+/// sub-buffer (the 200 ms poll timeout): those records are in the files,
+/// and the summary must count them as delivered, so that delivered plus
+/// lost is every record written.
+#[test]
+#[ignore = "defect: records of a partial sub-buffer read before the producer died are never counted in records_consumed (the count comes with the sub-buffer's completion, which a dead producer never makes): the summary says 0 of 100 delivered and nothing lost"]
+fn producer_killed_while_idle_after_its_tail_was_read() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let rec = relayfs(root.path())
+        .args(["record", "victim", "--wait", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut producer = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_producer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "idle")
+        .env("N", "20")
+        .env("RELAYFS_DIR", root.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("producer wrote", || root.path().join("written").exists());
+    // The recorder's poll timeout passes: it reads the partial sub-buffer.
+    wait_until("the recorder took the tail", || {
+        std::fs::metadata(out.join("cpu0.out")).is_ok_and(|m| m.len() >= 20 * 48)
+    });
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+    let rec = rec.wait_with_output().unwrap();
+    assert_eq!(rec.status.code(), Some(3));
+    let s: Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(s["end"], "producer_gone");
+    assert_eq!(s["lost"], 0);
+    assert_eq!(s["records_written"], 20);
+    assert_eq!(s["records_delivered"], 20, "{s}");
 }
 
 /// Writes `count` demo records from one thread at a modest pace.

@@ -14,8 +14,9 @@
 //! * Losses: a lost record (written by the layer before the next event on
 //!   that CPU) is shown where it is, as `N events lost on cpuK`. Whatever the
 //!   recorder's counters (`relayfs-record.json`) say a buffer lost beyond
-//!   that is shown when that buffer's stream ends, as `N records lost on
-//!   cpuK`, saying that where is not known.
+//!   that is shown once every buffer's stream has ended (a lost record for
+//!   a buffer can come after its own stream ended, in another buffer's), as
+//!   `N records lost on cpuK`, saying that where is not known.
 //! * Bad input (a corrupt or cut record, a payload that is not a valid
 //!   tracing record) is a [`Problem`] naming the file and byte offset;
 //!   decoding goes on after it. Nothing in the files can make it panic.
@@ -144,11 +145,34 @@ impl SummaryBuffer {
     }
 }
 
+/// Opens a file of a recording for reading: not through a symbolic link,
+/// and only a regular file (`O_NONBLOCK`, so that a FIFO in its place
+/// does not block the open). Whoever could write into the directory
+/// could otherwise make the decoder read `/dev/zero` until memory runs
+/// out, or wait forever on a FIFO.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// Reads the summary's per-buffer loss counts; `Ok(None)` if there is no
 /// summary.
 fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
     let path = dir.join(SUMMARY_FILE);
-    let text = match std::fs::read(&path) {
+    let text = match open_regular(&path).and_then(|mut f| {
+        let mut t = Vec::new();
+        f.read_to_end(&mut t).map(|_| t)
+    }) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -287,7 +311,7 @@ impl Input {
                     let name = p
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                    match File::open(p) {
+                    match open_regular(p) {
                         Ok(f) => *file = Some(f),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
                             gone.push(name);
@@ -658,18 +682,13 @@ fn run(
         // everything.
         let over = finished(summary, problem);
         let mut waiting = false;
-        for i in 0..srcs.len() {
-            let s = &mut srcs[i];
+        for s in &mut srcs {
             if s.head.is_some() || s.ended {
                 continue;
             }
             fill(s, &mut chunk, opts.follow && !over, problem, &mut p.stats)?;
             if s.head.is_none() && !s.ended {
                 waiting = true;
-            }
-            if s.ended && s.head.is_none() && !s.closed {
-                let ts = s.last_ts;
-                held.end(&mut p, &mut srcs, i, summary, ts)?;
             }
         }
         // The smallest next record.
@@ -685,7 +704,7 @@ fn run(
             if !waiting {
                 break;
             }
-            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -701,7 +720,7 @@ fn run(
                 .saturating_add(opts.settle.as_nanos() as u64)
                 > relayfs::frame::now()
         {
-            held.release_old(&mut p, &mut srcs, opts.settle, summary, problem)?;
+            held.release_old(&mut p, &mut srcs, opts.settle, problem)?;
             p.flush()?;
             std::thread::sleep(opts.poll);
             continue;
@@ -712,9 +731,7 @@ fn run(
         } else {
             last_ts = ts;
         }
-        held.record(&mut p, &mut srcs, i, ts, offset, summary, problem)?;
-        // A buffer that has ended: what the recorder counted beyond the lost
-        // records shown is shown here.
+        held.record(&mut p, &mut srcs, i, ts, offset, problem)?;
         fill(
             &mut srcs[i],
             &mut chunk,
@@ -722,11 +739,19 @@ fn run(
             problem,
             &mut p.stats,
         )?;
-        if srcs[i].ended && srcs[i].head.is_none() && !srcs[i].closed {
-            held.end(&mut p, &mut srcs, i, summary, ts)?;
+    }
+    held.release(&mut p, &mut srcs, problem)?;
+    // What the recorder counted beyond the lost records shown, per buffer,
+    // once every stream has ended: a buffer's losses can be reported in
+    // band after its own stream ended, by a thread on another CPU (a
+    // buffer full to the end, `flush_lost` at close).
+    let end = held.line().map(last_ts);
+    for s in &mut srcs {
+        if !s.closed {
+            s.closed = true;
+            end_of_source(&mut p, s, summary, end)?;
         }
     }
-    held.release(&mut p, &mut srcs, summary, problem)?;
     p.flush()?;
     Ok(p.stats)
 }
@@ -752,7 +777,7 @@ struct Held {
     /// The last two anchors (clock, monotonic), the older first.
     prev: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
-    /// What waits: records, and buffers' ends.
+    /// The records that wait.
     queue: Vec<Waiting>,
     /// The payloads of the records in `queue`.
     bytes: Vec<u8>,
@@ -770,18 +795,14 @@ const HELD_BYTES: usize = 4 << 20;
 /// anchors (a second of its clock).
 const ANCHOR_WAIT: Duration = Duration::from_secs(1);
 
-/// A record (or a buffer's end) waiting for the next anchor; its payload is
+/// A record waiting for the next anchor; its payload is
 /// the next `len` bytes held.
 struct Waiting {
     ts: u64,
     offset: u64,
     src: u32,
-    /// [`END`] for a buffer's end.
     len: u32,
 }
-
-/// [`Waiting::len`] of a buffer's end.
-const END: u32 = u32::MAX;
 
 /// A linear map from the layer's clock to `CLOCK_MONOTONIC`: through
 /// `(clock, mono)` with the slope `slope / 2^32`.
@@ -831,16 +852,15 @@ impl Held {
         i: usize,
         ts: u64,
         offset: u64,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let kind = srcs[i].payload.first().copied();
         if self.last.is_some() && kind != Some(wire::KIND_ANCHOR) {
             // The usual case once there are anchors: held.
-            return self.hold(p, srcs, i, ts, offset, summary, problem);
+            return self.hold(p, srcs, i, ts, offset, problem);
         }
         let payload = std::mem::take(&mut srcs[i].payload);
-        let r = self.record_payload(p, srcs, i, ts, offset, &payload, summary, problem);
+        let r = self.record_payload(p, srcs, i, ts, offset, &payload, problem);
         srcs[i].payload = payload;
         r
     }
@@ -855,7 +875,6 @@ impl Held {
         i: usize,
         ts: u64,
         offset: u64,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let payload = &srcs[i].payload;
@@ -868,7 +887,7 @@ impl Held {
             len: payload.len() as u32,
         });
         if self.queue.len() >= HELD_RECORDS || self.bytes.len() >= HELD_BYTES {
-            self.release(p, srcs, summary, problem)?;
+            self.release(p, srcs, problem)?;
         }
         Ok(())
     }
@@ -883,7 +902,6 @@ impl Held {
         ts: u64,
         offset: u64,
         payload: &[u8],
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         if self.last.is_none() && payload.first() != Some(&wire::KIND_ANCHOR) {
@@ -892,41 +910,41 @@ impl Held {
         }
         if payload.first() == Some(&wire::KIND_ANCHOR) {
             if let Ok(Item::Anchor { clock, monotonic }) = wire::parse(payload) {
-                let ok = self.last.is_none_or(|l| clock > l.0 && monotonic >= l.1);
-                if ok {
-                    let line = Line::through(self.last, (clock, monotonic));
-                    self.drain(p, srcs, line, summary, problem)?;
+                let a = (clock, monotonic);
+                let forward = |l: (u64, u64)| clock > l.0 && monotonic >= l.1;
+                if clock > ts {
+                    // The layer reads the pair before its record's
+                    // timestamp, on the same clock: damaged. Used, it would
+                    // make every later anchor look like it goes back.
+                    let (file, off) = srcs[i].input.locate(&srcs[i].name, offset);
+                    p.stats.problems += 1;
+                    problem(&Problem {
+                        file,
+                        offset: Some(off),
+                        message: format!(
+                            "bad anchor record: its clock ({clock}) is later than its own \
+                             timestamp ({ts}): not used"
+                        ),
+                    });
+                } else if self.last.is_none_or(forward) {
+                    let line = Line::through(self.last, a);
+                    self.drain(p, srcs, line, problem)?;
                     self.prev = self.last;
-                    self.last = Some((clock, monotonic));
+                    self.last = Some(a);
+                } else if self.prev.is_some_and(forward) {
+                    // Forward from the one before the last but not from
+                    // the last: the last was out of line (damaged, or two
+                    // racing anchors a few nanoseconds apart); this one
+                    // takes its place, so that one damaged anchor does not
+                    // make every later one look like it goes back.
+                    let line = Line::through(self.prev, a);
+                    self.drain(p, srcs, line, problem)?;
+                    self.last = Some(a);
                 }
             }
         }
         let line = self.line();
         take(p, srcs, i, payload, line.map(ts), offset, problem)
-    }
-
-    /// Buffer `i` ended at `ts`: the recorder's count of what it lost
-    /// beyond what was shown is shown there, once what is held before it is
-    /// out.
-    fn end(
-        &mut self,
-        p: &mut Printer<'_>,
-        srcs: &mut [Source],
-        i: usize,
-        summary: &Option<HashMap<String, u64>>,
-        ts: u64,
-    ) -> io::Result<()> {
-        srcs[i].closed = true;
-        if self.last.is_none() {
-            return end_of_source(p, &mut srcs[i], summary, ts);
-        }
-        self.queue.push(Waiting {
-            ts,
-            offset: 0,
-            src: i as u32,
-            len: END,
-        });
-        Ok(())
     }
 
     /// The map of times after the last anchor: extrapolation from the last
@@ -951,7 +969,6 @@ impl Held {
         p: &mut Printer<'_>,
         srcs: &mut [Source],
         settle: Duration,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let Some(first) = self.queue.first() else {
@@ -959,7 +976,7 @@ impl Held {
         };
         let wait = settle.saturating_add(ANCHOR_WAIT).as_nanos() as u64;
         if self.line().map(first.ts).saturating_add(wait) <= relayfs::frame::now() {
-            self.release(p, srcs, summary, problem)?;
+            self.release(p, srcs, problem)?;
         }
         Ok(())
     }
@@ -969,14 +986,13 @@ impl Held {
         &mut self,
         p: &mut Printer<'_>,
         srcs: &mut [Source],
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         if self.queue.is_empty() {
             return Ok(());
         }
         let line = self.line();
-        self.drain(p, srcs, line, summary, problem)
+        self.drain(p, srcs, line, problem)
     }
 
     /// Lets everything held go, mapped by `line`.
@@ -985,21 +1001,15 @@ impl Held {
         p: &mut Printer<'_>,
         srcs: &mut [Source],
         line: Line,
-        summary: &Option<HashMap<String, u64>>,
         problem: &mut dyn FnMut(&Problem),
     ) -> io::Result<()> {
         let mut start = 0;
         for w in self.queue.drain(..) {
             let ts = line.map(w.ts);
-            let src = w.src as usize;
-            if w.len == END {
-                end_of_source(p, &mut srcs[src], summary, ts)?;
-            } else {
-                let end = start + w.len as usize;
-                let payload = self.bytes.get(start..end).unwrap_or_default();
-                start = end;
-                take(p, srcs, src, payload, ts, w.offset, problem)?;
-            }
+            let end = start + w.len as usize;
+            let payload = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            take(p, srcs, w.src as usize, payload, ts, w.offset, problem)?;
         }
         self.bytes.clear();
         Ok(())
@@ -1023,7 +1033,10 @@ fn take(
             for l in losses {
                 let name = format!("cpu{}", l.buffer);
                 if let Some(s) = srcs.iter_mut().find(|s| s.name == name) {
-                    s.lost_in_band += l.events + l.callsites;
+                    // Saturating: a damaged file can say anything.
+                    s.lost_in_band = s
+                        .lost_in_band
+                        .saturating_add(l.events.saturating_add(l.callsites));
                 }
             }
         }
@@ -1052,7 +1065,7 @@ fn end_of_source(
     };
     let extra = lost.saturating_sub(s.lost_in_band);
     if extra > 0 {
-        p.stats.lost_records += extra;
+        p.stats.lost_records = p.stats.lost_records.saturating_add(extra);
         p.lost_line(ts, &s.name, extra, 0, false)?;
     }
     Ok(())
@@ -1553,8 +1566,10 @@ impl Printer<'_> {
             }
             Item::Lost { losses, then } => {
                 for l in &losses {
-                    self.stats.lost_events += l.events;
-                    self.stats.lost_callsites += l.callsites;
+                    // Saturating: a damaged file can say anything.
+                    self.stats.lost_events = self.stats.lost_events.saturating_add(l.events);
+                    self.stats.lost_callsites =
+                        self.stats.lost_callsites.saturating_add(l.callsites);
                     let name = format!("cpu{}", l.buffer);
                     self.lost_line(ts, &name, l.events, l.callsites, true)
                         .map_err(|_| WireError {
@@ -2397,6 +2412,233 @@ mod tests {
             assert_eq!(st.events, n);
             assert_eq!(String::from_utf8(out).unwrap().lines().count() as u64, n);
             assert_eq!(problems, 1);
+        }
+    }
+
+    /// A buffer's losses reported in band after its stream ended, in a lost
+    /// record another buffer carries (the layer's `flush_lost` at close,
+    /// from a thread on another CPU, while cpu0 was full to the end): the
+    /// recorder's count of that buffer's losses is not shown again as
+    /// records lost "where is not known"; the decoder's counts add up to
+    /// the recorder's, with and without anchors.
+    #[test]
+    fn losses_reported_after_a_buffer_ended_are_not_counted_twice() {
+        for anchored in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let anchor = |rec: &mut Vec<u8>, ts: u64| {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_ANCHOR);
+                e.varint(ts);
+                e.varint(ts);
+                framed(rec, ts, &e.buf);
+            };
+            let event = |rec: &mut Vec<u8>, ts: u64| {
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_EVENT);
+                e.varint(1);
+                e.varint(7);
+                framed(rec, ts, &e.buf);
+            };
+            let (mut cpu0, mut cpu1) = (Vec::new(), Vec::new());
+            if anchored {
+                anchor(&mut cpu1, 5);
+            }
+            event(&mut cpu0, 10);
+            event(&mut cpu1, 20);
+            // cpu0 was full from here on: 5 events refused there, reported
+            // by a thread on cpu1.
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_LOST);
+            wire::encode_losses(
+                &mut e,
+                &[wire::Loss {
+                    buffer: 0,
+                    events: 5,
+                    callsites: 0,
+                }],
+            );
+            framed(&mut cpu1, 30, &e.buf);
+            if anchored {
+                anchor(&mut cpu1, 40);
+            }
+            std::fs::write(dir.path().join("cpu0.out"), &cpu0).unwrap();
+            std::fs::write(dir.path().join("cpu1.out"), &cpu1).unwrap();
+            std::fs::write(
+                dir.path().join(SUMMARY_FILE),
+                r#"{"buffers": [{"name": "cpu0", "dropped_full": 5}, {"name": "cpu1"}]}"#,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            let st = decode_dir(dir.path(), &Options::default(), &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(st.events, 2, "{text}");
+            assert_eq!(st.lost_events, 5, "{text}");
+            assert_eq!(st.lost_records, 0, "anchored {anchored}: {text}");
+            assert!(!text.contains("records lost"), "{text}");
+        }
+    }
+
+    /// One damaged anchor among good ones (the layer's clock and
+    /// CLOCK_MONOTONIC agree here, so every event's time is its raw
+    /// timestamp): one whose clock is later than its own record's timestamp
+    /// (which the layer reads after the pair, so a flipped bit) is a problem
+    /// naming its offset and is not used; one whose CLOCK_MONOTONIC is hours
+    /// off can throw off only the events up to it, not, by making every
+    /// later anchor look like it goes back, the rest of the recording.
+    #[test]
+    fn one_damaged_anchor_does_not_throw_off_the_rest_of_the_recording() {
+        const MS: u64 = 1_000_000;
+        const HOURS: u64 = 3 * 3600 * 1_000_000_000;
+        for damage in ["clock", "monotonic"] {
+            let mut rec = Vec::new();
+            let mut damaged_at = 0;
+            let mut damaged_ts = 0;
+            let mut events = Vec::new();
+            for k in 0..20u64 {
+                let ts = 1_000 * MS + k * 100 * MS;
+                let (mut clock, mut mono) = (ts, ts);
+                if k == 5 {
+                    damaged_at = rec.len() as u64;
+                    damaged_ts = ts;
+                    if damage == "clock" {
+                        clock += 1 << 40;
+                    } else {
+                        mono += HOURS;
+                    }
+                }
+                let mut e = wire::Enc::default();
+                e.byte(wire::KIND_ANCHOR);
+                e.varint(clock);
+                e.varint(mono);
+                framed(&mut rec, ts + 100, &e.buf);
+                for j in 1..10 {
+                    let t = ts + j * 10 * MS;
+                    let mut e = wire::Enc::default();
+                    e.byte(wire::KIND_EVENT);
+                    e.varint(1);
+                    e.varint(7);
+                    framed(&mut rec, t, &e.buf);
+                    events.push(t);
+                }
+            }
+            let mut out = Vec::new();
+            let mut problems = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec));
+            let st = decode_streams(vec![("cpu0".into(), src)], true, &mut out, &mut |p| {
+                problems.push(p.clone())
+            })
+            .unwrap();
+            assert_eq!(st.events, events.len() as u64);
+            let text = String::from_utf8(out).unwrap();
+            let times: Vec<u64> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["time_ns"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            for (&t, &raw) in times.iter().zip(&events) {
+                if damage == "monotonic" && raw < damaged_ts {
+                    continue;
+                }
+                assert!(
+                    t.abs_diff(raw) < 1_000,
+                    "{damage}: event at {raw} decoded at {t}"
+                );
+            }
+            if damage == "clock" {
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert_eq!(problems[0].offset, Some(damaged_at), "{}", problems[0]);
+            }
+        }
+    }
+
+    /// A summary planted in a recording's directory by whoever could write
+    /// there: a FIFO (which would block the decoder forever) or a symbolic
+    /// link (to `/dev/zero`, read until memory runs out; here to a regular
+    /// file elsewhere) is a problem, not followed nor waited on; the events
+    /// are decoded all the same.
+    #[test]
+    fn a_planted_summary_is_a_problem_not_a_hang() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_EVENT);
+        e.varint(1);
+        e.varint(7);
+        framed(&mut rec, 10, &e.buf);
+        for planted in ["fifo", "symlink"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("cpu0.out"), &rec).unwrap();
+            let summary = dir.path().join(SUMMARY_FILE);
+            if planted == "fifo" {
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&summary)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+            } else {
+                let elsewhere = dir.path().join("elsewhere.json");
+                std::fs::write(
+                    &elsewhere,
+                    r#"{"buffers": [{"name": "cpu0", "dropped_full": 9}]}"#,
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(&elsewhere, &summary).unwrap();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut problems = Vec::new();
+                let st = decode_dir(&path, &Options::default(), &mut out, &mut |p| {
+                    problems.push(p.clone())
+                });
+                let _ = tx.send((st.map_err(|e| e.to_string()), problems));
+            });
+            let (st, problems) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{planted}: the decoder hangs"));
+            let st = st.unwrap();
+            assert_eq!(st.events, 1, "{planted}");
+            assert_eq!(st.lost_records, 0, "{planted}: followed the link");
+            assert_eq!(problems.len(), 1, "{planted}: {problems:?}");
+            assert_eq!(problems[0].file, SUMMARY_FILE);
+        }
+    }
+
+    /// Lost records with absurd counts (a damaged or hostile file): summed
+    /// without overflow (a panic where overflow is checked, as in tests and
+    /// debug builds), in the stats and in a buffer's in-band count.
+    #[test]
+    fn lost_records_with_absurd_counts_do_not_overflow() {
+        let mut rec = Vec::new();
+        for (events, callsites) in [(u64::MAX, 1), (u64::MAX, u64::MAX), (7, 0)] {
+            let mut e = wire::Enc::default();
+            e.byte(wire::KIND_LOST);
+            wire::encode_losses(
+                &mut e,
+                &[wire::Loss {
+                    buffer: 0,
+                    events,
+                    callsites,
+                }],
+            );
+            framed(&mut rec, 10, &e.buf);
+        }
+        for json in [false, true] {
+            let mut out = Vec::new();
+            let src: Box<dyn Read> = Box::new(std::io::Cursor::new(rec.clone()));
+            let st = decode_streams(vec![("cpu0".into(), src)], json, &mut out, &mut |p| {
+                panic!("{p}")
+            })
+            .unwrap();
+            assert_eq!(st.lost_events, u64::MAX);
+            assert_eq!(st.lost_callsites, u64::MAX);
+            assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
         }
     }
 

@@ -304,7 +304,8 @@ impl Inner {
 
     /// Writes a lost record for every buffer with refused writes not yet
     /// reported (e.g. before closing the channel). If it is refused too,
-    /// they stay pending.
+    /// they stay pending, and it is counted with them (as a record that is
+    /// not an event), as the channel counts it.
     fn flush_lost(&self) {
         if !self.anchor_now() {
             self.refused(true);
@@ -312,25 +313,44 @@ impl Inner {
         let mut e = Enc::default();
         e.byte(wire::KIND_LOST);
         let taken = self.take_losses(&mut e);
-        if !taken.is_empty() && self.write(&e.buf).is_ok() {
+        if taken.is_empty() {
+            return;
+        }
+        if self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
+        } else {
+            self.give_back_losses(&taken);
+            // Refused, and counted by the channel: counted here too (with
+            // the records that are not events), so that the layer's counts
+            // and the channel's add up.
+            self.refused(true);
         }
     }
 
-    /// Appends the pending losses (as read now) to a lost record, and
-    /// returns them, to be taken off the counters once it is written.
+    /// Takes the pending losses off the counters and appends them to a lost
+    /// record; returns them, to be settled once it is written or given back
+    /// if it is refused. Taken, not read: two threads writing lost records
+    /// at once each report their own share, never the same counts twice
+    /// (subtracted twice, a counter would wrap and a later record report
+    /// 2^64 - 1 events lost).
     fn take_losses(&self, e: &mut Enc) -> Vec<wire::Loss> {
+        let take = |c: &Padded| {
+            // SYNC POINT: counters alone: what one thread takes no other
+            // can; refusals meanwhile stay for the next record. Nothing else
+            // pairs with them. The load first keeps a clean line clean.
+            if c.0.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                // SYNC POINT: as above.
+                c.0.swap(0, Ordering::Relaxed)
+            }
+        };
         let losses: Vec<wire::Loss> = (0..self.lost.len())
             .filter_map(|b| {
                 let l = wire::Loss {
                     buffer: b as u64,
-                    // SYNC POINT: counters alone: the record carries the
-                    // values read, and `settle_losses` takes away exactly
-                    // those, so refusals meanwhile stay for the next one.
-                    // Nothing else pairs with them.
-                    events: self.lost[b].0.load(Ordering::Relaxed),
-                    // SYNC POINT: as above.
-                    callsites: self.lost_meta[b].0.load(Ordering::Relaxed),
+                    events: take(&self.lost[b]),
+                    callsites: take(&self.lost_meta[b]),
                 };
                 (l.events + l.callsites > 0).then_some(l)
             })
@@ -339,22 +359,30 @@ impl Inner {
         losses
     }
 
-    /// Takes losses that were written off the counters.
+    /// Losses taken and written: off the sum of those not reported yet.
     #[cold]
     fn settle_losses(&self, losses: &[wire::Loss]) {
         for l in losses {
-            let b = l.buffer as usize;
-            // SYNC POINT: counters alone (see take_losses).
-            self.lost[b].0.fetch_sub(l.events, Ordering::Relaxed);
-            // SYNC POINT: as above.
-            self.lost_meta[b]
-                .0
-                .fetch_sub(l.callsites, Ordering::Relaxed);
             // SYNC POINT: the sum, kept with the counters; a reader of it
             // only decides whether to look at them.
             self.any_lost
                 .0
                 .fetch_sub(l.events + l.callsites, Ordering::Relaxed);
+        }
+    }
+
+    /// Losses taken for a lost record the channel refused: back on their
+    /// counters, for the next one.
+    #[cold]
+    fn give_back_losses(&self, losses: &[wire::Loss]) {
+        for l in losses {
+            let b = l.buffer as usize;
+            // SYNC POINT: counters alone (see take_losses).
+            self.lost[b].0.fetch_add(l.events, Ordering::Relaxed);
+            // SYNC POINT: as above.
+            self.lost_meta[b]
+                .0
+                .fetch_add(l.callsites, Ordering::Relaxed);
         }
     }
 
@@ -419,6 +447,7 @@ impl Inner {
         if self.write(&e.buf).is_ok() {
             self.settle_losses(&taken);
         } else {
+            self.give_back_losses(&taken);
             self.refused(false);
         }
     }

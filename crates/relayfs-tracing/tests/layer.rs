@@ -21,6 +21,7 @@ struct Rig {
     layer_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// The layer's clock, `"tsc"` or `"monotonic"`.
     clock: &'static str,
+    layer: RelayLayer,
 }
 
 fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
@@ -44,6 +45,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
     let layer = RelayLayer::new(chan.clone());
     let clock = layer.clock();
     let l2 = layer.clone();
+    let layer_kept = layer.clone();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     Rig {
         _dir: dir,
@@ -52,6 +54,7 @@ fn rig(global: bool, subbuf: u64, n: u64, readers: bool) -> Rig {
         dispatch,
         layer_lost: Arc::new(move || l2.lost_pending()),
         clock,
+        layer: layer_kept,
     }
 }
 
@@ -428,6 +431,75 @@ fn drops_show_up_where_they_happened() {
     assert_eq!(lost["buffer"], "cpu0");
     assert_eq!(lines[kept as usize + 1]["fields"]["message"], "after");
     assert_eq!(lines.len() as u64, kept + 2);
+}
+
+/// `flush_lost` on a channel full to the end (no reader ever came): its
+/// lost record (and, on the TSC clock, its anchor) is refused too, and
+/// counted by the channel; the layer must count it as well, so that what
+/// it says is pending is every write the channel refused.
+#[test]
+fn a_refused_flush_is_counted_by_the_layer_as_by_the_channel() {
+    let rig = rig(true, 256, 2, false);
+    tracing::dispatcher::with_default(&rig.dispatch, || {
+        for i in 0..100u64 {
+            tracing::info!(i, "fill");
+        }
+    });
+    let layer_pending = || (rig.layer_lost)();
+    assert!(layer_pending() > 0);
+    for _ in 0..3 {
+        rig.layer.flush_lost();
+    }
+    assert_eq!(
+        rig.chan.total_stats().dropped_full,
+        layer_pending(),
+        "every refused write counted by the layer too"
+    );
+}
+
+/// Several threads writing into a buffer that a reader drains but that
+/// keeps filling: when two threads take the same pending losses at once,
+/// each must report its own share, never both the same counts (reported
+/// twice, then the counter wraps and a later record says 2^64 - 1 events
+/// were lost). Every loss line is a plausible count, and they add up to
+/// the channel's.
+#[test]
+fn losses_taken_by_two_threads_at_once_are_reported_once() {
+    for round in 0..5 {
+        let mut rig = rig(true, 1024, 2, true);
+        let mut r = rig.readers.pop().unwrap();
+        let reader = std::thread::spawn(move || drain_live(&mut r));
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let d = rig.dispatch.clone();
+                s.spawn(move || {
+                    let _ = relayfs::cpu::pin_current_thread(t as usize % 2);
+                    tracing::dispatcher::with_default(&d, || {
+                        for i in 0..20_000u64 {
+                            tracing::info!(t, i, "x");
+                        }
+                    })
+                });
+            }
+        });
+        rig.layer.flush_lost();
+        let dropped = rig.chan.total_stats().dropped_full;
+        let pending = (rig.layer_lost)();
+        rig.chan.close().unwrap();
+        let bytes = reader.join().unwrap();
+        let (lines, problems, stats) = decode_json(vec![("cpu0".into(), bytes)]);
+        assert!(problems.is_empty(), "{problems:?}");
+        for l in &lines {
+            if let Some(n) = l["lost"].as_u64() {
+                assert!(n <= dropped, "round {round}: {n} lost of {dropped}: {l}");
+            }
+        }
+        assert_eq!(
+            stats.lost_events + stats.lost_callsites + pending,
+            dropped,
+            "round {round}"
+        );
+    }
 }
 
 #[test]
