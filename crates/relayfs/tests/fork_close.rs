@@ -7,8 +7,8 @@
 //! record of every process is delivered once or counted.
 
 mod common;
-use common::{gather, record_into, HDR};
-use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
+use common::{drain_to_close, gather, record_into, HDR};
+use relayfs::{Channel, Mode, RelayFile, WriteError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,27 +108,7 @@ fn a_forked_child_that_closes_or_drops_the_channel_leaves_it_to_the_parent() {
             .open()
             .unwrap(),
     );
-    let readers: Vec<_> = (0..chan.n_buffers())
-        .map(|i| {
-            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
-            std::thread::spawn(move || {
-                let mut stream = Vec::new();
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = f.read(&mut buf).unwrap();
-                    stream.extend_from_slice(&buf[..n]);
-                    if n == 0 {
-                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
-                            Ready::Closed => break,
-                            Ready::ProducerGone => panic!("producer gone"),
-                            _ => {}
-                        }
-                    }
-                }
-                (stream, f.stats())
-            })
-        })
-        .collect();
+    let readers = drain_to_close(&chan, 1 << 16, Duration::from_millis(50));
     // The parent writes all along (writer 0).
     let stop = Arc::new(AtomicBool::new(false));
     let parent = {
@@ -465,27 +445,7 @@ fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() 
             .open()
             .unwrap(),
     );
-    let readers: Vec<_> = (0..chan.n_buffers())
-        .map(|i| {
-            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
-            std::thread::spawn(move || {
-                let mut stream = Vec::new();
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = f.read(&mut buf).unwrap();
-                    stream.extend_from_slice(&buf[..n]);
-                    if n == 0 {
-                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
-                            Ready::Closed => break,
-                            Ready::ProducerGone => panic!("producer gone"),
-                            _ => {}
-                        }
-                    }
-                }
-                (stream, f.stats())
-            })
-        })
-        .collect();
+    let readers = drain_to_close(&chan, 1 << 16, Duration::from_millis(50));
     let (mut ok, mut full) = (0u64, 0u64);
     for c in 1..=8 {
         let mut fds = [0 as libc::c_int; 2];

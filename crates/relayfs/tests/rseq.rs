@@ -13,8 +13,8 @@
 //! the channel must say it uses the compare-and-swap and account the same.
 
 mod common;
-use common::{gather, record, HDR};
-use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
+use common::{drain_to_close, gather, record, HDR};
+use relayfs::{Channel, Mode, WriteError};
 use std::os::unix::thread::JoinHandleExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -83,27 +83,7 @@ fn chaos(mode: Mode, writers: u32, per_writer: u64) -> Outcome {
     );
     let uses_rseq = chan.uses_rseq();
     let n_bufs = chan.n_buffers();
-    let readers: Vec<_> = (0..n_bufs)
-        .map(|i| {
-            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
-            std::thread::spawn(move || {
-                let mut stream = Vec::new();
-                let mut buf = vec![0u8; 700];
-                loop {
-                    let n = f.read(&mut buf).unwrap();
-                    stream.extend_from_slice(&buf[..n]);
-                    if n == 0 {
-                        match f.poll(Some(Duration::from_millis(20))).unwrap() {
-                            Ready::Closed => break,
-                            Ready::ProducerGone => panic!("producer gone"),
-                            _ => {}
-                        }
-                    }
-                }
-                (stream, f.stats())
-            })
-        })
-        .collect();
+    let readers = drain_to_close(&chan, 700, Duration::from_millis(20));
     let finished = Arc::new(AtomicUsize::new(0));
     let signals_stopped = Arc::new(AtomicBool::new(false));
     let migrations = Arc::new(AtomicU64::new(0));

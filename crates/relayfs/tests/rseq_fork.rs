@@ -15,8 +15,8 @@
 //! `_exit`.
 
 mod common;
-use common::{gather, record_into, HDR};
-use relayfs::{Channel, Mode, Ready, RelayFile, WriteError};
+use common::{drain_to_close, gather, record_into, HDR};
+use relayfs::{Channel, Mode, RelayFile, WriteError};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -247,28 +247,7 @@ fn pre_fork_server(mode: Mode, gated: bool) {
     if !expected {
         eprintln!("NOTE: no rseq here: this run checked the compare-and-swap path only");
     }
-    let n_bufs = chan.n_buffers();
-    let readers: Vec<_> = (0..n_bufs)
-        .map(|i| {
-            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
-            std::thread::spawn(move || {
-                let mut stream = Vec::new();
-                let mut buf = vec![0u8; 700];
-                loop {
-                    let n = f.read(&mut buf).unwrap();
-                    stream.extend_from_slice(&buf[..n]);
-                    if n == 0 {
-                        match f.poll(Some(Duration::from_millis(20))).unwrap() {
-                            Ready::Closed => break,
-                            Ready::ProducerGone => panic!("producer gone"),
-                            _ => {}
-                        }
-                    }
-                }
-                (stream, f.stats())
-            })
-        })
-        .collect();
+    let readers = drain_to_close(&chan, 700, Duration::from_millis(20));
     let gate = Arc::new(Gate {
         closed: AtomicBool::new(false),
         parked: AtomicU64::new(0),

@@ -10,8 +10,8 @@
 //! wake the reader again.
 
 mod common;
-use common::{gather, record_into, HDR};
-use relayfs::{Channel, Ready, RelayFile, WriteError};
+use common::{drain_to_close, gather, record_into, HDR};
+use relayfs::{Channel, WriteError};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,27 +76,7 @@ fn a_signal_handler_that_writes_never_deadlocks() {
             .unwrap(),
     );
     CHAN.store(Arc::as_ptr(&chan) as *mut Channel, Ordering::Release);
-    let readers: Vec<_> = (0..chan.n_buffers())
-        .map(|i| {
-            let mut f = RelayFile::open(chan.buffer_path(i)).unwrap();
-            std::thread::spawn(move || {
-                let mut stream = Vec::new();
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    let n = f.read(&mut buf).unwrap();
-                    stream.extend_from_slice(&buf[..n]);
-                    if n == 0 {
-                        match f.poll(Some(Duration::from_millis(50))).unwrap() {
-                            Ready::Closed => break,
-                            Ready::ProducerGone => panic!("producer gone"),
-                            _ => {}
-                        }
-                    }
-                }
-                (stream, f.stats())
-            })
-        })
-        .collect();
+    let readers = drain_to_close(&chan, 4096, Duration::from_millis(50));
     let done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     const PER_WRITER: u64 = 200_000;

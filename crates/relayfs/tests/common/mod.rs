@@ -63,6 +63,39 @@ pub fn parse(stream: &[u8]) -> Vec<(u32, u64)> {
     out
 }
 
+/// One reader thread per buffer of `chan`: each reads `read_size` bytes at
+/// a time, polls with `poll` when nothing is readable, and returns its
+/// buffer's stream and stats once the channel is closed (a dead producer
+/// fails it): what [`gather`] takes.
+#[allow(dead_code)]
+pub fn drain_to_close(
+    chan: &relayfs::Channel,
+    read_size: usize,
+    poll: std::time::Duration,
+) -> Vec<std::thread::JoinHandle<(Vec<u8>, relayfs::BufferStats)>> {
+    (0..chan.n_buffers())
+        .map(|i| {
+            let mut f = relayfs::RelayFile::open(chan.buffer_path(i)).unwrap();
+            std::thread::spawn(move || {
+                let mut stream = Vec::new();
+                let mut buf = vec![0u8; read_size];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    stream.extend_from_slice(&buf[..n]);
+                    if n == 0 {
+                        match f.poll(Some(poll)).unwrap() {
+                            relayfs::Ready::Closed => break,
+                            relayfs::Ready::ProducerGone => panic!("producer gone"),
+                            _ => {}
+                        }
+                    }
+                }
+                (stream, f.stats())
+            })
+        })
+        .collect()
+}
+
 /// Joins the reader threads, each returning its buffer's stream and
 /// stats, and checks what they delivered: no record (writer, seq) twice,
 /// and, with `in_order`, each writer's records in increasing order within
