@@ -118,6 +118,13 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, serde::Deserialize)]
 struct SummaryFile {
     buffers: Vec<SummaryBuffer>,
+    /// How the recording ended (`closed`, `producer_gone`, `interrupted`,
+    /// `stopped`, `error`).
+    #[serde(default)]
+    end: Option<String>,
+    /// What stopped it, when `end` is `error`.
+    #[serde(default)]
+    error: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -166,8 +173,45 @@ fn open_regular(path: &Path) -> io::Result<File> {
 }
 
 /// Reads the summary's per-buffer loss counts; `Ok(None)` if there is no
-/// summary.
-fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
+/// summary. A summary that is there but can't be read is a problem
+/// (`Err(())`, said through `problem`); so is a recording that ended on an
+/// error (a full disk, say): what was written after it was neither
+/// recorded nor, by the recorder, counted, so the counts are returned but
+/// the decode does not look complete.
+fn read_summary(
+    dir: &Path,
+    problem: &mut dyn FnMut(&Problem),
+) -> Result<Option<HashMap<String, u64>>, ()> {
+    match read_summary_file(dir) {
+        Ok(Some(s)) => {
+            if s.end.as_deref() == Some("error") {
+                problem(&Problem {
+                    file: SUMMARY_FILE.into(),
+                    offset: None,
+                    message: format!(
+                        "the recording ended on an error ({}): what was written after it \
+                         was not recorded, and may not be counted lost",
+                        s.error.as_deref().unwrap_or("not said")
+                    ),
+                });
+            }
+            Ok(Some(
+                s.buffers
+                    .into_iter()
+                    .map(|b| (b.name.clone(), b.lost()))
+                    .collect(),
+            ))
+        }
+        Ok(None) => Ok(None),
+        Err(p) => {
+            problem(&p);
+            Err(())
+        }
+    }
+}
+
+/// The summary file, `Ok(None)` if there is none.
+fn read_summary_file(dir: &Path) -> Result<Option<SummaryFile>, Problem> {
     let path = dir.join(SUMMARY_FILE);
     let text = match open_regular(&path).and_then(|mut f| {
         let mut t = Vec::new();
@@ -183,17 +227,13 @@ fn read_summary(dir: &Path) -> Result<Option<HashMap<String, u64>>, Problem> {
             })
         }
     };
-    let s: SummaryFile = serde_json::from_slice(&text).map_err(|e| Problem {
-        file: SUMMARY_FILE.into(),
-        offset: None,
-        message: format!("not a recording summary: {e}"),
-    })?;
-    Ok(Some(
-        s.buffers
-            .into_iter()
-            .map(|b| (b.name.clone(), b.lost()))
-            .collect(),
-    ))
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Problem {
+            file: SUMMARY_FILE.into(),
+            offset: None,
+            message: format!("not a recording summary: {e}"),
+        })
 }
 
 /// The `(buffer name, rotation index)` of an output file name: `cpu0.out`
@@ -509,13 +549,7 @@ pub fn decode_dir(
     let mut summary = if opts.follow {
         None
     } else {
-        match read_summary(dir) {
-            Ok(s) => s,
-            Err(p) => {
-                problem(&p);
-                None
-            }
-        }
+        read_summary(dir, problem).unwrap_or(None)
     };
     let mut outputs = if opts.follow {
         Vec::new()
@@ -563,13 +597,7 @@ pub fn decode_dir(
         .collect();
     let done = |summary: &mut Option<HashMap<String, u64>>, problem: &mut dyn FnMut(&Problem)| {
         if summary.is_none() {
-            match read_summary(dir) {
-                Ok(s) => *summary = s,
-                Err(p) => {
-                    problem(&p);
-                    *summary = Some(HashMap::new());
-                }
-            }
+            *summary = read_summary(dir, problem).unwrap_or_else(|()| Some(HashMap::new()));
         }
         summary.is_some()
     };
@@ -2607,6 +2635,67 @@ mod tests {
             assert_eq!(st.lost_records, 0, "{planted}: followed the link");
             assert_eq!(problems.len(), 1, "{planted}: {problems:?}");
             assert_eq!(problems[0].file, SUMMARY_FILE);
+        }
+    }
+
+    /// A recording whose summary says it ended on an error (a full disk,
+    /// say) decodes what it holds, with its counts, but is a problem: what
+    /// was written after the error is missing. Ending any other way is not.
+    #[test]
+    fn a_recording_that_ended_on_an_error_is_a_problem() {
+        let mut rec = Vec::new();
+        let mut e = wire::Enc::default();
+        e.byte(wire::KIND_EVENT);
+        e.varint(1);
+        e.varint(7);
+        framed(&mut rec, 10, &e.buf);
+        for (end, error, problem) in [
+            ("error", "write cpu0.out: No space left on device", true),
+            ("closed", "", false),
+            ("interrupted", "", false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("cpu0.out"), &rec).unwrap();
+            let error = if error.is_empty() {
+                "null".to_string()
+            } else {
+                format!("{error:?}")
+            };
+            std::fs::write(
+                dir.path().join(SUMMARY_FILE),
+                format!(
+                    r#"{{"end": "{end}", "error": {error}, "buffers": [{{"name": "cpu0", "dropped_full": 3}}]}}"#
+                ),
+            )
+            .unwrap();
+            for follow in [false, true] {
+                let opts = Options {
+                    follow,
+                    poll: Duration::from_millis(1),
+                    settle: Duration::ZERO,
+                    ..Options::default()
+                };
+                let mut out = Vec::new();
+                let mut problems = Vec::new();
+                let st = decode_dir(dir.path(), &opts, &mut out, &mut |p| {
+                    problems.push(p.clone())
+                })
+                .unwrap();
+                assert_eq!(st.events, 1, "{end}");
+                assert_eq!(st.lost_records, 3, "{end}: the counts are still read");
+                if problem {
+                    assert_eq!(problems.len(), 1, "{end}, follow {follow}: {problems:?}");
+                    assert_eq!(problems[0].file, SUMMARY_FILE);
+                    assert!(
+                        problems[0].message.contains("ended on an error")
+                            && problems[0].message.contains("No space left"),
+                        "{}",
+                        problems[0]
+                    );
+                } else {
+                    assert!(problems.is_empty(), "{end}, follow {follow}: {problems:?}");
+                }
+            }
         }
     }
 
