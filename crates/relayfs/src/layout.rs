@@ -75,6 +75,15 @@ pub(crate) mod hdr {
     pub const STATE: usize = 384;
     /// Bumped by `relay_reset`, so that readers start over.
     pub const EPOCH: usize = 392;
+    /// Ordinal + 1 of the latest sub-buffer an overwriting writer left to
+    /// the reader because the reader had claimed it (`READ(ordinal)` in its
+    /// claim word), kept as a maximum; 0: none (and in files made before
+    /// this word existed). A reader that finds the sub-buffer it held
+    /// lapped, its claim word already rewritten by a later lap, learns
+    /// here whether the writer counted it or left it to be counted by the
+    /// reader. On a 64-byte line of its own: written once per lap of a
+    /// claimed slot, never read on the write path.
+    pub const LEFT_TO_READER: usize = 448;
     // Counters: updated on the slow path only (sub-buffer completion, drops).
     pub const RECORDS_WRITTEN: usize = 512;
     pub const BYTES_WRITTEN: usize = 520;
