@@ -1654,8 +1654,8 @@ impl Shared {
         self.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
-    /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
-    /// yet consumed).
+    /// Whether the reader holds `ord` (recorded by `claim_held`, not yet
+    /// counted).
     pub(crate) fn holds(&self, ord: u64) -> bool {
         // SYNC POINT: Relaxed: the reader page's position, held-sub-buffer
         // and counter words are written by the one attached reader only (the

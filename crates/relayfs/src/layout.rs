@@ -136,10 +136,12 @@ pub(crate) mod rdr {
     pub const MAP_EVENTS: usize = 72;
     /// Epoch (see `hdr::EPOCH`) this reader state belongs to.
     pub const EPOCH: usize = 80;
-    /// Ordinal + 1 of the sub-buffer at `CONSUMED` that the mapping reader
-    /// claimed (`Mapping::ready` returned it) and has not consumed yet; 0:
-    /// none. If it is overwritten under the claim, the writer leaves it to
-    /// the reader, who counts it as discarded from these fields.
+    /// Ordinal + 1 of the complete sub-buffer at `CONSUMED` that a reader
+    /// claims or claimed (stored before the claim CAS, by every path that
+    /// claims one: `read`, `sendfile`, `Mapping::ready`, ...) and has not
+    /// counted yet; 0: none. If it is overwritten under the claim, the writer
+    /// leaves it to the reader, who counts it from these fields, after a
+    /// restart too (`Shared::drop_held`).
     pub const HELD: usize = 88;
     /// Records in the held sub-buffer.
     pub const HELD_RECORDS: usize = 96;
