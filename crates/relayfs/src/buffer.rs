@@ -1539,7 +1539,8 @@ impl Shared {
             .store(end, Ordering::Relaxed);
         self.reader_word(rdr::HELD_RECORDS)
             .store(records, Ordering::Relaxed);
-        self.reader_word(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+        self.reader_word(rdr::HELD)
+            .store(ord + 1, Ordering::Relaxed);
         if self.claim_for_read(ord) {
             return true;
         }
@@ -1900,7 +1901,8 @@ impl Shared {
                         .store(lost_here, Ordering::Relaxed);
                 }
                 self.drop_held(consumed);
-                self.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+                self.reader_word(rdr::SUB_RECORDS)
+                    .store(0, Ordering::Relaxed);
             } else if pos > 0 && pos >= len {
                 // Delivered whole, the reader killed before it counted it:
                 // consumed, not unread.
