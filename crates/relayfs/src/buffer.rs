@@ -1906,7 +1906,11 @@ impl Shared {
             } else if pos > 0 && pos >= len {
                 // Delivered whole, the reader killed before it counted it:
                 // consumed, not unread.
-                let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+                // No more records than bytes (as `cursor::count_held`).
+                let records = self
+                    .reader_word(rdr::HELD_RECORDS)
+                    .load(Ordering::Relaxed)
+                    .min(len.min(g.subbuf_size));
                 self.reader_word(rdr::RECORDS_CONSUMED)
                     .fetch_add(records.saturating_sub(lost_here), Ordering::Relaxed);
                 start = start.max(consumed + 1);

@@ -349,6 +349,11 @@ fn plausible_mark(s: &Shared, w: u64) -> bool {
 ///
 /// Clears what `SUB_RECORDS` knew of that sub-buffer.
 pub(crate) fn count_held(s: &Shared, len: u64, records: u64) {
+    // The held words are the reader page's, which a reader may have
+    // scribbled: no more than a sub-buffer's bytes, and no more records
+    // than bytes (a record has one byte at least).
+    let len = len.min(s.geometry().subbuf_size);
+    let records = records.min(len);
     // SYNC POINT: Relaxed, all of these: the reader's own words (as in
     // `settle_handoff`).
     let pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
