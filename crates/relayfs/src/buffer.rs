@@ -1685,6 +1685,33 @@ impl Shared {
         self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
     }
 
+    /// For a look at a buffer no reader holds (`RelayFile::inspect`): what
+    /// the next reader will count of the sub-buffer a killed reader held at
+    /// its position, if it is lapped and was left to the reader, or if it
+    /// was delivered whole and not counted (`drop_held`, `advance`).
+    pub(crate) fn held_pending(&self) -> Option<crate::cursor::HeldSplit> {
+        let g = &self.geometry;
+        // SYNC POINT: Relaxed, the reader page's words and the descriptor
+        // words: a snapshot, as `stats`.
+        let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
+        if !self.holds(ord) {
+            return None;
+        }
+        let len = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+        let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+        let slot = ord % g.n_subbufs;
+        let intact = self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) == ord + 1
+            && self.descriptor(slot, desc::WORD).load(Ordering::Relaxed)
+                == COMPLETE | (ord / g.n_subbufs + 1);
+        let split = crate::cursor::held_split(self, len, records);
+        if intact {
+            // The next reader delivers it from the position and counts it
+            // then: only one delivered whole is left to count (consumed).
+            return (!split.discarded_subbuf).then_some(split);
+        }
+        self.left_to_reader(ord).then_some(split)
+    }
+
     /// Moves the reader's position to the start of sub-buffer `ord`.
     fn set_position(&self, ord: u64) {
         // SYNC POINT: Relaxed: the reader's own word (see `holds`).

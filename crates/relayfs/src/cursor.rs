@@ -349,13 +349,42 @@ fn plausible_mark(s: &Shared, w: u64) -> bool {
 ///
 /// Clears what `SUB_RECORDS` knew of that sub-buffer.
 pub(crate) fn count_held(s: &Shared, len: u64, records: u64) {
+    let h = held_split(s, len, records);
+    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
+    // `settle_handoff`).
+    if h.consumed > 0 {
+        s.reader_word(rdr::RECORDS_CONSUMED)
+            .fetch_add(h.consumed, Ordering::Relaxed);
+    }
+    if h.discarded_subbuf {
+        s.reader_word(rdr::DISCARDED_SUBBUFS)
+            .fetch_add(1, Ordering::Relaxed);
+        s.reader_word(rdr::DISCARDED_RECORDS)
+            .fetch_add(h.discarded, Ordering::Relaxed);
+    }
+    if s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed) != 0 {
+        s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+    }
+}
+
+/// How `count_held` counts a held sub-buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldSplit {
+    pub(crate) consumed: u64,
+    pub(crate) discarded: u64,
+    pub(crate) discarded_subbuf: bool,
+}
+
+/// What `count_held` would count for the held sub-buffer, without counting
+/// it (`RelayFile::inspect` shows it so).
+pub(crate) fn held_split(s: &Shared, len: u64, records: u64) -> HeldSplit {
     // The held words are the reader page's, which a reader may have
     // scribbled: no more than a sub-buffer's bytes, and no more records
     // than bytes (a record has one byte at least).
     let len = len.min(s.geometry().subbuf_size);
     let records = records.min(len);
-    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
-    // `settle_handoff`).
+    // SYNC POINT: Relaxed, both: the reader's own words (as in
+    // `settle_handoff`), or a snapshot of them (`inspect`).
     let pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
     let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
     // No more than a sub-buffer holds, however the word was scribbled.
@@ -369,20 +398,11 @@ pub(crate) fn count_held(s: &Shared, len: u64, records: u64) {
     } else {
         0
     };
-    let consumed = before.saturating_sub(debt);
     let discarded = records - before;
-    if consumed > 0 {
-        s.reader_word(rdr::RECORDS_CONSUMED)
-            .fetch_add(consumed, Ordering::Relaxed);
-    }
-    if discarded > 0 || before == 0 {
-        s.reader_word(rdr::DISCARDED_SUBBUFS)
-            .fetch_add(1, Ordering::Relaxed);
-        s.reader_word(rdr::DISCARDED_RECORDS)
-            .fetch_add(discarded, Ordering::Relaxed);
-    }
-    if sub != 0 {
-        s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+    HeldSplit {
+        consumed: before.saturating_sub(debt),
+        discarded,
+        discarded_subbuf: discarded > 0 || before == 0,
     }
 }
 

@@ -71,8 +71,9 @@ fn put(f: &File, at: u64, v: u64) {
 /// writers then reopen its slot `laps` times. Returns the stats, the
 /// records delivered (by the killed reader and the next one, checked whole
 /// and never twice), what the producer offered, and the records the killed
-/// reader delivered.
-fn scenario(held: u64, death: Death, laps: u64, then: Then) -> (BufferStats, u64, u64, u64) {
+/// reader delivered; and, with a next reader, what `RelayFile::inspect`
+/// showed before it came and how many records it delivered.
+fn scenario(held: u64, death: Death, laps: u64, then: Then) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let chan = Channel::builder("deadclaim")
         .dir(dir.path())
@@ -90,19 +91,13 @@ fn scenario(held: u64, death: Death, laps: u64, then: Then) -> (BufferStats, u64
         }
     };
     let mut delivered = BTreeSet::new();
-    let mut deliver = |recs: Vec<(u32, u64)>| {
-        for (w, s) in recs {
-            assert_eq!(w, 0);
-            assert!(delivered.insert(s), "record {s} delivered twice");
-        }
-    };
     // An earlier reader consumes every sub-buffer before `held`.
     if held > 0 {
         write_to(&chan, held * PER_SUBBUF + 3);
         let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
         let mut buf = vec![0u8; (SUBBUF * (held + 1)) as usize];
         let n = r.read(&mut buf).unwrap();
-        deliver(common::parse(&buf[..n]));
+        deliver(&mut delivered, common::parse(&buf[..n]));
         assert_eq!(r.stats().subbufs_consumed, held);
     }
     // Sub-buffer `held` complete, the next one begun.
@@ -139,7 +134,7 @@ fn scenario(held: u64, death: Death, laps: u64, then: Then) -> (BufferStats, u64
         let recs = common::parse(&data);
         assert_eq!(recs.first(), Some(&(0, held * PER_SUBBUF)));
         dead_delivered = recs.len() as u64;
-        deliver(recs);
+        deliver(&mut delivered, recs);
         put(&f, page + READ_POS, data.len() as u64);
         let bc = word(&f, page + BYTES_CONSUMED);
         put(&f, page + BYTES_CONSUMED, bc + data.len() as u64);
@@ -150,14 +145,17 @@ fn scenario(held: u64, death: Death, laps: u64, then: Then) -> (BufferStats, u64
     // after the last reopened one).
     write_to(&chan, (held + laps * N_SUBBUFS + 1) * PER_SUBBUF + 3);
 
+    let mut inspected = None;
+    let before_next = delivered.len() as u64;
     let s = match then {
         Then::Reader => {
+            inspected = Some(RelayFile::inspect(chan.buffer_path(0)).unwrap().stats);
             let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
             chan.close().unwrap();
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let n = r.read(&mut buf).unwrap();
-                deliver(common::parse(&buf[..n]));
+                deliver(&mut delivered, common::parse(&buf[..n]));
                 if n == 0 {
                     match r.poll(Some(Duration::from_millis(50))).unwrap() {
                         Ready::Closed => break,
@@ -173,13 +171,38 @@ fn scenario(held: u64, death: Death, laps: u64, then: Then) -> (BufferStats, u64
             chan.total_stats()
         }
     };
-    (s, delivered.len() as u64, seq, dead_delivered)
+    Outcome {
+        stats: s,
+        delivered: delivered.len() as u64,
+        offered: seq,
+        dead: dead_delivered,
+        inspected,
+        next_delivered: delivered.len() as u64 - before_next,
+    }
+}
+
+struct Outcome {
+    stats: BufferStats,
+    delivered: u64,
+    offered: u64,
+    dead: u64,
+    inspected: Option<BufferStats>,
+    next_delivered: u64,
+}
+
+/// Adds records delivered to `set`, none twice.
+fn deliver(set: &mut BTreeSet<u64>, recs: Vec<(u32, u64)>) {
+    for (w, s) in recs {
+        assert_eq!(w, 0);
+        assert!(set.insert(s), "record {s} delivered twice");
+    }
 }
 
 /// Every record delivered once or counted once.
 fn check(held: u64, death: Death, laps: u64, then: Then) {
     let what = format!("held {held}, {death:?}, {laps} laps, then {then:?}");
-    let (s, delivered, offered, dead) = scenario(held, death, laps, then);
+    let o = scenario(held, death, laps, then);
+    let (s, delivered, offered, dead) = (o.stats, o.delivered, o.offered, o.dead);
     assert_eq!(s.records_written(), offered, "{what}: {s:?}");
     let counted = delivered
         + s.overwritten_records
@@ -200,6 +223,24 @@ fn check(held: u64, death: Death, laps: u64, then: Then) {
     // What was delivered is what is counted consumed: the killed reader's
     // sub-buffer is counted by whoever comes next.
     assert_eq!(s.records_consumed + twice, delivered, "{what}: {s:?}");
+    // `inspect`, with no reader attached, showed the killed reader's
+    // sub-buffer counted as the next reader counted it: discarded, or
+    // consumed if delivered whole. (One not lapped and delivered in part
+    // is delivered by the next reader from the position and counted whole
+    // then, the part the killed reader delivered too.)
+    if let Some(i) = o.inspected {
+        assert_eq!(i.discarded_records, s.discarded_records, "{what}: {i:?}");
+        let again = if death == Death::AfterPart && laps == 0 {
+            dead
+        } else {
+            0
+        };
+        assert_eq!(
+            i.records_consumed + again,
+            s.records_consumed - o.next_delivered,
+            "{what}: {i:?}"
+        );
+    }
 }
 
 #[test]
