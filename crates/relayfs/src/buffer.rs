@@ -510,6 +510,7 @@ impl Shared {
             hdr::DROPPED_CORRUPT,
             hdr::CORRUPT,
             hdr::UNREAD_AT_CLOSE,
+            hdr::LEFT_TO_READER,
         ] {
             self.header_word(off).store(0, Ordering::Relaxed);
         }
@@ -1142,7 +1143,11 @@ impl Shared {
     /// reader claimed it (to read it, or because it read it already), its
     /// records are overwritten: count them. The reader's consumed position is
     /// no guide: a reader that finds a sub-buffer lapped skips it without
-    /// claiming it, possibly before we get here.
+    /// claiming it, possibly before we get here. A claimed one is left to
+    /// the reader, and that is said in `hdr::LEFT_TO_READER`: the claim word
+    /// says it only until the slot's next lap, and a reader killed while it
+    /// held the sub-buffer leaves it to the next reader, which may come
+    /// laps later (`Shared::left_to_reader`).
     fn account_overwrite(&self, slot: u64, prev: u64, prev_records: u64) {
         let cw = self.claim_word(slot);
         // SYNC POINT: Relaxed: only the expected value for the CAS below,
@@ -1152,7 +1157,23 @@ impl Shared {
         // fail again and again; then the records are counted here anyway.
         for _ in 0..MAX_CLAIM_RETRIES {
             if cur == claim(prev, CLAIM_READ) {
-                return; // the reader has it: it delivers or discards it
+                // The reader has it: it delivers or discards it.
+                // SYNC POINT: Release: a reader that finds a later lap's
+                // word in this claim word loads LEFT_TO_READER after its
+                // Acquire load of the claim word. That later word was
+                // written by the opener of a lap after the one we are
+                // opening, which could open only once our lap completed,
+                // so after our first reservation's commit: our store here
+                // happens before it through the commit word (our commit's
+                // release, the completer's Release store of COMPLETE, the
+                // next opener's AcqRel CAS of the word) and that opener's
+                // AcqRel claim CAS. Release makes the pairing explicit for
+                // a reader that reads this very value. A maximum, not a
+                // store: openers of different slots may get here out of
+                // order, and claimed ordinals only grow.
+                self.header_word(hdr::LEFT_TO_READER)
+                    .fetch_max(prev + 1, Ordering::Release);
+                return;
             }
             // SYNC POINT: the claim word is only changed by CAS, by us and by
             // the reader (`claim_for_read`), so exactly one of us takes
@@ -1496,6 +1517,79 @@ impl Shared {
         false
     }
 
+    /// Claims the complete sub-buffer `ord` (`end` data bytes, `records`
+    /// records) for reading, recording it as *held* in the reader page
+    /// first: `HELD_LEN`, `HELD_RECORDS`, then `HELD = ord + 1`, all before
+    /// the claim CAS. A reader killed anywhere after these stores leaves
+    /// enough for the next one to count the sub-buffer once (`drop_held`):
+    /// if the claim was made, a writer that laps it leaves it to the reader
+    /// (`account_overwrite`); if not, the writer counts it. `false`: a writer
+    /// overwrote it before the claim and counted it (or, if a reader before
+    /// us had claimed it, left it, and then it is counted here as that
+    /// reader's); the held record is cleared.
+    pub(crate) fn claim_held(&self, ord: u64, end: u64, records: u64) -> bool {
+        // SYNC POINT: Relaxed stores: the reader's own words (see `holds`).
+        // They are ordered before the claim CAS by its Release half (AcqRel
+        // in `claim_for_read`), so that compiler and CPU make them first: a
+        // reader killed after the CAS has made them. A `claim_for_read`
+        // that finds the claim made already (by a reader before us) makes
+        // no CAS; then that reader stored them before its own CAS, and the
+        // reader lock orders us after it.
+        self.reader_word(rdr::HELD_LEN)
+            .store(end, Ordering::Relaxed);
+        self.reader_word(rdr::HELD_RECORDS)
+            .store(records, Ordering::Relaxed);
+        self.reader_word(rdr::HELD)
+            .store(ord + 1, Ordering::Relaxed);
+        if self.claim_for_read(ord) {
+            return true;
+        }
+        self.drop_held(ord);
+        false
+    }
+
+    /// Whether the writer that lapped `ord`'s slot left `ord` to the reader
+    /// (it found the claim `READ(ord)`) rather than counting it
+    /// overwritten. Asked by the reader that holds `ord` (stored as held
+    /// before any claim) once it found `ord` lapped or its copy torn: then
+    /// a writer has opened the slot's next lap, and settled, or will
+    /// settle, `ord`'s claim.
+    ///
+    /// - `READ(ord)`: the claim was made; the writer of the next lap leaves
+    ///   it (nothing else changes that word before that writer has looked
+    ///   at it: a later lap's writer comes only after that lap completed).
+    /// - `OVERWRITTEN(ord)`: the writer counted it.
+    /// - a word of a later lap: the writer of the next lap settled `ord`
+    ///   before that later lap could complete, so before this word was
+    ///   written; whether it left `ord` is in `hdr::LEFT_TO_READER`, which
+    ///   it raised to `ord + 1` if so. Nothing raises it further while we
+    ///   hold `ord`: only claimed sub-buffers raise it, and a reader claims
+    ///   only at its position, which is `ord` until it is settled.
+    /// - anything older: the claim was never made (the reader that held
+    ///   `ord` died before its CAS): the writer counts it.
+    pub(crate) fn left_to_reader(&self, ord: u64) -> bool {
+        // SYNC POINT: Acquire pairs with the claim CASes (AcqRel) of the
+        // writers: having read a later lap's word, we see what the writer
+        // of `ord`'s next lap stored in LEFT_TO_READER before it (see
+        // `account_overwrite`).
+        let cw = self
+            .claim_word(ord % self.geometry.n_subbufs)
+            .load(Ordering::Acquire);
+        if cw == claim(ord, CLAIM_READ) {
+            return true;
+        }
+        if cw >> 2 > ord + 1 {
+            // SYNC POINT: Acquire pairs with the writer's Release
+            // `fetch_max` (and the happens-before through the claim word
+            // above covers it in any case).
+            return self
+                .header_word(hdr::LEFT_TO_READER)
+                .load(Ordering::Acquire)
+                > ord;
+        }
+        false
+    }
+
     /// The mapping reader's next sub-buffer: claims the complete sub-buffer at
     /// the reader's position (as `read` does before copying) and records it
     /// as held, so that it is counted exactly once however it ends: delivered
@@ -1520,36 +1614,22 @@ impl Shared {
             let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
             match self.available(ord, writers_gone)? {
                 Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
-                    if !self.claim_for_read(ord) {
+                    let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
+                    if !self.claim_held(ord, end, records) {
                         return Err(crate::FormatError::Corrupt(
                             "sub-buffer being written is claimed as overwritten",
                         ));
                     }
-                    let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
-                    // SYNC POINT: Relaxed, as in `holds`.
-                    self.reader_word(rdr::HELD_LEN)
-                        .store(end, Ordering::Relaxed);
-                    self.reader_word(rdr::HELD_RECORDS)
-                        .store(records, Ordering::Relaxed);
-                    self.reader_word(rdr::HELD)
-                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Complete { end, records } => {
-                    if !self.claim_for_read(ord) {
+                    if !self.claim_held(ord, end, records) {
                         // Overwritten before we claimed it, and counted by its
-                        // writer.
-                        self.drop_held(ord);
+                        // writer (or by `claim_held`, if a reader before us
+                        // claimed it and died).
                         self.set_position(ord + 1);
                         continue;
                     }
-                    // SYNC POINT: Relaxed, as in `holds`.
-                    self.reader_word(rdr::HELD_LEN)
-                        .store(end, Ordering::Relaxed);
-                    self.reader_word(rdr::HELD_RECORDS)
-                        .store(records, Ordering::Relaxed);
-                    self.reader_word(rdr::HELD)
-                        .store(ord + 1, Ordering::Relaxed);
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Lapped { next } => self.skip_lapped(ord, next),
@@ -1575,8 +1655,8 @@ impl Shared {
         self.reader_word(rdr::READ_POS).load(Ordering::Relaxed)
     }
 
-    /// Whether the mapping reader holds `ord` (claimed by `map_ready`, not
-    /// yet consumed).
+    /// Whether the reader holds `ord` (recorded by `claim_held`, not yet
+    /// counted).
     pub(crate) fn holds(&self, ord: u64) -> bool {
         // SYNC POINT: Relaxed: the reader page's position, held-sub-buffer
         // and counter words are written by the one attached reader only (the
@@ -1587,19 +1667,49 @@ impl Shared {
         self.reader_word(rdr::HELD).load(Ordering::Relaxed) == ord + 1
     }
 
-    /// The reader leaves sub-buffer `ord` without delivering it. If the
-    /// mapping reader held it, the writer that overwrote it left it to us
-    /// (it saw our claim): count it as discarded. Idempotent.
+    /// The reader leaves sub-buffer `ord` without delivering it (found
+    /// lapped, its copy torn, or overwritten before the claim). If a reader
+    /// (this one, or one killed before it) held it and the writer that
+    /// overwrote it left it to the reader (`left_to_reader`), count it here,
+    /// from the held fields: as discarded, or as consumed if that reader had
+    /// delivered all of it (`cursor::count_held`). Otherwise its writer
+    /// counted it. Idempotent.
     pub(crate) fn drop_held(&self, ord: u64) {
-        if self.holds(ord) {
-            // SYNC POINT: Relaxed, all: the reader's own words (see `holds`).
+        if self.holds(ord) && self.left_to_reader(ord) {
+            // SYNC POINT: Relaxed: the reader's own word (see `holds`).
             let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
-            self.reader_word(rdr::DISCARDED_SUBBUFS)
-                .fetch_add(1, Ordering::Relaxed);
-            self.reader_word(rdr::DISCARDED_RECORDS)
-                .fetch_add(records, Ordering::Relaxed);
+            let len = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            crate::cursor::count_held(self, len, records);
         }
+        // SYNC POINT: Relaxed: the reader's own word (see `holds`).
         self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+    }
+
+    /// For a look at a buffer no reader holds (`RelayFile::inspect`): what
+    /// the next reader will count of the sub-buffer a killed reader held at
+    /// its position, if it is lapped and was left to the reader, or if it
+    /// was delivered whole and not counted (`drop_held`, `advance`).
+    pub(crate) fn held_pending(&self) -> Option<crate::cursor::HeldSplit> {
+        let g = &self.geometry;
+        // SYNC POINT: Relaxed, the reader page's words and the descriptor
+        // words: a snapshot, as `stats`.
+        let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
+        if !self.holds(ord) {
+            return None;
+        }
+        let len = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+        let records = self.reader_word(rdr::HELD_RECORDS).load(Ordering::Relaxed);
+        let slot = ord % g.n_subbufs;
+        let intact = self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) == ord + 1
+            && self.descriptor(slot, desc::WORD).load(Ordering::Relaxed)
+                == COMPLETE | (ord / g.n_subbufs + 1);
+        let split = crate::cursor::held_split(self, len, records);
+        if intact {
+            // The next reader delivers it from the position and counts it
+            // then: only one delivered whole is left to count (consumed).
+            return (!split.discarded_subbuf).then_some(split);
+        }
+        self.left_to_reader(ord).then_some(split)
     }
 
     /// Moves the reader's position to the start of sub-buffer `ord`.
@@ -1795,7 +1905,45 @@ impl Shared {
             .load(Ordering::Acquire)
             .min(produced);
         // Older ones were overwritten, and counted by their overwriters.
-        let start = consumed.max(produced.saturating_sub(g.n_subbufs));
+        let mut start = consumed.max(produced.saturating_sub(g.n_subbufs));
+        // A reader killed while it held the sub-buffer at the position
+        // (overwrite mode): count it as the next reader would have.
+        if self.holds(consumed) {
+            let slot = consumed % g.n_subbufs;
+            // SYNC POINT: Relaxed, these loads and stores: as in the loop
+            // below for the descriptors; the reader's words are ordered
+            // after the last reader's by the reader lock we hold.
+            let intact = consumed >= start
+                && self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) == consumed + 1
+                && self.descriptor(slot, desc::WORD).load(Ordering::Relaxed)
+                    == COMPLETE | (consumed / g.n_subbufs + 1);
+            let pos = self.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
+            let len = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
+            if !intact {
+                // Lapped: counted by its writer, or left to the reader and
+                // counted here (`settle_at_close` took the records hand-offs
+                // lost of it: they are handed back for `count_held`).
+                if lost_here > 0 {
+                    self.reader_word(rdr::SUB_RECORDS)
+                        .store(lost_here, Ordering::Relaxed);
+                }
+                self.drop_held(consumed);
+                self.reader_word(rdr::SUB_RECORDS)
+                    .store(0, Ordering::Relaxed);
+            } else if pos > 0 && pos >= len {
+                // Delivered whole, the reader killed before it counted it:
+                // consumed, not unread.
+                // No more records than bytes (as `cursor::count_held`).
+                let records = self
+                    .reader_word(rdr::HELD_RECORDS)
+                    .load(Ordering::Relaxed)
+                    .min(len.min(g.subbuf_size));
+                self.reader_word(rdr::RECORDS_CONSUMED)
+                    .fetch_add(records.saturating_sub(lost_here), Ordering::Relaxed);
+                start = start.max(consumed + 1);
+            }
+            self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+        }
         let mut unread = 0u64;
         for ord in start..produced {
             let slot = ord % g.n_subbufs;
@@ -1877,11 +2025,12 @@ impl Shared {
                 Avail::Complete { end, records } => {
                     // SYNC POINT: Relaxed, the reader's own words (`holds`).
                     let read_pos = self.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
-                    if self.claim_for_read(ord) {
+                    if self.claim_held(ord, end, records) {
                         self.reader_word(rdr::RECORDS_CONSUMED)
                             .fetch_add(records, Ordering::Relaxed);
                         self.reader_word(rdr::BYTES_CONSUMED)
                             .fetch_add(end.saturating_sub(read_pos), Ordering::Relaxed);
+                        self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
                     }
                 }
                 Avail::Lapped { next } => {

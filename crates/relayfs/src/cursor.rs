@@ -329,6 +329,83 @@ fn plausible_mark(s: &Shared, w: u64) -> bool {
     w & unused == 0 && bytes <= s.geometry().subbuf_size && (w & HO_KNOWN == 0 || records <= bytes)
 }
 
+/// Counts the held sub-buffer (`len` data bytes, `records` records) that
+/// the reader leaves without delivering it now, and that the writer left to
+/// the reader to count (`Shared::drop_held`). What the reader that held it
+/// had delivered of it (`READ_POS`, which is this reader's or a killed
+/// predecessor's: only the copy was lost, not what was delivered from it)
+/// decides how:
+///
+/// - nothing: its records are discarded;
+/// - all of it (killed after delivering the last byte, before counting the
+///   sub-buffer): consumed, less what hand-offs lost of them (counted
+///   discarded already);
+/// - a part: the records before the position are consumed if known (a
+///   hand-off reader keeps their number in `SUB_RECORDS`), the rest
+///   discarded; if not known, all of them are counted discarded, so that
+///   those delivered are counted twice rather than those lost not at all
+///   (records are opaque: their boundaries in a copy that is gone can't be
+///   found).
+///
+/// Clears what `SUB_RECORDS` knew of that sub-buffer.
+pub(crate) fn count_held(s: &Shared, len: u64, records: u64) {
+    let h = held_split(s, len, records);
+    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
+    // `settle_handoff`).
+    if h.consumed > 0 {
+        s.reader_word(rdr::RECORDS_CONSUMED)
+            .fetch_add(h.consumed, Ordering::Relaxed);
+    }
+    if h.discarded_subbuf {
+        s.reader_word(rdr::DISCARDED_SUBBUFS)
+            .fetch_add(1, Ordering::Relaxed);
+        s.reader_word(rdr::DISCARDED_RECORDS)
+            .fetch_add(h.discarded, Ordering::Relaxed);
+    }
+    if s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed) != 0 {
+        s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+    }
+}
+
+/// How `count_held` counts a held sub-buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldSplit {
+    pub(crate) consumed: u64,
+    pub(crate) discarded: u64,
+    pub(crate) discarded_subbuf: bool,
+}
+
+/// What `count_held` would count for the held sub-buffer, without counting
+/// it (`RelayFile::inspect` shows it so).
+pub(crate) fn held_split(s: &Shared, len: u64, records: u64) -> HeldSplit {
+    // The held words are the reader page's, which a reader may have
+    // scribbled: no more than a sub-buffer's bytes, and no more records
+    // than bytes (a record has one byte at least).
+    let len = len.min(s.geometry().subbuf_size);
+    let records = records.min(len);
+    // SYNC POINT: Relaxed, both: the reader's own words (as in
+    // `settle_handoff`), or a snapshot of them (`inspect`).
+    let pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    // No more than a sub-buffer holds, however the word was scribbled.
+    let debt = (sub & M31).min(records);
+    let before = if pos == 0 {
+        0
+    } else if pos >= len {
+        records
+    } else if sub & SUB_KNOWN != 0 {
+        ((sub >> 32) & M31).min(records)
+    } else {
+        0
+    };
+    let discarded = records - before;
+    HeldSplit {
+        consumed: before.saturating_sub(debt),
+        discarded,
+        discarded_subbuf: discarded > 0 || before == 0,
+    }
+}
+
 pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
     // SYNC POINT: Relaxed, all of these: the reader's own words (as in
     // `settle_handoff`).
@@ -517,8 +594,13 @@ impl Cursor {
                 }
                 Avail::Complete { end, records } => {
                     if !self.claimed {
-                        if !s.claim_for_read(self.ord) {
-                            self.advance(s, None); // overwritten and counted
+                        // Held before claimed: a reader killed from here on
+                        // leaves the next one what it needs to count this
+                        // sub-buffer once (`Shared::drop_held`).
+                        if !s.claim_held(self.ord, end, records) {
+                            // Overwritten and counted (by its writer, or by
+                            // `claim_held` for a reader killed holding it).
+                            self.advance(s, None);
                             continue;
                         }
                         self.claimed = true;
@@ -533,12 +615,11 @@ impl Cursor {
                         self.bounce.resize(g.subbuf_size as usize, 0);
                         s.copy_out(slot, 0, &mut self.bounce[..end as usize]);
                         if !s.still_valid(self.ord) {
-                            // SYNC POINT: Relaxed: the reader's own
-                            // counters; they pair with nothing.
-                            s.reader_word(rdr::DISCARDED_SUBBUFS)
-                                .fetch_add(1, Ordering::Relaxed);
-                            s.reader_word(rdr::DISCARDED_RECORDS)
-                                .fetch_add(records, Ordering::Relaxed);
+                            // Torn: the writer that reopened the slot left
+                            // it to us (we hold the claim), so it is counted
+                            // here: discarded, or consumed as far as a
+                            // reader killed before us delivered it.
+                            s.drop_held(self.ord);
                             self.advance(s, None);
                             continue;
                         }

@@ -75,6 +75,15 @@ pub(crate) mod hdr {
     pub const STATE: usize = 384;
     /// Bumped by `relay_reset`, so that readers start over.
     pub const EPOCH: usize = 392;
+    /// Ordinal + 1 of the latest sub-buffer an overwriting writer left to
+    /// the reader because the reader had claimed it (`READ(ordinal)` in its
+    /// claim word), kept as a maximum; 0: none (and in files made before
+    /// this word existed). A reader that finds the sub-buffer it held
+    /// lapped, its claim word already rewritten by a later lap, learns
+    /// here whether the writer counted it or left it to be counted by the
+    /// reader. On a 64-byte line of its own: written once per lap of a
+    /// claimed slot, never read on the write path.
+    pub const LEFT_TO_READER: usize = 448;
     // Counters: updated on the slow path only (sub-buffer completion, drops).
     pub const RECORDS_WRITTEN: usize = 512;
     pub const BYTES_WRITTEN: usize = 520;
@@ -127,10 +136,12 @@ pub(crate) mod rdr {
     pub const MAP_EVENTS: usize = 72;
     /// Epoch (see `hdr::EPOCH`) this reader state belongs to.
     pub const EPOCH: usize = 80;
-    /// Ordinal + 1 of the sub-buffer at `CONSUMED` that the mapping reader
-    /// claimed (`Mapping::ready` returned it) and has not consumed yet; 0:
-    /// none. If it is overwritten under the claim, the writer leaves it to
-    /// the reader, who counts it as discarded from these fields.
+    /// Ordinal + 1 of the complete sub-buffer at `CONSUMED` that a reader
+    /// claims or claimed (stored before the claim CAS, by every path that
+    /// claims one: `read`, `sendfile`, `Mapping::ready`, ...) and has not
+    /// counted yet; 0: none. If it is overwritten under the claim, the writer
+    /// leaves it to the reader, who counts it from these fields, after a
+    /// restart too (`Shared::drop_held`).
     pub const HELD: usize = 88;
     /// Records in the held sub-buffer.
     pub const HELD_RECORDS: usize = 96;

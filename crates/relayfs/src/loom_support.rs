@@ -2,10 +2,10 @@
 //! protocol (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
 //! Only compiled under `cfg(loom)`.
 
-use crate::buffer::{BufferStats, Hooks, Shared, SwitchInfo};
+use crate::buffer::{Avail, BufferStats, Hooks, Shared, SwitchInfo};
 use crate::cursor::Cursor;
 use crate::layout::{desc, hdr, rdr, Geometry, FLAG_OVERWRITE};
-use crate::sync::{AtomicU64, DataCell};
+use crate::sync::{AtomicU64, DataCell, Ordering};
 use crate::WriteError;
 
 /// A buffer whose shared state lives in loom atomics.
@@ -124,12 +124,63 @@ impl LoomBuffer {
         Some(good.then_some(copy))
     }
 
+    /// A reader killed while it takes the complete sub-buffer at the
+    /// reader's position, as `read` takes it (`Cursor::next_chunk`): it
+    /// recorded it as held and stopped (`Killed::Held`), or claimed it too
+    /// (`Killed::Claimed`), or also copied it and delivered the copy, found
+    /// good, and stopped before counting it (`Killed::Delivered`; a torn
+    /// copy is not delivered). Returns what it delivered.
+    ///
+    /// # Panics
+    /// If the state is corrupt.
+    pub fn killed_reader(&self, at: Killed) -> Vec<u8> {
+        let s = &self.shared;
+        // SYNC POINT: Acquire, as `Cursor::load`.
+        let ord = s.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
+        let Avail::Complete { end, records } = s.available(ord, false).expect("corrupt state")
+        else {
+            return Vec::new();
+        };
+        if at == Killed::Held {
+            // What `claim_held` stores before its claim CAS.
+            // SYNC POINT: Relaxed, as in `claim_held`.
+            s.reader_word(rdr::HELD_LEN).store(end, Ordering::Relaxed);
+            s.reader_word(rdr::HELD_RECORDS)
+                .store(records, Ordering::Relaxed);
+            s.reader_word(rdr::HELD).store(ord + 1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        if !s.claim_held(ord, end, records) || at == Killed::Claimed {
+            return Vec::new();
+        }
+        let mut copy = vec![0u8; end as usize];
+        s.copy_out(ord % s.geometry().n_subbufs, 0, &mut copy);
+        if !s.still_valid(ord) {
+            return Vec::new();
+        }
+        // Delivered: `Cursor::consume`'s position store, before it counts.
+        // SYNC POINT: Relaxed, as there.
+        s.reader_word(rdr::READ_POS).store(end, Ordering::Relaxed);
+        copy
+    }
+
     /// A reader at the start.
     pub fn reader(&self) -> LoomReader {
         LoomReader {
             cur: Cursor::new(&self.shared),
         }
     }
+}
+
+/// How far [`LoomBuffer::killed_reader`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Killed {
+    /// Recorded the sub-buffer as held, not claimed.
+    Held,
+    /// Claimed it, copied nothing.
+    Claimed,
+    /// Delivered a good copy of it, did not count it.
+    Delivered,
 }
 
 /// A reader of a [`LoomBuffer`], running the same cursor as `RelayFile`.

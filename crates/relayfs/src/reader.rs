@@ -192,6 +192,15 @@ impl RelayFile {
                 stats.bytes_consumed = stats.bytes_consumed.saturating_sub(bytes);
                 stats.discarded_records += records;
             }
+            // A sub-buffer a reader was killed holding: counted by the next
+            // reader (see `Shared::drop_held`).
+            if let Some(h) = s.held_pending() {
+                stats.records_consumed += h.consumed;
+                if h.discarded_subbuf {
+                    stats.discarded_records += h.discarded;
+                    stats.discarded_subbufs += 1;
+                }
+            }
         }
         Ok(BufferStatus {
             header,

@@ -12,7 +12,7 @@
 
 use loom::sync::Arc;
 use loom::thread;
-use relayfs::loom_support::LoomBuffer;
+use relayfs::loom_support::{Killed, LoomBuffer};
 
 /// The record with tag `tag` (`w * 16 + id + 1` for record `id` of writer
 /// `w`): `len` bytes, the tag then bytes that differ from their neighbours
@@ -229,4 +229,62 @@ fn mapping_reader_consume_while_the_writer_laps() {
 #[test]
 fn mapping_reader_kernel_path_while_the_writer_laps() {
     mapping_model(true);
+}
+
+/// One writer laps a 2-sub-buffer overwrite ring (one record each) up to
+/// twice over sub-buffer 0 while a reader thread takes the sub-buffer at
+/// its position and is killed (`Killed`); then a new reader drains it
+/// after a flush. The writer may lap the killed reader's sub-buffer before
+/// or after its claim, once (its claim word still says who has it) or
+/// twice (the word is a later lap's: `LEFT_TO_READER` says). Each record
+/// is delivered once, or counted once as overwritten or discarded.
+fn killed_reader_model(at: Killed) {
+    loom::model(move || {
+        let buf = Arc::new(LoomBuffer::new(64, 2, true));
+        let b = buf.clone();
+        let writer = thread::spawn(move || {
+            (0..5)
+                .filter(|&id| b.write(&rec(0, id, 40)).is_ok())
+                .count()
+        });
+        let b = buf.clone();
+        let killed = thread::spawn(move || b.killed_reader(at));
+        let ok = writer.join().unwrap() as u64;
+        let mut stream = killed.join().unwrap();
+        buf.flush();
+        let mut reader = buf.reader();
+        let mut out = [0u8; 256];
+        loop {
+            let n = reader.read(&buf, &mut out);
+            if n == 0 {
+                break;
+            }
+            stream.extend_from_slice(&out[..n]);
+        }
+        let ids = check_stream(&stream, 40);
+        assert!(ids.windows(2).all(|p| p[0] < p[1]), "out of order {ids:?}");
+        let s = buf.stats();
+        assert_eq!(s.records_completed, ok);
+        assert_eq!(s.records_consumed, ids.len() as u64, "{s:?}");
+        assert_eq!(
+            ids.len() as u64 + s.overwritten_records + s.discarded_records + s.dropped_full,
+            5,
+            "{s:?}"
+        );
+    });
+}
+
+#[test]
+fn killed_reader_held_while_the_writer_laps() {
+    killed_reader_model(Killed::Held);
+}
+
+#[test]
+fn killed_reader_claimed_while_the_writer_laps() {
+    killed_reader_model(Killed::Claimed);
+}
+
+#[test]
+fn killed_reader_delivered_while_the_writer_laps() {
+    killed_reader_model(Killed::Delivered);
 }
