@@ -292,6 +292,22 @@ fn main() {
         }
     }
     let _ = std::fs::remove_file(&file);
+    // This build's mount against the baseline's, round by round (the two
+    // ran within seconds of each other, so the machine's load is shared).
+    let mut paired: Vec<f64> = match readers.iter().position(|(w, _)| w.starts_with("baseline")) {
+        Some(b) => {
+            let this = readers
+                .iter()
+                .position(|(w, _)| *w == "mount: dd bs=1M")
+                .unwrap();
+            rates[this]
+                .iter()
+                .zip(&rates[b])
+                .map(|(a, b)| a / b)
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
     let names: Vec<&str> = readers
         .iter()
@@ -307,6 +323,7 @@ fn main() {
             "median_gb_per_s": names.iter().zip(&meds)
                 .map(|(w, m)| (w.to_string(), serde_json::json!(m)))
                 .collect::<serde_json::Map<_, _>>(),
+            "paired_mount_over_baseline": paired.clone(),
         });
         println!("{v}");
     } else {
@@ -314,6 +331,14 @@ fn main() {
             println!(
                 "median {what:<22} {m:.2} GB/s ({:.2} of the recorder's)",
                 m / meds[0]
+            );
+        }
+        if !paired.is_empty() {
+            let each: Vec<String> = paired.iter().map(|r| format!("{r:.2}")).collect();
+            let med = median(&mut paired);
+            println!(
+                "paired mount / baseline mount, dd bs=1M: median {med:.2} (rounds: {})",
+                each.join(" ")
             );
         }
     }
