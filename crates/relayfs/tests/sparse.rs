@@ -28,9 +28,9 @@ fn opening_a_sparse_buffer_allocates_none_of_its_holes() {
         .open()
         .unwrap();
     let p = c.buffer_path(0);
-    let g = RelayFile::peek_header(&p).unwrap().geometry;
-    let whole = blocks(&p);
-    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let g = RelayFile::peek_header(p).unwrap().geometry;
+    let whole = blocks(p);
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
     rustix::fs::fallocate(
         &f,
         FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -39,13 +39,13 @@ fn opening_a_sparse_buffer_allocates_none_of_its_holes() {
     )
     .unwrap();
     drop(f);
-    let sparse = blocks(&p);
+    let sparse = blocks(p);
     assert!(
         (whole - sparse) * 512 >= (4 << 20),
         "the data area is a hole: {whole} -> {sparse} blocks"
     );
-    let mut r = RelayFile::open(&p).unwrap();
-    assert_eq!(blocks(&p), sparse, "the reader's open allocated pages");
+    let mut r = RelayFile::open(p).unwrap();
+    assert_eq!(blocks(p), sparse, "the reader's open allocated pages");
     // Still a working buffer: what is written (allocating as it goes) is
     // read back.
     for i in 0u64..10 {
