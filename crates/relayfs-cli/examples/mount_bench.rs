@@ -28,6 +28,9 @@ struct Opts {
     baseline: Option<PathBuf>,
     /// The `relayfs` build measured (default: the one beside this example).
     bin: Option<PathBuf>,
+    /// Only the recorder into `/dev/null` and the two mounts' `dd bs=1M`:
+    /// shorter rounds, so more of them, the two mounts next to each other.
+    ab: bool,
 }
 
 fn parse() -> Opts {
@@ -38,6 +41,7 @@ fn parse() -> Opts {
         json: false,
         baseline: None,
         bin: None,
+        ab: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -51,6 +55,7 @@ fn parse() -> Opts {
             "--record" => o.record = num("--record") as usize,
             "--rounds" => o.rounds = num("--rounds") as usize,
             "--json" => o.json = true,
+            "--ab" => o.ab = true,
             "--bin" => {
                 let p = args.next().expect("--bin needs a path");
                 o.bin = Some(PathBuf::from(p));
@@ -61,7 +66,7 @@ fn parse() -> Opts {
             }
             _ => panic!(
                 "usage: mount_bench [--n-subbufs N] [--record BYTES] [--rounds N] [--json] \
-                 [--bin RELAYFS] [--baseline-bin RELAYFS]"
+                 [--bin RELAYFS] [--baseline-bin RELAYFS] [--ab]"
             ),
         }
     }
@@ -180,6 +185,32 @@ fn cpu_secs(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
+/// Context switches of a process so far, voluntary and not, summed over
+/// its threads (`/proc/PID/task/*/status`).
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        for l in s.lines() {
+            if l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+            {
+                n += l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -270,9 +301,21 @@ fn main() {
             }),
         ));
     }
+    if o.ab {
+        readers.retain(|(w, _)| {
+            [
+                "record -o /dev/null",
+                "mount: dd bs=1M",
+                "baseline mount: dd bs=1M",
+            ]
+            .contains(w)
+        });
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len() + 1];
     // Per reader through a mount: the mount process's CPU seconds per GiB.
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
+    // And its context switches per MiB.
+    let mut ctx: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
     // The ceiling of any reader that gets the bytes: one copy of as much
     // from shared memory into a process (`dd` of a tmpfs file, its pages
     // made beforehand), which `record -o /dev/null` never makes.
@@ -318,17 +361,20 @@ fn main() {
             } else {
                 None
             };
-            let cpu0 = via.map(|m| cpu_secs(m.child.id()));
+            let cpu0 = via.map(|m| (cpu_secs(m.child.id()), switches(m.child.id())));
             let (bytes, secs) = drain(&root, &o, &name, |c| mk(c, &name));
-            if let (Some(m), Some(c0)) = (via, cpu0) {
-                let per_gib = (cpu_secs(m.child.id()) - c0) / (bytes as f64 / (1u64 << 30) as f64);
+            if let (Some(m), Some((c0, s0))) = (via, cpu0) {
+                let mib = bytes as f64 / (1u64 << 20) as f64;
+                let per_gib = (cpu_secs(m.child.id()) - c0) / (mib / 1024.0);
+                let sw = switches(m.child.id()).saturating_sub(s0) as f64 / mib;
                 if !o.json {
                     println!(
-                        "round {round} {what:<22} mount CPU {:.0} ms/GiB",
+                        "round {round} {what:<22} mount CPU {:.0} ms/GiB, {sw:.1} context switches/MiB",
                         per_gib * 1e3
                     );
                 }
                 cpu[i].push(per_gib);
+                ctx[i].push(sw);
             }
             let gbps = bytes as f64 / secs / 1e9;
             if !o.json {
@@ -365,6 +411,10 @@ fn main() {
         .iter_mut()
         .map(|v| (!v.is_empty()).then(|| median(v)))
         .collect();
+    let ctx_meds: Vec<Option<f64>> = ctx
+        .iter_mut()
+        .map(|v| (!v.is_empty()).then(|| median(v)))
+        .collect();
     let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
     let names: Vec<&str> = readers
         .iter()
@@ -382,6 +432,9 @@ fn main() {
                 .collect::<serde_json::Map<_, _>>(),
             "paired_mount_over_baseline": paired.clone(),
             "paired_baseline_cpu_over_mount_cpu": paired_cpu.clone(),
+            "median_mount_switches_per_mib": names.iter().zip(&ctx_meds)
+                .filter_map(|(w, m)| m.map(|m| (w.to_string(), serde_json::json!(m))))
+                .collect::<serde_json::Map<_, _>>(),
             "median_mount_cpu_s_per_gib": names.iter().zip(&cpu_meds)
                 .filter_map(|(w, m)| m.map(|m| (w.to_string(), serde_json::json!(m))))
                 .collect::<serde_json::Map<_, _>>(),
@@ -394,9 +447,12 @@ fn main() {
                 m / meds[0]
             );
         }
-        for (what, m) in names.iter().zip(&cpu_meds) {
-            if let Some(m) = m {
-                println!("median {what:<22} mount CPU {:.0} ms/GiB", m * 1e3);
+        for ((what, m), sw) in names.iter().zip(&cpu_meds).zip(&ctx_meds) {
+            if let (Some(m), Some(sw)) = (m, sw) {
+                println!(
+                    "median {what:<22} mount CPU {:.0} ms/GiB, {sw:.1} context switches/MiB",
+                    m * 1e3
+                );
             }
         }
         for (what, v) in [
