@@ -1123,11 +1123,23 @@ fn mounts_killed_at_random_moments_lose_nothing_uncounted_and_deliver_nothing_tw
             killer.join().unwrap();
             m.child.take().unwrap().wait().unwrap();
             drop(f);
-            let o = relayfs(root.path())
-                .arg("umount")
-                .arg(&mp)
-                .output()
-                .unwrap();
+            // A process another test is starting may hold a copy of `f`
+            // for a moment (between its fork and its exec, which closes
+            // it): the unmount is then refused as busy. Try again.
+            let mut tries = 0;
+            let o = loop {
+                let o = relayfs(root.path())
+                    .arg("umount")
+                    .arg(&mp)
+                    .output()
+                    .unwrap();
+                let busy = String::from_utf8_lossy(&o.stderr).contains("is busy");
+                if o.status.success() || !busy || tries == 100 {
+                    break o;
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            };
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             // The dead mount's guard must not unmount its successor.
             let dir = m._dir.take();

@@ -40,7 +40,7 @@ pub struct LostHandoff {
 /// What one `read_handoff` moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handoff {
-    /// Bytes copied and consumed.
+    /// Bytes consumed (copied, or returned in place).
     pub bytes: usize,
     /// Records in them, if known.
     pub records: Option<u64>,

@@ -454,8 +454,10 @@ impl RelayFile {
     /// finishes a sub-buffer does not hand it back to the producer until
     /// [`handoff_done`](Self::handoff_done) (or
     /// [`handoff_failed`](Self::handoff_failed)), so no writer reuses the
-    /// bytes while the caller holds them. Returns 0 bytes and an empty
-    /// slice when nothing is ready.
+    /// bytes while the caller holds them: call one of those two before
+    /// anything else on this reader (a read or `poll` in between moves past
+    /// the held sub-buffer with the mark still set). Returns 0 bytes and an
+    /// empty slice when nothing is ready.
     ///
     /// # Errors
     /// As [`read_handoff`](Self::read_handoff).
