@@ -9,7 +9,9 @@
 # and root or a user allowed to mount. Arguments go to the benchmark
 # (--n-subbufs N, --record BYTES, --rounds N, --json, --baseline-bin
 # PATH: another relayfs build mounted beside this one, for an A/B of the
-# mount itself).
+# mount itself, paired round by round in rate and in the mount process's
+# CPU time per GiB; --bin PATH: measure that build instead of this one;
+# --ab: only the recorder into /dev/null and the two mounts' dd bs=1M).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p relayfs-cli --bins --examples

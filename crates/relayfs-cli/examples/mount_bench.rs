@@ -26,6 +26,11 @@ struct Opts {
     /// Another `relayfs` build to mount beside this one (an A/B of the
     /// mount itself, in the same run).
     baseline: Option<PathBuf>,
+    /// The `relayfs` build measured (default: the one beside this example).
+    bin: Option<PathBuf>,
+    /// Only the recorder into `/dev/null` and the two mounts' `dd bs=1M`:
+    /// shorter rounds, so more of them, the two mounts next to each other.
+    ab: bool,
 }
 
 fn parse() -> Opts {
@@ -35,6 +40,8 @@ fn parse() -> Opts {
         rounds: 5,
         json: false,
         baseline: None,
+        bin: None,
+        ab: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -48,13 +55,18 @@ fn parse() -> Opts {
             "--record" => o.record = num("--record") as usize,
             "--rounds" => o.rounds = num("--rounds") as usize,
             "--json" => o.json = true,
+            "--ab" => o.ab = true,
+            "--bin" => {
+                let p = args.next().expect("--bin needs a path");
+                o.bin = Some(PathBuf::from(p));
+            }
             "--baseline-bin" => {
                 let p = args.next().expect("--baseline-bin needs a path");
                 o.baseline = Some(PathBuf::from(p));
             }
             _ => panic!(
                 "usage: mount_bench [--n-subbufs N] [--record BYTES] [--rounds N] [--json] \
-                 [--baseline-bin RELAYFS]"
+                 [--bin RELAYFS] [--baseline-bin RELAYFS] [--ab]"
             ),
         }
     }
@@ -153,6 +165,52 @@ fn drain(root: &Path, o: &Opts, name: &str, cmd: impl FnOnce(&Channel) -> Comman
     (bytes, secs)
 }
 
+/// CPU time a process has run, in seconds: the sum of its threads'
+/// (`/proc/PID/task/*/schedstat`, nanoseconds on a CPU). Less disturbed by
+/// other load on the machine than the wall-clock rate.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
+/// Context switches of a process so far, voluntary and not, summed over
+/// its threads (`/proc/PID/task/*/status`).
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        for l in s.lines() {
+            if l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+            {
+                n += l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -168,7 +226,7 @@ fn main() {
     let mp = base.path().join("mnt");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&mp).unwrap();
-    let bin = relayfs_bin();
+    let bin = o.bin.clone().unwrap_or_else(relayfs_bin);
     let _m = mount(&bin, &root, &mp);
     let mp0 = base.path().join("mnt0");
     std::fs::create_dir_all(&mp0).unwrap();
@@ -243,7 +301,21 @@ fn main() {
             }),
         ));
     }
+    if o.ab {
+        readers.retain(|(w, _)| {
+            [
+                "record -o /dev/null",
+                "mount: dd bs=1M",
+                "baseline mount: dd bs=1M",
+            ]
+            .contains(w)
+        });
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); readers.len() + 1];
+    // Per reader through a mount: the mount process's CPU seconds per GiB.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
+    // And its context switches per MiB.
+    let mut ctx: Vec<Vec<f64>> = vec![Vec::new(); readers.len()];
     // The ceiling of any reader that gets the bytes: one copy of as much
     // from shared memory into a process (`dd` of a tmpfs file, its pages
     // made beforehand), which `record -o /dev/null` never makes.
@@ -281,7 +353,29 @@ fn main() {
         for i in order {
             let name = format!("b{round}x{i}");
             let (what, mk) = &readers[i];
+            // The mount this reader reads through, if any, and its CPU time.
+            let via = if what.starts_with("baseline") {
+                _m0.as_ref()
+            } else if what.starts_with("mount") {
+                Some(&_m)
+            } else {
+                None
+            };
+            let cpu0 = via.map(|m| (cpu_secs(m.child.id()), switches(m.child.id())));
             let (bytes, secs) = drain(&root, &o, &name, |c| mk(c, &name));
+            if let (Some(m), Some((c0, s0))) = (via, cpu0) {
+                let mib = bytes as f64 / (1u64 << 20) as f64;
+                let per_gib = (cpu_secs(m.child.id()) - c0) / (mib / 1024.0);
+                let sw = switches(m.child.id()).saturating_sub(s0) as f64 / mib;
+                if !o.json {
+                    println!(
+                        "round {round} {what:<22} mount CPU {:.0} ms/GiB, {sw:.1} context switches/MiB",
+                        per_gib * 1e3
+                    );
+                }
+                cpu[i].push(per_gib);
+                ctx[i].push(sw);
+            }
             let gbps = bytes as f64 / secs / 1e9;
             if !o.json {
                 println!("round {round} {what:<22} {bytes} bytes in {secs:.3} s: {gbps:.2} GB/s");
@@ -292,6 +386,35 @@ fn main() {
         }
     }
     let _ = std::fs::remove_file(&file);
+    // This build's mount against the baseline's, round by round (the two
+    // ran within seconds of each other, so the machine's load is shared).
+    let base_i = readers.iter().position(|(w, _)| w.starts_with("baseline"));
+    let this_i = readers
+        .iter()
+        .position(|(w, _)| *w == "mount: dd bs=1M")
+        .unwrap();
+    let pair = |v: &[Vec<f64>], inv: bool| -> Vec<f64> {
+        match base_i {
+            Some(b) => v[this_i]
+                .iter()
+                .zip(&v[b])
+                .map(|(a, b)| if inv { b / a } else { a / b })
+                .collect(),
+            None => Vec::new(),
+        }
+    };
+    // Rate over the baseline's, and the baseline's CPU time over this
+    // one's (both above 1 when this build is faster).
+    let mut paired = pair(&rates, false);
+    let mut paired_cpu = pair(&cpu, true);
+    let cpu_meds: Vec<Option<f64>> = cpu
+        .iter_mut()
+        .map(|v| (!v.is_empty()).then(|| median(v)))
+        .collect();
+    let ctx_meds: Vec<Option<f64>> = ctx
+        .iter_mut()
+        .map(|v| (!v.is_empty()).then(|| median(v)))
+        .collect();
     let meds: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
     let names: Vec<&str> = readers
         .iter()
@@ -307,6 +430,14 @@ fn main() {
             "median_gb_per_s": names.iter().zip(&meds)
                 .map(|(w, m)| (w.to_string(), serde_json::json!(m)))
                 .collect::<serde_json::Map<_, _>>(),
+            "paired_mount_over_baseline": paired.clone(),
+            "paired_baseline_cpu_over_mount_cpu": paired_cpu.clone(),
+            "median_mount_switches_per_mib": names.iter().zip(&ctx_meds)
+                .filter_map(|(w, m)| m.map(|m| (w.to_string(), serde_json::json!(m))))
+                .collect::<serde_json::Map<_, _>>(),
+            "median_mount_cpu_s_per_gib": names.iter().zip(&cpu_meds)
+                .filter_map(|(w, m)| m.map(|m| (w.to_string(), serde_json::json!(m))))
+                .collect::<serde_json::Map<_, _>>(),
         });
         println!("{v}");
     } else {
@@ -314,6 +445,28 @@ fn main() {
             println!(
                 "median {what:<22} {m:.2} GB/s ({:.2} of the recorder's)",
                 m / meds[0]
+            );
+        }
+        for ((what, m), sw) in names.iter().zip(&cpu_meds).zip(&ctx_meds) {
+            if let (Some(m), Some(sw)) = (m, sw) {
+                println!(
+                    "median {what:<22} mount CPU {:.0} ms/GiB, {sw:.1} context switches/MiB",
+                    m * 1e3
+                );
+            }
+        }
+        for (what, v) in [
+            ("rate, mount / baseline mount", &mut paired),
+            ("mount CPU, baseline / mount", &mut paired_cpu),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            let each: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+            let med = median(v);
+            println!(
+                "paired {what}, dd bs=1M: median {med:.2} (rounds: {})",
+                each.join(" ")
             );
         }
     }

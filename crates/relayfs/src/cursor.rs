@@ -40,7 +40,7 @@ pub struct LostHandoff {
 /// What one `read_handoff` moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handoff {
-    /// Bytes copied and consumed.
+    /// Bytes consumed (copied, or returned in place).
     pub bytes: usize,
     /// Records in them, if known.
     pub records: Option<u64>,
@@ -100,6 +100,10 @@ pub(crate) struct Cursor {
     /// `SubbufView` shows it, so it must not be handed back (set by the
     /// `RelayFile` around its consuming reads).
     pub(crate) limit: Option<u64>,
+    /// A hand-off in place read to the end of this complete sub-buffer and
+    /// did not hand it back yet (`read_handoff_in_place`): the epoch, its
+    /// ordinal and its record count.
+    held: Option<(u64, u64, u64)>,
 }
 
 impl Cursor {
@@ -158,14 +162,50 @@ impl Cursor {
         s: &Shared,
         buf: &mut [u8],
     ) -> Result<Handoff, FormatError> {
-        let max = (buf.len() as u64).min(M30);
+        let Some(p) = self.handoff_pick(s, buf.len() as u64)? else {
+            return Ok(Handoff {
+                bytes: 0,
+                records: Some(0),
+            });
+        };
+        let out = &mut buf[..p.n as usize];
+        match p.chunk {
+            Chunk::Direct { slot, start, .. } => s.copy_out(slot, start, out),
+            Chunk::Bounce { start, .. } => {
+                out.copy_from_slice(&self.bounce[start as usize..(start + p.n) as usize])
+            }
+        }
+        Ok(self.handoff_take(s, &p, false))
+    }
+
+    /// As `read_handoff`, without the copy: the bytes stay where the chunk
+    /// says (the mapping, or in overwrite mode the bounce buffer, validated
+    /// already), and the caller hands them on from there. A read that
+    /// finishes a complete sub-buffer in the mapping consumes its bytes but
+    /// does not hand the sub-buffer back to the producer (the position's
+    /// move to the next one, which lets it be reused) until `handoff_done`
+    /// (or `release_held` after `settle_handoff`): until then no writer
+    /// touches the bytes. `None` if nothing is ready.
+    pub(crate) fn read_handoff_in_place(
+        &mut self,
+        s: &Shared,
+        max: u64,
+    ) -> Result<Option<(Handoff, Chunk)>, FormatError> {
+        let Some(p) = self.handoff_pick(s, max)? else {
+            return Ok(None);
+        };
+        let h = self.handoff_take(s, &p, true);
+        Ok(Some((h, p.chunk)))
+    }
+
+    /// The run a hand-off of at most `max` bytes moves, and the record
+    /// count after it if known.
+    fn handoff_pick(&mut self, s: &Shared, max: u64) -> Result<Option<Pick>, FormatError> {
+        let max = max.min(M30);
         let mut tries = 0;
         loop {
             let Some(chunk) = self.next_chunk(s)? else {
-                return Ok(Handoff {
-                    bytes: 0,
-                    records: Some(0),
-                });
+                return Ok(None);
             };
             let (start, end) = match chunk {
                 Chunk::Direct { start, end, .. } | Chunk::Bounce { start, end } => (start, end),
@@ -188,60 +228,107 @@ impl Cursor {
                 tries += 1;
                 continue;
             }
-            let out = &mut buf[..n as usize];
-            match chunk {
-                Chunk::Direct { slot, start, .. } => s.copy_out(slot, start, out),
-                Chunk::Bounce { start, .. } => {
-                    out.copy_from_slice(&self.bounce[start as usize..(start + n) as usize])
-                }
-            }
-            let records = self
-                .records_before(s)
-                .zip(after)
-                .map(|(b, a)| a.saturating_sub(b));
-            let ord = self.ord;
-            // Reading to the end of a complete sub-buffer moves past it,
-            // counting its records consumed.
-            let finishes = start + n == end
-                && (self.bounce_full || matches!(self.complete, Some((e, _)) if e == end));
-            let mut mark = HO_IN_FLIGHT | n;
-            if let Some(r) = records {
-                mark |= HO_KNOWN | (r.min(M30) << 30);
-            }
-            if finishes {
-                mark |= HO_COUNTED;
-            }
-            // SYNC POINT: Relaxed store, then a SeqCst fence: the mark must
-            // be in the page before any store of the consume below, so that
-            // whoever finds this reader dead finds the mark if any of the
-            // bytes is consumed. The fence keeps compiler and CPU from
-            // moving the consume's stores above it; nothing acquires it
-            // (the next reader is ordered after us by the reader lock).
-            s.reader_word(rdr::HANDOFF).store(mark, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            self.consume(s, n);
-            if self.ord == ord {
-                if let Some(a) = after {
-                    // SYNC POINT: Relaxed, the reader's own word (`advance`).
-                    let w = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
-                    s.reader_word(rdr::SUB_RECORDS).store(
-                        SUB_KNOWN | (a.min(M31) << 32) | (w & M31),
-                        Ordering::Relaxed,
-                    );
-                }
-            }
-            return Ok(Handoff {
-                bytes: n as usize,
-                records,
-            });
+            return Ok(Some(Pick { chunk, n, after }));
         }
     }
 
-    /// The last hand-off was handed on: clears its mark.
-    pub(crate) fn handoff_done(&mut self, s: &Shared) {
-        // SYNC POINT: Relaxed, the reader's own word; pairs with nothing.
-        s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+    /// Marks the picked run in flight and consumes it. With `hold`, a run
+    /// that finishes a complete sub-buffer of the mapping leaves the
+    /// position on that sub-buffer (its records not counted consumed yet,
+    /// nor the mark saying so), to be moved on by `release_held`.
+    fn handoff_take(&mut self, s: &Shared, p: &Pick, hold: bool) -> Handoff {
+        let Pick { chunk, n, after } = *p;
+        let (start, end) = match chunk {
+            Chunk::Direct { start, end, .. } | Chunk::Bounce { start, end } => (start, end),
+        };
+        let records = self
+            .records_before(s)
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(b));
+        let ord = self.ord;
+        // Reading to the end of a complete sub-buffer moves past it,
+        // counting its records consumed (unless held).
+        let finishes = start + n == end
+            && (self.bounce_full || matches!(self.complete, Some((e, _)) if e == end));
+        let held = hold && finishes && matches!(chunk, Chunk::Direct { .. });
+        let mut mark = HO_IN_FLIGHT | n;
+        if let Some(r) = records {
+            mark |= HO_KNOWN | (r.min(M30) << 30);
+        }
+        if finishes && !held {
+            mark |= HO_COUNTED;
+        }
+        if held {
+            // `consume` then stops at the end; `release_held` moves on.
+            if let Some((_, total)) = self.complete.take() {
+                self.held = Some((self.epoch, ord, total));
+            }
+        }
+        // SYNC POINT: Relaxed store, then a SeqCst fence: the mark must
+        // be in the page before any store of the consume below, so that
+        // whoever finds this reader dead finds the mark if any of the
+        // bytes is consumed. The fence keeps compiler and CPU from
+        // moving the consume's stores above it; nothing acquires it
+        // (the next reader is ordered after us by the reader lock).
+        s.reader_word(rdr::HANDOFF).store(mark, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.consume(s, n);
+        if self.ord == ord {
+            if let Some(a) = after {
+                // SYNC POINT: Relaxed, the reader's own word (`advance`).
+                let w = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+                s.reader_word(rdr::SUB_RECORDS).store(
+                    SUB_KNOWN | (a.min(M31) << 32) | (w & M31),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        Handoff {
+            bytes: n as usize,
+            records,
+        }
     }
+
+    /// The last hand-off was handed on: clears its mark, then hands back
+    /// the sub-buffer it held, if any.
+    pub(crate) fn handoff_done(&mut self, s: &Shared) {
+        // SYNC POINT: Relaxed, the reader's own word; then a SeqCst fence,
+        // as in `handoff_take`: the mark is gone from the page before any
+        // store of `release_held`'s move, so that a reader killed in
+        // between leaves the position at the end of a sub-buffer with no
+        // mark, which the next reader counts consumed as it moves on, and
+        // never a mark (records not counted) beside a sub-buffer counted
+        // consumed.
+        s.reader_word(rdr::HANDOFF).store(0, Ordering::Relaxed);
+        if self.held.is_some() {
+            fence(Ordering::SeqCst);
+            self.release_held(s);
+        }
+    }
+
+    /// Hands back the sub-buffer a hand-off in place held (after its mark
+    /// was cleared, or settled lost: `settle_handoff` left its records out
+    /// of the count `advance` gives it), counting its records consumed.
+    /// Nothing if the position moved meanwhile (a read moved on from the
+    /// end, counting it; a `relay_reset`).
+    pub(crate) fn release_held(&mut self, s: &Shared) {
+        let Some((epoch, ord, records)) = self.held.take() else {
+            return;
+        };
+        self.check_epoch(s);
+        if self.epoch == epoch && self.ord == ord {
+            self.advance(s, Some(records));
+        }
+    }
+}
+
+/// What a hand-off moves: one readable run, `n` bytes of it from its
+/// start, and the count of records before its end if known.
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    chunk: Chunk,
+    n: u64,
+    after: Option<u64>,
 }
 
 /// Counts a hand-off left in flight as lost: its records move from

@@ -454,8 +454,74 @@ impl RelayFile {
         r
     }
 
-    /// The bytes of the last [`read_handoff`](Self::read_handoff) were
-    /// handed on: clears their mark.
+    /// As [`read_handoff`](Self::read_handoff) of at most `max` bytes, with
+    /// no copy: the bytes are returned where they lie, in the buffer's
+    /// mapping (in overwrite mode, in the reader's own validated copy of the
+    /// sub-buffer, which `read` makes anyway), for the caller to hand on
+    /// from there (a filesystem's reply). They are consumed and marked in
+    /// flight before they are returned, as with `read_handoff`; a read that
+    /// finishes a sub-buffer does not hand it back to the producer until
+    /// [`handoff_done`](Self::handoff_done) (or
+    /// [`handoff_failed`](Self::handoff_failed)), so no writer reuses the
+    /// bytes while the caller holds them: call one of those two before
+    /// anything else on this reader (a read or `poll` in between moves past
+    /// the held sub-buffer with the mark still set). Returns 0 bytes and an
+    /// empty slice when nothing is ready.
+    ///
+    /// # Errors
+    /// As [`read_handoff`](Self::read_handoff).
+    pub fn read_handoff_in_place(&mut self, max: usize) -> Result<(Handoff, &[u8]), ReadError> {
+        self.check_size()?;
+        self.stop_before_views()?;
+        let s = &self.map.shared;
+        let r = self
+            .cur
+            .read_handoff_in_place(s, max as u64)
+            .map_err(|source| ReadError::Format {
+                path: self.path.clone(),
+                source,
+            });
+        self.cur.limit = None;
+        let Some((h, chunk)) = r? else {
+            return Ok((
+                Handoff {
+                    bytes: 0,
+                    records: Some(0),
+                },
+                &[],
+            ));
+        };
+        let n = h.bytes as u64;
+        let bytes = match chunk {
+            Chunk::Direct { slot, start, .. } => {
+                let ptr = self.map.shared.slot_ptr(slot, start, n);
+                // SAFETY: `ptr..ptr + n` is within the mapping (`slot_ptr`
+                // checked the bounds), which `self.map` keeps mapped for as
+                // long as the returned slice borrows `self`. The bytes are
+                // committed data the cursor found readable: in a
+                // no-overwrite buffer a writer reuses a sub-buffer only once
+                // the reader handed it back (the position moved past it),
+                // and this read left the position on it (`held`) until
+                // `handoff_done`/`handoff_failed`, which take `&mut self`
+                // and so come after the slice is gone; the bytes of a
+                // sub-buffer being written that are committed are not
+                // written again in it; in overwrite mode a `Direct` run is
+                // only the tail of a dead producer, which writes nothing
+                // more. So they don't change under the slice. (A hostile
+                // writer of the file can change any byte, as for every
+                // read of the mapping: wrong bytes, never an access out of
+                // bounds; see the trust model in docs/DESIGN.md.)
+                unsafe { std::slice::from_raw_parts(ptr, n as usize) }
+            }
+            Chunk::Bounce { start, .. } => &self.cur.bounce()[start as usize..(start + n) as usize],
+        };
+        Ok((h, bytes))
+    }
+
+    /// The bytes of the last [`read_handoff`](Self::read_handoff) (or
+    /// [`read_handoff_in_place`](Self::read_handoff_in_place)) were handed
+    /// on: clears their mark, then hands back the sub-buffer an in-place
+    /// read finished.
     pub fn handoff_done(&mut self) {
         self.cur.handoff_done(&self.map.shared);
     }
@@ -467,7 +533,11 @@ impl RelayFile {
         // A `relay_reset` since zeroed the counters the mark speaks of:
         // then it is cleared, not counted.
         self.cur.check_epoch(&self.map.shared);
-        cursor::settle_handoff(&self.map.shared)
+        let lost = cursor::settle_handoff(&self.map.shared);
+        // A sub-buffer a hand-off in place held goes back now, its lost
+        // records left out of its count (`settle_handoff` noted them).
+        self.cur.release_held(&self.map.shared);
+        lost
     }
 
     /// What this reader found, when it opened the buffer, of a hand-off its

@@ -20,6 +20,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -223,10 +224,22 @@ impl ReaderMap {
             opts.map_raw_read_only(file)
         }
         .map_err(|e| ReadError::io("mmap", path, e))?;
-        let data = MmapOptions::new()
-            .offset(g.data_offset)
-            .len(g.data_len() as usize)
-            .populate()
+        // A reader's data mapping is populated at once (one walk of the page
+        // tables, rather than a fault every few pages as the data is read),
+        // but only if every byte of the file is allocated: on tmpfs a read
+        // fault of a hole allocates a page, so populating a sparse file
+        // (not one `relay_open` made: it allocates the whole file) would
+        // allocate all of it. A look that reads no data (`inspect`, not
+        // `writable`) maps nothing in.
+        let allocated = file
+            .metadata()
+            .is_ok_and(|m| m.blocks().saturating_mul(512) >= g.file_size);
+        let mut opts = MmapOptions::new();
+        opts.offset(g.data_offset).len(g.data_len() as usize);
+        if writable && allocated {
+            opts.populate();
+        }
+        let data = opts
             .map_raw_read_only(file)
             .map_err(|e| ReadError::io("mmap", path, e))?;
         Ok((

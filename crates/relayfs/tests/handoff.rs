@@ -397,3 +397,194 @@ fn a_hand_off_failing_after_relay_reset_counts_nothing_in_the_new_epoch() {
     let s = c.close().unwrap();
     assert_eq!((s.records_consumed, s.lost()), (20, 0), "{s:?}");
 }
+
+/// Reads everything there is with hand-offs in place, each handed on.
+fn drain_in_place(r: &mut RelayFile) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let (h, bytes) = r.read_handoff_in_place(1 << 16).unwrap();
+        assert_eq!(h.bytes, bytes.len());
+        if h.bytes == 0 {
+            return out;
+        }
+        out.extend_from_slice(bytes);
+        r.handoff_done();
+    }
+}
+
+/// Writes records `from..to` as `write` does, and returns how many the
+/// channel refused as full.
+fn write_counting_full(c: &Channel, from: u64, to: u64) -> u64 {
+    let mut full = 0;
+    for i in from..to {
+        let mut r = [0u8; 16];
+        r[..8].copy_from_slice(&i.to_le_bytes());
+        match c.write(&r) {
+            Ok(()) => {}
+            Err(relayfs::WriteError::Full) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    full
+}
+
+#[test]
+fn an_in_place_hand_off_holds_its_subbuf_from_the_producer_until_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 2, Mode::NoOverwrite);
+    write(&c, 0, 32); // both sub-buffers full
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let (h, bytes) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!((h.bytes, h.records), (256, Some(16)), "one sub-buffer");
+    // Consumed, but not handed back: the producer can't reuse the bytes
+    // the slice shows.
+    assert_eq!(write_counting_full(&c, 100, 104), 4);
+    assert_eq!(numbers(bytes), (0..16).collect::<Vec<_>>());
+    let s = c.stats(0);
+    assert_eq!(s.bytes_consumed, 256, "{s:?}");
+    assert_eq!(s.records_consumed, 0, "counted when handed back: {s:?}");
+    r.handoff_done();
+    assert_eq!(r.handoff_failed(), None, "handed on");
+    assert_eq!(write_counting_full(&c, 32, 48), 0, "handed back");
+    assert_eq!(
+        numbers(&drain_in_place(&mut r)),
+        (16..48).collect::<Vec<_>>()
+    );
+    // A part of the sub-buffer being written, then the rest of it.
+    write(&c, 48, 53);
+    let (h, bytes) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!((h.records, numbers(bytes)), (Some(5), (48..53).collect()));
+    r.handoff_done();
+    write(&c, 53, 64);
+    assert_eq!(
+        numbers(&drain_in_place(&mut r)),
+        (53..64).collect::<Vec<_>>()
+    );
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (64, 4), "{s:?}");
+}
+
+#[test]
+fn an_in_place_hand_off_left_in_flight_is_counted_lost_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 48);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let (_, bytes) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!(numbers(bytes), (0..16).collect::<Vec<_>>());
+    r.handoff_done();
+    let (h, _) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!((h.bytes, h.records), (256, Some(16)));
+    drop(r); // dies before handing records 16..32 on
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let lost = r.lost_handoff().expect("found in flight");
+    assert_eq!((lost.records, lost.bytes), (Some(16), 256));
+    assert_eq!(
+        numbers(&drain_in_place(&mut r)),
+        (32..48).collect::<Vec<_>>()
+    );
+    let s = r.stats();
+    assert_eq!((s.records_consumed, s.discarded_records), (32, 16), "{s:?}");
+    assert_eq!(s.bytes_consumed, 512, "{s:?}");
+    drop(r);
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None, "counted once");
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (32, 16), "{s:?}");
+}
+
+#[test]
+fn an_in_place_reader_killed_after_clearing_its_mark_has_its_subbuf_counted_delivered() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 48);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let (_, bytes) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!(numbers(bytes), (0..16).collect::<Vec<_>>());
+    drop(r);
+    // What a reader killed in `handoff_done` after clearing the mark and
+    // before handing the sub-buffer back leaves: the position at the end
+    // of sub-buffer 0, no mark.
+    let g = RelayFile::peek_header(c.buffer_path(0)).unwrap().geometry;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.buffer_path(0))
+        .unwrap();
+    f.seek(SeekFrom::Start(g.reader_offset + 120)).unwrap();
+    f.write_all(&0u64.to_ne_bytes()).unwrap();
+    drop(f);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None);
+    assert_eq!(
+        numbers(&drain_in_place(&mut r)),
+        (16..48).collect::<Vec<_>>()
+    );
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.lost()), (48, 0), "{s:?}");
+}
+
+#[test]
+fn a_failed_in_place_hand_off_is_counted_at_once_and_hands_its_subbuf_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 2, Mode::NoOverwrite);
+    write(&c, 0, 32);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.read_handoff_in_place(1 << 20).unwrap();
+    let l = r.handoff_failed().expect("in flight");
+    assert_eq!((l.records, l.bytes), (Some(16), 256));
+    assert_eq!(r.handoff_failed(), None, "once");
+    assert_eq!(write_counting_full(&c, 32, 48), 0, "handed back");
+    assert_eq!(
+        numbers(&drain_in_place(&mut r)),
+        (16..48).collect::<Vec<_>>()
+    );
+    drop(r);
+    let r = RelayFile::open(c.buffer_path(0)).unwrap();
+    assert_eq!(r.lost_handoff(), None);
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!((s.records_consumed, s.discarded_records), (32, 16), "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), 48, "{s:?}");
+}
+
+#[test]
+fn relay_close_with_no_reader_counts_a_dead_in_place_readers_hand_off_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 8, Mode::NoOverwrite);
+    write(&c, 0, 40);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    r.read_handoff_in_place(1 << 20).unwrap();
+    drop(r); // dies holding sub-buffer 0, its mark set
+    let s = c.close().unwrap();
+    // 16 lost in flight, 24 unread; nothing counted twice.
+    assert_eq!(s.records_consumed, 0, "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), 40, "{s:?}");
+    assert_eq!(s.discarded_records, 16, "{s:?}");
+}
+
+#[test]
+fn in_place_reads_of_an_overwrite_buffer_come_from_the_validated_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chan(dir.path(), 256, 4, Mode::Overwrite);
+    write(&c, 0, 40);
+    let mut r = RelayFile::open(c.buffer_path(0)).unwrap();
+    let (h, bytes) = r.read_handoff_in_place(1 << 20).unwrap();
+    assert_eq!((h.bytes, h.records), (256, Some(16)));
+    // The producer laps the buffer meanwhile: the copy does not change.
+    write(&c, 40, 200);
+    assert_eq!(numbers(bytes), (0..16).collect::<Vec<_>>());
+    r.handoff_done();
+    let got = numbers(&drain_in_place(&mut r));
+    assert!(
+        !got.is_empty() && got.windows(2).all(|w| w[0] < w[1]),
+        "{got:?}"
+    );
+    assert!(got[0] >= 16, "nothing twice: {got:?}");
+    drop(r);
+    let s = c.close().unwrap();
+    assert_eq!(s.records_consumed + s.lost(), 200, "{s:?}");
+}

@@ -100,7 +100,6 @@ pub struct HandleState {
     pub poll: Option<PollNotifier>,
     /// The FIFO reported `POLLHUP` (the producer's end is gone).
     pub hup: bool,
-    buf: Vec<u8>,
 }
 
 impl HandleState {
@@ -115,33 +114,31 @@ impl HandleState {
     }
 
     /// One consuming read of up to `size` bytes (at most one sub-buffer's
-    /// readable run), into the handle's own buffer, answered with `reply`
-    /// if anything was ready. The bytes are consumed before the reply makes
-    /// them visible (replying first lets a mount killed before it consumed
-    /// them hand them out again: docs/PERFORMANCE.md), and marked in flight
-    /// in the buffer's reader page until the reply is written
-    /// (`RelayFile::read_handoff`): a mount killed in between leaves the
-    /// mark, and the next reader counts them lost. A reply the kernel
-    /// refused counts them lost at once. (A reader killed while this runs
-    /// still gets the reply, into its dying process: that the mount cannot
-    /// see.)
+    /// readable run), answered with `reply` straight from the buffer's
+    /// mapping if anything was ready (`RelayFile::read_handoff_in_place`:
+    /// the kernel's copy into the reader is the only one). The bytes are
+    /// consumed before the reply makes them visible (replying first lets a
+    /// mount killed before it consumed them hand them out again:
+    /// docs/PERFORMANCE.md), and marked in flight in the buffer's reader
+    /// page until the reply is written: a mount killed in between leaves
+    /// the mark, and the next reader counts them lost. A sub-buffer the
+    /// read finished goes back to the producer only after the reply is
+    /// written (`handoff_done`), so it can't be rewritten while the kernel
+    /// copies from it. A reply the kernel refused counts them lost at once.
+    /// (A reader killed while this runs still gets the reply, into its
+    /// dying process: that the mount cannot see.)
     pub fn answer(&mut self, size: u32, reply: ReplyData) -> Answer {
         let size = (size as usize).min(MAX_REQUEST as usize);
-        if self.buf.len() < size {
-            self.buf.resize(size, 0);
-        }
         let Some(file) = self.file.as_mut() else {
             return Answer::Failed(reply, Errno::EBADF);
         };
-        let h = match file.read_handoff(&mut self.buf[..size]) {
-            Ok(h) => h,
+        let bytes = match file.read_handoff_in_place(size) {
+            Ok((h, _)) if h.bytes == 0 => return Answer::Empty(reply),
+            Ok((_, bytes)) => bytes,
             Err(e) => return Answer::Failed(reply, errno(&e)),
         };
-        if h.bytes == 0 {
-            return Answer::Empty(reply);
-        }
         REPLY_FAILED.with(|f| f.set(false));
-        reply.data(&self.buf[..h.bytes]);
+        reply.data(bytes);
         if REPLY_FAILED.with(|f| f.replace(false)) {
             if let Some(l) = file.handoff_failed() {
                 util::errln!(
@@ -581,7 +578,6 @@ impl RelayFs {
                 pending: VecDeque::new(),
                 poll: None,
                 hup: false,
-                buf: Vec::new(),
             }),
             wake,
         }))
