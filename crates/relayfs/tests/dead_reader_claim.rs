@@ -338,3 +338,55 @@ fn a_bare_claim_is_never_counted_twice() {
         "{counted} of {seq}: {s:?}"
     );
 }
+
+/// A reader page scribbled with an absurd position (the last ordinal) and
+/// held sub-buffer: `inspect`, the readers and the producer's
+/// `subbufs_consumed` say the buffer is corrupt or count nothing of it, and
+/// never panic (an overflow check on `position + 1`).
+#[test]
+fn an_absurd_position_with_a_held_sub_buffer_never_panics() {
+    for mode in [Mode::Overwrite, Mode::NoOverwrite] {
+        for held in [0, 1, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let chan = Channel::builder("absurd")
+                .dir(dir.path())
+                .subbuf_size(SUBBUF)
+                .n_subbufs(N_SUBBUFS)
+                .global(true)
+                .mode(mode)
+                .open()
+                .unwrap();
+            for seq in 0..2 * PER_SUBBUF + 3 {
+                chan.write(&record(0, seq, LEN)).unwrap();
+            }
+            let g = chan.geometry();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(chan.buffer_path(0))
+                .unwrap();
+            let page = g.reader_offset;
+            put(&f, page, u64::MAX);
+            put(&f, page + HELD, held);
+            put(&f, page + HELD_LEN, u64::MAX);
+            put(&f, page + HELD_RECORDS, u64::MAX);
+            for slot in 0..N_SUBBUFS {
+                put(&f, page + CLAIMS + 8 * slot, 1);
+            }
+            let before = RelayFile::inspect(chan.buffer_path(0)).unwrap().stats;
+            assert_eq!(before.discarded_records, 0, "{mode:?} {held}: {before:?}");
+            assert_eq!(before.records_consumed, 0, "{mode:?} {held}: {before:?}");
+            let _ = chan.subbufs_consumed(0, 1);
+            let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+            let mut buf = vec![0u8; SUBBUF as usize];
+            assert!(r.read(&mut buf).is_err(), "{mode:?} {held}");
+            {
+                let mut m = r.map();
+                assert!(m.ready().is_err(), "{mode:?} {held}");
+                let _ = m.subbufs_consumed(1);
+            }
+            drop(r);
+            chan.close().unwrap();
+        }
+    }
+}
