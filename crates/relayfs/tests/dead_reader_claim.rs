@@ -390,3 +390,76 @@ fn an_absurd_position_with_a_held_sub_buffer_never_panics() {
         }
     }
 }
+
+/// A file whose producer predates `LEFT_TO_READER` (the word stays 0): a
+/// reader killed after its claim, the slot lapped three times. The next
+/// reader can't tell that the writer left the sub-buffer to it, so it
+/// counts nothing for it (the old behaviour: one sub-buffer uncounted),
+/// and never counts it twice.
+#[test]
+fn an_older_producer_leaves_a_twice_lapped_claim_uncounted_never_twice() {
+    const LEFT_TO_READER: u64 = 448;
+    for then in [Then::Reader, Then::Close] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("older")
+            .dir(dir.path())
+            .subbuf_size(SUBBUF)
+            .n_subbufs(N_SUBBUFS)
+            .global(true)
+            .mode(Mode::Overwrite)
+            .open()
+            .unwrap();
+        let mut seq = 0;
+        let mut write_to = |n: u64| {
+            while seq < n {
+                chan.write(&record(0, seq, LEN)).unwrap();
+                seq += 1;
+            }
+            seq
+        };
+        write_to(PER_SUBBUF + 3);
+        let g = chan.geometry();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(chan.buffer_path(0))
+            .unwrap();
+        let page = g.reader_offset;
+        put(&f, page + HELD_LEN, PER_SUBBUF * LEN as u64);
+        put(&f, page + HELD_RECORDS, PER_SUBBUF);
+        put(&f, page + HELD, 1);
+        put(&f, page + CLAIMS, (1 << 2) | 1);
+        let offered = write_to((3 * N_SUBBUFS + 1) * PER_SUBBUF + 3);
+        assert_eq!(word(&f, LEFT_TO_READER), 1, "this producer raised it");
+        put(&f, LEFT_TO_READER, 0); // as an older producer leaves it
+        drop(f);
+        let mut delivered = BTreeSet::new();
+        let s = match then {
+            Then::Reader => {
+                let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+                chan.close().unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = r.read(&mut buf).unwrap();
+                    deliver(&mut delivered, common::parse(&buf[..n]));
+                    if n == 0 && r.poll(Some(Duration::from_millis(50))).unwrap() == Ready::Closed {
+                        break;
+                    }
+                }
+                r.stats()
+            }
+            Then::Close => {
+                chan.close().unwrap();
+                chan.total_stats()
+            }
+        };
+        let counted =
+            s.records_consumed + s.overwritten_records + s.discarded_records + s.unread_at_close;
+        assert_eq!(
+            s.records_consumed,
+            delivered.len() as u64,
+            "{then:?}: {s:?}"
+        );
+        assert_eq!(counted + PER_SUBBUF, offered, "{then:?}: {s:?}");
+    }
+}
