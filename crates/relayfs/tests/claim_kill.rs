@@ -538,3 +538,62 @@ fn inspect_shows_what_the_next_reader_counts() {
 fn rng_sleep(seq: u64) -> u64 {
     (seq / 64 * 2654435761) % 300
 }
+
+/// `relay_reset` after a reader was killed holding a sub-buffer (and
+/// readers killed after it): what is counted after the reset adds up to
+/// what was offered after it.
+#[test]
+#[ignore = "long: kills reader processes at random"]
+fn reset_after_killed_readers() {
+    let mut rng = Rng(seeds() | 1);
+    for round in 0..iters() * 4 {
+        let kind = ["read", "map", "sendfile", "handoff"][round as usize % 4];
+        let dir = tempfile::tempdir().unwrap();
+        let mut chan = Channel::builder("rst")
+            .dir(dir.path())
+            .subbuf_size(SUBBUF)
+            .n_subbufs(N_SUBBUFS)
+            .global(true)
+            .mode(Mode::Overwrite)
+            .open()
+            .unwrap();
+        let path = chan.buffer_path(0).to_path_buf();
+        let mut offered = 0;
+        for phase in 0..2 {
+            if phase == 1 {
+                chan.reset();
+            }
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let chan = &chan;
+            offered = std::thread::scope(|s| {
+                let p = s.spawn(|| {
+                    let mut rec = [0u8; LEN];
+                    let mut seq = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        record_into(0, seq, &mut rec);
+                        let _ = chan.write(&rec);
+                        seq += 1;
+                    }
+                    seq
+                });
+                for k in 0..4 {
+                    let out = dir.path().join(format!("out{phase}.{k}"));
+                    let mut c = spawn(kind, &path, &out);
+                    std::thread::sleep(Duration::from_micros(3000 + rng.next() % 20_000));
+                    c.kill().unwrap();
+                    c.wait().unwrap();
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                p.join().unwrap()
+            });
+        }
+        chan.close().unwrap();
+        let s = chan.total_stats();
+        let counted = s.records_consumed
+            + s.overwritten_records
+            + s.discarded_records
+            + s.unread_at_close
+            + s.dropped_full;
+        assert_eq!(counted, offered, "{kind} round {round}: {s:?}");
+    }
+}
