@@ -1664,7 +1664,10 @@ impl Shared {
         // reader after the last); the producer only reads them as a
         // snapshot (`stats`). They pair with nothing; CONSUMED's Release
         // store (`set_position`) is what the producer relies on.
-        self.reader_word(rdr::HELD).load(Ordering::Relaxed) == ord + 1
+        let held = self.reader_word(rdr::HELD).load(Ordering::Relaxed);
+        // `ord` may come from a scribbled reader page (the last ordinal):
+        // no overflow, and no wrap to 0, "nothing held".
+        ord.checked_add(1) == Some(held)
     }
 
     /// The reader leaves sub-buffer `ord` without delivering it (found
@@ -1704,6 +1707,13 @@ impl Shared {
             && self.descriptor(slot, desc::WORD).load(Ordering::Relaxed)
                 == COMPLETE | (ord / g.n_subbufs + 1);
         let split = crate::cursor::held_split(self, len, records);
+        let h = self.head();
+        if g.pos_ordinal(h) == ord && g.pos_offset(h) != 0 {
+            // The dead producer's tail (`map_ready`): the next reader reads
+            // it as far as it is committed and counts none of its records
+            // (`records_pending` has them), as `consume_held` and `read` do.
+            return None;
+        }
         if intact {
             // The next reader delivers it from the position and counts it
             // then: only one delivered whole is left to count (consumed).

@@ -349,3 +349,56 @@ fn two_live_producers_on_one_channel_is_an_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A mapping reader that `ready` gave the dead producer's partly filled
+/// sub-buffer, gone before it consumed it (killed): its records are still
+/// committed and pending, and a reader after it reads them as `read` does.
+/// `inspect` must not count them a second time, as discarded, nor (once
+/// that reader read them) as consumed: the counters add up to what was
+/// written.
+#[test]
+fn inspect_of_a_dead_producers_tail_held_by_a_gone_mapping_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("overwrite-hang-noflush", dir.path(), 3000);
+    wait_for(&dir.path().join("written"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let path = dir.path().join("x0");
+    let adds_up = |what: &str| {
+        let s = RelayFile::inspect(&path).unwrap().stats;
+        assert_eq!(
+            s.records_consumed + s.records_pending + s.overwritten_records + s.discarded_records,
+            3000,
+            "{what}: {s:?}"
+        );
+    };
+    {
+        let mut f = RelayFile::open(&path).unwrap();
+        let mut m = f.map();
+        let tail = loop {
+            // The complete sub-buffers: consumed.
+            if let Some(sb) = m.ready().unwrap() {
+                m.consume(&sb).unwrap();
+                continue;
+            }
+            match m.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {
+                    // Once the producer is found dead, its tail is ready.
+                    if let Some(sb) = m.ready().unwrap() {
+                        break sb;
+                    }
+                }
+                Ready::Timeout => panic!("no data for 20 s"),
+                end => panic!("{end:?} before the tail"),
+            }
+        };
+        assert!(tail.records > 0 && tail.len < 4096, "{tail:?}");
+        // Gone holding it, as SIGKILL leaves it.
+    }
+    adds_up("the tail held by a gone mapping reader");
+    let mut f = RelayFile::open(&path).unwrap();
+    let (_, end) = read_to_end(&mut f);
+    assert_eq!(end, Ready::ProducerGone);
+    drop(f);
+    adds_up("the tail read by the next reader");
+}

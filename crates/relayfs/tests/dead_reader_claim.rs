@@ -338,3 +338,214 @@ fn a_bare_claim_is_never_counted_twice() {
         "{counted} of {seq}: {s:?}"
     );
 }
+
+/// A reader page scribbled with an absurd position (the last ordinal) and
+/// held sub-buffer: `inspect`, the readers and the producer's
+/// `subbufs_consumed` say the buffer is corrupt or count nothing of it, and
+/// never panic (an overflow check on `position + 1`).
+#[test]
+fn an_absurd_position_with_a_held_sub_buffer_never_panics() {
+    for mode in [Mode::Overwrite, Mode::NoOverwrite] {
+        for held in [0, 1, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let chan = Channel::builder("absurd")
+                .dir(dir.path())
+                .subbuf_size(SUBBUF)
+                .n_subbufs(N_SUBBUFS)
+                .global(true)
+                .mode(mode)
+                .open()
+                .unwrap();
+            for seq in 0..2 * PER_SUBBUF + 3 {
+                chan.write(&record(0, seq, LEN)).unwrap();
+            }
+            let g = chan.geometry();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(chan.buffer_path(0))
+                .unwrap();
+            let page = g.reader_offset;
+            put(&f, page, u64::MAX);
+            put(&f, page + HELD, held);
+            put(&f, page + HELD_LEN, u64::MAX);
+            put(&f, page + HELD_RECORDS, u64::MAX);
+            for slot in 0..N_SUBBUFS {
+                put(&f, page + CLAIMS + 8 * slot, 1);
+            }
+            let before = RelayFile::inspect(chan.buffer_path(0)).unwrap().stats;
+            assert_eq!(before.discarded_records, 0, "{mode:?} {held}: {before:?}");
+            assert_eq!(before.records_consumed, 0, "{mode:?} {held}: {before:?}");
+            let _ = chan.subbufs_consumed(0, 1);
+            let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+            let mut buf = vec![0u8; SUBBUF as usize];
+            assert!(r.read(&mut buf).is_err(), "{mode:?} {held}");
+            {
+                let mut m = r.map();
+                assert!(m.ready().is_err(), "{mode:?} {held}");
+                let _ = m.subbufs_consumed(1);
+            }
+            drop(r);
+            chan.close().unwrap();
+        }
+    }
+}
+
+/// A file whose producer predates `LEFT_TO_READER` (the word stays 0): a
+/// reader killed after its claim, the slot lapped three times. The next
+/// reader can't tell that the writer left the sub-buffer to it, so it
+/// counts nothing for it (the old behaviour: one sub-buffer uncounted),
+/// and never counts it twice.
+#[test]
+fn an_older_producer_leaves_a_twice_lapped_claim_uncounted_never_twice() {
+    const LEFT_TO_READER: u64 = 448;
+    for then in [Then::Reader, Then::Close] {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("older")
+            .dir(dir.path())
+            .subbuf_size(SUBBUF)
+            .n_subbufs(N_SUBBUFS)
+            .global(true)
+            .mode(Mode::Overwrite)
+            .open()
+            .unwrap();
+        let mut seq = 0;
+        let mut write_to = |n: u64| {
+            while seq < n {
+                chan.write(&record(0, seq, LEN)).unwrap();
+                seq += 1;
+            }
+            seq
+        };
+        write_to(PER_SUBBUF + 3);
+        let g = chan.geometry();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(chan.buffer_path(0))
+            .unwrap();
+        let page = g.reader_offset;
+        put(&f, page + HELD_LEN, PER_SUBBUF * LEN as u64);
+        put(&f, page + HELD_RECORDS, PER_SUBBUF);
+        put(&f, page + HELD, 1);
+        put(&f, page + CLAIMS, (1 << 2) | 1);
+        let offered = write_to((3 * N_SUBBUFS + 1) * PER_SUBBUF + 3);
+        assert_eq!(word(&f, LEFT_TO_READER), 1, "this producer raised it");
+        put(&f, LEFT_TO_READER, 0); // as an older producer leaves it
+        drop(f);
+        let mut delivered = BTreeSet::new();
+        let s = match then {
+            Then::Reader => {
+                let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+                chan.close().unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = r.read(&mut buf).unwrap();
+                    deliver(&mut delivered, common::parse(&buf[..n]));
+                    if n == 0 && r.poll(Some(Duration::from_millis(50))).unwrap() == Ready::Closed {
+                        break;
+                    }
+                }
+                r.stats()
+            }
+            Then::Close => {
+                chan.close().unwrap();
+                chan.total_stats()
+            }
+        };
+        let counted =
+            s.records_consumed + s.overwritten_records + s.discarded_records + s.unread_at_close;
+        assert_eq!(
+            s.records_consumed,
+            delivered.len() as u64,
+            "{then:?}: {s:?}"
+        );
+        assert_eq!(counted + PER_SUBBUF, offered, "{then:?}: {s:?}");
+    }
+}
+
+/// A mapping reader killed inside `Mapping::consume`, after it counted the
+/// sub-buffer consumed and before it moved its position past it (and
+/// cleared its held record): the next reader, or `relay_close` with none,
+/// counts the sub-buffer again (delivered again, or unread). A random
+/// SIGKILL of a mapping reader hits this window about once in a few
+/// hundred kills (`tests/claim_kill.rs`, no-overwrite, then close).
+#[test]
+#[ignore = "known, DESIGN.md \"What is left\": a reader killed between counting a sub-buffer and moving past it counts it twice"]
+fn killed_between_counting_and_moving_past_counts_once() {
+    const RECORDS_CONSUMED: u64 = 32;
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        for then in [Then::Reader, Then::Close] {
+            for held_cleared in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let chan = Channel::builder("countmove")
+                    .dir(dir.path())
+                    .subbuf_size(SUBBUF)
+                    .n_subbufs(N_SUBBUFS)
+                    .global(true)
+                    .mode(mode)
+                    .open()
+                    .unwrap();
+                let mut seq = 0;
+                while seq < PER_SUBBUF + 3 {
+                    chan.write(&record(0, seq, LEN)).unwrap();
+                    seq += 1;
+                }
+                // The mapping reader: ready() gave sub-buffer 0, it was read,
+                // and consume() counted it, then the reader was killed.
+                {
+                    let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+                    let mut m = r.map();
+                    let sb = m.ready().unwrap().unwrap();
+                    assert_eq!((sb.ordinal, sb.records), (0, PER_SUBBUF));
+                }
+                let g = chan.geometry();
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(chan.buffer_path(0))
+                    .unwrap();
+                let page = g.reader_offset;
+                assert_eq!(word(&f, page + HELD), 1);
+                put(&f, page + RECORDS_CONSUMED, PER_SUBBUF);
+                if held_cleared {
+                    put(&f, page + HELD, 0);
+                }
+                drop(f);
+                let offered = seq;
+                let mut delivered = BTreeSet::new();
+                let s = match then {
+                    Then::Reader => {
+                        let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+                        chan.close().unwrap();
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            let n = r.read(&mut buf).unwrap();
+                            for (_, s) in common::parse(&buf[..n]) {
+                                delivered.insert(s);
+                            }
+                            if n == 0
+                                && r.poll(Some(Duration::from_millis(50))).unwrap() == Ready::Closed
+                            {
+                                break;
+                            }
+                        }
+                        r.stats()
+                    }
+                    Then::Close => {
+                        chan.close().unwrap();
+                        chan.total_stats()
+                    }
+                };
+                let counted = s.records_consumed
+                    + s.overwritten_records
+                    + s.discarded_records
+                    + s.unread_at_close;
+                assert_eq!(
+                    counted, offered,
+                    "{mode:?}, then {then:?}, held cleared {held_cleared}: {s:?}"
+                );
+            }
+        }
+    }
+}
