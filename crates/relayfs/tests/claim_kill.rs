@@ -169,14 +169,7 @@ struct Run {
 
 fn run(kind: &str, mode: Mode, kills: u32, slow: bool, last_reader: bool, seed: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let chan = Channel::builder("ck")
-        .dir(dir.path())
-        .subbuf_size(SUBBUF)
-        .n_subbufs(N_SUBBUFS)
-        .global(true)
-        .mode(mode)
-        .open()
-        .unwrap();
+    let chan = common::global_channel(dir.path(), "ck", SUBBUF, N_SUBBUFS, mode);
     let path = chan.buffer_path(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut rng = Rng(seed | 1);
@@ -355,14 +348,7 @@ fn scribbled_held_words() {
         } else {
             Mode::NoOverwrite
         };
-        let chan = Channel::builder("sc")
-            .dir(dir.path())
-            .subbuf_size(SUBBUF)
-            .n_subbufs(N_SUBBUFS)
-            .global(true)
-            .mode(mode)
-            .open()
-            .unwrap();
+        let chan = common::global_channel(dir.path(), "sc", SUBBUF, N_SUBBUFS, mode);
         let mut rec = [0u8; LEN];
         let mut seq = 0u64;
         let mut write = |k: u64, seq: &mut u64| {
@@ -464,14 +450,7 @@ fn inspect_shows_what_the_next_reader_counts() {
     for round in 0..iters() * 20 {
         let kind = kinds[round as usize % kinds.len()];
         let dir = tempfile::tempdir().unwrap();
-        let chan = Channel::builder("ins")
-            .dir(dir.path())
-            .subbuf_size(SUBBUF)
-            .n_subbufs(N_SUBBUFS)
-            .global(true)
-            .mode(Mode::Overwrite)
-            .open()
-            .unwrap();
+        let chan = common::global_channel(dir.path(), "ins", SUBBUF, N_SUBBUFS, Mode::Overwrite);
         let path = chan.buffer_path(0);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let out = dir.path().join("out");
@@ -549,14 +528,8 @@ fn reset_after_killed_readers() {
     for round in 0..iters() * 4 {
         let kind = ["read", "map", "sendfile", "handoff"][round as usize % 4];
         let dir = tempfile::tempdir().unwrap();
-        let mut chan = Channel::builder("rst")
-            .dir(dir.path())
-            .subbuf_size(SUBBUF)
-            .n_subbufs(N_SUBBUFS)
-            .global(true)
-            .mode(Mode::Overwrite)
-            .open()
-            .unwrap();
+        let mut chan =
+            common::global_channel(dir.path(), "rst", SUBBUF, N_SUBBUFS, Mode::Overwrite);
         let path = chan.buffer_path(0).to_path_buf();
         let mut offered = 0;
         for phase in 0..2 {

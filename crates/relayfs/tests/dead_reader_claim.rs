@@ -75,14 +75,7 @@ fn put(f: &File, at: u64, v: u64) {
 /// showed before it came and how many records it delivered.
 fn scenario(held: u64, death: Death, laps: u64, then: Then) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let chan = Channel::builder("deadclaim")
-        .dir(dir.path())
-        .subbuf_size(SUBBUF)
-        .n_subbufs(N_SUBBUFS)
-        .global(true)
-        .mode(Mode::Overwrite)
-        .open()
-        .unwrap();
+    let chan = common::global_channel(dir.path(), "deadclaim", SUBBUF, N_SUBBUFS, Mode::Overwrite);
     let mut seq = 0;
     let mut write_to = |chan: &Channel, n: u64| {
         while seq < n {
@@ -243,48 +236,37 @@ fn check(held: u64, death: Death, laps: u64, then: Then) {
     }
 }
 
-#[test]
-fn killed_before_its_claim() {
+/// `check` of a reader killed at `death`, with and without earlier claims
+/// in the other slots, the slot lapped 0, 1 and 3 times, and a reader or
+/// `relay_close` next.
+fn check_every_case(death: Death) {
     for held in [0, N_SUBBUFS] {
         for laps in [0, 1, 3] {
             for then in [Then::Reader, Then::Close] {
-                check(held, Death::BeforeClaim, laps, then);
+                check(held, death, laps, then);
             }
         }
     }
+}
+
+#[test]
+fn killed_before_its_claim() {
+    check_every_case(Death::BeforeClaim);
 }
 
 #[test]
 fn killed_after_its_claim_before_delivering() {
-    for held in [0, N_SUBBUFS] {
-        for laps in [0, 1, 3] {
-            for then in [Then::Reader, Then::Close] {
-                check(held, Death::AfterClaim, laps, then);
-            }
-        }
-    }
+    check_every_case(Death::AfterClaim);
 }
 
 #[test]
 fn killed_after_delivering_before_counting() {
-    for held in [0, N_SUBBUFS] {
-        for laps in [0, 1, 3] {
-            for then in [Then::Reader, Then::Close] {
-                check(held, Death::AfterDelivery, laps, then);
-            }
-        }
-    }
+    check_every_case(Death::AfterDelivery);
 }
 
 #[test]
 fn killed_after_delivering_part() {
-    for held in [0, N_SUBBUFS] {
-        for laps in [0, 1, 3] {
-            for then in [Then::Reader, Then::Close] {
-                check(held, Death::AfterPart, laps, then);
-            }
-        }
-    }
+    check_every_case(Death::AfterPart);
 }
 
 /// The claim word alone, as a reader that records no held sub-buffer
@@ -293,14 +275,7 @@ fn killed_after_delivering_part() {
 #[test]
 fn a_bare_claim_is_never_counted_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let chan = Channel::builder("bareclaim")
-        .dir(dir.path())
-        .subbuf_size(SUBBUF)
-        .n_subbufs(N_SUBBUFS)
-        .global(true)
-        .mode(Mode::Overwrite)
-        .open()
-        .unwrap();
+    let chan = common::global_channel(dir.path(), "bareclaim", SUBBUF, N_SUBBUFS, Mode::Overwrite);
     let mut seq = 0;
     while seq < PER_SUBBUF + 3 {
         chan.write(&record(0, seq, LEN)).unwrap();
@@ -348,14 +323,7 @@ fn an_absurd_position_with_a_held_sub_buffer_never_panics() {
     for mode in [Mode::Overwrite, Mode::NoOverwrite] {
         for held in [0, 1, u64::MAX] {
             let dir = tempfile::tempdir().unwrap();
-            let chan = Channel::builder("absurd")
-                .dir(dir.path())
-                .subbuf_size(SUBBUF)
-                .n_subbufs(N_SUBBUFS)
-                .global(true)
-                .mode(mode)
-                .open()
-                .unwrap();
+            let chan = common::global_channel(dir.path(), "absurd", SUBBUF, N_SUBBUFS, mode);
             for seq in 0..2 * PER_SUBBUF + 3 {
                 chan.write(&record(0, seq, LEN)).unwrap();
             }
@@ -401,14 +369,7 @@ fn an_older_producer_leaves_a_twice_lapped_claim_uncounted_never_twice() {
     const LEFT_TO_READER: u64 = 448;
     for then in [Then::Reader, Then::Close] {
         let dir = tempfile::tempdir().unwrap();
-        let chan = Channel::builder("older")
-            .dir(dir.path())
-            .subbuf_size(SUBBUF)
-            .n_subbufs(N_SUBBUFS)
-            .global(true)
-            .mode(Mode::Overwrite)
-            .open()
-            .unwrap();
+        let chan = common::global_channel(dir.path(), "older", SUBBUF, N_SUBBUFS, Mode::Overwrite);
         let mut seq = 0;
         let mut write_to = |n: u64| {
             while seq < n {
@@ -478,14 +439,7 @@ fn killed_between_counting_and_moving_past_counts_once() {
         for then in [Then::Reader, Then::Close] {
             for held_cleared in [false, true] {
                 let dir = tempfile::tempdir().unwrap();
-                let chan = Channel::builder("countmove")
-                    .dir(dir.path())
-                    .subbuf_size(SUBBUF)
-                    .n_subbufs(N_SUBBUFS)
-                    .global(true)
-                    .mode(mode)
-                    .open()
-                    .unwrap();
+                let chan = common::global_channel(dir.path(), "countmove", SUBBUF, N_SUBBUFS, mode);
                 let mut seq = 0;
                 while seq < PER_SUBBUF + 3 {
                     chan.write(&record(0, seq, LEN)).unwrap();

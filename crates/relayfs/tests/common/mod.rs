@@ -122,3 +122,22 @@ pub fn gather(
     }
     (seen, stats.iter().sum())
 }
+
+/// A channel of one global buffer of `n_subbufs` sub-buffers of `subbuf`
+/// bytes in `mode`, named `name`, under `dir`.
+pub fn global_channel(
+    dir: &std::path::Path,
+    name: &str,
+    subbuf: u64,
+    n_subbufs: u64,
+    mode: relayfs::Mode,
+) -> relayfs::Channel {
+    relayfs::Channel::builder(name)
+        .dir(dir)
+        .subbuf_size(subbuf)
+        .n_subbufs(n_subbufs)
+        .global(true)
+        .mode(mode)
+        .open()
+        .unwrap()
+}
