@@ -6,10 +6,11 @@
 # write and reserve+commit with and without restartable sequences), and
 # this tree's / REV's ratio per case.
 #
-#     scripts/write_before_after.sh REV [PAIRS]      (default 3)
+#     scripts/write_before_after.sh REV [PAIRS] [SIZE]      (defaults 3, 64)
 set -euo pipefail
-rev="${1:?usage: $0 REV [PAIRS]}"
+rev="${1:?usage: $0 REV [PAIRS] [SIZE]}"
 pairs="${2:-3}"
+size="${3:-64}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 cleanup() {
@@ -25,16 +26,16 @@ cp "$target/before-after/release/examples/rseq_cost" "$work/before"
 cp "$target/release/examples/rseq_cost" "$work/after"
 for i in $(seq "$pairs"); do
     for which in before after; do
-        "$work/$which" | grep -v " / " | sed -n 's/^  \([A-Za-z+ ]*[A-Za-z]\) *\([0-9.]*\) .*/\1\t\2/p' | sed "s/^/$which\t/" >> "$work/results"
+        "$work/$which" "$size" | grep -v " / " | sed -n 's/^  \([A-Za-z+ ]*[A-Za-z]\) *\([0-9.]*\) .*/\1\t\2/p' | sed "s/^/$which\t/" >> "$work/results"
     done
 done
-python3 - "$work/results" "$rev" <<'PY'
+python3 - "$work/results" "$rev" "$size" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 res = {}
 for which, case, ns in rows:
     res.setdefault(case, {}).setdefault(which, []).append(float(ns))
-print(f"{'case (64 B)':16s} {sys.argv[2][:10]:>10s} {'this tree':>10s} {'ratio':>7s}")
+print(f"{'case (' + sys.argv[3] + ' B)':16s} {sys.argv[2][:10]:>10s} {'this tree':>10s} {'ratio':>7s}")
 for case, v in res.items():
     b, a = statistics.median(v["before"]), statistics.median(v["after"])
     print(f"{case:16s} {b:10.2f} {a:10.2f} {a / b:7.2f}")
