@@ -10,7 +10,13 @@ the median `write` time. cpu-clock samples land on the instruction waiting
 to retire, so a part's share is where the pipeline waited, not a count of
 its instructions; the listing it prints (`--listing`) has both.
 
-    python3 scripts/write_account.py [--rounds N] [--records N] [--listing]
+With `--with-reader` the `write` loop is `write-reader`: no-overwrite mode,
+with a reader thread draining the buffer from another CPU as the benchmark's
+does. Only the writer thread's samples are counted, and the time it spends
+outside the loop (the sub-buffer switch, the reader's wakeup, the kernel)
+is listed by function.
+
+    python3 scripts/write_account.py [--rounds N] [--records N] [--listing] [--with-reader]
 """
 
 import argparse
@@ -58,6 +64,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--records", type=int, default=200_000_000)
     ap.add_argument("--listing", action="store_true", help="print the annotated instructions")
+    ap.add_argument("--with-reader", action="store_true",
+                    help="profile write-reader: a reader draining from another CPU")
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     meta = json.loads(sh(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=root))
@@ -65,19 +73,29 @@ def main():
                    cwd=root, check=True)
     exe = os.path.join(meta["target_directory"], "release", "examples", "write_loop")
 
+    loop_name = "write-reader" if a.with_reader else "write"
     times = {"floor": [], "write": []}
     for _ in range(a.rounds):
         for what in ("floor", "write"):
-            out = sh([exe, what, "64", str(a.records)])
+            out = sh([exe, loop_name if what == "write" else what, "64", str(a.records)])
             times[what].append(float(re.search(r"([0-9.]+) ns", out).group(1)))
+            if "refused" in out:
+                print(out.splitlines()[0], file=sys.stderr)
     floor = statistics.median(times["floor"])
     write = statistics.median(times["write"])
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
         sh(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-o", data, "--",
-            exe, "write", "64", str(a.records)])
-        report = sh(["perf", "report", "-i", data, "--stdio", "--sort", "dso,sym"])
+            exe, loop_name, "64", str(a.records)])
+        # The writer thread only (the reader thread is called `drain`).
+        report = sh(["perf", "report", "-i", data, "--stdio", "--sort", "dso,sym",
+                     "--comms", "write_loop"])
+        outside = []
+        for line in report.splitlines():
+            m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[([.k])\]\s+(.*\S)", line)
+            if m and not m.group(4).startswith("write_loop::main") and "memmove" not in m.group(4):
+                outside.append((float(m.group(1)), m.group(4)))
         rows = []
         for line in report.splitlines():
             m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[\.\]\s+(.*\S)", line)
@@ -112,6 +130,10 @@ def main():
     for part, s in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f"{part:42s} {100 * s / total:7.1f}% {write * s / total:6.2f} {counts[part]:10d}")
     print(f"(samples outside the loop and libc's copy, dropped: {100 - total:.1f}%)")
+    if a.with_reader:
+        print("the writer thread outside the loop (share of its samples):")
+        for pct, sym in outside[:15]:
+            print(f"  {pct:6.2f}%  {sym}")
     if a.listing:
         print("\n".join(listing))
 
