@@ -564,7 +564,9 @@ impl RelayFile {
     /// After [`Ready::ProducerGone`]: what had to be given up in the
     /// sub-buffer the producer was writing when it died, because a
     /// reservation in it was never committed and record boundaries can't be
-    /// told apart: `(bytes, committed records)`. `None` if nothing was.
+    /// told apart: `(bytes, committed records)`, the records less those
+    /// counted already (delivered before the reservation and counted
+    /// consumed, or lost in a hand-off). `None` if nothing was.
     pub fn abandoned(&self) -> Option<(u64, u64)> {
         if self.producer_alive() || self.is_closed() {
             return None;
@@ -922,8 +924,9 @@ impl Mapping<'_> {
     /// counted by their writers. After [`poll`](Self::poll) found the
     /// producer dead, the partly written sub-buffer it left is returned too
     /// (`len` up to the last committed record; `records` committed in it,
-    /// which stay in `records_pending` when consumed, as with `read`),
-    /// unless `read` already took some of it.
+    /// counted consumed by [`consume`](Self::consume), as `read` counts
+    /// them: they stay in `records_pending` too, as nothing completes the
+    /// sub-buffer), unless `read` already took some of it.
     ///
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
