@@ -644,10 +644,9 @@ impl Cursor {
     }
 
     /// Bytes and committed records left in an incomplete sub-buffer at the
-    /// reader's position (see `Shared::abandoned`).
-    /// Records counted already (consumed as a dead producer's tail, or
-    /// discarded by a lost hand-off: `rdr::SUB_RECORDS`'s debt) are not
-    /// given up.
+    /// reader's position (see `Shared::abandoned`), less the records of it
+    /// counted already (consumed as a dead producer's tail, or discarded by
+    /// a lost hand-off: `rdr::SUB_RECORDS`'s debt).
     pub(crate) fn abandoned(&self, s: &Shared) -> Option<(u64, u64)> {
         // SYNC POINT: Relaxed, the reader's own word (as in `advance`).
         let debt = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed) & M31;

@@ -286,7 +286,10 @@ fn a_failed_handoff_of_the_tail_is_lost_and_the_rest_consumed() {
     let lost = failed.expect("a hand-off of the tail").records.unwrap();
     assert!(lost > 0);
     p.kill();
-    assert_eq!(f.poll(Some(Duration::from_secs(20))).unwrap(), Ready::ProducerGone);
+    assert_eq!(
+        f.poll(Some(Duration::from_secs(20))).unwrap(),
+        Ready::ProducerGone
+    );
     let got = parse(&out).len() as u64;
     let s = f.stats();
     assert_eq!(got + lost, 300);
@@ -337,7 +340,10 @@ fn tail_read_then_mapping_poll_after_producer_killed() {
     {
         let mut m = f.map();
         assert!(m.ready().unwrap().is_none());
-        assert_eq!(m.poll(Some(Duration::from_secs(20))).unwrap(), Ready::ProducerGone);
+        assert_eq!(
+            m.poll(Some(Duration::from_secs(20))).unwrap(),
+            Ready::ProducerGone
+        );
         assert!(m.ready().unwrap().is_none());
     }
     assert_eq!(delivered(&out), 300);
@@ -385,7 +391,10 @@ fn second_reader_after_the_count_counts_nothing_again() {
         read_to_end(&mut f, &mut out);
         adds_up(&f, 300, 300);
     }
-    assert_eq!(RelayFile::inspect(p.path()).unwrap().stats.records_consumed, 300);
+    assert_eq!(
+        RelayFile::inspect(p.path()).unwrap().stats.records_consumed,
+        300
+    );
     let mut f = RelayFile::open(p.path()).unwrap();
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
