@@ -473,3 +473,46 @@ fn tail_read_then_killed_reserving_at_once() {
     assert_eq!(f.abandoned(), Some((24, 0)));
     adds_up(&f, 300, 300);
 }
+
+/// A reader gone with a hand-off of the tail in flight (dropped between
+/// consuming and `handoff_done`, as a kill leaves it), then the producer
+/// killed: `inspect` shows what the next reader counts, the hand-off lost
+/// and the rest of the tail consumed, and the next reader counts that.
+#[test]
+fn a_handoff_of_the_tail_left_in_flight_then_producer_killed() {
+    let mut p = Producer::start(300, 0, false);
+    let mut out = Vec::new();
+    let in_flight = {
+        let mut f = RelayFile::open(p.path()).unwrap();
+        p.wait("phase1");
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let past = f.stats().subbufs_consumed;
+            let h = f.read_handoff(&mut buf).unwrap();
+            assert!(h.bytes > 0, "the tail comes as a hand-off");
+            if past == 2 {
+                // Two complete sub-buffers went before: this is the tail.
+                break h;
+            }
+            out.extend_from_slice(&buf[..h.bytes]);
+            f.handoff_done();
+        }
+    };
+    let got = delivered(&out);
+    let lost = in_flight.records.unwrap();
+    assert_eq!(got + lost, 300);
+    p.kill();
+    let seen = RelayFile::inspect(p.path()).unwrap().stats;
+    assert_eq!(seen.records_consumed, got, "{seen:?}");
+    assert_eq!(seen.discarded_records, lost, "{seen:?}");
+    let mut f = RelayFile::open(p.path()).unwrap();
+    assert_eq!(f.lost_handoff().and_then(|l| l.records), Some(lost));
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty(), "nothing delivered twice");
+    let s = f.stats();
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert_eq!(s.discarded_records, lost, "{s:?}");
+    assert_eq!(s.bytes_consumed, seen.bytes_consumed, "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), 300, "{s:?}");
+}
