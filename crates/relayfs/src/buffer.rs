@@ -271,8 +271,9 @@ pub(crate) enum Avail {
     /// The sub-buffer is complete: bytes `[0, end)` hold data.
     Complete { end: u64, records: u64 },
     /// No-overwrite mode, the sub-buffer is still being written, and every
-    /// reservation up to `end` is committed.
-    Partial { end: u64 },
+    /// reservation up to `end` is committed: `records` of them (the commit
+    /// word's count when its bytes were `end`, so exactly those below it).
+    Partial { end: u64, records: u64 },
     /// Overwrite mode: the sub-buffer was reused before the reader got to it;
     /// resume at `next`.
     Lapped { next: u64 },
@@ -1446,6 +1447,7 @@ impl Shared {
         if h1 == h2 && w & COMPLETE == 0 && w & BYTES_MASK == g.pos_offset(h1) {
             Ok(Avail::Partial {
                 end: g.pos_offset(h1),
+                records: (w >> 32) & RECORDS_MASK,
             })
         } else {
             Ok(Avail::Nothing)
@@ -1473,6 +1475,21 @@ impl Shared {
             self.geometry.pos_offset(h).saturating_sub(from),
             (w >> 32) & RECORDS_MASK,
         ))
+    }
+
+    /// The commit word of the open sub-buffer `ord`: its committed bytes
+    /// and records. `None` if `ord` is not the open sub-buffer.
+    pub(crate) fn open_commit(&self, ord: u64) -> Option<(u64, u64)> {
+        let h = self.head();
+        if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
+            return None;
+        }
+        // SYNC POINT: Acquire, as the word load of the partial read in
+        // `available` (only counts are used here).
+        let w = self
+            .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
+            .load(Ordering::Acquire);
+        (w & COMPLETE == 0).then_some((w & BYTES_MASK, (w >> 32) & RECORDS_MASK))
     }
 
     /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
@@ -1613,8 +1630,7 @@ impl Shared {
             // an earlier reader of this file (possibly another process).
             let ord = self.reader_word(rdr::CONSUMED).load(Ordering::Acquire);
             match self.available(ord, writers_gone)? {
-                Avail::Partial { end } if writers_gone && self.read_pos() == 0 => {
-                    let records = self.abandoned(ord, 0).map_or(0, |a| a.1);
+                Avail::Partial { end, records } if writers_gone && self.read_pos() == 0 => {
                     if !self.claim_held(ord, end, records) {
                         return Err(crate::FormatError::Corrupt(
                             "sub-buffer being written is claimed as overwritten",
@@ -1710,8 +1726,9 @@ impl Shared {
         let h = self.head();
         if g.pos_ordinal(h) == ord && g.pos_offset(h) != 0 {
             // The dead producer's tail (`map_ready`): the next reader reads
-            // it as far as it is committed and counts none of its records
-            // (`records_pending` has them), as `consume_held` and `read` do.
+            // it from the position as far as it is committed, and counts its
+            // records once it has read it all (`cursor::count_dead_tail`,
+            // which `inspect` shows through `cursor::dead_tail`).
             return None;
         }
         if intact {
@@ -1756,15 +1773,17 @@ impl Shared {
         let h = self.head();
         if self.geometry.pos_ordinal(h) == ord && self.geometry.pos_offset(h) != 0 {
             // A dead producer's tail (`map_ready`): the position stays in it,
-            // at its end, as `read` leaves it. Its records are not counted as
-            // consumed (they were never completed: `records_pending` has
-            // them), as `read` doesn't either.
+            // at its end, as `read` leaves it, and its records are counted
+            // consumed as `read`'s are there (`cursor::count_dead_tail`: the
+            // commit word says how many its bytes hold; they stay in
+            // `records_pending` too, as nothing completes the sub-buffer).
             let end = self.reader_word(rdr::HELD_LEN).load(Ordering::Relaxed);
             self.reader_word(rdr::BYTES_CONSUMED)
                 .fetch_add(end.saturating_sub(self.read_pos()), Ordering::Relaxed);
             self.reader_word(rdr::READ_POS)
                 .store(end, Ordering::Relaxed);
             self.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+            crate::cursor::count_dead_tail(self);
             return Some(true);
         }
         // No-overwrite mode: nothing reuses the slot before we consume it.

@@ -92,6 +92,10 @@ pub(crate) struct Cursor {
     /// The current sub-buffer is complete: its end and record count, so that
     /// consuming its last byte moves on at once.
     complete: Option<(u64, u64)>,
+    /// The current sub-buffer is being written, and was readable up to this
+    /// end, holding this many records: reading up to there records the
+    /// count before the position (`rdr::SUB_RECORDS`).
+    partial: Option<(u64, u64)>,
     /// The producer is dead: nothing changes any more.
     writers_gone: bool,
     /// Leave the sub-buffer being written alone: read complete ones only.
@@ -135,17 +139,6 @@ impl Cursor {
         // SYNC POINT: Relaxed, the reader's own word (as in `advance`).
         let w = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
         (w & SUB_KNOWN != 0).then_some((w >> 32) & M31)
-    }
-
-    /// Records in `[0, end)` of the sub-buffer being written, `end` being
-    /// where `available` found every reservation committed: the commit
-    /// word's count, if nothing was reserved since (then no commit came
-    /// either, and the count is that of those bytes).
-    fn partial_records(&self, s: &Shared, end: u64) -> Option<u64> {
-        match s.abandoned(self.ord, 0) {
-            Some((reserved, records)) if reserved == end => Some(records),
-            _ => None,
-        }
     }
 
     /// One consuming read of at most one sub-buffer's readable run, for a
@@ -216,9 +209,9 @@ impl Cursor {
             } else {
                 match chunk {
                     Chunk::Bounce { .. } => Some(self.bounce_records),
-                    Chunk::Direct { .. } => match self.complete {
-                        Some((e, r)) if e == end => Some(r),
-                        _ => self.partial_records(s, end),
+                    Chunk::Direct { .. } => match (self.complete, self.partial) {
+                        (Some((e, r)), _) | (None, Some((e, r))) if e == end => Some(r),
+                        _ => None,
                     },
                 }
             };
@@ -493,6 +486,89 @@ pub(crate) fn held_split(s: &Shared, len: u64, records: u64) -> HeldSplit {
     }
 }
 
+/// What a reader has delivered of the sub-buffer a dead producer was
+/// writing, at the position the reader page records, and not counted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadTail {
+    /// Records delivered and not counted yet: to be counted consumed.
+    pub(crate) consumed: u64,
+    /// Records of a hand-off left in flight in it (its mark known and not
+    /// counted), which the next reader counts discarded first
+    /// (`settle_handoff`), and its bytes.
+    pub(crate) in_flight: Option<(u64, u64)>,
+}
+
+/// The sub-buffer at the reader's position is the one a dead producer was
+/// writing (the caller knows it is dead): nothing will complete it, so the
+/// records the reader delivered of it are counted consumed here, not at its
+/// completion. How many: all the commit word counts if the position is at
+/// its committed bytes (every reservation below the position was committed
+/// when it was read, and the bytes say nothing was committed beyond), else
+/// the count before the position if a read recorded it (`SUB_RECORDS`:
+/// read up to where every reservation was committed, then the producer
+/// reserved more and died holding a reservation), else none (they stay in
+/// `abandoned`: counted twice, in the output and there, rather than not at
+/// all). The records counted go into `SUB_RECORDS`'s debt, the records of
+/// this sub-buffer counted already (a lost hand-off's are in it too), so
+/// that a second call, a later reader, or the sub-buffer's count if it were
+/// ever completed, counts none of them again. Returns the records counted.
+pub(crate) fn count_dead_tail(s: &Shared) -> u64 {
+    // SYNC POINT: Relaxed, all of these: the reader's own words (as in
+    // `settle_handoff`).
+    if s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed) & HO_IN_FLIGHT != 0 {
+        // A hand-off not handed on yet: `handoff_done` or `handoff_failed`
+        // first (the next reader settles it, then counts).
+        return 0;
+    }
+    let Some(t) = dead_tail(s) else {
+        return 0;
+    };
+    if t.consumed > 0 {
+        s.reader_word(rdr::RECORDS_CONSUMED)
+            .fetch_add(t.consumed, Ordering::Relaxed);
+        let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+        let debt = ((sub & M31) + t.consumed).min(M31);
+        s.reader_word(rdr::SUB_RECORDS)
+            .store((sub & !M31) | debt, Ordering::Relaxed);
+    }
+    t.consumed
+}
+
+/// What `count_dead_tail` would count, after `settle_handoff`, for a look
+/// at a buffer no reader holds and whose producer is dead
+/// (`RelayFile::inspect`). `None` if the position is not in the dead
+/// producer's sub-buffer, or nothing of it is known delivered.
+pub(crate) fn dead_tail(s: &Shared) -> Option<DeadTail> {
+    // SYNC POINT: Relaxed, all of these: the reader's own words, or a
+    // snapshot of them (`inspect`).
+    let ord = s.reader_word(rdr::CONSUMED).load(Ordering::Relaxed);
+    let pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
+    if pos == 0 {
+        return None;
+    }
+    let (bytes, records) = s.open_commit(ord)?;
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    let before = if bytes == pos {
+        records
+    } else if sub & SUB_KNOWN != 0 {
+        ((sub >> 32) & M31).min(records)
+    } else {
+        return None;
+    };
+    let mark = s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed);
+    let in_flight = (mark & HO_IN_FLIGHT != 0
+        && mark & HO_KNOWN != 0
+        && mark & HO_COUNTED == 0
+        && plausible_mark(s, mark))
+    .then_some(((mark >> 30) & M30, mark & M30));
+    // No more than a sub-buffer holds, however the word was scribbled.
+    let debt = ((sub & M31) + in_flight.map_or(0, |f| f.0)).min(s.geometry().subbuf_size);
+    Some(DeadTail {
+        consumed: before.saturating_sub(debt),
+        in_flight,
+    })
+}
+
 pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
     // SYNC POINT: Relaxed, all of these: the reader's own words (as in
     // `settle_handoff`).
@@ -552,6 +628,7 @@ impl Cursor {
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
+        self.partial = None;
     }
 
     /// Tells the cursor the producer is dead, so that the sub-buffer it was
@@ -567,9 +644,14 @@ impl Cursor {
     }
 
     /// Bytes and committed records left in an incomplete sub-buffer at the
-    /// reader's position (see `Shared::abandoned`).
+    /// reader's position (see `Shared::abandoned`), less the records of it
+    /// counted already (consumed as a dead producer's tail, or discarded by
+    /// a lost hand-off: `rdr::SUB_RECORDS`'s debt).
     pub(crate) fn abandoned(&self, s: &Shared) -> Option<(u64, u64)> {
+        // SYNC POINT: Relaxed, the reader's own word (as in `advance`).
+        let debt = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed) & M31;
         s.abandoned(self.ord, self.pos)
+            .map(|(bytes, records)| (bytes, records.saturating_sub(debt)))
     }
 
     /// Ordinal of the sub-buffer the cursor is on.
@@ -625,6 +707,7 @@ impl Cursor {
         self.claimed = false;
         self.bounce_full = false;
         self.complete = None;
+        self.partial = None;
         // Whatever a mapping reader held here is settled: delivered or
         // discarded by us, or counted by its writer.
         s.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
@@ -659,7 +742,14 @@ impl Cursor {
             }
             let slot = self.ord % g.n_subbufs;
             match s.available(self.ord, self.writers_gone)? {
-                Avail::Nothing => return Ok(None),
+                Avail::Nothing => {
+                    if self.writers_gone {
+                        // Behind a reservation the dead producer never
+                        // committed: what was read of it before is counted.
+                        count_dead_tail(s);
+                    }
+                    return Ok(None);
+                }
                 Avail::Lapped { next } => {
                     if next <= self.ord {
                         return Err(FormatError::Corrupt(
@@ -678,8 +768,10 @@ impl Cursor {
                     self.claimed = false;
                     self.bounce_full = false;
                     self.complete = None;
+                    self.partial = None;
                 }
                 Avail::Complete { end, records } => {
+                    self.partial = None;
                     if !self.claimed {
                         // Held before claimed: a reader killed from here on
                         // leaves the next one what it needs to count this
@@ -726,12 +818,13 @@ impl Cursor {
                         end,
                     }));
                 }
-                Avail::Partial { end } => {
+                Avail::Partial { end, records } => {
                     // A dead producer's tail is read regardless: nothing
                     // will complete it.
                     if self.complete_only && !self.writers_gone {
                         return Ok(None);
                     }
+                    self.partial = Some((end, records));
                     if !self.claimed {
                         if !s.claim_for_read(self.ord) {
                             return Err(FormatError::Corrupt(
@@ -741,6 +834,12 @@ impl Cursor {
                         self.claimed = true;
                     }
                     if self.pos >= end {
+                        if self.writers_gone {
+                            // All of the dead producer's tail was read:
+                            // nothing will complete it, so its records are
+                            // counted now.
+                            count_dead_tail(s);
+                        }
                         return Ok(None);
                     }
                     return Ok(Some(Chunk::Direct {
@@ -769,6 +868,19 @@ impl Cursor {
             .fetch_add(n, Ordering::Relaxed);
         s.reader_word(rdr::READ_POS)
             .store(self.pos, Ordering::Relaxed);
+        if let Some((end, records)) = self.partial {
+            if self.pos == end {
+                // Read up to where every reservation was committed: the
+                // records before the position are known, which counts them
+                // if the producer dies before the sub-buffer completes
+                // (`count_dead_tail`). SYNC POINT: Relaxed, the reader's
+                // own word, as above.
+                s.reader_word(rdr::SUB_RECORDS).store(
+                    SUB_KNOWN | (records.min(M31) << 32) | (sub & M31),
+                    Ordering::Relaxed,
+                );
+            }
+        }
         // Hand a finished sub-buffer back at once.
         if self.bounce_full && self.pos >= self.bounce_len {
             let n = self.bounce_records;

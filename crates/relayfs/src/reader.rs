@@ -184,6 +184,10 @@ impl RelayFile {
         let reader_attached = shm::byte_locked(&file, shm::READER_LOCK_BYTE)
             .map_err(|e| ReadError::io("lock", path, e))?;
         let mut stats = snapshot(s);
+        // SYNC POINT: Acquire pairs with the Release store in relay_close.
+        let closed = s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED;
+        let producer_alive = shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
+            .map_err(|e| ReadError::io("lock", path, e))?;
         if !reader_attached {
             // Left by a reader that died handing them on: lost, as the next
             // reader will count them (`read_handoff`).
@@ -201,14 +205,25 @@ impl RelayFile {
                     stats.discarded_subbufs += 1;
                 }
             }
+            // What a reader read of a dead producer's tail: counted
+            // consumed by the next reader, which finds the producer gone
+            // (`cursor::count_dead_tail`), after a hand-off left in flight
+            // in it is counted lost (`settle_handoff`).
+            if !producer_alive && !closed {
+                if let Some(t) = cursor::dead_tail(s) {
+                    stats.records_consumed += t.consumed;
+                    if let Some((records, bytes)) = t.in_flight {
+                        stats.discarded_records += records;
+                        stats.bytes_consumed = stats.bytes_consumed.saturating_sub(bytes);
+                    }
+                }
+            }
         }
         Ok(BufferStatus {
             header,
             stats,
-            // SYNC POINT: Acquire pairs with the Release store in relay_close.
-            closed: s.header_word(hdr::STATE).load(Ordering::Acquire) == STATE_CLOSED,
-            producer_alive: shm::byte_locked(&file, shm::PRODUCER_LOCK_BYTE)
-                .map_err(|e| ReadError::io("lock", path, e))?,
+            closed,
+            producer_alive,
             reader_attached,
             reader_pid: s.reader_word(rdr::READER_PID).load(Ordering::Relaxed),
         })
@@ -549,7 +564,9 @@ impl RelayFile {
     /// After [`Ready::ProducerGone`]: what had to be given up in the
     /// sub-buffer the producer was writing when it died, because a
     /// reservation in it was never committed and record boundaries can't be
-    /// told apart: `(bytes, committed records)`. `None` if nothing was.
+    /// told apart: `(bytes, committed records)`, the records less those
+    /// counted already (delivered before the reservation and counted
+    /// consumed, or lost in a hand-off). `None` if nothing was.
     pub fn abandoned(&self) -> Option<(u64, u64)> {
         if self.producer_alive() || self.is_closed() {
             return None;
@@ -662,6 +679,10 @@ impl RelayFile {
         // way round, a producer that fills the buffer and closes between
         // the two looks would have its last sub-buffers taken for nothing.)
         let ended = self.is_closed() || !self.producer_alive();
+        if ended && !self.is_closed() {
+            // Its tail is readable, and counted once read (`poll`).
+            self.cur.set_writers_gone();
+        }
         let only = std::mem::replace(&mut self.cur.complete_only, false);
         let more = self.next_chunk();
         self.cur.complete_only = only;
@@ -727,6 +748,10 @@ impl RelayFile {
             if look {
                 if !self.producer_alive() {
                     self.cur.set_writers_gone();
+                    // What was read of its tail before it died, by this
+                    // reader or one before, is counted now (a mapping
+                    // reader's `ready` never gets to it again).
+                    cursor::count_dead_tail(self.shared());
                     return Ok(if ready(self)? {
                         Ready::Readable
                     } else {
@@ -899,8 +924,9 @@ impl Mapping<'_> {
     /// counted by their writers. After [`poll`](Self::poll) found the
     /// producer dead, the partly written sub-buffer it left is returned too
     /// (`len` up to the last committed record; `records` committed in it,
-    /// which stay in `records_pending` when consumed, as with `read`),
-    /// unless `read` already took some of it.
+    /// counted consumed by [`consume`](Self::consume), as `read` counts
+    /// them: they stay in `records_pending` too, as nothing completes the
+    /// sub-buffer), unless `read` already took some of it.
     ///
     /// # Errors
     /// [`ReadError::Format`] if the shared state is corrupt.
@@ -1282,7 +1308,7 @@ impl RelayFile {
                 }
                 // A dead producer's tail: nothing will complete it.
                 match s.available(seq, true).map_err(fmt)? {
-                    Avail::Partial { end } => (end, s.abandoned(seq, 0).map_or(0, |a| a.1), true),
+                    Avail::Partial { end, records } => (end, records, true),
                     _ => return Ok(None),
                 }
             }

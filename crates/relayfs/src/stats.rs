@@ -12,7 +12,11 @@ use std::ops::AddAssign;
 /// `unread_at_close`; and every record ever offered to `write`/`reserve` is
 /// in `records_written()`, `dropped_full`, `dropped_toobig`,
 /// `dropped_corrupt` or `dropped_closed`. So
-/// `records_consumed + lost()` is every record offered. While writers are
+/// `records_consumed + lost()` is every record offered. A producer that
+/// died instead leaves its last sub-buffer incomplete: once a reader has
+/// read it, `records_consumed + lost()` plus what
+/// [`RelayFile::abandoned`](crate::RelayFile::abandoned) gave up behind an
+/// uncommitted reservation is every record offered. While writers are
 /// active, the counters are a moment's snapshot of each, not of all. A buffer
 /// whose descriptors were overwritten from outside (`corrupt != 0`) keeps
 /// every refusal counted, but the record counts of its damaged sub-buffers
@@ -33,7 +37,9 @@ pub struct BufferStats {
     pub subbufs_completed: u64,
     /// Sub-buffers consumed by the reader (`subbufs_consumed`).
     pub subbufs_consumed: u64,
-    /// Records in the sub-buffers the reader consumed.
+    /// Records in the sub-buffers the reader consumed, and those it
+    /// delivered of the partly filled one a dead producer left (which stay
+    /// in `records_pending` too: nothing completes that sub-buffer).
     pub records_consumed: u64,
     /// Bytes the reader consumed (header reserves included).
     pub bytes_consumed: u64,
