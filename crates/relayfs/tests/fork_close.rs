@@ -502,12 +502,13 @@ impl relayfs::Callbacks for SlowChildSwitch {
 }
 
 /// A child's switch that began before the parent closed (and so passed the
-/// check of the shared state) and ends after the parent counted what was
-/// left: close waits for the switches in flight (`opening`), but only for
-/// its own process's, and the child's record stays pending in a sub-buffer
-/// nobody will complete or count.
+/// closed checks) and ends after the parent counted what was left: it used
+/// to open a sub-buffer and have its record accepted, staying pending in a
+/// sub-buffer nobody would complete or count, because close waited only for
+/// its own process's switches in flight. Now they are counted in the
+/// buffer's header, and close either waits for the child's switch or the
+/// switch is refused.
 #[test]
-#[ignore = "defect: close does not see a forked child's sub-buffer switch in flight (`opening` is process-local); the child's record is accepted, never read and never counted"]
 fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
     TEST_PID.store(std::process::id(), Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
@@ -685,4 +686,161 @@ fn a_channel_opened_in_a_forked_child_is_closed_by_that_child() {
     let (ok, _) = write_n(&parents, 0, 10);
     let s = parents.close().unwrap();
     assert_eq!(s.records_written(), ok);
+}
+
+/// The write end of a pipe through which a forked child, stopped in its
+/// switch, reports what it wrote so far (for the test below only).
+static STUCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// In a forked child: its records accepted and refused as full so far, and
+/// the sub-buffer switches it began.
+static CHILD_OK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CHILD_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CHILD_SWITCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The switch (1-based) at which a forked child stops for good.
+const STUCK_AT: u64 = 3;
+
+/// Callbacks whose `subbuf_start` in a forked child lets `STUCK_AT - 1`
+/// switches through and stops in the next one for good, after reporting
+/// through `STUCK_FD` (accepted, refused) of the writes before it: the
+/// write in flight is neither, and the parent kills the child there.
+struct StuckChildSwitch;
+
+impl relayfs::Callbacks for StuckChildSwitch {
+    fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
+        if std::process::id() != TEST_PID.load(Ordering::Relaxed)
+            && CHILD_SWITCHES.fetch_add(1, Ordering::Relaxed) + 1 == STUCK_AT
+        {
+            let mut msg = [0u8; 16];
+            msg[..8].copy_from_slice(&CHILD_OK.load(Ordering::Relaxed).to_le_bytes());
+            msg[8..].copy_from_slice(&CHILD_FULL.load(Ordering::Relaxed).to_le_bytes());
+            let fd = STUCK_FD.load(Ordering::Relaxed);
+            // SAFETY: writes a local buffer of its own length to our pipe.
+            unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        !info.full
+    }
+}
+
+/// A forked child killed (`SIGKILL`) in the middle of a sub-buffer switch
+/// never ends it: the parent's close must not wait for it for ever, and
+/// every record any process was told was accepted must still be delivered
+/// or counted. The child is killed before the parent closes, or while
+/// close waits for its switch; with and without a reader attached.
+#[test]
+fn a_forked_child_killed_in_its_switch_does_not_hang_the_parents_close() {
+    TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    for with_reader in [false, true] {
+        for kill_during_close in [false, true] {
+            killed_in_switch(with_reader, kill_during_close);
+        }
+    }
+}
+
+fn killed_in_switch(with_reader: bool, kill_during_close: bool) {
+    let what = format!("reader {with_reader}, killed during close {kill_during_close}");
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkkilled")
+        .dir(dir.path())
+        .subbuf_size(1024)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(StuckChildSwitch)
+        .open()
+        .unwrap();
+    let readers = with_reader.then(|| drain_to_close(&chan, 1 << 16, Duration::from_millis(20)));
+    let (p_ok, p_full) = write_n(&chan, 0, 10);
+    let mut rep = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(rep.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    STUCK_FD.store(rep[1], Ordering::Relaxed);
+    // SAFETY: the child writes with the library until its callback stops it
+    // for good (it reports through the pipe first); it never returns from
+    // there, and ends with `_exit` should its writes all go through.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut buf = [0u8; 96];
+            for seq in 0..PER_CHILD {
+                let len = HDR + (seq % 64) as usize;
+                record_into(1, seq, &mut buf[..len]);
+                match chan.write(&buf[..len]) {
+                    Ok(()) => CHILD_OK.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => CHILD_FULL.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+        // SAFETY: ends the forked child at once (it was never stopped: the
+        // parent finds no report and fails).
+        unsafe { libc::_exit(7) }
+    }
+    // SAFETY: our copy of the write end; the child has its own.
+    unsafe { libc::close(rep[1]) };
+    let mut msg = [0u8; 16];
+    // SAFETY: reads into a local buffer of its own length (blocks until the
+    // child is stopped in its switch, or gone).
+    let r = unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), msg.len()) };
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(rep[0]) };
+    let kill = || {
+        // SAFETY: our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let mut status = 0;
+        // SAFETY: our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "{what}: child status {status:#x}"
+        );
+    };
+    if r != 16 {
+        kill();
+        panic!("{what}: the child was never stopped in its switch ({r})");
+    }
+    let c_ok = u64::from_le_bytes(msg[..8].try_into().unwrap());
+    let c_full = u64::from_le_bytes(msg[8..].try_into().unwrap());
+    assert!(c_ok > 0, "{what}: no record of the child accepted");
+    // The parent's records accepted and refused after the child was stopped.
+    let (mut p2_ok, mut p2_full) = (0, 0);
+    if kill_during_close {
+        std::thread::scope(|sc| {
+            let closer = sc.spawn(|| chan.close().unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+            kill();
+            closer.join().unwrap();
+        });
+    } else {
+        kill();
+        // The parent's own switches go on beside the dead child's.
+        (p2_ok, p2_full) = write_n(&chan, 2, 200);
+        assert_eq!(p2_ok + p2_full, 200, "{what}");
+        chan.close().unwrap();
+    }
+    // What the processes were told, against what the buffer counted: the
+    // write the child was killed in was neither accepted nor refused.
+    let s = chan.total_stats();
+    let written = s.records_written();
+    assert_eq!(written, p_ok + c_ok + p2_ok, "{what}: {s:?}");
+    assert_eq!(s.dropped_full, p_full + c_full + p2_full, "{what}: {s:?}");
+    assert_eq!(s.records_pending, 0, "{what}: {s:?}");
+    match readers {
+        None => {
+            assert_eq!(s.records_consumed, 0, "{what}: {s:?}");
+            assert_eq!(
+                s.unread_at_close + s.overwritten_records + s.discarded_records,
+                written,
+                "{what}: {s:?}"
+            );
+        }
+        Some(readers) => {
+            let (seen, rs) = gather(readers, true);
+            assert_eq!(rs.records_consumed, seen.len() as u64, "{what}: {rs:?}");
+            assert_eq!(seen.len() as u64, written, "{what}: {rs:?}");
+            let child = seen.iter().filter(|(w, _)| *w == 1).count() as u64;
+            assert_eq!(child, c_ok, "{what}: the child's records delivered");
+        }
+    }
 }
