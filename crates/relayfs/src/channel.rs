@@ -1217,7 +1217,18 @@ impl Inner {
                     quiet = false;
                 }
                 let st = s.stats();
-                if st.corrupt == 0 && st.subbufs_completed < st.subbufs_produced {
+                // The count of sub-buffers completed is bumped after the
+                // completer's store of the word: equal to the produced
+                // count, every word is complete, and a reader that sees the
+                // state closed (stored after this) sees them all complete.
+                // Counted before the word, a reader could find the last
+                // word incomplete after the state closed and stop short.
+                // SYNC POINT: Acquire pairs with `Shared::complete`'s
+                // Release increment, after its store of the word.
+                let completed = s
+                    .header_word(hdr::SUBBUFS_COMPLETED)
+                    .load(Ordering::Acquire);
+                if st.corrupt == 0 && completed < st.subbufs_produced {
                     quiet = false;
                 }
             }

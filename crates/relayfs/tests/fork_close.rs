@@ -844,3 +844,93 @@ fn killed_in_switch(with_reader: bool, kill_during_close: bool) {
         }
     }
 }
+
+/// Forked children switching sub-buffers without pause (a few records per
+/// sub-buffer) while the parent closes, with a reader draining to the end:
+/// some child's switch or completion is always near the close. Each child
+/// writes until refused as closed; every record a child was told was
+/// accepted must be delivered, once, and the counters add up. Two defects
+/// made it fail within a few hundred rounds: a child's switch that close
+/// did not wait for (its sub-buffer completed after the reader had seen
+/// the end), and a completion counted before its commit word was stored
+/// complete (close then stored the state closed, and the reader stopped
+/// at that sub-buffer).
+#[test]
+fn forked_children_switching_while_the_parent_closes_add_up() {
+    const KIDS: u32 = 3;
+    for round in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("forkswitch")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(64)
+            .global(true)
+            .open()
+            .unwrap();
+        let readers = drain_to_close(&chan, 1 << 16, Duration::from_millis(5));
+        let mut kids = Vec::new();
+        for c in 1..=KIDS {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: the child only writes with the library, reports
+            // through the pipe and ends with `_exit`.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // SAFETY: a plain system call: a hang ends us with SIGALRM.
+                    unsafe { libc::alarm(30) };
+                    let (mut ok, mut full) = (0u64, 0u64);
+                    let mut buf = [0u8; 96];
+                    for seq in 0..u64::MAX {
+                        let len = HDR + (seq % 48) as usize;
+                        record_into(c, seq, &mut buf[..len]);
+                        match chan.write(&buf[..len]) {
+                            Ok(()) => ok += 1,
+                            Err(WriteError::Full) => full += 1,
+                            Err(_) => break,
+                        }
+                    }
+                    let mut msg = [0u8; 16];
+                    msg[..8].copy_from_slice(&ok.to_le_bytes());
+                    msg[8..].copy_from_slice(&full.to_le_bytes());
+                    // SAFETY: writes a local buffer of its own length.
+                    unsafe { libc::write(fds[1], msg.as_ptr().cast(), msg.len()) };
+                    std::mem::forget(chan);
+                    // SAFETY: ends the forked child at once.
+                    unsafe { libc::_exit(0) }
+                }));
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(7) }
+            }
+            // SAFETY: our copy of the write end.
+            unsafe { libc::close(fds[1]) };
+            kids.push((c, pid, fds[0]));
+        }
+        // Let the children get going, then close under them.
+        while chan.total_stats().records_written() < 2000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let closed = chan.close().unwrap();
+        let (mut ok, mut full) = (0u64, 0u64);
+        let mut per_kid = Vec::new();
+        for (c, pid, fd) in kids {
+            let (o, f) = reap(pid, fd);
+            per_kid.push((c, o));
+            ok += o;
+            full += f;
+        }
+        let (seen, rs) = gather(readers, true);
+        let s = chan.total_stats();
+        let what = format!("round {round}: {s:?}\nreaders {rs:?}\nclose returned {closed:?}");
+        assert_eq!(s.records_pending, 0, "{what}");
+        assert_eq!(s.records_written(), ok, "{what}");
+        assert_eq!(s.dropped_full, full, "{what}");
+        assert_eq!(rs.records_consumed, seen.len() as u64, "{what}");
+        for (c, o) in per_kid {
+            let n = seen.iter().filter(|(w, _)| *w == c).count() as u64;
+            assert_eq!(n, o, "{what}: child {c}'s records delivered");
+        }
+    }
+}
