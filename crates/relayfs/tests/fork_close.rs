@@ -480,50 +480,57 @@ fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() 
 
 /// The pid of the process that runs the tests (set before any fork).
 static TEST_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-/// The write end of a pipe: a forked child's `subbuf_start` says through it
-/// that its switch has begun.
-static IN_SWITCH_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-/// Callbacks whose `subbuf_start` in a forked child says so through
-/// `IN_SWITCH_FD` and then takes 300 ms: the child's switch is under way
-/// (past the closed checks) while the parent closes.
-struct SlowChildSwitch;
+/// Callbacks whose `subbuf_start` in a forked child says through `in_switch`
+/// that its switch has begun (past the closed checks), takes `sleep`, and
+/// says through `done` that it is over, so that the parent closes while
+/// the child's switch is under way. The parent's switches go through.
+struct SlowChildSwitch {
+    sleep: Duration,
+    in_switch: libc::c_int,
+    done: libc::c_int,
+}
 
 impl relayfs::Callbacks for SlowChildSwitch {
     fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
         if std::process::id() != TEST_PID.load(Ordering::Relaxed) {
-            let fd = IN_SWITCH_FD.load(Ordering::Relaxed);
             // SAFETY: writes one byte from a local buffer to our pipe.
-            unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
-            std::thread::sleep(Duration::from_millis(300));
+            unsafe { libc::write(self.in_switch, [1u8].as_ptr().cast(), 1) };
+            std::thread::sleep(self.sleep);
+            // SAFETY: as above.
+            unsafe { libc::write(self.done, [1u8].as_ptr().cast(), 1) };
         }
         !info.full
     }
 }
 
-/// A child's switch that began before the parent closed (and so passed the
-/// closed checks) and ends after the parent counted what was left: it used
-/// to open a sub-buffer and have its record accepted, staying pending in a
-/// sub-buffer nobody would complete or count, because close waited only for
-/// its own process's switches in flight. Now they are counted in the
-/// buffer's header, and close either waits for the child's switch or the
-/// switch is refused.
-#[test]
-fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+/// A forked child writes one record, its switch's `subbuf_start` taking
+/// `sleep`; the parent closes once the switch has begun. Returns whether
+/// the child's write was accepted, and whether the child's callback was
+/// over when the parent's close returned; checks that the counters add up.
+fn child_switch_racing_close(sleep: Duration) -> (bool, bool) {
     TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    let mut sw = [0 as libc::c_int; 2];
+    let mut done = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors, in each array.
+    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::pipe2(done.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+        0
+    );
     let dir = tempfile::tempdir().unwrap();
     let chan = Channel::builder("forkrace")
         .dir(dir.path())
         .subbuf_size(4096)
         .n_subbufs(8)
         .global(true)
-        .callbacks(SlowChildSwitch)
+        .callbacks(SlowChildSwitch {
+            sleep,
+            in_switch: sw[1],
+            done: done[1],
+        })
         .open()
         .unwrap();
-    let mut sw = [0 as libc::c_int; 2];
-    // SAFETY: room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    IN_SWITCH_FD.store(sw[1], Ordering::Relaxed);
     // SAFETY: the child writes one record and ends with `_exit`, its exit
     // code saying whether the write was accepted (0) or refused (1).
     let pid = unsafe { libc::fork() };
@@ -541,17 +548,55 @@ fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
     // SAFETY: reads one byte into a local buffer.
     assert_eq!(unsafe { libc::read(sw[0], b.as_mut_ptr().cast(), 1) }, 1);
     let closed = chan.close().unwrap();
+    // SAFETY: reads one byte into a local buffer (the pipe does not block).
+    let over = unsafe { libc::read(done[0], b.as_mut_ptr().cast(), 1) } == 1;
     let mut status = 0;
     // SAFETY: our child; `status` is a valid out-pointer.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    let accepted = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    // SAFETY: our descriptors, each closed once.
+    unsafe {
+        for fd in [sw[0], sw[1], done[0], done[1]] {
+            libc::close(fd);
+        }
+    }
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    let accepted = libc::WEXITSTATUS(status) == 0;
     let s = chan.total_stats();
     let accounted =
         s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records;
-    assert_eq!(
-        s.records_written(),
-        accounted,
-        "child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}"
+    let what = format!("child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}");
+    assert_eq!(s.records_written(), accounted, "{what}");
+    assert_eq!(s.records_written(), u64::from(accepted), "{what}");
+    assert_eq!(s.dropped_full, u64::from(!accepted), "{what}");
+    (accepted, over)
+}
+
+/// A child's switch that began before the parent closed (and so passed the
+/// closed checks) and ends after the parent counted what was left: it used
+/// to open a sub-buffer and have its record accepted, staying pending in a
+/// sub-buffer nobody would complete or count, because close waited only for
+/// its own process's switches in flight. Now they are counted in the
+/// buffer's header: close waits for the child's switch to end (the child
+/// counted itself before it said it was in its switch, so before close
+/// began: the child's callback is over when close returns), and the
+/// switch is either waited for or refused.
+#[test]
+fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+    let (_, over) = child_switch_racing_close(Duration::from_millis(300));
+    assert!(over, "close returned before the child's switch was over");
+}
+
+/// A child's switch whose `subbuf_start` outlasts the time close waits for
+/// switches in flight (2 s): close gives up on it and counts; the switch
+/// must then not open a sub-buffer close no longer looks at (it looks at
+/// the header again after its callback, and is refused). A record accepted
+/// from a switch close did not wait for is one nobody counts.
+#[test]
+fn a_forked_childs_switch_outlasting_the_parents_close_is_refused() {
+    let (accepted, over) = child_switch_racing_close(Duration::from_millis(2500));
+    assert!(
+        !accepted || over,
+        "a record accepted from a switch close had stopped waiting for"
     );
 }
 
