@@ -1209,7 +1209,7 @@ impl Shared {
         // every earlier commit of the lap (`commit_bytes`), so it acquired
         // both. The stores and counter updates after them are Relaxed: the
         // Release store of the word below publishes REC_LAST; the counters
-        // pair with nothing.
+        // pair with nothing (but the count of sub-buffers completed, below).
         let pad = self.descriptor(slot, desc::PAD).load(Ordering::Relaxed);
         // gen = ordinal + 1 of the opener; it can't have moved (the slot
         // can't be reopened before this store).
@@ -1228,14 +1228,20 @@ impl Shared {
                 - pad.min(self.geometry.max_record()),
             Ordering::Relaxed,
         );
-        self.header_word(hdr::SUBBUFS_COMPLETED)
-            .fetch_add(1, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire loads of the word by
         // readers (`available`) and openers (`try_open`): the data, padding
         // and record count of this lap are visible to whoever sees it
         // complete.
         self.descriptor(slot, desc::WORD)
             .store(COMPLETE | lap.wrapping_add(1), Ordering::Release);
+        // After the word: close's `settle` takes "as many completed as
+        // produced" to mean every word is complete before it stores the
+        // state closed, after which a reader stops at the first sub-buffer
+        // it finds incomplete.
+        // SYNC POINT: Release (the store of the word above comes before)
+        // pairs with `settle`'s Acquire load of the counter.
+        self.header_word(hdr::SUBBUFS_COMPLETED)
+            .fetch_add(1, Ordering::Release);
         // SYNC POINT: Dekker with the reader's `prepare_wait`: it stores
         // WAITING then fences then looks for data; we store COMPLETE then
         // fence then look at WAITING. One of us sees the other's store, so a

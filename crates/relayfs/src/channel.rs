@@ -14,7 +14,9 @@ use crate::buffer::{BufferStats, Hooks, Mapped, Reserved, Shared, SwitchInfo};
 use crate::callbacks::{BufferInfo, Callbacks, DefaultCallbacks, Mode};
 use crate::dir::{ChannelDir, CreatedDir};
 use crate::error::{OpenError, WriteError};
-use crate::layout::{hdr, rdr, Geometry, LEFT_DIR, LEFT_FOR_READER, STATE_CLOSED};
+use crate::layout::{
+    hdr, rdr, Geometry, LEFT_DIR, LEFT_FOR_READER, OPENING_CLOSING, OPENING_COUNT, STATE_CLOSED,
+};
 use crate::lifecycle::{self, BufferFiles, BufferSpec, DirSpec, NewBuffer};
 pub use crate::lifecycle::{relay_dir, Stale, DEFAULT_RELAY_DIR, RELAYFS_DIR_ENV};
 use crate::notify::Notifier;
@@ -278,9 +280,6 @@ struct Buffer {
     closed: AtomicBool,
     /// Records refused because the channel was closed.
     dropped_closed: StdAtomicU64,
-    /// Sub-buffer switches between their closed check and their move of
-    /// `head` (`Hooks::begin_open`): `close` waits for them.
-    opening: StdAtomicU64,
     /// Set by `close` once it has counted what no reader will read (no
     /// reader attached): from then on, a write that was still in flight
     /// (close waits for those only so long) and completes a sub-buffer
@@ -359,7 +358,6 @@ impl Buffer {
             mapped_seen: StdAtomicU64::new(0),
             closed: AtomicBool::new(false),
             dropped_closed: StdAtomicU64::new(0),
-            opening: StdAtomicU64::new(0),
             late: AtomicBool::new(false),
             late_base: Mutex::new(0),
         }
@@ -368,6 +366,22 @@ impl Buffer {
     #[inline(always)]
     fn shared(&self) -> &Shared {
         &self.map.shared
+    }
+
+    /// The count of switches in flight and the close bit (`hdr::OPENING`).
+    fn opening_word(&self) -> &crate::sync::AtomicU64 {
+        self.shared().header_word(hdr::OPENING)
+    }
+
+    /// Whether the producer's close has not begun, looked at again after
+    /// `subbuf_start`, which may have taken long: a switch whose callback
+    /// outlasted close's wait for it (a process stopped there) is refused
+    /// rather than opening a sub-buffer close has stopped looking at.
+    fn still_open(&self) -> bool {
+        // SYNC POINT: Acquire pairs with close's `fetch_or` (SeqCst, so a
+        // release): nothing is read on its strength; a switch that misses
+        // the bit here is counted all the same, and close waits for it.
+        self.opening_word().load(Ordering::Acquire) & OPENING_CLOSING == 0
     }
 
     /// Whether `close` began: then writes are refused.
@@ -457,7 +471,7 @@ impl Buffer {
 /// The hooks the buffer protocol calls, bound to one buffer.
 impl Hooks for Buffer {
     fn may_open(&self, info: &SwitchInfo) -> bool {
-        !self.is_closed() && self.cb.subbuf_start(&self.info, info)
+        !self.is_closed() && self.cb.subbuf_start(&self.info, info) && self.still_open()
     }
 
     fn write_header(&self, info: &SwitchInfo, header: &mut [u8]) {
@@ -484,39 +498,37 @@ impl Hooks for Buffer {
     }
 
     fn begin_open(&self) -> bool {
-        // SYNC POINT: SeqCst, a Dekker pair with `Inner::close`: we count
-        // ourselves, then look at `closed`; close stores `closed`, then
-        // (`settle`) looks at `opening`. Either close sees us and waits
-        // until our switch has moved `head` (then it flushes what we open
-        // and waits for our commit), or we see `closed` and refuse.
-        self.opening.fetch_add(1, StdOrdering::SeqCst);
-        if self.closed.load(StdOrdering::SeqCst) {
+        // The switches in flight are counted in the buffer's shared header
+        // (`hdr::OPENING`), not in this process: a child forked from the
+        // producer writes the same buffer with its own copy of everything
+        // else, and its switch must be seen by the producer's close too.
+        // SYNC POINT: SeqCst RMW (AcqRel would do), against close's
+        // `fetch_or` of `OPENING_CLOSING` (`Inner::close`) on the same word:
+        // the RMWs of one word are totally ordered. Either our increment
+        // comes first, and close's loads of the word (`settle`) see us
+        // counted until our decrement, after our move of `head` (then it
+        // flushes what we opened and waits for our commit); or close's
+        // comes first, and we see the bit here and refuse. Any process's
+        // switch, the producer's threads' and forked children's alike.
+        let before = self.opening_word().fetch_add(1, Ordering::SeqCst);
+        if before & OPENING_CLOSING != 0 {
             self.end_open();
-            return false;
-        }
-        // A process forked from the producer has its own copy of `closed`,
-        // which the producer's close never sets: the buffer's shared state
-        // tells it. Close flushed every sub-buffer it found in use, so a
-        // write after it switches and comes here; from then on this
-        // process refuses writes as closed too (`is_closed`).
-        // SYNC POINT: Acquire pairs with close's Release store of STATE.
-        if self
-            .shared()
-            .header_word(hdr::STATE)
-            .load(Ordering::Acquire)
-            == STATE_CLOSED
-        {
-            self.closed.store(true, StdOrdering::SeqCst);
-            self.end_open();
+            // A forked child's copy of `closed` is its own, which the
+            // producer's close never sets: from now on this process refuses
+            // writes as closed too (`is_closed`), before they reserve.
+            // SYNC POINT: Relaxed, a hint, as `is_closed` says.
+            self.closed.store(true, StdOrdering::Relaxed);
             return false;
         }
         true
     }
 
     fn end_open(&self) {
-        // SYNC POINT: Release pairs with `settle`'s load: the move of
-        // `head` comes before (settle then sees it).
-        self.opening.fetch_sub(1, StdOrdering::Release);
+        // SYNC POINT: Release pairs with `settle`'s Acquire load of the
+        // word: our move of `head` comes before (settle then sees it and
+        // flushes what we opened). A word scribbled meanwhile only makes
+        // close's wait (bounded) shorter or longer.
+        self.opening_word().fetch_sub(1, Ordering::Release);
     }
 
     fn map_changed(&self, mapped: u64) {
@@ -1192,16 +1204,31 @@ impl Inner {
                 // `head` before its decrement, which this load acquires,
                 // so the flush and the counts below see it; one still
                 // going makes us look again.
-                // SYNC POINT: SeqCst: the Dekker pair with `begin_open`
-                // (after our store of `closed`).
-                if b.opening.load(StdOrdering::SeqCst) != 0 {
+                // Any process's switch: a forked child's too. One killed in
+                // the middle of its switch never ends it: we wait for it
+                // as long as for anything else here, no longer.
+                // SYNC POINT: Acquire pairs with `end_open`'s Release
+                // decrement; the word's order against `begin_open`'s
+                // increment is `close`'s `fetch_or` (see `begin_open`).
+                if b.opening_word().load(Ordering::Acquire) & OPENING_COUNT != 0 {
                     quiet = false;
                 }
                 if s.flush(b) {
                     quiet = false;
                 }
                 let st = s.stats();
-                if st.corrupt == 0 && st.subbufs_completed < st.subbufs_produced {
+                // The count of sub-buffers completed is bumped after the
+                // completer's store of the word: equal to the produced
+                // count, every word is complete, and a reader that sees the
+                // state closed (stored after this) sees them all complete.
+                // Counted before the word, a reader could find the last
+                // word incomplete after the state closed and stop short.
+                // SYNC POINT: Acquire pairs with `Shared::complete`'s
+                // Release increment, after its store of the word.
+                let completed = s
+                    .header_word(hdr::SUBBUFS_COMPLETED)
+                    .load(Ordering::Acquire);
+                if st.corrupt == 0 && completed < st.subbufs_produced {
                     quiet = false;
                 }
             }
@@ -1222,11 +1249,14 @@ impl Inner {
             return Ok(());
         }
         for b in &inner.bufs {
-            // SYNC POINT: SeqCst: the Dekker pair with `begin_open` (a
-            // switch that missed it is counted in `opening`, which `settle`
-            // loads after this); other writers read it as a hint (see
-            // `Buffer::is_closed`), and `settle` waits for those in flight.
+            // SYNC POINT: SeqCst (Relaxed would do): writers read it as a
+            // hint (see `Buffer::is_closed`); what orders a switch against
+            // close is the `fetch_or` below.
             b.closed.store(true, StdOrdering::SeqCst);
+            // SYNC POINT: SeqCst RMW, against `begin_open`'s increment of
+            // the same word, in any process: a switch counted before it is
+            // waited for (`settle`), one after it sees the bit and refuses.
+            b.opening_word().fetch_or(OPENING_CLOSING, Ordering::SeqCst);
         }
         inner.settle();
         let mut result = Ok(());

@@ -81,9 +81,17 @@ pub(crate) mod hdr {
     /// this word existed). A reader that finds the sub-buffer it held
     /// lapped, its claim word already rewritten by a later lap, learns
     /// here whether the writer counted it or left it to be counted by the
-    /// reader. On a 64-byte line of its own: written once per lap of a
-    /// claimed slot, never read on the write path.
+    /// reader. On a 64-byte line away from `head` and the counters (shared
+    /// with `OPENING` only): written once per lap of a claimed slot, never
+    /// read on the write path.
     pub const LEFT_TO_READER: usize = 448;
+    /// Sub-buffer switches in flight in any process writing the buffer
+    /// (the producer and the children it forked), in the low 32 bits, from
+    /// before a switch's closed check to after its move of `head`; and
+    /// `OPENING_CLOSING`, set by the producer's `relay_close`. 0 in files
+    /// made before this word existed. Changed by RMWs only, once per
+    /// sub-buffer switch and at close: never on the per-record path.
+    pub const OPENING: usize = 464;
     // Counters: updated on the slow path only (sub-buffer completion, drops).
     pub const RECORDS_WRITTEN: usize = 512;
     pub const BYTES_WRITTEN: usize = 520;
@@ -206,6 +214,12 @@ pub fn corrupt_reason(code: u64) -> Option<&'static str> {
         _ => Some("unknown reason"),
     }
 }
+
+/// `hdr::OPENING`: the switches in flight.
+pub const OPENING_COUNT: u64 = 0xffff_ffff;
+/// `hdr::OPENING`: the producer's `relay_close` began; a switch that finds
+/// it set is refused.
+pub const OPENING_CLOSING: u64 = 1 << 63;
 
 /// Producer state: writing.
 pub const STATE_OPEN: u64 = 1;

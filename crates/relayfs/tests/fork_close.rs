@@ -480,49 +480,57 @@ fn busy_forked_children_flushing_and_holding_reservations_across_close_add_up() 
 
 /// The pid of the process that runs the tests (set before any fork).
 static TEST_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-/// The write end of a pipe: a forked child's `subbuf_start` says through it
-/// that its switch has begun.
-static IN_SWITCH_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-/// Callbacks whose `subbuf_start` in a forked child says so through
-/// `IN_SWITCH_FD` and then takes 300 ms: the child's switch is under way
-/// (past the closed checks) while the parent closes.
-struct SlowChildSwitch;
+/// Callbacks whose `subbuf_start` in a forked child says through `in_switch`
+/// that its switch has begun (past the closed checks), takes `sleep`, and
+/// says through `done` that it is over, so that the parent closes while
+/// the child's switch is under way. The parent's switches go through.
+struct SlowChildSwitch {
+    sleep: Duration,
+    in_switch: libc::c_int,
+    done: libc::c_int,
+}
 
 impl relayfs::Callbacks for SlowChildSwitch {
     fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
         if std::process::id() != TEST_PID.load(Ordering::Relaxed) {
-            let fd = IN_SWITCH_FD.load(Ordering::Relaxed);
             // SAFETY: writes one byte from a local buffer to our pipe.
-            unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
-            std::thread::sleep(Duration::from_millis(300));
+            unsafe { libc::write(self.in_switch, [1u8].as_ptr().cast(), 1) };
+            std::thread::sleep(self.sleep);
+            // SAFETY: as above.
+            unsafe { libc::write(self.done, [1u8].as_ptr().cast(), 1) };
         }
         !info.full
     }
 }
 
-/// A child's switch that began before the parent closed (and so passed the
-/// check of the shared state) and ends after the parent counted what was
-/// left: close waits for the switches in flight (`opening`), but only for
-/// its own process's, and the child's record stays pending in a sub-buffer
-/// nobody will complete or count.
-#[test]
-#[ignore = "defect: close does not see a forked child's sub-buffer switch in flight (`opening` is process-local); the child's record is accepted, never read and never counted"]
-fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+/// A forked child writes one record, its switch's `subbuf_start` taking
+/// `sleep`; the parent closes once the switch has begun. Returns whether
+/// the child's write was accepted, and whether the child's callback was
+/// over when the parent's close returned; checks that the counters add up.
+fn child_switch_racing_close(sleep: Duration) -> (bool, bool) {
     TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    let mut sw = [0 as libc::c_int; 2];
+    let mut done = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors, in each array.
+    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::pipe2(done.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+        0
+    );
     let dir = tempfile::tempdir().unwrap();
     let chan = Channel::builder("forkrace")
         .dir(dir.path())
         .subbuf_size(4096)
         .n_subbufs(8)
         .global(true)
-        .callbacks(SlowChildSwitch)
+        .callbacks(SlowChildSwitch {
+            sleep,
+            in_switch: sw[1],
+            done: done[1],
+        })
         .open()
         .unwrap();
-    let mut sw = [0 as libc::c_int; 2];
-    // SAFETY: room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(sw.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    IN_SWITCH_FD.store(sw[1], Ordering::Relaxed);
     // SAFETY: the child writes one record and ends with `_exit`, its exit
     // code saying whether the write was accepted (0) or refused (1).
     let pid = unsafe { libc::fork() };
@@ -540,17 +548,55 @@ fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
     // SAFETY: reads one byte into a local buffer.
     assert_eq!(unsafe { libc::read(sw[0], b.as_mut_ptr().cast(), 1) }, 1);
     let closed = chan.close().unwrap();
+    // SAFETY: reads one byte into a local buffer (the pipe does not block).
+    let over = unsafe { libc::read(done[0], b.as_mut_ptr().cast(), 1) } == 1;
     let mut status = 0;
     // SAFETY: our child; `status` is a valid out-pointer.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    let accepted = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    // SAFETY: our descriptors, each closed once.
+    unsafe {
+        for fd in [sw[0], sw[1], done[0], done[1]] {
+            libc::close(fd);
+        }
+    }
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    let accepted = libc::WEXITSTATUS(status) == 0;
     let s = chan.total_stats();
     let accounted =
         s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records;
-    assert_eq!(
-        s.records_written(),
-        accounted,
-        "child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}"
+    let what = format!("child's record accepted: {accepted}\nclose: {closed:?}\nnow: {s:?}");
+    assert_eq!(s.records_written(), accounted, "{what}");
+    assert_eq!(s.records_written(), u64::from(accepted), "{what}");
+    assert_eq!(s.dropped_full, u64::from(!accepted), "{what}");
+    (accepted, over)
+}
+
+/// A child's switch that began before the parent closed (and so passed the
+/// closed checks) and ends after the parent counted what was left: it used
+/// to open a sub-buffer and have its record accepted, staying pending in a
+/// sub-buffer nobody would complete or count, because close waited only for
+/// its own process's switches in flight. Now they are counted in the
+/// buffer's header: close waits for the child's switch to end (the child
+/// counted itself before it said it was in its switch, so before close
+/// began: the child's callback is over when close returns), and the
+/// switch is either waited for or refused.
+#[test]
+fn a_forked_childs_switch_racing_the_parents_close_is_counted() {
+    let (_, over) = child_switch_racing_close(Duration::from_millis(300));
+    assert!(over, "close returned before the child's switch was over");
+}
+
+/// A child's switch whose `subbuf_start` outlasts the time close waits for
+/// switches in flight (2 s): close gives up on it and counts; the switch
+/// must then not open a sub-buffer close no longer looks at (it looks at
+/// the header again after its callback, and is refused). A record accepted
+/// from a switch close did not wait for is one nobody counts.
+#[test]
+fn a_forked_childs_switch_outlasting_the_parents_close_is_refused() {
+    let (accepted, over) = child_switch_racing_close(Duration::from_millis(2500));
+    assert!(
+        !accepted || over,
+        "a record accepted from a switch close had stopped waiting for"
     );
 }
 
@@ -685,4 +731,251 @@ fn a_channel_opened_in_a_forked_child_is_closed_by_that_child() {
     let (ok, _) = write_n(&parents, 0, 10);
     let s = parents.close().unwrap();
     assert_eq!(s.records_written(), ok);
+}
+
+/// The write end of a pipe through which a forked child, stopped in its
+/// switch, reports what it wrote so far (for the test below only).
+static STUCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// In a forked child: its records accepted and refused as full so far, and
+/// the sub-buffer switches it began.
+static CHILD_OK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CHILD_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CHILD_SWITCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The switch (1-based) at which a forked child stops for good.
+const STUCK_AT: u64 = 3;
+
+/// Callbacks whose `subbuf_start` in a forked child lets `STUCK_AT - 1`
+/// switches through and stops in the next one for good, after reporting
+/// through `STUCK_FD` (accepted, refused) of the writes before it: the
+/// write in flight is neither, and the parent kills the child there.
+struct StuckChildSwitch;
+
+impl relayfs::Callbacks for StuckChildSwitch {
+    fn subbuf_start(&self, _: &relayfs::BufferInfo, info: &relayfs::SwitchInfo) -> bool {
+        if std::process::id() != TEST_PID.load(Ordering::Relaxed)
+            && CHILD_SWITCHES.fetch_add(1, Ordering::Relaxed) + 1 == STUCK_AT
+        {
+            let mut msg = [0u8; 16];
+            msg[..8].copy_from_slice(&CHILD_OK.load(Ordering::Relaxed).to_le_bytes());
+            msg[8..].copy_from_slice(&CHILD_FULL.load(Ordering::Relaxed).to_le_bytes());
+            let fd = STUCK_FD.load(Ordering::Relaxed);
+            // SAFETY: writes a local buffer of its own length to our pipe.
+            unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        !info.full
+    }
+}
+
+/// A forked child killed (`SIGKILL`) in the middle of a sub-buffer switch
+/// never ends it: the parent's close must not wait for it for ever, and
+/// every record any process was told was accepted must still be delivered
+/// or counted. The child is killed before the parent closes, or while
+/// close waits for its switch; with and without a reader attached.
+#[test]
+fn a_forked_child_killed_in_its_switch_does_not_hang_the_parents_close() {
+    TEST_PID.store(std::process::id(), Ordering::Relaxed);
+    for with_reader in [false, true] {
+        for kill_during_close in [false, true] {
+            killed_in_switch(with_reader, kill_during_close);
+        }
+    }
+}
+
+fn killed_in_switch(with_reader: bool, kill_during_close: bool) {
+    let what = format!("reader {with_reader}, killed during close {kill_during_close}");
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("forkkilled")
+        .dir(dir.path())
+        .subbuf_size(1024)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(StuckChildSwitch)
+        .open()
+        .unwrap();
+    let readers = with_reader.then(|| drain_to_close(&chan, 1 << 16, Duration::from_millis(20)));
+    let (p_ok, p_full) = write_n(&chan, 0, 10);
+    let mut rep = [0 as libc::c_int; 2];
+    // SAFETY: room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(rep.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    STUCK_FD.store(rep[1], Ordering::Relaxed);
+    // SAFETY: the child writes with the library until its callback stops it
+    // for good (it reports through the pipe first); it never returns from
+    // there, and ends with `_exit` should its writes all go through.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut buf = [0u8; 96];
+            for seq in 0..PER_CHILD {
+                let len = HDR + (seq % 64) as usize;
+                record_into(1, seq, &mut buf[..len]);
+                match chan.write(&buf[..len]) {
+                    Ok(()) => CHILD_OK.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => CHILD_FULL.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+        // SAFETY: ends the forked child at once (it was never stopped: the
+        // parent finds no report and fails).
+        unsafe { libc::_exit(7) }
+    }
+    // SAFETY: our copy of the write end; the child has its own.
+    unsafe { libc::close(rep[1]) };
+    let mut msg = [0u8; 16];
+    // SAFETY: reads into a local buffer of its own length (blocks until the
+    // child is stopped in its switch, or gone).
+    let r = unsafe { libc::read(rep[0], msg.as_mut_ptr().cast(), msg.len()) };
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(rep[0]) };
+    let kill = || {
+        // SAFETY: our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let mut status = 0;
+        // SAFETY: our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "{what}: child status {status:#x}"
+        );
+    };
+    if r != 16 {
+        kill();
+        panic!("{what}: the child was never stopped in its switch ({r})");
+    }
+    let c_ok = u64::from_le_bytes(msg[..8].try_into().unwrap());
+    let c_full = u64::from_le_bytes(msg[8..].try_into().unwrap());
+    assert!(c_ok > 0, "{what}: no record of the child accepted");
+    // The parent's records accepted and refused after the child was stopped.
+    let (mut p2_ok, mut p2_full) = (0, 0);
+    if kill_during_close {
+        std::thread::scope(|sc| {
+            let closer = sc.spawn(|| chan.close().unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+            kill();
+            closer.join().unwrap();
+        });
+    } else {
+        kill();
+        // The parent's own switches go on beside the dead child's.
+        (p2_ok, p2_full) = write_n(&chan, 2, 200);
+        assert_eq!(p2_ok + p2_full, 200, "{what}");
+        chan.close().unwrap();
+    }
+    // What the processes were told, against what the buffer counted: the
+    // write the child was killed in was neither accepted nor refused.
+    let s = chan.total_stats();
+    let written = s.records_written();
+    assert_eq!(written, p_ok + c_ok + p2_ok, "{what}: {s:?}");
+    assert_eq!(s.dropped_full, p_full + c_full + p2_full, "{what}: {s:?}");
+    assert_eq!(s.records_pending, 0, "{what}: {s:?}");
+    match readers {
+        None => {
+            assert_eq!(s.records_consumed, 0, "{what}: {s:?}");
+            assert_eq!(
+                s.unread_at_close + s.overwritten_records + s.discarded_records,
+                written,
+                "{what}: {s:?}"
+            );
+        }
+        Some(readers) => {
+            let (seen, rs) = gather(readers, true);
+            assert_eq!(rs.records_consumed, seen.len() as u64, "{what}: {rs:?}");
+            assert_eq!(seen.len() as u64, written, "{what}: {rs:?}");
+            let child = seen.iter().filter(|(w, _)| *w == 1).count() as u64;
+            assert_eq!(child, c_ok, "{what}: the child's records delivered");
+        }
+    }
+}
+
+/// Forked children switching sub-buffers without pause (a few records per
+/// sub-buffer) while the parent closes, with a reader draining to the end:
+/// some child's switch or completion is always near the close. Each child
+/// writes until refused as closed; every record a child was told was
+/// accepted must be delivered, once, and the counters add up. Two defects
+/// made it fail within a few hundred rounds: a child's switch that close
+/// did not wait for (its sub-buffer completed after the reader had seen
+/// the end), and a completion counted before its commit word was stored
+/// complete (close then stored the state closed, and the reader stopped
+/// at that sub-buffer).
+#[test]
+fn forked_children_switching_while_the_parent_closes_add_up() {
+    const KIDS: u32 = 3;
+    for round in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        let chan = Channel::builder("forkswitch")
+            .dir(dir.path())
+            .subbuf_size(256)
+            .n_subbufs(64)
+            .global(true)
+            .open()
+            .unwrap();
+        let readers = drain_to_close(&chan, 1 << 16, Duration::from_millis(5));
+        let mut kids = Vec::new();
+        for c in 1..=KIDS {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: the child only writes with the library, reports
+            // through the pipe and ends with `_exit`.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // SAFETY: a plain system call: a hang ends us with SIGALRM.
+                    unsafe { libc::alarm(30) };
+                    let (mut ok, mut full) = (0u64, 0u64);
+                    let mut buf = [0u8; 96];
+                    for seq in 0..u64::MAX {
+                        let len = HDR + (seq % 48) as usize;
+                        record_into(c, seq, &mut buf[..len]);
+                        match chan.write(&buf[..len]) {
+                            Ok(()) => ok += 1,
+                            Err(WriteError::Full) => full += 1,
+                            Err(_) => break,
+                        }
+                    }
+                    let mut msg = [0u8; 16];
+                    msg[..8].copy_from_slice(&ok.to_le_bytes());
+                    msg[8..].copy_from_slice(&full.to_le_bytes());
+                    // SAFETY: writes a local buffer of its own length.
+                    unsafe { libc::write(fds[1], msg.as_ptr().cast(), msg.len()) };
+                    std::mem::forget(chan);
+                    // SAFETY: ends the forked child at once.
+                    unsafe { libc::_exit(0) }
+                }));
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(7) }
+            }
+            // SAFETY: our copy of the write end.
+            unsafe { libc::close(fds[1]) };
+            kids.push((c, pid, fds[0]));
+        }
+        // Let the children get going, then close under them.
+        while chan.total_stats().records_written() < 2000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let closed = chan.close().unwrap();
+        let (mut ok, mut full) = (0u64, 0u64);
+        let mut per_kid = Vec::new();
+        for (c, pid, fd) in kids {
+            let (o, f) = reap(pid, fd);
+            per_kid.push((c, o));
+            ok += o;
+            full += f;
+        }
+        let (seen, rs) = gather(readers, true);
+        let s = chan.total_stats();
+        let what = format!("round {round}: {s:?}\nreaders {rs:?}\nclose returned {closed:?}");
+        assert_eq!(s.records_pending, 0, "{what}");
+        assert_eq!(s.records_written(), ok, "{what}");
+        assert_eq!(s.dropped_full, full, "{what}");
+        assert_eq!(rs.records_consumed, seen.len() as u64, "{what}");
+        for (c, o) in per_kid {
+            let n = seen.iter().filter(|(w, _)| *w == c).count() as u64;
+            assert_eq!(n, o, "{what}: child {c}'s records delivered");
+        }
+    }
 }
