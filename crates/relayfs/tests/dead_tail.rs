@@ -168,6 +168,21 @@ fn delivered(stream: &[u8]) -> u64 {
     seqs.len() as u64
 }
 
+/// `RelayFile::inspect` once no reader holds the buffer's reader lock: a
+/// reader just dropped can hold it a moment longer through a parallel
+/// test's child process (see `common::open_reader`), and `inspect` shows
+/// what the next reader will count only with no reader attached.
+fn inspect_unattached(path: &Path) -> relayfs::BufferStatus {
+    let t = Instant::now();
+    loop {
+        let st = RelayFile::inspect(path).unwrap();
+        if !st.reader_attached || t.elapsed() > Duration::from_secs(10) {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// What the reader's counters say against what it got: every record
 /// written is delivered (`records_consumed`, and exactly the records
 /// decoded), lost, or given up behind the uncommitted reservation.
@@ -189,7 +204,7 @@ fn adds_up(f: &RelayFile, written: u64, got: u64) {
 #[test]
 fn read_tail_then_producer_killed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     read_now(&mut f, &mut out);
@@ -209,7 +224,7 @@ fn read_tail_then_producer_killed() {
 #[test]
 fn sendfile_tail_then_producer_killed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut sink = tempfile::tempfile().unwrap();
     while f.sendfile(&sink, u64::MAX).unwrap() > 0 {}
@@ -234,7 +249,7 @@ fn sendfile_tail_then_producer_killed() {
 #[test]
 fn read_handoff_tail_then_producer_killed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -265,7 +280,7 @@ fn read_handoff_tail_then_producer_killed() {
 #[test]
 fn a_failed_handoff_of_the_tail_is_lost_and_the_rest_consumed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut buf = vec![0u8; 1 << 16];
     let mut out = Vec::new();
@@ -303,7 +318,7 @@ fn a_failed_handoff_of_the_tail_is_lost_and_the_rest_consumed() {
 #[test]
 fn mapping_ready_tail_after_producer_killed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     p.kill();
     let mut out = Vec::new();
@@ -332,7 +347,7 @@ fn mapping_ready_tail_after_producer_killed() {
 #[test]
 fn tail_read_then_mapping_poll_after_producer_killed() {
     let mut p = Producer::start(300, 0, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     read_now(&mut f, &mut out);
@@ -358,17 +373,17 @@ fn second_reader_after_the_kill_counts_the_tail_once() {
     let mut p = Producer::start(300, 0, false);
     let mut out = Vec::new();
     {
-        let mut f = RelayFile::open(p.path()).unwrap();
+        let mut f = common::open_reader(&p.path());
         p.wait("phase1");
         read_now(&mut f, &mut out);
     }
     let got = delivered(&out);
     assert_eq!(got, 300);
     p.kill();
-    let before = RelayFile::inspect(p.path()).unwrap();
+    let before = inspect_unattached(&p.path());
     assert_eq!(before.stats.records_consumed, got, "{:?}", before.stats);
     for _ in 0..2 {
-        let mut f = RelayFile::open(p.path()).unwrap();
+        let mut f = common::open_reader(&p.path());
         let mut more = Vec::new();
         read_to_end(&mut f, &mut more);
         assert!(more.is_empty(), "nothing delivered twice");
@@ -384,7 +399,7 @@ fn second_reader_after_the_count_counts_nothing_again() {
     let mut p = Producer::start(300, 0, false);
     let mut out = Vec::new();
     {
-        let mut f = RelayFile::open(p.path()).unwrap();
+        let mut f = common::open_reader(&p.path());
         p.wait("phase1");
         read_now(&mut f, &mut out);
         p.kill();
@@ -392,10 +407,10 @@ fn second_reader_after_the_count_counts_nothing_again() {
         adds_up(&f, 300, 300);
     }
     assert_eq!(
-        RelayFile::inspect(p.path()).unwrap().stats.records_consumed,
+        inspect_unattached(&p.path()).stats.records_consumed,
         300
     );
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
     assert!(more.is_empty());
@@ -409,7 +424,7 @@ fn second_reader_after_the_count_counts_nothing_again() {
 #[test]
 fn part_of_the_tail_read_then_more_written_then_killed() {
     let mut p = Producer::start(300, 10, false);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     let mut small = [0u8; 1000];
@@ -436,7 +451,7 @@ fn part_of_the_tail_read_then_more_written_then_killed() {
 #[test]
 fn tail_read_then_killed_holding_a_reservation() {
     let mut p = Producer::start(300, 10, true);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     read_now(&mut f, &mut out);
@@ -449,7 +464,7 @@ fn tail_read_then_killed_holding_a_reservation() {
     adds_up(&f, 310, 300);
     // The next reader: the same.
     drop(f);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
     assert!(more.is_empty());
@@ -462,7 +477,7 @@ fn tail_read_then_killed_holding_a_reservation() {
 #[test]
 fn tail_read_then_killed_reserving_at_once() {
     let mut p = Producer::start(300, 0, true);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     p.wait("phase1");
     let mut out = Vec::new();
     read_now(&mut f, &mut out);
@@ -483,7 +498,7 @@ fn a_handoff_of_the_tail_left_in_flight_then_producer_killed() {
     let mut p = Producer::start(300, 0, false);
     let mut out = Vec::new();
     let in_flight = {
-        let mut f = RelayFile::open(p.path()).unwrap();
+        let mut f = common::open_reader(&p.path());
         p.wait("phase1");
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -502,10 +517,10 @@ fn a_handoff_of_the_tail_left_in_flight_then_producer_killed() {
     let lost = in_flight.records.unwrap();
     assert_eq!(got + lost, 300);
     p.kill();
-    let seen = RelayFile::inspect(p.path()).unwrap().stats;
+    let seen = inspect_unattached(&p.path()).stats;
     assert_eq!(seen.records_consumed, got, "{seen:?}");
     assert_eq!(seen.discarded_records, lost, "{seen:?}");
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     assert_eq!(f.lost_handoff().and_then(|l| l.records), Some(lost));
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);

@@ -141,3 +141,21 @@ pub fn global_channel(
         .open()
         .unwrap()
 }
+
+/// Opens a reader of `path`, waiting (up to 10 s) while its reader lock is
+/// taken. A reader that was just dropped can still hold it for a moment:
+/// another test of the same binary may be starting a child process, and
+/// between its `fork` and its `exec` the child holds a copy of every open
+/// descriptor, the dropped reader's too.
+#[allow(dead_code)]
+pub fn open_reader(path: &std::path::Path) -> relayfs::RelayFile {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match relayfs::RelayFile::open(path) {
+            Err(relayfs::ReadError::Busy(_)) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
