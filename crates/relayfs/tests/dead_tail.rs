@@ -56,6 +56,9 @@ fn child_producer() {
     let mut _held = None;
     if n2 > 0 || reserve != 0 {
         wait_for(&dir.join("go"));
+        if reserve == EARLY {
+            _held = Some(chan.reserve(24).unwrap());
+        }
         for i in n1..n1 + n2 {
             chan.write(&rec(i)).unwrap();
         }
@@ -63,7 +66,7 @@ fn child_producer() {
             // Up to the end of the sub-buffer exactly: the head moves to
             // the start of the next one, which is not opened.
             _held = Some(chan.reserve(4096 - offset_after(n1 + n2) as usize).unwrap());
-        } else if reserve != 0 {
+        } else if reserve != 0 && reserve != EARLY {
             _held = Some(chan.reserve(24).unwrap());
         }
         std::fs::write(dir.join("phase2"), b"").unwrap();
@@ -77,6 +80,11 @@ const FILL: u64 = 2;
 
 /// Where the head is in its 4 KiB sub-buffer after records `0..n` (0: at
 /// the start of one not opened yet).
+/// `RESERVE` value for a reservation made before the `N2` records, which
+/// then fill the rest of its sub-buffer and more: it is left behind the
+/// head, never completed.
+const EARLY: u64 = 3;
+
 fn offset_after(n: u64) -> u64 {
     let mut off = 0;
     for i in 0..n {
@@ -588,4 +596,36 @@ fn tail_read_then_killed_reserving_to_the_end_at_once() {
     assert_eq!(delivered(&out), 300);
     assert_eq!(f.abandoned(), Some((4096 - offset_after(300), 0)));
     adds_up(&f, 300, 300);
+}
+
+/// The producer died holding a reservation in a sub-buffer it had moved
+/// on from (its other writers filled that one and went on to later ones):
+/// that sub-buffer never completes. The reader must not stay behind it for
+/// good: the complete sub-buffers after it are read, and what it can't
+/// tell of the stuck one is counted (given up), so that every record
+/// written is delivered or counted.
+#[test]
+#[ignore = "defect: the reader stays for good at a sub-buffer that a writer killed holding a reservation never completes, behind the head; the complete sub-buffers after it are neither read nor counted"]
+fn killed_holding_a_reservation_behind_the_head() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    let got = parse(&out).len() as u64;
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert!(
+        s.subbufs_consumed >= s.subbufs_completed,
+        "every complete sub-buffer read: {s:?}"
+    );
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert!(
+        got + s.lost() + abandoned >= 700,
+        "every record delivered or counted: got {got}, abandoned {abandoned}, {s:?}"
+    );
 }
