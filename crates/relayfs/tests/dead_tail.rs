@@ -629,3 +629,51 @@ fn killed_holding_a_reservation_behind_the_head() {
         "every record delivered or counted: got {got}, abandoned {abandoned}, {s:?}"
     );
 }
+
+/// The tail's commit word scribbled (by the file's owner) to count far more
+/// records than its bytes can hold: a miscount, but a bounded one, made
+/// once. Every `poll` that finds the producer gone used to count the tail
+/// again (the debt it stored was clamped one way, the count it compared it
+/// with another), adding some 2^31 records to `records_consumed` each time.
+#[test]
+fn a_scribbled_commit_word_of_the_tail_is_counted_once_and_bounded() {
+    use std::os::unix::fs::FileExt;
+    let mut p = Producer::start(300, 0, false);
+    p.wait("phase1");
+    p.kill();
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p.path())
+            .unwrap();
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, 80).unwrap();
+        // The tail is the third sub-buffer: its commit word.
+        let at = u64::from_ne_bytes(b) + 2 * 32;
+        file.read_exact_at(&mut b, at).unwrap();
+        let w = u64::from_ne_bytes(b);
+        assert_eq!(w >> 63, 0, "the tail is not complete");
+        let w = (w & 0xffff_ffff) | (0x7fff_ffff << 32);
+        file.write_all_at(&w.to_ne_bytes(), at).unwrap();
+    }
+    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut out = Vec::new();
+    read_to_end(&mut f, &mut out);
+    assert_eq!(delivered(&out), 300);
+    let once = f.stats().records_consumed;
+    assert!(once <= 300 + 4096, "bounded: {:?}", f.stats());
+    for _ in 0..3 {
+        assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+        assert!(f.is_eof().unwrap());
+    }
+    assert_eq!(f.stats().records_consumed, once, "counted once");
+    drop(f);
+    let st = RelayFile::inspect(p.path()).unwrap().stats;
+    assert_eq!(st.records_consumed, once, "{st:?}");
+    let f = RelayFile::open(p.path()).unwrap();
+    drop(f);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    assert_eq!(f.stats().records_consumed, once, "counted once");
+}
