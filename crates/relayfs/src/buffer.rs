@@ -1465,37 +1465,51 @@ impl Shared {
     /// from `from` on, and records committed in the sub-buffer. `None` if
     /// `ord` is not the open sub-buffer.
     pub(crate) fn abandoned(&self, ord: u64, from: u64) -> Option<(u64, u64)> {
-        let h = self.head();
-        if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
-            return None;
-        }
-        // SYNC POINT: Acquire, as the word load of the partial read in
-        // `available` (only counts are used here).
-        let w = self
-            .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
-            .load(Ordering::Acquire);
-        if w & COMPLETE != 0 {
-            return None;
-        }
-        Some((
-            self.geometry.pos_offset(h).saturating_sub(from),
-            (w >> 32) & RECORDS_MASK,
-        ))
+        let (end, w) = self.open_word(ord)?;
+        Some((end.saturating_sub(from), (w >> 32) & RECORDS_MASK))
     }
 
     /// The commit word of the open sub-buffer `ord`: its committed bytes
     /// and records. `None` if `ord` is not the open sub-buffer.
     pub(crate) fn open_commit(&self, ord: u64) -> Option<(u64, u64)> {
+        let (_, w) = self.open_word(ord)?;
+        Some((w & BYTES_MASK, (w >> 32) & RECORDS_MASK))
+    }
+
+    /// The sub-buffer `ord` is the open one (reserved in, not complete):
+    /// how far it is reserved, and its commit word. The head is in it, or
+    /// at the start of the next one when the last reservation ends exactly
+    /// at its end (no padding: that reservation's commit completes it) and
+    /// is not committed yet; the next one is not opened then, so the head
+    /// stays there if the producer died holding that reservation. (One
+    /// closed with padding, by a switch or a flush, while a reservation in
+    /// it was not committed is not the open one: its records are counted
+    /// nowhere until it completes, see "What is left at close".)
+    fn open_word(&self, ord: u64) -> Option<(u64, u64)> {
+        let g = &self.geometry;
         let h = self.head();
-        if self.geometry.pos_ordinal(h) != ord || self.geometry.pos_offset(h) == 0 {
+        let slot = ord % g.n_subbufs;
+        let end = if g.pos_ordinal(h) == ord && g.pos_offset(h) != 0 {
+            g.pos_offset(h)
+        } else if g.pos_ordinal(h) == ord.checked_add(1)?
+            && g.pos_offset(h) == 0
+            // SYNC POINT: Relaxed: the writer that reserved up to the end
+            // stored 0 right after its move of `head`, which we acquired
+            // (`head`); a closer stores the padding there instead.
+            && self.descriptor(slot, desc::PAD).load(Ordering::Relaxed) == 0
+        {
+            g.subbuf_size
+        } else {
+            return None;
+        };
+        // SYNC POINT: Acquire, both: the generation as in `available`
+        // (pairs with the opener's CAS), the word as the word load of the
+        // partial read there (only counts are used here).
+        if self.descriptor(slot, desc::GEN).load(Ordering::Acquire) != ord.wrapping_add(1) {
             return None;
         }
-        // SYNC POINT: Acquire, as the word load of the partial read in
-        // `available` (only counts are used here).
-        let w = self
-            .descriptor(ord % self.geometry.n_subbufs, desc::WORD)
-            .load(Ordering::Acquire);
-        (w & COMPLETE == 0).then_some((w & BYTES_MASK, (w >> 32) & RECORDS_MASK))
+        let w = self.descriptor(slot, desc::WORD).load(Ordering::Acquire);
+        (w & COMPLETE == 0).then_some((end, w))
     }
 
     /// Claims ordinal `ord` for reading. `false`: a writer overwrote it (and
@@ -1873,21 +1887,18 @@ impl Shared {
         let h = |o| self.header_word(o).load(Ordering::Relaxed);
         let r = |o| self.reader_word(o).load(Ordering::Relaxed);
         let head = self.head();
-        let pending = if self.geometry.pos_offset(head) != 0 {
-            let w = self
-                .descriptor(
-                    self.geometry.pos_slot(head) % self.geometry.n_subbufs,
-                    desc::WORD,
-                )
-                .load(Ordering::Relaxed);
-            if w & COMPLETE == 0 {
-                (w >> 32) & RECORDS_MASK
-            } else {
-                0
-            }
+        // The sub-buffer being filled: the head's, or the one before it if
+        // its last reservation ended exactly at its end and is not
+        // committed yet (`open_word`).
+        let ord = self.geometry.pos_ordinal(head);
+        let open = if self.geometry.pos_offset(head) != 0 {
+            Some(ord)
         } else {
-            0
+            ord.checked_sub(1)
         };
+        let pending = open
+            .and_then(|o| self.open_word(o))
+            .map_or(0, |(_, w)| (w >> 32) & RECORDS_MASK);
         BufferStats {
             records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),

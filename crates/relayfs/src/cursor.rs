@@ -555,6 +555,11 @@ pub(crate) fn dead_tail(s: &Shared) -> Option<DeadTail> {
     } else {
         return None;
     };
+    // No more records than bytes before the position (a record has one
+    // byte at least), and no more than a sub-buffer holds, however the
+    // commit word or the reader page was scribbled: the debt below is
+    // clamped so too, so what was counted is never counted again.
+    let before = before.min(pos).min(s.geometry().subbuf_size);
     let mark = s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed);
     let in_flight = (mark & HO_IN_FLIGHT != 0
         && mark & HO_KNOWN != 0

@@ -29,7 +29,8 @@ fn rec(seq: u64) -> Vec<u8> {
 /// The producer: writes `N1` records (a global buffer of 64 × 4 KiB, so
 /// the last of them are in a partly filled sub-buffer), says `phase1`;
 /// then, if `N2` or `RESERVE` is set, waits for `go`, writes `N2` more,
-/// reserves 24 bytes and never commits them if `RESERVE`, says `phase2`;
+/// reserves 24 bytes (`RESERVE` 1) or the rest of the sub-buffer (`FILL`)
+/// and never commits them, says `phase2`;
 /// then sleeps until killed. Nothing is flushed.
 #[test]
 fn child_producer() {
@@ -38,7 +39,7 @@ fn child_producer() {
     };
     let dir = PathBuf::from(std::env::var("RELAYFS_TEST_DIR").unwrap());
     let num = |k: &str| -> u64 { std::env::var(k).map_or(0, |v| v.parse().unwrap()) };
-    let (n1, n2, reserve) = (num("N1"), num("N2"), num("RESERVE") != 0);
+    let (n1, n2, reserve) = (num("N1"), num("N2"), num("RESERVE"));
     let chan = Channel::builder("t")
         .base("t")
         .dir(&dir)
@@ -53,17 +54,48 @@ fn child_producer() {
     }
     std::fs::write(dir.join("phase1"), b"").unwrap();
     let mut _held = None;
-    if n2 > 0 || reserve {
+    if n2 > 0 || reserve != 0 {
         wait_for(&dir.join("go"));
+        if reserve == EARLY {
+            _held = Some(chan.reserve(24).unwrap());
+        }
         for i in n1..n1 + n2 {
             chan.write(&rec(i)).unwrap();
         }
-        if reserve {
+        if reserve == FILL {
+            // Up to the end of the sub-buffer exactly: the head moves to
+            // the start of the next one, which is not opened.
+            _held = Some(chan.reserve(4096 - offset_after(n1 + n2) as usize).unwrap());
+        } else if reserve != 0 && reserve != EARLY {
             _held = Some(chan.reserve(24).unwrap());
         }
         std::fs::write(dir.join("phase2"), b"").unwrap();
     }
     std::thread::sleep(Duration::from_secs(120));
+}
+
+/// `RESERVE` value for a reservation that fills the rest of the
+/// sub-buffer exactly.
+const FILL: u64 = 2;
+
+/// Where the head is in its 4 KiB sub-buffer after records `0..n` (0: at
+/// the start of one not opened yet).
+/// `RESERVE` value for a reservation made before the `N2` records, which
+/// then fill the rest of its sub-buffer and more: it is left behind the
+/// head, never completed.
+const EARLY: u64 = 3;
+
+fn offset_after(n: u64) -> u64 {
+    let mut off = 0;
+    for i in 0..n {
+        let len = rec(i).len() as u64;
+        off = if off == 0 || off + len > 4096 {
+            len
+        } else {
+            (off + len) % 4096
+        };
+    }
+    off
 }
 
 fn wait_for(p: &Path) {
@@ -85,7 +117,7 @@ struct Producer {
 }
 
 impl Producer {
-    fn start(n1: u64, n2: u64, reserve: bool) -> Producer {
+    fn start(n1: u64, n2: u64, reserve: impl Into<u64>) -> Producer {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -98,7 +130,7 @@ impl Producer {
             .env("RELAYFS_TEST_DIR", dir.path())
             .env("N1", n1.to_string())
             .env("N2", n2.to_string())
-            .env("RESERVE", u8::from(reserve).to_string())
+            .env("RESERVE", reserve.into().to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -527,4 +559,133 @@ fn a_handoff_of_the_tail_left_in_flight_then_producer_killed() {
     assert_eq!(s.discarded_records, lost, "{s:?}");
     assert_eq!(s.bytes_consumed, seen.bytes_consumed, "{s:?}");
     assert_eq!(s.records_consumed + s.lost(), 300, "{s:?}");
+}
+
+/// The reader read the tail while the producer lived; the producer wrote
+/// more and died holding a reservation that ends exactly at the end of the
+/// sub-buffer (so the head is at the start of the next one, not opened):
+/// the records read before are counted consumed, the rest given up, as for
+/// a reservation anywhere else in it.
+#[test]
+fn tail_read_then_killed_holding_a_reservation_to_the_end() {
+    // The ten more records stay in the tail's sub-buffer.
+    assert!(offset_after(310) > offset_after(300));
+    let mut p = Producer::start(300, 10, FILL);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    assert_eq!(delivered(&out), 300);
+    let behind = 4096 - offset_after(300);
+    assert_eq!(f.abandoned(), Some((behind, 10)));
+    adds_up(&f, 310, 300);
+    drop(f);
+    let st = RelayFile::inspect(p.path()).unwrap().stats;
+    assert_eq!(st.records_consumed, 300, "{st:?}");
+    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty());
+    assert_eq!(f.abandoned(), Some((behind, 10)));
+    adds_up(&f, 310, 300);
+}
+
+/// Killed holding a reservation to the end of the sub-buffer, with
+/// nothing written after the tail was read: what was read is counted.
+#[test]
+fn tail_read_then_killed_reserving_to_the_end_at_once() {
+    let mut p = Producer::start(300, 0, FILL);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    assert_eq!(delivered(&out), 300);
+    assert_eq!(f.abandoned(), Some((4096 - offset_after(300), 0)));
+    adds_up(&f, 300, 300);
+}
+
+/// The producer died holding a reservation in a sub-buffer it had moved
+/// on from (its other writers filled that one and went on to later ones):
+/// that sub-buffer never completes. The reader must not stay behind it for
+/// good: the complete sub-buffers after it are read, and what it can't
+/// tell of the stuck one is counted (given up), so that every record
+/// written is delivered or counted.
+#[test]
+#[ignore = "defect: the reader stays for good at a sub-buffer that a writer killed holding a reservation never completes, behind the head; the complete sub-buffers after it are neither read nor counted"]
+fn killed_holding_a_reservation_behind_the_head() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    let got = parse(&out).len() as u64;
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert!(
+        s.subbufs_consumed >= s.subbufs_completed,
+        "every complete sub-buffer read: {s:?}"
+    );
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert!(
+        got + s.lost() + abandoned >= 700,
+        "every record delivered or counted: got {got}, abandoned {abandoned}, {s:?}"
+    );
+}
+
+/// The tail's commit word scribbled (by the file's owner) to count far more
+/// records than its bytes can hold: a miscount, but a bounded one, made
+/// once. Every `poll` that finds the producer gone used to count the tail
+/// again (the debt it stored was clamped one way, the count it compared it
+/// with another), adding some 2^31 records to `records_consumed` each time.
+#[test]
+fn a_scribbled_commit_word_of_the_tail_is_counted_once_and_bounded() {
+    use std::os::unix::fs::FileExt;
+    let mut p = Producer::start(300, 0, false);
+    p.wait("phase1");
+    p.kill();
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p.path())
+            .unwrap();
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, 80).unwrap();
+        // The tail is the third sub-buffer: its commit word.
+        let at = u64::from_ne_bytes(b) + 2 * 32;
+        file.read_exact_at(&mut b, at).unwrap();
+        let w = u64::from_ne_bytes(b);
+        assert_eq!(w >> 63, 0, "the tail is not complete");
+        let w = (w & 0xffff_ffff) | (0x7fff_ffff << 32);
+        file.write_all_at(&w.to_ne_bytes(), at).unwrap();
+    }
+    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut out = Vec::new();
+    read_to_end(&mut f, &mut out);
+    assert_eq!(delivered(&out), 300);
+    let once = f.stats().records_consumed;
+    assert!(once <= 300 + 4096, "bounded: {:?}", f.stats());
+    for _ in 0..3 {
+        assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+        assert!(f.is_eof().unwrap());
+    }
+    assert_eq!(f.stats().records_consumed, once, "counted once");
+    drop(f);
+    let st = RelayFile::inspect(p.path()).unwrap().stats;
+    assert_eq!(st.records_consumed, once, "{st:?}");
+    let f = RelayFile::open(p.path()).unwrap();
+    drop(f);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    assert_eq!(f.stats().records_consumed, once, "counted once");
 }
