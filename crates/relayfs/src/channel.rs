@@ -989,9 +989,16 @@ impl Channel {
     /// In a process forked from the one that opened the channel it does
     /// nothing: `&mut self` says nothing of the creator's writers, and the
     /// buffers (with their counters) are the creator's, as for `close`.
+    ///
+    /// After [`close`](Self::close) it does nothing either: the buffers are
+    /// closed, their files removed or left to the reader attached at close
+    /// (whose records a reset would wipe before it read them, neither
+    /// delivered nor counted), and their counters are the final ones.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
-        if !inner.in_creator() {
+        // SYNC POINT: Relaxed: `&mut self` excludes a close in progress in
+        // this process; one that is over happened before (it took `&self`).
+        if !inner.in_creator() || inner.closed.load(StdOrdering::Relaxed) {
             return;
         }
         let _g = inner.lock_flush();

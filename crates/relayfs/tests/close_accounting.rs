@@ -314,3 +314,52 @@ fn a_reader_of_a_left_buffer_never_removes_the_next_producers_files() {
     second.close().unwrap();
     assert!(!path.exists());
 }
+
+/// `close` takes `&self`, so the `Channel` lives on after it, and `reset`
+/// (`&mut self`) can still be called. It used to reset the closed buffers:
+/// the records left for a reader attached at close were wiped before it
+/// read them (neither delivered nor counted), and the counters close had
+/// returned went back to 0. After close there is nothing to start over:
+/// reset leaves the buffers alone.
+#[test]
+fn a_reset_after_close_leaves_the_closed_buffers_alone() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        for reader in [false, true] {
+            let what = format!("{mode:?}, reader {reader}");
+            let dir = tempfile::tempdir().unwrap();
+            let mut chan = open(dir.path(), mode);
+            let mut o = Offered {
+                offered: 0,
+                ok: 0,
+                refused: 0,
+            };
+            let mut r = reader.then(|| RelayFile::open(chan.buffer_path(0)).unwrap());
+            write_n(&chan, 100, &mut o);
+            if let Some(r) = &mut r {
+                let mut buf = vec![0u8; 100];
+                assert!(r.read(&mut buf).unwrap() > 0, "{what}");
+            }
+            let closed = chan.close().unwrap();
+            chan.reset();
+            assert_eq!(chan.total_stats(), closed, "{what}: counters after reset");
+            assert!(
+                matches!(chan.write(b"late"), Err(WriteError::Closed)),
+                "{what}: a write after reset"
+            );
+            let s = match &mut r {
+                Some(r) => {
+                    let mut buf = vec![0u8; 4096];
+                    while !r.is_eof().unwrap() {
+                        r.read(&mut buf).unwrap();
+                    }
+                    r.stats()
+                }
+                None => chan.total_stats(),
+            };
+            o.offered += 1; // the write after reset, refused as closed
+            let mut s = s;
+            s.dropped_closed = chan.total_stats().dropped_closed;
+            check_adds_up(&what, &s, &o);
+        }
+    }
+}
