@@ -406,10 +406,7 @@ fn second_reader_after_the_count_counts_nothing_again() {
         read_to_end(&mut f, &mut out);
         adds_up(&f, 300, 300);
     }
-    assert_eq!(
-        inspect_unattached(&p.path()).stats.records_consumed,
-        300
-    );
+    assert_eq!(inspect_unattached(&p.path()).stats.records_consumed, 300);
     let mut f = common::open_reader(&p.path());
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
