@@ -363,3 +363,55 @@ fn a_reset_after_close_leaves_the_closed_buffers_alone() {
         }
     }
 }
+
+/// The channel directory `relay_open` made is removed once empty by
+/// whoever lets go last: the producer that made it at close, or the reader
+/// a buffer was left for once it has drained it. Not when the channel was
+/// opened again meanwhile: the second producer did not make the directory
+/// (it found it), so its close leaves it; the old reader, once drained,
+/// leaves it while the second producer's files are in it, and, when the
+/// second producer has closed first, gives up at once because its file's
+/// name is gone (`remove_left_for_reader` returns when `unlink_if_same`
+/// finds no file), before it looks at the directory. Either way an empty
+/// channel directory stays in the relay directory for good.
+#[test]
+#[ignore = "defect: an empty channel directory is left behind when the channel was \
+            reopened while a reader drained the buffer left for it"]
+fn a_channel_directory_reopened_while_a_reader_drains_is_not_left_behind() {
+    for reader_last in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let open = || {
+            Channel::builder("again")
+                .relay_dir(root.path())
+                .subbuf_size(256)
+                .n_subbufs(8)
+                .global(true)
+                .open()
+                .unwrap()
+        };
+        let first = open();
+        let path = first.buffer_path(0).to_path_buf();
+        first.write(b"old").unwrap();
+        let mut old = RelayFile::open(&path).unwrap();
+        first.close().unwrap();
+        let second = open();
+        let mut buf = [0u8; 64];
+        assert_eq!(old.read(&mut buf).unwrap(), 3);
+        assert!(old.is_eof().unwrap());
+        if reader_last {
+            second.close().unwrap();
+            drop(old);
+        } else {
+            drop(old);
+            second.close().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "reader last {reader_last}: left in the relay directory: {left:?}"
+        );
+    }
+}
