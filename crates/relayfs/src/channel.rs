@@ -1267,6 +1267,7 @@ impl Inner {
         }
         inner.settle();
         let mut result = Ok(());
+        let mut panicked = None;
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
             // lock, take it: then none is attached or can attach, so what is
@@ -1345,9 +1346,21 @@ impl Inner {
             if !held {
                 continue;
             }
-            if let Err(e) = b.files.remove(&inner.dir, &*inner.callbacks) {
-                if result.is_ok() {
-                    result = Err(e);
+            // `remove_buf_file` is the client's: should it panic, the
+            // buffers after this one are still closed, counted and removed
+            // (and the producer lock let go of) before the panic goes on.
+            // A second close returns at once, so none would be otherwise.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.files.remove(&inner.dir, &*inner.callbacks)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+                Err(p) => {
+                    panicked.get_or_insert(p);
                 }
             }
         }
@@ -1359,6 +1372,9 @@ impl Inner {
         // are refused from now on).
         for b in &inner.bufs {
             let _ = shm::unlock_byte(b.files.file(), shm::PRODUCER_LOCK_BYTE);
+        }
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
         }
         result
     }

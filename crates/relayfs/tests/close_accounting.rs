@@ -415,3 +415,65 @@ fn a_channel_directory_reopened_while_a_reader_drains_is_not_left_behind() {
         );
     }
 }
+
+/// Callbacks whose `remove_buf_file` panics for the first buffer.
+struct PanicOnFirstRemove;
+
+impl relayfs::Callbacks for PanicOnFirstRemove {
+    fn remove_buf_file(&self, dir: &relayfs::ChannelDir, name: &str) -> std::io::Result<()> {
+        if name == "cpu0" {
+            panic!("remove_buf_file of {name} fails");
+        }
+        dir.unlink(name)
+    }
+}
+
+/// A `remove_buf_file` that panics at close (the client's callback, under
+/// the client's `catch_unwind`). close calls it for each buffer once that
+/// buffer is counted; the panic used to leave every later buffer as it
+/// was: not counted unread, not marked closed, its files and the producer
+/// lock kept, while a second close said all was done. Now close finishes
+/// every buffer, then the panic goes on: the counters add up and only the
+/// panicking callback's file is left.
+#[test]
+fn a_panicking_remove_buf_file_leaves_no_buffer_unclosed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("p")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .callbacks(PanicOnFirstRemove)
+        .open()
+        .unwrap();
+    let n = chan.n_buffers();
+    if n < 2 {
+        eprintln!("skipped: one possible CPU, one buffer");
+        return;
+    }
+    let mut o = Offered {
+        offered: 0,
+        ok: 0,
+        refused: 0,
+    };
+    for i in 0..n {
+        for _ in 0..10 {
+            o.offered += 1;
+            chan.write_cpu(i, b"0123456789").unwrap();
+            o.ok += 1;
+        }
+    }
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chan.close()));
+    assert!(first.is_err(), "the callback's panic goes on");
+    let s = chan.close().unwrap();
+    check_adds_up("after a panicking remove_buf_file", &s, &o);
+    assert_eq!(s.unread_at_close, o.ok, "{s:?}");
+    for i in 1..n {
+        let p = chan.buffer_path(i);
+        assert!(!p.exists(), "{} left", p.display());
+        assert!(!relayfs::wake_fifo_path(p).exists(), "its FIFO left");
+    }
+    // The later buffers are closed, not a dead producer's.
+    let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert!(r.is_eof().unwrap());
+    assert_eq!(r.read(&mut [0u8; 64]).unwrap(), 0);
+}
