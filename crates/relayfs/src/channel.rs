@@ -1200,8 +1200,13 @@ impl Inner {
     /// `close` began is committed before what is left is counted. Gives up
     /// after [`SETTLE_LIMIT`](Self::SETTLE_LIMIT) (a writer stopped between
     /// reserve and commit, or a corrupt buffer).
-    fn settle(&self) {
+    ///
+    /// The flush may call the client's `buf_mapped`/`buf_unmapped`; should
+    /// one panic, settling goes on and the first panic is returned, for
+    /// `close` to resume once every buffer is closed.
+    fn settle(&self) -> Option<Box<dyn std::any::Any + Send>> {
         let deadline = Instant::now() + Self::SETTLE_LIMIT;
+        let mut panicked = None;
         loop {
             let _g = self.lock_flush();
             let mut quiet = true;
@@ -1220,8 +1225,15 @@ impl Inner {
                 if b.opening_word().load(Ordering::Acquire) & OPENING_COUNT != 0 {
                     quiet = false;
                 }
-                if s.flush(b) {
-                    quiet = false;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.flush(b))) {
+                    Ok(false) => {}
+                    Ok(true) => quiet = false,
+                    Err(p) => {
+                        // The callback ran after the flush closed the
+                        // sub-buffer: look again.
+                        quiet = false;
+                        panicked.get_or_insert(p);
+                    }
                 }
                 let st = s.stats();
                 // The count of sub-buffers completed is bumped after the
@@ -1241,7 +1253,7 @@ impl Inner {
             }
             drop(_g);
             if quiet || Instant::now() >= deadline {
-                return;
+                return panicked;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1265,9 +1277,8 @@ impl Inner {
             // waited for (`settle`), one after it sees the bit and refuses.
             b.opening_word().fetch_or(OPENING_CLOSING, Ordering::SeqCst);
         }
-        inner.settle();
+        let mut panicked = inner.settle();
         let mut result = Ok(());
-        let mut panicked = None;
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
             // lock, take it: then none is attached or can attach, so what is

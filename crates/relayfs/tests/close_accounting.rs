@@ -477,3 +477,57 @@ fn a_panicking_remove_buf_file_leaves_no_buffer_unclosed() {
     assert!(r.is_eof().unwrap());
     assert_eq!(r.read(&mut [0u8; 64]).unwrap(), 0);
 }
+
+/// Callbacks whose `buf_mapped` panics.
+struct PanicOnMap;
+
+impl relayfs::Callbacks for PanicOnMap {
+    fn buf_mapped(&self, _: &relayfs::BufferInfo, _: u64) {
+        panic!("buf_mapped fails");
+    }
+}
+
+/// A `buf_mapped` that panics in close's own flush (a reader mapped the
+/// buffer since the producer last looked, and close's flush of the open
+/// sub-buffer is the first to notice). The panic used to end close before
+/// anything was marked closed, and a second close returned at once: the
+/// attached reader waited for an end that never came (the producer lock
+/// held as long as the `Channel` lived), its records written but neither
+/// read nor counted. Now close goes on, and the panic goes on after it.
+#[test]
+fn a_panicking_buf_mapped_in_closes_flush_leaves_no_buffer_unclosed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("m")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(PanicOnMap)
+        .open()
+        .unwrap();
+    let path = chan.buffer_path(0).to_path_buf();
+    let mut o = Offered {
+        offered: 0,
+        ok: 0,
+        refused: 0,
+    };
+    write_n(&chan, 10, &mut o);
+    let mut r = RelayFile::open(&path).unwrap();
+    let m = r.map();
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chan.close()));
+    assert!(first.is_err(), "the callback's panic goes on");
+    chan.close().unwrap();
+    drop(m);
+    // The reader drains to the end, which close marked.
+    let mut buf = vec![0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !r.is_eof().unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no end: {:?}",
+            r.stats()
+        );
+        r.read(&mut buf).unwrap();
+    }
+    check_adds_up("a panicking buf_mapped", &r.stats(), &o);
+}
