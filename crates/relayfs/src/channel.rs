@@ -989,9 +989,16 @@ impl Channel {
     /// In a process forked from the one that opened the channel it does
     /// nothing: `&mut self` says nothing of the creator's writers, and the
     /// buffers (with their counters) are the creator's, as for `close`.
+    ///
+    /// After [`close`](Self::close) it does nothing either: the buffers are
+    /// closed, their files removed or left to the reader attached at close
+    /// (whose records a reset would wipe before it read them, neither
+    /// delivered nor counted), and their counters are the final ones.
     pub fn reset(&mut self) {
         let inner = &*self.inner;
-        if !inner.in_creator() {
+        // SYNC POINT: Relaxed: `&mut self` excludes a close in progress in
+        // this process; one that is over happened before (it took `&self`).
+        if !inner.in_creator() || inner.closed.load(StdOrdering::Relaxed) {
             return;
         }
         let _g = inner.lock_flush();
@@ -1193,8 +1200,13 @@ impl Inner {
     /// `close` began is committed before what is left is counted. Gives up
     /// after [`SETTLE_LIMIT`](Self::SETTLE_LIMIT) (a writer stopped between
     /// reserve and commit, or a corrupt buffer).
-    fn settle(&self) {
+    ///
+    /// The flush may call the client's `buf_mapped`/`buf_unmapped`; should
+    /// one panic, settling goes on and the first panic is returned, for
+    /// `close` to resume once every buffer is closed.
+    fn settle(&self) -> Option<Box<dyn std::any::Any + Send>> {
         let deadline = Instant::now() + Self::SETTLE_LIMIT;
+        let mut panicked = None;
         loop {
             let _g = self.lock_flush();
             let mut quiet = true;
@@ -1213,8 +1225,15 @@ impl Inner {
                 if b.opening_word().load(Ordering::Acquire) & OPENING_COUNT != 0 {
                     quiet = false;
                 }
-                if s.flush(b) {
-                    quiet = false;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.flush(b))) {
+                    Ok(false) => {}
+                    Ok(true) => quiet = false,
+                    Err(p) => {
+                        // The callback ran after the flush closed the
+                        // sub-buffer: look again.
+                        quiet = false;
+                        panicked.get_or_insert(p);
+                    }
                 }
                 let st = s.stats();
                 // The count of sub-buffers completed is bumped after the
@@ -1234,7 +1253,7 @@ impl Inner {
             }
             drop(_g);
             if quiet || Instant::now() >= deadline {
-                return;
+                return panicked;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1258,7 +1277,7 @@ impl Inner {
             // waited for (`settle`), one after it sees the bit and refuses.
             b.opening_word().fetch_or(OPENING_CLOSING, Ordering::SeqCst);
         }
-        inner.settle();
+        let mut panicked = inner.settle();
         let mut result = Ok(());
         for b in &inner.bufs {
             // Nothing is written any more. If no reader holds the reader
@@ -1338,9 +1357,21 @@ impl Inner {
             if !held {
                 continue;
             }
-            if let Err(e) = b.files.remove(&inner.dir, &*inner.callbacks) {
-                if result.is_ok() {
-                    result = Err(e);
+            // `remove_buf_file` is the client's: should it panic, the
+            // buffers after this one are still closed, counted and removed
+            // (and the producer lock let go of) before the panic goes on.
+            // A second close returns at once, so none would be otherwise.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.files.remove(&inner.dir, &*inner.callbacks)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+                Err(p) => {
+                    panicked.get_or_insert(p);
                 }
             }
         }
@@ -1352,6 +1383,9 @@ impl Inner {
         // are refused from now on).
         for b in &inner.bufs {
             let _ = shm::unlock_byte(b.files.file(), shm::PRODUCER_LOCK_BYTE);
+        }
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
         }
         result
     }

@@ -314,3 +314,220 @@ fn a_reader_of_a_left_buffer_never_removes_the_next_producers_files() {
     second.close().unwrap();
     assert!(!path.exists());
 }
+
+/// `close` takes `&self`, so the `Channel` lives on after it, and `reset`
+/// (`&mut self`) can still be called. It used to reset the closed buffers:
+/// the records left for a reader attached at close were wiped before it
+/// read them (neither delivered nor counted), and the counters close had
+/// returned went back to 0. After close there is nothing to start over:
+/// reset leaves the buffers alone.
+#[test]
+fn a_reset_after_close_leaves_the_closed_buffers_alone() {
+    for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+        for reader in [false, true] {
+            let what = format!("{mode:?}, reader {reader}");
+            let dir = tempfile::tempdir().unwrap();
+            let mut chan = open(dir.path(), mode);
+            let mut o = Offered {
+                offered: 0,
+                ok: 0,
+                refused: 0,
+            };
+            let mut r = reader.then(|| RelayFile::open(chan.buffer_path(0)).unwrap());
+            write_n(&chan, 100, &mut o);
+            if let Some(r) = &mut r {
+                let mut buf = vec![0u8; 100];
+                assert!(r.read(&mut buf).unwrap() > 0, "{what}");
+            }
+            let closed = chan.close().unwrap();
+            chan.reset();
+            assert_eq!(chan.total_stats(), closed, "{what}: counters after reset");
+            assert!(
+                matches!(chan.write(b"late"), Err(WriteError::Closed)),
+                "{what}: a write after reset"
+            );
+            let s = match &mut r {
+                Some(r) => {
+                    let mut buf = vec![0u8; 4096];
+                    while !r.is_eof().unwrap() {
+                        r.read(&mut buf).unwrap();
+                    }
+                    r.stats()
+                }
+                None => chan.total_stats(),
+            };
+            o.offered += 1; // the write after reset, refused as closed
+            let mut s = s;
+            s.dropped_closed = chan.total_stats().dropped_closed;
+            check_adds_up(&what, &s, &o);
+        }
+    }
+}
+
+/// The channel directory `relay_open` made is removed once empty by
+/// whoever lets go last: the producer that made it at close, or the reader
+/// a buffer was left for once it has drained it. Not when the channel was
+/// opened again meanwhile: the second producer did not make the directory
+/// (it found it), so its close leaves it; the old reader, once drained,
+/// leaves it while the second producer's files are in it, and, when the
+/// second producer has closed first, gives up at once because its file's
+/// name is gone (`remove_left_for_reader` returns when `unlink_if_same`
+/// finds no file), before it looks at the directory. Either way an empty
+/// channel directory stays in the relay directory for good.
+#[test]
+#[ignore = "defect: an empty channel directory is left behind when the channel was \
+            reopened while a reader drained the buffer left for it"]
+fn a_channel_directory_reopened_while_a_reader_drains_is_not_left_behind() {
+    for reader_last in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let open = || {
+            Channel::builder("again")
+                .relay_dir(root.path())
+                .subbuf_size(256)
+                .n_subbufs(8)
+                .global(true)
+                .open()
+                .unwrap()
+        };
+        let first = open();
+        let path = first.buffer_path(0).to_path_buf();
+        first.write(b"old").unwrap();
+        let mut old = RelayFile::open(&path).unwrap();
+        first.close().unwrap();
+        let second = open();
+        let mut buf = [0u8; 64];
+        assert_eq!(old.read(&mut buf).unwrap(), 3);
+        assert!(old.is_eof().unwrap());
+        if reader_last {
+            second.close().unwrap();
+            drop(old);
+        } else {
+            drop(old);
+            second.close().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "reader last {reader_last}: left in the relay directory: {left:?}"
+        );
+    }
+}
+
+/// Callbacks whose `remove_buf_file` panics for the first buffer.
+struct PanicOnFirstRemove;
+
+impl relayfs::Callbacks for PanicOnFirstRemove {
+    fn remove_buf_file(&self, dir: &relayfs::ChannelDir, name: &str) -> std::io::Result<()> {
+        if name == "cpu0" {
+            panic!("remove_buf_file of {name} fails");
+        }
+        dir.unlink(name)
+    }
+}
+
+/// A `remove_buf_file` that panics at close (the client's callback, under
+/// the client's `catch_unwind`). close calls it for each buffer once that
+/// buffer is counted; the panic used to leave every later buffer as it
+/// was: not counted unread, not marked closed, its files and the producer
+/// lock kept, while a second close said all was done. Now close finishes
+/// every buffer, then the panic goes on: the counters add up and only the
+/// panicking callback's file is left.
+#[test]
+fn a_panicking_remove_buf_file_leaves_no_buffer_unclosed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("p")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .callbacks(PanicOnFirstRemove)
+        .open()
+        .unwrap();
+    let n = chan.n_buffers();
+    if n < 2 {
+        eprintln!("skipped: one possible CPU, one buffer");
+        return;
+    }
+    let mut o = Offered {
+        offered: 0,
+        ok: 0,
+        refused: 0,
+    };
+    for i in 0..n {
+        for _ in 0..10 {
+            o.offered += 1;
+            chan.write_cpu(i, b"0123456789").unwrap();
+            o.ok += 1;
+        }
+    }
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chan.close()));
+    assert!(first.is_err(), "the callback's panic goes on");
+    let s = chan.close().unwrap();
+    check_adds_up("after a panicking remove_buf_file", &s, &o);
+    assert_eq!(s.unread_at_close, o.ok, "{s:?}");
+    for i in 1..n {
+        let p = chan.buffer_path(i);
+        assert!(!p.exists(), "{} left", p.display());
+        assert!(!relayfs::wake_fifo_path(p).exists(), "its FIFO left");
+    }
+    // The later buffers are closed, not a dead producer's.
+    let mut r = RelayFile::open(chan.buffer_path(0)).unwrap();
+    assert!(r.is_eof().unwrap());
+    assert_eq!(r.read(&mut [0u8; 64]).unwrap(), 0);
+}
+
+/// Callbacks whose `buf_mapped` panics.
+struct PanicOnMap;
+
+impl relayfs::Callbacks for PanicOnMap {
+    fn buf_mapped(&self, _: &relayfs::BufferInfo, _: u64) {
+        panic!("buf_mapped fails");
+    }
+}
+
+/// A `buf_mapped` that panics in close's own flush (a reader mapped the
+/// buffer since the producer last looked, and close's flush of the open
+/// sub-buffer is the first to notice). The panic used to end close before
+/// anything was marked closed, and a second close returned at once: the
+/// attached reader waited for an end that never came (the producer lock
+/// held as long as the `Channel` lived), its records written but neither
+/// read nor counted. Now close goes on, and the panic goes on after it.
+#[test]
+fn a_panicking_buf_mapped_in_closes_flush_leaves_no_buffer_unclosed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("m")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(8)
+        .global(true)
+        .callbacks(PanicOnMap)
+        .open()
+        .unwrap();
+    let path = chan.buffer_path(0).to_path_buf();
+    let mut o = Offered {
+        offered: 0,
+        ok: 0,
+        refused: 0,
+    };
+    write_n(&chan, 10, &mut o);
+    let mut r = RelayFile::open(&path).unwrap();
+    let m = r.map();
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chan.close()));
+    assert!(first.is_err(), "the callback's panic goes on");
+    chan.close().unwrap();
+    drop(m);
+    // The reader drains to the end, which close marked.
+    let mut buf = vec![0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !r.is_eof().unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no end: {:?}",
+            r.stats()
+        );
+        r.read(&mut buf).unwrap();
+    }
+    check_adds_up("a panicking buf_mapped", &r.stats(), &o);
+}

@@ -233,3 +233,101 @@ fn a_header_callback_that_writes_into_the_channel_accounts_exactly() {
         "{s:?} ok {ok} refused {refused} callback {offered_by_callback}"
     );
 }
+
+/// A `subbuf_header` callback that panics (once; the writer's caller
+/// catches it, as a server's per-request `catch_unwind` does). The switch
+/// has moved `head` past the header and the record when the callback runs,
+/// and the unwinding drops that reservation without committing it: its
+/// sub-buffer never completes. The reader stops there for good, the
+/// records accepted into that sub-buffer and every later one are neither
+/// delivered nor counted, close waits its 2 s for the sub-buffer, and once
+/// the writers come round to its slot again every write is refused as
+/// full, for ever.
+#[test]
+#[ignore = "defect: a panicking subbuf_header leaves its switch's reservation uncommitted; \
+            records accepted after it are lost uncounted and the slot is never reopened"]
+fn a_panicking_header_callback_loses_no_record_and_wedges_nothing() {
+    struct PanicOnce(std::sync::atomic::AtomicBool);
+    impl Callbacks for PanicOnce {
+        fn subbuf_header(&self, _: &BufferInfo, i: &relayfs::SwitchInfo, header: &mut [u8]) {
+            if self.0.swap(false, Ordering::SeqCst) {
+                panic!("subbuf_header fails once");
+            }
+            // A header the test's parser skips: 16 bytes, "H" + ordinal.
+            header.fill(0);
+            header[0] = b'H';
+            header[8..16].copy_from_slice(&i.ordinal.to_le_bytes());
+        }
+    }
+    let st = Arc::new(PanicOnce(std::sync::atomic::AtomicBool::new(false)));
+    struct Shared(Arc<PanicOnce>);
+    impl Callbacks for Shared {
+        fn subbuf_header(&self, b: &BufferInfo, i: &relayfs::SwitchInfo, h: &mut [u8]) {
+            self.0.subbuf_header(b, i, h)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("hdrpanic")
+        .dir(dir.path())
+        .subbuf_size(256)
+        .n_subbufs(4)
+        .global(true)
+        .subbuf_start_reserve(16)
+        .callbacks(Shared(st.clone()))
+        .open()
+        .unwrap();
+    let mut f = RelayFile::open(chan.buffer_path(0)).unwrap();
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut drain = |f: &mut RelayFile, stream: &mut Vec<u8>| loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        stream.extend_from_slice(&buf[..k]);
+    };
+    let (mut ok, mut full, mut panicked) = (0u64, 0u64, 0u64);
+    for seq in 0..400u64 {
+        if seq == 100 {
+            st.0.store(true, Ordering::SeqCst);
+        }
+        let rec = seq.to_le_bytes();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chan.write(&rec))) {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(relayfs::WriteError::Full)) => full += 1,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panicked += 1,
+        }
+        if seq % 8 == 0 {
+            drain(&mut f, &mut stream);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let closed = chan.close().unwrap();
+    let took = t0.elapsed();
+    while !f.is_eof().unwrap() {
+        drain(&mut f, &mut stream);
+    }
+    // Records are 8 bytes (their sequence number); headers 16, starting
+    // with "H".
+    let sb = 256;
+    let mut delivered = 0u64;
+    for sub in stream.chunks(sb) {
+        // A chunk is a sub-buffer without its padding, the header first.
+        delivered += (sub.len().saturating_sub(16) / 8) as u64;
+    }
+    let s = f.stats();
+    let what = format!(
+        "accepted {ok}, refused {full}, panicked {panicked}, close took {took:?}\n\
+         closed {closed:?}\nreader {s:?}"
+    );
+    assert_eq!(panicked, 1, "{what}");
+    assert_eq!(s.records_consumed, delivered, "{what}");
+    assert_eq!(
+        ok,
+        s.records_consumed + s.unread_at_close + s.overwritten_records + s.discarded_records,
+        "{what}: a record accepted was neither delivered nor counted"
+    );
+    assert!(full < 100, "{what}: the channel refuses every write");
+    assert!(took < Duration::from_secs(1), "{what}");
+}

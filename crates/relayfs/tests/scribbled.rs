@@ -2,10 +2,13 @@
 //! root) never hangs: every write returns, and every refused record is
 //! counted.
 
+mod common;
+
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use relayfs::{Channel, Mode, WriteError};
 
@@ -201,4 +204,119 @@ fn scribbled_head_never_hangs_the_writer_or_escapes_the_buffer() {
             }
         }
     }
+}
+
+/// The header's `OPENING` word (switches in flight, and the closing bit).
+const OPENING_OFFSET: u64 = 464;
+
+/// Writer `w`'s records until `stop`: (accepted, refused as full, refused
+/// as closed).
+fn write_until(chan: &Channel, w: u32, stop: &AtomicBool) -> (u64, u64, u64) {
+    let (mut ok, mut full, mut closed) = (0, 0, 0);
+    let mut buf = [0u8; 32];
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let len = common::HDR + (seq % 8) as usize;
+        common::record_into(w, seq, &mut buf[..len]);
+        match chan.write(&buf[..len]) {
+            Ok(()) => ok += 1,
+            Err(WriteError::Full) => full += 1,
+            Err(WriteError::Closed) => closed += 1,
+            Err(e) => panic!("writer {w}: {e}"),
+        }
+        seq += 1;
+    }
+    (ok, full, closed)
+}
+
+/// `OPENING` scribbled while writers switch sub-buffers of 64 bytes without
+/// pause, then `close`: the closing bit set before the producer closes
+/// (switches are refused, and counted, and the process refuses writes as
+/// closed from then on), a count no switch will take back (close waits its
+/// bounded 2 s), one a single switch carries into the closing bit, a
+/// word a switch's decrement takes below 0. No writer hangs, close returns
+/// within its bound, and every record a writer was told was accepted is
+/// delivered to the reader or counted; every refusal is counted.
+#[test]
+fn a_scribbled_opening_word_never_hangs_a_writer_or_close() {
+    for value in [
+        1u64 << 63,
+        0xffff_ffff,
+        u64::MAX,
+        0x7fff_ffff_ffff_ffff,
+        1 << 32,
+        0,
+    ] {
+        for mode in [Mode::NoOverwrite, Mode::Overwrite] {
+            for reader in [false, true] {
+                scribbled_opening(value, mode, reader);
+            }
+        }
+    }
+}
+
+fn scribbled_opening(value: u64, mode: Mode, reader: bool) {
+    let what = format!("OPENING = {value:#x}, {mode:?}, reader {reader}");
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Arc::new(
+        Channel::builder("o")
+            .dir(dir.path())
+            .subbuf_size(64)
+            .n_subbufs(4)
+            .mode(mode)
+            .open()
+            .unwrap(),
+    );
+    let readers = reader.then(|| common::drain_to_close(&chan, 4096, Duration::from_millis(1)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (chan, stop) = (chan.clone(), stop.clone());
+            std::thread::spawn(move || write_until(&chan, w, &stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    for i in 0..chan.n_buffers() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(chan.buffer_path(i))
+            .unwrap();
+        f.write_all_at(&value.to_ne_bytes(), OPENING_OFFSET)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let t0 = Instant::now();
+    chan.close().unwrap();
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut full, mut closed) = (0, 0, 0);
+    for w in writers {
+        let (o, f, c) = w.join().unwrap();
+        ok += o;
+        full += f;
+        closed += c;
+    }
+    let s = chan.total_stats();
+    let what =
+        format!("{what}: close took {took:?}; accepted {ok}, full {full}, closed {closed}\n{s:?}");
+    // 2 s of waiting for switches in flight, and time to spare on a busy
+    // machine.
+    assert!(took < Duration::from_secs(4), "{what}");
+    assert_eq!(s.corrupt, 0, "{what}");
+    assert_eq!(s.records_written(), ok, "{what}");
+    assert_eq!(s.dropped_full, full, "{what}");
+    assert_eq!(s.dropped_closed, closed, "{what}");
+    let delivered = match readers {
+        Some(r) => {
+            let (seen, rs) = common::gather(r, false);
+            assert_eq!(rs.records_consumed, seen.len() as u64, "{what}");
+            seen.len() as u64
+        }
+        None => s.records_consumed,
+    };
+    assert_eq!(
+        ok,
+        delivered + s.unread_at_close + s.overwritten_records + s.discarded_records,
+        "{what}"
+    );
 }
