@@ -617,7 +617,6 @@ fn tail_read_then_killed_reserving_to_the_end_at_once() {
 /// tell of the stuck one is counted (given up), so that every record
 /// written is delivered or counted.
 #[test]
-#[ignore = "defect: the reader stays for good at a sub-buffer that a writer killed holding a reservation never completes, behind the head; the complete sub-buffers after it are neither read nor counted"]
 fn killed_holding_a_reservation_behind_the_head() {
     let mut p = Producer::start(300, 400, EARLY);
     let mut f = RelayFile::open(p.path()).unwrap();
@@ -640,6 +639,137 @@ fn killed_holding_a_reservation_behind_the_head() {
         got + s.lost() + abandoned >= 700,
         "every record delivered or counted: got {got}, abandoned {abandoned}, {s:?}"
     );
+}
+
+/// The records in `stream`, checked whole, in order and none twice, with
+/// those missing from `0..written` one run: `(delivered, first missing,
+/// how many missing)`.
+fn delivered_but_one_run(stream: &[u8], written: u64) -> (u64, u64, u64) {
+    let seqs: Vec<u64> = parse(stream).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    assert!(seqs.last().is_none_or(|&l| l < written));
+    let first = (0..)
+        .zip(&seqs)
+        .find(|(i, s)| *i != **s)
+        .map_or(seqs.len() as u64, |p| p.0);
+    let missing = written - seqs.len() as u64;
+    assert!(
+        seqs[first as usize..]
+            .iter()
+            .zip(first + missing..)
+            .all(|(&s, i)| s == i),
+        "the records missing are one run from {first}"
+    );
+    (seqs.len() as u64, first, missing)
+}
+
+/// What the first reader of a buffer left stuck behind the head (killed
+/// holding a reservation made before records 300..700) counts, against
+/// what it decoded: records `first..first + missing` are missing, all of
+/// them counted given up (discarded, one sub-buffer), the rest consumed,
+/// none abandoned; `inspect` agrees.
+fn stuck_counted(f: &RelayFile, got: u64, missing: u64) {
+    let s = f.stats();
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert!(missing > 0, "records after the hole were given up");
+    assert_eq!(s.discarded_records, missing, "{s:?}");
+    assert_eq!(s.discarded_subbufs, 1, "{s:?}");
+    assert_eq!(s.lost(), missing, "{s:?}");
+    assert_eq!(f.abandoned(), None);
+    assert_eq!(s.records_consumed + s.lost(), 700, "{s:?}");
+    let st = RelayFile::inspect(f.path()).unwrap().stats;
+    assert_eq!(st.records_consumed, s.records_consumed, "{st:?}");
+    assert_eq!(st.discarded_records, s.discarded_records, "{st:?}");
+    assert_eq!(st.records_written(), 700, "{st:?}");
+}
+
+/// The reader that gave the stuck sub-buffer up, and counted it, goes; a
+/// second reader finds nothing more to read and counts nothing again
+/// (the position is past it), and `inspect` in between agrees.
+#[test]
+fn a_second_reader_after_the_stuck_subbuf_was_given_up_counts_nothing_again() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut out = Vec::new();
+    let first = {
+        let mut f = common::open_reader(&p.path());
+        p.wait("phase1");
+        read_now(&mut f, &mut out);
+        assert_eq!(delivered(&out), 300);
+        p.go();
+        p.kill();
+        read_to_end(&mut f, &mut out);
+        let (got, from, missing) = delivered_but_one_run(&out, 700);
+        // Read before the reservation: delivered and counted consumed.
+        assert_eq!(from, 300, "the records before the hole were read");
+        stuck_counted(&f, got, missing);
+        (f.stats(), got, missing)
+    };
+    let (before, got, missing) = first;
+    let seen = inspect_unattached(&p.path()).stats;
+    assert_eq!(seen.records_consumed, before.records_consumed, "{seen:?}");
+    assert_eq!(seen.discarded_records, before.discarded_records, "{seen:?}");
+    assert_eq!(seen.subbufs_consumed, before.subbufs_consumed, "{seen:?}");
+    let mut f = common::open_reader(&p.path());
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty(), "nothing delivered twice");
+    stuck_counted(&f, got, missing);
+    let s = f.stats();
+    assert_eq!(s.subbufs_consumed, before.subbufs_consumed, "{s:?}");
+    assert_eq!(s.discarded_subbufs, before.discarded_subbufs, "{s:?}");
+}
+
+/// A mapping reader (nothing read before the kill): `ready` gives the
+/// complete sub-buffers before the stuck one, gives that one up (none of
+/// it was read, so all its committed records are counted given up), then
+/// the complete ones after it and the dead producer's tail; `consume`
+/// counts them.
+#[test]
+fn a_mapping_reader_gives_up_the_stuck_subbuf_and_reads_on() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    p.go();
+    p.kill();
+    let mut out = Vec::new();
+    let mut subbufs = 0;
+    {
+        let mut m = f.map();
+        loop {
+            if let Some(sb) = m.ready().unwrap() {
+                out.extend_from_slice(&m.copy_subbuf(&sb));
+                assert!(m.consume(&sb).unwrap());
+                subbufs += 1;
+                continue;
+            }
+            match m.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {}
+                Ready::ProducerGone => break,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let (got, from, missing) = delivered_but_one_run(&out, 700);
+    // The stuck sub-buffer is the third: the two before it were read, and
+    // its records from its first on are missing.
+    assert!(from > 0 && from < 300, "{from}");
+    assert!(
+        from + missing > 300,
+        "records after the hole are missing too"
+    );
+    assert!(subbufs > 3, "sub-buffers after the stuck one were read");
+    stuck_counted(&f, got, missing);
+    // Every closed sub-buffer passed, the stuck one (the only one not
+    // complete) too; the position stays in the dead producer's tail.
+    let s = f.stats();
+    assert_eq!(s.subbufs_consumed, s.subbufs_produced, "{s:?}");
+    assert_eq!(s.subbufs_completed + 1, s.subbufs_produced, "{s:?}");
+    // `read` finds nothing more, and nothing is counted again.
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty());
+    stuck_counted(&f, got, missing);
 }
 
 /// The tail's commit word scribbled (by the file's owner) to count far more
