@@ -1496,8 +1496,9 @@ impl Shared {
     /// is not committed yet; the next one is not opened then, so the head
     /// stays there if the producer died holding that reservation. (One
     /// closed with padding, by a switch or a flush, while a reservation in
-    /// it was not committed is not the open one: its records are counted
-    /// nowhere until it completes, see "What is left at close".)
+    /// it was not committed is not the open one: its records are pending
+    /// (`closed_incomplete_records`) until it completes, and given up by a
+    /// reader if the producer died (`Avail::Stuck`).)
     fn open_word(&self, ord: u64) -> Option<(u64, u64)> {
         let g = &self.geometry;
         let h = self.head();
