@@ -585,7 +585,7 @@ fn tail_read_then_killed_holding_a_reservation_to_the_end() {
     drop(f);
     let st = RelayFile::inspect(p.path()).unwrap().stats;
     assert_eq!(st.records_consumed, 300, "{st:?}");
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
     assert!(more.is_empty());
@@ -720,6 +720,48 @@ fn a_second_reader_after_the_stuck_subbuf_was_given_up_counts_nothing_again() {
     assert_eq!(s.discarded_subbufs, before.discarded_subbufs, "{s:?}");
 }
 
+/// The reader read a part of the stuck sub-buffer that ends inside a
+/// record (a small buffer) while the producer lived: how many records that
+/// part holds is not known, so all the stuck sub-buffer's committed records
+/// are given up, those delivered among them included (counted twice rather
+/// than any not at all); the sub-buffers after it are read and counted.
+#[test]
+fn a_stuck_subbuf_read_partly_inside_a_record_is_given_up_whole() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    let mut before = Vec::new();
+    // The two complete sub-buffers first, one at a time.
+    let mut buf = vec![0u8; 1 << 16];
+    while f.stats().subbufs_consumed < 2 {
+        let h = f.read_handoff(&mut buf).unwrap();
+        assert!(h.bytes > 0);
+        before.extend_from_slice(&buf[..h.bytes]);
+        f.handoff_done();
+    }
+    let n = f.read(&mut buf[..100]).unwrap();
+    assert_eq!(n, 100, "the tail holds more than 100 bytes");
+    p.go();
+    p.kill();
+    let mut rest = Vec::new();
+    read_to_end(&mut f, &mut rest);
+    let k = delivered(&before);
+    let after: Vec<u64> = parse(&rest).into_iter().map(|(_, s)| s).collect();
+    assert!(after.first().is_some_and(|&s| s > 300), "{after:?}");
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1) && after.last() == Some(&699),
+        "the records after the stuck sub-buffer, all of them, in order"
+    );
+    let s = f.stats();
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(s.records_consumed, k + after.len() as u64, "{s:?}");
+    // Every record of the stuck sub-buffer, those in the 100 bytes read
+    // included.
+    assert_eq!(s.discarded_records, after[0] - k, "{s:?}");
+    assert_eq!(s.discarded_subbufs, 1, "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), 700, "{s:?}");
+}
+
 /// A mapping reader (nothing read before the kill): `ready` gives the
 /// complete sub-buffers before the stuck one, gives that one up (none of
 /// it was read, so all its committed records are counted given up), then
@@ -813,9 +855,9 @@ fn a_scribbled_commit_word_of_the_tail_is_counted_once_and_bounded() {
     drop(f);
     let st = RelayFile::inspect(p.path()).unwrap().stats;
     assert_eq!(st.records_consumed, once, "{st:?}");
-    let f = RelayFile::open(p.path()).unwrap();
+    let f = common::open_reader(&p.path());
     drop(f);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
     assert_eq!(f.stats().records_consumed, once, "counted once");
 }
