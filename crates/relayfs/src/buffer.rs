@@ -1922,7 +1922,7 @@ impl Shared {
         let pending = open
             .and_then(|o| self.open_word(o))
             .map_or(0, |(_, w)| (w >> 32) & RECORDS_MASK)
-            .saturating_add(self.closed_incomplete_records(open, ord));
+            .saturating_add(self.closed_incomplete_records(open, ord, h(hdr::SUBBUFS_COMPLETED)));
         BufferStats {
             records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
@@ -1952,24 +1952,36 @@ impl Shared {
     /// (`open`): a writer is still copying into them, or died holding a
     /// reservation there (see "A sub-buffer stuck behind the head" in
     /// DESIGN.md). Their records are written, not complete yet: pending.
-    /// One look at each slot's descriptor (the latest lap's).
-    fn closed_incomplete_records(&self, open: Option<u64>, produced: u64) -> u64 {
+    ///
+    /// Every closed sub-buffer but those is complete, and counted in
+    /// `completed` (`hdr::SUBBUFS_COMPLETED`, bumped after the completing
+    /// store of the word): so nothing is looked at while `completed` is
+    /// `produced`, the common case, and otherwise the slots are looked at
+    /// from the newest closed one back (a writer still copying is just
+    /// behind the head) until as many incomplete ones as `completed` falls
+    /// short by were found, at most one look at each slot.
+    fn closed_incomplete_records(&self, open: Option<u64>, produced: u64, completed: u64) -> u64 {
         let g = &self.geometry;
+        let mut missing = produced.saturating_sub(completed);
+        let oldest = produced.saturating_sub(g.n_subbufs);
         let mut sum = 0u64;
-        for slot in 0..g.n_subbufs {
+        let mut ord = produced;
+        while missing > 0 && ord > oldest {
+            ord -= 1;
+            let slot = ord % g.n_subbufs;
             // SYNC POINT: Relaxed, both: a snapshot, as the counters in
-            // `stats`; they pair with nothing.
-            let gen = self.descriptor(slot, desc::GEN).load(Ordering::Relaxed);
-            let Some(ord) = gen.checked_sub(1) else {
-                continue;
-            };
-            // Of this slot (a scribbled generation is not), closed, and not
-            // the open one.
-            if ord % g.n_subbufs != slot || ord >= produced || Some(ord) == open {
+            // `stats`; they pair with nothing. A word that completes
+            // meanwhile only makes the look go further back.
+            if self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1 {
+                // Reopened for a later lap, so complete.
                 continue;
             }
             let w = self.descriptor(slot, desc::WORD).load(Ordering::Relaxed);
-            if w & COMPLETE == 0 {
+            if w & COMPLETE != 0 {
+                continue;
+            }
+            missing -= 1;
+            if Some(ord) != open {
                 // No more records than bytes, however the word was scribbled.
                 let records = ((w >> 32) & RECORDS_MASK).min(w & BYTES_MASK);
                 sum = sum.saturating_add(records);

@@ -861,3 +861,39 @@ fn a_scribbled_commit_word_of_the_tail_is_counted_once_and_bounded() {
     assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
     assert_eq!(f.stats().records_consumed, once, "counted once");
 }
+
+/// While the producer lives, a sub-buffer closed behind a reservation not
+/// committed yet (a writer still copying) has its committed records in
+/// `records_pending`, so `records_written()` counts every record written
+/// at every moment; once the reservation is committed they are in
+/// `records_completed` instead, counted once.
+#[test]
+fn a_subbuf_closed_behind_a_held_reservation_is_pending_until_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("t")
+        .base("t")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .open()
+        .unwrap();
+    chan.write(&rec(0)).unwrap();
+    let held = chan.reserve(24).unwrap();
+    // Enough to close the held reservation's sub-buffer and fill the next
+    // one partly.
+    let n = 200;
+    for i in 1..=n {
+        chan.write(&rec(i)).unwrap();
+    }
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_produced, 1, "{s:?}");
+    assert_eq!(s.subbufs_completed, 0, "{s:?}");
+    assert_eq!(s.records_written(), n + 1, "{s:?}");
+    drop(held);
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_completed, 1, "{s:?}");
+    // The reservation is a record too.
+    assert_eq!(s.records_written(), n + 2, "{s:?}");
+    assert!(s.records_completed > 0 && s.records_pending > 0, "{s:?}");
+}
