@@ -277,6 +277,10 @@ pub(crate) enum Avail {
     /// Overwrite mode: the sub-buffer was reused before the reader got to it;
     /// resume at `next`.
     Lapped { next: u64 },
+    /// The producer is dead, and the sub-buffer was closed (the head moved
+    /// past it) but never completed: a reservation in it was never
+    /// committed. Its commit word's committed `bytes` and `records`.
+    Stuck { bytes: u64, records: u64 },
 }
 
 impl Shared {
@@ -1436,10 +1440,19 @@ impl Shared {
         if self.overwrite && !writers_gone {
             return Ok(Avail::Nothing);
         }
+        let h1 = self.head();
+        if writers_gone && g.pos_ordinal(h1) > ord && self.open_word(ord).is_none() {
+            // Closed, and behind the head: not the sub-buffer the dead
+            // producer was writing, yet never completed (it died holding a
+            // reservation in it). Nothing will complete it.
+            return Ok(Avail::Stuck {
+                bytes: w & BYTES_MASK,
+                records: (w >> 32) & RECORDS_MASK,
+            });
+        }
         // Still being written: readable up to the head if every reservation
         // before it is committed (committed bytes == reserved bytes, with no
         // reservation in between: the head didn't move).
-        let h1 = self.head();
         if g.pos_ordinal(h1) != ord || g.pos_offset(h1) == 0 {
             return Ok(Avail::Nothing);
         }
@@ -1483,8 +1496,9 @@ impl Shared {
     /// is not committed yet; the next one is not opened then, so the head
     /// stays there if the producer died holding that reservation. (One
     /// closed with padding, by a switch or a flush, while a reservation in
-    /// it was not committed is not the open one: its records are counted
-    /// nowhere until it completes, see "What is left at close".)
+    /// it was not committed is not the open one: its records are pending
+    /// (`closed_incomplete_records`) until it completes, and given up by a
+    /// reader if the producer died (`Avail::Stuck`).)
     fn open_word(&self, ord: u64) -> Option<(u64, u64)> {
         let g = &self.geometry;
         let h = self.head();
@@ -1669,6 +1683,13 @@ impl Shared {
                     return Ok(Some((ord, end, records)));
                 }
                 Avail::Lapped { next } => self.skip_lapped(ord, next),
+                Avail::Stuck { bytes, records } => {
+                    // Given up, counted, and passed (`cursor::give_up_stuck`),
+                    // unless a hand-off is in flight in it.
+                    if !crate::cursor::give_up_stuck(self, ord, bytes, records) {
+                        return Ok(None);
+                    }
+                }
                 Avail::Nothing | Avail::Partial { .. } => return Ok(None),
             }
         }
@@ -1682,6 +1703,8 @@ impl Shared {
         Ok(match self.available(ord, writers_gone)? {
             Avail::Complete { .. } | Avail::Lapped { .. } => true,
             Avail::Partial { .. } => writers_gone && self.read_pos() == 0,
+            // `map_ready` gives it up and moves on.
+            Avail::Stuck { .. } => !crate::cursor::handoff_in_flight(self),
             Avail::Nothing => false,
         })
     }
@@ -1898,7 +1921,8 @@ impl Shared {
         };
         let pending = open
             .and_then(|o| self.open_word(o))
-            .map_or(0, |(_, w)| (w >> 32) & RECORDS_MASK);
+            .map_or(0, |(_, w)| (w >> 32) & RECORDS_MASK)
+            .saturating_add(self.closed_incomplete_records(open, ord, h(hdr::SUBBUFS_COMPLETED)));
         BufferStats {
             records_completed: h(hdr::RECORDS_WRITTEN),
             bytes_written: h(hdr::BYTES_WRITTEN),
@@ -1921,6 +1945,49 @@ impl Shared {
             corrupt: h(hdr::CORRUPT),
             unread_at_close: h(hdr::UNREAD_AT_CLOSE),
         }
+    }
+
+    /// Records committed to sub-buffers closed behind the head (`produced`,
+    /// the head's ordinal) and not complete, other than the open one
+    /// (`open`): a writer is still copying into them, or died holding a
+    /// reservation there (see "A sub-buffer stuck behind the head" in
+    /// DESIGN.md). Their records are written, not complete yet: pending.
+    ///
+    /// Every closed sub-buffer but those is complete, and counted in
+    /// `completed` (`hdr::SUBBUFS_COMPLETED`, bumped after the completing
+    /// store of the word): so nothing is looked at while `completed` is
+    /// `produced`, the common case, and otherwise the slots are looked at
+    /// from the newest closed one back (a writer still copying is just
+    /// behind the head) until as many incomplete ones as `completed` falls
+    /// short by were found, at most one look at each slot.
+    fn closed_incomplete_records(&self, open: Option<u64>, produced: u64, completed: u64) -> u64 {
+        let g = &self.geometry;
+        let mut missing = produced.saturating_sub(completed);
+        let oldest = produced.saturating_sub(g.n_subbufs);
+        let mut sum = 0u64;
+        let mut ord = produced;
+        while missing > 0 && ord > oldest {
+            ord -= 1;
+            let slot = ord % g.n_subbufs;
+            // SYNC POINT: Relaxed, both: a snapshot, as the counters in
+            // `stats`; they pair with nothing. A word that completes
+            // meanwhile only makes the look go further back.
+            if self.descriptor(slot, desc::GEN).load(Ordering::Relaxed) != ord + 1 {
+                // Reopened for a later lap, so complete.
+                continue;
+            }
+            let w = self.descriptor(slot, desc::WORD).load(Ordering::Relaxed);
+            if w & COMPLETE != 0 {
+                continue;
+            }
+            missing -= 1;
+            if Some(ord) != open {
+                // No more records than bytes, however the word was scribbled.
+                let records = ((w >> 32) & RECORDS_MASK).min(w & BYTES_MASK);
+                sum = sum.saturating_add(records);
+            }
+        }
+        sum
     }
 
     /// Records in complete sub-buffers that no reader consumed and no writer
@@ -2083,7 +2150,7 @@ impl Shared {
                     self.skip_lapped(ord, next);
                     continue;
                 }
-                Avail::Nothing | Avail::Partial { .. } => break,
+                Avail::Nothing | Avail::Partial { .. } | Avail::Stuck { .. } => break,
             }
             self.set_position(ord + 1);
             done += 1;

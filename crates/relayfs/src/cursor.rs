@@ -574,6 +574,82 @@ pub(crate) fn dead_tail(s: &Shared) -> Option<DeadTail> {
     })
 }
 
+/// Whether a hand-off is in flight (`rdr::HANDOFF`).
+pub(crate) fn handoff_in_flight(s: &Shared) -> bool {
+    // SYNC POINT: Relaxed, the reader's own word (as in `settle_handoff`).
+    s.reader_word(rdr::HANDOFF).load(Ordering::Relaxed) & HO_IN_FLIGHT != 0
+}
+
+/// The sub-buffer `ord` at the reader's position is stuck: closed behind
+/// the dead producer's head and never completed, a reservation in it never
+/// committed (`Avail::Stuck`; its commit word's committed `bytes` and
+/// `records`). Gives it up and moves the position to the start of the next
+/// one. Records are not framed, so none beyond the reader's position can be
+/// told apart from the hole; what was delivered before the position is
+/// counted consumed if its count is known (as for a dead producer's tail,
+/// `dead_tail`), and the rest of the committed records discarded (one
+/// discarded sub-buffer), less what `SUB_RECORDS` says was counted already.
+/// The position, moved past it, says it was given up: a later reader starts
+/// after it and counts nothing again. `false`, and nothing done, if a
+/// hand-off is in flight (`handoff_done` or `handoff_failed` first) or the
+/// position is not at `ord`.
+pub(crate) fn give_up_stuck(s: &Shared, ord: u64, bytes: u64, records: u64) -> bool {
+    // SYNC POINT: Relaxed, all of these but the store of CONSUMED: the
+    // reader's own words (as in `settle_handoff`).
+    if handoff_in_flight(s) || s.reader_word(rdr::CONSUMED).load(Ordering::Relaxed) != ord {
+        return false;
+    }
+    let size = s.geometry().subbuf_size;
+    // No more records than bytes (one byte a record at least), and no more
+    // than a sub-buffer holds, however the commit word was scribbled.
+    let bytes = bytes.min(size);
+    let records = records.min(bytes);
+    let pos = s.reader_word(rdr::READ_POS).load(Ordering::Relaxed);
+    let sub = s.reader_word(rdr::SUB_RECORDS).load(Ordering::Relaxed);
+    let before = if pos == 0 {
+        0
+    } else if pos == bytes {
+        // Nothing committed beyond what was read.
+        records
+    } else if sub & SUB_KNOWN != 0 {
+        ((sub >> 32) & M31).min(records)
+    } else {
+        // Delivered, but how many records is not known: all are given up,
+        // so that those delivered are counted twice rather than the others
+        // not at all.
+        0
+    };
+    let debt = (sub & M31).min(records);
+    let consumed = before.saturating_sub(debt);
+    let given_up = records - before.max(debt);
+    if consumed > 0 {
+        s.reader_word(rdr::RECORDS_CONSUMED)
+            .fetch_add(consumed, Ordering::Relaxed);
+    }
+    if given_up > 0 {
+        s.reader_word(rdr::DISCARDED_RECORDS)
+            .fetch_add(given_up, Ordering::Relaxed);
+        s.reader_word(rdr::DISCARDED_SUBBUFS)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    // All of its records counted: a reader killed before the move below
+    // leaves the next one nothing more to count of it.
+    s.reader_word(rdr::SUB_RECORDS).store(
+        SUB_KNOWN | (before << 32) | records.min(M31),
+        Ordering::Relaxed,
+    );
+    s.reader_word(rdr::HELD).store(0, Ordering::Relaxed);
+    s.reader_word(rdr::READ_POS).store(0, Ordering::Relaxed);
+    s.reader_word(rdr::SUB_RECORDS).store(0, Ordering::Relaxed);
+    // SYNC POINT: Release pairs with the opener's Acquire load of CONSUMED
+    // (as in `Cursor::advance`): nothing reopens a slot whose sub-buffer
+    // never completed, but the position's store orders the counters and
+    // words above before it for the next reader, which acquires it.
+    s.reader_word(rdr::CONSUMED)
+        .store(ord + 1, Ordering::Release);
+    true
+}
+
 pub(crate) fn settle_sub_records(s: &Shared, from: u64) {
     // SYNC POINT: Relaxed, all of these: the reader's own words (as in
     // `settle_handoff`).
@@ -774,6 +850,16 @@ impl Cursor {
                     self.bounce_full = false;
                     self.complete = None;
                     self.partial = None;
+                }
+                Avail::Stuck { bytes, records } => {
+                    // Never completed, behind the dead producer's head:
+                    // given up and counted, and the reader goes on.
+                    if !give_up_stuck(s, self.ord, bytes, records) {
+                        // A hand-off in flight in it: `handoff_done` or
+                        // `handoff_failed` first.
+                        return Ok(None);
+                    }
+                    self.load(s);
                 }
                 Avail::Complete { end, records } => {
                     self.partial = None;

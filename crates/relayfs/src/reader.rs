@@ -1302,7 +1302,7 @@ impl RelayFile {
         };
         let (end, records, partial) = match s.available(seq, false).map_err(fmt)? {
             Avail::Complete { end, records } => (end, records, false),
-            Avail::Partial { .. } | Avail::Nothing => {
+            Avail::Partial { .. } | Avail::Nothing | Avail::Stuck { .. } => {
                 if self.is_closed() || self.producer_alive() {
                     return Ok(None);
                 }

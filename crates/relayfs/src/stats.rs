@@ -29,7 +29,9 @@ pub struct BufferStats {
     /// Record bytes (header reserves and padding excluded) in completed
     /// sub-buffers.
     pub bytes_written: u64,
-    /// Records committed to the sub-buffer being filled (not yet complete).
+    /// Records committed to the sub-buffer being filled (not yet complete),
+    /// and to any closed behind it and not complete yet (a writer still
+    /// copying into it, or one that died holding a reservation there).
     pub records_pending: u64,
     /// Sub-buffers closed by the producer (`subbufs_produced`).
     pub subbufs_produced: u64,
@@ -55,7 +57,9 @@ pub struct BufferStats {
     /// Sub-buffers overwritten before any reader saw them.
     pub overwritten_subbufs: u64,
     /// Records the reader copied but found overwritten under it, and
-    /// discarded (overwrite mode).
+    /// discarded (overwrite mode); also those a lost hand-off took, and
+    /// those of a sub-buffer a dead producer left stuck behind its head
+    /// (never completed) that the reader gave up.
     pub discarded_records: u64,
     /// Sub-buffers the reader discarded that way.
     pub discarded_subbufs: u64,

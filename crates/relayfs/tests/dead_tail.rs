@@ -585,7 +585,7 @@ fn tail_read_then_killed_holding_a_reservation_to_the_end() {
     drop(f);
     let st = RelayFile::inspect(p.path()).unwrap().stats;
     assert_eq!(st.records_consumed, 300, "{st:?}");
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     let mut more = Vec::new();
     read_to_end(&mut f, &mut more);
     assert!(more.is_empty());
@@ -617,7 +617,6 @@ fn tail_read_then_killed_reserving_to_the_end_at_once() {
 /// tell of the stuck one is counted (given up), so that every record
 /// written is delivered or counted.
 #[test]
-#[ignore = "defect: the reader stays for good at a sub-buffer that a writer killed holding a reservation never completes, behind the head; the complete sub-buffers after it are neither read nor counted"]
 fn killed_holding_a_reservation_behind_the_head() {
     let mut p = Producer::start(300, 400, EARLY);
     let mut f = RelayFile::open(p.path()).unwrap();
@@ -640,6 +639,179 @@ fn killed_holding_a_reservation_behind_the_head() {
         got + s.lost() + abandoned >= 700,
         "every record delivered or counted: got {got}, abandoned {abandoned}, {s:?}"
     );
+}
+
+/// The records in `stream`, checked whole, in order and none twice, with
+/// those missing from `0..written` one run: `(delivered, first missing,
+/// how many missing)`.
+fn delivered_but_one_run(stream: &[u8], written: u64) -> (u64, u64, u64) {
+    let seqs: Vec<u64> = parse(stream).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    assert!(seqs.last().is_none_or(|&l| l < written));
+    let first = (0..)
+        .zip(&seqs)
+        .find(|(i, s)| *i != **s)
+        .map_or(seqs.len() as u64, |p| p.0);
+    let missing = written - seqs.len() as u64;
+    assert!(
+        seqs[first as usize..]
+            .iter()
+            .zip(first + missing..)
+            .all(|(&s, i)| s == i),
+        "the records missing are one run from {first}"
+    );
+    (seqs.len() as u64, first, missing)
+}
+
+/// What the first reader of a buffer left stuck behind the head (killed
+/// holding a reservation made before records 300..700) counts, against
+/// what it decoded: records `first..first + missing` are missing, all of
+/// them counted given up (discarded, one sub-buffer), the rest consumed,
+/// none abandoned; `inspect` agrees.
+fn stuck_counted(f: &RelayFile, got: u64, missing: u64) {
+    let s = f.stats();
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert!(missing > 0, "records after the hole were given up");
+    assert_eq!(s.discarded_records, missing, "{s:?}");
+    assert_eq!(s.discarded_subbufs, 1, "{s:?}");
+    assert_eq!(s.lost(), missing, "{s:?}");
+    assert_eq!(f.abandoned(), None);
+    assert_eq!(s.records_consumed + s.lost(), 700, "{s:?}");
+    let st = RelayFile::inspect(f.path()).unwrap().stats;
+    assert_eq!(st.records_consumed, s.records_consumed, "{st:?}");
+    assert_eq!(st.discarded_records, s.discarded_records, "{st:?}");
+    assert_eq!(st.records_written(), 700, "{st:?}");
+}
+
+/// The reader that gave the stuck sub-buffer up, and counted it, goes; a
+/// second reader finds nothing more to read and counts nothing again
+/// (the position is past it), and `inspect` in between agrees.
+#[test]
+fn a_second_reader_after_the_stuck_subbuf_was_given_up_counts_nothing_again() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut out = Vec::new();
+    let first = {
+        let mut f = common::open_reader(&p.path());
+        p.wait("phase1");
+        read_now(&mut f, &mut out);
+        assert_eq!(delivered(&out), 300);
+        p.go();
+        p.kill();
+        read_to_end(&mut f, &mut out);
+        let (got, from, missing) = delivered_but_one_run(&out, 700);
+        // Read before the reservation: delivered and counted consumed.
+        assert_eq!(from, 300, "the records before the hole were read");
+        stuck_counted(&f, got, missing);
+        (f.stats(), got, missing)
+    };
+    let (before, got, missing) = first;
+    let seen = inspect_unattached(&p.path()).stats;
+    assert_eq!(seen.records_consumed, before.records_consumed, "{seen:?}");
+    assert_eq!(seen.discarded_records, before.discarded_records, "{seen:?}");
+    assert_eq!(seen.subbufs_consumed, before.subbufs_consumed, "{seen:?}");
+    let mut f = common::open_reader(&p.path());
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty(), "nothing delivered twice");
+    stuck_counted(&f, got, missing);
+    let s = f.stats();
+    assert_eq!(s.subbufs_consumed, before.subbufs_consumed, "{s:?}");
+    assert_eq!(s.discarded_subbufs, before.discarded_subbufs, "{s:?}");
+}
+
+/// The reader read a part of the stuck sub-buffer that ends inside a
+/// record (a small buffer) while the producer lived: how many records that
+/// part holds is not known, so all the stuck sub-buffer's committed records
+/// are given up, those delivered among them included (counted twice rather
+/// than any not at all); the sub-buffers after it are read and counted.
+#[test]
+fn a_stuck_subbuf_read_partly_inside_a_record_is_given_up_whole() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    let mut before = Vec::new();
+    // The two complete sub-buffers first, one at a time.
+    let mut buf = vec![0u8; 1 << 16];
+    while f.stats().subbufs_consumed < 2 {
+        let h = f.read_handoff(&mut buf).unwrap();
+        assert!(h.bytes > 0);
+        before.extend_from_slice(&buf[..h.bytes]);
+        f.handoff_done();
+    }
+    let n = f.read(&mut buf[..100]).unwrap();
+    assert_eq!(n, 100, "the tail holds more than 100 bytes");
+    p.go();
+    p.kill();
+    let mut rest = Vec::new();
+    read_to_end(&mut f, &mut rest);
+    let k = delivered(&before);
+    let after: Vec<u64> = parse(&rest).into_iter().map(|(_, s)| s).collect();
+    assert!(after.first().is_some_and(|&s| s > 300), "{after:?}");
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1) && after.last() == Some(&699),
+        "the records after the stuck sub-buffer, all of them, in order"
+    );
+    let s = f.stats();
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(s.records_consumed, k + after.len() as u64, "{s:?}");
+    // Every record of the stuck sub-buffer, those in the 100 bytes read
+    // included.
+    assert_eq!(s.discarded_records, after[0] - k, "{s:?}");
+    assert_eq!(s.discarded_subbufs, 1, "{s:?}");
+    assert_eq!(s.records_consumed + s.lost(), 700, "{s:?}");
+}
+
+/// A mapping reader (nothing read before the kill): `ready` gives the
+/// complete sub-buffers before the stuck one, gives that one up (none of
+/// it was read, so all its committed records are counted given up), then
+/// the complete ones after it and the dead producer's tail; `consume`
+/// counts them.
+#[test]
+fn a_mapping_reader_gives_up_the_stuck_subbuf_and_reads_on() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    p.go();
+    p.kill();
+    let mut out = Vec::new();
+    let mut subbufs = 0;
+    {
+        let mut m = f.map();
+        loop {
+            if let Some(sb) = m.ready().unwrap() {
+                out.extend_from_slice(&m.copy_subbuf(&sb));
+                assert!(m.consume(&sb).unwrap());
+                subbufs += 1;
+                continue;
+            }
+            match m.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {}
+                Ready::ProducerGone => break,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let (got, from, missing) = delivered_but_one_run(&out, 700);
+    // The stuck sub-buffer is the third: the two before it were read, and
+    // its records from its first on are missing.
+    assert!(from > 0 && from < 300, "{from}");
+    assert!(
+        from + missing > 300,
+        "records after the hole are missing too"
+    );
+    assert!(subbufs > 3, "sub-buffers after the stuck one were read");
+    stuck_counted(&f, got, missing);
+    // Every closed sub-buffer passed, the stuck one (the only one not
+    // complete) too; the position stays in the dead producer's tail.
+    let s = f.stats();
+    assert_eq!(s.subbufs_consumed, s.subbufs_produced, "{s:?}");
+    assert_eq!(s.subbufs_completed + 1, s.subbufs_produced, "{s:?}");
+    // `read` finds nothing more, and nothing is counted again.
+    let mut more = Vec::new();
+    read_to_end(&mut f, &mut more);
+    assert!(more.is_empty());
+    stuck_counted(&f, got, missing);
 }
 
 /// The tail's commit word scribbled (by the file's owner) to count far more
@@ -683,9 +855,45 @@ fn a_scribbled_commit_word_of_the_tail_is_counted_once_and_bounded() {
     drop(f);
     let st = RelayFile::inspect(p.path()).unwrap().stats;
     assert_eq!(st.records_consumed, once, "{st:?}");
-    let f = RelayFile::open(p.path()).unwrap();
+    let f = common::open_reader(&p.path());
     drop(f);
-    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut f = common::open_reader(&p.path());
     assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
     assert_eq!(f.stats().records_consumed, once, "counted once");
+}
+
+/// While the producer lives, a sub-buffer closed behind a reservation not
+/// committed yet (a writer still copying) has its committed records in
+/// `records_pending`, so `records_written()` counts every record written
+/// at every moment; once the reservation is committed they are in
+/// `records_completed` instead, counted once.
+#[test]
+fn a_subbuf_closed_behind_a_held_reservation_is_pending_until_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("t")
+        .base("t")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(8)
+        .global(true)
+        .open()
+        .unwrap();
+    chan.write(&rec(0)).unwrap();
+    let held = chan.reserve(24).unwrap();
+    // Enough to close the held reservation's sub-buffer and fill the next
+    // one partly.
+    let n = 200;
+    for i in 1..=n {
+        chan.write(&rec(i)).unwrap();
+    }
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_produced, 1, "{s:?}");
+    assert_eq!(s.subbufs_completed, 0, "{s:?}");
+    assert_eq!(s.records_written(), n + 1, "{s:?}");
+    drop(held);
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_completed, 1, "{s:?}");
+    // The reservation is a record too.
+    assert_eq!(s.records_written(), n + 2, "{s:?}");
+    assert!(s.records_completed > 0 && s.records_pending > 0, "{s:?}");
 }
