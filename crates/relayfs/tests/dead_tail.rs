@@ -69,6 +69,13 @@ fn child_producer() {
         } else if reserve != 0 && reserve != EARLY {
             _held = Some(chan.reserve(24).unwrap());
         }
+        if num("CLOSE") != 0 {
+            // `close` waits for the held reservation (2 s), gives up, and
+            // the process exits without committing it.
+            chan.close().unwrap();
+            std::fs::write(dir.join("phase2"), b"").unwrap();
+            std::process::exit(0);
+        }
         std::fs::write(dir.join("phase2"), b"").unwrap();
     }
     std::thread::sleep(Duration::from_secs(120));
@@ -118,6 +125,12 @@ struct Producer {
 
 impl Producer {
     fn start(n1: u64, n2: u64, reserve: impl Into<u64>) -> Producer {
+        Self::start_with(n1, n2, reserve, false)
+    }
+
+    /// As `start`; `close`: the producer closes the channel after the `N2`
+    /// records with its reservation held, then exits.
+    fn start_with(n1: u64, n2: u64, reserve: impl Into<u64>, close: bool) -> Producer {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -131,6 +144,7 @@ impl Producer {
             .env("N1", n1.to_string())
             .env("N2", n2.to_string())
             .env("RESERVE", reserve.into().to_string())
+            .env("CLOSE", u64::from(close).to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -896,4 +910,92 @@ fn a_subbuf_closed_behind_a_held_reservation_is_pending_until_it_completes() {
     // The reservation is a record too.
     assert_eq!(s.records_written(), n + 2, "{s:?}");
     assert!(s.records_completed > 0 && s.records_pending > 0, "{s:?}");
+}
+
+/// A producer closes its channel while one of its writers holds a
+/// reservation behind the head (`close` waits 2 s for it, then gives up),
+/// and its process then ends without committing it. The sub-buffer never
+/// completes, and the complete ones after it are there to read: a reader
+/// attached throughout must deliver them or count them, so that written =
+/// delivered + lost. (DESIGN.md, "What is left at close": "a writer killed
+/// there is" covered.)
+#[test]
+#[ignore = "defect: on a closed channel the stuck sub-buffer is never given up (is_eof/poll set writers_gone only when not closed): the complete sub-buffers after it are neither delivered nor counted"]
+fn closed_then_exited_holding_a_reservation_behind_the_head() {
+    let mut p = Producer::start_with(300, 400, EARLY, true);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    let _ = p.child.wait();
+    loop {
+        read_now(&mut f, &mut out);
+        match f.poll(Some(Duration::from_secs(5))).unwrap() {
+            Ready::Readable => {}
+            Ready::Closed | Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    read_now(&mut f, &mut out);
+    assert!(f.is_eof().unwrap());
+    let seqs: Vec<u64> = parse(&out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(
+        got + s.lost() + abandoned,
+        700,
+        "every record delivered or counted once: got {got} (last {:?}), {s:?}",
+        seqs.last()
+    );
+    assert_eq!(s.records_consumed, got, "{s:?}");
+}
+
+/// The `peek_subbuf`/`consume_through` reader (the NATS recorder's loop)
+/// after the producer was killed holding a reservation behind the head:
+/// the complete sub-buffers after the stuck one are peeked and consumed,
+/// and every record is delivered or counted.
+#[test]
+#[ignore = "defect: peek_subbuf never passes a stuck sub-buffer; is_eof gives it up and moves the position past the caller's seq, so the next peek_subbuf(seq) fails NotReady (relayfs record --to nats fails)"]
+fn peek_and_consume_past_a_stuck_subbuf_after_the_producer_was_killed() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    p.go();
+    p.kill();
+    let mut out = Vec::new();
+    let mut seq = f.consumed_seq();
+    let t = Instant::now();
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "stuck at {seq}: {:?}",
+            f.stats()
+        );
+        match f.peek_subbuf(seq).unwrap() {
+            Some(sb) => {
+                out.extend_from_slice(&sb.data);
+                f.consume_through(seq).unwrap();
+                seq += 1;
+            }
+            None => {
+                // As `relayfs record --to nats://` (recorder/nats.rs) does:
+                // its own `next`, and `is_eof` once the producer is gone.
+                if !f.producer_alive() && f.is_eof().unwrap() {
+                    break;
+                }
+            }
+        }
+    }
+    let seqs: Vec<u64> = parse(&out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(got + s.lost() + abandoned, 700, "got {got}, {s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
 }
