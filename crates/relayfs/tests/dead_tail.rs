@@ -54,6 +54,30 @@ fn child_producer() {
     }
     std::fs::write(dir.join("phase1"), b"").unwrap();
     let mut _held = None;
+    let row = num("ROW");
+    if row > 0 {
+        // `ROW` reservations, each held while records close its
+        // sub-buffer: that many sub-buffers stuck in a row behind the
+        // head; then `N2` records more. Says how many it wrote.
+        wait_for(&dir.join("go"));
+        let mut held = Vec::new();
+        let mut i = n1;
+        for _ in 0..row {
+            held.push(chan.reserve(24).unwrap());
+            let p0 = chan.total_stats().subbufs_produced;
+            while chan.total_stats().subbufs_produced == p0 {
+                chan.write(&rec(i)).unwrap();
+                i += 1;
+            }
+        }
+        for _ in 0..n2 {
+            chan.write(&rec(i)).unwrap();
+            i += 1;
+        }
+        std::fs::write(dir.join("written"), i.to_string()).unwrap();
+        std::fs::write(dir.join("phase2"), b"").unwrap();
+        std::thread::sleep(Duration::from_secs(120));
+    }
     if n2 > 0 || reserve != 0 {
         wait_for(&dir.join("go"));
         if reserve == EARLY {
@@ -116,6 +140,11 @@ fn wait_for(p: &Path) {
     }
 }
 
+thread_local! {
+    /// `ROW` for the next `Producer::start` on this thread.
+    static ROW_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A producer child writing `n1` records, then (after `go`) `n2` more and
 /// a reservation if `reserve`.
 struct Producer {
@@ -145,6 +174,7 @@ impl Producer {
             .env("N2", n2.to_string())
             .env("RESERVE", reserve.into().to_string())
             .env("CLOSE", u64::from(close).to_string())
+            .env("ROW", ROW_OF.with(|r| r.get()).to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -998,4 +1028,148 @@ fn peek_and_consume_past_a_stuck_subbuf_after_the_producer_was_killed() {
     assert_eq!(s.records_written(), 700, "{s:?}");
     assert_eq!(got + s.lost() + abandoned, 700, "got {got}, {s:?}");
     assert_eq!(s.records_consumed, got, "{s:?}");
+}
+
+/// A producer killed with `row` sub-buffers stuck in a row behind its head
+/// (a reservation held in each), `n2` records after them: returns it and
+/// how many records it wrote.
+fn start_row(row: u64, n1: u64, n2: u64) -> (Producer, u64) {
+    ROW_OF.with(|r| r.set(row));
+    let mut p = Producer::start(n1, n2, 0u64);
+    ROW_OF.with(|r| r.set(0));
+    p.wait("phase1");
+    p.go();
+    let written: u64 = std::fs::read_to_string(p.dir.path().join("written"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.kill();
+    (p, written)
+}
+
+/// Records decoded from `out`: none twice, in order; delivered = consumed,
+/// and written = delivered + lost (nothing abandoned: no open sub-buffer
+/// holds a reservation); `inspect` and a second reader agree.
+fn row_adds_up(f: RelayFile, out: &[u8], written: u64, row: u64) {
+    let seqs: Vec<u64> = parse(out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), written, "{s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert_eq!(got + s.lost() + abandoned, written, "got {got}: {s:?}");
+    assert_eq!(s.discarded_subbufs, row, "{s:?}");
+    assert_eq!(
+        seqs.last().copied(),
+        Some(written - 1),
+        "read on to the end"
+    );
+    let path = f.path().to_path_buf();
+    drop(f);
+    let mut g = common::open_reader(&path);
+    assert_eq!(g.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    let t = g.stats();
+    assert_eq!(t.records_consumed, s.records_consumed, "{t:?}");
+    assert_eq!(t.discarded_records, s.discarded_records, "{t:?}");
+}
+
+#[test]
+fn three_stuck_in_a_row_read() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    read_to_end(&mut f, &mut out);
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_sendfile() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut sink = tempfile::tempfile().unwrap();
+    loop {
+        while f.sendfile(&sink, 1000).unwrap() > 0 {}
+        match f.poll(Some(Duration::from_secs(20))).unwrap() {
+            Ready::Readable => {}
+            Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    sink.rewind().unwrap();
+    sink.read_to_end(&mut out).unwrap();
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_read_handoff() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            let h = f.read_handoff(&mut buf).unwrap();
+            if h.bytes == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..h.bytes]);
+            f.handoff_done();
+        }
+        match f.poll(Some(Duration::from_secs(20))).unwrap() {
+            Ready::Readable => {}
+            Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_mapping() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    {
+        let mut m = f.map();
+        loop {
+            if let Some(sb) = m.ready().unwrap() {
+                out.extend_from_slice(&m.copy_subbuf(&sb));
+                assert!(m.consume(&sb).unwrap());
+                continue;
+            }
+            match m.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {}
+                Ready::ProducerGone => break,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    row_adds_up(f, &out, written, 3);
+}
+
+/// The reader that read the first stuck sub-buffer partly while the
+/// producer lived (`read_now` before the kill).
+#[test]
+fn three_stuck_in_a_row_read_partly_before_the_kill() {
+    ROW_OF.with(|r| r.set(3));
+    let mut p = Producer::start(150, 300, 0u64);
+    ROW_OF.with(|r| r.set(0));
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    read_now(&mut f, &mut out);
+    let written: u64 = std::fs::read_to_string(p.dir.path().join("written"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Alive: nothing counted lost while a reservation is held.
+    assert_eq!(f.stats().lost(), 0);
+    assert_eq!(f.stats().records_written(), written);
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    row_adds_up(f, &out, written, 3);
 }
