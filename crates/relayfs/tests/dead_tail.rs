@@ -1223,3 +1223,108 @@ fn overwrite_mode_stuck_subbufs_lapped_then_killed() {
     assert_eq!(t.records_consumed, s.records_consumed, "{t:?}");
     assert_eq!(t.discarded_records, s.discarded_records, "{t:?}");
 }
+
+/// Every closed sub-buffer's commit word scribbled to "not complete, the
+/// most records and bytes" after the producer was killed: each looks stuck
+/// and is given up. No panic, no hang, the counts bounded (a sub-buffer's
+/// bytes at most), counted once by a second reader and `inspect`.
+#[test]
+fn scribbled_commit_words_make_every_subbuf_look_stuck_bounded_and_once() {
+    use std::os::unix::fs::FileExt;
+    let mut p = Producer::start(700, 0, false);
+    p.wait("phase1");
+    p.kill();
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p.path())
+            .unwrap();
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, 80).unwrap();
+        let desc = u64::from_ne_bytes(b);
+        for slot in 0..64 {
+            file.write_all_at(&0x7fff_ffff_ffff_ffffu64.to_ne_bytes(), desc + slot * 32)
+                .unwrap();
+        }
+    }
+    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    read_to_end(&mut f, &mut out);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let s = f.stats();
+    let produced = s.subbufs_produced + 1;
+    assert!(
+        s.discarded_records + s.records_consumed <= 700 + produced * 4096,
+        "bounded: {s:?}"
+    );
+    assert!(s.discarded_subbufs <= produced, "{s:?}");
+    for _ in 0..3 {
+        assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+        assert!(f.is_eof().unwrap());
+    }
+    assert_eq!(f.stats().discarded_records, s.discarded_records);
+    drop(f);
+    let st = inspect_unattached(&p.path()).stats;
+    assert_eq!(st.discarded_records, s.discarded_records, "{st:?}");
+    let mut g = common::open_reader(&p.path());
+    assert_eq!(g.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    let mut more = Vec::new();
+    read_to_end(&mut g, &mut more);
+    assert!(more.is_empty());
+    assert_eq!(g.stats().discarded_records, s.discarded_records);
+    assert_eq!(g.stats().records_consumed, s.records_consumed);
+}
+
+/// A sub-buffer closed behind a held reservation by a switch that was then
+/// refused (the ring full, no reader): the head waits at the start of the
+/// next sub-buffer, not opened. `stats` takes the closed one for the open
+/// one (`open` = the head's ordinal - 1), and `closed_incomplete_records`
+/// leaves it out for that: its committed records are in neither
+/// `records_completed` nor `records_pending`. Once the producer dies a
+/// reader gives them up, counting them discarded: consumed + lost then
+/// exceeds written. (Seen under `relayfs record` with 16 demo threads
+/// killed at random: a buffer with discarded 34, delivered = written.)
+#[test]
+#[ignore = "defect: records of a stuck/held sub-buffer just behind a head left at offset 0 by a refused switch are missing from records_pending (stats takes it for the open one)"]
+fn a_held_subbuf_closed_by_a_refused_switch_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("t")
+        .base("t")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .global(true)
+        .open()
+        .unwrap();
+    let mut accepted = 0u64;
+    let mut i = 0u64;
+    // Sub-buffers 0, 1 and 2 complete, nothing consumed.
+    while chan.total_stats().subbufs_produced < 3 {
+        chan.write(&rec(i)).unwrap();
+        accepted += 1;
+        i += 1;
+    }
+    chan.write(&rec(i)).unwrap();
+    accepted += 1;
+    i += 1;
+    let held = chan.reserve(24).unwrap();
+    // Close sub-buffer 3 (a record that doesn't fit), whose switch to the
+    // next is refused: ordinal 0 is not consumed.
+    while chan.total_stats().dropped_full == 0 {
+        if chan.write(&rec(i)).is_ok() {
+            accepted += 1;
+        }
+        i += 1;
+    }
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_produced, 4, "{s:?}");
+    assert_eq!(s.subbufs_completed, 3, "{s:?}");
+    assert_eq!(
+        s.records_written(),
+        accepted,
+        "every record committed is written (completed or pending): {s:?}"
+    );
+    drop(held);
+}
