@@ -44,8 +44,13 @@ fn child_producer() {
         .base("t")
         .dir(&dir)
         .subbuf_size(4096)
-        .n_subbufs(64)
+        .n_subbufs(if num("OVERWRITE") != 0 { 8 } else { 64 })
         .global(true)
+        .mode(if num("OVERWRITE") != 0 {
+            relayfs::Mode::Overwrite
+        } else {
+            relayfs::Mode::NoOverwrite
+        })
         .open()
         .unwrap();
     std::fs::write(dir.join("ready"), b"").unwrap();
@@ -54,6 +59,32 @@ fn child_producer() {
     }
     std::fs::write(dir.join("phase1"), b"").unwrap();
     let mut _held = None;
+    let row = num("ROW");
+    if row > 0 {
+        // `ROW` reservations, each held while records close its
+        // sub-buffer: that many sub-buffers stuck in a row behind the
+        // head; then `N2` records more. Says how many it wrote.
+        wait_for(&dir.join("go"));
+        let mut held = Vec::new();
+        let mut i = n1;
+        for _ in 0..row {
+            held.push(chan.reserve(24).unwrap());
+            let p0 = chan.total_stats().subbufs_produced;
+            while chan.total_stats().subbufs_produced == p0 {
+                chan.write(&rec(i)).unwrap();
+                i += 1;
+            }
+        }
+        for _ in 0..n2 {
+            // Overwrite mode refuses the writes that come round to the
+            // stuck slot (`Full`): counted in `dropped_full`.
+            let _ = chan.write(&rec(i));
+            i += 1;
+        }
+        std::fs::write(dir.join("written"), i.to_string()).unwrap();
+        std::fs::write(dir.join("phase2"), b"").unwrap();
+        std::thread::sleep(Duration::from_secs(120));
+    }
     if n2 > 0 || reserve != 0 {
         wait_for(&dir.join("go"));
         if reserve == EARLY {
@@ -68,6 +99,13 @@ fn child_producer() {
             _held = Some(chan.reserve(4096 - offset_after(n1 + n2) as usize).unwrap());
         } else if reserve != 0 && reserve != EARLY {
             _held = Some(chan.reserve(24).unwrap());
+        }
+        if num("CLOSE") != 0 {
+            // `close` waits for the held reservation (2 s), gives up, and
+            // the process exits without committing it.
+            chan.close().unwrap();
+            std::fs::write(dir.join("phase2"), b"").unwrap();
+            std::process::exit(0);
         }
         std::fs::write(dir.join("phase2"), b"").unwrap();
     }
@@ -109,6 +147,13 @@ fn wait_for(p: &Path) {
     }
 }
 
+thread_local! {
+    /// `ROW` for the next `Producer::start` on this thread.
+    static ROW_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// `OVERWRITE` (8 sub-buffers, overwrite mode) for the next start.
+    static OVERWRITE_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A producer child writing `n1` records, then (after `go`) `n2` more and
 /// a reservation if `reserve`.
 struct Producer {
@@ -118,6 +163,12 @@ struct Producer {
 
 impl Producer {
     fn start(n1: u64, n2: u64, reserve: impl Into<u64>) -> Producer {
+        Self::start_with(n1, n2, reserve, false)
+    }
+
+    /// As `start`; `close`: the producer closes the channel after the `N2`
+    /// records with its reservation held, then exits.
+    fn start_with(n1: u64, n2: u64, reserve: impl Into<u64>, close: bool) -> Producer {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -131,6 +182,9 @@ impl Producer {
             .env("N1", n1.to_string())
             .env("N2", n2.to_string())
             .env("RESERVE", reserve.into().to_string())
+            .env("CLOSE", u64::from(close).to_string())
+            .env("ROW", ROW_OF.with(|r| r.get()).to_string())
+            .env("OVERWRITE", OVERWRITE_OF.with(|r| r.get()).to_string())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -896,4 +950,381 @@ fn a_subbuf_closed_behind_a_held_reservation_is_pending_until_it_completes() {
     // The reservation is a record too.
     assert_eq!(s.records_written(), n + 2, "{s:?}");
     assert!(s.records_completed > 0 && s.records_pending > 0, "{s:?}");
+}
+
+/// A producer closes its channel while one of its writers holds a
+/// reservation behind the head (`close` waits 2 s for it, then gives up),
+/// and its process then ends without committing it. The sub-buffer never
+/// completes, and the complete ones after it are there to read: a reader
+/// attached throughout must deliver them or count them, so that written =
+/// delivered + lost. (DESIGN.md, "What is left at close": "a writer killed
+/// there is" covered.)
+#[test]
+#[ignore = "defect: on a closed channel the stuck sub-buffer is never given up (is_eof/poll set writers_gone only when not closed): the complete sub-buffers after it are neither delivered nor counted"]
+fn closed_then_exited_holding_a_reservation_behind_the_head() {
+    let mut p = Producer::start_with(300, 400, EARLY, true);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    let _ = p.child.wait();
+    loop {
+        read_now(&mut f, &mut out);
+        match f.poll(Some(Duration::from_secs(5))).unwrap() {
+            Ready::Readable => {}
+            Ready::Closed | Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    read_now(&mut f, &mut out);
+    assert!(f.is_eof().unwrap());
+    let seqs: Vec<u64> = parse(&out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(
+        got + s.lost() + abandoned,
+        700,
+        "every record delivered or counted once: got {got} (last {:?}), {s:?}",
+        seqs.last()
+    );
+    assert_eq!(s.records_consumed, got, "{s:?}");
+}
+
+/// The `peek_subbuf`/`consume_through` reader (the NATS recorder's loop)
+/// after the producer was killed holding a reservation behind the head:
+/// the complete sub-buffers after the stuck one are peeked and consumed,
+/// and every record is delivered or counted.
+#[test]
+#[ignore = "defect: peek_subbuf never passes a stuck sub-buffer; is_eof gives it up and moves the position past the caller's seq, so the next peek_subbuf(seq) fails NotReady (relayfs record --to nats fails)"]
+fn peek_and_consume_past_a_stuck_subbuf_after_the_producer_was_killed() {
+    let mut p = Producer::start(300, 400, EARLY);
+    let mut f = RelayFile::open(p.path()).unwrap();
+    p.wait("phase1");
+    p.go();
+    p.kill();
+    let mut out = Vec::new();
+    let mut seq = f.consumed_seq();
+    let t = Instant::now();
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "stuck at {seq}: {:?}",
+            f.stats()
+        );
+        match f.peek_subbuf(seq).unwrap() {
+            Some(sb) => {
+                out.extend_from_slice(&sb.data);
+                f.consume_through(seq).unwrap();
+                seq += 1;
+            }
+            None => {
+                // As `relayfs record --to nats://` (recorder/nats.rs) does:
+                // its own `next`, and `is_eof` once the producer is gone.
+                if !f.producer_alive() && f.is_eof().unwrap() {
+                    break;
+                }
+            }
+        }
+    }
+    let seqs: Vec<u64> = parse(&out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), 700, "{s:?}");
+    assert_eq!(got + s.lost() + abandoned, 700, "got {got}, {s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+}
+
+/// A producer killed with `row` sub-buffers stuck in a row behind its head
+/// (a reservation held in each), `n2` records after them: returns it and
+/// how many records it wrote.
+fn start_row(row: u64, n1: u64, n2: u64) -> (Producer, u64) {
+    ROW_OF.with(|r| r.set(row));
+    let mut p = Producer::start(n1, n2, 0u64);
+    ROW_OF.with(|r| r.set(0));
+    p.wait("phase1");
+    p.go();
+    let written: u64 = std::fs::read_to_string(p.dir.path().join("written"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.kill();
+    (p, written)
+}
+
+/// Records decoded from `out`: none twice, in order; delivered = consumed,
+/// and written = delivered + lost (nothing abandoned: no open sub-buffer
+/// holds a reservation); `inspect` and a second reader agree.
+fn row_adds_up(f: RelayFile, out: &[u8], written: u64, row: u64) {
+    let seqs: Vec<u64> = parse(out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert_eq!(s.records_written(), written, "{s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert_eq!(got + s.lost() + abandoned, written, "got {got}: {s:?}");
+    assert_eq!(s.discarded_subbufs, row, "{s:?}");
+    assert_eq!(
+        seqs.last().copied(),
+        Some(written - 1),
+        "read on to the end"
+    );
+    let path = f.path().to_path_buf();
+    drop(f);
+    let mut g = common::open_reader(&path);
+    assert_eq!(g.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    let t = g.stats();
+    assert_eq!(t.records_consumed, s.records_consumed, "{t:?}");
+    assert_eq!(t.discarded_records, s.discarded_records, "{t:?}");
+}
+
+#[test]
+fn three_stuck_in_a_row_read() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    read_to_end(&mut f, &mut out);
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_sendfile() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut sink = tempfile::tempfile().unwrap();
+    loop {
+        while f.sendfile(&sink, 1000).unwrap() > 0 {}
+        match f.poll(Some(Duration::from_secs(20))).unwrap() {
+            Ready::Readable => {}
+            Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    sink.rewind().unwrap();
+    sink.read_to_end(&mut out).unwrap();
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_read_handoff() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            let h = f.read_handoff(&mut buf).unwrap();
+            if h.bytes == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..h.bytes]);
+            f.handoff_done();
+        }
+        match f.poll(Some(Duration::from_secs(20))).unwrap() {
+            Ready::Readable => {}
+            Ready::ProducerGone => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    row_adds_up(f, &out, written, 3);
+}
+
+#[test]
+fn three_stuck_in_a_row_mapping() {
+    let (p, written) = start_row(3, 150, 300);
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    {
+        let mut m = f.map();
+        loop {
+            if let Some(sb) = m.ready().unwrap() {
+                out.extend_from_slice(&m.copy_subbuf(&sb));
+                assert!(m.consume(&sb).unwrap());
+                continue;
+            }
+            match m.poll(Some(Duration::from_secs(20))).unwrap() {
+                Ready::Readable => {}
+                Ready::ProducerGone => break,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    row_adds_up(f, &out, written, 3);
+}
+
+/// The reader that read the first stuck sub-buffer partly while the
+/// producer lived (`read_now` before the kill).
+#[test]
+fn three_stuck_in_a_row_read_partly_before_the_kill() {
+    ROW_OF.with(|r| r.set(3));
+    let mut p = Producer::start(150, 300, 0u64);
+    ROW_OF.with(|r| r.set(0));
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    read_now(&mut f, &mut out);
+    let written: u64 = std::fs::read_to_string(p.dir.path().join("written"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Alive: nothing counted lost while a reservation is held.
+    assert_eq!(f.stats().lost(), 0);
+    assert_eq!(f.stats().records_written(), written);
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    row_adds_up(f, &out, written, 3);
+}
+
+/// Overwrite mode (8 sub-buffers): two sub-buffers stuck in a row, then
+/// the producer comes round to them (its writes there refused, counted in
+/// `dropped_full`) and is killed. The flight-recorder reader gives them up
+/// and reads what is left; written = delivered + lost, none twice.
+#[test]
+fn overwrite_mode_stuck_subbufs_lapped_then_killed() {
+    OVERWRITE_OF.with(|r| r.set(1));
+    let (p, offered) = start_row(2, 150, 3000);
+    OVERWRITE_OF.with(|r| r.set(0));
+    let mut f = common::open_reader(&p.path());
+    let mut out = Vec::new();
+    read_to_end(&mut f, &mut out);
+    let seqs: Vec<u64> = parse(&out).into_iter().map(|(_, s)| s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let got = seqs.len() as u64;
+    let s = f.stats();
+    let abandoned = f.abandoned().map_or(0, |a| a.1);
+    assert!(
+        s.dropped_full > 0,
+        "the ring came round to the stuck ones: {s:?}"
+    );
+    assert_eq!(s.records_written() + s.dropped_full, offered, "{s:?}");
+    assert_eq!(s.records_consumed, got, "{s:?}");
+    assert_eq!(
+        got + s.lost() + abandoned,
+        offered,
+        "got {got} (last {:?}): {s:?}",
+        seqs.last()
+    );
+    let path = f.path().to_path_buf();
+    drop(f);
+    let mut g = common::open_reader(&path);
+    let mut more = Vec::new();
+    read_to_end(&mut g, &mut more);
+    assert!(more.is_empty());
+    let t = g.stats();
+    assert_eq!(t.records_consumed, s.records_consumed, "{t:?}");
+    assert_eq!(t.discarded_records, s.discarded_records, "{t:?}");
+}
+
+/// Every closed sub-buffer's commit word scribbled to "not complete, the
+/// most records and bytes" after the producer was killed: each looks stuck
+/// and is given up. No panic, no hang, the counts bounded (a sub-buffer's
+/// bytes at most), counted once by a second reader and `inspect`.
+#[test]
+fn scribbled_commit_words_make_every_subbuf_look_stuck_bounded_and_once() {
+    use std::os::unix::fs::FileExt;
+    let mut p = Producer::start(700, 0, false);
+    p.wait("phase1");
+    p.kill();
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p.path())
+            .unwrap();
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, 80).unwrap();
+        let desc = u64::from_ne_bytes(b);
+        for slot in 0..64 {
+            file.write_all_at(&0x7fff_ffff_ffff_ffffu64.to_ne_bytes(), desc + slot * 32)
+                .unwrap();
+        }
+    }
+    let mut f = RelayFile::open(p.path()).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    read_to_end(&mut f, &mut out);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let s = f.stats();
+    let produced = s.subbufs_produced + 1;
+    assert!(
+        s.discarded_records + s.records_consumed <= 700 + produced * 4096,
+        "bounded: {s:?}"
+    );
+    assert!(s.discarded_subbufs <= produced, "{s:?}");
+    for _ in 0..3 {
+        assert_eq!(f.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+        assert!(f.is_eof().unwrap());
+    }
+    assert_eq!(f.stats().discarded_records, s.discarded_records);
+    drop(f);
+    let st = inspect_unattached(&p.path()).stats;
+    assert_eq!(st.discarded_records, s.discarded_records, "{st:?}");
+    let mut g = common::open_reader(&p.path());
+    assert_eq!(g.poll(Some(Duration::ZERO)).unwrap(), Ready::ProducerGone);
+    let mut more = Vec::new();
+    read_to_end(&mut g, &mut more);
+    assert!(more.is_empty());
+    assert_eq!(g.stats().discarded_records, s.discarded_records);
+    assert_eq!(g.stats().records_consumed, s.records_consumed);
+}
+
+/// A sub-buffer closed behind a held reservation by a switch that was then
+/// refused (the ring full, no reader): the head waits at the start of the
+/// next sub-buffer, not opened. `stats` takes the closed one for the open
+/// one (`open` = the head's ordinal - 1), and `closed_incomplete_records`
+/// leaves it out for that: its committed records are in neither
+/// `records_completed` nor `records_pending`. Once the producer dies a
+/// reader gives them up, counting them discarded: consumed + lost then
+/// exceeds written. (Seen under `relayfs record` with 16 demo threads
+/// killed at random: a buffer with discarded 34, delivered = written.)
+#[test]
+#[ignore = "defect: records of a stuck/held sub-buffer just behind a head left at offset 0 by a refused switch are missing from records_pending (stats takes it for the open one)"]
+fn a_held_subbuf_closed_by_a_refused_switch_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let chan = Channel::builder("t")
+        .base("t")
+        .dir(dir.path())
+        .subbuf_size(4096)
+        .n_subbufs(4)
+        .global(true)
+        .open()
+        .unwrap();
+    let mut accepted = 0u64;
+    let mut i = 0u64;
+    // Sub-buffers 0, 1 and 2 complete, nothing consumed.
+    while chan.total_stats().subbufs_produced < 3 {
+        chan.write(&rec(i)).unwrap();
+        accepted += 1;
+        i += 1;
+    }
+    chan.write(&rec(i)).unwrap();
+    accepted += 1;
+    i += 1;
+    let held = chan.reserve(24).unwrap();
+    // Close sub-buffer 3 (a record that doesn't fit), whose switch to the
+    // next is refused: ordinal 0 is not consumed.
+    while chan.total_stats().dropped_full == 0 {
+        if chan.write(&rec(i)).is_ok() {
+            accepted += 1;
+        }
+        i += 1;
+    }
+    let s = chan.total_stats();
+    assert_eq!(s.subbufs_produced, 4, "{s:?}");
+    assert_eq!(s.subbufs_completed, 3, "{s:?}");
+    assert_eq!(
+        s.records_written(),
+        accepted,
+        "every record committed is written (completed or pending): {s:?}"
+    );
+    drop(held);
 }
