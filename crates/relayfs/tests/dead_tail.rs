@@ -244,6 +244,21 @@ fn read_to_end(f: &mut RelayFile, out: &mut Vec<u8>) {
     }
 }
 
+/// The common course of the tests below: a reader opens once the producer
+/// wrote its first records and reads what is there, tail included; the
+/// producer goes on to its second phase and is killed; the reader reads
+/// until it finds it gone. Returns the reader and what it got.
+fn read_tail_go_kill(p: &mut Producer) -> (RelayFile, Vec<u8>) {
+    let mut f = common::open_reader(&p.path());
+    p.wait("phase1");
+    let mut out = Vec::new();
+    read_now(&mut f, &mut out);
+    p.go();
+    p.kill();
+    read_to_end(&mut f, &mut out);
+    (f, out)
+}
+
 /// The records in `stream`, checked whole and in order from 0.
 fn delivered(stream: &[u8]) -> u64 {
     let seqs: Vec<u64> = parse(stream).into_iter().map(|(_, s)| s).collect();
@@ -534,13 +549,7 @@ fn part_of_the_tail_read_then_more_written_then_killed() {
 #[test]
 fn tail_read_then_killed_holding_a_reservation() {
     let mut p = Producer::start(300, 10, true);
-    let mut f = common::open_reader(&p.path());
-    p.wait("phase1");
-    let mut out = Vec::new();
-    read_now(&mut f, &mut out);
-    p.go();
-    p.kill();
-    read_to_end(&mut f, &mut out);
+    let (f, out) = read_tail_go_kill(&mut p);
     assert_eq!(delivered(&out), 300);
     let behind: u64 = (300..310).map(|i| rec(i).len() as u64).sum::<u64>() + 24;
     assert_eq!(f.abandoned(), Some((behind, 10)));
@@ -560,13 +569,7 @@ fn tail_read_then_killed_holding_a_reservation() {
 #[test]
 fn tail_read_then_killed_reserving_at_once() {
     let mut p = Producer::start(300, 0, true);
-    let mut f = common::open_reader(&p.path());
-    p.wait("phase1");
-    let mut out = Vec::new();
-    read_now(&mut f, &mut out);
-    p.go();
-    p.kill();
-    read_to_end(&mut f, &mut out);
+    let (f, out) = read_tail_go_kill(&mut p);
     assert_eq!(delivered(&out), 300);
     assert_eq!(f.abandoned(), Some((24, 0)));
     adds_up(&f, 300, 300);
@@ -625,13 +628,7 @@ fn tail_read_then_killed_holding_a_reservation_to_the_end() {
     // The ten more records stay in the tail's sub-buffer.
     assert!(offset_after(310) > offset_after(300));
     let mut p = Producer::start(300, 10, FILL);
-    let mut f = RelayFile::open(p.path()).unwrap();
-    p.wait("phase1");
-    let mut out = Vec::new();
-    read_now(&mut f, &mut out);
-    p.go();
-    p.kill();
-    read_to_end(&mut f, &mut out);
+    let (f, out) = read_tail_go_kill(&mut p);
     assert_eq!(delivered(&out), 300);
     let behind = 4096 - offset_after(300);
     assert_eq!(f.abandoned(), Some((behind, 10)));
@@ -652,13 +649,7 @@ fn tail_read_then_killed_holding_a_reservation_to_the_end() {
 #[test]
 fn tail_read_then_killed_reserving_to_the_end_at_once() {
     let mut p = Producer::start(300, 0, FILL);
-    let mut f = RelayFile::open(p.path()).unwrap();
-    p.wait("phase1");
-    let mut out = Vec::new();
-    read_now(&mut f, &mut out);
-    p.go();
-    p.kill();
-    read_to_end(&mut f, &mut out);
+    let (f, out) = read_tail_go_kill(&mut p);
     assert_eq!(delivered(&out), 300);
     assert_eq!(f.abandoned(), Some((4096 - offset_after(300), 0)));
     adds_up(&f, 300, 300);
@@ -673,13 +664,7 @@ fn tail_read_then_killed_reserving_to_the_end_at_once() {
 #[test]
 fn killed_holding_a_reservation_behind_the_head() {
     let mut p = Producer::start(300, 400, EARLY);
-    let mut f = RelayFile::open(p.path()).unwrap();
-    p.wait("phase1");
-    let mut out = Vec::new();
-    read_now(&mut f, &mut out);
-    p.go();
-    p.kill();
-    read_to_end(&mut f, &mut out);
+    let (f, out) = read_tail_go_kill(&mut p);
     let s = f.stats();
     let abandoned = f.abandoned().map_or(0, |a| a.1);
     let got = parse(&out).len() as u64;
